@@ -1,0 +1,4 @@
+//! The `failsmall` binary.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Durations with units: `500ms`, `30s`, `5m`, `1h`.

@@ -1,0 +1,159 @@
+//! Health samples that nodes report, and their aggregates that gates judge.
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds of the latency buckets, in milliseconds. The last bucket is unbounded.
+/// Prometheus histograms from consumers are re-bucketed onto these by the agent.
+pub const LATENCY_BUCKET_BOUNDS_MS: [f64; 23] = [
+    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
+    500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
+];
+
+/// Number of buckets: one per bound, plus the unbounded one.
+pub const LATENCY_BUCKETS: usize = LATENCY_BUCKET_BOUNDS_MS.len() + 1;
+
+/// A latency distribution with fixed buckets, mergeable by addition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyHistogram {
+    pub counts: [u64; LATENCY_BUCKETS],
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self { counts: [0; LATENCY_BUCKETS] }
+    }
+}
+
+impl LatencyHistogram {
+    /// Index of the bucket that holds `latency_ms`.
+    pub fn bucket_of(latency_ms: f64) -> usize {
+        LATENCY_BUCKET_BOUNDS_MS
+            .iter()
+            .position(|bound| latency_ms <= *bound)
+            .unwrap_or(LATENCY_BUCKETS - 1)
+    }
+
+    /// Records `count` observations of `latency_ms`.
+    pub fn record(&mut self, latency_ms: f64, count: u64) {
+        if let Some(slot) = self.counts.get_mut(Self::bucket_of(latency_ms)) {
+            *slot = slot.saturating_add(count);
+        }
+    }
+
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().fold(0u64, |sum, c| sum.saturating_add(*c))
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds, interpolated linearly inside its bucket.
+    /// `None` when the histogram is empty. Observations in the unbounded bucket count as the
+    /// last finite bound.
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+        let total = self.total();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+        let mut seen = 0u64;
+        let mut lower_ms = 0.0;
+        for (index, count) in self.counts.iter().enumerate() {
+            let upper_ms = LATENCY_BUCKET_BOUNDS_MS
+                .get(index)
+                .copied()
+                .unwrap_or(LATENCY_BUCKET_BOUNDS_MS[LATENCY_BUCKET_BOUNDS_MS.len() - 1]);
+            let next = seen.saturating_add(*count);
+            if *count > 0 && next as f64 >= rank {
+                let within = (rank - seen as f64) / *count as f64;
+                return Some(lower_ms + (upper_ms - lower_ms) * within);
+            }
+            seen = next;
+            lower_ms = upper_ms;
+        }
+        Some(lower_ms)
+    }
+}
+
+/// What one node reports about one unit's version over one interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthSample {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: LatencyHistogram,
+}
+
+impl HealthSample {
+    pub fn merge(&mut self, other: &HealthSample) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors.min(other.requests));
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// The health of a group of nodes (the canary or the baseline of a stage) over a window:
+/// what gate expressions are evaluated against.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct GroupMetrics {
+    /// Nodes in the group.
+    pub nodes: u64,
+    /// Sum of every sample of every node in the group.
+    pub sample: HealthSample,
+    /// Nodes that rejected the version (NACK).
+    pub rejections: u64,
+    /// Consumer crashes reported.
+    pub crashes: u64,
+    /// Failed post-apply HTTP health checks reported.
+    pub health_check_failures: u64,
+    /// Nodes that stopped reporting for longer than the stage allows.
+    pub silent_nodes: u64,
+}
+
+impl GroupMetrics {
+    pub fn requests(&self) -> u64 {
+        self.sample.requests
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.sample.errors
+    }
+
+    /// Errors per request, 0..=1; `None` without requests.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.sample.requests > 0)
+            .then(|| self.sample.errors as f64 / self.sample.requests as f64)
+    }
+
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<f64> {
+        self.sample.latency.quantile_ms(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_buckets() {
+        let mut histogram = LatencyHistogram::default();
+        histogram.record(40.0, 99);
+        histogram.record(400.0, 1);
+        let p50 = histogram.quantile_ms(0.5).unwrap();
+        assert!((30.0..=50.0).contains(&p50), "{p50}");
+        let p99 = histogram.quantile_ms(0.99).unwrap();
+        assert!(p99 <= 50.0, "{p99}");
+        let p100 = histogram.quantile_ms(1.0).unwrap();
+        assert!((300.0..=500.0).contains(&p100), "{p100}");
+        assert_eq!(LatencyHistogram::default().quantile_ms(0.99), None);
+    }
+
+    #[test]
+    fn errors_never_exceed_requests_when_merged() {
+        let mut sum = HealthSample::default();
+        sum.merge(&HealthSample { requests: 10, errors: 50, ..Default::default() });
+        assert_eq!(sum.errors, 10);
+    }
+}

@@ -1,0 +1,1 @@
+//! Deterministic, stable node selection for stages.

@@ -1,0 +1,2 @@
+//! failsmall-sim: a discrete-event fleet simulator in virtual time that drives the real engine.
+#![forbid(unsafe_code)]
