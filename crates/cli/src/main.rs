@@ -1,4 +1,62 @@
-//! The `failsmall` binary.
+//! The `failsmall` binary: a thin shell of subcommands over the libraries.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage (clap), 3 the command ran and its verdict is
+//! negative (a plan over its limits).
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod plan_cmd;
+mod sim_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Release configuration gradually under health mediation, with automatic rollback.
+#[derive(Debug, Parser)]
+#[command(name = "failsmall", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
+    Sim(sim_cmd::SimArgs),
+    /// Work with plan files.
+    #[command(subcommand)]
+    Plan(plan_cmd::PlanCommand),
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+/// What a subcommand concluded, when it ran to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The command ran, and its verdict is negative.
+    Negative,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sim(args) => sim_cmd::run(&args),
+        Command::Plan(command) => plan_cmd::run(&command),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Negative) => ExitCode::from(3),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

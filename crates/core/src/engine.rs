@@ -5,12 +5,16 @@
 //! same sequence of `(now_ms, event)` always yields the same state and actions. On `Err` the
 //! state is unchanged.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
 use crate::gate::Verdict;
-use crate::health::HealthSample;
-use crate::plan::Plan;
+use crate::health::{GroupMetrics, HealthSample};
+use crate::plan::{Concurrency, Plan, Stage};
+use crate::select;
 
 /// Operator commands on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,4 +152,1535 @@ pub enum EngineError {
     SelfApproval { actor: String },
     #[error("rollout {rollout}'s current stage does not wait for an approval")]
     NoApprovalPending { rollout: RolloutId },
+    #[error("no node {0} is registered; register it before it reports")]
+    UnknownNode(NodeId),
+    #[error("{what}: {given} is more than the limit of {limit}")]
+    LimitReached { what: &'static str, given: usize, limit: usize },
+}
+
+/// Gates of a rollout are evaluated at most once per this many milliseconds of `now_ms` (on
+/// `Tick`), plus once when a bake ends. This bounds how often the statistical tests run; a
+/// `Health` event only merges a histogram.
+pub const GATE_EVAL_INTERVAL_MS: u64 = 10_000;
+/// Most nodes in the fleet.
+pub const MAX_NODES: usize = 1_000_000;
+/// Most labels on one node.
+pub const MAX_LABELS_PER_NODE: usize = 64;
+/// Most bytes in one label key or value.
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Most units the engine tracks.
+pub const MAX_UNITS: usize = 100_000;
+/// Most rollouts that are not terminal (queued, running, paused), over all units.
+pub const MAX_OPEN_ROLLOUTS: usize = 10_000;
+/// Most terminal rollouts kept; beyond it the oldest are forgotten.
+pub const MAX_TERMINAL_ROLLOUTS_KEPT: usize = 10_000;
+/// Terminal rollouts that keep their per-node exposure list; older ones keep only counts.
+pub const MAX_TERMINAL_ROLLOUTS_WITH_NODES: usize = 64;
+/// Most stages in one plan.
+pub const MAX_STAGES: usize = 64;
+/// Most quarantined hashes per unit; beyond it the oldest quarantine is lifted.
+pub const MAX_QUARANTINED_PER_UNIT: usize = 1_024;
+/// Reasons, actors and messages are cut to this many bytes.
+pub const MAX_TEXT_BYTES: usize = 1_024;
+/// The actor of the changes the engine makes by itself.
+pub const ENGINE_ACTOR: &str = "failsmall";
+
+/// A hash map with a fixed hasher (SipHash with zero keys), for the hot lookups by node id.
+/// Architecture invariant: its iteration order never reaches an output; whatever is iterated
+/// into an action or a query is sorted first.
+type LookupMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// Bound on the internal transitions of one rollout in one step (each stage can at most
+/// enter, bake, hold and pass).
+const MAX_TRANSITIONS_PER_STAGE: usize = 6;
+/// Bound on the rounds that let the rollouts of one unit move each other along in one step.
+const MAX_SETTLE_ROUNDS: usize = 2 * MAX_STAGES + 8;
+
+/// Where a running rollout is inside its current stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StagePhase {
+    /// Waiting until every exposed node has ACKed the version.
+    Applying,
+    /// Every exposed node ACKed; baking until `bake_ends_ms`.
+    Baking { bake_ends_ms: TimeMs },
+    /// The bake is over but the stage has not passed (a gate inconclusive, too few requests,
+    /// a silent or un-ACKed node): held, never promoted, until it passes or times out.
+    Holding,
+    /// The stage passed and waits for a person's approval.
+    AwaitingApproval,
+    /// The stage passed (and was approved when required); moves on as soon as the earlier
+    /// train rollout of the unit has left the next stage.
+    Passed,
+}
+
+/// One node reached by a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Exposure {
+    /// What the node was assigned just before this rollout reached it; a rollback restores it.
+    before: Option<VersionHash>,
+    /// The stage that reached it.
+    stage: usize,
+    acked: bool,
+    rejected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct NodeState {
+    labels: Labels,
+    /// Per unit, the version this node should run.
+    desired: BTreeMap<UnitName, VersionHash>,
+    last_report_ms: Option<TimeMs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+struct UnitState {
+    stable: Option<VersionHash>,
+    /// Running or paused rollouts, oldest first (more than one only in a release train).
+    active: Vec<RolloutId>,
+    queued: VecDeque<RolloutId>,
+    /// Quarantined hashes, with the rollout whose rollback quarantined them.
+    quarantined: BTreeMap<VersionHash, RolloutId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rollout {
+    id: RolloutId,
+    unit: UnitName,
+    version: VersionHash,
+    plan: Plan,
+    actor: String,
+    reason: String,
+    status: RolloutStatus,
+    created_ms: TimeMs,
+    ended_ms: Option<TimeMs>,
+    /// Why it ended.
+    outcome: Option<String>,
+    stage: usize,
+    phase: StagePhase,
+    stage_entered_ms: TimeMs,
+    timeout_at_ms: Option<TimeMs>,
+    paused_at_ms: Option<TimeMs>,
+    exposed: LookupMap<NodeId, Exposure>,
+    nodes_exposed: u64,
+    nodes_applied: u64,
+    nodes_targeted: u64,
+    /// Canary health and hard signals since the current stage's entry.
+    canary: GroupMetrics,
+    /// Baseline health since the current stage's entry.
+    baseline: GroupMetrics,
+    /// The latest baseline this rollout judged against, carried into stages without one.
+    baseline_carried: Option<GroupMetrics>,
+    gate_reports: Vec<GateReport>,
+    last_gate_eval_ms: Option<TimeMs>,
+}
+
+impl Rollout {
+    fn current_stage(&self) -> Option<&Stage> {
+        self.plan.stages.get(self.stage)
+    }
+
+    fn stage_name(&self) -> Option<String> {
+        self.current_stage().map(|stage| stage.name.clone())
+    }
+
+    fn numbers(&self) -> String {
+        format!(
+            "nodes exposed {}, applied {}; canary requests {}, errors {}, rejections {}, crashes {}, failed health checks {}, silent nodes {}",
+            self.nodes_exposed,
+            self.nodes_applied,
+            self.canary.sample.requests,
+            self.canary.sample.errors,
+            self.canary.rejections,
+            self.canary.crashes,
+            self.canary.health_check_failures,
+            self.canary.silent_nodes,
+        )
+    }
+
+    /// The first hard-signal threshold the current stage's counts reach, as a reason.
+    fn hard_signal_breach(&self) -> Option<String> {
+        let limits = self.current_stage()?.hard_signals;
+        let checks = [
+            ("rejections (NACK)", self.canary.rejections, limits.rejections_max),
+            ("consumer crashes", self.canary.crashes, limits.crashes_max),
+            ("failed health checks", self.canary.health_check_failures, limits.health_check_failures_max),
+            ("silent nodes", self.canary.silent_nodes, limits.silent_nodes_max),
+        ];
+        checks.iter().find(|(_, count, max)| *max > 0 && count >= max).map(|(what, count, max)| {
+            format!("hard signal: {count} {what}, threshold {max}")
+        })
+    }
+}
+
+/// A rollout as people and the API see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub id: RolloutId,
+    pub unit: UnitName,
+    pub version: VersionHash,
+    pub plan: String,
+    pub actor: String,
+    pub reason: String,
+    pub status: RolloutStatus,
+    pub phase: StagePhase,
+    pub stage_index: usize,
+    pub stage_name: String,
+    pub stages_total: usize,
+    /// Nodes the current stage's own selection holds.
+    pub nodes_targeted: u64,
+    /// Nodes that ACKed the version.
+    pub nodes_applied: u64,
+    /// Nodes the rollout reached so far (the union over entered stages).
+    pub nodes_exposed: u64,
+    /// Bake left, relative to the latest step's time (frozen while paused).
+    pub bake_remaining_ms: Option<u64>,
+    pub gates: Vec<GateReport>,
+    /// Canary health and hard signals of the current stage.
+    pub canary: GroupMetrics,
+    pub created_ms: TimeMs,
+    pub ended_ms: Option<TimeMs>,
+    /// Why it ended.
+    pub outcome: Option<String>,
+}
+
+/// The rollout engine's whole state. Persist it with serde after each step; a restored engine
+/// continues exactly where it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Engine {
+    /// The latest `now_ms` seen (time never goes back inside the engine).
+    now_ms: TimeMs,
+    nodes: LookupMap<NodeId, NodeState>,
+    units: BTreeMap<UnitName, UnitState>,
+    rollouts: BTreeMap<RolloutId, Rollout>,
+    next_rollout: u64,
+    /// Terminal rollouts, oldest first, for pruning.
+    terminal: VecDeque<RolloutId>,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn cut(text: &str) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+fn same_kind(a: &Verdict, b: &Verdict) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// Which hard signal an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Rejected,
+    Crashed,
+    HealthCheckFailed,
+}
+
+impl Engine {
+    pub fn new() -> Self {
+        Self {
+            now_ms: 0,
+            nodes: LookupMap::default(),
+            units: BTreeMap::new(),
+            rollouts: BTreeMap::new(),
+            next_rollout: 1,
+            terminal: VecDeque::new(),
+        }
+    }
+
+    /// Applies one event at `now_ms` and returns what the caller must do. On `Err` the state is
+    /// unchanged. A `now_ms` earlier than one already seen counts as the latest one seen.
+    pub fn step(&mut self, now_ms: TimeMs, event: &Event) -> Result<Vec<Action>, EngineError> {
+        let now = now_ms.max(self.now_ms);
+        let mut out = Vec::new();
+        match event {
+            Event::NodeRegistered { node, labels } => {
+                self.on_node_registered(now, node, labels, &mut out)?
+            }
+            Event::NodeRemoved { node } => self.on_node_removed(now, node, &mut out)?,
+            Event::RolloutRequested { unit, version, plan, actor, reason, override_quarantine } => {
+                self.on_rollout_requested(
+                    now,
+                    unit,
+                    *version,
+                    plan,
+                    actor,
+                    reason,
+                    *override_quarantine,
+                    &mut out,
+                )?
+            }
+            Event::Applied { node, unit, version } => {
+                self.on_applied(now, node, unit, *version, &mut out)?
+            }
+            Event::Rejected { node, unit, version, reason } => {
+                self.on_signal(now, node, unit, *version, Signal::Rejected, reason, &mut out)?
+            }
+            Event::Crashed { node, unit, version, reason } => {
+                self.on_signal(now, node, unit, *version, Signal::Crashed, reason, &mut out)?
+            }
+            Event::HealthCheckFailed { node, unit, version, reason } => self.on_signal(
+                now,
+                node,
+                unit,
+                *version,
+                Signal::HealthCheckFailed,
+                reason,
+                &mut out,
+            )?,
+            Event::Health { node, unit, version, sample } => {
+                self.on_health(now, node, unit, *version, sample)?
+            }
+            Event::Tick => self.on_tick(now, &mut out),
+            Event::Command { rollout, command, actor, reason } => {
+                self.on_command(now, *rollout, *command, actor, reason, &mut out)?
+            }
+        }
+        self.now_ms = now;
+        Ok(out)
+    }
+
+    // ----- queries -------------------------------------------------------------------------
+
+    /// The rollout as people see it; `None` when unknown or pruned.
+    pub fn rollout(&self, id: RolloutId) -> Option<RolloutView> {
+        self.rollouts.get(&id).map(|rollout| self.view(rollout))
+    }
+
+    /// Every rollout kept, oldest first.
+    pub fn rollouts(&self) -> impl Iterator<Item = RolloutView> + '_ {
+        self.rollouts.values().map(|rollout| self.view(rollout))
+    }
+
+    /// The version `node` should run for `unit`, if any.
+    pub fn desired(&self, node: &NodeId, unit: &UnitName) -> Option<VersionHash> {
+        self.nodes.get(node)?.desired.get(unit).copied()
+    }
+
+    /// The unit's stable version: the latest whose rollout completed.
+    pub fn stable(&self, unit: &UnitName) -> Option<VersionHash> {
+        self.units.get(unit)?.stable
+    }
+
+    pub fn is_quarantined(&self, unit: &UnitName, version: &VersionHash) -> bool {
+        self.units.get(unit).is_some_and(|state| state.quarantined.contains_key(version))
+    }
+
+    /// The earliest time at which a `Tick` would change something (a bake end, a stage
+    /// timeout, the next gate evaluation); `None` when nothing waits on time.
+    pub fn next_deadline_ms(&self) -> Option<TimeMs> {
+        self.units
+            .values()
+            .flat_map(|unit| unit.active.iter())
+            .filter_map(|id| self.rollouts.get(id))
+            .filter(|rollout| rollout.status == RolloutStatus::Running)
+            .filter_map(|rollout| {
+                let next_eval = rollout
+                    .last_gate_eval_ms
+                    .map_or(self.now_ms, |at| at.saturating_add(GATE_EVAL_INTERVAL_MS));
+                let bake = match rollout.phase {
+                    StagePhase::Baking { bake_ends_ms } => Some(bake_ends_ms),
+                    _ => None,
+                };
+                let timeout = match rollout.phase {
+                    StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
+                        rollout.timeout_at_ms
+                    }
+                    StagePhase::AwaitingApproval | StagePhase::Passed => None,
+                };
+                [Some(next_eval), bake, timeout].into_iter().flatten().min()
+            })
+            .min()
+    }
+
+    /// The nodes rollout `id` reached, sorted (empty when unknown, or pruned long ago).
+    pub fn exposed_nodes(&self, id: RolloutId) -> Vec<NodeId> {
+        self.rollouts
+            .get(&id)
+            .map(|rollout| {
+                let mut nodes: Vec<NodeId> = rollout.exposed.keys().cloned().collect();
+                nodes.sort();
+                nodes
+            })
+            .unwrap_or_default()
+    }
+
+    /// What `node` was assigned for the unit just before rollout `id` reached it; `None` when the
+    /// rollout did not reach it (or the node had no version).
+    pub fn version_before(&self, id: RolloutId, node: &NodeId) -> Option<VersionHash> {
+        self.rollouts.get(&id)?.exposed.get(node)?.before
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The latest `now_ms` the engine has seen.
+    pub fn now_ms(&self) -> TimeMs {
+        self.now_ms
+    }
+
+    fn view(&self, rollout: &Rollout) -> RolloutView {
+        let reference_ms = rollout.paused_at_ms.unwrap_or(self.now_ms);
+        let bake_remaining_ms = match rollout.phase {
+            StagePhase::Baking { bake_ends_ms } if !rollout.status.is_terminal() => {
+                Some(bake_ends_ms.saturating_sub(reference_ms))
+            }
+            _ => None,
+        };
+        RolloutView {
+            id: rollout.id,
+            unit: rollout.unit.clone(),
+            version: rollout.version,
+            plan: rollout.plan.name.clone(),
+            actor: rollout.actor.clone(),
+            reason: rollout.reason.clone(),
+            status: rollout.status,
+            phase: rollout.phase,
+            stage_index: rollout.stage,
+            stage_name: rollout.stage_name().unwrap_or_default(),
+            stages_total: rollout.plan.stages.len(),
+            nodes_targeted: rollout.nodes_targeted,
+            nodes_applied: rollout.nodes_applied,
+            nodes_exposed: rollout.nodes_exposed,
+            bake_remaining_ms,
+            gates: rollout.gate_reports.clone(),
+            canary: rollout.canary,
+            created_ms: rollout.created_ms,
+            ended_ms: rollout.ended_ms,
+            outcome: rollout.outcome.clone(),
+        }
+    }
+}
+
+// ----- event handlers ---------------------------------------------------------------------
+impl Engine {
+    fn on_node_registered(
+        &mut self,
+        now: TimeMs,
+        node: &NodeId,
+        labels: &Labels,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        let is_new = !self.nodes.contains_key(node);
+        if is_new && self.nodes.len() >= MAX_NODES {
+            return Err(EngineError::LimitReached {
+                what: "nodes in the fleet",
+                given: self.nodes.len().saturating_add(1),
+                limit: MAX_NODES,
+            });
+        }
+        if labels.len() > MAX_LABELS_PER_NODE {
+            return Err(EngineError::LimitReached {
+                what: "labels on one node",
+                given: labels.len(),
+                limit: MAX_LABELS_PER_NODE,
+            });
+        }
+        if let Some(longest) =
+            labels.iter().map(|(key, value)| key.len().max(value.len())).max()
+            && longest > MAX_LABEL_BYTES
+        {
+            return Err(EngineError::LimitReached {
+                what: "bytes in a label key or value",
+                given: longest,
+                limit: MAX_LABEL_BYTES,
+            });
+        }
+        let previous = match self.nodes.get_mut(node) {
+            Some(state) => {
+                state.labels = labels.clone();
+                state.desired.clone()
+            }
+            None => {
+                let desired = self
+                    .units
+                    .iter()
+                    .filter_map(|(unit, state)| state.stable.map(|stable| (unit.clone(), stable)))
+                    .collect();
+                self.nodes.insert(
+                    node.clone(),
+                    NodeState { labels: labels.clone(), desired, last_report_ms: None },
+                );
+                BTreeMap::new()
+            }
+        };
+        // Level-triggered: the node gets every running rollout whose entered stages select it.
+        let active: Vec<RolloutId> =
+            self.units.values().flat_map(|unit| unit.active.iter().copied()).collect();
+        for id in active {
+            let selects = self.rollouts.get(&id).is_some_and(|rollout| {
+                !rollout.exposed.contains_key(node)
+                    && select::exposed_by(
+                        &rollout.plan.stages,
+                        rollout.stage,
+                        &rollout.unit,
+                        node,
+                        labels,
+                    )
+            });
+            if selects {
+                self.expose(id, node);
+                if let Some(rollout) = self.rollouts.get_mut(&id)
+                    && let Some(stage) = rollout.plan.stages.get(rollout.stage)
+                    && select::stage_selects(stage, &rollout.unit, node, labels)
+                {
+                    rollout.nodes_targeted = rollout.nodes_targeted.saturating_add(1);
+                }
+            }
+        }
+        let desired = self.nodes.get(node).map(|state| state.desired.clone()).unwrap_or_default();
+        for (unit, version) in &desired {
+            if previous.get(unit) != Some(version) {
+                out.push(Action::SetDesired {
+                    unit: unit.clone(),
+                    version: Some(*version),
+                    nodes: vec![node.clone()],
+                });
+            }
+        }
+        let units: Vec<UnitName> = self.units.keys().cloned().collect();
+        for unit in units {
+            self.settle(&unit, now, out);
+        }
+        Ok(())
+    }
+
+    fn on_node_removed(
+        &mut self,
+        now: TimeMs,
+        node: &NodeId,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        if self.nodes.remove(node).is_none() {
+            return Err(EngineError::UnknownNode(node.clone()));
+        }
+        for rollout in self.rollouts.values_mut() {
+            if let Some(exposure) = rollout.exposed.remove(node) {
+                rollout.nodes_exposed = rollout.nodes_exposed.saturating_sub(1);
+                if exposure.acked {
+                    rollout.nodes_applied = rollout.nodes_applied.saturating_sub(1);
+                }
+            }
+        }
+        let units: Vec<UnitName> = self.units.keys().cloned().collect();
+        for unit in units {
+            self.settle(&unit, now, out);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_rollout_requested(
+        &mut self,
+        now: TimeMs,
+        unit: &UnitName,
+        version: VersionHash,
+        plan: &Plan,
+        actor: &str,
+        reason: &str,
+        override_quarantine: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        if plan.stages.is_empty() {
+            return Err(EngineError::EmptyPlan { plan: cut(&plan.name) });
+        }
+        if plan.stages.len() > MAX_STAGES {
+            return Err(EngineError::LimitReached {
+                what: "stages in a plan",
+                given: plan.stages.len(),
+                limit: MAX_STAGES,
+            });
+        }
+        let quarantined = self.is_quarantined(unit, &version);
+        if quarantined && !override_quarantine {
+            return Err(EngineError::Quarantined { unit: unit.clone(), version });
+        }
+        let open = self.rollouts.len().saturating_sub(self.terminal.len());
+        if open >= MAX_OPEN_ROLLOUTS {
+            return Err(EngineError::LimitReached {
+                what: "open rollouts",
+                given: open.saturating_add(1),
+                limit: MAX_OPEN_ROLLOUTS,
+            });
+        }
+        if !self.units.contains_key(unit) && self.units.len() >= MAX_UNITS {
+            return Err(EngineError::LimitReached {
+                what: "units",
+                given: self.units.len().saturating_add(1),
+                limit: MAX_UNITS,
+            });
+        }
+        let start_now = self
+            .units
+            .get(unit)
+            .is_none_or(|state| state.queued.is_empty() && self.can_start(state, plan));
+        if !start_now {
+            let queued = self.units.get(unit).map_or(0, |state| state.queued.len());
+            if !plan.supersede_queued && queued >= plan.queue_limit as usize {
+                return Err(EngineError::QueueFull {
+                    unit: unit.clone(),
+                    queued: u32::try_from(queued).unwrap_or(u32::MAX),
+                });
+            }
+        }
+
+        // Validated: from here on the step succeeds.
+        let id = RolloutId(self.next_rollout);
+        self.next_rollout = self.next_rollout.saturating_add(1);
+        let mut reason_text = cut(reason);
+        if quarantined {
+            reason_text = cut(&format!("{reason_text} (admin override of the quarantine)"));
+        }
+        self.rollouts.insert(
+            id,
+            Rollout {
+                id,
+                unit: unit.clone(),
+                version,
+                plan: plan.clone(),
+                actor: cut(actor),
+                reason: reason_text,
+                status: RolloutStatus::Queued,
+                created_ms: now,
+                ended_ms: None,
+                outcome: None,
+                stage: 0,
+                phase: StagePhase::Applying,
+                stage_entered_ms: now,
+                timeout_at_ms: None,
+                paused_at_ms: None,
+                exposed: LookupMap::default(),
+                nodes_exposed: 0,
+                nodes_applied: 0,
+                nodes_targeted: 0,
+                canary: GroupMetrics::default(),
+                baseline: GroupMetrics::default(),
+                baseline_carried: None,
+                gate_reports: Vec::new(),
+                last_gate_eval_ms: None,
+            },
+        );
+        self.units.entry(unit.clone()).or_default();
+        if start_now {
+            self.start(id, now, out);
+        } else {
+            if plan.supersede_queued {
+                let older: Vec<RolloutId> = self
+                    .units
+                    .get_mut(unit)
+                    .map(|state| state.queued.drain(..).collect())
+                    .unwrap_or_default();
+                for old in older {
+                    self.end_superseded(old, id, now, out);
+                }
+            }
+            if let Some(state) = self.units.get_mut(unit) {
+                state.queued.push_back(id);
+            }
+            self.log(id, ChangeKind::RolloutQueued, None, None, "waiting behind the unit's running rollout".into(), now, out);
+        }
+        self.settle(unit, now, out);
+        Ok(())
+    }
+
+    fn on_applied(
+        &mut self,
+        now: TimeMs,
+        node: &NodeId,
+        unit: &UnitName,
+        version: VersionHash,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        let Self { nodes, units, rollouts, .. } = self;
+        let Some(node_state) = nodes.get_mut(node) else {
+            return Err(EngineError::UnknownNode(node.clone()));
+        };
+        node_state.last_report_ms = Some(now);
+        let Some(unit_state) = units.get(unit) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        for id in &unit_state.active {
+            if let Some(rollout) = rollouts.get_mut(id)
+                && rollout.version == version
+                && let Some(exposure) = rollout.exposed.get_mut(node)
+                && !exposure.acked
+            {
+                exposure.acked = true;
+                rollout.nodes_applied = rollout.nodes_applied.saturating_add(1);
+                changed = true;
+            }
+        }
+        if changed {
+            self.settle(unit, now, out);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_signal(
+        &mut self,
+        now: TimeMs,
+        node: &NodeId,
+        unit: &UnitName,
+        version: VersionHash,
+        signal: Signal,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        let Some(node_state) = self.nodes.get_mut(node) else {
+            return Err(EngineError::UnknownNode(node.clone()));
+        };
+        node_state.last_report_ms = Some(now);
+        let active = self.units.get(unit).map(|state| state.active.clone()).unwrap_or_default();
+        for id in active {
+            let Some(rollout) = self.rollouts.get_mut(&id) else {
+                continue;
+            };
+            if rollout.version != version || rollout.status.is_terminal() {
+                continue;
+            }
+            let Some(exposure) = rollout.exposed.get_mut(node) else {
+                continue;
+            };
+            match signal {
+                Signal::Rejected => {
+                    if !exposure.rejected {
+                        exposure.rejected = true;
+                        rollout.canary.rejections = rollout.canary.rejections.saturating_add(1);
+                    }
+                }
+                Signal::Crashed => {
+                    rollout.canary.crashes = rollout.canary.crashes.saturating_add(1);
+                }
+                Signal::HealthCheckFailed => {
+                    rollout.canary.health_check_failures =
+                        rollout.canary.health_check_failures.saturating_add(1);
+                }
+            }
+            if let Some(breach) = rollout.hard_signal_breach() {
+                let why = format!("{breach}; last from node {node}: {reason}");
+                self.roll_back(id, &why, ENGINE_ACTOR, true, now, out);
+                break;
+            }
+        }
+        self.settle(unit, now, out);
+        Ok(())
+    }
+
+    /// The hot path: a few map lookups and a histogram merge.
+    fn on_health(
+        &mut self,
+        now: TimeMs,
+        node: &NodeId,
+        unit: &UnitName,
+        version: VersionHash,
+        sample: &HealthSample,
+    ) -> Result<(), EngineError> {
+        let Self { nodes, units, rollouts, .. } = self;
+        let Some(node_state) = nodes.get_mut(node) else {
+            return Err(EngineError::UnknownNode(node.clone()));
+        };
+        node_state.last_report_ms = Some(now);
+        let Some(unit_state) = units.get(unit) else {
+            return Ok(());
+        };
+        for id in &unit_state.active {
+            let Some(rollout) = rollouts.get_mut(id) else {
+                continue;
+            };
+            match rollout.exposed.get(node) {
+                Some(exposure) => {
+                    if exposure.acked && version == rollout.version {
+                        rollout.canary.sample.merge(sample);
+                    }
+                }
+                None => {
+                    if version != rollout.version
+                        && rollout
+                            .plan
+                            .stages
+                            .get(rollout.stage)
+                            .is_some_and(|stage| stage.selector.matches(&node_state.labels))
+                    {
+                        rollout.baseline.sample.merge(sample);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_tick(&mut self, now: TimeMs, out: &mut Vec<Action>) {
+        let units: Vec<UnitName> = self
+            .units
+            .iter()
+            .filter(|(_, state)| !state.active.is_empty() || !state.queued.is_empty())
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in units {
+            let active = self.units.get(&unit).map(|state| state.active.clone()).unwrap_or_default();
+            for id in active {
+                let due = self.rollouts.get(&id).is_some_and(|rollout| {
+                    rollout.status == RolloutStatus::Running
+                        && rollout.last_gate_eval_ms.is_none_or(|at| {
+                            now >= at.saturating_add(GATE_EVAL_INTERVAL_MS)
+                        })
+                });
+                if due && let Some(failure) = self.evaluate_gates(id, now, out) {
+                    self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
+                }
+            }
+            self.settle(&unit, now, out);
+        }
+    }
+}
+
+// ----- commands -----------------------------------------------------------------------------
+impl Engine {
+    fn on_command(
+        &mut self,
+        now: TimeMs,
+        id: RolloutId,
+        command: Command,
+        actor: &str,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return Err(EngineError::UnknownRollout(id));
+        };
+        let status = rollout.status;
+        let invalid = |expected: &'static str| EngineError::InvalidCommand {
+            rollout: id,
+            status,
+            command,
+            expected,
+        };
+        let actor = cut(actor);
+        let reason = cut(reason);
+        let stage = rollout.stage_name();
+        let unit = rollout.unit.clone();
+        match command {
+            Command::Pause => {
+                if status != RolloutStatus::Running {
+                    return Err(invalid("running"));
+                }
+                if let Some(rollout) = self.rollouts.get_mut(&id) {
+                    rollout.status = RolloutStatus::Paused;
+                    rollout.paused_at_ms = Some(now);
+                }
+                self.log_as(id, ChangeKind::Paused, &actor, stage, reason, now, out);
+            }
+            Command::Resume => {
+                if status != RolloutStatus::Paused {
+                    return Err(invalid("paused"));
+                }
+                if let Some(rollout) = self.rollouts.get_mut(&id) {
+                    let paused_ms = now.saturating_sub(rollout.paused_at_ms.unwrap_or(now));
+                    rollout.status = RolloutStatus::Running;
+                    rollout.paused_at_ms = None;
+                    rollout.timeout_at_ms =
+                        rollout.timeout_at_ms.map(|at| at.saturating_add(paused_ms));
+                    if let StagePhase::Baking { bake_ends_ms } = rollout.phase {
+                        rollout.phase = StagePhase::Baking {
+                            bake_ends_ms: bake_ends_ms.saturating_add(paused_ms),
+                        };
+                    }
+                }
+                self.log_as(id, ChangeKind::Resumed, &actor, stage, reason, now, out);
+            }
+            Command::Promote => {
+                if status != RolloutStatus::Running {
+                    return Err(invalid("running"));
+                }
+                if !matches!(rollout.phase, StagePhase::Baking { .. } | StagePhase::Holding) {
+                    return Err(invalid("baking or holding (every exposed node has applied)"));
+                }
+                if rollout
+                    .gate_reports
+                    .iter()
+                    .any(|report| matches!(report.verdict, Verdict::Fail { .. }))
+                {
+                    return Err(invalid("free of failing gates"));
+                }
+                let why = format!("promoted by {actor}: {reason}");
+                self.log_as(id, ChangeKind::Promoted, &actor, stage, reason, now, out);
+                self.pass_stage(id, &why, now, out);
+            }
+            Command::Abort => {
+                if status.is_terminal() {
+                    return Err(invalid("queued, running or paused"));
+                }
+                self.abort(id, &actor, &reason, ChangeKind::Aborted, now, out);
+            }
+            Command::Rollback => {
+                if !matches!(status, RolloutStatus::Running | RolloutStatus::Paused) {
+                    return Err(invalid("running or paused (abort a queued rollout instead)"));
+                }
+                let why = format!("rollback requested by {actor}: {reason}");
+                self.roll_back(id, &why, &actor, true, now, out);
+            }
+            Command::Approve => {
+                if status != RolloutStatus::Running {
+                    return Err(invalid("running"));
+                }
+                if rollout.phase != StagePhase::AwaitingApproval {
+                    return Err(EngineError::NoApprovalPending { rollout: id });
+                }
+                if rollout.actor == actor {
+                    return Err(EngineError::SelfApproval { actor });
+                }
+                if let Some(rollout) = self.rollouts.get_mut(&id) {
+                    rollout.phase = StagePhase::Passed;
+                }
+                self.log_as(id, ChangeKind::Approved, &actor, stage, reason, now, out);
+            }
+        }
+        self.settle(&unit, now, out);
+        Ok(())
+    }
+}
+
+// ----- the state machine ----------------------------------------------------------------------
+impl Engine {
+    /// Whether a rollout with `plan` may start now beside the unit's active rollouts.
+    fn can_start(&self, unit: &UnitState, plan: &Plan) -> bool {
+        let Some(newest) = unit.active.last() else {
+            return true;
+        };
+        plan.concurrency == Concurrency::Train
+            && unit.active.iter().all(|id| {
+                self.rollouts
+                    .get(id)
+                    .is_some_and(|rollout| rollout.plan.concurrency == Concurrency::Train)
+            })
+            && self.rollouts.get(newest).is_some_and(|rollout| rollout.stage > 0)
+    }
+
+    fn start(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        rollout.status = RolloutStatus::Running;
+        let unit = rollout.unit.clone();
+        let reason = rollout.reason.clone();
+        let actor = rollout.actor.clone();
+        if let Some(state) = self.units.get_mut(&unit) {
+            state.active.push(id);
+        }
+        self.log_as(id, ChangeKind::RolloutStarted, &actor, None, reason, now, out);
+        self.enter_stage(id, 0, now, out);
+    }
+
+    /// Starts queued rollouts of the unit that may start now, in order.
+    fn start_ready(&mut self, unit: &UnitName, now: TimeMs, out: &mut Vec<Action>) -> bool {
+        let mut started = false;
+        let bound = self.units.get(unit).map_or(0, |state| state.queued.len());
+        for _ in 0..bound {
+            let Some(state) = self.units.get(unit) else {
+                break;
+            };
+            let Some(front) = state.queued.front().copied() else {
+                break;
+            };
+            let ready = self
+                .rollouts
+                .get(&front)
+                .is_some_and(|rollout| self.can_start(state, &rollout.plan));
+            if !ready {
+                break;
+            }
+            if let Some(state) = self.units.get_mut(unit) {
+                state.queued.pop_front();
+            }
+            self.start(front, now, out);
+            started = true;
+        }
+        started
+    }
+
+    /// Points `node` at the rollout's version and records what it had before. When a later
+    /// train rollout of the unit already reached the node, the node stays on that later
+    /// version (which builds on this one): this rollout takes over the node's old "before",
+    /// the later one now reverts to this version, and the node counts as applied here.
+    /// Returns whether the node's desired version changed.
+    fn expose(&mut self, id: RolloutId, node: &NodeId) -> bool {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return false;
+        };
+        let (unit, version, stage) = (rollout.unit.clone(), rollout.version, rollout.stage);
+        let later: Vec<RolloutId> = self
+            .units
+            .get(&unit)
+            .map(|state| state.active.iter().copied().skip_while(|other| *other != id).skip(1).collect())
+            .unwrap_or_default();
+        let mut inherited = None;
+        for later_id in later {
+            if let Some(exposure) =
+                self.rollouts.get_mut(&later_id).and_then(|later| later.exposed.get_mut(node))
+            {
+                inherited = Some(exposure.before);
+                exposure.before = Some(version);
+                break;
+            }
+        }
+        let (before, acked, changed) = match inherited {
+            Some(before) => (before, true, false),
+            None => {
+                let Some(node_state) = self.nodes.get_mut(node) else {
+                    return false;
+                };
+                let before = node_state.desired.insert(unit, version);
+                (before, false, before != Some(version))
+            }
+        };
+        if let Some(rollout) = self.rollouts.get_mut(&id) {
+            let fresh = rollout
+                .exposed
+                .insert(node.clone(), Exposure { before, stage, acked, rejected: false })
+                .is_none();
+            if fresh {
+                rollout.nodes_exposed = rollout.nodes_exposed.saturating_add(1);
+                if acked {
+                    rollout.nodes_applied = rollout.nodes_applied.saturating_add(1);
+                }
+            }
+        }
+        changed
+    }
+
+    fn enter_stage(&mut self, id: RolloutId, index: usize, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return;
+        };
+        let Some(stage) = rollout.plan.stages.get(index) else {
+            return;
+        };
+        let mut targeted = 0u64;
+        let mut newly: Vec<NodeId> = Vec::new();
+        for (node, state) in &self.nodes {
+            let node_bucket = select::bucket(&rollout.unit, node);
+            if stage.selector.matches(&state.labels)
+                && select::bucket_within(node_bucket, stage.percent)
+            {
+                targeted = targeted.saturating_add(1);
+            }
+            if rollout.exposed.contains_key(node) {
+                continue;
+            }
+            let selected = rollout.plan.stages.iter().take(index.saturating_add(1)).any(|earlier| {
+                earlier.selector.matches(&state.labels)
+                    && select::bucket_within(node_bucket, earlier.percent)
+            });
+            if selected {
+                newly.push(node.clone());
+            }
+        }
+        // The fleet map's order is arbitrary: expose in node order.
+        newly.sort();
+        let (unit, version, timeout_ms, name) =
+            (rollout.unit.clone(), rollout.version, stage.timeout_ms, stage.name.clone());
+        if let Some(rollout) = self.rollouts.get_mut(&id) {
+            rollout.stage = index;
+            rollout.phase = StagePhase::Applying;
+            rollout.stage_entered_ms = now;
+            rollout.timeout_at_ms = (timeout_ms > 0).then(|| now.saturating_add(timeout_ms));
+            rollout.nodes_targeted = targeted;
+            rollout.canary = GroupMetrics::default();
+            rollout.baseline = GroupMetrics::default();
+            rollout.gate_reports.clear();
+            rollout.last_gate_eval_ms = None;
+        }
+        let mut set_nodes = Vec::new();
+        for node in &newly {
+            if self.expose(id, node) {
+                set_nodes.push(node.clone());
+            }
+        }
+        let exposed_total = self.rollouts.get(&id).map_or(0, |rollout| rollout.nodes_exposed);
+        if !set_nodes.is_empty() {
+            out.push(Action::SetDesired { unit, version: Some(version), nodes: set_nodes });
+        }
+        let reason = if targeted == 0 {
+            "no nodes selected by this stage; it passes at once".to_owned()
+        } else {
+            format!(
+                "{targeted} nodes selected, {} newly exposed, {exposed_total} exposed in all",
+                newly.len()
+            )
+        };
+        self.log(id, ChangeKind::StageStarted, None, Some(name), reason, now, out);
+    }
+
+    /// Lets the unit's rollouts move (bakes, holds, stages, train order, queue) until nothing
+    /// changes.
+    fn settle(&mut self, unit: &UnitName, now: TimeMs, out: &mut Vec<Action>) {
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            let active = self.units.get(unit).map(|state| state.active.clone()).unwrap_or_default();
+            let mut changed = false;
+            for id in active {
+                changed |= self.progress(id, now, out);
+            }
+            changed |= self.start_ready(unit, now, out);
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Moves one running rollout through the transitions that are due now. Returns whether
+    /// anything changed.
+    fn progress(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) -> bool {
+        let mut changed = false;
+        let bound = self
+            .rollouts
+            .get(&id)
+            .map_or(0, |rollout| rollout.plan.stages.len().saturating_add(1))
+            .saturating_mul(MAX_TRANSITIONS_PER_STAGE);
+        for _ in 0..bound {
+            let Some(rollout) = self.rollouts.get(&id) else {
+                return changed;
+            };
+            if rollout.status != RolloutStatus::Running {
+                return changed;
+            }
+            let Some(stage) = rollout.current_stage() else {
+                return changed;
+            };
+            let all_applied = rollout.nodes_applied >= rollout.nodes_exposed;
+            let timed_out = rollout.timeout_at_ms.is_some_and(|at| now >= at);
+            match rollout.phase {
+                StagePhase::Applying if rollout.nodes_targeted == 0 => {
+                    self.pass_stage(id, "no nodes selected by this stage", now, out);
+                }
+                StagePhase::Applying if all_applied => {
+                    let bake_ends_ms = now.saturating_add(stage.bake_ms);
+                    if let Some(rollout) = self.rollouts.get_mut(&id) {
+                        rollout.phase = StagePhase::Baking { bake_ends_ms };
+                    }
+                }
+                StagePhase::Baking { bake_ends_ms } if now >= bake_ends_ms => {
+                    let fresh = rollout.last_gate_eval_ms.is_some_and(|at| at >= bake_ends_ms);
+                    if !fresh && let Some(failure) = self.evaluate_gates(id, now, out) {
+                        self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
+                        return true;
+                    }
+                    if let Some(rollout) = self.rollouts.get_mut(&id) {
+                        rollout.phase = StagePhase::Holding;
+                    }
+                }
+                StagePhase::Holding if self.stage_ready(rollout) => {
+                    // Never pass on stale verdicts: judge the data of this very step.
+                    if rollout.last_gate_eval_ms != Some(now) {
+                        if let Some(failure) = self.evaluate_gates(id, now, out) {
+                            self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
+                            return true;
+                        }
+                        if !self.rollouts.get(&id).is_some_and(|rollout| self.stage_ready(rollout)) {
+                            continue;
+                        }
+                    }
+                    let why = self.rollouts.get(&id).map_or_else(String::new, |rollout| {
+                        format!(
+                            "bake over; gates: {}; {}",
+                            gate_summary(&rollout.gate_reports),
+                            rollout.numbers()
+                        )
+                    });
+                    self.pass_stage(id, &why, now, out);
+                }
+                StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
+                    if timed_out {
+                        let why = format!(
+                            "timeout: stage {:?} did not pass within {} ms ({}; gates: {})",
+                            stage.name,
+                            stage.timeout_ms,
+                            rollout.numbers(),
+                            gate_summary(&rollout.gate_reports),
+                        );
+                        self.roll_back(id, &why, ENGINE_ACTOR, true, now, out);
+                        return true;
+                    }
+                    return changed;
+                }
+                StagePhase::AwaitingApproval => return changed,
+                StagePhase::Passed => {
+                    let next = rollout.stage.saturating_add(1);
+                    if self.blocked_by_predecessor(id, next) {
+                        return changed;
+                    }
+                    if next >= rollout.plan.stages.len() {
+                        self.complete(id, now, out);
+                        return true;
+                    }
+                    self.enter_stage(id, next, now, out);
+                }
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    /// Whether the stage may pass now: every exposed node applied, enough canary requests,
+    /// every gate's latest verdict `Pass`, no silent canary node.
+    fn stage_ready(&self, rollout: &Rollout) -> bool {
+        let Some(stage) = rollout.current_stage() else {
+            return false;
+        };
+        rollout.nodes_applied >= rollout.nodes_exposed
+            && rollout.canary.sample.requests >= stage.min_requests
+            && rollout.canary.silent_nodes == 0
+            && rollout.gate_reports.len() == stage.gates.len()
+            && rollout.gate_reports.iter().all(|report| matches!(report.verdict, Verdict::Pass { .. }))
+    }
+
+    /// In a release train, whether the earlier rollout of the unit has not yet left stage
+    /// `next` (or, when `next` is past the last stage, has not completed).
+    fn blocked_by_predecessor(&self, id: RolloutId, next: usize) -> bool {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return false;
+        };
+        let Some(state) = self.units.get(&rollout.unit) else {
+            return false;
+        };
+        let Some(position) = state.active.iter().position(|other| *other == id) else {
+            return false;
+        };
+        let Some(earlier) = position.checked_sub(1).and_then(|p| state.active.get(p)) else {
+            return false;
+        };
+        self.rollouts.get(earlier).is_some_and(|earlier| earlier.stage <= next)
+    }
+
+    fn pass_stage(&mut self, id: RolloutId, why: &str, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        let approval = rollout.current_stage().is_some_and(|stage| stage.approval);
+        rollout.phase =
+            if approval { StagePhase::AwaitingApproval } else { StagePhase::Passed };
+        let stage = rollout.stage_name();
+        self.log(id, ChangeKind::StagePassed, None, stage.clone(), cut(why), now, out);
+        if approval {
+            let message = format!(
+                "stage {:?} passed and waits for approval by someone other than the pusher",
+                stage.unwrap_or_default()
+            );
+            out.push(Action::Notify { rollout: id, message });
+        }
+    }
+
+    /// Evaluates the current stage's gates and silence; records verdicts (changelog on change).
+    /// Returns the reason to roll back when a gate fails or too many canary nodes are silent.
+    fn evaluate_gates(
+        &mut self,
+        id: RolloutId,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) -> Option<String> {
+        let Self { nodes, rollouts, .. } = self;
+        let rollout = rollouts.get_mut(&id)?;
+        let stage = rollout.plan.stages.get(rollout.stage)?;
+        let silence_ms = stage.silence_ms;
+        let silent = if silence_ms == 0 {
+            0
+        } else {
+            rollout
+                .exposed
+                .iter()
+                .filter(|(_, exposure)| exposure.acked)
+                .filter(|(node, _)| {
+                    nodes.get(*node).and_then(|state| state.last_report_ms).is_none_or(
+                        |last_ms| now.saturating_sub(last_ms) > silence_ms,
+                    )
+                })
+                .count() as u64
+        };
+        rollout.canary.silent_nodes = silent;
+        rollout.canary.nodes = rollout.nodes_applied;
+        let baseline_nodes = nodes
+            .iter()
+            .filter(|(node, state)| {
+                !rollout.exposed.contains_key(*node) && stage.selector.matches(&state.labels)
+            })
+            .count() as u64;
+        let baseline = if baseline_nodes > 0 {
+            let current = GroupMetrics { nodes: baseline_nodes, ..rollout.baseline };
+            rollout.baseline_carried = Some(current);
+            Some(current)
+        } else {
+            rollout.baseline_carried
+        };
+        let mut changes = Vec::new();
+        let mut reports = Vec::with_capacity(stage.gates.len());
+        for (index, gate) in stage.gates.iter().enumerate() {
+            let verdict = gate.evaluate(&rollout.canary, baseline.as_ref(), stage.min_requests);
+            let previous_changed = rollout.gate_reports.get(index).map_or(
+                !matches!(verdict, Verdict::Inconclusive { .. }),
+                |previous| !same_kind(&previous.verdict, &verdict),
+            );
+            if previous_changed {
+                changes.push(format!("gate {:?}: {}", gate.source, verdict_text(&verdict)));
+            }
+            reports.push(GateReport { gate: gate.source.clone(), verdict });
+        }
+        let failure = reports
+            .iter()
+            .find(|report| matches!(report.verdict, Verdict::Fail { .. }))
+            .map(|report| format!("gate {:?} failed: {}", report.gate, verdict_text(&report.verdict)));
+        rollout.gate_reports = reports;
+        rollout.last_gate_eval_ms = Some(now);
+        let stage_name = rollout.stage_name();
+        let failure = failure.or_else(|| rollout.hard_signal_breach()).map(|why| {
+            format!("{why} ({})", rollout.numbers())
+        });
+        for change in changes {
+            self.log(id, ChangeKind::GateVerdict, None, stage_name.clone(), change, now, out);
+        }
+        failure
+    }
+
+    fn complete(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        rollout.status = RolloutStatus::Completed;
+        rollout.ended_ms = Some(now);
+        rollout.outcome = Some("every stage passed".into());
+        let (unit, version) = (rollout.unit.clone(), rollout.version);
+        let numbers = rollout.numbers();
+        if let Some(state) = self.units.get_mut(&unit) {
+            state.stable = Some(version);
+            state.active.retain(|other| *other != id);
+        }
+        self.log(id, ChangeKind::Completed, None, None, format!("every stage passed; {numbers}"), now, out);
+        out.push(Action::Notify {
+            rollout: id,
+            message: format!("{unit} {} completed: it is now the stable version", version.short()),
+        });
+        self.retire(id);
+    }
+
+    /// Ends a queued or active rollout where it is: exposed nodes keep the version.
+    fn abort(
+        &mut self,
+        id: RolloutId,
+        actor: &str,
+        why: &str,
+        kind: ChangeKind,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        rollout.status = RolloutStatus::Aborted;
+        rollout.ended_ms = Some(now);
+        rollout.outcome = Some(cut(why));
+        let unit = rollout.unit.clone();
+        let stage = rollout.stage_name();
+        if let Some(state) = self.units.get_mut(&unit) {
+            state.active.retain(|other| *other != id);
+            state.queued.retain(|other| *other != id);
+        }
+        self.log_as(id, kind, actor, stage, cut(why), now, out);
+        out.push(Action::Notify { rollout: id, message: format!("aborted by {actor}: {}", cut(why)) });
+        self.retire(id);
+    }
+
+    fn end_superseded(&mut self, old: RolloutId, by: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+        let why = format!("superseded by {by}, a newer version of the unit");
+        self.abort(old, ENGINE_ACTOR, &why, ChangeKind::Superseded, now, out);
+    }
+
+    /// Reverts every node the rollout reached (and, in a release train, every later rollout of
+    /// the unit first, newest first) to what it had before, in this step.
+    fn roll_back(
+        &mut self,
+        id: RolloutId,
+        why: &str,
+        actor: &str,
+        quarantine: bool,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return;
+        };
+        let unit = rollout.unit.clone();
+        let chain: Vec<RolloutId> = self
+            .units
+            .get(&unit)
+            .map(|state| {
+                state.active.iter().copied().skip_while(|other| *other != id).collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let chain: Vec<RolloutId> = if chain.is_empty() { vec![id] } else { chain };
+        let mut targets: BTreeMap<NodeId, Option<VersionHash>> = BTreeMap::new();
+        for rollout_id in chain.iter().rev() {
+            if let Some(rollout) = self.rollouts.get(rollout_id) {
+                for (node, exposure) in &rollout.exposed {
+                    targets.insert(node.clone(), exposure.before);
+                }
+            }
+        }
+        let mut groups: BTreeMap<Option<VersionHash>, Vec<NodeId>> = BTreeMap::new();
+        for (node, before) in targets {
+            let Some(state) = self.nodes.get_mut(&node) else {
+                continue;
+            };
+            match before {
+                Some(version) => state.desired.insert(unit.clone(), version),
+                None => state.desired.remove(&unit),
+            };
+            groups.entry(before).or_default().push(node);
+        }
+        for (version, nodes) in groups {
+            out.push(Action::SetDesired { unit: unit.clone(), version, nodes });
+        }
+        for rollout_id in chain.iter().rev() {
+            let primary = *rollout_id == id;
+            let reason = if primary {
+                cut(why)
+            } else {
+                cut(&format!("{id}, an earlier version this one builds on, rolled back: {why}"))
+            };
+            let Some(rollout) = self.rollouts.get_mut(rollout_id) else {
+                continue;
+            };
+            rollout.status = RolloutStatus::RolledBack;
+            rollout.ended_ms = Some(now);
+            rollout.paused_at_ms = None;
+            rollout.outcome = Some(reason.clone());
+            let version = rollout.version;
+            let stage = rollout.stage_name();
+            let exposed = rollout.nodes_exposed;
+            if let Some(state) = self.units.get_mut(&unit) {
+                state.active.retain(|other| other != rollout_id);
+            }
+            self.log_as(*rollout_id, ChangeKind::RolledBack, actor, stage.clone(), reason.clone(), now, out);
+            if primary && quarantine {
+                self.quarantine(&unit, version, *rollout_id);
+                self.log_as(
+                    *rollout_id,
+                    ChangeKind::Quarantined,
+                    actor,
+                    stage,
+                    format!("{} is quarantined for {unit}; redeploying it needs an admin override", version.short()),
+                    now,
+                    out,
+                );
+            }
+            out.push(Action::Notify {
+                rollout: *rollout_id,
+                message: format!(
+                    "{unit} {} rolled back on {exposed} nodes: {reason}",
+                    version.short()
+                ),
+            });
+            self.retire(*rollout_id);
+        }
+    }
+
+    fn quarantine(&mut self, unit: &UnitName, version: VersionHash, by: RolloutId) {
+        let Some(state) = self.units.get_mut(unit) else {
+            return;
+        };
+        state.quarantined.insert(version, by);
+        if state.quarantined.len() > MAX_QUARANTINED_PER_UNIT
+            && let Some(oldest) =
+                state.quarantined.iter().min_by_key(|(_, by)| **by).map(|(hash, _)| *hash)
+        {
+            state.quarantined.remove(&oldest);
+        }
+    }
+
+    /// Records a terminal rollout and prunes old ones.
+    fn retire(&mut self, id: RolloutId) {
+        self.terminal.push_back(id);
+        let kept = self.terminal.len();
+        if kept > MAX_TERMINAL_ROLLOUTS_WITH_NODES
+            && let Some(old) = self.terminal.get(kept - MAX_TERMINAL_ROLLOUTS_WITH_NODES - 1)
+            && let Some(rollout) = self.rollouts.get_mut(old)
+        {
+            rollout.exposed = LookupMap::default();
+        }
+        while self.terminal.len() > MAX_TERMINAL_ROLLOUTS_KEPT {
+            if let Some(oldest) = self.terminal.pop_front() {
+                self.rollouts.remove(&oldest);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        id: RolloutId,
+        kind: ChangeKind,
+        actor: Option<&str>,
+        stage: Option<String>,
+        reason: String,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        self.log_as(id, kind, actor.unwrap_or(ENGINE_ACTOR), stage, reason, now, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_as(
+        &self,
+        id: RolloutId,
+        kind: ChangeKind,
+        actor: &str,
+        stage: Option<String>,
+        reason: String,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(rollout) = self.rollouts.get(&id) else {
+            return;
+        };
+        out.push(Action::Changelog(ChangelogEntry {
+            at_ms: now,
+            actor: cut(actor),
+            kind,
+            unit: rollout.unit.clone(),
+            version: rollout.version,
+            rollout: id,
+            stage,
+            reason: cut(&reason),
+        }));
+    }
+}
+
+fn verdict_text(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Pass { detail } => format!("pass ({detail})"),
+        Verdict::Fail { detail } => format!("fail ({detail})"),
+        Verdict::Inconclusive { detail } => format!("inconclusive ({detail})"),
+    }
+}
+
+fn gate_summary(reports: &[GateReport]) -> String {
+    if reports.is_empty() {
+        return "none evaluated".into();
+    }
+    reports
+        .iter()
+        .map(|report| format!("{:?} {}", report.gate, verdict_text(&report.verdict)))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -9,6 +9,9 @@ pub const LATENCY_BUCKET_BOUNDS_MS: [f64; 23] = [
     500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
 ];
 
+/// The largest finite bound: observations in the unbounded bucket count as this much.
+pub const LATENCY_LAST_FINITE_BOUND_MS: f64 = 10000.0;
+
 /// Number of buckets: one per bound, plus the unbounded one.
 pub const LATENCY_BUCKETS: usize = LATENCY_BUCKET_BOUNDS_MS.len() + 1;
 
@@ -65,7 +68,7 @@ impl LatencyHistogram {
             let upper_ms = LATENCY_BUCKET_BOUNDS_MS
                 .get(index)
                 .copied()
-                .unwrap_or(LATENCY_BUCKET_BOUNDS_MS[LATENCY_BUCKET_BOUNDS_MS.len() - 1]);
+                .unwrap_or(LATENCY_LAST_FINITE_BOUND_MS);
             let next = seen.saturating_add(*count);
             if *count > 0 && next as f64 >= rank {
                 let within = (rank - seen as f64) / *count as f64;
@@ -148,6 +151,11 @@ mod tests {
         let p100 = histogram.quantile_ms(1.0).unwrap();
         assert!((300.0..=500.0).contains(&p100), "{p100}");
         assert_eq!(LatencyHistogram::default().quantile_ms(0.99), None);
+    }
+
+    #[test]
+    fn last_finite_bound_is_the_last_bound() {
+        assert_eq!(LATENCY_BUCKET_BOUNDS_MS.last(), Some(&LATENCY_LAST_FINITE_BOUND_MS));
     }
 
     #[test]

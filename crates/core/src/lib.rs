@@ -14,3 +14,4 @@ pub mod health;
 pub mod plan;
 pub mod select;
 pub mod stats;
+pub mod validate;

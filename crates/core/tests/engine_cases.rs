@@ -1,0 +1,967 @@
+//! Scenario tests of the rollout engine through a small harness: a fleet, rollouts, ACKs,
+//! health, and virtual time.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
+use failsmall_core::engine::{
+    Action, ChangeKind, Command, Engine, EngineError, Event, RolloutStatus, StagePhase,
+};
+use failsmall_core::gate::{Gate, Verdict};
+use failsmall_core::health::HealthSample;
+use failsmall_core::plan::{Concurrency, HardSignals, Percent, Plan, Selector, Stage};
+
+const TICK_MS: u64 = 5_000;
+
+/// How a node reacts to a version it is told to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reaction {
+    /// ACK, then report healthy traffic.
+    Healthy,
+    /// NACK (the agent's validation refused it).
+    Nack,
+    /// ACK, then the consumer crashes.
+    Crash,
+    /// ACK, then the HTTP health check fails.
+    CheckFails,
+    /// ACK, then never report again.
+    Silent,
+    /// Never ACK (nor report).
+    Stuck,
+    /// ACK, then report traffic with 20% errors.
+    Errors,
+}
+
+struct Harness {
+    engine: Engine,
+    now_ms: u64,
+    actions: Vec<Action>,
+    /// (node, unit, version) already answered.
+    answered: BTreeSet<(NodeId, UnitName, VersionHash)>,
+    /// Every (node, version) that was ever told to run a version, per unit.
+    ever_set: BTreeMap<UnitName, BTreeSet<(NodeId, Option<VersionHash>)>>,
+    /// Registered nodes.
+    fleet: BTreeSet<NodeId>,
+}
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).unwrap()
+}
+
+fn unit(name: &str) -> UnitName {
+    UnitName::new(name).unwrap()
+}
+
+fn version(seed: &str) -> VersionHash {
+    VersionHash::of(seed.as_bytes())
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn selector(pairs: &[(&str, &str)]) -> Selector {
+    let mut selector = Selector::default();
+    for (key, value) in pairs {
+        selector.labels.entry((*key).to_owned()).or_default().push((*value).to_owned());
+    }
+    selector
+}
+
+fn stage(name: &str, select: &[(&str, &str)], percent: u32, bake_ms: u64) -> Stage {
+    Stage {
+        name: name.into(),
+        selector: selector(select),
+        percent: Percent { basis_points: percent * 100 },
+        bake_ms,
+        timeout_ms: 600_000,
+        gates: vec![],
+        min_requests: 100,
+        hard_signals: HardSignals::default(),
+        silence_ms: 30_000,
+        approval: false,
+    }
+}
+
+/// employees (100%), then half of free, then everyone.
+fn three_stage_plan() -> Plan {
+    plan(vec![
+        stage("employees", &[("cohort", "employee")], 100, 30_000),
+        stage("free-half", &[("cohort", "free")], 50, 60_000),
+        stage("everyone", &[], 100, 60_000),
+    ])
+}
+
+fn plan(stages: Vec<Stage>) -> Plan {
+    Plan {
+        name: "test".into(),
+        concurrency: Concurrency::Queue,
+        queue_limit: 4,
+        supersede_queued: false,
+        health_check: None,
+        stages,
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            engine: Engine::new(),
+            now_ms: 1_000_000,
+            actions: vec![],
+            answered: BTreeSet::new(),
+            ever_set: BTreeMap::new(),
+            fleet: BTreeSet::new(),
+        }
+    }
+
+    /// 4 employees, 20 free, 10 pro nodes.
+    fn with_fleet() -> Self {
+        let mut harness = Self::new();
+        for i in 0..4 {
+            harness.register(&format!("emp-{i}"), &[("cohort", "employee")]);
+        }
+        for i in 0..20 {
+            harness.register(&format!("free-{i}"), &[("cohort", "free")]);
+        }
+        for i in 0..10 {
+            harness.register(&format!("pro-{i}"), &[("cohort", "pro")]);
+        }
+        harness
+    }
+
+    fn register(&mut self, name: &str, pairs: &[(&str, &str)]) {
+        self.step(Event::NodeRegistered { node: node(name), labels: labels(pairs) });
+    }
+
+    fn try_step(&mut self, event: Event) -> Result<Vec<Action>, EngineError> {
+        let actions = self.engine.step(self.now_ms, &event)?;
+        match &event {
+            Event::NodeRegistered { node, .. } => {
+                self.fleet.insert(node.clone());
+            }
+            Event::NodeRemoved { node } => {
+                self.fleet.remove(node);
+            }
+            _ => {}
+        }
+        for action in &actions {
+            if let Action::SetDesired { unit, version, nodes } = action {
+                let set = self.ever_set.entry(unit.clone()).or_default();
+                for node in nodes {
+                    set.insert((node.clone(), *version));
+                }
+            }
+        }
+        self.actions.extend(actions.iter().cloned());
+        Ok(actions)
+    }
+
+    fn step(&mut self, event: Event) -> Vec<Action> {
+        self.try_step(event).unwrap()
+    }
+
+    fn request(&mut self, unit_name: &str, seed: &str, plan: Plan, actor: &str) -> RolloutId {
+        let actions = self.step(Event::RolloutRequested {
+            unit: unit(unit_name),
+            version: version(seed),
+            plan,
+            actor: actor.into(),
+            reason: "test".into(),
+            override_quarantine: false,
+        });
+        actions
+            .iter()
+            .find_map(|action| match action {
+                Action::Changelog(entry)
+                    if matches!(entry.kind, ChangeKind::RolloutStarted | ChangeKind::RolloutQueued)
+                        && entry.version == version(seed) =>
+                {
+                    Some(entry.rollout)
+                }
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    fn command(&mut self, id: RolloutId, command: Command, actor: &str) -> Result<Vec<Action>, EngineError> {
+        self.try_step(Event::Command { rollout: id, command, actor: actor.into(), reason: "test".into() })
+    }
+
+    /// One round of node behaviour for `unit_name` then a tick, `TICK_MS` later.
+    fn round(&mut self, unit_name: &str, react: &dyn Fn(&NodeId, VersionHash) -> Reaction) {
+        let unit = unit(unit_name);
+        let nodes: Vec<NodeId> = self.all_nodes();
+        for node in nodes {
+            let Some(desired) = self.engine.desired(&node, &unit) else {
+                continue;
+            };
+            let reaction = react(&node, desired);
+            let key = (node.clone(), unit.clone(), desired);
+            let first = !self.answered.contains(&key);
+            if first {
+                match reaction {
+                    Reaction::Stuck => continue,
+                    Reaction::Nack => {
+                        self.answered.insert(key);
+                        self.step(Event::Rejected {
+                            node: node.clone(),
+                            unit: unit.clone(),
+                            version: desired,
+                            reason: "too many features".into(),
+                        });
+                        continue;
+                    }
+                    _ => {
+                        self.answered.insert(key);
+                        self.step(Event::Applied { node: node.clone(), unit: unit.clone(), version: desired });
+                    }
+                }
+            }
+            match reaction {
+                Reaction::Healthy | Reaction::Errors => {
+                    let errors = if reaction == Reaction::Errors { 10 } else { 0 };
+                    let mut sample = HealthSample { requests: 50, errors, ..Default::default() };
+                    sample.latency.record(25.0, 50);
+                    self.step(Event::Health { node: node.clone(), unit: unit.clone(), version: desired, sample });
+                }
+                Reaction::Crash => {
+                    self.step(Event::Crashed {
+                        node: node.clone(),
+                        unit: unit.clone(),
+                        version: desired,
+                        reason: "panic".into(),
+                    });
+                }
+                Reaction::CheckFails => {
+                    self.step(Event::HealthCheckFailed {
+                        node: node.clone(),
+                        unit: unit.clone(),
+                        version: desired,
+                        reason: "GET /healthz: 500".into(),
+                    });
+                }
+                Reaction::Nack | Reaction::Silent | Reaction::Stuck => {}
+            }
+        }
+        self.tick(TICK_MS);
+    }
+
+    fn tick(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.step(Event::Tick);
+    }
+
+    /// Rounds until the rollout is terminal or `limit_ms` of virtual time passed.
+    fn run(&mut self, id: RolloutId, unit_name: &str, limit_ms: u64, react: &dyn Fn(&NodeId, VersionHash) -> Reaction) {
+        let end = self.now_ms + limit_ms;
+        while self.now_ms < end && !self.status(id).is_terminal() {
+            self.round(unit_name, react);
+        }
+    }
+
+    fn status(&self, id: RolloutId) -> RolloutStatus {
+        self.engine.rollout(id).unwrap().status
+    }
+
+    fn all_nodes(&self) -> Vec<NodeId> {
+        self.fleet.iter().cloned().collect()
+    }
+
+    fn kinds(&self, id: RolloutId) -> Vec<ChangeKind> {
+        self.actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Changelog(entry) if entry.rollout == id => Some(entry.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn nodes_ever_given(&self, unit_name: &str, seed: &str) -> BTreeSet<NodeId> {
+        self.ever_set
+            .get(&unit(unit_name))
+            .map(|set| {
+                set.iter()
+                    .filter(|(_, v)| *v == Some(version(seed)))
+                    .map(|(node, _)| node.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn healthy(_: &NodeId, _: VersionHash) -> Reaction {
+    Reaction::Healthy
+}
+
+#[test]
+fn good_version_goes_through_every_stage_and_completes() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("bot-features", "v1", three_stage_plan(), "alice");
+    assert_eq!(h.engine.rollout(id).unwrap().stage_name, "employees");
+    // Only employees got it at first.
+    let first = h.engine.exposed_nodes(id);
+    assert_eq!(first.len(), 4);
+    assert!(first.iter().all(|n| n.as_str().starts_with("emp-")));
+
+    h.run(id, "bot-features", 3_600_000, &healthy);
+
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+    assert_eq!(h.engine.stable(&unit("bot-features")), Some(version("v1")));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("bot-features")), Some(version("v1")), "{n}");
+    }
+    let kinds = h.kinds(id);
+    assert_eq!(kinds.iter().filter(|k| **k == ChangeKind::StagePassed).count(), 3);
+    assert_eq!(kinds.first(), Some(&ChangeKind::RolloutStarted));
+    assert_eq!(kinds.last(), Some(&ChangeKind::Completed));
+    assert_eq!(h.engine.next_deadline_ms(), None);
+}
+
+#[test]
+fn stage_waits_for_its_bake_before_passing() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    // 30 s bake: after 25 s of healthy rounds the first stage has not passed yet.
+    for _ in 0..5 {
+        h.round("u", &healthy);
+    }
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 0);
+    assert!(matches!(view.phase, StagePhase::Baking { .. }), "{view:?}");
+    assert!(view.bake_remaining_ms.unwrap() > 0);
+    h.run(id, "u", 20_000, &healthy);
+    assert!(h.engine.rollout(id).unwrap().stage_index >= 1);
+}
+
+#[test]
+fn nack_in_stage_one_rolls_back_at_once_and_never_reaches_later_stages() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("bot-features", "v1", three_stage_plan(), "alice");
+    // Employees are fine; free nodes NACK the version.
+    let react = |n: &NodeId, _: VersionHash| {
+        if n.as_str().starts_with("free-") { Reaction::Nack } else { Reaction::Healthy }
+    };
+    let mut stage_one_exposed = BTreeSet::new();
+    while !h.status(id).is_terminal() {
+        let view = h.engine.rollout(id).unwrap();
+        if view.stage_index == 1 {
+            stage_one_exposed.extend(h.engine.exposed_nodes(id));
+        }
+        // Send the NACK and look at the actions of that very step.
+        h.round("bot-features", &react);
+        assert!(h.now_ms < 2_000_000, "did not end");
+    }
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert!(h.kinds(id).contains(&ChangeKind::Quarantined));
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 1, "failed in stage 1");
+    // No node outside stages 0 and 1 ever got v1.
+    let given = h.nodes_ever_given("bot-features", "v1");
+    assert!(!given.is_empty());
+    assert!(given.iter().all(|n| !n.as_str().starts_with("pro-")), "{given:?}");
+    assert!(given.is_subset(&stage_one_exposed));
+    // Every node that got it is back to what it had (nothing).
+    for n in &given {
+        assert_eq!(h.engine.desired(n, &unit("bot-features")), None);
+    }
+    assert!(h.engine.is_quarantined(&unit("bot-features"), &version("v1")));
+}
+
+#[test]
+fn hard_signal_rolls_back_in_the_same_step() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    let exposed = h.engine.exposed_nodes(id);
+    let victim = exposed.first().unwrap().clone();
+    h.step(Event::Applied { node: victim.clone(), unit: unit("u"), version: version("v1") });
+    let actions = h.step(Event::Crashed {
+        node: victim.clone(),
+        unit: unit("u"),
+        version: version("v1"),
+        reason: "segfault".into(),
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    let reverted: Vec<NodeId> = actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::SetDesired { version: None, nodes, .. } => Some(nodes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(reverted, exposed);
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify { .. })));
+}
+
+#[test]
+fn crash_rolls_back_and_restores_the_previous_version() {
+    let mut h = Harness::with_fleet();
+    let good = h.request("u", "good", three_stage_plan(), "alice");
+    h.run(good, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(good), RolloutStatus::Completed);
+
+    let bad = h.request("u", "bad", three_stage_plan(), "alice");
+    let react = |_: &NodeId, v: VersionHash| {
+        if v == version("bad") { Reaction::Crash } else { Reaction::Healthy }
+    };
+    h.run(bad, "u", 600_000, &react);
+    assert_eq!(h.status(bad), RolloutStatus::RolledBack);
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("u")), Some(version("good")));
+    }
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("good")));
+}
+
+#[test]
+fn failed_health_check_rolls_back() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.run(id, "u", 600_000, &|_, _| Reaction::CheckFails);
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert!(h.engine.rollout(id).unwrap().outcome.unwrap().contains("health checks"));
+}
+
+#[test]
+fn silent_canary_nodes_roll_back() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.run(id, "u", 600_000, &|n, _| {
+        if n.as_str() == "emp-0" { Reaction::Silent } else { Reaction::Healthy }
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    let outcome = h.engine.rollout(id).unwrap().outcome.unwrap();
+    assert!(outcome.contains("silent"), "{outcome}");
+}
+
+#[test]
+fn missing_acks_time_out_and_roll_back() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[0].timeout_ms = 120_000;
+    let id = h.request("u", "v1", plan, "alice");
+    let start = h.now_ms;
+    h.run(id, "u", 3_600_000, &|n, _| {
+        if n.as_str() == "emp-1" { Reaction::Stuck } else { Reaction::Healthy }
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    let view = h.engine.rollout(id).unwrap();
+    assert!(view.outcome.unwrap().starts_with("timeout"));
+    let ended = view.ended_ms.unwrap();
+    assert!(ended >= start + 120_000 && ended <= start + 120_000 + TICK_MS, "{ended}");
+}
+
+#[test]
+fn too_few_requests_hold_and_never_promote() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[0].min_requests = 1_000_000;
+    plan.stages[0].timeout_ms = 300_000;
+    let id = h.request("u", "v1", plan, "alice");
+    for _ in 0..20 {
+        h.round("u", &healthy);
+    }
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 0);
+    assert_eq!(view.phase, StagePhase::Holding);
+    h.run(id, "u", 600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 0);
+}
+
+#[test]
+fn approval_is_needed_and_self_approval_is_refused() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[0].approval = true;
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 300_000, &healthy);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.phase, StagePhase::AwaitingApproval);
+    assert_eq!(view.stage_index, 0);
+    let before = h.engine.clone();
+    assert!(matches!(
+        h.command(id, Command::Approve, "alice"),
+        Err(EngineError::SelfApproval { .. })
+    ));
+    assert_eq!(h.engine, before, "a refused step changes nothing");
+    h.command(id, Command::Approve, "bob").unwrap();
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
+    assert!(matches!(
+        h.command(id, Command::Approve, "bob"),
+        Err(EngineError::NoApprovalPending { .. })
+    ));
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    assert!(h.kinds(id).contains(&ChangeKind::Approved));
+}
+
+#[test]
+fn pause_freezes_deadlines_and_resume_extends_them() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.round("u", &healthy);
+    let StagePhase::Baking { bake_ends_ms } = h.engine.rollout(id).unwrap().phase else {
+        panic!("baking expected");
+    };
+    h.command(id, Command::Pause, "ops").unwrap();
+    assert_eq!(h.status(id), RolloutStatus::Paused);
+    assert_eq!(h.engine.next_deadline_ms(), None);
+    let remaining = h.engine.rollout(id).unwrap().bake_remaining_ms.unwrap();
+    // Ten minutes pass: far past the bake end and the stage timeout.
+    h.tick(600_000);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Paused);
+    assert_eq!(view.stage_index, 0);
+    assert_eq!(view.bake_remaining_ms, Some(remaining));
+    assert!(matches!(h.command(id, Command::Pause, "ops"), Err(EngineError::InvalidCommand { .. })));
+    h.command(id, Command::Resume, "ops").unwrap();
+    let StagePhase::Baking { bake_ends_ms: extended } = h.engine.rollout(id).unwrap().phase else {
+        panic!("still baking expected");
+    };
+    assert_eq!(extended, bake_ends_ms + 600_000);
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    let kinds = h.kinds(id);
+    assert!(kinds.contains(&ChangeKind::Paused) && kinds.contains(&ChangeKind::Resumed));
+}
+
+#[test]
+fn promote_skips_the_rest_of_the_bake() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[0].bake_ms = 3_600_000;
+    plan.stages[0].min_requests = 0;
+    let id = h.request("u", "v1", plan, "alice");
+    assert!(matches!(h.command(id, Command::Promote, "ops"), Err(EngineError::InvalidCommand { .. })));
+    h.round("u", &healthy);
+    h.command(id, Command::Promote, "ops").unwrap();
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
+    let promoted = h.actions.iter().any(|a| {
+        matches!(a, Action::Changelog(e) if e.kind == ChangeKind::Promoted && e.actor == "ops")
+    });
+    assert!(promoted);
+}
+
+#[test]
+fn abort_keeps_exposed_nodes_on_the_version() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.round("u", &healthy);
+    let exposed = h.engine.exposed_nodes(id);
+    h.command(id, Command::Abort, "ops").unwrap();
+    assert_eq!(h.status(id), RolloutStatus::Aborted);
+    for n in &exposed {
+        assert_eq!(h.engine.desired(n, &unit("u")), Some(version("v1")));
+    }
+    assert_eq!(h.engine.stable(&unit("u")), None);
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
+    assert!(matches!(h.command(id, Command::Resume, "ops"), Err(EngineError::InvalidCommand { .. })));
+}
+
+#[test]
+fn rollback_command_reverts_and_quarantines() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.run(id, "u", 100_000, &healthy);
+    assert!(h.engine.rollout(id).unwrap().stage_index >= 1);
+    let exposed = h.engine.exposed_nodes(id);
+    let actions = h.command(id, Command::Rollback, "ops").unwrap();
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    for n in &exposed {
+        assert_eq!(h.engine.desired(n, &unit("u")), None);
+    }
+    let logged = actions.iter().any(|a| {
+        matches!(a, Action::Changelog(e) if e.kind == ChangeKind::RolledBack && e.actor == "ops")
+    });
+    assert!(logged);
+    assert!(h.engine.is_quarantined(&unit("u"), &version("v1")));
+}
+
+#[test]
+fn quarantined_hash_is_refused_unless_overridden() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.command(id, Command::Rollback, "ops").unwrap();
+    let request = |override_quarantine| Event::RolloutRequested {
+        unit: unit("u"),
+        version: version("v1"),
+        plan: three_stage_plan(),
+        actor: "alice".into(),
+        reason: "again".into(),
+        override_quarantine,
+    };
+    let before = h.engine.clone();
+    assert!(matches!(h.try_step(request(false)), Err(EngineError::Quarantined { .. })));
+    assert_eq!(h.engine, before);
+    let actions = h.step(request(true));
+    let started = actions.iter().find_map(|a| match a {
+        Action::Changelog(e) if e.kind == ChangeKind::RolloutStarted => Some(e.clone()),
+        _ => None,
+    });
+    assert!(started.unwrap().reason.contains("override"));
+}
+
+#[test]
+fn empty_plan_is_refused() {
+    let mut h = Harness::with_fleet();
+    let result = h.try_step(Event::RolloutRequested {
+        unit: unit("u"),
+        version: version("v1"),
+        plan: plan(vec![]),
+        actor: "alice".into(),
+        reason: "".into(),
+        override_quarantine: false,
+    });
+    assert!(matches!(result, Err(EngineError::EmptyPlan { .. })));
+}
+
+#[test]
+fn versions_queue_then_run_in_order_and_the_queue_is_bounded() {
+    let mut h = Harness::with_fleet();
+    let mut small_queue = three_stage_plan();
+    small_queue.queue_limit = 1;
+    let first = h.request("u", "v1", small_queue.clone(), "alice");
+    let second = h.request("u", "v2", small_queue.clone(), "alice");
+    assert_eq!(h.status(second), RolloutStatus::Queued);
+    let full = h.try_step(Event::RolloutRequested {
+        unit: unit("u"),
+        version: version("v3"),
+        plan: small_queue,
+        actor: "alice".into(),
+        reason: "".into(),
+        override_quarantine: false,
+    });
+    assert!(matches!(full, Err(EngineError::QueueFull { queued: 1, .. })));
+    h.run(first, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(first), RolloutStatus::Completed);
+    assert_eq!(h.status(second), RolloutStatus::Running);
+    h.run(second, "u", 3_600_000, &healthy);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v2")));
+}
+
+#[test]
+fn a_newer_queued_version_supersedes_older_queued_ones() {
+    let mut h = Harness::with_fleet();
+    let mut superseding = three_stage_plan();
+    superseding.supersede_queued = true;
+    let first = h.request("u", "v1", superseding.clone(), "alice");
+    let second = h.request("u", "v2", superseding.clone(), "alice");
+    let third = h.request("u", "v3", superseding, "alice");
+    assert_eq!(h.status(first), RolloutStatus::Running);
+    assert_eq!(h.status(second), RolloutStatus::Aborted);
+    assert!(h.kinds(second).contains(&ChangeKind::Superseded));
+    assert_eq!(h.status(third), RolloutStatus::Queued);
+}
+
+fn train_plan() -> Plan {
+    let mut plan = three_stage_plan();
+    plan.concurrency = Concurrency::Train;
+    plan
+}
+
+/// Runs rounds until `id` reaches `stage_index` (or ends).
+fn run_to_stage(h: &mut Harness, id: RolloutId, stage_index: usize, react: &dyn Fn(&NodeId, VersionHash) -> Reaction) {
+    for _ in 0..1_000 {
+        let view = h.engine.rollout(id).unwrap();
+        if view.stage_index >= stage_index || view.status.is_terminal() {
+            return;
+        }
+        h.round("u", react);
+    }
+}
+
+#[test]
+fn release_train_failure_of_the_later_version_reverts_only_its_nodes() {
+    let mut h = Harness::with_fleet();
+    let n = h.request("u", "n", train_plan(), "alice");
+    let next = h.request("u", "n1", train_plan(), "alice");
+    assert_eq!(h.status(next), RolloutStatus::Queued, "waits until N leaves stage 0");
+    run_to_stage(&mut h, n, 1, &healthy);
+    assert_eq!(h.status(next), RolloutStatus::Running);
+    // Employees now run N+1 on top of N.
+    let react = |_: &NodeId, v: VersionHash| {
+        if v == version("n1") { Reaction::Nack } else { Reaction::Healthy }
+    };
+    h.round("u", &react);
+    assert_eq!(h.status(next), RolloutStatus::RolledBack);
+    assert_eq!(h.status(n), RolloutStatus::Running);
+    for i in 0..4 {
+        assert_eq!(h.engine.desired(&node(&format!("emp-{i}")), &unit("u")), Some(version("n")));
+    }
+    h.run(n, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(n), RolloutStatus::Completed);
+}
+
+#[test]
+fn release_train_failure_of_the_earlier_version_reverts_both() {
+    let mut h = Harness::with_fleet();
+    let n = h.request("u", "n", train_plan(), "alice");
+    let next = h.request("u", "n1", train_plan(), "alice");
+    run_to_stage(&mut h, n, 1, &healthy);
+    // N+1 reaches the employees; N is in stage 1.
+    h.round("u", &healthy);
+    assert!(h.engine.exposed_nodes(next).len() == 4);
+    assert_eq!(h.engine.rollout(next).unwrap().stage_index, 0);
+    assert_eq!(h.engine.version_before(next, &node("emp-0")), Some(version("n")));
+    h.command(n, Command::Rollback, "ops").unwrap();
+    assert_eq!(h.status(n), RolloutStatus::RolledBack);
+    assert_eq!(h.status(next), RolloutStatus::RolledBack);
+    for node_id in h.all_nodes() {
+        assert_eq!(h.engine.desired(&node_id, &unit("u")), None, "{node_id}");
+    }
+    assert!(h.engine.is_quarantined(&unit("u"), &version("n")));
+}
+
+#[test]
+fn train_versions_never_overtake_and_complete_in_order() {
+    let mut h = Harness::with_fleet();
+    let n = h.request("u", "n", train_plan(), "alice");
+    let next = h.request("u", "n1", train_plan(), "alice");
+    let mut completed = vec![];
+    for _ in 0..2_000 {
+        let (a, b) = (h.engine.rollout(n).unwrap(), h.engine.rollout(next).unwrap());
+        if b.status == RolloutStatus::Running && a.status == RolloutStatus::Running {
+            assert!(b.stage_index < a.stage_index, "{} vs {}", b.stage_index, a.stage_index);
+        }
+        for id in [n, next] {
+            if h.status(id) == RolloutStatus::Completed && !completed.contains(&id) {
+                completed.push(id);
+            }
+        }
+        if completed.len() == 2 {
+            break;
+        }
+        h.round("u", &healthy);
+    }
+    assert_eq!(completed, vec![n, next]);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("n1")));
+}
+
+#[test]
+fn a_node_joining_mid_rollout_gets_the_version_of_entered_stages() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.round("u", &healthy);
+    let actions = h.step(Event::NodeRegistered {
+        node: node("late-0"),
+        labels: labels(&[("cohort", "employee")]),
+    });
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::SetDesired { version: Some(v), nodes, .. } if *v == version("v1") && nodes == &vec![node("late-0")]
+    )));
+    let actions = h.step(Event::NodeRegistered { node: node("late-1"), labels: labels(&[("cohort", "pro")]) });
+    assert!(actions.iter().all(|a| !matches!(a, Action::SetDesired { .. })));
+    assert_eq!(h.engine.rollout(id).unwrap().nodes_exposed, 5);
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    assert_eq!(h.engine.desired(&node("late-1"), &unit("u")), Some(version("v1")));
+    // A node joining after completion gets the stable version.
+    let actions = h.step(Event::NodeRegistered { node: node("late-2"), labels: labels(&[]) });
+    assert!(actions.iter().any(|a| matches!(a, Action::SetDesired { version: Some(v), .. } if *v == version("v1"))));
+}
+
+#[test]
+fn removed_nodes_are_forgotten() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.step(Event::NodeRemoved { node: node("emp-0") });
+    assert_eq!(h.engine.rollout(id).unwrap().nodes_exposed, 3);
+    assert!(matches!(
+        h.try_step(Event::NodeRemoved { node: node("emp-0") }),
+        Err(EngineError::UnknownNode(_))
+    ));
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn several_units_roll_out_at_once_independently() {
+    let mut h = Harness::with_fleet();
+    let a = h.request("unit-a", "a1", three_stage_plan(), "alice");
+    let b = h.request("unit-b", "b1", three_stage_plan(), "alice");
+    assert_eq!(h.status(a), RolloutStatus::Running);
+    assert_eq!(h.status(b), RolloutStatus::Running);
+    // unit-b's nodes NACK; unit-a is healthy.
+    for _ in 0..200 {
+        h.round("unit-a", &healthy);
+        h.round("unit-b", &|_, _| Reaction::Nack);
+        if h.status(a).is_terminal() && h.status(b).is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(h.status(a), RolloutStatus::Completed);
+    assert_eq!(h.status(b), RolloutStatus::RolledBack);
+    assert_eq!(h.engine.stable(&unit("unit-a")), Some(version("a1")));
+    assert_eq!(h.engine.stable(&unit("unit-b")), None);
+}
+
+#[test]
+fn a_stage_that_selects_no_node_passes_at_once() {
+    let mut h = Harness::with_fleet();
+    let plan = plan(vec![
+        stage("nobody", &[("cohort", "none-such")], 100, 60_000),
+        stage("employees", &[("cohort", "employee")], 100, 0),
+    ]);
+    let id = h.request("u", "v1", plan, "alice");
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
+    let noted = h.actions.iter().any(|a| {
+        matches!(a, Action::Changelog(e) if e.kind == ChangeKind::StagePassed && e.reason.contains("no nodes"))
+    });
+    assert!(noted);
+}
+
+#[test]
+fn engine_state_survives_serde_mid_rollout() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    h.run(id, "u", 60_000, &healthy);
+    let text = serde_json::to_string(&h.engine).unwrap();
+    let restored: Engine = serde_json::from_str(&text).unwrap();
+    assert_eq!(restored, h.engine);
+}
+
+#[test]
+fn unknown_rollout_and_unknown_node_are_errors() {
+    let mut h = Harness::with_fleet();
+    assert!(matches!(h.command(RolloutId(99), Command::Pause, "ops"), Err(EngineError::UnknownRollout(_))));
+    let result = h.try_step(Event::Applied { node: node("nobody"), unit: unit("u"), version: version("v") });
+    assert!(matches!(result, Err(EngineError::UnknownNode(_))));
+}
+
+fn gated(mut stage: Stage, gates: &[&str]) -> Stage {
+    stage.gates = gates.iter().map(|source| Gate::parse(source).unwrap()).collect();
+    stage
+}
+
+#[test]
+fn error_rate_gate_fails_the_stage_on_a_tick_and_rolls_back() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[0] = gated(plan.stages[0].clone(), &["error_rate > 1%"]);
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 600_000, &|_, _| Reaction::Errors);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.stage_index, 0);
+    assert!(view.outcome.unwrap().contains("error_rate > 1%"));
+    let verdicts: Vec<String> = h
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Changelog(e) if e.kind == ChangeKind::GateVerdict => Some(e.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts.len(), 1, "logged once, on the change to fail: {verdicts:?}");
+    assert!(h.nodes_ever_given("u", "v1").iter().all(|n| n.as_str().starts_with("emp-")));
+}
+
+#[test]
+fn healthy_version_passes_error_rate_gates() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(stage.clone(), &["error_rate > 1%", "p99_latency > 200ms OR errors > 1000"]);
+    }
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed, "{:?}", h.engine.rollout(id));
+}
+
+/// A stable v0 everywhere, then a rollout to half of the free nodes judged against the other
+/// half (the baseline).
+fn relative_gate_rollout(canary: Reaction) -> (Harness, RolloutId) {
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", plan(vec![stage("all", &[], 100, 0)]), "alice");
+    h.run(v0, "u", 600_000, &healthy);
+    assert_eq!(h.status(v0), RolloutStatus::Completed);
+    let relative = gated(
+        stage("free-half", &[("cohort", "free")], 50, 60_000),
+        &["error_rate > 2 * baseline.error_rate + 1%"],
+    );
+    let id = h.request("u", "v1", plan(vec![relative, stage("all", &[], 100, 0)]), "alice");
+    h.run(id, "u", 3_600_000, &|_, v| if v == version("v1") { canary } else { Reaction::Healthy });
+    (h, id)
+}
+
+#[test]
+fn relative_gate_compares_canary_with_baseline() {
+    let (h, id) = relative_gate_rollout(Reaction::Healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    let (h, id) = relative_gate_rollout(Reaction::Errors);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.stage_index, 0);
+    assert!(matches!(view.gates.first().unwrap().verdict, Verdict::Fail { .. }));
+    // Only the canary half of the free nodes ever saw v1, and all are back on v0.
+    let given = h.nodes_ever_given("u", "v1");
+    assert!(!given.is_empty() && given.len() < 20);
+    assert!(given.iter().all(|n| n.as_str().starts_with("free-")));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("u")), Some(version("v0")));
+    }
+}
+
+#[test]
+fn an_inconclusive_gate_holds_until_timeout_and_never_promotes() {
+    let mut h = Harness::with_fleet();
+    // Everyone at once: there is never a baseline, so the relative gate stays inconclusive.
+    let mut only = gated(stage("everyone", &[], 100, 30_000), &["error_rate > 2 * baseline.error_rate"]);
+    only.timeout_ms = 300_000;
+    let id = h.request("u", "v1", plan(vec![only, stage("after", &[], 100, 0)]), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.stage_index, 0);
+    assert!(matches!(view.gates.first().unwrap().verdict, Verdict::Inconclusive { .. }));
+    assert!(!h.kinds(id).contains(&ChangeKind::StagePassed));
+}
+
+#[test]
+#[ignore]
+fn perf_tmp_health_at_fleet_scale() {
+    let mut engine = Engine::new();
+    let u = unit("u");
+    let n = 30_000;
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        let cohort = ["employee", "free", "pro"][i % 3];
+        engine.step(0, &Event::NodeRegistered { node: node(&format!("n-{i}")), labels: labels(&[("cohort", cohort)]) }).unwrap();
+    }
+    eprintln!("register: {:?}", t0.elapsed());
+    let mut p = three_stage_plan();
+    p.stages[0] = stage("free-10", &[("cohort", "free")], 10, 60_000);
+    let t0 = std::time::Instant::now();
+    engine.step(0, &Event::RolloutRequested { unit: u.clone(), version: version("v1"), plan: p, actor: "a".into(), reason: "".into(), override_quarantine: false }).unwrap();
+    eprintln!("request: {:?}", t0.elapsed());
+    let exposed = engine.exposed_nodes(RolloutId(1));
+    let t0 = std::time::Instant::now();
+    for node in &exposed {
+        engine.step(1, &Event::Applied { node: node.clone(), unit: u.clone(), version: version("v1") }).unwrap();
+    }
+    eprintln!("acks {}: {:?}", exposed.len(), t0.elapsed());
+    let mut sample = HealthSample { requests: 50, errors: 1, ..Default::default() };
+    sample.latency.record(20.0, 50);
+    let events: Vec<Event> = (0..n).map(|i| {
+        let id = node(&format!("n-{i}"));
+        let v = engine.desired(&id, &u).unwrap_or(version("v0"));
+        Event::Health { node: id, unit: u.clone(), version: v, sample }
+    }).collect();
+    let t0 = std::time::Instant::now();
+    let rounds = 10;
+    for round in 0..rounds {
+        for e in &events { engine.step(2 + round, e).unwrap(); }
+    }
+    let per = t0.elapsed() / (rounds as u32 * n as u32);
+    eprintln!("health per event: {per:?}");
+    let t0 = std::time::Instant::now();
+    engine.step(20_000, &Event::Tick).unwrap();
+    eprintln!("tick with eval: {:?}", t0.elapsed());
+    let t0 = std::time::Instant::now();
+    let text = serde_json::to_string(&engine).unwrap();
+    eprintln!("serialize {} bytes: {:?}", text.len(), t0.elapsed());
+}

@@ -1,0 +1,1753 @@
+//! The HTTP API under `/v1`, with `/healthz` and `/metrics`.
+//!
+//! API boundary: the request and response shapes here are the wire types; they convert into
+//! domain types (`UnitName`, `VersionHash`, `UnitSpec`) with a 4xx error on failure. Every
+//! route is listed, with its access class, in [`route_table`]; the router is built from that
+//! one list, so a route cannot exist without a class.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
+use failsmall_core::engine::{Action, Command, EngineError, Event};
+use failsmall_core::health::HealthSample;
+use failsmall_core::plan::Plan;
+use failsmall_core::validate::{UnitSpec, validate};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::auth::{Access, Caller, Role, new_token, token_sha256};
+use crate::error::ApiError;
+use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
+use crate::signing::VersionSigner;
+use crate::store::{ChangeRow, ChangelogQuery, MAX_LIST_ROWS, NewChange, NewVersion, Store};
+
+/// Longest free-text field (messages, descriptions, reasons), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most labels a node may carry, and the longest label key or value, in bytes.
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_BYTES: usize = 256;
+/// Versions larger than this are not diffed, in bytes.
+pub const MAX_DIFF_BYTES: usize = 4 * 1024 * 1024;
+/// Default and largest page of changelog entries.
+pub const CHANGELOG_PAGE_DEFAULT: u32 = 100;
+
+/// One route: its method, path (axum and OpenAPI syntax), access class and purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+}
+
+fn spec(method: Method, path: &'static str, access: Access, summary: &'static str) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        access,
+        summary,
+    }
+}
+
+/// Every route with its handler. The only place routes are declared.
+fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::*;
+    vec![
+        (
+            spec(Method::GET, "/healthz", Public, "Liveness and store check"),
+            get(healthz),
+        ),
+        (
+            spec(Method::GET, "/metrics", Read, "Prometheus metrics"),
+            get(metrics),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/openapi.json",
+                Public,
+                "This API's OpenAPI document",
+            ),
+            get(openapi),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/signing-key",
+                Public,
+                "The Ed25519 key versions are signed with",
+            ),
+            get(signing_key),
+        ),
+        (
+            spec(Method::GET, "/v1/units", Read, "List units"),
+            get(list_units),
+        ),
+        (
+            spec(Method::POST, "/v1/units", Deploy, "Create a unit"),
+            post(create_unit),
+        ),
+        (
+            spec(Method::GET, "/v1/units/{unit}", Read, "Show a unit"),
+            get(show_unit),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/v1/units/{unit}",
+                Deploy,
+                "Update a unit at the revision read",
+            ),
+            put(update_unit),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/units/{unit}/versions",
+                Read,
+                "List a unit's versions, newest first",
+            ),
+            get(list_versions),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/units/{unit}/versions",
+                Deploy,
+                "Push bytes as a new version",
+            ),
+            post(push_version),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/units/{unit}/versions/{hash}",
+                Read,
+                "Show a version",
+            ),
+            get(show_version),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/units/{unit}/diff",
+                Read,
+                "Unified diff between two versions",
+            ),
+            get(diff_versions),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/blobs/{sha256}",
+                Fetch,
+                "A version's bytes by SHA-256 (immutable)",
+            ),
+            get(blob),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/nodes",
+                Read,
+                "List nodes with when they were last seen",
+            ),
+            get(list_nodes),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/v1/nodes/{node}",
+                AgentReport,
+                "Register a node with its labels",
+            ),
+            put(register_node),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/nodes/{node}/heartbeat",
+                AgentReport,
+                "A node is alive",
+            ),
+            post(heartbeat),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/nodes/{node}/desired",
+                Fetch,
+                "What the node should run, signed; may wait for a newer one",
+            ),
+            get(desired),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/nodes/{node}/reports",
+                AgentReport,
+                "ACK, NACK, crash, failed health check or health of a version",
+            ),
+            post(report),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/rollouts",
+                Read,
+                "List rollouts, newest first",
+            ),
+            get(list_rollouts),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/rollouts",
+                Deploy,
+                "Start (or queue) a rollout of a version through a plan",
+            ),
+            post(create_rollout),
+        ),
+        (
+            spec(Method::GET, "/v1/rollouts/{id}", Read, "Show a rollout"),
+            get(show_rollout),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/rollouts/{id}/commands",
+                Deploy,
+                "Pause, resume, promote, abort or roll back",
+            ),
+            post(command_rollout),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/rollouts/{id}/approve",
+                Approve,
+                "Approve the current stage",
+            ),
+            post(approve_rollout),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/changelog",
+                Read,
+                "Changelog entries, oldest first, by cursor",
+            ),
+            get(changelog),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/changelog.atom",
+                Read,
+                "The changelog as an Atom feed",
+            ),
+            get(changelog_feed),
+        ),
+        (
+            spec(Method::GET, "/v1/tokens", Admin, "List access tokens"),
+            get(list_tokens),
+        ),
+        (
+            spec(Method::POST, "/v1/tokens", Admin, "Create an access token"),
+            post(create_token),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/v1/tokens/{id}",
+                Admin,
+                "Revoke an access token",
+            ),
+            delete(revoke_token),
+        ),
+    ]
+}
+
+/// Every route and its access class (for the OpenAPI document and the role-matrix test).
+pub fn route_table() -> Vec<RouteSpec> {
+    routes().into_iter().map(|(route, _)| route).collect()
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    responses_by_class: [AtomicU64; 5],
+    versions_rejected: AtomicU64,
+    validation_skipped: AtomicU64,
+    denied: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<Store>,
+    engine: Arc<EngineHost>,
+    signer: VersionSigner,
+    access: HashMap<(Method, &'static str), Access>,
+    counters: Counters,
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, engine: Arc<EngineHost>, signer: VersionSigner) -> Self {
+        let access = route_table()
+            .into_iter()
+            .map(|r| ((r.method, r.path), r.access))
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                engine,
+                signer,
+                access,
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+/// The whole HTTP surface, with a request body limit of `max_body_bytes`.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let mut router = Router::new();
+    for (route, handler) in routes() {
+        router = router.route(route.path, handler);
+    }
+    router
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs store work off the async threads.
+async fn db<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(&state.shared.store);
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+}
+
+// --- middleware ----------------------------------------------------------------------------
+
+async fn authorize(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = if request.method() == Method::HEAD {
+        Method::GET
+    } else {
+        request.method().clone()
+    };
+    let access =
+        matched.and_then(|path| state.shared.access.get(&(method, path.as_str())).copied());
+    let Some(access) = access else {
+        state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route is not classified; access denied",
+        )
+        .into_response();
+    };
+    let caller = match authenticate(&state, access, request.headers()).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+            return error.into_response();
+        }
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+async fn authenticate(
+    state: &AppState,
+    access: Access,
+    headers: &HeaderMap,
+) -> Result<Caller, ApiError> {
+    let anonymous = Caller {
+        name: "anonymous".to_owned(),
+        role: None,
+    };
+    if access == Access::Public {
+        return Ok(anonymous);
+    }
+    let unauthorized = |message: &str| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+            .with_detail(json!({"expected": "Authorization: Bearer <token>"}))
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized("this route needs a bearer token"));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .ok_or_else(|| unauthorized("the Authorization header is not 'Bearer <token>'"))?;
+    let hash = token_sha256(token);
+    let record = db(state, move |store| Ok(store.active_token(&hash)?)).await?;
+    let Some(record) = record else {
+        return Err(unauthorized("the token is unknown or revoked"));
+    };
+    if !access.admits(Some(record.role)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not use this route", record.role),
+        )
+        .with_detail(json!({"role": record.role, "access": access})));
+    }
+    Ok(Caller {
+        name: record.name,
+        role: Some(record.role),
+    })
+}
+
+async fn count_responses(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let class = usize::from(response.status().as_u16() / 100).saturating_sub(1);
+    if let Some(counter) = state.shared.counters.responses_by_class.get(class) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::not_found("no such route; see /v1/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+// --- input conversion ----------------------------------------------------------------------
+
+fn path_param<T>(param: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    param
+        .map(|Path(value)| value)
+        .map_err(|e| ApiError::bad_request(format!("path: {}", e.body_text())))
+}
+
+fn query_param<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(e.status(), code, format!("body: {}", e.body_text()))
+    })
+}
+
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("body: {e}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("body is not JSON: {e}"),
+            )
+        }
+    })
+}
+
+fn unit_name(name: &str) -> Result<UnitName, ApiError> {
+    UnitName::new(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_unit_name", e.to_string()))
+}
+
+fn version_hash(hash: &str) -> Result<VersionHash, ApiError> {
+    hash.parse::<VersionHash>()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_version_hash", e.to_string()))
+}
+
+fn text_field(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_long",
+            format!(
+                "{field} is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_spec(spec: &UnitSpec) -> Result<(), ApiError> {
+    spec.check().map_err(|errors| {
+        let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            format!("unit spec refused: {}", reasons.join("; ")),
+        )
+        .with_detail(json!({ "reasons": reasons }))
+    })
+}
+
+// --- public --------------------------------------------------------------------------------
+
+async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let schema_version = db(&state, |store| Ok(store.schema_version()?)).await?;
+    Ok(axum::Json(
+        json!({"status": "ok", "schema_version": schema_version}),
+    ))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = db(&state, |store| Ok(store.counts()?)).await?;
+    let counters = &state.shared.counters;
+    let mut text = String::new();
+    text.push_str("# HELP failsmall_http_responses_total HTTP responses by status class.\n");
+    text.push_str("# TYPE failsmall_http_responses_total counter\n");
+    for (index, counter) in counters.responses_by_class.iter().enumerate() {
+        let class = index.saturating_add(1);
+        text.push_str(&format!(
+            "failsmall_http_responses_total{{class=\"{class}xx\"}} {}\n",
+            counter.load(Ordering::Relaxed)
+        ));
+    }
+    let gauges: [(&str, &str, &str, u64); 8] = [
+        (
+            "failsmall_versions_rejected_total",
+            "counter",
+            "Pushes refused by validation.",
+            counters.versions_rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_validation_skipped_total",
+            "counter",
+            "Pushes stored with validation skipped by an admin.",
+            counters.validation_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_requests_denied_total",
+            "counter",
+            "Requests refused by access control.",
+            counters.denied.load(Ordering::Relaxed),
+        ),
+        ("failsmall_units", "gauge", "Units defined.", counts.units),
+        (
+            "failsmall_versions",
+            "gauge",
+            "Versions stored.",
+            counts.versions,
+        ),
+        (
+            "failsmall_nodes",
+            "gauge",
+            "Nodes registered.",
+            counts.nodes,
+        ),
+        (
+            "failsmall_blob_bytes",
+            "gauge",
+            "Bytes of stored blobs.",
+            counts.blob_bytes,
+        ),
+        (
+            "failsmall_changelog_entries",
+            "gauge",
+            "Changelog entries.",
+            counts.changelog_entries,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The OpenAPI document, generated from [`route_table`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for route in route_table() {
+        let parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let security = if route.access == Access::Public {
+            json!([])
+        } else {
+            json!([{"bearer": []}])
+        };
+        let operation = json!({
+            "summary": route.summary,
+            "parameters": parameters,
+            "security": security,
+            "x-failsmall-access": route.access,
+            "responses": {
+                "200": {"description": "OK"},
+                "4XX": {"description": "Bad input", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        if let Some(methods) = entry.as_object_mut() {
+            methods.insert(route.method.as_str().to_ascii_lowercase(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "failsmall control plane", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "object", "required": ["code", "message", "detail"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "detail": {}
+                }}}
+            }}
+        }
+    })
+}
+
+async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_document())
+}
+
+async fn signing_key(State(state): State<AppState>) -> axum::Json<Value> {
+    axum::Json(json!({"algorithm": "ed25519", "public_key": state.shared.signer.public_key_hex()}))
+}
+
+// --- units ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUnitRequest {
+    name: String,
+    spec: UnitSpec,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateUnitRequest {
+    revision: u64,
+    spec: UnitSpec,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn list_units(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let units = db(&state, |store| Ok(store.units(MAX_LIST_ROWS)?)).await?;
+    Ok(axum::Json(json!({ "units": units })))
+}
+
+async fn create_unit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let request: CreateUnitRequest = json_body(body)?;
+    let name = unit_name(&request.name)?;
+    text_field("owner", &request.owner)?;
+    text_field("description", &request.description)?;
+    check_spec(&request.spec)?;
+    let unit = db(&state, move |store| {
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &caller.name,
+            kind: "unit_created",
+            unit: Some(name.as_str()),
+            version: None,
+            reason: &request.description,
+        };
+        Ok(store.create_unit(
+            name.as_str(),
+            &request.spec,
+            &request.owner,
+            &request.description,
+            &change,
+        )?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(json!(unit))))
+}
+
+async fn show_unit(
+    State(state): State<AppState>,
+    unit: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let unit = db(&state, move |store| Ok(store.unit(name.as_str())?)).await?;
+    Ok(axum::Json(json!(unit)))
+}
+
+async fn update_unit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    unit: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let request: UpdateUnitRequest = json_body(body)?;
+    text_field("owner", &request.owner)?;
+    text_field("description", &request.description)?;
+    check_spec(&request.spec)?;
+    let unit = db(&state, move |store| {
+        let reason = format!(
+            "revision {} → {}",
+            request.revision,
+            request.revision.saturating_add(1)
+        );
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &caller.name,
+            kind: "unit_updated",
+            unit: Some(name.as_str()),
+            version: None,
+            reason: &reason,
+        };
+        Ok(store.update_unit(
+            name.as_str(),
+            request.revision,
+            &request.spec,
+            &request.owner,
+            &request.description,
+            &change,
+        )?)
+    })
+    .await?;
+    Ok(axum::Json(json!(unit)))
+}
+
+// --- versions ------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushQuery {
+    message: String,
+    /// The head version the pusher read; a different head is a conflict.
+    parent: Option<String>,
+    #[serde(default)]
+    skip_validation: bool,
+}
+
+async fn push_version(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    unit: Result<Path<String>, PathRejection>,
+    query: Result<Query<PushQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let query = query_param(query)?;
+    let content = body_bytes(body)?;
+    text_field("message", &query.message)?;
+    let parent = query
+        .parent
+        .as_deref()
+        .map(version_hash)
+        .transpose()?
+        .map(|h| h.to_string());
+    if query.skip_validation && caller.role != Some(Role::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin may skip validation",
+        ));
+    }
+    let lookup = name.clone();
+    let unit = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+
+    let checked = content.clone();
+    let verdict = tokio::task::spawn_blocking(move || validate(&unit.spec, &checked))
+        .await
+        .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?;
+    let mut skipped_reasons = Vec::new();
+    if let Err(issues) = verdict {
+        if !query.skip_validation {
+            state
+                .shared
+                .counters
+                .versions_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            let reasons: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                format!("version of unit {name} refused: {}", reasons.join("; ")),
+            )
+            .with_detail(json!({ "issues": issues })));
+        }
+        skipped_reasons = issues.into_iter().map(|i| i.message).collect();
+    }
+
+    let hash = VersionHash::of(&content).to_string();
+    let signature = state.shared.signer.sign_version(name.as_str(), &hash);
+    let skipped = query.skip_validation;
+    let (version, created) = db(&state, move |store| {
+        let at_ms = now_ms();
+        let skip_reason = format!(
+            "validation skipped by {}: {}",
+            caller.name,
+            skipped_reasons.join("; ")
+        );
+        let pushed = NewChange {
+            at_ms,
+            actor: &caller.name,
+            kind: "version_pushed",
+            unit: Some(name.as_str()),
+            version: Some(&hash),
+            reason: &query.message,
+        };
+        let mut changes = vec![pushed.clone()];
+        if skipped {
+            changes.push(NewChange {
+                kind: "validation_skipped",
+                reason: &skip_reason,
+                ..pushed
+            });
+        }
+        let new = NewVersion {
+            unit: name.as_str(),
+            hash: &hash,
+            content: &content,
+            author: &caller.name,
+            message: &query.message,
+            expected_parent: parent.as_deref().map(Some),
+            created_ms: at_ms,
+            signature: &signature,
+            validation_skipped: skipped,
+        };
+        Ok(store.push_version(&new, &changes)?)
+    })
+    .await?;
+    if created && skipped {
+        state
+            .shared
+            .counters
+            .validation_skipped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(json!(version))))
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    unit: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let versions = db(&state, move |store| {
+        Ok(store.versions(name.as_str(), MAX_LIST_ROWS)?)
+    })
+    .await?;
+    Ok(axum::Json(json!({ "versions": versions })))
+}
+
+async fn show_version(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (unit, hash) = path_param(params)?;
+    let name = unit_name(&unit)?;
+    let hash = version_hash(&hash)?.to_string();
+    let version = db(
+        &state,
+        move |store| Ok(store.version(name.as_str(), &hash)?),
+    )
+    .await?;
+    Ok(axum::Json(json!(version)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffQuery {
+    from: String,
+    to: String,
+}
+
+async fn diff_versions(
+    State(state): State<AppState>,
+    unit: Result<Path<String>, PathRejection>,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let query = query_param(query)?;
+    let from = version_hash(&query.from)?.to_string();
+    let to = version_hash(&query.to)?.to_string();
+    let (old, new) = db(&state, move |store| {
+        let old = store.version(name.as_str(), &from)?;
+        let new = store.version(name.as_str(), &to)?;
+        for version in [&old, &new] {
+            if usize::try_from(version.size_bytes).unwrap_or(usize::MAX) > MAX_DIFF_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too_large",
+                    format!(
+                        "version {} is {} bytes; diffs stop at {MAX_DIFF_BYTES}",
+                        version.hash, version.size_bytes
+                    ),
+                ));
+            }
+        }
+        Ok((store.blob(&old.hash)?, store.blob(&new.hash)?))
+    })
+    .await?;
+    let (Ok(old_text), Ok(new_text)) = (String::from_utf8(old), String::from_utf8(new)) else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not_text",
+            "one of the versions is not UTF-8 text",
+        ));
+    };
+    let (from, to) = (query.from, query.to);
+    let diff = tokio::task::spawn_blocking(move || {
+        similar::TextDiff::configure()
+            .timeout(std::time::Duration::from_secs(2))
+            .diff_lines(&old_text, &new_text)
+            .unified_diff()
+            .context_radius(3)
+            .header(&from, &to)
+            .to_string()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("diff task failed: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], diff).into_response())
+}
+
+async fn blob(
+    State(state): State<AppState>,
+    sha256: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let hash = version_hash(&path_param(sha256)?)?.to_string();
+    let etag = format!("\"{hash}\"");
+    let cache = [
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000, immutable".to_owned(),
+        ),
+        (header::ETAG, etag.clone()),
+    ];
+    let lookup = hash.clone();
+    let content = db(&state, move |store| Ok(store.blob(&lookup)?)).await?;
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim() == etag || tag.trim() == "*")
+        });
+    if matches {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    let mut response = (cache, content).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response)
+}
+
+// --- nodes ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterNodeRequest {
+    #[serde(default)]
+    labels: Labels,
+}
+
+fn node_id(id: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_node_id", e.to_string()))
+}
+
+async fn register_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = node_id(&path_param(node)?)?;
+    let request: RegisterNodeRequest = json_body(body)?;
+    if request.labels.len() > MAX_LABELS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_labels",
+            format!(
+                "node {id} has {} labels; the limit is {MAX_LABELS}",
+                request.labels.len()
+            ),
+        ));
+    }
+    if let Some((key, value)) = request
+        .labels
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_label",
+            format!(
+                "label {key:?}={value:?}: keys must be 1 to {MAX_LABEL_BYTES} bytes, values at most {MAX_LABEL_BYTES}"
+            ),
+        ));
+    }
+    let lookup = id.clone();
+    let known = db(&state, move |store| Ok(store.node(lookup.as_str())?)).await?;
+    if known.is_some_and(|node| node.labels == request.labels) {
+        // Nothing changed: a re-registration only says the node is alive.
+        let node = db(&state, move |store| {
+            Ok(store.heartbeat(id.as_str(), now_ms())?)
+        })
+        .await?;
+        return Ok(axum::Json(json!(node)));
+    }
+    let at_ms = now_ms();
+    let labels_text = serde_json::to_string(&request.labels).unwrap_or_default();
+    let change = ChangeRow {
+        at_ms,
+        actor: caller.name.clone(),
+        kind: "node_registered".to_owned(),
+        unit: None,
+        version: None,
+        reason: format!("node {id} labels {labels_text}"),
+    };
+    let event = Event::NodeRegistered {
+        node: id.clone(),
+        labels: request.labels.clone(),
+    };
+    let cause = Cause::Node {
+        id: id.clone(),
+        labels: request.labels,
+    };
+    state
+        .shared
+        .engine
+        .apply(&state.shared.store, at_ms, event, cause, Some(change))
+        .await
+        .map_err(step_error)?;
+    let node = db(&state, move |store| {
+        store
+            .node(id.as_str())?
+            .ok_or_else(|| ApiError::not_found(format!("node {id} not found")))
+    })
+    .await?;
+    Ok(axum::Json(json!(node)))
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    node: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = node_id(&path_param(node)?)?;
+    let node = db(&state, move |store| {
+        Ok(store.heartbeat(id.as_str(), now_ms())?)
+    })
+    .await?;
+    Ok(axum::Json(json!(node)))
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let nodes = db(&state, |store| Ok(store.nodes(MAX_LIST_ROWS)?)).await?;
+    Ok(axum::Json(json!({ "nodes": nodes })))
+}
+
+// --- rollouts and the agent protocol -------------------------------------------------------
+
+fn step_error(error: StepError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        StepError::Engine(engine) => {
+            let (status, code) = match engine {
+                EngineError::UnknownRollout(_) => (StatusCode::NOT_FOUND, "not_found"),
+                EngineError::UnknownNode(_) => (StatusCode::NOT_FOUND, "not_found"),
+                EngineError::InvalidCommand { .. } => (StatusCode::CONFLICT, "invalid_command"),
+                EngineError::Quarantined { .. } => (StatusCode::CONFLICT, "quarantined"),
+                EngineError::QueueFull { .. } => (StatusCode::CONFLICT, "queue_full"),
+                EngineError::NoApprovalPending { .. } => {
+                    (StatusCode::CONFLICT, "no_approval_pending")
+                }
+                EngineError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
+                EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "refused")
+                }
+            };
+            ApiError::new(status, code, message)
+        }
+        StepError::Store(store) => ApiError::from(store),
+        StepError::Serialize(_) | StepError::Task(_) => ApiError::internal(message),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DesiredQuery {
+    /// Wait for a sequence number above this one.
+    after: Option<u64>,
+    /// How long to wait, in milliseconds (at most [`MAX_WATCH_MS`]).
+    wait_ms: Option<u64>,
+}
+
+/// What a node should run: signed, with a sequence number that only grows.
+#[derive(Debug, serde::Serialize)]
+struct DesiredDocument<'a> {
+    node: &'a str,
+    seq: u64,
+    /// Unit name → version hash, for every unit the node should run.
+    units: std::collections::BTreeMap<String, String>,
+}
+
+async fn desired(
+    State(state): State<AppState>,
+    node: Result<Path<String>, PathRejection>,
+    query: Result<Query<DesiredQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = node_id(&path_param(node)?)?;
+    let query = query_param(query)?;
+    let wait_ms = query.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WATCH_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms is {wait_ms}; the limit is {MAX_WATCH_MS}"
+        )));
+    }
+    let lookup = id.clone();
+    let units = db(&state, move |store| {
+        store
+            .node(lookup.as_str())?
+            .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
+        Ok(store.units(MAX_LIST_ROWS)?)
+    })
+    .await?;
+    if let Some(after) = query.after {
+        state
+            .shared
+            .engine
+            .wait_past(after, std::time::Duration::from_millis(wait_ms))
+            .await;
+    }
+    let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
+    let (seq, desired) = state
+        .shared
+        .engine
+        .read(|engine, revision| {
+            let desired = names
+                .iter()
+                .filter_map(|unit| {
+                    engine
+                        .desired(&id, unit)
+                        .map(|hash| (unit.to_string(), hash.to_string()))
+                })
+                .collect();
+            (revision, desired)
+        })
+        .await;
+    let document = serde_json::to_string(&DesiredDocument {
+        node: id.as_str(),
+        seq,
+        units: desired,
+    })
+    .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
+    let signature = state.shared.signer.sign_desired(&document);
+    Ok(axum::Json(
+        json!({ "seq": seq, "document": document, "signature": signature }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum ReportRequest {
+    Applied {
+        unit: String,
+        version: String,
+    },
+    Rejected {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    Crashed {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    HealthCheckFailed {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    Health {
+        unit: String,
+        version: String,
+        sample: HealthSample,
+    },
+}
+
+async fn report(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let node = node_id(&path_param(node)?)?;
+    let request: ReportRequest = json_body(body)?;
+    let (unit, version, reason) = match &request {
+        ReportRequest::Applied { unit, version } | ReportRequest::Health { unit, version, .. } => {
+            (unit, version, None)
+        }
+        ReportRequest::Rejected {
+            unit,
+            version,
+            reason,
+        }
+        | ReportRequest::Crashed {
+            unit,
+            version,
+            reason,
+        }
+        | ReportRequest::HealthCheckFailed {
+            unit,
+            version,
+            reason,
+        } => (unit, version, Some(reason.clone())),
+    };
+    let unit = unit_name(unit)?;
+    let version = version_hash(version)?;
+    if let Some(reason) = &reason {
+        text_field("reason", reason)?;
+    }
+    let (node_, unit_) = (node.clone(), unit.clone());
+    let (event, kind) = match request {
+        ReportRequest::Applied { .. } => (
+            Event::Applied {
+                node: node_,
+                unit: unit_,
+                version,
+            },
+            None,
+        ),
+        ReportRequest::Health { sample, .. } => (
+            Event::Health {
+                node: node_,
+                unit: unit_,
+                version,
+                sample,
+            },
+            None,
+        ),
+        ReportRequest::Rejected { reason, .. } => (
+            Event::Rejected {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_rejected"),
+        ),
+        ReportRequest::Crashed { reason, .. } => (
+            Event::Crashed {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_crashed"),
+        ),
+        ReportRequest::HealthCheckFailed { reason, .. } => (
+            Event::HealthCheckFailed {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_health_check_failed"),
+        ),
+    };
+    let at_ms = now_ms();
+    let change = kind.map(|kind| ChangeRow {
+        at_ms,
+        actor: caller.name.clone(),
+        kind: kind.to_owned(),
+        unit: Some(unit.to_string()),
+        version: Some(version.to_string()),
+        reason: format!("node {node}: {}", reason.unwrap_or_default()),
+    });
+    let host = &state.shared.engine;
+    let actions = host
+        .apply(&state.shared.store, at_ms, event, Cause::Nothing, change)
+        .await
+        .map_err(step_error)?;
+    Ok(axum::Json(
+        json!({ "accepted": true, "actions": actions.len() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRolloutRequest {
+    unit: String,
+    version: String,
+    /// The plan file's text (YAML; JSON accepted).
+    plan: String,
+    /// The plan file's name, for error messages.
+    #[serde(default)]
+    plan_file: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    override_quarantine: bool,
+}
+
+fn rollout_of(actions: &[Action]) -> Option<RolloutId> {
+    actions.iter().find_map(|action| match action {
+        Action::Changelog(entry) => Some(entry.rollout),
+        Action::Notify { rollout, .. } => Some(*rollout),
+        Action::SetDesired { .. } => None,
+    })
+}
+
+async fn create_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let request: CreateRolloutRequest = json_body(body)?;
+    let unit = unit_name(&request.unit)?;
+    let version = version_hash(&request.version)?;
+    text_field("reason", &request.reason)?;
+    if request.override_quarantine && caller.role != Some(Role::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin may override a quarantine",
+        ));
+    }
+    let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
+    let plan = Plan::parse(&plan_file, &request.plan).map_err(|errors| {
+        let reasons: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+            format!("plan refused: {}", reasons.join("; ")),
+        )
+        .with_detail(json!({ "reasons": reasons }))
+    })?;
+    let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());
+    db(&state, move |store| {
+        Ok(store.version(lookup_unit.as_str(), &lookup_version)?)
+    })
+    .await?;
+    let event = Event::RolloutRequested {
+        unit,
+        version,
+        plan,
+        actor: caller.name.clone(),
+        reason: request.reason,
+        override_quarantine: request.override_quarantine,
+    };
+    let host = &state.shared.engine;
+    let actions = host
+        .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    let id = match rollout_of(&actions) {
+        Some(id) => Some(id),
+        None => {
+            host.read(|engine, _| engine.rollouts().last().map(|view| view.id))
+                .await
+        }
+    };
+    let view = match id {
+        Some(id) => host.read(|engine, _| engine.rollout(id)).await,
+        None => None,
+    };
+    Ok((StatusCode::CREATED, axum::Json(json!(view))))
+}
+
+async fn list_rollouts(State(state): State<AppState>) -> axum::Json<Value> {
+    let limit = usize::try_from(MAX_LIST_ROWS).unwrap_or(usize::MAX);
+    let views: Vec<_> = state
+        .shared
+        .engine
+        .read(|engine, _| {
+            let all: Vec<_> = engine.rollouts().collect();
+            all.into_iter().rev().take(limit).collect()
+        })
+        .await;
+    axum::Json(json!({ "rollouts": views }))
+}
+
+async fn show_rollout(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = RolloutId(path_param(id)?);
+    let view = state
+        .shared
+        .engine
+        .read(|engine, _| engine.rollout(id))
+        .await;
+    view.map(|view| axum::Json(json!(view)))
+        .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    command: Command,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn run_command(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    command: Command,
+    reason: String,
+) -> Result<axum::Json<Value>, ApiError> {
+    text_field("reason", &reason)?;
+    let rollout = RolloutId(id);
+    let event = Event::Command {
+        rollout,
+        command,
+        actor: caller.name.clone(),
+        reason,
+    };
+    let host = &state.shared.engine;
+    host.apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    let view = host.read(|engine, _| engine.rollout(rollout)).await;
+    Ok(axum::Json(json!(view)))
+}
+
+async fn command_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = path_param(id)?;
+    let request: CommandRequest = json_body(body)?;
+    if request.command == Command::Approve {
+        return Err(ApiError::bad_request(
+            "approvals go to /v1/rollouts/{id}/approve, which needs the approver role",
+        ));
+    }
+    run_command(&state, &caller, id, request.command, request.reason).await
+}
+
+async fn approve_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = path_param(id)?;
+    let empty = body.as_ref().is_ok_and(|bytes| bytes.is_empty());
+    let request: ApproveRequest = if empty {
+        ApproveRequest::default()
+    } else {
+        json_body(body)?
+    };
+    run_command(&state, &caller, id, Command::Approve, request.reason).await
+}
+
+// --- changelog -----------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangelogParams {
+    unit: Option<String>,
+    since_ms: Option<u64>,
+    limit: Option<u32>,
+    cursor: Option<u64>,
+}
+
+impl ChangelogParams {
+    fn into_query(self, newest_first: bool) -> Result<ChangelogQuery, ApiError> {
+        let unit = self
+            .unit
+            .as_deref()
+            .map(unit_name)
+            .transpose()?
+            .map(String::from);
+        let limit = self.limit.unwrap_or(CHANGELOG_PAGE_DEFAULT);
+        if limit == 0 || limit > MAX_LIST_ROWS {
+            return Err(ApiError::bad_request(format!(
+                "limit is {limit}; expected 1 to {MAX_LIST_ROWS}"
+            )));
+        }
+        Ok(ChangelogQuery {
+            unit,
+            since_ms: self.since_ms,
+            after_id: self.cursor,
+            limit,
+            newest_first,
+        })
+    }
+}
+
+async fn changelog(
+    State(state): State<AppState>,
+    params: Result<Query<ChangelogParams>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let query = query_param(params)?.into_query(false)?;
+    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
+    let entries = db(&state, move |store| Ok(store.changelog(&query)?)).await?;
+    let next_cursor = if entries.len() == limit {
+        entries.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(axum::Json(
+        json!({ "entries": entries, "next_cursor": next_cursor }),
+    ))
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// RFC 3339 (UTC) for an Atom timestamp, from milliseconds since the Unix epoch.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+async fn changelog_feed(
+    State(state): State<AppState>,
+    params: Result<Query<ChangelogParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let query = query_param(params)?.into_query(true)?;
+    let entries = db(&state, move |store| Ok(store.changelog(&query)?)).await?;
+    let updated = rfc3339(entries.first().map_or(0, |e| e.at_ms));
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n\
+         <title>failsmall changelog</title>\n<id>urn:failsmall:changelog</id>\n<updated>{updated}</updated>\n"
+    );
+    for entry in &entries {
+        let title = format!(
+            "{} {}{}",
+            entry.kind,
+            entry.unit.as_deref().unwrap_or(""),
+            entry
+                .version
+                .as_deref()
+                .map(|v| format!("@{}", v.get(..12).unwrap_or(v)))
+                .unwrap_or_default()
+        );
+        xml.push_str(&format!(
+            "<entry>\n<id>urn:failsmall:change:{}</id>\n<title>{}</title>\n<updated>{}</updated>\n\
+             <author><name>{}</name></author>\n<content type=\"text\">{}</content>\n</entry>\n",
+            entry.id,
+            xml_escape(title.trim()),
+            rfc3339(entry.at_ms),
+            xml_escape(&entry.actor),
+            xml_escape(&entry.reason)
+        ));
+    }
+    xml.push_str("</feed>\n");
+    Ok((
+        [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
+        xml,
+    )
+        .into_response())
+}
+
+// --- tokens --------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTokenRequest {
+    name: String,
+    role: Role,
+}
+
+async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let tokens = db(&state, |store| Ok(store.tokens()?)).await?;
+    Ok(axum::Json(json!({ "tokens": tokens })))
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let request: CreateTokenRequest = json_body(body)?;
+    if request.name.is_empty() || request.name.len() > 128 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_name",
+            "token name must be 1 to 128 bytes",
+        ));
+    }
+    let token =
+        new_token().map_err(|e| ApiError::internal(format!("no randomness for a token: {e}")))?;
+    let hash = token_sha256(&token);
+    let record = db(&state, move |store| {
+        let reason = format!("token {:?} with role {}", request.name, request.role);
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &caller.name,
+            kind: "token_created",
+            unit: None,
+            version: None,
+            reason: &reason,
+        };
+        Ok(store.create_token(&request.name, request.role, &hash, &change)?)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "token": token, "record": record })),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = path_param(id)?;
+    let record = db(&state, move |store| {
+        let reason = format!("token {id}");
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &caller.name,
+            kind: "token_revoked",
+            unit: None,
+            version: None,
+            reason: &reason,
+        };
+        Ok(store.revoke_token(id, &change)?)
+    })
+    .await?;
+    Ok(axum::Json(json!(record)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_classified_once() {
+        let table = route_table();
+        let mut seen = std::collections::HashSet::new();
+        for route in &table {
+            assert!(
+                seen.insert((route.method.clone(), route.path)),
+                "duplicate route {} {}",
+                route.method,
+                route.path
+            );
+        }
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_763_424_000_000), "2025-11-18T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn xml_is_escaped() {
+        assert_eq!(xml_escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+}

@@ -1,0 +1,189 @@
+//! failsmall-server: the control plane's store, HTTP API, access control and version signing.
+//!
+//! [`run`] is the whole server: it opens (or creates) the data dir, applies the store's
+//! migrations, loads or creates the signing key, makes the first admin token on first start,
+//! and serves the API on the given listener until `shutdown` completes.
+//!
+//! Data dir layout: `failsmall.db` (SQLite, WAL), `signing.key` (0600), `admin.token` (0600,
+//! written once at first start).
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod rollouts;
+pub mod signing;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::auth::Role;
+use crate::signing::{SigningError, VersionSigner};
+use crate::store::{NewChange, Store, StoreError};
+
+/// The database file's name inside the data dir.
+pub const DB_FILE: &str = "failsmall.db";
+/// The first admin token's file inside the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Default request body limit (versions are pushed as the body), in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where the server keeps its state and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// The address the caller binds; [`run`] serves whatever listener it is given.
+    pub listen: SocketAddr,
+    /// Largest request body, in bytes; larger requests get 413.
+    pub max_body_bytes: usize,
+    /// Development mode: prints the admin token at start.
+    pub dev: bool,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            dev: false,
+        }
+    }
+
+    /// A development server: a fresh data dir under the system's temporary directory,
+    /// listening on 127.0.0.1:7070; its admin token is printed at start.
+    pub fn dev() -> Result<Self, ServerError> {
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| ServerError::Random(e.to_string()))?;
+        let data_dir = std::env::temp_dir().join(format!("failsmall-dev-{}", hex::encode(suffix)));
+        let listen = SocketAddr::from(([127, 0, 0, 1], 7070));
+        Ok(Self {
+            dev: true,
+            ..Self::new(data_dir, listen)
+        })
+    }
+
+    /// Where the first admin token is written.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join(ADMIN_TOKEN_FILE)
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error("admin token file {path}: {source}")]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no randomness: {0}")]
+    Random(String),
+    #[error("rollout engine: {0}")]
+    Engine(String),
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serves the control plane on `listener` until `shutdown` completes, then finishes the
+/// requests in flight and returns.
+pub async fn run(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let data_dir = config.data_dir.clone();
+    let (store, signer, admin_token) =
+        tokio::task::spawn_blocking(move || open_data_dir(&data_dir))
+            .await
+            .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+    if config.dev {
+        let address = listener.local_addr().map_err(ServerError::Serve)?;
+        println!(
+            "failsmall dev server on http://{address}, data in {}",
+            config.data_dir.display()
+        );
+        match admin_token {
+            Some(token) => println!("admin token: {token}"),
+            None => println!("admin token: in {}", config.admin_token_path().display()),
+        }
+    }
+    let store = Arc::new(store);
+    let engine =
+        rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
+    let engine = Arc::new(engine);
+    let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
+    let state = api::AppState::new(store, engine, signer);
+    let router = api::router(state, config.max_body_bytes);
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServerError::Serve);
+    ticker.abort();
+    served
+}
+
+/// Opens the store and key; on first start creates the admin token (returned only then).
+fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String>), ServerError> {
+    create_private_dir(data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let signer = VersionSigner::load_or_create(data_dir)?;
+    let admin_token = if store.token_count()? == 0 {
+        Some(bootstrap_admin(&store, data_dir)?)
+    } else {
+        None
+    };
+    Ok((store, signer, admin_token))
+}
+
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<String, ServerError> {
+    let token = auth::new_token().map_err(|e| ServerError::Random(e.to_string()))?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    // A token file left from an earlier database would name a token that no longer exists.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(ServerError::AdminToken { path, source }),
+    }
+    signing::write_private(&path, format!("{token}\n").as_bytes()).map_err(|source| {
+        ServerError::AdminToken {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    let change = NewChange {
+        at_ms: api::now_ms(),
+        actor: "failsmall",
+        kind: "token_created",
+        unit: None,
+        version: None,
+        reason: "first admin token, written to the data dir at first start",
+    };
+    store.create_token("admin", Role::Admin, &auth::token_sha256(&token), &change)?;
+    Ok(token)
+}

@@ -1,0 +1,208 @@
+//! The rollout engine inside the server: each event is applied to a copy of the engine, the
+//! copy's state and the changes it produced are committed in one transaction with the event's
+//! own mutation, and only then does the copy replace the engine in memory. A crash at any
+//! instant leaves the store before or after the whole step.
+//!
+//! Desired state is level-triggered: an agent asks for everything its node should run, with
+//! the engine's revision as a sequence number that only grows, and may wait for a newer one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
+use failsmall_core::engine::{Action, Engine, EngineError, Event};
+use tokio::sync::{Mutex, watch};
+
+use crate::store::{ChangeRow, EngineStep, Store, StoreError};
+
+/// The longest an agent may wait for a newer desired state in one request.
+pub const MAX_WATCH_MS: u64 = 30_000;
+/// The ticker looks at the engine's next deadline at least this often.
+pub const TICK_CHECK_MS: u64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("engine state does not serialize: {0}")]
+    Serialize(String),
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+#[derive(Debug)]
+struct Current {
+    engine: Engine,
+    revision: u64,
+}
+
+/// The engine, its persisted revision, and a channel that announces each new revision.
+#[derive(Debug)]
+pub struct EngineHost {
+    current: Mutex<Current>,
+    revisions: watch::Sender<u64>,
+}
+
+/// The mutation that caused an event, committed with the engine's step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Nothing besides the step (commands, reports, ticks).
+    Nothing,
+    /// A node registered or changed its labels.
+    Node { id: NodeId, labels: Labels },
+}
+
+impl EngineHost {
+    /// Restores the engine from the store (a new engine when none was saved).
+    pub fn load(store: &Store) -> Result<Self, StepError> {
+        let (engine, revision) = match store.engine_state()? {
+            Some((text, revision)) => {
+                let engine = serde_json::from_str(&text).map_err(|e| {
+                    StepError::Store(StoreError::Corrupt {
+                        what: "engine state".to_owned(),
+                        reason: e.to_string(),
+                    })
+                })?;
+                (engine, revision)
+            }
+            None => (Engine::new(), 0),
+        };
+        let (revisions, _) = watch::channel(revision);
+        Ok(Self {
+            current: Mutex::new(Current { engine, revision }),
+            revisions,
+        })
+    }
+
+    /// Applies `event` at `now_ms`; on success it is durable and visible. `change` (the cause,
+    /// as people read it) is recorded with the changes the engine produced.
+    pub async fn apply(
+        &self,
+        store: &Arc<Store>,
+        now_ms: TimeMs,
+        event: Event,
+        cause: Cause,
+        change: Option<ChangeRow>,
+    ) -> Result<Vec<Action>, StepError> {
+        let mut current = self.current.lock().await;
+        let mut next = current.engine.clone();
+        let actions = next.step(now_ms, &event)?;
+        let state =
+            serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
+        let mut changes: Vec<ChangeRow> = change.into_iter().collect();
+        changes.extend(
+            actions
+                .iter()
+                .filter_map(|action| change_of(now_ms, action)),
+        );
+        let expected_revision = current.revision;
+        let store = Arc::clone(store);
+        let revision = tokio::task::spawn_blocking(move || {
+            let node = match &cause {
+                Cause::Node { id, labels } => Some((id.as_str(), labels)),
+                Cause::Nothing => None,
+            };
+            store.commit_step(&EngineStep {
+                expected_revision,
+                state: &state,
+                changes: &changes,
+                node,
+            })
+        })
+        .await
+        .map_err(|e| StepError::Task(e.to_string()))??;
+        current.engine = next;
+        current.revision = revision;
+        self.revisions.send_replace(revision);
+        Ok(actions)
+    }
+
+    /// Reads the engine and its revision.
+    pub async fn read<T>(&self, f: impl FnOnce(&Engine, u64) -> T) -> T {
+        let current = self.current.lock().await;
+        f(&current.engine, current.revision)
+    }
+
+    /// Waits until the revision is above `after`, at most `wait`; returns the revision then.
+    pub async fn wait_past(&self, after: u64, wait: Duration) -> u64 {
+        let mut receiver = self.revisions.subscribe();
+        let reached = async {
+            loop {
+                if *receiver.borrow_and_update() > after {
+                    return;
+                }
+                if receiver.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, reached).await;
+        *self.revisions.borrow()
+    }
+
+    /// Sends `Tick` whenever the engine's next deadline has passed, until the task is dropped.
+    pub async fn tick_forever(self: Arc<Self>, store: Arc<Store>, clock: fn() -> TimeMs) {
+        loop {
+            let now = clock();
+            let deadline = self.read(|engine, _| engine.next_deadline_ms()).await;
+            match deadline {
+                Some(deadline) if deadline <= now => {
+                    // A failed tick is retried at the next check; the engine is unchanged.
+                    let _ = self
+                        .apply(&store, now, Event::Tick, Cause::Nothing, None)
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Some(deadline) => {
+                    let wait_ms = deadline.saturating_sub(now).min(TICK_CHECK_MS);
+                    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(TICK_CHECK_MS)).await,
+            }
+        }
+    }
+}
+
+/// The changelog row for an engine action (desired-state changes are read from the engine).
+fn change_of(now_ms: TimeMs, action: &Action) -> Option<ChangeRow> {
+    match action {
+        Action::SetDesired { .. } => None,
+        Action::Notify { rollout, message } => Some(ChangeRow {
+            at_ms: now_ms,
+            actor: failsmall_core::engine::ENGINE_ACTOR.to_owned(),
+            kind: "notification".to_owned(),
+            unit: None,
+            version: None,
+            reason: format!("{rollout}: {message}"),
+        }),
+        Action::Changelog(entry) => {
+            let kind = serde_json::to_value(entry.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", entry.kind));
+            let stage = entry
+                .stage
+                .as_deref()
+                .map(|s| format!(" stage {s}:"))
+                .unwrap_or_default();
+            Some(ChangeRow {
+                at_ms: entry.at_ms,
+                actor: entry.actor.clone(),
+                kind,
+                unit: Some(entry.unit.to_string()),
+                version: Some(entry.version.to_string()),
+                reason: format!("{}{stage} {}", entry.rollout, entry.reason),
+            })
+        }
+    }
+}
+
+/// Units' names as the engine knows them, for the desired-state document.
+pub fn unit_names(names: impl IntoIterator<Item = String>) -> Vec<UnitName> {
+    names
+        .into_iter()
+        .filter_map(|name| UnitName::new(name).ok())
+        .collect()
+}

@@ -1,0 +1,1031 @@
+//! The control plane's durable state in SQLite: units, versions, blobs, nodes, the changelog,
+//! access tokens and the engine's state.
+//!
+//! Architecture invariant: only this module talks SQL. Every mutation runs in one transaction,
+//! so a crash leaves the store before or after it, never between. Updates carry the revision
+//! the caller read; a different current revision is [`StoreError::Conflict`]. The SQL keeps to
+//! what PostgreSQL also runs, except the `INTEGER PRIMARY KEY` row ids (`BIGSERIAL` there) and
+//! `BLOB` (`BYTEA`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use failsmall_core::validate::UnitSpec;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Role;
+
+/// Listings return at most this many rows.
+pub const MAX_LIST_ROWS: u32 = 1000;
+
+/// Numbered schema migrations, applied in order at open; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE units (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        description TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        size_bytes BIGINT NOT NULL,
+        content BLOB NOT NULL
+    );
+    CREATE TABLE versions (
+        unit TEXT NOT NULL REFERENCES units(name),
+        hash TEXT NOT NULL REFERENCES blobs(sha256),
+        seq BIGINT NOT NULL,
+        size_bytes BIGINT NOT NULL,
+        author TEXT NOT NULL,
+        message TEXT NOT NULL,
+        parent TEXT,
+        created_ms BIGINT NOT NULL,
+        signature TEXT NOT NULL,
+        validation_skipped BOOLEAN NOT NULL,
+        PRIMARY KEY (unit, hash),
+        UNIQUE (unit, seq)
+    );
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        labels TEXT NOT NULL,
+        registered_ms BIGINT NOT NULL,
+        last_seen_ms BIGINT NOT NULL
+    );
+    CREATE TABLE changelog (
+        id INTEGER PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        unit TEXT,
+        version TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX changelog_unit ON changelog (unit, id);
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE engine_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        state TEXT NOT NULL,
+        revision BIGINT NOT NULL
+    );",
+];
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {key:?} not found")]
+    NotFound { kind: &'static str, key: String },
+    #[error(
+        "{kind} {key:?} is at revision {current}, not {expected} as the caller read; re-read and retry"
+    )]
+    Conflict {
+        kind: &'static str,
+        key: String,
+        expected: u64,
+        current: u64,
+    },
+    #[error("{kind} {key:?} already exists")]
+    AlreadyExists { kind: &'static str, key: String },
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored {what} is unreadable: {reason}")]
+    Corrupt { what: String, reason: String },
+    #[error("the store's lock was poisoned by an earlier failure")]
+    Poisoned,
+}
+
+/// A unit as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    pub name: String,
+    pub spec: UnitSpec,
+    pub owner: String,
+    pub description: String,
+    pub revision: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// An immutable version as stored (its bytes are the blob `hash`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub unit: String,
+    pub hash: String,
+    /// 1 for a unit's first version, then +1 per version.
+    pub seq: u64,
+    pub size_bytes: u64,
+    pub author: String,
+    pub message: String,
+    pub parent: Option<String>,
+    pub created_ms: u64,
+    /// Ed25519 signature (hex) over [`crate::signing::version_message`].
+    pub signature: String,
+    pub validation_skipped: bool,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub labels: failsmall_core::domain::Labels,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+}
+
+/// One changelog row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub id: u64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub kind: String,
+    pub unit: Option<String>,
+    pub version: Option<String>,
+    pub reason: String,
+}
+
+/// A change to record, in the same transaction as the mutation it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChange<'a> {
+    pub at_ms: u64,
+    pub actor: &'a str,
+    pub kind: &'a str,
+    pub unit: Option<&'a str>,
+    pub version: Option<&'a str>,
+    pub reason: &'a str,
+}
+
+/// A change owned by its holder (to move into a blocking task); see [`NewChange`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRow {
+    pub at_ms: u64,
+    pub actor: String,
+    pub kind: String,
+    pub unit: Option<String>,
+    pub version: Option<String>,
+    pub reason: String,
+}
+
+impl ChangeRow {
+    pub fn as_new(&self) -> NewChange<'_> {
+        NewChange {
+            at_ms: self.at_ms,
+            actor: &self.actor,
+            kind: &self.kind,
+            unit: self.unit.as_deref(),
+            version: self.version.as_deref(),
+            reason: &self.reason,
+        }
+    }
+}
+
+/// One engine step to persist, with the mutation that caused it, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineStep<'a> {
+    /// The engine state's revision the step started from (0: none saved yet).
+    pub expected_revision: u64,
+    /// The engine's state after the step, serialized.
+    pub state: &'a str,
+    /// The changes the step produced, and the one describing the cause.
+    pub changes: &'a [ChangeRow],
+    /// A node registration that caused the step.
+    pub node: Option<(&'a str, &'a failsmall_core::domain::Labels)>,
+}
+
+/// An access token as stored (only its SHA-256 is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    pub created_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+/// Which changelog rows to return: `id > after_id`, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangelogQuery {
+    pub unit: Option<String>,
+    pub since_ms: Option<u64>,
+    pub after_id: Option<u64>,
+    pub limit: u32,
+    /// Newest first instead (for feeds); `after_id` is then ignored.
+    pub newest_first: bool,
+}
+
+/// A version to store; the caller has hashed, validated and signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion<'a> {
+    pub unit: &'a str,
+    pub hash: &'a str,
+    pub content: &'a [u8],
+    pub author: &'a str,
+    pub message: &'a str,
+    /// The head version the caller read (`None`: the caller expects no version yet). A
+    /// different current head is a conflict.
+    pub expected_parent: Option<Option<&'a str>>,
+    pub created_ms: u64,
+    pub signature: &'a str,
+    pub validation_skipped: bool,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreCounts {
+    pub units: u64,
+    pub versions: u64,
+    pub nodes: u64,
+    pub blob_bytes: u64,
+    pub changelog_entries: u64,
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`; calls are serialized by one lock.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(UnitRecord, String)> {
+    let spec_text: String = row.get(1)?;
+    Ok((
+        UnitRecord {
+            name: row.get(0)?,
+            spec: failsmall_core::validate::UnitSpec::new(
+                failsmall_core::domain::UnitFormat::Raw,
+                1,
+            ),
+            owner: row.get(2)?,
+            description: row.get(3)?,
+            revision: to_u64(row.get(4)?),
+            created_ms: to_u64(row.get(5)?),
+            updated_ms: to_u64(row.get(6)?),
+        },
+        spec_text,
+    ))
+}
+
+fn finish_unit((mut unit, spec_text): (UnitRecord, String)) -> Result<UnitRecord, StoreError> {
+    unit.spec = serde_json::from_str(&spec_text).map_err(|e| StoreError::Corrupt {
+        what: format!("spec of unit {}", unit.name),
+        reason: e.to_string(),
+    })?;
+    Ok(unit)
+}
+
+const VERSION_COLUMNS: &str = "unit, hash, seq, size_bytes, author, message, parent, created_ms, signature, validation_skipped";
+
+fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        unit: row.get(0)?,
+        hash: row.get(1)?,
+        seq: to_u64(row.get(2)?),
+        size_bytes: to_u64(row.get(3)?),
+        author: row.get(4)?,
+        message: row.get(5)?,
+        parent: row.get(6)?,
+        created_ms: to_u64(row.get(7)?),
+        signature: row.get(8)?,
+        validation_skipped: row.get(9)?,
+    })
+}
+
+fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(NodeRecord, String)> {
+    Ok((
+        NodeRecord {
+            id: row.get(0)?,
+            labels: Default::default(),
+            registered_ms: to_u64(row.get(2)?),
+            last_seen_ms: to_u64(row.get(3)?),
+        },
+        row.get(1)?,
+    ))
+}
+
+fn finish_node((mut node, labels): (NodeRecord, String)) -> Result<NodeRecord, StoreError> {
+    node.labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
+        what: format!("labels of node {}", node.id),
+        reason: e.to_string(),
+    })?;
+    Ok(node)
+}
+
+fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
+    Ok((
+        TokenRecord {
+            id: to_u64(row.get(0)?),
+            name: row.get(1)?,
+            role: Role::Viewer,
+            created_ms: to_u64(row.get(3)?),
+            revoked_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
+        },
+        row.get(2)?,
+    ))
+}
+
+fn finish_token((mut token, role): (TokenRecord, String)) -> Result<TokenRecord, StoreError> {
+    token.role = role.parse().map_err(|_| StoreError::Corrupt {
+        what: format!("role of token {}", token.id),
+        reason: format!("unknown role {role:?}"),
+    })?;
+    Ok(token)
+}
+
+fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason],
+    )?;
+    Ok(to_u64(tx.last_insert_rowid()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        let store = Self {
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut conn)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )?;
+            let tx = conn.transaction()?;
+            let applied: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )?;
+            for (index, sql) in MIGRATIONS.iter().enumerate() {
+                let number = i64::try_from(index).unwrap_or(i64::MAX).saturating_add(1);
+                if number > applied {
+                    tx.execute_batch(sql)?;
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (?1)",
+                        [number],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The number of the last applied migration.
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        self.with_conn(|conn| {
+            let version: i64 = conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(to_u64(version))
+        })
+    }
+
+    // --- units -----------------------------------------------------------------------------
+
+    pub fn create_unit(
+        &self,
+        name: &str,
+        spec: &UnitSpec,
+        owner: &str,
+        description: &str,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
+        let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+            what: format!("spec of unit {name}"),
+            reason: e.to_string(),
+        })?;
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let exists: Option<i64> =
+                tx.query_row("SELECT 1 FROM units WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+            if exists.is_some() {
+                return Err(StoreError::AlreadyExists { kind: "unit", key: name.to_owned() });
+            }
+            tx.execute(
+                "INSERT INTO units (name, spec, owner, description, revision, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
+                params![name, spec_text, owner, description, change.at_ms],
+            )?;
+            record_change(&tx, change)?;
+            let unit = Self::unit_in(&tx, name)?;
+            tx.commit()?;
+            Ok(unit)
+        })
+    }
+
+    /// Replaces a unit's spec, owner and description if its revision is still `expected_revision`.
+    pub fn update_unit(
+        &self,
+        name: &str,
+        expected_revision: u64,
+        spec: &UnitSpec,
+        owner: &str,
+        description: &str,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
+        let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+            what: format!("spec of unit {name}"),
+            reason: e.to_string(),
+        })?;
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let current = Self::unit_in(&tx, name)?;
+            if current.revision != expected_revision {
+                return Err(StoreError::Conflict {
+                    kind: "unit",
+                    key: name.to_owned(),
+                    expected: expected_revision,
+                    current: current.revision,
+                });
+            }
+            tx.execute(
+                "UPDATE units SET spec = ?2, owner = ?3, description = ?4, revision = revision + 1,
+                 updated_ms = ?5 WHERE name = ?1 AND revision = ?6",
+                params![
+                    name,
+                    spec_text,
+                    owner,
+                    description,
+                    change.at_ms,
+                    expected_revision
+                ],
+            )?;
+            record_change(&tx, change)?;
+            let unit = Self::unit_in(&tx, name)?;
+            tx.commit()?;
+            Ok(unit)
+        })
+    }
+
+    fn unit_in(conn: &Connection, name: &str) -> Result<UnitRecord, StoreError> {
+        let row = conn
+            .query_row(
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms FROM units WHERE name = ?1",
+                [name],
+                unit_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { kind: "unit", key: name.to_owned() })?;
+        finish_unit(row)
+    }
+
+    pub fn unit(&self, name: &str) -> Result<UnitRecord, StoreError> {
+        self.with_conn(|conn| Self::unit_in(conn, name))
+    }
+
+    pub fn units(&self, limit: u32) -> Result<Vec<UnitRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms FROM units
+                 ORDER BY name LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
+            rows.map(|row| finish_unit(row?)).collect()
+        })
+    }
+
+    // --- versions and blobs ----------------------------------------------------------------
+
+    /// Stores a version and its blob. Pushing bytes the unit already has returns the existing
+    /// version and `false`, and records nothing.
+    pub fn push_version(
+        &self,
+        version: &NewVersion<'_>,
+        changes: &[NewChange<'_>],
+    ) -> Result<(VersionRecord, bool), StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            Self::unit_in(&tx, version.unit)?;
+            if let Some(existing) = Self::version_in(&tx, version.unit, version.hash)? {
+                return Ok((existing, false));
+            }
+            let head: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT hash, seq FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT 1",
+                    [version.unit],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let head_hash = head.as_ref().map(|(hash, _)| hash.as_str());
+            let head_seq = head.as_ref().map_or(0, |(_, seq)| to_u64(*seq));
+            if let Some(expected) = version.expected_parent
+                && expected != head_hash
+            {
+                return Err(StoreError::Conflict {
+                    kind: "unit head",
+                    key: version.unit.to_owned(),
+                    expected: 0,
+                    current: head_seq,
+                });
+            }
+            let size_bytes = u64::try_from(version.content.len()).unwrap_or(u64::MAX);
+            tx.execute(
+                "INSERT INTO blobs (sha256, size_bytes, content) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING",
+                params![version.hash, size_bytes, version.content],
+            )?;
+            tx.execute(
+                &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    version.unit,
+                    version.hash,
+                    head_seq.saturating_add(1),
+                    size_bytes,
+                    version.author,
+                    version.message,
+                    head_hash,
+                    version.created_ms,
+                    version.signature,
+                    version.validation_skipped
+                ],
+            )?;
+            for change in changes {
+                record_change(&tx, change)?;
+            }
+            let stored = Self::version_in(&tx, version.unit, version.hash)?
+                .ok_or_else(|| StoreError::NotFound { kind: "version", key: version.hash.to_owned() })?;
+            tx.commit()?;
+            Ok((stored, true))
+        })
+    }
+
+    fn version_in(
+        conn: &Connection,
+        unit: &str,
+        hash: &str,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        Ok(conn
+            .query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 AND hash = ?2"),
+                [unit, hash],
+                version_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn version(&self, unit: &str, hash: &str) -> Result<VersionRecord, StoreError> {
+        self.with_conn(|conn| {
+            Self::unit_in(conn, unit)?;
+            Self::version_in(conn, unit, hash)?.ok_or_else(|| StoreError::NotFound {
+                kind: "version",
+                key: format!("{unit}@{hash}"),
+            })
+        })
+    }
+
+    /// A unit's versions, newest first.
+    pub fn versions(&self, unit: &str, limit: u32) -> Result<Vec<VersionRecord>, StoreError> {
+        self.with_conn(|conn| {
+            Self::unit_in(conn, unit)?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![unit, limit.min(MAX_LIST_ROWS)], version_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The bytes whose SHA-256 (hex) is `sha256`.
+    pub fn blob(&self, sha256: &str) -> Result<Vec<u8>, StoreError> {
+        self.with_conn(|conn| {
+            conn.query_row(
+                "SELECT content FROM blobs WHERE sha256 = ?1",
+                [sha256],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "blob",
+                key: sha256.to_owned(),
+            })
+        })
+    }
+
+    // --- nodes -----------------------------------------------------------------------------
+
+    pub fn heartbeat(&self, id: &str, now_ms: u64) -> Result<NodeRecord, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let updated = tx.execute(
+                "UPDATE nodes SET last_seen_ms = ?2 WHERE id = ?1",
+                params![id, now_ms],
+            )?;
+            if updated == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "node",
+                    key: id.to_owned(),
+                });
+            }
+            let node = Self::node_in(&tx, id)?.ok_or_else(|| StoreError::NotFound {
+                kind: "node",
+                key: id.to_owned(),
+            })?;
+            tx.commit()?;
+            Ok(node)
+        })
+    }
+
+    fn node_in(conn: &Connection, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let row = conn
+            .query_row(
+                "SELECT id, labels, registered_ms, last_seen_ms FROM nodes WHERE id = ?1",
+                [id],
+                node_from_row,
+            )
+            .optional()?;
+        row.map(finish_node).transpose()
+    }
+
+    pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, labels, registered_ms, last_seen_ms FROM nodes ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
+            rows.map(|row| finish_node(row?)).collect()
+        })
+    }
+
+    // --- changelog -------------------------------------------------------------------------
+
+    /// Records a change on its own (for mutations that have no other row).
+    pub fn record(&self, change: &NewChange<'_>) -> Result<u64, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let id = record_change(&tx, change)?;
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    pub fn changelog(&self, query: &ChangelogQuery) -> Result<Vec<ChangeRecord>, StoreError> {
+        let order = if query.newest_first { "DESC" } else { "ASC" };
+        let after_id = if query.newest_first {
+            0
+        } else {
+            query.after_id.unwrap_or(0)
+        };
+        let sql = format!(
+            "SELECT id, at_ms, actor, kind, unit, version, reason FROM changelog
+             WHERE id > ?1 AND (?2 IS NULL OR unit = ?2) AND at_ms >= ?3
+             ORDER BY id {order} LIMIT ?4"
+        );
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    after_id,
+                    query.unit,
+                    query.since_ms.unwrap_or(0),
+                    query.limit.min(MAX_LIST_ROWS)
+                ],
+                |r| {
+                    Ok(ChangeRecord {
+                        id: to_u64(r.get(0)?),
+                        at_ms: to_u64(r.get(1)?),
+                        actor: r.get(2)?,
+                        kind: r.get(3)?,
+                        unit: r.get(4)?,
+                        version: r.get(5)?,
+                        reason: r.get(6)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    // --- tokens ----------------------------------------------------------------------------
+
+    pub fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        token_sha256: &str,
+        change: &NewChange<'_>,
+    ) -> Result<TokenRecord, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO tokens (name, role, token_sha256, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![name, role.as_str(), token_sha256, change.at_ms],
+            )?;
+            let id = to_u64(tx.last_insert_rowid());
+            record_change(&tx, change)?;
+            let token = Self::token_in(&tx, id)?;
+            tx.commit()?;
+            Ok(token)
+        })
+    }
+
+    fn token_in(conn: &Connection, id: u64) -> Result<TokenRecord, StoreError> {
+        let row = conn
+            .query_row(
+                "SELECT id, name, role, created_ms, revoked_ms FROM tokens WHERE id = ?1",
+                [id],
+                token_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "token",
+                key: id.to_string(),
+            })?;
+        finish_token(row)
+    }
+
+    /// The active (not revoked) token with this hash.
+    pub fn active_token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT id, name, role, created_ms, revoked_ms FROM tokens
+                     WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
+                    [token_sha256],
+                    token_from_row,
+                )
+                .optional()?;
+            row.map(finish_token).transpose()
+        })
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, name, role, created_ms, revoked_ms FROM tokens ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([MAX_LIST_ROWS], token_from_row)?;
+            rows.map(|row| finish_token(row?)).collect()
+        })
+    }
+
+    /// Revokes a token; revoking a revoked token changes nothing.
+    pub fn revoke_token(&self, id: u64, change: &NewChange<'_>) -> Result<TokenRecord, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let token = Self::token_in(&tx, id)?;
+            if token.revoked_ms.is_none() {
+                tx.execute(
+                    "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
+                    params![id, change.at_ms],
+                )?;
+                record_change(&tx, change)?;
+            }
+            let token = Self::token_in(&tx, id)?;
+            tx.commit()?;
+            Ok(token)
+        })
+    }
+
+    pub fn token_count(&self) -> Result<u64, StoreError> {
+        self.with_conn(|conn| {
+            Ok(to_u64(conn.query_row(
+                "SELECT COUNT(*) FROM tokens",
+                [],
+                |r| r.get(0),
+            )?))
+        })
+    }
+
+    // --- engine state ----------------------------------------------------------------------
+
+    /// The engine's serialized state and its revision (0 when none was saved).
+    pub fn engine_state(&self) -> Result<Option<(String, u64)>, StoreError> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT state, revision FROM engine_state WHERE id = 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))),
+                )
+                .optional()?)
+        })
+    }
+
+    /// Persists an engine step and its cause atomically; returns the new engine revision.
+    /// A different current revision is a conflict and nothing is written.
+    pub fn commit_step(&self, step: &EngineStep<'_>) -> Result<u64, StoreError> {
+        let labels_text = match step.node {
+            Some((id, labels)) => {
+                Some(
+                    serde_json::to_string(labels).map_err(|e| StoreError::Corrupt {
+                        what: format!("labels of node {id}"),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let current: u64 = tx
+                .query_row("SELECT revision FROM engine_state WHERE id = 1", [], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map_or(0, to_u64);
+            if current != step.expected_revision {
+                return Err(StoreError::Conflict {
+                    kind: "engine state",
+                    key: "engine".to_owned(),
+                    expected: step.expected_revision,
+                    current,
+                });
+            }
+            if let (Some((id, _)), Some(labels)) = (step.node, &labels_text) {
+                let at_ms = step.changes.first().map_or(0, |c| c.at_ms);
+                tx.execute(
+                    "INSERT INTO nodes (id, labels, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, last_seen_ms = excluded.last_seen_ms",
+                    params![id, labels, at_ms],
+                )?;
+            }
+            let next = current.saturating_add(1);
+            tx.execute(
+                "INSERT INTO engine_state (id, state, revision) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, revision = excluded.revision",
+                params![step.state, next],
+            )?;
+            for change in step.changes {
+                record_change(&tx, &change.as_new())?;
+            }
+            tx.commit()?;
+            Ok(next)
+        })
+    }
+
+    /// The node's stored labels, if it is registered.
+    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.with_conn(|conn| Self::node_in(conn, id))
+    }
+
+    pub fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.with_conn(|conn| {
+            let count = |sql: &str| -> Result<u64, StoreError> {
+                Ok(to_u64(conn.query_row(sql, [], |r| r.get(0))?))
+            };
+            Ok(StoreCounts {
+                units: count("SELECT COUNT(*) FROM units")?,
+                versions: count("SELECT COUNT(*) FROM versions")?,
+                nodes: count("SELECT COUNT(*) FROM nodes")?,
+                blob_bytes: count("SELECT COALESCE(SUM(size_bytes), 0) FROM blobs")?,
+                changelog_entries: count("SELECT COUNT(*) FROM changelog")?,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failsmall_core::domain::UnitFormat;
+
+    fn change(kind: &'static str) -> NewChange<'static> {
+        NewChange {
+            at_ms: 5,
+            actor: "ada",
+            kind,
+            unit: Some("u"),
+            version: None,
+            reason: "",
+        }
+    }
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("failsmall-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("failsmall.db")
+    }
+
+    #[test]
+    fn migrations_apply_once_and_data_survives_reopen() {
+        let path = temp_db("reopen");
+        let spec = UnitSpec::new(UnitFormat::Json, 100);
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.schema_version().unwrap(), 1);
+            store
+                .create_unit("u", &spec, "team", "d", &change("unit_created"))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.unit("u").unwrap().spec, spec);
+    }
+
+    #[test]
+    fn stale_revision_is_a_conflict_and_changes_nothing() {
+        let store = Store::open(&temp_db("conflict")).unwrap();
+        let spec = UnitSpec::new(UnitFormat::Json, 100);
+        store
+            .create_unit("u", &spec, "team", "d", &change("unit_created"))
+            .unwrap();
+        let updated = store
+            .update_unit("u", 1, &spec, "team", "d2", &change("unit_updated"))
+            .unwrap();
+        assert_eq!(updated.revision, 2);
+        let stale = store.update_unit("u", 1, &spec, "team", "d3", &change("unit_updated"));
+        assert!(matches!(
+            stale,
+            Err(StoreError::Conflict {
+                expected: 1,
+                current: 2,
+                ..
+            })
+        ));
+        assert_eq!(store.unit("u").unwrap().description, "d2");
+        let entries = store
+            .changelog(&ChangelogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn versions_chain_to_their_parent_and_dedupe() {
+        let store = Store::open(&temp_db("versions")).unwrap();
+        store
+            .create_unit(
+                "u",
+                &UnitSpec::new(UnitFormat::Raw, 100),
+                "t",
+                "",
+                &change("unit_created"),
+            )
+            .unwrap();
+        let push = |hash: &'static str, content: &'static [u8]| NewVersion {
+            unit: "u",
+            hash,
+            content,
+            author: "ada",
+            message: "m",
+            expected_parent: None,
+            created_ms: 1,
+            signature: "s",
+            validation_skipped: false,
+        };
+        let (first, created) = store.push_version(&push("aa", b"1"), &[]).unwrap();
+        assert!(created);
+        assert_eq!((first.seq, first.parent.clone()), (1, None));
+        let (second, _) = store.push_version(&push("bb", b"2"), &[]).unwrap();
+        assert_eq!((second.seq, second.parent.as_deref()), (2, Some("aa")));
+        let (again, created) = store.push_version(&push("aa", b"1"), &[]).unwrap();
+        assert!(!created);
+        assert_eq!(again, first);
+        let mut stale = push("cc", b"3");
+        stale.expected_parent = Some(Some("aa"));
+        assert!(matches!(
+            store.push_version(&stale, &[]),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.blob("bb").unwrap(), b"2");
+        assert_eq!(store.versions("u", 10).unwrap().len(), 2);
+    }
+}

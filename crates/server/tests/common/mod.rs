@@ -1,0 +1,182 @@
+//! A real server on 127.0.0.1:0 in this process, and a real HTTP client.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+
+use failsmall_server::auth::Role;
+use failsmall_server::{ServerConfig, ServerError, run};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub struct TestServer {
+    pub base: String,
+    pub admin: String,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "failsmall-server-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+impl TestServer {
+    pub async fn start(data_dir: &Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut config = ServerConfig::new(data_dir, address);
+        config.max_body_bytes = MAX_BODY_BYTES;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run(config.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        let base = format!("http://{address}");
+        // The listener is bound: this request waits in the backlog until the server serves.
+        let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        let admin = std::fs::read_to_string(config.admin_token_path())
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            base,
+            admin,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.base));
+        match token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut builder = self.request(method, path, token);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        let response = builder.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call(method, path, Some(&self.admin.clone()), body)
+            .await
+    }
+
+    pub async fn token(&self, name: &str, role: Role) -> String {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn push(
+        &self,
+        unit: &str,
+        token: &str,
+        query: &str,
+        content: &[u8],
+    ) -> (StatusCode, Value) {
+        let response = self
+            .request(
+                Method::POST,
+                &format!("/v1/units/{unit}/versions?{query}"),
+                Some(token),
+            )
+            .body(content.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn create_features_unit(&self, name: &str) {
+        let spec = json!({
+            "format": "json",
+            "max_bytes": 4096,
+            "max_entries": [{"path": "/features", "max": 3}],
+            "unique_entries": [{"path": "/features", "key": "name"}],
+            "schema": {"type": "object", "required": ["features"]}
+        });
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/v1/units",
+                Some(json!({"name": name, "spec": spec, "owner": "bots"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+}
+
+pub fn features(count: usize) -> Vec<u8> {
+    let list: Vec<Value> = (0..count)
+        .map(|i| json!({"name": format!("f{i}")}))
+        .collect();
+    serde_json::to_vec(&json!({ "features": list })).unwrap()
+}
+
+pub fn assert_error_shape(body: &Value) {
+    let error = &body["error"];
+    assert!(error["code"].is_string(), "{body}");
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error.get("detail").is_some(), "{body}");
+}

@@ -1,0 +1,452 @@
+//! Rollouts through the server: engine steps persisted with their cause, signed level-triggered
+//! desired state, agent reports, automatic rollback, and restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::{TestServer, assert_error_shape, fresh_dir};
+use failsmall_server::auth::Role;
+use failsmall_server::signing::verify_desired;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const INSTANT_PLAN: &str =
+    "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    gates: []\n";
+
+struct Fleet {
+    server: TestServer,
+    agent: String,
+    deployer: String,
+    public_key: String,
+}
+
+impl Fleet {
+    async fn start(dir: &std::path::Path) -> Self {
+        let server = TestServer::start(dir).await;
+        let agent = server.token("agent", Role::Agent).await;
+        let deployer = server.token("ci", Role::Deployer).await;
+        let (_, key) = server
+            .call(Method::GET, "/v1/signing-key", None, None)
+            .await;
+        let public_key = key["public_key"].as_str().unwrap().to_owned();
+        Self {
+            server,
+            agent,
+            deployer,
+            public_key,
+        }
+    }
+
+    /// The node's verified desired state: (seq, units).
+    async fn desired(&self, node: &str, query: &str) -> (u64, Value) {
+        let path = format!("/v1/nodes/{node}/desired?{query}");
+        let (status, body) = self
+            .server
+            .call(Method::GET, &path, Some(&self.agent), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let document = body["document"].as_str().unwrap();
+        assert!(verify_desired(
+            &self.public_key,
+            document,
+            body["signature"].as_str().unwrap()
+        ));
+        let document: Value = serde_json::from_str(document).unwrap();
+        assert_eq!(document["node"], node);
+        (document["seq"].as_u64().unwrap(), document["units"].clone())
+    }
+
+    async fn report(&self, node: &str, report: Value) -> (StatusCode, Value) {
+        let path = format!("/v1/nodes/{node}/reports");
+        self.server
+            .call(Method::POST, &path, Some(&self.agent), Some(report))
+            .await
+    }
+
+    async fn rollout(&self, id: u64) -> Value {
+        let (status, view) = self
+            .server
+            .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        view
+    }
+
+    /// Waits, through the desired-state long poll, until the rollout's status is `status`.
+    async fn wait_for_status(&self, id: u64, status: &str) -> Value {
+        for _ in 0..50 {
+            let (seq, _) = self.desired("n1", "").await;
+            let view = self.rollout(id).await;
+            if view["status"] == status {
+                return view;
+            }
+            self.desired("n1", &format!("after={seq}&wait_ms=2000"))
+                .await;
+        }
+        panic!(
+            "rollout {id} never reached {status}: {}",
+            self.rollout(id).await
+        );
+    }
+
+    async fn start_rollout(&self, version: &str) -> (StatusCode, Value) {
+        let body =
+            json!({"unit": "flags", "version": version, "plan": INSTANT_PLAN, "reason": "test"});
+        self.server
+            .call(
+                Method::POST,
+                "/v1/rollouts",
+                Some(&self.deployer),
+                Some(body),
+            )
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
+    let dir = fresh_dir("rollout");
+    let fleet = Fleet::start(&dir).await;
+    let server = &fleet.server;
+    for (node, cohort) in [("n1", "employee"), ("n2", "free")] {
+        let labels = json!({"labels": {"cohort": cohort}});
+        let path = format!("/v1/nodes/{node}");
+        let (status, body) = server
+            .call(Method::PUT, &path, Some(&fleet.agent), Some(labels))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let spec = json!({"format": "json", "max_bytes": 256});
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    let (_, v1) = server
+        .push(
+            "flags",
+            &fleet.deployer,
+            "message=one",
+            br#"{"kill": false}"#,
+        )
+        .await;
+    let (_, v2) = server
+        .push(
+            "flags",
+            &fleet.deployer,
+            "message=two",
+            br#"{"kill": true}"#,
+        )
+        .await;
+    let (v1, v2) = (
+        v1["hash"].as_str().unwrap().to_owned(),
+        v2["hash"].as_str().unwrap().to_owned(),
+    );
+
+    let (seq_before, units) = fleet.desired("n1", "").await;
+    assert_eq!(units, json!({}));
+    let (status, view) = fleet.start_rollout(&v1).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let first = view["id"].as_u64().unwrap();
+    let (seq, units) = fleet.desired("n1", "").await;
+    assert!(seq > seq_before);
+    assert_eq!(units, json!({ "flags": v1 }));
+    for node in ["n1", "n2"] {
+        let applied = json!({"kind": "applied", "unit": "flags", "version": v1});
+        assert_eq!(fleet.report(node, applied).await.0, StatusCode::OK);
+    }
+    fleet.wait_for_status(first, "completed").await;
+
+    // The second version: one node refuses it, every node goes back to v1, and v2 is quarantined.
+    let (status, view) = fleet.start_rollout(&v2).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let second = view["id"].as_u64().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(fleet.desired("n2", "").await.1, json!({ "flags": v2 }));
+    let nack = json!({"kind": "rejected", "unit": "flags", "version": v2, "reason": "kill switch on an execute rule"});
+    let (status, body) = fleet.report("n1", nack).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = fleet.wait_for_status(second, "rolled_back").await;
+    assert!(view["ended_ms"].is_u64());
+    for node in ["n1", "n2"] {
+        assert_eq!(
+            fleet.desired(node, "").await.1,
+            json!({ "flags": v1 }),
+            "{node}"
+        );
+    }
+    let (status, refused) = fleet.start_rollout(&v2).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(refused["error"]["code"], "quarantined");
+
+    let (_, log) = server
+        .admin(Method::GET, "/v1/changelog?unit=flags&limit=1000", None)
+        .await;
+    let kinds: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "rollout_started",
+        "completed",
+        "node_rejected",
+        "rolled_back",
+        "quarantined",
+    ] {
+        assert!(
+            kinds.contains(&expected),
+            "{expected} missing from {kinds:?}"
+        );
+    }
+
+    // Everything survives a restart: rollouts, desired state, the sequence number.
+    let (seq, _) = fleet.desired("n1", "").await;
+    let before = (fleet.rollout(first).await, fleet.rollout(second).await);
+    let (agent, deployer) = (fleet.agent.clone(), fleet.deployer.clone());
+    fleet.server.stop().await;
+    let server = TestServer::start(&dir).await;
+    let (_, key) = server
+        .call(Method::GET, "/v1/signing-key", None, None)
+        .await;
+    let fleet = Fleet {
+        server,
+        agent,
+        deployer,
+        public_key: key["public_key"].as_str().unwrap().to_owned(),
+    };
+    assert_eq!(
+        (fleet.rollout(first).await, fleet.rollout(second).await),
+        before
+    );
+    let (seq_after, units) = fleet.desired("n2", "").await;
+    assert_eq!(seq_after, seq);
+    assert_eq!(units, json!({ "flags": v1 }));
+    fleet.server.stop().await;
+}
+
+#[tokio::test]
+async fn desired_state_long_polls_until_the_engine_moves() {
+    let fleet = Fleet::start(&fresh_dir("watch")).await;
+    let server = &fleet.server;
+    let labels = json!({"labels": {"cohort": "free"}});
+    server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(&fleet.agent),
+            Some(labels),
+        )
+        .await;
+    let (seq, _) = fleet.desired("n1", "").await;
+    // Nothing changes: the wait ends at its limit with the same sequence number.
+    assert_eq!(
+        fleet
+            .desired("n1", &format!("after={seq}&wait_ms=50"))
+            .await
+            .0,
+        seq
+    );
+    let query = format!("after={seq}&wait_ms=20000");
+    let watch = fleet.desired("n1", &query);
+    let change = async {
+        let labels = json!({"labels": {"cohort": "pro"}});
+        server
+            .call(
+                Method::PUT,
+                "/v1/nodes/n2",
+                Some(&fleet.agent),
+                Some(labels),
+            )
+            .await
+    };
+    let ((next, _), (status, _)) = tokio::join!(watch, change);
+    assert_eq!(status, StatusCode::OK);
+    assert!(next > seq);
+    let (status, body) = server
+        .call(
+            Method::GET,
+            "/v1/nodes/n1/desired?wait_ms=30001&after=1",
+            Some(&fleet.agent),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    fleet.server.stop().await;
+}
+
+#[tokio::test]
+async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
+    let fleet = Fleet::start(&fresh_dir("rollout-errors")).await;
+    let server = &fleet.server;
+    let approver = server.token("ann", Role::Approver).await;
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": {"format": "raw", "max_bytes": 8}})),
+        )
+        .await;
+    let (_, version) = server
+        .push("flags", &fleet.deployer, "message=m", b"on")
+        .await;
+    let hash = version["hash"].as_str().unwrap();
+    let zeros = "0".repeat(64);
+    let deployer = Some(fleet.deployer.as_str());
+    let cases: Vec<(Method, String, Option<&str>, Value, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/rollouts".into(),
+            deployer,
+            json!({"unit": "flags", "version": zeros, "plan": INSTANT_PLAN}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts".into(),
+            deployer,
+            json!({"unit": "flags", "version": hash, "plan": "name: x\nstages: 7\n"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts".into(),
+            deployer,
+            json!({"unit": "flags", "version": "nope", "plan": INSTANT_PLAN}),
+            StatusCode::BAD_REQUEST,
+            "bad_version_hash",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts".into(),
+            deployer,
+            json!({"unit": "flags", "version": hash, "plan": INSTANT_PLAN, "override_quarantine": true}),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts/77/commands".into(),
+            deployer,
+            json!({"command": "pause"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts/77/commands".into(),
+            deployer,
+            json!({"command": "approve"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts/77/commands".into(),
+            deployer,
+            json!({"command": "explode"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/rollouts/77/approve".into(),
+            Some(approver.as_str()),
+            json!({}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/rollouts/77".into(),
+            deployer,
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/rollouts/x".into(),
+            deployer,
+            Value::Null,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/ghost/reports".into(),
+            Some(fleet.agent.as_str()),
+            json!({"kind": "applied", "unit": "flags", "version": hash}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/ghost/reports".into(),
+            Some(fleet.agent.as_str()),
+            json!({"kind": "exploded", "unit": "flags", "version": hash}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/nodes/ghost/reports".into(),
+            Some(fleet.agent.as_str()),
+            json!({"kind": "applied", "unit": "flags", "version": hash, "extra": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            Method::GET,
+            "/v1/nodes/ghost/desired".into(),
+            Some(fleet.agent.as_str()),
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (index, (method, path, token, body, status, code)) in cases.into_iter().enumerate() {
+        let body = if body.is_null() { None } else { Some(body) };
+        let (got, answer) = server.call(method, &path, token, body).await;
+        assert_eq!(got, status, "case {index}: {answer}");
+        assert_error_shape(&answer);
+        assert_eq!(answer["error"]["code"], code, "case {index}: {answer}");
+    }
+
+    // A finished rollout refuses commands that need it running.
+    let (status, view) = fleet.start_rollout(hash).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let id = view["id"].as_u64().unwrap();
+    let (status, _) = server
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/commands"),
+            deployer,
+            Some(json!({"command": "rollback", "reason": "test"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fleet.rollout(id).await["status"], "rolled_back");
+    let (status, refused) = server
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/commands"),
+            deployer,
+            Some(json!({"command": "pause"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (_, list) = server.admin(Method::GET, "/v1/rollouts", None).await;
+    assert_eq!(list["rollouts"][0]["id"], id);
+    fleet.server.stop().await;
+}

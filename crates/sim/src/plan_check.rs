@@ -1,0 +1,285 @@
+//! `plan check`: static analysis of a plan over a fleet, without simulating.
+//!
+//! It answers two questions: how much of the fleet (nodes and traffic) can a bad version reach
+//! before the first gate able to fail, and how long can it take, at worst, from the first node
+//! running a bad version to the last node back on the previous one. Node selection uses
+//! `failsmall_core::select`, the very function the engine uses.
+
+use std::fmt::Write as _;
+
+use failsmall_core::domain::UnitName;
+use failsmall_core::plan::{HardSignals, Plan, Stage};
+use failsmall_core::select;
+use serde::Serialize;
+
+use crate::SimError;
+use crate::fleet::FleetSpec;
+
+/// Assumptions of the analysis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanCheckOptions {
+    /// Longest time for a desired version to reach and be applied on every node.
+    pub propagation_ms: u64,
+    /// How often nodes report health: a failure shows up at most one interval late.
+    pub health_interval_ms: u64,
+    /// The unit the plan would roll out (node buckets depend on it).
+    pub unit: String,
+    /// Seed for dealing the fleet's labels.
+    pub fleet_seed: u64,
+}
+
+impl Default for PlanCheckOptions {
+    fn default() -> Self {
+        Self {
+            propagation_ms: 5_000,
+            health_interval_ms: 10_000,
+            unit: "plan-check".to_owned(),
+            fleet_seed: 0,
+        }
+    }
+}
+
+/// Limits a plan must respect; `None` is not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PlanCheckLimits {
+    /// Largest share (0..=1) of nodes or of traffic exposed before the first gate can fail.
+    pub exposure_fraction_max: Option<f64>,
+    /// Longest worst-case time from first bad exposure to full rollback.
+    pub rollback_ms_max: Option<u64>,
+}
+
+/// One stage's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageCheck {
+    pub stage: String,
+    /// Nodes this stage newly exposes.
+    pub nodes_added: u64,
+    /// Nodes exposed once this stage is entered (this stage and all earlier ones).
+    pub nodes_exposed: u64,
+    pub nodes_exposed_fraction: f64,
+    pub traffic_exposed_fraction: f64,
+    /// Whether a gate or a hard signal of this stage can fail it.
+    pub can_fail: bool,
+    /// Worst case, for a bad version caught at this stage, from the first node running it
+    /// to every node reverted; `None` when the stage cannot fail.
+    pub rollback_worst_ms: Option<u64>,
+}
+
+/// What `plan check` found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanCheckReport {
+    pub plan: String,
+    pub unit: String,
+    pub fleet_nodes: u64,
+    pub propagation_ms: u64,
+    pub health_interval_ms: u64,
+    pub stages: Vec<StageCheck>,
+    /// Index of the first stage that can fail; `None` when no stage can.
+    pub first_gated_stage: Option<usize>,
+    /// Nodes exposed before the first gate can fail (every node the plan reaches when none can).
+    pub exposed_nodes_before_gate: u64,
+    pub exposed_nodes_before_gate_fraction: f64,
+    pub exposed_traffic_before_gate_fraction: f64,
+    /// Worst case from first bad exposure to full rollback when caught at the first gate-able
+    /// stage; `None` when no stage can fail.
+    pub rollback_worst_ms: Option<u64>,
+}
+
+/// Whether any hard signal of a stage is armed. The engine treats a threshold of 0 as off;
+/// `u64::MAX` can never be reached either.
+fn hard_signals_armed(signals: &HardSignals) -> bool {
+    [
+        signals.rejections_max,
+        signals.crashes_max,
+        signals.health_check_failures_max,
+        signals.silent_nodes_max,
+    ]
+    .iter()
+    .any(|max| *max > 0 && *max < u64::MAX)
+}
+
+/// Whether a bad version can fail `stage`: it has a gate or an armed hard signal.
+pub fn stage_can_fail(stage: &Stage) -> bool {
+    !stage.gates.is_empty() || hard_signals_armed(&stage.hard_signals)
+}
+
+/// Analyses `plan` over the fleet built from `fleet`.
+pub fn check_plan(
+    plan: &Plan,
+    fleet: &FleetSpec,
+    options: &PlanCheckOptions,
+) -> Result<PlanCheckReport, SimError> {
+    let unit = UnitName::new(options.unit.clone()).map_err(|error| SimError::Plan {
+        source_name: plan.name.clone(),
+        message: format!("unit for plan check: {error}"),
+    })?;
+    let built = fleet.build(options.fleet_seed)?;
+    let fleet_nodes = built.nodes.len() as u64;
+    let traffic_total: f64 = built.traffic_weight.iter().sum();
+    // First stage index at which each node is exposed, if any.
+    let mut added_nodes = vec![0u64; plan.stages.len()];
+    let mut added_traffic = vec![0f64; plan.stages.len()];
+    for (node, weight) in built.nodes.iter().zip(built.traffic_weight.iter()) {
+        let bucket = select::bucket(&unit, &node.id);
+        let first = plan.stages.iter().position(|stage| {
+            stage.selector.matches(&node.labels) && select::bucket_within(bucket, stage.percent)
+        });
+        if let Some(index) = first {
+            if let Some(slot) = added_nodes.get_mut(index) {
+                *slot += 1;
+            }
+            if let Some(slot) = added_traffic.get_mut(index) {
+                *slot += weight;
+            }
+        }
+    }
+    let fraction = |part: f64, whole: f64| if whole > 0.0 { part / whole } else { 0.0 };
+    let mut stages = Vec::with_capacity(plan.stages.len());
+    let mut nodes_exposed = 0u64;
+    let mut traffic_exposed = 0f64;
+    for ((stage, nodes_added), traffic_added) in
+        plan.stages.iter().zip(added_nodes).zip(added_traffic)
+    {
+        nodes_exposed += nodes_added;
+        traffic_exposed += traffic_added;
+        let can_fail = stage_can_fail(stage);
+        let hold_ms = stage.timeout_ms.max(stage.bake_ms);
+        let rollback_worst_ms = can_fail.then(|| {
+            options
+                .propagation_ms
+                .saturating_add(hold_ms)
+                .saturating_add(options.health_interval_ms)
+                .saturating_add(options.propagation_ms)
+        });
+        stages.push(StageCheck {
+            stage: stage.name.clone(),
+            nodes_added,
+            nodes_exposed,
+            nodes_exposed_fraction: fraction(nodes_exposed as f64, fleet_nodes as f64),
+            traffic_exposed_fraction: fraction(traffic_exposed, traffic_total),
+            can_fail,
+            rollback_worst_ms,
+        });
+    }
+    let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
+    let headline = first_gated_stage.and_then(|index| stages.get(index)).or(stages.last());
+    Ok(PlanCheckReport {
+        plan: plan.name.clone(),
+        unit: options.unit.clone(),
+        fleet_nodes,
+        propagation_ms: options.propagation_ms,
+        health_interval_ms: options.health_interval_ms,
+        first_gated_stage,
+        exposed_nodes_before_gate: headline.map_or(0, |stage| stage.nodes_exposed),
+        exposed_nodes_before_gate_fraction: headline.map_or(0.0, |s| s.nodes_exposed_fraction),
+        exposed_traffic_before_gate_fraction: headline
+            .map_or(0.0, |stage| stage.traffic_exposed_fraction),
+        rollback_worst_ms: first_gated_stage
+            .and_then(|index| stages.get(index))
+            .and_then(|stage| stage.rollback_worst_ms),
+        stages,
+    })
+}
+
+fn seconds(ms: u64) -> String {
+    if ms % 1_000 == 0 { format!("{}s", ms / 1_000) } else { format!("{:.3}s", ms as f64 / 1e3) }
+}
+
+impl PlanCheckReport {
+    /// The limits this plan breaks, one sentence each; empty when it respects them all.
+    pub fn exceeds(&self, limits: &PlanCheckLimits) -> Vec<String> {
+        let mut broken = Vec::new();
+        if let Some(max) = limits.exposure_fraction_max {
+            if self.exposed_nodes_before_gate_fraction > max {
+                broken.push(format!(
+                    "{:.2}% of nodes are exposed before the first gate can fail; the limit is {:.2}%",
+                    self.exposed_nodes_before_gate_fraction * 100.0,
+                    max * 100.0
+                ));
+            }
+            if self.exposed_traffic_before_gate_fraction > max {
+                broken.push(format!(
+                    "{:.2}% of traffic is exposed before the first gate can fail; the limit is {:.2}%",
+                    self.exposed_traffic_before_gate_fraction * 100.0,
+                    max * 100.0
+                ));
+            }
+        }
+        if let Some(max_ms) = limits.rollback_ms_max {
+            match self.rollback_worst_ms {
+                Some(worst_ms) if worst_ms > max_ms => broken.push(format!(
+                    "a bad version may take up to {} to roll back; the limit is {}",
+                    seconds(worst_ms),
+                    seconds(max_ms)
+                )),
+                Some(_) => {}
+                None => broken.push(format!(
+                    "no stage can fail, so nothing rolls a bad version back; the limit is {}",
+                    seconds(max_ms)
+                )),
+            }
+        }
+        broken
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A table for people, with the two headline answers first.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "plan {:?} for unit {:?} over {} nodes (propagation {}, health interval {})",
+            self.plan,
+            self.unit,
+            self.fleet_nodes,
+            seconds(self.propagation_ms),
+            seconds(self.health_interval_ms)
+        );
+        match self.first_gated_stage.and_then(|index| self.stages.get(index)) {
+            Some(stage) => {
+                let _ = writeln!(
+                    out,
+                    "exposed before the first gate can fail (stage {:?}): {} nodes = {:.2}% of nodes, {:.2}% of traffic",
+                    stage.stage,
+                    self.exposed_nodes_before_gate,
+                    self.exposed_nodes_before_gate_fraction * 100.0,
+                    self.exposed_traffic_before_gate_fraction * 100.0
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "NO stage can fail: a bad version reaches {} nodes = {:.2}% of nodes, {:.2}% of traffic",
+                    self.exposed_nodes_before_gate,
+                    self.exposed_nodes_before_gate_fraction * 100.0,
+                    self.exposed_traffic_before_gate_fraction * 100.0
+                );
+            }
+        }
+        let worst = self.rollback_worst_ms.map_or_else(|| "never".to_owned(), seconds);
+        let _ = writeln!(out, "worst case from first bad exposure to full rollback: {worst}");
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12}",
+            "stage", "added", "exposed", "nodes%", "traffic%", "can fail", "rollback"
+        );
+        for stage in &self.stages {
+            let rollback = stage.rollback_worst_ms.map_or_else(|| "-".to_owned(), seconds);
+            let _ = writeln!(
+                out,
+                "{:<20} {:>8} {:>10} {:>8.2}% {:>8.2}% {:>9} {:>12}",
+                stage.stage,
+                stage.nodes_added,
+                stage.nodes_exposed,
+                stage.nodes_exposed_fraction * 100.0,
+                stage.traffic_exposed_fraction * 100.0,
+                if stage.can_fail { "yes" } else { "no" },
+                rollback
+            );
+        }
+        out
+    }
+}

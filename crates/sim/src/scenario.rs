@@ -1,0 +1,490 @@
+//! Scenario files: a fleet, the versions a producer publishes over virtual time, how bad
+//! versions hurt, and which strategies to compare.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use failsmall_core::domain::VersionHash;
+use serde::Serialize;
+
+use crate::SimError;
+use crate::fleet::FleetSpec;
+use crate::yaml::{self, Field, YAML_MAX_BYTES};
+
+/// Longest virtual time a scenario may cover.
+pub const SCENARIO_MAX_DURATION_MS: u64 = 7 * 24 * 3_600_000;
+/// Shortest health interval.
+pub const SCENARIO_MIN_HEALTH_INTERVAL_MS: u64 = 100;
+/// Most versions pushed over a scenario (scheduled plus produced).
+pub const SCENARIO_MAX_PUSHES: usize = 10_000;
+/// Most strategies compared in one run.
+pub const SCENARIO_MAX_STRATEGIES: usize = 16;
+/// Longest delay before an effect sets in.
+const EFFECT_MAX_ONSET_MS: u64 = 24 * 3_600_000;
+
+/// The scenarios shipped with failsmall, usable by name from any directory.
+pub const BUILT_IN: [(&str, &str); 5] = [
+    ("nov18", include_str!("../../../scenarios/nov18.yaml")),
+    ("dec5", include_str!("../../../scenarios/dec5.yaml")),
+    ("healthy", include_str!("../../../scenarios/healthy.yaml")),
+    ("subtle", include_str!("../../../scenarios/subtle.yaml")),
+    ("bench-30k", include_str!("../../../scenarios/bench-30k.yaml")),
+];
+
+/// How a version hurts the nodes that run it. The default is no effect (a good version).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Effect {
+    /// Every request on a matching node fails, and its consumer reports a crash once.
+    pub crash: bool,
+    /// The node's agent rejects the version (NACK) and keeps the one it had.
+    pub nack: bool,
+    /// Multiplies the background error rate.
+    pub error_rate_x: Option<f64>,
+    /// Sets the error rate (0..=1), after any multiplication.
+    pub error_rate: Option<f64>,
+    /// Added to the median latency.
+    pub latency_add_ms: f64,
+    /// Only nodes with all these labels are hurt; empty: every node.
+    pub when: BTreeMap<String, String>,
+    /// Delay after the node applies the version before the effect begins.
+    pub onset_ms: u64,
+}
+
+impl Effect {
+    /// True when the version hurts nobody.
+    pub fn is_none(&self) -> bool {
+        !self.crash
+            && !self.nack
+            && self.error_rate_x.is_none()
+            && self.error_rate.is_none()
+            && self.latency_add_ms == 0.0
+    }
+
+    fn from_yaml(field: Field<'_>, path: &str) -> Result<Effect, SimError> {
+        if let Ok(text) = field.text(path) {
+            return match text.trim() {
+                "none" | "" => Ok(Effect::default()),
+                other => Err(field.error(
+                    path,
+                    format!("expected `none` or a mapping of effects, found {other:?}"),
+                )),
+            };
+        }
+        let mut map = field.map(path)?;
+        let mut effect = Effect::default();
+        if let Some(value) = map.optional("crash") {
+            effect.crash = value.bool(&map.path("crash"))?;
+        }
+        if let Some(value) = map.optional("nack") {
+            effect.nack = value.bool(&map.path("nack"))?;
+        }
+        if let Some(value) = map.optional("error_rate_x") {
+            let path = map.path("error_rate_x");
+            let factor = value.f64(&path)?;
+            if !(0.0..=1_000_000.0).contains(&factor) {
+                return Err(value.error(&path, "expected a factor from 0 to 1000000"));
+            }
+            effect.error_rate_x = Some(factor);
+        }
+        if let Some(value) = map.optional("error_rate") {
+            effect.error_rate = Some(value.rate(&map.path("error_rate"))?);
+        }
+        if let Some(value) = map.optional("latency_add_ms") {
+            let path = map.path("latency_add_ms");
+            let added = value.f64(&path)?;
+            if !(0.0..=600_000.0).contains(&added) {
+                return Err(value.error(&path, "expected from 0 to 600000 ms"));
+            }
+            effect.latency_add_ms = added;
+        }
+        if let Some(value) = map.optional("when") {
+            let path = map.path("when");
+            let mut labels = value.map(&path)?;
+            for (key, label_value) in labels.entries() {
+                effect.when.insert(key.to_owned(), label_value.string(&format!("{path}.{key}"))?);
+            }
+        }
+        if let Some(value) = map.optional("onset") {
+            let path = map.path("onset");
+            effect.onset_ms = value.duration_ms(&path)?;
+            if effect.onset_ms > EFFECT_MAX_ONSET_MS {
+                return Err(value.error(&path, "expected an onset of at most 24h"));
+            }
+        }
+        map.finish(&["crash", "nack", "error_rate_x", "error_rate", "latency_add_ms", "when", "onset"])?;
+        Ok(effect)
+    }
+
+    /// Whether a node with `labels` is hurt.
+    pub fn applies_to(&self, labels: &failsmall_core::domain::Labels) -> bool {
+        self.when.iter().all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+/// A version published at a fixed time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledVersion {
+    pub at_ms: u64,
+    pub name: String,
+    pub effect: Effect,
+}
+
+/// Whether a produced version is good or bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionKind {
+    Good,
+    Bad,
+}
+
+/// A source that publishes a version every `every_ms`, following `pattern` in a loop.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Producer {
+    pub every_ms: u64,
+    /// First publication.
+    pub start_ms: u64,
+    pub pattern: Vec<VersionKind>,
+    pub bad_effect: Effect,
+    /// When false, every bad version is the same bytes (the same hash).
+    pub bad_distinct: bool,
+}
+
+/// One publication, resolved: when, what, its content hash and effect.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Push {
+    pub at_ms: u64,
+    pub name: String,
+    pub hash: VersionHash,
+    pub effect: Effect,
+}
+
+/// A whole scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Where it came from (a path, or `built-in:NAME`).
+    pub source: String,
+    /// The unit the versions belong to.
+    pub unit: String,
+    pub seed: u64,
+    pub duration_ms: u64,
+    pub health_interval_ms: u64,
+    pub fleet: FleetSpec,
+    pub versions: Vec<ScheduledVersion>,
+    pub producer: Option<Producer>,
+    /// `instant` or a plan file path, in order.
+    pub strategies: Vec<String>,
+    /// Instant strategy: a person reverts a bad version this long after its first exposure.
+    pub manual_revert_after_ms: u64,
+}
+
+const SCENARIO_FIELDS: [&str; 11] = [
+    "name",
+    "description",
+    "unit",
+    "seed",
+    "duration",
+    "health_interval",
+    "fleet",
+    "versions",
+    "producer",
+    "strategies",
+    "manual_revert_after",
+];
+
+impl Scenario {
+    /// Loads a scenario from a file path, or by the name of a built-in one (`nov18`, `dec5`,
+    /// `healthy`, `subtle`, `bench-30k`). A file named `scenarios/NAME.yaml` under the
+    /// current directory wins over the built-in copy.
+    pub fn load(name_or_path: &str) -> Result<Scenario, SimError> {
+        let as_path = Path::new(name_or_path);
+        let named = Path::new("scenarios").join(format!("{name_or_path}.yaml"));
+        for path in [as_path, named.as_path()] {
+            if path.is_file() {
+                let shown = path.display().to_string();
+                let metadata = std::fs::metadata(path)
+                    .map_err(|error| SimError::Read { path: shown.clone(), message: error.to_string() })?;
+                if metadata.len() > YAML_MAX_BYTES as u64 {
+                    return Err(SimError::TooLarge {
+                        file: shown,
+                        size_bytes: usize::try_from(metadata.len()).unwrap_or(usize::MAX),
+                        max_bytes: YAML_MAX_BYTES,
+                    });
+                }
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| SimError::Read { path: shown.clone(), message: error.to_string() })?;
+                return Scenario::parse(&shown, &text);
+            }
+        }
+        Scenario::built_in(name_or_path)
+    }
+
+    /// One of the scenarios compiled into the binary.
+    pub fn built_in(name: &str) -> Result<Scenario, SimError> {
+        let text = BUILT_IN
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, text)| *text)
+            .ok_or_else(|| SimError::UnknownScenario {
+                name: name.to_owned(),
+                known: BUILT_IN.iter().map(|(known, _)| *known).collect::<Vec<_>>().join(", "),
+            })?;
+        let mut scenario = Scenario::parse(&format!("scenarios/{name}.yaml"), text)?;
+        scenario.source = format!("built-in:{name}");
+        Ok(scenario)
+    }
+
+    /// Parses and validates a scenario; every error names the file, the line and the field.
+    pub fn parse(file: &str, text: &str) -> Result<Scenario, SimError> {
+        let tree = yaml::parse(file, text)?;
+        let root = Field { file, node: &tree };
+        let mut map = root.map("")?;
+        let name = map.required("name")?.string("name")?;
+        let description = match map.optional("description") {
+            Some(value) => value.string("description")?,
+            None => String::new(),
+        };
+        let unit = match map.optional("unit") {
+            Some(value) => {
+                let unit = value.string("unit")?;
+                failsmall_core::domain::UnitName::new(unit.clone())
+                    .map_err(|error| value.error("unit", error.to_string()))?;
+                unit
+            }
+            None => "sim-config".to_owned(),
+        };
+        let seed = match map.optional("seed") {
+            Some(value) => value.u64("seed")?,
+            None => 1,
+        };
+        let duration_field = map.required("duration")?;
+        let duration_ms = duration_field.duration_ms("duration")?;
+        if duration_ms == 0 || duration_ms > SCENARIO_MAX_DURATION_MS {
+            return Err(duration_field.error("duration", "expected more than 0 and at most 7d"));
+        }
+        let health_interval_ms = match map.optional("health_interval") {
+            Some(value) => {
+                let interval_ms = value.duration_ms("health_interval")?;
+                if interval_ms < SCENARIO_MIN_HEALTH_INTERVAL_MS || interval_ms > duration_ms {
+                    return Err(value.error(
+                        "health_interval",
+                        "expected at least 100ms and at most the duration",
+                    ));
+                }
+                interval_ms
+            }
+            None => 10_000,
+        };
+        let fleet = match map.optional("fleet") {
+            Some(value) => FleetSpec::from_yaml(value, "fleet")?,
+            None => FleetSpec::default(),
+        };
+        let mut versions = Vec::new();
+        if let Some(list) = map.optional("versions") {
+            for (index, item) in list.list("versions")?.into_iter().enumerate() {
+                let path = format!("versions[{index}]");
+                let mut entry = item.map(&path)?;
+                let at_ms = entry.required("at")?.duration_ms(&format!("{path}.at"))?;
+                let name = entry.required("name")?.string(&format!("{path}.name"))?;
+                let effect = match entry.optional("effect") {
+                    Some(value) => Effect::from_yaml(value, &format!("{path}.effect"))?,
+                    None => Effect::default(),
+                };
+                entry.finish(&["at", "name", "effect"])?;
+                versions.push(ScheduledVersion { at_ms, name, effect });
+            }
+        }
+        let producer = match map.optional("producer") {
+            Some(value) => Some(Producer::from_yaml(value)?),
+            None => None,
+        };
+        let strategies = match map.optional("strategies") {
+            Some(list) => {
+                let items = list.list("strategies")?;
+                if items.is_empty() || items.len() > SCENARIO_MAX_STRATEGIES {
+                    return Err(list.error(
+                        "strategies",
+                        format!("expected 1 to {SCENARIO_MAX_STRATEGIES} strategies"),
+                    ));
+                }
+                items.iter().map(|item| item.string("strategies")).collect::<Result<_, _>>()?
+            }
+            None => vec!["instant".to_owned(), "examples/plans/default.yaml".to_owned()],
+        };
+        let manual_revert_after_ms = match map.optional("manual_revert_after") {
+            Some(value) => value.duration_ms("manual_revert_after")?,
+            None => 25 * 60_000,
+        };
+        map.finish(&SCENARIO_FIELDS)?;
+        let scenario = Scenario {
+            name,
+            description,
+            source: file.to_owned(),
+            unit,
+            seed,
+            duration_ms,
+            health_interval_ms,
+            fleet,
+            versions,
+            producer,
+            strategies,
+            manual_revert_after_ms,
+        };
+        let pushes = scenario.pushes_count();
+        if pushes > SCENARIO_MAX_PUSHES as u64 {
+            return Err(root.error(
+                "producer",
+                format!("{pushes} versions would be pushed; the limit is {SCENARIO_MAX_PUSHES}"),
+            ));
+        }
+        Ok(scenario)
+    }
+
+    fn pushes_count(&self) -> u64 {
+        let produced = self.producer.as_ref().map_or(0, |producer| {
+            if producer.start_ms >= self.duration_ms {
+                0
+            } else {
+                (self.duration_ms - producer.start_ms).div_ceil(producer.every_ms.max(1))
+            }
+        });
+        produced.saturating_add(self.versions.len() as u64)
+    }
+
+    /// Every publication before the end, in time order (scheduled versions first on ties).
+    /// Content, and so the hash, is distinct per name; bad produced versions share one hash
+    /// unless the producer says `bad_distinct`.
+    pub fn pushes(&self) -> Vec<Push> {
+        let mut pushes: Vec<Push> = self
+            .versions
+            .iter()
+            .filter(|version| version.at_ms < self.duration_ms)
+            .map(|version| Push {
+                at_ms: version.at_ms,
+                name: version.name.clone(),
+                hash: VersionHash::of(format!("{}/{}/{}", self.name, self.unit, version.name).as_bytes()),
+                effect: version.effect.clone(),
+            })
+            .collect();
+        if let Some(producer) = &self.producer {
+            let mut good = 0u64;
+            let mut bad = 0u64;
+            let mut at_ms = producer.start_ms;
+            let mut index = 0usize;
+            while at_ms < self.duration_ms && pushes.len() < SCENARIO_MAX_PUSHES {
+                let kind = producer.pattern.get(index % producer.pattern.len().max(1));
+                let (name, content, effect) = match kind {
+                    Some(VersionKind::Bad) => {
+                        bad += 1;
+                        let content = if producer.bad_distinct {
+                            format!("{}/{}/bad-{bad}", self.name, self.unit)
+                        } else {
+                            format!("{}/{}/bad", self.name, self.unit)
+                        };
+                        (format!("bad-{bad}"), content, producer.bad_effect.clone())
+                    }
+                    _ => {
+                        good += 1;
+                        (
+                            format!("good-{good}"),
+                            format!("{}/{}/good-{good}", self.name, self.unit),
+                            Effect::default(),
+                        )
+                    }
+                };
+                pushes.push(Push { at_ms, name, hash: VersionHash::of(content.as_bytes()), effect });
+                at_ms = at_ms.saturating_add(producer.every_ms.max(1));
+                index += 1;
+            }
+        }
+        pushes.sort_by_key(|push| push.at_ms);
+        pushes
+    }
+}
+
+impl Producer {
+    fn from_yaml(field: Field<'_>) -> Result<Producer, SimError> {
+        let mut map = field.map("producer")?;
+        let every_field = map.required("every")?;
+        let every_ms = every_field.duration_ms("producer.every")?;
+        if every_ms < 1_000 {
+            return Err(every_field.error("producer.every", "expected at least 1s"));
+        }
+        let start_ms = match map.optional("start") {
+            Some(value) => value.duration_ms("producer.start")?,
+            None => 0,
+        };
+        let pattern_field = map.required("pattern")?;
+        let mut pattern = Vec::new();
+        for item in pattern_field.list("producer.pattern")? {
+            pattern.push(match item.text("producer.pattern")? {
+                "good" => VersionKind::Good,
+                "bad" => VersionKind::Bad,
+                other => {
+                    return Err(item.error(
+                        "producer.pattern",
+                        format!("expected good or bad, found {other:?}"),
+                    ));
+                }
+            });
+        }
+        if pattern.is_empty() || pattern.len() > 1_000 {
+            return Err(pattern_field.error("producer.pattern", "expected 1 to 1000 entries"));
+        }
+        let bad_effect = match map.optional("bad_effect") {
+            Some(value) => Effect::from_yaml(value, "producer.bad_effect")?,
+            None => Effect::default(),
+        };
+        if pattern.contains(&VersionKind::Bad) && bad_effect.is_none() {
+            return Err(field.error(
+                "producer.bad_effect",
+                "the pattern has bad versions; say how they hurt (e.g. { crash: true })",
+            ));
+        }
+        let bad_distinct = match map.optional("bad_distinct") {
+            Some(value) => value.bool("producer.bad_distinct")?,
+            None => false,
+        };
+        map.finish(&["every", "start", "pattern", "bad_effect", "bad_distinct"])?;
+        Ok(Producer { every_ms, start_ms, pattern, bad_effect, bad_distinct })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_scenarios_parse() {
+        for (name, _) in BUILT_IN {
+            let scenario = Scenario::built_in(name).unwrap();
+            assert_eq!(scenario.name, name);
+            assert!(!scenario.pushes().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn producer_alternates_and_bad_versions_share_a_hash() {
+        let scenario = Scenario::built_in("nov18").unwrap();
+        let pushes = scenario.pushes();
+        let bad: Vec<&Push> = pushes.iter().filter(|push| !push.effect.is_none()).collect();
+        let good: Vec<&Push> = pushes.iter().filter(|push| push.effect.is_none()).collect();
+        assert!(bad.len() >= 2 && good.len() >= 2);
+        assert!(bad.iter().all(|push| push.hash == bad[0].hash));
+        assert_ne!(good[0].hash, good[1].hash);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let text = "name: x\nduration: 1h\nversions:\n  - { at: 0s, name: a, effect: { crash: yes } }\n";
+        let error = Scenario::parse("x.yaml", text).unwrap_err().to_string();
+        assert!(error.starts_with("x.yaml:4:"), "{error}");
+        assert!(error.contains("versions[0].effect.crash"), "{error}");
+        let error = Scenario::parse("x.yaml", "name: x\nduration: 1h\nsed: 3\n").unwrap_err();
+        assert!(error.to_string().starts_with("x.yaml:3:"), "{error}");
+        assert!(error.to_string().contains("sed: unknown field"), "{error}");
+        let error = Scenario::load("no-such-scenario").unwrap_err().to_string();
+        assert!(error.contains("nov18"), "{error}");
+    }
+}
