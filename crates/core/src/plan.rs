@@ -56,6 +56,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::gate::{Gate, GateLine};
+use crate::yaml::{self, YamlKind, YamlNode, field_value};
 
 /// Which nodes a stage may touch: every listed label must match one of its values. An empty
 /// selector matches every node.
@@ -212,11 +213,6 @@ pub const SILENCE_DEFAULT_MS: u64 = 30 * 1000;
 pub const QUEUE_LIMIT_DEFAULT: u32 = 16;
 pub const HEALTH_CHECK_TIMEOUT_DEFAULT_MS: u64 = 5 * 1000;
 
-/// Deepest nesting of YAML collections accepted.
-const YAML_DEPTH_MAX: usize = 16;
-/// Most YAML events (scalars, collection starts and ends) in one plan file.
-const YAML_EVENTS_MAX: usize = 200_000;
-
 const ROOT_FIELDS: &[&str] = &[
     "name",
     "concurrency",
@@ -277,7 +273,7 @@ impl Plan {
                 errors: loader.errors,
             });
         }
-        let root = match load_yaml(text) {
+        let root = match yaml::load(text) {
             Ok(root) => root,
             Err(error) => {
                 loader.push(error.line, error.column, DOCUMENT, error.message);
@@ -298,203 +294,6 @@ impl Plan {
 
 /// Field path used for errors about the file as a whole.
 const DOCUMENT: &str = "(document)";
-
-// --- A YAML tree whose nodes know their position -------------------------------------------
-
-#[derive(Debug)]
-enum YamlKind {
-    Scalar { text: String, plain: bool },
-    Sequence(Vec<YamlNode>),
-    Mapping(Vec<(YamlNode, YamlNode)>),
-}
-
-#[derive(Debug)]
-struct YamlNode {
-    kind: YamlKind,
-    /// 1-based.
-    line: usize,
-    /// 1-based.
-    column: usize,
-}
-
-impl YamlNode {
-    fn is_null(&self) -> bool {
-        matches!(&self.kind, YamlKind::Scalar { text, plain: true }
-            if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
-    }
-
-    /// What the node is, for "found ..." in messages.
-    fn describe(&self) -> String {
-        match &self.kind {
-            _ if self.is_null() => "nothing (null)".to_owned(),
-            YamlKind::Scalar { text, .. } => {
-                let mut shown: String = text.chars().take(40).collect();
-                if shown.len() < text.len() {
-                    shown.push_str("...");
-                }
-                format!("`{shown}`")
-            }
-            YamlKind::Sequence(_) => "a list".to_owned(),
-            YamlKind::Mapping(_) => "a mapping".to_owned(),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct YamlError {
-    line: usize,
-    column: usize,
-    message: String,
-}
-
-#[derive(Debug)]
-enum Frame {
-    Sequence {
-        items: Vec<YamlNode>,
-        line: usize,
-        column: usize,
-    },
-    Mapping {
-        entries: Vec<(YamlNode, YamlNode)>,
-        key: Option<YamlNode>,
-        line: usize,
-        column: usize,
-    },
-}
-
-/// Reads exactly one YAML document into a tree of positioned nodes.
-fn load_yaml(text: &str) -> Result<YamlNode, YamlError> {
-    use yaml_rust2::parser::{Event, Parser};
-    use yaml_rust2::scanner::TScalarStyle;
-
-    let mut parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut root: Option<YamlNode> = None;
-    let mut documents = 0usize;
-    for _ in 0..YAML_EVENTS_MAX {
-        let (event, marker) = parser.next_token().map_err(|error| YamlError {
-            line: error.marker().line(),
-            column: error.marker().col() + 1,
-            message: format!("YAML syntax error: {}", error.info()),
-        })?;
-        let (line, column) = (marker.line(), marker.col() + 1);
-        let error = |message: &str| YamlError {
-            line,
-            column,
-            message: message.to_owned(),
-        };
-        let node = match event {
-            Event::StreamEnd => {
-                return root.ok_or_else(|| {
-                    error("plan file is empty; expected a mapping with `name` and `stages`")
-                });
-            }
-            Event::DocumentStart => {
-                documents += 1;
-                if documents > 1 {
-                    return Err(error(
-                        "plan file holds more than one YAML document; expected exactly one",
-                    ));
-                }
-                continue;
-            }
-            Event::Nothing | Event::StreamStart | Event::DocumentEnd => continue,
-            Event::Alias(_) => {
-                return Err(error(
-                    "YAML aliases (*name) are not supported in plan files; write the value out",
-                ));
-            }
-            Event::SequenceStart(..) | Event::MappingStart(..) => {
-                if stack.len() >= YAML_DEPTH_MAX {
-                    return Err(error(&format!(
-                        "plan file nests deeper than {YAML_DEPTH_MAX} levels"
-                    )));
-                }
-                stack.push(if matches!(event, Event::SequenceStart(..)) {
-                    Frame::Sequence {
-                        items: Vec::new(),
-                        line,
-                        column,
-                    }
-                } else {
-                    Frame::Mapping {
-                        entries: Vec::new(),
-                        key: None,
-                        line,
-                        column,
-                    }
-                });
-                continue;
-            }
-            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Sequence {
-                    items,
-                    line,
-                    column,
-                }) => YamlNode {
-                    kind: YamlKind::Sequence(items),
-                    line,
-                    column,
-                },
-                Some(Frame::Mapping {
-                    entries,
-                    line,
-                    column,
-                    ..
-                }) => {
-                    // A block mapping's start event sits after its first key: point at the key.
-                    // A flow mapping's start is its `{`, before the first key.
-                    let (line, column) = match entries.first() {
-                        Some((key, _)) if (key.line, key.column) < (line, column) => {
-                            (key.line, key.column)
-                        }
-                        _ => (line, column),
-                    };
-                    YamlNode {
-                        kind: YamlKind::Mapping(entries),
-                        line,
-                        column,
-                    }
-                }
-                None => return Err(error("YAML collection ends without starting")),
-            },
-            Event::Scalar(text, style, ..) => YamlNode {
-                kind: YamlKind::Scalar {
-                    text,
-                    plain: style == TScalarStyle::Plain,
-                },
-                line,
-                column,
-            },
-        };
-        match stack.last_mut() {
-            None => root = Some(node),
-            Some(Frame::Sequence { items, .. }) => items.push(node),
-            Some(Frame::Mapping { entries, key, .. }) => match key.take() {
-                None => *key = Some(node),
-                Some(key_node) => entries.push((key_node, node)),
-            },
-        }
-    }
-    Err(YamlError {
-        line: 1,
-        column: 1,
-        message: format!("plan file has more than {YAML_EVENTS_MAX} YAML values"),
-    })
-}
-
-/// The value of `key` in a mapping node.
-fn field_value<'n>(node: &'n YamlNode, key: &str) -> Option<&'n YamlNode> {
-    let YamlKind::Mapping(entries) = &node.kind else {
-        return None;
-    };
-    entries
-        .iter()
-        .find_map(|(key_node, value)| match &key_node.kind {
-            YamlKind::Scalar { text, .. } if text == key => Some(value),
-            _ => None,
-        })
-}
 
 // --- From the tree to domain types -------------------------------------------------------
 

@@ -958,6 +958,14 @@ fn perf_tmp_health_at_fleet_scale() {
     }
     let per = t0.elapsed() / (rounds as u32 * n as u32);
     eprintln!("health per event: {per:?}");
+    let other: Vec<Event> = events.iter().map(|e| match e { Event::Health { node, version, sample, .. } => Event::Health { node: node.clone(), unit: unit("other"), version: *version, sample: *sample }, _ => unreachable!() }).collect();
+    let t0 = std::time::Instant::now();
+    for round in 0..rounds { for e in &other { engine.step(2 + round, e).unwrap(); } }
+    eprintln!("health (no rollout) per event: {:?}", t0.elapsed() / (rounds as u32 * n as u32));
+    let t0 = std::time::Instant::now();
+    let mut hits = 0u64;
+    for round in 0..rounds { for e in &events { if let Event::Health { node, .. } = e { hits += engine.desired(node, &u).is_some() as u64 + round; } } }
+    eprintln!("desired() lookup per event: {:?} {hits}", t0.elapsed() / (rounds as u32 * n as u32));
     let t0 = std::time::Instant::now();
     engine.step(20_000, &Event::Tick).unwrap();
     eprintln!("tick with eval: {:?}", t0.elapsed());

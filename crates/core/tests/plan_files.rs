@@ -108,7 +108,8 @@ fn default_plan_means_what_it_says() {
     };
     assert_eq!(employees.selector.labels["cohort"], ["employee"]);
     assert_eq!(employees.bake_ms, 120_000);
-    assert_eq!(employees.timeout_ms, 20 * 60_000);
+    assert_eq!(employees.timeout_ms, 5 * 60_000);
+    assert_eq!(free_10.timeout_ms, 8 * 60_000);
     assert_eq!(free_10.percent, Percent { basis_points: 1000 });
     assert_eq!(free_10.bake_ms, 300_000);
     assert_eq!(free.percent, Percent::ALL);
