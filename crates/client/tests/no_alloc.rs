@@ -1,0 +1,39 @@
+//! Reads allocate nothing: counted with an instrumented global allocator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::alloc::System;
+
+use failsmall_client::{Config, UnitValue};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+struct Words(Vec<String>);
+
+impl UnitValue for Words {
+    fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        Ok(Words(text.split_whitespace().map(str::to_owned).collect()))
+    }
+}
+
+#[test]
+fn reads_do_not_allocate() {
+    let config = Config::<Words>::builder("words").build().unwrap();
+    config.offer(b"alpha beta gamma").unwrap();
+    let mut reader = config.reader();
+    let _ = reader.get().unwrap();
+    let region = Region::new(GLOBAL);
+    let mut total = 0usize;
+    for _ in 0..10_000 {
+        total += reader.get().unwrap().value.0.len();
+        total += config.get().unwrap().value.0.len();
+        total += config.with(|snapshot| snapshot.value.0.len()).unwrap();
+    }
+    let stats = region.change();
+    assert_eq!(total, 90_000);
+    assert_eq!(stats.allocations, 0, "{stats:?}");
+    assert_eq!(stats.reallocations, 0, "{stats:?}");
+}
