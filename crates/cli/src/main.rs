@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod plan_cmd;
+mod server_cmd;
 mod sim_cmd;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the control plane: store, HTTP API, rollouts, signed desired state.
+    Server(server_cmd::ServerArgs),
     /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
     Sim(sim_cmd::SimArgs),
     /// Work with plan files.
@@ -48,6 +51,7 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Server(args) => server_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),
     };

@@ -58,7 +58,10 @@ fn read_limited(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
     if size_bytes > FILE_MAX_BYTES {
-        bail!("{}: {size_bytes} bytes; the limit is {FILE_MAX_BYTES}", path.display());
+        bail!(
+            "{}: {size_bytes} bytes; the limit is {FILE_MAX_BYTES}",
+            path.display()
+        );
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -120,7 +123,11 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
     }
-    Ok(if broken.is_empty() { Outcome::Success } else { Outcome::Negative })
+    Ok(if broken.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Negative
+    })
 }
 
 const BUILT_IN_FLEET: &str = include_str!("../../../examples/fleet.yaml");

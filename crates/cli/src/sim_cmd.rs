@@ -37,7 +37,11 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Outcome> {
         .iter()
         .map(|spec| failsmall_sim::resolve_strategy(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let options = RunOptions { seed: args.seed, strategies, trace: args.trace };
+    let options = RunOptions {
+        seed: args.seed,
+        strategies,
+        trace: args.trace,
+    };
     let report = failsmall_sim::run(&scenario, &options)?;
     if args.trace {
         print!("{}", report.trace());

@@ -3,7 +3,39 @@
 //! `Engine::step(now_ms, event)` applies one [`Event`] and returns the [`Action`]s the caller
 //! must carry out. It never reads a clock, never does IO, never draws a random number; the
 //! same sequence of `(now_ms, event)` always yields the same state and actions. On `Err` the
-//! state is unchanged.
+//! state is unchanged. The whole state is in [`Engine`] and serializes with serde: persist it
+//! after each step and a restart continues exactly where it was.
+//!
+//! # A rollout's life
+//! `RolloutRequested` starts a rollout at stage 0, or queues it behind the unit's running one
+//! (`Concurrency::Queue`), or, in a release train (`Concurrency::Train`), starts it once the
+//! earlier version has left stage 0. Entering stage `i` exposes every node selected by stages
+//! `0..=i` (see [`crate::select`]; the set only grows) and records, per node, the version it had
+//! before. Each stage then goes through [`StagePhase`]s:
+//!
+//! 1. `Applying`: wait until every exposed node ACKed the version;
+//! 2. `Baking`: `bake_ms` of canary health;
+//! 3. `Holding`: the bake is over; the stage passes only when every gate's verdict is `Pass`,
+//!    computed in that very step, with at least `min_requests` canary requests and no silent
+//!    canary node. An inconclusive gate holds, never promotes;
+//! 4. `AwaitingApproval` (when the stage asks for it), then `Passed`: on to the next stage,
+//!    or `Completed` after the last one (the version becomes the unit's stable version).
+//!
+//! A gate `Fail`, a hard signal (NACK, crash, failed health check, silent nodes, each against
+//! its threshold), the stage's `timeout_ms` (counted from its entry, `0` = none) or an
+//! operator's `Rollback` reverts every exposed node to its own previous version in the same
+//! step and quarantines the hash for the unit. Hard signals act in the step that reports
+//! them, even while the rollout is paused; gates are evaluated on `Tick`, at most once per [`GATE_EVAL_INTERVAL_MS`], and when
+//! a bake ends or a stage is about to pass.
+//!
+//! Health accounting of the current stage: the canary is the exposed nodes that ACKed (their
+//! samples for the rollout's version); the baseline is the nodes the stage's selector matches
+//! that are not exposed (their samples for any other version). A stage without baseline nodes
+//! is judged against the latest baseline the rollout saw. A canary node with no report about
+//! the unit for `silence_ms` (`0` = not checked) is silent.
+//!
+//! Architecture invariant: anything iterated into an action or a query is ordered (`BTreeMap`,
+//! sorted `Vec`); the hash maps keyed by node id serve lookups only.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, DefaultHasher};
@@ -50,26 +82,59 @@ pub enum Event {
         override_quarantine: bool,
     },
     /// The node activated `version` of `unit` (ACK).
-    Applied { node: NodeId, unit: UnitName, version: VersionHash },
+    Applied {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+    },
     /// The node refused `version` of `unit` (NACK).
-    Rejected { node: NodeId, unit: UnitName, version: VersionHash, reason: String },
+    Rejected {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
     /// A consumer on the node crashed while running `version` of `unit`.
-    Crashed { node: NodeId, unit: UnitName, version: VersionHash, reason: String },
+    Crashed {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
     /// A post-apply HTTP health check failed on the node.
-    HealthCheckFailed { node: NodeId, unit: UnitName, version: VersionHash, reason: String },
+    HealthCheckFailed {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
     /// Health over one interval, attributed to the version that was active.
-    Health { node: NodeId, unit: UnitName, version: VersionHash, sample: HealthSample },
+    Health {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+        sample: HealthSample,
+    },
     /// Time passed; deadlines (bakes, timeouts, silences) are checked.
     Tick,
     /// An operator's command.
-    Command { rollout: RolloutId, command: Command, actor: String, reason: String },
+    Command {
+        rollout: RolloutId,
+        command: Command,
+        actor: String,
+        reason: String,
+    },
 }
 
 /// What the caller must do after a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     /// These nodes should now run `version` of `unit` (`None`: no version at all).
-    SetDesired { unit: UnitName, version: Option<VersionHash>, nodes: Vec<NodeId> },
+    SetDesired {
+        unit: UnitName,
+        version: Option<VersionHash>,
+        nodes: Vec<NodeId>,
+    },
     /// Tell people (status page, chat, CLI watchers).
     Notify { rollout: RolloutId, message: String },
     /// Record a change in the global changelog.
@@ -141,9 +206,19 @@ pub enum EngineError {
     #[error("no rollout {0}")]
     UnknownRollout(RolloutId),
     #[error("rollout {rollout} is {status:?}; {command:?} needs it to be {expected}")]
-    InvalidCommand { rollout: RolloutId, status: RolloutStatus, command: Command, expected: &'static str },
-    #[error("version {version} of unit {unit} is quarantined after a rollback; an admin override is needed")]
-    Quarantined { unit: UnitName, version: VersionHash },
+    InvalidCommand {
+        rollout: RolloutId,
+        status: RolloutStatus,
+        command: Command,
+        expected: &'static str,
+    },
+    #[error(
+        "version {version} of unit {unit} is quarantined after a rollback; an admin override is needed"
+    )]
+    Quarantined {
+        unit: UnitName,
+        version: VersionHash,
+    },
     #[error("unit {unit} already has {queued} rollouts queued, the plan's limit")]
     QueueFull { unit: UnitName, queued: u32 },
     #[error("plan {plan:?} has no stages")]
@@ -155,7 +230,11 @@ pub enum EngineError {
     #[error("no node {0} is registered; register it before it reports")]
     UnknownNode(NodeId),
     #[error("{what}: {given} is more than the limit of {limit}")]
-    LimitReached { what: &'static str, given: usize, limit: usize },
+    LimitReached {
+        what: &'static str,
+        given: usize,
+        limit: usize,
+    },
 }
 
 /// Gates of a rollout are evaluated at most once per this many milliseconds of `now_ms` (on
@@ -223,6 +302,9 @@ struct Exposure {
     stage: usize,
     acked: bool,
     rejected: bool,
+    /// The latest report of any kind from this node about this unit (or the exposure time):
+    /// what silence is measured from.
+    last_report_ms: TimeMs,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -230,7 +312,6 @@ struct NodeState {
     labels: Labels,
     /// Per unit, the version this node should run.
     desired: BTreeMap<UnitName, VersionHash>,
-    last_report_ms: Option<TimeMs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -302,14 +383,27 @@ impl Rollout {
     fn hard_signal_breach(&self) -> Option<String> {
         let limits = self.current_stage()?.hard_signals;
         let checks = [
-            ("rejections (NACK)", self.canary.rejections, limits.rejections_max),
+            (
+                "rejections (NACK)",
+                self.canary.rejections,
+                limits.rejections_max,
+            ),
             ("consumer crashes", self.canary.crashes, limits.crashes_max),
-            ("failed health checks", self.canary.health_check_failures, limits.health_check_failures_max),
-            ("silent nodes", self.canary.silent_nodes, limits.silent_nodes_max),
+            (
+                "failed health checks",
+                self.canary.health_check_failures,
+                limits.health_check_failures_max,
+            ),
+            (
+                "silent nodes",
+                self.canary.silent_nodes,
+                limits.silent_nodes_max,
+            ),
         ];
-        checks.iter().find(|(_, count, max)| *max > 0 && count >= max).map(|(what, count, max)| {
-            format!("hard signal: {count} {what}, threshold {max}")
-        })
+        checks
+            .iter()
+            .find(|(_, count, max)| *max > 0 && count >= max)
+            .map(|(what, count, max)| format!("hard signal: {count} {what}, threshold {max}"))
     }
 }
 
@@ -409,28 +503,54 @@ impl Engine {
                 self.on_node_registered(now, node, labels, &mut out)?
             }
             Event::NodeRemoved { node } => self.on_node_removed(now, node, &mut out)?,
-            Event::RolloutRequested { unit, version, plan, actor, reason, override_quarantine } => {
-                self.on_rollout_requested(
-                    now,
-                    unit,
-                    *version,
-                    plan,
-                    actor,
-                    reason,
-                    *override_quarantine,
-                    &mut out,
-                )?
-            }
-            Event::Applied { node, unit, version } => {
-                self.on_applied(now, node, unit, *version, &mut out)?
-            }
-            Event::Rejected { node, unit, version, reason } => {
-                self.on_signal(now, node, unit, *version, Signal::Rejected, reason, &mut out)?
-            }
-            Event::Crashed { node, unit, version, reason } => {
-                self.on_signal(now, node, unit, *version, Signal::Crashed, reason, &mut out)?
-            }
-            Event::HealthCheckFailed { node, unit, version, reason } => self.on_signal(
+            Event::RolloutRequested {
+                unit,
+                version,
+                plan,
+                actor,
+                reason,
+                override_quarantine,
+            } => self.on_rollout_requested(
+                now,
+                unit,
+                *version,
+                plan,
+                actor,
+                reason,
+                *override_quarantine,
+                &mut out,
+            )?,
+            Event::Applied {
+                node,
+                unit,
+                version,
+            } => self.on_applied(now, node, unit, *version, &mut out)?,
+            Event::Rejected {
+                node,
+                unit,
+                version,
+                reason,
+            } => self.on_signal(
+                now,
+                node,
+                unit,
+                *version,
+                Signal::Rejected,
+                reason,
+                &mut out,
+            )?,
+            Event::Crashed {
+                node,
+                unit,
+                version,
+                reason,
+            } => self.on_signal(now, node, unit, *version, Signal::Crashed, reason, &mut out)?,
+            Event::HealthCheckFailed {
+                node,
+                unit,
+                version,
+                reason,
+            } => self.on_signal(
                 now,
                 node,
                 unit,
@@ -439,13 +559,19 @@ impl Engine {
                 reason,
                 &mut out,
             )?,
-            Event::Health { node, unit, version, sample } => {
-                self.on_health(now, node, unit, *version, sample)?
-            }
+            Event::Health {
+                node,
+                unit,
+                version,
+                sample,
+            } => self.on_health(now, node, unit, *version, sample)?,
             Event::Tick => self.on_tick(now, &mut out),
-            Event::Command { rollout, command, actor, reason } => {
-                self.on_command(now, *rollout, *command, actor, reason, &mut out)?
-            }
+            Event::Command {
+                rollout,
+                command,
+                actor,
+                reason,
+            } => self.on_command(now, *rollout, *command, actor, reason, &mut out)?,
         }
         self.now_ms = now;
         Ok(out)
@@ -474,7 +600,9 @@ impl Engine {
     }
 
     pub fn is_quarantined(&self, unit: &UnitName, version: &VersionHash) -> bool {
-        self.units.get(unit).is_some_and(|state| state.quarantined.contains_key(version))
+        self.units
+            .get(unit)
+            .is_some_and(|state| state.quarantined.contains_key(version))
     }
 
     /// The earliest time at which a `Tick` would change something (a bake end, a stage
@@ -588,8 +716,10 @@ impl Engine {
                 limit: MAX_LABELS_PER_NODE,
             });
         }
-        if let Some(longest) =
-            labels.iter().map(|(key, value)| key.len().max(value.len())).max()
+        if let Some(longest) = labels
+            .iter()
+            .map(|(key, value)| key.len().max(value.len()))
+            .max()
             && longest > MAX_LABEL_BYTES
         {
             return Err(EngineError::LimitReached {
@@ -611,14 +741,20 @@ impl Engine {
                     .collect();
                 self.nodes.insert(
                     node.clone(),
-                    NodeState { labels: labels.clone(), desired, last_report_ms: None },
+                    NodeState {
+                        labels: labels.clone(),
+                        desired,
+                    },
                 );
                 BTreeMap::new()
             }
         };
         // Level-triggered: the node gets every running rollout whose entered stages select it.
-        let active: Vec<RolloutId> =
-            self.units.values().flat_map(|unit| unit.active.iter().copied()).collect();
+        let active: Vec<RolloutId> = self
+            .units
+            .values()
+            .flat_map(|unit| unit.active.iter().copied())
+            .collect();
         for id in active {
             let selects = self.rollouts.get(&id).is_some_and(|rollout| {
                 !rollout.exposed.contains_key(node)
@@ -631,7 +767,7 @@ impl Engine {
                     )
             });
             if selects {
-                self.expose(id, node);
+                self.expose(id, node, now);
                 if let Some(rollout) = self.rollouts.get_mut(&id)
                     && let Some(stage) = rollout.plan.stages.get(rollout.stage)
                     && select::stage_selects(stage, &rollout.unit, node, labels)
@@ -640,7 +776,11 @@ impl Engine {
                 }
             }
         }
-        let desired = self.nodes.get(node).map(|state| state.desired.clone()).unwrap_or_default();
+        let desired = self
+            .nodes
+            .get(node)
+            .map(|state| state.desired.clone())
+            .unwrap_or_default();
         for (unit, version) in &desired {
             if previous.get(unit) != Some(version) {
                 out.push(Action::SetDesired {
@@ -694,7 +834,9 @@ impl Engine {
         out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
         if plan.stages.is_empty() {
-            return Err(EngineError::EmptyPlan { plan: cut(&plan.name) });
+            return Err(EngineError::EmptyPlan {
+                plan: cut(&plan.name),
+            });
         }
         if plan.stages.len() > MAX_STAGES {
             return Err(EngineError::LimitReached {
@@ -705,7 +847,10 @@ impl Engine {
         }
         let quarantined = self.is_quarantined(unit, &version);
         if quarantined && !override_quarantine {
-            return Err(EngineError::Quarantined { unit: unit.clone(), version });
+            return Err(EngineError::Quarantined {
+                unit: unit.clone(),
+                version,
+            });
         }
         let open = self.rollouts.len().saturating_sub(self.terminal.len());
         if open >= MAX_OPEN_ROLLOUTS {
@@ -789,7 +934,15 @@ impl Engine {
             if let Some(state) = self.units.get_mut(unit) {
                 state.queued.push_back(id);
             }
-            self.log(id, ChangeKind::RolloutQueued, None, None, "waiting behind the unit's running rollout".into(), now, out);
+            self.log(
+                id,
+                ChangeKind::RolloutQueued,
+                None,
+                None,
+                "waiting behind the unit's running rollout".into(),
+                now,
+                out,
+            );
         }
         self.settle(unit, now, out);
         Ok(())
@@ -803,24 +956,29 @@ impl Engine {
         version: VersionHash,
         out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
-        let Self { nodes, units, rollouts, .. } = self;
-        let Some(node_state) = nodes.get_mut(node) else {
+        let Self {
+            nodes,
+            units,
+            rollouts,
+            ..
+        } = self;
+        if !nodes.contains_key(node) {
             return Err(EngineError::UnknownNode(node.clone()));
-        };
-        node_state.last_report_ms = Some(now);
+        }
         let Some(unit_state) = units.get(unit) else {
             return Ok(());
         };
         let mut changed = false;
         for id in &unit_state.active {
             if let Some(rollout) = rollouts.get_mut(id)
-                && rollout.version == version
                 && let Some(exposure) = rollout.exposed.get_mut(node)
-                && !exposure.acked
             {
-                exposure.acked = true;
-                rollout.nodes_applied = rollout.nodes_applied.saturating_add(1);
-                changed = true;
+                exposure.last_report_ms = now;
+                if rollout.version == version && !exposure.acked {
+                    exposure.acked = true;
+                    rollout.nodes_applied = rollout.nodes_applied.saturating_add(1);
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -840,21 +998,28 @@ impl Engine {
         reason: &str,
         out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
-        let Some(node_state) = self.nodes.get_mut(node) else {
+        if !self.nodes.contains_key(node) {
             return Err(EngineError::UnknownNode(node.clone()));
-        };
-        node_state.last_report_ms = Some(now);
-        let active = self.units.get(unit).map(|state| state.active.clone()).unwrap_or_default();
+        }
+        let active = self
+            .units
+            .get(unit)
+            .map(|state| state.active.clone())
+            .unwrap_or_default();
         for id in active {
             let Some(rollout) = self.rollouts.get_mut(&id) else {
                 continue;
             };
-            if rollout.version != version || rollout.status.is_terminal() {
+            if rollout.status.is_terminal() {
                 continue;
             }
             let Some(exposure) = rollout.exposed.get_mut(node) else {
                 continue;
             };
+            exposure.last_report_ms = now;
+            if rollout.version != version {
+                continue;
+            }
             match signal {
                 Signal::Rejected => {
                     if !exposure.rejected {
@@ -880,7 +1045,10 @@ impl Engine {
         Ok(())
     }
 
-    /// The hot path: a few map lookups and a histogram merge.
+    /// The hot path: a few map lookups and a histogram merge. Health for a unit without a
+    /// running rollout is ignored before anything else (the node is not even looked up); an
+    /// exposed node needs only its small per-rollout record; the fleet table is read only for
+    /// the labels of a baseline candidate.
     fn on_health(
         &mut self,
         now: TimeMs,
@@ -889,35 +1057,46 @@ impl Engine {
         version: VersionHash,
         sample: &HealthSample,
     ) -> Result<(), EngineError> {
-        let Self { nodes, units, rollouts, .. } = self;
-        let Some(node_state) = nodes.get_mut(node) else {
-            return Err(EngineError::UnknownNode(node.clone()));
-        };
-        node_state.last_report_ms = Some(now);
+        let Self {
+            nodes,
+            units,
+            rollouts,
+            ..
+        } = self;
         let Some(unit_state) = units.get(unit) else {
             return Ok(());
         };
+        let mut labels: Option<&Labels> = None;
         for id in &unit_state.active {
             let Some(rollout) = rollouts.get_mut(id) else {
                 continue;
             };
-            match rollout.exposed.get(node) {
-                Some(exposure) => {
-                    if exposure.acked && version == rollout.version {
-                        rollout.canary.sample.merge(sample);
-                    }
+            if let Some(exposure) = rollout.exposed.get_mut(node) {
+                exposure.last_report_ms = now;
+                if exposure.acked && version == rollout.version {
+                    rollout.canary.sample.merge(sample);
                 }
+                continue;
+            }
+            if version == rollout.version {
+                continue;
+            }
+            let node_labels = match labels {
+                Some(known) => known,
                 None => {
-                    if version != rollout.version
-                        && rollout
-                            .plan
-                            .stages
-                            .get(rollout.stage)
-                            .is_some_and(|stage| stage.selector.matches(&node_state.labels))
-                    {
-                        rollout.baseline.sample.merge(sample);
-                    }
+                    // An exposed node is always registered, so nothing was changed before
+                    // this refusal.
+                    let Some(state) = nodes.get(node) else {
+                        return Err(EngineError::UnknownNode(node.clone()));
+                    };
+                    *labels.insert(&state.labels)
                 }
+            };
+            if rollout
+                .current_stage()
+                .is_some_and(|stage| stage.selector.matches(node_labels))
+            {
+                rollout.baseline.sample.merge(sample);
             }
         }
         Ok(())
@@ -931,13 +1110,17 @@ impl Engine {
             .map(|(unit, _)| unit.clone())
             .collect();
         for unit in units {
-            let active = self.units.get(&unit).map(|state| state.active.clone()).unwrap_or_default();
+            let active = self
+                .units
+                .get(&unit)
+                .map(|state| state.active.clone())
+                .unwrap_or_default();
             for id in active {
                 let due = self.rollouts.get(&id).is_some_and(|rollout| {
                     rollout.status == RolloutStatus::Running
-                        && rollout.last_gate_eval_ms.is_none_or(|at| {
-                            now >= at.saturating_add(GATE_EVAL_INTERVAL_MS)
-                        })
+                        && rollout
+                            .last_gate_eval_ms
+                            .is_none_or(|at| now >= at.saturating_add(GATE_EVAL_INTERVAL_MS))
                 });
                 if due && let Some(failure) = self.evaluate_gates(id, now, out) {
                     self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
@@ -1006,8 +1189,13 @@ impl Engine {
                 if status != RolloutStatus::Running {
                     return Err(invalid("running"));
                 }
-                if !matches!(rollout.phase, StagePhase::Baking { .. } | StagePhase::Holding) {
-                    return Err(invalid("baking or holding (every exposed node has applied)"));
+                if !matches!(
+                    rollout.phase,
+                    StagePhase::Baking { .. } | StagePhase::Holding
+                ) {
+                    return Err(invalid(
+                        "baking or holding (every exposed node has applied)",
+                    ));
                 }
                 if rollout
                     .gate_reports
@@ -1028,7 +1216,9 @@ impl Engine {
             }
             Command::Rollback => {
                 if !matches!(status, RolloutStatus::Running | RolloutStatus::Paused) {
-                    return Err(invalid("running or paused (abort a queued rollout instead)"));
+                    return Err(invalid(
+                        "running or paused (abort a queued rollout instead)",
+                    ));
                 }
                 let why = format!("rollback requested by {actor}: {reason}");
                 self.roll_back(id, &why, &actor, true, now, out);
@@ -1067,7 +1257,10 @@ impl Engine {
                     .get(id)
                     .is_some_and(|rollout| rollout.plan.concurrency == Concurrency::Train)
             })
-            && self.rollouts.get(newest).is_some_and(|rollout| rollout.stage > 0)
+            && self
+                .rollouts
+                .get(newest)
+                .is_some_and(|rollout| rollout.stage > 0)
     }
 
     fn start(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
@@ -1081,7 +1274,15 @@ impl Engine {
         if let Some(state) = self.units.get_mut(&unit) {
             state.active.push(id);
         }
-        self.log_as(id, ChangeKind::RolloutStarted, &actor, None, reason, now, out);
+        self.log_as(
+            id,
+            ChangeKind::RolloutStarted,
+            &actor,
+            None,
+            reason,
+            now,
+            out,
+        );
         self.enter_stage(id, 0, now, out);
     }
 
@@ -1117,7 +1318,7 @@ impl Engine {
     /// version (which builds on this one): this rollout takes over the node's old "before",
     /// the later one now reverts to this version, and the node counts as applied here.
     /// Returns whether the node's desired version changed.
-    fn expose(&mut self, id: RolloutId, node: &NodeId) -> bool {
+    fn expose(&mut self, id: RolloutId, node: &NodeId, now: TimeMs) -> bool {
         let Some(rollout) = self.rollouts.get(&id) else {
             return false;
         };
@@ -1125,12 +1326,22 @@ impl Engine {
         let later: Vec<RolloutId> = self
             .units
             .get(&unit)
-            .map(|state| state.active.iter().copied().skip_while(|other| *other != id).skip(1).collect())
+            .map(|state| {
+                state
+                    .active
+                    .iter()
+                    .copied()
+                    .skip_while(|other| *other != id)
+                    .skip(1)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut inherited = None;
         for later_id in later {
-            if let Some(exposure) =
-                self.rollouts.get_mut(&later_id).and_then(|later| later.exposed.get_mut(node))
+            if let Some(exposure) = self
+                .rollouts
+                .get_mut(&later_id)
+                .and_then(|later| later.exposed.get_mut(node))
             {
                 inherited = Some(exposure.before);
                 exposure.before = Some(version);
@@ -1150,7 +1361,16 @@ impl Engine {
         if let Some(rollout) = self.rollouts.get_mut(&id) {
             let fresh = rollout
                 .exposed
-                .insert(node.clone(), Exposure { before, stage, acked, rejected: false })
+                .insert(
+                    node.clone(),
+                    Exposure {
+                        before,
+                        stage,
+                        acked,
+                        rejected: false,
+                        last_report_ms: now,
+                    },
+                )
                 .is_none();
             if fresh {
                 rollout.nodes_exposed = rollout.nodes_exposed.saturating_add(1);
@@ -1181,18 +1401,27 @@ impl Engine {
             if rollout.exposed.contains_key(node) {
                 continue;
             }
-            let selected = rollout.plan.stages.iter().take(index.saturating_add(1)).any(|earlier| {
-                earlier.selector.matches(&state.labels)
-                    && select::bucket_within(node_bucket, earlier.percent)
-            });
+            let selected = rollout
+                .plan
+                .stages
+                .iter()
+                .take(index.saturating_add(1))
+                .any(|earlier| {
+                    earlier.selector.matches(&state.labels)
+                        && select::bucket_within(node_bucket, earlier.percent)
+                });
             if selected {
                 newly.push(node.clone());
             }
         }
         // The fleet map's order is arbitrary: expose in node order.
         newly.sort();
-        let (unit, version, timeout_ms, name) =
-            (rollout.unit.clone(), rollout.version, stage.timeout_ms, stage.name.clone());
+        let (unit, version, timeout_ms, name) = (
+            rollout.unit.clone(),
+            rollout.version,
+            stage.timeout_ms,
+            stage.name.clone(),
+        );
         if let Some(rollout) = self.rollouts.get_mut(&id) {
             rollout.stage = index;
             rollout.phase = StagePhase::Applying;
@@ -1206,13 +1435,20 @@ impl Engine {
         }
         let mut set_nodes = Vec::new();
         for node in &newly {
-            if self.expose(id, node) {
+            if self.expose(id, node, now) {
                 set_nodes.push(node.clone());
             }
         }
-        let exposed_total = self.rollouts.get(&id).map_or(0, |rollout| rollout.nodes_exposed);
+        let exposed_total = self
+            .rollouts
+            .get(&id)
+            .map_or(0, |rollout| rollout.nodes_exposed);
         if !set_nodes.is_empty() {
-            out.push(Action::SetDesired { unit, version: Some(version), nodes: set_nodes });
+            out.push(Action::SetDesired {
+                unit,
+                version: Some(version),
+                nodes: set_nodes,
+            });
         }
         let reason = if targeted == 0 {
             "no nodes selected by this stage; it passes at once".to_owned()
@@ -1222,14 +1458,26 @@ impl Engine {
                 newly.len()
             )
         };
-        self.log(id, ChangeKind::StageStarted, None, Some(name), reason, now, out);
+        self.log(
+            id,
+            ChangeKind::StageStarted,
+            None,
+            Some(name),
+            reason,
+            now,
+            out,
+        );
     }
 
     /// Lets the unit's rollouts move (bakes, holds, stages, train order, queue) until nothing
     /// changes.
     fn settle(&mut self, unit: &UnitName, now: TimeMs, out: &mut Vec<Action>) {
         for _ in 0..MAX_SETTLE_ROUNDS {
-            let active = self.units.get(unit).map(|state| state.active.clone()).unwrap_or_default();
+            let active = self
+                .units
+                .get(unit)
+                .map(|state| state.active.clone())
+                .unwrap_or_default();
             let mut changed = false;
             for id in active {
                 changed |= self.progress(id, now, out);
@@ -1273,7 +1521,9 @@ impl Engine {
                     }
                 }
                 StagePhase::Baking { bake_ends_ms } if now >= bake_ends_ms => {
-                    let fresh = rollout.last_gate_eval_ms.is_some_and(|at| at >= bake_ends_ms);
+                    let fresh = rollout
+                        .last_gate_eval_ms
+                        .is_some_and(|at| at >= bake_ends_ms);
                     if !fresh && let Some(failure) = self.evaluate_gates(id, now, out) {
                         self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
                         return true;
@@ -1289,7 +1539,11 @@ impl Engine {
                             self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
                             return true;
                         }
-                        if !self.rollouts.get(&id).is_some_and(|rollout| self.stage_ready(rollout)) {
+                        if !self
+                            .rollouts
+                            .get(&id)
+                            .is_some_and(|rollout| self.stage_ready(rollout))
+                        {
                             continue;
                         }
                     }
@@ -1305,10 +1559,9 @@ impl Engine {
                 StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
                     if timed_out {
                         let why = format!(
-                            "timeout: stage {:?} did not pass within {} ms ({}; gates: {})",
+                            "timeout: stage {:?} did not pass within {} ms (gates: {})",
                             stage.name,
                             stage.timeout_ms,
-                            rollout.numbers(),
                             gate_summary(&rollout.gate_reports),
                         );
                         self.roll_back(id, &why, ENGINE_ACTOR, true, now, out);
@@ -1344,7 +1597,10 @@ impl Engine {
             && rollout.canary.sample.requests >= stage.min_requests
             && rollout.canary.silent_nodes == 0
             && rollout.gate_reports.len() == stage.gates.len()
-            && rollout.gate_reports.iter().all(|report| matches!(report.verdict, Verdict::Pass { .. }))
+            && rollout
+                .gate_reports
+                .iter()
+                .all(|report| matches!(report.verdict, Verdict::Pass { .. }))
     }
 
     /// In a release train, whether the earlier rollout of the unit has not yet left stage
@@ -1362,7 +1618,9 @@ impl Engine {
         let Some(earlier) = position.checked_sub(1).and_then(|p| state.active.get(p)) else {
             return false;
         };
-        self.rollouts.get(earlier).is_some_and(|earlier| earlier.stage <= next)
+        self.rollouts
+            .get(earlier)
+            .is_some_and(|earlier| earlier.stage <= next)
     }
 
     fn pass_stage(&mut self, id: RolloutId, why: &str, now: TimeMs, out: &mut Vec<Action>) {
@@ -1370,16 +1628,30 @@ impl Engine {
             return;
         };
         let approval = rollout.current_stage().is_some_and(|stage| stage.approval);
-        rollout.phase =
-            if approval { StagePhase::AwaitingApproval } else { StagePhase::Passed };
+        rollout.phase = if approval {
+            StagePhase::AwaitingApproval
+        } else {
+            StagePhase::Passed
+        };
         let stage = rollout.stage_name();
-        self.log(id, ChangeKind::StagePassed, None, stage.clone(), cut(why), now, out);
+        self.log(
+            id,
+            ChangeKind::StagePassed,
+            None,
+            stage.clone(),
+            cut(why),
+            now,
+            out,
+        );
         if approval {
             let message = format!(
                 "stage {:?} passed and waits for approval by someone other than the pusher",
                 stage.unwrap_or_default()
             );
-            out.push(Action::Notify { rollout: id, message });
+            out.push(Action::Notify {
+                rollout: id,
+                message,
+            });
         }
     }
 
@@ -1391,7 +1663,9 @@ impl Engine {
         now: TimeMs,
         out: &mut Vec<Action>,
     ) -> Option<String> {
-        let Self { nodes, rollouts, .. } = self;
+        let Self {
+            nodes, rollouts, ..
+        } = self;
         let rollout = rollouts.get_mut(&id)?;
         let stage = rollout.plan.stages.get(rollout.stage)?;
         let silence_ms = stage.silence_ms;
@@ -1401,11 +1675,8 @@ impl Engine {
             rollout
                 .exposed
                 .iter()
-                .filter(|(_, exposure)| exposure.acked)
-                .filter(|(node, _)| {
-                    nodes.get(*node).and_then(|state| state.last_report_ms).is_none_or(
-                        |last_ms| now.saturating_sub(last_ms) > silence_ms,
-                    )
+                .filter(|(_, exposure)| {
+                    exposure.acked && now.saturating_sub(exposure.last_report_ms) > silence_ms
                 })
                 .count() as u64
         };
@@ -1418,7 +1689,10 @@ impl Engine {
             })
             .count() as u64;
         let baseline = if baseline_nodes > 0 {
-            let current = GroupMetrics { nodes: baseline_nodes, ..rollout.baseline };
+            let current = GroupMetrics {
+                nodes: baseline_nodes,
+                ..rollout.baseline
+            };
             rollout.baseline_carried = Some(current);
             Some(current)
         } else {
@@ -1433,22 +1707,41 @@ impl Engine {
                 |previous| !same_kind(&previous.verdict, &verdict),
             );
             if previous_changed {
-                changes.push(format!("gate {:?}: {}", gate.source, verdict_text(&verdict)));
+                changes.push(format!(
+                    "gate {:?}: {}",
+                    gate.source,
+                    verdict_text(&verdict)
+                ));
             }
-            reports.push(GateReport { gate: gate.source.clone(), verdict });
+            reports.push(GateReport {
+                gate: gate.source.clone(),
+                verdict,
+            });
         }
         let failure = reports
             .iter()
             .find(|report| matches!(report.verdict, Verdict::Fail { .. }))
-            .map(|report| format!("gate {:?} failed: {}", report.gate, verdict_text(&report.verdict)));
+            .map(|report| {
+                format!(
+                    "gate {:?} failed: {}",
+                    report.gate,
+                    verdict_text(&report.verdict)
+                )
+            });
         rollout.gate_reports = reports;
         rollout.last_gate_eval_ms = Some(now);
         let stage_name = rollout.stage_name();
-        let failure = failure.or_else(|| rollout.hard_signal_breach()).map(|why| {
-            format!("{why} ({})", rollout.numbers())
-        });
+        let failure = failure.or_else(|| rollout.hard_signal_breach());
         for change in changes {
-            self.log(id, ChangeKind::GateVerdict, None, stage_name.clone(), change, now, out);
+            self.log(
+                id,
+                ChangeKind::GateVerdict,
+                None,
+                stage_name.clone(),
+                change,
+                now,
+                out,
+            );
         }
         failure
     }
@@ -1466,10 +1759,21 @@ impl Engine {
             state.stable = Some(version);
             state.active.retain(|other| *other != id);
         }
-        self.log(id, ChangeKind::Completed, None, None, format!("every stage passed; {numbers}"), now, out);
+        self.log(
+            id,
+            ChangeKind::Completed,
+            None,
+            None,
+            format!("every stage passed; {numbers}"),
+            now,
+            out,
+        );
         out.push(Action::Notify {
             rollout: id,
-            message: format!("{unit} {} completed: it is now the stable version", version.short()),
+            message: format!(
+                "{unit} {} completed: it is now the stable version",
+                version.short()
+            ),
         });
         self.retire(id);
     }
@@ -1497,11 +1801,20 @@ impl Engine {
             state.queued.retain(|other| *other != id);
         }
         self.log_as(id, kind, actor, stage, cut(why), now, out);
-        out.push(Action::Notify { rollout: id, message: format!("aborted by {actor}: {}", cut(why)) });
+        out.push(Action::Notify {
+            rollout: id,
+            message: format!("aborted by {actor}: {}", cut(why)),
+        });
         self.retire(id);
     }
 
-    fn end_superseded(&mut self, old: RolloutId, by: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+    fn end_superseded(
+        &mut self,
+        old: RolloutId,
+        by: RolloutId,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
         let why = format!("superseded by {by}, a newer version of the unit");
         self.abort(old, ENGINE_ACTOR, &why, ChangeKind::Superseded, now, out);
     }
@@ -1525,7 +1838,12 @@ impl Engine {
             .units
             .get(&unit)
             .map(|state| {
-                state.active.iter().copied().skip_while(|other| *other != id).collect::<Vec<_>>()
+                state
+                    .active
+                    .iter()
+                    .copied()
+                    .skip_while(|other| *other != id)
+                    .collect::<Vec<_>>()
             })
             .unwrap_or_default();
         let chain: Vec<RolloutId> = if chain.is_empty() { vec![id] } else { chain };
@@ -1549,17 +1867,24 @@ impl Engine {
             groups.entry(before).or_default().push(node);
         }
         for (version, nodes) in groups {
-            out.push(Action::SetDesired { unit: unit.clone(), version, nodes });
+            out.push(Action::SetDesired {
+                unit: unit.clone(),
+                version,
+                nodes,
+            });
         }
         for rollout_id in chain.iter().rev() {
             let primary = *rollout_id == id;
-            let reason = if primary {
-                cut(why)
-            } else {
-                cut(&format!("{id}, an earlier version this one builds on, rolled back: {why}"))
-            };
             let Some(rollout) = self.rollouts.get_mut(rollout_id) else {
                 continue;
+            };
+            let reason = if primary {
+                cut(&format!("{why}; at rollback: {}", rollout.numbers()))
+            } else {
+                cut(&format!(
+                    "{id}, an earlier version this one builds on, rolled back: {why}; at rollback: {}",
+                    rollout.numbers()
+                ))
             };
             rollout.status = RolloutStatus::RolledBack;
             rollout.ended_ms = Some(now);
@@ -1571,7 +1896,15 @@ impl Engine {
             if let Some(state) = self.units.get_mut(&unit) {
                 state.active.retain(|other| other != rollout_id);
             }
-            self.log_as(*rollout_id, ChangeKind::RolledBack, actor, stage.clone(), reason.clone(), now, out);
+            self.log_as(
+                *rollout_id,
+                ChangeKind::RolledBack,
+                actor,
+                stage.clone(),
+                reason.clone(),
+                now,
+                out,
+            );
             if primary && quarantine {
                 self.quarantine(&unit, version, *rollout_id);
                 self.log_as(
@@ -1579,7 +1912,10 @@ impl Engine {
                     ChangeKind::Quarantined,
                     actor,
                     stage,
-                    format!("{} is quarantined for {unit}; redeploying it needs an admin override", version.short()),
+                    format!(
+                        "{} is quarantined for {unit}; redeploying it needs an admin override",
+                        version.short()
+                    ),
                     now,
                     out,
                 );
@@ -1601,8 +1937,11 @@ impl Engine {
         };
         state.quarantined.insert(version, by);
         if state.quarantined.len() > MAX_QUARANTINED_PER_UNIT
-            && let Some(oldest) =
-                state.quarantined.iter().min_by_key(|(_, by)| **by).map(|(hash, _)| *hash)
+            && let Some(oldest) = state
+                .quarantined
+                .iter()
+                .min_by_key(|(_, by)| **by)
+                .map(|(hash, _)| *hash)
         {
             state.quarantined.remove(&oldest);
         }
@@ -1613,7 +1952,9 @@ impl Engine {
         self.terminal.push_back(id);
         let kept = self.terminal.len();
         if kept > MAX_TERMINAL_ROLLOUTS_WITH_NODES
-            && let Some(old) = self.terminal.get(kept - MAX_TERMINAL_ROLLOUTS_WITH_NODES - 1)
+            && let Some(old) = self
+                .terminal
+                .get(kept - MAX_TERMINAL_ROLLOUTS_WITH_NODES - 1)
             && let Some(rollout) = self.rollouts.get_mut(old)
         {
             rollout.exposed = LookupMap::default();
@@ -1636,7 +1977,15 @@ impl Engine {
         now: TimeMs,
         out: &mut Vec<Action>,
     ) {
-        self.log_as(id, kind, actor.unwrap_or(ENGINE_ACTOR), stage, reason, now, out);
+        self.log_as(
+            id,
+            kind,
+            actor.unwrap_or(ENGINE_ACTOR),
+            stage,
+            reason,
+            now,
+            out,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]

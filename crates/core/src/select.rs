@@ -89,12 +89,18 @@ mod tests {
     fn stage(percent_bp: u32, labels: &[(&str, &str)]) -> Stage {
         let mut selector = Selector::default();
         for (key, value) in labels {
-            selector.labels.entry((*key).to_owned()).or_default().push((*value).to_owned());
+            selector
+                .labels
+                .entry((*key).to_owned())
+                .or_default()
+                .push((*value).to_owned());
         }
         Stage {
             name: "s".into(),
             selector,
-            percent: Percent { basis_points: percent_bp },
+            percent: Percent {
+                basis_points: percent_bp,
+            },
             bake_ms: 0,
             timeout_ms: 0,
             gates: vec![],

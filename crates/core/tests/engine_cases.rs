@@ -1,6 +1,13 @@
 //! Scenario tests of the rollout engine through a small harness: a fleet, rollouts, ACKs,
 //! health, and virtual time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
@@ -57,13 +64,20 @@ fn version(seed: &str) -> VersionHash {
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn selector(pairs: &[(&str, &str)]) -> Selector {
     let mut selector = Selector::default();
     for (key, value) in pairs {
-        selector.labels.entry((*key).to_owned()).or_default().push((*value).to_owned());
+        selector
+            .labels
+            .entry((*key).to_owned())
+            .or_default()
+            .push((*value).to_owned());
     }
     selector
 }
@@ -72,7 +86,9 @@ fn stage(name: &str, select: &[(&str, &str)], percent: u32, bake_ms: u64) -> Sta
     Stage {
         name: name.into(),
         selector: selector(select),
-        percent: Percent { basis_points: percent * 100 },
+        percent: Percent {
+            basis_points: percent * 100,
+        },
         bake_ms,
         timeout_ms: 600_000,
         gates: vec![],
@@ -131,7 +147,10 @@ impl Harness {
     }
 
     fn register(&mut self, name: &str, pairs: &[(&str, &str)]) {
-        self.step(Event::NodeRegistered { node: node(name), labels: labels(pairs) });
+        self.step(Event::NodeRegistered {
+            node: node(name),
+            labels: labels(pairs),
+        });
     }
 
     fn try_step(&mut self, event: Event) -> Result<Vec<Action>, EngineError> {
@@ -146,7 +165,12 @@ impl Harness {
             _ => {}
         }
         for action in &actions {
-            if let Action::SetDesired { unit, version, nodes } = action {
+            if let Action::SetDesired {
+                unit,
+                version,
+                nodes,
+            } = action
+            {
                 let set = self.ever_set.entry(unit.clone()).or_default();
                 for node in nodes {
                     set.insert((node.clone(), *version));
@@ -174,8 +198,10 @@ impl Harness {
             .iter()
             .find_map(|action| match action {
                 Action::Changelog(entry)
-                    if matches!(entry.kind, ChangeKind::RolloutStarted | ChangeKind::RolloutQueued)
-                        && entry.version == version(seed) =>
+                    if matches!(
+                        entry.kind,
+                        ChangeKind::RolloutStarted | ChangeKind::RolloutQueued
+                    ) && entry.version == version(seed) =>
                 {
                     Some(entry.rollout)
                 }
@@ -184,8 +210,18 @@ impl Harness {
             .unwrap()
     }
 
-    fn command(&mut self, id: RolloutId, command: Command, actor: &str) -> Result<Vec<Action>, EngineError> {
-        self.try_step(Event::Command { rollout: id, command, actor: actor.into(), reason: "test".into() })
+    fn command(
+        &mut self,
+        id: RolloutId,
+        command: Command,
+        actor: &str,
+    ) -> Result<Vec<Action>, EngineError> {
+        self.try_step(Event::Command {
+            rollout: id,
+            command,
+            actor: actor.into(),
+            reason: "test".into(),
+        })
     }
 
     /// One round of node behaviour for `unit_name` then a tick, `TICK_MS` later.
@@ -214,16 +250,29 @@ impl Harness {
                     }
                     _ => {
                         self.answered.insert(key);
-                        self.step(Event::Applied { node: node.clone(), unit: unit.clone(), version: desired });
+                        self.step(Event::Applied {
+                            node: node.clone(),
+                            unit: unit.clone(),
+                            version: desired,
+                        });
                     }
                 }
             }
             match reaction {
                 Reaction::Healthy | Reaction::Errors => {
                     let errors = if reaction == Reaction::Errors { 10 } else { 0 };
-                    let mut sample = HealthSample { requests: 50, errors, ..Default::default() };
+                    let mut sample = HealthSample {
+                        requests: 50,
+                        errors,
+                        ..Default::default()
+                    };
                     sample.latency.record(25.0, 50);
-                    self.step(Event::Health { node: node.clone(), unit: unit.clone(), version: desired, sample });
+                    self.step(Event::Health {
+                        node: node.clone(),
+                        unit: unit.clone(),
+                        version: desired,
+                        sample,
+                    });
                 }
                 Reaction::Crash => {
                     self.step(Event::Crashed {
@@ -253,7 +302,13 @@ impl Harness {
     }
 
     /// Rounds until the rollout is terminal or `limit_ms` of virtual time passed.
-    fn run(&mut self, id: RolloutId, unit_name: &str, limit_ms: u64, react: &dyn Fn(&NodeId, VersionHash) -> Reaction) {
+    fn run(
+        &mut self,
+        id: RolloutId,
+        unit_name: &str,
+        limit_ms: u64,
+        react: &dyn Fn(&NodeId, VersionHash) -> Reaction,
+    ) {
         let end = self.now_ms + limit_ms;
         while self.now_ms < end && !self.status(id).is_terminal() {
             self.round(unit_name, react);
@@ -311,10 +366,20 @@ fn good_version_goes_through_every_stage_and_completes() {
     assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
     assert_eq!(h.engine.stable(&unit("bot-features")), Some(version("v1")));
     for n in h.all_nodes() {
-        assert_eq!(h.engine.desired(&n, &unit("bot-features")), Some(version("v1")), "{n}");
+        assert_eq!(
+            h.engine.desired(&n, &unit("bot-features")),
+            Some(version("v1")),
+            "{n}"
+        );
     }
     let kinds = h.kinds(id);
-    assert_eq!(kinds.iter().filter(|k| **k == ChangeKind::StagePassed).count(), 3);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == ChangeKind::StagePassed)
+            .count(),
+        3
+    );
     assert_eq!(kinds.first(), Some(&ChangeKind::RolloutStarted));
     assert_eq!(kinds.last(), Some(&ChangeKind::Completed));
     assert_eq!(h.engine.next_deadline_ms(), None);
@@ -342,7 +407,11 @@ fn nack_in_stage_one_rolls_back_at_once_and_never_reaches_later_stages() {
     let id = h.request("bot-features", "v1", three_stage_plan(), "alice");
     // Employees are fine; free nodes NACK the version.
     let react = |n: &NodeId, _: VersionHash| {
-        if n.as_str().starts_with("free-") { Reaction::Nack } else { Reaction::Healthy }
+        if n.as_str().starts_with("free-") {
+            Reaction::Nack
+        } else {
+            Reaction::Healthy
+        }
     };
     let mut stage_one_exposed = BTreeSet::new();
     while !h.status(id).is_terminal() {
@@ -361,13 +430,19 @@ fn nack_in_stage_one_rolls_back_at_once_and_never_reaches_later_stages() {
     // No node outside stages 0 and 1 ever got v1.
     let given = h.nodes_ever_given("bot-features", "v1");
     assert!(!given.is_empty());
-    assert!(given.iter().all(|n| !n.as_str().starts_with("pro-")), "{given:?}");
+    assert!(
+        given.iter().all(|n| !n.as_str().starts_with("pro-")),
+        "{given:?}"
+    );
     assert!(given.is_subset(&stage_one_exposed));
     // Every node that got it is back to what it had (nothing).
     for n in &given {
         assert_eq!(h.engine.desired(n, &unit("bot-features")), None);
     }
-    assert!(h.engine.is_quarantined(&unit("bot-features"), &version("v1")));
+    assert!(
+        h.engine
+            .is_quarantined(&unit("bot-features"), &version("v1"))
+    );
 }
 
 #[test]
@@ -376,7 +451,11 @@ fn hard_signal_rolls_back_in_the_same_step() {
     let id = h.request("u", "v1", three_stage_plan(), "alice");
     let exposed = h.engine.exposed_nodes(id);
     let victim = exposed.first().unwrap().clone();
-    h.step(Event::Applied { node: victim.clone(), unit: unit("u"), version: version("v1") });
+    h.step(Event::Applied {
+        node: victim.clone(),
+        unit: unit("u"),
+        version: version("v1"),
+    });
     let actions = h.step(Event::Crashed {
         node: victim.clone(),
         unit: unit("u"),
@@ -387,7 +466,11 @@ fn hard_signal_rolls_back_in_the_same_step() {
     let reverted: Vec<NodeId> = actions
         .iter()
         .filter_map(|action| match action {
-            Action::SetDesired { version: None, nodes, .. } => Some(nodes.clone()),
+            Action::SetDesired {
+                version: None,
+                nodes,
+                ..
+            } => Some(nodes.clone()),
             _ => None,
         })
         .flatten()
@@ -405,7 +488,11 @@ fn crash_rolls_back_and_restores_the_previous_version() {
 
     let bad = h.request("u", "bad", three_stage_plan(), "alice");
     let react = |_: &NodeId, v: VersionHash| {
-        if v == version("bad") { Reaction::Crash } else { Reaction::Healthy }
+        if v == version("bad") {
+            Reaction::Crash
+        } else {
+            Reaction::Healthy
+        }
     };
     h.run(bad, "u", 600_000, &react);
     assert_eq!(h.status(bad), RolloutStatus::RolledBack);
@@ -421,7 +508,14 @@ fn failed_health_check_rolls_back() {
     let id = h.request("u", "v1", three_stage_plan(), "alice");
     h.run(id, "u", 600_000, &|_, _| Reaction::CheckFails);
     assert_eq!(h.status(id), RolloutStatus::RolledBack);
-    assert!(h.engine.rollout(id).unwrap().outcome.unwrap().contains("health checks"));
+    assert!(
+        h.engine
+            .rollout(id)
+            .unwrap()
+            .outcome
+            .unwrap()
+            .contains("health checks")
+    );
 }
 
 #[test]
@@ -429,7 +523,11 @@ fn silent_canary_nodes_roll_back() {
     let mut h = Harness::with_fleet();
     let id = h.request("u", "v1", three_stage_plan(), "alice");
     h.run(id, "u", 600_000, &|n, _| {
-        if n.as_str() == "emp-0" { Reaction::Silent } else { Reaction::Healthy }
+        if n.as_str() == "emp-0" {
+            Reaction::Silent
+        } else {
+            Reaction::Healthy
+        }
     });
     assert_eq!(h.status(id), RolloutStatus::RolledBack);
     let outcome = h.engine.rollout(id).unwrap().outcome.unwrap();
@@ -444,13 +542,20 @@ fn missing_acks_time_out_and_roll_back() {
     let id = h.request("u", "v1", plan, "alice");
     let start = h.now_ms;
     h.run(id, "u", 3_600_000, &|n, _| {
-        if n.as_str() == "emp-1" { Reaction::Stuck } else { Reaction::Healthy }
+        if n.as_str() == "emp-1" {
+            Reaction::Stuck
+        } else {
+            Reaction::Healthy
+        }
     });
     assert_eq!(h.status(id), RolloutStatus::RolledBack);
     let view = h.engine.rollout(id).unwrap();
     assert!(view.outcome.unwrap().starts_with("timeout"));
     let ended = view.ended_ms.unwrap();
-    assert!(ended >= start + 120_000 && ended <= start + 120_000 + TICK_MS, "{ended}");
+    assert!(
+        ended >= start + 120_000 && ended <= start + 120_000 + TICK_MS,
+        "{ended}"
+    );
 }
 
 #[test]
@@ -516,9 +621,15 @@ fn pause_freezes_deadlines_and_resume_extends_them() {
     assert_eq!(view.status, RolloutStatus::Paused);
     assert_eq!(view.stage_index, 0);
     assert_eq!(view.bake_remaining_ms, Some(remaining));
-    assert!(matches!(h.command(id, Command::Pause, "ops"), Err(EngineError::InvalidCommand { .. })));
+    assert!(matches!(
+        h.command(id, Command::Pause, "ops"),
+        Err(EngineError::InvalidCommand { .. })
+    ));
     h.command(id, Command::Resume, "ops").unwrap();
-    let StagePhase::Baking { bake_ends_ms: extended } = h.engine.rollout(id).unwrap().phase else {
+    let StagePhase::Baking {
+        bake_ends_ms: extended,
+    } = h.engine.rollout(id).unwrap().phase
+    else {
         panic!("still baking expected");
     };
     assert_eq!(extended, bake_ends_ms + 600_000);
@@ -535,13 +646,16 @@ fn promote_skips_the_rest_of_the_bake() {
     plan.stages[0].bake_ms = 3_600_000;
     plan.stages[0].min_requests = 0;
     let id = h.request("u", "v1", plan, "alice");
-    assert!(matches!(h.command(id, Command::Promote, "ops"), Err(EngineError::InvalidCommand { .. })));
+    assert!(matches!(
+        h.command(id, Command::Promote, "ops"),
+        Err(EngineError::InvalidCommand { .. })
+    ));
     h.round("u", &healthy);
     h.command(id, Command::Promote, "ops").unwrap();
     assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
-    let promoted = h.actions.iter().any(|a| {
-        matches!(a, Action::Changelog(e) if e.kind == ChangeKind::Promoted && e.actor == "ops")
-    });
+    let promoted = h.actions.iter().any(
+        |a| matches!(a, Action::Changelog(e) if e.kind == ChangeKind::Promoted && e.actor == "ops"),
+    );
     assert!(promoted);
 }
 
@@ -558,7 +672,10 @@ fn abort_keeps_exposed_nodes_on_the_version() {
     }
     assert_eq!(h.engine.stable(&unit("u")), None);
     assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
-    assert!(matches!(h.command(id, Command::Resume, "ops"), Err(EngineError::InvalidCommand { .. })));
+    assert!(matches!(
+        h.command(id, Command::Resume, "ops"),
+        Err(EngineError::InvalidCommand { .. })
+    ));
 }
 
 #[test]
@@ -594,7 +711,10 @@ fn quarantined_hash_is_refused_unless_overridden() {
         override_quarantine,
     };
     let before = h.engine.clone();
-    assert!(matches!(h.try_step(request(false)), Err(EngineError::Quarantined { .. })));
+    assert!(matches!(
+        h.try_step(request(false)),
+        Err(EngineError::Quarantined { .. })
+    ));
     assert_eq!(h.engine, before);
     let actions = h.step(request(true));
     let started = actions.iter().find_map(|a| match a {
@@ -634,7 +754,10 @@ fn versions_queue_then_run_in_order_and_the_queue_is_bounded() {
         reason: "".into(),
         override_quarantine: false,
     });
-    assert!(matches!(full, Err(EngineError::QueueFull { queued: 1, .. })));
+    assert!(matches!(
+        full,
+        Err(EngineError::QueueFull { queued: 1, .. })
+    ));
     h.run(first, "u", 3_600_000, &healthy);
     assert_eq!(h.status(first), RolloutStatus::Completed);
     assert_eq!(h.status(second), RolloutStatus::Running);
@@ -663,7 +786,12 @@ fn train_plan() -> Plan {
 }
 
 /// Runs rounds until `id` reaches `stage_index` (or ends).
-fn run_to_stage(h: &mut Harness, id: RolloutId, stage_index: usize, react: &dyn Fn(&NodeId, VersionHash) -> Reaction) {
+fn run_to_stage(
+    h: &mut Harness,
+    id: RolloutId,
+    stage_index: usize,
+    react: &dyn Fn(&NodeId, VersionHash) -> Reaction,
+) {
     for _ in 0..1_000 {
         let view = h.engine.rollout(id).unwrap();
         if view.stage_index >= stage_index || view.status.is_terminal() {
@@ -678,18 +806,29 @@ fn release_train_failure_of_the_later_version_reverts_only_its_nodes() {
     let mut h = Harness::with_fleet();
     let n = h.request("u", "n", train_plan(), "alice");
     let next = h.request("u", "n1", train_plan(), "alice");
-    assert_eq!(h.status(next), RolloutStatus::Queued, "waits until N leaves stage 0");
+    assert_eq!(
+        h.status(next),
+        RolloutStatus::Queued,
+        "waits until N leaves stage 0"
+    );
     run_to_stage(&mut h, n, 1, &healthy);
     assert_eq!(h.status(next), RolloutStatus::Running);
     // Employees now run N+1 on top of N.
     let react = |_: &NodeId, v: VersionHash| {
-        if v == version("n1") { Reaction::Nack } else { Reaction::Healthy }
+        if v == version("n1") {
+            Reaction::Nack
+        } else {
+            Reaction::Healthy
+        }
     };
     h.round("u", &react);
     assert_eq!(h.status(next), RolloutStatus::RolledBack);
     assert_eq!(h.status(n), RolloutStatus::Running);
     for i in 0..4 {
-        assert_eq!(h.engine.desired(&node(&format!("emp-{i}")), &unit("u")), Some(version("n")));
+        assert_eq!(
+            h.engine.desired(&node(&format!("emp-{i}")), &unit("u")),
+            Some(version("n"))
+        );
     }
     h.run(n, "u", 3_600_000, &healthy);
     assert_eq!(h.status(n), RolloutStatus::Completed);
@@ -705,7 +844,10 @@ fn release_train_failure_of_the_earlier_version_reverts_both() {
     h.round("u", &healthy);
     assert!(h.engine.exposed_nodes(next).len() == 4);
     assert_eq!(h.engine.rollout(next).unwrap().stage_index, 0);
-    assert_eq!(h.engine.version_before(next, &node("emp-0")), Some(version("n")));
+    assert_eq!(
+        h.engine.version_before(next, &node("emp-0")),
+        Some(version("n"))
+    );
     h.command(n, Command::Rollback, "ops").unwrap();
     assert_eq!(h.status(n), RolloutStatus::RolledBack);
     assert_eq!(h.status(next), RolloutStatus::RolledBack);
@@ -722,9 +864,17 @@ fn train_versions_never_overtake_and_complete_in_order() {
     let next = h.request("u", "n1", train_plan(), "alice");
     let mut completed = vec![];
     for _ in 0..2_000 {
-        let (a, b) = (h.engine.rollout(n).unwrap(), h.engine.rollout(next).unwrap());
+        let (a, b) = (
+            h.engine.rollout(n).unwrap(),
+            h.engine.rollout(next).unwrap(),
+        );
         if b.status == RolloutStatus::Running && a.status == RolloutStatus::Running {
-            assert!(b.stage_index < a.stage_index, "{} vs {}", b.stage_index, a.stage_index);
+            assert!(
+                b.stage_index < a.stage_index,
+                "{} vs {}",
+                b.stage_index,
+                a.stage_index
+            );
         }
         for id in [n, next] {
             if h.status(id) == RolloutStatus::Completed && !completed.contains(&id) {
@@ -753,25 +903,46 @@ fn a_node_joining_mid_rollout_gets_the_version_of_entered_stages() {
         a,
         Action::SetDesired { version: Some(v), nodes, .. } if *v == version("v1") && nodes == &vec![node("late-0")]
     )));
-    let actions = h.step(Event::NodeRegistered { node: node("late-1"), labels: labels(&[("cohort", "pro")]) });
-    assert!(actions.iter().all(|a| !matches!(a, Action::SetDesired { .. })));
+    let actions = h.step(Event::NodeRegistered {
+        node: node("late-1"),
+        labels: labels(&[("cohort", "pro")]),
+    });
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::SetDesired { .. }))
+    );
     assert_eq!(h.engine.rollout(id).unwrap().nodes_exposed, 5);
     h.run(id, "u", 3_600_000, &healthy);
     assert_eq!(h.status(id), RolloutStatus::Completed);
-    assert_eq!(h.engine.desired(&node("late-1"), &unit("u")), Some(version("v1")));
+    assert_eq!(
+        h.engine.desired(&node("late-1"), &unit("u")),
+        Some(version("v1"))
+    );
     // A node joining after completion gets the stable version.
-    let actions = h.step(Event::NodeRegistered { node: node("late-2"), labels: labels(&[]) });
-    assert!(actions.iter().any(|a| matches!(a, Action::SetDesired { version: Some(v), .. } if *v == version("v1"))));
+    let actions = h.step(Event::NodeRegistered {
+        node: node("late-2"),
+        labels: labels(&[]),
+    });
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, Action::SetDesired { version: Some(v), .. } if *v == version("v1"))
+        )
+    );
 }
 
 #[test]
 fn removed_nodes_are_forgotten() {
     let mut h = Harness::with_fleet();
     let id = h.request("u", "v1", three_stage_plan(), "alice");
-    h.step(Event::NodeRemoved { node: node("emp-0") });
+    h.step(Event::NodeRemoved {
+        node: node("emp-0"),
+    });
     assert_eq!(h.engine.rollout(id).unwrap().nodes_exposed, 3);
     assert!(matches!(
-        h.try_step(Event::NodeRemoved { node: node("emp-0") }),
+        h.try_step(Event::NodeRemoved {
+            node: node("emp-0")
+        }),
         Err(EngineError::UnknownNode(_))
     ));
     h.run(id, "u", 3_600_000, &healthy);
@@ -827,13 +998,23 @@ fn engine_state_survives_serde_mid_rollout() {
 #[test]
 fn unknown_rollout_and_unknown_node_are_errors() {
     let mut h = Harness::with_fleet();
-    assert!(matches!(h.command(RolloutId(99), Command::Pause, "ops"), Err(EngineError::UnknownRollout(_))));
-    let result = h.try_step(Event::Applied { node: node("nobody"), unit: unit("u"), version: version("v") });
+    assert!(matches!(
+        h.command(RolloutId(99), Command::Pause, "ops"),
+        Err(EngineError::UnknownRollout(_))
+    ));
+    let result = h.try_step(Event::Applied {
+        node: node("nobody"),
+        unit: unit("u"),
+        version: version("v"),
+    });
     assert!(matches!(result, Err(EngineError::UnknownNode(_))));
 }
 
 fn gated(mut stage: Stage, gates: &[&str]) -> Stage {
-    stage.gates = gates.iter().map(|source| Gate::parse(source).unwrap()).collect();
+    stage.gates = gates
+        .iter()
+        .map(|source| Gate::parse(source).unwrap())
+        .collect();
     stage
 }
 
@@ -856,8 +1037,16 @@ fn error_rate_gate_fails_the_stage_on_a_tick_and_rolls_back() {
             _ => None,
         })
         .collect();
-    assert_eq!(verdicts.len(), 1, "logged once, on the change to fail: {verdicts:?}");
-    assert!(h.nodes_ever_given("u", "v1").iter().all(|n| n.as_str().starts_with("emp-")));
+    assert_eq!(
+        verdicts.len(),
+        1,
+        "logged once, on the change to fail: {verdicts:?}"
+    );
+    assert!(
+        h.nodes_ever_given("u", "v1")
+            .iter()
+            .all(|n| n.as_str().starts_with("emp-"))
+    );
 }
 
 #[test]
@@ -865,11 +1054,19 @@ fn healthy_version_passes_error_rate_gates() {
     let mut h = Harness::with_fleet();
     let mut plan = three_stage_plan();
     for stage in &mut plan.stages {
-        *stage = gated(stage.clone(), &["error_rate > 1%", "p99_latency > 200ms OR errors > 1000"]);
+        *stage = gated(
+            stage.clone(),
+            &["error_rate > 1%", "p99_latency > 200ms OR errors > 1000"],
+        );
     }
     let id = h.request("u", "v1", plan, "alice");
     h.run(id, "u", 3_600_000, &healthy);
-    assert_eq!(h.status(id), RolloutStatus::Completed, "{:?}", h.engine.rollout(id));
+    assert_eq!(
+        h.status(id),
+        RolloutStatus::Completed,
+        "{:?}",
+        h.engine.rollout(id)
+    );
 }
 
 /// A stable v0 everywhere, then a rollout to half of the free nodes judged against the other
@@ -883,8 +1080,19 @@ fn relative_gate_rollout(canary: Reaction) -> (Harness, RolloutId) {
         stage("free-half", &[("cohort", "free")], 50, 60_000),
         &["error_rate > 2 * baseline.error_rate + 1%"],
     );
-    let id = h.request("u", "v1", plan(vec![relative, stage("all", &[], 100, 0)]), "alice");
-    h.run(id, "u", 3_600_000, &|_, v| if v == version("v1") { canary } else { Reaction::Healthy });
+    let id = h.request(
+        "u",
+        "v1",
+        plan(vec![relative, stage("all", &[], 100, 0)]),
+        "alice",
+    );
+    h.run(id, "u", 3_600_000, &|_, v| {
+        if v == version("v1") {
+            canary
+        } else {
+            Reaction::Healthy
+        }
+    });
     (h, id)
 }
 
@@ -896,7 +1104,10 @@ fn relative_gate_compares_canary_with_baseline() {
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.status, RolloutStatus::RolledBack);
     assert_eq!(view.stage_index, 0);
-    assert!(matches!(view.gates.first().unwrap().verdict, Verdict::Fail { .. }));
+    assert!(matches!(
+        view.gates.first().unwrap().verdict,
+        Verdict::Fail { .. }
+    ));
     // Only the canary half of the free nodes ever saw v1, and all are back on v0.
     let given = h.nodes_ever_given("u", "v1");
     assert!(!given.is_empty() && given.len() < 20);
@@ -910,66 +1121,184 @@ fn relative_gate_compares_canary_with_baseline() {
 fn an_inconclusive_gate_holds_until_timeout_and_never_promotes() {
     let mut h = Harness::with_fleet();
     // Everyone at once: there is never a baseline, so the relative gate stays inconclusive.
-    let mut only = gated(stage("everyone", &[], 100, 30_000), &["error_rate > 2 * baseline.error_rate"]);
+    let mut only = gated(
+        stage("everyone", &[], 100, 30_000),
+        &["error_rate > 2 * baseline.error_rate"],
+    );
     only.timeout_ms = 300_000;
-    let id = h.request("u", "v1", plan(vec![only, stage("after", &[], 100, 0)]), "alice");
+    let id = h.request(
+        "u",
+        "v1",
+        plan(vec![only, stage("after", &[], 100, 0)]),
+        "alice",
+    );
     h.run(id, "u", 3_600_000, &healthy);
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.status, RolloutStatus::RolledBack);
     assert_eq!(view.stage_index, 0);
-    assert!(matches!(view.gates.first().unwrap().verdict, Verdict::Inconclusive { .. }));
+    assert!(matches!(
+        view.gates.first().unwrap().verdict,
+        Verdict::Inconclusive { .. }
+    ));
     assert!(!h.kinds(id).contains(&ChangeKind::StagePassed));
 }
 
+/// nov18: the feature-file source alternates a good and a bad file every 5 minutes. The bad
+/// file (always the same bytes, so the same hash) is NACKed by first-stage agents: it never
+/// gets past the first stage, and the fleet flips to it at most once.
 #[test]
-#[ignore]
-fn perf_tmp_health_at_fleet_scale() {
-    let mut engine = Engine::new();
-    let u = unit("u");
-    let n = 30_000;
-    let t0 = std::time::Instant::now();
-    for i in 0..n {
-        let cohort = ["employee", "free", "pro"][i % 3];
-        engine.step(0, &Event::NodeRegistered { node: node(&format!("n-{i}")), labels: labels(&[("cohort", cohort)]) }).unwrap();
+fn nov18_alternating_bad_file_never_passes_the_first_stage_and_flips_once() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.supersede_queued = true;
+    let bad = version("features: 240 entries");
+    let mut refused = 0;
+    for generation in 0..8 {
+        let seed = if generation % 2 == 0 {
+            format!("features: 60 entries, generation {generation}")
+        } else {
+            "features: 240 entries".to_owned()
+        };
+        let request = Event::RolloutRequested {
+            unit: unit("bot-features"),
+            version: version(&seed),
+            plan: plan.clone(),
+            actor: "feature-generator".into(),
+            reason: format!("generation {generation}"),
+            override_quarantine: false,
+        };
+        match h.try_step(request) {
+            Ok(_) => {}
+            Err(EngineError::Quarantined { version: v, .. }) => {
+                assert_eq!(v, bad);
+                refused += 1;
+            }
+            Err(other) => panic!("{other}"),
+        }
+        // Five minutes of agents: the bad file fails the validator (NACK).
+        for _ in 0..60 {
+            h.round("bot-features", &|_, v| {
+                if v == bad {
+                    Reaction::Nack
+                } else {
+                    Reaction::Healthy
+                }
+            });
+        }
     }
-    eprintln!("register: {:?}", t0.elapsed());
-    let mut p = three_stage_plan();
-    p.stages[0] = stage("free-10", &[("cohort", "free")], 10, 60_000);
-    let t0 = std::time::Instant::now();
-    engine.step(0, &Event::RolloutRequested { unit: u.clone(), version: version("v1"), plan: p, actor: "a".into(), reason: "".into(), override_quarantine: false }).unwrap();
-    eprintln!("request: {:?}", t0.elapsed());
-    let exposed = engine.exposed_nodes(RolloutId(1));
-    let t0 = std::time::Instant::now();
-    for node in &exposed {
-        engine.step(1, &Event::Applied { node: node.clone(), unit: u.clone(), version: version("v1") }).unwrap();
+    assert_eq!(
+        refused, 3,
+        "the bad hash is quarantined after its first rollback"
+    );
+    let given_bad = h.nodes_ever_given("bot-features", "features: 240 entries");
+    assert!(!given_bad.is_empty());
+    assert!(
+        given_bad.iter().all(|n| n.as_str().starts_with("emp-")),
+        "{given_bad:?}"
+    );
+    let flips_to_bad: usize = h
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::SetDesired { version: Some(v), .. } if *v == bad))
+        .count();
+    assert_eq!(flips_to_bad, 1);
+    // The last good generation is stable everywhere.
+    let last_good = version("features: 60 entries, generation 6");
+    assert_eq!(h.engine.stable(&unit("bot-features")), Some(last_good));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("bot-features")), Some(last_good));
     }
-    eprintln!("acks {}: {:?}", exposed.len(), t0.elapsed());
-    let mut sample = HealthSample { requests: 50, errors: 1, ..Default::default() };
-    sample.latency.record(20.0, 50);
-    let events: Vec<Event> = (0..n).map(|i| {
-        let id = node(&format!("n-{i}"));
-        let v = engine.desired(&id, &u).unwrap_or(version("v0"));
-        Event::Health { node: id, unit: u.clone(), version: v, sample }
-    }).collect();
-    let t0 = std::time::Instant::now();
-    let rounds = 10;
-    for round in 0..rounds {
-        for e in &events { engine.step(2 + round, e).unwrap(); }
+}
+
+/// dec5: a killswitch flag breaks one proxy generation (about a quarter of the fleet). The
+/// first stage holds nodes of every generation; the 5xx rise there fails the gate, and only
+/// first-stage nodes ever saw the flag.
+#[test]
+fn dec5_killswitch_fails_the_first_stage_on_one_generation_only() {
+    let mut h = Harness::new();
+    let generation_of = |name: &str| {
+        let index: usize = name.rsplit('-').next().unwrap().parse().unwrap();
+        if index.is_multiple_of(4) {
+            "lua"
+        } else {
+            "rust"
+        }
+    };
+    for i in 0..8 {
+        let name = format!("emp-{i}");
+        h.register(
+            &name,
+            &[("cohort", "employee"), ("generation", generation_of(&name))],
+        );
     }
-    let per = t0.elapsed() / (rounds as u32 * n as u32);
-    eprintln!("health per event: {per:?}");
-    let other: Vec<Event> = events.iter().map(|e| match e { Event::Health { node, version, sample, .. } => Event::Health { node: node.clone(), unit: unit("other"), version: *version, sample: *sample }, _ => unreachable!() }).collect();
-    let t0 = std::time::Instant::now();
-    for round in 0..rounds { for e in &other { engine.step(2 + round, e).unwrap(); } }
-    eprintln!("health (no rollout) per event: {:?}", t0.elapsed() / (rounds as u32 * n as u32));
-    let t0 = std::time::Instant::now();
-    let mut hits = 0u64;
-    for round in 0..rounds { for e in &events { if let Event::Health { node, .. } = e { hits += engine.desired(node, &u).is_some() as u64 + round; } } }
-    eprintln!("desired() lookup per event: {:?} {hits}", t0.elapsed() / (rounds as u32 * n as u32));
-    let t0 = std::time::Instant::now();
-    engine.step(20_000, &Event::Tick).unwrap();
-    eprintln!("tick with eval: {:?}", t0.elapsed());
-    let t0 = std::time::Instant::now();
-    let text = serde_json::to_string(&engine).unwrap();
-    eprintln!("serialize {} bytes: {:?}", text.len(), t0.elapsed());
+    for i in 0..40 {
+        let name = format!("free-{i}");
+        h.register(
+            &name,
+            &[("cohort", "free"), ("generation", generation_of(&name))],
+        );
+    }
+    let mut plan = three_stage_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(stage.clone(), &["error_rate > 1%"]);
+    }
+    let flag = "waf: rule 4242 execute=skip";
+    let id = h.request("waf-killswitches", flag, plan, "waf-team");
+    h.run(id, "waf-killswitches", 3_600_000, &move |n, v| {
+        if v == version(flag) && generation_of(n.as_str()) == "lua" {
+            Reaction::Errors
+        } else {
+            Reaction::Healthy
+        }
+    });
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.stage_index, 0);
+    let given = h.nodes_ever_given("waf-killswitches", flag);
+    assert!(given.iter().all(|n| n.as_str().starts_with("emp-")));
+    let generations: BTreeSet<&str> = given.iter().map(|n| generation_of(n.as_str())).collect();
+    assert_eq!(generations, BTreeSet::from(["lua", "rust"]));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("waf-killswitches")), None);
+    }
+}
+
+#[test]
+fn next_deadline_is_the_earliest_evaluation_bake_end_or_timeout() {
+    let mut h = Harness::with_fleet();
+    assert_eq!(h.engine.next_deadline_ms(), None);
+    let mut plan = three_stage_plan();
+    plan.stages[0].bake_ms = 12_000;
+    plan.stages[0].min_requests = 0;
+    let id = h.request("u", "v1", plan, "alice");
+    // Never evaluated: due now.
+    assert_eq!(h.engine.next_deadline_ms(), Some(h.now_ms));
+    h.step(Event::Tick);
+    let entered = h.now_ms;
+    assert_eq!(
+        h.engine.next_deadline_ms(),
+        Some(entered + 10_000),
+        "next evaluation"
+    );
+    for n in h.engine.exposed_nodes(id) {
+        h.step(Event::Applied {
+            node: n,
+            unit: unit("u"),
+            version: version("v1"),
+        });
+    }
+    let StagePhase::Baking { bake_ends_ms } = h.engine.rollout(id).unwrap().phase else {
+        panic!("baking expected");
+    };
+    assert_eq!(bake_ends_ms, entered + 12_000);
+    // A tick at the next deadline evaluates; one at the bake end passes the stage.
+    h.now_ms = entered + 10_000;
+    h.step(Event::Tick);
+    assert_eq!(h.engine.next_deadline_ms(), Some(bake_ends_ms));
+    h.now_ms = bake_ends_ms - 1;
+    h.step(Event::Tick);
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 0);
+    h.now_ms = bake_ends_ms;
+    h.step(Event::Tick);
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
 }

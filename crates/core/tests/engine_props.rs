@@ -1,5 +1,12 @@
 //! Property tests of the rollout engine's invariants (PRODUCT.md 1, 2, 5, 6).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
@@ -75,7 +82,9 @@ fn stage_strategy() -> impl Strategy<Value = Stage> {
         .prop_map(|(cohort, basis_points, bake_ms, min_requests, gates)| {
             let mut selector = Selector::default();
             if let Some(cohort) = cohort {
-                selector.labels.insert("cohort".into(), vec![COHORTS[cohort].into()]);
+                selector
+                    .labels
+                    .insert("cohort".into(), vec![COHORTS[cohort].into()]);
             }
             Stage {
                 name: "stage".into(),
@@ -83,7 +92,10 @@ fn stage_strategy() -> impl Strategy<Value = Stage> {
                 percent: Percent { basis_points },
                 bake_ms,
                 timeout_ms: 300_000,
-                gates: gates.iter().map(|source| Gate::parse(source).unwrap()).collect(),
+                gates: gates
+                    .iter()
+                    .map(|source| Gate::parse(source).unwrap())
+                    .collect(),
                 min_requests,
                 hard_signals: HardSignals::default(),
                 silence_ms: 0,
@@ -116,7 +128,10 @@ struct StageOracle {
 }
 
 fn sample_for(behaviour: Behaviour) -> HealthSample {
-    let mut sample = HealthSample { requests: 40, ..Default::default() };
+    let mut sample = HealthSample {
+        requests: 40,
+        ..Default::default()
+    };
     if behaviour == Behaviour::Erroring {
         sample.errors = 16;
         sample.latency.record(400.0, 40);
@@ -213,7 +228,11 @@ proptest! {
 }
 
 /// Replays the actions of one step in order against the oracle.
-fn check_actions(actions: &[Action], plan: &Plan, oracle: &mut StageOracle) -> Result<(), TestCaseError> {
+fn check_actions(
+    actions: &[Action],
+    plan: &Plan,
+    oracle: &mut StageOracle,
+) -> Result<(), TestCaseError> {
     for action in actions {
         if let Action::SetDesired { version, nodes, .. } = action {
             for node in nodes {
@@ -221,7 +240,11 @@ fn check_actions(actions: &[Action], plan: &Plan, oracle: &mut StageOracle) -> R
             }
         }
         match action {
-            Action::SetDesired { version: Some(_), nodes, .. } => {
+            Action::SetDesired {
+                version: Some(_),
+                nodes,
+                ..
+            } => {
                 for node in nodes {
                     oracle.exposed.entry(node.clone()).or_insert(false);
                 }
@@ -232,17 +255,32 @@ fn check_actions(actions: &[Action], plan: &Plan, oracle: &mut StageOracle) -> R
                 oracle.canary = GroupMetrics::default();
             }
             Action::Changelog(entry)
-                if entry.kind == ChangeKind::StagePassed && !entry.reason.contains("no nodes selected") =>
+                if entry.kind == ChangeKind::StagePassed
+                    && !entry.reason.contains("no nodes selected") =>
             {
                 let stage = &plan.stages[oracle.stage.unwrap()];
-                prop_assert!(oracle.exposed.values().all(|acked| *acked), "passed with un-ACKed nodes");
-                prop_assert!(oracle.canary.sample.requests >= stage.min_requests,
-                    "passed with {} requests < {}", oracle.canary.sample.requests, stage.min_requests);
-                let canary = GroupMetrics { nodes: oracle.exposed.len() as u64, ..oracle.canary };
+                prop_assert!(
+                    oracle.exposed.values().all(|acked| *acked),
+                    "passed with un-ACKed nodes"
+                );
+                prop_assert!(
+                    oracle.canary.sample.requests >= stage.min_requests,
+                    "passed with {} requests < {}",
+                    oracle.canary.sample.requests,
+                    stage.min_requests
+                );
+                let canary = GroupMetrics {
+                    nodes: oracle.exposed.len() as u64,
+                    ..oracle.canary
+                };
                 for gate in &stage.gates {
                     let verdict = gate.evaluate(&canary, None, stage.min_requests);
-                    prop_assert!(matches!(verdict, Verdict::Pass { .. }),
-                        "passed stage although gate {:?} is {:?}", gate.source, verdict);
+                    prop_assert!(
+                        matches!(verdict, Verdict::Pass { .. }),
+                        "passed stage although gate {:?} is {:?}",
+                        gate.source,
+                        verdict
+                    );
                 }
             }
             _ => {}
@@ -272,36 +310,71 @@ fn rollback_case() -> impl Strategy<Value = RollbackCase> {
         proptest::option::of(0usize..40),
         proptest::collection::vec(0usize..COHORTS.len(), 0..6),
     )
-        .prop_map(|(cohorts, behaviours, plan, train, rollback_at_round, late_cohorts)| RollbackCase {
-            cohorts,
-            behaviours,
-            plan,
-            train,
-            rollback_at_round,
-            late_cohorts,
-        })
+        .prop_map(
+            |(cohorts, behaviours, plan, train, rollback_at_round, late_cohorts)| RollbackCase {
+                cohorts,
+                behaviours,
+                plan,
+                train,
+                rollback_at_round,
+                late_cohorts,
+            },
+        )
 }
 
 /// Drives the nodes of `unit`: each node ACKs what it is told (except the behaviours that do
 /// not) and reports. Returns the actions.
-fn drive_round(engine: &mut Engine, now: u64, u: &UnitName, nodes: usize, behaviours: &[Behaviour], bad: &BTreeSet<VersionHash>, answered: &mut BTreeSet<(NodeId, VersionHash)>) -> Vec<Action> {
+fn drive_round(
+    engine: &mut Engine,
+    now: u64,
+    u: &UnitName,
+    nodes: usize,
+    behaviours: &[Behaviour],
+    bad: &BTreeSet<VersionHash>,
+    answered: &mut BTreeSet<(NodeId, VersionHash)>,
+) -> Vec<Action> {
     let mut actions = vec![];
     for i in 0..nodes {
         let node = node_id(i);
-        let Some(desired) = engine.desired(&node, u) else { continue };
-        let behaviour = if bad.contains(&desired) { behaviours[i % behaviours.len()] } else { Behaviour::Good };
+        let Some(desired) = engine.desired(&node, u) else {
+            continue;
+        };
+        let behaviour = if bad.contains(&desired) {
+            behaviours[i % behaviours.len()]
+        } else {
+            Behaviour::Good
+        };
         let key = (node.clone(), desired);
         let event = if !answered.contains(&key) {
             match behaviour {
                 Behaviour::Stuck => continue,
-                Behaviour::Nack => Event::Rejected { node: node.clone(), unit: u.clone(), version: desired, reason: "bad".into() },
-                _ => Event::Applied { node: node.clone(), unit: u.clone(), version: desired },
+                Behaviour::Nack => Event::Rejected {
+                    node: node.clone(),
+                    unit: u.clone(),
+                    version: desired,
+                    reason: "bad".into(),
+                },
+                _ => Event::Applied {
+                    node: node.clone(),
+                    unit: u.clone(),
+                    version: desired,
+                },
             }
         } else {
             match behaviour {
-                Behaviour::Crash => Event::Crashed { node: node.clone(), unit: u.clone(), version: desired, reason: "boom".into() },
+                Behaviour::Crash => Event::Crashed {
+                    node: node.clone(),
+                    unit: u.clone(),
+                    version: desired,
+                    reason: "boom".into(),
+                },
                 Behaviour::Nack | Behaviour::Stuck => continue,
-                _ => Event::Health { node: node.clone(), unit: u.clone(), version: desired, sample: sample_for(behaviour) },
+                _ => Event::Health {
+                    node: node.clone(),
+                    unit: u.clone(),
+                    version: desired,
+                    sample: sample_for(behaviour),
+                },
             }
         };
         answered.insert(key);
@@ -480,23 +553,83 @@ fn input() -> impl Strategy<Value = Input> {
 fn to_event(input: &Input, plans: &[Plan]) -> (u64, Event) {
     let units = [unit("unit-a"), unit("unit-b")];
     match input {
-        Input::Register(n, c) => (0, Event::NodeRegistered { node: node_id(*n), labels: cohort_labels(*c) }),
+        Input::Register(n, c) => (
+            0,
+            Event::NodeRegistered {
+                node: node_id(*n),
+                labels: cohort_labels(*c),
+            },
+        ),
         Input::Remove(n) => (0, Event::NodeRemoved { node: node_id(*n) }),
-        Input::Request(v, u, o) => (0, Event::RolloutRequested {
-            unit: units[*u].clone(), version: version(*v), plan: plans[*v as usize % plans.len()].clone(),
-            actor: "alice".into(), reason: "r".into(), override_quarantine: *o,
-        }),
-        Input::Applied(n, v) => (0, Event::Applied { node: node_id(*n), unit: units[*n % 2].clone(), version: version(*v) }),
-        Input::Rejected(n, v) => (0, Event::Rejected { node: node_id(*n), unit: units[*n % 2].clone(), version: version(*v), reason: "x".into() }),
-        Input::Crashed(n, v) => (0, Event::Crashed { node: node_id(*n), unit: units[*n % 2].clone(), version: version(*v), reason: "x".into() }),
-        Input::Health(n, v, r, e) => (0, Event::Health {
-            node: node_id(*n), unit: units[*n % 2].clone(), version: version(*v),
-            sample: HealthSample { requests: *r, errors: *e, ..Default::default() },
-        }),
+        Input::Request(v, u, o) => (
+            0,
+            Event::RolloutRequested {
+                unit: units[*u].clone(),
+                version: version(*v),
+                plan: plans[*v as usize % plans.len()].clone(),
+                actor: "alice".into(),
+                reason: "r".into(),
+                override_quarantine: *o,
+            },
+        ),
+        Input::Applied(n, v) => (
+            0,
+            Event::Applied {
+                node: node_id(*n),
+                unit: units[*n % 2].clone(),
+                version: version(*v),
+            },
+        ),
+        Input::Rejected(n, v) => (
+            0,
+            Event::Rejected {
+                node: node_id(*n),
+                unit: units[*n % 2].clone(),
+                version: version(*v),
+                reason: "x".into(),
+            },
+        ),
+        Input::Crashed(n, v) => (
+            0,
+            Event::Crashed {
+                node: node_id(*n),
+                unit: units[*n % 2].clone(),
+                version: version(*v),
+                reason: "x".into(),
+            },
+        ),
+        Input::Health(n, v, r, e) => (
+            0,
+            Event::Health {
+                node: node_id(*n),
+                unit: units[*n % 2].clone(),
+                version: version(*v),
+                sample: HealthSample {
+                    requests: *r,
+                    errors: *e,
+                    ..Default::default()
+                },
+            },
+        ),
         Input::Tick(ms) => (*ms, Event::Tick),
         Input::Command(r, c, other_actor) => {
-            let command = [Command::Pause, Command::Resume, Command::Promote, Command::Abort, Command::Rollback, Command::Approve][*c];
-            (0, Event::Command { rollout: RolloutId(*r), command, actor: if *other_actor { "bob" } else { "alice" }.into(), reason: "".into() })
+            let command = [
+                Command::Pause,
+                Command::Resume,
+                Command::Promote,
+                Command::Abort,
+                Command::Rollback,
+                Command::Approve,
+            ][*c];
+            (
+                0,
+                Event::Command {
+                    rollout: RolloutId(*r),
+                    command,
+                    actor: if *other_actor { "bob" } else { "alice" }.into(),
+                    reason: "".into(),
+                },
+            )
         }
     }
 }
@@ -517,7 +650,10 @@ fn run_inputs(inputs: &[Input], plans: &[Plan], reload_at: Option<usize>) -> (Ve
         let before = engine.clone();
         let result = engine.step(now, &event);
         if result.is_err() {
-            assert_eq!(engine, before, "a refused step must leave the state unchanged");
+            assert_eq!(
+                engine, before,
+                "a refused step must leave the state unchanged"
+            );
         }
         trace.push(format!("{result:?}"));
     }

@@ -614,6 +614,33 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
         ));
     }
+    let (revision, by_status) = state
+        .shared
+        .engine
+        .read(|engine, revision| {
+            let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+            for view in engine.rollouts() {
+                let status = serde_json::to_value(view.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let count = by_status.entry(status).or_insert(0);
+                *count = count.saturating_add(1);
+            }
+            (revision, by_status)
+        })
+        .await;
+    text.push_str("# HELP failsmall_rollouts Rollouts the engine keeps, by status.\n");
+    text.push_str("# TYPE failsmall_rollouts gauge\n");
+    for (status, count) in by_status {
+        text.push_str(&format!(
+            "failsmall_rollouts{{status=\"{status}\"}} {count}\n"
+        ));
+    }
+    text.push_str("# HELP failsmall_engine_revision Engine steps persisted.\n");
+    text.push_str(&format!(
+        "# TYPE failsmall_engine_revision counter\nfailsmall_engine_revision {revision}\n"
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

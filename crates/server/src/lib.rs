@@ -187,3 +187,41 @@ fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<String, ServerError
     store.create_token("admin", Role::Admin, &auth::token_sha256(&token), &change)?;
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_uses_a_fresh_private_temporary_dir() {
+        let first = ServerConfig::dev().unwrap();
+        let second = ServerConfig::dev().unwrap();
+        assert!(first.dev);
+        assert!(first.data_dir.starts_with(std::env::temp_dir()));
+        assert_ne!(first.data_dir, second.data_dir);
+        assert_eq!(
+            first.admin_token_path(),
+            first.data_dir.join(ADMIN_TOKEN_FILE)
+        );
+    }
+
+    #[test]
+    fn first_start_writes_one_admin_token_and_restarts_keep_it() {
+        let dir = std::env::temp_dir().join(format!("failsmall-lib-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _, token) = open_data_dir(&dir).unwrap();
+        let token = token.unwrap();
+        let on_disk = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap();
+        assert_eq!(on_disk.trim(), token);
+        let admin = store
+            .active_token(&auth::token_sha256(&token))
+            .unwrap()
+            .unwrap();
+        assert_eq!(admin.role, Role::Admin);
+        drop(store);
+        let (_, _, again) = open_data_dir(&dir).unwrap();
+        assert_eq!(again, None);
+        let on_disk_after = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap();
+        assert_eq!(on_disk_after, on_disk);
+    }
+}

@@ -19,6 +19,8 @@ use crate::store::{ChangeRow, EngineStep, Store, StoreError};
 pub const MAX_WATCH_MS: u64 = 30_000;
 /// The ticker looks at the engine's next deadline at least this often.
 pub const TICK_CHECK_MS: u64 = 1_000;
+/// Least time between two ticks, so a deadline that stays due cannot spin the ticker.
+pub const TICK_PAUSE_MS: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -149,11 +151,16 @@ impl EngineHost {
             let deadline = self.read(|engine, _| engine.next_deadline_ms()).await;
             match deadline {
                 Some(deadline) if deadline <= now => {
-                    // A failed tick is retried at the next check; the engine is unchanged.
-                    let _ = self
+                    let ticked = self
                         .apply(&store, now, Event::Tick, Cause::Nothing, None)
                         .await;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // After a failure the engine is unchanged; try again at the next check.
+                    let pause_ms = if ticked.is_ok() {
+                        TICK_PAUSE_MS
+                    } else {
+                        TICK_CHECK_MS
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 }
                 Some(deadline) => {
                     let wait_ms = deadline.saturating_sub(now).min(TICK_CHECK_MS);

@@ -265,31 +265,38 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(UnitRecord, String)> {
-    let spec_text: String = row.get(1)?;
-    Ok((
-        UnitRecord {
-            name: row.get(0)?,
-            spec: failsmall_core::validate::UnitSpec::new(
-                failsmall_core::domain::UnitFormat::Raw,
-                1,
-            ),
-            owner: row.get(2)?,
-            description: row.get(3)?,
-            revision: to_u64(row.get(4)?),
-            created_ms: to_u64(row.get(5)?),
-            updated_ms: to_u64(row.get(6)?),
-        },
-        spec_text,
-    ))
+/// A column holding JSON, decoded on read; malformed JSON is a read error.
+struct StoredJson<T>(T);
+
+impl<T: serde::de::DeserializeOwned> rusqlite::types::FromSql for StoredJson<T> {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        serde_json::from_str(text)
+            .map(StoredJson)
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
 }
 
-fn finish_unit((mut unit, spec_text): (UnitRecord, String)) -> Result<UnitRecord, StoreError> {
-    unit.spec = serde_json::from_str(&spec_text).map_err(|e| StoreError::Corrupt {
-        what: format!("spec of unit {}", unit.name),
-        reason: e.to_string(),
-    })?;
-    Ok(unit)
+impl rusqlite::types::FromSql for Role {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
+    let StoredJson(spec) = row.get(1)?;
+    Ok(UnitRecord {
+        name: row.get(0)?,
+        spec,
+        owner: row.get(2)?,
+        description: row.get(3)?,
+        revision: to_u64(row.get(4)?),
+        created_ms: to_u64(row.get(5)?),
+        updated_ms: to_u64(row.get(6)?),
+    })
 }
 
 const VERSION_COLUMNS: &str = "unit, hash, seq, size_bytes, author, message, parent, created_ms, signature, validation_skipped";
@@ -309,45 +316,24 @@ fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> 
     })
 }
 
-fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(NodeRecord, String)> {
-    Ok((
-        NodeRecord {
-            id: row.get(0)?,
-            labels: Default::default(),
-            registered_ms: to_u64(row.get(2)?),
-            last_seen_ms: to_u64(row.get(3)?),
-        },
-        row.get(1)?,
-    ))
+fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
+    let StoredJson(labels) = row.get(1)?;
+    Ok(NodeRecord {
+        id: row.get(0)?,
+        labels,
+        registered_ms: to_u64(row.get(2)?),
+        last_seen_ms: to_u64(row.get(3)?),
+    })
 }
 
-fn finish_node((mut node, labels): (NodeRecord, String)) -> Result<NodeRecord, StoreError> {
-    node.labels = serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt {
-        what: format!("labels of node {}", node.id),
-        reason: e.to_string(),
-    })?;
-    Ok(node)
-}
-
-fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, String)> {
-    Ok((
-        TokenRecord {
-            id: to_u64(row.get(0)?),
-            name: row.get(1)?,
-            role: Role::Viewer,
-            created_ms: to_u64(row.get(3)?),
-            revoked_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
-        },
-        row.get(2)?,
-    ))
-}
-
-fn finish_token((mut token, role): (TokenRecord, String)) -> Result<TokenRecord, StoreError> {
-    token.role = role.parse().map_err(|_| StoreError::Corrupt {
-        what: format!("role of token {}", token.id),
-        reason: format!("unknown role {role:?}"),
-    })?;
-    Ok(token)
+fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: to_u64(row.get(0)?),
+        name: row.get(1)?,
+        role: row.get(2)?,
+        created_ms: to_u64(row.get(3)?),
+        revoked_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
+    })
 }
 
 fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, StoreError> {
@@ -513,7 +499,7 @@ impl Store {
             )
             .optional()?
             .ok_or_else(|| StoreError::NotFound { kind: "unit", key: name.to_owned() })?;
-        finish_unit(row)
+        Ok(row)
     }
 
     pub fn unit(&self, name: &str) -> Result<UnitRecord, StoreError> {
@@ -527,7 +513,7 @@ impl Store {
                  ORDER BY name LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
-            rows.map(|row| finish_unit(row?)).collect()
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -679,7 +665,7 @@ impl Store {
                 node_from_row,
             )
             .optional()?;
-        row.map(finish_node).transpose()
+        Ok(row)
     }
 
     pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
@@ -688,7 +674,7 @@ impl Store {
                 "SELECT id, labels, registered_ms, last_seen_ms FROM nodes ORDER BY id LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
-            rows.map(|row| finish_node(row?)).collect()
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -776,7 +762,7 @@ impl Store {
                 kind: "token",
                 key: id.to_string(),
             })?;
-        finish_token(row)
+        Ok(row)
     }
 
     /// The active (not revoked) token with this hash.
@@ -790,7 +776,7 @@ impl Store {
                     token_from_row,
                 )
                 .optional()?;
-            row.map(finish_token).transpose()
+            Ok(row)
         })
     }
 
@@ -800,7 +786,7 @@ impl Store {
                 "SELECT id, name, role, created_ms, revoked_ms FROM tokens ORDER BY id LIMIT ?1",
             )?;
             let rows = stmt.query_map([MAX_LIST_ROWS], token_from_row)?;
-            rows.map(|row| finish_token(row?)).collect()
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -1027,5 +1013,53 @@ mod tests {
         ));
         assert_eq!(store.blob("bb").unwrap(), b"2");
         assert_eq!(store.versions("u", 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_engine_step_commits_with_its_cause_or_not_at_all() {
+        let store = Store::open(&temp_db("step")).unwrap();
+        let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
+        let changes = vec![ChangeRow {
+            at_ms: 9,
+            actor: "agent".into(),
+            kind: "node_registered".into(),
+            unit: None,
+            version: None,
+            reason: "n1".into(),
+        }];
+        let step = |expected_revision, state| EngineStep {
+            expected_revision,
+            state,
+            changes: &changes,
+            node: Some(("n1", &labels)),
+        };
+        assert_eq!(store.commit_step(&step(0, "{\"a\":1}")).unwrap(), 1);
+        assert_eq!(store.node("n1").unwrap().unwrap().labels, labels);
+        // A step from a stale revision writes nothing: no state, no node, no change.
+        let other: failsmall_core::domain::Labels = [("pop".to_owned(), "ams".to_owned())].into();
+        let stale = EngineStep {
+            node: Some(("n1", &other)),
+            ..step(0, "{\"a\":2}")
+        };
+        assert!(matches!(
+            store.commit_step(&stale),
+            Err(StoreError::Conflict {
+                expected: 0,
+                current: 1,
+                ..
+            })
+        ));
+        assert_eq!(
+            store.engine_state().unwrap(),
+            Some(("{\"a\":1}".to_owned(), 1))
+        );
+        assert_eq!(store.node("n1").unwrap().unwrap().labels, labels);
+        let entries = store
+            .changelog(&ChangelogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(entries.len(), 1);
     }
 }

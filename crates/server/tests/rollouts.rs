@@ -15,8 +15,13 @@ use failsmall_server::signing::verify_desired;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const INSTANT_PLAN: &str =
-    "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    gates: []\n";
+const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
+
+fn healthy(unit: &str, version: &str) -> Value {
+    let counts = vec![0u64; failsmall_core::health::LATENCY_BUCKETS];
+    let sample = json!({"requests": 100, "errors": 0, "latency": {"counts": counts}});
+    json!({"kind": "health", "unit": unit, "version": version, "sample": sample})
+}
 
 struct Fleet {
     server: TestServer,
@@ -161,6 +166,8 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
     for node in ["n1", "n2"] {
         let applied = json!({"kind": "applied", "unit": "flags", "version": v1});
         assert_eq!(fleet.report(node, applied).await.0, StatusCode::OK);
+        let (status, body) = fleet.report(node, healthy("flags", &v1)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
     fleet.wait_for_status(first, "completed").await;
 
@@ -301,7 +308,8 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
     let hash = version["hash"].as_str().unwrap();
     let zeros = "0".repeat(64);
     let deployer = Some(fleet.deployer.as_str());
-    let cases: Vec<(Method, String, Option<&str>, Value, StatusCode, &str)> = vec![
+    type Case<'a> = (Method, String, Option<&'a str>, Value, StatusCode, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             Method::POST,
             "/v1/rollouts".into(),
@@ -424,6 +432,15 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
     }
 
     // A finished rollout refuses commands that need it running.
+    let labels = json!({"labels": {"cohort": "free"}});
+    server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(&fleet.agent),
+            Some(labels),
+        )
+        .await;
     let (status, view) = fleet.start_rollout(hash).await;
     assert_eq!(status, StatusCode::CREATED, "{view}");
     let id = view["id"].as_u64().unwrap();
@@ -448,5 +465,11 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     let (_, list) = server.admin(Method::GET, "/v1/rollouts", None).await;
     assert_eq!(list["rollouts"][0]["id"], id);
+    let (_, metrics) = server.admin(Method::GET, "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("failsmall_rollouts{status=\"rolled_back\"} 1\n"),
+        "{metrics}"
+    );
     fleet.server.stop().await;
 }

@@ -11,7 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--seed" => options.seed = args.next().and_then(|s| s.parse().ok()),
-            "--plan" => options.strategies.push(resolve_strategy(&args.next().unwrap_or_default())?),
+            "--plan" => options
+                .strategies
+                .push(resolve_strategy(&args.next().unwrap_or_default())?),
             "--instant" => options.strategies.push(Strategy::Instant),
             "--svg" => svg = args.next(),
             "--trace" => options.trace = true,

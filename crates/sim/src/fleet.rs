@@ -92,16 +92,25 @@ impl FleetSpec {
                 let path = map.path("regions");
                 let items = list.list(&path)?;
                 if items.is_empty() || items.len() > FLEET_MAX_NAMES {
-                    return Err(list.error(&path, format!("expected 1 to {FLEET_MAX_NAMES} regions")));
+                    return Err(
+                        list.error(&path, format!("expected 1 to {FLEET_MAX_NAMES} regions"))
+                    );
                 }
-                items.iter().map(|item| item.string(&path)).collect::<Result<Vec<_>, _>>()?
+                items
+                    .iter()
+                    .map(|item| item.string(&path))
+                    .collect::<Result<Vec<_>, _>>()?
             }
             None => defaults.regions,
         };
         let mut count = |key: &str, default: u32| -> Result<u32, SimError> {
             match map.optional(key) {
                 Some(value) => {
-                    let path = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+                    let path = if path.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                     let number = value.u64(&path)?;
                     u32::try_from(number)
                         .ok()
@@ -127,15 +136,18 @@ impl FleetSpec {
                     shares.push((value.to_owned(), share_value));
                 }
                 let total: f64 = shares.iter().map(|(_, share)| share).sum();
-                if shares.is_empty() || shares.len() > FLEET_MAX_NAMES || (total - 1.0).abs() > 0.01 {
+                if shares.is_empty() || shares.len() > FLEET_MAX_NAMES || (total - 1.0).abs() > 0.01
+                {
                     return Err(shares_field.error(
                         &key_path,
                         format!("expected 1 to {FLEET_MAX_NAMES} shares summing to 1, found a sum of {total}"),
                     ));
                 }
                 if key == "region" || key == "pop" {
-                    return Err(shares_field
-                        .error(&key_path, "region and pop labels come from the fleet's layout"));
+                    return Err(shares_field.error(
+                        &key_path,
+                        "region and pop labels come from the fleet's layout",
+                    ));
                 }
                 labels.insert(key.to_owned(), shares);
             }
@@ -152,7 +164,9 @@ impl FleetSpec {
                     let weight_path = format!("{key_path}.{value}");
                     let number = weight.f64(&weight_path)?;
                     if !(0.0..=1_000.0).contains(&number) {
-                        return Err(weight.error(&weight_path, "expected a multiplier from 0 to 1000"));
+                        return Err(
+                            weight.error(&weight_path, "expected a multiplier from 0 to 1000")
+                        );
                     }
                     weights.insert(value.to_owned(), number);
                 }
@@ -164,7 +178,9 @@ impl FleetSpec {
                 let path = map.path("requests_per_s");
                 let number = value.f64(&path)?;
                 if !(0.0..=1_000_000.0).contains(&number) {
-                    return Err(value.error(&path, "expected requests per second from 0 to 1000000"));
+                    return Err(
+                        value.error(&path, "expected requests per second from 0 to 1000000")
+                    );
                 }
                 number
             }
@@ -264,8 +280,14 @@ impl FleetSpec {
                 }
             }
         }
-        let traffic_weight = nodes.iter().map(|node| self.weight_of(&node.labels)).collect();
-        Ok(Fleet { nodes, traffic_weight })
+        let traffic_weight = nodes
+            .iter()
+            .map(|node| self.weight_of(&node.labels))
+            .collect();
+        Ok(Fleet {
+            nodes,
+            traffic_weight,
+        })
     }
 
     /// The requests-per-second multiplier for a node with `labels`: the product of its labels'
@@ -285,7 +307,10 @@ fn deal_shares(shares: &[(String, f64)], count: usize) -> Vec<usize> {
     if total <= 0.0 {
         return vec![0; shares.len()];
     }
-    let exact: Vec<f64> = shares.iter().map(|(_, share)| share / total * count as f64).collect();
+    let exact: Vec<f64> = shares
+        .iter()
+        .map(|(_, share)| share / total * count as f64)
+        .collect();
     let mut dealt: Vec<usize> = exact.iter().map(|value| value.floor() as usize).collect();
     let mut left = count.saturating_sub(dealt.iter().sum());
     let mut by_remainder: Vec<usize> = (0..shares.len()).collect();
@@ -360,5 +385,35 @@ traffic_weight:
         let shares = vec![("a".to_owned(), 0.28), ("b".to_owned(), 0.72)];
         assert_eq!(deal_shares(&shares, 10), vec![3, 7]);
         assert_eq!(deal_shares(&shares, 100), vec![28, 72]);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn dealt_counts_sum_exactly_and_stay_within_one(
+            shares in proptest::collection::vec(0.001f64..1.0, 1..8),
+            count in 0usize..5_000,
+        ) {
+            let named: Vec<(String, f64)> =
+                shares.iter().enumerate().map(|(i, s)| (format!("v{i}"), *s)).collect();
+            let total: f64 = shares.iter().sum();
+            let dealt = deal_shares(&named, count);
+            prop_assert_eq!(dealt.iter().sum::<usize>(), count);
+            for (dealt, share) in dealt.iter().zip(shares.iter()) {
+                let exact = share / total * count as f64;
+                prop_assert!((*dealt as f64 - exact).abs() < 1.0 + 1e-9);
+            }
+        }
+
+        #[test]
+        fn fleet_files_never_panic(text in "[a-z_:{}\\[\\], 0-9.%\n-]{0,200}") {
+            let _ = FleetSpec::parse("fuzz.yaml", &text);
+        }
     }
 }

@@ -162,7 +162,9 @@ pub fn check_plan(
         });
     }
     let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
-    let headline = first_gated_stage.and_then(|index| stages.get(index)).or(stages.last());
+    let headline = first_gated_stage
+        .and_then(|index| stages.get(index))
+        .or(stages.last());
     Ok(PlanCheckReport {
         plan: plan.name.clone(),
         unit: options.unit.clone(),
@@ -182,7 +184,11 @@ pub fn check_plan(
 }
 
 fn seconds(ms: u64) -> String {
-    if ms % 1_000 == 0 { format!("{}s", ms / 1_000) } else { format!("{:.3}s", ms as f64 / 1e3) }
+    if ms.is_multiple_of(1_000) {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{:.3}s", ms as f64 / 1e3)
+    }
 }
 
 impl PlanCheckReport {
@@ -238,7 +244,10 @@ impl PlanCheckReport {
             seconds(self.propagation_ms),
             seconds(self.health_interval_ms)
         );
-        match self.first_gated_stage.and_then(|index| self.stages.get(index)) {
+        match self
+            .first_gated_stage
+            .and_then(|index| self.stages.get(index))
+        {
             Some(stage) => {
                 let _ = writeln!(
                     out,
@@ -259,15 +268,22 @@ impl PlanCheckReport {
                 );
             }
         }
-        let worst = self.rollback_worst_ms.map_or_else(|| "never".to_owned(), seconds);
-        let _ = writeln!(out, "worst case from first bad exposure to full rollback: {worst}");
+        let worst = self
+            .rollback_worst_ms
+            .map_or_else(|| "never".to_owned(), seconds);
+        let _ = writeln!(
+            out,
+            "worst case from first bad exposure to full rollback: {worst}"
+        );
         let _ = writeln!(
             out,
             "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12}",
             "stage", "added", "exposed", "nodes%", "traffic%", "can fail", "rollback"
         );
         for stage in &self.stages {
-            let rollback = stage.rollback_worst_ms.map_or_else(|| "-".to_owned(), seconds);
+            let rollback = stage
+                .rollback_worst_ms
+                .map_or_else(|| "-".to_owned(), seconds);
             let _ = writeln!(
                 out,
                 "{:<20} {:>8} {:>10} {:>8.2}% {:>8.2}% {:>9} {:>12}",

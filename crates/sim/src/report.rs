@@ -104,6 +104,9 @@ pub struct SimReport {
     pub runs: Vec<StrategyRun>,
 }
 
+/// Renders one metric of a strategy as a table cell.
+type MetricCell = fn(&StrategyMetrics) -> String;
+
 fn seconds_or_dash(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}s"))
 }
@@ -112,10 +115,15 @@ fn percent(fraction: f64) -> String {
     format!("{:.4}%", fraction * 100.0)
 }
 
-const COLORS: [&str; 6] = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl SimReport {
@@ -131,11 +139,13 @@ impl SimReport {
             self.duration_ms as f64 / 60_000.0,
             self.health_interval_ms / 1_000
         );
-        let rows: [(&str, fn(&StrategyMetrics) -> String); 10] = [
+        let rows: [(&str, MetricCell); 10] = [
             ("requests", |m| m.requests_total.to_string()),
             ("requests failed", |m| m.requests_failed.to_string()),
             ("requests failed %", |m| percent(m.requests_failed_fraction)),
-            ("peak nodes on bad %", |m| percent(m.nodes_exposed_max_fraction)),
+            ("peak nodes on bad %", |m| {
+                percent(m.nodes_exposed_max_fraction)
+            }),
             ("time to detect", |m| seconds_or_dash(m.detect_s)),
             ("time to recover", |m| seconds_or_dash(m.recover_s)),
             ("rollbacks", |m| m.rollbacks.to_string()),
@@ -143,7 +153,13 @@ impl SimReport {
             ("pushes refused", |m| m.pushes_refused.to_string()),
             ("versions completed", |m| m.versions_completed.to_string()),
         ];
-        let width = self.runs.iter().map(|run| run.strategy.len()).max().unwrap_or(0).max(14);
+        let width = self
+            .runs
+            .iter()
+            .map(|run| run.strategy.len())
+            .max()
+            .unwrap_or(0)
+            .max(14);
         let _ = write!(out, "{:<22}", "");
         for run in &self.runs {
             let _ = write!(out, " {:>width$}", run.strategy);
@@ -224,7 +240,10 @@ impl SimReport {
             svg,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
         );
-        let _ = writeln!(svg, r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+        );
         let _ = writeln!(
             svg,
             r#"<text x="{LEFT}" y="22" font-size="15">{} (seed {}): fleet error rate by strategy</text>"#,
@@ -291,14 +310,23 @@ impl SimReport {
             }
             let mut points = String::new();
             for point in &run.timeline {
-                let _ = write!(points, "{:.1},{:.1} ", x_of(point.at_ms), y_of(point.error_rate));
+                let _ = write!(
+                    points,
+                    "{:.1},{:.1} ",
+                    x_of(point.at_ms),
+                    y_of(point.error_rate)
+                );
             }
             let _ = writeln!(
                 svg,
                 r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
                 points.trim_end()
             );
-            for marker in run.markers.iter().filter(|m| m.kind == MarkerKind::Rollback) {
+            for marker in run
+                .markers
+                .iter()
+                .filter(|m| m.kind == MarkerKind::Rollback)
+            {
                 let x = x_of(marker.at_ms);
                 let y = TOP + 4.0 + 10.0 * index as f64;
                 let _ = writeln!(
@@ -367,5 +395,11 @@ fn nice_ceiling(value: f64) -> f64 {
 
 fn format_rate(rate: f64) -> String {
     let percent = rate * 100.0;
-    if percent >= 1.0 { format!("{percent:.0}%") } else { format!("{percent:.2}%") }
+    if percent == 0.0 {
+        "0%".to_owned()
+    } else if percent >= 1.0 {
+        format!("{percent:.0}%")
+    } else {
+        format!("{percent:.2}%")
+    }
 }

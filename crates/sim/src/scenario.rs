@@ -28,7 +28,10 @@ pub const BUILT_IN: [(&str, &str); 5] = [
     ("dec5", include_str!("../../../scenarios/dec5.yaml")),
     ("healthy", include_str!("../../../scenarios/healthy.yaml")),
     ("subtle", include_str!("../../../scenarios/subtle.yaml")),
-    ("bench-30k", include_str!("../../../scenarios/bench-30k.yaml")),
+    (
+        "bench-30k",
+        include_str!("../../../scenarios/bench-30k.yaml"),
+    ),
 ];
 
 /// How a version hurts the nodes that run it. The default is no effect (a good version).
@@ -101,7 +104,10 @@ impl Effect {
             let path = map.path("when");
             let mut labels = value.map(&path)?;
             for (key, label_value) in labels.entries() {
-                effect.when.insert(key.to_owned(), label_value.string(&format!("{path}.{key}"))?);
+                effect.when.insert(
+                    key.to_owned(),
+                    label_value.string(&format!("{path}.{key}"))?,
+                );
             }
         }
         if let Some(value) = map.optional("onset") {
@@ -111,13 +117,23 @@ impl Effect {
                 return Err(value.error(&path, "expected an onset of at most 24h"));
             }
         }
-        map.finish(&["crash", "nack", "error_rate_x", "error_rate", "latency_add_ms", "when", "onset"])?;
+        map.finish(&[
+            "crash",
+            "nack",
+            "error_rate_x",
+            "error_rate",
+            "latency_add_ms",
+            "when",
+            "onset",
+        ])?;
         Ok(effect)
     }
 
     /// Whether a node with `labels` is hurt.
     pub fn applies_to(&self, labels: &failsmall_core::domain::Labels) -> bool {
-        self.when.iter().all(|(key, value)| labels.get(key) == Some(value))
+        self.when
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
     }
 }
 
@@ -203,8 +219,10 @@ impl Scenario {
         for path in [as_path, named.as_path()] {
             if path.is_file() {
                 let shown = path.display().to_string();
-                let metadata = std::fs::metadata(path)
-                    .map_err(|error| SimError::Read { path: shown.clone(), message: error.to_string() })?;
+                let metadata = std::fs::metadata(path).map_err(|error| SimError::Read {
+                    path: shown.clone(),
+                    message: error.to_string(),
+                })?;
                 if metadata.len() > YAML_MAX_BYTES as u64 {
                     return Err(SimError::TooLarge {
                         file: shown,
@@ -212,8 +230,10 @@ impl Scenario {
                         max_bytes: YAML_MAX_BYTES,
                     });
                 }
-                let text = std::fs::read_to_string(path)
-                    .map_err(|error| SimError::Read { path: shown.clone(), message: error.to_string() })?;
+                let text = std::fs::read_to_string(path).map_err(|error| SimError::Read {
+                    path: shown.clone(),
+                    message: error.to_string(),
+                })?;
                 return Scenario::parse(&shown, &text);
             }
         }
@@ -228,7 +248,11 @@ impl Scenario {
             .map(|(_, text)| *text)
             .ok_or_else(|| SimError::UnknownScenario {
                 name: name.to_owned(),
-                known: BUILT_IN.iter().map(|(known, _)| *known).collect::<Vec<_>>().join(", "),
+                known: BUILT_IN
+                    .iter()
+                    .map(|(known, _)| *known)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         let mut scenario = Scenario::parse(&format!("scenarios/{name}.yaml"), text)?;
         scenario.source = format!("built-in:{name}");
@@ -292,7 +316,11 @@ impl Scenario {
                     None => Effect::default(),
                 };
                 entry.finish(&["at", "name", "effect"])?;
-                versions.push(ScheduledVersion { at_ms, name, effect });
+                versions.push(ScheduledVersion {
+                    at_ms,
+                    name,
+                    effect,
+                });
             }
         }
         let producer = match map.optional("producer") {
@@ -308,9 +336,15 @@ impl Scenario {
                         format!("expected 1 to {SCENARIO_MAX_STRATEGIES} strategies"),
                     ));
                 }
-                items.iter().map(|item| item.string("strategies")).collect::<Result<_, _>>()?
+                items
+                    .iter()
+                    .map(|item| item.string("strategies"))
+                    .collect::<Result<_, _>>()?
             }
-            None => vec!["instant".to_owned(), "examples/plans/default.yaml".to_owned()],
+            None => vec![
+                "instant".to_owned(),
+                "examples/plans/default.yaml".to_owned(),
+            ],
         };
         let manual_revert_after_ms = match map.optional("manual_revert_after") {
             Some(value) => value.duration_ms("manual_revert_after")?,
@@ -363,7 +397,9 @@ impl Scenario {
             .map(|version| Push {
                 at_ms: version.at_ms,
                 name: version.name.clone(),
-                hash: VersionHash::of(format!("{}/{}/{}", self.name, self.unit, version.name).as_bytes()),
+                hash: VersionHash::of(
+                    format!("{}/{}/{}", self.name, self.unit, version.name).as_bytes(),
+                ),
                 effect: version.effect.clone(),
             })
             .collect();
@@ -393,7 +429,12 @@ impl Scenario {
                         )
                     }
                 };
-                pushes.push(Push { at_ms, name, hash: VersionHash::of(content.as_bytes()), effect });
+                pushes.push(Push {
+                    at_ms,
+                    name,
+                    hash: VersionHash::of(content.as_bytes()),
+                    effect,
+                });
                 at_ms = at_ms.saturating_add(producer.every_ms.max(1));
                 index += 1;
             }
@@ -447,7 +488,13 @@ impl Producer {
             None => false,
         };
         map.finish(&["every", "start", "pattern", "bad_effect", "bad_distinct"])?;
-        Ok(Producer { every_ms, start_ms, pattern, bad_effect, bad_distinct })
+        Ok(Producer {
+            every_ms,
+            start_ms,
+            pattern,
+            bad_effect,
+            bad_distinct,
+        })
     }
 }
 
@@ -468,7 +515,10 @@ mod tests {
     fn producer_alternates_and_bad_versions_share_a_hash() {
         let scenario = Scenario::built_in("nov18").unwrap();
         let pushes = scenario.pushes();
-        let bad: Vec<&Push> = pushes.iter().filter(|push| !push.effect.is_none()).collect();
+        let bad: Vec<&Push> = pushes
+            .iter()
+            .filter(|push| !push.effect.is_none())
+            .collect();
         let good: Vec<&Push> = pushes.iter().filter(|push| push.effect.is_none()).collect();
         assert!(bad.len() >= 2 && good.len() >= 2);
         assert!(bad.iter().all(|push| push.hash == bad[0].hash));
@@ -477,7 +527,8 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let text = "name: x\nduration: 1h\nversions:\n  - { at: 0s, name: a, effect: { crash: yes } }\n";
+        let text =
+            "name: x\nduration: 1h\nversions:\n  - { at: 0s, name: a, effect: { crash: yes } }\n";
         let error = Scenario::parse("x.yaml", text).unwrap_err().to_string();
         assert!(error.starts_with("x.yaml:4:"), "{error}");
         assert!(error.contains("versions[0].effect.crash"), "{error}");
@@ -486,5 +537,29 @@ mod tests {
         assert!(error.to_string().contains("sed: unknown field"), "{error}");
         let error = Scenario::load("no-such-scenario").unwrap_err().to_string();
         assert!(error.contains("nov18"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn scenario_files_never_panic(text in "[a-z_:{}\\[\\], 0-9.%\n-]{0,300}") {
+            let _ = Scenario::parse("fuzz.yaml", &text);
+        }
+
+        #[test]
+        fn any_valid_number_of_nodes_per_pop_parses(nodes in 1u32..2_000, rate in 0u32..100) {
+            let text = format!(
+                "name: p\nduration: 1h\nfleet:\n  nodes_per_pop: {nodes}\n  error_rate: {rate}%\n"
+            );
+            let scenario = Scenario::parse("p.yaml", &text).unwrap();
+            prop_assert_eq!(scenario.fleet.nodes_per_pop, nodes);
+            prop_assert!((scenario.fleet.error_rate - f64::from(rate) / 100.0).abs() < 1e-12);
+        }
     }
 }

@@ -18,10 +18,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+use crate::SimError;
 use crate::fleet::Fleet;
 use crate::report::{Marker, MarkerKind, StrategyMetrics, StrategyRun, TimelinePoint};
 use crate::scenario::{Effect, Push, Scenario};
-use crate::SimError;
 
 /// Longest delay between a node learning its desired version and applying it.
 pub const APPLY_DELAY_MAX_MS: u64 = 5_000;
@@ -136,12 +136,12 @@ impl LatencyShape {
             buckets: [
                 LatencyHistogram::bucket_of(median_ms * 0.8),
                 LatencyHistogram::bucket_of(median_ms * 1.5),
-                LatencyHistogram::bucket_of(median_ms * 4.0),
+                LatencyHistogram::bucket_of(median_ms * 2.5),
             ],
         }
     }
 
-    /// 50% / 45% / 5% of `requests`.
+    /// 50% / 45% / 5% of `requests` (at 0.8, 1.5 and 2.5 times the median).
     fn fill(&self, histogram: &mut LatencyHistogram, requests: u64) {
         histogram.counts = [0; failsmall_core::health::LATENCY_BUCKETS];
         let first = requests / 2;
@@ -197,6 +197,8 @@ struct Run<'a> {
     /// rollout); recomputed when rollouts or stages change.
     health_relevant: Vec<bool>,
     health_relevant_dirty: bool,
+    /// When false, every node's health goes to the engine while a rollout runs.
+    health_filter: bool,
     health_events: Vec<Event>,
     ever_desired_bad: Vec<bool>,
     background_latency: LatencyShape,
@@ -222,7 +224,11 @@ fn trace_time(at_ms: u64) -> String {
 }
 
 fn engine_error(event: &str, at_ms: u64, error: &EngineError) -> SimError {
-    SimError::Engine { event: event.to_owned(), at_ms, message: error.to_string() }
+    SimError::Engine {
+        event: event.to_owned(),
+        at_ms,
+        message: error.to_string(),
+    }
 }
 
 /// A Poisson draw with mean `lambda` (inversion below 30, a normal approximation above),
@@ -297,6 +303,7 @@ impl<'a> Run<'a> {
         pushes: &'a [Push],
         seed: u64,
         trace: bool,
+        health_filter: bool,
     ) -> Result<Self, SimError> {
         let unit = UnitName::new(scenario.unit.clone()).map_err(|error| SimError::Invalid {
             file: scenario.source.clone(),
@@ -372,6 +379,7 @@ impl<'a> Run<'a> {
             background_errors,
             health_relevant: vec![false; nodes],
             health_relevant_dirty: true,
+            health_filter,
             health_events,
             ever_desired_bad: vec![false; nodes],
             background_latency,
@@ -393,13 +401,21 @@ impl<'a> Run<'a> {
 
     fn schedule(&mut self, at_ms: u64, event: SimEvent) {
         self.seq += 1;
-        self.queue.push(Timed { at_ms, seq: self.seq, event });
+        self.queue.push(Timed {
+            at_ms,
+            seq: self.seq,
+            event,
+        });
     }
 
     fn log(&mut self, node: &str, what: impl FnOnce() -> String) {
         if let Some(lines) = self.trace.as_mut() {
             if lines.len() < TRACE_MAX_LINES {
-                lines.push(format!("{} node={node} event={}", trace_time(self.now_ms), what()));
+                lines.push(format!(
+                    "{} node={node} event={}",
+                    trace_time(self.now_ms),
+                    what()
+                ));
             } else {
                 self.trace_dropped += 1;
             }
@@ -440,7 +456,8 @@ impl<'a> Run<'a> {
     }
 
     fn slot_of_hash(&self, hash: Option<VersionHash>) -> u32 {
-        hash.and_then(|hash| self.slot_of.get(&hash).copied()).unwrap_or(0)
+        hash.and_then(|hash| self.slot_of.get(&hash).copied())
+            .unwrap_or(0)
     }
 
     fn slot_is_bad(&self, slot: u32) -> bool {
@@ -449,8 +466,10 @@ impl<'a> Run<'a> {
 
     /// Sends one event to the engine and carries out its actions.
     fn step(&mut self, event: &Event, what: &str) -> Result<(), SimError> {
-        let actions =
-            self.engine.step(self.now_ms, event).map_err(|error| engine_error(what, self.now_ms, &error))?;
+        let actions = self
+            .engine
+            .step(self.now_ms, event)
+            .map_err(|error| engine_error(what, self.now_ms, &error))?;
         self.carry_out(actions);
         Ok(())
     }
@@ -462,10 +481,18 @@ impl<'a> Run<'a> {
                     let slot = self.slot_of_hash(version);
                     let bad = self.slot_is_bad(slot);
                     self.health_relevant_dirty = true;
-                    let name = self.slots.get(slot as usize).map_or("?", |s| s.name.as_str()).to_owned();
-                    self.log("-", || format!("set_desired version={name} nodes={}", nodes.len()));
+                    let name = self
+                        .slots
+                        .get(slot as usize)
+                        .map_or("?", |s| s.name.as_str())
+                        .to_owned();
+                    self.log("-", || {
+                        format!("set_desired version={name} nodes={}", nodes.len())
+                    });
                     for node in nodes {
-                        let Some(index) = self.node_index.get(&node).copied() else { continue };
+                        let Some(index) = self.node_index.get(&node).copied() else {
+                            continue;
+                        };
                         let i = index as usize;
                         if let (Some(desired), Some(token)) =
                             (self.desired.get_mut(i), self.apply_token.get_mut(i))
@@ -479,7 +506,11 @@ impl<'a> Run<'a> {
                             let delay_ms = self.rng.random_range(0..=APPLY_DELAY_MAX_MS);
                             self.schedule(
                                 self.now_ms + delay_ms,
-                                SimEvent::Apply { node: index, slot, token },
+                                SimEvent::Apply {
+                                    node: index,
+                                    slot,
+                                    token,
+                                },
                             );
                         }
                     }
@@ -546,7 +577,9 @@ impl<'a> Run<'a> {
     }
 
     fn set_running(&mut self, index: usize, slot: u32) {
-        let Some(old) = self.running.get(index).copied() else { return };
+        let Some(old) = self.running.get(index).copied() else {
+            return;
+        };
         let was_bad = self.slot_is_bad(old);
         let is_bad = self.slot_is_bad(slot);
         if let Some(running) = self.running.get_mut(index) {
@@ -565,9 +598,10 @@ impl<'a> Run<'a> {
         if let Some(reported) = self.crash_reported.get_mut(index) {
             *reported = false;
         }
-        if let (Some(Event::Health { version, .. }), Some(hash)) =
-            (self.health_events.get_mut(index), info.and_then(|info| info.hash))
-        {
+        if let (Some(Event::Health { version, .. }), Some(hash)) = (
+            self.health_events.get_mut(index),
+            info.and_then(|info| info.hash),
+        ) {
             *version = hash;
         }
         match (was_bad, is_bad) {
@@ -599,12 +633,16 @@ impl<'a> Run<'a> {
         if self.apply_token.get(index).copied() != Some(token) {
             return Ok(()); // A newer desired version superseded this apply.
         }
-        let Some(info) = self.slots.get(slot as usize) else { return Ok(()) };
+        let Some(info) = self.slots.get(slot as usize) else {
+            return Ok(());
+        };
         let Some(hash) = info.hash else {
             self.set_running(index, 0);
             return Ok(());
         };
-        let Some(node_info) = self.fleet.nodes.get(index) else { return Ok(()) };
+        let Some(node_info) = self.fleet.nodes.get(index) else {
+            return Ok(());
+        };
         let node_id = node_info.id.clone();
         let hurts = info.bad && info.effect.applies_to(&node_info.labels);
         let nack = hurts && info.effect.nack;
@@ -622,8 +660,11 @@ impl<'a> Run<'a> {
         }
         self.set_running(index, slot);
         self.log(node_id.as_str(), || format!("applied version={name}"));
-        let applied =
-            Event::Applied { node: node_id.clone(), unit: self.unit.clone(), version: hash };
+        let applied = Event::Applied {
+            node: node_id.clone(),
+            unit: self.unit.clone(),
+            version: hash,
+        };
         self.step(&applied, "Applied")?;
         if crash_now {
             self.report_crash(index, hash)?;
@@ -652,7 +693,9 @@ impl<'a> Run<'a> {
     }
 
     fn on_push(&mut self, push_index: usize) -> Result<(), SimError> {
-        let Some(push) = self.pushes.get(push_index) else { return Ok(()) };
+        let Some(push) = self.pushes.get(push_index) else {
+            return Ok(());
+        };
         let slot = self.slot_for(push.hash, &push.name, &push.effect);
         let event = Event::RolloutRequested {
             unit: self.unit.clone(),
@@ -663,7 +706,9 @@ impl<'a> Run<'a> {
             override_quarantine: false,
         };
         let name = push.name.clone();
-        self.log("-", || format!("push version={name} hash={}", push.hash.short()));
+        self.log("-", || {
+            format!("push version={name} hash={}", push.hash.short())
+        });
         match self.engine.step(self.now_ms, &event) {
             Ok(actions) => {
                 self.metrics.pushes_accepted += 1;
@@ -671,19 +716,27 @@ impl<'a> Run<'a> {
             }
             Err(error @ (EngineError::Quarantined { .. } | EngineError::QueueFull { .. })) => {
                 self.metrics.pushes_refused += 1;
-                self.log("-", || format!("push_refused version={name} reason={:?}", error.to_string()));
+                self.log("-", || {
+                    format!("push_refused version={name} reason={:?}", error.to_string())
+                });
             }
             Err(error) => return Err(engine_error("RolloutRequested", self.now_ms, &error)),
         }
         if matches!(self.strategy, Strategy::Instant)
             && self.slot_is_bad(slot)
-            && !self.revert_scheduled.get(slot as usize).copied().unwrap_or(true)
+            && !self
+                .revert_scheduled
+                .get(slot as usize)
+                .copied()
+                .unwrap_or(true)
         {
             if let Some(flag) = self.revert_scheduled.get_mut(slot as usize) {
                 *flag = true;
             }
             // The first exposure comes within the apply delay; the person reacts after it.
-            let at_ms = self.now_ms.saturating_add(self.scenario.manual_revert_after_ms);
+            let at_ms = self
+                .now_ms
+                .saturating_add(self.scenario.manual_revert_after_ms);
             self.schedule(at_ms, SimEvent::ManualRevert { slot });
         }
         Ok(())
@@ -696,11 +749,20 @@ impl<'a> Run<'a> {
         if !self.desired.contains(&slot) {
             return Ok(()); // A newer version already replaced it.
         }
-        let name = self.slots.get(slot as usize).map_or_else(String::new, |s| s.name.clone());
-        self.log("-", || format!("manual_revert version={name} actor=operator"));
+        let name = self
+            .slots
+            .get(slot as usize)
+            .map_or_else(String::new, |s| s.name.clone());
+        self.log("-", || {
+            format!("manual_revert version={name} actor=operator")
+        });
         self.metrics.rollbacks += 1;
         self.note_rollback_decision();
-        self.markers.push(Marker { at_ms: self.now_ms, kind: MarkerKind::Rollback, label: "operator".to_owned() });
+        self.markers.push(Marker {
+            at_ms: self.now_ms,
+            kind: MarkerKind::Rollback,
+            label: "operator".to_owned(),
+        });
         let running_rollout = self.rollout_of_slot.get(&slot).copied().filter(|id| {
             self.engine.rollout(*id).is_some_and(|view| {
                 matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused)
@@ -717,7 +779,9 @@ impl<'a> Run<'a> {
             self.metrics.rollbacks = self.metrics.rollbacks.saturating_sub(1);
             return self.step(&event, "Command::Rollback");
         }
-        let Some(previous) = self.last_good_completed else { return Ok(()) };
+        let Some(previous) = self.last_good_completed else {
+            return Ok(());
+        };
         let event = Event::RolloutRequested {
             unit: self.unit.clone(),
             version: previous,
@@ -731,13 +795,17 @@ impl<'a> Run<'a> {
 
     /// Marks the nodes whose health the engine uses now: those a running rollout reached
     /// (its canary) and those its current stage selects but it has not reached (its baseline).
-    /// Other reports would only be discarded by the engine.
+    /// The engine discards other reports, so skipping them changes nothing but the time spent;
+    /// `filtered_health_changes_nothing` (tests/sim.rs) checks that against the engine, so a
+    /// change in what the engine counts as baseline shows up there.
     fn recompute_health_relevant(&mut self) {
         self.health_relevant_dirty = false;
         let mut rollout_slots = Vec::new();
         let mut selectors = Vec::new();
         for (id, slot) in &self.open_rollouts {
-            let Some(view) = self.engine.rollout(*id) else { continue };
+            let Some(view) = self.engine.rollout(*id) else {
+                continue;
+            };
             if view.status.is_terminal() || view.status == RolloutStatus::Queued {
                 continue;
             }
@@ -749,7 +817,9 @@ impl<'a> Run<'a> {
         for (index, node) in self.fleet.nodes.iter().enumerate() {
             let desired = self.desired.get(index).copied().unwrap_or(0);
             let relevant = rollout_slots.contains(&desired)
-                || selectors.iter().any(|selector| selector.matches(&node.labels));
+                || selectors
+                    .iter()
+                    .any(|selector| selector.matches(&node.labels));
             if let Some(flag) = self.health_relevant.get_mut(index) {
                 *flag = relevant;
             }
@@ -779,7 +849,9 @@ impl<'a> Run<'a> {
             ) else {
                 continue;
             };
-            let Some(info) = self.slots.get(slot as usize) else { continue };
+            let Some(info) = self.slots.get(slot as usize) else {
+                continue;
+            };
             let z: f64 = self.rng.sample(StandardNormal);
             let requests = round_count(mean + mean.sqrt() * z);
             // Errors of Poisson traffic thinned by the error rate are Poisson with the thinned
@@ -787,7 +859,11 @@ impl<'a> Run<'a> {
             let background_errors = poisson_known(&mut self.rng, lambda, exp_neg, requests);
             let hurt = now_ms >= hurt_from_ms;
             let failed = if hurt {
-                binomial_approx(&mut self.rng, requests - background_errors, info.extra_error_q)
+                binomial_approx(
+                    &mut self.rng,
+                    requests - background_errors,
+                    info.extra_error_q,
+                )
             } else {
                 0
             };
@@ -802,15 +878,24 @@ impl<'a> Run<'a> {
             {
                 crashes_due.push((index, hash));
             }
-            let shape = if hurt { info.latency } else { self.background_latency };
+            let shape = if hurt {
+                info.latency
+            } else {
+                self.background_latency
+            };
             let has_version = info.hash.is_some();
             if let Some(Event::Health { sample, .. }) = self.health_events.get_mut(index) {
                 sample.requests = requests;
                 sample.errors = errors;
                 shape.fill(&mut sample.latency, requests);
             }
-            let relevant = self.health_relevant.get(index).copied().unwrap_or(false);
-            if send && relevant && has_version && let Some(event) = self.health_events.get(index) {
+            let relevant =
+                !self.health_filter || self.health_relevant.get(index).copied().unwrap_or(false);
+            if send
+                && relevant
+                && has_version
+                && let Some(event) = self.health_events.get(index)
+            {
                 let actions = self
                     .engine
                     .step(now_ms, event)
@@ -839,7 +924,9 @@ impl<'a> Run<'a> {
         }
         let nodes_on_bad = self.nodes_on_bad;
         self.log("-", || {
-            format!("health requests={requests_total} errors={errors_total} nodes_on_bad={nodes_on_bad}")
+            format!(
+                "health requests={requests_total} errors={errors_total} nodes_on_bad={nodes_on_bad}"
+            )
         });
         self.tick()?;
         let next_ms = now_ms.saturating_add(self.scenario.health_interval_ms);
@@ -865,7 +952,8 @@ impl<'a> Run<'a> {
             .copied()
             .filter(|id| {
                 self.engine.rollout(*id).is_some_and(|view| {
-                    view.status == RolloutStatus::Running && view.phase == StagePhase::AwaitingApproval
+                    view.status == RolloutStatus::Running
+                        && view.phase == StagePhase::AwaitingApproval
                 })
             })
             .collect();
@@ -884,14 +972,21 @@ impl<'a> Run<'a> {
     /// Schedules an engine tick at its next deadline when that comes before the next health
     /// round.
     fn schedule_deadline(&mut self) {
-        let Some(deadline_ms) = self.engine.next_deadline_ms() else { return };
-        let at_ms = deadline_ms.max(self.last_tick_ms.saturating_add(TICK_MIN_SPACING_MS)).max(self.now_ms);
+        let Some(deadline_ms) = self.engine.next_deadline_ms() else {
+            return;
+        };
+        let at_ms = deadline_ms
+            .max(self.last_tick_ms.saturating_add(TICK_MIN_SPACING_MS))
+            .max(self.now_ms);
         let next_round_ms = self.now_ms - self.now_ms % self.scenario.health_interval_ms.max(1)
             + self.scenario.health_interval_ms;
         if at_ms >= next_round_ms || at_ms > self.scenario.duration_ms {
             return;
         }
-        if self.tick_at_ms.is_some_and(|scheduled| scheduled <= at_ms && scheduled >= self.now_ms) {
+        if self
+            .tick_at_ms
+            .is_some_and(|scheduled| scheduled <= at_ms && scheduled >= self.now_ms)
+        {
             return;
         }
         self.tick_at_ms = Some(at_ms);
@@ -900,13 +995,18 @@ impl<'a> Run<'a> {
 
     fn bootstrap(&mut self) -> Result<(), SimError> {
         for node in &self.fleet.nodes {
-            let event = Event::NodeRegistered { node: node.id.clone(), labels: node.labels.clone() };
+            let event = Event::NodeRegistered {
+                node: node.id.clone(),
+                labels: node.labels.clone(),
+            };
             self.engine
                 .step(0, &event)
                 .map_err(|error| engine_error("NodeRegistered", 0, &error))?;
         }
         // Every node starts on a known-good initial version, applied at once.
-        let initial = VersionHash::of(format!("{}/{}/initial", self.scenario.name, self.scenario.unit).as_bytes());
+        let initial = VersionHash::of(
+            format!("{}/{}/initial", self.scenario.name, self.scenario.unit).as_bytes(),
+        );
         let slot = self.slot_for(initial, "initial", &Effect::default());
         let event = Event::RolloutRequested {
             unit: self.unit.clone(),
@@ -917,7 +1017,9 @@ impl<'a> Run<'a> {
             override_quarantine: false,
         };
         let trace = self.trace.take();
-        self.engine.step(0, &event).map_err(|error| engine_error("RolloutRequested", 0, &error))?;
+        self.engine
+            .step(0, &event)
+            .map_err(|error| engine_error("RolloutRequested", 0, &error))?;
         for index in 0..self.fleet.nodes.len() {
             if let Some(desired) = self.desired.get_mut(index) {
                 *desired = slot;
@@ -925,13 +1027,20 @@ impl<'a> Run<'a> {
             self.set_running(index, slot);
             let node = self.fleet.nodes.get(index).map(|node| node.id.clone());
             if let Some(node) = node {
-                let applied = Event::Applied { node, unit: self.unit.clone(), version: initial };
+                let applied = Event::Applied {
+                    node,
+                    unit: self.unit.clone(),
+                    version: initial,
+                };
                 self.engine
                     .step(0, &applied)
                     .map_err(|error| engine_error("Applied", 0, &error))?;
             }
         }
-        let actions = self.engine.step(0, &Event::Tick).map_err(|error| engine_error("Tick", 0, &error))?;
+        let actions = self
+            .engine
+            .step(0, &Event::Tick)
+            .map_err(|error| engine_error("Tick", 0, &error))?;
         drop(actions);
         self.last_good_completed = Some(initial);
         self.trace = trace;
@@ -986,7 +1095,10 @@ impl<'a> Run<'a> {
         self.metrics.finish(self.scenario.duration_ms);
         let mut trace = self.trace.unwrap_or_default();
         if self.trace_dropped > 0 {
-            trace.push(format!("# {} more trace lines dropped (limit {TRACE_MAX_LINES})", self.trace_dropped));
+            trace.push(format!(
+                "# {} more trace lines dropped (limit {TRACE_MAX_LINES})",
+                self.trace_dropped
+            ));
         }
         Ok(StrategyRun {
             strategy: self.strategy.label().to_owned(),
@@ -1007,6 +1119,16 @@ pub(crate) fn run_strategy(
     pushes: &[Push],
     seed: u64,
     trace: bool,
+    health_filter: bool,
 ) -> Result<StrategyRun, SimError> {
-    Run::new(scenario, fleet, strategy, pushes, seed, trace)?.run()
+    Run::new(
+        scenario,
+        fleet,
+        strategy,
+        pushes,
+        seed,
+        trace,
+        health_filter,
+    )?
+    .run()
 }

@@ -17,7 +17,10 @@ const YAML_MAX_NODES: usize = 100_000;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum YamlKind {
     /// The text and whether it was written plain (unquoted).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<YamlNode>),
     Map(Vec<(String, YamlNode)>),
 }
@@ -32,8 +35,15 @@ pub(crate) struct YamlNode {
 }
 
 enum Frame {
-    Seq { marker: Marker, items: Vec<YamlNode> },
-    Map { marker: Marker, entries: Vec<(String, YamlNode)>, key: Option<(String, Marker)> },
+    Seq {
+        marker: Marker,
+        items: Vec<YamlNode>,
+    },
+    Map {
+        marker: Marker,
+        entries: Vec<(String, YamlNode)>,
+        key: Option<(String, Marker)>,
+    },
 }
 
 struct TreeBuilder {
@@ -83,7 +93,10 @@ impl TreeBuilder {
 
     fn open(&mut self, frame: Frame, marker: Marker) {
         if self.stack.len() >= YAML_MAX_DEPTH {
-            self.fail(marker, format!("nesting deeper than {YAML_MAX_DEPTH} levels"));
+            self.fail(
+                marker,
+                format!("nesting deeper than {YAML_MAX_DEPTH} levels"),
+            );
             return;
         }
         self.stack.push(frame);
@@ -100,36 +113,67 @@ impl MarkedEventReceiver for TreeBuilder {
                 let (line, column) = position(marker);
                 let plain = matches!(style, TScalarStyle::Plain);
                 self.push_value(
-                    YamlNode { line, column, kind: YamlKind::Scalar { text, plain } },
+                    YamlNode {
+                        line,
+                        column,
+                        kind: YamlKind::Scalar { text, plain },
+                    },
                     marker,
                 );
             }
             Event::SequenceStart(_, _) => {
-                self.open(Frame::Seq { marker, items: Vec::new() }, marker);
+                self.open(
+                    Frame::Seq {
+                        marker,
+                        items: Vec::new(),
+                    },
+                    marker,
+                );
             }
             Event::MappingStart(_, _) => {
-                self.open(Frame::Map { marker, entries: Vec::new(), key: None }, marker);
+                self.open(
+                    Frame::Map {
+                        marker,
+                        entries: Vec::new(),
+                        key: None,
+                    },
+                    marker,
+                );
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let node = match self.stack.pop() {
                     Some(Frame::Seq { marker, items }) => {
                         let (line, column) = position(marker);
-                        YamlNode { line, column, kind: YamlKind::Seq(items) }
+                        YamlNode {
+                            line,
+                            column,
+                            kind: YamlKind::Seq(items),
+                        }
                     }
-                    Some(Frame::Map { marker, entries, .. }) => {
+                    Some(Frame::Map {
+                        marker, entries, ..
+                    }) => {
                         let (line, column) = position(marker);
-                        YamlNode { line, column, kind: YamlKind::Map(entries) }
+                        YamlNode {
+                            line,
+                            column,
+                            kind: YamlKind::Map(entries),
+                        }
                     }
                     None => return,
                 };
                 self.push_value(node, marker);
             }
-            Event::Alias(_) => {
-                self.fail(marker, "YAML aliases are not supported; write the value out".to_owned())
-            }
+            Event::Alias(_) => self.fail(
+                marker,
+                "YAML aliases are not supported; write the value out".to_owned(),
+            ),
             Event::DocumentStart => {
                 if self.root.is_some() {
-                    self.fail(marker, "only one YAML document per file is allowed".to_owned());
+                    self.fail(
+                        marker,
+                        "only one YAML document per file is allowed".to_owned(),
+                    );
                 }
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
@@ -146,7 +190,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<YamlNode, SimError> {
             max_bytes: YAML_MAX_BYTES,
         });
     }
-    let mut builder = TreeBuilder { stack: Vec::new(), root: None, nodes: 0, problem: None };
+    let mut builder = TreeBuilder {
+        stack: Vec::new(),
+        root: None,
+        nodes: 0,
+        problem: None,
+    };
     let mut parser = Parser::new_from_str(text);
     if let Err(scan) = parser.load(&mut builder, true) {
         let (line, column) = position(*scan.marker());
@@ -159,7 +208,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<YamlNode, SimError> {
     }
     if let Some((marker, message)) = builder.problem {
         let (line, column) = position(marker);
-        return Err(SimError::Syntax { file: file.to_owned(), line, column, message });
+        return Err(SimError::Syntax {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        });
     }
     builder.root.ok_or_else(|| SimError::Syntax {
         file: file.to_owned(),
@@ -199,7 +253,10 @@ impl<'a> Field<'a> {
     pub fn text(&self, field: &str) -> Result<&'a str, SimError> {
         match &self.node.kind {
             YamlKind::Scalar { text, .. } => Ok(text.as_str()),
-            _ => Err(self.error(field, format!("expected a scalar, found {}", self.kind_name()))),
+            _ => Err(self.error(
+                field,
+                format!("expected a scalar, found {}", self.kind_name()),
+            )),
         }
     }
 
@@ -219,7 +276,10 @@ impl<'a> Field<'a> {
     pub fn u64(&self, field: &str) -> Result<u64, SimError> {
         let text = self.text(field)?;
         text.trim().replace('_', "").parse::<u64>().map_err(|_| {
-            self.error(field, format!("expected a whole number >= 0, found {text:?}"))
+            self.error(
+                field,
+                format!("expected a whole number >= 0, found {text:?}"),
+            )
         })
     }
 
@@ -235,7 +295,10 @@ impl<'a> Field<'a> {
     pub fn duration_ms(&self, field: &str) -> Result<u64, SimError> {
         let text = self.text(field)?;
         parse_duration_ms(text).ok_or_else(|| {
-            self.error(field, format!("expected a duration such as 500ms, 10s, 5m or 2h, found {text:?}"))
+            self.error(
+                field,
+                format!("expected a duration such as 500ms, 10s, 5m or 2h, found {text:?}"),
+            )
         })
     }
 
@@ -243,16 +306,26 @@ impl<'a> Field<'a> {
     pub fn rate(&self, field: &str) -> Result<f64, SimError> {
         let text = self.text(field)?;
         parse_rate(text).ok_or_else(|| {
-            self.error(field, format!("expected a rate such as 0.5% or 0.005 (0..=1), found {text:?}"))
+            self.error(
+                field,
+                format!("expected a rate such as 0.5% or 0.005 (0..=1), found {text:?}"),
+            )
         })
     }
 
     pub fn list(&self, field: &str) -> Result<Vec<Field<'a>>, SimError> {
         match &self.node.kind {
-            YamlKind::Seq(items) => {
-                Ok(items.iter().map(|node| Field { file: self.file, node }).collect())
-            }
-            _ => Err(self.error(field, format!("expected a list, found {}", self.kind_name()))),
+            YamlKind::Seq(items) => Ok(items
+                .iter()
+                .map(|node| Field {
+                    file: self.file,
+                    node,
+                })
+                .collect()),
+            _ => Err(self.error(
+                field,
+                format!("expected a list, found {}", self.kind_name()),
+            )),
         }
     }
 
@@ -265,7 +338,10 @@ impl<'a> Field<'a> {
                 entries,
                 used: vec![false; entries.len()],
             }),
-            _ => Err(self.error(field, format!("expected a mapping, found {}", self.kind_name()))),
+            _ => Err(self.error(
+                field,
+                format!("expected a mapping, found {}", self.kind_name()),
+            )),
         }
     }
 }
@@ -283,7 +359,11 @@ pub(crate) struct MapReader<'a> {
 impl<'a> MapReader<'a> {
     /// The dotted path of a child field.
     pub fn path(&self, key: &str) -> String {
-        if self.field.is_empty() { key.to_owned() } else { format!("{}.{key}", self.field) }
+        if self.field.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.field)
+        }
     }
 
     pub fn optional(&mut self, key: &str) -> Option<Field<'a>> {
@@ -291,7 +371,10 @@ impl<'a> MapReader<'a> {
         if let Some(slot) = self.used.get_mut(index) {
             *slot = true;
         }
-        self.entries.get(index).map(|(_, node)| Field { file: self.file, node })
+        self.entries.get(index).map(|(_, node)| Field {
+            file: self.file,
+            node,
+        })
     }
 
     pub fn required(&mut self, key: &str) -> Result<Field<'a>, SimError> {
@@ -308,7 +391,18 @@ impl<'a> MapReader<'a> {
     /// Every entry, in file order, marking all as read (for mappings of arbitrary keys).
     pub fn entries(&mut self) -> Vec<(&'a str, Field<'a>)> {
         self.used.iter_mut().for_each(|slot| *slot = true);
-        self.entries.iter().map(|(key, node)| (key.as_str(), Field { file: self.file, node })).collect()
+        self.entries
+            .iter()
+            .map(|(key, node)| {
+                (
+                    key.as_str(),
+                    Field {
+                        file: self.file,
+                        node,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Fails on the first field that was never read: it is unknown.
@@ -340,10 +434,14 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
     let mut total_ms: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
         let (number, tail) = rest.split_at(digits);
         let value: f64 = number.parse().ok()?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         let unit_ms = match unit {
             "ms" => 1.0,
@@ -354,7 +452,7 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
             _ => return None,
         };
         let part_ms = value * unit_ms;
-        if !part_ms.is_finite() || part_ms < 0.0 || part_ms > 1e15 {
+        if !part_ms.is_finite() || !(0.0..=1e15).contains(&part_ms) {
             return None;
         }
         total_ms = total_ms.checked_add(part_ms.round() as u64)?;
@@ -393,11 +491,16 @@ mod tests {
     #[test]
     fn tree_carries_lines_and_refuses_duplicates() {
         let tree = parse("t.yaml", "a: 1\nb:\n  c: [x, y]\n").unwrap();
-        let YamlKind::Map(entries) = &tree.kind else { panic!("not a map") };
+        let YamlKind::Map(entries) = &tree.kind else {
+            panic!("not a map")
+        };
         assert_eq!(entries[1].0, "b");
         assert_eq!(entries[1].1.line, 3);
         let error = parse("t.yaml", "a: 1\na: 2\n").unwrap_err().to_string();
-        assert!(error.contains("t.yaml:2") && error.contains("duplicate"), "{error}");
+        assert!(
+            error.contains("t.yaml:2") && error.contains("duplicate"),
+            "{error}"
+        );
         let error = parse("t.yaml", "a: &x 1\nb: *x\n").unwrap_err().to_string();
         assert!(error.contains("alias"), "{error}");
     }

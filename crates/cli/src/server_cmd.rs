@@ -1,0 +1,96 @@
+//! `failsmall server`: run the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use failsmall_server::ServerConfig;
+
+use crate::Outcome;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+    /// Where the store, the signing key and the first admin token live.
+    #[arg(long, value_name = "DIR", required_unless_present = "dev")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Try it out: a temporary data dir, and the admin token printed at start.
+    #[arg(long)]
+    pub dev: bool,
+    /// Largest request body (a pushed version is a body), in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = failsmall_server::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Print the public half of the server's signing key (what agents pin).
+    Keys {
+        /// The server's data dir.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
+    if let Some(ServerCommand::Keys { data_dir }) = &args.command {
+        let public_key = failsmall_server::signing::VersionSigner::load_or_create(data_dir)
+            .with_context(|| format!("cannot open the signing key in {}", data_dir.display()))?
+            .public_key_hex();
+        println!("{public_key}");
+        return Ok(Outcome::Success);
+    }
+    let mut config = if args.dev {
+        let mut config = ServerConfig::dev()?;
+        config.listen = args.listen;
+        if let Some(data_dir) = &args.data_dir {
+            config.data_dir = data_dir.clone();
+        }
+        config
+    } else {
+        match &args.data_dir {
+            Some(data_dir) => ServerConfig::new(data_dir, args.listen),
+            None => bail!("--data-dir DIR is required (or --dev to try it out)"),
+        }
+    };
+    config.max_body_bytes = args.max_body_bytes;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let address = listener.local_addr().context("listener has no address")?;
+        eprintln!(
+            "failsmall server listening on http://{address}, data in {}",
+            config.data_dir.display()
+        );
+        failsmall_server::run(config, listener, shutdown_signal()).await?;
+        Ok(Outcome::Success)
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
