@@ -65,6 +65,9 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", message)
             }
+            StoreError::Injected { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             StoreError::Open { .. }
             | StoreError::Sql(_)
             | StoreError::Corrupt { .. }

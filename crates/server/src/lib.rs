@@ -124,10 +124,15 @@ pub async fn run(
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
-    let state = api::AppState::new(store, engine, signer);
+    let state = api::AppState::new(store, Arc::clone(&engine), signer);
     let router = api::router(state, config.max_body_bytes);
+    // Graceful shutdown waits for the requests in flight; long polls among them end at once.
+    let closing = async move {
+        shutdown.await;
+        engine.close();
+    };
     let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(closing)
         .await
         .map_err(ServerError::Serve);
     ticker.abort();

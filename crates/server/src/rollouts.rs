@@ -45,6 +45,8 @@ struct Current {
 pub struct EngineHost {
     current: Mutex<Current>,
     revisions: watch::Sender<u64>,
+    /// Set once when the server shuts down: long polls end at once instead of waiting.
+    closing: watch::Sender<bool>,
 }
 
 /// The mutation that caused an event, committed with the engine's step.
@@ -72,9 +74,11 @@ impl EngineHost {
             None => (Engine::new(), 0),
         };
         let (revisions, _) = watch::channel(revision);
+        let (closing, _) = watch::channel(false);
         Ok(Self {
             current: Mutex::new(Current { engine, revision }),
             revisions,
+            closing,
         })
     }
 
@@ -100,25 +104,56 @@ impl EngineHost {
                 .filter_map(|action| change_of(now_ms, action)),
         );
         let expected_revision = current.revision;
-        let store = Arc::clone(store);
-        let revision = tokio::task::spawn_blocking(move || {
+        let committing = Arc::clone(store);
+        let committed = tokio::task::spawn_blocking(move || {
             let node = match &cause {
                 Cause::Node { id, labels } => Some((id.as_str(), labels)),
                 Cause::Nothing => None,
             };
-            store.commit_step(&EngineStep {
+            committing.commit_step(&EngineStep {
                 expected_revision,
                 state: &state,
                 changes: &changes,
                 node,
             })
         })
-        .await
-        .map_err(|e| StepError::Task(e.to_string()))??;
+        .await;
+        let revision = match committed {
+            Ok(Ok(revision)) => revision,
+            Ok(Err(error)) => {
+                self.resync(&mut current, store).await;
+                return Err(error.into());
+            }
+            Err(error) => {
+                self.resync(&mut current, store).await;
+                return Err(StepError::Task(error.to_string()));
+            }
+        };
         current.engine = next;
         current.revision = revision;
         self.revisions.send_replace(revision);
         Ok(actions)
+    }
+
+    /// After a failed commit, makes memory agree with the store again. A failure after the
+    /// commit (or a commit whose outcome is unknown) would otherwise leave the engine behind
+    /// the store, and every later step would be refused as a conflict.
+    async fn resync(&self, current: &mut Current, store: &Arc<Store>) {
+        let store = Arc::clone(store);
+        let stored = tokio::task::spawn_blocking(move || store.engine_state()).await;
+        if let Ok(Ok(Some((text, revision)))) = stored
+            && revision != current.revision
+            && let Ok(engine) = serde_json::from_str::<Engine>(&text)
+        {
+            current.engine = engine;
+            current.revision = revision;
+            self.revisions.send_replace(revision);
+        }
+    }
+
+    /// Ends every long poll now and every later one at once (the server is shutting down).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Reads the engine and its revision.
@@ -127,9 +162,11 @@ impl EngineHost {
         f(&current.engine, current.revision)
     }
 
-    /// Waits until the revision is above `after`, at most `wait`; returns the revision then.
+    /// Waits until the revision is above `after`, at most `wait`, and not past shutdown;
+    /// returns the revision then.
     pub async fn wait_past(&self, after: u64, wait: Duration) -> u64 {
         let mut receiver = self.revisions.subscribe();
+        let mut closing = self.closing.subscribe();
         let reached = async {
             loop {
                 if *receiver.borrow_and_update() > after {
@@ -140,7 +177,11 @@ impl EngineHost {
                 }
             }
         };
-        let _ = tokio::time::timeout(wait, reached).await;
+        let closed = closing.wait_for(|closed| *closed);
+        tokio::select! {
+            _ = tokio::time::timeout(wait, reached) => {}
+            _ = closed => {}
+        }
         *self.revisions.borrow()
     }
 

@@ -10,11 +10,60 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use fail::fail_point;
+
 use failsmall_core::validate::UnitSpec;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
+
+/// The fail points at the store's persistence steps. They do nothing unless the crate is built
+/// with the `failpoints` feature and a test configures them (`fail::cfg(name, "return")` makes
+/// the step fail with [`StoreError::Injected`], `"panic"` makes it panic).
+pub mod fail_points {
+    /// An engine step: before its transaction begins.
+    pub const STEP_BEFORE: &str = "store::commit_step::before";
+    /// An engine step: the cause (node) and the engine state with its bumped revision (the
+    /// desired-state sequence) are written; its changelog rows are not.
+    pub const STEP_AFTER_STATE: &str = "store::commit_step::after_state";
+    /// An engine step: everything is written, the transaction is not committed.
+    pub const STEP_BEFORE_COMMIT: &str = "store::commit_step::before_commit";
+    /// An engine step: committed, the caller not yet told.
+    pub const STEP_AFTER_COMMIT: &str = "store::commit_step::after_commit";
+    /// A push: before its transaction begins.
+    pub const PUSH_BEFORE: &str = "store::push_version::before";
+    /// A push: the blob is written; the version row and its changelog rows are not.
+    pub const PUSH_AFTER_BLOB: &str = "store::push_version::after_blob";
+    /// A push: everything is written, the transaction is not committed.
+    pub const PUSH_BEFORE_COMMIT: &str = "store::push_version::before_commit";
+    /// A push: committed, the caller not yet told.
+    pub const PUSH_AFTER_COMMIT: &str = "store::push_version::after_commit";
+    /// A changelog write on its own: written, not committed.
+    pub const CHANGE_BEFORE_COMMIT: &str = "store::record::before_commit";
+    /// A changelog write on its own: committed, the caller not yet told.
+    pub const CHANGE_AFTER_COMMIT: &str = "store::record::after_commit";
+    /// Every fail point above.
+    pub const ALL: [&str; 10] = [
+        STEP_BEFORE,
+        STEP_AFTER_STATE,
+        STEP_BEFORE_COMMIT,
+        STEP_AFTER_COMMIT,
+        PUSH_BEFORE,
+        PUSH_AFTER_BLOB,
+        PUSH_BEFORE_COMMIT,
+        PUSH_AFTER_COMMIT,
+        CHANGE_BEFORE_COMMIT,
+        CHANGE_AFTER_COMMIT,
+    ];
+}
+
+/// Fails with [`StoreError::Injected`] when the fail point `name` is configured to `return`.
+fn fail_at(name: &'static str) -> Result<(), StoreError> {
+    let _ = name;
+    fail_point!(name, |_| Err(StoreError::Injected { point: name }));
+    Ok(())
+}
 
 /// Listings return at most this many rows.
 pub const MAX_LIST_ROWS: u32 = 1000;
@@ -108,6 +157,9 @@ pub enum StoreError {
     Corrupt { what: String, reason: String },
     #[error("the store's lock was poisoned by an earlier failure")]
     Poisoned,
+    /// A fail point (crash tests only) made this step fail.
+    #[error("injected failure at fail point {point}")]
+    Injected { point: &'static str },
 }
 
 /// A unit as stored.
@@ -371,7 +423,16 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        // A panic while the lock was held dropped (so rolled back) the transaction it was in;
+        // the connection is usable, so a poisoned lock is taken over instead of refusing all
+        // later calls.
+        let mut conn = match self.conn.lock() {
+            Ok(conn) => conn,
+            Err(poisoned) => {
+                self.conn.clear_poison();
+                poisoned.into_inner()
+            }
+        };
         f(&mut conn)
     }
 
@@ -527,6 +588,7 @@ impl Store {
         changes: &[NewChange<'_>],
     ) -> Result<(VersionRecord, bool), StoreError> {
         self.with_conn(|conn| {
+            fail_at(fail_points::PUSH_BEFORE)?;
             let tx = conn.transaction()?;
             Self::unit_in(&tx, version.unit)?;
             if let Some(existing) = Self::version_in(&tx, version.unit, version.hash)? {
@@ -556,6 +618,7 @@ impl Store {
                 "INSERT INTO blobs (sha256, size_bytes, content) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING",
                 params![version.hash, size_bytes, version.content],
             )?;
+            fail_at(fail_points::PUSH_AFTER_BLOB)?;
             tx.execute(
                 &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
@@ -576,7 +639,9 @@ impl Store {
             }
             let stored = Self::version_in(&tx, version.unit, version.hash)?
                 .ok_or_else(|| StoreError::NotFound { kind: "version", key: version.hash.to_owned() })?;
+            fail_at(fail_points::PUSH_BEFORE_COMMIT)?;
             tx.commit()?;
+            fail_at(fail_points::PUSH_AFTER_COMMIT)?;
             Ok((stored, true))
         })
     }
@@ -685,7 +750,9 @@ impl Store {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
             let id = record_change(&tx, change)?;
+            fail_at(fail_points::CHANGE_BEFORE_COMMIT)?;
             tx.commit()?;
+            fail_at(fail_points::CHANGE_AFTER_COMMIT)?;
             Ok(id)
         })
     }
@@ -848,6 +915,7 @@ impl Store {
             None => None,
         };
         self.with_conn(|conn| {
+            fail_at(fail_points::STEP_BEFORE)?;
             let tx = conn.transaction()?;
             let current: u64 = tx
                 .query_row("SELECT revision FROM engine_state WHERE id = 1", [], |r| r.get::<_, i64>(0))
@@ -875,10 +943,13 @@ impl Store {
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, revision = excluded.revision",
                 params![step.state, next],
             )?;
+            fail_at(fail_points::STEP_AFTER_STATE)?;
             for change in step.changes {
                 record_change(&tx, &change.as_new())?;
             }
+            fail_at(fail_points::STEP_BEFORE_COMMIT)?;
             tx.commit()?;
+            fail_at(fail_points::STEP_AFTER_COMMIT)?;
             Ok(next)
         })
     }

@@ -229,9 +229,11 @@ impl FleetSpec {
             .saturating_mul(u64::from(self.nodes_per_pop))
     }
 
-    /// Builds the fleet. Node `i` is `{region}-p{pop}-n{node}`; each label's values are dealt
-    /// in exact shares (largest remainder) and shuffled with a generator seeded from `seed`
-    /// and the label's key, so the same seed always gives the same fleet.
+    /// Builds the fleet. Node `i` is `{region}-p{pop}-n{node}`. Labels are dealt in key order;
+    /// each key's values are dealt in exact shares (largest remainder) within every group of
+    /// nodes that agree on the keys dealt before it, then shuffled with a generator seeded from
+    /// `seed` and the key, so the same seed always gives the same fleet and every cohort holds
+    /// every generation in proportion.
     pub fn build(&self, seed: u64) -> Result<Fleet, SimError> {
         let count = self.node_count();
         if count > FLEET_MAX_NODES || count == 0 {
@@ -266,19 +268,37 @@ impl FleetSpec {
                 }
             }
         }
+        let mut dealt_keys: Vec<&String> = Vec::new();
         for (key, shares) in &self.labels {
-            let dealt = deal_shares(shares, count);
-            let mut order: Vec<usize> = Vec::with_capacity(count);
-            for (index, how_many) in dealt.iter().enumerate() {
-                order.extend(std::iter::repeat_n(index, *how_many));
+            // Deal within each group of nodes that share the values of the labels dealt so
+            // far, so that every cohort (say) holds every generation in proportion.
+            let mut groups: BTreeMap<Vec<&str>, Vec<usize>> = BTreeMap::new();
+            for (index, node) in nodes.iter().enumerate() {
+                let group = dealt_keys
+                    .iter()
+                    .map(|dealt| node.labels.get(*dealt).map_or("", String::as_str))
+                    .collect();
+                groups.entry(group).or_default().push(index);
             }
             let mut rng = ChaCha8Rng::seed_from_u64(seed ^ label_key_hash(key));
-            order.shuffle(&mut rng);
-            for (node, value_index) in nodes.iter_mut().zip(order) {
-                if let Some((value, _)) = shares.get(value_index) {
+            let mut assigned: Vec<(usize, usize)> = Vec::with_capacity(count);
+            for members in groups.values() {
+                let mut order: Vec<usize> = Vec::with_capacity(members.len());
+                for (value_index, how_many) in deal_shares(shares, members.len()).iter().enumerate()
+                {
+                    order.extend(std::iter::repeat_n(value_index, *how_many));
+                }
+                order.shuffle(&mut rng);
+                assigned.extend(members.iter().copied().zip(order));
+            }
+            for (node_index, value_index) in assigned {
+                if let (Some(node), Some((value, _))) =
+                    (nodes.get_mut(node_index), shares.get(value_index))
+                {
                     node.labels.insert(key.clone(), value.clone());
                 }
             }
+            dealt_keys.push(key);
         }
         let traffic_weight = nodes
             .iter()
@@ -414,6 +434,42 @@ mod properties {
         #[test]
         fn fleet_files_never_panic(text in "[a-z_:{}\\[\\], 0-9.%\n-]{0,200}") {
             let _ = FleetSpec::parse("fuzz.yaml", &text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod stratified {
+    use super::*;
+
+    #[test]
+    fn every_cohort_holds_every_generation() {
+        let spec = FleetSpec::parse(
+            "f.yaml",
+            "regions: [a, b, c]\npops_per_region: 4\nnodes_per_pop: 10\nlabels:\n  cohort: { employee: 0.02, free: 0.98 }\n  generation: { fl1: 0.28, fl2: 0.72 }\n",
+        )
+        .unwrap();
+        for seed in 0..20 {
+            let fleet = spec.build(seed).unwrap();
+            let employees: Vec<&Node> = fleet
+                .nodes
+                .iter()
+                .filter(|n| n.labels["cohort"] == "employee")
+                .collect();
+            assert_eq!(employees.len(), 2);
+            assert_eq!(
+                employees
+                    .iter()
+                    .filter(|n| n.labels["generation"] == "fl1")
+                    .count(),
+                1
+            );
+            let fl1 = fleet
+                .nodes
+                .iter()
+                .filter(|n| n.labels["generation"] == "fl1")
+                .count();
+            assert!((33..=35).contains(&fl1), "{fl1}");
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct StrategyMetrics {
     pub recover_s: Option<f64>,
     /// Rollbacks: the engine's, plus manual reverts under the instant strategy.
     pub rollbacks: u64,
+    /// The rollbacks that reverted a bad version (the others reverted a good one).
+    pub rollbacks_of_bad_versions: u64,
     pub pushes_accepted: u64,
     /// Pushes the engine refused (quarantined hash, full queue).
     pub pushes_refused: u64,
@@ -139,7 +141,7 @@ impl SimReport {
             self.duration_ms as f64 / 60_000.0,
             self.health_interval_ms / 1_000
         );
-        let rows: [(&str, MetricCell); 10] = [
+        let rows: [(&str, MetricCell); 11] = [
             ("requests", |m| m.requests_total.to_string()),
             ("requests failed", |m| m.requests_failed.to_string()),
             ("requests failed %", |m| percent(m.requests_failed_fraction)),
@@ -149,6 +151,9 @@ impl SimReport {
             ("time to detect", |m| seconds_or_dash(m.detect_s)),
             ("time to recover", |m| seconds_or_dash(m.recover_s)),
             ("rollbacks", |m| m.rollbacks.to_string()),
+            ("rollbacks of bad", |m| {
+                m.rollbacks_of_bad_versions.to_string()
+            }),
             ("pushes accepted", |m| m.pushes_accepted.to_string()),
             ("pushes refused", |m| m.pushes_refused.to_string()),
             ("versions completed", |m| m.versions_completed.to_string()),
@@ -195,6 +200,7 @@ impl SimReport {
                     "detect_s": m.detect_s,
                     "recover_s": m.recover_s,
                     "rollbacks": m.rollbacks,
+                    "rollbacks_of_bad_versions": m.rollbacks_of_bad_versions,
                     "pushes_accepted": m.pushes_accepted,
                     "pushes_refused": m.pushes_refused,
                     "versions_completed": m.versions_completed,
@@ -204,12 +210,19 @@ impl SimReport {
         serde_json::Value::Array(runs)
     }
 
-    /// Every strategy's trace, each line prefixed by the strategy.
+    /// Every strategy's trace: a `# scenario=... seed=... strategy=...` header, then one line
+    /// per event, `t=SSSSSS.mmm node=... event=...`.
     pub fn trace(&self) -> String {
         let mut out = String::new();
         for run in &self.runs {
+            let _ = writeln!(
+                out,
+                "# scenario={} seed={} strategy={}",
+                self.scenario, self.seed, run.strategy
+            );
             for line in &run.trace {
-                let _ = writeln!(out, "strategy={} {line}", run.strategy);
+                out.push_str(line);
+                out.push('\n');
             }
         }
         out

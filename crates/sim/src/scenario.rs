@@ -1,5 +1,33 @@
 //! Scenario files: a fleet, the versions a producer publishes over virtual time, how bad
 //! versions hurt, and which strategies to compare.
+//!
+//! # Scenario file format
+//! ```yaml
+//! name: nov18                  # required
+//! description: ...             # optional
+//! unit: bot-features           # the unit the versions belong to; default sim-config
+//! seed: 18                     # default seed (a run's seed overrides it); default 1
+//! duration: 2h                 # required; virtual time, at most 7d
+//! health_interval: 10s         # default 10s; at least 100ms
+//! fleet:                       # see FleetSpec: regions, pops_per_region, nodes_per_pop,
+//!   regions: [us-east-1, eu-west-1]   # labels (shares), traffic_weight, requests_per_s,
+//!   labels: { cohort: { employee: 0.02, free: 0.98 } }   # error_rate, latency_ms
+//! versions:                    # published at fixed times
+//!   - { at: 0s, name: good-1, effect: none }
+//!   - { at: 10m, name: bad-1, effect: { crash: true, when: { generation: fl1 }, onset: 2m } }
+//! producer:                    # optional: publishes every `every`, following `pattern`
+//!   every: 5m
+//!   start: 0s                  # default 0s
+//!   pattern: [good, bad]
+//!   bad_effect: { crash: true }
+//!   bad_distinct: false        # default false: every bad version is the same bytes
+//! strategies: [instant, examples/plans/default.yaml]   # the default
+//! manual_revert_after: 25m     # instant: a person reverts a bad version this long after its push
+//! ```
+//! Effects: `crash` (every request fails, the consumer reports a crash), `nack` (the agent
+//! rejects the version), `error_rate_x` (multiply), `error_rate` (set), `latency_add_ms`,
+//! restricted by `when` (labels) and delayed by `onset`. Unknown fields, duplicate keys and
+//! aliases are errors naming the file, the line and the field.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -543,6 +543,9 @@ impl<'a> Run<'a> {
                         ChangeKind::RolledBack => {
                             self.open_rollouts.remove(&entry.rollout);
                             self.metrics.rollbacks += 1;
+                            if self.slot_is_bad(slot) {
+                                self.metrics.rollbacks_of_bad_versions += 1;
+                            }
                             self.note_rollback_decision();
                             self.markers.push(Marker {
                                 at_ms: self.now_ms,
@@ -756,13 +759,6 @@ impl<'a> Run<'a> {
         self.log("-", || {
             format!("manual_revert version={name} actor=operator")
         });
-        self.metrics.rollbacks += 1;
-        self.note_rollback_decision();
-        self.markers.push(Marker {
-            at_ms: self.now_ms,
-            kind: MarkerKind::Rollback,
-            label: "operator".to_owned(),
-        });
         let running_rollout = self.rollout_of_slot.get(&slot).copied().filter(|id| {
             self.engine.rollout(*id).is_some_and(|view| {
                 matches!(view.status, RolloutStatus::Running | RolloutStatus::Paused)
@@ -775,10 +771,18 @@ impl<'a> Run<'a> {
                 actor: "operator".to_owned(),
                 reason: format!("manual revert of {name}"),
             };
-            // The rollback is counted here, not again from the changelog.
-            self.metrics.rollbacks = self.metrics.rollbacks.saturating_sub(1);
+            // The engine's changelog entry counts and marks this rollback.
             return self.step(&event, "Command::Rollback");
         }
+        // The rollout is over: the person pushes the last good version again.
+        self.metrics.rollbacks += 1;
+        self.metrics.rollbacks_of_bad_versions += 1;
+        self.note_rollback_decision();
+        self.markers.push(Marker {
+            at_ms: self.now_ms,
+            kind: MarkerKind::Rollback,
+            label: "operator".to_owned(),
+        });
         let Some(previous) = self.last_good_completed else {
             return Ok(());
         };

@@ -2,17 +2,12 @@
 //! fields, duplicate keys, aliases and wrong types are errors that name the file, the line and
 //! the field.
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use failsmall_core::yaml::{self as core_yaml, YamlKind as CoreKind, YamlNode as CoreNode};
 
 use crate::SimError;
 
 /// Largest YAML input accepted, in bytes.
 pub const YAML_MAX_BYTES: usize = 1 << 20;
-/// Deepest nesting accepted.
-const YAML_MAX_DEPTH: usize = 32;
-/// Most nodes (scalars, sequences, mappings) in one document.
-const YAML_MAX_NODES: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum YamlKind {
@@ -25,6 +20,8 @@ pub(crate) enum YamlKind {
     Map(Vec<(String, YamlNode)>),
 }
 
+/// A node of `failsmall_core::yaml`'s positioned tree, with mapping keys checked to be
+/// distinct strings.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct YamlNode {
     /// 1-based.
@@ -34,151 +31,51 @@ pub(crate) struct YamlNode {
     pub kind: YamlKind,
 }
 
-enum Frame {
-    Seq {
-        marker: Marker,
-        items: Vec<YamlNode>,
-    },
-    Map {
-        marker: Marker,
-        entries: Vec<(String, YamlNode)>,
-        key: Option<(String, Marker)>,
-    },
-}
-
-struct TreeBuilder {
-    stack: Vec<Frame>,
-    root: Option<YamlNode>,
-    nodes: usize,
-    /// The first problem met; parsing events after it are ignored.
-    problem: Option<(Marker, String)>,
-}
-
-fn position(marker: Marker) -> (usize, usize) {
-    (marker.line().max(1), marker.col().saturating_add(1))
-}
-
-impl TreeBuilder {
-    fn fail(&mut self, marker: Marker, message: String) {
-        if self.problem.is_none() {
-            self.problem = Some((marker, message));
-        }
-    }
-
-    fn push_value(&mut self, node: YamlNode, marker: Marker) {
-        self.nodes = self.nodes.saturating_add(1);
-        if self.nodes > YAML_MAX_NODES {
-            self.fail(marker, format!("more than {YAML_MAX_NODES} YAML nodes"));
-            return;
-        }
-        match self.stack.last_mut() {
-            None => self.root = Some(node),
-            Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
-                Some((name, _)) => {
-                    if entries.iter().any(|(existing, _)| *existing == name) {
-                        let message = format!("duplicate key {name:?}");
-                        self.fail(marker, message);
-                    } else {
-                        entries.push((name, node));
-                    }
-                }
-                None => match node.kind {
-                    YamlKind::Scalar { text, .. } => *key = Some((text, marker)),
-                    _ => self.fail(marker, "mapping keys must be plain strings".to_owned()),
-                },
-            },
-        }
-    }
-
-    fn open(&mut self, frame: Frame, marker: Marker) {
-        if self.stack.len() >= YAML_MAX_DEPTH {
-            self.fail(
-                marker,
-                format!("nesting deeper than {YAML_MAX_DEPTH} levels"),
-            );
-            return;
-        }
-        self.stack.push(frame);
+fn syntax(file: &str, line: usize, column: usize, message: String) -> SimError {
+    SimError::Syntax {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
     }
 }
 
-impl MarkedEventReceiver for TreeBuilder {
-    fn on_event(&mut self, event: Event, marker: Marker) {
-        if self.problem.is_some() {
-            return;
-        }
-        match event {
-            Event::Scalar(text, style, _, _) => {
-                let (line, column) = position(marker);
-                let plain = matches!(style, TScalarStyle::Plain);
-                self.push_value(
-                    YamlNode {
-                        line,
-                        column,
-                        kind: YamlKind::Scalar { text, plain },
-                    },
-                    marker,
-                );
-            }
-            Event::SequenceStart(_, _) => {
-                self.open(
-                    Frame::Seq {
-                        marker,
-                        items: Vec::new(),
-                    },
-                    marker,
-                );
-            }
-            Event::MappingStart(_, _) => {
-                self.open(
-                    Frame::Map {
-                        marker,
-                        entries: Vec::new(),
-                        key: None,
-                    },
-                    marker,
-                );
-            }
-            Event::SequenceEnd | Event::MappingEnd => {
-                let node = match self.stack.pop() {
-                    Some(Frame::Seq { marker, items }) => {
-                        let (line, column) = position(marker);
-                        YamlNode {
-                            line,
-                            column,
-                            kind: YamlKind::Seq(items),
-                        }
-                    }
-                    Some(Frame::Map {
-                        marker, entries, ..
-                    }) => {
-                        let (line, column) = position(marker);
-                        YamlNode {
-                            line,
-                            column,
-                            kind: YamlKind::Map(entries),
-                        }
-                    }
-                    None => return,
+/// Converts core's tree, refusing non-scalar and duplicate mapping keys.
+fn convert(file: &str, node: CoreNode) -> Result<YamlNode, SimError> {
+    let (line, column) = (node.line, node.column);
+    let kind = match node.kind {
+        CoreKind::Scalar { text, plain } => YamlKind::Scalar { text, plain },
+        CoreKind::Sequence(items) => YamlKind::Seq(
+            items
+                .into_iter()
+                .map(|item| convert(file, item))
+                .collect::<Result<_, _>>()?,
+        ),
+        CoreKind::Mapping(entries) => {
+            let mut converted: Vec<(String, YamlNode)> = Vec::with_capacity(entries.len());
+            for (key, value) in entries {
+                let CoreKind::Scalar { text: name, .. } = key.kind else {
+                    return Err(syntax(
+                        file,
+                        key.line,
+                        key.column,
+                        "mapping keys must be plain strings".to_owned(),
+                    ));
                 };
-                self.push_value(node, marker);
-            }
-            Event::Alias(_) => self.fail(
-                marker,
-                "YAML aliases are not supported; write the value out".to_owned(),
-            ),
-            Event::DocumentStart => {
-                if self.root.is_some() {
-                    self.fail(
-                        marker,
-                        "only one YAML document per file is allowed".to_owned(),
-                    );
+                if converted.iter().any(|(existing, _)| *existing == name) {
+                    return Err(syntax(
+                        file,
+                        key.line,
+                        key.column,
+                        format!("duplicate key {name:?}"),
+                    ));
                 }
+                converted.push((name, convert(file, value)?));
             }
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+            YamlKind::Map(converted)
         }
-    }
+    };
+    Ok(YamlNode { line, column, kind })
 }
 
 /// Parses one YAML document into a tree.
@@ -190,37 +87,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<YamlNode, SimError> {
             max_bytes: YAML_MAX_BYTES,
         });
     }
-    let mut builder = TreeBuilder {
-        stack: Vec::new(),
-        root: None,
-        nodes: 0,
-        problem: None,
-    };
-    let mut parser = Parser::new_from_str(text);
-    if let Err(scan) = parser.load(&mut builder, true) {
-        let (line, column) = position(*scan.marker());
-        return Err(SimError::Syntax {
-            file: file.to_owned(),
-            line,
-            column,
-            message: scan.info().to_owned(),
-        });
-    }
-    if let Some((marker, message)) = builder.problem {
-        let (line, column) = position(marker);
-        return Err(SimError::Syntax {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
-        });
-    }
-    builder.root.ok_or_else(|| SimError::Syntax {
-        file: file.to_owned(),
-        line: 1,
-        column: 1,
-        message: "the file is empty; expected a mapping".to_owned(),
-    })
+    let tree = core_yaml::load(text)
+        .map_err(|error| syntax(file, error.line, error.column, error.message))?;
+    convert(file, tree)
 }
 
 /// Typed, strict access to a YAML node, remembering the file and the field path for errors.
@@ -297,7 +166,9 @@ impl<'a> Field<'a> {
         parse_duration_ms(text).ok_or_else(|| {
             self.error(
                 field,
-                format!("expected a duration such as 500ms, 10s, 5m or 2h, found {text:?}"),
+                format!(
+                    "expected a duration with a unit such as 500ms, 10s, 5m or 2h, found {text:?}"
+                ),
             )
         })
     }
@@ -422,43 +293,9 @@ impl<'a> MapReader<'a> {
     }
 }
 
-/// Parses `500ms`, `10s`, `5m`, `2h`, `1d`, `0`, or sums written largest first (`1h30m`).
+/// Parses a duration as plan files write it (`500ms`, `10s`, `5m`, `1h30m`), in milliseconds.
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if text == "0" {
-        return Some(0);
-    }
-    if text.is_empty() || text.len() > 32 {
-        return None;
-    }
-    let mut total_ms: u64 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(digits);
-        let value: f64 = number.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, next) = tail.split_at(unit_len);
-        let unit_ms = match unit {
-            "ms" => 1.0,
-            "s" => 1_000.0,
-            "m" => 60_000.0,
-            "h" => 3_600_000.0,
-            "d" => 86_400_000.0,
-            _ => return None,
-        };
-        let part_ms = value * unit_ms;
-        if !part_ms.is_finite() || !(0.0..=1e15).contains(&part_ms) {
-            return None;
-        }
-        total_ms = total_ms.checked_add(part_ms.round() as u64)?;
-        rest = next;
-    }
-    Some(total_ms)
+    failsmall_core::duration::parse_duration_ms(text.trim()).ok()
 }
 
 /// Parses `0.5%` (percent) or `0.005` (fraction) into a fraction in `0..=1`.
@@ -480,7 +317,8 @@ mod tests {
         assert_eq!(parse_duration_ms("500ms"), Some(500));
         assert_eq!(parse_duration_ms("10s"), Some(10_000));
         assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
-        assert_eq!(parse_duration_ms("0"), Some(0));
+        assert_eq!(parse_duration_ms("0s"), Some(0));
+        assert_eq!(parse_duration_ms("0"), None, "a unit is required, as in plan files");
         assert_eq!(parse_duration_ms("10"), None);
         assert_eq!(parse_duration_ms("5 parsecs"), None);
         assert_eq!(parse_rate("0.5%"), Some(0.005));
