@@ -4,6 +4,8 @@
 //! negative (a plan over its limits).
 #![forbid(unsafe_code)]
 
+#[macro_use]
+mod output;
 mod plan_cmd;
 mod server_cmd;
 mod sim_cmd;

@@ -103,16 +103,16 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
     let broken = report.exceeds(&limits);
     match args.output {
         Output::Table => {
-            print!("{}", report.text());
+            out!("{}", report.text());
             if broken.is_empty() {
-                println!(
+                outln!(
                     "within limits: exposure before the first gate <= {}, rollback <= {}",
                     args.max_exposure,
                     format_ms(limits.rollback_ms_max.unwrap_or_default())
                 );
             }
             for line in &broken {
-                println!("OVER LIMIT: {line}");
+                outln!("OVER LIMIT: {line}");
             }
         }
         Output::Json => {
@@ -120,7 +120,7 @@ fn check(args: &CheckArgs) -> anyhow::Result<Outcome> {
             if let Some(object) = json.as_object_mut() {
                 object.insert("over_limits".to_owned(), serde_json::json!(broken));
             }
-            println!("{}", serde_json::to_string_pretty(&json)?);
+            outln!("{}", serde_json::to_string_pretty(&json)?);
         }
     }
     Ok(if broken.is_empty() {

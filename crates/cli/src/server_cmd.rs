@@ -43,7 +43,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         let public_key = failsmall_server::signing::VersionSigner::load_or_create(data_dir)
             .with_context(|| format!("cannot open the signing key in {}", data_dir.display()))?
             .public_key_hex();
-        println!("{public_key}");
+        outln!("{public_key}");
         return Ok(Outcome::Success);
     }
     let mut config = if args.dev {

@@ -44,17 +44,17 @@ pub fn run(args: &SimArgs) -> anyhow::Result<Outcome> {
     };
     let report = failsmall_sim::run(&scenario, &options)?;
     if args.trace {
-        print!("{}", report.trace());
+        out!("{}", report.trace());
     }
     match args.output {
-        Output::Table => print!("{}", report.table()),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report.to_json())?),
+        Output::Table => out!("{}", report.table()),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&report.to_json())?),
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, report.svg())
             .with_context(|| format!("cannot write the SVG timeline to {}", path.display()))?;
         if args.output == Output::Table {
-            println!("timeline written to {}", path.display());
+            outln!("timeline written to {}", path.display());
         }
     }
     Ok(Outcome::Success)

@@ -9,10 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::RequestExt as _;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Path, Query, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, Extension, MatchedPath, Path, Query, RawPathParams, Request, State,
+};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -392,6 +395,24 @@ async fn authorize(
             return error.into_response();
         }
     };
+    // A route about one node admits an agent only for the node its token is bound to.
+    if let Ok(params) = request.extract_parts::<RawPathParams>().await
+        && let Some((_, node)) = params.iter().find(|(name, _)| *name == "node")
+        && !caller.may_act_for(node)
+    {
+        state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
+        let bound = caller.node.as_deref().unwrap_or("no node");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "token {} is bound to {bound}; it may not act for node {node}",
+                caller.name
+            ),
+        )
+        .with_detail(json!({"token_node": caller.node, "node": node}))
+        .into_response();
+    }
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
@@ -404,6 +425,7 @@ async fn authenticate(
     let anonymous = Caller {
         name: "anonymous".to_owned(),
         role: None,
+        node: None,
     };
     if access == Access::Public {
         return Ok(anonymous);
@@ -438,6 +460,7 @@ async fn authenticate(
     Ok(Caller {
         name: record.name,
         role: Some(record.role),
+        node: record.node,
     })
 }
 
@@ -1684,6 +1707,9 @@ async fn changelog_feed(
 struct CreateTokenRequest {
     name: String,
     role: Role,
+    /// The node an agent token acts for: required for `agent`, refused for other roles.
+    #[serde(default)]
+    node: Option<String>,
 }
 
 async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
@@ -1704,11 +1730,33 @@ async fn create_token(
             "token name must be 1 to 128 bytes",
         ));
     }
+    let node = match (request.role, request.node.as_deref()) {
+        (Role::Agent, Some(node)) => Some(node_id(node)?.to_string()),
+        (Role::Agent, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "node_required",
+                "an agent token acts for one node; give its id as \"node\"",
+            ));
+        }
+        (role, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "node_not_allowed",
+                format!("only agent tokens are bound to a node, not {role} tokens"),
+            ));
+        }
+        (_, None) => None,
+    };
     let token =
         new_token().map_err(|e| ApiError::internal(format!("no randomness for a token: {e}")))?;
     let hash = token_sha256(&token);
     let record = db(&state, move |store| {
-        let reason = format!("token {:?} with role {}", request.name, request.role);
+        let bound = node
+            .as_deref()
+            .map(|node| format!(" for node {node}"))
+            .unwrap_or_default();
+        let reason = format!("token {:?} with role {}{bound}", request.name, request.role);
         let change = NewChange {
             at_ms: now_ms(),
             actor: &caller.name,
@@ -1717,7 +1765,7 @@ async fn create_token(
             version: None,
             reason: &reason,
         };
-        Ok(store.create_token(&request.name, request.role, &hash, &change)?)
+        Ok(store.create_token_for(&request.name, request.role, node.as_deref(), &hash, &change)?)
     })
     .await?;
     Ok((

@@ -126,6 +126,19 @@ pub struct Caller {
     /// The token's name (the actor in the changelog); `anonymous` without a token.
     pub name: String,
     pub role: Option<Role>,
+    /// The node an agent token is bound to.
+    pub node: Option<String>,
+}
+
+impl Caller {
+    /// Whether the caller may act for `node` on a node's routes: an agent only for the node
+    /// its token is bound to, people by their role alone.
+    pub fn may_act_for(&self, node: &str) -> bool {
+        match self.role {
+            Some(Role::Agent) => self.node.as_deref() == Some(node),
+            _ => true,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,5 +179,23 @@ mod tests {
         assert_eq!(a.len(), 67);
         assert_eq!(token_sha256(&a).len(), 64);
         assert_ne!(token_sha256(&a), a);
+    }
+
+    #[test]
+    fn an_agent_acts_only_for_its_own_node() {
+        let agent = |node: Option<&str>| Caller {
+            name: "a".to_owned(),
+            role: Some(Role::Agent),
+            node: node.map(str::to_owned),
+        };
+        assert!(agent(Some("n1")).may_act_for("n1"));
+        assert!(!agent(Some("n1")).may_act_for("n2"));
+        assert!(!agent(None).may_act_for("n1"));
+        let admin = Caller {
+            name: "root".to_owned(),
+            role: Some(Role::Admin),
+            node: None,
+        };
+        assert!(admin.may_act_for("n1"));
     }
 }

@@ -128,6 +128,8 @@ const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         revision BIGINT NOT NULL
     );",
+    // 2: an agent token is bound to the one node it acts for.
+    "ALTER TABLE tokens ADD COLUMN node TEXT;",
 ];
 
 /// Why a store operation failed.
@@ -268,6 +270,9 @@ pub struct TokenRecord {
     pub role: Role,
     pub created_ms: u64,
     pub revoked_ms: Option<u64>,
+    /// The node an agent token acts for; only that node's routes admit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// Which changelog rows to return: `id > after_id`, oldest first.
@@ -385,6 +390,7 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         role: row.get(2)?,
         created_ms: to_u64(row.get(3)?),
         revoked_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
+        node: row.get(5)?,
     })
 }
 
@@ -803,11 +809,23 @@ impl Store {
         token_sha256: &str,
         change: &NewChange<'_>,
     ) -> Result<TokenRecord, StoreError> {
+        self.create_token_for(name, role, None, token_sha256, change)
+    }
+
+    /// Creates a token; `node` binds it to the one node it may act for (agent tokens).
+    pub fn create_token_for(
+        &self,
+        name: &str,
+        role: Role,
+        node: Option<&str>,
+        token_sha256: &str,
+        change: &NewChange<'_>,
+    ) -> Result<TokenRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
             tx.execute(
-                "INSERT INTO tokens (name, role, token_sha256, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![name, role.as_str(), token_sha256, change.at_ms],
+                "INSERT INTO tokens (name, role, token_sha256, created_ms, node) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, role.as_str(), token_sha256, change.at_ms, node],
             )?;
             let id = to_u64(tx.last_insert_rowid());
             record_change(&tx, change)?;
@@ -820,7 +838,7 @@ impl Store {
     fn token_in(conn: &Connection, id: u64) -> Result<TokenRecord, StoreError> {
         let row = conn
             .query_row(
-                "SELECT id, name, role, created_ms, revoked_ms FROM tokens WHERE id = ?1",
+                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id = ?1",
                 [id],
                 token_from_row,
             )
@@ -837,7 +855,7 @@ impl Store {
         self.with_conn(|conn| {
             let row = conn
                 .query_row(
-                    "SELECT id, name, role, created_ms, revoked_ms FROM tokens
+                    "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens
                      WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
                     [token_sha256],
                     token_from_row,
@@ -850,7 +868,7 @@ impl Store {
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, name, role, created_ms, revoked_ms FROM tokens ORDER BY id LIMIT ?1",
+                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens ORDER BY id LIMIT ?1",
             )?;
             let rows = stmt.query_map([MAX_LIST_ROWS], token_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1005,13 +1023,13 @@ mod tests {
         let spec = UnitSpec::new(UnitFormat::Json, 100);
         {
             let store = Store::open(&path).unwrap();
-            assert_eq!(store.schema_version().unwrap(), 1);
+            assert_eq!(store.schema_version().unwrap(), 2);
             store
                 .create_unit("u", &spec, "team", "d", &change("unit_created"))
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
         assert_eq!(store.unit("u").unwrap().spec, spec);
     }
 

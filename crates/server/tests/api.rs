@@ -287,7 +287,7 @@ async fn versions_diff_and_blobs_are_served_with_cache_headers() {
 #[tokio::test]
 async fn nodes_register_heartbeat_and_list() {
     let server = TestServer::start(&fresh_dir("nodes")).await;
-    let agent = server.token("agent-fra-01", Role::Agent).await;
+    let agent = server.agent_token("agent-fra-01", "fra-01").await;
     let viewer = server.token("eve", Role::Viewer).await;
     let labels = json!({"labels": {"region": "eu", "cohort": "free"}});
     let (status, node) = server
@@ -312,11 +312,13 @@ async fn nodes_register_heartbeat_and_list() {
     assert_eq!(list["nodes"][0]["id"], "fra-01");
     assert!(list["nodes"][0]["last_seen_ms"].is_u64());
 
+    // Other nodes' errors, as an admin (an agent token acts only for its own node).
+    let admin = server.admin.clone();
     let (status, _) = server
         .call(
             Method::POST,
             "/v1/nodes/ghost/heartbeat",
-            Some(&agent),
+            Some(&admin),
             None,
         )
         .await;
@@ -327,7 +329,7 @@ async fn nodes_register_heartbeat_and_list() {
         .call(
             Method::PUT,
             "/v1/nodes/fra-02",
-            Some(&agent),
+            Some(&admin),
             Some(json!({"labels": many})),
         )
         .await;
@@ -336,7 +338,7 @@ async fn nodes_register_heartbeat_and_list() {
         .call(
             Method::PUT,
             "/v1/nodes/fra%2002",
-            Some(&agent),
+            Some(&admin),
             Some(json!({})),
         )
         .await;
@@ -602,10 +604,12 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         .await;
     let mut callers: Vec<(Option<Role>, Option<String>)> = vec![(None, None)];
     for role in Role::ALL {
-        callers.push((
-            Some(role),
-            Some(server.token(&format!("matrix-{role}"), role).await),
-        ));
+        let token = if role == Role::Agent {
+            server.agent_token("matrix-agent", "node-1").await
+        } else {
+            server.token(&format!("matrix-{role}"), role).await
+        };
+        callers.push((Some(role), Some(token)));
     }
     // The reviewed classification: a new route fails this test until it is added here.
     use failsmall_server::auth::Access::{self, *};
@@ -741,7 +745,7 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
     let (_, version) = server
         .push("bot-features", &admin, "message=kept", &features(1))
         .await;
-    let agent = server.token("agent", Role::Agent).await;
+    let agent = server.agent_token("agent", "n1").await;
     server
         .call(
             Method::PUT,
@@ -843,6 +847,72 @@ async fn garbage_bodies_never_cause_a_5xx() {
                 response.status()
             );
         }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_token_acts_only_for_its_own_node() {
+    let server = TestServer::start(&fresh_dir("agent-binding")).await;
+    let own = server.agent_token("agent-a", "node-a").await;
+    let labels = json!({"labels": {"cohort": "free"}});
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/v1/nodes/node-a",
+            Some(&own),
+            Some(labels.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let admin = server.admin.clone();
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            "/v1/nodes/node-b",
+            Some(&admin),
+            Some(labels.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "an admin may act for any node");
+    let report = json!({"kind": "applied", "unit": "u", "version": "0".repeat(64)});
+    let other_node: [(Method, &str, Option<Value>); 4] = [
+        (Method::PUT, "/v1/nodes/node-b", Some(labels)),
+        (Method::POST, "/v1/nodes/node-b/heartbeat", None),
+        (Method::GET, "/v1/nodes/node-b/desired", None),
+        (Method::POST, "/v1/nodes/node-b/reports", Some(report)),
+    ];
+    for (method, path, body) in other_node {
+        let (status, answer) = server.call(method.clone(), path, Some(&own), body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {answer}");
+        assert_error_shape(&answer);
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bound to node-a"),
+            "{answer}"
+        );
+    }
+    let (status, _) = server
+        .call(Method::POST, "/v1/nodes/node-a/heartbeat", Some(&own), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // An agent token names its node; no other token does.
+    for (body, code) in [
+        (json!({"name": "a", "role": "agent"}), "node_required"),
+        (
+            json!({"name": "v", "role": "viewer", "node": "node-a"}),
+            "node_not_allowed",
+        ),
+        (
+            json!({"name": "a", "role": "agent", "node": "bad node/"}),
+            "bad_node_id",
+        ),
+    ] {
+        let (status, answer) = server.admin(Method::POST, "/v1/tokens", Some(body)).await;
+        assert!(status.is_client_error(), "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
     }
     server.stop().await;
 }

@@ -20,7 +20,6 @@ use common::{TestServer, assert_error_shape, fresh_dir};
 use failsmall_core::domain::{Labels, NodeId, UnitFormat};
 use failsmall_core::engine::Event;
 use failsmall_core::validate::UnitSpec;
-use failsmall_server::auth::Role;
 use failsmall_server::rollouts::{Cause, EngineHost};
 use failsmall_server::store::{
     ChangeRecord, ChangeRow, ChangelogQuery, NewChange, NewVersion, Store, fail_points,
@@ -126,13 +125,20 @@ fn a_push_that_dies_at_any_step_is_stored_whole_or_not_at_all() {
             if after_commit(point) {
                 assert_eq!(versions.len(), 1, "{point} {action}");
                 assert_eq!(store.blob(&hash).unwrap(), content);
-                assert_eq!(kinds, ["unit_created", "version_pushed"], "{point} {action}");
+                assert_eq!(
+                    kinds,
+                    ["unit_created", "version_pushed"],
+                    "{point} {action}"
+                );
             } else {
                 assert!(versions.is_empty(), "{point} {action}: {versions:?}");
                 assert!(store.blob(&hash).is_err(), "{point} {action}: blob left");
                 assert_eq!(kinds, ["unit_created"], "{point} {action}");
             }
-            assert_eq!(store.counts().unwrap().versions, 1 - u64::from(!after_commit(point)));
+            assert_eq!(
+                store.counts().unwrap().versions,
+                1 - u64::from(!after_commit(point))
+            );
             // Pushing again settles it: stored once, whichever way the first attempt ended.
             let (version, created) = store
                 .push_version(&push, &[change("version_pushed", "m")])
@@ -249,11 +255,12 @@ async fn an_engine_step_that_dies_at_any_step_leaves_memory_and_disk_agreeing() 
                 })
                 .await;
             assert_eq!(engine_knows_n2, kept, "{point} {action}");
-            assert_eq!(store.node("n2").unwrap().is_some(), kept, "{point} {action}");
-            let reasons: Vec<String> = all_changes(&store)
-                .into_iter()
-                .map(|c| c.reason)
-                .collect();
+            assert_eq!(
+                store.node("n2").unwrap().is_some(),
+                kept,
+                "{point} {action}"
+            );
+            let reasons: Vec<String> = all_changes(&store).into_iter().map(|c| c.reason).collect();
             let expected: Vec<&str> = if kept {
                 vec!["node n1", "node n2", "node n3"]
             } else {
@@ -272,7 +279,8 @@ async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     let scenario = fail::FailScenario::setup();
     let dir = fresh_dir("fp-http");
     let server = TestServer::start(&dir).await;
-    let agent = server.token("agent", Role::Agent).await;
+    let agent = server.agent_token("agent-n1", "n1").await;
+    let agent_n2 = server.agent_token("agent-n2", "n2").await;
     let spec = json!({"format": "raw", "max_bytes": 1000});
     let (status, _) = server
         .admin(
@@ -289,7 +297,9 @@ async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     fail::remove(fail_points::PUSH_BEFORE_COMMIT);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_error_shape(&body);
-    let (_, versions) = server.admin(Method::GET, "/v1/units/u/versions", None).await;
+    let (_, versions) = server
+        .admin(Method::GET, "/v1/units/u/versions", None)
+        .await;
     assert_eq!(versions["versions"].as_array().unwrap().len(), 0);
     let (status, _) = server.push("u", &token, "message=one", b"one").await;
     assert_eq!(status, StatusCode::CREATED);
@@ -310,7 +320,7 @@ async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     assert_eq!(body["seq"], 1);
     let register = json!({"labels": {"pop": "ams"}});
     let (status, body) = server
-        .call(Method::PUT, "/v1/nodes/n2", Some(&agent), Some(register))
+        .call(Method::PUT, "/v1/nodes/n2", Some(&agent_n2), Some(register))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     server.stop().await;

@@ -25,7 +25,8 @@ fn healthy(unit: &str, version: &str) -> Value {
 
 struct Fleet {
     server: TestServer,
-    agent: String,
+    /// Per node, its agent token.
+    agents: std::collections::BTreeMap<String, String>,
     deployer: String,
     public_key: String,
 }
@@ -33,7 +34,11 @@ struct Fleet {
 impl Fleet {
     async fn start(dir: &std::path::Path) -> Self {
         let server = TestServer::start(dir).await;
-        let agent = server.token("agent", Role::Agent).await;
+        let mut agents = std::collections::BTreeMap::new();
+        for node in ["n1", "n2", "ghost"] {
+            let token = server.agent_token(&format!("agent-{node}"), node).await;
+            agents.insert(node.to_owned(), token);
+        }
         let deployer = server.token("ci", Role::Deployer).await;
         let (_, key) = server
             .call(Method::GET, "/v1/signing-key", None, None)
@@ -41,10 +46,15 @@ impl Fleet {
         let public_key = key["public_key"].as_str().unwrap().to_owned();
         Self {
             server,
-            agent,
+            agents,
             deployer,
             public_key,
         }
+    }
+
+    /// The agent token of `node`.
+    fn agent(&self, node: &str) -> &str {
+        &self.agents[node]
     }
 
     /// The node's verified desired state: (seq, units).
@@ -52,7 +62,7 @@ impl Fleet {
         let path = format!("/v1/nodes/{node}/desired?{query}");
         let (status, body) = self
             .server
-            .call(Method::GET, &path, Some(&self.agent), None)
+            .call(Method::GET, &path, Some(self.agent(node)), None)
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let document = body["document"].as_str().unwrap();
@@ -69,7 +79,7 @@ impl Fleet {
     async fn report(&self, node: &str, report: Value) -> (StatusCode, Value) {
         let path = format!("/v1/nodes/{node}/reports");
         self.server
-            .call(Method::POST, &path, Some(&self.agent), Some(report))
+            .call(Method::POST, &path, Some(self.agent(node)), Some(report))
             .await
     }
 
@@ -122,7 +132,7 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
         let labels = json!({"labels": {"cohort": cohort}});
         let path = format!("/v1/nodes/{node}");
         let (status, body) = server
-            .call(Method::PUT, &path, Some(&fleet.agent), Some(labels))
+            .call(Method::PUT, &path, Some(fleet.agent(node)), Some(labels))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
@@ -218,7 +228,7 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
     // Everything survives a restart: rollouts, desired state, the sequence number.
     let (seq, _) = fleet.desired("n1", "").await;
     let before = (fleet.rollout(first).await, fleet.rollout(second).await);
-    let (agent, deployer) = (fleet.agent.clone(), fleet.deployer.clone());
+    let (agents, deployer) = (fleet.agents.clone(), fleet.deployer.clone());
     fleet.server.stop().await;
     let server = TestServer::start(&dir).await;
     let (_, key) = server
@@ -226,7 +236,7 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
         .await;
     let fleet = Fleet {
         server,
-        agent,
+        agents,
         deployer,
         public_key: key["public_key"].as_str().unwrap().to_owned(),
     };
@@ -249,7 +259,7 @@ async fn desired_state_long_polls_until_the_engine_moves() {
         .call(
             Method::PUT,
             "/v1/nodes/n1",
-            Some(&fleet.agent),
+            Some(fleet.agent("n1")),
             Some(labels),
         )
         .await;
@@ -270,7 +280,7 @@ async fn desired_state_long_polls_until_the_engine_moves() {
             .call(
                 Method::PUT,
                 "/v1/nodes/n2",
-                Some(&fleet.agent),
+                Some(fleet.agent("n2")),
                 Some(labels),
             )
             .await
@@ -282,7 +292,7 @@ async fn desired_state_long_polls_until_the_engine_moves() {
         .call(
             Method::GET,
             "/v1/nodes/n1/desired?wait_ms=30001&after=1",
-            Some(&fleet.agent),
+            Some(fleet.agent("n1")),
             None,
         )
         .await;
@@ -393,7 +403,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         (
             Method::POST,
             "/v1/nodes/ghost/reports".into(),
-            Some(fleet.agent.as_str()),
+            Some(fleet.agent("ghost")),
             json!({"kind": "applied", "unit": "flags", "version": hash}),
             StatusCode::NOT_FOUND,
             "not_found",
@@ -401,7 +411,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         (
             Method::POST,
             "/v1/nodes/ghost/reports".into(),
-            Some(fleet.agent.as_str()),
+            Some(fleet.agent("ghost")),
             json!({"kind": "exploded", "unit": "flags", "version": hash}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -409,7 +419,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         (
             Method::POST,
             "/v1/nodes/ghost/reports".into(),
-            Some(fleet.agent.as_str()),
+            Some(fleet.agent("ghost")),
             json!({"kind": "applied", "unit": "flags", "version": hash, "extra": 1}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
@@ -417,7 +427,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         (
             Method::GET,
             "/v1/nodes/ghost/desired".into(),
-            Some(fleet.agent.as_str()),
+            Some(fleet.agent("ghost")),
             Value::Null,
             StatusCode::NOT_FOUND,
             "not_found",
@@ -437,7 +447,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         .call(
             Method::PUT,
             "/v1/nodes/n1",
-            Some(&fleet.agent),
+            Some(fleet.agent("n1")),
             Some(labels),
         )
         .await;

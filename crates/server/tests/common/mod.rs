@@ -127,6 +127,20 @@ impl TestServer {
         body["token"].as_str().unwrap().to_owned()
     }
 
+    /// An agent token bound to `node`.
+    pub async fn agent_token(&self, name: &str, node: &str) -> String {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"name": name, "role": "agent", "node": node})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["record"]["node"], node, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
     pub async fn push(
         &self,
         unit: &str,

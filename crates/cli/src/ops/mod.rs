@@ -1,0 +1,107 @@
+//! The operator commands: talk to a running control plane over its HTTP API (`unit`, `push`,
+//! `diff`, `rollout`, `log`, `nodes`), check files offline (`validate`), and print shell
+//! completions. One file per command group; [`client`] is the API client and [`remote`]
+//! resolves the address and token.
+
+pub mod client;
+pub mod completions;
+pub mod log;
+pub mod nodes;
+pub mod remote;
+pub mod render;
+pub mod rollout;
+pub mod unit;
+pub mod validate;
+pub mod versions;
+pub mod watch;
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+
+use crate::{Outcome, Output};
+use client::ApiClient;
+
+/// How to reach the server, and how to print. Global: accepted before or after a subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// The server's address [else FAILSMALL_ADDR, else `addr` in
+    /// ~/.config/failsmall/config.toml, else http://127.0.0.1:7070].
+    #[arg(long, value_name = "URL", global = true)]
+    pub addr: Option<String>,
+    /// The bearer token [else FAILSMALL_TOKEN, else `token` in the config file].
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// Output format: tables for people, JSON for scripts.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+impl RemoteArgs {
+    /// A client for the resolved address and token.
+    pub fn connect(&self) -> anyhow::Result<ApiClient> {
+        let env = |key: &str| std::env::var(key).ok();
+        let remote = remote::resolve(self.addr.as_deref(), self.token.as_deref(), &env)?;
+        Ok(ApiClient::new(remote)?)
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// The operator subcommands, inlined into the top-level command list.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Define, list, show and edit units of configuration.
+    Unit(unit::UnitArgs),
+    /// Push a file as a new version of a unit and start its rollout.
+    Push(versions::PushArgs),
+    /// Show the unified diff between two versions of a unit.
+    Diff(versions::DiffArgs),
+    /// List, follow and steer rollouts.
+    Rollout(rollout::RolloutArgs),
+    /// Show the changelog: every change to the fleet, by whom, when and why.
+    Log(log::LogArgs),
+    /// List the nodes the server knows, with their labels and when they were last seen.
+    Nodes(nodes::NodesArgs),
+    /// Check a file against a unit's spec offline, with the same checks as the server.
+    Validate(validate::ValidateArgs),
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+}
+
+pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
+    match command {
+        OpsCommand::Unit(args) => unit::run(args),
+        OpsCommand::Push(args) => versions::push(args),
+        OpsCommand::Diff(args) => versions::diff(args),
+        OpsCommand::Rollout(args) => rollout::run(args),
+        OpsCommand::Log(args) => log::run(args),
+        OpsCommand::Nodes(args) => nodes::run(args),
+        OpsCommand::Validate(args) => validate::run(args),
+        OpsCommand::Completions(args) => completions::run(args),
+    }
+}
+
+/// Reads a whole file of at most `max_bytes`, saying which file failed and why.
+pub fn read_file_limited(path: &Path, max_bytes: u64) -> anyhow::Result<Vec<u8>> {
+    let size_bytes = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}; check the path", path.display()))?
+        .len();
+    if size_bytes > max_bytes {
+        bail!(
+            "{}: {size_bytes} bytes; the limit is {max_bytes}",
+            path.display()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Reads a whole UTF-8 text file of at most `max_bytes`.
+pub fn read_text_limited(path: &Path, max_bytes: u64) -> anyhow::Result<String> {
+    let bytes = read_file_limited(path, max_bytes)?;
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))
+}
