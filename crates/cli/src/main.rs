@@ -1,11 +1,13 @@
 //! The `failsmall` binary: a thin shell of subcommands over the libraries.
 //!
 //! Exit codes: 0 success, 1 error, 2 usage (clap), 3 the command ran and its verdict is
-//! negative (a plan over its limits).
+//! negative (a plan over its limits; a watched rollout rolled back or aborted).
 #![forbid(unsafe_code)]
 
 #[macro_use]
 mod output;
+mod agent_cmd;
+mod ops;
 mod plan_cmd;
 mod server_cmd;
 mod sim_cmd;
@@ -26,11 +28,16 @@ struct Cli {
 enum Command {
     /// Run the control plane: store, HTTP API, rollouts, signed desired state.
     Server(server_cmd::ServerArgs),
+    /// Run the edge agent of one node: verify, validate, apply atomically, report.
+    Agent(agent_cmd::AgentArgs),
     /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
     Sim(sim_cmd::SimArgs),
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
+    /// The operator commands: unit, push, diff, rollout, log, nodes, validate, completions.
+    #[command(flatten)]
+    Ops(ops::OpsCommand),
 }
 
 /// How results are printed.
@@ -54,8 +61,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(&args),
+        Command::Agent(args) => agent_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),
+        Command::Ops(command) => ops::run(&command),
     };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

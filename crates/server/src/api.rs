@@ -329,6 +329,11 @@ impl AppState {
     }
 }
 
+/// The request body limit the router enforces, in bytes: a unit may not declare a
+/// `max_bytes` its versions could not be pushed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BodyLimit(usize);
+
 /// The whole HTTP surface, with a request body limit of `max_body_bytes`.
 pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     let mut router = Router::new();
@@ -340,6 +345,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(Extension(BodyLimit(max_body_bytes)))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_responses,
@@ -553,7 +559,20 @@ fn text_field(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_spec(spec: &UnitSpec) -> Result<(), ApiError> {
+fn check_spec(spec: &UnitSpec, body_limit: BodyLimit) -> Result<(), ApiError> {
+    let BodyLimit(max_body_bytes) = body_limit;
+    if usize::try_from(spec.max_bytes).map_or(true, |max| max > max_body_bytes) {
+        let reason = format!(
+            "max_bytes is {}; this server takes request bodies (a pushed version is one) of at most {max_body_bytes} bytes, so expected at most that (or start the server with a larger --max-body-bytes)",
+            spec.max_bytes
+        );
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            format!("unit spec refused: {reason}"),
+        )
+        .with_detail(json!({ "reasons": [reason], "max_body_bytes": max_body_bytes })));
+    }
     spec.check().map_err(|errors| {
         let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
         ApiError::new(
@@ -756,13 +775,14 @@ async fn list_units(State(state): State<AppState>) -> Result<axum::Json<Value>, 
 async fn create_unit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(body_limit): Extension<BodyLimit>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let request: CreateUnitRequest = json_body(body)?;
     let name = unit_name(&request.name)?;
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
-    check_spec(&request.spec)?;
+    check_spec(&request.spec, body_limit)?;
     let unit = db(&state, move |store| {
         let change = NewChange {
             at_ms: now_ms(),
@@ -796,6 +816,7 @@ async fn show_unit(
 async fn update_unit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    Extension(body_limit): Extension<BodyLimit>,
     unit: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -803,7 +824,7 @@ async fn update_unit(
     let request: UpdateUnitRequest = json_body(body)?;
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
-    check_spec(&request.spec)?;
+    check_spec(&request.spec, body_limit)?;
     let unit = db(&state, move |store| {
         let reason = format!(
             "revision {} → {}",
@@ -1213,7 +1234,15 @@ struct DesiredDocument<'a> {
     seq: u64,
     /// Unit name → version hash, for every unit the node should run.
     units: std::collections::BTreeMap<String, String>,
+    /// After this instant (ms since the Unix epoch, server clock) an agent that has heard
+    /// nothing newer reports itself stale, and keeps serving what it has.
+    expires_ms: u64,
+    /// Each listed unit's validation spec, so the agent validates with the server's rules.
+    specs: std::collections::BTreeMap<String, UnitSpec>,
 }
+
+/// How long a desired-state document stays fresh, in milliseconds.
+pub const DESIRED_TTL_MS: u64 = 5 * 60 * 1000;
 
 async fn desired(
     State(state): State<AppState>,
@@ -1243,8 +1272,12 @@ async fn desired(
             .wait_past(after, std::time::Duration::from_millis(wait_ms))
             .await;
     }
+    let mut specs: std::collections::BTreeMap<String, UnitSpec> = units
+        .iter()
+        .map(|u| (u.name.clone(), u.spec.clone()))
+        .collect();
     let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
-    let (seq, desired) = state
+    let (seq, desired): (u64, std::collections::BTreeMap<String, String>) = state
         .shared
         .engine
         .read(|engine, revision| {
@@ -1259,10 +1292,13 @@ async fn desired(
             (revision, desired)
         })
         .await;
+    specs.retain(|name, _| desired.contains_key(name));
     let document = serde_json::to_string(&DesiredDocument {
         node: id.as_str(),
         seq,
         units: desired,
+        expires_ms: now_ms().saturating_add(DESIRED_TTL_MS),
+        specs,
     })
     .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
     let signature = state.shared.signer.sign_desired(&document);
@@ -1300,14 +1336,23 @@ enum ReportRequest {
     },
 }
 
-async fn report(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    node: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let node = node_id(&path_param(node)?)?;
-    let request: ReportRequest = json_body(body)?;
+/// Most reports in one batch.
+pub const MAX_REPORTS_PER_BATCH: usize = 1000;
+
+/// A batch of reports: `{"reports": [...]}`, applied in order as one engine step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBatch {
+    reports: Vec<ReportRequest>,
+}
+
+/// The engine event (and changelog row, for hard signals) of one report from `node`.
+fn report_event(
+    node: &NodeId,
+    caller: &Caller,
+    at_ms: u64,
+    request: ReportRequest,
+) -> Result<(Event, Option<ChangeRow>), ApiError> {
     let (unit, version, reason) = match &request {
         ReportRequest::Applied { unit, version } | ReportRequest::Health { unit, version, .. } => {
             (unit, version, None)
@@ -1380,7 +1425,6 @@ async fn report(
             Some("node_health_check_failed"),
         ),
     };
-    let at_ms = now_ms();
     let change = kind.map(|kind| ChangeRow {
         at_ms,
         actor: caller.name.clone(),
@@ -1389,14 +1433,77 @@ async fn report(
         version: Some(version.to_string()),
         reason: format!("node {node}: {}", reason.unwrap_or_default()),
     });
+    Ok((event, change))
+}
+
+/// One report, or a batch `{"reports": [...]}` (at most [`MAX_REPORTS_PER_BATCH`]) applied
+/// in order as one engine step: all of it is accepted, or none.
+async fn report(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let node = node_id(&path_param(node)?)?;
+    let body: Value = json_body(body)?;
+    let is_batch = body.as_object().is_some_and(|o| o.contains_key("reports"));
+    let requests = if is_batch {
+        let batch: ReportBatch = serde_json::from_value(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("body: {e}"),
+            )
+        })?;
+        if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS_PER_BATCH {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!(
+                    "a batch holds {} reports; expected 1 to {MAX_REPORTS_PER_BATCH}",
+                    batch.reports.len()
+                ),
+            ));
+        }
+        batch.reports
+    } else {
+        let one: ReportRequest = serde_json::from_value(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("body: {e}"),
+            )
+        })?;
+        vec![one]
+    };
+    let at_ms = now_ms();
+    let count = requests.len();
+    let events = requests
+        .into_iter()
+        .enumerate()
+        .map(|(index, request)| {
+            report_event(&node, &caller, at_ms, request).map_err(|mut error| {
+                if is_batch {
+                    error.message = format!("reports[{index}]: {}", error.message);
+                }
+                error
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let host = &state.shared.engine;
     let actions = host
-        .apply(&state.shared.store, at_ms, event, Cause::Nothing, change)
+        .apply_many(&state.shared.store, at_ms, events, Cause::Nothing)
         .await
         .map_err(step_error)?;
-    Ok(axum::Json(
-        json!({ "accepted": true, "actions": actions.len() }),
-    ))
+    if is_batch {
+        Ok(axum::Json(
+            json!({ "accepted": count, "actions": actions.len() }),
+        ))
+    } else {
+        Ok(axum::Json(
+            json!({ "accepted": true, "actions": actions.len() }),
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -92,17 +92,36 @@ impl EngineHost {
         cause: Cause,
         change: Option<ChangeRow>,
     ) -> Result<Vec<Action>, StepError> {
+        self.apply_many(store, now_ms, vec![(event, change)], cause)
+            .await
+    }
+
+    /// Applies `events` in order at `now_ms` as one step, committed in one transaction: all of
+    /// them, or (if the engine refuses any) none. Each event's change is recorded before the
+    /// changes the engine produced for it.
+    pub async fn apply_many(
+        &self,
+        store: &Arc<Store>,
+        now_ms: TimeMs,
+        events: Vec<(Event, Option<ChangeRow>)>,
+        cause: Cause,
+    ) -> Result<Vec<Action>, StepError> {
         let mut current = self.current.lock().await;
         let mut next = current.engine.clone();
-        let actions = next.step(now_ms, &event)?;
+        let mut actions = Vec::new();
+        let mut changes: Vec<ChangeRow> = Vec::new();
+        for (event, change) in events {
+            let produced = next.step(now_ms, &event)?;
+            changes.extend(change);
+            changes.extend(
+                produced
+                    .iter()
+                    .filter_map(|action| change_of(now_ms, action)),
+            );
+            actions.extend(produced);
+        }
         let state =
             serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
-        let mut changes: Vec<ChangeRow> = change.into_iter().collect();
-        changes.extend(
-            actions
-                .iter()
-                .filter_map(|action| change_of(now_ms, action)),
-        );
         let expected_revision = current.revision;
         let committing = Arc::clone(store);
         let committed = tokio::task::spawn_blocking(move || {
@@ -131,7 +150,14 @@ impl EngineHost {
         };
         current.engine = next;
         current.revision = revision;
-        self.revisions.send_replace(revision);
+        // Watchers wake only when what some node should run changed; a step that only
+        // merged health moves the sequence number without waking anyone.
+        if actions
+            .iter()
+            .any(|action| matches!(action, Action::SetDesired { .. }))
+        {
+            self.revisions.send_replace(revision);
+        }
         Ok(actions)
     }
 

@@ -130,6 +130,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 2: an agent token is bound to the one node it acts for.
     "ALTER TABLE tokens ADD COLUMN node TEXT;",
+    // 3: a unit's plan (the plan file's text): each push starts a rollout through it.
+    "ALTER TABLE units ADD COLUMN plan TEXT;",
 ];
 
 /// Why a store operation failed.
@@ -174,6 +176,10 @@ pub struct UnitRecord {
     pub revision: u64,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// The plan file's text (YAML) every push of this unit rolls out through; none: pushes
+    /// only store versions, and rollouts are requested on their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
 }
 
 /// An immutable version as stored (its bytes are the blob `hash`).
@@ -260,6 +266,9 @@ pub struct EngineStep<'a> {
     pub changes: &'a [ChangeRow],
     /// A node registration that caused the step.
     pub node: Option<(&'a str, &'a failsmall_core::domain::Labels)>,
+    /// A pushed version that caused the step (its rollout): stored with it, or the whole step
+    /// fails with [`StoreError::AlreadyExists`] when the unit already has these bytes.
+    pub version: Option<&'a NewVersion<'a>>,
 }
 
 /// An access token as stored (only its SHA-256 is kept).
@@ -322,6 +331,12 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A number from outside (an id, a cursor, a time) as SQL's signed 64-bit integer: larger
+/// ones are clamped, so they find nothing instead of failing the query.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 /// A column holding JSON, decoded on read; malformed JSON is a read error.
 struct StoredJson<T>(T);
 
@@ -353,6 +368,7 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
         revision: to_u64(row.get(4)?),
         created_ms: to_u64(row.get(5)?),
         updated_ms: to_u64(row.get(6)?),
+        plan: row.get(7)?,
     })
 }
 
@@ -490,6 +506,19 @@ impl Store {
         description: &str,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
+        self.create_unit_with_plan(name, spec, owner, description, None, change)
+    }
+
+    /// Creates a unit with the plan (the plan file's text) its pushes roll out through.
+    pub fn create_unit_with_plan(
+        &self,
+        name: &str,
+        spec: &UnitSpec,
+        owner: &str,
+        description: &str,
+        plan: Option<&str>,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
         let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
             what: format!("spec of unit {name}"),
             reason: e.to_string(),
@@ -502,9 +531,9 @@ impl Store {
                 return Err(StoreError::AlreadyExists { kind: "unit", key: name.to_owned() });
             }
             tx.execute(
-                "INSERT INTO units (name, spec, owner, description, revision, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5)",
-                params![name, spec_text, owner, description, change.at_ms],
+                "INSERT INTO units (name, spec, owner, description, revision, created_ms, updated_ms, plan)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)",
+                params![name, spec_text, owner, description, change.at_ms, plan],
             )?;
             record_change(&tx, change)?;
             let unit = Self::unit_in(&tx, name)?;
@@ -521,6 +550,22 @@ impl Store {
         spec: &UnitSpec,
         owner: &str,
         description: &str,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
+        self.update_unit_with_plan(name, expected_revision, spec, owner, description, None, change)
+    }
+
+    /// Replaces a unit's spec, owner, description and plan if its revision is still
+    /// `expected_revision`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_unit_with_plan(
+        &self,
+        name: &str,
+        expected_revision: u64,
+        spec: &UnitSpec,
+        owner: &str,
+        description: &str,
+        plan: Option<&str>,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
         let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
@@ -540,14 +585,15 @@ impl Store {
             }
             tx.execute(
                 "UPDATE units SET spec = ?2, owner = ?3, description = ?4, revision = revision + 1,
-                 updated_ms = ?5 WHERE name = ?1 AND revision = ?6",
+                 updated_ms = ?5, plan = ?7 WHERE name = ?1 AND revision = ?6",
                 params![
                     name,
                     spec_text,
                     owner,
                     description,
                     change.at_ms,
-                    expected_revision
+                    expected_revision,
+                    plan
                 ],
             )?;
             record_change(&tx, change)?;
@@ -560,7 +606,7 @@ impl Store {
     fn unit_in(conn: &Connection, name: &str) -> Result<UnitRecord, StoreError> {
         let row = conn
             .query_row(
-                "SELECT name, spec, owner, description, revision, created_ms, updated_ms FROM units WHERE name = ?1",
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan FROM units WHERE name = ?1",
                 [name],
                 unit_from_row,
             )
@@ -576,7 +622,7 @@ impl Store {
     pub fn units(&self, limit: u32) -> Result<Vec<UnitRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, spec, owner, description, revision, created_ms, updated_ms FROM units
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan FROM units
                  ORDER BY name LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
@@ -596,60 +642,77 @@ impl Store {
         self.with_conn(|conn| {
             fail_at(fail_points::PUSH_BEFORE)?;
             let tx = conn.transaction()?;
-            Self::unit_in(&tx, version.unit)?;
-            if let Some(existing) = Self::version_in(&tx, version.unit, version.hash)? {
-                return Ok((existing, false));
+            let (stored, created) = Self::insert_version(&tx, version)?;
+            if !created {
+                return Ok((stored, false));
             }
-            let head: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT hash, seq FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT 1",
-                    [version.unit],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let head_hash = head.as_ref().map(|(hash, _)| hash.as_str());
-            let head_seq = head.as_ref().map_or(0, |(_, seq)| to_u64(*seq));
-            if let Some(expected) = version.expected_parent
-                && expected != head_hash
-            {
-                return Err(StoreError::Conflict {
-                    kind: "unit head",
-                    key: version.unit.to_owned(),
-                    expected: 0,
-                    current: head_seq,
-                });
-            }
-            let size_bytes = u64::try_from(version.content.len()).unwrap_or(u64::MAX);
-            tx.execute(
-                "INSERT INTO blobs (sha256, size_bytes, content) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING",
-                params![version.hash, size_bytes, version.content],
-            )?;
-            fail_at(fail_points::PUSH_AFTER_BLOB)?;
-            tx.execute(
-                &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    version.unit,
-                    version.hash,
-                    head_seq.saturating_add(1),
-                    size_bytes,
-                    version.author,
-                    version.message,
-                    head_hash,
-                    version.created_ms,
-                    version.signature,
-                    version.validation_skipped
-                ],
-            )?;
             for change in changes {
                 record_change(&tx, change)?;
             }
-            let stored = Self::version_in(&tx, version.unit, version.hash)?
-                .ok_or_else(|| StoreError::NotFound { kind: "version", key: version.hash.to_owned() })?;
             fail_at(fail_points::PUSH_BEFORE_COMMIT)?;
             tx.commit()?;
             fail_at(fail_points::PUSH_AFTER_COMMIT)?;
             Ok((stored, true))
         })
+    }
+
+    /// Inserts a version and its blob in `tx`; bytes the unit already has give the existing
+    /// version and `false`, and write nothing.
+    fn insert_version(
+        tx: &Transaction<'_>,
+        version: &NewVersion<'_>,
+    ) -> Result<(VersionRecord, bool), StoreError> {
+        Self::unit_in(tx, version.unit)?;
+        if let Some(existing) = Self::version_in(tx, version.unit, version.hash)? {
+            return Ok((existing, false));
+        }
+        let head: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT hash, seq FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT 1",
+                [version.unit],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let head_hash = head.as_ref().map(|(hash, _)| hash.as_str());
+        let head_seq = head.as_ref().map_or(0, |(_, seq)| to_u64(*seq));
+        if let Some(expected) = version.expected_parent
+            && expected != head_hash
+        {
+            return Err(StoreError::Conflict {
+                kind: "unit head",
+                key: version.unit.to_owned(),
+                expected: 0,
+                current: head_seq,
+            });
+        }
+        let size_bytes = u64::try_from(version.content.len()).unwrap_or(u64::MAX);
+        tx.execute(
+            "INSERT INTO blobs (sha256, size_bytes, content) VALUES (?1, ?2, ?3) ON CONFLICT (sha256) DO NOTHING",
+            params![version.hash, size_bytes, version.content],
+        )?;
+        fail_at(fail_points::PUSH_AFTER_BLOB)?;
+        tx.execute(
+            &format!("INSERT INTO versions ({VERSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            params![
+                version.unit,
+                version.hash,
+                head_seq.saturating_add(1),
+                size_bytes,
+                version.author,
+                version.message,
+                head_hash,
+                version.created_ms,
+                version.signature,
+                version.validation_skipped
+            ],
+        )?;
+        let stored = Self::version_in(tx, version.unit, version.hash)?.ok_or_else(|| {
+            StoreError::NotFound {
+                kind: "version",
+                key: version.hash.to_owned(),
+            }
+        })?;
+        Ok((stored, true))
     }
 
     fn version_in(
@@ -779,9 +842,9 @@ impl Store {
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(
                 params![
-                    after_id,
+                    to_i64(after_id),
                     query.unit,
-                    query.since_ms.unwrap_or(0),
+                    to_i64(query.since_ms.unwrap_or(0)),
                     query.limit.min(MAX_LIST_ROWS)
                 ],
                 |r| {
@@ -839,7 +902,7 @@ impl Store {
         let row = conn
             .query_row(
                 "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id = ?1",
-                [id],
+                [to_i64(id)],
                 token_from_row,
             )
             .optional()?
@@ -883,7 +946,7 @@ impl Store {
             if token.revoked_ms.is_none() {
                 tx.execute(
                     "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
-                    params![id, change.at_ms],
+                    params![to_i64(id), to_i64(change.at_ms)],
                 )?;
                 record_change(&tx, change)?;
             }
@@ -954,6 +1017,15 @@ impl Store {
                      ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, last_seen_ms = excluded.last_seen_ms",
                     params![id, labels, at_ms],
                 )?;
+            }
+            if let Some(version) = step.version {
+                let (_, created) = Self::insert_version(&tx, version)?;
+                if !created {
+                    return Err(StoreError::AlreadyExists {
+                        kind: "version",
+                        key: format!("{}@{}", version.unit, version.hash),
+                    });
+                }
             }
             let next = current.saturating_add(1);
             tx.execute(
@@ -1121,6 +1193,7 @@ mod tests {
             state,
             changes: &changes,
             node: Some(("n1", &labels)),
+            version: None,
         };
         assert_eq!(store.commit_step(&step(0, "{\"a\":1}")).unwrap(), 1);
         assert_eq!(store.node("n1").unwrap().unwrap().labels, labels);

@@ -916,3 +916,72 @@ async fn an_agent_token_acts_only_for_its_own_node() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn numbers_beyond_the_store_are_4xx_or_empty_not_5xx() {
+    let server = TestServer::start(&fresh_dir("huge-numbers")).await;
+    let huge = u64::MAX;
+    for path in [
+        format!("/v1/changelog?cursor={huge}"),
+        format!("/v1/changelog?since_ms={huge}"),
+        format!("/v1/changelog.atom?since_ms={huge}"),
+        format!("/v1/rollouts/{huge}"),
+    ] {
+        let (status, body) = server.admin(Method::GET, &path, None).await;
+        assert!(!status.is_server_error(), "{path}: {status} {body}");
+    }
+    let (status, body) = server
+        .admin(Method::GET, &format!("/v1/changelog?cursor={huge}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["entries"], json!([]));
+    let (status, body) = server
+        .admin(Method::DELETE, &format!("/v1/tokens/{huge}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_error_shape(&body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_unit_cannot_allow_versions_larger_than_the_body_limit() {
+    let server = TestServer::start(&fresh_dir("body-limit")).await;
+    let limit = common::MAX_BODY_BYTES;
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "big", "spec": {"format": "raw", "max_bytes": limit + 1}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_spec");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-body-bytes"),
+        "{body}"
+    );
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "big", "spec": {"format": "raw", "max_bytes": limit}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A version as large as the unit allows is taken, not refused as too large a body.
+    let admin = server.admin.clone();
+    let (status, body) = server
+        .push("big", &admin, "message=full", &vec![b'x'; limit])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["size_bytes"], limit);
+    let update = json!({"revision": 1, "spec": {"format": "raw", "max_bytes": limit * 2}});
+    let (status, body) = server
+        .admin(Method::PUT, "/v1/units/big", Some(update))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    server.stop().await;
+}

@@ -272,22 +272,46 @@ async fn desired_state_long_polls_until_the_engine_moves() {
             .0,
         seq
     );
-    let query = format!("after={seq}&wait_ms=20000");
-    let watch = fleet.desired("n1", &query);
-    let change = async {
-        let labels = json!({"labels": {"cohort": "pro"}});
-        server
-            .call(
-                Method::PUT,
-                "/v1/nodes/n2",
-                Some(fleet.agent("n2")),
-                Some(labels),
-            )
-            .await
-    };
-    let ((next, _), (status, _)) = tokio::join!(watch, change);
+    // A change that is not about what n1 runs (another node joins) does not wake it.
+    let labels = json!({"labels": {"cohort": "pro"}});
+    let (status, _) = server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n2",
+            Some(fleet.agent("n2")),
+            Some(labels),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(next > seq);
+    let started = std::time::Instant::now();
+    let (quiet, units) = fleet
+        .desired("n1", &format!("after={seq}&wait_ms=300"))
+        .await;
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert!(quiet > seq, "the sequence number still grows");
+    assert_eq!(units, json!({}));
+    // A rollout that reaches n1 wakes its watch at once.
+    let spec = json!({"format": "json", "max_bytes": 256});
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    let (_, v1) = server
+        .push("flags", &fleet.deployer, "message=one", br#"{"a": 1}"#)
+        .await;
+    let v1 = v1["hash"].as_str().unwrap().to_owned();
+    let query = format!("after={quiet}&wait_ms=20000");
+    let started = std::time::Instant::now();
+    let watch = fleet.desired("n1", &query);
+    let change = fleet.start_rollout(&v1);
+    let ((next, units), (status, _)) = tokio::join!(watch, change);
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(next > quiet);
+    assert_eq!(units, json!({ "flags": v1 }));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let (status, body) = server
         .call(
             Method::GET,
@@ -298,6 +322,44 @@ async fn desired_state_long_polls_until_the_engine_moves() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     fleet.server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_long_polls_at_once() {
+    let fleet = Fleet::start(&fresh_dir("watch-shutdown")).await;
+    let labels = json!({"labels": {"cohort": "free"}});
+    fleet
+        .server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(fleet.agent("n1")),
+            Some(labels),
+        )
+        .await;
+    let (seq, _) = fleet.desired("n1", "").await;
+    let path = format!(
+        "{}/v1/nodes/n1/desired?after={seq}&wait_ms=30000",
+        fleet.server.base
+    );
+    let watch = fleet
+        .server
+        .client
+        .get(path)
+        .bearer_auth(fleet.agent("n1"))
+        .send();
+    let watching = tokio::spawn(watch);
+    // The watch is waiting inside the server before the shutdown starts.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    fleet.server.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?} for a long poll",
+        started.elapsed()
+    );
+    let answer = watching.await.unwrap().unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -481,5 +543,72 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
         metrics.contains("failsmall_rollouts{status=\"rolled_back\"} 1\n"),
         "{metrics}"
     );
+    fleet.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
+    let fleet = Fleet::start(&fresh_dir("batch")).await;
+    let server = &fleet.server;
+    let labels = json!({"labels": {"cohort": "free"}});
+    server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(fleet.agent("n1")),
+            Some(labels),
+        )
+        .await;
+    let spec = json!({"format": "json", "max_bytes": 256});
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    let (_, v1) = server
+        .push("flags", &fleet.deployer, "message=one", br#"{"a": 1}"#)
+        .await;
+    let v1 = v1["hash"].as_str().unwrap().to_owned();
+    let (status, view) = fleet.start_rollout(&v1).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let id = view["id"].as_u64().unwrap();
+
+    // One bad report refuses the whole batch, and names it.
+    let bad = json!({"reports": [healthy("flags", &v1), {"kind": "applied", "unit": "flags", "version": "zz"}]});
+    let (status, body) = fleet.report("n1", bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error_shape(&body);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("reports[1]:"),
+        "{body}"
+    );
+    assert_eq!(fleet.rollout(id).await["canary"]["sample"]["requests"], 0);
+    for empty in [json!({"reports": []}), json!({"reports": [], "extra": 1})] {
+        let (status, body) = fleet.report("n1", empty).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_error_shape(&body);
+    }
+    let too_many: Vec<Value> = (0..1001)
+        .map(|_| json!({"kind": "applied", "unit": "f", "version": "0"}))
+        .collect();
+    let (status, body) = fleet.report("n1", json!({ "reports": too_many })).await;
+    assert!(status.is_client_error(), "{status} {body}");
+
+    // ACK and health in one batch: the rollout completes.
+    let batch = json!({"reports": [
+        {"kind": "applied", "unit": "flags", "version": v1},
+        healthy("flags", &v1),
+        healthy("flags", &v1),
+    ]});
+    let (status, body) = fleet.report("n1", batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 3);
+    let view = fleet.wait_for_status(id, "completed").await;
+    assert_eq!(view["nodes_applied"], 1);
     fleet.server.stop().await;
 }

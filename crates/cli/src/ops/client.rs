@@ -32,7 +32,7 @@ pub enum ClientError {
         origin: Source,
         reason: String,
     },
-    #[error("the server at {addr} refused the token: {message}; {hint}")]
+    #[error("the server at {addr} refused the request: {message}; {hint}")]
     Unauthorized {
         addr: String,
         message: String,
@@ -47,7 +47,9 @@ pub enum ClientError {
         message: String,
         reasons: Vec<String>,
     },
-    #[error("{what}: the server at {addr} answered something failsmall does not understand: {reason}")]
+    #[error(
+        "{what}: the server at {addr} answered something failsmall does not understand: {reason}"
+    )]
     Unexpected {
         addr: String,
         what: String,
@@ -57,19 +59,11 @@ pub enum ClientError {
     Setup(String),
 }
 
-impl ClientError {
-    /// The API's error code, when the server refused the request.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Refused { code, .. } | Self::Forbidden { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
 fn hint_for(code: &str) -> Option<&'static str> {
     Some(match code {
-        "not_found" => "check the name, hash or id (`failsmall unit list`, `failsmall rollout list`)",
+        "not_found" => {
+            "check the name, hash or id (`failsmall unit list`, `failsmall rollout list`)"
+        }
         "validation_failed" => {
             "fix the file (check it offline with `failsmall validate UNIT FILE`) and push again"
         }
@@ -168,10 +162,6 @@ impl ApiClient {
             .build()
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         Ok(Self { remote, http })
-    }
-
-    pub fn remote(&self) -> &Remote {
-        &self.remote
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -337,11 +327,17 @@ mod tests {
             "version of unit u refused: /a: expected a number; too many",
             &reasons,
         );
-        assert!(text.starts_with("version of unit u refused:\n  - /a: expected"), "{text}");
+        assert!(
+            text.starts_with("version of unit u refused:\n  - /a: expected"),
+            "{text}"
+        );
         assert!(text.contains("(HTTP 422 validation_failed)"), "{text}");
         assert!(text.contains("failsmall validate"), "{text}");
         let plain = refusal_text(&404, "not_found", "no rollout r9", &[]);
-        assert!(plain.starts_with("no rollout r9\n(HTTP 404 not_found)"), "{plain}");
+        assert!(
+            plain.starts_with("no rollout r9\n(HTTP 404 not_found)"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -102,6 +102,5 @@ pub fn read_file_limited(path: &Path, max_bytes: u64) -> anyhow::Result<Vec<u8>>
 /// Reads a whole UTF-8 text file of at most `max_bytes`.
 pub fn read_text_limited(path: &Path, max_bytes: u64) -> anyhow::Result<String> {
     let bytes = read_file_limited(path, max_bytes)?;
-    String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))
+    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text: {e}", path.display()))
 }

@@ -33,7 +33,7 @@ impl fmt::Display for Source {
             Self::Flag(flag) => write!(f, "the {flag} flag"),
             Self::Env(name) => write!(f, "the {name} variable"),
             Self::ConfigFile(path) => write!(f, "the config file {}", path.display()),
-            Self::Default => f.write_str("the default; set --addr or FAILSMALL_ADDR"),
+            Self::Default => f.write_str("the default"),
         }
     }
 }
@@ -113,10 +113,7 @@ fn check_value(origin: &Source, value: &str) -> Result<(), RemoteError> {
     if value.len() > VALUE_MAX_BYTES {
         return Err(RemoteError::BadValue {
             origin: origin.clone(),
-            reason: format!(
-                "{} bytes; the limit is {VALUE_MAX_BYTES}",
-                value.len()
-            ),
+            reason: format!("{} bytes; the limit is {VALUE_MAX_BYTES}", value.len()),
         });
     }
     Ok(())
@@ -191,7 +188,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -275,7 +272,9 @@ mod tests {
     #[test]
     fn bad_addresses_are_refused_with_their_origin() {
         let env = env_of(&[]);
-        let error = resolve(Some("ftp://x"), None, &env).unwrap_err().to_string();
+        let error = resolve(Some("ftp://x"), None, &env)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("--addr"), "{error}");
         assert!(resolve(Some("  "), None, &env).is_err());
     }

@@ -1,0 +1,322 @@
+//! The apply path of one unit: fetch by hash, check the hash, validate (the server's rules,
+//! then the local validator), store, activate atomically, reload, health-check; on any
+//! failure after activation, put back the last known good at once and report.
+//!
+//! Fail points (feature `failpoints`) sit between every step: `agent::fetched`,
+//! `agent::validated`, `agent::after_version_stored`, `agent::before_current_written`,
+//! `agent::before_current_renamed`, `agent::after_current_renamed`,
+//! `agent::after_current_synced`, `agent::reloaded`, `agent::checked`, `agent::before_good`,
+//! `agent::before_rename` (inside every atomic write).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use failsmall_core::domain::{UnitName, VersionHash};
+use failsmall_core::validate::{MAX_BYTES_CEILING, UnitSpec, validate};
+
+use crate::control::{ControlPlane, Report, cut_reason};
+use crate::disk::{DataDir, DiskError};
+use crate::{HealthCheckConfig, Shared, UnitLocalConfig};
+
+/// What became of one apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The version was already active and known good.
+    AlreadyActive,
+    /// The version was refused earlier in this run; nothing was tried.
+    PreviouslyRefused,
+    /// Applied, checked, now the last known good.
+    Applied,
+    /// Refused before activation; the active version did not change.
+    Refused(String),
+    /// Activated, then failed; the last known good was put back.
+    RolledBack(String),
+    /// The fetch failed (control plane unreachable); tried again at the next document.
+    NotFetched(String),
+    /// Writing to disk failed; the last known good was kept.
+    DiskFailed(String),
+}
+
+macro_rules! step_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Outcome::DiskFailed(format!(
+            "crash point {} reached",
+            $name
+        )));
+    };
+}
+
+/// Brings `unit` to `hash` (see the module documentation) and reports the verdict.
+pub async fn converge_unit(
+    control: &ControlPlane,
+    shared: &Arc<Shared>,
+    unit: &UnitName,
+    hash: &VersionHash,
+    spec: Option<&UnitSpec>,
+    local: &UnitLocalConfig,
+) -> Outcome {
+    let outcome = converge_inner(control, shared, unit, hash, spec, local).await;
+    let error = match &outcome {
+        Outcome::Refused(reason)
+        | Outcome::RolledBack(reason)
+        | Outcome::NotFetched(reason)
+        | Outcome::DiskFailed(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    if let Some(reason) = &error {
+        eprintln!(
+            "failsmall agent: unit {unit} version {}: {reason}",
+            hash.short()
+        );
+    }
+    shared.with_status(|s| {
+        let entry = s.units.entry(unit.clone()).or_default();
+        if error.is_some() || outcome == Outcome::Applied {
+            entry.last_error = error;
+        }
+    });
+    outcome
+}
+
+async fn converge_inner(
+    control: &ControlPlane,
+    shared: &Arc<Shared>,
+    unit: &UnitName,
+    hash: &VersionHash,
+    spec: Option<&UnitSpec>,
+    local: &UnitLocalConfig,
+) -> Outcome {
+    let disk = &shared.disk;
+    let active = disk.current(unit).ok().flatten().map(|(_, h)| h);
+    let good = disk.good(unit).ok().flatten();
+    if active == Some(*hash) && good == Some(*hash) {
+        shared.acknowledge(unit, hash);
+        return Outcome::AlreadyActive;
+    }
+    if shared.is_refused(unit, hash) {
+        return Outcome::PreviouslyRefused;
+    }
+    // 1. The bytes: stored already, or fetched by hash (at most the unit's limit).
+    let bytes = match disk.version(unit, hash) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) | Err(_) => {
+            let limit = spec.map_or(MAX_BYTES_CEILING, |s| s.max_bytes.min(MAX_BYTES_CEILING));
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            match control.blob(hash, limit).await {
+                Ok(bytes) => bytes,
+                Err(crate::control::ControlError::TooLarge { .. }) => {
+                    return refuse(
+                        shared,
+                        unit,
+                        hash,
+                        format!("bundle is larger than the unit's max_bytes {limit}"),
+                    );
+                }
+                Err(error) => return Outcome::NotFetched(error.to_string()),
+            }
+        }
+    };
+    step_point!("agent::fetched");
+    let actual = VersionHash::of(&bytes);
+    if actual != *hash {
+        return refuse(
+            shared,
+            unit,
+            hash,
+            format!("bundle hash mismatch: expected sha256 {hash}, got {actual}"),
+        );
+    }
+    // 2. The server's own rules, then the node's validator.
+    if let Some(spec) = spec
+        && let Err(issues) = validate(spec, &bytes)
+    {
+        let reasons: Vec<String> = issues.iter().take(5).map(ToString::to_string).collect();
+        return refuse(
+            shared,
+            unit,
+            hash,
+            format!("validation failed: {}", reasons.join("; ")),
+        );
+    }
+    let stored = match store(disk, unit, hash, &bytes).await {
+        Ok(path) => path,
+        Err(error) => return Outcome::DiskFailed(error.to_string()),
+    };
+    if let Some(validator) = &local.validate
+        && let Err(error) = validator.run(&stored).await
+    {
+        return refuse(shared, unit, hash, format!("local validator: {error}"));
+    }
+    step_point!("agent::validated");
+    // 3. Activate: `current` is replaced by rename.
+    if let Err(error) = activate(disk, unit, hash).await {
+        return Outcome::DiskFailed(error.to_string());
+    }
+    shared.activated(unit);
+    // 4. Reload, then the health check; a failure puts back the last known good.
+    let current = match disk.current_path(unit) {
+        Ok(path) => path,
+        Err(error) => return Outcome::DiskFailed(error.to_string()),
+    };
+    if let Some(reload) = &local.reload
+        && let Err(error) = reload.run(&current).await
+    {
+        let reason = format!("reload command: {error}");
+        return roll_back(shared, unit, hash, good, local, Failure::Reload(reason)).await;
+    }
+    step_point!("agent::reloaded");
+    if let Some(check) = &local.health_check
+        && let Err(reason) = health_check(check).await
+    {
+        return roll_back(
+            shared,
+            unit,
+            hash,
+            good,
+            local,
+            Failure::HealthCheck(reason),
+        )
+        .await;
+    }
+    step_point!("agent::checked");
+    // 5. Now the last known good; old versions beyond the few kept go.
+    if let Err(error) = mark_good(disk, unit, hash).await {
+        return Outcome::DiskFailed(error.to_string());
+    }
+    let keep = [Some(*hash), good]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>();
+    let _ = disk.prune(unit, &keep);
+    shared.activated(unit);
+    shared.acknowledge(unit, hash);
+    Outcome::Applied
+}
+
+fn refuse(shared: &Shared, unit: &UnitName, hash: &VersionHash, reason: String) -> Outcome {
+    shared.refuse(unit, hash);
+    shared.note_refusal(format!("unit {unit} version {}: {reason}", hash.short()));
+    shared.reports.push(Report::Rejected {
+        unit: unit.clone(),
+        version: *hash,
+        reason: cut_reason(&reason),
+    });
+    Outcome::Refused(reason)
+}
+
+enum Failure {
+    Reload(String),
+    HealthCheck(String),
+}
+
+/// Puts back the last known good (then reloads the consumer again) and reports the failure.
+async fn roll_back(
+    shared: &Arc<Shared>,
+    unit: &UnitName,
+    hash: &VersionHash,
+    good: Option<VersionHash>,
+    local: &UnitLocalConfig,
+    failure: Failure,
+) -> Outcome {
+    let (reason, report) = match failure {
+        Failure::Reload(reason) => (
+            reason.clone(),
+            Report::Rejected {
+                unit: unit.clone(),
+                version: *hash,
+                reason: cut_reason(&reason),
+            },
+        ),
+        Failure::HealthCheck(reason) => (
+            reason.clone(),
+            Report::HealthCheckFailed {
+                unit: unit.clone(),
+                version: *hash,
+                reason: cut_reason(&reason),
+            },
+        ),
+    };
+    shared.refuse(unit, hash);
+    shared.reports.push(report);
+    let restored = match good {
+        Some(good) => restore(shared, unit, &good, local).await,
+        None => "no last known good to put back".to_owned(),
+    };
+    let reason = format!("{reason}; {restored}");
+    shared.note_refusal(format!("unit {unit} version {}: {reason}", hash.short()));
+    Outcome::RolledBack(reason)
+}
+
+/// Puts `good` back as the active version; says what happened.
+pub async fn restore(
+    shared: &Arc<Shared>,
+    unit: &UnitName,
+    good: &VersionHash,
+    local: &UnitLocalConfig,
+) -> String {
+    if let Err(error) = activate(&shared.disk, unit, good).await {
+        return format!("putting back {} failed: {error}", good.short());
+    }
+    shared.activated(unit);
+    if let (Some(reload), Ok(current)) = (&local.reload, shared.disk.current_path(unit))
+        && let Err(error) = reload.run(&current).await
+    {
+        return format!(
+            "put back the last known good {}, but its reload failed: {error}",
+            good.short()
+        );
+    }
+    format!("put back the last known good {}", good.short())
+}
+
+async fn store(
+    disk: &DataDir,
+    unit: &UnitName,
+    hash: &VersionHash,
+    bytes: &[u8],
+) -> Result<std::path::PathBuf, DiskError> {
+    let (disk, unit, hash, bytes) = (disk.clone(), unit.clone(), *hash, bytes.to_vec());
+    blocking(move || disk.store_version(&unit, &hash, &bytes)).await
+}
+
+async fn activate(disk: &DataDir, unit: &UnitName, hash: &VersionHash) -> Result<(), DiskError> {
+    let (disk, unit, hash) = (disk.clone(), unit.clone(), *hash);
+    blocking(move || disk.activate(&unit, &hash)).await
+}
+
+async fn mark_good(disk: &DataDir, unit: &UnitName, hash: &VersionHash) -> Result<(), DiskError> {
+    let (disk, unit, hash) = (disk.clone(), unit.clone(), *hash);
+    blocking(move || disk.set_good(&unit, &hash)).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DiskError> + Send + 'static,
+) -> Result<T, DiskError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(DiskError::Io {
+            what: "disk task",
+            path: Path::new("").to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
+}
+
+/// One HTTP GET of the consumer: the expected status within the time limit.
+async fn health_check(check: &HealthCheckConfig) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let response = client
+        .get(&check.url)
+        .timeout(Duration::from_millis(check.timeout_ms))
+        .send()
+        .await
+        .map_err(|e| format!("health check GET {}: {e}", check.url))?;
+    let status = response.status().as_u16();
+    if status != check.expect_status {
+        return Err(format!(
+            "health check GET {} answered {status}; expected {}",
+            check.url, check.expect_status
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The agent's command-line flags, shared by `failsmall agent` and the crate's own binary.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use failsmall_core::domain::UnitName;
+
+use crate::{AgentConfig, AgentError, ConsumerMetrics, UnitLocalConfig};
+
+/// Largest unit configuration file read, in bytes.
+pub const UNIT_CONFIG_MAX_BYTES: u64 = 1024 * 1024;
+
+/// `failsmall agent`: serve one node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentFlags {
+    /// The control plane's URL, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "FAILSMALL_SERVER")]
+    pub server: String,
+    /// An agent token bound to this node.
+    #[arg(long, env = "FAILSMALL_TOKEN")]
+    pub token: String,
+    /// The node's labels: key=value,key=value (region, pop, cohort, ...).
+    #[arg(long, default_value = "")]
+    pub labels: String,
+    /// Where the agent keeps versions and state.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The node's id (default: saved in the data dir, or a new one).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The local API's address (loopback only), e.g. 127.0.0.1:7071.
+    #[arg(long)]
+    pub local_api: Option<SocketAddr>,
+    /// The server's Ed25519 public key (hex). Without it the key is fetched at first start
+    /// and pinned in the data dir (trust on first use).
+    #[arg(long)]
+    pub server_key: Option<String>,
+    /// A JSON file: unit name -> {validate, reload, health_check} (local commands and checks).
+    #[arg(long)]
+    pub unit_config: Option<PathBuf>,
+    /// The local consumer's Prometheus endpoint, scraped for health.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// How long one watch request waits for news, in milliseconds.
+    #[arg(long, default_value_t = 25_000)]
+    pub watch_wait_ms: u64,
+    /// Largest delay between reconnection attempts, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub backoff_max_ms: u64,
+}
+
+/// Parses `key=value,key=value`.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentError> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(AgentError::Config {
+                field: "labels",
+                reason: format!("{pair:?} is not key=value"),
+            });
+        };
+        if key.trim().is_empty() {
+            return Err(AgentError::Config {
+                field: "labels",
+                reason: format!("{pair:?} has an empty key"),
+            });
+        }
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+impl AgentFlags {
+    /// The configuration these flags describe (reads the unit configuration file).
+    pub fn into_config(self) -> Result<AgentConfig, AgentError> {
+        let mut config = AgentConfig::new(&self.server, &self.token, self.data_dir);
+        config.labels = parse_labels(&self.labels)?;
+        config.node_id = self.node_id;
+        config.local_api = self.local_api;
+        config.server_key = self.server_key;
+        config.watch_wait_ms = self.watch_wait_ms;
+        config.backoff_max_ms = self.backoff_max_ms.max(config.backoff_min_ms);
+        if let Some(url) = self.metrics_url {
+            config.metrics = Some(ConsumerMetrics {
+                url,
+                names: Default::default(),
+                interval_ms: 5_000,
+            });
+        }
+        if let Some(path) = self.unit_config {
+            config.units = read_unit_config(&path)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn read_unit_config(path: &PathBuf) -> Result<BTreeMap<UnitName, UnitLocalConfig>, AgentError> {
+    let bad = |reason: String| AgentError::Config {
+        field: "unit-config",
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let len = std::fs::metadata(path)
+        .map_err(|e| bad(e.to_string()))?
+        .len();
+    if len > UNIT_CONFIG_MAX_BYTES {
+        return Err(bad(format!(
+            "{len} bytes; the limit is {UNIT_CONFIG_MAX_BYTES}"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| {
+        bad(format!(
+            "line {} column {}: {e}; expected {{\"<unit>\": {{\"validate\": ..., \"reload\": ..., \"health_check\": ...}}}}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_errors_say_which_pair() {
+        let labels = parse_labels("region=eu, pop=ams,cohort=free").unwrap();
+        assert_eq!(labels.get("pop").map(String::as_str), Some("ams"));
+        assert_eq!(labels.len(), 3);
+        assert!(parse_labels("").unwrap().is_empty());
+        let error = parse_labels("region").unwrap_err().to_string();
+        assert!(error.contains("\"region\" is not key=value"), "{error}");
+        assert!(parse_labels("=x").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The control plane as the agent sees it: register, watch the desired state, fetch bundles,
+//! report. Every response body is read with a size limit.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use failsmall_core::domain::{UnitName, VersionHash};
+use failsmall_core::health::HealthSample;
+use serde::Serialize;
+
+use crate::verify::{Envelope, MAX_DOCUMENT_BYTES};
+
+/// Longest any request other than the watch may take.
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Largest JSON response read (besides blobs), in bytes.
+const MAX_RESPONSE_BYTES: usize = 2 * MAX_DOCUMENT_BYTES + 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("{what}: control plane unreachable: {reason}")]
+    Unreachable { what: String, reason: String },
+    #[error("{what}: control plane answered {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{what}: response is larger than {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    #[error("{what}: response does not parse: {reason}")]
+    Malformed { what: String, reason: String },
+}
+
+/// One report to the control plane (`POST /v1/nodes/{node}/reports`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    Applied {
+        unit: UnitName,
+        version: VersionHash,
+    },
+    Rejected {
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
+    Crashed {
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
+    HealthCheckFailed {
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
+    Health {
+        unit: UnitName,
+        version: VersionHash,
+        sample: HealthSample,
+    },
+}
+
+/// Most bytes of a reason sent (the server refuses longer text).
+pub const REASON_MAX_BYTES: usize = 1024;
+
+/// Cuts `reason` to at most [`REASON_MAX_BYTES`], on a character boundary.
+pub fn cut_reason(reason: &str) -> String {
+    let mut end = reason.len().min(REASON_MAX_BYTES);
+    while !reason.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    reason.get(..end).unwrap_or_default().to_owned()
+}
+
+/// A client of one control plane, for one node.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    node: String,
+}
+
+impl ControlPlane {
+    pub fn new(base: &str, token: &str, node: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            node: node.to_owned(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+        timeout_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, ControlError> {
+        let unreachable = |e: reqwest::Error| ControlError::Unreachable {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        };
+        let mut response = request
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_millis(timeout_ms))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+            if body.len().saturating_add(chunk.len()) > limit {
+                return Err(ControlError::TooLarge {
+                    what: what.to_owned(),
+                    limit,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(ControlError::Status {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                body: cut_reason(&String::from_utf8_lossy(&body)),
+            });
+        }
+        Ok(body)
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ControlError> {
+        serde_json::from_slice(body).map_err(|e| ControlError::Malformed {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The server's public key (hex), for trust on first use.
+    pub async fn signing_key(&self) -> Result<String, ControlError> {
+        let what = "GET /v1/signing-key";
+        let request = self.http.get(format!("{}/v1/signing-key", self.base));
+        let body = self
+            .send(what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await?;
+        let value: serde_json::Value = Self::json(what, &body)?;
+        value
+            .get("public_key")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| ControlError::Malformed {
+                what: what.to_owned(),
+                reason: "no public_key string".to_owned(),
+            })
+    }
+
+    /// Registers the node with its labels (idempotent).
+    pub async fn register(&self, labels: &BTreeMap<String, String>) -> Result<(), ControlError> {
+        let what = format!("PUT /v1/nodes/{}", self.node);
+        let request = self
+            .http
+            .put(format!("{}/v1/nodes/{}", self.base, self.node))
+            .json(&serde_json::json!({ "labels": labels }));
+        self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await
+            .map(drop)
+    }
+
+    /// The desired state; with `after`, waits up to `wait_ms` for a newer one.
+    pub async fn desired(
+        &self,
+        after: Option<u64>,
+        wait_ms: u64,
+    ) -> Result<Envelope, ControlError> {
+        let what = format!("GET /v1/nodes/{}/desired", self.node);
+        let query = match after {
+            Some(after) => format!("?after={after}&wait_ms={wait_ms}"),
+            None => String::new(),
+        };
+        let request = self.http.get(format!(
+            "{}/v1/nodes/{}/desired{query}",
+            self.base, self.node
+        ));
+        let timeout_ms = wait_ms.saturating_add(REQUEST_TIMEOUT_MS);
+        let body = self
+            .send(&what, request, timeout_ms, MAX_RESPONSE_BYTES)
+            .await?;
+        Self::json(&what, &body)
+    }
+
+    /// A bundle's bytes by hash, at most `max_bytes` (not yet checked against the hash).
+    pub async fn blob(
+        &self,
+        hash: &VersionHash,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ControlError> {
+        let what = format!("GET /v1/blobs/{hash}");
+        let request = self.http.get(format!("{}/v1/blobs/{hash}", self.base));
+        self.send(&what, request, REQUEST_TIMEOUT_MS * 6, max_bytes)
+            .await
+    }
+
+    pub async fn report(&self, report: &Report) -> Result<(), ControlError> {
+        let what = format!("POST /v1/nodes/{}/reports", self.node);
+        let request = self
+            .http
+            .post(format!("{}/v1/nodes/{}/reports", self.base, self.node))
+            .json(report);
+        self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await
+            .map(drop)
+    }
+}

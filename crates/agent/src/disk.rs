@@ -1,0 +1,417 @@
+//! The agent's data dir and its atomic writes.
+//!
+//! Layout:
+//! - `DIR/server.key`: the pinned server public key (hex), written once (trust on first use
+//!   unless given with `--server-key`).
+//! - `DIR/node.id`: the node's id when it was not given.
+//! - `DIR/seq`: the highest desired-state sequence number trusted so far.
+//! - `DIR/units/<unit>/versions/<sha256>`: the last few versions, immutable.
+//! - `DIR/units/<unit>/current`: the active version, replaced only by rename.
+//! - `DIR/units/<unit>/good`: the hash (hex) of the last known good version.
+//!
+//! Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so
+//! a crash at any instant leaves the old or the new file, never a torn one. The version named
+//! by `good` and the version in `current` are never deleted.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use failsmall_core::domain::{UnitName, VersionHash};
+
+/// Versions kept per unit besides the active one and the last known good.
+pub const KEEP_VERSIONS: usize = 4;
+/// Most version files looked at when pruning one unit.
+pub const MAX_VERSION_FILES: usize = 1024;
+/// Largest small state file read (seq, good, key, node id), in bytes.
+const SMALL_FILE_MAX_BYTES: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("unit name {0:?} cannot name a directory; expected a name other than '.' and '..'")]
+    UnitPath(String),
+    #[error("crash point {0} reached")]
+    FailPoint(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DiskError + 'a {
+    move |source| DiskError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Evaluates a fail point; with the `failpoints` feature a test can make it return an error
+/// (or crash the process there). Without the feature it does nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Err(DiskError::FailPoint($name.to_owned())));
+    };
+}
+
+/// The agent's data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Opens (creating it if needed) the data dir.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskError> {
+        let root = root.into();
+        fs::create_dir_all(root.join("units")).map_err(io("creating data dir", &root))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of one unit.
+    pub fn unit_dir(&self, unit: &UnitName) -> Result<PathBuf, DiskError> {
+        if matches!(unit.as_str(), "." | "..") {
+            return Err(DiskError::UnitPath(unit.to_string()));
+        }
+        Ok(self.root.join("units").join(unit.as_str()))
+    }
+
+    /// The stable path consumers read: `DIR/units/<unit>/current`.
+    pub fn current_path(&self, unit: &UnitName) -> Result<PathBuf, DiskError> {
+        Ok(self.unit_dir(unit)?.join("current"))
+    }
+
+    fn version_path(&self, unit: &UnitName, hash: &VersionHash) -> Result<PathBuf, DiskError> {
+        Ok(self.unit_dir(unit)?.join("versions").join(hash.to_string()))
+    }
+
+    /// Reads a small text file; `None` when it does not exist.
+    fn read_small(&self, path: &Path) -> Result<Option<String>, DiskError> {
+        match fs::metadata(path) {
+            Ok(meta) if meta.len() > SMALL_FILE_MAX_BYTES => {
+                return Err(DiskError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "{} bytes; expected at most {SMALL_FILE_MAX_BYTES}",
+                        meta.len()
+                    ),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", path)(e)),
+        }
+        match fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", path)(e)),
+        }
+    }
+
+    /// The pinned server key (hex), if any.
+    pub fn pinned_key(&self) -> Result<Option<String>, DiskError> {
+        self.read_small(&self.root.join("server.key"))
+    }
+
+    pub fn pin_key(&self, key_hex: &str) -> Result<(), DiskError> {
+        write_atomic(&self.root, "server.key", key_hex.as_bytes())
+    }
+
+    pub fn node_id(&self) -> Result<Option<String>, DiskError> {
+        self.read_small(&self.root.join("node.id"))
+    }
+
+    pub fn save_node_id(&self, id: &str) -> Result<(), DiskError> {
+        write_atomic(&self.root, "node.id", id.as_bytes())
+    }
+
+    /// The highest trusted sequence number (0 when none yet).
+    pub fn trusted_seq(&self) -> Result<u64, DiskError> {
+        let path = self.root.join("seq");
+        match self.read_small(&path)? {
+            None => Ok(0),
+            Some(text) => text.parse().map_err(|_| DiskError::Corrupt {
+                path,
+                reason: format!("{text:?} is not a sequence number"),
+            }),
+        }
+    }
+
+    pub fn save_trusted_seq(&self, seq: u64) -> Result<(), DiskError> {
+        write_atomic(&self.root, "seq", seq.to_string().as_bytes())
+    }
+
+    /// Units that have a directory.
+    pub fn units(&self) -> Result<Vec<UnitName>, DiskError> {
+        let dir = self.root.join("units");
+        let entries = fs::read_dir(&dir).map_err(io("listing", &dir))?;
+        let mut units = Vec::new();
+        for entry in entries.take(MAX_VERSION_FILES) {
+            let entry = entry.map_err(io("listing", &dir))?;
+            if let Some(name) = entry.file_name().to_str()
+                && let Ok(unit) = UnitName::new(name)
+                && !matches!(name, "." | "..")
+            {
+                units.push(unit);
+            }
+        }
+        units.sort();
+        Ok(units)
+    }
+
+    /// The last known good version of `unit`, if any.
+    pub fn good(&self, unit: &UnitName) -> Result<Option<VersionHash>, DiskError> {
+        let path = self.unit_dir(unit)?.join("good");
+        match self.read_small(&path)? {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| DiskError::Corrupt {
+                path,
+                reason: format!("{text:?} is not a SHA-256 hex"),
+            }),
+        }
+    }
+
+    /// Records `hash` as the last known good version of `unit`.
+    pub fn set_good(&self, unit: &UnitName, hash: &VersionHash) -> Result<(), DiskError> {
+        crash_point!("agent::before_good");
+        write_atomic(&self.unit_dir(unit)?, "good", hash.to_string().as_bytes())
+    }
+
+    /// The active version's bytes and hash (computed from the bytes, so they always agree).
+    pub fn current(&self, unit: &UnitName) -> Result<Option<(Vec<u8>, VersionHash)>, DiskError> {
+        let path = self.current_path(unit)?;
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let hash = VersionHash::of(&bytes);
+                Ok(Some((bytes, hash)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    /// A stored version's bytes, checked against its hash; `None` if missing or damaged.
+    pub fn version(
+        &self,
+        unit: &UnitName,
+        hash: &VersionHash,
+    ) -> Result<Option<Vec<u8>>, DiskError> {
+        let path = self.version_path(unit, hash)?;
+        match fs::read(&path) {
+            Ok(bytes) if VersionHash::of(&bytes) == *hash => Ok(Some(bytes)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path)(e)),
+        }
+    }
+
+    /// Stores a version (not yet active) and returns its path. The bytes must hash to `hash`.
+    pub fn store_version(
+        &self,
+        unit: &UnitName,
+        hash: &VersionHash,
+        bytes: &[u8],
+    ) -> Result<PathBuf, DiskError> {
+        let dir = self.unit_dir(unit)?.join("versions");
+        fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+        let name = hash.to_string();
+        let path = dir.join(&name);
+        if self.version(unit, hash)?.is_none() {
+            write_atomic(&dir, &name, bytes)?;
+        }
+        crash_point!("agent::after_version_stored");
+        Ok(path)
+    }
+
+    /// Makes the stored version `hash` the active one: a new file with its bytes replaces
+    /// `current` by rename. The version must have been stored.
+    pub fn activate(&self, unit: &UnitName, hash: &VersionHash) -> Result<(), DiskError> {
+        let source = self.version_path(unit, hash)?;
+        let dir = self.unit_dir(unit)?;
+        let temporary = dir.join(format!(".current.{}.tmp", std::process::id()));
+        remove_if_exists(&temporary)?;
+        crash_point!("agent::before_current_written");
+        // A hard link shares the immutable version's bytes (no copy of a large bundle); where
+        // links are not supported the bytes are copied and fsynced.
+        if fs::hard_link(&source, &temporary).is_err() {
+            fs::copy(&source, &temporary).map_err(io("copying", &source))?;
+            fs::File::open(&temporary)
+                .and_then(|file| file.sync_all())
+                .map_err(io("syncing", &temporary))?;
+        }
+        // A fresh modification time tells file watchers that `current` changed.
+        fs::File::options()
+            .write(true)
+            .open(&temporary)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+            .map_err(io("touching", &temporary))?;
+        crash_point!("agent::before_current_renamed");
+        let current = dir.join("current");
+        fs::rename(&temporary, &current).map_err(io("renaming into", &current))?;
+        crash_point!("agent::after_current_renamed");
+        sync_dir(&dir)?;
+        crash_point!("agent::after_current_synced");
+        Ok(())
+    }
+
+    /// Deletes old versions beyond [`KEEP_VERSIONS`], never `keep` (the active one and the
+    /// last known good).
+    pub fn prune(&self, unit: &UnitName, keep: &[VersionHash]) -> Result<usize, DiskError> {
+        let dir = self.unit_dir(unit)?.join("versions");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io("listing", &dir)(e)),
+        };
+        let keep: Vec<String> = keep.iter().map(ToString::to_string).collect();
+        let mut candidates = Vec::new();
+        for entry in entries.take(MAX_VERSION_FILES) {
+            let entry = entry.map_err(io("listing", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) || name.starts_with('.') {
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
+            candidates.push((modified, entry.path()));
+        }
+        candidates.sort();
+        let excess = candidates.len().saturating_sub(KEEP_VERSIONS);
+        for (_, path) in candidates.iter().take(excess) {
+            remove_if_exists(path)?;
+        }
+        Ok(excess)
+    }
+
+    /// Removes temporary files a crash may have left in a unit's directories.
+    pub fn clean_temporaries(&self, unit: &UnitName) -> Result<(), DiskError> {
+        let dir = self.unit_dir(unit)?;
+        for dir in [dir.clone(), dir.join("versions")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.take(MAX_VERSION_FILES).flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    remove_if_exists(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), DiskError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io("removing", path)(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    fs::File::open(dir)
+        .and_then(|file| file.sync_all())
+        .map_err(io("syncing directory", dir))
+}
+
+/// Writes `dir/name` atomically: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DiskError> {
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = fs::File::create(&temporary).map_err(io("creating", &temporary))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io("writing", &temporary))?;
+    drop(file);
+    crash_point!("agent::before_rename");
+    let path = dir.join(name);
+    fs::rename(&temporary, &path).map_err(io("renaming into", &path))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(name: &str) -> DataDir {
+        let dir = std::env::temp_dir().join(format!(
+            "failsmall-agent-disk-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        DataDir::open(dir).unwrap()
+    }
+
+    #[test]
+    fn activate_replaces_current_and_good_survives_pruning() {
+        let disk = fresh("activate");
+        let unit = UnitName::new("features").unwrap();
+        let mut hashes = Vec::new();
+        for i in 0..10u8 {
+            let bytes = vec![i; 100 + usize::from(i)];
+            let hash = VersionHash::of(&bytes);
+            disk.store_version(&unit, &hash, &bytes).unwrap();
+            disk.activate(&unit, &hash).unwrap();
+            let (active, active_hash) = disk.current(&unit).unwrap().unwrap();
+            assert_eq!(active, bytes);
+            assert_eq!(active_hash, hash);
+            if i == 0 {
+                disk.set_good(&unit, &hash).unwrap();
+            }
+            let good = disk.good(&unit).unwrap().unwrap();
+            disk.prune(&unit, &[hash, good]).unwrap();
+            hashes.push(hash);
+        }
+        let first = hashes.first().unwrap();
+        assert!(disk.version(&unit, first).unwrap().is_some(), "good kept");
+        let last = hashes.last().unwrap();
+        assert!(disk.version(&unit, last).unwrap().is_some(), "active kept");
+        let stored = fs::read_dir(disk.unit_dir(&unit).unwrap().join("versions"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            stored,
+            KEEP_VERSIONS + 2,
+            "the few kept, the active one and the good one"
+        );
+    }
+
+    #[test]
+    fn a_damaged_version_file_is_not_served() {
+        let disk = fresh("damaged");
+        let unit = UnitName::new("flags").unwrap();
+        let hash = VersionHash::of(b"good");
+        let path = disk.store_version(&unit, &hash, b"good").unwrap();
+        fs::write(&path, b"evil").unwrap();
+        assert_eq!(disk.version(&unit, &hash).unwrap(), None);
+    }
+
+    #[test]
+    fn dot_units_cannot_escape_the_data_dir() {
+        let disk = fresh("dots");
+        let unit = UnitName::new("..").unwrap();
+        assert!(matches!(disk.unit_dir(&unit), Err(DiskError::UnitPath(_))));
+    }
+
+    #[test]
+    fn seq_and_key_round_trip() {
+        let disk = fresh("seq");
+        assert_eq!(disk.trusted_seq().unwrap(), 0);
+        disk.save_trusted_seq(42).unwrap();
+        assert_eq!(disk.trusted_seq().unwrap(), 42);
+        assert_eq!(disk.pinned_key().unwrap(), None);
+        disk.pin_key("ab").unwrap();
+        assert_eq!(disk.pinned_key().unwrap().as_deref(), Some("ab"));
+    }
+}

@@ -1,0 +1,817 @@
+//! failsmall-agent: the daemon on each node.
+//!
+//! It registers the node with its labels, holds a long-poll watch on the node's signed
+//! desired state, verifies each document ([`verify`]), fetches each bundle by hash, checks
+//! the hash, validates it with the same code the server uses
+//! ([`failsmall_core::validate::validate`]) plus the unit's optional local validator
+//! command, applies it atomically ([`disk`]), runs the unit's reload command and post-apply
+//! HTTP health check, and on any failure puts back the last known good at once. It reports
+//! ACK / NACK / health to the control plane through a bounded queue ([`report`]), and serves
+//! local consumers on 127.0.0.1 ([`local_api`]).
+//!
+//! When the control plane is unreachable the agent keeps serving what is on disk and
+//! reconnects with backoff and jitter; it starts with the server down just as well.
+//!
+//! Trust: the server's public key is given (`server_key`) or fetched once at first start and
+//! pinned in the data dir (trust on first use); from then on only documents signed by that
+//! key are acted on.
+
+pub mod apply;
+pub mod args;
+pub mod command;
+pub mod control;
+pub mod disk;
+pub mod local_api;
+pub mod report;
+pub mod scrape;
+pub mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use failsmall_core::domain::{NodeId, UnitName, VersionHash};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::command::LocalCommand;
+use crate::control::{ControlPlane, Report};
+use crate::disk::{DataDir, DiskError};
+use crate::report::ReportQueue;
+use crate::scrape::MetricNames;
+use crate::verify::{Desired, Envelope, Refusal};
+
+/// Longest wait of one watch request (the server allows at most 30 s).
+pub const WATCH_WAIT_MS_MAX: u64 = 30_000;
+/// Most versions remembered as refused in one run (oldest forgotten first).
+pub const MAX_REFUSED: usize = 1024;
+/// Most refusal messages kept for the status page.
+pub const MAX_RECENT_REFUSALS: usize = 32;
+
+/// A post-apply HTTP health check of the local consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckConfig {
+    /// The full URL, e.g. `http://127.0.0.1:8080/health`.
+    pub url: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    #[serde(default = "default_check_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+fn default_check_timeout_ms() -> u64 {
+    5_000
+}
+
+/// What this node does around one unit's apply. Local to the node: the control plane never
+/// sends commands to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitLocalConfig {
+    /// Runs with the bundle's path as last argument; a non-zero exit refuses the version.
+    #[serde(default)]
+    pub validate: Option<LocalCommand>,
+    /// Runs after the version became active (path of `current` as last argument).
+    #[serde(default)]
+    pub reload: Option<LocalCommand>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// Where the local consumer's Prometheus metrics are, and what they are called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMetrics {
+    pub url: String,
+    #[serde(default)]
+    pub names: MetricNames,
+    #[serde(default = "default_scrape_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_scrape_interval_ms() -> u64 {
+    5_000
+}
+
+/// Everything the agent needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The control plane's base URL, e.g. `http://127.0.0.1:7070`.
+    pub server_url: String,
+    /// An agent token bound to this node.
+    pub token: String,
+    /// The node's id; when absent, the one saved in the data dir, or a new one.
+    pub node_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    /// The server's public key (hex); when absent, trust on first use.
+    pub server_key: Option<String>,
+    /// Where the local API listens (must be a loopback address).
+    pub local_api: Option<SocketAddr>,
+    pub units: BTreeMap<UnitName, UnitLocalConfig>,
+    pub metrics: Option<ConsumerMetrics>,
+    /// How long one watch request waits for news.
+    pub watch_wait_ms: u64,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl AgentConfig {
+    pub fn new(server_url: &str, token: &str, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            server_url: server_url.to_owned(),
+            token: token.to_owned(),
+            node_id: None,
+            labels: BTreeMap::new(),
+            data_dir: data_dir.into(),
+            server_key: None,
+            local_api: None,
+            units: BTreeMap::new(),
+            metrics: None,
+            watch_wait_ms: 25_000,
+            backoff_min_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+
+    /// Checks the configuration before anything starts.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |field: &'static str, reason: String| AgentError::Config { field, reason };
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return Err(bad(
+                "server",
+                format!("{:?} is not an http:// or https:// URL", self.server_url),
+            ));
+        }
+        if self.token.trim().is_empty() {
+            return Err(bad("token", "is empty".into()));
+        }
+        if let Some(id) = &self.node_id {
+            NodeId::new(id.clone()).map_err(|e| bad("node-id", e.to_string()))?;
+        }
+        if let Some(address) = self.local_api
+            && !address.ip().is_loopback()
+        {
+            return Err(bad(
+                "local-api",
+                format!("{address} is not a loopback address; the local API serves only this host"),
+            ));
+        }
+        if self.watch_wait_ms > WATCH_WAIT_MS_MAX {
+            return Err(bad(
+                "watch_wait_ms",
+                format!("{} is above {WATCH_WAIT_MS_MAX}", self.watch_wait_ms),
+            ));
+        }
+        if self.backoff_min_ms == 0 || self.backoff_min_ms > self.backoff_max_ms {
+            return Err(bad(
+                "backoff",
+                format!(
+                    "min {} ms and max {} ms; expected 0 < min <= max",
+                    self.backoff_min_ms, self.backoff_max_ms
+                ),
+            ));
+        }
+        if let Some(key) = &self.server_key {
+            verify::parse_key(key).map_err(|e| bad("server-key", e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("configuration {field}: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("pinned server key in the data dir: {0}")]
+    PinnedKey(Refusal),
+    #[error("local API on {address}: {source}")]
+    LocalApi {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no randomness for a node id: {0}")]
+    Random(String),
+}
+
+/// One unit as the agent sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UnitStatus {
+    pub active: Option<VersionHash>,
+    pub good: Option<VersionHash>,
+    pub desired: Option<VersionHash>,
+    pub last_error: Option<String>,
+}
+
+/// What the agent knows about itself, for the local API.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub node: String,
+    /// The highest desired-state sequence number trusted.
+    pub seq: u64,
+    /// Whether the control plane answered the latest request.
+    pub connected: bool,
+    /// The latest document expired and nothing newer came: what is served may be stale.
+    pub stale: bool,
+    pub expires_ms: Option<u64>,
+    pub units: BTreeMap<UnitName, UnitStatus>,
+    /// The latest refusals (documents or versions), newest last.
+    pub refusals: Vec<String>,
+    pub reports_queued: usize,
+    pub reports_dropped: u64,
+}
+
+/// State shared by the agent's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub disk: DataDir,
+    pub status: Mutex<Status>,
+    /// Bumped at every activation on disk (local watchers wait on it).
+    pub activations: watch::Sender<u64>,
+    pub reports: ReportQueue,
+    /// Versions refused in this run: never applied again without a restart.
+    refused: Mutex<BTreeSet<(UnitName, VersionHash)>>,
+    /// Versions ACKed in this run (a restarted agent ACKs what it serves once more).
+    acknowledged: Mutex<BTreeSet<(UnitName, VersionHash)>>,
+}
+
+impl Shared {
+    fn new(disk: DataDir, node: &str) -> Self {
+        let (activations, _) = watch::channel(0);
+        Self {
+            disk,
+            status: Mutex::new(Status {
+                node: node.to_owned(),
+                ..Status::default()
+            }),
+            activations,
+            reports: ReportQueue::default(),
+            refused: Mutex::new(BTreeSet::new()),
+            acknowledged: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn with_status<T>(&self, f: impl FnOnce(&mut Status) -> T) -> Option<T> {
+        self.status.lock().ok().map(|mut status| f(&mut status))
+    }
+
+    pub fn note_refusal(&self, message: String) {
+        let repeated = self
+            .with_status(|status| status.refusals.last() == Some(&message))
+            .unwrap_or(false);
+        if repeated {
+            return;
+        }
+        eprintln!("failsmall agent: refused: {message}");
+        self.with_status(|status| {
+            if status.refusals.len() >= MAX_RECENT_REFUSALS {
+                status.refusals.remove(0);
+            }
+            status.refusals.push(message);
+        });
+    }
+
+    pub fn is_refused(&self, unit: &UnitName, hash: &VersionHash) -> bool {
+        self.refused
+            .lock()
+            .map(|set| set.contains(&(unit.clone(), *hash)))
+            .unwrap_or(false)
+    }
+
+    pub fn refuse(&self, unit: &UnitName, hash: &VersionHash) {
+        if let Ok(mut set) = self.refused.lock() {
+            if set.len() >= MAX_REFUSED
+                && let Some(first) = set.iter().next().cloned()
+            {
+                set.remove(&first);
+            }
+            set.insert((unit.clone(), *hash));
+        }
+    }
+
+    /// Reports `hash` applied, once per run.
+    pub fn acknowledge(&self, unit: &UnitName, hash: &VersionHash) {
+        let first = self
+            .acknowledged
+            .lock()
+            .map(|mut set| {
+                if set.len() >= MAX_REFUSED {
+                    set.clear();
+                }
+                set.insert((unit.clone(), *hash))
+            })
+            .unwrap_or(true);
+        if first {
+            self.reports.push(Report::Applied {
+                unit: unit.clone(),
+                version: *hash,
+            });
+        }
+    }
+
+    /// Records that `unit`'s active version changed on disk.
+    pub fn activated(&self, unit: &UnitName) {
+        let active = self.disk.current(unit).ok().flatten().map(|(_, h)| h);
+        let good = self.disk.good(unit).ok().flatten();
+        self.with_status(|status| {
+            let entry = status.units.entry(unit.clone()).or_default();
+            entry.active = active;
+            entry.good = good;
+        });
+        self.activations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return now_ms();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// A delay between `delay_ms / 2` and `delay_ms`: full jitter on the upper half, so agents
+/// that lost the server together do not return together.
+pub fn jittered(delay_ms: u64, random: u64) -> u64 {
+    let half = delay_ms / 2;
+    half.saturating_add(random % (delay_ms.saturating_sub(half).saturating_add(1)))
+}
+
+/// The node id: given, saved in the data dir, or new (then saved).
+fn node_id(config: &AgentConfig, disk: &DataDir) -> Result<String, AgentError> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.clone());
+    }
+    if let Some(id) = disk.node_id()?
+        && NodeId::new(id.clone()).is_ok()
+    {
+        return Ok(id);
+    }
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| AgentError::Random(e.to_string()))?;
+    let id = format!("node-{}", hex::encode(suffix));
+    disk.save_node_id(&id)?;
+    Ok(id)
+}
+
+/// At start, before anything else: removes temporaries, and where an apply was cut short
+/// (the active version is not the last known good, or nothing is active), puts back the
+/// last known good.
+fn recover(shared: &Shared) -> Result<(), AgentError> {
+    for unit in shared.disk.units()? {
+        shared.disk.clean_temporaries(&unit)?;
+        let good = shared.disk.good(&unit)?;
+        let active = shared.disk.current(&unit)?.map(|(_, hash)| hash);
+        if let Some(good) = good
+            && active != Some(good)
+            && shared.disk.version(&unit, &good)?.is_some()
+        {
+            eprintln!(
+                "failsmall agent: unit {unit}: an apply was interrupted; putting back the last known good {}",
+                good.short()
+            );
+            shared.disk.activate(&unit, &good)?;
+        }
+        shared.activated(&unit);
+    }
+    Ok(())
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let disk = DataDir::open(&config.data_dir)?;
+    let node = node_id(&config, &disk)?;
+    let shared = Arc::new(Shared::new(disk, &node));
+    let seq = shared.disk.trusted_seq()?;
+    shared.with_status(|status| status.seq = seq);
+    recover(&shared)?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(address) = config.local_api {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| AgentError::LocalApi { address, source })?;
+        let bound = listener.local_addr().unwrap_or(address);
+        eprintln!("failsmall agent: local API on http://{bound}");
+        let mut stopping = stopped.clone();
+        tasks.spawn(local_api::serve(
+            listener,
+            Arc::clone(&shared),
+            config.clone(),
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let control = ControlPlane::new(&config.server_url, &config.token, &node);
+    tasks.spawn(send_reports(
+        control.clone(),
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
+    if let Some(metrics) = config.metrics.clone() {
+        tasks.spawn(scrape_health(metrics, Arc::clone(&shared), stopped.clone()));
+    }
+    let watching = watch_loop(config, control, Arc::clone(&shared), stopped.clone());
+    tokio::select! {
+        result = watching => {
+            let _ = stop.send(true);
+            while tasks.join_next().await.is_some() {}
+            result
+        }
+        () = shutdown => {
+            let _ = stop.send(true);
+            while tasks.join_next().await.is_some() {}
+            Ok(())
+        }
+    }
+}
+
+/// Sleeps `ms`, or less if the agent is stopping; returns whether it is stopping.
+async fn pause(ms: u64, stopped: &mut watch::Receiver<bool>) -> bool {
+    let slept = tokio::select! {
+        () = tokio::time::sleep(Duration::from_millis(ms)) => true,
+        _ = stopped.wait_for(|s| *s) => false,
+    };
+    !slept || *stopped.borrow()
+}
+
+/// The pinned key: from the configuration (then pinned), from the data dir, or fetched once
+/// from the server (trust on first use).
+async fn pinned_key(
+    config: &AgentConfig,
+    control: &ControlPlane,
+    shared: &Shared,
+) -> Result<Option<ed25519_dalek::VerifyingKey>, AgentError> {
+    if let Some(key) = &config.server_key {
+        let parsed = verify::parse_key(key).map_err(AgentError::PinnedKey)?;
+        if shared.disk.pinned_key()?.as_deref() != Some(key.trim()) {
+            shared.disk.pin_key(key.trim())?;
+        }
+        return Ok(Some(parsed));
+    }
+    if let Some(key) = shared.disk.pinned_key()? {
+        return verify::parse_key(&key)
+            .map(Some)
+            .map_err(AgentError::PinnedKey);
+    }
+    match control.signing_key().await {
+        Ok(key) => {
+            let parsed = verify::parse_key(&key).map_err(AgentError::PinnedKey)?;
+            shared.disk.pin_key(&key)?;
+            eprintln!("failsmall agent: pinned the server key {key} (trust on first use)");
+            Ok(Some(parsed))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+async fn watch_loop(
+    config: AgentConfig,
+    control: ControlPlane,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut backoff_ms = config.backoff_min_ms;
+    let mut refusal_backoff_ms = 0u64;
+    let mut key = None;
+    let mut registered = false;
+    let mut caught_up = false;
+    loop {
+        if *stopped.borrow() {
+            return Ok(());
+        }
+        refresh_staleness(&shared);
+        if key.is_none() {
+            key = pinned_key(&config, &control, &shared).await?;
+        }
+        let step = async {
+            let Some(key) = &key else {
+                return Err(
+                    "the server key is not pinned yet and the server is unreachable".to_owned(),
+                );
+            };
+            if !registered {
+                control
+                    .register(&config.labels)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                registered = true;
+            }
+            let seq = shared.with_status(|s| s.seq).unwrap_or(0);
+            let after = caught_up.then_some(seq);
+            let envelope = control
+                .desired(after, config.watch_wait_ms)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((*key, envelope))
+        };
+        let outcome = tokio::select! {
+            outcome = step => outcome,
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        };
+        match outcome {
+            Ok((key, envelope)) => {
+                shared.with_status(|s| s.connected = true);
+                backoff_ms = config.backoff_min_ms;
+                let accepted = on_envelope(&config, &control, &shared, &key, &envelope).await?;
+                caught_up = accepted;
+                if !accepted {
+                    // A refused document is asked for again, more and more slowly.
+                    refusal_backoff_ms = refusal_backoff_ms
+                        .saturating_mul(2)
+                        .clamp(config.backoff_min_ms, config.backoff_max_ms);
+                    if pause(jittered(refusal_backoff_ms, random_u64()), &mut stopped).await {
+                        return Ok(());
+                    }
+                } else {
+                    refusal_backoff_ms = 0;
+                }
+            }
+            Err(reason) => {
+                let was_connected = shared
+                    .with_status(|s| std::mem::replace(&mut s.connected, false))
+                    .unwrap_or(false);
+                if was_connected {
+                    eprintln!(
+                        "failsmall agent: control plane lost ({reason}); serving what is on disk"
+                    );
+                }
+                registered = false;
+                caught_up = false;
+                if pause(jittered(backoff_ms, random_u64()), &mut stopped).await {
+                    return Ok(());
+                }
+                backoff_ms = backoff_ms.saturating_mul(2).min(config.backoff_max_ms);
+            }
+        }
+    }
+}
+
+/// Marks the agent stale when the latest document expired.
+fn refresh_staleness(shared: &Shared) {
+    let now = now_ms();
+    let turned = shared.with_status(|status| {
+        let stale = status.expires_ms.is_some_and(|expires| now > expires);
+        let turned = stale && !status.stale;
+        status.stale = stale;
+        turned
+    });
+    if turned == Some(true) {
+        eprintln!("failsmall agent: desired state expired; serving what is on disk (stale)");
+    }
+}
+
+/// Handles one desired-state envelope; returns whether it was trusted.
+async fn on_envelope(
+    config: &AgentConfig,
+    control: &ControlPlane,
+    shared: &Arc<Shared>,
+    key: &ed25519_dalek::VerifyingKey,
+    envelope: &Envelope,
+) -> Result<bool, AgentError> {
+    let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
+    let desired = match verify::verify(key, envelope, control.node(), trusted) {
+        Ok(desired) => desired,
+        Err(refusal) => {
+            refuse_document(shared, envelope, &refusal);
+            return Ok(false);
+        }
+    };
+    if desired.seq > trusted {
+        shared.disk.save_trusted_seq(desired.seq)?;
+    }
+    shared.with_status(|s| {
+        s.seq = desired.seq;
+        s.expires_ms = desired.expires_ms;
+    });
+    refresh_staleness(shared);
+    if desired.is_expired(now_ms()) {
+        shared.note_refusal(format!(
+            "desired-state document seq {} expired at {} ms; keeping what is on disk",
+            desired.seq,
+            desired.expires_ms.unwrap_or(0)
+        ));
+        return Ok(true);
+    }
+    converge(config, control, shared, &desired).await;
+    Ok(true)
+}
+
+/// Reports a refused document: for each unit it names at a version other than the active
+/// one, a NACK with the reason (once per version and run).
+fn refuse_document(shared: &Shared, envelope: &Envelope, refusal: &Refusal) {
+    shared.note_refusal(refusal.to_string());
+    let named: BTreeMap<String, String> =
+        serde_json::from_str::<serde_json::Value>(&envelope.document)
+            .ok()
+            .and_then(|v| v.get("units").cloned())
+            .and_then(|units| serde_json::from_value(units).ok())
+            .unwrap_or_default();
+    for (unit, hash) in named.into_iter().take(verify::MAX_UNITS) {
+        let (Ok(unit), Ok(hash)) = (UnitName::new(unit), hash.parse::<VersionHash>()) else {
+            continue;
+        };
+        let active = shared.disk.current(&unit).ok().flatten().map(|(_, h)| h);
+        if active == Some(hash) || shared.is_refused(&unit, &hash) {
+            continue;
+        }
+        shared.refuse(&unit, &hash);
+        shared.reports.push(Report::Rejected {
+            unit,
+            version: hash,
+            reason: control::cut_reason(&refusal.to_string()),
+        });
+    }
+}
+
+async fn converge(
+    config: &AgentConfig,
+    control: &ControlPlane,
+    shared: &Arc<Shared>,
+    desired: &Desired,
+) {
+    for (unit, hash) in &desired.units {
+        shared.with_status(|s| s.units.entry(unit.clone()).or_default().desired = Some(*hash));
+        let local = config.units.get(unit).cloned().unwrap_or_default();
+        let spec = desired.specs.get(unit);
+        apply::converge_unit(control, shared, unit, hash, spec, &local).await;
+    }
+}
+
+/// Sends queued reports in batches; on failure puts them back and retries with backoff.
+async fn send_reports(
+    control: ControlPlane,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let mut backoff_ms = 100u64;
+    loop {
+        let batch = shared.reports.take_batch();
+        if batch.is_empty() {
+            tokio::select! {
+                () = shared.reports.wait() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
+            }
+            continue;
+        }
+        let mut unsent = Vec::new();
+        let mut failed = false;
+        for report in batch {
+            if failed {
+                unsent.push(report);
+                continue;
+            }
+            match control.report(&report).await {
+                Ok(()) => {}
+                // A 4xx will not get better by retrying: drop it, say so.
+                Err(control::ControlError::Status { status, body, .. })
+                    if (400..500).contains(&status) && status != 401 && status != 429 =>
+                {
+                    eprintln!(
+                        "failsmall agent: report refused by the control plane ({status}): {body}"
+                    );
+                }
+                Err(_) => {
+                    failed = true;
+                    unsent.push(report);
+                }
+            }
+        }
+        shared.with_status(|s| {
+            s.reports_queued = shared.reports.len().saturating_add(unsent.len());
+            s.reports_dropped = shared.reports.dropped();
+        });
+        if failed {
+            shared.reports.put_back(unsent);
+            if pause(jittered(backoff_ms, random_u64()), &mut stopped).await {
+                return Ok(());
+            }
+            backoff_ms = backoff_ms.saturating_mul(2).min(5_000);
+        } else {
+            backoff_ms = 100;
+        }
+    }
+}
+
+/// Scrapes the consumer's metrics every interval; the difference between two scrapes is
+/// reported as health of each unit's version that was active over the whole interval.
+async fn scrape_health(
+    metrics: ConsumerMetrics,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let http = reqwest::Client::new();
+    let interval_ms = metrics.interval_ms.max(100);
+    let mut previous: Option<(scrape::Counters, u64)> = None;
+    loop {
+        if pause(interval_ms, &mut stopped).await {
+            return Ok(());
+        }
+        let generation = *shared.activations.borrow();
+        let page = scrape_page(&http, &metrics.url, interval_ms).await;
+        let Some(page) = page else {
+            previous = None;
+            continue;
+        };
+        let counters = scrape::parse(&page, &metrics.names);
+        if let Some((before, before_generation)) = &previous
+            && *before_generation == generation
+        {
+            let sample = scrape::sample_between(before, &counters);
+            let active: Vec<(UnitName, VersionHash)> = shared
+                .with_status(|s| {
+                    s.units
+                        .iter()
+                        .filter_map(|(unit, st)| st.active.map(|h| (unit.clone(), h)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if sample.requests > 0 {
+                for (unit, version) in active {
+                    shared.reports.push(Report::Health {
+                        unit,
+                        version,
+                        sample,
+                    });
+                }
+            }
+        }
+        previous = Some((counters, generation));
+    }
+}
+
+async fn scrape_page(http: &reqwest::Client, url: &str, timeout_ms: u64) -> Option<String> {
+    let mut response = http
+        .get(url)
+        .timeout(Duration::from_millis(timeout_ms))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len().saturating_add(chunk.len()) > scrape::MAX_PAGE_BYTES {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        for random in [0, 1, 7, 999, u64::MAX] {
+            let delay = jittered(1000, random);
+            assert!((500..=1000).contains(&delay), "{delay}");
+        }
+        assert_eq!(jittered(0, 5), 0);
+    }
+
+    #[test]
+    fn config_is_checked_before_start() {
+        let good = AgentConfig::new("http://127.0.0.1:1", "t", "/tmp/x");
+        good.validate().unwrap();
+        let mut remote_api = good.clone();
+        remote_api.local_api = Some(SocketAddr::from(([0, 0, 0, 0], 9000)));
+        assert!(matches!(
+            remote_api.validate(),
+            Err(AgentError::Config {
+                field: "local-api",
+                ..
+            })
+        ));
+        let mut bad_url = good.clone();
+        bad_url.server_url = "ftp://x".into();
+        assert!(bad_url.validate().is_err());
+        let mut bad_key = good;
+        bad_key.server_key = Some("abc".into());
+        assert!(bad_key.validate().is_err());
+    }
+}

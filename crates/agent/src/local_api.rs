@@ -1,0 +1,233 @@
+//! The local API on 127.0.0.1, for consumers on this host:
+//!
+//! - `GET /v1/units/{unit}`: the active version's bytes; header `x-failsmall-version`.
+//! - `GET /v1/units/{unit}/watch?after=HASH&wait_ms=N`: waits (at most
+//!   [`MAX_WATCH_MS`]) until the active version is not `after`; 200 with the bytes, or 304
+//!   when nothing changed in time.
+//! - `POST /v1/units/{unit}/rejections` `{"version": HASH, "reason": TEXT}`: a consumer
+//!   refused that version. The agent NACKs it, and if it is active, puts back the last known
+//!   good at once.
+//! - `GET /v1/status`: what the agent knows about itself (JSON).
+
+// Handlers return early with a ready response; boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use failsmall_core::domain::{UnitName, VersionHash};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::control::{Report, cut_reason};
+use crate::{AgentConfig, AgentError, Shared};
+
+/// Longest a local watch waits.
+pub const MAX_WATCH_MS: u64 = 60_000;
+/// Largest request body, in bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The header that carries a version's hash.
+pub const VERSION_HEADER: &str = "x-failsmall-version";
+
+#[derive(Clone)]
+struct LocalState {
+    shared: Arc<Shared>,
+    config: Arc<AgentConfig>,
+}
+
+/// Serves the local API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let address = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    axum::serve(listener, router(shared, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| AgentError::LocalApi { address, source })
+}
+
+/// The local API's routes.
+pub fn router(shared: Arc<Shared>, config: AgentConfig) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/units/{unit}", get(unit_bytes))
+        .route("/v1/units/{unit}/watch", get(watch_unit))
+        .route("/v1/units/{unit}/rejections", post(rejection))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(LocalState {
+            shared,
+            config: Arc::new(config),
+        })
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({"error": {"message": message}}))).into_response()
+}
+
+fn unit_name(name: &str) -> Result<UnitName, Response> {
+    UnitName::new(name).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn current(
+    shared: &Arc<Shared>,
+    unit: &UnitName,
+) -> Result<Option<(Vec<u8>, VersionHash)>, Response> {
+    let (disk, unit) = (shared.disk.clone(), unit.clone());
+    tokio::task::spawn_blocking(move || disk.current(&unit))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn bytes_response(bytes: Vec<u8>, hash: &VersionHash) -> Response {
+    let mut response = bytes.into_response();
+    if let Ok(value) = HeaderValue::from_str(&hash.to_string()) {
+        response.headers_mut().insert(VERSION_HEADER, value);
+    }
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+async fn status(State(state): State<LocalState>) -> Response {
+    let mut status = state.shared.with_status(|s| s.clone()).unwrap_or_default();
+    status.reports_queued = state.shared.reports.len();
+    status.reports_dropped = state.shared.reports.dropped();
+    axum::Json(status).into_response()
+}
+
+async fn unit_bytes(State(state): State<LocalState>, Path(unit): Path<String>) -> Response {
+    let unit = match unit_name(&unit) {
+        Ok(unit) => unit,
+        Err(response) => return response,
+    };
+    match current(&state.shared, &unit).await {
+        Ok(Some((bytes, hash))) => bytes_response(bytes, &hash),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("unit {unit} has no active version on this node"),
+        ),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchQuery {
+    after: Option<String>,
+    wait_ms: Option<u64>,
+}
+
+async fn watch_unit(
+    State(state): State<LocalState>,
+    Path(unit): Path<String>,
+    Query(query): Query<WatchQuery>,
+) -> Response {
+    let unit = match unit_name(&unit) {
+        Ok(unit) => unit,
+        Err(response) => return response,
+    };
+    let after: Option<VersionHash> = match query.after.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(hash)) => Some(hash),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "after is not a SHA-256 hex".to_owned(),
+            );
+        }
+    };
+    let wait_ms = query.wait_ms.unwrap_or(30_000).min(MAX_WATCH_MS);
+    let mut changes = state.shared.activations.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        changes.borrow_and_update();
+        match current(&state.shared, &unit).await {
+            Ok(Some((bytes, hash))) if Some(hash) != after => {
+                return bytes_response(bytes, &hash);
+            }
+            Ok(_) => {}
+            Err(response) => return response,
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) | Err(_) => return StatusCode::NOT_MODIFIED.into_response(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectionRequest {
+    version: String,
+    reason: String,
+}
+
+async fn rejection(
+    State(state): State<LocalState>,
+    Path(unit): Path<String>,
+    body: Bytes,
+) -> Response {
+    let unit = match unit_name(&unit) {
+        Ok(unit) => unit,
+        Err(response) => return response,
+    };
+    let request: RejectionRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"version\": SHA-256 hex, \"reason\": text}}: {e}"),
+            );
+        }
+    };
+    let Ok(version) = request.version.parse::<VersionHash>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("version {:?} is not a SHA-256 hex", request.version),
+        );
+    };
+    let reason = format!("consumer rejected it: {}", request.reason);
+    let shared = &state.shared;
+    let first = !shared.is_refused(&unit, &version);
+    shared.refuse(&unit, &version);
+    if first {
+        shared.note_refusal(format!("unit {unit} version {}: {reason}", version.short()));
+        shared.reports.push(Report::Rejected {
+            unit: unit.clone(),
+            version,
+            reason: cut_reason(&reason),
+        });
+    }
+    let active = current(shared, &unit)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, hash)| hash);
+    let good = shared.disk.good(&unit).ok().flatten();
+    let restored = match (active, good) {
+        (Some(active), Some(good)) if active == version && good != version => {
+            let local = state.config.units.get(&unit).cloned().unwrap_or_default();
+            Some(crate::apply::restore(shared, &unit, &good, &local).await)
+        }
+        _ => None,
+    };
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"reported": first, "restored": restored})),
+    )
+        .into_response()
+}

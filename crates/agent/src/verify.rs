@@ -1,0 +1,262 @@
+//! Verification of a desired-state document: the signature against the pinned server key,
+//! the node it names, a sequence number that never goes back, and its expiry.
+//!
+//! Wire shapes ([`Envelope`], [`WireDocument`]) stay here; [`Desired`] is what the agent
+//! acts on. Everything here is pure: the caller passes the time.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use failsmall_core::domain::{UnitName, VersionHash};
+use failsmall_core::validate::UnitSpec;
+use serde::Deserialize;
+
+/// Largest desired-state document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Most units in one document.
+pub const MAX_UNITS: usize = 1024;
+
+/// What `GET /v1/nodes/{node}/desired` returns.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    pub seq: u64,
+    /// The signed text, exactly as signed.
+    pub document: String,
+    /// Ed25519 signature (hex) of `failsmall-desired-v1\n` followed by `document`.
+    pub signature: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireDocument {
+    node: String,
+    seq: u64,
+    units: BTreeMap<String, String>,
+    /// Absent in documents from servers that do not set an expiry: they never expire.
+    #[serde(default)]
+    expires_ms: Option<u64>,
+    #[serde(default)]
+    specs: BTreeMap<String, UnitSpec>,
+}
+
+/// A verified desired state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub seq: u64,
+    pub units: BTreeMap<UnitName, VersionHash>,
+    pub specs: BTreeMap<UnitName, UnitSpec>,
+    pub expires_ms: Option<u64>,
+}
+
+impl Desired {
+    /// Whether the document is past its expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|expires| now_ms > expires)
+    }
+}
+
+/// Why a document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("pinned server key {key:?} is not 64 hex characters of an Ed25519 public key")]
+    BadKey { key: String },
+    #[error(
+        "desired-state document seq {seq}: signature does not verify against the pinned server key"
+    )]
+    Signature { seq: u64 },
+    #[error("desired-state document is {len} bytes; the limit is {MAX_DOCUMENT_BYTES}")]
+    TooLarge { len: usize },
+    #[error("desired-state document does not parse: {reason}")]
+    Malformed { reason: String },
+    #[error("desired-state document is for node {found:?}; this agent is node {expected:?}")]
+    WrongNode { found: String, expected: String },
+    #[error(
+        "desired-state document seq {seq} is older than seq {trusted} already trusted; replay refused"
+    )]
+    Older { seq: u64, trusted: u64 },
+    #[error("desired-state document: envelope seq {envelope} differs from signed seq {signed}")]
+    SeqMismatch { envelope: u64, signed: u64 },
+}
+
+/// Parses a hex Ed25519 public key.
+pub fn parse_key(key_hex: &str) -> Result<VerifyingKey, Refusal> {
+    let bad = || Refusal::BadKey {
+        key: key_hex.chars().take(80).collect(),
+    };
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(key_hex.trim(), &mut bytes).map_err(|_| bad())?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| bad())
+}
+
+/// The signed message of a desired-state document (the server's `desired_message`).
+fn desired_message(document: &str) -> Vec<u8> {
+    let mut message = b"failsmall-desired-v1\n".to_vec();
+    message.extend_from_slice(document.as_bytes());
+    message
+}
+
+/// Verifies `envelope` for `node`: signature by `key`, the node, and a sequence number not
+/// below `trusted_seq`. Expiry is the caller's to judge with [`Desired::is_expired`].
+pub fn verify(
+    key: &VerifyingKey,
+    envelope: &Envelope,
+    node: &str,
+    trusted_seq: u64,
+) -> Result<Desired, Refusal> {
+    if envelope.document.len() > MAX_DOCUMENT_BYTES {
+        return Err(Refusal::TooLarge {
+            len: envelope.document.len(),
+        });
+    }
+    let mut signature = [0u8; 64];
+    hex::decode_to_slice(envelope.signature.trim(), &mut signature)
+        .map_err(|_| Refusal::Signature { seq: envelope.seq })?;
+    key.verify(
+        &desired_message(&envelope.document),
+        &Signature::from_bytes(&signature),
+    )
+    .map_err(|_| Refusal::Signature { seq: envelope.seq })?;
+    let wire: WireDocument =
+        serde_json::from_str(&envelope.document).map_err(|e| Refusal::Malformed {
+            reason: e.to_string(),
+        })?;
+    if wire.node != node {
+        return Err(Refusal::WrongNode {
+            found: wire.node,
+            expected: node.to_owned(),
+        });
+    }
+    if wire.seq != envelope.seq {
+        return Err(Refusal::SeqMismatch {
+            envelope: envelope.seq,
+            signed: wire.seq,
+        });
+    }
+    if wire.seq < trusted_seq {
+        return Err(Refusal::Older {
+            seq: wire.seq,
+            trusted: trusted_seq,
+        });
+    }
+    if wire.units.len() > MAX_UNITS || wire.specs.len() > MAX_UNITS {
+        return Err(Refusal::Malformed {
+            reason: format!(
+                "{} units; the limit is {MAX_UNITS}",
+                wire.units.len().max(wire.specs.len())
+            ),
+        });
+    }
+    let mut units = BTreeMap::new();
+    for (name, hash) in wire.units {
+        let unit = UnitName::new(name.clone()).map_err(|e| Refusal::Malformed {
+            reason: e.to_string(),
+        })?;
+        let hash = hash.parse().map_err(|_| Refusal::Malformed {
+            reason: format!("unit {name}: version {hash:?} is not a SHA-256 hex"),
+        })?;
+        units.insert(unit, hash);
+    }
+    let mut specs = BTreeMap::new();
+    for (name, spec) in wire.specs {
+        let unit = UnitName::new(name).map_err(|e| Refusal::Malformed {
+            reason: e.to_string(),
+        })?;
+        specs.insert(unit, spec);
+    }
+    Ok(Desired {
+        seq: wire.seq,
+        units,
+        specs,
+        expires_ms: wire.expires_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+    use serde_json::json;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn envelope(signer: &SigningKey, node: &str, seq: u64, expires_ms: u64) -> Envelope {
+        let hash = VersionHash::of(b"x").to_string();
+        let document = json!({
+            "node": node, "seq": seq, "units": {"features": hash},
+            "expires_ms": expires_ms,
+            "specs": {"features": {"format": "json", "max_bytes": 100}},
+        })
+        .to_string();
+        let signature = hex::encode(signer.sign(&desired_message(&document)).to_bytes());
+        Envelope {
+            seq,
+            document,
+            signature,
+        }
+    }
+
+    /// One helper for every case: the verdict on `envelope` for node `n1`, trusting seq 5.
+    fn check(envelope: &Envelope, expect: Result<u64, Refusal>) {
+        let verifying = key(1).verifying_key();
+        let verdict = verify(&verifying, envelope, "n1", 5).map(|d| d.seq);
+        assert_eq!(verdict, expect);
+    }
+
+    #[test]
+    fn a_signed_newer_document_for_this_node_verifies() {
+        check(&envelope(&key(1), "n1", 7, 10), Ok(7));
+        check(&envelope(&key(1), "n1", 5, 10), Ok(5));
+        let desired = verify(
+            &key(1).verifying_key(),
+            &envelope(&key(1), "n1", 7, 10),
+            "n1",
+            0,
+        )
+        .unwrap();
+        assert_eq!(desired.units.len(), 1);
+        assert_eq!(desired.specs.len(), 1);
+        assert!(!desired.is_expired(10));
+        assert!(desired.is_expired(11));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        check(
+            &envelope(&key(2), "n1", 7, 10),
+            Err(Refusal::Signature { seq: 7 }),
+        );
+        check(
+            &envelope(&key(1), "n1", 4, 10),
+            Err(Refusal::Older { seq: 4, trusted: 5 }),
+        );
+        check(
+            &envelope(&key(1), "n2", 7, 10),
+            Err(Refusal::WrongNode {
+                found: "n2".into(),
+                expected: "n1".into(),
+            }),
+        );
+        let mut tampered = envelope(&key(1), "n1", 7, 10);
+        tampered.document = tampered.document.replace("\"seq\":7", "\"seq\":8");
+        check(&tampered, Err(Refusal::Signature { seq: 7 }));
+        let mut relabelled = envelope(&key(1), "n1", 7, 10);
+        relabelled.seq = 9;
+        check(
+            &relabelled,
+            Err(Refusal::SeqMismatch {
+                envelope: 9,
+                signed: 7,
+            }),
+        );
+        let mut garbage = envelope(&key(1), "n1", 7, 10);
+        garbage.signature = "zz".into();
+        check(&garbage, Err(Refusal::Signature { seq: 7 }));
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(parse_key("nothex").is_err());
+        assert!(parse_key(&hex::encode(key(3).verifying_key().to_bytes())).is_ok());
+    }
+}

@@ -1,0 +1,264 @@
+//! The agent against the real control plane: apply and ACK; a version that fails validation,
+//! a corrupted blob, a wrong signature and a replayed document each refused with the last
+//! known good kept and the reason reported; the control plane down and back.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use common::{
+    Agent, Mode, Operator, Proxy, Server, UNIT, agent_config, features, fresh_dir, sha256_hex,
+};
+
+const WAIT_MS: u64 = 15_000;
+
+/// A server, a proxy in front of it, the unit, and one agent (node `n1`) that applied `v1`.
+struct World {
+    server: Server,
+    proxy: Proxy,
+    operator: Operator,
+    agent: Agent,
+    v1: Vec<u8>,
+}
+
+impl World {
+    async fn start(name: &str) -> Self {
+        let dir = fresh_dir(name);
+        let server = Server::start(&dir.join("server")).await;
+        let proxy = Proxy::start(Some(&server.base)).await;
+        let operator = Operator::new(&server);
+        operator.create_unit().await;
+        let token = operator.agent_token("n1").await;
+        let agent = Agent::start(agent_config(&proxy.base, &token, "n1", &dir.join("agent"))).await;
+        // Registered before the rollout starts, so its first stage selects the node.
+        agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+        let v1 = features(1);
+        let hash = operator.push(&v1, false).await;
+        let id = operator.rollout(&hash).await;
+        operator.wait_rollout(id, "completed", WAIT_MS).await;
+        assert_eq!(agent.current().as_deref(), Some(v1.as_slice()));
+        Self {
+            server,
+            proxy,
+            operator,
+            agent,
+            v1,
+        }
+    }
+
+    /// Rolls `content` out and waits for the agent to refuse it: the rollout rolls back, the
+    /// last known good stays active, and the changelog has the agent's reason.
+    async fn refused(&self, content: &[u8], skip: bool, reason: &str) {
+        let hash = self.operator.push(content, skip).await;
+        let id = self.operator.rollout(&hash).await;
+        self.operator.wait_rollout(id, "rolled_back", WAIT_MS).await;
+        assert_eq!(self.agent.current().as_deref(), Some(self.v1.as_slice()));
+        let reasons = self.operator.changelog_reasons().await;
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.starts_with("node_rejected") && r.contains(reason)),
+            "no NACK with {reason:?} in {reasons:#?}"
+        );
+        let status = self.agent.status().await;
+        let good = status["units"][UNIT]["good"].as_str().unwrap().to_owned();
+        assert_eq!(good, sha256_hex(&self.v1));
+        assert!(
+            status["refusals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains(reason)),
+            "{status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn applies_acks_and_serves_the_version_locally() {
+    let world = World::start("apply").await;
+    let agent = &world.agent;
+    let v1_hash = sha256_hex(&world.v1);
+    let status = agent.status().await;
+    assert_eq!(status["units"][UNIT]["active"], v1_hash.as_str());
+    assert_eq!(status["units"][UNIT]["good"], v1_hash.as_str());
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["stale"], false);
+    // The local API serves the bytes and their version.
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}/v1/units/{UNIT}", agent.local_api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-failsmall-version"], v1_hash.as_str());
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        world.v1.as_slice()
+    );
+    // A watch waits for the next version, then returns it.
+    let watch = http
+        .get(format!(
+            "{}/v1/units/{UNIT}/watch?after={v1_hash}&wait_ms=20000",
+            agent.local_api
+        ))
+        .send();
+    let v2 = features(2);
+    let v2_hash = world.operator.push(&v2, false).await;
+    let id = world.operator.rollout(&v2_hash).await;
+    let watched = watch.await.unwrap();
+    assert_eq!(watched.status(), 200);
+    assert_eq!(watched.headers()["x-failsmall-version"], v2_hash.as_str());
+    assert_eq!(watched.bytes().await.unwrap().as_ref(), v2.as_slice());
+    world.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    let versions = agent.data_dir.join("units").join(UNIT).join("versions");
+    assert!(versions.join(&v1_hash).exists() && versions.join(&v2_hash).exists());
+    // Nothing new: the watch times out with 304.
+    let idle = http
+        .get(format!(
+            "{}/v1/units/{UNIT}/watch?after={v2_hash}&wait_ms=50",
+            agent.local_api
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(idle.status(), 304);
+    world.agent.stop().await;
+    world.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_version_that_fails_validation_is_refused_and_the_good_one_kept() {
+    let world = World::start("invalid").await;
+    // Four features break the unit's limit of three; the server's check is skipped, the
+    // agent's (the same code) is not.
+    world.refused(&features(4), true, "validation failed").await;
+    world.agent.stop().await;
+    world.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupted_blob_is_refused_and_the_good_one_kept() {
+    let world = World::start("corrupt").await;
+    world.proxy.set_mode(Mode::CorruptBlobs);
+    world
+        .refused(&features(2), false, "bundle hash mismatch")
+        .await;
+    world.agent.stop().await;
+    world.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_document_with_a_wrong_signature_is_refused_and_the_good_one_kept() {
+    let world = World::start("signature").await;
+    world.proxy.set_mode(Mode::TamperDocuments);
+    // The forged document names a version nobody pushed; the agent refuses it and NACKs
+    // what the forged document named. The real rollout never gets an ACK.
+    let v2 = features(2);
+    let hash = world.operator.push(&v2, false).await;
+    let id = world.operator.rollout(&hash).await;
+    let status = world
+        .agent
+        .wait_status(WAIT_MS, |s| {
+            s["refusals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("signature does not verify"))
+        })
+        .await;
+    assert_eq!(
+        status["units"][UNIT]["active"],
+        sha256_hex(&world.v1).as_str()
+    );
+    assert_eq!(world.agent.current().as_deref(), Some(world.v1.as_slice()));
+    world
+        .operator
+        .wait_changelog("node_rejected", "signature does not verify", WAIT_MS)
+        .await;
+    assert_eq!(world.operator.rollout_status(id).await["nodes_applied"], 0);
+    // The same rollout converges once the documents are genuine again.
+    world.proxy.set_mode(Mode::Pass);
+    world.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
+    world.agent.stop().await;
+    world.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_replayed_older_document_is_refused_and_the_newer_version_kept() {
+    let world = World::start("replay").await;
+    // The proxy records every genuine document, among them one naming v1.
+    let v2 = features(2);
+    let hash = world.operator.push(&v2, false).await;
+    let id = world.operator.rollout(&hash).await;
+    world.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
+    // Now an attacker replays the old, validly signed document.
+    world.proxy.set_mode(Mode::Replay(sha256_hex(&world.v1)));
+    let status = world
+        .agent
+        .wait_status(WAIT_MS, |s| {
+            s["refusals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("replay refused"))
+        })
+        .await;
+    assert_eq!(status["units"][UNIT]["active"], hash.as_str());
+    assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
+    world
+        .operator
+        .wait_changelog("node_rejected", "replay refused", WAIT_MS)
+        .await;
+    world.agent.stop().await;
+    world.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_agent_keeps_serving_while_the_server_is_down_and_converges_after() {
+    let world = World::start("down").await;
+    let World {
+        server,
+        proxy,
+        operator,
+        agent,
+        v1,
+    } = world;
+    let data_dir = server.data_dir.clone();
+    server.stop().await;
+    proxy.set_upstream(None);
+    agent
+        .wait_status(WAIT_MS, |s| s["connected"] == false)
+        .await;
+    assert_eq!(agent.current().as_deref(), Some(v1.as_slice()));
+    // A restarted agent with the server still down serves what is on disk.
+    let agent_dir = agent.data_dir.clone();
+    agent.stop().await;
+    let token = operator.agent_token_offline();
+    let agent = Agent::start(agent_config(&proxy.base, &token, "n1", &agent_dir)).await;
+    let status = agent
+        .wait_status(WAIT_MS, |s| !s["units"][UNIT]["active"].is_null())
+        .await;
+    assert_eq!(status["units"][UNIT]["active"], sha256_hex(&v1).as_str());
+    let served = reqwest::get(format!("{}/v1/units/{UNIT}", agent.local_api))
+        .await
+        .unwrap();
+    assert_eq!(served.bytes().await.unwrap().as_ref(), v1.as_slice());
+    // The server comes back (new address, same data): the agent reconnects and converges.
+    let server = Server::start(&data_dir).await;
+    proxy.set_upstream(Some(&server.base));
+    let operator = Operator::new(&server);
+    let v2 = features(3);
+    let hash = operator.push(&v2, false).await;
+    let id = operator.rollout(&hash).await;
+    operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(agent.current().as_deref(), Some(v2.as_slice()));
+    agent.stop().await;
+    server.stop().await;
+}

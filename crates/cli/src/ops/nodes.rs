@@ -1,0 +1,77 @@
+//! `failsmall nodes`: the nodes the server knows.
+
+use clap::Args;
+use failsmall_server::store::NodeRecord;
+use serde::Deserialize;
+
+use super::RemoteArgs;
+use super::render::{Table, ago, labels_text, now_ms, print_json, rfc3339};
+use crate::Outcome;
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Only nodes with this label, `key=value` (repeatable; all must match).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "label {text:?}: expected KEY=VALUE, e.g. cohort=free"
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeList {
+    nodes: Vec<NodeRecord>,
+}
+
+pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
+    let client = args.remote.connect()?;
+    let list: NodeList = client.get("/v1/nodes", &[])?;
+    let nodes: Vec<NodeRecord> = list
+        .nodes
+        .into_iter()
+        .filter(|node| {
+            args.labels
+                .iter()
+                .all(|(key, value)| node.labels.get(key) == Some(value))
+        })
+        .collect();
+    if args.remote.json() {
+        print_json(&nodes)?;
+        return Ok(Outcome::Success);
+    }
+    let now = now_ms();
+    let mut table = Table::new(&["NODE", "LABELS", "LAST SEEN", "REGISTERED"]);
+    for node in &nodes {
+        table.row(vec![
+            node.id.clone(),
+            labels_text(&node.labels),
+            ago(now, node.last_seen_ms),
+            rfc3339(node.registered_ms),
+        ]);
+    }
+    out!("{}", table.render());
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_as_key_value() {
+        assert_eq!(
+            parse_label("cohort=free"),
+            Ok(("cohort".to_owned(), "free".to_owned()))
+        );
+        assert!(parse_label("cohort").is_err());
+        assert!(parse_label("=x").is_err());
+    }
+}

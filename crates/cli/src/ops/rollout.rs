@@ -1,0 +1,337 @@
+//! `failsmall rollout list|status|watch|pause|resume|promote|abort|rollback|approve`.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use failsmall_core::duration::format_ms;
+use failsmall_core::engine::{Command, RolloutStatus, RolloutView, StagePhase};
+use failsmall_core::gate::Verdict;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::RemoteArgs;
+use super::client::ApiClient;
+use super::render::{Table, ago, now_ms, print_json, rfc3339, short_hash};
+use crate::Outcome;
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// A rollout's id, as printed (`7` or `r7`).
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The rollout's id (`7` or `r7`).
+    #[arg(value_parser = parse_rollout_id)]
+    pub id: u64,
+}
+
+/// A rollout's id and why it is being steered.
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    /// The rollout's id (`7` or `r7`).
+    #[arg(value_parser = parse_rollout_id)]
+    pub id: u64,
+    /// Why: recorded in the changelog.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// List rollouts, newest first.
+    List {
+        /// Only this unit's rollouts.
+        #[arg(long)]
+        unit: Option<String>,
+        /// Only rollouts that have not ended.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Show where a rollout is: stage, nodes, bake, gates.
+    Status(IdArgs),
+    /// Follow a rollout until it ends: exits 0 when it completes, 3 when it is rolled back or
+    /// aborted.
+    Watch(super::watch::WatchArgs),
+    /// Hold the rollout where it is.
+    Pause(SteerArgs),
+    /// Continue a paused rollout.
+    Resume(SteerArgs),
+    /// Skip the rest of the current stage's bake (its gates must not be failing).
+    Promote(SteerArgs),
+    /// Stop the rollout where it is; nodes that have the version keep it.
+    Abort(SteerArgs),
+    /// Revert every node the rollout reached to the version it had before.
+    Rollback(SteerArgs),
+    /// Approve the current stage (needs the approver role, and someone other than the pusher).
+    Approve(SteerArgs),
+}
+
+/// Parses `7` or `r7`.
+pub fn parse_rollout_id(text: &str) -> Result<u64, String> {
+    let digits = text.trim().strip_prefix('r').unwrap_or(text.trim());
+    digits
+        .parse::<u64>()
+        .map_err(|_| format!("rollout id {text:?}: expected a number such as 7 or r7"))
+}
+
+#[derive(Debug, Deserialize)]
+struct RolloutList {
+    rollouts: Vec<RolloutView>,
+}
+
+/// GET one rollout.
+pub fn fetch(client: &ApiClient, id: u64) -> Result<RolloutView, super::client::ClientError> {
+    client.get(&format!("/v1/rollouts/{id}"), &[])
+}
+
+pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
+    if let RolloutCommand::Watch(watch) = &args.command {
+        return super::watch::run(watch, &args.remote);
+    }
+    let client = args.remote.connect()?;
+    let json_output = args.remote.json();
+    let (steer, command) = match &args.command {
+        RolloutCommand::List { unit, active } => {
+            let list: RolloutList = client.get("/v1/rollouts", &[])?;
+            let views: Vec<RolloutView> = list
+                .rollouts
+                .into_iter()
+                .filter(|v| unit.as_deref().is_none_or(|u| v.unit.as_str() == u))
+                .filter(|v| !*active || !v.status.is_terminal())
+                .collect();
+            if json_output {
+                print_json(&views)?;
+            } else {
+                out!("{}", list_table(&views, now_ms()).render());
+            }
+            return Ok(Outcome::Success);
+        }
+        RolloutCommand::Status(id) => {
+            let view = fetch(&client, id.id)?;
+            if json_output {
+                print_json(&view)?;
+            } else {
+                out!("{}", status_text(&view));
+            }
+            return Ok(Outcome::Success);
+        }
+        RolloutCommand::Watch(_) => bail!("rollout watch is handled above"),
+        RolloutCommand::Pause(steer) => (steer, Command::Pause),
+        RolloutCommand::Resume(steer) => (steer, Command::Resume),
+        RolloutCommand::Promote(steer) => (steer, Command::Promote),
+        RolloutCommand::Abort(steer) => (steer, Command::Abort),
+        RolloutCommand::Rollback(steer) => (steer, Command::Rollback),
+        RolloutCommand::Approve(steer) => (steer, Command::Approve),
+    };
+    let (path, body) = if command == Command::Approve {
+        (
+            format!("/v1/rollouts/{}/approve", steer.id),
+            json!({"reason": steer.reason}),
+        )
+    } else {
+        (
+            format!("/v1/rollouts/{}/commands", steer.id),
+            json!({"command": command, "reason": steer.reason}),
+        )
+    };
+    let (_, view): (u16, Option<RolloutView>) = client.send_json(Method::POST, &path, &body)?;
+    if json_output {
+        print_json(&view)?;
+    } else {
+        match view {
+            Some(view) => outln!(
+                "rollout {}: {} sent; now {}, {}",
+                view.id.0,
+                command_name(command),
+                status_name(view.status),
+                stage_text(&view)
+            ),
+            None => outln!("rollout {}: {} sent", steer.id, command_name(command)),
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn command_name(command: Command) -> String {
+    serde_json::to_value(command)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `running`, `rolled_back`, ...
+pub fn status_name(status: RolloutStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `applying`, `baking`, ...
+pub fn phase_name(phase: &StagePhase) -> &'static str {
+    match phase {
+        StagePhase::Applying => "applying",
+        StagePhase::Baking { .. } => "baking",
+        StagePhase::Holding => "holding",
+        StagePhase::AwaitingApproval => "awaiting approval",
+        StagePhase::Passed => "passed",
+    }
+}
+
+/// `stage 2/5 free-10 (baking)`.
+pub fn stage_text(view: &RolloutView) -> String {
+    let phase = if view.status.is_terminal() {
+        String::new()
+    } else {
+        format!(" ({})", phase_name(&view.phase))
+    };
+    format!(
+        "stage {}/{} {}{phase}",
+        view.stage_index.saturating_add(1),
+        view.stages_total,
+        view.stage_name
+    )
+}
+
+/// `pass`, `FAIL` or `inconclusive`, and the numbers behind it.
+pub fn verdict_text(verdict: &Verdict) -> (&'static str, &str) {
+    match verdict {
+        Verdict::Pass { detail } => ("pass", detail),
+        Verdict::Fail { detail } => ("FAIL", detail),
+        Verdict::Inconclusive { detail } => ("inconclusive", detail),
+    }
+}
+
+/// A gate's verdict and numbers in one line, without repeating the expression when the
+/// detail already starts with it.
+pub fn gate_line(gate: &failsmall_core::engine::GateReport) -> String {
+    let (verdict, detail) = verdict_text(&gate.verdict);
+    match detail.strip_prefix(gate.gate.as_str()) {
+        Some(rest) if rest.contains(verdict) => format!("gate {detail}"),
+        _ => format!("gate {}: {verdict}: {detail}", gate.gate),
+    }
+}
+
+/// A duration left, rounded up to whole seconds from one second on.
+pub fn time_left(duration_ms: u64) -> String {
+    if duration_ms < 1000 {
+        return format_ms(duration_ms);
+    }
+    format_ms(duration_ms.div_ceil(1000).saturating_mul(1000))
+}
+
+fn list_table(views: &[RolloutView], now: u64) -> Table {
+    let mut table = Table::new(&[
+        "ID", "UNIT", "VERSION", "STATUS", "STAGE", "EXPOSED", "PLAN", "STARTED",
+    ]);
+    for view in views {
+        table.row(vec![
+            view.id.0.to_string(),
+            view.unit.to_string(),
+            short_hash(&view.version.to_string()).to_owned(),
+            status_name(view.status),
+            stage_text(view),
+            view.nodes_exposed.to_string(),
+            view.plan.clone(),
+            ago(now, view.created_ms),
+        ]);
+    }
+    table
+}
+
+/// Everything `rollout status` shows, for people.
+pub fn status_text(view: &RolloutView) -> String {
+    let mut lines = vec![
+        format!("rollout   {}", view.id.0),
+        format!("unit      {}", view.unit),
+        format!("version   {}", view.version),
+        format!("plan      {}", view.plan),
+        format!("status    {}", status_name(view.status)),
+        format!("stage     {}", stage_text(view)),
+        format!(
+            "nodes     {} applied of {} targeted; {} exposed so far",
+            view.nodes_applied, view.nodes_targeted, view.nodes_exposed
+        ),
+    ];
+    if let Some(bake_ms) = view.bake_remaining_ms {
+        lines.push(format!("bake      {} left", time_left(bake_ms)));
+    }
+    let canary = &view.canary;
+    lines.push(format!(
+        "canary    {} nodes, {} requests, {} errors, {} NACKs, {} crashes, {} failed checks, {} silent",
+        canary.nodes,
+        canary.requests(),
+        canary.errors(),
+        canary.rejections,
+        canary.crashes,
+        canary.health_check_failures,
+        canary.silent_nodes
+    ));
+    lines.push(format!(
+        "started   {} by {}: {}",
+        rfc3339(view.created_ms),
+        view.actor,
+        view.reason
+    ));
+    if let Some(ended_ms) = view.ended_ms {
+        lines.push(format!("ended     {}", rfc3339(ended_ms)));
+    }
+    if let Some(outcome) = &view.outcome {
+        lines.push(format!("outcome   {outcome}"));
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    if !view.gates.is_empty() {
+        text.push_str("gates\n");
+        for gate in &view.gates {
+            text.push_str(&format!("  {}\n", gate_line(gate)));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failsmall_core::engine::GateReport;
+
+    #[test]
+    fn gate_lines_do_not_repeat_the_expression() {
+        let report = |verdict| GateReport {
+            gate: "error_rate > 0.5%".to_owned(),
+            verdict,
+        };
+        let repeated = report(Verdict::Inconclusive {
+            detail: "error_rate > 0.5%: inconclusive, 0 requests".to_owned(),
+        });
+        assert_eq!(
+            gate_line(&repeated),
+            "gate error_rate > 0.5%: inconclusive, 0 requests"
+        );
+        let bare = report(Verdict::Fail {
+            detail: "error_rate 2.0% vs limit 0.5%".to_owned(),
+        });
+        assert_eq!(
+            gate_line(&bare),
+            "gate error_rate > 0.5%: FAIL: error_rate 2.0% vs limit 0.5%"
+        );
+    }
+
+    #[test]
+    fn time_left_rounds_up_to_seconds() {
+        assert_eq!(time_left(3_997), format_ms(4_000));
+        assert_eq!(time_left(983), format_ms(983));
+    }
+
+    #[test]
+    fn rollout_ids_read_with_or_without_the_r() {
+        assert_eq!(parse_rollout_id("7"), Ok(7));
+        assert_eq!(parse_rollout_id("r12"), Ok(12));
+        assert!(parse_rollout_id("seven").unwrap_err().contains("seven"));
+    }
+}

@@ -1,0 +1,228 @@
+//! `failsmall push UNIT FILE -m MSG` and `failsmall diff UNIT V1 V2`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use clap::Args;
+use failsmall_core::engine::RolloutView;
+use failsmall_core::plan::Plan;
+use failsmall_server::store::VersionRecord;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::RemoteArgs;
+use super::client::ApiClient;
+use super::render::{print_json, short_hash};
+use super::rollout::{stage_text, status_name};
+use crate::Outcome;
+
+/// Largest file pushed, in bytes (the server's default body limit).
+pub const PUSH_FILE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest plan file read, in bytes.
+pub const PLAN_FILE_MAX_BYTES: u64 = 1024 * 1024;
+/// Shortest version hash prefix accepted by `diff`.
+pub const HASH_PREFIX_MIN_CHARS: usize = 4;
+/// The plan `push` uses when no `--plan` is given.
+pub const DEFAULT_PLAN_NAME: &str = "examples/plans/default.yaml";
+const DEFAULT_PLAN_TEXT: &str = include_str!("../../../../examples/plans/default.yaml");
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The unit to push to.
+    pub unit: String,
+    /// The file whose bytes become the new version.
+    pub file: PathBuf,
+    /// Why: recorded with the version and in the changelog.
+    #[arg(short = 'm', long)]
+    pub message: String,
+    /// The plan to roll out through (YAML or JSON) [default: the built-in default plan:
+    /// employees, 10% of free, free, pro + business, enterprise].
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Only store the version; start no rollout.
+    #[arg(long, conflicts_with = "plan")]
+    pub no_rollout: bool,
+    /// Refuse the push unless the unit's newest version is this hash.
+    #[arg(long, value_name = "HASH")]
+    pub parent: Option<String>,
+    /// Store the version even if validation fails (admin only; recorded in the changelog).
+    #[arg(long)]
+    pub skip_validation: bool,
+    /// Roll out a quarantined version anyway (admin only).
+    #[arg(long)]
+    pub override_quarantine: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The unit.
+    pub unit: String,
+    /// The older version (a hash, or a unique prefix of at least 4 characters).
+    pub from: String,
+    /// The newer version (a hash, or a unique prefix of at least 4 characters).
+    pub to: String,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Deserialize)]
+struct VersionList {
+    versions: Vec<VersionRecord>,
+}
+
+/// Reads and parses a plan file; every error as `file:line:column: field: message`.
+pub fn load_plan(path: Option<&Path>) -> anyhow::Result<(String, String)> {
+    let (name, text) = match path {
+        Some(path) => (
+            path.display().to_string(),
+            super::read_text_limited(path, PLAN_FILE_MAX_BYTES)?,
+        ),
+        None => (DEFAULT_PLAN_NAME.to_owned(), DEFAULT_PLAN_TEXT.to_owned()),
+    };
+    if let Err(errors) = Plan::parse(&name, &text) {
+        bail!("the plan is refused; nothing was pushed:\n{errors}");
+    }
+    Ok((name, text))
+}
+
+pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
+    // Everything local is checked before anything reaches the server.
+    let plan = if args.no_rollout {
+        None
+    } else {
+        Some(load_plan(args.plan.as_deref())?)
+    };
+    let content = super::read_file_limited(&args.file, PUSH_FILE_MAX_BYTES)?;
+    let client = args.remote.connect()?;
+    let mut query = vec![("message", args.message.clone())];
+    if let Some(parent) = &args.parent {
+        query.push(("parent", parent.clone()));
+    }
+    if args.skip_validation {
+        query.push(("skip_validation", "true".to_owned()));
+    }
+    let path = format!("/v1/units/{}/versions", args.unit);
+    let (status, version): (u16, VersionRecord) = client.post_bytes(&path, &query, content)?;
+    let created = status == 201;
+    let rollout: Option<RolloutView> = match &plan {
+        None => None,
+        Some((plan_file, plan_text)) => {
+            let body = json!({
+                "unit": args.unit,
+                "version": version.hash,
+                "plan": plan_text,
+                "plan_file": plan_file,
+                "reason": args.message,
+                "override_quarantine": args.override_quarantine,
+            });
+            let (_, view): (u16, Option<RolloutView>) =
+                client.send_json(Method::POST, "/v1/rollouts", &body)?;
+            view
+        }
+    };
+    if args.remote.json() {
+        print_json(&json!({"version": version, "created": created, "rollout": rollout}))?;
+        return Ok(Outcome::Success);
+    }
+    let novelty = if created { "new" } else { "already stored" };
+    outln!("version  {} ({novelty})", version.hash);
+    if version.validation_skipped {
+        outln!("warning  validation was skipped for this version");
+    }
+    match rollout {
+        Some(view) => {
+            outln!(
+                "rollout  {} {}: {} (plan {})",
+                view.id.0,
+                status_name(view.status),
+                stage_text(&view),
+                view.plan
+            );
+            outln!("follow   failsmall rollout watch {}", view.id.0);
+        }
+        None if args.no_rollout => outln!("rollout  none (--no-rollout)"),
+        None => outln!("rollout  none started"),
+    }
+    Ok(Outcome::Success)
+}
+
+/// A full hash for `given`: itself when it is 64 characters, else the one version of `unit`
+/// whose hash starts with it.
+fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Result<String> {
+    let given = given.trim().to_ascii_lowercase();
+    if given.len() == 64 {
+        return Ok(given);
+    }
+    if given.len() < HASH_PREFIX_MIN_CHARS || !given.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!(
+            "version {given:?}: expected a hash or a hexadecimal prefix of at least \
+             {HASH_PREFIX_MIN_CHARS} characters (see `failsmall unit show {unit}`)"
+        );
+    }
+    let list: VersionList = client.get(&format!("/v1/units/{unit}/versions"), &[])?;
+    let matching: Vec<&VersionRecord> = list
+        .versions
+        .iter()
+        .filter(|v| v.hash.starts_with(&given))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.hash.clone()),
+        [] => bail!(
+            "unit {unit} has no version starting with {given} (see `failsmall unit show {unit}`)"
+        ),
+        many => bail!(
+            "{given} matches {} versions of unit {unit}; give more characters",
+            many.len()
+        ),
+    }
+}
+
+pub fn diff(args: &DiffArgs) -> anyhow::Result<Outcome> {
+    let client = args.remote.connect()?;
+    let from = resolve_hash(&client, &args.unit, &args.from)?;
+    let to = resolve_hash(&client, &args.unit, &args.to)?;
+    let path = format!("/v1/units/{}/diff", args.unit);
+    let text = client.get_text(&path, &[("from", from.clone()), ("to", to.clone())])?;
+    if args.remote.json() {
+        print_json(&json!({"unit": args.unit, "from": from, "to": to, "diff": text}))?;
+    } else if text.is_empty() {
+        outln!(
+            "versions {} and {} have the same content",
+            short_hash(&from),
+            short_hash(&to)
+        );
+    } else {
+        out!("{text}");
+    }
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_plan_parses() {
+        let (name, text) = load_plan(None).unwrap();
+        assert_eq!(name, DEFAULT_PLAN_NAME);
+        assert!(Plan::parse(&name, &text).is_ok());
+    }
+
+    #[test]
+    fn a_bad_plan_is_refused_with_file_line_and_field() {
+        let path =
+            std::env::temp_dir().join(format!("failsmall-cli-plan-{}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            "name: p\nstages:\n  - name: one\n    bake: forever\n",
+        )
+        .unwrap();
+        let error = load_plan(Some(&path)).unwrap_err().to_string();
+        let expected = format!("{}:4:", path.display());
+        assert!(error.contains(&expected), "{error}");
+        assert!(error.contains("stages[0].bake"), "{error}");
+    }
+}

@@ -1,0 +1,763 @@
+//! The operator CLI against a real `failsmall server` process: every subcommand's happy path,
+//! `-o json` output, exit codes (0, 1, 2, and 3 for a watched rollout that was rolled back),
+//! and the error messages people see.
+//!
+//! Nodes are played by a tiny in-test agent over HTTP that ACKs, reports health, or NACKs.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_failsmall");
+
+/// One stage over every node, no bake, no gates: one ACK and a health report complete it,
+/// one NACK rolls it back.
+const ONE_STAGE_PLAN: &str = "name: one-stage\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
+
+const FEATURES_SPEC: &str = r#"{
+  "format": "json",
+  "max_bytes": 4096,
+  "max_entries": [{"path": "/features", "max": 3}],
+  "unique_entries": [{"path": "/features", "key": "name"}],
+  "schema": {"type": "object", "required": ["features"]}
+}"#;
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("failsmall-cli-ops-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn features(names: &[&str]) -> String {
+    let list: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+    serde_json::to_string_pretty(&json!({ "features": list })).unwrap()
+}
+
+/// A `failsmall server` child process on 127.0.0.1:0.
+struct Server {
+    child: Child,
+    addr: String,
+    admin: String,
+    dir: PathBuf,
+    http: reqwest::blocking::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(name: &str) -> Self {
+        let dir = fresh_dir(name);
+        let data_dir = dir.join("data");
+        let mut child = Command::new(BIN)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (found, address) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            // Keep draining stderr so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    let _ = found.send(addr.trim_end_matches(',').to_owned());
+                }
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the server printed no listening address within 20 s");
+        let http = reqwest::blocking::Client::new();
+        let token_path = data_dir.join("admin.token");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let admin = loop {
+            let healthy = http
+                .get(format!("{addr}/healthz"))
+                .send()
+                .is_ok_and(|r| r.status().is_success());
+            if healthy && let Ok(token) = std::fs::read_to_string(&token_path) {
+                break token.trim().to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server at {addr} never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            addr,
+            admin,
+            dir,
+            http,
+        }
+    }
+
+    /// The CLI with this server's address and admin token in the environment, and an empty
+    /// config directory.
+    fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        let config = self.dir.join("config-home");
+        command
+            .env("FAILSMALL_ADDR", &self.addr)
+            .env("FAILSMALL_TOKEN", &self.admin)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("HOME", &config)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs the CLI and expects exit 0; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "failsmall {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `-o json` and expects exit 0; its stdout as JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Runs the CLI and expects `code`; its stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let output = self.run(args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "failsmall {args:?}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        stderr
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    fn http(&self, method: reqwest::Method, path: &str, token: &str, body: &Value) -> Value {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.addr))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .unwrap();
+        let status = response.status();
+        let answer: Value = response.json().unwrap();
+        assert!(status.is_success(), "{path}: {status} {answer}");
+        answer
+    }
+
+    fn token(&self, name: &str, role: &str) -> String {
+        let answer = self.http(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &self.admin,
+            &json!({"name": name, "role": role}),
+        );
+        answer["token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// Nodes played over HTTP, each with its own agent token.
+struct Agent<'a> {
+    server: &'a Server,
+    tokens: std::collections::HashMap<String, String>,
+}
+
+impl<'a> Agent<'a> {
+    fn new(server: &'a Server) -> Self {
+        Self {
+            server,
+            tokens: std::collections::HashMap::new(),
+        }
+    }
+
+    fn register(&mut self, node: &str, labels: Value) {
+        let answer = self.server.http(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &self.server.admin,
+            &json!({"name": format!("agent-{node}"), "role": "agent", "node": node}),
+        );
+        let token = answer["token"].as_str().unwrap().to_owned();
+        self.server.http(
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{node}"),
+            &token,
+            &json!({ "labels": labels }),
+        );
+        self.tokens.insert(node.to_owned(), token);
+    }
+
+    fn report(&self, node: &str, report: Value) {
+        self.server.http(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{node}/reports"),
+            &self.tokens[node],
+            &report,
+        );
+    }
+
+    fn apply_healthy(&self, node: &str, unit: &str, version: &str) {
+        self.report(
+            node,
+            json!({"kind": "applied", "unit": unit, "version": version}),
+        );
+        let counts = vec![0u64; failsmall_core::health::LATENCY_BUCKETS];
+        let sample = json!({"requests": 100, "errors": 0, "latency": {"counts": counts}});
+        self.report(
+            node,
+            json!({"kind": "health", "unit": unit, "version": version, "sample": sample}),
+        );
+    }
+
+    fn nack(&self, node: &str, unit: &str, version: &str) {
+        self.report(
+            node,
+            json!({"kind": "rejected", "unit": unit, "version": version, "reason": "200 features is over the limit"}),
+        );
+    }
+}
+
+/// A running `rollout watch`, its stdout read line by line.
+struct Watch {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watch {
+    fn spawn(server: &Server, id: &str, extra: &[&str]) -> Self {
+        let mut child = server
+            .command()
+            .args(["rollout", "watch", id, "--interval", "100ms"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line printed, waiting at most 20 s.
+    fn next_line(&mut self) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the watch printed nothing within 20 s");
+        self.seen.push(line.clone());
+        line
+    }
+
+    /// Waits for the exit, at most 30 s; the exit code and every line printed.
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the watch did not end within 30 s: {:?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, which follows the exit.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        (status.code().unwrap_or(-1), self.seen.join("\n"))
+    }
+}
+
+#[test]
+fn units_versions_diff_validate_log_nodes_and_completions() {
+    let server = Server::start("happy");
+    let spec = server.file("features.spec.json", FEATURES_SPEC);
+    let out = server.ok(&[
+        "unit", "create", "features", "--spec", &spec, "--owner", "bots",
+    ]);
+    assert!(out.contains("unit features created"), "{out}");
+
+    let units = server.json(&["unit", "list"]);
+    assert_eq!(units[0]["name"], "features");
+    assert_eq!(units[0]["owner"], "bots");
+    let table = server.ok(&["unit", "list"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("features"), "{table}");
+
+    let edited = server.json(&["unit", "edit", "features", "--description", "bot features"]);
+    assert_eq!(edited["revision"], 2);
+    let yaml_spec = server.file(
+        "features.spec.yaml",
+        "format: json\nmax_bytes: 8192\nmax_entries:\n  - path: /features\n    max: 3\nunique_entries:\n  - path: /features\n    key: name\n",
+    );
+    let out = server.ok(&["unit", "edit", "features", "--spec", &yaml_spec]);
+    assert!(out.contains("revision 2 → 3"), "{out}");
+    let shown = server.json(&["unit", "show", "features"]);
+    assert_eq!(shown["unit"]["description"], "bot features");
+    assert_eq!(shown["unit"]["owner"], "bots");
+    assert_eq!(shown["unit"]["spec"]["max_bytes"], 8192);
+    assert_eq!(shown["unit"]["revision"], 3);
+    assert_eq!(shown["versions"], json!([]));
+
+    // Offline validation, with the spec from the server or from a file.
+    let good = server.file("good.json", &features(&["a", "b"]));
+    let newer = server.file("newer.json", &features(&["a", "c"]));
+    let out = server.ok(&["validate", "features", &good]);
+    assert!(out.contains("a valid version of unit features"), "{out}");
+    let verdict = server.json(&["validate", "features", &good, "--spec", &spec]);
+    assert_eq!(verdict["valid"], true);
+    assert_eq!(verdict["hash"].as_str().unwrap().len(), 64);
+
+    // Versions and their diff (by unique prefix and by full hash).
+    let first = server.json(&["push", "features", &good, "-m", "first", "--no-rollout"]);
+    assert_eq!(first["created"], true);
+    assert_eq!(first["rollout"], Value::Null);
+    let first_hash = first["version"]["hash"].as_str().unwrap().to_owned();
+    assert_eq!(first_hash, verdict["hash"]);
+    let again = server.json(&["push", "features", &good, "-m", "same", "--no-rollout"]);
+    assert_eq!(again["created"], false);
+    let out = server.ok(&["push", "features", &newer, "-m", "second", "--no-rollout"]);
+    assert!(out.contains("(new)"), "{out}");
+    let second = server.json(&["unit", "show", "features"])["versions"][0]["hash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let diff = server.ok(&["diff", "features", &first_hash[..8], &second]);
+    assert!(diff.contains("-      \"name\": \"b\""), "{diff}");
+    assert!(diff.contains("+      \"name\": \"c\""), "{diff}");
+    let diff = server.json(&["diff", "features", &first_hash, &second]);
+    assert_eq!(diff["from"], first_hash.as_str());
+    assert!(diff["diff"].as_str().unwrap().contains("@@"));
+
+    // Nodes, filtered by label.
+    let mut agent = Agent::new(&server);
+    agent.register("edge-1", json!({"cohort": "free", "region": "eu"}));
+    agent.register("edge-2", json!({"cohort": "pro", "region": "us"}));
+    let nodes = server.json(&["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 2);
+    let free = server.json(&["nodes", "--label", "cohort=free"]);
+    assert_eq!(free.as_array().unwrap().len(), 1);
+    assert_eq!(free[0]["id"], "edge-1");
+    assert_eq!(free[0]["labels"]["region"], "eu");
+    let table = server.ok(&["nodes"]);
+    assert!(table.contains("cohort=free,region=eu"), "{table}");
+
+    // The changelog, with its filters.
+    let log = server.json(&["log", "--unit", "features"]);
+    let kinds: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "unit_created",
+            "unit_updated",
+            "unit_updated",
+            "version_pushed",
+            "version_pushed"
+        ]
+    );
+    let last = server.json(&["log", "--limit", "1"]);
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    assert_eq!(last[0]["kind"], "node_registered");
+    let since = server.json(&["log", "--since", "1h"]);
+    assert!(since.as_array().unwrap().len() >= 7);
+    let future_ms = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    assert_eq!(server.json(&["log", "--since", &future_ms]), json!([]));
+    let table = server.ok(&["log", "--unit", "features"]);
+    assert!(table.contains("unit_created"), "{table}");
+    assert!(table.contains(&first_hash[..12]), "{table}");
+
+    // Completion scripts name the subcommands.
+    let script = server.ok(&["completions", "bash"]);
+    assert!(script.contains("failsmall"), "{script}");
+    assert!(script.contains("rollout"), "{script}");
+    assert!(
+        server
+            .ok(&["completions", "zsh"])
+            .contains("#compdef failsmall")
+    );
+}
+
+#[test]
+fn push_starts_a_rollout_and_watch_exits_0_on_completion_and_3_on_rollback() {
+    let server = Server::start("watch");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    let plan = server.file("one-stage.yaml", ONE_STAGE_PLAN);
+    let v1 = server.file("v1.json", r#"{"kill": false}"#);
+    let v2 = server.file("v2.json", r#"{"kill": true}"#);
+
+    let pushed = server.json(&["push", "flags", &v1, "-m", "one", "--plan", &plan]);
+    let version = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    assert_eq!(pushed["rollout"]["status"], "running");
+    assert_eq!(pushed["rollout"]["plan"], "one-stage");
+    let id = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+
+    let status = server.json(&["rollout", "status", &id]);
+    assert_eq!(status["version"], version.as_str());
+    assert_eq!(status["nodes_targeted"], 1);
+    let text = server.ok(&["rollout", "status", &format!("r{id}")]);
+    assert!(text.contains("stage     stage 1/1 everywhere"), "{text}");
+    let list = server.json(&["rollout", "list", "--active"]);
+    assert_eq!(list[0]["id"].as_u64().unwrap().to_string(), id);
+    assert_eq!(server.json(&["rollout", "list", "--unit", "flags"]), list);
+    assert_eq!(
+        server.json(&["rollout", "list", "--unit", "other"]),
+        json!([])
+    );
+    let table = server.ok(&["rollout", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&version[..12]), "{table}");
+
+    // Watch while the node applies and reports health: exit 0, plain timestamped lines.
+    let mut watch = Watch::spawn(&server, &id, &[]);
+    let first_line = watch.next_line();
+    assert!(
+        first_line.starts_with("20") && first_line.contains('T') && first_line.contains("Z r"),
+        "{first_line}"
+    );
+    assert!(
+        first_line.contains("running stage 1/1 everywhere"),
+        "{first_line}"
+    );
+    assert!(first_line.contains("0/1 nodes applied"), "{first_line}");
+    agent.apply_healthy("n1", "flags", &version);
+    let (code, out) = watch.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rollout 1 completed"), "{out}");
+
+    // The second version is refused by the node: the watch exits 3.
+    let out = server.ok(&["push", "flags", &v2, "-m", "two", "--plan", &plan]);
+    assert!(out.contains("version  "), "{out}");
+    let id2 = server.json(&["rollout", "list"])[0]["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    assert_ne!(id, id2);
+    let version2 = server.json(&["rollout", "status", &id2])["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut watch = Watch::spawn(&server, &id2, &[]);
+    assert!(watch.next_line().contains("running"));
+    agent.nack("n1", "flags", &version2);
+    let (code, out) = watch.finish();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("rolled_back"), "{out}");
+
+    // Watching a rollout that already ended answers at once; -o json prints the view.
+    let (code, out) = Watch::spawn(&server, &id2, &["-o", "json"]).finish();
+    assert_eq!(code, 3, "{out}");
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "rolled_back");
+    assert_eq!(Watch::spawn(&server, &id, &[]).finish().0, 0);
+
+    // The rolled-back version is quarantined: pushing it again is refused with a hint.
+    let stderr = server.fails(&["push", "flags", &v2, "-m", "again", "--plan", &plan], 1);
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    assert!(stderr.contains("HTTP 409"), "{stderr}");
+    let finished = server.json(&["rollout", "list"]);
+    let statuses: Vec<&str> = finished
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["rolled_back", "completed"]);
+    assert_eq!(server.json(&["rollout", "list", "--active"]), json!([]));
+}
+
+#[test]
+fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
+    let server = Server::start("steer");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    agent.register("n2", json!({"cohort": "free"}));
+    let two_stages = server.file(
+        "two.yaml",
+        "name: two\nstages:\n  - name: employees\n    select: { cohort: employee }\n    bake: 10m\n    min_requests: 10\n    gates: []\n  - name: free\n    select: { cohort: free }\n    bake: 10m\n    min_requests: 10\n    gates: []\n",
+    );
+    let approval = server.file(
+        "approval.yaml",
+        "name: approval\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
+    );
+    let push = |n: u32, plan: &str| -> (String, String) {
+        let file = server.file(&format!("v{n}.json"), &format!("{{\"n\": {n}}}"));
+        let pushed = server.json(&[
+            "push",
+            "flags",
+            &file,
+            "-m",
+            &format!("v{n}"),
+            "--plan",
+            plan,
+        ]);
+        (
+            pushed["rollout"]["id"].as_u64().unwrap().to_string(),
+            pushed["version"]["hash"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    let (id, version) = push(1, &two_stages);
+    let paused = server.json(&["rollout", "pause", &id, "--reason", "lunch"]);
+    assert_eq!(paused["status"], "paused");
+    let resumed = server.json(&["rollout", "resume", &id]);
+    assert_eq!(resumed["status"], "running");
+    // Promote needs every exposed node to have applied: refused first, with what to do.
+    let stderr = server.fails(&["rollout", "promote", &id], 1);
+    assert!(stderr.contains("HTTP 409 invalid_command"), "{stderr}");
+    assert!(stderr.contains("failsmall rollout status"), "{stderr}");
+    agent.apply_healthy("n1", "flags", &version);
+    let promoted = server.json(&["rollout", "promote", &id]);
+    assert!(
+        promoted["phase"] == "passed" || promoted["stage_index"] == 1,
+        "{promoted}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.json(&["rollout", "status", &id])["stage_name"] != "free" {
+        assert!(
+            Instant::now() < deadline,
+            "the rollout never left the first stage"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = server.ok(&["rollout", "abort", &id, "--reason", "enough"]);
+    assert!(out.contains("abort sent; now aborted"), "{out}");
+
+    let (id, _) = push(2, &two_stages);
+    let rolled = server.json(&["rollout", "rollback", &id]);
+    assert_eq!(rolled["status"], "rolled_back");
+
+    // A stage with approval waits for someone other than the pusher.
+    let (id, version) = push(3, &approval);
+    agent.apply_healthy("n1", "flags", &version);
+    agent.apply_healthy("n2", "flags", &version);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.json(&["rollout", "status", &id])["phase"] != "awaiting_approval" {
+        assert!(
+            Instant::now() < deadline,
+            "the stage never awaited approval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stderr = server.fails(&["rollout", "approve", &id], 1);
+    assert!(stderr.contains("cannot approve"), "{stderr}");
+    let approver = server.token("ann", "approver");
+    let approved = server.json(&["rollout", "approve", &id, "--token", &approver]);
+    assert_eq!(approved["status"], "completed", "{approved}");
+    let stderr = server.fails(&["rollout", "approve", &id, "--token", &approver], 1);
+    assert!(stderr.contains("HTTP 409"), "{stderr}");
+}
+
+#[test]
+fn errors_say_what_went_wrong_and_what_to_do() {
+    let server = Server::start("errors");
+    let spec = server.file("features.spec.json", FEATURES_SPEC);
+    server.ok(&["unit", "create", "features", "--spec", &spec]);
+
+    // A wrong token, and no token at all.
+    let stderr = server.fails(&["unit", "list", "--token", "wrong"], 1);
+    assert!(
+        stderr.contains("the token from the --token flag"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("set FAILSMALL_TOKEN or --token"),
+        "{stderr}"
+    );
+    let output = server
+        .command()
+        .env_remove("FAILSMALL_TOKEN")
+        .args(["unit", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no token was given"), "{stderr}");
+    assert!(stderr.contains("FAILSMALL_TOKEN"), "{stderr}");
+
+    // A token whose role does not allow the route.
+    let viewer = server.token("val", "viewer");
+    let good = server.file("good.json", &features(&["a"]));
+    let stderr = server.fails(
+        &[
+            "push",
+            "features",
+            &good,
+            "-m",
+            "x",
+            "--no-rollout",
+            "--token",
+            &viewer,
+        ],
+        1,
+    );
+    assert!(
+        stderr.contains("role viewer may not use this route"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("use a token whose role allows this"),
+        "{stderr}"
+    );
+
+    // An unreachable server: the address tried, and where it came from.
+    let stderr = server.fails(&["unit", "list", "--addr", "127.0.0.1:1"], 1);
+    assert!(
+        stderr.contains("cannot reach the failsmall server at http://127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--addr"), "{stderr}");
+
+    // A missing file.
+    let missing = server.dir.join("nope.json");
+    let missing = missing.to_str().unwrap();
+    let stderr = server.fails(&["push", "features", missing, "-m", "x", "--no-rollout"], 1);
+    assert!(stderr.contains(missing), "{stderr}");
+    let stderr = server.fails(&["unit", "create", "other", "--spec", missing], 1);
+    assert!(stderr.contains(missing), "{stderr}");
+
+    // A bad plan: file:line:column: field, and nothing is pushed.
+    let bad_plan = server.file(
+        "bad-plan.yaml",
+        "name: bad\nstages:\n  - name: one\n    bake: forever\n",
+    );
+    let stderr = server.fails(
+        &["push", "features", &good, "-m", "x", "--plan", &bad_plan],
+        1,
+    );
+    assert!(stderr.contains(&format!("{bad_plan}:4:")), "{stderr}");
+    assert!(stderr.contains("stages[0].bake"), "{stderr}");
+    assert_eq!(
+        server.json(&["unit", "show", "features"])["versions"],
+        json!([])
+    );
+
+    // A refused version: every reason, one per line (422), and the same offline.
+    let bad = server.file("bad.json", &features(&["a", "a", "b", "c"]));
+    let stderr = server.fails(&["push", "features", &bad, "-m", "x", "--no-rollout"], 1);
+    assert!(stderr.contains("HTTP 422 validation_failed"), "{stderr}");
+    let reasons = stderr.lines().filter(|l| l.starts_with("  - ")).count();
+    assert!(reasons >= 2, "{stderr}");
+    let offline = server.fails(&["validate", "features", &bad, "--spec", &spec], 1);
+    assert!(
+        offline.contains("the server would refuse it for"),
+        "{offline}"
+    );
+    assert!(offline.contains(&format!("{bad}: ")), "{offline}");
+    let offline_reasons = offline.lines().filter(|l| l.starts_with("  ")).count();
+    assert_eq!(offline_reasons, reasons, "{offline}\n---\n{stderr}");
+
+    // Not found, with a hint.
+    let stderr = server.fails(&["rollout", "status", "42"], 1);
+    assert!(stderr.contains("no rollout r42"), "{stderr}");
+    assert!(stderr.contains("HTTP 404"), "{stderr}");
+
+    // Usage errors exit 2.
+    server.fails(&["rollout", "watch"], 2);
+    server.fails(&["rollout", "status", "seven"], 2);
+    server.fails(&["push", "features", &good], 2);
+    server.fails(&["completions", "tcsh"], 2);
+}
+
+#[test]
+fn the_config_file_supplies_address_and_token() {
+    let server = Server::start("config");
+    let config = server.dir.join("config-home").join("failsmall");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("config.toml"),
+        format!("addr = \"{}\"\ntoken = \"{}\"\n", server.addr, server.admin),
+    )
+    .unwrap();
+    let output = server
+        .command()
+        .env_remove("FAILSMALL_ADDR")
+        .env_remove("FAILSMALL_TOKEN")
+        .args(["unit", "list", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let units: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(units, json!([]));
+    // The environment wins over the file.
+    let output = server
+        .command()
+        .env("FAILSMALL_TOKEN", "wrong")
+        .args(["unit", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("FAILSMALL_TOKEN variable"), "{stderr}");
+}
