@@ -4,7 +4,12 @@
 //! Apply here is the whole local path after the fetch: hash check, the server's validation,
 //! store the version (write, fsync, rename, fsync the directory), activate it (`current`
 //! replaced by rename, directory fsynced), and record it as the last known good.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 

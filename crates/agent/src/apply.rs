@@ -88,7 +88,7 @@ async fn converge_inner(
     local: &UnitLocalConfig,
 ) -> Outcome {
     let disk = &shared.disk;
-    let active = disk.current(unit).ok().flatten().map(|(_, h)| h);
+    let active = shared.active(unit);
     let good = disk.good(unit).ok().flatten();
     if active == Some(*hash) && good == Some(*hash) {
         shared.acknowledge(unit, hash);
@@ -153,7 +153,7 @@ async fn converge_inner(
     if let Err(error) = activate(disk, unit, hash).await {
         return Outcome::DiskFailed(error.to_string());
     }
-    shared.activated(unit);
+    shared.activated(unit, Some(*hash));
     // 4. Reload, then the health check; a failure puts back the last known good.
     let current = match disk.current_path(unit) {
         Ok(path) => path,
@@ -189,7 +189,7 @@ async fn converge_inner(
         .flatten()
         .collect::<Vec<_>>();
     let _ = disk.prune(unit, &keep);
-    shared.activated(unit);
+    shared.activated(unit, Some(*hash));
     shared.acknowledge(unit, hash);
     Outcome::Applied
 }
@@ -219,32 +219,32 @@ async fn roll_back(
     local: &UnitLocalConfig,
     failure: Failure,
 ) -> Outcome {
-    let (reason, report) = match failure {
-        Failure::Reload(reason) => (
-            reason.clone(),
-            Report::Rejected {
-                unit: unit.clone(),
-                version: *hash,
-                reason: cut_reason(&reason),
-            },
-        ),
-        Failure::HealthCheck(reason) => (
-            reason.clone(),
-            Report::HealthCheckFailed {
-                unit: unit.clone(),
-                version: *hash,
-                reason: cut_reason(&reason),
-            },
-        ),
-    };
     shared.refuse(unit, hash);
-    shared.reports.push(report);
+    // First put back the last known good, then tell: the report says what the node runs.
     let restored = match good {
         Some(good) => restore(shared, unit, &good, local).await,
         None => "no last known good to put back".to_owned(),
     };
+    let (reason, health_check) = match failure {
+        Failure::Reload(reason) => (reason, false),
+        Failure::HealthCheck(reason) => (reason, true),
+    };
     let reason = format!("{reason}; {restored}");
     shared.note_refusal(format!("unit {unit} version {}: {reason}", hash.short()));
+    let (unit, version, cut) = (unit.clone(), *hash, cut_reason(&reason));
+    shared.reports.push(if health_check {
+        Report::HealthCheckFailed {
+            unit,
+            version,
+            reason: cut,
+        }
+    } else {
+        Report::Rejected {
+            unit,
+            version,
+            reason: cut,
+        }
+    });
     Outcome::RolledBack(reason)
 }
 
@@ -258,7 +258,7 @@ pub async fn restore(
     if let Err(error) = activate(&shared.disk, unit, good).await {
         return format!("putting back {} failed: {error}", good.short());
     }
-    shared.activated(unit);
+    shared.activated(unit, Some(*good));
     if let (Some(reload), Ok(current)) = (&local.reload, shared.disk.current_path(unit))
         && let Err(error) = reload.run(&current).await
     {

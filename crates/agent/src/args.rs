@@ -39,6 +39,9 @@ pub struct AgentFlags {
     /// A JSON file: unit name -> {validate, reload, health_check} (local commands and checks).
     #[arg(long)]
     pub unit_config: Option<PathBuf>,
+    /// The local consumer's base URL, where a plan's post-apply health check path is asked.
+    #[arg(long)]
+    pub consumer_url: Option<String>,
     /// The local consumer's Prometheus endpoint, scraped for health.
     #[arg(long)]
     pub metrics_url: Option<String>,
@@ -79,6 +82,7 @@ impl AgentFlags {
         config.node_id = self.node_id;
         config.local_api = self.local_api;
         config.server_key = self.server_key;
+        config.consumer_url = self.consumer_url;
         config.watch_wait_ms = self.watch_wait_ms;
         config.backoff_max_ms = self.backoff_max_ms.max(config.backoff_min_ms);
         if let Some(url) = self.metrics_url {

@@ -115,6 +115,9 @@ pub struct AgentConfig {
     /// Where the local API listens (must be a loopback address).
     pub local_api: Option<SocketAddr>,
     pub units: BTreeMap<UnitName, UnitLocalConfig>,
+    /// The local consumer's base URL (e.g. `http://127.0.0.1:8080`): a plan's health check
+    /// path is requested there, unless the unit's local configuration has its own check.
+    pub consumer_url: Option<String>,
     pub metrics: Option<ConsumerMetrics>,
     /// How long one watch request waits for news.
     pub watch_wait_ms: u64,
@@ -133,6 +136,7 @@ impl AgentConfig {
             server_key: None,
             local_api: None,
             units: BTreeMap::new(),
+            consumer_url: None,
             metrics: None,
             watch_wait_ms: 25_000,
             backoff_min_ms: 100,
@@ -161,6 +165,15 @@ impl AgentConfig {
             return Err(bad(
                 "local-api",
                 format!("{address} is not a loopback address; the local API serves only this host"),
+            ));
+        }
+        if let Some(url) = &self.consumer_url
+            && !url.starts_with("http://")
+            && !url.starts_with("https://")
+        {
+            return Err(bad(
+                "consumer-url",
+                format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
         if self.watch_wait_ms > WATCH_WAIT_MS_MAX {
@@ -317,9 +330,15 @@ impl Shared {
         }
     }
 
-    /// Records that `unit`'s active version changed on disk.
-    pub fn activated(&self, unit: &UnitName) {
-        let active = self.disk.current(unit).ok().flatten().map(|(_, h)| h);
+    /// The active version of `unit`, as last recorded (read from disk once at start, then
+    /// kept at every activation; a large bundle is not hashed again).
+    pub fn active(&self, unit: &UnitName) -> Option<VersionHash> {
+        self.with_status(|s| s.units.get(unit).and_then(|u| u.active))
+            .flatten()
+    }
+
+    /// Records that `active` is now `unit`'s active version on disk.
+    pub fn activated(&self, unit: &UnitName, active: Option<VersionHash>) {
         let good = self.disk.good(unit).ok().flatten();
         self.with_status(|status| {
             let entry = status.units.entry(unit.clone()).or_default();
@@ -387,7 +406,8 @@ fn recover(shared: &Shared) -> Result<(), AgentError> {
             );
             shared.disk.activate(&unit, &good)?;
         }
-        shared.activated(&unit);
+        let active = shared.disk.current(&unit)?.map(|(_, hash)| hash);
+        shared.activated(&unit, active);
     }
     Ok(())
 }
@@ -502,7 +522,16 @@ async fn watch_loop(
         }
         refresh_staleness(&shared);
         if key.is_none() {
-            key = pinned_key(&config, &control, &shared).await?;
+            match pinned_key(&config, &control, &shared).await {
+                Ok(pinned) => key = pinned,
+                Err(error) => {
+                    eprintln!("failsmall agent: {error}; serving what is on disk");
+                    if pause(config.backoff_max_ms, &mut stopped).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            }
         }
         let step = async {
             let Some(key) = &key else {
@@ -533,7 +562,16 @@ async fn watch_loop(
             Ok((key, envelope)) => {
                 shared.with_status(|s| s.connected = true);
                 backoff_ms = config.backoff_min_ms;
-                let accepted = on_envelope(&config, &control, &shared, &key, &envelope).await?;
+                // A local failure (the disk) is not fatal either: what is active stays, and
+                // the document is asked for again.
+                let accepted = match on_envelope(&config, &control, &shared, &key, &envelope).await
+                {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        eprintln!("failsmall agent: {error}; keeping what is active");
+                        false
+                    }
+                };
                 caught_up = accepted;
                 if !accepted {
                     // A refused document is asked for again, more and more slowly.
@@ -631,8 +669,7 @@ fn refuse_document(shared: &Shared, envelope: &Envelope, refusal: &Refusal) {
         let (Ok(unit), Ok(hash)) = (UnitName::new(unit), hash.parse::<VersionHash>()) else {
             continue;
         };
-        let active = shared.disk.current(&unit).ok().flatten().map(|(_, h)| h);
-        if active == Some(hash) || shared.is_refused(&unit, &hash) {
+        if shared.active(&unit) == Some(hash) || shared.is_refused(&unit, &hash) {
             continue;
         }
         shared.refuse(&unit, &hash);
@@ -652,7 +689,24 @@ async fn converge(
 ) {
     for (unit, hash) in &desired.units {
         shared.with_status(|s| s.units.entry(unit.clone()).or_default().desired = Some(*hash));
-        let local = config.units.get(unit).cloned().unwrap_or_default();
+        let mut local = config.units.get(unit).cloned().unwrap_or_default();
+        if local.health_check.is_none()
+            && let Some(check) = desired.health_checks.get(unit)
+        {
+            match &config.consumer_url {
+                Some(base) => {
+                    local.health_check = Some(HealthCheckConfig {
+                        url: format!("{}{}", base.trim_end_matches('/'), check.path),
+                        expect_status: check.expect_status,
+                        timeout_ms: check.timeout_ms,
+                    });
+                }
+                None => eprintln!(
+                    "failsmall agent: unit {unit}: the plan asks for a health check of {}, but no consumer URL is configured (--consumer-url); skipped",
+                    check.path
+                ),
+            }
+        }
         let spec = desired.specs.get(unit);
         apply::converge_unit(control, shared, unit, hash, spec, &local).await;
     }
@@ -792,6 +846,51 @@ mod tests {
             assert!((500..=1000).contains(&delay), "{delay}");
         }
         assert_eq!(jittered(0, 5), 0);
+    }
+
+    #[test]
+    fn an_expired_document_makes_the_agent_stale_until_a_fresh_one_comes() {
+        let dir =
+            std::env::temp_dir().join(format!("failsmall-agent-stale-{}", std::process::id()));
+        let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
+        refresh_staleness(&shared);
+        assert_eq!(
+            shared.with_status(|s| s.stale),
+            Some(false),
+            "no document yet"
+        );
+        shared.with_status(|s| s.expires_ms = Some(1));
+        refresh_staleness(&shared);
+        assert_eq!(shared.with_status(|s| s.stale), Some(true));
+        shared.with_status(|s| s.expires_ms = Some(now_ms() + 60_000));
+        refresh_staleness(&shared);
+        assert_eq!(shared.with_status(|s| s.stale), Some(false));
+    }
+
+    #[test]
+    fn refusals_are_remembered_bounded_and_not_repeated() {
+        let dir =
+            std::env::temp_dir().join(format!("failsmall-agent-refused-{}", std::process::id()));
+        let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
+        let unit = UnitName::new("u").unwrap();
+        for i in 0..(MAX_REFUSED + 10) {
+            shared.refuse(&unit, &VersionHash::of(&i.to_le_bytes()));
+        }
+        assert_eq!(shared.refused.lock().unwrap().len(), MAX_REFUSED);
+        let latest = VersionHash::of(&(MAX_REFUSED + 9).to_le_bytes());
+        assert!(shared.is_refused(&unit, &latest));
+        shared.note_refusal("same".into());
+        shared.note_refusal("same".into());
+        for i in 0..MAX_RECENT_REFUSALS {
+            shared.note_refusal(format!("r{i}"));
+        }
+        let refusals = shared.with_status(|s| s.refusals.clone()).unwrap();
+        assert_eq!(refusals.len(), MAX_RECENT_REFUSALS);
+        assert_eq!(
+            refusals.iter().filter(|r| *r == "same").count(),
+            0,
+            "oldest dropped"
+        );
     }
 
     #[test]

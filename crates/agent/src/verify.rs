@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use failsmall_core::domain::{UnitName, VersionHash};
+use failsmall_core::plan::HealthCheck;
 use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
 
@@ -36,6 +37,8 @@ struct WireDocument {
     expires_ms: Option<u64>,
     #[serde(default)]
     specs: BTreeMap<String, UnitSpec>,
+    #[serde(default)]
+    health_checks: BTreeMap<String, HealthCheck>,
 }
 
 /// A verified desired state.
@@ -44,6 +47,8 @@ pub struct Desired {
     pub seq: u64,
     pub units: BTreeMap<UnitName, VersionHash>,
     pub specs: BTreeMap<UnitName, UnitSpec>,
+    /// The plan's post-apply health check, for versions a rollout is bringing.
+    pub health_checks: BTreeMap<UnitName, HealthCheck>,
     pub expires_ms: Option<u64>,
 }
 
@@ -137,12 +142,14 @@ pub fn verify(
             trusted: trusted_seq,
         });
     }
-    if wire.units.len() > MAX_UNITS || wire.specs.len() > MAX_UNITS {
+    let most = wire
+        .units
+        .len()
+        .max(wire.specs.len())
+        .max(wire.health_checks.len());
+    if most > MAX_UNITS {
         return Err(Refusal::Malformed {
-            reason: format!(
-                "{} units; the limit is {MAX_UNITS}",
-                wire.units.len().max(wire.specs.len())
-            ),
+            reason: format!("{most} units; the limit is {MAX_UNITS}"),
         });
     }
     let mut units = BTreeMap::new();
@@ -162,10 +169,18 @@ pub fn verify(
         })?;
         specs.insert(unit, spec);
     }
+    let mut health_checks = BTreeMap::new();
+    for (name, check) in wire.health_checks {
+        let unit = UnitName::new(name).map_err(|e| Refusal::Malformed {
+            reason: e.to_string(),
+        })?;
+        health_checks.insert(unit, check);
+    }
     Ok(Desired {
         seq: wire.seq,
         units,
         specs,
+        health_checks,
         expires_ms: wire.expires_ms,
     })
 }
@@ -186,6 +201,7 @@ mod tests {
             "node": node, "seq": seq, "units": {"features": hash},
             "expires_ms": expires_ms,
             "specs": {"features": {"format": "json", "max_bytes": 100}},
+            "health_checks": {"features": {"path": "/health", "expect_status": 200, "timeout_ms": 500}},
         })
         .to_string();
         let signature = hex::encode(signer.sign(&desired_message(&document)).to_bytes());
@@ -216,6 +232,8 @@ mod tests {
         .unwrap();
         assert_eq!(desired.units.len(), 1);
         assert_eq!(desired.specs.len(), 1);
+        let check = desired.health_checks.values().next().unwrap();
+        assert_eq!((check.path.as_str(), check.timeout_ms), ("/health", 500));
         assert!(!desired.is_expired(10));
         assert!(desired.is_expired(11));
     }

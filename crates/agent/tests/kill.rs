@@ -124,6 +124,7 @@ fn kill(mut child: Child) {
 }
 
 /// Waits for the agent process to end on its own (a crash at a fail point).
+#[cfg(feature = "failpoints")]
 fn wait_exit(child: &mut Child, timeout_ms: u64) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_millis(timeout_ms);
     while std::time::Instant::now() < deadline {

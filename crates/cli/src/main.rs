@@ -7,6 +7,8 @@
 #[macro_use]
 mod output;
 mod agent_cmd;
+mod demo_consumer_cmd;
+mod loadgen_cmd;
 mod ops;
 mod plan_cmd;
 mod server_cmd;
@@ -32,6 +34,10 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
     Sim(sim_cmd::SimArgs),
+    /// Run the demo consumer: an HTTP service that fails like the 18 Nov / 5 Dec proxies, or not.
+    DemoConsumer(demo_consumer_cmd::DemoConsumerArgs),
+    /// Send a bounded load of GET requests to local consumers and report what they answered.
+    Loadgen(loadgen_cmd::LoadgenArgs),
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         Command::Server(args) => server_cmd::run(&args),
         Command::Agent(args) => agent_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
+        Command::DemoConsumer(args) => demo_consumer_cmd::run(&args),
+        Command::Loadgen(args) => loadgen_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),
         Command::Ops(command) => ops::run(&command),
     };

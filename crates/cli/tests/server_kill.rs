@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// Its rollouts are requested on their own, after each push.
 const UNIT: &str = "flags";
+/// It has a plan: each push starts its rollout in the same step.
+const PLANNED_UNIT: &str = "features";
 const PLAN: &str = "name: killtest
 defaults:
   bake: 150ms
@@ -51,6 +54,8 @@ const NODES: [(&str, &str); 4] = [
 ];
 /// Longest time a server may run before it is killed, in milliseconds.
 const MAX_LIFE_MS: u64 = 400;
+/// Kills during the very first start, before the rounds.
+const FIRST_START_KILLS: u64 = 5;
 /// How long the rollouts get to finish once the kills stop.
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -222,9 +227,9 @@ fn is_bad(content: &[u8]) -> bool {
     serde_json::from_slice::<Value>(content).is_ok_and(|v| v["bad"] == true)
 }
 
-fn health(version: &str) -> Value {
+fn health(unit: &str, version: &str) -> Value {
     let counts = vec![0u64; failsmall_core::health::LATENCY_BUCKETS];
-    json!({"kind": "health", "unit": UNIT, "version": version,
+    json!({"kind": "health", "unit": unit, "version": version,
         "sample": {"requests": 100, "errors": 0, "latency": {"counts": counts}}})
 }
 
@@ -261,7 +266,8 @@ async fn agent(api: Api, token: String, node: &'static str, cohort: &'static str
             continue;
         };
         let reports = format!("/v1/nodes/{node}/reports");
-        for hash in units.values().filter_map(Value::as_str) {
+        for (unit, hash) in units {
+            let Some(hash) = hash.as_str() else { continue };
             if !bad_by_hash.contains_key(hash) {
                 let blob = api
                     .client
@@ -276,23 +282,24 @@ async fn agent(api: Api, token: String, node: &'static str, cohort: &'static str
                 bad_by_hash.insert(hash.to_owned(), is_bad(&content));
             }
             let report = if bad_by_hash.get(hash) == Some(&true) {
-                json!({"kind": "rejected", "unit": UNIT, "version": hash, "reason": "bad: true"})
+                json!({"kind": "rejected", "unit": unit, "version": hash, "reason": "bad: true"})
             } else {
                 let _ = api
                     .post(
                         &reports,
                         &token,
-                        json!({"kind": "applied", "unit": UNIT, "version": hash}),
+                        json!({"kind": "applied", "unit": unit, "version": hash}),
                     )
                     .await;
-                health(hash)
+                health(unit, hash)
             };
             let _ = api.post(&reports, &token, report).await;
         }
     }
 }
 
-/// Pushes a version (every third one bad) and requests its rollout whenever no rollout is open.
+/// Whenever no rollout is open, pushes a version (every third one bad), alternately to the
+/// unit whose push starts the rollout and to the one whose rollout is requested after.
 async fn pusher(api: Api, token: String, seen: Arc<Mutex<Seen>>, counter: Arc<AtomicU64>) {
     loop {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -317,7 +324,12 @@ async fn pusher(api: Api, token: String, seen: Arc<Mutex<Seen>>, counter: Arc<At
         }
         let n = counter.fetch_add(1, Ordering::SeqCst);
         let content = serde_json::to_vec(&json!({"n": n, "bad": n % 3 == 2})).unwrap();
-        let path = format!("/v1/units/{UNIT}/versions?message=push-{n}");
+        let unit = if n.is_multiple_of(2) {
+            PLANNED_UNIT
+        } else {
+            UNIT
+        };
+        let path = format!("/v1/units/{unit}/versions?message=push-{n}");
         let Ok((status, version)) = api
             .send(reqwest::Method::POST, &path, &token, Some(content))
             .await
@@ -328,7 +340,20 @@ async fn pusher(api: Api, token: String, seen: Arc<Mutex<Seen>>, counter: Arc<At
             continue;
         }
         let hash = version["hash"].as_str().unwrap().to_owned();
-        seen.lock().unwrap().pushed.insert(hash.clone());
+        seen.lock().unwrap().pushed.insert(format!("{unit}/{hash}"));
+        if unit == PLANNED_UNIT {
+            let mut seen = seen.lock().unwrap();
+            match version["rollout"]["id"].as_u64() {
+                Some(id) => {
+                    seen.requested.insert(id);
+                    seen.observe(&version["rollout"]);
+                }
+                None => seen
+                    .refused
+                    .push(format!("push {n} started no rollout: {version}")),
+            }
+            continue;
+        }
         let request =
             json!({"unit": UNIT, "version": hash, "plan": PLAN, "reason": format!("push {n}")});
         match api.post("/v1/rollouts", &token, request).await {
@@ -363,7 +388,7 @@ fn spawn_fleet(
         .collect()
 }
 
-/// First start: tokens and the unit.
+/// First start: tokens and the units.
 async fn set_up(api: &Api, data_dir: &Path) -> Tokens {
     let admin = std::fs::read_to_string(data_dir.join("admin.token"))
         .unwrap()
@@ -395,6 +420,9 @@ async fn set_up(api: &Api, data_dir: &Path) -> Tokens {
         .await
         .unwrap();
     assert_eq!(status, 201, "{body}");
+    let planned = json!({"name": PLANNED_UNIT, "spec": spec, "plan": PLAN});
+    let (status, body) = api.post("/v1/units", &admin, planned).await.unwrap();
+    assert_eq!(status, 201, "{body}");
     Tokens {
         admin,
         deployer,
@@ -405,17 +433,26 @@ async fn set_up(api: &Api, data_dir: &Path) -> Tokens {
 /// Every acknowledged write is there, and no rollout went back on what a client saw.
 async fn check_nothing_lost(api: &Api, tokens: &Tokens, seen: &Seen, pushed_since: &[String]) {
     assert!(seen.refused.is_empty(), "{:?}", seen.refused);
-    for hash in pushed_since {
-        let path = format!("/v1/units/{UNIT}/versions/{hash}");
+    for pushed in pushed_since {
+        let (unit, hash) = pushed.split_once('/').unwrap();
+        let path = format!("/v1/units/{unit}/versions/{hash}");
         let (status, body) = api.get(&path, &tokens.admin).await.unwrap();
-        assert_eq!(status, 200, "acknowledged push {hash} lost: {body}");
+        assert_eq!(status, 200, "acknowledged push {pushed} lost: {body}");
     }
+    // One listing (newest first, up to 1,000: more than any run here makes) for every rollout.
+    let (status, list) = api.get("/v1/rollouts", &tokens.admin).await.unwrap();
+    assert_eq!(status, 200, "{list}");
+    let views: BTreeMap<u64, Value> = list["rollouts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|view| Some((view["id"].as_u64()?, view)))
+        .collect();
     for (id, (stage, end)) in &seen.progress {
-        let (status, view) = api
-            .get(&format!("/v1/rollouts/{id}"), &tokens.admin)
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "rollout {id} lost: {view}");
+        let Some(view) = views.get(id) else {
+            panic!("rollout {id} lost");
+        };
         let now_stage = view["stage_index"].as_u64().unwrap();
         assert!(
             now_stage >= *stage,
@@ -579,6 +616,14 @@ fn kill_test(rounds: u64) {
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
 
+    // The first start is killed too: the schema, the signing key and the first admin token
+    // are created whole or not at all, and a later start finishes the job.
+    for _ in 0..FIRST_START_KILLS {
+        let starting = Server::start(&data_dir);
+        std::thread::sleep(Duration::from_millis(rng.next() % 30));
+        starting.kill();
+        seen.lock().unwrap().kills += 1;
+    }
     let server = Server::start(&data_dir);
     let api = Api::new(&server.base);
     runtime.block_on(api.wait_ready());
@@ -588,7 +633,7 @@ fn kill_test(rounds: u64) {
         let running = server.take().unwrap_or_else(|| Server::start(&data_dir));
         let api = Api::new(&running.base);
         // Half the kills land before the server is known to serve, during its start.
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             runtime.block_on(api.wait_ready());
         }
         let mut tasks = spawn_fleet(&runtime, &api, &tokens);
@@ -625,7 +670,7 @@ fn kill_test(rounds: u64) {
             )
         };
         runtime.block_on(check_nothing_lost(&api, &tokens, &snapshot, &pushed_since));
-        if round % 10 == 0 {
+        if round.is_multiple_of(10) {
             println!("kill test: round {round}, {:?} elapsed", started.elapsed());
         }
         server = Some(restarted);

@@ -34,6 +34,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod agent;
 mod file;
 
 use std::sync::Arc;

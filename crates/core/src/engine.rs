@@ -29,17 +29,38 @@
 //! a bake ends or a stage is about to pass.
 //!
 //! Health accounting of the current stage: the canary is the exposed nodes that ACKed (their
-//! samples for the rollout's version); the baseline is the nodes the stage's selector matches
-//! that are not exposed (their samples for any other version). A stage without baseline nodes
-//! is judged against the latest baseline the rollout saw. A canary node with no report about
-//! the unit for `silence_ms` (`0` = not checked) is silent.
+//! samples for the rollout's version). The baseline is made of nodes the rollout has not
+//! reached (their samples for any other version), chosen in this order:
+//!
+//! 1. the nodes the stage's selector matches that are not exposed;
+//! 2. if there are none (the stage takes its whole selection, like `employees` at 100%), every
+//!    unexposed node of the fleet: they run the previous version, the honest comparison;
+//! 3. if there are none either (the rollout reached the whole fleet), the latest baseline the
+//!    rollout judged against, carried forward.
+//!
+//! [`Engine::wants_health`] tells which nodes' reports count now. A canary node with no report
+//! about the unit for `silence_ms` (`0` = not checked) is silent. When a rollback quarantines
+//! a hash, every queued rollout of the same unit and hash ends at once (`Aborted`, changelog
+//! kind `Superseded`, "version quarantined after rollback rN"): the same bytes would fail the
+//! same way.
+//!
+//! # Speed
+//! `Health` is the hot event (one per node per interval). Node ids get dense slots (an
+//! FxHash map, lookups only), and each running rollout keeps every node's role (exposed,
+//! baseline of the stage's selector, rest of the fleet) in a vector by slot, with the baseline
+//! counts kept up to date as nodes register, leave, or get exposed; it is rebuilt when a
+//! stage is entered. So a report costs one slot lookup and a role read per running rollout of
+//! the unit, and a gate evaluation does not scan the fleet. These indexes are derived: serde
+//! skips them, the first step after deserialization rebuilds them, equality ignores them, and
+//! [`Engine::check_derived_indexes`] compares them with a fresh rebuild.
 //!
 //! Architecture invariant: anything iterated into an action or a query is ordered (`BTreeMap`,
-//! sorted `Vec`); the hash maps keyed by node id serve lookups only.
+//! sorted `Vec`); the hash maps keyed by node id serve lookups only, and node slots never
+//! reach an output.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, DefaultHasher};
 
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
@@ -264,10 +285,10 @@ pub const MAX_TEXT_BYTES: usize = 1_024;
 /// The actor of the changes the engine makes by itself.
 pub const ENGINE_ACTOR: &str = "failsmall";
 
-/// A hash map with a fixed hasher (SipHash with zero keys), for the hot lookups by node id.
-/// Architecture invariant: its iteration order never reaches an output; whatever is iterated
-/// into an action or a query is sorted first.
-type LookupMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// A hash map with a fixed, fast hasher (FxHash, from `rustc-hash`), for the hot lookups by
+/// node id. Architecture invariant: its iteration order never reaches an output; whatever is
+/// iterated into an action or a query is sorted first.
+type LookupMap<K, V> = HashMap<K, V, FxBuildHasher>;
 
 /// Bound on the internal transitions of one rollout in one step (each stage can at most
 /// enter, bake, hold and pass).
@@ -305,6 +326,150 @@ struct Exposure {
     /// The latest report of any kind from this node about this unit (or the exposure time):
     /// what silence is measured from.
     last_report_ms: TimeMs,
+}
+
+/// A cache derived from the engine's state: skipped by serde and rebuilt after
+/// deserialization, and left out of equality (two engines are equal when their states are,
+/// whatever their caches hold).
+#[derive(Clone, Default)]
+struct Derived<T>(T);
+
+impl<T> PartialEq for Derived<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Derived<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived(..)")
+    }
+}
+
+/// Dense slots for node ids, so that per-rollout tables are vectors indexed by slot.
+/// Derived from the fleet table; which slot a node gets never reaches an output.
+#[derive(Debug, Clone, Default)]
+struct FleetIndex {
+    /// False after deserialization: the next step rebuilds every derived index.
+    built: bool,
+    slot_of: LookupMap<NodeId, u32>,
+    /// Slots of removed nodes, reused first.
+    free: Vec<u32>,
+    /// Slots handed out so far (the highest slot + 1); at most [`MAX_NODES`].
+    slots_used: u32,
+}
+
+impl FleetIndex {
+    fn slot(&self, node: &NodeId) -> Option<u32> {
+        self.slot_of.get(node).copied()
+    }
+
+    /// The node's slot, given one when it has none.
+    fn insert(&mut self, node: &NodeId) -> u32 {
+        if let Some(slot) = self.slot(node) {
+            return slot;
+        }
+        let slot = self.free.pop().unwrap_or_else(|| {
+            let fresh = self.slots_used;
+            self.slots_used = self.slots_used.saturating_add(1);
+            fresh
+        });
+        self.slot_of.insert(node.clone(), slot);
+        slot
+    }
+
+    fn remove(&mut self, node: &NodeId) -> Option<u32> {
+        let slot = self.slot_of.remove(node)?;
+        self.free.push(slot);
+        Some(slot)
+    }
+}
+
+/// Where one node stands for one running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Role {
+    /// No node holds this slot.
+    #[default]
+    Vacant,
+    /// The rollout reached the node (canary once it ACKed).
+    Exposed,
+    /// Not reached, and the current stage's selector matches it.
+    StageBaseline,
+    /// Not reached, and the current stage's selector does not match it.
+    FleetBaseline,
+}
+
+/// Per running rollout: every node's [`Role`] by slot, and the baseline counts, kept up to date
+/// on every change instead of being counted over the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RoleIndex {
+    roles: Vec<Role>,
+    /// Unexposed nodes that the current stage's selector matches.
+    stage_unexposed: u64,
+    /// Every unexposed node of the fleet (including the ones above).
+    fleet_unexposed: u64,
+}
+
+impl RoleIndex {
+    fn role(&self, slot: u32) -> Role {
+        self.roles.get(slot as usize).copied().unwrap_or_default()
+    }
+
+    fn set(&mut self, slot: u32, role: Role) {
+        let index = slot as usize;
+        if role != Role::Vacant && self.roles.len() <= index {
+            self.roles.resize(index.saturating_add(1), Role::Vacant);
+        }
+        let Some(entry) = self.roles.get_mut(index) else {
+            return;
+        };
+        let old = std::mem::replace(entry, role);
+        for (role, add) in [(old, false), (role, true)] {
+            let (stage, fleet) = match role {
+                Role::Vacant | Role::Exposed => (0, 0),
+                Role::StageBaseline => (1, 1),
+                Role::FleetBaseline => (0, 1),
+            };
+            if add {
+                self.stage_unexposed = self.stage_unexposed.saturating_add(stage);
+                self.fleet_unexposed = self.fleet_unexposed.saturating_add(fleet);
+            } else {
+                self.stage_unexposed = self.stage_unexposed.saturating_sub(stage);
+                self.fleet_unexposed = self.fleet_unexposed.saturating_sub(fleet);
+            }
+        }
+    }
+
+    /// Whether a node in `role` belongs to the current stage's baseline: the stage selector's
+    /// unexposed nodes, or every unexposed node when the selector has none.
+    fn in_baseline(&self, role: Role) -> bool {
+        match role {
+            Role::StageBaseline => true,
+            Role::FleetBaseline => self.stage_unexposed == 0,
+            Role::Vacant | Role::Exposed => false,
+        }
+    }
+
+    /// Nodes in the current stage's baseline; `None` when every node is exposed.
+    fn baseline_nodes(&self) -> Option<u64> {
+        [self.stage_unexposed, self.fleet_unexposed]
+            .into_iter()
+            .find(|count| *count > 0)
+    }
+}
+
+/// A node's role for a rollout, from the rollout's state and the node's labels.
+fn role_of(rollout: &Rollout, node: &NodeId, labels: &Labels) -> Role {
+    if rollout.exposed.contains_key(node) {
+        Role::Exposed
+    } else if rollout
+        .current_stage()
+        .is_some_and(|stage| stage.selector.matches(labels))
+    {
+        Role::StageBaseline
+    } else {
+        Role::FleetBaseline
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,6 +519,9 @@ struct Rollout {
     baseline_carried: Option<GroupMetrics>,
     gate_reports: Vec<GateReport>,
     last_gate_eval_ms: Option<TimeMs>,
+    /// Derived: every node's role while the rollout is running or paused (empty otherwise).
+    #[serde(skip)]
+    roles: Derived<RoleIndex>,
 }
 
 impl Rollout {
@@ -450,6 +618,9 @@ pub struct Engine {
     next_rollout: u64,
     /// Terminal rollouts, oldest first, for pruning.
     terminal: VecDeque<RolloutId>,
+    /// Derived: dense node slots.
+    #[serde(skip)]
+    index: Derived<FleetIndex>,
 }
 
 impl Default for Engine {
@@ -490,6 +661,10 @@ impl Engine {
             rollouts: BTreeMap::new(),
             next_rollout: 1,
             terminal: VecDeque::new(),
+            index: Derived(FleetIndex {
+                built: true,
+                ..FleetIndex::default()
+            }),
         }
     }
 
@@ -497,6 +672,9 @@ impl Engine {
     /// unchanged. A `now_ms` earlier than one already seen counts as the latest one seen.
     pub fn step(&mut self, now_ms: TimeMs, event: &Event) -> Result<Vec<Action>, EngineError> {
         let now = now_ms.max(self.now_ms);
+        if !self.index.0.built {
+            self.rebuild_index();
+        }
         let mut out = Vec::new();
         match event {
             Event::NodeRegistered { node, labels } => {
@@ -605,6 +783,24 @@ impl Engine {
             .is_some_and(|state| state.quarantined.contains_key(version))
     }
 
+    /// The post-apply health check declared by the plan of the running (or paused) rollout
+    /// of `version` of `unit`, if there is one; agents run it after applying that version.
+    pub fn health_check(
+        &self,
+        unit: &UnitName,
+        version: &VersionHash,
+    ) -> Option<&crate::plan::HealthCheck> {
+        self.units
+            .get(unit)?
+            .active
+            .iter()
+            .filter_map(|id| self.rollouts.get(id))
+            .find(|rollout| rollout.version == *version)?
+            .plan
+            .health_check
+            .as_ref()
+    }
+
     /// The earliest time at which a `Tick` would change something (a bake end, a stage
     /// timeout, the next gate evaluation); `None` when nothing waits on time.
     pub fn next_deadline_ms(&self) -> Option<TimeMs> {
@@ -650,6 +846,33 @@ impl Engine {
         self.rollouts.get(&id)?.exposed.get(node)?.before
     }
 
+    /// Whether a `Health` report from `node` about `unit` would count now: the node is exposed
+    /// to a running or paused rollout of the unit (its canary, and silence is measured on its
+    /// reports), or it is in such a rollout's baseline (see the module docs). A caller with a
+    /// large fleet may send only these reports; the others change nothing. Before the first
+    /// step of an engine restored from serde, answers `true` (it cannot tell cheaply).
+    pub fn wants_health(&self, node: &NodeId, unit: &UnitName) -> bool {
+        let Some(state) = self.units.get(unit) else {
+            return false;
+        };
+        if state.active.is_empty() {
+            return false;
+        }
+        if !self.index.0.built {
+            return true;
+        }
+        let Some(slot) = self.index.0.slot(node) else {
+            return false;
+        };
+        state.active.iter().any(|id| {
+            self.rollouts.get(id).is_some_and(|rollout| {
+                let roles = &rollout.roles.0;
+                let role = roles.role(slot);
+                role == Role::Exposed || roles.in_baseline(role)
+            })
+        })
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
@@ -689,6 +912,116 @@ impl Engine {
             ended_ms: rollout.ended_ms,
             outcome: rollout.outcome.clone(),
         }
+    }
+}
+
+// ----- derived indexes ----------------------------------------------------------------------
+impl Engine {
+    /// Rebuilds every derived index from the state (after deserialization).
+    fn rebuild_index(&mut self) {
+        let mut ids: Vec<&NodeId> = self.nodes.keys().collect();
+        ids.sort();
+        let mut index = FleetIndex {
+            built: true,
+            ..FleetIndex::default()
+        };
+        for id in ids {
+            index.insert(id);
+        }
+        self.index = Derived(index);
+        for id in self.active_rollouts() {
+            self.rebuild_roles(id);
+        }
+    }
+
+    /// Running and paused rollouts of every unit.
+    fn active_rollouts(&self) -> Vec<RolloutId> {
+        self.units
+            .values()
+            .flat_map(|unit| unit.active.iter().copied())
+            .collect()
+    }
+
+    /// Recomputes the rollout's role of every node: O(fleet), on stage entry only.
+    fn rebuild_roles(&mut self, id: RolloutId) {
+        let Self {
+            nodes,
+            rollouts,
+            index,
+            ..
+        } = self;
+        let Some(rollout) = rollouts.get_mut(&id) else {
+            return;
+        };
+        let mut roles = RoleIndex {
+            roles: vec![Role::Vacant; index.0.slots_used as usize],
+            ..RoleIndex::default()
+        };
+        for (node, state) in nodes.iter() {
+            if let Some(slot) = index.0.slot(node) {
+                roles.set(slot, role_of(rollout, node, &state.labels));
+            }
+        }
+        rollout.roles = Derived(roles);
+    }
+
+    /// Recomputes one node's role for one active rollout.
+    fn refresh_role(&mut self, id: RolloutId, node: &NodeId) {
+        let Self {
+            nodes,
+            rollouts,
+            index,
+            ..
+        } = self;
+        let (Some(rollout), Some(state), Some(slot)) =
+            (rollouts.get_mut(&id), nodes.get(node), index.0.slot(node))
+        else {
+            return;
+        };
+        let role = role_of(rollout, node, &state.labels);
+        rollout.roles.0.set(slot, role);
+    }
+
+    /// Checks every derived index against one rebuilt from the state; `Err` says what differs.
+    /// For tests and audits: O(fleet × running rollouts).
+    pub fn check_derived_indexes(&self) -> Result<(), String> {
+        let mut fresh = self.clone();
+        fresh.rebuild_index();
+        for id in self.active_rollouts() {
+            let (Some(kept), Some(rebuilt)) = (self.rollouts.get(&id), fresh.rollouts.get(&id))
+            else {
+                return Err(format!("active rollout {id} is missing"));
+            };
+            let (kept, rebuilt) = (&kept.roles.0, &rebuilt.roles.0);
+            if (kept.stage_unexposed, kept.fleet_unexposed)
+                != (rebuilt.stage_unexposed, rebuilt.fleet_unexposed)
+            {
+                return Err(format!(
+                    "rollout {id}: kept baseline counts (stage {}, fleet {}), rebuilt (stage {}, fleet {})",
+                    kept.stage_unexposed,
+                    kept.fleet_unexposed,
+                    rebuilt.stage_unexposed,
+                    rebuilt.fleet_unexposed
+                ));
+            }
+            for (node, _) in self.nodes.iter() {
+                let kept_role = self.index.0.slot(node).map(|slot| kept.role(slot));
+                let rebuilt_role = fresh.index.0.slot(node).map(|slot| rebuilt.role(slot));
+                if kept_role != rebuilt_role {
+                    return Err(format!(
+                        "rollout {id}, node {node}: kept role {kept_role:?}, rebuilt {rebuilt_role:?}"
+                    ));
+                }
+            }
+        }
+        if self.index.0.slot_of.len() != self.nodes.len() {
+            return Err(format!(
+                "{} node slots for {} nodes",
+                self.index.0.slot_of.len(),
+                self.nodes.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -749,13 +1082,9 @@ impl Engine {
                 BTreeMap::new()
             }
         };
+        self.index.0.insert(node);
         // Level-triggered: the node gets every running rollout whose entered stages select it.
-        let active: Vec<RolloutId> = self
-            .units
-            .values()
-            .flat_map(|unit| unit.active.iter().copied())
-            .collect();
-        for id in active {
+        for id in self.active_rollouts() {
             let selects = self.rollouts.get(&id).is_some_and(|rollout| {
                 !rollout.exposed.contains_key(node)
                     && select::exposed_by(
@@ -775,6 +1104,7 @@ impl Engine {
                     rollout.nodes_targeted = rollout.nodes_targeted.saturating_add(1);
                 }
             }
+            self.refresh_role(id, node);
         }
         let desired = self
             .nodes
@@ -806,7 +1136,11 @@ impl Engine {
         if self.nodes.remove(node).is_none() {
             return Err(EngineError::UnknownNode(node.clone()));
         }
+        let slot = self.index.0.remove(node);
         for rollout in self.rollouts.values_mut() {
+            if let Some(slot) = slot {
+                rollout.roles.0.set(slot, Role::Vacant);
+            }
             if let Some(exposure) = rollout.exposed.remove(node) {
                 rollout.nodes_exposed = rollout.nodes_exposed.saturating_sub(1);
                 if exposure.acked {
@@ -915,6 +1249,7 @@ impl Engine {
                 baseline_carried: None,
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
+                roles: Derived::default(),
             },
         );
         self.units.entry(unit.clone()).or_default();
@@ -1045,10 +1380,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The hot path: a few map lookups and a histogram merge. Health for a unit without a
-    /// running rollout is ignored before anything else (the node is not even looked up); an
-    /// exposed node needs only its small per-rollout record; the fleet table is read only for
-    /// the labels of a baseline candidate.
+    /// The hot path: one slot lookup, then per running rollout of the unit a role read from a
+    /// vector and a histogram merge (an exposed node also updates its small record). Health
+    /// for a unit without a running rollout is ignored before anything else.
     fn on_health(
         &mut self,
         now: TimeMs,
@@ -1058,44 +1392,43 @@ impl Engine {
         sample: &HealthSample,
     ) -> Result<(), EngineError> {
         let Self {
-            nodes,
             units,
             rollouts,
+            index,
             ..
         } = self;
         let Some(unit_state) = units.get(unit) else {
             return Ok(());
         };
-        let mut labels: Option<&Labels> = None;
+        if unit_state.active.is_empty() {
+            return Ok(());
+        }
+        let Some(slot) = index.0.slot(node) else {
+            // An unknown node is exposed nowhere; its report could only have been a baseline
+            // sample, so it is refused only where it would have been one.
+            let baseline_candidate = unit_state.active.iter().any(|id| {
+                rollouts
+                    .get(id)
+                    .is_some_and(|rollout| rollout.version != version)
+            });
+            if baseline_candidate {
+                return Err(EngineError::UnknownNode(node.clone()));
+            }
+            return Ok(());
+        };
         for id in &unit_state.active {
             let Some(rollout) = rollouts.get_mut(id) else {
                 continue;
             };
-            if let Some(exposure) = rollout.exposed.get_mut(node) {
-                exposure.last_report_ms = now;
-                if exposure.acked && version == rollout.version {
-                    rollout.canary.sample.merge(sample);
+            let role = rollout.roles.0.role(slot);
+            if role == Role::Exposed {
+                if let Some(exposure) = rollout.exposed.get_mut(node) {
+                    exposure.last_report_ms = now;
+                    if exposure.acked && version == rollout.version {
+                        rollout.canary.sample.merge(sample);
+                    }
                 }
-                continue;
-            }
-            if version == rollout.version {
-                continue;
-            }
-            let node_labels = match labels {
-                Some(known) => known,
-                None => {
-                    // An exposed node is always registered, so nothing was changed before
-                    // this refusal.
-                    let Some(state) = nodes.get(node) else {
-                        return Err(EngineError::UnknownNode(node.clone()));
-                    };
-                    *labels.insert(&state.labels)
-                }
-            };
-            if rollout
-                .current_stage()
-                .is_some_and(|stage| stage.selector.matches(node_labels))
-            {
+            } else if version != rollout.version && rollout.roles.0.in_baseline(role) {
                 rollout.baseline.sample.merge(sample);
             }
         }
@@ -1439,6 +1772,7 @@ impl Engine {
                 set_nodes.push(node.clone());
             }
         }
+        self.rebuild_roles(id);
         let exposed_total = self
             .rollouts
             .get(&id)
@@ -1663,10 +1997,7 @@ impl Engine {
         now: TimeMs,
         out: &mut Vec<Action>,
     ) -> Option<String> {
-        let Self {
-            nodes, rollouts, ..
-        } = self;
-        let rollout = rollouts.get_mut(&id)?;
+        let rollout = self.rollouts.get_mut(&id)?;
         let stage = rollout.plan.stages.get(rollout.stage)?;
         let silence_ms = stage.silence_ms;
         let silent = if silence_ms == 0 {
@@ -1682,21 +2013,16 @@ impl Engine {
         };
         rollout.canary.silent_nodes = silent;
         rollout.canary.nodes = rollout.nodes_applied;
-        let baseline_nodes = nodes
-            .iter()
-            .filter(|(node, state)| {
-                !rollout.exposed.contains_key(*node) && stage.selector.matches(&state.labels)
-            })
-            .count() as u64;
-        let baseline = if baseline_nodes > 0 {
-            let current = GroupMetrics {
-                nodes: baseline_nodes,
-                ..rollout.baseline
-            };
-            rollout.baseline_carried = Some(current);
-            Some(current)
-        } else {
-            rollout.baseline_carried
+        let baseline = match rollout.roles.0.baseline_nodes() {
+            Some(baseline_nodes) => {
+                let current = GroupMetrics {
+                    nodes: baseline_nodes,
+                    ..rollout.baseline
+                };
+                rollout.baseline_carried = Some(current);
+                Some(current)
+            }
+            None => rollout.baseline_carried,
         };
         let mut changes = Vec::new();
         let mut reports = Vec::with_capacity(stage.gates.len());
@@ -1929,6 +2255,41 @@ impl Engine {
             });
             self.retire(*rollout_id);
         }
+        if quarantine && let Some(version) = self.rollouts.get(&id).map(|rollout| rollout.version) {
+            self.end_queued_of_quarantined(&unit, version, id, now, out);
+        }
+    }
+
+    /// Ends every queued rollout of `version` of the unit, just quarantined by rollout `by`:
+    /// the same bytes would fail the same way.
+    fn end_queued_of_quarantined(
+        &mut self,
+        unit: &UnitName,
+        version: VersionHash,
+        by: RolloutId,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let doomed: Vec<RolloutId> = self
+            .units
+            .get(unit)
+            .map(|state| {
+                state
+                    .queued
+                    .iter()
+                    .copied()
+                    .filter(|queued| {
+                        self.rollouts
+                            .get(queued)
+                            .is_some_and(|rollout| rollout.version == version)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let why = format!("version quarantined after rollback {by}");
+        for queued in doomed {
+            self.abort(queued, ENGINE_ACTOR, &why, ChangeKind::Superseded, now, out);
+        }
     }
 
     fn quarantine(&mut self, unit: &UnitName, version: VersionHash, by: RolloutId) {
@@ -1949,6 +2310,9 @@ impl Engine {
 
     /// Records a terminal rollout and prunes old ones.
     fn retire(&mut self, id: RolloutId) {
+        if let Some(rollout) = self.rollouts.get_mut(&id) {
+            rollout.roles = Derived::default();
+        }
         self.terminal.push_back(id);
         let kept = self.terminal.len();
         if kept > MAX_TERMINAL_ROLLOUTS_WITH_NODES

@@ -1302,3 +1302,245 @@ fn next_deadline_is_the_earliest_evaluation_bake_end_or_timeout() {
     h.step(Event::Tick);
     assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
 }
+
+// ----- the baseline a stage is judged against -----------------------------------------------
+
+/// Completes `v0` everywhere, then requests `v1` through `stages` and runs it with every node's
+/// reaction given by `react`; returns the harness and the rollout of `v1`.
+fn baseline_rollout(
+    stages: Vec<Stage>,
+    react: &dyn Fn(&NodeId, VersionHash) -> Reaction,
+) -> (Harness, RolloutId) {
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", plan(vec![stage("all", &[], 100, 0)]), "alice");
+    h.run(v0, "u", 600_000, &healthy);
+    assert_eq!(h.status(v0), RolloutStatus::Completed);
+    let id = h.request("u", "v1", plan(stages), "alice");
+    h.run(id, "u", 3_600_000, react);
+    (h, id)
+}
+
+/// A gate that fails when the baseline errs: it shows which nodes the baseline is made of.
+const BASELINE_ERRS: &str = "baseline.error_rate > 5%";
+
+#[test]
+fn the_baseline_is_the_stage_selectors_unexposed_nodes_when_there_are_some() {
+    // Half of the free nodes get v1; the other half is the baseline. Employees and pro nodes
+    // err on v0, but they are not in the stage's selection, so the baseline stays healthy.
+    let stages = vec![
+        gated(
+            stage("free-half", &[("cohort", "free")], 50, 60_000),
+            &[BASELINE_ERRS],
+        ),
+        stage("all", &[], 100, 0),
+    ];
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", plan(vec![stage("all", &[], 100, 0)]), "alice");
+    h.run(v0, "u", 600_000, &healthy);
+    let id = h.request("u", "v1", plan(stages.clone()), "alice");
+    let exposed: BTreeSet<NodeId> = h.engine.exposed_nodes(id).into_iter().collect();
+    assert!(!exposed.is_empty() && exposed.len() < 20);
+    for n in h.all_nodes() {
+        let in_stage_baseline = n.as_str().starts_with("free-") && !exposed.contains(&n);
+        assert_eq!(
+            h.engine.wants_health(&n, &unit("u")),
+            exposed.contains(&n) || in_stage_baseline,
+            "{n}"
+        );
+    }
+
+    let react = |n: &NodeId, v: VersionHash| {
+        if v == version("v0") && !n.as_str().starts_with("free-") {
+            Reaction::Errors
+        } else {
+            Reaction::Healthy
+        }
+    };
+    let (h, id) = baseline_rollout(stages, &react);
+    assert_eq!(
+        h.status(id),
+        RolloutStatus::Completed,
+        "{:?}",
+        h.engine.rollout(id)
+    );
+}
+
+#[test]
+fn without_unexposed_stage_nodes_the_baseline_is_every_unexposed_node() {
+    // Stage 0 takes every employee: the baseline is the rest of the fleet, on v0.
+    let employees = |gates: &[&str]| {
+        vec![
+            gated(
+                stage("employees", &[("cohort", "employee")], 100, 30_000),
+                gates,
+            ),
+            stage("all", &[], 100, 0),
+        ]
+    };
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", plan(vec![stage("all", &[], 100, 0)]), "alice");
+    h.run(v0, "u", 600_000, &healthy);
+    let id = h.request("u", "v1", plan(employees(&[])), "alice");
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 0);
+    for n in h.all_nodes() {
+        assert!(h.engine.wants_health(&n, &unit("u")), "{n}");
+    }
+
+    // A healthy version passes a significance gate against it (with no baseline at all, the
+    // gate would stay inconclusive and the stage would time out).
+    let (h, id) = baseline_rollout(
+        employees(&["significant(error_rate > baseline.error_rate)"]),
+        &healthy,
+    );
+    assert_eq!(
+        h.status(id),
+        RolloutStatus::Completed,
+        "{:?}",
+        h.engine.rollout(id)
+    );
+
+    // The free and pro nodes are that baseline: when they err, the gate sees it.
+    let react = |n: &NodeId, v: VersionHash| {
+        if v == version("v0") && !n.as_str().starts_with("emp-") {
+            Reaction::Errors
+        } else {
+            Reaction::Healthy
+        }
+    };
+    let (h, id) = baseline_rollout(employees(&[BASELINE_ERRS]), &react);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.stage_index, 0);
+    assert!(
+        view.outcome.as_deref().unwrap().contains(BASELINE_ERRS),
+        "{view:?}"
+    );
+}
+
+#[test]
+fn once_the_whole_fleet_is_exposed_the_baseline_is_carried_forward() {
+    // Stage 0 (half of the free nodes) is judged against the other free half; stage 1 reaches
+    // every node, so it is judged against the baseline carried from stage 0.
+    let stages = || {
+        vec![
+            stage("free-half", &[("cohort", "free")], 50, 60_000),
+            gated(stage("everyone", &[], 100, 60_000), &[BASELINE_ERRS]),
+        ]
+    };
+    let (h, id) = baseline_rollout(stages(), &healthy);
+    assert_eq!(
+        h.status(id),
+        RolloutStatus::Completed,
+        "{:?}",
+        h.engine.rollout(id)
+    );
+
+    // The free half that made stage 0's baseline erred on v0: stage 1 fails on that.
+    let react = |n: &NodeId, v: VersionHash| {
+        if v == version("v0") && n.as_str().starts_with("free-") {
+            Reaction::Errors
+        } else {
+            Reaction::Healthy
+        }
+    };
+    let (h, id) = baseline_rollout(stages(), &react);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack, "{view:?}");
+    assert_eq!(view.stage_index, 1);
+    assert!(matches!(
+        view.gates.first().unwrap().verdict,
+        Verdict::Fail { .. }
+    ));
+    // Nothing is left unexposed at stage 1: the engine wants only the canary's health.
+    assert_eq!(view.nodes_exposed, 34);
+}
+
+// ----- quarantine -----------------------------------------------------------------------------
+
+/// nov18 with queueing: the same bad bytes are pushed again and again while a good version
+/// still runs, so they queue. The first bad rollout rolls back and quarantines the hash; every
+/// other queued rollout of that hash ends at once, and the good versions go on.
+#[test]
+fn queued_rollouts_of_a_quarantined_hash_end_at_once() {
+    let mut h = Harness::with_fleet();
+    let mut queue_plan = three_stage_plan();
+    queue_plan.queue_limit = 8;
+    let bad_seed = "features: 240 entries";
+    let bad = version(bad_seed);
+    let first = h.request(
+        "bot-features",
+        "features: 60 entries, g0",
+        queue_plan.clone(),
+        "gen",
+    );
+    let mut bad_ids = Vec::new();
+    for generation in 1..=6 {
+        let seed = if generation % 2 == 1 {
+            bad_seed.to_owned()
+        } else {
+            format!("features: 60 entries, g{generation}")
+        };
+        let id = h.request("bot-features", &seed, queue_plan.clone(), "gen");
+        assert_eq!(h.status(id), RolloutStatus::Queued);
+        if generation % 2 == 1 {
+            bad_ids.push(id);
+        }
+    }
+    let react = |_: &NodeId, v: VersionHash| {
+        if v == bad {
+            Reaction::Nack
+        } else {
+            Reaction::Healthy
+        }
+    };
+    for _ in 0..2_000 {
+        h.round("bot-features", &react);
+        if h.engine.rollouts().all(|view| view.status.is_terminal()) {
+            break;
+        }
+    }
+    assert_eq!(h.status(first), RolloutStatus::Completed);
+    let [rolled_back, rest @ ..] = bad_ids.as_slice() else {
+        panic!("three bad rollouts expected");
+    };
+    assert_eq!(h.status(*rolled_back), RolloutStatus::RolledBack);
+    for id in rest {
+        let view = h.engine.rollout(*id).unwrap();
+        assert_eq!(view.status, RolloutStatus::Aborted);
+        assert_eq!(view.stage_index, 0);
+        assert_eq!(view.nodes_exposed, 0);
+        let ended = h
+            .actions
+            .iter()
+            .find_map(|action| match action {
+                Action::Changelog(entry)
+                    if entry.rollout == *id && entry.kind == ChangeKind::Superseded =>
+                {
+                    Some(entry.reason.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            ended,
+            format!("version quarantined after rollback {rolled_back}")
+        );
+    }
+    // The bad hash reached stage 0 once: one flip to it, employees only.
+    let flips_to_bad = h
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::SetDesired { version: Some(v), .. } if *v == bad))
+        .count();
+    assert_eq!(flips_to_bad, 1);
+    assert!(
+        h.nodes_ever_given("bot-features", bad_seed)
+            .iter()
+            .all(|n| n.as_str().starts_with("emp-"))
+    );
+    let last_good = version("features: 60 entries, g6");
+    assert_eq!(h.engine.stable(&unit("bot-features")), Some(last_good));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("bot-features")), Some(last_good));
+    }
+}

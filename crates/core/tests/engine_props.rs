@@ -649,6 +649,10 @@ fn run_inputs(inputs: &[Input], plans: &[Plan], reload_at: Option<usize>) -> (Ve
         now += advance;
         let before = engine.clone();
         let result = engine.step(now, &event);
+        // The incrementally kept indexes equal ones rebuilt from the state.
+        if let Err(mismatch) = engine.check_derived_indexes() {
+            panic!("after step {index} ({event:?}): {mismatch}");
+        }
         if result.is_err() {
             assert_eq!(
                 engine, before,

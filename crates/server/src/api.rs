@@ -33,7 +33,7 @@ use crate::auth::{Access, Caller, Role, new_token, token_sha256};
 use crate::error::ApiError;
 use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
 use crate::signing::VersionSigner;
-use crate::store::{ChangeRow, ChangelogQuery, MAX_LIST_ROWS, NewChange, NewVersion, Store};
+use crate::store::{ChangeRow, ChangelogQuery, MAX_LIST_ROWS, NewChange, Store, VersionRow};
 
 /// Longest free-text field (messages, descriptions, reasons), in bytes.
 pub const MAX_TEXT_BYTES: usize = 4096;
@@ -128,7 +128,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Method::POST,
                 "/v1/units/{unit}/versions",
                 Deploy,
-                "Push bytes as a new version",
+                "Push bytes as a new version (and start its rollout when the unit has a plan)",
             ),
             post(push_version),
         ),
@@ -200,7 +200,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Method::POST,
                 "/v1/nodes/{node}/reports",
                 AgentReport,
-                "ACK, NACK, crash, failed health check or health of a version",
+                "ACK, NACK, crash, failed health check or health of a version; one, or a batch {\"reports\": [...]} applied whole",
             ),
             post(report),
         ),
@@ -559,6 +559,24 @@ fn text_field(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A plan file's text parsed and checked; every error names the file, line and field.
+fn parse_plan(plan_file: &str, text: &str) -> Result<Plan, ApiError> {
+    Plan::parse(plan_file, text).map_err(|errors| {
+        let reasons: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_plan",
+            format!("plan refused: {}", reasons.join("; ")),
+        )
+        .with_detail(json!({ "reasons": reasons }))
+    })
+}
+
+/// The file name a unit's plan is reported under.
+fn unit_plan_file(unit: &str) -> String {
+    format!("{unit}.plan")
+}
+
 fn check_spec(spec: &UnitSpec, body_limit: BodyLimit) -> Result<(), ApiError> {
     let BodyLimit(max_body_bytes) = body_limit;
     if usize::try_from(spec.max_bytes).map_or(true, |max| max > max_body_bytes) {
@@ -754,6 +772,9 @@ struct CreateUnitRequest {
     owner: String,
     #[serde(default)]
     description: String,
+    /// The plan file's text (YAML) every push rolls out through.
+    #[serde(default)]
+    plan: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -765,6 +786,9 @@ struct UpdateUnitRequest {
     owner: String,
     #[serde(default)]
     description: String,
+    /// The plan file's text (YAML) every push rolls out through.
+    #[serde(default)]
+    plan: Option<String>,
 }
 
 async fn list_units(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
@@ -783,6 +807,9 @@ async fn create_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
+    if let Some(plan) = &request.plan {
+        parse_plan(&unit_plan_file(name.as_str()), plan)?;
+    }
     let unit = db(&state, move |store| {
         let change = NewChange {
             at_ms: now_ms(),
@@ -792,11 +819,12 @@ async fn create_unit(
             version: None,
             reason: &request.description,
         };
-        Ok(store.create_unit(
+        Ok(store.create_unit_with_plan(
             name.as_str(),
             &request.spec,
             &request.owner,
             &request.description,
+            request.plan.as_deref(),
             &change,
         )?)
     })
@@ -825,6 +853,9 @@ async fn update_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
+    if let Some(plan) = &request.plan {
+        parse_plan(&unit_plan_file(name.as_str()), plan)?;
+    }
     let unit = db(&state, move |store| {
         let reason = format!(
             "revision {} → {}",
@@ -839,12 +870,13 @@ async fn update_unit(
             version: None,
             reason: &reason,
         };
-        Ok(store.update_unit(
+        Ok(store.update_unit_with_plan(
             name.as_str(),
             request.revision,
             &request.spec,
             &request.owner,
             &request.description,
+            request.plan.as_deref(),
             &change,
         )?)
     })
@@ -890,6 +922,13 @@ async fn push_version(
     }
     let lookup = name.clone();
     let unit = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+    // The unit's plan was checked when it was set; a plan that no longer parses (a newer
+    // plan format) refuses the push rather than storing a version that would not roll out.
+    let plan = unit
+        .plan
+        .as_deref()
+        .map(|text| parse_plan(&unit_plan_file(name.as_str()), text))
+        .transpose()?;
 
     let checked = content.clone();
     let verdict = tokio::task::spawn_blocking(move || validate(&unit.spec, &checked))
@@ -917,43 +956,49 @@ async fn push_version(
     let hash = VersionHash::of(&content).to_string();
     let signature = state.shared.signer.sign_version(name.as_str(), &hash);
     let skipped = query.skip_validation;
-    let (version, created) = db(&state, move |store| {
-        let at_ms = now_ms();
-        let skip_reason = format!(
-            "validation skipped by {}: {}",
-            caller.name,
-            skipped_reasons.join("; ")
-        );
-        let pushed = NewChange {
-            at_ms,
-            actor: &caller.name,
-            kind: "version_pushed",
-            unit: Some(name.as_str()),
-            version: Some(&hash),
-            reason: &query.message,
-        };
-        let mut changes = vec![pushed.clone()];
-        if skipped {
-            changes.push(NewChange {
-                kind: "validation_skipped",
-                reason: &skip_reason,
-                ..pushed
-            });
+    let at_ms = now_ms();
+    let pushed = ChangeRow {
+        at_ms,
+        actor: caller.name.clone(),
+        kind: "version_pushed".to_owned(),
+        unit: Some(name.to_string()),
+        version: Some(hash.clone()),
+        reason: query.message.clone(),
+    };
+    let mut changes = vec![pushed.clone()];
+    if skipped {
+        changes.push(ChangeRow {
+            kind: "validation_skipped".to_owned(),
+            reason: format!(
+                "validation skipped by {}: {}",
+                caller.name,
+                skipped_reasons.join("; ")
+            ),
+            ..pushed
+        });
+    }
+    let row = VersionRow {
+        unit: name.to_string(),
+        hash: hash.clone(),
+        content: content.to_vec(),
+        author: caller.name.clone(),
+        message: query.message.clone(),
+        expected_parent: parent.map(Some),
+        created_ms: at_ms,
+        signature,
+        validation_skipped: skipped,
+    };
+    let (version, created, rollout) = match plan {
+        None => {
+            let (version, created) = db(&state, move |store| {
+                let changes: Vec<NewChange<'_>> = changes.iter().map(ChangeRow::as_new).collect();
+                Ok(store.push_version(&row.as_new(), &changes)?)
+            })
+            .await?;
+            (version, created, None)
         }
-        let new = NewVersion {
-            unit: name.as_str(),
-            hash: &hash,
-            content: &content,
-            author: &caller.name,
-            message: &query.message,
-            expected_parent: parent.as_deref().map(Some),
-            created_ms: at_ms,
-            signature: &signature,
-            validation_skipped: skipped,
-        };
-        Ok(store.push_version(&new, &changes)?)
-    })
-    .await?;
+        Some(plan) => push_and_roll_out(&state, &caller, row, changes, plan).await?,
+    };
     if created && skipped {
         state
             .shared
@@ -966,7 +1011,69 @@ async fn push_version(
     } else {
         StatusCode::OK
     };
-    Ok((status, axum::Json(json!(version))))
+    let mut answer = json!(version);
+    if let (Some(rollout), Some(fields)) = (rollout, answer.as_object_mut()) {
+        fields.insert("rollout".to_owned(), rollout);
+    }
+    Ok((status, axum::Json(answer)))
+}
+
+/// Stores a version and requests its rollout through the unit's plan in one engine step, so
+/// a crash leaves both or neither. Bytes the unit already has start nothing and answer the
+/// stored version.
+async fn push_and_roll_out(
+    state: &AppState,
+    caller: &Caller,
+    row: VersionRow,
+    changes: Vec<ChangeRow>,
+    plan: Plan,
+) -> Result<(crate::store::VersionRecord, bool, Option<Value>), ApiError> {
+    let (unit, hash) = (row.unit.clone(), row.hash.clone());
+    let existing = {
+        let (unit, hash) = (unit.clone(), hash.clone());
+        db(state, move |store| match store.version(&unit, &hash) {
+            Ok(version) => Ok(Some(version)),
+            Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        })
+        .await?
+    };
+    if let Some(version) = existing {
+        return Ok((version, false, None));
+    }
+    let event = Event::RolloutRequested {
+        unit: unit_name(&unit)?,
+        version: version_hash(&hash)?,
+        plan,
+        actor: caller.name.clone(),
+        reason: row.message.clone(),
+        override_quarantine: false,
+    };
+    let at_ms = row.created_ms;
+    let cause = Cause::Push {
+        version: Box::new(row),
+        changes,
+    };
+    let host = &state.shared.engine;
+    let stepped = host
+        .apply_many(&state.shared.store, at_ms, vec![(event, None)], cause)
+        .await;
+    let lookup = move |store: &Store| Ok(store.version(&unit, &hash)?);
+    match stepped {
+        Ok(actions) => {
+            let version = db(state, lookup).await?;
+            let view = match rollout_of(&actions) {
+                Some(id) => host.read(|engine, _| engine.rollout(id)).await,
+                None => None,
+            };
+            Ok((version, true, view.map(|view| json!(view))))
+        }
+        // The same bytes were pushed meanwhile: they are stored, with their own rollout.
+        Err(StepError::Store(crate::store::StoreError::AlreadyExists { .. })) => {
+            Ok((db(state, lookup).await?, false, None))
+        }
+        Err(error) => Err(step_error(error)),
+    }
 }
 
 async fn list_versions(
@@ -1239,6 +1346,9 @@ struct DesiredDocument<'a> {
     expires_ms: u64,
     /// Each listed unit's validation spec, so the agent validates with the server's rules.
     specs: std::collections::BTreeMap<String, UnitSpec>,
+    /// For a listed version that a rollout is bringing, its plan's post-apply health check.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    health_checks: std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>,
 }
 
 /// How long a desired-state document stays fresh, in milliseconds.
@@ -1277,21 +1387,26 @@ async fn desired(
         .map(|u| (u.name.clone(), u.spec.clone()))
         .collect();
     let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
-    let (seq, desired): (u64, std::collections::BTreeMap<String, String>) = state
-        .shared
-        .engine
-        .read(|engine, revision| {
-            let desired = names
-                .iter()
-                .filter_map(|unit| {
-                    engine
-                        .desired(&id, unit)
-                        .map(|hash| (unit.to_string(), hash.to_string()))
-                })
-                .collect();
-            (revision, desired)
-        })
-        .await;
+    type Checks = std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>;
+    let (seq, desired, health_checks): (u64, std::collections::BTreeMap<String, String>, Checks) =
+        state
+            .shared
+            .engine
+            .read(|engine, revision| {
+                let mut checks = Checks::new();
+                let desired = names
+                    .iter()
+                    .filter_map(|unit| {
+                        let hash = engine.desired(&id, unit)?;
+                        if let Some(check) = engine.health_check(unit, &hash) {
+                            checks.insert(unit.to_string(), check.clone());
+                        }
+                        Some((unit.to_string(), hash.to_string()))
+                    })
+                    .collect();
+                (revision, desired, checks)
+            })
+            .await;
     specs.retain(|name, _| desired.contains_key(name));
     let document = serde_json::to_string(&DesiredDocument {
         node: id.as_str(),
@@ -1299,6 +1414,7 @@ async fn desired(
         units: desired,
         expires_ms: now_ms().saturating_add(DESIRED_TTL_MS),
         specs,
+        health_checks,
     })
     .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
     let signature = state.shared.signer.sign_desired(&document);
@@ -1547,15 +1663,7 @@ async fn create_rollout(
         ));
     }
     let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
-    let plan = Plan::parse(&plan_file, &request.plan).map_err(|errors| {
-        let reasons: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_plan",
-            format!("plan refused: {}", reasons.join("; ")),
-        )
-        .with_detail(json!({ "reasons": reasons }))
-    })?;
+    let plan = parse_plan(&plan_file, &request.plan)?;
     let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());
     db(&state, move |store| {
         Ok(store.version(lookup_unit.as_str(), &lookup_version)?)

@@ -13,7 +13,7 @@ use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
 use failsmall_core::engine::{Action, Engine, EngineError, Event};
 use tokio::sync::{Mutex, watch};
 
-use crate::store::{ChangeRow, EngineStep, Store, StoreError};
+use crate::store::{ChangeRow, EngineStep, Store, StoreError, VersionRow};
 
 /// The longest an agent may wait for a newer desired state in one request.
 pub const MAX_WATCH_MS: u64 = 30_000;
@@ -56,6 +56,11 @@ pub enum Cause {
     Nothing,
     /// A node registered or changed its labels.
     Node { id: NodeId, labels: Labels },
+    /// A version was pushed (and its rollout requested); its changes are recorded first.
+    Push {
+        version: Box<VersionRow>,
+        changes: Vec<ChangeRow>,
+    },
 }
 
 impl EngineHost {
@@ -109,7 +114,16 @@ impl EngineHost {
         let mut current = self.current.lock().await;
         let mut next = current.engine.clone();
         let mut actions = Vec::new();
-        let mut changes: Vec<ChangeRow> = Vec::new();
+        let (cause, mut changes) = match cause {
+            Cause::Push { version, changes } => (
+                Cause::Push {
+                    version,
+                    changes: Vec::new(),
+                },
+                changes,
+            ),
+            other => (other, Vec::new()),
+        };
         for (event, change) in events {
             let produced = next.step(now_ms, &event)?;
             changes.extend(change);
@@ -125,15 +139,17 @@ impl EngineHost {
         let expected_revision = current.revision;
         let committing = Arc::clone(store);
         let committed = tokio::task::spawn_blocking(move || {
-            let node = match &cause {
-                Cause::Node { id, labels } => Some((id.as_str(), labels)),
-                Cause::Nothing => None,
+            let (node, version) = match &cause {
+                Cause::Node { id, labels } => (Some((id.as_str(), labels)), None),
+                Cause::Push { version, .. } => (None, Some(version.as_new())),
+                Cause::Nothing => (None, None),
             };
             committing.commit_step(&EngineStep {
                 expected_revision,
                 state: &state,
                 changes: &changes,
                 node,
+                version: version.as_ref(),
             })
         })
         .await;

@@ -125,7 +125,19 @@ pub fn verify_version(
 }
 
 /// Creates `path` with mode 0600 and writes `content`; fails if the file exists.
+/// Writes a new private (0600) file whole or not at all: the content goes to `<path>.tmp`,
+/// is synced, then linked to `path`, which must not exist yet. A crash at any instant leaves
+/// no file at `path` or the whole one, never a truncated key or token.
 pub(crate) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    // A file left by a crash before the link is only ever a partial copy: replace it.
+    match fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -133,14 +145,43 @@ pub(crate) fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> 
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
+    let mut file = options.open(&temporary)?;
     file.write_all(content)?;
-    file.sync_all()
+    file.sync_all()?;
+    drop(file);
+    // A hard link never replaces an existing file, unlike a rename.
+    let linked = fs::hard_link(&temporary, path);
+    fs::remove_file(&temporary)?;
+    linked?;
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = fs::File::open(dir)
+    {
+        dir.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partial_key_left_by_a_crash_is_not_loaded() {
+        let dir =
+            std::env::temp_dir().join(format!("failsmall-signing-tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // A crash after the temporary file was created, before it was linked.
+        fs::write(dir.join(format!("{KEY_FILE}.tmp")), b"12ab").unwrap();
+        let first = VersionSigner::load_or_create(&dir).unwrap();
+        assert!(!dir.join(format!("{KEY_FILE}.tmp")).exists());
+        let second = VersionSigner::load_or_create(&dir).unwrap();
+        assert_eq!(first.public_key_hex(), second.public_key_hex());
+        // An existing key is never replaced.
+        assert!(write_private(&dir.join(KEY_FILE), b"other").is_err());
+        let third = VersionSigner::load_or_create(&dir).unwrap();
+        assert_eq!(first.public_key_hex(), third.public_key_hex());
+    }
 
     #[test]
     fn key_is_created_once_private_and_reloaded() {

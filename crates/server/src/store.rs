@@ -311,6 +311,39 @@ pub struct NewVersion<'a> {
     pub validation_skipped: bool,
 }
 
+/// A version owned by its holder (to move into a blocking task); see [`NewVersion`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRow {
+    pub unit: String,
+    pub hash: String,
+    pub content: Vec<u8>,
+    pub author: String,
+    pub message: String,
+    pub expected_parent: Option<Option<String>>,
+    pub created_ms: u64,
+    pub signature: String,
+    pub validation_skipped: bool,
+}
+
+impl VersionRow {
+    pub fn as_new(&self) -> NewVersion<'_> {
+        NewVersion {
+            unit: &self.unit,
+            hash: &self.hash,
+            content: &self.content,
+            author: &self.author,
+            message: &self.message,
+            expected_parent: self
+                .expected_parent
+                .as_ref()
+                .map(|parent| parent.as_deref()),
+            created_ms: self.created_ms,
+            signature: &self.signature,
+            validation_skipped: self.validation_skipped,
+        }
+    }
+}
+
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreCounts {
@@ -552,7 +585,15 @@ impl Store {
         description: &str,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
-        self.update_unit_with_plan(name, expected_revision, spec, owner, description, None, change)
+        self.update_unit_with_plan(
+            name,
+            expected_revision,
+            spec,
+            owner,
+            description,
+            None,
+            change,
+        )
     }
 
     /// Replaces a unit's spec, owner, description and plan if its revision is still
@@ -1095,13 +1136,13 @@ mod tests {
         let spec = UnitSpec::new(UnitFormat::Json, 100);
         {
             let store = Store::open(&path).unwrap();
-            assert_eq!(store.schema_version().unwrap(), 2);
+            assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u64);
             store
                 .create_unit("u", &spec, "team", "d", &change("unit_created"))
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u64);
         assert_eq!(store.unit("u").unwrap().spec, spec);
     }
 

@@ -304,6 +304,40 @@ async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     let (status, _) = server.push("u", &token, "message=one", b"one").await;
     assert_eq!(status, StatusCode::CREATED);
 
+    // A push into a unit with a plan stores the version and starts its rollout in one
+    // step: a failure before the commit leaves neither.
+    let plan = "name: p\nstages:\n  - name: all\n    bake: 1h\n    gates: []\n";
+    let spec = json!({"format": "raw", "max_bytes": 1000});
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "planned", "spec": spec, "plan": plan})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for point in [
+        fail_points::PUSH_AFTER_BLOB,
+        fail_points::STEP_AFTER_STATE,
+        fail_points::STEP_BEFORE_COMMIT,
+    ] {
+        fail::cfg(point, "return").unwrap();
+        let (status, body) = server.push("planned", &token, "message=p", b"p").await;
+        fail::remove(point);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{point}: {body}");
+        let (_, versions) = server
+            .admin(Method::GET, "/v1/units/planned/versions", None)
+            .await;
+        assert_eq!(versions["versions"], json!([]), "{point}");
+        let (_, rollouts) = server.admin(Method::GET, "/v1/rollouts", None).await;
+        assert_eq!(rollouts["rollouts"], json!([]), "{point}");
+    }
+    let (status, body) = server.push("planned", &token, "message=p", b"p").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // No node is registered yet, so the rollout is the first and passes at once.
+    assert_eq!(body["rollout"]["id"], 1, "{body}");
+    assert_eq!(body["rollout"]["status"], "completed", "{body}");
+
     // A registration whose step committed but whose answer failed: the node is there, and
     // the engine took the step too (the next one is not refused as a conflict).
     fail::cfg(fail_points::STEP_AFTER_COMMIT, "return").unwrap();
@@ -317,7 +351,8 @@ async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
         .call(Method::GET, "/v1/nodes/n1/desired", Some(&agent), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["seq"], 1);
+    // Two steps so far: the planned push, then this registration.
+    assert_eq!(body["seq"], 2, "{body}");
     let register = json!({"labels": {"pop": "ams"}});
     let (status, body) = server
         .call(Method::PUT, "/v1/nodes/n2", Some(&agent_n2), Some(register))

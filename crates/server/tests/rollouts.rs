@@ -612,3 +612,73 @@ async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
     assert_eq!(view["nodes_applied"], 1);
     fleet.server.stop().await;
 }
+
+#[tokio::test]
+async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
+    let fleet = Fleet::start(&fresh_dir("push-plan")).await;
+    let server = &fleet.server;
+    let labels = json!({"labels": {"cohort": "free"}});
+    server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(fleet.agent("n1")),
+            Some(labels),
+        )
+        .await;
+    let spec = json!({"format": "json", "max_bytes": 256});
+    let bad = json!({"name": "flags", "spec": spec, "plan": "name: x\nstages: []\n"});
+    let (status, body) = server.admin(Method::POST, "/v1/units", Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_plan");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("flags.plan"),
+        "{body}"
+    );
+    let unit = json!({"name": "flags", "spec": spec, "plan": INSTANT_PLAN});
+    let (status, body) = server.admin(Method::POST, "/v1/units", Some(unit)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["plan"], INSTANT_PLAN);
+
+    let (status, v1) = server
+        .push("flags", &fleet.deployer, "message=one", br#"{"a": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v1}");
+    assert_eq!(v1["rollout"]["status"], "running", "{v1}");
+    assert_eq!(v1["rollout"]["actor"], "ci");
+    assert_eq!(v1["rollout"]["reason"], "one");
+    let hash1 = v1["hash"].as_str().unwrap().to_owned();
+    let (_, units) = fleet.desired("n1", "").await;
+    assert_eq!(units, json!({ "flags": hash1 }));
+    // The same bytes again: the stored version, and no second rollout.
+    let (status, again) = server
+        .push("flags", &fleet.deployer, "message=one", br#"{"a": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert!(again.get("rollout").is_none(), "{again}");
+    // A second version waits behind the running rollout.
+    let (status, v2) = server
+        .push("flags", &fleet.deployer, "message=two", br#"{"a": 2}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v2}");
+    assert_eq!(v2["rollout"]["status"], "queued", "{v2}");
+    let (_, list) = server.admin(Method::GET, "/v1/rollouts", None).await;
+    assert_eq!(list["rollouts"].as_array().unwrap().len(), 2);
+    // The push is recorded before the rollout it started.
+    let (_, log) = server
+        .admin(Method::GET, "/v1/changelog?unit=flags", None)
+        .await;
+    let kinds: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let pushed = kinds.iter().position(|k| *k == "version_pushed").unwrap();
+    let started = kinds.iter().position(|k| *k == "rollout_started").unwrap();
+    assert!(pushed < started, "{kinds:?}");
+    fleet.server.stop().await;
+}

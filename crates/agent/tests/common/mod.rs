@@ -318,8 +318,12 @@ impl Operator {
 
     /// Starts a rollout of `version` through the instant plan; returns its id.
     pub async fn rollout(&self, version: &str) -> u64 {
-        let body =
-            json!({"unit": UNIT, "version": version, "plan": INSTANT_PLAN, "reason": "test"});
+        self.rollout_with(version, INSTANT_PLAN).await
+    }
+
+    /// Starts a rollout of `version` through `plan`; returns its id.
+    pub async fn rollout_with(&self, version: &str, plan: &str) -> u64 {
+        let body = json!({"unit": UNIT, "version": version, "plan": plan, "reason": "test"});
         let (status, view) = self.call(Method::POST, "/v1/rollouts", Some(body)).await;
         assert!(status.is_success(), "{status} {view}");
         view["id"].as_u64().unwrap()
