@@ -98,7 +98,11 @@ async fn converge_inner(
         return Outcome::PreviouslyRefused;
     }
     // 1. The bytes: stored already, or fetched by hash (at most the unit's limit).
-    let bytes = match disk.version(unit, hash) {
+    let stored = {
+        let (disk, unit, hash) = (disk.clone(), unit.clone(), *hash);
+        blocking(move || disk.version(&unit, &hash)).await
+    };
+    let bytes = match stored {
         Ok(Some(bytes)) => bytes,
         Ok(None) | Err(_) => {
             let limit = spec.map_or(MAX_BYTES_CEILING, |s| s.max_bytes.min(MAX_BYTES_CEILING));
@@ -118,7 +122,21 @@ async fn converge_inner(
         }
     };
     step_point!("agent::fetched");
-    let actual = VersionHash::of(&bytes);
+    // Hashing and validating a large bundle is CPU work: off the async threads.
+    let owned_spec = spec.cloned();
+    let checked = tokio::task::spawn_blocking(move || {
+        let actual = VersionHash::of(&bytes);
+        let issues = match &owned_spec {
+            Some(spec) => validate(spec, &bytes).err(),
+            None => None,
+        };
+        (bytes, actual, issues)
+    })
+    .await;
+    let (bytes, actual, issues) = match checked {
+        Ok(checked) => checked,
+        Err(error) => return Outcome::DiskFailed(format!("validation task failed: {error}")),
+    };
     if actual != *hash {
         return refuse(
             shared,
@@ -127,10 +145,8 @@ async fn converge_inner(
             format!("bundle hash mismatch: expected sha256 {hash}, got {actual}"),
         );
     }
-    // 2. The server's own rules, then the node's validator.
-    if let Some(spec) = spec
-        && let Err(issues) = validate(spec, &bytes)
-    {
+    // 2. The server's own rules (checked above), then the node's validator.
+    if let Some(issues) = issues {
         let reasons: Vec<String> = issues.iter().take(5).map(ToString::to_string).collect();
         return refuse(
             shared,
@@ -139,7 +155,7 @@ async fn converge_inner(
             format!("validation failed: {}", reasons.join("; ")),
         );
     }
-    let stored = match store(disk, unit, hash, &bytes).await {
+    let stored = match store(disk, unit, hash, bytes).await {
         Ok(path) => path,
         Err(error) => return Outcome::DiskFailed(error.to_string()),
     };
@@ -274,9 +290,9 @@ async fn store(
     disk: &DataDir,
     unit: &UnitName,
     hash: &VersionHash,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<std::path::PathBuf, DiskError> {
-    let (disk, unit, hash, bytes) = (disk.clone(), unit.clone(), *hash, bytes.to_vec());
+    let (disk, unit, hash) = (disk.clone(), unit.clone(), *hash);
     blocking(move || disk.store_version(&unit, &hash, &bytes)).await
 }
 

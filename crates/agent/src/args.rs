@@ -45,6 +45,10 @@ pub struct AgentFlags {
     /// The local consumer's Prometheus endpoint, scraped for health.
     #[arg(long)]
     pub metrics_url: Option<String>,
+    /// How often health is reported (and the metrics scraped), in milliseconds; keep it well
+    /// under the plans' `silence`.
+    #[arg(long, default_value_t = 5_000)]
+    pub health_interval_ms: u64,
     /// How long one watch request waits for news, in milliseconds.
     #[arg(long, default_value_t = 25_000)]
     pub watch_wait_ms: u64,
@@ -84,12 +88,13 @@ impl AgentFlags {
         config.server_key = self.server_key;
         config.consumer_url = self.consumer_url;
         config.watch_wait_ms = self.watch_wait_ms;
+        config.health_interval_ms = self.health_interval_ms;
         config.backoff_max_ms = self.backoff_max_ms.max(config.backoff_min_ms);
         if let Some(url) = self.metrics_url {
             config.metrics = Some(ConsumerMetrics {
                 url,
                 names: Default::default(),
-                interval_ms: 5_000,
+                interval_ms: self.health_interval_ms,
             });
         }
         if let Some(path) = self.unit_config {
@@ -126,6 +131,39 @@ fn read_unit_config(path: &PathBuf) -> Result<BTreeMap<UnitName, UnitLocalConfig
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unit_config_file_parses_and_errors_name_the_line() {
+        let dir = std::env::temp_dir().join(format!("failsmall-agent-args-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("units.json");
+        std::fs::write(
+            &good,
+            r#"{"features": {
+                "validate": {"program": "/usr/bin/proxy", "args": ["--check"], "timeout_ms": 2000},
+                "reload": {"program": "systemctl", "args": ["reload", "proxy"]},
+                "health_check": {"url": "http://127.0.0.1:8080/health"}
+            }}"#,
+        )
+        .unwrap();
+        let units = read_unit_config(&good).unwrap();
+        let features = units.get(&UnitName::new("features").unwrap()).unwrap();
+        assert_eq!(features.validate.as_ref().unwrap().timeout_ms, 2000);
+        assert_eq!(
+            features.reload.as_ref().unwrap().timeout_ms,
+            10_000,
+            "default"
+        );
+        assert_eq!(features.health_check.as_ref().unwrap().expect_status, 200);
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{\"features\": {\n  \"reload\": 3}}").unwrap();
+        let error = read_unit_config(&bad).unwrap_err().to_string();
+        assert!(error.contains("bad.json: line 2"), "{error}");
+        let unknown = dir.join("unknown.json");
+        std::fs::write(&unknown, r#"{"features": {"relaod": null}}"#).unwrap();
+        let error = read_unit_config(&unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown field `relaod`"), "{error}");
+    }
 
     #[test]
     fn labels_parse_and_errors_say_which_pair() {

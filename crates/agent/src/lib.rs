@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failsmall_core::domain::{NodeId, UnitName, VersionHash};
+use failsmall_core::health::HealthSample;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -48,6 +49,8 @@ use crate::verify::{Desired, Envelope, Refusal};
 pub const WATCH_WAIT_MS_MAX: u64 = 30_000;
 /// Most versions remembered as refused in one run (oldest forgotten first).
 pub const MAX_REFUSED: usize = 1024;
+/// Shortest interval between two health reports.
+pub const HEALTH_INTERVAL_MIN_MS: u64 = 50;
 /// Most refusal messages kept for the status page.
 pub const MAX_RECENT_REFUSALS: usize = 32;
 
@@ -119,6 +122,9 @@ pub struct AgentConfig {
     /// path is requested there, unless the unit's local configuration has its own check.
     pub consumer_url: Option<String>,
     pub metrics: Option<ConsumerMetrics>,
+    /// How often health is reported without consumer metrics (a plan's `silence` must be
+    /// longer).
+    pub health_interval_ms: u64,
     /// How long one watch request waits for news.
     pub watch_wait_ms: u64,
     pub backoff_min_ms: u64,
@@ -138,6 +144,7 @@ impl AgentConfig {
             units: BTreeMap::new(),
             consumer_url: None,
             metrics: None,
+            health_interval_ms: 5_000,
             watch_wait_ms: 25_000,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
@@ -299,6 +306,14 @@ impl Shared {
             .unwrap_or(false)
     }
 
+    /// The control plane now wants `wanted` for `unit`: refusals of its other versions are
+    /// forgotten, so a version deliberately rolled out again later is tried again.
+    pub fn forget_other_refusals(&self, unit: &UnitName, wanted: &VersionHash) {
+        if let Ok(mut set) = self.refused.lock() {
+            set.retain(|(refused_unit, hash)| refused_unit != unit || hash == wanted);
+        }
+    }
+
     pub fn refuse(&self, unit: &UnitName, hash: &VersionHash) {
         if let Ok(mut set) = self.refused.lock() {
             if set.len() >= MAX_REFUSED
@@ -448,9 +463,16 @@ pub async fn run(
         Arc::clone(&shared),
         stopped.clone(),
     ));
-    if let Some(metrics) = config.metrics.clone() {
-        tasks.spawn(scrape_health(metrics, Arc::clone(&shared), stopped.clone()));
-    }
+    let health_interval_ms = config
+        .metrics
+        .as_ref()
+        .map_or(config.health_interval_ms, |m| m.interval_ms);
+    tasks.spawn(report_health(
+        config.metrics.clone(),
+        health_interval_ms,
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
     let watching = watch_loop(config, control, Arc::clone(&shared), stopped.clone());
     tokio::select! {
         result = watching => {
@@ -689,6 +711,7 @@ async fn converge(
 ) {
     for (unit, hash) in &desired.units {
         shared.with_status(|s| s.units.entry(unit.clone()).or_default().desired = Some(*hash));
+        shared.forget_other_refusals(unit, hash);
         let mut local = config.units.get(unit).cloned().unwrap_or_default();
         if local.health_check.is_none()
             && let Some(check) = desired.health_checks.get(unit)
@@ -768,50 +791,54 @@ async fn send_reports(
     }
 }
 
-/// Scrapes the consumer's metrics every interval; the difference between two scrapes is
-/// reported as health of each unit's version that was active over the whole interval.
-async fn scrape_health(
-    metrics: ConsumerMetrics,
+/// Reports the health of each unit's active version every interval, so the control plane
+/// never takes this node for silent. With the consumer's metrics configured, the report
+/// carries the difference between two scrapes, and only when the same versions were active
+/// over the whole interval; otherwise it carries an empty sample (the node is alive).
+async fn report_health(
+    metrics: Option<ConsumerMetrics>,
+    interval_ms: u64,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     let http = reqwest::Client::new();
-    let interval_ms = metrics.interval_ms.max(100);
+    let interval_ms = interval_ms.max(HEALTH_INTERVAL_MIN_MS);
     let mut previous: Option<(scrape::Counters, u64)> = None;
     loop {
         if pause(interval_ms, &mut stopped).await {
             return Ok(());
         }
         let generation = *shared.activations.borrow();
-        let page = scrape_page(&http, &metrics.url, interval_ms).await;
-        let Some(page) = page else {
-            previous = None;
-            continue;
-        };
-        let counters = scrape::parse(&page, &metrics.names);
-        if let Some((before, before_generation)) = &previous
-            && *before_generation == generation
-        {
-            let sample = scrape::sample_between(before, &counters);
-            let active: Vec<(UnitName, VersionHash)> = shared
-                .with_status(|s| {
-                    s.units
-                        .iter()
-                        .filter_map(|(unit, st)| st.active.map(|h| (unit.clone(), h)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if sample.requests > 0 {
-                for (unit, version) in active {
-                    shared.reports.push(Report::Health {
-                        unit,
-                        version,
-                        sample,
-                    });
+        let mut sample = HealthSample::default();
+        if let Some(metrics) = &metrics {
+            match scrape_page(&http, &metrics.url, interval_ms).await {
+                Some(page) => {
+                    let counters = scrape::parse(&page, &metrics.names);
+                    if let Some((before, before_generation)) = &previous
+                        && *before_generation == generation
+                    {
+                        sample = scrape::sample_between(before, &counters);
+                    }
+                    previous = Some((counters, generation));
                 }
+                None => previous = None,
             }
         }
-        previous = Some((counters, generation));
+        let active: Vec<(UnitName, VersionHash)> = shared
+            .with_status(|s| {
+                s.units
+                    .iter()
+                    .filter_map(|(unit, st)| st.active.map(|h| (unit.clone(), h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (unit, version) in active {
+            shared.reports.push(Report::Health {
+                unit,
+                version,
+                sample,
+            });
+        }
     }
 }
 
@@ -879,6 +906,15 @@ mod tests {
         assert_eq!(shared.refused.lock().unwrap().len(), MAX_REFUSED);
         let latest = VersionHash::of(&(MAX_REFUSED + 9).to_le_bytes());
         assert!(shared.is_refused(&unit, &latest));
+        let other = UnitName::new("other").unwrap();
+        shared.refuse(&other, &latest);
+        shared.forget_other_refusals(&unit, &latest);
+        assert_eq!(
+            shared.refused.lock().unwrap().len(),
+            2,
+            "only the unit's other versions go"
+        );
+        assert!(shared.is_refused(&unit, &latest) && shared.is_refused(&other, &latest));
         shared.note_refusal("same".into());
         shared.note_refusal("same".into());
         for i in 0..MAX_RECENT_REFUSALS {

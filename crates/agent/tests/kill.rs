@@ -202,7 +202,7 @@ async fn sigkill_at_random_moments_leaves_the_old_or_the_new_bundle() {
 
 /// Every fail point of the apply path, in order.
 #[cfg(feature = "failpoints")]
-const CRASH_POINTS: [&str; 10] = [
+const CRASH_POINTS: [&str; 11] = [
     "agent::fetched",
     "agent::before_rename",
     "agent::after_version_stored",
@@ -211,6 +211,7 @@ const CRASH_POINTS: [&str; 10] = [
     "agent::before_current_renamed",
     "agent::after_current_renamed",
     "agent::after_current_synced",
+    "agent::reloaded",
     "agent::checked",
     "agent::before_good",
 ];

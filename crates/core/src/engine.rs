@@ -328,6 +328,111 @@ struct Exposure {
     last_report_ms: TimeMs,
 }
 
+/// The nodes a rollout reached, with their records: a dense vector, so that the role index can
+/// point at a record by position, and a map from id to position. Serializes as a map from node
+/// id to record; equality is that of the maps (order aside).
+#[derive(Debug, Clone, Default)]
+struct Exposures {
+    entries: Vec<(NodeId, Exposure)>,
+    position: LookupMap<NodeId, u32>,
+}
+
+impl Exposures {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn position_of(&self, node: &NodeId) -> Option<u32> {
+        self.position.get(node).copied()
+    }
+
+    fn contains_key(&self, node: &NodeId) -> bool {
+        self.position.contains_key(node)
+    }
+
+    fn get(&self, node: &NodeId) -> Option<&Exposure> {
+        let at = self.position_of(node)?;
+        self.entries.get(at as usize).map(|(_, exposure)| exposure)
+    }
+
+    fn get_mut(&mut self, node: &NodeId) -> Option<&mut Exposure> {
+        let at = self.position_of(node)?;
+        self.entries
+            .get_mut(at as usize)
+            .map(|(_, exposure)| exposure)
+    }
+
+    /// The record at `position` (from the role index, which [`Engine::check_derived_indexes`]
+    /// keeps honest): no hashing and no comparison of ids on the `Health` path.
+    fn get_at_mut(&mut self, position: u32) -> Option<&mut Exposure> {
+        self.entries
+            .get_mut(position as usize)
+            .map(|(_, exposure)| exposure)
+    }
+
+    /// Inserts or replaces `node`'s record; returns the replaced one.
+    fn insert(&mut self, node: NodeId, exposure: Exposure) -> Option<Exposure> {
+        if let Some(existing) = self.get_mut(&node) {
+            return Some(std::mem::replace(existing, exposure));
+        }
+        // At most one record per node, and nodes are at most MAX_NODES: it always fits.
+        let at = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.position.insert(node.clone(), at);
+        self.entries.push((node, exposure));
+        None
+    }
+
+    /// Removes `node`'s record; returns it, and the node whose record moved into its position
+    /// (the last one), if any.
+    fn remove(&mut self, node: &NodeId) -> Option<(Exposure, Option<(NodeId, u32)>)> {
+        let at = self.position.remove(node)?;
+        let index = at as usize;
+        if index >= self.entries.len() {
+            return None;
+        }
+        let (_, removed) = self.entries.swap_remove(index);
+        let moved = self.entries.get(index).map(|(id, _)| (id.clone(), at));
+        if let Some((id, _)) = &moved {
+            self.position.insert(id.clone(), at);
+        }
+        Some((removed, moved))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &NodeId> + '_ {
+        self.entries.iter().map(|(node, _)| node)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&NodeId, &Exposure)> + '_ {
+        self.entries.iter().map(|(node, exposure)| (node, exposure))
+    }
+}
+
+impl PartialEq for Exposures {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .all(|(node, exposure)| other.get(node) == Some(exposure))
+    }
+}
+
+impl Serialize for Exposures {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Exposures {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<NodeId, Exposure>::deserialize(deserializer)?;
+        let mut exposures = Exposures::default();
+        for (node, exposure) in map {
+            exposures.insert(node, exposure);
+        }
+        Ok(exposures)
+    }
+}
+
 /// A cache derived from the engine's state: skipped by serde and rebuilt after
 /// deserialization, and left out of equality (two engines are equal when their states are,
 /// whatever their caches hold).
@@ -346,13 +451,44 @@ impl<T> std::fmt::Debug for Derived<T> {
     }
 }
 
+/// Bytes of a node id kept inline in the slot table: ids up to this long are compared there,
+/// without following a pointer to the id's text (the `Health` path is bound by cache misses).
+const SHORT_ID_BYTES: usize = 31;
+
+/// A node id of at most [`SHORT_ID_BYTES`] bytes, inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ShortId {
+    len: u8,
+    bytes: [u8; SHORT_ID_BYTES],
+}
+
+impl ShortId {
+    fn of(node: &NodeId) -> Option<Self> {
+        let text = node.as_str().as_bytes();
+        let mut bytes = [0u8; SHORT_ID_BYTES];
+        bytes.get_mut(..text.len())?.copy_from_slice(text);
+        Some(Self {
+            len: u8::try_from(text.len()).ok()?,
+            bytes,
+        })
+    }
+}
+
 /// Dense slots for node ids, so that per-rollout tables are vectors indexed by slot.
 /// Derived from the fleet table; which slot a node gets never reaches an output.
 #[derive(Debug, Clone, Default)]
 struct FleetIndex {
     /// False after deserialization: the next step rebuilds every derived index.
     built: bool,
-    slot_of: LookupMap<NodeId, u32>,
+    /// Slots of ids of at most [`SHORT_ID_BYTES`] bytes.
+    short_slots: LookupMap<ShortId, u32>,
+    /// Slots of longer ids.
+    long_slots: LookupMap<NodeId, u32>,
+    /// The short id in each slot, to check [`FleetIndex::next_guess`] without hashing.
+    short_by_slot: Vec<Option<ShortId>>,
+    /// The slot after the latest one looked up on the `Health` path: fleets report in rounds,
+    /// in a stable order, so the next report is likely from that slot's node.
+    next_guess: u32,
     /// Slots of removed nodes, reused first.
     free: Vec<u32>,
     /// Slots handed out so far (the highest slot + 1); at most [`MAX_NODES`].
@@ -361,7 +497,40 @@ struct FleetIndex {
 
 impl FleetIndex {
     fn slot(&self, node: &NodeId) -> Option<u32> {
-        self.slot_of.get(node).copied()
+        match ShortId::of(node) {
+            Some(short) => self.short_slots.get(&short).copied(),
+            None => self.long_slots.get(node).copied(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.short_slots.len().saturating_add(self.long_slots.len())
+    }
+
+    /// [`FleetIndex::slot`], trying first the slot after the previous lookup's: a sequential
+    /// read instead of a random one into the table when reports come in a stable order.
+    fn slot_hinted(&mut self, node: &NodeId) -> Option<u32> {
+        let Some(short) = ShortId::of(node) else {
+            return self.long_slots.get(node).copied();
+        };
+        let guess = self.next_guess;
+        let slot = if self.short_by_slot.get(guess as usize) == Some(&Some(short)) {
+            guess
+        } else {
+            self.short_slots.get(&short).copied()?
+        };
+        self.next_guess = slot.saturating_add(1);
+        Some(slot)
+    }
+
+    fn set_short(&mut self, slot: u32, short: Option<ShortId>) {
+        let index = slot as usize;
+        if short.is_some() && self.short_by_slot.len() <= index {
+            self.short_by_slot.resize(index.saturating_add(1), None);
+        }
+        if let Some(entry) = self.short_by_slot.get_mut(index) {
+            *entry = short;
+        }
     }
 
     /// The node's slot, given one when it has none.
@@ -374,12 +543,21 @@ impl FleetIndex {
             self.slots_used = self.slots_used.saturating_add(1);
             fresh
         });
-        self.slot_of.insert(node.clone(), slot);
+        let short = ShortId::of(node);
+        match short {
+            Some(short) => self.short_slots.insert(short, slot),
+            None => self.long_slots.insert(node.clone(), slot),
+        };
+        self.set_short(slot, short);
         slot
     }
 
     fn remove(&mut self, node: &NodeId) -> Option<u32> {
-        let slot = self.slot_of.remove(node)?;
+        let slot = match ShortId::of(node) {
+            Some(short) => self.short_slots.remove(&short),
+            None => self.long_slots.remove(node),
+        }?;
+        self.set_short(slot, None);
         self.free.push(slot);
         Some(slot)
     }
@@ -391,8 +569,8 @@ enum Role {
     /// No node holds this slot.
     #[default]
     Vacant,
-    /// The rollout reached the node (canary once it ACKed).
-    Exposed,
+    /// The rollout reached the node (canary once it ACKed); its record's position.
+    Exposed { position: u32 },
     /// Not reached, and the current stage's selector matches it.
     StageBaseline,
     /// Not reached, and the current stage's selector does not match it.
@@ -426,7 +604,7 @@ impl RoleIndex {
         let old = std::mem::replace(entry, role);
         for (role, add) in [(old, false), (role, true)] {
             let (stage, fleet) = match role {
-                Role::Vacant | Role::Exposed => (0, 0),
+                Role::Vacant | Role::Exposed { .. } => (0, 0),
                 Role::StageBaseline => (1, 1),
                 Role::FleetBaseline => (0, 1),
             };
@@ -446,7 +624,7 @@ impl RoleIndex {
         match role {
             Role::StageBaseline => true,
             Role::FleetBaseline => self.stage_unexposed == 0,
-            Role::Vacant | Role::Exposed => false,
+            Role::Vacant | Role::Exposed { .. } => false,
         }
     }
 
@@ -460,8 +638,8 @@ impl RoleIndex {
 
 /// A node's role for a rollout, from the rollout's state and the node's labels.
 fn role_of(rollout: &Rollout, node: &NodeId, labels: &Labels) -> Role {
-    if rollout.exposed.contains_key(node) {
-        Role::Exposed
+    if let Some(position) = rollout.exposed.position_of(node) {
+        Role::Exposed { position }
     } else if rollout
         .current_stage()
         .is_some_and(|stage| stage.selector.matches(labels))
@@ -507,7 +685,7 @@ struct Rollout {
     stage_entered_ms: TimeMs,
     timeout_at_ms: Option<TimeMs>,
     paused_at_ms: Option<TimeMs>,
-    exposed: LookupMap<NodeId, Exposure>,
+    exposed: Exposures,
     nodes_exposed: u64,
     nodes_applied: u64,
     nodes_targeted: u64,
@@ -868,7 +1046,7 @@ impl Engine {
             self.rollouts.get(id).is_some_and(|rollout| {
                 let roles = &rollout.roles.0;
                 let role = roles.role(slot);
-                role == Role::Exposed || roles.in_baseline(role)
+                matches!(role, Role::Exposed { .. }) || roles.in_baseline(role)
             })
         })
     }
@@ -1014,10 +1192,24 @@ impl Engine {
                 }
             }
         }
-        if self.index.0.slot_of.len() != self.nodes.len() {
+        for node in self.nodes.keys() {
+            let short = ShortId::of(node);
+            let kept = self.index.0.slot(node).map(|slot| {
+                self.index
+                    .0
+                    .short_by_slot
+                    .get(slot as usize)
+                    .copied()
+                    .flatten()
+            });
+            if short.is_some() && kept != Some(short) {
+                return Err(format!("node {node}: its slot does not hold its id"));
+            }
+        }
+        if self.index.0.len() != self.nodes.len() {
             return Err(format!(
                 "{} node slots for {} nodes",
-                self.index.0.slot_of.len(),
+                self.index.0.len(),
                 self.nodes.len()
             ));
         }
@@ -1141,7 +1333,13 @@ impl Engine {
             if let Some(slot) = slot {
                 rollout.roles.0.set(slot, Role::Vacant);
             }
-            if let Some(exposure) = rollout.exposed.remove(node) {
+            if let Some((exposure, moved)) = rollout.exposed.remove(node) {
+                if let Some((moved_node, position)) = moved
+                    && let Some(moved_slot) = self.index.0.slot(&moved_node)
+                    && rollout.roles.0.role(moved_slot) != Role::Vacant
+                {
+                    rollout.roles.0.set(moved_slot, Role::Exposed { position });
+                }
                 rollout.nodes_exposed = rollout.nodes_exposed.saturating_sub(1);
                 if exposure.acked {
                     rollout.nodes_applied = rollout.nodes_applied.saturating_sub(1);
@@ -1240,7 +1438,7 @@ impl Engine {
                 stage_entered_ms: now,
                 timeout_at_ms: None,
                 paused_at_ms: None,
-                exposed: LookupMap::default(),
+                exposed: Exposures::default(),
                 nodes_exposed: 0,
                 nodes_applied: 0,
                 nodes_targeted: 0,
@@ -1403,7 +1601,7 @@ impl Engine {
         if unit_state.active.is_empty() {
             return Ok(());
         }
-        let Some(slot) = index.0.slot(node) else {
+        let Some(slot) = index.0.slot_hinted(node) else {
             // An unknown node is exposed nowhere; its report could only have been a baseline
             // sample, so it is refused only where it would have been one.
             let baseline_candidate = unit_state.active.iter().any(|id| {
@@ -1421,8 +1619,8 @@ impl Engine {
                 continue;
             };
             let role = rollout.roles.0.role(slot);
-            if role == Role::Exposed {
-                if let Some(exposure) = rollout.exposed.get_mut(node) {
+            if let Role::Exposed { position } = role {
+                if let Some(exposure) = rollout.exposed.get_at_mut(position) {
                     exposure.last_report_ms = now;
                     if exposure.acked && version == rollout.version {
                         rollout.canary.sample.merge(sample);
@@ -2176,7 +2374,7 @@ impl Engine {
         let mut targets: BTreeMap<NodeId, Option<VersionHash>> = BTreeMap::new();
         for rollout_id in chain.iter().rev() {
             if let Some(rollout) = self.rollouts.get(rollout_id) {
-                for (node, exposure) in &rollout.exposed {
+                for (node, exposure) in rollout.exposed.iter() {
                     targets.insert(node.clone(), exposure.before);
                 }
             }
@@ -2321,7 +2519,7 @@ impl Engine {
                 .get(kept - MAX_TERMINAL_ROLLOUTS_WITH_NODES - 1)
             && let Some(rollout) = self.rollouts.get_mut(old)
         {
-            rollout.exposed = LookupMap::default();
+            rollout.exposed = Exposures::default();
         }
         while self.terminal.len() > MAX_TERMINAL_ROLLOUTS_KEPT {
             if let Some(oldest) = self.terminal.pop_front() {

@@ -324,6 +324,19 @@ impl Operator {
     /// Starts a rollout of `version` through `plan`; returns its id.
     pub async fn rollout_with(&self, version: &str, plan: &str) -> u64 {
         let body = json!({"unit": UNIT, "version": version, "plan": plan, "reason": "test"});
+        self.start_rollout(body).await
+    }
+
+    /// Rolls a quarantined `version` out again, deliberately; returns the rollout's id.
+    pub async fn rollout_again(&self, version: &str, plan: &str) -> u64 {
+        let body = json!({
+            "unit": UNIT, "version": version, "plan": plan, "reason": "fixed the consumer",
+            "override_quarantine": true,
+        });
+        self.start_rollout(body).await
+    }
+
+    async fn start_rollout(&self, body: Value) -> u64 {
         let (status, view) = self.call(Method::POST, "/v1/rollouts", Some(body)).await;
         assert!(status.is_success(), "{status} {view}");
         view["id"].as_u64().unwrap()
@@ -491,6 +504,7 @@ pub fn agent_config(
     config.node_id = Some(node.to_owned());
     config.labels = [("cohort".to_owned(), "employee".to_owned())].into();
     config.watch_wait_ms = 2_000;
+    config.health_interval_ms = 100;
     config.backoff_min_ms = 20;
     config.backoff_max_ms = 200;
     config
