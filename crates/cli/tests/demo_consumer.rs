@@ -285,15 +285,15 @@ fn naive_consumer_fails_every_request_on_the_oversized_file() {
         500,
         "the agent's health check sees it"
     );
-    assert_eq!(consumer.metric("demo_requests_total"), 15.0);
-    assert_eq!(consumer.metric("demo_responses_total{status=\"200\"}"), 5.0);
+    assert_eq!(consumer.metric("http_requests_total"), 15.0);
+    assert_eq!(consumer.metric("http_responses_total{status=\"200\"}"), 5.0);
     assert_eq!(
-        consumer.metric("demo_responses_total{status=\"500\"}"),
+        consumer.metric("http_responses_total{status=\"500\"}"),
         10.0
     );
-    assert_eq!(consumer.metric("demo_errors_total"), 10.0);
+    assert_eq!(consumer.metric("http_errors_total"), 10.0);
     assert_eq!(
-        consumer.metric("demo_request_duration_seconds_count"),
+        consumer.metric("http_request_duration_seconds_count"),
         15.0,
         "every request is in the latency histogram"
     );
@@ -352,8 +352,8 @@ fn safe_consumer_keeps_serving_and_reports_the_rejection() {
         "the agent's shape: the unit is in the path"
     );
 
-    assert_eq!(consumer.metric("demo_requests_total"), 21.0);
-    assert_eq!(consumer.metric("demo_errors_total"), 0.0);
+    assert_eq!(consumer.metric("http_requests_total"), 21.0);
+    assert_eq!(consumer.metric("http_errors_total"), 0.0);
     assert_eq!(
         consumer.metric("failsmall_client_rejections_total{unit=\"bot-features\"}"),
         1.0
@@ -424,8 +424,8 @@ fn fl1_fails_on_the_killswitch_and_fl2_does_not() {
     assert_eq!(fl1.get("/health").0, 500);
     assert_eq!(fl2.get("/health").0, 200);
     assert!(fl1.stderr().contains(FL1_ERROR), "the fault is logged");
-    assert_eq!(fl1.metric("demo_responses_total{status=\"500\"}"), 10.0);
-    assert_eq!(fl2.metric("demo_errors_total"), 0.0);
+    assert_eq!(fl1.metric("http_responses_total{status=\"500\"}"), 10.0);
+    assert_eq!(fl2.metric("http_errors_total"), 0.0);
     assert_eq!(
         fl1.metric("demo_info{mode=\"safe\",generation=\"fl1\"}"),
         1.0
@@ -516,9 +516,9 @@ fn loadgen_reports_what_the_consumers_answered() {
         "stops by itself: {elapsed_ms} ms"
     );
     // The consumers counted the same requests.
-    assert_eq!(fl1.metric("demo_requests_total"), 50.0);
-    assert_eq!(fl1.metric("demo_errors_total"), 50.0);
-    assert_eq!(fl2.metric("demo_responses_total{status=\"200\"}"), 50.0);
+    assert_eq!(fl1.metric("http_requests_total"), 50.0);
+    assert_eq!(fl1.metric("http_errors_total"), 50.0);
+    assert_eq!(fl2.metric("http_responses_total{status=\"200\"}"), 50.0);
 }
 
 #[test]

@@ -45,12 +45,15 @@
 //! same way.
 //!
 //! # Speed
-//! `Health` is the hot event (one per node per interval). Node ids get dense slots (an
-//! FxHash map, lookups only), and each running rollout keeps every node's role (exposed,
-//! baseline of the stage's selector, rest of the fleet) in a vector by slot, with the baseline
-//! counts kept up to date as nodes register, leave, or get exposed; it is rebuilt when a
-//! stage is entered. So a report costs one slot lookup and a role read per running rollout of
-//! the unit, and a gate evaluation does not scan the fleet. These indexes are derived: serde
+//! `Health` is the hot event (one per node per interval), bound by cache misses. Node ids get
+//! dense slots (an FxHash map keyed by the id inline, lookups only; the slot after the
+//! previous lookup's is tried first, since fleets report in a stable order). Each running
+//! rollout keeps every node's role (exposed, with the position of its record in the rollout's
+//! dense exposure list; baseline of the stage's selector; rest of the fleet) in a vector by
+//! slot, with the baseline counts kept up to date as nodes register, leave, or get exposed;
+//! it is rebuilt when a stage is entered. So a report costs one slot lookup and, per running
+//! rollout of the unit, a role read and a record update, with no hashing of the id; a gate
+//! evaluation does not scan the fleet. These indexes are derived: serde
 //! skips them, the first step after deserialization rebuilds them, equality ignores them, and
 //! [`Engine::check_derived_indexes`] compares them with a fresh rebuild.
 //!

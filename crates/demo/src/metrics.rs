@@ -1,6 +1,6 @@
 //! The consumer's own metrics, in Prometheus text format:
-//! `demo_requests_total`, `demo_responses_total{status}`, `demo_errors_total` (5xx) and the
-//! histogram `demo_request_duration_seconds`.
+//! `http_requests_total`, `http_responses_total{status}`, `http_errors_total` (5xx) and the
+//! histogram `http_request_duration_seconds`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -74,28 +74,28 @@ impl DemoMetrics {
     pub fn prometheus_text(&self) -> String {
         let mut text = String::new();
         let requests = self.requests_total();
-        let _ = writeln!(text, "# HELP demo_requests_total Requests served on /.");
-        let _ = writeln!(text, "# TYPE demo_requests_total counter");
-        let _ = writeln!(text, "demo_requests_total {requests}");
+        let _ = writeln!(text, "# HELP http_requests_total Requests served on /.");
+        let _ = writeln!(text, "# TYPE http_requests_total counter");
+        let _ = writeln!(text, "http_requests_total {requests}");
         let _ = writeln!(
             text,
-            "# HELP demo_responses_total Responses by HTTP status."
+            "# HELP http_responses_total Responses by HTTP status."
         );
-        let _ = writeln!(text, "# TYPE demo_responses_total counter");
+        let _ = writeln!(text, "# TYPE http_responses_total counter");
         for (status, count) in self.responses_by_status() {
-            let _ = writeln!(text, "demo_responses_total{{status=\"{status}\"}} {count}");
+            let _ = writeln!(text, "http_responses_total{{status=\"{status}\"}} {count}");
         }
         let _ = writeln!(
             text,
-            "# HELP demo_errors_total Responses with a 5xx status."
+            "# HELP http_errors_total Responses with a 5xx status."
         );
-        let _ = writeln!(text, "# TYPE demo_errors_total counter");
-        let _ = writeln!(text, "demo_errors_total {}", self.errors_total());
+        let _ = writeln!(text, "# TYPE http_errors_total counter");
+        let _ = writeln!(text, "http_errors_total {}", self.errors_total());
         let _ = writeln!(
             text,
-            "# HELP demo_request_duration_seconds Time to answer a request on /."
+            "# HELP http_request_duration_seconds Time to answer a request on /."
         );
-        let _ = writeln!(text, "# TYPE demo_request_duration_seconds histogram");
+        let _ = writeln!(text, "# TYPE http_request_duration_seconds histogram");
         let mut cumulative = 0u64;
         for (at, count) in self.bucket_counts.iter().enumerate() {
             cumulative = cumulative.saturating_add(count.load(Ordering::Relaxed));
@@ -104,12 +104,12 @@ impl DemoMetrics {
                 .map_or_else(|| "+Inf".to_owned(), f64::to_string);
             let _ = writeln!(
                 text,
-                "demo_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+                "http_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
         let sum_seconds = self.duration_sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(text, "demo_request_duration_seconds_sum {sum_seconds}");
-        let _ = writeln!(text, "demo_request_duration_seconds_count {cumulative}");
+        let _ = writeln!(text, "http_request_duration_seconds_sum {sum_seconds}");
+        let _ = writeln!(text, "http_request_duration_seconds_count {cumulative}");
         text
     }
 }
@@ -134,15 +134,15 @@ mod tests {
         );
         let text = metrics.prometheus_text();
         for line in [
-            "demo_requests_total 3",
-            "demo_responses_total{status=\"200\"} 2",
-            "demo_responses_total{status=\"500\"} 1",
-            "demo_errors_total 1",
-            "demo_request_duration_seconds_bucket{le=\"0.0005\"} 1",
-            "demo_request_duration_seconds_bucket{le=\"0.025\"} 2",
-            "demo_request_duration_seconds_bucket{le=\"2.5\"} 2",
-            "demo_request_duration_seconds_bucket{le=\"+Inf\"} 3",
-            "demo_request_duration_seconds_count 3",
+            "http_requests_total 3",
+            "http_responses_total{status=\"200\"} 2",
+            "http_responses_total{status=\"500\"} 1",
+            "http_errors_total 1",
+            "http_request_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "http_request_duration_seconds_bucket{le=\"0.025\"} 2",
+            "http_request_duration_seconds_bucket{le=\"2.5\"} 2",
+            "http_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "http_request_duration_seconds_count 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
