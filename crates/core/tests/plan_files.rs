@@ -114,7 +114,7 @@ fn default_plan_means_what_it_says() {
     assert_eq!(free_10.bake_ms, 300_000);
     assert_eq!(free.percent, Percent::ALL);
     assert_eq!(pro_business.selector.labels["cohort"], ["pro", "business"]);
-    assert_eq!(pro_business.gates.len(), 3);
+    assert_eq!(pro_business.gates.len(), 2);
     assert_eq!(pro_business.min_requests, 1000);
     assert_eq!(free.min_requests, 500);
     assert_eq!(free.gates.len(), 2);

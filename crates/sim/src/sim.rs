@@ -797,33 +797,14 @@ impl<'a> Run<'a> {
         self.step(&event, "RolloutRequested (manual revert)")
     }
 
-    /// Marks the nodes whose health the engine uses now: those a running rollout reached
-    /// (its canary) and those its current stage selects but it has not reached (its baseline).
-    /// The engine discards other reports, so skipping them changes nothing but the time spent;
-    /// `filtered_health_changes_nothing` (tests/sim.rs) checks that against the engine, so a
-    /// change in what the engine counts as baseline shows up there.
+    /// Marks the nodes whose health the engine uses now, as the engine tells
+    /// (`Engine::wants_health`: a running rollout's canary and its baseline, which may be the
+    /// rest of the fleet). The engine discards other reports, so skipping them changes nothing
+    /// but the time spent; `filtered_health_changes_nothing` (tests/sim.rs) checks that.
     fn recompute_health_relevant(&mut self) {
         self.health_relevant_dirty = false;
-        let mut rollout_slots = Vec::new();
-        let mut selectors = Vec::new();
-        for (id, slot) in &self.open_rollouts {
-            let Some(view) = self.engine.rollout(*id) else {
-                continue;
-            };
-            if view.status.is_terminal() || view.status == RolloutStatus::Queued {
-                continue;
-            }
-            rollout_slots.push(*slot);
-            if let Some(stage) = self.plan.stages.get(view.stage_index) {
-                selectors.push(stage.selector.clone());
-            }
-        }
         for (index, node) in self.fleet.nodes.iter().enumerate() {
-            let desired = self.desired.get(index).copied().unwrap_or(0);
-            let relevant = rollout_slots.contains(&desired)
-                || selectors
-                    .iter()
-                    .any(|selector| selector.matches(&node.labels));
+            let relevant = self.engine.wants_health(&node.id, &self.unit);
             if let Some(flag) = self.health_relevant.get_mut(index) {
                 *flag = relevant;
             }
