@@ -10,7 +10,13 @@ pub fn write(args: fmt::Arguments<'_>, newline: bool) {
     let mut stdout = io::stdout().lock();
     let written = stdout
         .write_fmt(args)
-        .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| stdout.flush());
     match written {
         Ok(()) => {}

@@ -1,7 +1,12 @@
 //! A consumer fed from the agent's stable file path picks up new versions, and keeps the last
 //! good one when a bad version or no file appears.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

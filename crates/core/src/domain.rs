@@ -17,11 +17,21 @@ pub enum NameError {
     #[error("{kind} name is empty")]
     Empty { kind: &'static str },
     #[error("{kind} name {name:?} is {len} bytes long; the limit is {max}")]
-    TooLong { kind: &'static str, name: String, len: usize, max: usize },
+    TooLong {
+        kind: &'static str,
+        name: String,
+        len: usize,
+        max: usize,
+    },
     #[error(
         "{kind} name {name:?} has {found:?} at byte {at}; expected ASCII letters, digits, '.', '_' or '-'"
     )]
-    BadChar { kind: &'static str, name: String, found: char, at: usize },
+    BadChar {
+        kind: &'static str,
+        name: String,
+        found: char,
+        at: usize,
+    },
 }
 
 fn check_name(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
@@ -29,13 +39,23 @@ fn check_name(kind: &'static str, name: &str, max: usize) -> Result<(), NameErro
         return Err(NameError::Empty { kind });
     }
     if name.len() > max {
-        return Err(NameError::TooLong { kind, name: name.to_owned(), len: name.len(), max });
+        return Err(NameError::TooLong {
+            kind,
+            name: name.to_owned(),
+            len: name.len(),
+            max,
+        });
     }
     if let Some((at, found)) = name
         .char_indices()
         .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(NameError::BadChar { kind, name: name.to_owned(), found, at });
+        return Err(NameError::BadChar {
+            kind,
+            name: name.to_owned(),
+            found,
+            at,
+        });
     }
     Ok(())
 }
@@ -151,8 +171,9 @@ impl FromStr for VersionHash {
     type Err = VersionHashError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(s, &mut bytes)
-            .map_err(|_| VersionHashError { given: s.to_owned() })?;
+        hex::decode_to_slice(s, &mut bytes).map_err(|_| VersionHashError {
+            given: s.to_owned(),
+        })?;
         Ok(Self(bytes))
     }
 }
@@ -213,9 +234,7 @@ pub enum FailMode {
 }
 
 /// Identifies one rollout; assigned by the engine, in order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RolloutId(pub u64);
 
 impl fmt::Display for RolloutId {
@@ -232,8 +251,14 @@ mod tests {
     fn names_are_checked() {
         assert!(UnitName::new("bot-features").is_ok());
         assert!(matches!(UnitName::new(""), Err(NameError::Empty { .. })));
-        assert!(matches!(UnitName::new("a b"), Err(NameError::BadChar { at: 1, .. })));
-        assert!(matches!(UnitName::new("x".repeat(65)), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            UnitName::new("a b"),
+            Err(NameError::BadChar { at: 1, .. })
+        ));
+        assert!(matches!(
+            UnitName::new("x".repeat(65)),
+            Err(NameError::TooLong { .. })
+        ));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 /// Upper bounds of the latency buckets, in milliseconds. The last bucket is unbounded.
 /// Prometheus histograms from consumers are re-bucketed onto these by the agent.
 pub const LATENCY_BUCKET_BOUNDS_MS: [f64; 23] = [
-    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0,
-    500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
+    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
+    750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0,
 ];
 
 /// The largest finite bound: observations in the unbounded bucket count as this much.
@@ -23,7 +23,9 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        Self { counts: [0; LATENCY_BUCKETS] }
+        Self {
+            counts: [0; LATENCY_BUCKETS],
+        }
     }
 }
 
@@ -50,7 +52,9 @@ impl LatencyHistogram {
     }
 
     pub fn total(&self) -> u64 {
-        self.counts.iter().fold(0u64, |sum, c| sum.saturating_add(*c))
+        self.counts
+            .iter()
+            .fold(0u64, |sum, c| sum.saturating_add(*c))
     }
 
     /// The `q` quantile (0..=1) in milliseconds, interpolated linearly inside its bucket.
@@ -126,8 +130,7 @@ impl GroupMetrics {
 
     /// Errors per request, 0..=1; `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
-        (self.sample.requests > 0)
-            .then(|| self.sample.errors as f64 / self.sample.requests as f64)
+        (self.sample.requests > 0).then(|| self.sample.errors as f64 / self.sample.requests as f64)
     }
 
     pub fn latency_quantile_ms(&self, q: f64) -> Option<f64> {
@@ -155,13 +158,20 @@ mod tests {
 
     #[test]
     fn last_finite_bound_is_the_last_bound() {
-        assert_eq!(LATENCY_BUCKET_BOUNDS_MS.last(), Some(&LATENCY_LAST_FINITE_BOUND_MS));
+        assert_eq!(
+            LATENCY_BUCKET_BOUNDS_MS.last(),
+            Some(&LATENCY_LAST_FINITE_BOUND_MS)
+        );
     }
 
     #[test]
     fn errors_never_exceed_requests_when_merged() {
         let mut sum = HealthSample::default();
-        sum.merge(&HealthSample { requests: 10, errors: 50, ..Default::default() });
+        sum.merge(&HealthSample {
+            requests: 10,
+            errors: 50,
+            ..Default::default()
+        });
         assert_eq!(sum.errors, 10);
     }
 }

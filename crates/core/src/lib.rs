@@ -14,5 +14,5 @@ pub mod health;
 pub mod plan;
 pub mod select;
 pub mod stats;
-pub mod yaml;
 pub mod validate;
+pub mod yaml;

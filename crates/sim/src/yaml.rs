@@ -318,7 +318,11 @@ mod tests {
         assert_eq!(parse_duration_ms("10s"), Some(10_000));
         assert_eq!(parse_duration_ms("1h30m"), Some(5_400_000));
         assert_eq!(parse_duration_ms("0s"), Some(0));
-        assert_eq!(parse_duration_ms("0"), None, "a unit is required, as in plan files");
+        assert_eq!(
+            parse_duration_ms("0"),
+            None,
+            "a unit is required, as in plan files"
+        );
         assert_eq!(parse_duration_ms("10"), None);
         assert_eq!(parse_duration_ms("5 parsecs"), None);
         assert_eq!(parse_rate("0.5%"), Some(0.005));
