@@ -7,6 +7,7 @@
 #[macro_use]
 mod output;
 mod agent_cmd;
+mod demo_cmd;
 mod demo_consumer_cmd;
 mod loadgen_cmd;
 mod ops;
@@ -34,6 +35,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
     Sim(sim_cmd::SimArgs),
+    /// Run the whole system in this process and replay the 18 Nov and 5 Dec changes through it.
+    Demo(demo_cmd::DemoArgs),
     /// Run the demo consumer: an HTTP service that fails like the 18 Nov / 5 Dec proxies, or not.
     DemoConsumer(demo_consumer_cmd::DemoConsumerArgs),
     /// Send a bounded load of GET requests to local consumers and report what they answered.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server_cmd::run(&args),
         Command::Agent(args) => agent_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
+        Command::Demo(args) => demo_cmd::run(&args),
         Command::DemoConsumer(args) => demo_consumer_cmd::run(&args),
         Command::Loadgen(args) => loadgen_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),

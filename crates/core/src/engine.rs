@@ -943,6 +943,14 @@ impl Engine {
         self.rollouts.get(&id).map(|rollout| self.view(rollout))
     }
 
+    /// The stages of a rollout's plan, in order, and the index of the stage it is at; `None`
+    /// when unknown or pruned. Tells which nodes a rollout's changes concern.
+    pub fn rollout_stages(&self, id: RolloutId) -> Option<(&[Stage], usize)> {
+        self.rollouts
+            .get(&id)
+            .map(|rollout| (rollout.plan.stages.as_slice(), rollout.stage))
+    }
+
     /// Every rollout kept, oldest first.
     pub fn rollouts(&self) -> impl Iterator<Item = RolloutView> + '_ {
         self.rollouts.values().map(|rollout| self.view(rollout))

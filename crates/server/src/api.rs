@@ -33,7 +33,11 @@ use crate::auth::{Access, Caller, Role, new_token, token_sha256};
 use crate::error::ApiError;
 use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
 use crate::signing::VersionSigner;
-use crate::store::{ChangeRow, ChangelogQuery, MAX_LIST_ROWS, NewChange, Store, VersionRow};
+use crate::store::{
+    ChangeRow, ChangelogQuery, Concerns, MAX_CHANGELOG_SCAN_ROWS, MAX_LIST_ROWS, NewChange, Store,
+    UnitFields, ValidatorChange, VersionRow,
+};
+use crate::validator::{Refusal, ValidatorCommand};
 
 /// Longest free-text field (messages, descriptions, reasons), in bytes.
 pub const MAX_TEXT_BYTES: usize = 4096;
@@ -303,6 +307,8 @@ struct Shared {
     signer: VersionSigner,
     access: HashMap<(Method, &'static str), Access>,
     counters: Counters,
+    /// Turns for validator commands (at most [`MAX_RUNNING_VALIDATORS`] at once).
+    validators: tokio::sync::Semaphore,
 }
 
 /// What every handler shares.
@@ -324,6 +330,7 @@ impl AppState {
                 signer,
                 access,
                 counters: Counters::default(),
+                validators: tokio::sync::Semaphore::new(MAX_RUNNING_VALIDATORS),
             }),
         }
     }
@@ -708,12 +715,13 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 pub fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
     for route in route_table() {
-        let parameters: Vec<Value> = route
+        let mut parameters: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
+        parameters.extend(query_parameters(route.path));
         let security = if route.access == Access::Public {
             json!([])
         } else {
@@ -729,6 +737,13 @@ pub fn openapi_document() -> Value {
                 "4XX": {"description": "Bad input", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
+        let mut operation = operation;
+        if let (Some(body), Some(fields)) = (
+            request_body(&route.method, route.path),
+            operation.as_object_mut(),
+        ) {
+            fields.insert("requestBody".to_owned(), body);
+        }
         let entry = paths
             .entry(route.path.to_owned())
             .or_insert_with(|| json!({}));
@@ -742,7 +757,31 @@ pub fn openapi_document() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
+            "schemas": {
+                "ValidatorCommand": {
+                    "type": "object",
+                    "description": "The consumer's own parser in check mode, run by the server (never by agents) on every pushed version before it is stored: argv (no shell), the version's bytes on stdin, empty environment but PATH, killed after timeout_ms. A non-zero exit refuses the push with 422 and the first lines of its stderr among the issues. Only an admin may set, change or remove it.",
+                    "required": ["command"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "command": {"type": "array", "minItems": 1, "maxItems": crate::validator::MAX_ARGS, "items": {"type": "string", "maxLength": crate::validator::MAX_ARG_BYTES}},
+                        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::validator::MAX_TIMEOUT_MS, "default": crate::validator::DEFAULT_TIMEOUT_MS}
+                    }
+                },
+                "Unit": {
+                    "type": "object",
+                    "description": "A unit to create (name) or update (revision: the one read; a stale one is 409). On update an absent validator is unchanged and null removes it.",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "revision": {"type": "integer"},
+                        "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default"},
+                        "owner": {"type": "string"},
+                        "description": {"type": "string"},
+                        "plan": {"type": "string", "description": "The plan file's text (YAML)"},
+                        "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
+                    }
+                },
+                "Error": {
                 "type": "object",
                 "required": ["error"],
                 "properties": {"error": {"type": "object", "required": ["code", "message", "detail"], "properties": {
@@ -750,6 +789,37 @@ pub fn openapi_document() -> Value {
                 }}}
             }}
         }
+    })
+}
+
+/// The query parameters a route takes, for the OpenAPI document.
+fn query_parameters(path: &str) -> Vec<Value> {
+    match path {
+        "/v1/changelog" | "/v1/changelog.atom" => vec![
+            json!({"name": "unit", "in": "query", "schema": {"type": "string"}, "description": "Only this unit's entries"}),
+            json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
+            json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
+            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The next_cursor of the previous page (oldest-first listing only)"}),
+            json!({
+                "name": "label",
+                "in": "query",
+                "style": "form",
+                "explode": true,
+                "schema": {"type": "array", "maxItems": MAX_LABEL_FILTERS, "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
+                "example": ["region=eu-west-1"],
+                "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
+            }),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The request body a route takes, where the document describes one.
+fn request_body(method: &Method, path: &str) -> Option<Value> {
+    let unit_route = (method == Method::POST && path == "/v1/units")
+        || (method == Method::PUT && path == "/v1/units/{unit}");
+    unit_route.then(|| {
+        json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}})
     })
 }
 
@@ -775,6 +845,16 @@ struct CreateUnitRequest {
     /// The plan file's text (YAML) every push rolls out through.
     #[serde(default)]
     plan: Option<String>,
+    /// The consumer's parser, run on every push; admins only.
+    #[serde(default)]
+    validator: Option<ValidatorCommand>,
+}
+
+/// Absent stays `None`; present (even `null`) becomes `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -789,6 +869,36 @@ struct UpdateUnitRequest {
     /// The plan file's text (YAML) every push rolls out through.
     #[serde(default)]
     plan: Option<String>,
+    /// Absent: unchanged. An object sets it, `null` removes it; only an admin may change it.
+    #[serde(default, deserialize_with = "present")]
+    validator: Option<Option<ValidatorCommand>>,
+}
+
+fn only_admin_sets_validator(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role == Some(Role::Admin) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "only an admin may set, change or remove a unit's validator command",
+    )
+    .with_detail(json!({"role": caller.role, "field": "validator"})))
+}
+
+fn check_validator(validator: Option<&ValidatorCommand>) -> Result<(), ApiError> {
+    let Some(validator) = validator else {
+        return Ok(());
+    };
+    validator.check().map_err(|errors| {
+        let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_validator",
+            format!("validator command refused: {}", reasons.join("; ")),
+        )
+        .with_detail(json!({ "reasons": reasons }))
+    })
 }
 
 async fn list_units(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
@@ -807,6 +917,10 @@ async fn create_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
+    if request.validator.is_some() {
+        only_admin_sets_validator(&caller)?;
+    }
+    check_validator(request.validator.as_ref())?;
     if let Some(plan) = &request.plan {
         parse_plan(&unit_plan_file(name.as_str()), plan)?;
     }
@@ -818,15 +932,16 @@ async fn create_unit(
             unit: Some(name.as_str()),
             version: None,
             reason: &request.description,
+            concerns: None,
         };
-        Ok(store.create_unit_with_plan(
-            name.as_str(),
-            &request.spec,
-            &request.owner,
-            &request.description,
-            request.plan.as_deref(),
-            &change,
-        )?)
+        let fields = UnitFields {
+            spec: &request.spec,
+            owner: &request.owner,
+            description: &request.description,
+            plan: request.plan.as_deref(),
+            validator: ValidatorChange::Set(request.validator.as_ref()),
+        };
+        Ok(store.create_unit_with(name.as_str(), &fields, &change)?)
     })
     .await?;
     Ok((StatusCode::CREATED, axum::Json(json!(unit))))
@@ -856,6 +971,23 @@ async fn update_unit(
     if let Some(plan) = &request.plan {
         parse_plan(&unit_plan_file(name.as_str()), plan)?;
     }
+    if let Some(validator) = &request.validator {
+        check_validator(validator.as_ref())?;
+    }
+    // A caller that is not an admin may send the validator back as it read it. Comparing
+    // with the current one is safe: the update applies only at the revision the caller read.
+    let keep_validator = match &request.validator {
+        None => true,
+        Some(_) if caller.role == Some(Role::Admin) => false,
+        Some(validator) => {
+            let lookup = name.clone();
+            let current = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+            if current.revision == request.revision && current.validator != *validator {
+                only_admin_sets_validator(&caller)?;
+            }
+            true
+        }
+    };
     let unit = db(&state, move |store| {
         let reason = format!(
             "revision {} → {}",
@@ -869,16 +1001,20 @@ async fn update_unit(
             unit: Some(name.as_str()),
             version: None,
             reason: &reason,
+            concerns: None,
         };
-        Ok(store.update_unit_with_plan(
-            name.as_str(),
-            request.revision,
-            &request.spec,
-            &request.owner,
-            &request.description,
-            request.plan.as_deref(),
-            &change,
-        )?)
+        let validator = match &request.validator {
+            Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
+            _ => ValidatorChange::Keep,
+        };
+        let fields = UnitFields {
+            spec: &request.spec,
+            owner: &request.owner,
+            description: &request.description,
+            plan: request.plan.as_deref(),
+            validator,
+        };
+        Ok(store.update_unit_with(name.as_str(), request.revision, &fields, &change)?)
     })
     .await?;
     Ok(axum::Json(json!(unit)))
@@ -931,18 +1067,34 @@ async fn push_version(
         .transpose()?;
 
     let checked = content.clone();
+    let validator = unit.validator.clone();
     let verdict = tokio::task::spawn_blocking(move || validate(&unit.spec, &checked))
         .await
         .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?;
+    // The validator command is not run when validation is skipped: the override exists to
+    // get a version past every check.
+    let refusal = match (&validator, query.skip_validation) {
+        (Some(validator), false) => run_validator(&state, validator, &content).await?,
+        _ => None,
+    };
     let mut skipped_reasons = Vec::new();
-    if let Err(issues) = verdict {
+    if verdict.is_err() || refusal.is_some() {
+        let mut issues: Vec<Value> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
+        if let Err(found) = verdict {
+            reasons.extend(found.iter().map(|i| i.message.clone()));
+            issues.extend(found.iter().map(|i| json!(i)));
+        }
+        if let Some(refusal) = refusal {
+            reasons.push(refusal.to_string());
+            issues.push(validator_issue(&refusal));
+        }
         if !query.skip_validation {
             state
                 .shared
                 .counters
                 .versions_rejected
                 .fetch_add(1, Ordering::Relaxed);
-            let reasons: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
@@ -950,7 +1102,10 @@ async fn push_version(
             )
             .with_detail(json!({ "issues": issues })));
         }
-        skipped_reasons = issues.into_iter().map(|i| i.message).collect();
+        skipped_reasons = reasons;
+    }
+    if query.skip_validation && validator.is_some() {
+        skipped_reasons.push("validator command not run".to_owned());
     }
 
     let hash = VersionHash::of(&content).to_string();
@@ -964,6 +1119,7 @@ async fn push_version(
         unit: Some(name.to_string()),
         version: Some(hash.clone()),
         reason: query.message.clone(),
+        concerns: None,
     };
     let mut changes = vec![pushed.clone()];
     if skipped {
@@ -1016,6 +1172,44 @@ async fn push_version(
         fields.insert("rollout".to_owned(), rollout);
     }
     Ok((status, axum::Json(answer)))
+}
+
+/// Most validator commands running at once; a push that waits longer than
+/// [`crate::validator::MAX_TIMEOUT_MS`] for a turn is answered 429.
+pub const MAX_RUNNING_VALIDATORS: usize = 4;
+
+/// Runs the unit's validator command on `content`; `Some` when it refuses the version.
+async fn run_validator(
+    state: &AppState,
+    validator: &ValidatorCommand,
+    content: &[u8],
+) -> Result<Option<Refusal>, ApiError> {
+    let wait = std::time::Duration::from_millis(crate::validator::MAX_TIMEOUT_MS);
+    let permit = tokio::time::timeout(wait, state.shared.validators.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let Some(_permit) = permit else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "validators_busy",
+            format!(
+                "{MAX_RUNNING_VALIDATORS} validator commands are running and none finished in {} ms; retry later",
+                crate::validator::MAX_TIMEOUT_MS
+            ),
+        ));
+    };
+    Ok(validator.run(content).await.err())
+}
+
+/// A validator's refusal in the list of a push's issues (the shape of `ValidationIssue`).
+fn validator_issue(refusal: &Refusal) -> Value {
+    let kind = match refusal {
+        Refusal::Refused { .. } => "validator_refused",
+        Refusal::TimedOut { .. } => "validator_timed_out",
+        Refusal::NotFound { .. } | Refusal::Spawn { .. } | Refusal::Io { .. } => "validator_failed",
+    };
+    json!({"kind": kind, "path": "", "message": refusal.to_string()})
 }
 
 /// Stores a version and requests its rollout through the unit's plan in one engine step, so
@@ -1257,6 +1451,7 @@ async fn register_node(
         unit: None,
         version: None,
         reason: format!("node {id} labels {labels_text}"),
+        concerns: Some(Concerns::Node(request.labels.clone())),
     };
     let event = Event::NodeRegistered {
         node: id.clone(),
@@ -1368,11 +1563,11 @@ async fn desired(
         )));
     }
     let lookup = id.clone();
-    let units = db(&state, move |store| {
+    db(&state, move |store| {
         store
             .node(lookup.as_str())?
             .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
-        Ok(store.units(MAX_LIST_ROWS)?)
+        Ok(())
     })
     .await?;
     if let Some(after) = query.after {
@@ -1382,6 +1577,9 @@ async fn desired(
             .wait_past(after, std::time::Duration::from_millis(wait_ms))
             .await;
     }
+    // Read the units after the wait: a unit created while the agent waited must be in the
+    // document that the wait produced, or the agent would not hear of it until the next change.
+    let units = db(&state, move |store| Ok(store.units(MAX_LIST_ROWS)?)).await?;
     let mut specs: std::collections::BTreeMap<String, UnitSpec> = units
         .iter()
         .map(|u| (u.name.clone(), u.spec.clone()))
@@ -1463,6 +1661,27 @@ struct ReportBatch {
 }
 
 /// The engine event (and changelog row, for hard signals) of one report from `node`.
+/// Marks the changes of a node's reports as concerning that node (its stored labels), for the
+/// changelog's label filter; reports that record no change read nothing.
+async fn concerning_node(
+    state: &AppState,
+    node: &NodeId,
+    mut events: Vec<(Event, Option<ChangeRow>)>,
+) -> Result<Vec<(Event, Option<ChangeRow>)>, ApiError> {
+    if events.iter().all(|(_, change)| change.is_none()) {
+        return Ok(events);
+    }
+    let lookup = node.clone();
+    let known = db(state, move |store| Ok(store.node(lookup.as_str())?)).await?;
+    if let Some(known) = known {
+        let concerns = Concerns::Node(known.labels);
+        for change in events.iter_mut().filter_map(|(_, change)| change.as_mut()) {
+            change.concerns = Some(concerns.clone());
+        }
+    }
+    Ok(events)
+}
+
 fn report_event(
     node: &NodeId,
     caller: &Caller,
@@ -1548,6 +1767,7 @@ fn report_event(
         unit: Some(unit.to_string()),
         version: Some(version.to_string()),
         reason: format!("node {node}: {}", reason.unwrap_or_default()),
+        concerns: None,
     });
     Ok((event, change))
 }
@@ -1606,6 +1826,7 @@ async fn report(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let events = concerning_node(&state, &node, events).await?;
     let host = &state.shared.engine;
     let actions = host
         .apply_many(&state.shared.store, at_ms, events, Cause::Nothing)
@@ -1795,16 +2016,87 @@ async fn approve_rollout(
 
 // --- changelog -----------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Most `label` filters one changelog request may carry.
+pub const MAX_LABEL_FILTERS: usize = 16;
+
+/// The changelog's query parameters: `unit`, `since_ms`, `limit`, `cursor` at most once each,
+/// `label=KEY=VALUE` repeatable (entries must concern nodes with every such label).
+#[derive(Debug, Default)]
 struct ChangelogParams {
     unit: Option<String>,
     since_ms: Option<u64>,
     limit: Option<u32>,
     cursor: Option<u64>,
+    labels: Vec<(String, String)>,
+}
+
+fn once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ApiError> {
+    if slot.replace(value).is_some() {
+        return Err(ApiError::bad_request(format!(
+            "query: {name} is given more than once; expected at most one"
+        )));
+    }
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "query: {name}={value:?} is not a non-negative integer"
+        ))
+    })
+}
+
+/// `KEY=VALUE`, with the key and value limits of node labels.
+fn label_filter(value: &str) -> Result<(String, String), ApiError> {
+    let bad = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_label",
+            format!("query: label={value:?}: {why}"),
+        )
+        .with_detail(json!({"expected": "label=KEY=VALUE, e.g. label=region=eu-west-1"}))
+    };
+    let Some((key, wanted)) = value.split_once('=') else {
+        return Err(bad("expected KEY=VALUE".to_owned()));
+    };
+    if key.is_empty() || key.len() > MAX_LABEL_BYTES || wanted.len() > MAX_LABEL_BYTES {
+        return Err(bad(format!(
+            "keys must be 1 to {MAX_LABEL_BYTES} bytes, values at most {MAX_LABEL_BYTES}"
+        )));
+    }
+    Ok((key.to_owned(), wanted.to_owned()))
 }
 
 impl ChangelogParams {
+    fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut params = Self::default();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "unit" => once(&mut params.unit, "unit", value)?,
+                "since_ms" => once(&mut params.since_ms, "since_ms", number(&name, &value)?)?,
+                "limit" => once(&mut params.limit, "limit", number(&name, &value)?)?,
+                "cursor" => once(&mut params.cursor, "cursor", number(&name, &value)?)?,
+                "label" => {
+                    if params.labels.len() >= MAX_LABEL_FILTERS {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_label",
+                            format!("query: more than {MAX_LABEL_FILTERS} label filters"),
+                        ));
+                    }
+                    params.labels.push(label_filter(&value)?);
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "query: unknown parameter {name:?}; expected unit, since_ms, limit, cursor or label"
+                    )));
+                }
+            }
+        }
+        Ok(params)
+    }
+
     fn into_query(self, newest_first: bool) -> Result<ChangelogQuery, ApiError> {
         let unit = self
             .unit
@@ -1820,6 +2112,7 @@ impl ChangelogParams {
         }
         Ok(ChangelogQuery {
             unit,
+            labels: self.labels,
             since_ms: self.since_ms,
             after_id: self.cursor,
             limit,
@@ -1828,20 +2121,21 @@ impl ChangelogParams {
     }
 }
 
+fn changelog_query(
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    newest_first: bool,
+) -> Result<ChangelogQuery, ApiError> {
+    ChangelogParams::parse(query_param(params)?)?.into_query(newest_first)
+}
+
 async fn changelog(
     State(state): State<AppState>,
-    params: Result<Query<ChangelogParams>, QueryRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let query = query_param(params)?.into_query(false)?;
-    let limit = usize::try_from(query.limit).unwrap_or(usize::MAX);
-    let entries = db(&state, move |store| Ok(store.changelog(&query)?)).await?;
-    let next_cursor = if entries.len() == limit {
-        entries.last().map(|e| e.id)
-    } else {
-        None
-    };
+    let query = changelog_query(params, false)?;
+    let page = db(&state, move |store| Ok(store.changelog_page(&query)?)).await?;
     Ok(axum::Json(
-        json!({ "entries": entries, "next_cursor": next_cursor }),
+        json!({ "entries": page.entries, "next_cursor": page.next_cursor }),
     ))
 }
 
@@ -1877,9 +2171,9 @@ fn rfc3339(ms: u64) -> String {
 
 async fn changelog_feed(
     State(state): State<AppState>,
-    params: Result<Query<ChangelogParams>, QueryRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query = query_param(params)?.into_query(true)?;
+    let query = changelog_query(params, true)?;
     let entries = db(&state, move |store| Ok(store.changelog(&query)?)).await?;
     let updated = rfc3339(entries.first().map_or(0, |e| e.at_ms));
     let mut xml = format!(
@@ -1979,6 +2273,7 @@ async fn create_token(
             unit: None,
             version: None,
             reason: &reason,
+            concerns: None,
         };
         Ok(store.create_token_for(&request.name, request.role, node.as_deref(), &hash, &change)?)
     })
@@ -2004,6 +2299,7 @@ async fn revoke_token(
             unit: None,
             version: None,
             reason: &reason,
+            concerns: None,
         };
         Ok(store.revoke_token(id, &change)?)
     })

@@ -13,6 +13,7 @@ pub mod error;
 pub mod rollouts;
 pub mod signing;
 pub mod store;
+pub mod validator;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -188,6 +189,7 @@ fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<String, ServerError
         unit: None,
         version: None,
         reason: "first admin token, written to the data dir at first start",
+        concerns: None,
     };
     store.create_token("admin", Role::Admin, &auth::token_sha256(&token), &change)?;
     Ok(token)

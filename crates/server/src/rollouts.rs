@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
-use failsmall_core::engine::{Action, Engine, EngineError, Event};
+use failsmall_core::engine::{Action, ChangeKind, ChangelogEntry, Engine, EngineError, Event};
 use tokio::sync::{Mutex, watch};
 
-use crate::store::{ChangeRow, EngineStep, Store, StoreError, VersionRow};
+use crate::store::{ChangeRow, Concerns, EngineStep, Store, StoreError, VersionRow};
 
 /// The longest an agent may wait for a newer desired state in one request.
 pub const MAX_WATCH_MS: u64 = 30_000;
@@ -130,7 +130,7 @@ impl EngineHost {
             changes.extend(
                 produced
                     .iter()
-                    .filter_map(|action| change_of(now_ms, action)),
+                    .filter_map(|action| change_of(now_ms, action, &next)),
             );
             actions.extend(produced);
         }
@@ -255,8 +255,30 @@ impl EngineHost {
     }
 }
 
+/// Which nodes a rollout's change concerns: a stage's change, the nodes its selector admits;
+/// a rollback or abort, those of every stage entered so far (every node the version may have
+/// reached); any other change of the rollout, those of all its stages. None: every node.
+fn concerns_of(engine: &Engine, entry: &ChangelogEntry) -> Option<Concerns> {
+    let (stages, current) = engine.rollout_stages(entry.rollout)?;
+    let named = entry
+        .stage
+        .as_deref()
+        .and_then(|name| stages.iter().position(|stage| stage.name == name));
+    let reached = match entry.kind {
+        ChangeKind::RolledBack | ChangeKind::Aborted => {
+            let last = named.unwrap_or(current).max(current);
+            stages.get(..=last).unwrap_or(stages)
+        }
+        _ => match named {
+            Some(index) => stages.get(index..=index).unwrap_or(stages),
+            None => stages,
+        },
+    };
+    Concerns::of_selectors(reached.iter().map(|stage| stage.selector.clone()).collect())
+}
+
 /// The changelog row for an engine action (desired-state changes are read from the engine).
-fn change_of(now_ms: TimeMs, action: &Action) -> Option<ChangeRow> {
+fn change_of(now_ms: TimeMs, action: &Action, engine: &Engine) -> Option<ChangeRow> {
     match action {
         Action::SetDesired { .. } => None,
         Action::Notify { rollout, message } => Some(ChangeRow {
@@ -266,6 +288,7 @@ fn change_of(now_ms: TimeMs, action: &Action) -> Option<ChangeRow> {
             unit: None,
             version: None,
             reason: format!("{rollout}: {message}"),
+            concerns: None,
         }),
         Action::Changelog(entry) => {
             let kind = serde_json::to_value(entry.kind)
@@ -284,6 +307,7 @@ fn change_of(now_ms: TimeMs, action: &Action) -> Option<ChangeRow> {
                 unit: Some(entry.unit.to_string()),
                 version: Some(entry.version.to_string()),
                 reason: format!("{}{stage} {}", entry.rollout, entry.reason),
+                concerns: concerns_of(engine, entry),
             })
         }
     }

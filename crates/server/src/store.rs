@@ -12,11 +12,14 @@ use std::sync::Mutex;
 
 use fail::fail_point;
 
+use failsmall_core::domain::Labels;
+use failsmall_core::plan::Selector;
 use failsmall_core::validate::UnitSpec;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
+use crate::validator::ValidatorCommand;
 
 /// The fail points at the store's persistence steps. They do nothing unless the crate is built
 /// with the `failpoints` feature and a test configures them (`fail::cfg(name, "return")` makes
@@ -67,6 +70,9 @@ fn fail_at(name: &'static str) -> Result<(), StoreError> {
 
 /// Listings return at most this many rows.
 pub const MAX_LIST_ROWS: u32 = 1000;
+/// A changelog page filtered by labels examines at most this many entries; when it stops
+/// there, its `next_cursor` continues the scan.
+pub const MAX_CHANGELOG_SCAN_ROWS: u32 = 10_000;
 
 /// Numbered schema migrations, applied in order at open; never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -132,6 +138,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tokens ADD COLUMN node TEXT;",
     // 3: a unit's plan (the plan file's text): each push starts a rollout through it.
     "ALTER TABLE units ADD COLUMN plan TEXT;",
+    // 4: which nodes a changelog entry concerns (JSON `Concerns`; none: every node).
+    "ALTER TABLE changelog ADD COLUMN concerns TEXT;",
+    // 5: a unit's validator command (JSON `ValidatorCommand`), run by the server on pushes.
+    "ALTER TABLE units ADD COLUMN validator TEXT;",
 ];
 
 /// Why a store operation failed.
@@ -180,6 +190,29 @@ pub struct UnitRecord {
     /// only store versions, and rollouts are requested on their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// The consumer's own parser, run by the server on every push (see [`crate::validator`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validator: Option<ValidatorCommand>,
+}
+
+/// What a unit is made of, to create or update it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitFields<'a> {
+    pub spec: &'a UnitSpec,
+    pub owner: &'a str,
+    pub description: &'a str,
+    /// The plan file's text; none: pushes only store versions.
+    pub plan: Option<&'a str>,
+    pub validator: ValidatorChange<'a>,
+}
+
+/// What an update does to a unit's validator command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidatorChange<'a> {
+    /// Leaves it as it is.
+    Keep,
+    /// Sets it (none: removes it).
+    Set(Option<&'a ValidatorCommand>),
 }
 
 /// An immutable version as stored (its bytes are the blob `hash`).
@@ -218,6 +251,56 @@ pub struct ChangeRecord {
     pub unit: Option<String>,
     pub version: Option<String>,
     pub reason: String,
+    /// Which nodes the change concerns; none: every node (fleet-wide).
+    pub concerns: Option<Concerns>,
+}
+
+/// Which nodes a changelog entry concerns, for the changelog's label filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concerns {
+    /// The nodes any of these stage selectors admits.
+    Selectors(Vec<Selector>),
+    /// The one node with exactly these labels.
+    Node(Labels),
+}
+
+impl Concerns {
+    /// The nodes of these stages: none (every node) when a selector is empty, so selects
+    /// every node, or when there is no stage at all.
+    pub fn of_selectors(selectors: Vec<Selector>) -> Option<Self> {
+        if selectors.is_empty() || selectors.iter().any(|s| s.labels.is_empty()) {
+            None
+        } else {
+            Some(Self::Selectors(selectors))
+        }
+    }
+
+    /// Whether the change concerns nodes that carry every label of `wanted`. A selector that
+    /// does not name a label's key selects nodes with any value of it, so admits it.
+    pub fn admits(&self, wanted: &[(String, String)]) -> bool {
+        match self {
+            Self::Selectors(selectors) => selectors.iter().any(|selector| {
+                wanted.iter().all(|(key, value)| {
+                    selector
+                        .labels
+                        .get(key)
+                        .is_none_or(|values| values.iter().any(|v| v == value))
+                })
+            }),
+            Self::Node(labels) => wanted
+                .iter()
+                .all(|(key, value)| labels.get(key) == Some(value)),
+        }
+    }
+}
+
+/// One page of the changelog; `next_cursor` continues it (a page filtered by labels may hold
+/// fewer entries than asked and still have one: it stopped at [`MAX_CHANGELOG_SCAN_ROWS`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangelogPage {
+    pub entries: Vec<ChangeRecord>,
+    pub next_cursor: Option<u64>,
 }
 
 /// A change to record, in the same transaction as the mutation it describes.
@@ -229,6 +312,8 @@ pub struct NewChange<'a> {
     pub unit: Option<&'a str>,
     pub version: Option<&'a str>,
     pub reason: &'a str,
+    /// Which nodes the change concerns; none: every node.
+    pub concerns: Option<&'a Concerns>,
 }
 
 /// A change owned by its holder (to move into a blocking task); see [`NewChange`].
@@ -240,6 +325,8 @@ pub struct ChangeRow {
     pub unit: Option<String>,
     pub version: Option<String>,
     pub reason: String,
+    /// Which nodes the change concerns; none: every node.
+    pub concerns: Option<Concerns>,
 }
 
 impl ChangeRow {
@@ -251,6 +338,7 @@ impl ChangeRow {
             unit: self.unit.as_deref(),
             version: self.version.as_deref(),
             reason: &self.reason,
+            concerns: self.concerns.as_ref(),
         }
     }
 }
@@ -288,6 +376,9 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangelogQuery {
     pub unit: Option<String>,
+    /// Only entries that concern nodes carrying every one of these labels (key, value), and
+    /// fleet-wide ones.
+    pub labels: Vec<(String, String)>,
     pub since_ms: Option<u64>,
     pub after_id: Option<u64>,
     pub limit: u32,
@@ -393,6 +484,9 @@ impl rusqlite::types::FromSql for Role {
 
 fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
     let StoredJson(spec) = row.get(1)?;
+    let validator = row
+        .get::<_, Option<StoredJson<ValidatorCommand>>>(8)?
+        .map(|StoredJson(validator)| validator);
     Ok(UnitRecord {
         name: row.get(0)?,
         spec,
@@ -402,6 +496,7 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
         created_ms: to_u64(row.get(5)?),
         updated_ms: to_u64(row.get(6)?),
         plan: row.get(7)?,
+        validator,
     })
 }
 
@@ -419,6 +514,22 @@ fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> 
         created_ms: to_u64(row.get(7)?),
         signature: row.get(8)?,
         validation_skipped: row.get(9)?,
+    })
+}
+
+fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
+    let concerns = row
+        .get::<_, Option<StoredJson<Concerns>>>(7)?
+        .map(|StoredJson(concerns)| concerns);
+    Ok(ChangeRecord {
+        id: to_u64(row.get(0)?),
+        at_ms: to_u64(row.get(1)?),
+        actor: row.get(2)?,
+        kind: row.get(3)?,
+        unit: row.get(4)?,
+        version: row.get(5)?,
+        reason: row.get(6)?,
+        concerns,
     })
 }
 
@@ -443,10 +554,40 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     })
 }
 
+fn spec_json(name: &str, spec: &UnitSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
+        what: format!("spec of unit {name}"),
+        reason: e.to_string(),
+    })
+}
+
+fn validator_json(
+    name: &str,
+    validator: Option<&ValidatorCommand>,
+) -> Result<Option<String>, StoreError> {
+    validator
+        .map(|validator| {
+            serde_json::to_string(validator).map_err(|e| StoreError::Corrupt {
+                what: format!("validator of unit {name}"),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
 fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, StoreError> {
+    let concerns = change
+        .concerns
+        .map(|concerns| {
+            serde_json::to_string(concerns).map_err(|e| StoreError::Corrupt {
+                what: format!("nodes concerned by change {:?}", change.kind),
+                reason: e.to_string(),
+            })
+        })
+        .transpose()?;
     tx.execute(
-        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason],
+        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns],
     )?;
     Ok(to_u64(tx.last_insert_rowid()))
 }
@@ -552,10 +693,35 @@ impl Store {
         plan: Option<&str>,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
-        let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            what: format!("spec of unit {name}"),
-            reason: e.to_string(),
-        })?;
+        let fields = UnitFields {
+            spec,
+            owner,
+            description,
+            plan,
+            validator: ValidatorChange::Set(None),
+        };
+        self.create_unit_with(name, &fields, change)
+    }
+
+    /// Creates a unit with every field; [`ValidatorChange::Keep`] means none.
+    pub fn create_unit_with(
+        &self,
+        name: &str,
+        fields: &UnitFields<'_>,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
+        let UnitFields {
+            spec,
+            owner,
+            description,
+            plan,
+            validator,
+        } = fields;
+        let spec_text = spec_json(name, spec)?;
+        let validator_text = match validator {
+            ValidatorChange::Keep => None,
+            ValidatorChange::Set(validator) => validator_json(name, *validator)?,
+        };
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
             let exists: Option<i64> =
@@ -564,9 +730,9 @@ impl Store {
                 return Err(StoreError::AlreadyExists { kind: "unit", key: name.to_owned() });
             }
             tx.execute(
-                "INSERT INTO units (name, spec, owner, description, revision, created_ms, updated_ms, plan)
-                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6)",
-                params![name, spec_text, owner, description, change.at_ms, plan],
+                "INSERT INTO units (name, spec, owner, description, revision, created_ms, updated_ms, plan, validator)
+                 VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, ?6, ?7)",
+                params![name, spec_text, owner, description, change.at_ms, plan, validator_text],
             )?;
             record_change(&tx, change)?;
             let unit = Self::unit_in(&tx, name)?;
@@ -609,10 +775,38 @@ impl Store {
         plan: Option<&str>,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
-        let spec_text = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt {
-            what: format!("spec of unit {name}"),
-            reason: e.to_string(),
-        })?;
+        let fields = UnitFields {
+            spec,
+            owner,
+            description,
+            plan,
+            validator: ValidatorChange::Keep,
+        };
+        self.update_unit_with(name, expected_revision, &fields, change)
+    }
+
+    /// Replaces a unit's fields if its revision is still `expected_revision`; the validator
+    /// command only when [`ValidatorChange::Set`].
+    pub fn update_unit_with(
+        &self,
+        name: &str,
+        expected_revision: u64,
+        fields: &UnitFields<'_>,
+        change: &NewChange<'_>,
+    ) -> Result<UnitRecord, StoreError> {
+        let UnitFields {
+            spec,
+            owner,
+            description,
+            plan,
+            validator,
+        } = fields;
+        let spec_text = spec_json(name, spec)?;
+        let validator_text = match validator {
+            ValidatorChange::Keep => None,
+            ValidatorChange::Set(validator) => validator_json(name, *validator)?,
+        };
+        let set_validator = matches!(validator, ValidatorChange::Set(_));
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
             let current = Self::unit_in(&tx, name)?;
@@ -637,6 +831,12 @@ impl Store {
                     plan
                 ],
             )?;
+            if set_validator {
+                tx.execute(
+                    "UPDATE units SET validator = ?2 WHERE name = ?1",
+                    params![name, validator_text],
+                )?;
+            }
             record_change(&tx, change)?;
             let unit = Self::unit_in(&tx, name)?;
             tx.commit()?;
@@ -647,7 +847,7 @@ impl Store {
     fn unit_in(conn: &Connection, name: &str) -> Result<UnitRecord, StoreError> {
         let row = conn
             .query_row(
-                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan FROM units WHERE name = ?1",
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan, validator FROM units WHERE name = ?1",
                 [name],
                 unit_from_row,
             )
@@ -663,7 +863,7 @@ impl Store {
     pub fn units(&self, limit: u32) -> Result<Vec<UnitRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan FROM units
+                "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan, validator FROM units
                  ORDER BY name LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
@@ -867,40 +1067,83 @@ impl Store {
         })
     }
 
+    /// The entries of one page (see [`Store::changelog_page`]).
     pub fn changelog(&self, query: &ChangelogQuery) -> Result<Vec<ChangeRecord>, StoreError> {
+        Ok(self.changelog_page(query)?.entries)
+    }
+
+    /// One page of the changelog: oldest first from `after_id`, or newest first. With a label
+    /// filter, entries are read in batches and filtered here (the filter reads the JSON of
+    /// `concerns`, which SQL dialects spell differently), examining at most
+    /// [`MAX_CHANGELOG_SCAN_ROWS`] entries per page.
+    pub fn changelog_page(&self, query: &ChangelogQuery) -> Result<ChangelogPage, StoreError> {
+        let limit = query.limit.clamp(1, MAX_LIST_ROWS);
+        let page_rows = usize::try_from(limit).unwrap_or(usize::MAX);
         let order = if query.newest_first { "DESC" } else { "ASC" };
-        let after_id = if query.newest_first {
+        let sql = format!(
+            "SELECT id, at_ms, actor, kind, unit, version, reason, concerns FROM changelog
+             WHERE id > ?1 AND id < ?2 AND (?3 IS NULL OR unit = ?3) AND at_ms >= ?4
+             ORDER BY id {order} LIMIT ?5"
+        );
+        // The window still to read: ids in (after, before).
+        let mut after = if query.newest_first {
             0
         } else {
-            query.after_id.unwrap_or(0)
+            to_i64(query.after_id.unwrap_or(0))
         };
-        let sql = format!(
-            "SELECT id, at_ms, actor, kind, unit, version, reason FROM changelog
-             WHERE id > ?1 AND (?2 IS NULL OR unit = ?2) AND at_ms >= ?3
-             ORDER BY id {order} LIMIT ?4"
-        );
+        let mut before = i64::MAX;
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(&sql)?;
-            let rows = stmt.query_map(
-                params![
-                    to_i64(after_id),
-                    query.unit,
-                    to_i64(query.since_ms.unwrap_or(0)),
-                    query.limit.min(MAX_LIST_ROWS)
-                ],
-                |r| {
-                    Ok(ChangeRecord {
-                        id: to_u64(r.get(0)?),
-                        at_ms: to_u64(r.get(1)?),
-                        actor: r.get(2)?,
-                        kind: r.get(3)?,
-                        unit: r.get(4)?,
-                        version: r.get(5)?,
-                        reason: r.get(6)?,
-                    })
-                },
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut page = ChangelogPage::default();
+            let mut scanned: u32 = 0;
+            loop {
+                let rows = stmt.query_map(
+                    params![
+                        after,
+                        before,
+                        query.unit,
+                        to_i64(query.since_ms.unwrap_or(0)),
+                        limit
+                    ],
+                    change_from_row,
+                )?;
+                let batch = rows.collect::<Result<Vec<_>, _>>()?;
+                let exhausted = batch.len() < page_rows;
+                let mut last_id = None;
+                for entry in batch {
+                    scanned = scanned.saturating_add(1);
+                    last_id = Some(entry.id);
+                    let admitted = query.labels.is_empty()
+                        || entry
+                            .concerns
+                            .as_ref()
+                            .is_none_or(|concerns| concerns.admits(&query.labels));
+                    if admitted {
+                        page.entries.push(entry);
+                        if page.entries.len() >= page_rows {
+                            break;
+                        }
+                    }
+                }
+                let Some(last_id) = last_id else {
+                    return Ok(page);
+                };
+                if query.newest_first {
+                    before = to_i64(last_id);
+                } else {
+                    after = to_i64(last_id);
+                }
+                let full = page.entries.len() >= page_rows;
+                if full || scanned >= MAX_CHANGELOG_SCAN_ROWS {
+                    if !query.newest_first && (full || !exhausted) {
+                        page.next_cursor = Some(last_id);
+                    }
+                    return Ok(page);
+                }
+                if exhausted {
+                    return Ok(page);
+                }
+            }
         })
     }
 
@@ -1119,6 +1362,7 @@ mod tests {
             unit: Some("u"),
             version: None,
             reason: "",
+            concerns: None,
         }
     }
 
@@ -1228,6 +1472,7 @@ mod tests {
             unit: None,
             version: None,
             reason: "n1".into(),
+            concerns: None,
         }];
         let step = |expected_revision, state| EngineStep {
             expected_revision,
@@ -1264,5 +1509,89 @@ mod tests {
             })
             .unwrap();
         assert_eq!(entries.len(), 1);
+    }
+
+    fn selector(key: &str, values: &[&str]) -> Selector {
+        Selector {
+            labels: [(
+                key.to_owned(),
+                values.iter().map(|v| (*v).to_owned()).collect(),
+            )]
+            .into(),
+        }
+    }
+
+    fn wanted(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn concerns_admit_labels_a_selector_allows_and_a_node_has() {
+        let eu = Concerns::of_selectors(vec![selector("region", &["eu-west-1", "eu-central-1"])])
+            .unwrap();
+        assert!(eu.admits(&wanted(&[("region", "eu-west-1")])));
+        assert!(!eu.admits(&wanted(&[("region", "us-east-1")])));
+        // A key the selector does not name: it selects nodes with any value of it.
+        assert!(eu.admits(&wanted(&[("region", "eu-west-1"), ("cohort", "free")])));
+        let node = Concerns::Node([("region".to_owned(), "eu-west-1".to_owned())].into());
+        assert!(node.admits(&wanted(&[("region", "eu-west-1")])));
+        assert!(!node.admits(&wanted(&[("region", "eu-west-1"), ("cohort", "free")])));
+        // A stage that selects every node, or no stage, concerns the whole fleet.
+        assert_eq!(
+            Concerns::of_selectors(vec![selector("region", &["x"]), Selector::default()]),
+            None
+        );
+        assert_eq!(Concerns::of_selectors(Vec::new()), None);
+    }
+
+    #[test]
+    fn a_label_filtered_page_keeps_fleet_wide_entries_and_continues_by_cursor() {
+        let store = Store::open(&temp_db("labels")).unwrap();
+        let eu = Concerns::Selectors(vec![selector("region", &["eu-west-1"])]);
+        let us = Concerns::Selectors(vec![selector("region", &["us-east-1"])]);
+        for (reason, concerns) in [
+            ("eu-1", Some(&eu)),
+            ("us-1", Some(&us)),
+            ("fleet", None),
+            ("us-2", Some(&us)),
+            ("eu-2", Some(&eu)),
+        ] {
+            let change = NewChange {
+                reason,
+                concerns,
+                ..change("stage_started")
+            };
+            store.record(&change).unwrap();
+        }
+        let reasons = |page: &ChangelogPage| -> Vec<String> {
+            page.entries.iter().map(|e| e.reason.clone()).collect()
+        };
+        let query = ChangelogQuery {
+            labels: wanted(&[("region", "eu-west-1")]),
+            limit: 2,
+            ..Default::default()
+        };
+        let first = store.changelog_page(&query).unwrap();
+        assert_eq!(reasons(&first), ["eu-1", "fleet"]);
+        assert_eq!(first.entries[0].concerns, Some(eu.clone()));
+        let second = store
+            .changelog_page(&ChangelogQuery {
+                after_id: first.next_cursor,
+                ..query.clone()
+            })
+            .unwrap();
+        assert_eq!(reasons(&second), ["eu-2"]);
+        assert_eq!(second.next_cursor, None);
+        let newest = store
+            .changelog_page(&ChangelogQuery {
+                newest_first: true,
+                limit: 10,
+                ..query
+            })
+            .unwrap();
+        assert_eq!(reasons(&newest), ["eu-2", "fleet", "eu-1"]);
     }
 }

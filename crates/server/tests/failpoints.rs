@@ -43,6 +43,7 @@ fn change<'a>(kind: &'a str, reason: &'a str) -> NewChange<'a> {
         unit: Some("u"),
         version: None,
         reason,
+        concerns: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn registration(node: &str, pop: &str) -> (Event, Cause, Option<ChangeRow>) {
         unit: None,
         version: None,
         reason: format!("node {node}"),
+        concerns: None,
     };
     (event, cause, Some(row))
 }

@@ -682,3 +682,47 @@ async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
     assert!(pushed < started, "{kinds:?}");
     fleet.server.stop().await;
 }
+
+#[tokio::test]
+async fn a_unit_created_while_an_agent_waits_reaches_it_in_that_wait() {
+    let fleet = Fleet::start(&fresh_dir("watch-new-unit")).await;
+    let server = &fleet.server;
+    let labels = json!({"labels": {"cohort": "free"}});
+    server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(fleet.agent("n1")),
+            Some(labels),
+        )
+        .await;
+    let (seq, units) = fleet.desired("n1", "").await;
+    assert_eq!(units, json!({}));
+    // The agent is already waiting when the unit is created, pushed and rolled out.
+    let query = format!("after={seq}&wait_ms=20000");
+    let watch = fleet.desired("n1", &query);
+    let change = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let spec = json!({"format": "json", "max_bytes": 256});
+        server
+            .admin(
+                Method::POST,
+                "/v1/units",
+                Some(json!({"name": "flags", "spec": spec})),
+            )
+            .await;
+        let (_, version) = server
+            .push("flags", &fleet.deployer, "message=one", br#"{"a": 1}"#)
+            .await;
+        let version = version["hash"].as_str().unwrap().to_owned();
+        let (status, _) = fleet.start_rollout(&version).await;
+        (status, version)
+    };
+    let started = std::time::Instant::now();
+    let ((next, units), (status, version)) = tokio::join!(watch, change);
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(next > seq);
+    assert_eq!(units, json!({ "flags": version }));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    fleet.server.stop().await;
+}
