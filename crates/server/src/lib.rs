@@ -4,6 +4,11 @@
 //! migrations, loads or creates the signing key, makes the first admin token on first start,
 //! and serves the API on the given listener until `shutdown` completes.
 //!
+//! A unit may name a validator command (the consumer's own parser in check mode); the server
+//! runs it on every pushed version before storing it, see [`validator`]. Changelog entries
+//! record which nodes they concern (`store::Concerns`), so `/v1/changelog?label=KEY=VALUE`
+//! can return what concerns, say, one region.
+//!
 //! Data dir layout: `failsmall.db` (SQLite, WAL), `signing.key` (0600), `admin.token` (0600,
 //! written once at first start).
 
