@@ -424,6 +424,26 @@ fn units_versions_diff_validate_log_nodes_and_completions() {
         + 3_600_000)
         .to_string();
     assert_eq!(server.json(&["log", "--since", &future_ms]), json!([]));
+    // `--label`: entries about nodes with that label, and fleet-wide ones.
+    let registered_for = |label: &str| -> Vec<String> {
+        let entries = server.json(&["log", "--label", label]);
+        let entries = entries.as_array().unwrap();
+        assert!(
+            entries.iter().any(|e| e["kind"] == "unit_created"),
+            "fleet-wide entries match"
+        );
+        entries
+            .iter()
+            .filter(|e| e["kind"] == "node_registered")
+            .map(|e| e["reason"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let eu = registered_for("region=eu");
+    assert!(eu.len() == 1 && eu[0].contains("edge-1"), "{eu:?}");
+    let us = registered_for("region=us");
+    assert!(us.len() == 1 && us[0].contains("edge-2"), "{us:?}");
+    let error = server.fails(&["log", "--label", "region"], 1);
+    assert!(error.contains("KEY=VALUE"), "{error}");
     let table = server.ok(&["log", "--unit", "features"]);
     assert!(table.contains("unit_created"), "{table}");
     assert!(table.contains(&first_hash[..12]), "{table}");

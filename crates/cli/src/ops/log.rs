@@ -28,6 +28,10 @@ pub struct LogArgs {
     /// Unix epoch.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
+    /// Only entries that concern nodes with this label (`region=eu-west-1`); repeat for
+    /// several. Fleet-wide entries always match.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Show at most this many entries, the newest.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(LOG_LIMIT_MAX)))]
     pub limit: u32,
@@ -56,6 +60,13 @@ pub fn since_ms(text: &str, now_ms: u64) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
+    if let Some(bad) = args.labels.iter().find(|label| {
+        label
+            .split_once('=')
+            .is_none_or(|(key, value)| key.is_empty() || value.is_empty())
+    }) {
+        bail!("--label {bad:?}: expected KEY=VALUE, e.g. --label region=eu-west-1");
+    }
     let since = args
         .since
         .as_deref()
@@ -72,6 +83,9 @@ pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
         }
         if let Some(since) = since {
             query.push(("since_ms", since.to_string()));
+        }
+        for label in &args.labels {
+            query.push(("label", label.clone()));
         }
         if let Some(cursor) = cursor {
             query.push(("cursor", cursor.to_string()));
