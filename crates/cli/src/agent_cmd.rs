@@ -30,11 +30,9 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<Outcome> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        failsmall_agent::run(config, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("the agent stopped")?;
+        failsmall_agent::run(config, crate::shutdown::signal())
+            .await
+            .context("the agent stopped")?;
         Ok(Outcome::Success)
     })
 }

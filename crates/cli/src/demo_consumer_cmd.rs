@@ -84,24 +84,7 @@ pub fn run(args: &DemoConsumerArgs) -> anyhow::Result<Outcome> {
             generation.as_str(),
             args.units_dir.display()
         );
-        failsmall_demo::consumer::run(config, listener, shutdown_signal()).await?;
+        failsmall_demo::consumer::run(config, listener, crate::shutdown::signal()).await?;
         Ok(Outcome::Success)
     })
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
 }

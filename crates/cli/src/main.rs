@@ -13,6 +13,7 @@ mod loadgen_cmd;
 mod ops;
 mod plan_cmd;
 mod server_cmd;
+mod shutdown;
 mod sim_cmd;
 
 use std::process::ExitCode;

@@ -11,6 +11,13 @@ use sha2::{Digest, Sha256};
 /// milliseconds in the simulator; the engine does not care which.
 pub type TimeMs = u64;
 
+/// `ms` (milliseconds since the Unix epoch) as RFC 3339 in UTC, to the second:
+/// `2025-11-18T11:20:00Z`. Formats a given instant; reads no clock.
+pub fn rfc3339_from_ms(ms: TimeMs) -> String {
+    let instant = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(instant).to_string()
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -259,6 +266,13 @@ mod tests {
             UnitName::new("x".repeat(65)),
             Err(NameError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_from_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_from_ms(1_763_424_000_999), "2025-11-18T00:00:00Z");
+        assert_eq!(rfc3339_from_ms(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
-use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
+use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash, rfc3339_from_ms};
 use failsmall_core::engine::{Action, Command, EngineError, Event};
 use failsmall_core::health::HealthSample;
 use failsmall_core::plan::Plan;
@@ -2146,36 +2146,13 @@ fn xml_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// RFC 3339 (UTC) for an Atom timestamp, from milliseconds since the Unix epoch.
-fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 async fn changelog_feed(
     State(state): State<AppState>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = changelog_query(params, true)?;
     let entries = db(&state, move |store| Ok(store.changelog(&query)?)).await?;
-    let updated = rfc3339(entries.first().map_or(0, |e| e.at_ms));
+    let updated = rfc3339_from_ms(entries.first().map_or(0, |e| e.at_ms));
     let mut xml = format!(
         "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\n\
          <title>failsmall changelog</title>\n<id>urn:failsmall:changelog</id>\n<updated>{updated}</updated>\n"
@@ -2196,7 +2173,7 @@ async fn changelog_feed(
              <author><name>{}</name></author>\n<content type=\"text\">{}</content>\n</entry>\n",
             entry.id,
             xml_escape(title.trim()),
-            rfc3339(entry.at_ms),
+            rfc3339_from_ms(entry.at_ms),
             xml_escape(&entry.actor),
             xml_escape(&entry.reason)
         ));
@@ -2323,13 +2300,6 @@ mod tests {
                 route.path
             );
         }
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_763_424_000_000), "2025-11-18T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 
     #[test]
