@@ -21,6 +21,7 @@ pub mod store;
 pub mod validator;
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,14 +117,16 @@ pub async fn run(
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
     if config.dev {
         let address = listener.local_addr().map_err(ServerError::Serve)?;
-        println!(
-            "failsmall dev server on http://{address}, data in {}",
+        let token_line = match admin_token {
+            Some(token) => format!("admin token: {token}"),
+            None => format!("admin token: in {}", config.admin_token_path().display()),
+        };
+        // A closed stdout must not stop the server (println! would panic).
+        let _ = writeln!(
+            std::io::stdout(),
+            "failsmall dev server on http://{address}, data in {}\n{token_line}",
             config.data_dir.display()
         );
-        match admin_token {
-            Some(token) => println!("admin token: {token}"),
-            None => println!("admin token: in {}", config.admin_token_path().display()),
-        }
     }
     let store = Arc::new(store);
     let engine =
