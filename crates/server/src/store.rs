@@ -672,6 +672,7 @@ impl Store {
 
     // --- units -----------------------------------------------------------------------------
 
+    /// Creates a unit without a plan or validator command (see [`Store::create_unit_with`]).
     pub fn create_unit(
         &self,
         name: &str,
@@ -680,24 +681,11 @@ impl Store {
         description: &str,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
-        self.create_unit_with_plan(name, spec, owner, description, None, change)
-    }
-
-    /// Creates a unit with the plan (the plan file's text) its pushes roll out through.
-    pub fn create_unit_with_plan(
-        &self,
-        name: &str,
-        spec: &UnitSpec,
-        owner: &str,
-        description: &str,
-        plan: Option<&str>,
-        change: &NewChange<'_>,
-    ) -> Result<UnitRecord, StoreError> {
         let fields = UnitFields {
             spec,
             owner,
             description,
-            plan,
+            plan: None,
             validator: ValidatorChange::Set(None),
         };
         self.create_unit_with(name, &fields, change)
@@ -741,7 +729,8 @@ impl Store {
         })
     }
 
-    /// Replaces a unit's spec, owner and description if its revision is still `expected_revision`.
+    /// Replaces a unit's spec, owner and description, and clears its plan, if its revision is
+    /// still `expected_revision`; the validator command is kept (see [`Store::update_unit_with`]).
     pub fn update_unit(
         &self,
         name: &str,
@@ -751,35 +740,11 @@ impl Store {
         description: &str,
         change: &NewChange<'_>,
     ) -> Result<UnitRecord, StoreError> {
-        self.update_unit_with_plan(
-            name,
-            expected_revision,
-            spec,
-            owner,
-            description,
-            None,
-            change,
-        )
-    }
-
-    /// Replaces a unit's spec, owner, description and plan if its revision is still
-    /// `expected_revision`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn update_unit_with_plan(
-        &self,
-        name: &str,
-        expected_revision: u64,
-        spec: &UnitSpec,
-        owner: &str,
-        description: &str,
-        plan: Option<&str>,
-        change: &NewChange<'_>,
-    ) -> Result<UnitRecord, StoreError> {
         let fields = UnitFields {
             spec,
             owner,
             description,
-            plan,
+            plan: None,
             validator: ValidatorChange::Keep,
         };
         self.update_unit_with(name, expected_revision, &fields, change)
