@@ -52,6 +52,21 @@ impl Fleet {
         }
     }
 
+    /// Registers `node` (with its own agent token) in `cohort`.
+    async fn register(&self, node: &str, cohort: &str) {
+        let labels = json!({"labels": {"cohort": cohort}});
+        let (status, body) = self
+            .server
+            .call(
+                Method::PUT,
+                &format!("/v1/nodes/{node}"),
+                Some(self.agent(node)),
+                Some(labels),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     /// The agent token of `node`.
     fn agent(&self, node: &str) -> &str {
         &self.agents[node]
@@ -254,15 +269,7 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
 async fn desired_state_long_polls_until_the_engine_moves() {
     let fleet = Fleet::start(&fresh_dir("watch")).await;
     let server = &fleet.server;
-    let labels = json!({"labels": {"cohort": "free"}});
-    server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let (seq, _) = fleet.desired("n1", "").await;
     // Nothing changes: the wait ends at its limit with the same sequence number.
     assert_eq!(
@@ -327,16 +334,7 @@ async fn desired_state_long_polls_until_the_engine_moves() {
 #[tokio::test]
 async fn shutdown_ends_long_polls_at_once() {
     let fleet = Fleet::start(&fresh_dir("watch-shutdown")).await;
-    let labels = json!({"labels": {"cohort": "free"}});
-    fleet
-        .server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let (seq, _) = fleet.desired("n1", "").await;
     let path = format!(
         "{}/v1/nodes/n1/desired?after={seq}&wait_ms=30000",
@@ -504,15 +502,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
     }
 
     // A finished rollout refuses commands that need it running.
-    let labels = json!({"labels": {"cohort": "free"}});
-    server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let (status, view) = fleet.start_rollout(hash).await;
     assert_eq!(status, StatusCode::CREATED, "{view}");
     let id = view["id"].as_u64().unwrap();
@@ -550,15 +540,7 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
 async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
     let fleet = Fleet::start(&fresh_dir("batch")).await;
     let server = &fleet.server;
-    let labels = json!({"labels": {"cohort": "free"}});
-    server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let spec = json!({"format": "json", "max_bytes": 256});
     server
         .admin(
@@ -617,15 +599,7 @@ async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
 async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
     let fleet = Fleet::start(&fresh_dir("push-plan")).await;
     let server = &fleet.server;
-    let labels = json!({"labels": {"cohort": "free"}});
-    server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let spec = json!({"format": "json", "max_bytes": 256});
     let bad = json!({"name": "flags", "spec": spec, "plan": "name: x\nstages: []\n"});
     let (status, body) = server.admin(Method::POST, "/v1/units", Some(bad)).await;
@@ -687,15 +661,7 @@ async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
 async fn a_unit_created_while_an_agent_waits_reaches_it_in_that_wait() {
     let fleet = Fleet::start(&fresh_dir("watch-new-unit")).await;
     let server = &fleet.server;
-    let labels = json!({"labels": {"cohort": "free"}});
-    server
-        .call(
-            Method::PUT,
-            "/v1/nodes/n1",
-            Some(fleet.agent("n1")),
-            Some(labels),
-        )
-        .await;
+    fleet.register("n1", "free").await;
     let (seq, units) = fleet.desired("n1", "").await;
     assert_eq!(units, json!({}));
     // The agent is already waiting when the unit is created, pushed and rolled out.
