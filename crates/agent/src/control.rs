@@ -73,6 +73,16 @@ pub fn cut_reason(reason: &str) -> String {
     reason.get(..end).unwrap_or_default().to_owned()
 }
 
+impl ControlError {
+    /// Whether sending the same request again cannot help: the control plane understood it
+    /// and refused it for what it says (any 4xx but unauthorized, timeout, conflict and too
+    /// many requests, which say something about the moment, not the request).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Status { status, .. }
+            if (400..500).contains(status) && !matches!(status, 401 | 408 | 409 | 429))
+    }
+}
+
 /// A client of one control plane, for one node.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
@@ -205,12 +215,23 @@ impl ControlPlane {
             .await
     }
 
+    /// Sends one report.
     pub async fn report(&self, report: &Report) -> Result<(), ControlError> {
+        self.post_reports(&serde_json::json!(report)).await
+    }
+
+    /// Sends `reports` as one batch, applied whole by the control plane or not at all.
+    pub async fn report_batch(&self, reports: &[Report]) -> Result<(), ControlError> {
+        self.post_reports(&serde_json::json!({ "reports": reports }))
+            .await
+    }
+
+    async fn post_reports(&self, body: &serde_json::Value) -> Result<(), ControlError> {
         let what = format!("POST /v1/nodes/{}/reports", self.node);
         let request = self
             .http
             .post(format!("{}/v1/nodes/{}/reports", self.base, self.node))
-            .json(report);
+            .json(body);
         self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await
             .map(drop)

@@ -752,29 +752,7 @@ async fn send_reports(
             }
             continue;
         }
-        let mut unsent = Vec::new();
-        let mut failed = false;
-        for report in batch {
-            if failed {
-                unsent.push(report);
-                continue;
-            }
-            match control.report(&report).await {
-                Ok(()) => {}
-                // A 4xx will not get better by retrying: drop it, say so.
-                Err(control::ControlError::Status { status, body, .. })
-                    if (400..500).contains(&status) && status != 401 && status != 429 =>
-                {
-                    eprintln!(
-                        "failsmall agent: report refused by the control plane ({status}): {body}"
-                    );
-                }
-                Err(_) => {
-                    failed = true;
-                    unsent.push(report);
-                }
-            }
-        }
+        let (unsent, failed) = send_batch(&control, batch).await;
         shared.with_status(|s| {
             s.reports_queued = shared.reports.len().saturating_add(unsent.len());
             s.reports_dropped = shared.reports.dropped();
@@ -789,6 +767,37 @@ async fn send_reports(
             backoff_ms = 100;
         }
     }
+}
+
+/// Sends `batch` in one request. When the control plane refuses the batch for what it holds,
+/// each report is sent alone, so one refused report does not take the others with it; a
+/// refused report is dropped (and logged), since sending it again cannot help. Returns what
+/// is still to send, and whether sending failed for a reason that may pass (then retry).
+async fn send_batch(control: &ControlPlane, batch: Vec<Report>) -> (Vec<Report>, bool) {
+    match control.report_batch(&batch).await {
+        Ok(()) => return (Vec::new(), false),
+        Err(error) if !error.is_refusal() => return (batch, true),
+        Err(_) => {}
+    }
+    let mut unsent = Vec::new();
+    let mut failed = false;
+    for report in batch {
+        if failed {
+            unsent.push(report);
+            continue;
+        }
+        match control.report(&report).await {
+            Ok(()) => {}
+            Err(error) if error.is_refusal() => {
+                eprintln!("failsmall agent: report refused by the control plane: {error}");
+            }
+            Err(_) => {
+                failed = true;
+                unsent.push(report);
+            }
+        }
+    }
+    (unsent, failed)
 }
 
 /// Reports the health of each unit's active version every interval, so the control plane

@@ -43,8 +43,8 @@ struct Current {
 /// The engine, its persisted revision, and a channel that announces each new revision.
 #[derive(Debug)]
 pub struct EngineHost {
-    current: Mutex<Current>,
-    revisions: watch::Sender<u64>,
+    current: Arc<Mutex<Current>>,
+    revisions: Arc<watch::Sender<u64>>,
     /// Set once when the server shuts down: long polls end at once instead of waiting.
     closing: watch::Sender<bool>,
 }
@@ -81,8 +81,8 @@ impl EngineHost {
         let (revisions, _) = watch::channel(revision);
         let (closing, _) = watch::channel(false);
         Ok(Self {
-            current: Mutex::new(Current { engine, revision }),
-            revisions,
+            current: Arc::new(Mutex::new(Current { engine, revision })),
+            revisions: Arc::new(revisions),
             closing,
         })
     }
@@ -104,6 +104,9 @@ impl EngineHost {
     /// Applies `events` in order at `now_ms` as one step, committed in one transaction: all of
     /// them, or (if the engine refuses any) none. Each event's change is recorded before the
     /// changes the engine produced for it.
+    ///
+    /// The step runs to its end on a blocking thread that owns the engine's lock, so a caller
+    /// that goes away (an HTTP client that disconnects) cannot leave memory behind a commit.
     pub async fn apply_many(
         &self,
         store: &Arc<Store>,
@@ -111,85 +114,59 @@ impl EngineHost {
         events: Vec<(Event, Option<ChangeRow>)>,
         cause: Cause,
     ) -> Result<Vec<Action>, StepError> {
-        let mut current = self.current.lock().await;
-        let mut next = current.engine.clone();
-        let mut actions = Vec::new();
-        let (cause, mut changes) = match cause {
-            Cause::Push { version, changes } => (
-                Cause::Push {
-                    version,
-                    changes: Vec::new(),
-                },
-                changes,
-            ),
-            other => (other, Vec::new()),
-        };
-        for (event, change) in events {
-            let produced = next.step(now_ms, &event)?;
-            changes.extend(change);
-            changes.extend(
-                produced
-                    .iter()
-                    .filter_map(|action| change_of(now_ms, action, &next)),
-            );
-            actions.extend(produced);
-        }
-        let state =
-            serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
-        let expected_revision = current.revision;
-        let committing = Arc::clone(store);
-        let committed = tokio::task::spawn_blocking(move || {
-            let (node, version) = match &cause {
-                Cause::Node { id, labels } => (Some((id.as_str(), labels)), None),
-                Cause::Push { version, .. } => (None, Some(version.as_new())),
-                Cause::Nothing => (None, None),
+        let mut current = Arc::clone(&self.current).lock_owned().await;
+        let stepping = Arc::clone(store);
+        let revisions = Arc::clone(&self.revisions);
+        let stepped = tokio::task::spawn_blocking(move || {
+            let store = stepping;
+            let first =
+                step_and_commit(&mut current, &store, now_ms, events.clone(), cause.clone());
+            let result = match first {
+                // Memory was behind the store (a step's outcome was lost between commit and
+                // memory): now re-read, so the same events are applied to what is stored.
+                Err(StepError::Store(StoreError::Conflict { .. })) => {
+                    resync(&mut current, &store);
+                    step_and_commit(&mut current, &store, now_ms, events, cause)
+                }
+                other => other,
             };
-            committing.commit_step(&EngineStep {
-                expected_revision,
-                state: &state,
-                changes: &changes,
-                node,
-                version: version.as_ref(),
-            })
+            match result {
+                Ok((actions, revision)) => {
+                    // Watchers wake only when what some node should run changed; a step that
+                    // only merged health moves the sequence number without waking anyone.
+                    if actions
+                        .iter()
+                        .any(|action| matches!(action, Action::SetDesired { .. }))
+                    {
+                        revisions.send_replace(revision);
+                    }
+                    Ok(actions)
+                }
+                Err(error) => {
+                    if resync(&mut current, &store) {
+                        revisions.send_replace(current.revision);
+                    }
+                    Err(error)
+                }
+            }
         })
         .await;
-        let revision = match committed {
-            Ok(Ok(revision)) => revision,
-            Ok(Err(error)) => {
-                self.resync(&mut current, store).await;
-                return Err(error.into());
-            }
+        match stepped {
+            Ok(result) => result,
             Err(error) => {
-                self.resync(&mut current, store).await;
-                return Err(StepError::Task(error.to_string()));
+                // The task died (with the lock, which is free again) at an unknown point.
+                let mut current = Arc::clone(&self.current).lock_owned().await;
+                let store = Arc::clone(store);
+                let resynced = tokio::task::spawn_blocking(move || {
+                    let changed = resync(&mut current, &store);
+                    changed.then_some(current.revision)
+                })
+                .await;
+                if let Ok(Some(revision)) = resynced {
+                    self.revisions.send_replace(revision);
+                }
+                Err(StepError::Task(error.to_string()))
             }
-        };
-        current.engine = next;
-        current.revision = revision;
-        // Watchers wake only when what some node should run changed; a step that only
-        // merged health moves the sequence number without waking anyone.
-        if actions
-            .iter()
-            .any(|action| matches!(action, Action::SetDesired { .. }))
-        {
-            self.revisions.send_replace(revision);
-        }
-        Ok(actions)
-    }
-
-    /// After a failed commit, makes memory agree with the store again. A failure after the
-    /// commit (or a commit whose outcome is unknown) would otherwise leave the engine behind
-    /// the store, and every later step would be refused as a conflict.
-    async fn resync(&self, current: &mut Current, store: &Arc<Store>) {
-        let store = Arc::clone(store);
-        let stored = tokio::task::spawn_blocking(move || store.engine_state()).await;
-        if let Ok(Ok(Some((text, revision)))) = stored
-            && revision != current.revision
-            && let Ok(engine) = serde_json::from_str::<Engine>(&text)
-        {
-            current.engine = engine;
-            current.revision = revision;
-            self.revisions.send_replace(revision);
         }
     }
 
@@ -258,6 +235,70 @@ impl EngineHost {
 /// Which nodes a rollout's change concerns: a stage's change, the nodes its selector admits;
 /// a rollback or abort, those of every stage entered so far (every node the version may have
 /// reached); any other change of the rollout, those of all its stages. None: every node.
+/// One step on a copy of the engine, committed; the copy replaces the engine only after the
+/// commit. Returns the actions and the new revision.
+fn step_and_commit(
+    current: &mut Current,
+    store: &Store,
+    now_ms: TimeMs,
+    events: Vec<(Event, Option<ChangeRow>)>,
+    cause: Cause,
+) -> Result<(Vec<Action>, u64), StepError> {
+    let mut next = current.engine.clone();
+    let mut actions = Vec::new();
+    let (cause, mut changes) = match cause {
+        Cause::Push { version, changes } => (
+            Cause::Push {
+                version,
+                changes: Vec::new(),
+            },
+            changes,
+        ),
+        other => (other, Vec::new()),
+    };
+    for (event, change) in events {
+        let produced = next.step(now_ms, &event)?;
+        changes.extend(change);
+        changes.extend(
+            produced
+                .iter()
+                .filter_map(|action| change_of(now_ms, action, &next)),
+        );
+        actions.extend(produced);
+    }
+    let state = serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
+    let (node, version) = match &cause {
+        Cause::Node { id, labels } => (Some((id.as_str(), labels)), None),
+        Cause::Push { version, .. } => (None, Some(version.as_new())),
+        Cause::Nothing => (None, None),
+    };
+    let revision = store.commit_step(&EngineStep {
+        expected_revision: current.revision,
+        state: &state,
+        changes: &changes,
+        node,
+        version: version.as_ref(),
+    })?;
+    current.engine = next;
+    current.revision = revision;
+    Ok((actions, revision))
+}
+
+/// After a failed commit, makes memory agree with the store again (a commit whose outcome is
+/// unknown would otherwise leave the engine behind the store, and every later step would be
+/// refused as a conflict). Returns whether memory changed.
+fn resync(current: &mut Current, store: &Store) -> bool {
+    if let Ok(Some((text, revision))) = store.engine_state()
+        && revision != current.revision
+        && let Ok(engine) = serde_json::from_str::<Engine>(&text)
+    {
+        current.engine = engine;
+        current.revision = revision;
+        return true;
+    }
+    false
+}
+
 fn concerns_of(engine: &Engine, entry: &ChangelogEntry) -> Option<Concerns> {
     let (stages, current) = engine.rollout_stages(entry.rollout)?;
     let named = entry

@@ -276,6 +276,43 @@ async fn an_engine_step_that_dies_at_any_step_leaves_memory_and_disk_agreeing() 
     scenario.teardown();
 }
 
+/// A caller that goes away mid-step (an agent killed while its report is being committed)
+/// does not cut the step short: the step commits, memory follows, and the next step commits
+/// instead of being refused as a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_goes_away_mid_step_leaves_memory_and_disk_agreeing() {
+    let scenario = fail::FailScenario::setup();
+    let dir = fresh_dir("fp-step-cancelled");
+    let store = Arc::new(Store::open(&db_path(&dir)).unwrap());
+    let host = EngineHost::load(&store).unwrap();
+    let (event, cause, row) = registration("n1", "fra");
+    host.apply(&store, 10, event, cause, row).await.unwrap();
+    fail::cfg(fail_points::STEP_BEFORE_COMMIT, "sleep(300)").unwrap();
+    let (event, cause, row) = registration("n2", "ams");
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        host.apply(&store, 20, event, cause, row),
+    )
+    .await;
+    assert!(
+        cut.is_err(),
+        "the caller was meant to give up before the commit"
+    );
+    fail::remove(fail_points::STEP_BEFORE_COMMIT);
+    // The next step waits for the first to end, then commits on top of it.
+    let (event, cause, row) = registration("n3", "lhr");
+    host.apply(&store, 30, event, cause, row).await.unwrap();
+    let (stored_state, stored_revision) = store.engine_state().unwrap().unwrap();
+    let (in_memory, revision) = host
+        .read(|engine, revision| (serde_json::to_string(engine).unwrap(), revision))
+        .await;
+    assert_eq!((revision, in_memory), (3, stored_state));
+    assert_eq!(stored_revision, 3);
+    let reasons: Vec<String> = all_changes(&store).into_iter().map(|c| c.reason).collect();
+    assert_eq!(reasons, ["node n1", "node n2", "node n3"]);
+    scenario.teardown();
+}
+
 #[tokio::test]
 async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     let scenario = fail::FailScenario::setup();
