@@ -25,8 +25,9 @@
 //! its threshold), the stage's `timeout_ms` (counted from its entry, `0` = none) or an
 //! operator's `Rollback` reverts every exposed node to its own previous version in the same
 //! step and quarantines the hash for the unit. Hard signals act in the step that reports
-//! them, even while the rollout is paused; gates are evaluated on `Tick`, at most once per [`GATE_EVAL_INTERVAL_MS`], and when
-//! a bake ends or a stage is about to pass.
+//! them, even while the rollout is paused; gates are evaluated on `Tick`, at most once per
+//! [`GATE_EVAL_INTERVAL_MS`], when a bake ends, when a stage is about to pass, and — after an
+//! evaluation that lacked data — in the step whose report could end the hold.
 //!
 //! Health accounting of the current stage: the canary is the exposed nodes that ACKed (their
 //! samples for the rollout's version). The baseline is made of nodes the rollout has not
@@ -67,7 +68,7 @@ use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
-use crate::gate::Verdict;
+use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
 use crate::plan::{Concurrency, Plan, Stage};
 use crate::select;
@@ -700,6 +701,10 @@ struct Rollout {
     baseline_carried: Option<GroupMetrics>,
     gate_reports: Vec<GateReport>,
     last_gate_eval_ms: Option<TimeMs>,
+    /// The latest gate evaluation lacked data (see [`Rollout::has_data`]): the stage is judged
+    /// again in the step that brings enough, not at the next periodic evaluation.
+    #[serde(default)]
+    held_for_data: bool,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
@@ -708,6 +713,39 @@ struct Rollout {
 impl Rollout {
     fn current_stage(&self) -> Option<&Stage> {
         self.plan.stages.get(self.stage)
+    }
+
+    /// Exposed nodes that ACKed and then said nothing for longer than `silence_ms` (`0`:
+    /// silence is not watched).
+    fn silent_nodes(&self, now: TimeMs, silence_ms: u64) -> u64 {
+        if silence_ms == 0 {
+            return 0;
+        }
+        self.exposed
+            .iter()
+            .filter(|(_, exposure)| {
+                exposure.acked && now.saturating_sub(exposure.last_report_ms) > silence_ms
+            })
+            .count() as u64
+    }
+
+    /// Whether the data a verdict needs is there at `now`: every exposed node ACKed and
+    /// reports, the canary has `min_requests`, and so has the baseline when a gate reads it.
+    /// Cheap checks first; the silence check walks the exposed nodes.
+    fn has_data(&self, now: TimeMs) -> bool {
+        let Some(stage) = self.current_stage() else {
+            return false;
+        };
+        let baseline_requests = match self.roles.0.baseline_nodes() {
+            Some(_) => Some(self.baseline.sample.requests),
+            None => self.baseline_carried.map(|b| b.sample.requests),
+        };
+        let baseline_ready = !stage.gates.iter().any(Gate::reads_baseline)
+            || baseline_requests.is_some_and(|requests| requests >= stage.min_requests);
+        self.nodes_applied >= self.nodes_exposed
+            && self.canary.sample.requests >= stage.min_requests
+            && baseline_ready
+            && self.silent_nodes(now, stage.silence_ms) == 0
     }
 
     fn stage_name(&self) -> Option<String> {
@@ -923,7 +961,7 @@ impl Engine {
                 unit,
                 version,
                 sample,
-            } => self.on_health(now, node, unit, *version, sample)?,
+            } => self.on_health(now, node, unit, *version, sample, &mut out)?,
             Event::Tick => self.on_tick(now, &mut out),
             Event::Command {
                 rollout,
@@ -1458,6 +1496,7 @@ impl Engine {
                 baseline_carried: None,
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
+                held_for_data: false,
                 roles: Derived::default(),
             },
         );
@@ -1591,7 +1630,9 @@ impl Engine {
 
     /// The hot path: one slot lookup, then per running rollout of the unit a role read from a
     /// vector and a histogram merge (an exposed node also updates its small record). Health
-    /// for a unit without a running rollout is ignored before anything else.
+    /// for a unit without a running rollout is ignored before anything else. A stage held
+    /// for lack of data is judged again in the step whose sample could end the hold (a group
+    /// reaching `min_requests`, a silent node speaking again).
     fn on_health(
         &mut self,
         now: TimeMs,
@@ -1599,6 +1640,7 @@ impl Engine {
         unit: &UnitName,
         version: VersionHash,
         sample: &HealthSample,
+        out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
         let Self {
             units,
@@ -1625,21 +1667,40 @@ impl Engine {
             }
             return Ok(());
         };
+        let mut recheck = false;
         for id in &unit_state.active {
             let Some(rollout) = rollouts.get_mut(id) else {
                 continue;
             };
+            let held = rollout.held_for_data && rollout.phase == StagePhase::Holding;
+            let (min_requests, silence_ms) =
+                rollout.current_stage().map_or((u64::MAX, 0), |stage| {
+                    (stage.min_requests, stage.silence_ms)
+                });
+            let reaches = |before: u64, after: u64| before < min_requests && after >= min_requests;
             let role = rollout.roles.0.role(slot);
             if let Role::Exposed { position } = role {
                 if let Some(exposure) = rollout.exposed.get_at_mut(position) {
+                    let was_silent = silence_ms > 0
+                        && exposure.acked
+                        && now.saturating_sub(exposure.last_report_ms) > silence_ms;
                     exposure.last_report_ms = now;
+                    let mut reached = false;
                     if exposure.acked && version == rollout.version {
+                        let before = rollout.canary.sample.requests;
                         rollout.canary.sample.merge(sample);
+                        reached = reaches(before, rollout.canary.sample.requests);
                     }
+                    recheck |= held && (was_silent || reached);
                 }
             } else if version != rollout.version && rollout.roles.0.in_baseline(role) {
+                let before = rollout.baseline.sample.requests;
                 rollout.baseline.sample.merge(sample);
+                recheck |= held && reaches(before, rollout.baseline.sample.requests);
             }
+        }
+        if recheck {
+            self.settle(unit, now, out);
         }
         Ok(())
     }
@@ -1974,6 +2035,7 @@ impl Engine {
             rollout.baseline = GroupMetrics::default();
             rollout.gate_reports.clear();
             rollout.last_gate_eval_ms = None;
+            rollout.held_for_data = false;
         }
         let mut set_nodes = Vec::new();
         for node in &newly {
@@ -2073,6 +2135,19 @@ impl Engine {
                     }
                     if let Some(rollout) = self.rollouts.get_mut(&id) {
                         rollout.phase = StagePhase::Holding;
+                    }
+                }
+                // Held at the last evaluation for lack of data, and the data is here now:
+                // judge at once (at most once per hold, so the count of evaluations stays
+                // within twice the periodic ones).
+                StagePhase::Holding
+                    if rollout.held_for_data
+                        && rollout.last_gate_eval_ms != Some(now)
+                        && rollout.has_data(now) =>
+                {
+                    if let Some(failure) = self.evaluate_gates(id, now, out) {
+                        self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
+                        return true;
                     }
                 }
                 StagePhase::Holding if self.stage_ready(rollout) => {
@@ -2208,18 +2283,7 @@ impl Engine {
     ) -> Option<String> {
         let rollout = self.rollouts.get_mut(&id)?;
         let stage = rollout.plan.stages.get(rollout.stage)?;
-        let silence_ms = stage.silence_ms;
-        let silent = if silence_ms == 0 {
-            0
-        } else {
-            rollout
-                .exposed
-                .iter()
-                .filter(|(_, exposure)| {
-                    exposure.acked && now.saturating_sub(exposure.last_report_ms) > silence_ms
-                })
-                .count() as u64
-        };
+        let silent = rollout.silent_nodes(now, stage.silence_ms);
         rollout.canary.silent_nodes = silent;
         rollout.canary.nodes = rollout.nodes_applied;
         let baseline = match rollout.roles.0.baseline_nodes() {
@@ -2265,6 +2329,7 @@ impl Engine {
             });
         rollout.gate_reports = reports;
         rollout.last_gate_eval_ms = Some(now);
+        rollout.held_for_data = !rollout.has_data(now);
         let stage_name = rollout.stage_name();
         let failure = failure.or_else(|| rollout.hard_signal_breach());
         for change in changes {

@@ -418,6 +418,26 @@ impl Gate {
         }
     }
 
+    /// Whether the condition reads the baseline (then it needs the baseline's data too).
+    pub fn reads_baseline(&self) -> bool {
+        fn value(v: &Value) -> bool {
+            match v {
+                Value::Literal { .. } => false,
+                Value::Metric { group, .. } => *group == Group::Baseline,
+                Value::Arith { left, right, .. } => value(left) || value(right),
+            }
+        }
+        fn expr(e: &GateExpr) -> bool {
+            match e {
+                GateExpr::Compare { left, right, .. } => value(left) || value(right),
+                GateExpr::Significant { .. } => true,
+                GateExpr::Not(inner) => expr(inner),
+                GateExpr::And(all) | GateExpr::Or(all) => all.iter().any(expr),
+            }
+        }
+        expr(&self.expr)
+    }
+
     /// Evaluates the failure condition on the canary, against the baseline when there is one.
     pub fn evaluate(
         &self,

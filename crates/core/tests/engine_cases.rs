@@ -576,6 +576,41 @@ fn too_few_requests_hold_and_never_promote() {
     assert_eq!(h.engine.rollout(id).unwrap().stage_index, 0);
 }
 
+/// A stage whose bake ended while it lacked data passes in the very step that brings enough,
+/// not at the next periodic gate evaluation.
+#[test]
+fn a_stage_held_for_data_passes_in_the_step_that_brings_enough() {
+    let mut h = Harness::with_fleet();
+    let mut only = stage("employees", &[("cohort", "employee")], 100, 2_000);
+    only.gates = vec![Gate::parse("error_rate > 5%").unwrap()];
+    let id = h.request("u", "v1", plan(vec![only]), "alice");
+    for i in 0..4 {
+        h.step(Event::Applied {
+            node: node(&format!("emp-{i}")),
+            unit: unit("u"),
+            version: version("v1"),
+        });
+    }
+    h.tick(2_000);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(
+        view.phase,
+        StagePhase::Holding,
+        "bake over, no requests yet"
+    );
+    h.now_ms += 500;
+    h.step(Event::Health {
+        node: node("emp-0"),
+        unit: unit("u"),
+        version: version("v1"),
+        sample: HealthSample {
+            requests: 150,
+            ..Default::default()
+        },
+    });
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
 #[test]
 fn approval_is_needed_and_self_approval_is_refused() {
     let mut h = Harness::with_fleet();
