@@ -746,6 +746,193 @@ fn errors_say_what_went_wrong_and_what_to_do() {
 }
 
 #[test]
+fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
+    let server = Server::start("unit-plan");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    let plan = server.file("one-stage.yaml", ONE_STAGE_PLAN);
+    let validator = json!({"command": ["/bin/cat", "-u"], "timeout_ms": 2000});
+    let created = server.json(&[
+        "unit",
+        "create",
+        "flags",
+        "--spec",
+        &spec,
+        "--plan",
+        &plan,
+        "--validator",
+        "/bin/cat",
+        "--validator-arg",
+        "-u",
+        "--validator-timeout",
+        "2s",
+    ]);
+    assert_eq!(created["plan"], ONE_STAGE_PLAN);
+    assert_eq!(created["validator"], validator);
+    let shown = server.ok(&["unit", "show", "flags"]);
+    assert!(shown.contains("one-stage: everywhere"), "{shown}");
+    assert!(shown.contains("/bin/cat -u (timeout 2s)"), "{shown}");
+    // The validator accepts what `cat` reads to the end.
+    let v1 = server.file("v1.json", r#"{"kill": false}"#);
+    let pushed = server.json(&["push", "flags", &v1, "-m", "first", "--no-rollout"]);
+    assert_eq!(pushed["created"], true);
+
+    // An edit keeps what it is not told to change.
+    let edited = server.json(&["unit", "edit", "flags", "--owner", "bots"]);
+    assert_eq!(edited["owner"], "bots");
+    assert_eq!(edited["plan"], ONE_STAGE_PLAN);
+    assert_eq!(edited["validator"], validator);
+    let deployer = server.token("ci", "deployer");
+    let edited = server.json(&[
+        "unit",
+        "edit",
+        "flags",
+        "--description",
+        "kill switch",
+        "--token",
+        &deployer,
+    ]);
+    assert_eq!(edited["validator"], validator);
+    assert_eq!(edited["plan"], ONE_STAGE_PLAN);
+
+    // --no-plan removes the plan, and only it.
+    let edited = server.json(&["unit", "edit", "flags", "--no-plan"]);
+    assert!(edited.get("plan").is_none(), "{edited}");
+    assert_eq!(edited["validator"], validator);
+    assert_eq!(edited["description"], "kill switch");
+    let shown = server.ok(&["unit", "show", "flags"]);
+    assert!(
+        shown.contains("none: pushes only store versions"),
+        "{shown}"
+    );
+
+    // --no-validator removes the validator, and only it.
+    let edited = server.json(&["unit", "edit", "flags", "--plan", &plan, "--no-validator"]);
+    assert!(edited.get("validator").is_none(), "{edited}");
+    assert_eq!(edited["plan"], ONE_STAGE_PLAN);
+    let shown = server.ok(&["unit", "show", "flags"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("validator") && l.ends_with("none")),
+        "{shown}"
+    );
+
+    // A deployer may not set a validator: the server's message.
+    let stderr = server.fails(
+        &[
+            "unit",
+            "edit",
+            "flags",
+            "--validator",
+            "/bin/cat",
+            "--token",
+            &deployer,
+        ],
+        1,
+    );
+    assert!(
+        stderr.contains("only an admin may set, change or remove a unit's validator command"),
+        "{stderr}"
+    );
+    let stderr = server.fails(
+        &[
+            "unit",
+            "create",
+            "other",
+            "--spec",
+            &spec,
+            "--validator",
+            "/bin/cat",
+            "--token",
+            &deployer,
+        ],
+        1,
+    );
+    assert!(stderr.contains("only an admin may"), "{stderr}");
+    assert!(
+        server.json(&["unit", "show", "flags"])["unit"]
+            .get("validator")
+            .is_none()
+    );
+
+    // A bad plan is refused before anything is sent: file:line: field, even with no server.
+    let bad_plan = server.file(
+        "bad-plan.yaml",
+        "name: bad\nstages:\n  - name: one\n    bake: forever\n",
+    );
+    for args in [
+        vec!["unit", "edit", "flags", "--plan", &bad_plan],
+        vec![
+            "unit", "create", "other", "--spec", &spec, "--plan", &bad_plan,
+        ],
+        vec![
+            "unit",
+            "create",
+            "other",
+            "--spec",
+            &spec,
+            "--plan",
+            &bad_plan,
+            "--addr",
+            "127.0.0.1:1",
+        ],
+    ] {
+        let stderr = server.fails(&args, 1);
+        assert!(stderr.contains(&format!("{bad_plan}:4:")), "{stderr}");
+        assert!(stderr.contains("stages[0].bake"), "{stderr}");
+    }
+    server.fails(&["unit", "show", "other"], 1);
+    assert_eq!(
+        server.json(&["unit", "show", "flags"])["unit"]["revision"],
+        edited["revision"]
+    );
+    // A bad timeout is refused locally too.
+    let stderr = server.fails(
+        &[
+            "unit",
+            "edit",
+            "flags",
+            "--validator",
+            "/bin/cat",
+            "--validator-timeout",
+            "5",
+        ],
+        1,
+    );
+    assert!(stderr.contains("--validator-timeout"), "{stderr}");
+
+    // Nothing to change names every flag; contradictory or orphan flags are usage errors.
+    let stderr = server.fails(&["unit", "edit", "flags"], 1);
+    for flag in [
+        "--spec",
+        "--owner",
+        "--description",
+        "--plan",
+        "--no-plan",
+        "--validator",
+        "--validator-arg",
+        "--validator-timeout",
+        "--no-validator",
+    ] {
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+    server.fails(&["unit", "edit", "flags", "--plan", &plan, "--no-plan"], 2);
+    server.fails(
+        &[
+            "unit",
+            "edit",
+            "flags",
+            "--validator",
+            "/bin/cat",
+            "--no-validator",
+        ],
+        2,
+    );
+    server.fails(&["unit", "edit", "flags", "--validator-arg", "x"], 2);
+    server.fails(&["unit", "edit", "flags", "--validator-timeout", "1s"], 2);
+}
+
+#[test]
 fn the_config_file_supplies_address_and_token() {
     let server = Server::start("config");
     let config = server.dir.join("config-home").join("failsmall");

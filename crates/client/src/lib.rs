@@ -208,7 +208,8 @@ impl<T> Config<T> {
         &self.unit
     }
 
-    /// The value being served: lock-free and allocation-free (one reference count).
+    /// The value being served: lock-free and allocation-free once this thread has read (one
+    /// reference count; a thread's first read may claim its slot in arc-swap's debt list).
     /// For the hottest paths, [`Config::reader`] avoids even that.
     pub fn get(&self) -> Result<Arc<Snapshot<T>>, ConfigError> {
         self.current

@@ -770,14 +770,14 @@ pub fn openapi_document() -> Value {
                 },
                 "Unit": {
                     "type": "object",
-                    "description": "A unit to create (name) or update (revision: the one read; a stale one is 409). On update an absent validator is unchanged and null removes it.",
+                    "description": "A unit to create (name) or update (revision: the one read; a stale one is 409). On update an absent plan or validator is unchanged and null removes it.",
                     "properties": {
                         "name": {"type": "string"},
                         "revision": {"type": "integer"},
                         "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default"},
                         "owner": {"type": "string"},
                         "description": {"type": "string"},
-                        "plan": {"type": "string", "description": "The plan file's text (YAML)"},
+                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: pushes only store versions. On update, absent keeps the current plan and null removes it"},
                         "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
                     }
                 },
@@ -866,9 +866,10 @@ struct UpdateUnitRequest {
     owner: String,
     #[serde(default)]
     description: String,
-    /// The plan file's text (YAML) every push rolls out through.
-    #[serde(default)]
-    plan: Option<String>,
+    /// The plan file's text (YAML) every push rolls out through. Absent: unchanged; `null`
+    /// removes it (pushes then only store versions).
+    #[serde(default, deserialize_with = "present")]
+    plan: Option<Option<String>>,
     /// Absent: unchanged. An object sets it, `null` removes it; only an admin may change it.
     #[serde(default, deserialize_with = "present")]
     validator: Option<Option<ValidatorCommand>>,
@@ -968,7 +969,7 @@ async fn update_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
-    if let Some(plan) = &request.plan {
+    if let Some(Some(plan)) = &request.plan {
         parse_plan(&unit_plan_file(name.as_str()), plan)?;
     }
     if let Some(validator) = &request.validator {
@@ -1007,11 +1008,21 @@ async fn update_unit(
             Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
             _ => ValidatorChange::Keep,
         };
+        // An absent plan keeps the current one. Reading it apart from the update is safe: the
+        // update applies only at the revision the caller read, so a plan changed since is a 409.
+        let current_plan = match &request.plan {
+            Some(_) => None,
+            None => store.unit(name.as_str())?.plan,
+        };
+        let plan = match &request.plan {
+            Some(plan) => plan.as_deref(),
+            None => current_plan.as_deref(),
+        };
         let fields = UnitFields {
             spec: &request.spec,
             owner: &request.owner,
             description: &request.description,
-            plan: request.plan.as_deref(),
+            plan,
             validator,
         };
         Ok(store.update_unit_with(name.as_str(), request.revision, &fields, &change)?)

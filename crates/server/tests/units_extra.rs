@@ -502,6 +502,98 @@ async fn only_an_admin_sets_changes_or_removes_a_validator() {
 }
 
 #[tokio::test]
+async fn an_update_without_a_plan_keeps_it_null_removes_it_and_a_bad_one_changes_nothing() {
+    let server = TestServer::start(&fresh_dir("plan-update")).await;
+    let spec = json!({"format": "json", "max_bytes": 256});
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec, "plan": EU_PLAN})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["plan"], EU_PLAN);
+
+    // Absent: the plan stays, whoever sends the update.
+    let deployer = server.token("ci", Role::Deployer).await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(&deployer),
+            Some(json!({"revision": 1, "spec": spec, "owner": "bots"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["revision"].as_u64(), &body["owner"]),
+        (Some(2), &json!("bots"))
+    );
+    assert_eq!(body["plan"], EU_PLAN);
+    // A stale revision is still a conflict when the plan is left out.
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(json!({"revision": 1, "spec": spec})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    // A bad plan is refused naming the line and field, and the unit is unchanged.
+    let bad_plan = "name: bad\nstages:\n  - name: one\n    bake: forever\n";
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(json!({"revision": 2, "spec": spec, "owner": "other", "plan": bad_plan})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_error_shape(&body);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("flags.plan:4:"), "{message}");
+    assert!(message.contains("stages[0].bake"), "{message}");
+    let (_, unit) = server.admin(Method::GET, "/v1/units/flags", None).await;
+    assert_eq!(unit["revision"], 2, "{unit}");
+    assert_eq!(unit["owner"], "bots", "{unit}");
+    assert_eq!(unit["plan"], EU_PLAN, "{unit}");
+
+    // `null` removes it, and a later update without one does not bring it back.
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(json!({"revision": 2, "spec": spec, "owner": "bots", "plan": null})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("plan").is_none(), "{body}");
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(json!({"revision": 3, "spec": spec, "description": "no plan"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("plan").is_none(), "{body}");
+
+    // A value sets it.
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/flags",
+            Some(json!({"revision": 4, "spec": spec, "plan": EU_PLAN})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plan"], EU_PLAN);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_the_label_filter_and_the_validator() {
     let server = TestServer::start(&fresh_dir("openapi-extra")).await;
     let (status, document) = server

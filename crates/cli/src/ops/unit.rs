@@ -4,12 +4,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use failsmall_core::duration::{format_ms, parse_duration_ms};
+use failsmall_core::plan::Plan;
 use failsmall_core::validate::UnitSpec;
 use failsmall_core::yaml::{self, YamlKind, YamlNode};
 use failsmall_server::store::{UnitRecord, VersionRecord};
+use failsmall_server::validator::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, ValidatorCommand};
 use reqwest::Method;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::RemoteArgs;
 use super::render::{Table, ago, now_ms, print_json, rfc3339, short_hash};
@@ -19,6 +22,8 @@ use crate::Outcome;
 pub const SPEC_FILE_MAX_BYTES: u64 = 1024 * 1024;
 /// Versions listed by `unit show`.
 pub const SHOW_VERSIONS_MAX: usize = 10;
+/// Largest unit plan file read, in bytes.
+pub const PLAN_FILE_MAX_BYTES: u64 = super::versions::PLAN_FILE_MAX_BYTES;
 
 #[derive(Debug, Args)]
 pub struct UnitArgs {
@@ -30,7 +35,8 @@ pub struct UnitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum UnitCommand {
-    /// Create a unit from a spec file (JSON, YAML or TOML): format, limits, schema, fail mode.
+    /// Create a unit from a spec file (JSON, YAML or TOML): format, limits, schema, fail mode;
+    /// optionally with a plan and a validator command.
     Create {
         /// The unit's name.
         name: String,
@@ -43,6 +49,12 @@ pub enum UnitCommand {
         /// What it configures.
         #[arg(long, default_value = "")]
         description: String,
+        /// The plan file (YAML or JSON) every push rolls out through, checked before sending
+        /// [default: none: pushes only store versions].
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        #[command(flatten)]
+        validator: ValidatorArgs,
     },
     /// List units.
     List,
@@ -51,7 +63,8 @@ pub enum UnitCommand {
         /// The unit's name.
         name: String,
     },
-    /// Change a unit's spec, owner or description (at the revision just read).
+    /// Change a unit's spec, owner, description, plan or validator command (at the revision
+    /// just read); what is not given stays as it is.
     Edit {
         /// The unit's name.
         name: String,
@@ -64,7 +77,89 @@ pub enum UnitCommand {
         /// A new description.
         #[arg(long)]
         description: Option<String>,
+        /// A new plan file (YAML or JSON), checked before sending.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_plan")]
+        plan: Option<PathBuf>,
+        /// Remove the plan: pushes then only store versions.
+        #[arg(long)]
+        no_plan: bool,
+        #[command(flatten)]
+        validator: ValidatorArgs,
+        /// Remove the validator command (admin only).
+        #[arg(long, conflicts_with = "validator")]
+        no_validator: bool,
     },
+}
+
+/// A validator command from flags: the program, its arguments, its timeout.
+#[derive(Debug, Args)]
+pub struct ValidatorArgs {
+    /// The program the server runs on every pushed version, the version's bytes on its stdin
+    /// (no shell; admin only).
+    #[arg(long, value_name = "PROGRAM")]
+    validator: Option<String>,
+    /// An argument to the validator program (repeatable, in order).
+    #[arg(
+        long,
+        value_name = "ARG",
+        requires = "validator",
+        allow_hyphen_values = true
+    )]
+    validator_arg: Vec<String>,
+    /// How long the validator may run before the push is refused, e.g. 5s, 500ms
+    /// [default: 5s].
+    #[arg(long, value_name = "DURATION", requires = "validator")]
+    validator_timeout: Option<String>,
+}
+
+impl ValidatorArgs {
+    /// The validator command the flags describe, checked; none when `--validator` is absent.
+    fn command(&self) -> anyhow::Result<Option<ValidatorCommand>> {
+        let Some(program) = &self.validator else {
+            return Ok(None);
+        };
+        let timeout_ms = match &self.validator_timeout {
+            None => DEFAULT_TIMEOUT_MS,
+            Some(text) => validator_timeout_ms(text)?,
+        };
+        let validator = ValidatorCommand {
+            command: std::iter::once(program.clone())
+                .chain(self.validator_arg.iter().cloned())
+                .collect(),
+            timeout_ms,
+        };
+        if let Err(errors) = validator.check() {
+            let reasons: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
+            bail!(
+                "--validator {program:?}: the command is unusable:\n{}",
+                reasons.join("\n")
+            );
+        }
+        Ok(Some(validator))
+    }
+}
+
+/// `--validator-timeout`: a duration from 1 ms to the server's limit.
+fn validator_timeout_ms(text: &str) -> anyhow::Result<u64> {
+    let timeout_ms = parse_duration_ms(text)
+        .map_err(|e| anyhow::anyhow!("--validator-timeout {text:?}: {e}"))?;
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        bail!(
+            "--validator-timeout {text:?}: expected from 1ms to {}",
+            format_ms(MAX_TIMEOUT_MS)
+        );
+    }
+    Ok(timeout_ms)
+}
+
+/// Reads a unit's plan file and checks it as the server will; every error as
+/// `file:line:column: field: message`.
+pub fn load_unit_plan(path: &Path) -> anyhow::Result<String> {
+    let text = super::read_text_limited(path, PLAN_FILE_MAX_BYTES)?;
+    if let Err(errors) = Plan::parse(&path.display().to_string(), &text) {
+        bail!("the plan is refused; the unit was not changed:\n{errors}");
+    }
+    Ok(text)
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,10 +181,25 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
             spec,
             owner,
             description,
+            plan,
+            validator,
         } => {
+            // Everything local is checked before anything reaches the server.
             let spec = load_spec(spec)?;
-            let body =
-                json!({"name": name, "spec": spec, "owner": owner, "description": description});
+            let plan = plan.as_deref().map(load_unit_plan).transpose()?;
+            let validator = validator.command()?;
+            let mut body = Map::new();
+            body.insert("name".to_owned(), json!(name));
+            body.insert("spec".to_owned(), json!(spec));
+            body.insert("owner".to_owned(), json!(owner));
+            body.insert("description".to_owned(), json!(description));
+            if let Some(plan) = plan {
+                body.insert("plan".to_owned(), json!(plan));
+            }
+            if let Some(validator) = validator {
+                body.insert("validator".to_owned(), json!(validator));
+            }
+            let body = Value::Object(body);
             let (_, unit): (u16, UnitRecord) =
                 client.send_json(Method::POST, "/v1/units", &body)?;
             if json_output {
@@ -134,22 +244,51 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
             spec,
             owner,
             description,
+            plan,
+            no_plan,
+            validator,
+            no_validator,
         } => {
-            if spec.is_none() && owner.is_none() && description.is_none() {
-                bail!("nothing to change: give --spec FILE, --owner or --description");
+            if spec.is_none()
+                && owner.is_none()
+                && description.is_none()
+                && plan.is_none()
+                && !no_plan
+                && validator.validator.is_none()
+                && !no_validator
+            {
+                bail!(
+                    "nothing to change: give --spec FILE, --owner, --description, --plan FILE, \
+                     --no-plan, --validator PROGRAM (with --validator-arg ARG and \
+                     --validator-timeout DURATION) or --no-validator"
+                );
             }
+            // Everything local is checked before anything reaches the server.
+            let new_spec = spec.as_deref().map(load_spec).transpose()?;
+            let new_plan = plan.as_deref().map(load_unit_plan).transpose()?;
+            let new_validator = validator.command()?;
             let path = format!("/v1/units/{name}");
             let current: UnitRecord = client.get(&path, &[])?;
-            let spec = match spec {
-                Some(file) => load_spec(file)?,
-                None => current.spec.clone(),
-            };
-            let body = json!({
-                "revision": current.revision,
-                "spec": spec,
-                "owner": owner.clone().unwrap_or(current.owner),
-                "description": description.clone().unwrap_or(current.description),
-            });
+            let mut body = Map::new();
+            body.insert("revision".to_owned(), json!(current.revision));
+            let spec = new_spec.unwrap_or_else(|| current.spec.clone());
+            body.insert("spec".to_owned(), json!(spec));
+            let owner = owner.clone().unwrap_or(current.owner);
+            body.insert("owner".to_owned(), json!(owner));
+            let description = description.clone().unwrap_or(current.description);
+            body.insert("description".to_owned(), json!(description));
+            // Left out, the plan and the validator stay as they are on the server.
+            if let Some(plan) = new_plan {
+                body.insert("plan".to_owned(), json!(plan));
+            } else if *no_plan {
+                body.insert("plan".to_owned(), Value::Null);
+            }
+            if let Some(validator) = new_validator {
+                body.insert("validator".to_owned(), json!(validator));
+            } else if *no_validator {
+                body.insert("validator".to_owned(), Value::Null);
+            }
+            let body = Value::Object(body);
             let (_, unit): (u16, UnitRecord) = client.send_json(Method::PUT, &path, &body)?;
             if json_output {
                 print_json(&unit)?;
@@ -180,6 +319,11 @@ fn show(unit: &UnitRecord, versions: &[VersionRecord]) -> anyhow::Result<()> {
     outln!("revision     {}", unit.revision);
     outln!("created      {}", rfc3339(unit.created_ms));
     outln!("updated      {}", rfc3339(unit.updated_ms));
+    outln!("plan         {}", plan_summary(unit));
+    outln!(
+        "validator    {}",
+        validator_summary(unit.validator.as_ref())
+    );
     outln!("spec");
     for line in serde_json::to_string_pretty(&unit.spec)?.lines() {
         outln!("  {line}");
@@ -209,6 +353,50 @@ fn show(unit: &UnitRecord, versions: &[VersionRecord]) -> anyhow::Result<()> {
     }
     out!("{}", table.render());
     Ok(())
+}
+
+/// The plan's name and its stages in order, or what having none means.
+fn plan_summary(unit: &UnitRecord) -> String {
+    let Some(text) = &unit.plan else {
+        return "none: pushes only store versions".to_owned();
+    };
+    match Plan::parse(&format!("{}.plan", unit.name), text) {
+        Ok(plan) => {
+            let stages: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+            format!("{}: {}", plan.name, stages.join(" → "))
+        }
+        Err(errors) => format!(
+            "unreadable ({} errors; see `-o json` for its text)",
+            errors.errors.len()
+        ),
+    }
+}
+
+/// The validator's argv, each argument quoted where it would be ambiguous, and its timeout.
+fn validator_summary(validator: Option<&ValidatorCommand>) -> String {
+    let Some(validator) = validator else {
+        return "none".to_owned();
+    };
+    let argv: Vec<String> = validator
+        .command
+        .iter()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\'');
+            if plain {
+                arg.clone()
+            } else {
+                format!("{arg:?}")
+            }
+        })
+        .collect();
+    format!(
+        "{} (timeout {})",
+        argv.join(" "),
+        format_ms(validator.timeout_ms)
+    )
 }
 
 /// Reads a unit spec from a JSON, YAML (`.yaml`, `.yml`) or TOML (`.toml`) file and checks it.
@@ -309,6 +497,36 @@ mod tests {
         assert_eq!(load_spec(&yaml).unwrap(), from_json);
         assert_eq!(load_spec(&toml).unwrap(), from_json);
         assert_eq!(from_json.max_bytes, 4096);
+    }
+
+    #[test]
+    fn validator_flags_become_a_checked_command_and_show_as_argv_and_timeout() {
+        let flags = |program: Option<&str>, args: &[&str], timeout: Option<&str>| ValidatorArgs {
+            validator: program.map(str::to_owned),
+            validator_arg: args.iter().map(|a| (*a).to_owned()).collect(),
+            validator_timeout: timeout.map(str::to_owned),
+        };
+        assert_eq!(flags(None, &[], None).command().unwrap(), None);
+        let command = flags(Some("/bin/cat"), &["-u"], None)
+            .command()
+            .unwrap()
+            .unwrap();
+        assert_eq!(command.command, ["/bin/cat", "-u"]);
+        assert_eq!(command.timeout_ms, DEFAULT_TIMEOUT_MS);
+        let command = flags(Some("parse"), &["--check", "a b", ""], Some("500ms"))
+            .command()
+            .unwrap();
+        assert_eq!(
+            validator_summary(command.as_ref()),
+            r#"parse --check "a b" "" (timeout 500ms)"#
+        );
+        assert_eq!(validator_summary(None), "none");
+        for bad in ["5", "0s", "2m"] {
+            let error = flags(Some("parse"), &[], Some(bad)).command().unwrap_err();
+            assert!(error.to_string().contains("--validator-timeout"), "{error}");
+        }
+        let error = flags(Some(""), &[], None).command().unwrap_err();
+        assert!(format!("{error:#}").contains("program"), "{error:#}");
     }
 
     #[test]
