@@ -608,6 +608,22 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     }
     let out = server.ok(&["rollout", "abort", &id, "--reason", "enough"]);
     assert!(out.contains("abort sent; now aborted"), "{out}");
+    // The rollout's story, on its own: every entry is its, with the stage it concerns.
+    let story = server.json(&["log", "--rollout", &format!("r{id}")]);
+    let story = story.as_array().unwrap();
+    assert!(
+        story.iter().all(|e| e["rollout"].to_string() == id),
+        "{story:?}"
+    );
+    let stages: Vec<&str> = story
+        .iter()
+        .filter(|e| e["kind"] == "stage_started")
+        .map(|e| e["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["employees", "free"], "{story:?}");
+    assert!(story.iter().any(|e| e["kind"] == "aborted"), "{story:?}");
+    let stderr = server.fails(&["log", "--rollout", "third"], 2);
+    assert!(stderr.contains("r3 or 3"), "{stderr}");
 
     let (id, _) = push(2, &two_stages);
     let rolled = server.json(&["rollout", "rollback", &id]);

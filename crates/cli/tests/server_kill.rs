@@ -498,19 +498,10 @@ fn transitions(entries: &[Value]) -> BTreeMap<u64, Vec<(String, Option<String>)>
         if !KINDS.contains(&kind) {
             continue;
         }
-        let reason = entry["reason"].as_str().unwrap_or_default();
-        let mut words = reason.split_whitespace();
-        let Some(id) = words
-            .next()
-            .and_then(|w| w.strip_prefix('r'))
-            .and_then(|w| w.parse::<u64>().ok())
-        else {
+        let Some(id) = entry["rollout"].as_u64() else {
             panic!("changelog entry without a rollout: {entry}");
         };
-        let stage = match words.next() {
-            Some("stage") => words.next().map(|s| s.trim_end_matches(':').to_owned()),
-            _ => None,
-        };
+        let stage = entry["stage"].as_str().map(str::to_owned);
         by_rollout
             .entry(id)
             .or_default()

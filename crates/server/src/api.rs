@@ -797,6 +797,7 @@ fn query_parameters(path: &str) -> Vec<Value> {
     match path {
         "/v1/changelog" | "/v1/changelog.atom" => vec![
             json!({"name": "unit", "in": "query", "schema": {"type": "string"}, "description": "Only this unit's entries"}),
+            json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": "^r?[0-9]+$"}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
             json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
             json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The next_cursor of the previous page (oldest-first listing only)"}),
@@ -934,6 +935,8 @@ async fn create_unit(
             version: None,
             reason: &request.description,
             concerns: None,
+            rollout: None,
+            stage: None,
         };
         let fields = UnitFields {
             spec: &request.spec,
@@ -1003,6 +1006,8 @@ async fn update_unit(
             version: None,
             reason: &reason,
             concerns: None,
+            rollout: None,
+            stage: None,
         };
         let validator = match &request.validator {
             Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
@@ -1131,6 +1136,8 @@ async fn push_version(
         version: Some(hash.clone()),
         reason: query.message.clone(),
         concerns: None,
+        rollout: None,
+        stage: None,
     };
     let mut changes = vec![pushed.clone()];
     if skipped {
@@ -1463,6 +1470,8 @@ async fn register_node(
         version: None,
         reason: format!("node {id} labels {labels_text}"),
         concerns: Some(Concerns::Node(request.labels.clone())),
+        rollout: None,
+        stage: None,
     };
     let event = Event::NodeRegistered {
         node: id.clone(),
@@ -1779,6 +1788,8 @@ fn report_event(
         version: Some(version.to_string()),
         reason: format!("node {node}: {}", reason.unwrap_or_default()),
         concerns: None,
+        rollout: None,
+        stage: None,
     });
     Ok((event, change))
 }
@@ -2035,6 +2046,7 @@ pub const MAX_LABEL_FILTERS: usize = 16;
 #[derive(Debug, Default)]
 struct ChangelogParams {
     unit: Option<String>,
+    rollout: Option<u64>,
     since_ms: Option<u64>,
     limit: Option<u32>,
     cursor: Option<u64>,
@@ -2085,6 +2097,18 @@ impl ChangelogParams {
         for (name, value) in pairs {
             match name.as_str() {
                 "unit" => once(&mut params.unit, "unit", value)?,
+                "rollout" => {
+                    let id = value
+                        .strip_prefix('r')
+                        .unwrap_or(&value)
+                        .parse()
+                        .map_err(|_| {
+                            ApiError::bad_request(format!(
+                                "query: rollout={value:?} is not a rollout id; expected e.g. r3 or 3"
+                            ))
+                        })?;
+                    once(&mut params.rollout, "rollout", id)?;
+                }
                 "since_ms" => once(&mut params.since_ms, "since_ms", number(&name, &value)?)?,
                 "limit" => once(&mut params.limit, "limit", number(&name, &value)?)?,
                 "cursor" => once(&mut params.cursor, "cursor", number(&name, &value)?)?,
@@ -2100,7 +2124,7 @@ impl ChangelogParams {
                 }
                 _ => {
                     return Err(ApiError::bad_request(format!(
-                        "query: unknown parameter {name:?}; expected unit, since_ms, limit, cursor or label"
+                        "query: unknown parameter {name:?}; expected unit, rollout, since_ms, limit, cursor or label"
                     )));
                 }
             }
@@ -2123,6 +2147,7 @@ impl ChangelogParams {
         }
         Ok(ChangelogQuery {
             unit,
+            rollout: self.rollout,
             labels: self.labels,
             since_ms: self.since_ms,
             after_id: self.cursor,
@@ -2262,6 +2287,8 @@ async fn create_token(
             version: None,
             reason: &reason,
             concerns: None,
+            rollout: None,
+            stage: None,
         };
         Ok(store.create_token_for(&request.name, request.role, node.as_deref(), &hash, &change)?)
     })
@@ -2288,6 +2315,8 @@ async fn revoke_token(
             version: None,
             reason: &reason,
             concerns: None,
+            rollout: None,
+            stage: None,
         };
         Ok(store.revoke_token(id, &change)?)
     })

@@ -198,6 +198,8 @@ fn bootstrap_admin(store: &Store, data_dir: &Path) -> Result<String, ServerError
         version: None,
         reason: "first admin token, written to the data dir at first start",
         concerns: None,
+        rollout: None,
+        stage: None,
     };
     store.create_token("admin", Role::Admin, &auth::token_sha256(&token), &change)?;
     Ok(token)

@@ -330,6 +330,8 @@ fn change_of(now_ms: TimeMs, action: &Action, engine: &Engine) -> Option<ChangeR
             version: None,
             reason: format!("{rollout}: {message}"),
             concerns: None,
+            rollout: Some(rollout.0),
+            stage: None,
         }),
         Action::Changelog(entry) => {
             let kind = serde_json::to_value(entry.kind)
@@ -349,6 +351,8 @@ fn change_of(now_ms: TimeMs, action: &Action, engine: &Engine) -> Option<ChangeR
                 version: Some(entry.version.to_string()),
                 reason: format!("{}{stage} {}", entry.rollout, entry.reason),
                 concerns: concerns_of(engine, entry),
+                rollout: Some(entry.rollout.0),
+                stage: entry.stage.clone(),
             })
         }
     }

@@ -142,6 +142,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE changelog ADD COLUMN concerns TEXT;",
     // 5: a unit's validator command (JSON `ValidatorCommand`), run by the server on pushes.
     "ALTER TABLE units ADD COLUMN validator TEXT;",
+    // 6: the rollout and stage a changelog entry belongs to, as columns of their own.
+    "ALTER TABLE changelog ADD COLUMN rollout BIGINT;
+    ALTER TABLE changelog ADD COLUMN stage TEXT;
+    CREATE INDEX changelog_rollout ON changelog (rollout, id);",
 ];
 
 /// Why a store operation failed.
@@ -253,6 +257,12 @@ pub struct ChangeRecord {
     pub reason: String,
     /// Which nodes the change concerns; none: every node (fleet-wide).
     pub concerns: Option<Concerns>,
+    /// The rollout the change belongs to (`rN`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u64>,
+    /// The stage of that rollout it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// Which nodes a changelog entry concerns, for the changelog's label filter.
@@ -314,6 +324,10 @@ pub struct NewChange<'a> {
     pub reason: &'a str,
     /// Which nodes the change concerns; none: every node.
     pub concerns: Option<&'a Concerns>,
+    /// The rollout the change belongs to, if any.
+    pub rollout: Option<u64>,
+    /// The stage of that rollout it concerns, if any.
+    pub stage: Option<&'a str>,
 }
 
 /// A change owned by its holder (to move into a blocking task); see [`NewChange`].
@@ -327,6 +341,10 @@ pub struct ChangeRow {
     pub reason: String,
     /// Which nodes the change concerns; none: every node.
     pub concerns: Option<Concerns>,
+    /// The rollout the change belongs to, if any.
+    pub rollout: Option<u64>,
+    /// The stage of that rollout it concerns, if any.
+    pub stage: Option<String>,
 }
 
 impl ChangeRow {
@@ -339,6 +357,8 @@ impl ChangeRow {
             version: self.version.as_deref(),
             reason: &self.reason,
             concerns: self.concerns.as_ref(),
+            rollout: self.rollout,
+            stage: self.stage.as_deref(),
         }
     }
 }
@@ -376,6 +396,8 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangelogQuery {
     pub unit: Option<String>,
+    /// Only the entries of this rollout.
+    pub rollout: Option<u64>,
     /// Only entries that concern nodes carrying every one of these labels (key, value), and
     /// fleet-wide ones.
     pub labels: Vec<(String, String)>,
@@ -530,6 +552,8 @@ fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
         version: row.get(5)?,
         reason: row.get(6)?,
         concerns,
+        rollout: row.get::<_, Option<i64>>(8)?.map(to_u64),
+        stage: row.get(9)?,
     })
 }
 
@@ -586,8 +610,8 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
         })
         .transpose()?;
     tx.execute(
-        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns],
+        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
     )?;
     Ok(to_u64(tx.last_insert_rowid()))
 }
@@ -1046,8 +1070,10 @@ impl Store {
         let page_rows = usize::try_from(limit).unwrap_or(usize::MAX);
         let order = if query.newest_first { "DESC" } else { "ASC" };
         let sql = format!(
-            "SELECT id, at_ms, actor, kind, unit, version, reason, concerns FROM changelog
+            "SELECT id, at_ms, actor, kind, unit, version, reason, concerns, rollout, stage
+             FROM changelog
              WHERE id > ?1 AND id < ?2 AND (?3 IS NULL OR unit = ?3) AND at_ms >= ?4
+               AND (?6 IS NULL OR rollout = ?6)
              ORDER BY id {order} LIMIT ?5"
         );
         // The window still to read: ids in (after, before).
@@ -1068,7 +1094,8 @@ impl Store {
                         before,
                         query.unit,
                         to_i64(query.since_ms.unwrap_or(0)),
-                        limit
+                        limit,
+                        query.rollout.map(to_i64)
                     ],
                     change_from_row,
                 )?;
@@ -1328,6 +1355,8 @@ mod tests {
             version: None,
             reason: "",
             concerns: None,
+            rollout: None,
+            stage: None,
         }
     }
 
@@ -1438,6 +1467,8 @@ mod tests {
             version: None,
             reason: "n1".into(),
             concerns: None,
+            rollout: None,
+            stage: None,
         }];
         let step = |expected_revision, state| EngineStep {
             expected_revision,
@@ -1527,6 +1558,8 @@ mod tests {
             let change = NewChange {
                 reason,
                 concerns,
+                rollout: None,
+                stage: None,
                 ..change("stage_started")
             };
             store.record(&change).unwrap();

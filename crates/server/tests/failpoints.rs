@@ -44,6 +44,8 @@ fn change<'a>(kind: &'a str, reason: &'a str) -> NewChange<'a> {
         version: None,
         reason,
         concerns: None,
+        rollout: None,
+        stage: None,
     }
 }
 
@@ -204,6 +206,8 @@ fn registration(node: &str, pop: &str) -> (Event, Cause, Option<ChangeRow>) {
         version: None,
         reason: format!("node {node}"),
         concerns: None,
+        rollout: None,
+        stage: None,
     };
     (event, cause, Some(row))
 }

@@ -239,6 +239,44 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
             "{expected} missing from {kinds:?}"
         );
     }
+    // A rollout's entries carry its id and stage as fields, and filter by rollout.
+    let (status, of_second) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/changelog?rollout=r{second}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{of_second}");
+    let of_second = of_second["entries"].as_array().unwrap().clone();
+    assert!(!of_second.is_empty());
+    assert!(
+        of_second.iter().all(|e| e["rollout"] == second),
+        "{of_second:?}"
+    );
+    let rolled_back = of_second
+        .iter()
+        .find(|e| e["kind"] == "rolled_back")
+        .unwrap();
+    assert_eq!(rolled_back["stage"], "everywhere", "{rolled_back}");
+    let (_, by_number) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/changelog?rollout={second}&limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(by_number["entries"].as_array().unwrap(), &of_second);
+    let (status, body) = server
+        .admin(Method::GET, "/v1/changelog?rollout=x1", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("r3 or 3")
+    );
 
     // Everything survives a restart: rollouts, desired state, the sequence number.
     let (seq, _) = fleet.desired("n1", "").await;

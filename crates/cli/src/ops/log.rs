@@ -24,6 +24,9 @@ pub struct LogArgs {
     /// Only this unit's entries.
     #[arg(long)]
     pub unit: Option<String>,
+    /// Only this rollout's entries (`r3` or `3`).
+    #[arg(long, value_name = "ID", value_parser = parse_rollout_id)]
+    pub rollout: Option<u64>,
     /// Only entries newer than this: a duration ago (`30m`, `2h`) or milliseconds since the
     /// Unix epoch.
     #[arg(long, value_name = "WHEN")]
@@ -43,6 +46,14 @@ pub struct LogArgs {
 struct ChangelogPage {
     entries: Vec<ChangeRecord>,
     next_cursor: Option<u64>,
+}
+
+/// A rollout id as written in the changelog (`r3`) or bare (`3`).
+fn parse_rollout_id(text: &str) -> Result<u64, String> {
+    text.strip_prefix('r')
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rollout id; expected e.g. r3 or 3"))
 }
 
 /// `--since` as milliseconds since the Unix epoch.
@@ -80,6 +91,9 @@ pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
         let mut query = vec![("limit", LOG_PAGE_ENTRIES.to_string())];
         if let Some(unit) = &args.unit {
             query.push(("unit", unit.clone()));
+        }
+        if let Some(rollout) = args.rollout {
+            query.push(("rollout", rollout.to_string()));
         }
         if let Some(since) = since {
             query.push(("since_ms", since.to_string()));
