@@ -239,7 +239,7 @@ async fn roll_back(
     // First put back the last known good, then tell: the report says what the node runs.
     let restored = match good {
         Some(good) => restore(shared, unit, &good, local).await,
-        None => "no last known good to put back".to_owned(),
+        None => deactivate(shared, unit).await,
     };
     let (reason, health_check) = match failure {
         Failure::Reload(reason) => (reason, false),
@@ -284,6 +284,21 @@ pub async fn restore(
         );
     }
     format!("put back the last known good {}", good.short())
+}
+
+/// With no last known good, the failed first version does not stay active: `current` is
+/// removed, as it was before, so a consumer that starts or reloads falls to its fail mode
+/// (its safe default, or closed) instead of loading it. Says what happened.
+async fn deactivate(shared: &Arc<Shared>, unit: &UnitName) -> String {
+    let disk = shared.disk.clone();
+    let owned = unit.clone();
+    match blocking(move || disk.deactivate(&owned)).await {
+        Ok(()) => {
+            shared.activated(unit, None);
+            "no last known good to put back: removed it from current".to_owned()
+        }
+        Err(error) => format!("no last known good to put back, and removing it failed: {error}"),
+    }
 }
 
 async fn store(

@@ -262,6 +262,15 @@ impl DataDir {
         Ok(())
     }
 
+    /// Removes `current` (no version active); the stored versions stay. For a first version
+    /// that failed after activation: there is no last known good to put back.
+    pub fn deactivate(&self, unit: &UnitName) -> Result<(), DiskError> {
+        let dir = self.unit_dir(unit)?;
+        let current = dir.join("current");
+        remove_if_exists(&current)?;
+        sync_dir(&dir)
+    }
+
     /// Deletes old versions beyond [`KEEP_VERSIONS`], never `keep` (the active one and the
     /// last known good).
     pub fn prune(&self, unit: &UnitName, keep: &[VersionHash]) -> Result<usize, DiskError> {

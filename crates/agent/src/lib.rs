@@ -241,6 +241,9 @@ pub struct Status {
     pub connected: bool,
     /// The latest document expired and nothing newer came: what is served may be stale.
     pub stale: bool,
+    /// While stale: when the document expired (reported to the control plane as `since_ms`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_since_ms: Option<u64>,
     pub expires_ms: Option<u64>,
     pub units: BTreeMap<UnitName, UnitStatus>,
     /// The latest refusals (documents or versions), newest last.
@@ -311,6 +314,14 @@ impl Shared {
     pub fn forget_other_refusals(&self, unit: &UnitName, wanted: &VersionHash) {
         if let Ok(mut set) = self.refused.lock() {
             set.retain(|(refused_unit, hash)| refused_unit != unit || hash == wanted);
+        }
+    }
+
+    /// The control plane no longer asks for any version of a unit (its first version was
+    /// rolled back): its refusals are forgotten, so a version rolled out again later is tried.
+    pub fn forget_refusals_of_units_not_in(&self, desired: &verify::Desired) {
+        if let Ok(mut set) = self.refused.lock() {
+            set.retain(|(unit, _)| desired.units.contains_key(unit));
         }
     }
 
@@ -627,17 +638,40 @@ async fn watch_loop(
     }
 }
 
-/// Marks the agent stale when the latest document expired.
+/// Marks the agent stale when the latest document expired, and fresh again once a trusted
+/// document that has not expired came. Each turn is queued as a report (`stale` with when the
+/// document expired and its sequence, then `fresh` with how long it lasted), so a stale report
+/// made while the control plane is unreachable reaches it after reconnection, before the
+/// fresh one.
 fn refresh_staleness(shared: &Shared) {
     let now = now_ms();
-    let turned = shared.with_status(|status| {
-        let stale = status.expires_ms.is_some_and(|expires| now > expires);
-        let turned = stale && !status.stale;
-        status.stale = stale;
-        turned
+    let turn = shared.with_status(|status| {
+        let expired_at = status.expires_ms.filter(|expires| now > *expires);
+        let turn = match (status.stale_since_ms, expired_at) {
+            (None, Some(since_ms)) => Some(Report::Stale {
+                since_ms,
+                seq: status.seq,
+            }),
+            (Some(since_ms), None) => Some(Report::Fresh {
+                stale_ms: now.saturating_sub(since_ms),
+            }),
+            _ => None,
+        };
+        status.stale = expired_at.is_some();
+        // Stale since the first expiry, even when a newer document came already expired.
+        status.stale_since_ms = expired_at.and(status.stale_since_ms.or(expired_at));
+        turn
     });
-    if turned == Some(true) {
-        eprintln!("failsmall agent: desired state expired; serving what is on disk (stale)");
+    match turn.flatten() {
+        Some(report @ Report::Stale { .. }) => {
+            eprintln!("failsmall agent: desired state expired; serving what is on disk (stale)");
+            shared.reports.push(report);
+        }
+        Some(report @ Report::Fresh { stale_ms }) => {
+            eprintln!("failsmall agent: desired state fresh again after {stale_ms} ms stale");
+            shared.reports.push(report);
+        }
+        _ => {}
     }
 }
 
@@ -709,6 +743,7 @@ async fn converge(
     shared: &Arc<Shared>,
     desired: &Desired,
 ) {
+    shared.forget_refusals_of_units_not_in(desired);
     for (unit, hash) in &desired.units {
         shared.with_status(|s| s.units.entry(unit.clone()).or_default().desired = Some(*hash));
         shared.forget_other_refusals(unit, hash);
@@ -895,12 +930,36 @@ mod tests {
             Some(false),
             "no document yet"
         );
-        shared.with_status(|s| s.expires_ms = Some(1));
+        assert!(shared.reports.is_empty());
+        shared.with_status(|s| {
+            s.seq = 41;
+            s.expires_ms = Some(1);
+        });
         refresh_staleness(&shared);
         assert_eq!(shared.with_status(|s| s.stale), Some(true));
+        // A newer document that came already expired: still stale since the first expiry,
+        // and not reported again.
+        shared.with_status(|s| s.expires_ms = Some(2));
+        refresh_staleness(&shared);
+        assert_eq!(shared.with_status(|s| s.stale_since_ms), Some(Some(1)));
         shared.with_status(|s| s.expires_ms = Some(now_ms() + 60_000));
         refresh_staleness(&shared);
+        refresh_staleness(&shared);
         assert_eq!(shared.with_status(|s| s.stale), Some(false));
+        assert_eq!(shared.with_status(|s| s.stale_since_ms), Some(None));
+        let reports = shared.reports.take_batch();
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert_eq!(
+            reports[0],
+            Report::Stale {
+                since_ms: 1,
+                seq: 41
+            }
+        );
+        assert!(
+            matches!(reports[1], Report::Fresh { stale_ms } if stale_ms >= now_ms() - 60_000),
+            "{reports:?}"
+        );
     }
 
     #[test]

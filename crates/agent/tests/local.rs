@@ -73,7 +73,8 @@ struct Node {
     v1: Vec<u8>,
 }
 
-async fn start(name: &str) -> Node {
+/// A node whose agent is connected and has no version yet.
+async fn start_empty(name: &str) -> Node {
     let dir = fresh_dir(name);
     let server = Server::start(&dir.join("server")).await;
     let operator = Operator::new(&server);
@@ -107,18 +108,23 @@ async fn start(name: &str) -> Node {
     });
     let agent = Agent::start(config).await;
     agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
-    let v1 = features(1);
-    let hash = operator.push(&v1, false).await;
-    let id = operator.rollout(&hash).await;
-    operator.wait_rollout(id, "completed", WAIT_MS).await;
-    assert_eq!(agent.current().as_deref(), Some(v1.as_slice()));
     Node {
         server,
         operator,
         agent,
         consumer,
-        v1,
+        v1: features(1),
     }
+}
+
+/// A node running `v1`, its first version.
+async fn start(name: &str) -> Node {
+    let node = start_empty(name).await;
+    let hash = node.operator.push(&node.v1, false).await;
+    let id = node.operator.rollout(&hash).await;
+    node.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(node.agent.current().as_deref(), Some(node.v1.as_slice()));
+    node
 }
 
 async fn wait_current(agent: &Agent, expected: &[u8]) {
@@ -166,6 +172,30 @@ async fn a_failed_health_check_puts_back_the_last_known_good_and_reports_it() {
     let id = node.operator.rollout_again(&hash, CHECKED_PLAN).await;
     node.operator.wait_rollout(id, "completed", WAIT_MS).await;
     assert_eq!(node.agent.current().as_deref(), Some(v3.as_slice()));
+    node.agent.stop().await;
+    node.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_version_that_fails_its_health_check_does_not_stay_active() {
+    let node = start_empty("health-check-first").await;
+    node.consumer.health_status.store(503, Ordering::SeqCst);
+    let hash = node.operator.push(&node.v1, false).await;
+    let id = node.operator.rollout_with(&hash, CHECKED_PLAN).await;
+    node.operator.wait_rollout(id, "rolled_back", WAIT_MS).await;
+    let status = node
+        .agent
+        .wait_status(WAIT_MS, |s| !s["units"][UNIT]["last_error"].is_null())
+        .await;
+    let error = status["units"][UNIT]["last_error"].as_str().unwrap();
+    assert!(error.contains("removed it from current"), "{error}");
+    assert_eq!(node.agent.current(), None, "nothing was active before");
+    assert!(status["units"][UNIT]["good"].is_null(), "{status}");
+    // Fixed, and rolled out again on purpose: applied.
+    node.consumer.health_status.store(200, Ordering::SeqCst);
+    let id = node.operator.rollout_again(&hash, CHECKED_PLAN).await;
+    node.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(node.agent.current().as_deref(), Some(node.v1.as_slice()));
     node.agent.stop().await;
     node.server.stop().await;
 }
