@@ -31,7 +31,8 @@ pub enum ControlError {
     Malformed { what: String, reason: String },
 }
 
-/// One report to the control plane (`POST /v1/nodes/{node}/reports`).
+/// One report to the control plane (`POST /v1/nodes/{node}/reports`). Most name a unit's
+/// version; the staleness reports ([`Report::Stale`], [`Report::Fresh`]) are about the node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Report {
@@ -59,6 +60,11 @@ pub enum Report {
         version: VersionHash,
         sample: HealthSample,
     },
+    /// The latest desired-state document (sequence `seq`, the highest trusted) expired at
+    /// `since_ms` and nothing newer came: the node serves what it has, possibly stale.
+    Stale { since_ms: u64, seq: u64 },
+    /// A fresh, trusted document came after `stale_ms` of staleness.
+    Fresh { stale_ms: u64 },
 }
 
 /// Most bytes of a reason sent (the server refuses longer text).

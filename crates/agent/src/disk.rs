@@ -58,6 +58,13 @@ macro_rules! crash_point {
     };
 }
 
+/// The freshness of the desired state, as last known (see [`DataDir::freshness`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Freshness {
+    pub expires_ms: Option<u64>,
+    pub stale_since_ms: Option<u64>,
+}
+
 /// The agent's data dir.
 #[derive(Debug, Clone)]
 pub struct DataDir {
@@ -147,6 +154,25 @@ impl DataDir {
 
     pub fn save_trusted_seq(&self, seq: u64) -> Result<(), DiskError> {
         write_atomic(&self.root, "seq", seq.to_string().as_bytes())
+    }
+
+    /// When the latest trusted document expires, and since when what is served is stale
+    /// (kept across restarts, so an agent started with the control plane down knows whether it
+    /// is stale, and one restarted while stale still reports when it is fresh again).
+    pub fn freshness(&self) -> Result<Freshness, DiskError> {
+        let path = self.root.join("freshness");
+        match self.read_small(&path)? {
+            None => Ok(Freshness::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| DiskError::Corrupt {
+                path,
+                reason: format!("{e}; expected {{\"expires_ms\": ..., \"stale_since_ms\": ...}}"),
+            }),
+        }
+    }
+
+    pub fn save_freshness(&self, freshness: &Freshness) -> Result<(), DiskError> {
+        let text = serde_json::to_string(freshness).unwrap_or_default();
+        write_atomic(&self.root, "freshness", text.as_bytes())
     }
 
     /// Units that have a directory.

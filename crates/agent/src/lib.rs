@@ -449,6 +449,7 @@ pub async fn run(
     let shared = Arc::new(Shared::new(disk, &node));
     let seq = shared.disk.trusted_seq()?;
     shared.with_status(|status| status.seq = seq);
+    restore_freshness(&shared);
     recover(&shared)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -662,7 +663,11 @@ fn refresh_staleness(shared: &Shared) {
         status.stale_since_ms = expired_at.and(status.stale_since_ms.or(expired_at));
         turn
     });
-    match turn.flatten() {
+    let turn = turn.flatten();
+    if turn.is_some() {
+        save_freshness(shared);
+    }
+    match turn {
         Some(report @ Report::Stale { .. }) => {
             eprintln!("failsmall agent: desired state expired; serving what is on disk (stale)");
             shared.reports.push(report);
@@ -672,6 +677,31 @@ fn refresh_staleness(shared: &Shared) {
             shared.reports.push(report);
         }
         _ => {}
+    }
+}
+
+/// At start: the freshness saved by the previous run (unreadable is not fatal: the next
+/// document sets it again).
+fn restore_freshness(shared: &Shared) {
+    let freshness = shared.disk.freshness().unwrap_or_default();
+    shared.with_status(|status| {
+        status.expires_ms = freshness.expires_ms;
+        status.stale_since_ms = freshness.stale_since_ms;
+        status.stale = freshness.stale_since_ms.is_some();
+    });
+}
+
+/// Keeps the freshness on disk (see [`disk::DataDir::freshness`]); a failure is logged, not
+/// fatal.
+fn save_freshness(shared: &Shared) {
+    let freshness = shared.with_status(|status| disk::Freshness {
+        expires_ms: status.expires_ms,
+        stale_since_ms: status.stale_since_ms,
+    });
+    if let Some(freshness) = freshness
+        && let Err(error) = shared.disk.save_freshness(&freshness)
+    {
+        eprintln!("failsmall agent: {error}; freshness kept in memory only");
     }
 }
 
@@ -698,6 +728,7 @@ async fn on_envelope(
         s.seq = desired.seq;
         s.expires_ms = desired.expires_ms;
     });
+    save_freshness(shared);
     refresh_staleness(shared);
     if desired.is_expired(now_ms()) {
         shared.note_refusal(format!(
@@ -959,6 +990,57 @@ mod tests {
         assert!(
             matches!(reports[1], Report::Fresh { stale_ms } if stale_ms >= now_ms() - 60_000),
             "{reports:?}"
+        );
+    }
+
+    #[test]
+    fn staleness_outlives_a_restart() {
+        let dir = std::env::temp_dir().join(format!(
+            "failsmall-agent-stale-restart-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The last document expired while the agent was down: stale at once after start.
+        DataDir::open(&dir)
+            .unwrap()
+            .save_freshness(&disk::Freshness {
+                expires_ms: Some(1_000),
+                stale_since_ms: None,
+            })
+            .unwrap();
+        let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
+        restore_freshness(&shared);
+        refresh_staleness(&shared);
+        assert_eq!(shared.with_status(|s| s.stale), Some(true));
+        assert!(matches!(
+            shared.reports.take_batch().as_slice(),
+            [Report::Stale {
+                since_ms: 1_000,
+                ..
+            }]
+        ));
+        // Restarted while stale: the fresh document still ends the stale period it began.
+        let restarted = Shared::new(DataDir::open(&dir).unwrap(), "n1");
+        restore_freshness(&restarted);
+        assert_eq!(
+            restarted.with_status(|s| s.stale_since_ms),
+            Some(Some(1_000))
+        );
+        refresh_staleness(&restarted);
+        assert!(restarted.reports.is_empty(), "no second stale report");
+        restarted.with_status(|s| s.expires_ms = Some(now_ms() + 60_000));
+        refresh_staleness(&restarted);
+        assert!(matches!(
+            restarted.reports.take_batch().as_slice(),
+            [Report::Fresh { stale_ms }] if *stale_ms >= now_ms() - 1_000 - 60_000
+        ));
+        assert_eq!(
+            DataDir::open(&dir)
+                .unwrap()
+                .freshness()
+                .unwrap()
+                .stale_since_ms,
+            None
         );
     }
 

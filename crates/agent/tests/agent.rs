@@ -1,6 +1,7 @@
 //! The agent against the real control plane: apply and ACK; a version that fails validation,
 //! a corrupted blob, a wrong signature and a replayed document each refused with the last
-//! known good kept and the reason reported; the control plane down and back.
+//! known good kept and the reason reported; the control plane down and back; the desired
+//! state expiring while it is down, reported stale then fresh.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,6 +16,179 @@ use common::{
 };
 
 const WAIT_MS: u64 = 15_000;
+
+/// A control plane whose desired-state documents stay fresh for `desired_ttl_ms`.
+struct ShortLivedServer {
+    base: String,
+    admin: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), failsmall_server::ServerError>>,
+}
+
+impl ShortLivedServer {
+    async fn start(data_dir: &std::path::Path, desired_ttl_ms: u64) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut config = failsmall_server::ServerConfig::new(data_dir, address);
+        config.desired_ttl_ms = desired_ttl_ms;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(failsmall_server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let base = format!("http://{address}");
+        let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        let admin = std::fs::read_to_string(data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            base,
+            admin,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn agent_token(&self, node: &str) -> String {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/v1/tokens", self.base))
+            .bearer_auth(&self.admin)
+            .json(&serde_json::json!({"name": format!("agent-{node}"), "role": "agent", "node": node}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until `node`'s record satisfies `check`; returns it.
+    async fn wait_node(
+        &self,
+        node: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(WAIT_MS);
+        loop {
+            let nodes = self.get("/v1/nodes").await;
+            if let Some(found) = nodes["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == node)
+                && check(found)
+            {
+                return found.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {node} never matched: {nodes}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The changelog entries of `kind`.
+    async fn entries(&self, kind: &str) -> Vec<serde_json::Value> {
+        let log = self.get("/v1/changelog?limit=1000").await;
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A proxy in front of the control plane that can hold back desired-state documents (502)
+/// while it forwards everything else, reports among them.
+#[derive(Clone)]
+struct Gate {
+    base: String,
+    upstream: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    hold_desired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gate = Self {
+            base: format!("http://{}", listener.local_addr().unwrap()),
+            upstream: std::sync::Arc::new(std::sync::Mutex::new(Some(upstream.to_owned()))),
+            hold_desired: std::sync::Arc::default(),
+        };
+        let router = axum::Router::new()
+            .fallback(Self::forward)
+            .with_state(gate.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        gate
+    }
+
+    fn set_upstream(&self, upstream: Option<&str>) {
+        *self.upstream.lock().unwrap() = upstream.map(str::to_owned);
+    }
+
+    fn hold_desired(&self, hold: bool) {
+        self.hold_desired
+            .store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn forward(
+        axum::extract::State(gate): axum::extract::State<Gate>,
+        request: axum::extract::Request,
+    ) -> (axum::http::StatusCode, Vec<u8>) {
+        let bad_gateway = axum::http::StatusCode::BAD_GATEWAY;
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        let upstream = gate.upstream.lock().unwrap().clone();
+        let held = path.contains("/desired")
+            && gate.hold_desired.load(std::sync::atomic::Ordering::SeqCst);
+        let Some(upstream) = upstream.filter(|_| !held) else {
+            return (bad_gateway, b"held".to_vec());
+        };
+        let method = request.method().clone();
+        let headers = request.headers().clone();
+        let body = axum::body::to_bytes(request.into_body(), 1024 * 1024)
+            .await
+            .unwrap();
+        let mut outgoing = reqwest::Client::new()
+            .request(method, format!("{upstream}{path}"))
+            .body(body);
+        for (name, value) in &headers {
+            if name != "host" && name != "content-length" {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        let Ok(response) = outgoing.send().await else {
+            return (bad_gateway, b"unreachable".to_vec());
+        };
+        let status = axum::http::StatusCode::from_u16(response.status().as_u16()).unwrap();
+        (status, response.bytes().await.unwrap_or_default().to_vec())
+    }
+}
 
 /// A server, a proxy in front of it, the unit, and one agent (node `n1`) that applied `v1`.
 struct World {
@@ -277,4 +451,70 @@ async fn an_idle_node_is_not_silent_through_a_long_bake() {
     assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
     world.agent.stop().await;
     world.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_desired_state_that_expires_while_the_server_is_down_is_reported_stale_then_fresh() {
+    // Documents stay fresh 2 s; the agent asks again every 300 ms while connected.
+    const TTL_MS: u64 = 2_000;
+    let dir = fresh_dir("stale");
+    let server_dir = dir.join("server");
+    let server = ShortLivedServer::start(&server_dir, TTL_MS).await;
+    let gate = Gate::start(&server.base).await;
+    let token = server.agent_token("n1").await;
+    let mut config = agent_config(&gate.base, &token, "n1", &dir.join("agent"));
+    config.watch_wait_ms = 300;
+    let agent = Agent::start(config).await;
+    agent
+        .wait_status(WAIT_MS, |s| {
+            s["connected"] == true && s["seq"].as_u64() > Some(0)
+        })
+        .await;
+    // Connected, the documents renew: fresh over more than a lifetime.
+    tokio::time::sleep(std::time::Duration::from_millis(TTL_MS + 500)).await;
+    assert_eq!(agent.status().await["stale"], false);
+    assert!(server.entries("node_stale").await.is_empty());
+
+    // The server is down for longer than a lifetime: the agent turns stale.
+    server.stop().await;
+    gate.set_upstream(None);
+    let status = agent.wait_status(WAIT_MS, |s| s["stale"] == true).await;
+    let since_ms = status["stale_since_ms"].as_u64().unwrap();
+    assert_eq!(Some(since_ms), status["expires_ms"].as_u64(), "{status}");
+
+    // The server returns but documents are held back: the stale report queued while it was
+    // down arrives, and the node's record shows it.
+    let server = ShortLivedServer::start(&server_dir, TTL_MS).await;
+    gate.hold_desired(true);
+    gate.set_upstream(Some(&server.base));
+    server
+        .wait_node("n1", |n| n["stale_since_ms"] == since_ms)
+        .await;
+    let stale = server.entries("node_stale").await;
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    let reason = stale[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("node n1 serves stale configuration since")
+            && reason.contains(&format!("(desired-state seq {} expired)", status["seq"])),
+        "{reason}"
+    );
+    assert_eq!(agent.status().await["stale"], true);
+
+    // Documents flow again: the agent is fresh, says so, and the record is cleared.
+    gate.hold_desired(false);
+    agent.wait_status(WAIT_MS, |s| s["stale"] == false).await;
+    server
+        .wait_node("n1", |n| n.get("stale_since_ms").is_none())
+        .await;
+    let fresh = server.entries("node_fresh").await;
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    assert!(
+        fresh[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("node n1 fresh again after"),
+        "{fresh:?}"
+    );
+    agent.stop().await;
+    server.stop().await;
 }

@@ -321,6 +321,47 @@ impl Watch {
 }
 
 #[test]
+fn nodes_show_which_serve_stale_configuration_and_stale_lists_only_those() {
+    let server = Server::start("nodes-stale");
+    let mut agent = Agent::new(&server);
+    agent.register("edge-1", json!({"cohort": "free"}));
+    agent.register("edge-2", json!({"cohort": "pro"}));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // edge-2's desired state expired twelve minutes ago.
+    agent.report(
+        "edge-2",
+        json!({"kind": "stale", "since_ms": now_ms - 12 * 60_000 - 5_000, "seq": 7}),
+    );
+    let table = server.ok(&["nodes"]);
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("STALE"), "{table}");
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|line| line.starts_with(id))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(row("edge-2").contains("since 12m"), "{table}");
+    assert!(row("edge-1").contains(" - "), "{table}");
+    let stale = server.ok(&["nodes", "--stale"]);
+    assert!(
+        stale.contains("edge-2") && !stale.contains("edge-1"),
+        "{stale}"
+    );
+    let stale = server.json(&["nodes", "--stale"]);
+    assert_eq!(stale.as_array().unwrap().len(), 1, "{stale}");
+    assert!(stale[0]["stale_since_ms"].is_u64(), "{stale}");
+    // Fresh again: no node is stale.
+    agent.report("edge-2", json!({"kind": "fresh", "stale_ms": 725_000}));
+    assert_eq!(server.json(&["nodes", "--stale"]), json!([]));
+    assert!(!server.ok(&["nodes"]).contains("since "));
+}
+
+#[test]
 fn units_versions_diff_validate_log_nodes_and_completions() {
     let server = Server::start("happy");
     let spec = server.file("features.spec.json", FEATURES_SPEC);
@@ -612,7 +653,9 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     let story = server.json(&["log", "--rollout", &format!("r{id}")]);
     let story = story.as_array().unwrap();
     assert!(
-        story.iter().all(|e| e["rollout"].to_string() == id),
+        story
+            .iter()
+            .all(|e| e["rollout"].as_u64() == id.parse::<u64>().ok()),
         "{story:?}"
     );
     let stages: Vec<&str> = story

@@ -34,8 +34,8 @@ use crate::error::ApiError;
 use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
 use crate::signing::VersionSigner;
 use crate::store::{
-    ChangeRow, ChangelogQuery, Concerns, MAX_CHANGELOG_SCAN_ROWS, MAX_LIST_ROWS, NewChange, Store,
-    UnitFields, ValidatorChange, VersionRow,
+    ChangeRow, ChangelogQuery, Concerns, MAX_CHANGELOG_SCAN_ROWS, MAX_LIST_ROWS, NewChange,
+    StalenessRow, Store, UnitFields, ValidatorChange, VersionRow,
 };
 use crate::validator::{Refusal, ValidatorCommand};
 
@@ -204,7 +204,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Method::POST,
                 "/v1/nodes/{node}/reports",
                 AgentReport,
-                "ACK, NACK, crash, failed health check or health of a version; one, or a batch {\"reports\": [...]} applied whole",
+                "ACK, NACK, crash, failed health check or health of a version, or the node's staleness (stale / fresh again); one, or a batch {\"reports\": [...]} applied whole",
             ),
             post(report),
         ),
@@ -309,6 +309,8 @@ struct Shared {
     counters: Counters,
     /// Turns for validator commands (at most [`MAX_RUNNING_VALIDATORS`] at once).
     validators: tokio::sync::Semaphore,
+    /// How long a desired-state document stays fresh, in milliseconds.
+    desired_ttl_ms: u64,
 }
 
 /// What every handler shares.
@@ -318,7 +320,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, engine: Arc<EngineHost>, signer: VersionSigner) -> Self {
+    /// Desired-state documents stay fresh for `desired_ttl_ms` (at least 1 ms).
+    pub fn new(
+        store: Arc<Store>,
+        engine: Arc<EngineHost>,
+        signer: VersionSigner,
+        desired_ttl_ms: u64,
+    ) -> Self {
         let access = route_table()
             .into_iter()
             .map(|r| ((r.method, r.path), r.access))
@@ -331,6 +339,7 @@ impl AppState {
                 access,
                 counters: Counters::default(),
                 validators: tokio::sync::Semaphore::new(MAX_RUNNING_VALIDATORS),
+                desired_ttl_ms: desired_ttl_ms.max(1),
             }),
         }
     }
@@ -631,7 +640,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             counter.load(Ordering::Relaxed)
         ));
     }
-    let gauges: [(&str, &str, &str, u64); 8] = [
+    let gauges: [(&str, &str, &str, u64); 9] = [
         (
             "failsmall_versions_rejected_total",
             "counter",
@@ -662,6 +671,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "gauge",
             "Nodes registered.",
             counts.nodes,
+        ),
+        (
+            "failsmall_nodes_stale",
+            "gauge",
+            "Nodes that reported serving stale configuration (their desired state expired) and not yet fresh again.",
+            counts.nodes_stale,
         ),
         (
             "failsmall_blob_bytes",
@@ -744,6 +759,12 @@ pub fn openapi_document() -> Value {
         ) {
             fields.insert("requestBody".to_owned(), body);
         }
+        if let (Some(schema), Some(ok)) = (
+            response_schema(&route.method, route.path),
+            operation.pointer_mut("/responses/200"),
+        ) {
+            *ok = json!({"description": "OK", "content": {"application/json": {"schema": schema}}});
+        }
         let entry = paths
             .entry(route.path.to_owned())
             .or_insert_with(|| json!({}));
@@ -779,6 +800,33 @@ pub fn openapi_document() -> Value {
                         "description": {"type": "string"},
                         "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: pushes only store versions. On update, absent keeps the current plan and null removes it"},
                         "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
+                    }
+                },
+                "Node": {
+                    "type": "object",
+                    "description": "A registered node. stale_since_ms is present while the node's latest staleness report says it serves stale configuration: its desired-state document expired then and nothing newer came.",
+                    "required": ["id", "labels", "registered_ms", "last_seen_ms"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "registered_ms": {"type": "integer"},
+                        "last_seen_ms": {"type": "integer"},
+                        "stale_since_ms": {"type": "integer", "description": "ms since the Unix epoch; absent while fresh"}
+                    }
+                },
+                "Report": {
+                    "type": "object",
+                    "description": format!("One report from a node, by kind. applied, rejected, crashed, health_check_failed and health name a unit and version and are engine events. stale (since_ms: when the node's desired-state document expired, at most {STALE_CLOCK_SKEW_MS} ms after the server's clock for clock skew; seq: that document's sequence) and fresh (stale_ms: how long it was stale, at most {MAX_STALE_MS}) set and clear the node's stale_since_ms and write node_stale / node_fresh to the changelog (a fresh report for a node that is not stale records nothing). A field out of bounds is 422 naming it."),
+                    "required": ["kind"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["applied", "rejected", "crashed", "health_check_failed", "health", "stale", "fresh"]},
+                        "unit": {"type": "string"},
+                        "version": {"type": "string"},
+                        "reason": {"type": "string", "maxLength": MAX_TEXT_BYTES},
+                        "sample": {"type": "object"},
+                        "since_ms": {"type": "integer", "minimum": 0},
+                        "seq": {"type": "integer", "minimum": 0},
+                        "stale_ms": {"type": "integer", "minimum": 0, "maximum": MAX_STALE_MS}
                     }
                 },
                 "Error": {
@@ -819,8 +867,26 @@ fn query_parameters(path: &str) -> Vec<Value> {
 fn request_body(method: &Method, path: &str) -> Option<Value> {
     let unit_route = (method == Method::POST && path == "/v1/units")
         || (method == Method::PUT && path == "/v1/units/{unit}");
-    unit_route.then(|| {
-        json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}})
+    if unit_route {
+        return Some(
+            json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}}),
+        );
+    }
+    (method == Method::POST && path == "/v1/nodes/{node}/reports").then(|| {
+        json!({"required": true, "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/Report"},
+            {"type": "object", "required": ["reports"], "properties": {"reports": {
+                "type": "array", "minItems": 1, "maxItems": MAX_REPORTS_PER_BATCH,
+                "items": {"$ref": "#/components/schemas/Report"}
+            }}}
+        ]}}}})
+    })
+}
+
+/// The schema of a route's 200 answer, where the document describes one.
+fn response_schema(method: &Method, path: &str) -> Option<Value> {
+    (method == Method::GET && path == "/v1/nodes").then(|| {
+        json!({"type": "object", "properties": {"nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}})
     })
 }
 
@@ -1566,7 +1632,8 @@ struct DesiredDocument<'a> {
     health_checks: std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>,
 }
 
-/// How long a desired-state document stays fresh, in milliseconds.
+/// How long a desired-state document stays fresh by default, in milliseconds
+/// (`ServerConfig::desired_ttl_ms`).
 pub const DESIRED_TTL_MS: u64 = 5 * 60 * 1000;
 
 async fn desired(
@@ -1630,7 +1697,7 @@ async fn desired(
         node: id.as_str(),
         seq,
         units: desired,
-        expires_ms: now_ms().saturating_add(DESIRED_TTL_MS),
+        expires_ms: now_ms().saturating_add(state.shared.desired_ttl_ms),
         specs,
         health_checks,
     })
@@ -1668,7 +1735,25 @@ enum ReportRequest {
         version: String,
         sample: HealthSample,
     },
+    /// The node's latest desired-state document (sequence `seq`) expired at `since_ms` and
+    /// nothing newer came: it serves stale configuration. Not an engine event: it marks the
+    /// node's row.
+    Stale {
+        since_ms: u64,
+        seq: u64,
+    },
+    /// A fresh, trusted document came after `stale_ms` of staleness.
+    Fresh {
+        stale_ms: u64,
+    },
 }
+
+/// How far in the future of the server's clock a stale report's `since_ms` may be, for the
+/// skew between the agent's clock and the server's: a minute (expiry is judged by the
+/// agent's clock against a time the server set).
+pub const STALE_CLOCK_SKEW_MS: u64 = 60_000;
+/// Longest staleness a fresh report may carry: a year.
+pub const MAX_STALE_MS: u64 = 366 * 24 * 60 * 60 * 1000;
 
 /// Most reports in one batch.
 pub const MAX_REPORTS_PER_BATCH: usize = 1000;
@@ -1727,6 +1812,11 @@ fn report_event(
             version,
             reason,
         } => (unit, version, Some(reason.clone())),
+        ReportRequest::Stale { .. } | ReportRequest::Fresh { .. } => {
+            return Err(ApiError::bad_request(
+                "kind: a staleness report is not a report about a version",
+            ));
+        }
     };
     let unit = unit_name(unit)?;
     let version = version_hash(version)?;
@@ -1779,6 +1869,11 @@ fn report_event(
             },
             Some("node_health_check_failed"),
         ),
+        ReportRequest::Stale { .. } | ReportRequest::Fresh { .. } => {
+            return Err(ApiError::bad_request(
+                "kind: a staleness report is not a report about a version",
+            ));
+        }
     };
     let change = kind.map(|kind| ChangeRow {
         at_ms,
@@ -1794,8 +1889,80 @@ fn report_event(
     Ok((event, change))
 }
 
+/// A report field out of its bounds: 422 naming the field.
+fn bad_report_field(field: &'static str, message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_report",
+        format!("{field}: {message}"),
+    )
+    .with_detail(json!({ "field": field }))
+}
+
+/// The node row and changelog entry of a stale report received at `at_ms`.
+fn stale_row(node: &NodeId, at_ms: u64, since_ms: u64, seq: u64) -> Result<StalenessRow, ApiError> {
+    let latest_ms = at_ms.saturating_add(STALE_CLOCK_SKEW_MS);
+    if since_ms > latest_ms {
+        return Err(bad_report_field(
+            "since_ms",
+            format!(
+                "{since_ms} is more than {STALE_CLOCK_SKEW_MS} ms after the server's clock ({at_ms}); a node cannot be stale since a time to come"
+            ),
+        ));
+    }
+    Ok(StalenessRow {
+        node: node.to_string(),
+        stale_since_ms: Some(since_ms),
+        change: ChangeRow {
+            at_ms,
+            actor: node.to_string(),
+            kind: "node_stale".to_owned(),
+            unit: None,
+            version: None,
+            reason: format!(
+                "node {node} serves stale configuration since {} (desired-state seq {seq} expired)",
+                rfc3339_from_ms(since_ms)
+            ),
+            concerns: None,
+            rollout: None,
+            stage: None,
+        },
+    })
+}
+
+/// The node row and changelog entry of a fresh report received at `at_ms`.
+fn fresh_row(node: &NodeId, at_ms: u64, stale_ms: u64) -> Result<StalenessRow, ApiError> {
+    if stale_ms > MAX_STALE_MS {
+        return Err(bad_report_field(
+            "stale_ms",
+            format!("{stale_ms} is above the limit of {MAX_STALE_MS} (a year)"),
+        ));
+    }
+    let shown_ms = stale_ms.saturating_sub(stale_ms % 1000);
+    Ok(StalenessRow {
+        node: node.to_string(),
+        stale_since_ms: None,
+        change: ChangeRow {
+            at_ms,
+            actor: node.to_string(),
+            kind: "node_fresh".to_owned(),
+            unit: None,
+            version: None,
+            reason: format!(
+                "node {node} fresh again after {} stale",
+                failsmall_core::duration::format_ms(shown_ms)
+            ),
+            concerns: None,
+            rollout: None,
+            stage: None,
+        },
+    })
+}
+
 /// One report, or a batch `{"reports": [...]}` (at most [`MAX_REPORTS_PER_BATCH`]) applied
-/// in order as one engine step: all of it is accepted, or none.
+/// in order as one engine step: all of it is accepted, or none. Staleness reports are not
+/// engine events: their node rows and changelog entries commit in the transaction of the
+/// step of the batch's other reports.
 async fn report(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -1836,22 +2003,41 @@ async fn report(
     };
     let at_ms = now_ms();
     let count = requests.len();
-    let events = requests
-        .into_iter()
-        .enumerate()
-        .map(|(index, request)| {
-            report_event(&node, &caller, at_ms, request).map_err(|mut error| {
-                if is_batch {
-                    error.message = format!("reports[{index}]: {}", error.message);
-                }
-                error
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut events = Vec::new();
+    let mut staleness = Vec::new();
+    for (index, request) in requests.into_iter().enumerate() {
+        let in_batch = |mut error: ApiError| {
+            if is_batch {
+                error.message = format!("reports[{index}]: {}", error.message);
+            }
+            error
+        };
+        match request {
+            ReportRequest::Stale { since_ms, seq } => {
+                staleness.push(stale_row(&node, at_ms, since_ms, seq).map_err(in_batch)?);
+            }
+            ReportRequest::Fresh { stale_ms } => {
+                staleness.push(fresh_row(&node, at_ms, stale_ms).map_err(in_batch)?);
+            }
+            other => events.push(report_event(&node, &caller, at_ms, other).map_err(in_batch)?),
+        }
+    }
     let events = concerning_node(&state, &node, events).await?;
+    let cause = if staleness.is_empty() {
+        Cause::Nothing
+    } else {
+        let lookup = node.clone();
+        let known = db(&state, move |store| Ok(store.node(lookup.as_str())?))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("node {node} is not registered")))?;
+        for row in &mut staleness {
+            row.change.concerns = Some(Concerns::Node(known.labels.clone()));
+        }
+        Cause::Staleness(staleness)
+    };
     let host = &state.shared.engine;
     let actions = host
-        .apply_many(&state.shared.store, at_ms, events, Cause::Nothing)
+        .apply_many(&state.shared.store, at_ms, events, cause)
         .await
         .map_err(step_error)?;
     if is_batch {

@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Development mode: prints the admin token at start.
     pub dev: bool,
+    /// How long a desired-state document stays fresh, in milliseconds (default
+    /// [`api::DESIRED_TTL_MS`], 5 minutes; 0 is taken as 1). An agent that heard nothing newer
+    /// by then reports itself stale and keeps serving what it has.
+    pub desired_ttl_ms: u64,
 }
 
 impl ServerConfig {
@@ -56,6 +60,7 @@ impl ServerConfig {
             listen,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dev: false,
+            desired_ttl_ms: api::DESIRED_TTL_MS,
         }
     }
 
@@ -133,7 +138,7 @@ pub async fn run(
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
-    let state = api::AppState::new(store, Arc::clone(&engine), signer);
+    let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms);
     let router = api::router(state, config.max_body_bytes);
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {

@@ -13,7 +13,7 @@ use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
 use failsmall_core::engine::{Action, ChangeKind, ChangelogEntry, Engine, EngineError, Event};
 use tokio::sync::{Mutex, watch};
 
-use crate::store::{ChangeRow, Concerns, EngineStep, Store, StoreError, VersionRow};
+use crate::store::{ChangeRow, Concerns, EngineStep, StalenessRow, Store, StoreError, VersionRow};
 
 /// The longest an agent may wait for a newer desired state in one request.
 pub const MAX_WATCH_MS: u64 = 30_000;
@@ -54,6 +54,9 @@ pub struct EngineHost {
 pub enum Cause {
     /// Nothing besides the step (commands, reports, ticks).
     Nothing,
+    /// Staleness reports of a batch: their node rows and changelog rows are written with the
+    /// step of the batch's other reports (none: an empty step), so a batch is stored whole.
+    Staleness(Vec<StalenessRow>),
     /// A node registered or changed its labels.
     Node { id: NodeId, labels: Labels },
     /// A version was pushed (and its rollout requested); its changes are recorded first.
@@ -267,18 +270,22 @@ fn step_and_commit(
         actions.extend(produced);
     }
     let state = serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
-    let (node, version) = match &cause {
-        Cause::Node { id, labels } => (Some((id.as_str(), labels)), None),
-        Cause::Push { version, .. } => (None, Some(version.as_new())),
-        Cause::Nothing => (None, None),
+    let (node, version, staleness) = match &cause {
+        Cause::Node { id, labels } => (Some((id.as_str(), labels)), None, &[][..]),
+        Cause::Push { version, .. } => (None, Some(version.as_new()), &[][..]),
+        Cause::Staleness(rows) => (None, None, rows.as_slice()),
+        Cause::Nothing => (None, None, &[][..]),
     };
-    let revision = store.commit_step(&EngineStep {
-        expected_revision: current.revision,
-        state: &state,
-        changes: &changes,
-        node,
-        version: version.as_ref(),
-    })?;
+    let revision = store.commit_step_with(
+        &EngineStep {
+            expected_revision: current.revision,
+            state: &state,
+            changes: &changes,
+            node,
+            version: version.as_ref(),
+        },
+        staleness,
+    )?;
     current.engine = next;
     current.revision = revision;
     Ok((actions, revision))

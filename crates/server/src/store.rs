@@ -146,6 +146,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE changelog ADD COLUMN rollout BIGINT;
     ALTER TABLE changelog ADD COLUMN stage TEXT;
     CREATE INDEX changelog_rollout ON changelog (rollout, id);",
+    // 7: since when a node serves stale configuration (its latest desired-state document
+    // expired, by its own report); none: fresh.
+    "ALTER TABLE nodes ADD COLUMN stale_since_ms BIGINT;",
 ];
 
 /// Why a store operation failed.
@@ -243,6 +246,10 @@ pub struct NodeRecord {
     pub labels: failsmall_core::domain::Labels,
     pub registered_ms: u64,
     pub last_seen_ms: u64,
+    /// Since when the node serves stale configuration (the expiry of its latest desired-state
+    /// document, by its own report); absent while it is fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_since_ms: Option<u64>,
 }
 
 /// One changelog row.
@@ -379,6 +386,19 @@ pub struct EngineStep<'a> {
     pub version: Option<&'a NewVersion<'a>>,
 }
 
+/// A node's staleness as its agent reported it, with the changelog row that says so; stored
+/// in the transaction of the engine step of the same batch of reports
+/// ([`Store::commit_step_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StalenessRow {
+    pub node: String,
+    /// Since when the node serves stale configuration; none: fresh again.
+    pub stale_since_ms: Option<u64>,
+    /// Recorded when the node's staleness changes: always for a stale report, for a fresh one
+    /// only when the node was stale (a repeated fresh report records nothing).
+    pub change: ChangeRow,
+}
+
 /// An access token as stored (only its SHA-256 is kept).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -463,6 +483,8 @@ pub struct StoreCounts {
     pub units: u64,
     pub versions: u64,
     pub nodes: u64,
+    /// Nodes whose latest staleness report says they serve stale configuration.
+    pub nodes_stale: u64,
     pub blob_bytes: u64,
     pub changelog_entries: u64,
 }
@@ -564,6 +586,7 @@ fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
         labels,
         registered_ms: to_u64(row.get(2)?),
         last_seen_ms: to_u64(row.get(3)?),
+        stale_since_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
     })
 }
 
@@ -1024,7 +1047,7 @@ impl Store {
     fn node_in(conn: &Connection, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = conn
             .query_row(
-                "SELECT id, labels, registered_ms, last_seen_ms FROM nodes WHERE id = ?1",
+                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes WHERE id = ?1",
                 [id],
                 node_from_row,
             )
@@ -1035,7 +1058,7 @@ impl Store {
     pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, labels, registered_ms, last_seen_ms FROM nodes ORDER BY id LIMIT ?1",
+                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes ORDER BY id LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1260,6 +1283,17 @@ impl Store {
     /// Persists an engine step and its cause atomically; returns the new engine revision.
     /// A different current revision is a conflict and nothing is written.
     pub fn commit_step(&self, step: &EngineStep<'_>) -> Result<u64, StoreError> {
+        self.commit_step_with(step, &[])
+    }
+
+    /// [`Store::commit_step`], and in the same transaction the staleness its batch of reports
+    /// brought: each named node's `stale_since_ms` and changelog row. A node that is not
+    /// registered fails the whole step with [`StoreError::NotFound`].
+    pub fn commit_step_with(
+        &self,
+        step: &EngineStep<'_>,
+        staleness: &[StalenessRow],
+    ) -> Result<u64, StoreError> {
         let labels_text = match step.node {
             Some((id, labels)) => {
                 Some(
@@ -1310,6 +1344,9 @@ impl Store {
                 params![step.state, next],
             )?;
             fail_at(fail_points::STEP_AFTER_STATE)?;
+            for row in staleness {
+                Self::set_staleness(&tx, row)?;
+            }
             for change in step.changes {
                 record_change(&tx, &change.as_new())?;
             }
@@ -1318,6 +1355,31 @@ impl Store {
             fail_at(fail_points::STEP_AFTER_COMMIT)?;
             Ok(next)
         })
+    }
+
+    fn set_staleness(tx: &Transaction<'_>, row: &StalenessRow) -> Result<(), StoreError> {
+        let before: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT stale_since_ms FROM nodes WHERE id = ?1",
+                [&row.node],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(before) = before else {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                key: row.node.clone(),
+            });
+        };
+        if before.is_none() && row.stale_since_ms.is_none() {
+            return Ok(());
+        }
+        tx.execute(
+            "UPDATE nodes SET stale_since_ms = ?2 WHERE id = ?1",
+            params![row.node, row.stale_since_ms.map(to_i64)],
+        )?;
+        record_change(tx, &row.change.as_new())?;
+        Ok(())
     }
 
     /// The node's stored labels, if it is registered.
@@ -1334,6 +1396,7 @@ impl Store {
                 units: count("SELECT COUNT(*) FROM units")?,
                 versions: count("SELECT COUNT(*) FROM versions")?,
                 nodes: count("SELECT COUNT(*) FROM nodes")?,
+                nodes_stale: count("SELECT COUNT(*) FROM nodes WHERE stale_since_ms IS NOT NULL")?,
                 blob_bytes: count("SELECT COALESCE(SUM(size_bytes), 0) FROM blobs")?,
                 changelog_entries: count("SELECT COUNT(*) FROM changelog")?,
             })
@@ -1505,6 +1568,71 @@ mod tests {
             })
             .unwrap();
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn staleness_commits_with_its_step_and_an_unknown_node_fails_the_whole_step() {
+        let store = Store::open(&temp_db("stale")).unwrap();
+        let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
+        let step = |expected_revision, node| EngineStep {
+            expected_revision,
+            state: "{}",
+            changes: &[],
+            node,
+            version: None,
+        };
+        assert_eq!(
+            store.commit_step(&step(0, Some(("n1", &labels)))).unwrap(),
+            1
+        );
+        let row = |node: &str, stale_since_ms, kind: &str| StalenessRow {
+            node: node.to_owned(),
+            stale_since_ms,
+            change: ChangeRow {
+                at_ms: 9,
+                actor: node.to_owned(),
+                kind: kind.to_owned(),
+                unit: None,
+                version: None,
+                reason: "r".into(),
+                concerns: None,
+                rollout: None,
+                stage: None,
+            },
+        };
+        let unknown = [
+            row("n1", Some(5), "node_stale"),
+            row("ghost", Some(5), "node_stale"),
+        ];
+        assert!(matches!(
+            store.commit_step_with(&step(1, None), &unknown),
+            Err(StoreError::NotFound { kind: "node", .. })
+        ));
+        assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
+        assert_eq!(store.engine_state().unwrap().unwrap().1, 1);
+        store
+            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")])
+            .unwrap();
+        assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, Some(5));
+        assert_eq!(store.counts().unwrap().nodes_stale, 1);
+        let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
+        store.commit_step_with(&step(2, None), &fresh).unwrap();
+        assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
+        assert_eq!(store.counts().unwrap().nodes_stale, 0);
+        let kinds: Vec<String> = store
+            .changelog(&ChangelogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["node_stale", "node_fresh"],
+            "a repeated fresh records nothing"
+        );
     }
 
     fn selector(key: &str, values: &[&str]) -> Selector {

@@ -13,6 +13,10 @@ pub struct NodesArgs {
     /// Only nodes with this label, `key=value` (repeatable; all must match).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Only nodes that serve stale configuration (their desired state expired, by their
+    /// agent's report).
+    #[arg(long)]
+    pub stale: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -41,6 +45,7 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
             args.labels
                 .iter()
                 .all(|(key, value)| node.labels.get(key) == Some(value))
+                && (!args.stale || node.stale_since_ms.is_some())
         })
         .collect();
     if args.remote.json() {
@@ -48,12 +53,13 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let now = now_ms();
-    let mut table = Table::new(&["NODE", "LABELS", "LAST SEEN", "REGISTERED"]);
+    let mut table = Table::new(&["NODE", "LABELS", "LAST SEEN", "STALE", "REGISTERED"]);
     for node in &nodes {
         table.row(vec![
             node.id.clone(),
             labels_text(&node.labels),
             ago(now, node.last_seen_ms),
+            stale_text(now, node.stale_since_ms),
             rfc3339(node.registered_ms),
         ]);
     }
@@ -61,9 +67,30 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// `-` for a fresh node; `since 12m` for one stale for twelve minutes.
+fn stale_text(now_ms: u64, stale_since_ms: Option<u64>) -> String {
+    match stale_since_ms {
+        None => "-".to_owned(),
+        Some(since_ms) => {
+            let age = ago(now_ms, since_ms);
+            format!("since {}", age.strip_suffix(" ago").unwrap_or(&age))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staleness_reads_as_a_dash_or_its_age() {
+        assert_eq!(stale_text(1_000_000, None), "-");
+        assert_eq!(
+            stale_text(1_000_000, Some(1_000_000 - 723_000)),
+            "since 12m"
+        );
+        assert_eq!(stale_text(5_000, Some(9_000)), "since 0s");
+    }
 
     #[test]
     fn labels_parse_as_key_value() {
