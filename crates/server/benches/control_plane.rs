@@ -4,11 +4,12 @@
 //! 2. 1,000 connected watchers (long polls) receive a new desired state within 1 s;
 //! 3. 10,000 health reports per second ingested (run the whole bench on one core:
 //!    `taskset -c 0 cargo bench -p failsmall-server --bench control_plane`);
-//! 4. the engine state saved after each step, for 10,000 nodes: its size and the time to
+//! 4. (`fleet`) 2,000 nodes each sending single reports at once, as agents do every interval;
+//! 5. the engine state saved after each step, for 10,000 nodes: its size and the time to
 //!    serialize and commit it.
 //!
 //! Numbers are printed as medians (and p99 / max where the target is a tail). Arguments:
-//! `push`, `watch`, `reports`, `state` pick sections (default: all).
+//! `push`, `watch`, `reports`, `fleet`, `state` pick sections (default: all).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -35,6 +36,8 @@ const REPORT_NODES: usize = 100;
 const REPORTS_PER_BATCH: usize = 100;
 const REPORT_BATCHES_PER_NODE: usize = 20;
 const STATE_NODES: usize = 10_000;
+const FLEET_NODES: usize = 2_000;
+const FLEET_REPORTS_PER_NODE: usize = 5;
 
 struct Bench {
     base: String,
@@ -272,21 +275,23 @@ async fn bench_watch() {
     }
 }
 
-async fn bench_reports(per_batch: usize, batches_per_node: usize) {
+async fn bench_reports(nodes: usize, per_batch: usize, batches_per_node: usize) {
     let bench = Arc::new(Bench::start("reports").await);
     bench
         .create_unit("flags", json!({"format": "raw", "max_bytes": 64}))
         .await;
     let (_, version) = bench.push("flags", b"on".to_vec()).await;
-    for node in 0..REPORT_NODES {
+    let registering = Instant::now();
+    for node in 0..nodes {
         bench
             .register(&format!("h{node}"), json!({"cohort": "free"}))
             .await;
     }
+    let registered = registering.elapsed();
     // A running rollout with a long bake: every health report lands in its canary.
     let plan = "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    gates: []\n";
     bench.start_rollout("flags", &version, plan).await;
-    for node in 0..REPORT_NODES {
+    for node in 0..nodes {
         bench
             .call(
                 reqwest::Method::POST,
@@ -306,7 +311,7 @@ async fn bench_reports(per_batch: usize, batches_per_node: usize) {
     };
     let started = Instant::now();
     let mut senders = Vec::new();
-    for node in 0..REPORT_NODES {
+    for node in 0..nodes {
         let bench = Arc::clone(&bench);
         let batch = batch.clone();
         senders.push(tokio::spawn(async move {
@@ -330,12 +335,16 @@ async fn bench_reports(per_batch: usize, batches_per_node: usize) {
         took.extend(sender.await.unwrap());
     }
     let elapsed = started.elapsed();
-    let reports = REPORT_NODES * batches_per_node * per_batch;
+    let reports = nodes * batches_per_node * per_batch;
     println!(
-        "health reports: {reports} in {:.2} s = {:.0} reports/s ({REPORT_NODES} nodes, batches of {per_batch}); per batch: {}",
+        "health reports: {reports} in {:.2} s = {:.0} reports/s ({nodes} nodes at once, batches of {per_batch}); per batch: {}",
         elapsed.as_secs_f64(),
         reports as f64 / elapsed.as_secs_f64(),
         summary(took)
+    );
+    println!(
+        "  ({nodes} nodes registered one after another in {:.2} s)",
+        registered.as_secs_f64()
     );
     let view = bench
         .call(reqwest::Method::GET, "/v1/rollouts/1", None)
@@ -446,8 +455,17 @@ fn main() {
         runtime.block_on(bench_watch());
     }
     if wants("reports") {
-        runtime.block_on(bench_reports(REPORTS_PER_BATCH, REPORT_BATCHES_PER_NODE));
-        runtime.block_on(bench_reports(1, REPORT_BATCHES_PER_NODE));
+        runtime.block_on(bench_reports(
+            REPORT_NODES,
+            REPORTS_PER_BATCH,
+            REPORT_BATCHES_PER_NODE,
+        ));
+        runtime.block_on(bench_reports(REPORT_NODES, 1, REPORT_BATCHES_PER_NODE));
+    }
+    if wants("fleet") {
+        // Every node of a larger fleet sends its own reports, one per request, all at once:
+        // what a fleet of agents does every health interval.
+        runtime.block_on(bench_reports(FLEET_NODES, 1, FLEET_REPORTS_PER_NODE));
     }
     if wants("state") {
         bench_state();

@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::auth::{Access, Caller, Role, new_token, token_sha256};
+use crate::batcher::{ReportBatcher, SubmitError};
 use crate::error::ApiError;
 use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
 use crate::signing::VersionSigner;
@@ -311,6 +312,8 @@ struct Shared {
     validators: tokio::sync::Semaphore,
     /// How long a desired-state document stays fresh, in milliseconds.
     desired_ttl_ms: u64,
+    /// Agents' reports, grouped into engine steps (see [`crate::batcher`]).
+    reports: ReportBatcher,
 }
 
 /// What every handler shares.
@@ -331,8 +334,10 @@ impl AppState {
             .into_iter()
             .map(|r| ((r.method, r.path), r.access))
             .collect();
+        let reports = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), now_ms);
         Self {
             shared: Arc::new(Shared {
+                reports,
                 store,
                 engine,
                 signer,
@@ -2035,19 +2040,26 @@ async fn report(
         }
         Cause::Staleness(staleness)
     };
-    let host = &state.shared.engine;
-    let actions = host
-        .apply_many(&state.shared.store, at_ms, events, cause)
-        .await
-        .map_err(step_error)?;
+    // Applied with the reports other requests bring meanwhile, in one step; answered after
+    // that step is committed.
+    let actions =
+        state
+            .shared
+            .reports
+            .submit(events, cause)
+            .await
+            .map_err(|error| match error {
+                SubmitError::Step(error) => step_error(error),
+                busy @ (SubmitError::Busy | SubmitError::Closed) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    busy.to_string(),
+                ),
+            })?;
     if is_batch {
-        Ok(axum::Json(
-            json!({ "accepted": count, "actions": actions.len() }),
-        ))
+        Ok(axum::Json(json!({ "accepted": count, "actions": actions })))
     } else {
-        Ok(axum::Json(
-            json!({ "accepted": true, "actions": actions.len() }),
-        ))
+        Ok(axum::Json(json!({ "accepted": true, "actions": actions })))
     }
 }
 

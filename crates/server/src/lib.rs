@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batcher;
 pub mod error;
 pub mod rollouts;
 pub mod signing;

@@ -1,0 +1,322 @@
+//! Group commit of agents' reports: the reports that arrive while one engine step commits are
+//! applied together in the next step, in one transaction, and every request is answered after
+//! the commit that holds it.
+//!
+//! Why: a step saves the engine's whole state, whose size grows with the fleet, so its cost
+//! does too; one step per report request would cap the fleet at a few hundred nodes reporting
+//! every few seconds. Grouping makes the step rate follow the commit time instead of the
+//! request rate: with steps of 30 ms, a thousand requests a second become some thirty steps.
+//!
+//! Each request stays whole: its reports sit side by side in the group's step, and when the
+//! engine refuses the group (one request's report names an unknown node, say), every request
+//! of the group is applied again on its own, so each gets its own verdict and no request is
+//! half applied. Durability is unchanged: nobody is answered before the commit.
+
+use std::sync::Arc;
+
+use failsmall_core::domain::TimeMs;
+use failsmall_core::engine::Event;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rollouts::{Cause, EngineHost, StepError};
+use crate::store::{ChangeRow, Store};
+
+/// Most requests waiting for a step; beyond it a request is refused at once (busy: retry).
+pub const MAX_WAITING_REQUESTS: usize = 4096;
+/// Most events in one grouped step; a request is never split, so a step may exceed it by one
+/// request's reports.
+pub const MAX_EVENTS_PER_STEP: usize = 10_000;
+
+/// One request's reports, as engine events with their changelog rows.
+pub type Events = Vec<(Event, Option<ChangeRow>)>;
+
+/// Why a request was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the control plane has {MAX_WAITING_REQUESTS} report requests waiting; retry shortly")]
+    Busy,
+    #[error("the control plane is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Step(#[from] StepError),
+}
+
+struct Waiting {
+    events: Events,
+    cause: Cause,
+    /// The number of actions of the step that applied the request.
+    reply: oneshot::Sender<Result<usize, StepError>>,
+}
+
+/// The front of the group-commit queue; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ReportBatcher {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReportBatcher {
+    /// Starts the committer task; it ends when every [`ReportBatcher`] is dropped.
+    pub fn start(engine: Arc<EngineHost>, store: Arc<Store>, clock: fn() -> TimeMs) -> Self {
+        let (queue, waiting) = mpsc::channel(MAX_WAITING_REQUESTS);
+        tokio::spawn(commit_forever(engine, store, clock, waiting));
+        Self { queue }
+    }
+
+    /// Applies `events` (and `cause`: nothing, or staleness rows) in the next step; returns
+    /// the number of actions of that step once it is committed.
+    pub async fn submit(&self, events: Events, cause: Cause) -> Result<usize, SubmitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Waiting {
+                events,
+                cause,
+                reply,
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
+        // The committer always answers; a dropped answer means it stopped.
+        Ok(answer.await.map_err(|_| SubmitError::Closed)??)
+    }
+}
+
+async fn commit_forever(
+    engine: Arc<EngineHost>,
+    store: Arc<Store>,
+    clock: fn() -> TimeMs,
+    mut waiting: mpsc::Receiver<Waiting>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut events = first.events.len();
+        let mut group = vec![first];
+        while events < MAX_EVENTS_PER_STEP {
+            match waiting.try_recv() {
+                Ok(next) => {
+                    events = events.saturating_add(next.events.len());
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(&engine, &store, clock(), group).await;
+    }
+}
+
+/// Whether `cause` may share a step with other requests' (reports carry nothing else).
+fn groupable(cause: &Cause) -> bool {
+    matches!(cause, Cause::Nothing | Cause::Staleness(_))
+}
+
+async fn commit_group(
+    engine: &EngineHost,
+    store: &Arc<Store>,
+    now_ms: TimeMs,
+    group: Vec<Waiting>,
+) {
+    if group.len() == 1 || !group.iter().all(|w| groupable(&w.cause)) {
+        for one in group {
+            commit_alone(engine, store, now_ms, one).await;
+        }
+        return;
+    }
+    let mut events = Vec::new();
+    let mut rows = Vec::new();
+    for one in &group {
+        events.extend(one.events.iter().cloned());
+        if let Cause::Staleness(staleness) = &one.cause {
+            rows.extend(staleness.iter().cloned());
+        }
+    }
+    let cause = if rows.is_empty() {
+        Cause::Nothing
+    } else {
+        Cause::Staleness(rows)
+    };
+    match engine.apply_many(store, now_ms, events, cause).await {
+        Ok(actions) => {
+            for one in group {
+                let _ = one.reply.send(Ok(actions.len()));
+            }
+        }
+        // The group as a whole was refused (nothing of it is stored): each request on its
+        // own, so each gets its own verdict.
+        Err(_) => {
+            for one in group {
+                commit_alone(engine, store, now_ms, one).await;
+            }
+        }
+    }
+}
+
+async fn commit_alone(engine: &EngineHost, store: &Arc<Store>, now_ms: TimeMs, one: Waiting) {
+    let result = engine
+        .apply_many(store, now_ms, one.events, one.cause)
+        .await
+        .map(|actions| actions.len());
+    let _ = one.reply.send(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failsmall_core::domain::{Labels, NodeId, UnitName, VersionHash};
+    use failsmall_core::health::HealthSample;
+    use failsmall_core::plan::Plan;
+
+    fn fresh_store(name: &str) -> Arc<Store> {
+        let dir =
+            std::env::temp_dir().join(format!("failsmall-batcher-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Arc::new(Store::open(&dir.join("failsmall.db")).unwrap())
+    }
+
+    fn clock() -> TimeMs {
+        1_000_000
+    }
+
+    const NODES: usize = 200;
+
+    /// An engine with `NODES` nodes that all run version `v` of unit `u` in a long bake.
+    async fn fleet(store: &Arc<Store>) -> (Arc<EngineHost>, VersionHash) {
+        let engine = Arc::new(EngineHost::load(store).unwrap());
+        for i in 0..NODES {
+            let id = NodeId::new(format!("n{i}")).unwrap();
+            let labels: Labels = [("cohort".to_owned(), "free".to_owned())].into();
+            let event = Event::NodeRegistered {
+                node: id.clone(),
+                labels: labels.clone(),
+            };
+            engine
+                .apply(store, clock(), event, Cause::Node { id, labels }, None)
+                .await
+                .unwrap();
+        }
+        let version = VersionHash::of(b"v");
+        let plan = Plan::parse(
+            "long.yaml",
+            "name: long\nstages:\n  - name: all\n    bake: 1h\n    min_requests: 1\n    gates: []\n",
+        )
+        .unwrap();
+        let event = Event::RolloutRequested {
+            unit: UnitName::new("u").unwrap(),
+            version,
+            plan,
+            actor: "test".into(),
+            reason: "test".into(),
+            override_quarantine: false,
+        };
+        engine
+            .apply(store, clock(), event, Cause::Nothing, None)
+            .await
+            .unwrap();
+        let applied = (0..NODES)
+            .map(|i| {
+                let event = Event::Applied {
+                    node: NodeId::new(format!("n{i}")).unwrap(),
+                    unit: UnitName::new("u").unwrap(),
+                    version,
+                };
+                (event, None)
+            })
+            .collect();
+        engine
+            .apply_many(store, clock(), applied, Cause::Nothing)
+            .await
+            .unwrap();
+        (engine, version)
+    }
+
+    fn health(node: &str, version: VersionHash) -> Events {
+        let sample = HealthSample {
+            requests: 10,
+            ..Default::default()
+        };
+        vec![(
+            Event::Health {
+                node: NodeId::new(node).unwrap(),
+                unit: UnitName::new("u").unwrap(),
+                version,
+                sample,
+            },
+            None,
+        )]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_steps_and_each_is_applied_once() {
+        let store = fresh_store("group");
+        let (engine, version) = fleet(&store).await;
+        let before = engine.read(|_, revision| revision).await;
+        let batcher = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), clock);
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..NODES {
+            let batcher = batcher.clone();
+            let events = health(&format!("n{i}"), version);
+            requests.spawn(async move { batcher.submit(events, Cause::Nothing).await });
+        }
+        while let Some(result) = requests.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let steps = engine.read(|_, revision| revision).await - before;
+        assert!(
+            steps < NODES as u64,
+            "{NODES} requests took {steps} steps: nothing was grouped"
+        );
+        let requests = engine
+            .read(|engine, _| engine.rollouts().next().unwrap().canary.sample.requests)
+            .await;
+        assert_eq!(requests, 10 * NODES as u64, "every report counted once");
+        // What memory holds is what is stored.
+        let (stored, revision) = store.engine_state().unwrap().unwrap();
+        let in_memory = engine
+            .read(|engine, rev| (serde_json::to_string(engine).unwrap(), rev))
+            .await;
+        assert_eq!(in_memory, (stored, revision));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_does_not_take_its_group_with_it() {
+        let store = fresh_store("refused");
+        let (engine, version) = fleet(&store).await;
+        let batcher = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), clock);
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let batcher = batcher.clone();
+            // Every tenth request reports for a node nobody registered, against another
+            // version (a baseline sample): the engine refuses it.
+            let events = if i % 10 == 0 {
+                health(&format!("ghost{i}"), VersionHash::of(b"other"))
+            } else {
+                health(&format!("n{i}"), version)
+            };
+            requests.spawn(async move { (i, batcher.submit(events, Cause::Nothing).await) });
+        }
+        let mut refused = 0;
+        while let Some(joined) = requests.join_next().await {
+            let (i, result) = joined.unwrap();
+            match result {
+                Ok(_) => assert_ne!(i % 10, 0, "request {i} should have been refused"),
+                Err(SubmitError::Step(StepError::Engine(_))) => {
+                    assert_eq!(i % 10, 0, "request {i} was refused");
+                    refused += 1;
+                }
+                Err(other) => panic!("request {i}: {other}"),
+            }
+        }
+        assert_eq!(refused, 5);
+        let requests = engine
+            .read(|engine, _| engine.rollouts().next().unwrap().canary.sample.requests)
+            .await;
+        assert_eq!(requests, 10 * 45, "each accepted report counted once");
+    }
+}
