@@ -63,9 +63,23 @@ impl Drop for Server {
 impl Server {
     fn start(name: &str) -> Self {
         let dir = fresh_dir(name);
+        Self::start_in(dir, "127.0.0.1:0")
+    }
+
+    /// Kills the server (SIGKILL), leaves it down for `down`, and starts it again on the same
+    /// data dir and address.
+    fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let listen = self.addr.trim_start_matches("http://").to_owned();
+        *self = Self::start_in(self.dir.clone(), &listen);
+    }
+
+    fn start_in(dir: PathBuf, listen: &str) -> Self {
         let data_dir = dir.join("data");
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -261,6 +275,8 @@ struct Watch {
     child: Child,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
+    /// What it printed on stderr (retries, errors).
+    errors: mpsc::Receiver<String>,
 }
 
 impl Watch {
@@ -270,9 +286,18 @@ impl Watch {
             .args(["rollout", "watch", id, "--interval", "100ms"])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (send_error, errors) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if send_error.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -286,6 +311,7 @@ impl Watch {
             child,
             lines,
             seen: Vec::new(),
+            errors,
         }
     }
 
@@ -589,6 +615,37 @@ fn push_starts_a_rollout_and_watch_exits_0_on_completion_and_3_on_rollback() {
         .collect();
     assert_eq!(statuses, ["rolled_back", "completed"]);
     assert_eq!(server.json(&["rollout", "list", "--active"]), json!([]));
+}
+
+/// `rollout watch` rides out a control-plane restart: it says it is retrying, and still exits
+/// with the rollout's outcome.
+#[test]
+fn watch_retries_while_the_server_restarts_and_ends_with_the_outcome() {
+    let mut server = Server::start("watch-restart");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    Agent::new(&server).register("n1", json!({"cohort": "employee"}));
+    let plan = server.file("one-stage.yaml", ONE_STAGE_PLAN);
+    let v1 = server.file("v1.json", r#"{"kill": false}"#);
+    let pushed = server.json(&["push", "flags", &v1, "-m", "one", "--plan", &plan]);
+    let version = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    let id = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+    let mut watch = Watch::spawn(&server, &id, &[]);
+    assert!(watch.next_line().contains("running"));
+    server.restart(Duration::from_secs(1));
+    let retried = watch
+        .errors
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the watch never said it was retrying");
+    assert!(retried.contains("server unreachable"), "{retried}");
+    assert!(retried.contains("retrying in"), "{retried}");
+    // The node reports to the restarted server (registering again only says it is alive).
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    agent.apply_healthy("n1", "flags", &version);
+    let (code, out) = watch.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("completed"), "{out}");
 }
 
 #[test]
