@@ -889,8 +889,20 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
     assert!(shown.contains("/bin/cat -u (timeout 2s)"), "{shown}");
     // The validator accepts what `cat` reads to the end.
     let v1 = server.file("v1.json", r#"{"kill": false}"#);
-    let pushed = server.json(&["push", "flags", &v1, "-m", "first", "--no-rollout"]);
+    // The unit's plan rolls the push out, once; the CLI starts no second rollout.
+    let pushed = server.json(&["push", "flags", &v1, "-m", "first"]);
     assert_eq!(pushed["created"], true);
+    assert_eq!(pushed["rollout"]["plan"], "one-stage", "{pushed}");
+    let rollouts = server.json(&["rollout", "list", "--unit", "flags"]);
+    assert_eq!(rollouts.as_array().unwrap().len(), 1, "{rollouts}");
+    // --no-rollout and --plan cannot hold for such a unit: refused before anything is stored.
+    let v0 = server.file("v0.json", r#"{"kill": null}"#);
+    let stderr = server.fails(&["push", "flags", &v0, "-m", "x", "--no-rollout"], 1);
+    assert!(stderr.contains("unit edit flags --no-plan"), "{stderr}");
+    let stderr = server.fails(&["push", "flags", &v0, "-m", "x", "--plan", &plan], 1);
+    assert!(stderr.contains("drop --plan"), "{stderr}");
+    let versions = server.json(&["unit", "show", "flags"])["versions"].clone();
+    assert_eq!(versions.as_array().unwrap().len(), 1, "{versions}");
 
     // An edit keeps what it is not told to change.
     let edited = server.json(&["unit", "edit", "flags", "--owner", "bots"]);

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Args;
 use failsmall_core::engine::RolloutView;
 use failsmall_core::plan::Plan;
-use failsmall_server::store::VersionRecord;
+use failsmall_server::store::{UnitRecord, VersionRecord};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
@@ -36,11 +36,12 @@ pub struct PushArgs {
     /// Why: recorded with the version and in the changelog.
     #[arg(short = 'm', long)]
     pub message: String,
-    /// The plan to roll out through (YAML or JSON) [default: the built-in default plan:
-    /// employees, 10% of free, free, pro + business, enterprise].
+    /// The plan to roll out through (YAML or JSON) [default: the unit's own plan, else the
+    /// built-in default plan: employees, 10% of free, free, pro + business, enterprise]. Not
+    /// for a unit with its own plan.
     #[arg(long, value_name = "FILE")]
     pub plan: Option<PathBuf>,
-    /// Only store the version; start no rollout.
+    /// Only store the version; start no rollout (not for a unit with its own plan).
     #[arg(long, conflicts_with = "plan")]
     pub no_rollout: bool,
     /// Refuse the push unless the unit's newest version is this hash.
@@ -88,15 +89,41 @@ pub fn load_plan(path: Option<&Path>) -> anyhow::Result<(String, String)> {
     Ok((name, text))
 }
 
+/// A push's answer: the version, and the rollout the unit's own plan started (if any).
+#[derive(Debug, Deserialize)]
+struct Pushed {
+    #[serde(flatten)]
+    version: VersionRecord,
+    #[serde(default)]
+    rollout: Option<RolloutView>,
+}
+
 pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     // Everything local is checked before anything reaches the server.
-    let plan = if args.no_rollout {
-        None
-    } else {
-        Some(load_plan(args.plan.as_deref())?)
-    };
+    if let Some(plan) = &args.plan {
+        load_plan(Some(plan))?;
+    }
     let content = super::read_file_limited(&args.file, PUSH_FILE_MAX_BYTES)?;
     let client = args.remote.connect()?;
+    // A unit with its own plan rolls out every push through it, on the server.
+    let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
+    let plan = match (&unit.plan, args.no_rollout) {
+        (Some(_), true) => bail!(
+            "unit {} rolls out every push through its own plan, so --no-rollout cannot hold; \
+             remove the plan first (`failsmall unit edit {} --no-plan`); nothing was pushed",
+            args.unit,
+            args.unit
+        ),
+        (Some(_), false) if args.plan.is_some() => bail!(
+            "unit {} rolls out every push through its own plan; drop --plan, or change the \
+             unit's plan (`failsmall unit edit {} --plan FILE`); nothing was pushed",
+            args.unit,
+            args.unit
+        ),
+        (Some(own), false) => Some((format!("the plan of unit {}", args.unit), own.clone())),
+        (None, true) => None,
+        (None, false) => Some(load_plan(args.plan.as_deref())?),
+    };
     let mut query = vec![("message", args.message.clone())];
     if let Some(parent) = &args.parent {
         query.push(("parent", parent.clone()));
@@ -105,9 +132,12 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         query.push(("skip_validation", "true".to_owned()));
     }
     let path = format!("/v1/units/{}/versions", args.unit);
-    let (status, version): (u16, VersionRecord) = client.post_bytes(&path, &query, content)?;
+    let (status, pushed): (u16, Pushed) = client.post_bytes(&path, &query, content)?;
+    let (version, started) = (pushed.version, pushed.rollout);
     let created = status == 201;
     let rollout: Option<RolloutView> = match &plan {
+        // The unit's plan started it with the push.
+        _ if started.is_some() => started,
         None => None,
         Some((plan_file, plan_text)) => {
             let body = json!({
