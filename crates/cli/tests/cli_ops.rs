@@ -615,6 +615,27 @@ fn push_starts_a_rollout_and_watch_exits_0_on_completion_and_3_on_rollback() {
         .collect();
     assert_eq!(statuses, ["rolled_back", "completed"]);
     assert_eq!(server.json(&["rollout", "list", "--active"]), json!([]));
+
+    // A stored version rolls out again by a hash prefix; a quarantined one only deliberately.
+    let prefix = &version2[..8];
+    let stderr = server.fails(&["rollout", "start", "flags", prefix, "--plan", &plan], 1);
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    let started = server.json(&[
+        "rollout",
+        "start",
+        "flags",
+        prefix,
+        "--plan",
+        &plan,
+        "--override-quarantine",
+        "--reason",
+        "consumer fixed",
+    ]);
+    assert_eq!(started["status"], "running", "{started}");
+    assert_eq!(started["version"], version2.as_str());
+    assert_eq!(started["plan"], "one-stage");
+    let stderr = server.fails(&["rollout", "start", "flags", "zz"], 1);
+    assert!(stderr.contains("hexadecimal prefix"), "{stderr}");
 }
 
 /// `rollout watch` rides out a control-plane restart: it says it is retrying, and still exits

@@ -1,4 +1,4 @@
-//! `failsmall rollout list|status|watch|pause|resume|promote|abort|rollback|approve`.
+//! `failsmall rollout start|list|status|watch|pause|resume|promote|abort|rollback|approve`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -8,6 +8,8 @@ use failsmall_core::gate::Verdict;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
+
+use failsmall_server::store::UnitRecord;
 
 use super::RemoteArgs;
 use super::client::ApiClient;
@@ -41,8 +43,29 @@ pub struct SteerArgs {
     pub reason: String,
 }
 
+/// A version already stored, to roll out (again).
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The unit.
+    pub unit: String,
+    /// The version: a hash, or a unique prefix of at least 4 characters.
+    #[arg(value_name = "VERSION")]
+    pub hash: String,
+    /// The plan (YAML or JSON) [default: the unit's own plan, else the built-in default plan].
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<std::path::PathBuf>,
+    /// Why: recorded in the changelog.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Roll out a quarantined version anyway, e.g. once its consumer is fixed (admin only).
+    #[arg(long)]
+    pub override_quarantine: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
+    /// Roll out a version already stored (an older one, or a quarantined one once fixed).
+    Start(StartArgs),
     /// List rollouts, newest first.
     List {
         /// Only this unit's rollouts.
@@ -96,6 +119,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let json_output = args.remote.json();
     let (steer, command) = match &args.command {
+        RolloutCommand::Start(start_args) => return start(&client, start_args, json_output),
         RolloutCommand::List { unit, active } => {
             let list: RolloutList = client.get("/v1/rollouts", &[])?;
             let views: Vec<RolloutView> = list
@@ -153,6 +177,49 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
             ),
             None => outln!("rollout {}: {} sent", steer.id, command_name(command)),
         }
+    }
+    Ok(Outcome::Success)
+}
+
+fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Result<Outcome> {
+    let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
+    let (plan_file, plan_text) = match (&args.plan, &unit.plan) {
+        (None, Some(own)) => (format!("the plan of unit {}", args.unit), own.clone()),
+        (given, _) => super::versions::load_plan(given.as_deref())?,
+    };
+    let version = super::versions::resolve_hash(client, &args.unit, &args.hash)?;
+    let body = json!({
+        "unit": args.unit,
+        "version": version,
+        "plan": plan_text,
+        "plan_file": plan_file,
+        "reason": args.reason,
+        "override_quarantine": args.override_quarantine,
+    });
+    let (_, view): (u16, Option<RolloutView>) =
+        client.send_json(Method::POST, "/v1/rollouts", &body)?;
+    if json_output {
+        print_json(&view)?;
+        return Ok(Outcome::Success);
+    }
+    match view {
+        Some(view) => {
+            outln!(
+                "rollout {} of {} {}: {} {} (plan {})",
+                view.id.0,
+                args.unit,
+                short_hash(&version),
+                status_name(view.status),
+                stage_text(&view),
+                view.plan
+            );
+            outln!("follow  failsmall rollout watch {}", view.id.0);
+        }
+        None => outln!(
+            "rollout of {} {} requested",
+            args.unit,
+            short_hash(&version)
+        ),
     }
     Ok(Outcome::Success)
 }

@@ -181,7 +181,7 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
 
 /// A full hash for `given`: itself when it is 64 characters, else the one version of `unit`
 /// whose hash starts with it.
-fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Result<String> {
+pub fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Result<String> {
     let given = given.trim().to_ascii_lowercase();
     if given.len() == 64 {
         return Ok(given);
