@@ -26,6 +26,21 @@ pub struct ServerArgs {
     /// Largest request body (a pushed version is a body), in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = failsmall_server::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// How long a desired-state document stays fresh (`30s`, `5m`, ...): an agent that hears
+    /// nothing newer by then reports itself stale and keeps serving what it has.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl_ms)]
+    pub desired_ttl: u64,
+}
+
+/// A document lifetime: a duration of at least one second.
+fn parse_ttl_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms < 1_000 {
+        return Err(format!(
+            "{text:?} is shorter than 1s; agents would be stale between two documents"
+        ));
+    }
+    Ok(ms)
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +75,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         }
     };
     config.max_body_bytes = args.max_body_bytes;
+    config.desired_ttl_ms = args.desired_ttl;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1663,6 +1663,9 @@ async fn desired(
     })
     .await?;
     if let Some(after) = query.after {
+        // A connected agent gets a fresh document before its last one expires: a long poll
+        // ends after half the documents' lifetime at the latest.
+        let wait_ms = wait_ms.min(state.shared.desired_ttl_ms / 2);
         state
             .shared
             .engine

@@ -33,7 +33,10 @@ struct Fleet {
 
 impl Fleet {
     async fn start(dir: &std::path::Path) -> Self {
-        let server = TestServer::start(dir).await;
+        Self::on(TestServer::start(dir).await).await
+    }
+
+    async fn on(server: TestServer) -> Self {
         let mut agents = std::collections::BTreeMap::new();
         for node in ["n1", "n2", "ghost"] {
             let token = server.agent_token(&format!("agent-{node}"), node).await;
@@ -366,6 +369,40 @@ async fn desired_state_long_polls_until_the_engine_moves() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    fleet.server.stop().await;
+}
+
+/// A connected agent never holds an expired document: a long poll ends after half the
+/// documents' lifetime at the latest, with a fresh one.
+#[tokio::test]
+async fn a_long_poll_ends_before_the_document_it_holds_expires() {
+    let dir = fresh_dir("watch-ttl");
+    let server = TestServer::start_with(&dir, |config| config.desired_ttl_ms = 4_000).await;
+    let fleet = Fleet::on(server).await;
+    fleet.register("n1", "free").await;
+    let (seq, _) = fleet.desired("n1", "").await;
+    let started = std::time::Instant::now();
+    let path = format!("/v1/nodes/n1/desired?after={seq}&wait_ms=30000");
+    let (status, body) = fleet
+        .server
+        .call(Method::GET, &path, Some(fleet.agent("n1")), None)
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        waited >= std::time::Duration::from_millis(1_900)
+            && waited < std::time::Duration::from_millis(3_900),
+        "waited {waited:?} for a 4 s lifetime"
+    );
+    let document: Value = serde_json::from_str(body["document"].as_str().unwrap()).unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        document["expires_ms"].as_u64().unwrap() > now_ms + 1_000,
+        "{document}"
+    );
     fleet.server.stop().await;
 }
 

@@ -37,10 +37,16 @@ pub fn fresh_dir(name: &str) -> PathBuf {
 
 impl TestServer {
     pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, |_| {}).await
+    }
+
+    /// Starts a server whose configuration `adjust` changes first.
+    pub async fn start_with(data_dir: &Path, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(data_dir, address);
         config.max_body_bytes = MAX_BODY_BYTES;
+        adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(config.clone(), listener, async {
             let _ = stopped.await;
