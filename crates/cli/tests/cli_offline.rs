@@ -1,4 +1,4 @@
-//! The subcommands that need no server: `sim` and `plan check`, through the real binary.
+//! The subcommands that need no server: `sim`, `plan check` and `validate`, through the real binary.
 
 #![allow(
     clippy::unwrap_used,
@@ -169,4 +169,38 @@ fn plan_check_errors_name_the_file_line_and_field() {
         stderr(&usage)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The example units the README points at: each example file is valid for its unit's spec,
+/// and the 18 Nov file is refused for its 412 features, as the server would.
+#[test]
+fn the_example_units_validate_against_their_specs() {
+    for (unit, file) in [
+        ("bot-features", "bot-features.json"),
+        ("rules", "rules.json"),
+        ("rules", "rules-killswitch.json"),
+    ] {
+        let output = failsmall(&[
+            "validate",
+            unit,
+            &format!("examples/units/{file}"),
+            "--spec",
+            &format!("examples/units/{unit}.spec.yaml"),
+        ]);
+        assert_eq!(output.status.code(), Some(0), "{file}: {}", stderr(&output));
+        assert!(stdout(&output).contains("a valid version"), "{file}");
+    }
+    let output = failsmall(&[
+        "validate",
+        "bot-features",
+        "examples/units/bot-features-oversized.json",
+        "--spec",
+        "examples/units/bot-features.spec.yaml",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("412 entries, limit 200"),
+        "{}",
+        stderr(&output)
+    );
 }
