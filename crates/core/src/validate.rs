@@ -654,10 +654,52 @@ impl yaml_rust2::parser::EventReceiver for YamlNodeBudget {
 }
 
 fn parse_yaml(text: &str, issues: &mut Issues) -> Option<Value> {
+    use yaml_rust2::Event;
+    use yaml_rust2::parser::EventReceiver as _;
     let mut budget = YamlNodeBudget::default();
     let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
-    if let Err(error) = parser.load(&mut budget, true) {
-        issues.push(IssueKind::Parse, "", format!("YAML: {error}"));
+    // The events are read in a loop, not through `Parser::load`: it (like `YamlLoader`)
+    // recurses once per level of nesting, so a version nested a few thousand levels deep
+    // would overflow the stack. Nesting beyond what `yaml_to_json` takes is refused here,
+    // before anything recursive runs. Every event consumes input: the bound is never reached
+    // by a parser that terminates.
+    let mut depth = 0usize;
+    let mut ended = false;
+    for _ in 0..text.len().saturating_mul(4).saturating_add(16) {
+        let event = match parser.next_token() {
+            Ok((event, _)) => event,
+            Err(error) => {
+                issues.push(IssueKind::Parse, "", format!("YAML: {error}"));
+                return None;
+            }
+        };
+        match event {
+            Event::StreamEnd => {
+                ended = true;
+                break;
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth = depth.saturating_add(1);
+                if depth > MAX_DEPTH.saturating_add(1) {
+                    issues.push(
+                        IssueKind::Parse,
+                        "",
+                        format!("YAML: nested deeper than {MAX_DEPTH} levels"),
+                    );
+                    return None;
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        budget.on_event(event);
+    }
+    if !ended {
+        issues.push(
+            IssueKind::Parse,
+            "",
+            "YAML: the parser did not reach the end".to_owned(),
+        );
         return None;
     }
     if budget.total_nodes > MAX_YAML_NODES {
@@ -901,6 +943,40 @@ mod tests {
 
     fn spec(format: UnitFormat) -> UnitSpec {
         UnitSpec::new(format, 1024 * 1024)
+    }
+
+    /// Nesting far beyond `MAX_DEPTH`, in every format and style, is refused with a reason;
+    /// nothing recursive meets it (a stack overflow would abort the server or the agent).
+    #[test]
+    fn nesting_thousands_deep_is_refused_not_a_crash() {
+        let levels = 100_000;
+        let cases = [
+            (UnitFormat::Yaml, format!("{}1", "- ".repeat(levels))),
+            (
+                UnitFormat::Yaml,
+                format!("{}1{}", "[".repeat(levels), "]".repeat(levels)),
+            ),
+            (UnitFormat::Yaml, {
+                let mut text = String::new();
+                for level in 0..levels {
+                    text.push_str(&" ".repeat(level % 64));
+                    text.push_str("k:\n");
+                }
+                text
+            }),
+            (
+                UnitFormat::Json,
+                format!("{}1{}", "[".repeat(levels), "]".repeat(levels)),
+            ),
+            (
+                UnitFormat::Toml,
+                format!("a = {}1{}", "[".repeat(levels), "]".repeat(levels)),
+            ),
+        ];
+        for (format, text) in cases {
+            let issues = validate(&spec(format), text.as_bytes()).unwrap_err();
+            assert!(!issues.is_empty(), "{format:?}");
+        }
     }
 
     fn kinds(result: Result<(), Vec<ValidationIssue>>) -> Vec<IssueKind> {
