@@ -15,7 +15,9 @@
 //! segments and malformed percent-encoding reach the server as they are, and a connection
 //! closed without an answer is seen as such.
 //!
-//! `FAILSMALL_FUZZ_SEED` replays a run (the seed is printed at the start and in a failure);
+//! The seed is fixed, so CI checks the same requests every run; `FAILSMALL_FUZZ_SEED=N`
+//! replays or explores a run (the seed is printed at the start and in a failure) and
+//! `FAILSMALL_FUZZ_SEED=clock` picks a new one;
 //! `FAILSMALL_FUZZ_CASES` changes the number of cases (default 1000).
 #![allow(
     clippy::unwrap_used,
@@ -1119,7 +1121,13 @@ fn judge(route: &RouteSpec, request: &Wire, answer: &Answer) -> Result<(), Strin
             return Err(format!("answered {status}"));
         }
     }
-    if status.is_client_error() && request.method != "HEAD" {
+    // The HTTP layer itself (hyper) refuses a URI or headers too long to parse before any
+    // route sees the request, with an empty body: not an API answer.
+    let protocol = matches!(
+        status,
+        StatusCode::URI_TOO_LONG | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    ) && answer.body.is_empty();
+    if status.is_client_error() && request.method != "HEAD" && !protocol {
         let shaped = body.as_ref().is_some_and(|b| {
             let error = &b["error"];
             error["code"].is_string()
@@ -1237,15 +1245,18 @@ async fn fixture(server: &TestServer) -> Fixture {
     }
 }
 
+/// The seed of a run: fixed by default, so every CI run checks the same requests;
+/// `FAILSMALL_FUZZ_SEED=N` replays or explores one, `FAILSMALL_FUZZ_SEED=clock` a new one.
+const DEFAULT_SEED: u64 = 20_261_124;
+
 fn seed() -> u64 {
-    std::env::var("FAILSMALL_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        })
+    match std::env::var("FAILSMALL_FUZZ_SEED").ok().as_deref() {
+        Some("clock") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        Some(text) => text.parse().unwrap_or(DEFAULT_SEED),
+        None => DEFAULT_SEED,
+    }
 }
 
 fn cases() -> u32 {
