@@ -188,16 +188,17 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
         (given, _) => super::versions::load_plan(given.as_deref())?,
     };
     let version = super::versions::resolve_hash(client, &args.unit, &args.hash)?;
-    let body = json!({
-        "unit": args.unit,
-        "version": version,
-        "plan": plan_text,
-        "plan_file": plan_file,
-        "reason": args.reason,
-        "override_quarantine": args.override_quarantine,
-    });
-    let (_, view): (u16, Option<RolloutView>) =
-        client.send_json(Method::POST, "/v1/rollouts", &body)?;
+    let view = super::versions::request_rollout(
+        client,
+        &super::versions::RolloutRequest {
+            unit: &args.unit,
+            version: &version,
+            plan_file: &plan_file,
+            plan_text: &plan_text,
+            reason: &args.reason,
+            override_quarantine: args.override_quarantine,
+        },
+    )?;
     if json_output {
         print_json(&view)?;
         return Ok(Outcome::Success);

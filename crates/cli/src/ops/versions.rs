@@ -139,19 +139,17 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         // The unit's plan started it with the push.
         _ if started.is_some() => started,
         None => None,
-        Some((plan_file, plan_text)) => {
-            let body = json!({
-                "unit": args.unit,
-                "version": version.hash,
-                "plan": plan_text,
-                "plan_file": plan_file,
-                "reason": args.message,
-                "override_quarantine": args.override_quarantine,
-            });
-            let (_, view): (u16, Option<RolloutView>) =
-                client.send_json(Method::POST, "/v1/rollouts", &body)?;
-            view
-        }
+        Some((plan_file, plan_text)) => request_rollout(
+            &client,
+            &RolloutRequest {
+                unit: &args.unit,
+                version: &version.hash,
+                plan_file,
+                plan_text,
+                reason: &args.message,
+                override_quarantine: args.override_quarantine,
+            },
+        )?,
     };
     if args.remote.json() {
         print_json(&json!({"version": version, "created": created, "rollout": rollout}))?;
@@ -177,6 +175,34 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         None => outln!("rollout  none started"),
     }
     Ok(Outcome::Success)
+}
+
+/// A rollout to request: `version` of `unit` through a plan.
+pub struct RolloutRequest<'a> {
+    pub unit: &'a str,
+    pub version: &'a str,
+    pub plan_file: &'a str,
+    pub plan_text: &'a str,
+    pub reason: &'a str,
+    pub override_quarantine: bool,
+}
+
+/// Starts (or queues) a rollout; the server's view of it.
+pub fn request_rollout(
+    client: &ApiClient,
+    request: &RolloutRequest<'_>,
+) -> anyhow::Result<Option<RolloutView>> {
+    let body = json!({
+        "unit": request.unit,
+        "version": request.version,
+        "plan": request.plan_text,
+        "plan_file": request.plan_file,
+        "reason": request.reason,
+        "override_quarantine": request.override_quarantine,
+    });
+    let (_, view): (u16, Option<RolloutView>) =
+        client.send_json(Method::POST, "/v1/rollouts", &body)?;
+    Ok(view)
 }
 
 /// A full hash for `given`: itself when it is 64 characters, else the one version of `unit`
