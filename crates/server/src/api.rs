@@ -645,7 +645,32 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             counter.load(Ordering::Relaxed)
         ));
     }
-    let gauges: [(&str, &str, &str, u64); 9] = [
+    let reports = state.shared.reports.counts();
+    let gauges: [(&str, &str, &str, u64); 13] = [
+        (
+            "failsmall_report_requests_total",
+            "counter",
+            "Agents' report requests answered by the group commit.",
+            reports.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_report_steps_total",
+            "counter",
+            "Engine steps that applied report requests (a group, or one request on its own).",
+            reports.steps.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_report_groups_split_total",
+            "counter",
+            "Groups of report requests the engine refused whole, then applied one by one.",
+            reports.groups_split.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_report_requests_busy_total",
+            "counter",
+            "Report requests answered 503 because the queue was full.",
+            reports.busy.load(Ordering::Relaxed),
+        ),
         (
             "failsmall_versions_rejected_total",
             "counter",

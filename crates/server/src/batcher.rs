@@ -13,6 +13,7 @@
 //! half applied. Durability is unchanged: nobody is answered before the commit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use failsmall_core::domain::TimeMs;
 use failsmall_core::engine::Event;
@@ -52,6 +53,26 @@ struct Waiting {
 #[derive(Debug, Clone)]
 pub struct ReportBatcher {
     queue: mpsc::Sender<Waiting>,
+    counts: Arc<BatcherCounts>,
+}
+
+/// What the batcher did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct BatcherCounts {
+    /// Report requests answered (applied or refused).
+    pub requests: AtomicU64,
+    /// Engine steps the committer ran (a group, or one request on its own).
+    pub steps: AtomicU64,
+    /// Groups the engine refused whole, whose requests were then applied one by one.
+    pub groups_split: AtomicU64,
+    /// Requests refused at once because the queue was full.
+    pub busy: AtomicU64,
+}
+
+impl BatcherCounts {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Waiting {
@@ -66,8 +87,20 @@ impl ReportBatcher {
     /// Starts the committer task; it ends when every [`ReportBatcher`] is dropped.
     pub fn start(engine: Arc<EngineHost>, store: Arc<Store>, clock: fn() -> TimeMs) -> Self {
         let (queue, waiting) = mpsc::channel(MAX_WAITING_REQUESTS);
-        tokio::spawn(commit_forever(engine, store, clock, waiting));
-        Self { queue }
+        let counts = Arc::new(BatcherCounts::default());
+        tokio::spawn(commit_forever(
+            engine,
+            store,
+            clock,
+            waiting,
+            Arc::clone(&counts),
+        ));
+        Self { queue, counts }
+    }
+
+    /// What the batcher did so far.
+    pub fn counts(&self) -> &BatcherCounts {
+        &self.counts
     }
 
     /// Applies `events` (and `cause`: nothing, or staleness rows) in the next step; returns
@@ -81,7 +114,10 @@ impl ReportBatcher {
                 reply,
             })
             .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SubmitError::Busy,
+                mpsc::error::TrySendError::Full(_) => {
+                    BatcherCounts::add(&self.counts.busy, 1);
+                    SubmitError::Busy
+                }
                 mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
             })?;
         // The committer always answers; a dropped answer means it stopped.
@@ -94,6 +130,7 @@ async fn commit_forever(
     store: Arc<Store>,
     clock: fn() -> TimeMs,
     mut waiting: mpsc::Receiver<Waiting>,
+    counts: Arc<BatcherCounts>,
 ) {
     while let Some(first) = waiting.recv().await {
         let mut events = first.events.len();
@@ -107,7 +144,7 @@ async fn commit_forever(
                 Err(_) => break,
             }
         }
-        commit_group(&engine, &store, clock(), group).await;
+        commit_group(&engine, &store, clock(), group, &counts).await;
     }
 }
 
@@ -121,13 +158,17 @@ async fn commit_group(
     store: &Arc<Store>,
     now_ms: TimeMs,
     group: Vec<Waiting>,
+    counts: &BatcherCounts,
 ) {
+    BatcherCounts::add(&counts.requests, group.len() as u64);
     if group.len() == 1 || !group.iter().all(|w| groupable(&w.cause)) {
+        BatcherCounts::add(&counts.steps, group.len() as u64);
         for one in group {
             commit_alone(engine, store, now_ms, one).await;
         }
         return;
     }
+    BatcherCounts::add(&counts.steps, 1);
     let mut events = Vec::new();
     let mut rows = Vec::new();
     for one in &group {
@@ -150,6 +191,8 @@ async fn commit_group(
         // The group as a whole was refused (nothing of it is stored): each request on its
         // own, so each gets its own verdict.
         Err(_) => {
+            BatcherCounts::add(&counts.groups_split, 1);
+            BatcherCounts::add(&counts.steps, group.len() as u64);
             for one in group {
                 commit_alone(engine, store, now_ms, one).await;
             }
@@ -272,6 +315,9 @@ mod tests {
             steps < NODES as u64,
             "{NODES} requests took {steps} steps: nothing was grouped"
         );
+        let counts = batcher.counts();
+        assert_eq!(counts.requests.load(Ordering::Relaxed), NODES as u64);
+        assert_eq!(counts.steps.load(Ordering::Relaxed), steps);
         let requests = engine
             .read(|engine, _| engine.rollouts().next().unwrap().canary.sample.requests)
             .await;
