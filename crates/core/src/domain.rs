@@ -39,6 +39,14 @@ pub enum NameError {
         found: char,
         at: usize,
     },
+    #[error(
+        "{kind} name {name:?} starts with {found:?}; expected an ASCII letter or digit first (names are file and URL path segments: '.', '..' and hidden names are not)"
+    )]
+    BadStart {
+        kind: &'static str,
+        name: String,
+        found: char,
+    },
 }
 
 fn check_name(kind: &'static str, name: &str, max: usize) -> Result<(), NameError> {
@@ -51,6 +59,13 @@ fn check_name(kind: &'static str, name: &str, max: usize) -> Result<(), NameErro
             name: name.to_owned(),
             len: name.len(),
             max,
+        });
+    }
+    if let Some(found) = name.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
+        return Err(NameError::BadStart {
+            kind,
+            name: name.to_owned(),
+            found,
         });
     }
     if let Some((at, found)) = name
@@ -266,6 +281,16 @@ mod tests {
             UnitName::new("x".repeat(65)),
             Err(NameError::TooLong { .. })
         ));
+        // Names are directory names on agents and URL path segments: never `.`, `..` or
+        // hidden.
+        for bad in [".", "..", ".hidden", "-flag", "_x"] {
+            assert!(
+                matches!(UnitName::new(bad), Err(NameError::BadStart { .. })),
+                "{bad}"
+            );
+            assert!(NodeId::new(bad).is_err(), "{bad}");
+        }
+        assert!(UnitName::new("v1.2_x-y").is_ok());
     }
 
     #[test]
