@@ -356,6 +356,14 @@ impl Shared {
         }
     }
 
+    /// An ACK of `hash` was refused and dropped: the next document that names it ACKs it
+    /// again, so one refused answer does not leave a rollout waiting for this node forever.
+    pub fn forget_acknowledgment(&self, unit: &UnitName, hash: &VersionHash) {
+        if let Ok(mut set) = self.acknowledged.lock() {
+            set.remove(&(unit.clone(), *hash));
+        }
+    }
+
     /// The active version of `unit`, as last recorded (read from disk once at start, then
     /// kept at every activation; a large bundle is not hashed again).
     pub fn active(&self, unit: &UnitName) -> Option<VersionHash> {
@@ -818,7 +826,7 @@ async fn send_reports(
             }
             continue;
         }
-        let (unsent, failed) = send_batch(&control, batch).await;
+        let (unsent, failed) = send_batch(&control, &shared, batch).await;
         shared.with_status(|s| {
             s.reports_queued = shared.reports.len().saturating_add(unsent.len());
             s.reports_dropped = shared.reports.dropped();
@@ -837,9 +845,14 @@ async fn send_reports(
 
 /// Sends `batch` in one request. When the control plane refuses the batch for what it holds,
 /// each report is sent alone, so one refused report does not take the others with it; a
-/// refused report is dropped (and logged), since sending it again cannot help. Returns what
-/// is still to send, and whether sending failed for a reason that may pass (then retry).
-async fn send_batch(control: &ControlPlane, batch: Vec<Report>) -> (Vec<Report>, bool) {
+/// refused report is dropped (and logged), since sending it again cannot help; a dropped ACK
+/// is sent again at the next document that names its version. Returns what is still to send,
+/// and whether sending failed for a reason that may pass (then retry).
+async fn send_batch(
+    control: &ControlPlane,
+    shared: &Shared,
+    batch: Vec<Report>,
+) -> (Vec<Report>, bool) {
     match control.report_batch(&batch).await {
         Ok(()) => return (Vec::new(), false),
         Err(error) if !error.is_refusal() => return (batch, true),
@@ -856,6 +869,9 @@ async fn send_batch(control: &ControlPlane, batch: Vec<Report>) -> (Vec<Report>,
             Ok(()) => {}
             Err(error) if error.is_refusal() => {
                 eprintln!("failsmall agent: report refused by the control plane: {error}");
+                if let Report::Applied { unit, version } = &report {
+                    shared.forget_acknowledgment(unit, version);
+                }
             }
             Err(_) => {
                 failed = true;

@@ -5,8 +5,8 @@
 //!   [`MAX_WATCH_MS`]) until the active version is not `after`; 200 with the bytes, or 304
 //!   when nothing changed in time.
 //! - `POST /v1/units/{unit}/rejections` `{"version": HASH, "reason": TEXT}`: a consumer
-//!   refused that version. The agent NACKs it, and if it is active, puts back the last known
-//!   good at once.
+//!   refused that version (the active or the desired one; any other is a 409). The agent
+//!   NACKs it, and if it is active, puts back the last known good at once.
 //! - `GET /v1/status`: what the agent knows about itself (JSON).
 
 // Handlers return early with a ready response; boxing it would only add an allocation.
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,8 @@ pub fn router(shared: Arc<Shared>, config: AgentConfig) -> Router {
         .route("/v1/units/{unit}", get(unit_bytes))
         .route("/v1/units/{unit}/watch", get(watch_unit))
         .route("/v1/units/{unit}/rejections", post(rejection))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(LocalState {
             shared,
@@ -76,7 +79,26 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({"error": {"message": message}}))).into_response()
 }
 
-fn unit_name(name: &str) -> Result<UnitName, Response> {
+async fn unknown_route() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such route; the local API serves /v1/status and /v1/units/{unit}[/watch|/rejections]"
+            .to_owned(),
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method".to_owned(),
+    )
+}
+
+/// The unit named by the path; a segment that does not decode (say `%ff`) or is not a unit
+/// name is a 400 with the JSON error shape, like every refusal here.
+fn unit_name(name: Result<Path<String>, PathRejection>) -> Result<UnitName, Response> {
+    let Path(name) =
+        name.map_err(|e| error(StatusCode::BAD_REQUEST, format!("path: {}", e.body_text())))?;
     UnitName::new(name).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
@@ -110,8 +132,11 @@ async fn status(State(state): State<LocalState>) -> Response {
     axum::Json(status).into_response()
 }
 
-async fn unit_bytes(State(state): State<LocalState>, Path(unit): Path<String>) -> Response {
-    let unit = match unit_name(&unit) {
+async fn unit_bytes(
+    State(state): State<LocalState>,
+    unit: Result<Path<String>, PathRejection>,
+) -> Response {
+    let unit = match unit_name(unit) {
         Ok(unit) => unit,
         Err(response) => return response,
     };
@@ -133,12 +158,18 @@ struct WatchQuery {
 
 async fn watch_unit(
     State(state): State<LocalState>,
-    Path(unit): Path<String>,
-    Query(query): Query<WatchQuery>,
+    unit: Result<Path<String>, PathRejection>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Response {
-    let unit = match unit_name(&unit) {
+    let unit = match unit_name(unit) {
         Ok(unit) => unit,
         Err(response) => return response,
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("query: {}", e.body_text()));
+        }
     };
     let after: Option<VersionHash> = match query.after.as_deref().map(str::parse) {
         None => None,
@@ -178,12 +209,17 @@ struct RejectionRequest {
 
 async fn rejection(
     State(state): State<LocalState>,
-    Path(unit): Path<String>,
-    body: Bytes,
+    unit: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let unit = match unit_name(&unit) {
+    let unit = match unit_name(unit) {
         Ok(unit) => unit,
         Err(response) => return response,
+    };
+    // Over MAX_BODY_BYTES is a 413, a body cut short a 400: with the JSON error shape.
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), format!("body: {}", e.body_text())),
     };
     let request: RejectionRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -202,6 +238,26 @@ async fn rejection(
     };
     let reason = format!("consumer rejected it: {}", request.reason);
     let shared = &state.shared;
+    let active = current(shared, &unit)
+        .await
+        .ok()
+        .flatten()
+        .map(|(_, hash)| hash);
+    let desired = shared
+        .with_status(|s| s.units.get(&unit).and_then(|u| u.desired))
+        .flatten();
+    // A consumer can only have been served the active or the desired version. Refusing any
+    // other would be remembered for the run without the control plane acting on it (no
+    // rollout has it yet), and a later rollout of it would wait for this node forever.
+    if active != Some(version) && desired != Some(version) {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "version {} of unit {unit} is neither active nor desired on this node; nothing to reject",
+                version.short()
+            ),
+        );
+    }
     let first = !shared.is_refused(&unit, &version);
     shared.refuse(&unit, &version);
     if first {
@@ -212,11 +268,6 @@ async fn rejection(
             reason: cut_reason(&reason),
         });
     }
-    let active = current(shared, &unit)
-        .await
-        .ok()
-        .flatten()
-        .map(|(_, hash)| hash);
     let good = shared.disk.good(&unit).ok().flatten();
     let restored = match (active, good) {
         (Some(active), Some(good)) if active == version && good != version => {
