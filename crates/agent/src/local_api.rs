@@ -236,7 +236,7 @@ async fn rejection(
             format!("version {:?} is not a SHA-256 hex", request.version),
         );
     };
-    let reason = format!("consumer rejected it: {}", request.reason);
+    let reason = cut_reason(&format!("consumer rejected it: {}", request.reason));
     let shared = &state.shared;
     let active = current(shared, &unit)
         .await
@@ -265,7 +265,7 @@ async fn rejection(
         shared.reports.push(Report::Rejected {
             unit: unit.clone(),
             version,
-            reason: cut_reason(&reason),
+            reason: reason.clone(),
         });
     }
     let good = shared.disk.good(&unit).ok().flatten();
