@@ -575,6 +575,12 @@ fn push_starts_a_rollout_and_watch_exits_0_on_completion_and_3_on_rollback() {
     let (code, out) = watch.finish();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("rollout 1 completed"), "{out}");
+    // The node's applied version, as it reported it.
+    let nodes = server.ok(&["nodes"]);
+    assert!(
+        nodes.contains(&format!("flags={}", &version[..12])),
+        "{nodes}"
+    );
 
     // The second version is refused by the node: the watch exits 3.
     let out = server.ok(&["push", "flags", &v2, "-m", "two", "--plan", &plan]);

@@ -841,7 +841,15 @@ pub fn openapi_document() -> Value {
                         "labels": {"type": "object", "additionalProperties": {"type": "string"}},
                         "registered_ms": {"type": "integer"},
                         "last_seen_ms": {"type": "integer"},
-                        "stale_since_ms": {"type": "integer", "description": "ms since the Unix epoch; absent while fresh"}
+                        "stale_since_ms": {"type": "integer", "description": "ms since the Unix epoch; absent while fresh"},
+                        "versions": {
+                            "type": "object",
+                            "description": "Per unit, the version the node last reported applied (ACK) and when",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {"version": {"type": "string"}, "applied_ms": {"type": "integer"}}
+                            }
+                        }
                     }
                 },
                 "Report": {

@@ -13,7 +13,9 @@ use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
 use failsmall_core::engine::{Action, ChangeKind, ChangelogEntry, Engine, EngineError, Event};
 use tokio::sync::{Mutex, watch};
 
-use crate::store::{ChangeRow, Concerns, EngineStep, StalenessRow, Store, StoreError, VersionRow};
+use crate::store::{
+    AppliedRow, ChangeRow, Concerns, EngineStep, StalenessRow, Store, StoreError, VersionRow,
+};
 
 /// The longest an agent may wait for a newer desired state in one request.
 pub const MAX_WATCH_MS: u64 = 30_000;
@@ -259,8 +261,22 @@ fn step_and_commit(
         ),
         other => (other, Vec::new()),
     };
+    let mut applied = Vec::new();
     for (event, change) in events {
         let produced = next.step(now_ms, &event)?;
+        if let Event::Applied {
+            node,
+            unit,
+            version,
+        } = &event
+        {
+            applied.push(AppliedRow {
+                node: node.to_string(),
+                unit: unit.to_string(),
+                version: version.to_string(),
+                at_ms: now_ms,
+            });
+        }
         changes.extend(change);
         changes.extend(
             produced
@@ -285,6 +301,7 @@ fn step_and_commit(
             version: version.as_ref(),
         },
         staleness,
+        &applied,
     )?;
     current.engine = next;
     current.revision = revision;

@@ -7,6 +7,7 @@
 //! what PostgreSQL also runs, except the `INTEGER PRIMARY KEY` row ids (`BIGSERIAL` there) and
 //! `BLOB` (`BYTEA`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -70,6 +71,8 @@ fn fail_at(name: &'static str) -> Result<(), StoreError> {
 
 /// Listings return at most this many rows.
 pub const MAX_LIST_ROWS: u32 = 1000;
+/// Most units a node listing shows per node (the applied versions read per page are bounded).
+pub const MAX_UNITS_SHOWN_PER_NODE: i64 = 64;
 /// A changelog page filtered by labels examines at most this many entries; when it stops
 /// there, its `next_cursor` continues the scan.
 pub const MAX_CHANGELOG_SCAN_ROWS: u32 = 10_000;
@@ -149,6 +152,14 @@ const MIGRATIONS: &[&str] = &[
     // 7: since when a node serves stale configuration (its latest desired-state document
     // expired, by its own report); none: fresh.
     "ALTER TABLE nodes ADD COLUMN stale_since_ms BIGINT;",
+    // 8: the version each node last reported applied, per unit.
+    "CREATE TABLE node_versions (
+        node TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        version TEXT NOT NULL,
+        applied_ms BIGINT NOT NULL,
+        PRIMARY KEY (node, unit)
+    );",
 ];
 
 /// Why a store operation failed.
@@ -250,6 +261,25 @@ pub struct NodeRecord {
     /// document, by its own report); absent while it is fresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_since_ms: Option<u64>,
+    /// Per unit, the version the node last reported applied (ACK), and when.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, AppliedVersion>,
+}
+
+/// A version a node reported applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedVersion {
+    pub version: String,
+    pub applied_ms: u64,
+}
+
+/// An ACK to record with the engine step that took it: `node` runs `version` of `unit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedRow {
+    pub node: String,
+    pub unit: String,
+    pub version: String,
+    pub at_ms: u64,
 }
 
 /// One changelog row.
@@ -587,6 +617,7 @@ fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
         registered_ms: to_u64(row.get(2)?),
         last_seen_ms: to_u64(row.get(3)?),
         stale_since_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
+        versions: BTreeMap::new(),
     })
 }
 
@@ -1061,7 +1092,38 @@ impl Store {
                 "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes ORDER BY id LIMIT ?1",
             )?;
             let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut nodes = rows.collect::<Result<Vec<_>, _>>()?;
+            // The page's nodes run at most this many units each that the list shows.
+            let (first, last) = match (nodes.first(), nodes.last()) {
+                (Some(first), Some(last)) => (first.id.clone(), last.id.clone()),
+                _ => return Ok(nodes),
+            };
+            let mut stmt = conn.prepare(
+                "SELECT node, unit, version, applied_ms FROM node_versions
+                 WHERE node >= ?1 AND node <= ?2 ORDER BY node, unit LIMIT ?3",
+            )?;
+            let limit = i64::from(MAX_LIST_ROWS).saturating_mul(MAX_UNITS_SHOWN_PER_NODE);
+            let applied = stmt.query_map(params![first, last, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    AppliedVersion {
+                        version: row.get(2)?,
+                        applied_ms: to_u64(row.get(3)?),
+                    },
+                ))
+            })?;
+            let mut by_node: BTreeMap<String, BTreeMap<String, AppliedVersion>> = BTreeMap::new();
+            for row in applied {
+                let (node, unit, version) = row?;
+                by_node.entry(node).or_default().insert(unit, version);
+            }
+            for node in &mut nodes {
+                if let Some(versions) = by_node.remove(&node.id) {
+                    node.versions = versions;
+                }
+            }
+            Ok(nodes)
         })
     }
 
@@ -1283,7 +1345,7 @@ impl Store {
     /// Persists an engine step and its cause atomically; returns the new engine revision.
     /// A different current revision is a conflict and nothing is written.
     pub fn commit_step(&self, step: &EngineStep<'_>) -> Result<u64, StoreError> {
-        self.commit_step_with(step, &[])
+        self.commit_step_with(step, &[], &[])
     }
 
     /// [`Store::commit_step`], and in the same transaction the staleness its batch of reports
@@ -1293,6 +1355,7 @@ impl Store {
         &self,
         step: &EngineStep<'_>,
         staleness: &[StalenessRow],
+        applied: &[AppliedRow],
     ) -> Result<u64, StoreError> {
         let labels_text = match step.node {
             Some((id, labels)) => {
@@ -1346,6 +1409,13 @@ impl Store {
             fail_at(fail_points::STEP_AFTER_STATE)?;
             for row in staleness {
                 Self::set_staleness(&tx, row)?;
+            }
+            for row in applied {
+                tx.execute(
+                    "INSERT INTO node_versions (node, unit, version, applied_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (node, unit) DO UPDATE SET version = excluded.version, applied_ms = excluded.applied_ms",
+                    params![row.node, row.unit, row.version, to_i64(row.at_ms)],
+                )?;
             }
             for change in step.changes {
                 record_change(&tx, &change.as_new())?;
@@ -1605,18 +1675,18 @@ mod tests {
             row("ghost", Some(5), "node_stale"),
         ];
         assert!(matches!(
-            store.commit_step_with(&step(1, None), &unknown),
+            store.commit_step_with(&step(1, None), &unknown, &[]),
             Err(StoreError::NotFound { kind: "node", .. })
         ));
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.engine_state().unwrap().unwrap().1, 1);
         store
-            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")])
+            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")], &[])
             .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, Some(5));
         assert_eq!(store.counts().unwrap().nodes_stale, 1);
         let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
-        store.commit_step_with(&step(2, None), &fresh).unwrap();
+        store.commit_step_with(&step(2, None), &fresh, &[]).unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.counts().unwrap().nodes_stale, 0);
         let kinds: Vec<String> = store

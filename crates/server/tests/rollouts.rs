@@ -198,6 +198,12 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     fleet.wait_for_status(first, "completed").await;
+    // Each node's applied version per unit, as it reported it.
+    let (_, nodes) = server.admin(Method::GET, "/v1/nodes", None).await;
+    for node in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(node["versions"]["flags"]["version"], v1.as_str(), "{node}");
+        assert!(node["versions"]["flags"]["applied_ms"].is_u64(), "{node}");
+    }
 
     // The second version: one node refuses it, every node goes back to v1, and v2 is quarantined.
     let (status, view) = fleet.start_rollout(&v2).await;

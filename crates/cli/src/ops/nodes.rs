@@ -5,7 +5,7 @@ use failsmall_server::store::NodeRecord;
 use serde::Deserialize;
 
 use super::RemoteArgs;
-use super::render::{Table, ago, labels_text, now_ms, print_json, rfc3339};
+use super::render::{Table, ago, labels_text, now_ms, print_json, rfc3339, short_hash};
 use crate::Outcome;
 
 #[derive(Debug, Args)]
@@ -53,11 +53,19 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let now = now_ms();
-    let mut table = Table::new(&["NODE", "LABELS", "LAST SEEN", "STALE", "REGISTERED"]);
+    let mut table = Table::new(&[
+        "NODE",
+        "LABELS",
+        "VERSIONS",
+        "LAST SEEN",
+        "STALE",
+        "REGISTERED",
+    ]);
     for node in &nodes {
         table.row(vec![
             node.id.clone(),
             labels_text(&node.labels),
+            versions_text(node),
             ago(now, node.last_seen_ms),
             stale_text(now, node.stale_since_ms),
             rfc3339(node.registered_ms),
@@ -65,6 +73,18 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
     }
     out!("{}", table.render());
     Ok(Outcome::Success)
+}
+
+/// `unit=3f2a9c1e04b7,...` (the versions the node reported applied), or `-`.
+fn versions_text(node: &NodeRecord) -> String {
+    if node.versions.is_empty() {
+        return "-".to_owned();
+    }
+    node.versions
+        .iter()
+        .map(|(unit, applied)| format!("{unit}={}", short_hash(&applied.version)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `-` for a fresh node; `since 12m` for one stale for twelve minutes.
