@@ -1230,25 +1230,11 @@ async fn tamper_forward(State(state): State<Arc<TamperState>>, request: Request)
         state.tampered.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::from_u16(*status).unwrap(), body.clone()).into_response();
     }
-    let method = request.method().clone();
-    let headers = request.headers().clone();
-    let body = axum::body::to_bytes(request.into_body(), 16 * 1024 * 1024)
-        .await
-        .unwrap();
-    let mut outgoing = state
-        .http
-        .request(method, format!("{}{path}", state.upstream))
-        .body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    let Ok(response) = outgoing.send().await else {
-        return (StatusCode::BAD_GATEWAY, "control plane unreachable").into_response();
+    let (status, bytes) = match common::pass_on(&state.http, &state.upstream, &path, request).await
+    {
+        Ok(answer) => answer,
+        Err(unreachable) => return unreachable,
     };
-    let status = response.status();
-    let bytes = response.bytes().await.unwrap_or_default().to_vec();
     if let Some((status, body, true)) = reports {
         state.tampered.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::from_u16(status).unwrap(), body).into_response();

@@ -159,25 +159,10 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         )
             .into_response();
     }
-    let method = request.method().clone();
-    let headers = request.headers().clone();
-    let body = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024)
-        .await
-        .unwrap();
-    let mut outgoing = state
-        .http
-        .request(method, format!("{upstream}{path}"))
-        .body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
-            outgoing = outgoing.header(name, value);
-        }
-    }
-    let Ok(response) = outgoing.send().await else {
-        return (StatusCode::BAD_GATEWAY, "control plane unreachable").into_response();
+    let (status, mut bytes) = match pass_on(&state.http, &upstream, &path, request).await {
+        Ok(answer) => answer,
+        Err(unreachable) => return unreachable,
     };
-    let status = response.status();
-    let mut bytes = response.bytes().await.unwrap_or_default().to_vec();
     // The mode as of the answer: a long poll sent before a change is tampered with too.
     let mode = state.mode.lock().unwrap().clone();
     if status.is_success() {
@@ -508,4 +493,30 @@ pub fn agent_config(
     config.backoff_min_ms = 20;
     config.backoff_max_ms = 200;
     config
+}
+
+/// Sends `request` on to `upstream` (a test proxy's one honest step): the answer's status and
+/// bytes, or a 502 when the control plane is unreachable.
+pub async fn pass_on(
+    http: &reqwest::Client,
+    upstream: &str,
+    path: &str,
+    request: axum::extract::Request,
+) -> Result<(StatusCode, Vec<u8>), axum::response::Response> {
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let body = axum::body::to_bytes(request.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap();
+    let mut outgoing = http.request(method, format!("{upstream}{path}")).body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(response) = outgoing.send().await else {
+        return Err((StatusCode::BAD_GATEWAY, "control plane unreachable").into_response());
+    };
+    let status = response.status();
+    Ok((status, response.bytes().await.unwrap_or_default().to_vec()))
 }
