@@ -134,8 +134,8 @@ mod tests {
 
     #[test]
     fn the_unit_config_file_parses_and_errors_name_the_line() {
-        let dir = std::env::temp_dir().join(format!("failsmall-agent-args-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let good = dir.join("units.json");
         std::fs::write(
             &good,

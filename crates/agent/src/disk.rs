@@ -379,18 +379,19 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DiskErro
 mod tests {
     use super::*;
 
-    fn fresh(name: &str) -> DataDir {
-        let dir = std::env::temp_dir().join(format!(
-            "failsmall-agent-disk-{name}-{}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        DataDir::open(dir).unwrap()
+    /// A data dir inside a fresh temporary directory, removed when the guard is dropped.
+    fn fresh(name: &str) -> (tempfile::TempDir, DataDir) {
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("failsmall-agent-disk-{name}-"))
+            .tempdir()
+            .unwrap();
+        let disk = DataDir::open(scratch.path().join("agent")).unwrap();
+        (scratch, disk)
     }
 
     #[test]
     fn activate_replaces_current_and_good_survives_pruning() {
-        let disk = fresh("activate");
+        let (_dir, disk) = fresh("activate");
         let unit = UnitName::new("features").unwrap();
         let mut hashes = Vec::new();
         for i in 0..10u8 {
@@ -424,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_damaged_version_file_is_not_served() {
-        let disk = fresh("damaged");
+        let (_dir, disk) = fresh("damaged");
         let unit = UnitName::new("flags").unwrap();
         let hash = VersionHash::of(b"good");
         let path = disk.store_version(&unit, &hash, b"good").unwrap();
@@ -438,14 +439,14 @@ mod tests {
         for name in [".", ".."] {
             assert!(UnitName::new(name).is_err(), "{name}");
         }
-        let disk = fresh("dots");
+        let (_dir, disk) = fresh("dots");
         let unit = UnitName::new("flags").unwrap();
         assert!(disk.unit_dir(&unit).unwrap().starts_with(disk.root()));
     }
 
     #[test]
     fn seq_and_key_round_trip() {
-        let disk = fresh("seq");
+        let (_dir, disk) = fresh("seq");
         assert_eq!(disk.trusted_seq().unwrap(), 0);
         disk.save_trusted_seq(42).unwrap();
         assert_eq!(disk.trusted_seq().unwrap(), 42);

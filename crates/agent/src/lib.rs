@@ -968,8 +968,8 @@ mod tests {
 
     #[test]
     fn an_expired_document_makes_the_agent_stale_until_a_fresh_one_comes() {
-        let dir =
-            std::env::temp_dir().join(format!("failsmall-agent-stale-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("agent");
         let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
         refresh_staleness(&shared);
         assert_eq!(
@@ -1011,11 +1011,8 @@ mod tests {
 
     #[test]
     fn staleness_outlives_a_restart() {
-        let dir = std::env::temp_dir().join(format!(
-            "failsmall-agent-stale-restart-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("agent");
         // The last document expired while the agent was down: stale at once after start.
         DataDir::open(&dir)
             .unwrap()
@@ -1062,8 +1059,8 @@ mod tests {
 
     #[test]
     fn refusals_are_remembered_bounded_and_not_repeated() {
-        let dir =
-            std::env::temp_dir().join(format!("failsmall-agent-refused-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("agent");
         let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
         let unit = UnitName::new("u").unwrap();
         for i in 0..(MAX_REFUSED + 10) {

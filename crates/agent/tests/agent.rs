@@ -197,11 +197,14 @@ struct World {
     operator: Operator,
     agent: Agent,
     v1: Vec<u8>,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
 }
 
 impl World {
     async fn start(name: &str) -> Self {
-        let dir = fresh_dir(name);
+        let dir_tmp = fresh_dir(name);
+        let dir = dir_tmp.path();
         let server = Server::start(&dir.join("server")).await;
         let proxy = Proxy::start(Some(&server.base)).await;
         let operator = Operator::new(&server);
@@ -221,6 +224,7 @@ impl World {
             operator,
             agent,
             v1,
+            _dir: dir_tmp,
         }
     }
 
@@ -403,6 +407,7 @@ async fn the_agent_keeps_serving_while_the_server_is_down_and_converges_after() 
         operator,
         agent,
         v1,
+        _dir,
     } = world;
     let data_dir = server.data_dir.clone();
     server.stop().await;
@@ -457,7 +462,8 @@ async fn an_idle_node_is_not_silent_through_a_long_bake() {
 async fn a_desired_state_that_expires_while_the_server_is_down_is_reported_stale_then_fresh() {
     // Documents stay fresh 2 s; the agent asks again every 300 ms while connected.
     const TTL_MS: u64 = 2_000;
-    let dir = fresh_dir("stale");
+    let dir_tmp = fresh_dir("stale");
+    let dir = dir_tmp.path();
     let server_dir = dir.join("server");
     let server = ShortLivedServer::start(&server_dir, TTL_MS).await;
     let gate = Gate::start(&server.base).await;

@@ -734,9 +734,10 @@ async fn check_local(
 }
 
 /// A server, the unit, an agent (node `n1`, straight to the server) that applied `v1`, and
-/// a second version `v2` pushed but never rolled out.
-async fn local_world(name: &str) -> (Server, Node, LocalFixture, Vec<u8>) {
-    let dir = fresh_dir(name);
+/// a second version `v2` pushed but never rolled out; and the directory they live in.
+async fn local_world(name: &str) -> (Server, Node, LocalFixture, Vec<u8>, tempfile::TempDir) {
+    let dir_tmp = fresh_dir(name);
+    let dir = dir_tmp.path();
     let server = Server::start(&dir.join("server")).await;
     let operator = Operator::new(&server);
     operator.create_unit().await;
@@ -757,14 +758,14 @@ async fn local_world(name: &str) -> (Server, Node, LocalFixture, Vec<u8>) {
         other,
         forged: sha256_hex(b"forged"),
     };
-    (server, node, fixture, v1)
+    (server, node, fixture, v1, dir_tmp)
 }
 
 #[test]
 fn no_local_request_gets_a_5xx_a_dropped_connection_or_changes_the_active_version() {
     record_panics();
     let runtime = runtime();
-    let (server, node, fixture, v1) = runtime.block_on(local_world("hostile-local"));
+    let (server, node, fixture, v1, _dir) = runtime.block_on(local_world("hostile-local"));
     let seed = seed();
     eprintln!("hostile local API: seed {seed} (replay with FAILSMALL_FUZZ_SEED={seed})");
     let mut runner = runner(cases(1000), seed, 300);
@@ -1275,11 +1276,14 @@ struct ControlWorld {
     token: String,
     /// Each case pushes new content.
     pushed: AtomicU64,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
 }
 
 impl ControlWorld {
     async fn start(name: &str) -> Self {
-        let dir = fresh_dir(name);
+        let dir_tmp = fresh_dir(name);
+        let dir = dir_tmp.path();
         let server = Server::start(&dir.join("server")).await;
         let operator = Operator::new(&server);
         operator
@@ -1318,6 +1322,7 @@ impl ControlWorld {
             node,
             token,
             pushed: AtomicU64::new(0),
+            _dir: dir_tmp,
         }
     }
 
@@ -1464,7 +1469,7 @@ fn a_tampering_network_never_gets_an_unsigned_version_active_and_the_agent_conve
 fn local_refusals_are_json_errors_and_dot_units_are_not_a_500() {
     record_panics();
     let runtime = runtime();
-    let (server, node, fixture, v1) = runtime.block_on(local_world("hostile-local-regress"));
+    let (server, node, fixture, v1, _dir) = runtime.block_on(local_world("hostile-local-regress"));
     let over_limit = LocalBody::Huge(16 * 1024 + 1);
     let cases: [(&str, &str, Vec<u8>, u16); 8] = [
         ("GET", "/v1/units/.", Vec::new(), 400),
@@ -1542,7 +1547,8 @@ fn a_rejection_of_a_version_not_served_here_does_not_block_its_rollout_later() {
     record_panics();
     let runtime = runtime();
     runtime.block_on(async {
-        let dir = fresh_dir("hostile-pre-rejected");
+        let dir_tmp = fresh_dir("hostile-pre-rejected");
+        let dir = dir_tmp.path();
         let server = Server::start(&dir.join("server")).await;
         let operator = Operator::new(&server);
         operator.create_unit().await;

@@ -53,11 +53,14 @@ struct Fixture {
     token: String,
     agent_dir: PathBuf,
     log: PathBuf,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
 }
 
 impl Fixture {
     async fn start(name: &str) -> Self {
-        let dir = fresh_dir(name);
+        let dir_tmp = fresh_dir(name);
+        let dir = dir_tmp.path();
         let server = Server::start(&dir.join("server")).await;
         let operator = Operator::new(&server);
         operator
@@ -70,6 +73,7 @@ impl Fixture {
             token,
             agent_dir: dir.join("agent"),
             log: dir.join("agent.log"),
+            _dir: dir_tmp,
         }
     }
 

@@ -71,11 +71,14 @@ struct Node {
     agent: Agent,
     consumer: Arc<Consumer>,
     v1: Vec<u8>,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
 }
 
 /// A node whose agent is connected and has no version yet.
 async fn start_empty(name: &str) -> Node {
-    let dir = fresh_dir(name);
+    let dir_tmp = fresh_dir(name);
+    let dir = dir_tmp.path();
     let server = Server::start(&dir.join("server")).await;
     let operator = Operator::new(&server);
     operator.create_unit().await;
@@ -114,6 +117,7 @@ async fn start_empty(name: &str) -> Node {
         agent,
         consumer,
         v1: features(1),
+        _dir: dir_tmp,
     }
 }
 

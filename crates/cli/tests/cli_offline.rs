@@ -67,8 +67,8 @@ fn sim_compares_strategies_as_a_table_and_as_json() {
 
 #[test]
 fn sim_writes_an_svg_timeline_and_the_same_seed_gives_the_same_output() {
-    let dir = std::env::temp_dir().join(format!("failsmall-cli-offline-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let svg = dir.join("healthy.svg");
     let first = failsmall(&["sim", "healthy", "--svg", svg.to_str().unwrap()]);
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
@@ -79,7 +79,6 @@ fn sim_writes_an_svg_timeline_and_the_same_seed_gives_the_same_output() {
     );
     let second = failsmall(&["sim", "healthy", "--svg", svg.to_str().unwrap()]);
     assert_eq!(stdout(&first), stdout(&second));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -127,8 +126,8 @@ fn plan_check_passes_the_default_plan_and_exits_3_for_an_instant_push() {
 
 #[test]
 fn plan_check_errors_name_the_file_line_and_field() {
-    let dir = std::env::temp_dir().join(format!("failsmall-bad-plan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let plan = dir.join("bad.yaml");
     std::fs::write(
         &plan,
@@ -168,7 +167,6 @@ fn plan_check_errors_name_the_file_line_and_field() {
         "{}",
         stderr(&usage)
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The example units the README points at: each example file is valid for its unit's spec,

@@ -11,8 +11,8 @@
 )]
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -32,11 +32,12 @@ const FEATURES_SPEC: &str = r#"{
   "schema": {"type": "object", "required": ["features"]}
 }"#;
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("failsmall-cli-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system's temporary directory, removed when the test drops it.
+fn fresh_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("failsmall-cli-ops-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn features(names: &[&str]) -> String {
@@ -49,7 +50,8 @@ struct Server {
     child: Child,
     addr: String,
     admin: String,
-    dir: PathBuf,
+    /// Shared with the server started again on it by `restart`.
+    dir: Arc<tempfile::TempDir>,
     http: reqwest::blocking::Client,
 }
 
@@ -62,8 +64,7 @@ impl Drop for Server {
 
 impl Server {
     fn start(name: &str) -> Self {
-        let dir = fresh_dir(name);
-        Self::start_in(dir, "127.0.0.1:0")
+        Self::start_in(Arc::new(fresh_dir(name)), "127.0.0.1:0")
     }
 
     /// Kills the server (SIGKILL), leaves it down for `down`, and starts it again on the same
@@ -76,8 +77,8 @@ impl Server {
         *self = Self::start_in(self.dir.clone(), &listen);
     }
 
-    fn start_in(dir: PathBuf, listen: &str) -> Self {
-        let data_dir = dir.join("data");
+    fn start_in(dir: Arc<tempfile::TempDir>, listen: &str) -> Self {
+        let data_dir = dir.path().join("data");
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
@@ -130,7 +131,7 @@ impl Server {
     /// config directory.
     fn command(&self) -> Command {
         let mut command = Command::new(BIN);
-        let config = self.dir.join("config-home");
+        let config = self.dir.path().join("config-home");
         command
             .env("FAILSMALL_ADDR", &self.addr)
             .env("FAILSMALL_TOKEN", &self.admin)
@@ -179,7 +180,7 @@ impl Server {
     }
 
     fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
+        let path = self.dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_owned()
     }
@@ -838,7 +839,7 @@ fn errors_say_what_went_wrong_and_what_to_do() {
     assert!(stderr.contains("--addr"), "{stderr}");
 
     // A missing file.
-    let missing = server.dir.join("nope.json");
+    let missing = server.dir.path().join("nope.json");
     let missing = missing.to_str().unwrap();
     let stderr = server.fails(&["push", "features", missing, "-m", "x", "--no-rollout"], 1);
     assert!(stderr.contains(missing), "{stderr}");
@@ -1090,7 +1091,7 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
 #[test]
 fn the_config_file_supplies_address_and_token() {
     let server = Server::start("config");
-    let config = server.dir.join("config-home").join("failsmall");
+    let config = server.dir.path().join("config-home").join("failsmall");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(
         config.join("config.toml"),

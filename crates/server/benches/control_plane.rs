@@ -17,7 +17,6 @@
     clippy::indexing_slicing
 )]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,20 +44,19 @@ struct Bench {
     client: reqwest::Client,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), failsmall_server::ServerError>>,
-}
-
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("failsmall-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    /// The server's data dir, removed when the bench is dropped.
+    _dir: tempfile::TempDir,
 }
 
 impl Bench {
     async fn start(name: &str) -> Self {
-        let dir = fresh_dir(name);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("failsmall-bench-{name}-"))
+            .tempdir()
+            .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let config = ServerConfig::new(&dir, address);
+        let config = ServerConfig::new(dir.path(), address);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(config.clone(), listener, async {
             let _ = stopped.await;
@@ -79,6 +77,7 @@ impl Bench {
             client,
             stop,
             task,
+            _dir: dir,
         }
     }
 
@@ -400,9 +399,11 @@ fn bench_state() {
             },
         )
         .unwrap();
-    let dir = fresh_dir("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&dir.join("failsmall.db")).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("failsmall-bench-state-")
+        .tempdir()
+        .unwrap();
+    let store = Store::open(&dir.path().join("failsmall.db")).unwrap();
     let mut serialize = Vec::new();
     let mut commit = Vec::new();
     let mut clone = Vec::new();

@@ -215,12 +215,14 @@ mod tests {
     use failsmall_core::health::HealthSample;
     use failsmall_core::plan::Plan;
 
-    fn fresh_store(name: &str) -> Arc<Store> {
-        let dir =
-            std::env::temp_dir().join(format!("failsmall-batcher-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Arc::new(Store::open(&dir.join("failsmall.db")).unwrap())
+    /// A store in a fresh temporary directory, removed when the guard is dropped.
+    fn fresh_store(name: &str) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("failsmall-batcher-{name}-"))
+            .tempdir()
+            .unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("failsmall.db")).unwrap());
+        (dir, store)
     }
 
     fn clock() -> TimeMs {
@@ -297,7 +299,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_share_steps_and_each_is_applied_once() {
-        let store = fresh_store("group");
+        let (_dir, store) = fresh_store("group");
         let (engine, version) = fleet(&store).await;
         let before = engine.read(|_, revision| revision).await;
         let batcher = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), clock);
@@ -332,7 +334,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_request_does_not_take_its_group_with_it() {
-        let store = fresh_store("refused");
+        let (_dir, store) = fresh_store("refused");
         let (engine, version) = fleet(&store).await;
         let batcher = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), clock);
         let mut requests = tokio::task::JoinSet::new();

@@ -230,8 +230,8 @@ mod tests {
 
     #[test]
     fn first_start_writes_one_admin_token_and_restarts_keep_it() {
-        let dir = std::env::temp_dir().join(format!("failsmall-lib-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("data");
         let (store, _, token) = open_data_dir(&dir).unwrap();
         let token = token.unwrap();
         let on_disk = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap();

@@ -167,29 +167,26 @@ mod tests {
 
     #[test]
     fn a_partial_key_left_by_a_crash_is_not_loaded() {
-        let dir =
-            std::env::temp_dir().join(format!("failsmall-signing-tmp-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         // A crash after the temporary file was created, before it was linked.
         fs::write(dir.join(format!("{KEY_FILE}.tmp")), b"12ab").unwrap();
-        let first = VersionSigner::load_or_create(&dir).unwrap();
+        let first = VersionSigner::load_or_create(dir).unwrap();
         assert!(!dir.join(format!("{KEY_FILE}.tmp")).exists());
-        let second = VersionSigner::load_or_create(&dir).unwrap();
+        let second = VersionSigner::load_or_create(dir).unwrap();
         assert_eq!(first.public_key_hex(), second.public_key_hex());
         // An existing key is never replaced.
         assert!(write_private(&dir.join(KEY_FILE), b"other").is_err());
-        let third = VersionSigner::load_or_create(&dir).unwrap();
+        let third = VersionSigner::load_or_create(dir).unwrap();
         assert_eq!(first.public_key_hex(), third.public_key_hex());
     }
 
     #[test]
     fn key_is_created_once_private_and_reloaded() {
-        let dir = std::env::temp_dir().join(format!("failsmall-signing-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let first = VersionSigner::load_or_create(&dir).unwrap();
-        let second = VersionSigner::load_or_create(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
+        let first = VersionSigner::load_or_create(dir).unwrap();
+        let second = VersionSigner::load_or_create(dir).unwrap();
         assert_eq!(first.public_key_hex(), second.public_key_hex());
         #[cfg(unix)]
         {

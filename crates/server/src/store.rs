@@ -1493,17 +1493,19 @@ mod tests {
         }
     }
 
-    fn temp_db(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("failsmall-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("failsmall.db")
+    /// A database path in a fresh temporary directory, removed when the guard is dropped.
+    fn temp_db(name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("failsmall-store-{name}-"))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("failsmall.db");
+        (dir, path)
     }
 
     #[test]
     fn migrations_apply_once_and_data_survives_reopen() {
-        let path = temp_db("reopen");
+        let (_dir, path) = temp_db("reopen");
         let spec = UnitSpec::new(UnitFormat::Json, 100);
         {
             let store = Store::open(&path).unwrap();
@@ -1519,7 +1521,8 @@ mod tests {
 
     #[test]
     fn stale_revision_is_a_conflict_and_changes_nothing() {
-        let store = Store::open(&temp_db("conflict")).unwrap();
+        let (_dir, db) = temp_db("conflict");
+        let store = Store::open(&db).unwrap();
         let spec = UnitSpec::new(UnitFormat::Json, 100);
         store
             .create_unit("u", &spec, "team", "d", &change("unit_created"))
@@ -1549,7 +1552,8 @@ mod tests {
 
     #[test]
     fn versions_chain_to_their_parent_and_dedupe() {
-        let store = Store::open(&temp_db("versions")).unwrap();
+        let (_dir, db) = temp_db("versions");
+        let store = Store::open(&db).unwrap();
         store
             .create_unit(
                 "u",
@@ -1590,7 +1594,8 @@ mod tests {
 
     #[test]
     fn an_engine_step_commits_with_its_cause_or_not_at_all() {
-        let store = Store::open(&temp_db("step")).unwrap();
+        let (_dir, db) = temp_db("step");
+        let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
         let changes = vec![ChangeRow {
             at_ms: 9,
@@ -1642,7 +1647,8 @@ mod tests {
 
     #[test]
     fn staleness_commits_with_its_step_and_an_unknown_node_fails_the_whole_step() {
-        let store = Store::open(&temp_db("stale")).unwrap();
+        let (_dir, db) = temp_db("stale");
+        let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
         let step = |expected_revision, node| EngineStep {
             expected_revision,
@@ -1743,7 +1749,8 @@ mod tests {
 
     #[test]
     fn a_label_filtered_page_keeps_fleet_wide_entries_and_continues_by_cursor() {
-        let store = Store::open(&temp_db("labels")).unwrap();
+        let (_dir, db) = temp_db("labels");
+        let store = Store::open(&db).unwrap();
         let eu = Concerns::Selectors(vec![selector("region", &["eu-west-1"])]);
         let us = Concerns::Selectors(vec![selector("region", &["us-east-1"])]);
         for (reason, concerns) in [

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn units_are_created_listed_shown_and_updated_with_revision_checks() {
-    let server = TestServer::start(&fresh_dir("units")).await;
+    let scratch = fresh_dir("units");
+    let server = TestServer::start(scratch.path()).await;
     server.create_features_unit("bot-features").await;
     let (status, list) = server.admin(Method::GET, "/v1/units", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -69,7 +70,8 @@ async fn units_are_created_listed_shown_and_updated_with_revision_checks() {
 
 #[tokio::test]
 async fn push_validates_before_storing_and_signs() {
-    let server = TestServer::start(&fresh_dir("push")).await;
+    let scratch = fresh_dir("push");
+    let server = TestServer::start(scratch.path()).await;
     server.create_features_unit("bot-features").await;
     let deployer = server.token("ci", Role::Deployer).await;
 
@@ -186,7 +188,8 @@ async fn push_validates_before_storing_and_signs() {
 
 #[tokio::test]
 async fn versions_diff_and_blobs_are_served_with_cache_headers() {
-    let server = TestServer::start(&fresh_dir("blobs")).await;
+    let scratch = fresh_dir("blobs");
+    let server = TestServer::start(scratch.path()).await;
     let admin = server.admin.clone();
     let spec = json!({"format": "yaml", "max_bytes": 1024});
     server
@@ -286,7 +289,8 @@ async fn versions_diff_and_blobs_are_served_with_cache_headers() {
 
 #[tokio::test]
 async fn nodes_register_heartbeat_and_list() {
-    let server = TestServer::start(&fresh_dir("nodes")).await;
+    let scratch = fresh_dir("nodes");
+    let server = TestServer::start(scratch.path()).await;
     let agent = server.agent_token("agent-fra-01", "fra-01").await;
     let viewer = server.token("eve", Role::Viewer).await;
     let labels = json!({"labels": {"region": "eu", "cohort": "free"}});
@@ -348,7 +352,8 @@ async fn nodes_register_heartbeat_and_list() {
 
 #[tokio::test]
 async fn changelog_pages_by_cursor_filters_and_feeds() {
-    let server = TestServer::start(&fresh_dir("changelog")).await;
+    let scratch = fresh_dir("changelog");
+    let server = TestServer::start(scratch.path()).await;
     for name in ["a", "b", "c"] {
         let spec = json!({"format": "raw", "max_bytes": 10});
         server
@@ -433,7 +438,8 @@ async fn changelog_pages_by_cursor_filters_and_feeds() {
 
 #[tokio::test]
 async fn every_bad_input_is_a_4xx_with_the_error_shape() {
-    let server = TestServer::start(&fresh_dir("errors")).await;
+    let scratch = fresh_dir("errors");
+    let server = TestServer::start(scratch.path()).await;
     let admin = server.admin.clone();
     let raw = |method: Method, path: &str, body: &'static [u8]| {
         server
@@ -594,7 +600,8 @@ fn concrete(path: &str) -> String {
 
 #[tokio::test]
 async fn every_route_admits_exactly_the_roles_of_its_class() {
-    let server = TestServer::start(&fresh_dir("matrix")).await;
+    let scratch = fresh_dir("matrix");
+    let server = TestServer::start(scratch.path()).await;
     server
         .admin(
             Method::POST,
@@ -693,7 +700,8 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
 
 #[tokio::test]
 async fn openapi_lists_every_route_and_health_and_metrics_answer() {
-    let server = TestServer::start(&fresh_dir("openapi")).await;
+    let scratch = fresh_dir("openapi");
+    let server = TestServer::start(scratch.path()).await;
     let (status, document) = server
         .call(Method::GET, "/v1/openapi.json", None, None)
         .await;
@@ -738,8 +746,9 @@ async fn openapi_lists_every_route_and_health_and_metrics_answer() {
 
 #[tokio::test]
 async fn a_restart_on_the_same_data_dir_keeps_everything() {
-    let dir = fresh_dir("restart");
-    let server = TestServer::start(&dir).await;
+    let dir_tmp = fresh_dir("restart");
+    let dir = dir_tmp.path();
+    let server = TestServer::start(dir).await;
     server.create_features_unit("bot-features").await;
     let admin = server.admin.clone();
     let (_, version) = server
@@ -760,7 +769,7 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
     let (_, log_before) = server.admin(Method::GET, "/v1/changelog", None).await;
     server.stop().await;
 
-    let server = TestServer::start(&dir).await;
+    let server = TestServer::start(dir).await;
     assert_eq!(server.admin, admin, "the first admin token is not replaced");
     let (status, shown) = server
         .admin(
@@ -807,7 +816,8 @@ async fn a_restart_on_the_same_data_dir_keeps_everything() {
 
 #[tokio::test]
 async fn garbage_bodies_never_cause_a_5xx() {
-    let server = TestServer::start(&fresh_dir("garbage")).await;
+    let scratch = fresh_dir("garbage");
+    let server = TestServer::start(scratch.path()).await;
     let admin = server.admin.clone();
     server
         .admin(
@@ -853,7 +863,8 @@ async fn garbage_bodies_never_cause_a_5xx() {
 
 #[tokio::test]
 async fn an_agent_token_acts_only_for_its_own_node() {
-    let server = TestServer::start(&fresh_dir("agent-binding")).await;
+    let scratch = fresh_dir("agent-binding");
+    let server = TestServer::start(scratch.path()).await;
     let own = server.agent_token("agent-a", "node-a").await;
     let labels = json!({"labels": {"cohort": "free"}});
     let (status, body) = server
@@ -919,7 +930,8 @@ async fn an_agent_token_acts_only_for_its_own_node() {
 
 #[tokio::test]
 async fn numbers_beyond_the_store_are_4xx_or_empty_not_5xx() {
-    let server = TestServer::start(&fresh_dir("huge-numbers")).await;
+    let scratch = fresh_dir("huge-numbers");
+    let server = TestServer::start(scratch.path()).await;
     let huge = u64::MAX;
     for path in [
         format!("/v1/changelog?cursor={huge}"),
@@ -945,7 +957,8 @@ async fn numbers_beyond_the_store_are_4xx_or_empty_not_5xx() {
 
 #[tokio::test]
 async fn a_unit_cannot_allow_versions_larger_than_the_body_limit() {
-    let server = TestServer::start(&fresh_dir("body-limit")).await;
+    let scratch = fresh_dir("body-limit");
+    let server = TestServer::start(scratch.path()).await;
     let limit = common::MAX_BODY_BYTES;
     let (status, body) = server
         .admin(

@@ -1300,7 +1300,8 @@ fn no_generated_request_gets_a_5xx_or_a_dropped_connection() {
         .enable_all()
         .build()
         .unwrap();
-    let server = runtime.block_on(TestServer::start(&fresh_dir("api-fuzz")));
+    let scratch = fresh_dir("api-fuzz");
+    let server = runtime.block_on(TestServer::start(scratch.path()));
     let fixture = runtime.block_on(fixture(&server));
     let table = route_table();
     let seed = seed();
@@ -1363,7 +1364,8 @@ fn no_generated_request_gets_a_5xx_or_a_dropped_connection() {
 /// A version nested too deep is a 422, and the server keeps answering.
 #[tokio::test]
 async fn a_yaml_version_nested_too_deep_is_refused_not_a_crash() {
-    let server = TestServer::start(&fresh_dir("api-fuzz-deep-yaml")).await;
+    let scratch = fresh_dir("api-fuzz-deep-yaml");
+    let server = TestServer::start(scratch.path()).await;
     let admin = server.admin.clone();
     let spec = json!({"format": "yaml", "max_bytes": common::MAX_BODY_BYTES});
     let (status, body) = server

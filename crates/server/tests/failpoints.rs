@@ -81,8 +81,9 @@ fn a_push_that_dies_at_any_step_is_stored_whole_or_not_at_all() {
     ];
     for point in points {
         for action in ACTIONS {
-            let dir = fresh_dir(&format!("fp-push-{}-{action}", point.replace("::", "-")));
-            let path = db_path(&dir);
+            let dir_tmp = fresh_dir(&format!("fp-push-{}-{action}", point.replace("::", "-")));
+            let dir = dir_tmp.path();
+            let path = db_path(dir);
             let content = format!("content at {point} {action}").into_bytes();
             let hash = failsmall_core::domain::VersionHash::of(&content).to_string();
             let push = NewVersion {
@@ -162,8 +163,9 @@ fn a_changelog_write_that_dies_is_recorded_once_or_not_at_all() {
         fail_points::CHANGE_AFTER_COMMIT,
     ] {
         for action in ACTIONS {
-            let dir = fresh_dir(&format!("fp-change-{}-{action}", point.replace("::", "-")));
-            let path = db_path(&dir);
+            let dir_tmp = fresh_dir(&format!("fp-change-{}-{action}", point.replace("::", "-")));
+            let dir = dir_tmp.path();
+            let path = db_path(dir);
             {
                 let store = Store::open(&path).unwrap();
                 store.record(&change("first", "kept")).unwrap();
@@ -223,8 +225,9 @@ async fn an_engine_step_that_dies_at_any_step_leaves_memory_and_disk_agreeing() 
     ];
     for point in points {
         for action in ACTIONS {
-            let dir = fresh_dir(&format!("fp-step-{}-{action}", point.replace("::", "-")));
-            let path = db_path(&dir);
+            let dir_tmp = fresh_dir(&format!("fp-step-{}-{action}", point.replace("::", "-")));
+            let dir = dir_tmp.path();
+            let path = db_path(dir);
             {
                 let store = Arc::new(Store::open(&path).unwrap());
                 let host = EngineHost::load(&store).unwrap();
@@ -286,8 +289,9 @@ async fn an_engine_step_that_dies_at_any_step_leaves_memory_and_disk_agreeing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_goes_away_mid_step_leaves_memory_and_disk_agreeing() {
     let scenario = fail::FailScenario::setup();
-    let dir = fresh_dir("fp-step-cancelled");
-    let store = Arc::new(Store::open(&db_path(&dir)).unwrap());
+    let dir_tmp = fresh_dir("fp-step-cancelled");
+    let dir = dir_tmp.path();
+    let store = Arc::new(Store::open(&db_path(dir)).unwrap());
     let host = EngineHost::load(&store).unwrap();
     let (event, cause, row) = registration("n1", "fra");
     host.apply(&store, 10, event, cause, row).await.unwrap();
@@ -320,8 +324,9 @@ async fn a_caller_that_goes_away_mid_step_leaves_memory_and_disk_agreeing() {
 #[tokio::test]
 async fn over_http_an_injected_failure_is_a_503_and_the_server_recovers() {
     let scenario = fail::FailScenario::setup();
-    let dir = fresh_dir("fp-http");
-    let server = TestServer::start(&dir).await;
+    let dir_tmp = fresh_dir("fp-http");
+    let dir = dir_tmp.path();
+    let server = TestServer::start(dir).await;
     let agent = server.agent_token("agent-n1", "n1").await;
     let agent_n2 = server.agent_token("agent-n2", "n2").await;
     let spec = json!({"format": "raw", "max_bytes": 1000});

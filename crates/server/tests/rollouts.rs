@@ -143,8 +143,9 @@ impl Fleet {
 
 #[tokio::test]
 async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
-    let dir = fresh_dir("rollout");
-    let fleet = Fleet::start(&dir).await;
+    let dir_tmp = fresh_dir("rollout");
+    let dir = dir_tmp.path();
+    let fleet = Fleet::start(dir).await;
     let server = &fleet.server;
     for (node, cohort) in [("n1", "employee"), ("n2", "free")] {
         let labels = json!({"labels": {"cohort": cohort}});
@@ -292,7 +293,7 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
     let before = (fleet.rollout(first).await, fleet.rollout(second).await);
     let (agents, deployer) = (fleet.agents.clone(), fleet.deployer.clone());
     fleet.server.stop().await;
-    let server = TestServer::start(&dir).await;
+    let server = TestServer::start(dir).await;
     let (_, key) = server
         .call(Method::GET, "/v1/signing-key", None, None)
         .await;
@@ -314,7 +315,8 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
 
 #[tokio::test]
 async fn desired_state_long_polls_until_the_engine_moves() {
-    let fleet = Fleet::start(&fresh_dir("watch")).await;
+    let scratch = fresh_dir("watch");
+    let fleet = Fleet::start(scratch.path()).await;
     let server = &fleet.server;
     fleet.register("n1", "free").await;
     let (seq, _) = fleet.desired("n1", "").await;
@@ -382,8 +384,9 @@ async fn desired_state_long_polls_until_the_engine_moves() {
 /// documents' lifetime at the latest, with a fresh one.
 #[tokio::test]
 async fn a_long_poll_ends_before_the_document_it_holds_expires() {
-    let dir = fresh_dir("watch-ttl");
-    let server = TestServer::start_with(&dir, |config| config.desired_ttl_ms = 4_000).await;
+    let dir_tmp = fresh_dir("watch-ttl");
+    let dir = dir_tmp.path();
+    let server = TestServer::start_with(dir, |config| config.desired_ttl_ms = 4_000).await;
     let fleet = Fleet::on(server).await;
     fleet.register("n1", "free").await;
     let (seq, _) = fleet.desired("n1", "").await;
@@ -414,7 +417,8 @@ async fn a_long_poll_ends_before_the_document_it_holds_expires() {
 
 #[tokio::test]
 async fn shutdown_ends_long_polls_at_once() {
-    let fleet = Fleet::start(&fresh_dir("watch-shutdown")).await;
+    let scratch = fresh_dir("watch-shutdown");
+    let fleet = Fleet::start(scratch.path()).await;
     fleet.register("n1", "free").await;
     let (seq, _) = fleet.desired("n1", "").await;
     let path = format!(
@@ -443,7 +447,8 @@ async fn shutdown_ends_long_polls_at_once() {
 
 #[tokio::test]
 async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
-    let fleet = Fleet::start(&fresh_dir("rollout-errors")).await;
+    let scratch = fresh_dir("rollout-errors");
+    let fleet = Fleet::start(scratch.path()).await;
     let server = &fleet.server;
     let approver = server.token("ann", Role::Approver).await;
     server
@@ -619,7 +624,8 @@ async fn rollout_requests_and_reports_refuse_bad_input_with_4xx() {
 
 #[tokio::test]
 async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
-    let fleet = Fleet::start(&fresh_dir("batch")).await;
+    let scratch = fresh_dir("batch");
+    let fleet = Fleet::start(scratch.path()).await;
     let server = &fleet.server;
     fleet.register("n1", "free").await;
     let spec = json!({"format": "json", "max_bytes": 256});
@@ -678,7 +684,8 @@ async fn a_batch_of_reports_is_applied_whole_or_not_at_all() {
 
 #[tokio::test]
 async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
-    let fleet = Fleet::start(&fresh_dir("push-plan")).await;
+    let scratch = fresh_dir("push-plan");
+    let fleet = Fleet::start(scratch.path()).await;
     let server = &fleet.server;
     fleet.register("n1", "free").await;
     let spec = json!({"format": "json", "max_bytes": 256});
@@ -740,7 +747,8 @@ async fn a_push_starts_a_rollout_of_the_units_plan_or_queues_it() {
 
 #[tokio::test]
 async fn a_unit_created_while_an_agent_waits_reaches_it_in_that_wait() {
-    let fleet = Fleet::start(&fresh_dir("watch-new-unit")).await;
+    let scratch = fresh_dir("watch-new-unit");
+    let fleet = Fleet::start(scratch.path()).await;
     let server = &fleet.server;
     fleet.register("n1", "free").await;
     let (seq, units) = fleet.desired("n1", "").await;

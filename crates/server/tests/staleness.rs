@@ -34,11 +34,14 @@ fn healthy(unit: &str, version: &str) -> Value {
 struct World {
     server: TestServer,
     agent: String,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
 }
 
 impl World {
     async fn start(name: &str) -> Self {
-        let server = TestServer::start(&fresh_dir(name)).await;
+        let scratch = fresh_dir(name);
+        let server = TestServer::start(scratch.path()).await;
         let agent = server.agent_token("agent-n7", "n7").await;
         let (status, body) = server
             .call(
@@ -49,7 +52,11 @@ impl World {
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        Self { server, agent }
+        Self {
+            server,
+            agent,
+            _dir: scratch,
+        }
     }
 
     async fn report(&self, body: Value) -> (StatusCode, Value) {

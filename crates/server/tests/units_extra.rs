@@ -51,7 +51,8 @@ async fn register(server: &TestServer, node: &str, labels: Value) {
 
 #[tokio::test]
 async fn changelog_label_filter_returns_what_concerns_nodes_with_that_label() {
-    let server = TestServer::start(&fresh_dir("label-filter")).await;
+    let scratch = fresh_dir("label-filter");
+    let server = TestServer::start(scratch.path()).await;
     register(&server, "eu1", json!({"region": "eu-west-1"})).await;
     register(&server, "us1", json!({"region": "us-east-1"})).await;
     let spec = json!({"format": "json", "max_bytes": 256});
@@ -196,7 +197,8 @@ async fn changelog_label_filter_returns_what_concerns_nodes_with_that_label() {
 
 #[tokio::test]
 async fn a_rollback_concerns_every_stage_it_reached() {
-    let server = TestServer::start(&fresh_dir("label-rollback")).await;
+    let scratch = fresh_dir("label-rollback");
+    let server = TestServer::start(scratch.path()).await;
     register(&server, "eu1", json!({"region": "eu-west-1"})).await;
     let plan = "name: two\nstages:\n  - name: eu-first\n    select: { region: eu-west-1 }\n    bake: 1h\n    min_requests: 10\n    gates: []\n  - name: us-next\n    select: { region: us-east-1 }\n    bake: 1h\n    min_requests: 10\n    gates: []\n";
     let spec = json!({"format": "json", "max_bytes": 256});
@@ -246,7 +248,8 @@ async fn create_validated_unit(server: &TestServer, name: &str, command: Value) 
 
 #[tokio::test]
 async fn a_validator_that_accepts_lets_the_version_in_and_reads_its_bytes() {
-    let server = TestServer::start(&fresh_dir("validator-accepts")).await;
+    let scratch = fresh_dir("validator-accepts");
+    let server = TestServer::start(scratch.path()).await;
     // The version's bytes are the command's stdin: grep accepts only bytes holding "good".
     let grep = json!({"command": ["grep", "-q", "good"], "timeout_ms": 5000});
     create_validated_unit(&server, "parsed", grep).await;
@@ -268,7 +271,8 @@ async fn a_validator_that_accepts_lets_the_version_in_and_reads_its_bytes() {
 
 #[tokio::test]
 async fn a_validator_that_refuses_is_a_422_with_its_stderr_among_the_reasons() {
-    let server = TestServer::start(&fresh_dir("validator-refuses")).await;
+    let scratch = fresh_dir("validator-refuses");
+    let server = TestServer::start(scratch.path()).await;
     let refuses = json!({
         "command": ["sh", "-c", "echo 'features: 412 entries, limit 200' >&2; echo second >&2; exit 1"],
         "timeout_ms": 5000
@@ -335,7 +339,8 @@ async fn a_validator_that_refuses_is_a_422_with_its_stderr_among_the_reasons() {
 
 #[tokio::test]
 async fn a_validator_that_hangs_is_killed_and_the_push_refused_naming_the_timeout() {
-    let server = TestServer::start(&fresh_dir("validator-hangs")).await;
+    let scratch = fresh_dir("validator-hangs");
+    let server = TestServer::start(scratch.path()).await;
     create_validated_unit(
         &server,
         "slow",
@@ -361,7 +366,8 @@ async fn a_validator_that_hangs_is_killed_and_the_push_refused_naming_the_timeou
 
 #[tokio::test]
 async fn a_validator_that_is_not_found_refuses_the_push_naming_the_command() {
-    let server = TestServer::start(&fresh_dir("validator-missing")).await;
+    let scratch = fresh_dir("validator-missing");
+    let server = TestServer::start(scratch.path()).await;
     create_validated_unit(
         &server,
         "missing",
@@ -381,7 +387,8 @@ async fn a_validator_that_is_not_found_refuses_the_push_naming_the_command() {
 
 #[tokio::test]
 async fn only_an_admin_sets_changes_or_removes_a_validator() {
-    let server = TestServer::start(&fresh_dir("validator-admin")).await;
+    let scratch = fresh_dir("validator-admin");
+    let server = TestServer::start(scratch.path()).await;
     let deployer = server.token("ci", Role::Deployer).await;
     let spec = json!({"format": "raw", "max_bytes": 64});
     let validator = json!({"command": ["true"], "timeout_ms": 1000});
@@ -503,7 +510,8 @@ async fn only_an_admin_sets_changes_or_removes_a_validator() {
 
 #[tokio::test]
 async fn an_update_without_a_plan_keeps_it_null_removes_it_and_a_bad_one_changes_nothing() {
-    let server = TestServer::start(&fresh_dir("plan-update")).await;
+    let scratch = fresh_dir("plan-update");
+    let server = TestServer::start(scratch.path()).await;
     let spec = json!({"format": "json", "max_bytes": 256});
     let (status, body) = server
         .admin(
@@ -595,7 +603,8 @@ async fn an_update_without_a_plan_keeps_it_null_removes_it_and_a_bad_one_changes
 
 #[tokio::test]
 async fn the_openapi_document_describes_the_label_filter_and_the_validator() {
-    let server = TestServer::start(&fresh_dir("openapi-extra")).await;
+    let scratch = fresh_dir("openapi-extra");
+    let server = TestServer::start(scratch.path()).await;
     let (status, document) = server
         .call(Method::GET, "/v1/openapi.json", None, None)
         .await;

@@ -27,14 +27,12 @@ pub const UNIT: &str = "features";
 /// rolls it back.
 pub const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
 
-pub fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "failsmall-agent-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system's temporary directory, removed when the test drops it.
+pub fn fresh_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("failsmall-agent-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The control plane, stoppable and restartable on the same data dir.

@@ -196,12 +196,13 @@ mod tests {
         move |key| map.get(key).cloned()
     }
 
-    fn temp_config(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "failsmall-cli-remote-{name}-{}",
-            std::process::id()
-        ));
-        let config = dir.join("failsmall");
+    /// A config home holding `failsmall/config.toml`, removed when dropped.
+    fn temp_config(name: &str, text: &str) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("failsmall-cli-remote-{name}-"))
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("failsmall");
         std::fs::create_dir_all(&config).unwrap();
         std::fs::write(config.join("config.toml"), text).unwrap();
         dir
@@ -213,7 +214,7 @@ mod tests {
         let env = env_of(&[
             ("FAILSMALL_ADDR", "10.0.0.2:2"),
             ("FAILSMALL_TOKEN", "env"),
-            ("XDG_CONFIG_HOME", dir.to_str().unwrap()),
+            ("XDG_CONFIG_HOME", dir.path().to_str().unwrap()),
         ]);
         let remote = resolve(Some("http://h:3/"), Some("flag"), &env).unwrap();
         assert_eq!(remote.addr, "http://h:3");
@@ -227,7 +228,7 @@ mod tests {
         let dir = temp_config("env", "addr = \"10.0.0.1:1\"\ntoken = \"file\"\n");
         let env = env_of(&[
             ("FAILSMALL_TOKEN", "env"),
-            ("XDG_CONFIG_HOME", dir.to_str().unwrap()),
+            ("XDG_CONFIG_HOME", dir.path().to_str().unwrap()),
         ]);
         let remote = resolve(None, None, &env).unwrap();
         assert_eq!(remote.addr, "http://10.0.0.1:1");
@@ -263,7 +264,7 @@ mod tests {
     #[test]
     fn a_broken_config_file_names_its_path() {
         let dir = temp_config("broken", "adress = 1\n");
-        let env = env_of(&[("XDG_CONFIG_HOME", dir.to_str().unwrap())]);
+        let env = env_of(&[("XDG_CONFIG_HOME", dir.path().to_str().unwrap())]);
         let error = resolve(None, None, &env).unwrap_err().to_string();
         assert!(error.contains("config.toml"), "{error}");
         assert!(error.contains("adress"), "{error}");

@@ -471,25 +471,27 @@ fn yaml_to_json(node: &YamlNode) -> Value {
 mod tests {
     use super::*;
 
-    fn temp_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("failsmall-cli-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+    fn temp_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
 
     #[test]
     fn specs_load_from_json_yaml_and_toml_alike() {
+        let dir = tempfile::tempdir().unwrap();
         let json = temp_file(
+            &dir,
             "s.json",
             r#"{"format": "json", "max_bytes": 4096, "max_entries": [{"path": "/features", "max": 200}]}"#,
         );
         let yaml = temp_file(
+            &dir,
             "s.yaml",
             "format: json\nmax_bytes: 4096\nmax_entries:\n  - path: /features\n    max: 200\n",
         );
         let toml = temp_file(
+            &dir,
             "s.toml",
             "format = \"json\"\nmax_bytes = 4096\n[[max_entries]]\npath = \"/features\"\nmax = 200\n",
         );
@@ -531,10 +533,19 @@ mod tests {
 
     #[test]
     fn a_bad_spec_names_the_file_and_the_place() {
-        let broken = temp_file("broken.json", "{\"format\": \"json\",\n \"max_bytes\": }");
+        let dir = tempfile::tempdir().unwrap();
+        let broken = temp_file(
+            &dir,
+            "broken.json",
+            "{\"format\": \"json\",\n \"max_bytes\": }",
+        );
         let error = format!("{:#}", load_spec(&broken).unwrap_err());
         assert!(error.contains("broken.json:2:"), "{error}");
-        let unusable = temp_file("unusable.json", r#"{"format": "json", "max_bytes": 0}"#);
+        let unusable = temp_file(
+            &dir,
+            "unusable.json",
+            r#"{"format": "json", "max_bytes": 0}"#,
+        );
         let error = format!("{:#}", load_spec(&unusable).unwrap_err());
         assert!(error.contains("max_bytes is 0"), "{error}");
         let missing = format!(

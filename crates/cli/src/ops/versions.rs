@@ -269,8 +269,8 @@ mod tests {
 
     #[test]
     fn a_bad_plan_is_refused_with_file_line_and_field() {
-        let path =
-            std::env::temp_dir().join(format!("failsmall-cli-plan-{}.yaml", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.yaml");
         std::fs::write(
             &path,
             "name: p\nstages:\n  - name: one\n    bake: forever\n",

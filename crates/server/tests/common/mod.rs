@@ -7,7 +7,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use failsmall_server::auth::Role;
 use failsmall_server::{ServerConfig, ServerError, run};
@@ -26,13 +26,12 @@ pub struct TestServer {
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
 
-pub fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "failsmall-server-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// A fresh directory under the system's temporary directory, removed when the test drops it.
+pub fn fresh_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("failsmall-server-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 impl TestServer {
