@@ -55,6 +55,8 @@ const FEATURES_UNIT: &str = failsmall_demo::consumer::FEATURES_UNIT;
 const RULES_UNIT: &str = failsmall_demo::consumer::RULES_UNIT;
 /// The cohort the plan's first stage selects.
 const FIRST_STAGE_COHORT: &str = "employee";
+/// The principal who approves the stages that wait for a person: not the pusher.
+const APPROVER: &str = "on-call";
 
 /// Requests per second the load generator sends, over all consumers.
 const LOAD_RPS: u32 = 600;
@@ -287,6 +289,8 @@ struct Demo {
     /// The wall clock at start, to place changelog entries.
     started_ms: u64,
     api: Api,
+    /// [`APPROVER`]'s client: the approver role, another principal than the admin who pushes.
+    approver: Api,
     nodes: Vec<RunningNode>,
     load: tokio::task::JoinHandle<()>,
     changelog: Changelog,
@@ -319,6 +323,13 @@ impl Demo {
         let base = format!("http://{address}");
         let token = wait_for_token(&base, &token_path).await?;
         let api = Api::new(base, token)?;
+        let approver = api
+            .post_json("/v1/tokens", &json!({"name": APPROVER, "role": "approver"}))
+            .await?;
+        let approver = Api::new(api.base.clone(), text(&approver, "token").to_owned())?;
+        if approver.token.is_empty() {
+            bail!("the embedded server gave no approver token");
+        }
         if show {
             outln!("failsmall demo: the whole system in this process, on 127.0.0.1");
             outln!("  server      {} (data in {})", api.base, root.display());
@@ -377,6 +388,7 @@ impl Demo {
             started,
             started_ms,
             api,
+            approver,
             nodes,
             load,
             changelog: Changelog::default(),
@@ -512,6 +524,10 @@ impl Demo {
         say("everything keeps running; point the CLI at it from another terminal:".into());
         say(format!("  export FAILSMALL_ADDR={}", self.api.base));
         say(format!("  export FAILSMALL_TOKEN={}", self.api.token));
+        say(format!(
+            "  (approvals come from another principal: FAILSMALL_TOKEN={} failsmall rollout approve ID)",
+            self.approver.token
+        ));
         say("  failsmall rollout list; failsmall log; failsmall nodes".into());
         say("press Ctrl-C to stop everything".into());
         tokio::signal::ctrl_c()
@@ -552,6 +568,37 @@ impl Demo {
         total.max(0.0).round() as u64
     }
 
+    /// Approves rollout `id`'s current stage as [`APPROVER`]; false (and said why) if the
+    /// server refused, so the next look tries again.
+    async fn approve(&self, id: u64, view: &Value) -> bool {
+        let stage = view
+            .get("stage_name")
+            .and_then(Value::as_str)
+            .unwrap_or("the stage");
+        let reason = format!("{stage} passed its gates on the demo's load");
+        let path = format!("/v1/rollouts/{id}/approve");
+        if self.show {
+            outln!(
+                "  [{:>5.1}s] {:<18} r{id} stage {stage} waits for a person other than the pusher; {APPROVER} approves",
+                self.elapsed_s(),
+                "awaiting_approval",
+            );
+        }
+        match self
+            .approver
+            .post_json(&path, &json!({ "reason": reason }))
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                if self.show {
+                    outln!("  approval of rollout {id} refused: {error:#}");
+                }
+                false
+            }
+        }
+    }
+
     async fn play_act(&mut self, act: &Act) -> anyhow::Result<ActSummary> {
         if self.show {
             outln!();
@@ -580,6 +627,7 @@ impl Demo {
         let mut detected_ms: Option<u64> = None;
         let mut reverted_ms: Option<u64> = None;
         let mut nodes_exposed = 0;
+        let mut approved = false;
         let outcome = loop {
             // The rollout first, then the changelog: every entry up to the status seen is shown.
             let view = self.api.get(&format!("/v1/rollouts/{id}")).await?;
@@ -607,6 +655,9 @@ impl Demo {
                         text(&entry, "reason")
                     );
                 }
+            }
+            if text(&view, "phase") == "awaiting_approval" && !approved {
+                approved = self.approve(id, &view).await;
             }
             nodes_exposed = view
                 .get("nodes_exposed")
@@ -777,8 +828,11 @@ mod tests {
                 stage.name,
                 stage.bake_ms
             );
-            assert!(!stage.approval, "{} waits for a person", stage.name);
         }
+        let approvals: Vec<bool> = demo.stages.iter().map(|stage| stage.approval).collect();
+        let default_approvals: Vec<bool> =
+            default.stages.iter().map(|stage| stage.approval).collect();
+        assert_eq!(approvals, default_approvals);
         // employees, then one free node, then the other free ones, pro + business, enterprise.
         assert_eq!(selected_per_stage(FEATURES_UNIT), vec![6, 1, 6, 12, 6]);
         assert_eq!(selected_per_stage(RULES_UNIT)[0], 6);
