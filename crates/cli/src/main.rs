@@ -45,7 +45,7 @@ enum Command {
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
-    /// The operator commands: unit, push, diff, rollout, log, nodes, validate, completions.
+    /// The operator commands: unit, push, diff, rollout, log, nodes, token, validate, completions.
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }

@@ -779,6 +779,72 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
 }
 
 #[test]
+fn tokens_are_created_listed_used_and_revoked() {
+    let server = Server::start("tokens");
+    // Table output: the secret alone on stdout, what it is on stderr.
+    let output = server.run(&["token", "create", "ci", "--role", "deployer"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let secret = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("\"ci\" (deployer) created"), "{said}");
+    assert!(!secret.is_empty() && !secret.contains(' '), "{secret:?}");
+    // The new token works for what its role allows.
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&[
+        "unit", "create", "flags", "--spec", &spec, "--token", &secret,
+    ]);
+
+    let agent = server.json(&["token", "create", "n1", "--role", "agent", "--node", "n1"]);
+    assert_eq!(agent["record"]["node"], "n1");
+    assert_eq!(agent["record"]["role"], "agent");
+    let stderr = server.fails(&["token", "create", "n2", "--role", "agent"], 1);
+    assert!(stderr.contains("node_required"), "{stderr}");
+    let stderr = server.fails(&["token", "create", "x", "--role", "root"], 2);
+    assert!(stderr.contains("expected viewer, deployer"), "{stderr}");
+
+    let listed = server.ok(&["token", "list"]);
+    assert!(
+        listed.contains("ci") && listed.contains("deployer"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&secret),
+        "a secret is never listed: {listed}"
+    );
+    let tokens = server.json(&["token", "list"]);
+    let id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+
+    let revoked = server.ok(&["token", "revoke", &id]);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    let stderr = server.fails(&["unit", "list", "--token", &secret], 1);
+    assert!(stderr.contains("wrong or revoked"), "{stderr}");
+    let tokens = server.json(&["token", "list"]);
+    let ci = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap();
+    assert!(ci["revoked_ms"].is_u64(), "{ci}");
+    // Only an admin manages tokens.
+    let stderr = server.fails(
+        &["token", "list", "--token", agent["token"].as_str().unwrap()],
+        1,
+    );
+    assert!(stderr.contains("HTTP 403"), "{stderr}");
+    let stderr = server.fails(&["token", "revoke", "999"], 1);
+    assert!(stderr.contains("404"), "{stderr}");
+}
+
+#[test]
 fn errors_say_what_went_wrong_and_what_to_do() {
     let server = Server::start("errors");
     let spec = server.file("features.spec.json", FEATURES_SPEC);

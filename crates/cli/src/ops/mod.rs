@@ -1,5 +1,5 @@
 //! The operator commands: talk to a running control plane over its HTTP API (`unit`, `push`,
-//! `diff`, `rollout`, `log`, `nodes`), check files offline (`validate`), and print shell
+//! `diff`, `rollout`, `log`, `nodes`, `token`), check files offline (`validate`), and print shell
 //! completions. One file per command group; [`client`] is the API client and [`remote`]
 //! resolves the address and token.
 
@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod remote;
 pub mod render;
 pub mod rollout;
+pub mod token;
 pub mod unit;
 pub mod validate;
 pub mod versions;
@@ -66,6 +67,8 @@ pub enum OpsCommand {
     Log(log::LogArgs),
     /// List the nodes the server knows, with their labels and when they were last seen.
     Nodes(nodes::NodesArgs),
+    /// Create, list and revoke access tokens (admin).
+    Token(token::TokenArgs),
     /// Check a file against a unit's spec offline, with the same checks as the server.
     Validate(validate::ValidateArgs),
     /// Print a shell completion script.
@@ -80,6 +83,7 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Rollout(args) => rollout::run(args),
         OpsCommand::Log(args) => log::run(args),
         OpsCommand::Nodes(args) => nodes::run(args),
+        OpsCommand::Token(args) => token::run(args),
         OpsCommand::Validate(args) => validate::run(args),
         OpsCommand::Completions(args) => completions::run(args),
     }
