@@ -20,7 +20,8 @@ pub struct ServerArgs {
     /// Address to listen on (port 0: any free port, printed at start).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Try it out: a temporary data dir, and the admin token printed at start.
+    /// Try it out: a temporary data dir, removed at shutdown (unless --data-dir names one),
+    /// and the admin token printed at start.
     #[arg(long)]
     pub dev: bool,
     /// Largest request body (a pushed version is a body), in bytes.
@@ -61,11 +62,14 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         outln!("{public_key}");
         return Ok(Outcome::Success);
     }
+    // A dev server's own temporary data dir goes away with it; one the user named stays.
+    let mut temporary_data_dir = None;
     let mut config = if args.dev {
         let mut config = ServerConfig::dev()?;
         config.listen = args.listen;
-        if let Some(data_dir) = &args.data_dir {
-            config.data_dir = data_dir.clone();
+        match &args.data_dir {
+            Some(data_dir) => config.data_dir = data_dir.clone(),
+            None => temporary_data_dir = Some(config.data_dir.clone()),
         }
         config
     } else {
@@ -80,7 +84,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -91,5 +95,16 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         );
         failsmall_server::run(config, listener, crate::shutdown::signal()).await?;
         Ok(Outcome::Success)
-    })
+    });
+    if let Some(data_dir) = temporary_data_dir {
+        match std::fs::remove_dir_all(&data_dir) {
+            Ok(()) => eprintln!("failsmall dev server: removed {}", data_dir.display()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => eprintln!(
+                "failsmall dev server: could not remove {}: {error}",
+                data_dir.display()
+            ),
+        }
+    }
+    served
 }

@@ -11,6 +11,7 @@
 )]
 
 use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -842,6 +843,64 @@ fn tokens_are_created_listed_used_and_revoked() {
     assert!(stderr.contains("HTTP 403"), "{stderr}");
     let stderr = server.fails(&["token", "revoke", "999"], 1);
     assert!(stderr.contains("404"), "{stderr}");
+}
+
+/// Starts `failsmall server --dev` with `extra` arguments, waits until it serves, stops it with
+/// SIGTERM (as `systemctl stop` does); its data dir, and whether that still exists after.
+fn dev_server_data_dir(extra: &[&str]) -> (PathBuf, bool) {
+    let mut child = Command::new(BIN)
+        .args(["server", "--dev", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (found, data_dir) = mpsc::channel::<(String, PathBuf)>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some((head, dir)) = line.split_once(", data in ")
+                && let Some(addr) = head.split("listening on ").nth(1)
+            {
+                let _ = found.send((addr.to_owned(), PathBuf::from(dir.trim())));
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let (addr, dir) = data_dir.recv_timeout(Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::blocking::get(format!("{addr}/healthz")).is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dev server at {addr} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dir.join("admin.token").exists(), "{}", dir.display());
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let said = reader.join().unwrap().join("\n");
+    assert_eq!(status.code(), Some(0), "{said}");
+    (dir.clone(), dir.exists())
+}
+
+#[test]
+fn a_dev_server_removes_its_own_data_dir_at_shutdown_but_not_one_it_was_given() {
+    let (dir, exists) = dev_server_data_dir(&[]);
+    assert!(!exists, "{} is still there", dir.display());
+    let given = fresh_dir("dev-given");
+    let named = given.path().join("data");
+    let (dir, exists) = dev_server_data_dir(&["--data-dir", named.to_str().unwrap()]);
+    assert_eq!(dir, named);
+    assert!(exists, "{} was removed", dir.display());
 }
 
 #[test]
