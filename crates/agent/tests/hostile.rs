@@ -44,52 +44,19 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::{Operator, Server, UNIT, agent_config, features, fresh_dir, sha256_hex};
+use failsmall_testkit::fuzz::{cases, runner, seed};
+use failsmall_testkit::wire::{Answer, Wire, exchange};
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const WAIT_MS: u64 = 10_000;
 
-// --- seeds, runners, panics ----------------------------------------------------------------
+/// How long one raw exchange with the local API waits for the agent to answer and close.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The seed of a run: fixed by default; `FAILSMALL_FUZZ_SEED=N` replays or explores one,
-/// `FAILSMALL_FUZZ_SEED=clock` a new one.
-const DEFAULT_SEED: u64 = 20_261_124;
-
-fn seed() -> u64 {
-    match std::env::var("FAILSMALL_FUZZ_SEED").ok().as_deref() {
-        Some("clock") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        Some(text) => text.parse().unwrap_or(DEFAULT_SEED),
-        None => DEFAULT_SEED,
-    }
-}
-
-fn cases(default: u32) -> u32 {
-    std::env::var("FAILSMALL_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
-fn runner(cases: u32, seed: u64, max_shrink_iters: u32) -> TestRunner {
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters,
-        max_shrink_time: 60_000,
-        ..Config::default()
-    };
-    TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    )
-}
+// --- runtime, panics ----------------------------------------------------------------
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -171,7 +138,12 @@ impl Node {
     }
 
     async fn status(&self) -> Result<Value, String> {
-        let answer = exchange(self.local, &Wire::get("/v1/status")).await?;
+        let answer = exchange(
+            self.local,
+            &Wire::json("GET", "/v1/status", Vec::new()),
+            READ_TIMEOUT,
+        )
+        .await?;
         if answer.status != 200 {
             return Err(format!("/v1/status answered {}", answer.status));
         }
@@ -200,111 +172,7 @@ impl Node {
     }
 }
 
-// --- raw HTTP --------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Wire {
-    method: String,
-    target: String,
-    body: Vec<u8>,
-}
-
-impl Wire {
-    fn get(target: &str) -> Self {
-        Self {
-            method: "GET".to_owned(),
-            target: target.to_owned(),
-            body: Vec::new(),
-        }
-    }
-
-    fn describe(&self) -> String {
-        let target: String = self.target.chars().take(300).collect();
-        let body = String::from_utf8_lossy(&self.body);
-        let body: String = body.chars().take(300).collect();
-        format!(
-            "{} {target} ({} bytes of target) body ({} bytes) {body:?}",
-            self.method,
-            self.target.len(),
-            self.body.len()
-        )
-    }
-}
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Writes one request on a fresh connection and reads the whole answer (`connection: close`).
-/// An `Err` is a connection that ended, or timed out, without a status line.
-async fn exchange(address: SocketAddr, request: &Wire) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let head = format!(
-        "{} {} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        request.method,
-        request.target,
-        request.body.len()
-    );
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&request.body);
-    // The agent may answer (and close) before reading a body it does not need.
-    let _ = stream.write_all(&bytes).await;
-    let mut raw = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await;
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Err(format!(
-            "the connection ended without an answer ({read:?}; {} bytes)",
-            raw.len()
-        ));
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = end + 2;
-        let Some(chunk) = raw.get(start..start + size) else {
-            break;
-        };
-        out.extend_from_slice(chunk);
-        raw = raw.get(start + size + 2..).unwrap_or(&[]);
-    }
-    out
-}
+// --- request targets -------------------------------------------------------------------------
 
 /// Percent-encodes everything but unreserved characters.
 fn encode(text: &str) -> String {
@@ -662,11 +530,11 @@ impl LocalFixture {
         } else {
             format!("{path}?{}", query.join("&"))
         };
-        Wire {
-            method: case.method.unwrap_or(own_method).to_owned(),
-            target,
-            body: self.body(&case.body),
-        }
+        Wire::json(
+            case.method.unwrap_or(own_method),
+            &target,
+            self.body(&case.body),
+        )
     }
 }
 
@@ -711,7 +579,7 @@ async fn check_local(
     applied: &[u8],
     request: &Wire,
 ) -> Result<u16, String> {
-    let answer = exchange(fixture.address, request).await?;
+    let answer = exchange(fixture.address, request, READ_TIMEOUT).await?;
     judge_local(request, &answer).map_err(|why| {
         format!(
             "{why}: {}",
@@ -768,7 +636,7 @@ fn no_local_request_gets_a_5xx_a_dropped_connection_or_changes_the_active_versio
     let (server, node, fixture, v1, _dir) = runtime.block_on(local_world("hostile-local"));
     let seed = seed();
     eprintln!("hostile local API: seed {seed} (replay with FAILSMALL_FUZZ_SEED={seed})");
-    let mut runner = runner(cases(1000), seed, 300);
+    let mut runner = runner(cases(1000), seed, 300, 60_000);
     let started = std::time::Instant::now();
     let counts = Mutex::new([0u32; 5]);
     let result = runner.run(&local_case_strategy(), |case| {
@@ -1422,7 +1290,7 @@ fn a_tampering_network_never_gets_an_unsigned_version_active_and_the_agent_conve
     let seed = seed();
     eprintln!("hostile control plane: seed {seed} (replay with FAILSMALL_FUZZ_SEED={seed})");
     // No shrinking: the world keeps what earlier cases did, so a replayed case is not the same case.
-    let mut runner = runner(cases(40), seed, 0);
+    let mut runner = runner(cases(40), seed, 0, 60_000);
     let started = std::time::Instant::now();
     // How the rollouts ended, by what was tampered with: printed, to show what was reached.
     let endings = Mutex::new(std::collections::BTreeMap::<String, u32>::new());
@@ -1498,17 +1366,20 @@ fn local_refusals_are_json_errors_and_dot_units_are_not_a_500() {
     ];
     runtime.block_on(async {
         for (method, target, body, expected) in cases {
-            let request = Wire {
-                method: method.to_owned(),
-                target: target.to_owned(),
-                body,
-            };
-            let answer = exchange(fixture.address, &request).await.unwrap();
-            assert_eq!(answer.status, expected, "{}", request.describe());
-            judge_local(&request, &answer).unwrap();
-            check_local(&fixture, &node, &v1, &Wire::get("/v1/status"))
+            let request = Wire::json(method, target, body);
+            let answer = exchange(fixture.address, &request, READ_TIMEOUT)
                 .await
                 .unwrap();
+            assert_eq!(answer.status, expected, "{}", request.describe());
+            judge_local(&request, &answer).unwrap();
+            check_local(
+                &fixture,
+                &node,
+                &v1,
+                &Wire::json("GET", "/v1/status", Vec::new()),
+            )
+            .await
+            .unwrap();
         }
         node.stop().await;
         server.stop().await;
@@ -1560,14 +1431,14 @@ fn a_rejection_of_a_version_not_served_here_does_not_block_its_rollout_later() {
         operator.wait_rollout(id, "completed", WAIT_MS).await;
         let v2 = features(2);
         let v2_hash = operator.push(&v2, false).await;
-        let request = Wire {
-            method: "POST".to_owned(),
-            target: format!("/v1/units/{UNIT}/rejections"),
-            body: json!({"version": v2_hash, "reason": "never seen"})
+        let request = Wire::json(
+            "POST",
+            &format!("/v1/units/{UNIT}/rejections"),
+            json!({"version": v2_hash, "reason": "never seen"})
                 .to_string()
                 .into_bytes(),
-        };
-        let answer = exchange(node.local, &request).await.unwrap();
+        );
+        let answer = exchange(node.local, &request, READ_TIMEOUT).await.unwrap();
         assert_eq!(answer.status, 409);
         judge_local(&request, &answer).unwrap();
         let id = operator.rollout(&v2_hash).await;

@@ -35,10 +35,7 @@ const FEATURES_SPEC: &str = r#"{
 
 /// A fresh directory under the system's temporary directory, removed when the test drops it.
 fn fresh_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("failsmall-cli-ops-{name}-"))
-        .tempdir()
-        .unwrap()
+    failsmall_testkit::scratch_dir(&format!("failsmall-cli-ops-{name}-"))
 }
 
 fn features(names: &[&str]) -> String {

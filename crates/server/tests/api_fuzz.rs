@@ -35,12 +35,16 @@ use std::time::Duration;
 use common::{TestServer, features, fresh_dir};
 use failsmall_server::api::{RouteSpec, route_table};
 use failsmall_server::auth::Role;
+use failsmall_testkit::fuzz::{cases, runner, seed};
+use failsmall_testkit::wire::{Answer, Wire, exchange};
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// How long one raw exchange waits for the server to answer and close.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A plan whose first stage waits for approval and bakes for an hour: its rollout stays
 /// running (until a generated command ends it), and the next version's rollout waits.
@@ -868,29 +872,6 @@ fn target_text(text: &str, keep: &[u8]) -> String {
     out
 }
 
-/// A request as written on the wire.
-#[derive(Debug)]
-struct Wire {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Wire {
-    fn describe(&self) -> String {
-        let body = String::from_utf8_lossy(&self.body);
-        let body: String = body.chars().take(600).collect();
-        format!(
-            "{} {} ({} body bytes) {:?}\n  body: {body}",
-            self.method,
-            self.target.chars().take(600).collect::<String>(),
-            self.body.len(),
-            self.headers
-        )
-    }
-}
-
 fn wire(case: &Case, table: &[RouteSpec], fixture: &Fixture) -> Wire {
     let route = &table[case.route];
     let method = match case.method {
@@ -1010,96 +991,6 @@ fn percent_decode(text: &str) -> Vec<u8> {
                 i += 1;
             }
         }
-    }
-    out
-}
-
-// --- the raw HTTP exchange -----------------------------------------------------------------
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Writes one request on a fresh connection and reads the whole answer (`connection: close`).
-/// An `Err` is a connection that closed, or timed out, without a status line.
-async fn exchange(address: SocketAddr, request: &Wire) -> Result<Answer, String> {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        request.method,
-        request.target,
-        request.body.len()
-    );
-    for (name, value) in &request.headers {
-        let _ = write!(head, "{name}: {value}\r\n");
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(&request.body);
-    // The server may answer (and close) before reading a body it does not need.
-    let _ = stream.write_all(&bytes).await;
-    let mut raw = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
-    let read_error = match read {
-        Err(_) => Some("no answer within 30 s".to_owned()),
-        Ok(Err(e)) => Some(format!("read: {e}")),
-        Ok(Ok(_)) => None,
-    };
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
-    let Some(split) = split else {
-        return Err(format!(
-            "the connection ended without an answer ({}; {} bytes: {:?})",
-            read_error.unwrap_or_else(|| "closed".to_owned()),
-            raw.len(),
-            String::from_utf8_lossy(&raw)
-        ));
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Ok(Answer {
-        status,
-        headers,
-        body,
-    })
-}
-
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&raw[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
-            .unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = end + 2;
-        let Some(chunk) = raw.get(start..start + size) else {
-            break;
-        };
-        out.extend_from_slice(chunk);
-        raw = raw.get(start + size + 2..).unwrap_or(&[]);
     }
     out
 }
@@ -1245,31 +1136,10 @@ async fn fixture(server: &TestServer) -> Fixture {
     }
 }
 
-/// The seed of a run: fixed by default, so every CI run checks the same requests;
-/// `FAILSMALL_FUZZ_SEED=N` replays or explores one, `FAILSMALL_FUZZ_SEED=clock` a new one.
-const DEFAULT_SEED: u64 = 20_261_124;
-
-fn seed() -> u64 {
-    match std::env::var("FAILSMALL_FUZZ_SEED").ok().as_deref() {
-        Some("clock") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-        Some(text) => text.parse().unwrap_or(DEFAULT_SEED),
-        None => DEFAULT_SEED,
-    }
-}
-
-fn cases() -> u32 {
-    std::env::var("FAILSMALL_FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
-}
-
 /// Sends `request` and checks the property and that `/healthz` still answers 200; returns the
 /// answer's status.
 async fn check(fixture: &Fixture, route: &RouteSpec, request: &Wire) -> Result<u16, String> {
-    let answer = exchange(fixture.address, request).await?;
+    let answer = exchange(fixture.address, request, READ_TIMEOUT).await?;
     let status = answer.status;
     judge(route, request, &answer).map_err(|why| {
         format!(
@@ -1280,13 +1150,8 @@ async fn check(fixture: &Fixture, route: &RouteSpec, request: &Wire) -> Result<u
                 .collect::<String>()
         )
     })?;
-    let health = Wire {
-        method: "GET".to_owned(),
-        target: "/healthz".to_owned(),
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    let answer = exchange(fixture.address, &health).await?;
+    let health = Wire::new("GET", "/healthz");
+    let answer = exchange(fixture.address, &health, READ_TIMEOUT).await?;
     if answer.status != 200 {
         return Err(format!("/healthz answered {} afterwards", answer.status));
     }
@@ -1306,19 +1171,7 @@ fn no_generated_request_gets_a_5xx_or_a_dropped_connection() {
     let table = route_table();
     let seed = seed();
     eprintln!("api_fuzz: seed {seed} (replay with FAILSMALL_FUZZ_SEED={seed})");
-    let mut seed_bytes = [0u8; 32];
-    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases: cases(),
-        failure_persistence: None,
-        max_shrink_iters: 300,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes),
-    );
+    let mut runner = runner(cases(1000), seed, 300, 30_000);
     let started = std::time::Instant::now();
     // Per route, how many answers of each class (1xx..5xx): printed, to show what was reached.
     let classes = std::sync::Mutex::new(vec![[0u32; 5]; table.len()]);

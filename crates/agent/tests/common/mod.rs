@@ -29,10 +29,7 @@ pub const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n  
 
 /// A fresh directory under the system's temporary directory, removed when the test drops it.
 pub fn fresh_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("failsmall-agent-test-{name}-"))
-        .tempdir()
-        .unwrap()
+    failsmall_testkit::scratch_dir(&format!("failsmall-agent-test-{name}-"))
 }
 
 /// The control plane, stoppable and restartable on the same data dir.

@@ -28,10 +28,7 @@ pub struct TestServer {
 
 /// A fresh directory under the system's temporary directory, removed when the test drops it.
 pub fn fresh_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("failsmall-server-test-{name}-"))
-        .tempdir()
-        .unwrap()
+    failsmall_testkit::scratch_dir(&format!("failsmall-server-test-{name}-"))
 }
 
 impl TestServer {
