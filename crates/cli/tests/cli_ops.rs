@@ -901,6 +901,47 @@ fn a_dev_server_removes_its_own_data_dir_at_shutdown_but_not_one_it_was_given() 
 }
 
 #[test]
+fn log_follow_prints_entries_as_they_are_written() {
+    let server = Server::start("follow");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "other", "--spec", &spec]);
+    server.ok(&["unit", "create", "followed", "--spec", &spec]);
+    let mut child = server
+        .command()
+        .args(["log", "--follow", "--unit", "followed", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = received.recv_timeout(Duration::from_secs(20)).unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    // What was there: the one entry of the followed unit, as one JSON line.
+    let first = next();
+    assert_eq!(first["kind"], "unit_created", "{first}");
+    assert_eq!(first["unit"], "followed", "{first}");
+    // Written after the first look: it comes too, and the other unit's entries do not.
+    server.ok(&["unit", "edit", "other", "--description", "not followed"]);
+    server.ok(&["unit", "edit", "followed", "--description", "followed"]);
+    let second = next();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(second["kind"], "unit_updated", "{second}");
+    assert_eq!(second["unit"], "followed", "{second}");
+    assert!(second["id"].as_u64() > first["id"].as_u64(), "{second}");
+}
+
+#[test]
 fn errors_say_what_went_wrong_and_what_to_do() {
     let server = Server::start("errors");
     let spec = server.file("features.spec.json", FEATURES_SPEC);

@@ -1,6 +1,8 @@
-//! `failsmall log`: the changelog, newest last, with filters.
+//! `failsmall log`: the changelog, newest last, with filters; `--follow` keeps printing what
+//! is written after.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
@@ -9,7 +11,9 @@ use failsmall_server::store::ChangeRecord;
 use serde::Deserialize;
 
 use super::RemoteArgs;
+use super::client::{ApiClient, ClientError};
 use super::render::{Table, now_ms, print_json, rfc3339, short_hash};
+use super::rollout::parse_rollout_id;
 use crate::Outcome;
 
 /// Most entries `--limit` may ask for.
@@ -18,6 +22,12 @@ pub const LOG_LIMIT_MAX: u32 = 10_000;
 pub const LOG_PAGE_ENTRIES: u32 = 1000;
 /// Most pages read (the changelog is read oldest first and the newest `--limit` kept).
 pub const LOG_PAGES_MAX: u32 = 1000;
+/// With `--follow`, between two looks for new entries, in milliseconds.
+pub const FOLLOW_POLL_MS: u64 = 1_000;
+/// With `--follow`, most pages read in one look (the rest comes in the next).
+pub const FOLLOW_PAGES_MAX: u32 = 10;
+/// With `--follow`, the longest wait between two tries while the server is unreachable.
+pub const FOLLOW_BACKOFF_MAX_MS: u64 = 30_000;
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
@@ -38,6 +48,10 @@ pub struct LogArgs {
     /// Show at most this many entries, the newest.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(LOG_LIMIT_MAX)))]
     pub limit: u32,
+    /// Then keep printing new entries as they are written, one line each (one JSON object per
+    /// line with `-o json`), until interrupted; an unreachable server is retried.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -46,14 +60,6 @@ pub struct LogArgs {
 struct ChangelogPage {
     entries: Vec<ChangeRecord>,
     next_cursor: Option<u64>,
-}
-
-/// A rollout id as written in the changelog (`r3`) or bare (`3`).
-fn parse_rollout_id(text: &str) -> Result<u64, String> {
-    text.strip_prefix('r')
-        .unwrap_or(text)
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rollout id; expected e.g. r3 or 3"))
 }
 
 /// `--since` as milliseconds since the Unix epoch.
@@ -86,60 +92,150 @@ pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let keep = usize::try_from(args.limit).unwrap_or(usize::MAX);
     let mut newest: VecDeque<ChangeRecord> = VecDeque::new();
-    let mut cursor: Option<u64> = None;
-    for _ in 0..LOG_PAGES_MAX {
-        let mut query = vec![("limit", LOG_PAGE_ENTRIES.to_string())];
-        if let Some(unit) = &args.unit {
-            query.push(("unit", unit.clone()));
+    let mut read = Read::default();
+    read.pages(&client, args, since, LOG_PAGES_MAX, |entry| {
+        if newest.len() == keep {
+            newest.pop_front();
         }
-        if let Some(rollout) = args.rollout {
-            query.push(("rollout", rollout.to_string()));
-        }
-        if let Some(since) = since {
-            query.push(("since_ms", since.to_string()));
-        }
-        for label in &args.labels {
-            query.push(("label", label.clone()));
-        }
-        if let Some(cursor) = cursor {
-            query.push(("cursor", cursor.to_string()));
-        }
-        let page: ChangelogPage = client.get("/v1/changelog", &query)?;
-        for entry in page.entries {
-            if newest.len() == keep {
-                newest.pop_front();
-            }
-            newest.push_back(entry);
-        }
-        match page.next_cursor {
-            Some(next) if Some(next) != cursor => cursor = Some(next),
-            _ => break,
-        }
-    }
+        newest.push_back(entry);
+    })?;
     let entries: Vec<ChangeRecord> = newest.into();
+    if args.follow {
+        for entry in &entries {
+            print_line(entry, args.remote.json())?;
+        }
+        return follow(&client, args, read);
+    }
     if args.remote.json() {
         print_json(&entries)?;
         return Ok(Outcome::Success);
     }
     let mut table = Table::new(&["ID", "TIME", "ACTOR", "KIND", "UNIT", "VERSION", "REASON"]);
     for entry in &entries {
-        table.row(vec![
-            entry.id.to_string(),
-            rfc3339(entry.at_ms),
-            entry.actor.clone(),
-            entry.kind.clone(),
-            entry.unit.clone().unwrap_or_default(),
-            entry
-                .version
-                .as_deref()
-                .map(short_hash)
-                .unwrap_or_default()
-                .to_owned(),
-            entry.reason.clone(),
-        ]);
+        table.row(cells(entry));
     }
     out!("{}", table.render());
     Ok(Outcome::Success)
+}
+
+/// Where reading the changelog oldest first has got to.
+#[derive(Debug, Default, Clone, Copy)]
+struct Read {
+    /// The cursor to read on from: the server's `next_cursor`, or the last entry's id.
+    cursor: Option<u64>,
+}
+
+impl Read {
+    /// Reads at most `pages_max` pages from the cursor on, handing each entry to `each`.
+    fn pages(
+        &mut self,
+        client: &ApiClient,
+        args: &LogArgs,
+        since: Option<u64>,
+        pages_max: u32,
+        mut each: impl FnMut(ChangeRecord),
+    ) -> Result<(), ClientError> {
+        for _ in 0..pages_max {
+            let page: ChangelogPage =
+                client.get("/v1/changelog", &query(args, since, self.cursor))?;
+            let last_id = page.entries.last().map(|entry| entry.id);
+            for entry in page.entries {
+                each(entry);
+            }
+            let next = page.next_cursor.or(last_id).max(self.cursor);
+            let more = page.next_cursor.is_some() && next != self.cursor;
+            self.cursor = next;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The changelog query for `args` from `cursor` on.
+fn query(args: &LogArgs, since: Option<u64>, cursor: Option<u64>) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", LOG_PAGE_ENTRIES.to_string())];
+    if let Some(unit) = &args.unit {
+        query.push(("unit", unit.clone()));
+    }
+    if let Some(rollout) = args.rollout {
+        query.push(("rollout", rollout.to_string()));
+    }
+    if let Some(since) = since {
+        query.push(("since_ms", since.to_string()));
+    }
+    for label in &args.labels {
+        query.push(("label", label.clone()));
+    }
+    if let Some(cursor) = cursor {
+        query.push(("cursor", cursor.to_string()));
+    }
+    query
+}
+
+/// Prints what is written from `read` on, forever; an unreachable server is retried with a
+/// growing pause, any other refusal ends the command.
+fn follow(client: &ApiClient, args: &LogArgs, mut read: Read) -> anyhow::Result<Outcome> {
+    let json = args.remote.json();
+    let mut failures: u32 = 0;
+    loop {
+        let mut printed = Ok(());
+        let looked = read.pages(client, args, None, FOLLOW_PAGES_MAX, |entry| {
+            if printed.is_ok() {
+                printed = print_line(&entry, json);
+            }
+        });
+        printed?;
+        let pause_ms = match looked {
+            Ok(()) => {
+                failures = 0;
+                FOLLOW_POLL_MS
+            }
+            Err(error @ ClientError::Unreachable { .. }) => {
+                failures = failures.saturating_add(1);
+                let pause_ms = FOLLOW_POLL_MS
+                    .saturating_mul(1 << failures.min(16))
+                    .min(FOLLOW_BACKOFF_MAX_MS);
+                eprintln!(
+                    "{} {error}; retrying in {} s",
+                    rfc3339(now_ms()),
+                    pause_ms / 1_000
+                );
+                pause_ms
+            }
+            Err(error) => return Err(error.into()),
+        };
+        std::thread::sleep(Duration::from_millis(pause_ms));
+    }
+}
+
+/// One entry on one line: the table's cells, or compact JSON.
+fn print_line(entry: &ChangeRecord, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string(entry)?);
+    } else {
+        outln!("{}", cells(entry).join("  "));
+    }
+    Ok(())
+}
+
+/// id, time, actor, kind, unit, version, reason.
+fn cells(entry: &ChangeRecord) -> Vec<String> {
+    vec![
+        entry.id.to_string(),
+        rfc3339(entry.at_ms),
+        entry.actor.clone(),
+        entry.kind.clone(),
+        entry.unit.clone().unwrap_or_default(),
+        entry
+            .version
+            .as_deref()
+            .map(short_hash)
+            .unwrap_or_default()
+            .to_owned(),
+        entry.reason.clone(),
+    ]
 }
 
 #[cfg(test)]
