@@ -749,7 +749,10 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     assert_eq!(stages, ["employees", "free"], "{story:?}");
     assert!(story.iter().any(|e| e["kind"] == "aborted"), "{story:?}");
     let stderr = server.fails(&["log", "--rollout", "third"], 2);
-    assert!(stderr.contains("r3 or 3"), "{stderr}");
+    assert!(
+        stderr.contains("\"third\": expected a number such as 7 or r7"),
+        "{stderr}"
+    );
 
     let (id, _) = push(2, &two_stages);
     let rolled = server.json(&["rollout", "rollback", &id]);

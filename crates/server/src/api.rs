@@ -886,7 +886,8 @@ fn query_parameters(path: &str) -> Vec<Value> {
             json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": "^r?[0-9]+$"}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
             json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
-            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The next_cursor of the previous page (oldest-first listing only)"}),
+            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The next_cursor of the previous page: entries after it oldest first, before it newest first"}),
+            json!({"name": "order", "in": "query", "schema": {"type": "string", "enum": ["oldest", "newest"]}, "description": "oldest first (the default of /v1/changelog) or newest first (the default of the feed)"}),
             json!({
                 "name": "label",
                 "in": "query",
@@ -2275,7 +2276,7 @@ async fn approve_rollout(
 /// Most `label` filters one changelog request may carry.
 pub const MAX_LABEL_FILTERS: usize = 16;
 
-/// The changelog's query parameters: `unit`, `since_ms`, `limit`, `cursor` at most once each,
+/// The changelog's query parameters: `unit`, `rollout`, `since_ms`, `limit`, `cursor`, `order` at most once each,
 /// `label=KEY=VALUE` repeatable (entries must concern nodes with every such label).
 #[derive(Debug, Default)]
 struct ChangelogParams {
@@ -2284,6 +2285,8 @@ struct ChangelogParams {
     since_ms: Option<u64>,
     limit: Option<u32>,
     cursor: Option<u64>,
+    /// `newest` lists newest first (and `cursor` then reads on below it).
+    newest_first: Option<bool>,
     labels: Vec<(String, String)>,
 }
 
@@ -2346,6 +2349,18 @@ impl ChangelogParams {
                 "since_ms" => once(&mut params.since_ms, "since_ms", number(&name, &value)?)?,
                 "limit" => once(&mut params.limit, "limit", number(&name, &value)?)?,
                 "cursor" => once(&mut params.cursor, "cursor", number(&name, &value)?)?,
+                "order" => {
+                    let newest_first = match value.as_str() {
+                        "oldest" => false,
+                        "newest" => true,
+                        _ => {
+                            return Err(ApiError::bad_request(format!(
+                                "query: order={value:?}; expected oldest or newest"
+                            )));
+                        }
+                    };
+                    once(&mut params.newest_first, "order", newest_first)?;
+                }
                 "label" => {
                     if params.labels.len() >= MAX_LABEL_FILTERS {
                         return Err(ApiError::new(
@@ -2358,7 +2373,7 @@ impl ChangelogParams {
                 }
                 _ => {
                     return Err(ApiError::bad_request(format!(
-                        "query: unknown parameter {name:?}; expected unit, rollout, since_ms, limit, cursor or label"
+                        "query: unknown parameter {name:?}; expected unit, rollout, since_ms, limit, cursor, order or label"
                     )));
                 }
             }
@@ -2366,7 +2381,9 @@ impl ChangelogParams {
         Ok(params)
     }
 
+    /// The store's query; `newest_first` is the route's order when `order` is not given.
     fn into_query(self, newest_first: bool) -> Result<ChangelogQuery, ApiError> {
+        let newest_first = self.newest_first.unwrap_or(newest_first);
         let unit = self
             .unit
             .as_deref()
@@ -2384,7 +2401,8 @@ impl ChangelogParams {
             rollout: self.rollout,
             labels: self.labels,
             since_ms: self.since_ms,
-            after_id: self.cursor,
+            after_id: self.cursor.filter(|_| !newest_first),
+            before_id: self.cursor.filter(|_| newest_first),
             limit,
             newest_first,
         })

@@ -442,7 +442,8 @@ pub struct TokenRecord {
     pub node: Option<String>,
 }
 
-/// Which changelog rows to return: `id > after_id`, oldest first.
+/// Which changelog rows to return: `id > after_id` oldest first, or `id < before_id` newest
+/// first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangelogQuery {
     pub unit: Option<String>,
@@ -453,8 +454,11 @@ pub struct ChangelogQuery {
     pub labels: Vec<(String, String)>,
     pub since_ms: Option<u64>,
     pub after_id: Option<u64>,
+    /// Newest first: only entries below this id (the previous page's `next_cursor`).
+    pub before_id: Option<u64>,
     pub limit: u32,
-    /// Newest first instead (for feeds); `after_id` is then ignored.
+    /// Newest first instead (feeds, the latest entries); then `before_id` applies and
+    /// `after_id` is ignored.
     pub newest_first: bool,
 }
 
@@ -1146,7 +1150,8 @@ impl Store {
         Ok(self.changelog_page(query)?.entries)
     }
 
-    /// One page of the changelog: oldest first from `after_id`, or newest first. With a label
+    /// One page of the changelog: oldest first from `after_id`, or newest first from
+    /// `before_id`; `next_cursor` continues it in the same order. With a label
     /// filter, entries are read in batches and filtered here (the filter reads the JSON of
     /// `concerns`, which SQL dialects spell differently), examining at most
     /// [`MAX_CHANGELOG_SCAN_ROWS`] entries per page.
@@ -1167,7 +1172,11 @@ impl Store {
         } else {
             to_i64(query.after_id.unwrap_or(0))
         };
-        let mut before = i64::MAX;
+        let mut before = if query.newest_first {
+            query.before_id.map_or(i64::MAX, to_i64)
+        } else {
+            i64::MAX
+        };
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(&sql)?;
             let mut page = ChangelogPage::default();
@@ -1212,7 +1221,7 @@ impl Store {
                 }
                 let full = page.entries.len() >= page_rows;
                 if full || scanned >= MAX_CHANGELOG_SCAN_ROWS {
-                    if !query.newest_first && (full || !exhausted) {
+                    if full || !exhausted {
                         page.next_cursor = Some(last_id);
                     }
                     return Ok(page);

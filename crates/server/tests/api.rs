@@ -395,6 +395,62 @@ async fn changelog_pages_by_cursor_filters_and_feeds() {
         .await;
     assert!(last["entries"].as_array().unwrap().is_empty());
     assert!(last["next_cursor"].is_null());
+    // Newest first: the latest entries in one request, then on below the cursor, to the end.
+    let kinds_units = |page: &Value| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["kind"].as_str().unwrap(),
+                    e["unit"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    let (_, newest) = server
+        .admin(Method::GET, "/v1/changelog?order=newest&limit=2", None)
+        .await;
+    assert_eq!(kinds_units(&newest), ["unit_created:c", "unit_created:b"]);
+    let below = newest["next_cursor"].as_u64().unwrap();
+    let (_, older) = server
+        .admin(
+            Method::GET,
+            &format!("/v1/changelog?order=newest&limit=2&cursor={below}"),
+            None,
+        )
+        .await;
+    assert_eq!(kinds_units(&older), ["unit_created:a", "token_created:-"]);
+    let (_, end) = server
+        .admin(
+            Method::GET,
+            &format!(
+                "/v1/changelog?order=newest&limit=2&cursor={}",
+                older["next_cursor"].as_u64().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert!(end["entries"].as_array().unwrap().is_empty(), "{end}");
+    assert!(end["next_cursor"].is_null(), "{end}");
+    let (status, body) = server
+        .call(
+            Method::GET,
+            "/v1/changelog?order=sideways",
+            Some(&server.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("oldest or newest"),
+        "{body}"
+    );
     let (_, only_b) = server
         .admin(Method::GET, "/v1/changelog?unit=b", None)
         .await;

@@ -247,9 +247,9 @@ const EXTRA_QUERY_NAMES: &[&str] = &["", "x", "message", "unit", "limit", "after
 /// The query parameters a route takes (the changelog's are those of the OpenAPI document).
 fn query_names(route: &RouteSpec) -> &'static [&'static str] {
     match (route.method.as_str(), route.path) {
-        ("GET", "/v1/changelog" | "/v1/changelog.atom") => {
-            &["unit", "rollout", "since_ms", "limit", "cursor", "label"]
-        }
+        ("GET", "/v1/changelog" | "/v1/changelog.atom") => &[
+            "unit", "rollout", "since_ms", "limit", "cursor", "order", "label",
+        ],
         ("POST", "/v1/units/{unit}/versions") => &["message", "parent", "skip_validation"],
         ("GET", "/v1/units/{unit}/diff") => &["from", "to"],
         ("GET", "/v1/nodes/{node}/desired") => &["after", "wait_ms"],
@@ -539,6 +539,7 @@ impl Fixture {
             // Short: a valid wait holds the request that long.
             "wait_ms" => vec!["0".into(), "10".into(), "50".into()],
             "skip_validation" => vec!["true".into(), "false".into()],
+            "order" => vec!["newest".into(), "oldest".into()],
             "label" => vec!["cohort=canary".into(), "cohort=".into(), "x=y".into()],
             "message" => vec!["fuzz".into(), "a%20message".into()],
             _ => vec!["fuzz".into()],

@@ -1,7 +1,6 @@
 //! `failsmall log`: the changelog, newest last, with filters; `--follow` keeps printing what
 //! is written after.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -20,7 +19,8 @@ use crate::Outcome;
 pub const LOG_LIMIT_MAX: u32 = 10_000;
 /// Entries asked for per request.
 pub const LOG_PAGE_ENTRIES: u32 = 1000;
-/// Most pages read (the changelog is read oldest first and the newest `--limit` kept).
+/// Most pages read for the newest `--limit` entries (newest first; with label filters a page
+/// may hold few of them).
 pub const LOG_PAGES_MAX: u32 = 1000;
 /// With `--follow`, between two looks for new entries, in milliseconds.
 pub const FOLLOW_POLL_MS: u64 = 1_000;
@@ -90,21 +90,21 @@ pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
         .map(|s| since_ms(s, now_ms()))
         .transpose()?;
     let client = args.remote.connect()?;
-    let keep = usize::try_from(args.limit).unwrap_or(usize::MAX);
-    let mut newest: VecDeque<ChangeRecord> = VecDeque::new();
-    let mut read = Read::default();
-    read.pages(&client, args, since, LOG_PAGES_MAX, |entry| {
-        if newest.len() == keep {
-            newest.pop_front();
-        }
-        newest.push_back(entry);
-    })?;
-    let entries: Vec<ChangeRecord> = newest.into();
+    let entries = newest(&client, args, since)?;
     if args.follow {
         for entry in &entries {
             print_line(entry, args.remote.json())?;
         }
-        return follow(&client, args, read);
+        // On from the newest entry shown, else from the newest entry of all.
+        let cursor = match entries.last() {
+            Some(entry) => Some(entry.id),
+            None => {
+                let query = [("order", "newest".to_owned()), ("limit", "1".to_owned())];
+                let page: ChangelogPage = client.get("/v1/changelog", &query)?;
+                page.entries.first().map(|entry| entry.id)
+            }
+        };
+        return follow(&client, args, cursor);
     }
     if args.remote.json() {
         print_json(&entries)?;
@@ -118,44 +118,70 @@ pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Where reading the changelog oldest first has got to.
-#[derive(Debug, Default, Clone, Copy)]
-struct Read {
-    /// The cursor to read on from: the server's `next_cursor`, or the last entry's id.
-    cursor: Option<u64>,
-}
-
-impl Read {
-    /// Reads at most `pages_max` pages from the cursor on, handing each entry to `each`.
-    fn pages(
-        &mut self,
-        client: &ApiClient,
-        args: &LogArgs,
-        since: Option<u64>,
-        pages_max: u32,
-        mut each: impl FnMut(ChangeRecord),
-    ) -> Result<(), ClientError> {
-        for _ in 0..pages_max {
-            let page: ChangelogPage =
-                client.get("/v1/changelog", &query(args, since, self.cursor))?;
-            let last_id = page.entries.last().map(|entry| entry.id);
-            for entry in page.entries {
-                each(entry);
-            }
-            let next = page.next_cursor.or(last_id).max(self.cursor);
-            let more = page.next_cursor.is_some() && next != self.cursor;
-            self.cursor = next;
-            if !more {
-                break;
-            }
+/// The newest `--limit` entries that pass the filters, oldest first: read newest first, page
+/// after page, until there are enough or no more.
+fn newest(
+    client: &ApiClient,
+    args: &LogArgs,
+    since: Option<u64>,
+) -> Result<Vec<ChangeRecord>, ClientError> {
+    let keep = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let mut entries: Vec<ChangeRecord> = Vec::new();
+    let mut cursor = None;
+    for _ in 0..LOG_PAGES_MAX {
+        let wanted = keep.saturating_sub(entries.len());
+        let page_limit =
+            u32::try_from(wanted).map_or(LOG_PAGE_ENTRIES, |w| w.min(LOG_PAGE_ENTRIES));
+        let mut query = query(args, since, cursor, page_limit);
+        query.push(("order", "newest".to_owned()));
+        let page: ChangelogPage = client.get("/v1/changelog", &query)?;
+        entries.extend(page.entries);
+        if entries.len() >= keep {
+            entries.truncate(keep);
+            break;
         }
-        Ok(())
+        match page.next_cursor {
+            Some(next) if Some(next) != cursor => cursor = Some(next),
+            _ => break,
+        }
     }
+    entries.reverse();
+    Ok(entries)
 }
 
-/// The changelog query for `args` from `cursor` on.
-fn query(args: &LogArgs, since: Option<u64>, cursor: Option<u64>) -> Vec<(&'static str, String)> {
-    let mut query = vec![("limit", LOG_PAGE_ENTRIES.to_string())];
+/// Reads on, oldest first, from `cursor` (at most [`FOLLOW_PAGES_MAX`] pages), handing each
+/// entry to `each` and moving `cursor` past what was read.
+fn read_on(
+    client: &ApiClient,
+    args: &LogArgs,
+    cursor: &mut Option<u64>,
+    mut each: impl FnMut(ChangeRecord),
+) -> Result<(), ClientError> {
+    for _ in 0..FOLLOW_PAGES_MAX {
+        let query = query(args, None, *cursor, LOG_PAGE_ENTRIES);
+        let page: ChangelogPage = client.get("/v1/changelog", &query)?;
+        let last_id = page.entries.last().map(|entry| entry.id);
+        for entry in page.entries {
+            each(entry);
+        }
+        let next = page.next_cursor.or(last_id).max(*cursor);
+        let more = page.next_cursor.is_some() && next != *cursor;
+        *cursor = next;
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The changelog query for `args` from `cursor` on, `limit` entries a page.
+fn query(
+    args: &LogArgs,
+    since: Option<u64>,
+    cursor: Option<u64>,
+    limit: u32,
+) -> Vec<(&'static str, String)> {
+    let mut query = vec![("limit", limit.to_string())];
     if let Some(unit) = &args.unit {
         query.push(("unit", unit.clone()));
     }
@@ -174,14 +200,14 @@ fn query(args: &LogArgs, since: Option<u64>, cursor: Option<u64>) -> Vec<(&'stat
     query
 }
 
-/// Prints what is written from `read` on, forever; an unreachable server is retried with a
+/// Prints what is written after `cursor`, forever; an unreachable server is retried with a
 /// growing pause, any other refusal ends the command.
-fn follow(client: &ApiClient, args: &LogArgs, mut read: Read) -> anyhow::Result<Outcome> {
+fn follow(client: &ApiClient, args: &LogArgs, mut cursor: Option<u64>) -> anyhow::Result<Outcome> {
     let json = args.remote.json();
     let mut failures: u32 = 0;
     loop {
         let mut printed = Ok(());
-        let looked = read.pages(client, args, None, FOLLOW_PAGES_MAX, |entry| {
+        let looked = read_on(client, args, &mut cursor, |entry| {
             if printed.is_ok() {
                 printed = print_line(&entry, json);
             }
