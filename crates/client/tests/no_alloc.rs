@@ -35,15 +35,27 @@ fn reads_do_not_allocate() {
     let _ = reader.get().unwrap();
     let _ = config.get().unwrap();
     let _ = config.with(|snapshot| snapshot.value.0.len());
-    let region = Region::new(GLOBAL);
-    let mut total = 0usize;
-    for _ in 0..10_000 {
-        total += reader.get().unwrap().value.0.len();
-        total += config.get().unwrap().value.0.len();
-        total += config.with(|snapshot| snapshot.value.0.len()).unwrap();
+    // The allocator's counts are process-wide: another thread of the test harness may
+    // allocate once while this one reads (the main thread's first blocking wait for the test
+    // does, when it gets there late on a loaded machine). A read that allocated would do so in
+    // every round, so the fewest allocations of three rounds is what the reads cost.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let region = Region::new(GLOBAL);
+        let mut total = 0usize;
+        for _ in 0..10_000 {
+            total += reader.get().unwrap().value.0.len();
+            total += config.get().unwrap().value.0.len();
+            total += config.with(|snapshot| snapshot.value.0.len()).unwrap();
+        }
+        let stats = region.change();
+        assert_eq!(total, 90_000);
+        rounds.push(stats);
     }
-    let stats = region.change();
-    assert_eq!(total, 90_000);
-    assert_eq!(stats.allocations, 0, "{stats:?}");
-    assert_eq!(stats.reallocations, 0, "{stats:?}");
+    let fewest = rounds
+        .iter()
+        .min_by_key(|stats| stats.allocations + stats.reallocations)
+        .unwrap();
+    assert_eq!(fewest.allocations, 0, "{rounds:?}");
+    assert_eq!(fewest.reallocations, 0, "{rounds:?}");
 }

@@ -213,6 +213,27 @@ pub enum RolloutStatus {
 }
 
 impl RolloutStatus {
+    pub const ALL: [RolloutStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Paused,
+        Self::Completed,
+        Self::RolledBack,
+        Self::Aborted,
+    ];
+
+    /// As in JSON: `queued`, `running`, `paused`, `completed`, `rolled_back`, `aborted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::RolledBack | Self::Aborted)
     }
@@ -992,6 +1013,12 @@ impl Engine {
     /// Every rollout kept, oldest first.
     pub fn rollouts(&self) -> impl Iterator<Item = RolloutView> + '_ {
         self.rollouts.values().map(|rollout| self.view(rollout))
+    }
+
+    /// The status of every rollout the engine keeps (terminal ones are pruned, oldest first),
+    /// without building their views.
+    pub fn rollout_statuses(&self) -> impl Iterator<Item = RolloutStatus> + '_ {
+        self.rollouts.values().map(|rollout| rollout.status)
     }
 
     /// The version `node` should run for `unit`, if any.

@@ -1579,3 +1579,13 @@ fn queued_rollouts_of_a_quarantined_hash_end_at_once() {
         assert_eq!(h.engine.desired(&n, &unit("bot-features")), Some(last_good));
     }
 }
+
+#[test]
+fn status_names_are_their_json_names() {
+    for status in RolloutStatus::ALL {
+        assert_eq!(
+            serde_json::to_value(status).unwrap(),
+            serde_json::Value::String(status.as_str().to_owned())
+        );
+    }
+}

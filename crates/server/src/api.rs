@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash, rfc3339_from_ms};
-use failsmall_core::engine::{Action, Command, EngineError, Event};
+use failsmall_core::engine::{Action, Command, EngineError, Event, RolloutStatus};
 use failsmall_core::health::HealthSample;
 use failsmall_core::plan::Plan;
 use failsmall_core::validate::{UnitSpec, validate};
@@ -36,7 +36,7 @@ use crate::rollouts::{Cause, EngineHost, MAX_WATCH_MS, StepError};
 use crate::signing::VersionSigner;
 use crate::store::{
     ChangeRow, ChangelogQuery, Concerns, MAX_CHANGELOG_SCAN_ROWS, MAX_LIST_ROWS, NewChange,
-    StalenessRow, Store, UnitFields, ValidatorChange, VersionRow,
+    ROLLOUT_END_KINDS, StalenessRow, Store, UnitFields, ValidatorChange, VersionRow,
 };
 use crate::validator::{Refusal, ValidatorCommand};
 
@@ -730,23 +730,34 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .shared
         .engine
         .read(|engine, revision| {
-            let mut by_status = std::collections::BTreeMap::<String, u64>::new();
-            for view in engine.rollouts() {
-                let status = serde_json::to_value(view.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                let count = by_status.entry(status).or_insert(0);
-                *count = count.saturating_add(1);
+            let mut by_status = [0u64; RolloutStatus::ALL.len()];
+            for status in engine.rollout_statuses() {
+                if let Some(index) = RolloutStatus::ALL.iter().position(|s| *s == status)
+                    && let Some(count) = by_status.get_mut(index)
+                {
+                    *count = count.saturating_add(1);
+                }
             }
             (revision, by_status)
         })
         .await;
-    text.push_str("# HELP failsmall_rollouts Rollouts the engine keeps, by status.\n");
+    text.push_str(
+        "# HELP failsmall_rollouts Rollouts the engine keeps, by status (ended ones are pruned, oldest first).\n",
+    );
     text.push_str("# TYPE failsmall_rollouts gauge\n");
-    for (status, count) in by_status {
+    for (status, count) in RolloutStatus::ALL.iter().zip(by_status) {
         text.push_str(&format!(
-            "failsmall_rollouts{{status=\"{status}\"}} {count}\n"
+            "failsmall_rollouts{{status=\"{}\"}} {count}\n",
+            status.as_str()
+        ));
+    }
+    text.push_str(
+        "# HELP failsmall_rollouts_ended_total Rollouts ended since the data dir was created, by how (from the changelog).\n",
+    );
+    text.push_str("# TYPE failsmall_rollouts_ended_total counter\n");
+    for (outcome, count) in ROLLOUT_END_KINDS.iter().zip(counts.rollouts_ended) {
+        text.push_str(&format!(
+            "failsmall_rollouts_ended_total{{outcome=\"{outcome}\"}} {count}\n"
         ));
     }
     text.push_str("# HELP failsmall_engine_revision Engine steps persisted.\n");

@@ -160,7 +160,12 @@ const MIGRATIONS: &[&str] = &[
         applied_ms BIGINT NOT NULL,
         PRIMARY KEY (node, unit)
     );",
+    // 9: changelog entries by kind, so `/metrics` counts the ended rollouts without a scan.
+    "CREATE INDEX changelog_kind ON changelog (kind);",
 ];
+
+/// The changelog kinds that end a rollout, as counted for `/metrics`.
+pub const ROLLOUT_END_KINDS: [&str; 4] = ["completed", "rolled_back", "aborted", "superseded"];
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -521,6 +526,8 @@ pub struct StoreCounts {
     pub nodes_stale: u64,
     pub blob_bytes: u64,
     pub changelog_entries: u64,
+    /// Rollouts ended, by the changelog kind that ended them, in [`ROLLOUT_END_KINDS`] order.
+    pub rollouts_ended: [u64; ROLLOUT_END_KINDS.len()],
 }
 
 /// The SQLite store. Cheap to share behind an `Arc`; calls are serialized by one lock.
@@ -1478,6 +1485,15 @@ impl Store {
                 nodes_stale: count("SELECT COUNT(*) FROM nodes WHERE stale_since_ms IS NOT NULL")?,
                 blob_bytes: count("SELECT COALESCE(SUM(size_bytes), 0) FROM blobs")?,
                 changelog_entries: count("SELECT COUNT(*) FROM changelog")?,
+                rollouts_ended: {
+                    let mut ended = [0; ROLLOUT_END_KINDS.len()];
+                    let mut stmt =
+                        conn.prepare("SELECT COUNT(*) FROM changelog WHERE kind = ?1")?;
+                    for (slot, kind) in ended.iter_mut().zip(ROLLOUT_END_KINDS) {
+                        *slot = to_u64(stmt.query_row([kind], |r| r.get(0))?);
+                    }
+                    ended
+                },
             })
         })
     }

@@ -277,6 +277,22 @@ async fn a_rollout_reaches_nodes_and_a_nack_rolls_it_back_and_quarantines() {
         )
         .await;
     assert_eq!(by_number["entries"].as_array().unwrap(), &of_second);
+    // `/metrics`: every status (zeros too), and the ended rollouts by how they ended.
+    let (_, metrics) = server.admin(Method::GET, "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    for line in [
+        "failsmall_rollouts{status=\"running\"} 0",
+        "failsmall_rollouts{status=\"completed\"} 1",
+        "failsmall_rollouts{status=\"rolled_back\"} 1",
+        "failsmall_rollouts_ended_total{outcome=\"completed\"} 1",
+        "failsmall_rollouts_ended_total{outcome=\"rolled_back\"} 1",
+        "failsmall_rollouts_ended_total{outcome=\"aborted\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
     let (status, body) = server
         .admin(Method::GET, "/v1/changelog?rollout=x1", None)
         .await;

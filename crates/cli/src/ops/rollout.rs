@@ -234,10 +234,7 @@ fn command_name(command: Command) -> String {
 
 /// `running`, `rolled_back`, ...
 pub fn status_name(status: RolloutStatus) -> String {
-    serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    status.as_str().to_owned()
 }
 
 /// `applying`, `baking`, ...
