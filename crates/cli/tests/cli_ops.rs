@@ -43,6 +43,35 @@ fn features(names: &[&str]) -> String {
     serde_json::to_string_pretty(&json!({ "features": list })).unwrap()
 }
 
+/// Every line `output` writes, as it comes. The thread keeps draining it when nobody listens
+/// any more, so the child never blocks on a full pipe.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    received
+}
+
+/// The address and data dir of the server's `listening on ADDR, data in DIR` line, waited for
+/// at most 20 s.
+fn listening_address(said: &mpsc::Receiver<String>) -> (String, PathBuf) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = said
+            .recv_timeout(left)
+            .expect("the server printed no listening address within 20 s");
+        if let Some((head, dir)) = line.split_once(", data in ")
+            && let Some(addr) = head.split("listening on ").nth(1)
+        {
+            return (addr.to_owned(), PathBuf::from(dir.trim()));
+        }
+    }
+}
+
 /// A `failsmall server` child process on 127.0.0.1:0.
 struct Server {
     child: Child,
@@ -85,20 +114,8 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (found, address) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            // Keep draining stderr so the server never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("");
-                    let _ = found.send(addr.trim_end_matches(',').to_owned());
-                }
-            }
-        });
-        let addr = address
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the server printed no listening address within 20 s");
+        let said = lines_of(child.stderr.take().unwrap());
+        let addr = listening_address(&said).0;
         let http = reqwest::blocking::Client::new();
         let token_path = data_dir.join("admin.token");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -856,21 +873,8 @@ fn dev_server_data_dir(extra: &[&str]) -> (PathBuf, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (found, data_dir) = mpsc::channel::<(String, PathBuf)>();
-    let reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some((head, dir)) = line.split_once(", data in ")
-                && let Some(addr) = head.split("listening on ").nth(1)
-            {
-                let _ = found.send((addr.to_owned(), PathBuf::from(dir.trim())));
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    let (addr, dir) = data_dir.recv_timeout(Duration::from_secs(20)).unwrap();
+    let said = lines_of(child.stderr.take().unwrap());
+    let (addr, dir) = listening_address(&said);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !reqwest::blocking::get(format!("{addr}/healthz")).is_ok_and(|r| r.status().is_success())
     {
@@ -887,8 +891,8 @@ fn dev_server_data_dir(extra: &[&str]) -> (PathBuf, bool) {
         .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
-    let said = reader.join().unwrap().join("\n");
-    assert_eq!(status.code(), Some(0), "{said}");
+    let said: Vec<String> = said.iter().collect();
+    assert_eq!(status.code(), Some(0), "{said:?}");
     (dir.clone(), dir.exists())
 }
 
@@ -916,15 +920,7 @@ fn log_follow_prints_entries_as_they_are_written() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = lines_of(child.stdout.take().unwrap());
     let next = || -> Value {
         let line = received.recv_timeout(Duration::from_secs(20)).unwrap();
         serde_json::from_str(&line).unwrap()
