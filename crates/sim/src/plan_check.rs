@@ -83,6 +83,9 @@ pub struct PlanCheckReport {
     /// Worst case from first bad exposure to full rollback when caught at the first gate-able
     /// stage; `None` when no stage can fail.
     pub rollback_worst_ms: Option<u64>,
+    /// What looks wrong without breaking a limit, one sentence each: stages that expose no
+    /// node of this fleet (they pass at once, so the plan has a wave fewer than it says).
+    pub warnings: Vec<String>,
 }
 
 /// Whether any hard signal of a stage is armed. The engine treats a threshold of 0 as off;
@@ -161,6 +164,16 @@ pub fn check_plan(
             rollback_worst_ms,
         });
     }
+    let warnings = stages
+        .iter()
+        .filter(|stage| stage.nodes_added == 0)
+        .map(|stage| {
+            format!(
+                "stage {:?} exposes no node of this fleet: it would pass at once, a wave fewer than the plan says; widen its percent or check its selector",
+                stage.stage
+            )
+        })
+        .collect();
     let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
     let headline = first_gated_stage
         .and_then(|index| stages.get(index))
@@ -180,6 +193,7 @@ pub fn check_plan(
             .and_then(|index| stages.get(index))
             .and_then(|stage| stage.rollback_worst_ms),
         stages,
+        warnings,
     })
 }
 
@@ -295,6 +309,9 @@ impl PlanCheckReport {
                 if stage.can_fail { "yes" } else { "no" },
                 rollback
             );
+        }
+        for warning in &self.warnings {
+            let _ = writeln!(out, "warning: {warning}");
         }
         out
     }

@@ -170,3 +170,41 @@ fn the_example_plans_against_the_example_fleet() {
     assert_eq!(report.exposed_nodes_before_gate, 2);
     assert!(report.exposed_traffic_before_gate_fraction < 0.05);
 }
+
+#[test]
+fn a_stage_that_exposes_no_node_is_a_warning_not_a_broken_limit() {
+    let fleet = FleetSpec::parse("fleet.yaml", FLEET).unwrap();
+    // 0.01% of region a's four nodes: none of them.
+    let mut sliver = stage("a-sliver", Some("a"), HardSignals::default());
+    sliver.percent = Percent { basis_points: 1 };
+    let report = check_plan(
+        &plan(vec![
+            sliver,
+            stage("everyone", None, HardSignals::default()),
+        ]),
+        &fleet,
+        &options(),
+    )
+    .unwrap();
+    assert_eq!(report.stages[0].nodes_added, 0);
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("\"a-sliver\" exposes no node"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(
+        report.text().contains("warning: stage \"a-sliver\""),
+        "{}",
+        report.text()
+    );
+    assert_eq!(report.to_json()["warnings"][0], report.warnings[0].as_str());
+    assert!(report.exceeds(&PlanCheckLimits::default()).is_empty());
+    let full = check_plan(
+        &plan(vec![stage("everyone", None, HardSignals::default())]),
+        &fleet,
+        &options(),
+    )
+    .unwrap();
+    assert!(full.warnings.is_empty(), "{:?}", full.warnings);
+}
