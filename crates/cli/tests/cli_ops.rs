@@ -885,8 +885,9 @@ fn dev_server_data_dir(extra: &[&str]) -> (PathBuf, bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(dir.join("admin.token").exists(), "{}", dir.display());
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+    // The shell's own `kill`: a fresh Debian machine may have no /usr/bin/kill (procps).
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
         .status()
         .unwrap();
     assert!(killed.success());
