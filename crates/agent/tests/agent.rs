@@ -447,7 +447,7 @@ async fn an_idle_node_is_not_silent_through_a_long_bake() {
     let world = World::start("silence").await;
     // The stage bakes 1.5 s and takes a node with no report for 400 ms for silent (a hard
     // signal). The agent has no consumer metrics: it still reports every 100 ms.
-    let plan = "name: watchful\nstages:\n  - name: everywhere\n    bake: 1500ms\n    silence: 400ms\n    min_requests: 0\n    gates: []\n";
+    let plan = "name: watchful\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 1500ms\n    silence: 400ms\n    min_requests: 0\n    gates: []\n";
     let v2 = features(2);
     let hash = world.operator.push(&v2, false).await;
     let id = world.operator.rollout_with(&hash, plan).await;

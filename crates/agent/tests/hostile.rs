@@ -1133,7 +1133,7 @@ async fn tamper_forward(State(state): State<Arc<TamperState>>, request: Request)
 
 /// Only the node's own cohort: `n2` (another cohort) is registered and gets documents, but
 /// no rollout waits for it.
-const EMPLOYEE_PLAN: &str = "name: instant\nstages:\n  - name: employees\n    select: { cohort: employee }\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
+const EMPLOYEE_PLAN: &str = "name: instant\nsoak: 0s\nstages:\n  - name: employees\n    select: { cohort: employee }\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
 
 struct ControlWorld {
     server: Server,

@@ -26,8 +26,8 @@ use serde_json::json;
 const WAIT_MS: u64 = 15_000;
 /// One stage that bakes long enough for a consumer to speak up.
 /// An instant stage with the plan's post-apply health check.
-const CHECKED_PLAN: &str = "name: checked\nhealth_check: { path: /health, expect_status: 200, timeout: 2s }\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
-const BAKING_PLAN: &str = "name: baking\nstages:\n  - name: everywhere\n    bake: 30s\n    min_requests: 0\n    gates: []\n";
+const CHECKED_PLAN: &str = "name: checked\nsoak: 0s\nhealth_check: { path: /health, expect_status: 200, timeout: 2s }\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
+const BAKING_PLAN: &str = "name: baking\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 30s\n    min_requests: 0\n    gates: []\n";
 
 /// A stand-in for the local consumer: a health endpoint with a settable status, and
 /// Prometheus counters that grow at every scrape.

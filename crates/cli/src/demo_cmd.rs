@@ -44,7 +44,7 @@ use summary::{ActOutcome, ActSummary};
 const DEMO_PLAN: &str = include_str!("../../../examples/plans/demo.yaml");
 const DEMO_PLAN_FILE: &str = "examples/plans/demo.yaml";
 /// The plan that puts the first rules file everywhere before the acts.
-const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n    hard_signals: { rejections: 0, crashes: 0, health_check_failures: 0, silent_nodes: 0 }\n";
+const INSTANT_PLAN: &str = "name: instant\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n    hard_signals: { rejections: 0, crashes: 0, health_check_failures: 0, silent_nodes: 0 }\n";
 const BOT_FEATURES: &[u8] = include_bytes!("../../../examples/units/bot-features.json");
 const BOT_FEATURES_NOV18: &[u8] =
     include_bytes!("../../../examples/units/bot-features-oversized.json");

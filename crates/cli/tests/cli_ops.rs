@@ -23,7 +23,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_failsmall");
 
 /// One stage over every node, no bake, no gates: one ACK and a health report complete it,
 /// one NACK rolls it back.
-const ONE_STAGE_PLAN: &str = "name: one-stage\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
+const ONE_STAGE_PLAN: &str = "name: one-stage\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
 
 const FEATURES_SPEC: &str = r#"{
   "format": "json",
@@ -705,7 +705,7 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     );
     let approval = server.file(
         "approval.yaml",
-        "name: approval\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
+        "name: approval\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
     );
     let push = |n: u32, plan: &str| -> (String, String) {
         let file = server.file(&format!("v{n}.json"), &format!("{{\"n\": {n}}}"));

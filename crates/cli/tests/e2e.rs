@@ -71,6 +71,7 @@ const WRONG_SERVER_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325
 /// small samples.
 const PLAN: &str = "name: e2e
 concurrency: queue
+soak: 0s
 queue_limit: 16
 defaults:
   bake: 2s

@@ -35,6 +35,7 @@ const UNIT: &str = "flags";
 /// It has a plan: each push starts its rollout in the same step.
 const PLANNED_UNIT: &str = "features";
 const PLAN: &str = "name: killtest
+soak: 0s
 defaults:
   bake: 150ms
   min_requests: 10

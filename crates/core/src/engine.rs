@@ -79,7 +79,8 @@ use crate::select;
 pub enum Command {
     Pause,
     Resume,
-    /// Skip the rest of the current stage's bake (gates must still not be failing).
+    /// Skip the rest of the current stage's bake (gates must still not be failing); on a
+    /// soaking rollout, end the soak at once (the rollout completes).
     Promote,
     /// Stop where it is: exposed nodes keep the new version; ends `aborted`.
     Abort,
@@ -184,6 +185,10 @@ pub enum ChangeKind {
     Completed,
     Quarantined,
     Superseded,
+    /// The last stage passed; the rollout keeps watching it until the soak ends.
+    SoakStarted,
+    /// The soak ended with no failing gate or hard signal.
+    SoakPassed,
 }
 
 /// One changelog record: who did what, why, where.
@@ -337,6 +342,9 @@ pub enum StagePhase {
     /// The stage passed (and was approved when required); moves on as soon as the earlier
     /// train rollout of the unit has left the next stage.
     Passed,
+    /// The last stage passed; its gates and hard signals keep being judged on every exposed
+    /// node until `soak_ends_ms`, when the rollout completes. A failure rolls back.
+    Soaking { soak_ends_ms: TimeMs },
 }
 
 /// One node reached by a rollout.
@@ -726,6 +734,10 @@ struct Rollout {
     /// again in the step that brings enough, not at the next periodic evaluation.
     #[serde(default)]
     held_for_data: bool,
+    /// A gated stage (see [`Stage::is_gated`]) passed with at least one node that ACKed the
+    /// version: the evidence a version needs to become the unit's stable version.
+    #[serde(default)]
+    gated_evidence: bool,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
@@ -1026,7 +1038,27 @@ impl Engine {
         self.nodes.get(node)?.desired.get(unit).copied()
     }
 
-    /// The unit's stable version: the latest whose rollout completed.
+    /// The running or paused (soaking included) rollout of `unit` that exposed `node` and whose
+    /// version is the one the node should run for the unit: the rollout still judging what the
+    /// node runs. `None` when no such rollout is open (the node's version is settled, or the
+    /// node was not reached). Cost: the unit's active rollouts, one exposure lookup each.
+    pub fn trial(&self, node: &NodeId, unit: &UnitName) -> Option<RolloutId> {
+        let desired = self.desired(node, unit)?;
+        let state = self.units.get(unit)?;
+        state.active.iter().rev().copied().find(|id| {
+            self.rollouts.get(id).is_some_and(|rollout| {
+                rollout.version == desired
+                    && matches!(
+                        rollout.status,
+                        RolloutStatus::Running | RolloutStatus::Paused
+                    )
+                    && rollout.exposed.contains_key(node)
+            })
+        })
+    }
+
+    /// The unit's stable version: the latest whose rollout completed with evidence (a gated
+    /// stage passed with at least one node that ACKed it).
     pub fn stable(&self, unit: &UnitName) -> Option<VersionHash> {
         self.units.get(unit)?.stable
     }
@@ -1069,13 +1101,16 @@ impl Engine {
                     .map_or(self.now_ms, |at| at.saturating_add(GATE_EVAL_INTERVAL_MS));
                 let bake = match rollout.phase {
                     StagePhase::Baking { bake_ends_ms } => Some(bake_ends_ms),
+                    StagePhase::Soaking { soak_ends_ms } => Some(soak_ends_ms),
                     _ => None,
                 };
                 let timeout = match rollout.phase {
                     StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
                         rollout.timeout_at_ms
                     }
-                    StagePhase::AwaitingApproval | StagePhase::Passed => None,
+                    StagePhase::AwaitingApproval
+                    | StagePhase::Passed
+                    | StagePhase::Soaking { .. } => None,
                 };
                 [Some(next_eval), bake, timeout].into_iter().flatten().min()
             })
@@ -1524,6 +1559,7 @@ impl Engine {
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
                 held_for_data: false,
+                gated_evidence: false,
                 roles: Derived::default(),
             },
         );
@@ -1807,10 +1843,18 @@ impl Engine {
                     rollout.paused_at_ms = None;
                     rollout.timeout_at_ms =
                         rollout.timeout_at_ms.map(|at| at.saturating_add(paused_ms));
-                    if let StagePhase::Baking { bake_ends_ms } = rollout.phase {
-                        rollout.phase = StagePhase::Baking {
-                            bake_ends_ms: bake_ends_ms.saturating_add(paused_ms),
-                        };
+                    match rollout.phase {
+                        StagePhase::Baking { bake_ends_ms } => {
+                            rollout.phase = StagePhase::Baking {
+                                bake_ends_ms: bake_ends_ms.saturating_add(paused_ms),
+                            };
+                        }
+                        StagePhase::Soaking { soak_ends_ms } => {
+                            rollout.phase = StagePhase::Soaking {
+                                soak_ends_ms: soak_ends_ms.saturating_add(paused_ms),
+                            };
+                        }
+                        _ => {}
                     }
                 }
                 self.log_as(id, ChangeKind::Resumed, &actor, stage, reason, now, out);
@@ -1821,10 +1865,10 @@ impl Engine {
                 }
                 if !matches!(
                     rollout.phase,
-                    StagePhase::Baking { .. } | StagePhase::Holding
+                    StagePhase::Baking { .. } | StagePhase::Holding | StagePhase::Soaking { .. }
                 ) {
                     return Err(invalid(
-                        "baking or holding (every exposed node has applied)",
+                        "baking, holding (every exposed node has applied) or soaking",
                     ));
                 }
                 if rollout
@@ -1834,9 +1878,23 @@ impl Engine {
                 {
                     return Err(invalid("free of failing gates"));
                 }
-                let why = format!("promoted by {actor}: {reason}");
-                self.log_as(id, ChangeKind::Promoted, &actor, stage, reason, now, out);
-                self.pass_stage(id, &why, now, out);
+                if matches!(rollout.phase, StagePhase::Soaking { .. }) {
+                    let why = format!("soak ended early by {actor}: {reason}");
+                    self.log_as(
+                        id,
+                        ChangeKind::Promoted,
+                        &actor,
+                        stage,
+                        why.clone(),
+                        now,
+                        out,
+                    );
+                    self.complete(id, &why, now, out);
+                } else {
+                    let why = format!("promoted by {actor}: {reason}");
+                    self.log_as(id, ChangeKind::Promoted, &actor, stage, reason, now, out);
+                    self.pass_stage(id, &why, now, out);
+                }
             }
             Command::Abort => {
                 if status.is_terminal() {
@@ -2215,13 +2273,44 @@ impl Engine {
                     return changed;
                 }
                 StagePhase::AwaitingApproval => return changed,
+                StagePhase::Soaking { soak_ends_ms } => {
+                    if now < soak_ends_ms {
+                        return changed;
+                    }
+                    // Never complete on stale verdicts: judge the data of this very step.
+                    if rollout.last_gate_eval_ms != Some(now)
+                        && let Some(failure) = self.evaluate_gates(id, now, out)
+                    {
+                        self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
+                        return true;
+                    }
+                    let (soak_ms, numbers) = self
+                        .rollouts
+                        .get(&id)
+                        .map_or((0, String::new()), |rollout| {
+                            (rollout.plan.soak_ms, rollout.numbers())
+                        });
+                    let stage = self.rollouts.get(&id).and_then(Rollout::stage_name);
+                    let why = format!(
+                        "soak of {} passed with no failing gate or hard signal; {numbers}",
+                        crate::duration::format_ms(soak_ms)
+                    );
+                    self.log(id, ChangeKind::SoakPassed, None, stage, why, now, out);
+                    self.complete(id, "every stage and the soak passed", now, out);
+                    return true;
+                }
                 StagePhase::Passed => {
                     let next = rollout.stage.saturating_add(1);
                     if self.blocked_by_predecessor(id, next) {
                         return changed;
                     }
                     if next >= rollout.plan.stages.len() {
-                        self.complete(id, now, out);
+                        if rollout.plan.soak_ms > 0 {
+                            self.start_soak(id, now, out);
+                            changed = true;
+                            continue;
+                        }
+                        self.complete(id, "every stage passed", now, out);
                         return true;
                     }
                     self.enter_stage(id, next, now, out);
@@ -2273,6 +2362,10 @@ impl Engine {
             return;
         };
         let approval = rollout.current_stage().is_some_and(|stage| stage.approval);
+        let gated = rollout.current_stage().is_some_and(Stage::is_gated);
+        if gated && rollout.nodes_targeted > 0 && rollout.nodes_applied > 0 {
+            rollout.gated_evidence = true;
+        }
         rollout.phase = if approval {
             StagePhase::AwaitingApproval
         } else {
@@ -2373,17 +2466,53 @@ impl Engine {
         failure
     }
 
-    fn complete(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+    /// Starts the soak after the last stage passed: a fresh window of canary and baseline
+    /// health, judged by the last stage's gates and hard signals like a stage, with no timeout.
+    fn start_soak(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
         let Some(rollout) = self.rollouts.get_mut(&id) else {
             return;
         };
+        let soak_ms = rollout.plan.soak_ms;
+        let soak_ends_ms = now.saturating_add(soak_ms);
+        rollout.phase = StagePhase::Soaking { soak_ends_ms };
+        rollout.timeout_at_ms = None;
+        rollout.canary = GroupMetrics::default();
+        rollout.baseline = GroupMetrics::default();
+        rollout.gate_reports.clear();
+        rollout.last_gate_eval_ms = None;
+        rollout.held_for_data = false;
+        let (stage, exposed) = (rollout.stage_name(), rollout.nodes_exposed);
+        let why = format!(
+            "soaking for {} until t={soak_ends_ms} ms: the last stage's gates and hard signals keep \
+             watching {exposed} exposed nodes; a failure rolls every one back",
+            crate::duration::format_ms(soak_ms)
+        );
+        self.log(id, ChangeKind::SoakStarted, None, stage, why, now, out);
+    }
+
+    /// Ends a rollout `completed`. Its version becomes the unit's stable version only with
+    /// evidence (see [`Rollout::gated_evidence`]); otherwise the stable version stays.
+    fn complete(&mut self, id: RolloutId, why: &str, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        let evidence = rollout.gated_evidence;
+        let outcome = if evidence {
+            cut(why)
+        } else {
+            cut(&format!(
+                "{why}; completed without a stable version: no gated stage ran it on any node"
+            ))
+        };
         rollout.status = RolloutStatus::Completed;
         rollout.ended_ms = Some(now);
-        rollout.outcome = Some("every stage passed".into());
+        rollout.outcome = Some(outcome.clone());
         let (unit, version) = (rollout.unit.clone(), rollout.version);
         let numbers = rollout.numbers();
         if let Some(state) = self.units.get_mut(&unit) {
-            state.stable = Some(version);
+            if evidence {
+                state.stable = Some(version);
+            }
             state.active.retain(|other| *other != id);
         }
         self.log(
@@ -2391,16 +2520,24 @@ impl Engine {
             ChangeKind::Completed,
             None,
             None,
-            format!("every stage passed; {numbers}"),
+            format!("{outcome}; {numbers}"),
             now,
             out,
         );
-        out.push(Action::Notify {
-            rollout: id,
-            message: format!(
+        let message = if evidence {
+            format!(
                 "{unit} {} completed: it is now the stable version",
                 version.short()
-            ),
+            )
+        } else {
+            format!(
+                "{unit} {} completed without a stable version: no gated stage ran it on any node",
+                version.short()
+            )
+        };
+        out.push(Action::Notify {
+            rollout: id,
+            message,
         });
         self.retire(id);
     }
@@ -2461,6 +2598,13 @@ impl Engine {
             return;
         };
         let unit = rollout.unit.clone();
+        let soaking_why;
+        let why = if matches!(rollout.phase, StagePhase::Soaking { .. }) {
+            soaking_why = format!("rolled back during soak: {why}");
+            soaking_why.as_str()
+        } else {
+            why
+        };
         let chain: Vec<RolloutId> = self
             .units
             .get(&unit)

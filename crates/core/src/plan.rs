@@ -9,6 +9,9 @@
 //!                               # train: version N+1 may enter stage 1 once N has left it
 //! queue_limit: 16               # rollouts that may wait; default 16, at most 1000
 //! supersede_queued: false       # a newer queued version aborts older queued ones; default false
+//! soak: 1h                      # after the last stage passes, keep watching the last stage's
+//!                               # gates and hard signals on every exposed node this long before
+//!                               # completing; default 1h, 0s = complete at once, at most 7d
 //! defaults:                     # apply to every stage unless the stage sets the field
 //!   bake: 1m                    # default 1m
 //!   timeout: 15m                # default: the stage's bake + 10m; at least the bake
@@ -36,7 +39,11 @@
 //! A stage accepts `name`, `select`, `percent`, `bake`, `timeout`, `min_requests`, `silence`,
 //! `hard_signals`, `gates` and `approval`.
 //!
-//! - Durations (`bake`, `timeout`, `silence`, `health_check.timeout`) need a unit: `500ms`,
+//! - `soak`: the rollout stays `running` (phase `soaking`) after its last stage passed; a
+//!   failing gate or hard signal then rolls back every exposed node and quarantines the
+//!   version, as in a stage; an inconclusive gate never fails it. When the soak ends (or an
+//!   operator promotes the rollout) it completes. Queued rollouts of the unit wait behind it.
+//! - Durations (`bake`, `timeout`, `silence`, `soak`, `health_check.timeout`) need a unit: `500ms`,
 //!   `30s`, `5m`, `1h`, `1m30s`; at most 7 days (see [`crate::duration`]).
 //! - Gates are failure conditions (see [`crate::gate`] for the expression language).
 //! - `hard_signals`: a count at or above its threshold fails the stage at once; a threshold of
@@ -131,6 +138,24 @@ pub struct Stage {
     pub approval: bool,
 }
 
+impl Stage {
+    /// Whether the stage judges health at all: at least one gate, or a hard signal with a
+    /// non-zero threshold. Only a gated stage that passed with nodes gives a version the
+    /// evidence it needs to become a unit's stable version.
+    pub fn is_gated(&self) -> bool {
+        let signals = self.hard_signals;
+        !self.gates.is_empty()
+            || [
+                signals.rejections_max,
+                signals.crashes_max,
+                signals.health_check_failures_max,
+                signals.silent_nodes_max,
+            ]
+            .iter()
+            .any(|max| *max > 0)
+    }
+}
+
 /// How versions of one unit share the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,6 +184,11 @@ pub struct Plan {
     pub supersede_queued: bool,
     pub health_check: Option<HealthCheck>,
     pub stages: Vec<Stage>,
+    /// How long the rollout keeps watching after its last stage passed (the last stage's gates
+    /// and hard signals, on every exposed node) before it completes; `0`: it completes when the
+    /// last stage passes. Plans stored before this field existed had no soak.
+    #[serde(default)]
+    pub soak_ms: u64,
 }
 
 /// Where in which file a plan was wrong, and what was expected.
@@ -212,12 +242,17 @@ pub const MIN_REQUESTS_DEFAULT: u64 = 500;
 pub const SILENCE_DEFAULT_MS: u64 = 30 * 1000;
 pub const QUEUE_LIMIT_DEFAULT: u32 = 16;
 pub const HEALTH_CHECK_TIMEOUT_DEFAULT_MS: u64 = 5 * 1000;
+/// Soak after the last stage when the plan does not set `soak`: one hour.
+pub const SOAK_DEFAULT_MS: u64 = 60 * 60 * 1000;
+/// Longest soak: 7 days (the longest duration; see [`crate::duration::DURATION_MAX_MS`]).
+pub const SOAK_MAX_MS: u64 = crate::duration::DURATION_MAX_MS;
 
 const ROOT_FIELDS: &[&str] = &[
     "name",
     "concurrency",
     "queue_limit",
     "supersede_queued",
+    "soak",
     "defaults",
     "health_check",
     "stages",
@@ -537,6 +572,7 @@ impl Loader<'_> {
         let mut supersede_queued = Some(false);
         let mut defaults = Some(StageDefaults::default());
         let mut health_check = Some(None);
+        let mut soak_ms = Some(SOAK_DEFAULT_MS);
         let mut stage_nodes = None;
         for (key, value) in fields {
             let path = key;
@@ -563,6 +599,7 @@ impl Loader<'_> {
                         .and_then(|limit| u32::try_from(limit).ok());
                 }
                 "supersede_queued" => supersede_queued = self.boolean(value, path),
+                "soak" => soak_ms = self.soak(value, path),
                 "defaults" => defaults = self.defaults(value, path),
                 "health_check" => health_check = self.health_check(value, path).map(Some),
                 "stages" => stage_nodes = Some(value),
@@ -604,7 +641,25 @@ impl Loader<'_> {
             supersede_queued: supersede_queued?,
             health_check: health_check?,
             stages: stages?,
+            soak_ms: soak_ms?,
         })
+    }
+
+    fn soak(&mut self, node: &YamlNode, path: &str) -> Option<u64> {
+        let soak_ms = self.duration(node, path)?;
+        if soak_ms > SOAK_MAX_MS {
+            self.error(
+                node,
+                path,
+                format!(
+                    "soak is {}; the longest soak is {}",
+                    crate::duration::format_ms(soak_ms),
+                    crate::duration::format_ms(SOAK_MAX_MS)
+                ),
+            );
+            return None;
+        }
+        Some(soak_ms)
     }
 
     fn defaults(&mut self, node: &YamlNode, path: &str) -> Option<StageDefaults> {

@@ -116,6 +116,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         supersede_queued: false,
         health_check: None,
         stages,
+        soak_ms: 0,
     }
 }
 
@@ -1588,4 +1589,321 @@ fn status_names_are_their_json_names() {
             serde_json::Value::String(status.as_str().to_owned())
         );
     }
+}
+
+// ----- soak, trial, and the stable version ------------------------------------------------
+
+const SOAK_MS: u64 = 600_000;
+
+/// The three-stage plan with a 10-minute soak.
+fn soaking_plan() -> Plan {
+    Plan {
+        soak_ms: SOAK_MS,
+        ..three_stage_plan()
+    }
+}
+
+/// v0 completed everywhere (no soak), then v1 requested with `plan` and run healthy until its
+/// soak starts. Returns the harness, v1's rollout and the soak's end.
+fn soaking(plan: Plan) -> (Harness, RolloutId, u64) {
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(v0, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(v0), RolloutStatus::Completed);
+    let id = h.request("u", "v1", plan, "alice");
+    for _ in 0..1_000 {
+        if let StagePhase::Soaking { soak_ends_ms } = h.engine.rollout(id).unwrap().phase {
+            return (h, id, soak_ends_ms);
+        }
+        assert!(!h.status(id).is_terminal(), "{:?}", h.engine.rollout(id));
+        h.round("u", &healthy);
+    }
+    panic!("the soak never started: {:?}", h.engine.rollout(id));
+}
+
+fn changelog_reasons(h: &Harness, id: RolloutId, kind: ChangeKind) -> Vec<String> {
+    h.actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Changelog(entry) if entry.rollout == id && entry.kind == kind => {
+                Some(entry.reason.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_the_last_stage_the_rollout_soaks_then_completes_and_becomes_stable() {
+    let (mut h, id, soak_ends_ms) = soaking(soaking_plan());
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Running);
+    assert_eq!(view.stage_index, 2, "the soak keeps the last stage");
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v0")));
+    let started = changelog_reasons(&h, id, ChangeKind::SoakStarted);
+    assert_eq!(started.len(), 1);
+    assert!(
+        started[0].contains(&format!("until t={soak_ends_ms} ms")),
+        "{started:?}"
+    );
+    assert!(h.engine.next_deadline_ms().unwrap() <= soak_ends_ms);
+    // Healthy rounds up to just before the end: still soaking.
+    while h.now_ms + TICK_MS < soak_ends_ms {
+        h.round("u", &healthy);
+        assert_eq!(h.status(id), RolloutStatus::Running);
+    }
+    h.run(id, "u", 60_000, &healthy);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+    assert!(view.ended_ms.unwrap() >= soak_ends_ms);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v1")));
+    let kinds = h.kinds(id);
+    let n = kinds.len();
+    assert_eq!(
+        &kinds[n - 2..],
+        &[ChangeKind::SoakPassed, ChangeKind::Completed]
+    );
+}
+
+#[test]
+fn a_hard_signal_during_the_soak_rolls_every_exposed_node_back_and_quarantines() {
+    let (mut h, id, _) = soaking(soaking_plan());
+    h.now_ms += 60_000;
+    h.step(Event::Crashed {
+        node: node("pro-3"),
+        unit: unit("u"),
+        version: version("v1"),
+        reason: "panic after 15 minutes".into(),
+    });
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack);
+    let outcome = view.outcome.unwrap();
+    assert!(
+        outcome.starts_with("rolled back during soak: hard signal"),
+        "{outcome}"
+    );
+    assert!(h.engine.is_quarantined(&unit("u"), &version("v1")));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("u")), Some(version("v0")), "{n}");
+    }
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v0")));
+}
+
+#[test]
+fn a_failing_gate_during_the_soak_rolls_back() {
+    let mut plan = soaking_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(stage.clone(), &["error_rate > 5%"]);
+    }
+    let (mut h, id, soak_ends_ms) = soaking(plan);
+    // Errors start late, on every node.
+    h.run(id, "u", SOAK_MS, &|_, _| Reaction::Errors);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::RolledBack, "{view:?}");
+    assert!(view.ended_ms.unwrap() < soak_ends_ms);
+    let outcome = view.outcome.unwrap();
+    assert!(
+        outcome.starts_with("rolled back during soak: gate \"error_rate > 5%\" failed"),
+        "{outcome}"
+    );
+    assert!(h.engine.is_quarantined(&unit("u"), &version("v1")));
+    for n in h.all_nodes() {
+        assert_eq!(h.engine.desired(&n, &unit("u")), Some(version("v0")), "{n}");
+    }
+}
+
+#[test]
+fn promote_ends_the_soak_at_once_and_says_who_and_why() {
+    let (mut h, id, _) = soaking(soaking_plan());
+    h.try_step(Event::Command {
+        rollout: id,
+        command: Command::Promote,
+        actor: "bob".into(),
+        reason: "hotfix must go out".into(),
+    })
+    .unwrap();
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v1")));
+    let promoted = changelog_reasons(&h, id, ChangeKind::Promoted);
+    assert_eq!(
+        promoted,
+        vec!["soak ended early by bob: hotfix must go out".to_owned()]
+    );
+    assert!(changelog_reasons(&h, id, ChangeKind::SoakPassed).is_empty());
+}
+
+#[test]
+fn pause_during_the_soak_moves_its_end() {
+    let (mut h, id, soak_ends_ms) = soaking(soaking_plan());
+    h.command(id, Command::Pause, "bob").unwrap();
+    h.tick(100_000);
+    h.command(id, Command::Resume, "bob").unwrap();
+    let StagePhase::Soaking {
+        soak_ends_ms: later,
+    } = h.engine.rollout(id).unwrap().phase
+    else {
+        panic!("not soaking");
+    };
+    assert_eq!(later, soak_ends_ms + 100_000);
+}
+
+#[test]
+fn a_queued_rollout_waits_behind_a_soaking_one() {
+    let (mut h, id, soak_ends_ms) = soaking(soaking_plan());
+    let next = h.request("u", "v2", three_stage_plan(), "alice");
+    assert_eq!(h.status(next), RolloutStatus::Queued);
+    while h.now_ms + TICK_MS < soak_ends_ms {
+        h.round("u", &healthy);
+        assert_eq!(h.status(next), RolloutStatus::Queued);
+    }
+    h.run(id, "u", 60_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    assert_eq!(h.status(next), RolloutStatus::Running);
+}
+
+#[test]
+fn trial_names_the_rollout_judging_what_the_node_runs() {
+    let mut h = Harness::with_fleet();
+    let (emp, pro) = (node("emp-0"), node("pro-0"));
+    let u = unit("u");
+    assert_eq!(h.engine.trial(&emp, &u), None);
+    let v0 = h.request("u", "v0", three_stage_plan(), "alice");
+    assert_eq!(h.engine.trial(&emp, &u), Some(v0));
+    assert_eq!(h.engine.trial(&pro, &u), None, "not reached yet");
+    h.run(v0, "u", 3_600_000, &healthy);
+    assert_eq!(h.engine.trial(&emp, &u), None, "completed: settled");
+
+    let id = h.request("u", "v1", soaking_plan(), "alice");
+    h.step(Event::Command {
+        rollout: id,
+        command: Command::Pause,
+        actor: "bob".into(),
+        reason: "look".into(),
+    });
+    assert_eq!(h.engine.trial(&emp, &u), Some(id), "paused still judges");
+    h.command(id, Command::Resume, "bob").unwrap();
+    let mut soak_end = None;
+    for _ in 0..1_000 {
+        if let StagePhase::Soaking { soak_ends_ms } = h.engine.rollout(id).unwrap().phase {
+            soak_end = Some(soak_ends_ms);
+            break;
+        }
+        h.round("u", &healthy);
+    }
+    let soak_end = soak_end.unwrap();
+    assert_eq!(h.engine.trial(&emp, &u), Some(id), "soaking still judges");
+    assert_eq!(h.engine.trial(&pro, &u), Some(id));
+    while h.now_ms <= soak_end {
+        h.round("u", &healthy);
+    }
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    assert_eq!(h.engine.trial(&emp, &u), None);
+
+    // Going back to the older version: the rollout asking for it is the one judging it.
+    let back = h.request(
+        "u",
+        "v0",
+        Plan {
+            soak_ms: 0,
+            ..three_stage_plan()
+        },
+        "alice",
+    );
+    assert_eq!(h.engine.desired(&emp, &u), Some(version("v0")));
+    assert_eq!(h.engine.trial(&emp, &u), Some(back));
+    assert_eq!(h.engine.trial(&pro, &u), None, "still on v1, not on trial");
+
+    // A rollback settles it: nothing judges the restored version.
+    h.command(back, Command::Rollback, "bob").unwrap();
+    assert_eq!(h.engine.desired(&emp, &u), Some(version("v1")));
+    assert_eq!(h.engine.trial(&emp, &u), None);
+}
+
+fn ungated(mut stage: Stage) -> Stage {
+    stage.gates = vec![];
+    stage.hard_signals = HardSignals {
+        rejections_max: 0,
+        crashes_max: 0,
+        health_check_failures_max: 0,
+        silent_nodes_max: 0,
+    };
+    stage
+}
+
+#[test]
+fn a_version_no_gated_stage_ran_completes_without_becoming_stable() {
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(v0, "u", 3_600_000, &healthy);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v0")));
+
+    // Every stage ungated: it reaches every node, but proves nothing.
+    let mut unproven = three_stage_plan();
+    for stage in &mut unproven.stages {
+        *stage = ungated(stage.clone());
+    }
+    let v1 = h.request("u", "v1", unproven, "alice");
+    h.run(v1, "u", 3_600_000, &healthy);
+    let view = h.engine.rollout(v1).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed);
+    assert!(
+        view.outcome
+            .unwrap()
+            .contains("completed without a stable version: no gated stage ran it on any node")
+    );
+    let completed = changelog_reasons(&h, v1, ChangeKind::Completed);
+    assert!(
+        completed[0]
+            .contains("completed without a stable version: no gated stage ran it on any node"),
+        "{completed:?}"
+    );
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v0")));
+    assert_eq!(
+        h.engine.desired(&node("emp-0"), &unit("u")),
+        Some(version("v1")),
+        "the nodes keep what they run"
+    );
+    // A node registered later gets the stable version, not the unproven one.
+    h.register("late-1", &[("cohort", "free")]);
+    assert_eq!(
+        h.engine.desired(&node("late-1"), &unit("u")),
+        Some(version("v0"))
+    );
+
+    // Gated stages that select no node prove nothing either: no stable at all on a new unit.
+    let nobody = plan(vec![stage("nobody", &[("cohort", "none-such")], 100, 0)]);
+    let w1 = h.request("w", "w1", nobody, "alice");
+    assert_eq!(h.status(w1), RolloutStatus::Completed);
+    assert_eq!(h.engine.stable(&unit("w")), None);
+    h.register("late-2", &[("cohort", "free")]);
+    assert_eq!(h.engine.desired(&node("late-2"), &unit("w")), None);
+
+    // One gated stage with nodes is enough, even after ungated ones.
+    let mut mixed = three_stage_plan();
+    mixed.stages[0] = ungated(mixed.stages[0].clone());
+    mixed.stages[2] = ungated(mixed.stages[2].clone());
+    let v2 = h.request("u", "v2", mixed, "alice");
+    h.run(v2, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(v2), RolloutStatus::Completed);
+    assert_eq!(h.engine.stable(&unit("u")), Some(version("v2")));
+}
+
+#[test]
+fn engine_state_stored_before_soak_and_evidence_still_loads() {
+    let (h, _, _) = soaking(soaking_plan());
+    let mut value = serde_json::to_value(&h.engine).unwrap();
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove("soak_ms");
+                map.remove("gated_evidence");
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut value);
+    let restored: Engine = serde_json::from_value(value).unwrap();
+    assert!(restored.rollouts().count() >= 2);
 }

@@ -112,6 +112,7 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         supersede_queued: false,
         health_check: None,
         stages,
+        soak_ms: 0,
     })
 }
 

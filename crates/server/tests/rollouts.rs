@@ -15,7 +15,7 @@ use failsmall_server::signing::verify_desired;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
+const INSTANT_PLAN: &str = "name: instant\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
 
 fn healthy(unit: &str, version: &str) -> Value {
     let counts = vec![0u64; failsmall_core::health::LATENCY_BUCKETS];

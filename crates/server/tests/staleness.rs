@@ -15,7 +15,7 @@ use failsmall_server::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
+const INSTANT_PLAN: &str = "name: instant\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()

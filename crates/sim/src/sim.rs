@@ -79,6 +79,7 @@ pub fn instant_plan(hold_ms: u64) -> Plan {
             silence_ms: hold_ms,
             approval: false,
         }],
+        soak_ms: 0,
     }
 }
 

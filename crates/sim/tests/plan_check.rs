@@ -54,6 +54,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         supersede_queued: false,
         health_check: None,
         stages,
+        soak_ms: 0,
     }
 }
 

@@ -19,14 +19,27 @@ fn default_plan() -> Plan {
     }
 }
 
+/// The default plan without its soak: for scenarios whose producer pushes every few minutes,
+/// where each rollout's hour of soak would hold the next versions in the queue.
+fn default_plan_without_soak() -> Plan {
+    Plan {
+        soak_ms: 0,
+        ..default_plan()
+    }
+}
+
 fn both(scenario: &Scenario, seed: Option<u64>, trace: bool) -> SimReport {
+    both_with(scenario, seed, trace, default_plan())
+}
+
+fn both_with(scenario: &Scenario, seed: Option<u64>, trace: bool, plan: Plan) -> SimReport {
     let options = RunOptions {
         seed,
         strategies: vec![
             Strategy::Instant,
             Strategy::Plan {
                 label: "default".into(),
-                plan: default_plan(),
+                plan,
             },
         ],
         trace,
@@ -114,7 +127,13 @@ fn assert_contained_at_stage_one(name: &str, seed: Option<u64>) {
 fn nov18_never_passes_stage_one_and_costs_a_thousandth_of_instant() {
     assert_contained_at_stage_one("nov18", None);
     // The same bad bytes come back every 10 minutes: quarantined after the first rollback.
-    let report = both(&Scenario::built_in("nov18").unwrap(), None, false);
+    // Without the soak, each good version completes before the next push.
+    let report = both_with(
+        &Scenario::built_in("nov18").unwrap(),
+        None,
+        false,
+        default_plan_without_soak(),
+    );
     let metrics = &report.runs[1].metrics;
     assert!(metrics.pushes_refused >= 5, "{metrics:?}");
     assert_eq!(metrics.rollbacks_of_bad_versions, 1, "{metrics:?}");
@@ -133,7 +152,14 @@ fn dec5_never_passes_stage_one_and_costs_a_thousandth_of_instant() {
 
 #[test]
 fn subtle_error_rate_rise_rolls_back() {
-    let report = both(&Scenario::built_in("subtle").unwrap(), None, false);
+    // A good version first, then the subtle one 10 minutes later: without the soak, the good
+    // one completes before the subtle one is pushed.
+    let report = both_with(
+        &Scenario::built_in("subtle").unwrap(),
+        None,
+        false,
+        default_plan_without_soak(),
+    );
     let planned = &report.runs[1];
     assert!(planned.metrics.rollbacks >= 1, "{:?}", planned.metrics);
     assert!(planned.metrics.recover_s.is_some());
@@ -147,7 +173,7 @@ fn healthy_versions_never_roll_back_over_100_seeds() {
         seed: Some(seed),
         strategies: vec![Strategy::Plan {
             label: "default".into(),
-            plan: default_plan(),
+            plan: default_plan_without_soak(),
         }],
         trace: false,
     };

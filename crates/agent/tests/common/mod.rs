@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 pub const UNIT: &str = "features";
 /// One stage over every node, no bake, no health needed: an ACK completes it, a NACK
 /// rolls it back.
-pub const INSTANT_PLAN: &str = "name: instant\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
+pub const INSTANT_PLAN: &str = "name: instant\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
 
 /// A fresh directory under the system's temporary directory, removed when the test drops it.
 pub fn fresh_dir(name: &str) -> tempfile::TempDir {

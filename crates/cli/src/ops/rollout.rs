@@ -245,6 +245,7 @@ pub fn phase_name(phase: &StagePhase) -> &'static str {
         StagePhase::Holding => "holding",
         StagePhase::AwaitingApproval => "awaiting approval",
         StagePhase::Passed => "passed",
+        StagePhase::Soaking { .. } => "soaking",
     }
 }
 
