@@ -699,3 +699,125 @@ proptest! {
         }
     }
 }
+
+/// What one soak case does once the rollout soaks (rounds counted from the soak's start).
+#[derive(Debug, Clone)]
+struct SoakCase {
+    cohorts: Vec<usize>,
+    plan: Plan,
+    /// A crash reported by an exposed node (its index among the exposed, modulo their count).
+    crash: Option<(usize, usize)>,
+    promote_at_round: Option<usize>,
+    pause_at_round: Option<usize>,
+}
+
+fn soak_case() -> impl Strategy<Value = SoakCase> {
+    (
+        proptest::collection::vec(0usize..COHORTS.len(), 1..20),
+        plan_strategy(),
+        1u64..600_000,
+        proptest::option::of((0usize..150, 0usize..20)),
+        proptest::option::of(0usize..150),
+        proptest::option::of(0usize..150),
+    )
+        .prop_map(
+            |(cohorts, plan, soak_ms, crash, promote_at_round, pause_at_round)| SoakCase {
+                cohorts,
+                plan: Plan { soak_ms, ..plan },
+                crash,
+                promote_at_round,
+                pause_at_round,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Invariant 12: a rollout never completes before `soak_ms` after its last stage passed,
+    /// unless an operator promoted it; a hard signal from an exposed node during the soak rolls
+    /// back in its own step.
+    #[test]
+    fn a_soak_holds_completion_and_a_hard_signal_during_it_rolls_back(case in soak_case()) {
+        let mut engine = Engine::new();
+        let mut now = 0u64;
+        for (i, cohort) in case.cohorts.iter().enumerate() {
+            engine.step(now, &Event::NodeRegistered { node: node_id(i), labels: cohort_labels(*cohort) }).unwrap();
+        }
+        let (u, v, id) = (unit("u"), version(1), RolloutId(1));
+        let mut actions = engine.step(now, &Event::RolloutRequested {
+            unit: u.clone(), version: v, plan: case.plan.clone(), actor: "alice".into(),
+            reason: "prop".into(), override_quarantine: false,
+        }).unwrap();
+        let mut soak_started_ms: Option<u64> = None;
+        let mut promoted = false;
+        let mut soak_round = 0usize;
+        let mut answered = BTreeSet::new();
+        let check = |actions: &[Action], soak_started_ms: &mut Option<u64>, promoted: bool| -> Result<(), TestCaseError> {
+            for action in actions {
+                let Action::Changelog(entry) = action else { continue };
+                match entry.kind {
+                    ChangeKind::SoakStarted => *soak_started_ms = Some(entry.at_ms),
+                    ChangeKind::Completed => {
+                        let started = soak_started_ms.ok_or_else(|| TestCaseError::fail("completed without a soak"))?;
+                        prop_assert!(promoted || entry.at_ms >= started + case.plan.soak_ms,
+                            "completed at {} before the soak's end {}", entry.at_ms, started + case.plan.soak_ms);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        for _round in 0..400 {
+            check(&actions, &mut soak_started_ms, promoted)?;
+            let view = engine.rollout(id).unwrap();
+            if view.status.is_terminal() {
+                break;
+            }
+            actions = vec![];
+            let soaking = soak_started_ms.is_some();
+            if soaking {
+                if case.pause_at_round == Some(soak_round) && view.status == RolloutStatus::Running {
+                    actions.extend(engine.step(now, &Event::Command { rollout: id, command: Command::Pause, actor: "bob".into(), reason: "look".into() }).unwrap());
+                } else if view.status == RolloutStatus::Paused {
+                    actions.extend(engine.step(now, &Event::Command { rollout: id, command: Command::Resume, actor: "bob".into(), reason: "go".into() }).unwrap());
+                }
+                if case.promote_at_round == Some(soak_round) && engine.rollout(id).unwrap().status == RolloutStatus::Running {
+                    promoted = true;
+                    actions.extend(engine.step(now, &Event::Command { rollout: id, command: Command::Promote, actor: "bob".into(), reason: "hotfix".into() }).unwrap());
+                }
+                if let Some((round, pick)) = case.crash && round == soak_round {
+                    let status = engine.rollout(id).unwrap().status;
+                    let exposed = engine.exposed_nodes(id);
+                    if !status.is_terminal() && !exposed.is_empty() {
+                        let node = exposed[pick % exposed.len()].clone();
+                        actions.extend(engine.step(now, &Event::Crashed { node, unit: u.clone(), version: v, reason: "late".into() }).unwrap());
+                        prop_assert_eq!(engine.rollout(id).unwrap().status, RolloutStatus::RolledBack,
+                            "a hard signal during the soak must roll back in its own step");
+                        let outcome = engine.rollout(id).unwrap().outcome.unwrap();
+                        prop_assert!(outcome.starts_with("rolled back during soak"), "{}", outcome);
+                    }
+                }
+                soak_round += 1;
+            }
+            for i in 0..case.cohorts.len() {
+                let node = node_id(i);
+                if engine.rollout(id).unwrap().status.is_terminal() {
+                    break;
+                }
+                if engine.desired(&node, &u) != Some(v) {
+                    continue;
+                }
+                let event = if answered.insert(node.clone()) {
+                    Event::Applied { node, unit: u.clone(), version: v }
+                } else {
+                    Event::Health { node, unit: u.clone(), version: v, sample: sample_for(Behaviour::Good) }
+                };
+                actions.extend(engine.step(now, &event).unwrap());
+            }
+            now += TICK_MS;
+            actions.extend(engine.step(now, &Event::Tick).unwrap());
+        }
+        check(&actions, &mut soak_started_ms, promoted)?;
+    }
+}
