@@ -54,6 +54,8 @@ pub struct StageCheck {
     pub stage: String,
     /// Nodes this stage newly exposes.
     pub nodes_added: u64,
+    /// Nodes the stage's own selection holds (some may be exposed by earlier stages).
+    pub nodes_selected: u64,
     /// Nodes exposed once this stage is entered (this stage and all earlier ones).
     pub nodes_exposed: u64,
     pub nodes_exposed_fraction: f64,
@@ -83,8 +85,13 @@ pub struct PlanCheckReport {
     /// Worst case from first bad exposure to full rollback when caught at the first gate-able
     /// stage; `None` when no stage can fail.
     pub rollback_worst_ms: Option<u64>,
+    /// Whether a version this plan rolls out on this fleet could become the unit's stable
+    /// version: some gated stage (see [`stage_can_fail`]) selects at least one node. The engine
+    /// makes a version stable only after such a stage passed with a node that ACKed it.
+    pub would_become_stable: bool,
     /// What looks wrong without breaking a limit, one sentence each: stages that expose no
-    /// node of this fleet (they pass at once, so the plan has a wave fewer than it says).
+    /// node of this fleet (they pass at once, so the plan has a wave fewer than it says), and a
+    /// plan whose versions could never become stable on this fleet.
     pub warnings: Vec<String>,
 }
 
@@ -122,8 +129,15 @@ pub fn check_plan(
     // First stage index at which each node is exposed, if any.
     let mut added_nodes = vec![0u64; plan.stages.len()];
     let mut added_traffic = vec![0f64; plan.stages.len()];
+    let mut selected_nodes = vec![0u64; plan.stages.len()];
     for (node, weight) in built.nodes.iter().zip(built.traffic_weight.iter()) {
         let bucket = select::bucket(&unit, &node.id);
+        for (stage, count) in plan.stages.iter().zip(selected_nodes.iter_mut()) {
+            if stage.selector.matches(&node.labels) && select::bucket_within(bucket, stage.percent)
+            {
+                *count += 1;
+            }
+        }
         let first = plan.stages.iter().position(|stage| {
             stage.selector.matches(&node.labels) && select::bucket_within(bucket, stage.percent)
         });
@@ -140,8 +154,12 @@ pub fn check_plan(
     let mut stages = Vec::with_capacity(plan.stages.len());
     let mut nodes_exposed = 0u64;
     let mut traffic_exposed = 0f64;
-    for ((stage, nodes_added), traffic_added) in
-        plan.stages.iter().zip(added_nodes).zip(added_traffic)
+    for (((stage, nodes_added), traffic_added), nodes_selected) in plan
+        .stages
+        .iter()
+        .zip(added_nodes)
+        .zip(added_traffic)
+        .zip(selected_nodes)
     {
         nodes_exposed += nodes_added;
         traffic_exposed += traffic_added;
@@ -157,6 +175,7 @@ pub fn check_plan(
         stages.push(StageCheck {
             stage: stage.name.clone(),
             nodes_added,
+            nodes_selected,
             nodes_exposed,
             nodes_exposed_fraction: fraction(nodes_exposed as f64, fleet_nodes as f64),
             traffic_exposed_fraction: fraction(traffic_exposed, traffic_total),
@@ -164,7 +183,10 @@ pub fn check_plan(
             rollback_worst_ms,
         });
     }
-    let warnings = stages
+    let would_become_stable = stages
+        .iter()
+        .any(|stage| stage.can_fail && stage.nodes_selected > 0);
+    let mut warnings: Vec<String> = stages
         .iter()
         .filter(|stage| stage.nodes_added == 0)
         .map(|stage| {
@@ -174,6 +196,12 @@ pub fn check_plan(
             )
         })
         .collect();
+    if !would_become_stable {
+        warnings.push(format!(
+            "plan {:?}: no gated stage (one with a gate or a hard signal) selects a node of this fleet, so a version it rolls out would complete without becoming the unit's stable version; nodes registered later would not get it",
+            plan.name
+        ));
+    }
     let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
     let headline = first_gated_stage
         .and_then(|index| stages.get(index))
@@ -193,6 +221,7 @@ pub fn check_plan(
             .and_then(|index| stages.get(index))
             .and_then(|stage| stage.rollback_worst_ms),
         stages,
+        would_become_stable,
         warnings,
     })
 }

@@ -209,3 +209,50 @@ fn a_stage_that_exposes_no_node_is_a_warning_not_a_broken_limit() {
     .unwrap();
     assert!(full.warnings.is_empty(), "{:?}", full.warnings);
 }
+
+#[test]
+fn a_plan_whose_gated_stages_select_no_node_warns_that_nothing_becomes_stable() {
+    let ungated_everywhere = plan(vec![
+        stage("a-first", Some("a"), OFF),
+        stage("gated-nowhere", Some("z"), HardSignals::default()),
+        stage("rest", None, OFF),
+    ]);
+    let report = check_plan(
+        &ungated_everywhere,
+        &FleetSpec::parse("fleet.yaml", FLEET).unwrap(),
+        &options(),
+    )
+    .unwrap();
+    assert!(!report.would_become_stable);
+    let warning = report
+        .warnings
+        .iter()
+        .find(|warning| warning.contains("stable version"))
+        .unwrap();
+    assert!(
+        warning.starts_with("plan \"tiny\": no gated stage"),
+        "{warning}"
+    );
+    assert!(report.text().contains(warning.as_str()));
+
+    // One gated stage that selects nodes, even nodes an earlier stage exposed, is enough.
+    let gated_rest = plan(vec![
+        stage("a-first", Some("a"), OFF),
+        stage("gated-a", Some("a"), HardSignals::default()),
+    ]);
+    let report = check_plan(
+        &gated_rest,
+        &FleetSpec::parse("fleet.yaml", FLEET).unwrap(),
+        &options(),
+    )
+    .unwrap();
+    assert!(report.would_become_stable);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .all(|w| !w.contains("stable version")),
+        "{:?}",
+        report.warnings
+    );
+}
