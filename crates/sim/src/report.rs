@@ -18,6 +18,10 @@ pub struct StrategyMetrics {
     pub requests_failed_fraction: f64,
     /// Peak share of nodes running a bad version at the same time.
     pub nodes_exposed_max_fraction: f64,
+    /// Peak share of nodes on which a bad version's effect had set in (its onset passed) at the
+    /// same time: the nodes that actually failed. Below `nodes_exposed_max_fraction` when the
+    /// failure starts late.
+    pub nodes_failing_max_fraction: f64,
     /// First node running a bad version.
     pub first_bad_exposure_ms: Option<u64>,
     /// First rollback decision (automatic or a person's) at or after the first bad exposure.

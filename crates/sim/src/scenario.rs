@@ -51,11 +51,13 @@ pub const SCENARIO_MAX_STRATEGIES: usize = 16;
 const EFFECT_MAX_ONSET_MS: u64 = 24 * 3_600_000;
 
 /// The scenarios shipped with failsmall, usable by name from any directory.
-pub const BUILT_IN: [(&str, &str); 5] = [
+pub const BUILT_IN: [(&str, &str); 7] = [
     ("nov18", include_str!("../../../scenarios/nov18.yaml")),
     ("dec5", include_str!("../../../scenarios/dec5.yaml")),
     ("healthy", include_str!("../../../scenarios/healthy.yaml")),
     ("subtle", include_str!("../../../scenarios/subtle.yaml")),
+    ("late15", include_str!("../../../scenarios/late15.yaml")),
+    ("late30", include_str!("../../../scenarios/late30.yaml")),
     (
         "bench-30k",
         include_str!("../../../scenarios/bench-30k.yaml"),

@@ -25,6 +25,10 @@ use crate::scenario::{Effect, Push, Scenario};
 
 /// Longest delay between a node learning its desired version and applying it.
 pub const APPLY_DELAY_MAX_MS: u64 = 5_000;
+/// The agent's default post-apply health window: when the version's plan has a `health_check`,
+/// the agent ACKs only after the check kept passing this long after the apply; a consumer that
+/// goes down inside the window makes the agent put back its last known good and NACK.
+pub const POST_APPLY_WINDOW_MS: u64 = 3_000;
 /// Most events one strategy run may process (a guard against a runaway loop).
 const RUN_MAX_EVENTS: u64 = 2_000_000_000;
 /// Most trace lines kept per strategy; later ones are dropped and counted.
@@ -97,11 +101,25 @@ pub struct RunOptions {
 /// One timed event of the simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SimEvent {
-    Push { push: usize },
-    Apply { node: u32, slot: u32, token: u32 },
+    Push {
+        push: usize,
+    },
+    Apply {
+        node: u32,
+        slot: u32,
+        token: u32,
+    },
+    /// The post-apply health window of an apply ended: the agent ACKs.
+    Ack {
+        node: u32,
+        slot: u32,
+        token: u32,
+    },
     HealthRound,
     EngineTick,
-    ManualRevert { slot: u32 },
+    ManualRevert {
+        slot: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +208,7 @@ struct Run<'a> {
     desired: Vec<u32>,
     apply_token: Vec<u32>,
     hurt_from_ms: Vec<u64>,
+    /// Per node: the agent reported its consumer's crash (it reports one per activation).
     crash_reported: Vec<bool>,
     mean_requests: Vec<f64>,
     /// Per node: mean background errors per interval and `exp(-mean)`, for Poisson draws.
@@ -650,7 +669,6 @@ impl<'a> Run<'a> {
         let node_id = node_info.id.clone();
         let hurts = info.bad && info.effect.applies_to(&node_info.labels);
         let nack = hurts && info.effect.nack;
-        let crash_now = hurts && info.effect.crash && info.effect.onset_ms == 0;
         let name = info.name.clone();
         if nack {
             self.log(node_id.as_str(), || format!("rejected version={name}"));
@@ -662,30 +680,84 @@ impl<'a> Run<'a> {
             };
             return self.step(&event, "Rejected");
         }
+        // With a post-apply health check, the agent ACKs only after its window passed; a
+        // consumer that goes down inside the window fails the check: the agent puts back its
+        // last known good at once and NACKs.
+        if self.engine.health_check(&self.unit, &hash).is_some() {
+            let down_in_window =
+                hurts && info.effect.crash && info.effect.onset_ms < POST_APPLY_WINDOW_MS;
+            if down_in_window {
+                self.log(node_id.as_str(), || {
+                    format!("rejected version={name} post_apply_check=failed")
+                });
+                let event = Event::Rejected {
+                    node: node_id,
+                    unit: self.unit.clone(),
+                    version: hash,
+                    reason: "post-apply health check failed: the consumer went down".to_owned(),
+                };
+                return self.step(&event, "Rejected");
+            }
+            self.set_running(index, slot);
+            self.log(node_id.as_str(), || format!("activated version={name}"));
+            self.schedule(
+                self.now_ms.saturating_add(POST_APPLY_WINDOW_MS),
+                SimEvent::Ack { node, slot, token },
+            );
+            return Ok(());
+        }
         self.set_running(index, slot);
+        self.ack(index, slot)
+    }
+
+    /// The agent's ACK of the version it runs, once its post-apply window (if any) passed.
+    fn on_ack(&mut self, node: u32, slot: u32, token: u32) -> Result<(), SimError> {
+        let index = node as usize;
+        if self.apply_token.get(index).copied() != Some(token)
+            || self.running.get(index).copied() != Some(slot)
+        {
+            return Ok(()); // A newer desired version superseded this apply.
+        }
+        self.ack(index, slot)
+    }
+
+    fn ack(&mut self, index: usize, slot: u32) -> Result<(), SimError> {
+        let (Some(info), Some(node_info)) =
+            (self.slots.get(slot as usize), self.fleet.nodes.get(index))
+        else {
+            return Ok(());
+        };
+        let Some(hash) = info.hash else {
+            return Ok(());
+        };
+        let name = info.name.clone();
+        let node_id = node_info.id.clone();
         self.log(node_id.as_str(), || format!("applied version={name}"));
         let applied = Event::Applied {
-            node: node_id.clone(),
+            node: node_id,
             unit: self.unit.clone(),
             version: hash,
         };
-        self.step(&applied, "Applied")?;
-        if crash_now {
-            self.report_crash(index, hash)?;
-        }
-        Ok(())
+        self.step(&applied, "Applied")
     }
 
+    /// The agent found the consumer down (its metrics scrapes fail): it reports the crash, once
+    /// per activation, and only while the active version is on trial (some rollout still
+    /// judges it: `Engine::trial`). A crash of a settled version is not reported; the node
+    /// only falls silent.
     fn report_crash(&mut self, index: usize, hash: VersionHash) -> Result<(), SimError> {
         if self.crash_reported.get(index).copied().unwrap_or(true) {
+            return Ok(());
+        }
+        let Some(node_id) = self.fleet.nodes.get(index).map(|node| node.id.clone()) else {
+            return Ok(());
+        };
+        if self.engine.trial(&node_id, &self.unit).is_none() {
             return Ok(());
         }
         if let Some(reported) = self.crash_reported.get_mut(index) {
             *reported = true;
         }
-        let Some(node_id) = self.fleet.nodes.get(index).map(|node| node.id.clone()) else {
-            return Ok(());
-        };
         self.log(node_id.as_str(), || "crashed".to_owned());
         let event = Event::Crashed {
             node: node_id,
@@ -826,6 +898,7 @@ impl<'a> Run<'a> {
         let mut errors_total = 0u64;
         let mut failed_total = 0u64;
         let mut crashes_due: Vec<(usize, VersionHash)> = Vec::new();
+        let mut nodes_failing = 0u64;
         for index in 0..self.health_events.len() {
             let (Some(&slot), Some(&hurt_from_ms), Some(&mean), Some(&(lambda, exp_neg))) = (
                 self.running.get(index),
@@ -844,6 +917,7 @@ impl<'a> Run<'a> {
             // mean, so the per-node `exp(-mean)` can be computed once.
             let background_errors = poisson_known(&mut self.rng, lambda, exp_neg, requests);
             let hurt = now_ms >= hurt_from_ms;
+            nodes_failing += u64::from(hurt);
             let failed = if hurt {
                 binomial_approx(
                     &mut self.rng,
@@ -857,8 +931,10 @@ impl<'a> Run<'a> {
             requests_total += requests;
             errors_total += errors;
             failed_total += failed;
-            if hurt
-                && info.effect.crash
+            // A crashed consumer answers no metrics scrape: the agent sends no health for the
+            // node (so silence can fire) and reports the crash within this interval.
+            let down = hurt && info.effect.crash;
+            if down
                 && !self.crash_reported.get(index).copied().unwrap_or(true)
                 && let Some(hash) = info.hash
             {
@@ -880,6 +956,7 @@ impl<'a> Run<'a> {
             if send
                 && relevant
                 && has_version
+                && !down
                 && let Some(event) = self.health_events.get(index)
             {
                 let actions = self
@@ -893,6 +970,10 @@ impl<'a> Run<'a> {
         }
         for (index, hash) in crashes_due {
             self.report_crash(index, hash)?;
+        }
+        let failing_share = nodes_failing as f64 / self.fleet.nodes.len().max(1) as f64;
+        if failing_share > self.metrics.nodes_failing_max_fraction {
+            self.metrics.nodes_failing_max_fraction = failing_share;
         }
         self.metrics.requests_total += requests_total;
         self.metrics.requests_errors += errors_total;
@@ -1058,6 +1139,7 @@ impl<'a> Run<'a> {
             match timed.event {
                 SimEvent::Push { push } => self.on_push(push)?,
                 SimEvent::Apply { node, slot, token } => self.on_apply(node, slot, token)?,
+                SimEvent::Ack { node, slot, token } => self.on_ack(node, slot, token)?,
                 SimEvent::HealthRound => self.on_health_round()?,
                 SimEvent::EngineTick => {
                     if self.tick_at_ms == Some(timed.at_ms) {

@@ -254,3 +254,91 @@ fn filtered_health_changes_nothing() {
         );
     }
 }
+
+/// Late failures: errors start 15 or 30 minutes after a node applies the version, when the
+/// default plan's stage bakes are long over (late30: after its last stage passed). The soak
+/// after the last stage, and the gates watching every stage, roll it back while few nodes fail.
+#[test]
+fn late_failures_roll_back_while_few_nodes_fail() {
+    let seeds = [1u64, 2, 3, 4, 5, 6];
+    for name in ["late15", "late30"] {
+        let scenario = Scenario::built_in(name).unwrap();
+        let (mut failing_max, mut exposed_max) = (0f64, 0f64);
+        for seed in seeds {
+            let options = RunOptions {
+                seed: Some(seed),
+                strategies: vec![Strategy::Plan {
+                    label: "default".into(),
+                    plan: default_plan(),
+                }],
+                trace: false,
+            };
+            let report = run(&scenario, &options).unwrap();
+            let metrics = &report.runs[0].metrics;
+            assert_eq!(
+                metrics.rollbacks_of_bad_versions, 1,
+                "{name} seed {seed}: {metrics:?}"
+            );
+            assert_eq!(metrics.versions_completed, 0, "{name} seed {seed}");
+            assert!(metrics.recover_s.is_some(), "{name} seed {seed}");
+            failing_max = failing_max.max(metrics.nodes_failing_max_fraction);
+            exposed_max = exposed_max.max(metrics.nodes_exposed_max_fraction);
+            eprintln!(
+                "{name} seed {seed}: failing at most {:.1}% of nodes, running it at most {:.1}%, detected after {:?} s",
+                metrics.nodes_failing_max_fraction * 100.0,
+                metrics.nodes_exposed_max_fraction * 100.0,
+                metrics.detect_s
+            );
+        }
+        assert!(
+            failing_max <= 0.1,
+            "{name}: up to {:.1}% of nodes failed before the rollback",
+            failing_max * 100.0
+        );
+        eprintln!(
+            "{name}: over seeds {seeds:?}, at most {:.1}% of nodes failing, {:.1}% running it",
+            failing_max * 100.0,
+            exposed_max * 100.0
+        );
+    }
+}
+
+/// Without the soak, the failure that starts 30 minutes after apply is missed: the rollout
+/// completes before any node fails.
+#[test]
+fn without_the_soak_late30_completes_unnoticed() {
+    let options = RunOptions {
+        seed: Some(1),
+        strategies: vec![Strategy::Plan {
+            label: "no-soak".into(),
+            plan: default_plan_without_soak(),
+        }],
+        trace: false,
+    };
+    let report = run(&Scenario::built_in("late30").unwrap(), &options).unwrap();
+    let metrics = &report.runs[0].metrics;
+    assert_eq!(metrics.versions_completed, 1, "{metrics:?}");
+    assert_eq!(metrics.rollbacks, 0, "{metrics:?}");
+    assert_eq!(metrics.nodes_failing_max_fraction, 1.0, "{metrics:?}");
+}
+
+/// Healthy versions, the default plan with its hour of soak: never a rollback.
+#[test]
+fn healthy_versions_never_roll_back_through_the_soak() {
+    let scenario = shrunk("healthy", 90 * 60_000, 10);
+    for seed in 0..10 {
+        let options = RunOptions {
+            seed: Some(seed),
+            strategies: vec![Strategy::Plan {
+                label: "default".into(),
+                plan: default_plan(),
+            }],
+            trace: false,
+        };
+        let report = run(&scenario, &options).unwrap();
+        let metrics = &report.runs[0].metrics;
+        assert_eq!(metrics.rollbacks, 0, "seed {seed}: {metrics:?}");
+        assert_eq!(metrics.requests_failed, 0, "seed {seed}");
+        assert!(metrics.versions_completed >= 1, "seed {seed}: {metrics:?}");
+    }
+}
