@@ -18,8 +18,17 @@
 //! 3. `Holding`: the bake is over; the stage passes only when every gate's verdict is `Pass`,
 //!    computed in that very step, with at least `min_requests` canary requests and no silent
 //!    canary node. An inconclusive gate holds, never promotes;
-//! 4. `AwaitingApproval` (when the stage asks for it), then `Passed`: on to the next stage,
-//!    or `Completed` after the last one (the version becomes the unit's stable version).
+//! 4. `AwaitingApproval` (when the stage asks for it), then `Passed`: on to the next stage;
+//! 5. after the last stage, `Soaking` for the plan's `soak_ms` (none when `0`): the last
+//!    stage's gates and hard signals keep judging every exposed node, as in a stage, over a
+//!    fresh window of health; a failure rolls back ("rolled back during soak"), an
+//!    inconclusive gate never fails it, an operator's `Promote` ends it at once. Then
+//!    `Completed`. Queued rollouts of the unit wait behind a soaking one.
+//!
+//! A completed version becomes the unit's stable version (what later nodes get) only with
+//! evidence: a gated stage ([`Stage::is_gated`]) passed with at least one node that ACKed it.
+//! Without it the rollout still completes, but the stable version stays ("completed without a
+//! stable version"). [`Engine::trial`] names the open rollout still judging what a node runs.
 //!
 //! A gate `Fail`, a hard signal (NACK, crash, failed health check, silent nodes, each against
 //! its threshold), the stage's `timeout_ms` (counted from its entry, `0` = none) or an

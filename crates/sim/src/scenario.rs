@@ -24,7 +24,9 @@
 //! strategies: [instant, examples/plans/default.yaml]   # the default
 //! manual_revert_after: 25m     # instant: a person reverts a bad version this long after its push
 //! ```
-//! Effects: `crash` (every request fails, the consumer reports a crash), `nack` (the agent
+//! Effects: `crash` (every request fails and the consumer goes down: the node sends no more
+//! health, and its agent reports the crash within one health interval while the version is on
+//! trial; inside the post-apply window of a plan with a health check it NACKs), `nack` (the agent
 //! rejects the version), `error_rate_x` (multiply), `error_rate` (set), `latency_add_ms`,
 //! restricted by `when` (labels) and delayed by `onset`. Unknown fields, duplicate keys and
 //! aliases are errors naming the file, the line and the field.

@@ -342,3 +342,36 @@ fn healthy_versions_never_roll_back_through_the_soak() {
         assert!(metrics.versions_completed >= 1, "seed {seed}: {metrics:?}");
     }
 }
+
+/// The agent reports a consumer's crash only while the version is on trial: a crash 30 minutes
+/// after apply is reported (and rolls back) during the soak, and never once the version is
+/// settled (no soak: the rollout completed first).
+#[test]
+fn a_late_crash_is_reported_only_while_the_version_is_on_trial() {
+    let text = include_str!("../../../scenarios/late30.yaml").replace(
+        "effect: { error_rate: 20%, onset: 30m }",
+        "effect: { crash: true, onset: 30m }",
+    );
+    assert!(text.contains("crash: true"));
+    let scenario = Scenario::parse("late30-crash.yaml", &text).unwrap();
+    let with_plan = |plan: Plan| RunOptions {
+        seed: Some(2),
+        strategies: vec![Strategy::Plan {
+            label: "default".into(),
+            plan,
+        }],
+        trace: true,
+    };
+    let soaking = run(&scenario, &with_plan(default_plan())).unwrap();
+    let trace = soaking.trace();
+    assert!(trace.contains("event=crashed"), "no crash reported");
+    assert!(
+        trace.contains("rolled back during soak: hard signal"),
+        "no rollback in the soak"
+    );
+    assert_eq!(soaking.runs[0].metrics.rollbacks_of_bad_versions, 1);
+
+    let settled = run(&scenario, &with_plan(default_plan_without_soak())).unwrap();
+    assert!(!settled.trace().contains("event=crashed"));
+    assert_eq!(settled.runs[0].metrics.rollbacks, 0);
+}
