@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use failsmall_core::domain::UnitName;
 
+use crate::check::HealthWindow;
+use crate::command::Role;
 use crate::{AgentConfig, AgentError, ConsumerMetrics, UnitLocalConfig};
 
 /// Largest unit configuration file read, in bytes.
@@ -42,9 +44,16 @@ pub struct AgentFlags {
     /// The local consumer's base URL, where a plan's post-apply health check path is asked.
     #[arg(long)]
     pub consumer_url: Option<String>,
-    /// The local consumer's Prometheus endpoint, scraped for health.
+    /// The local consumer's Prometheus endpoint, scraped for health (a refused connection
+    /// means the consumer is down).
     #[arg(long)]
     pub metrics_url: Option<String>,
+    /// The local consumer's pid file: the consumer is down when its process is gone.
+    #[arg(long)]
+    pub consumer_pid_file: Option<PathBuf>,
+    /// The local consumer's systemd unit: the consumer is down when it is not active.
+    #[arg(long)]
+    pub consumer_systemd_unit: Option<String>,
     /// How often health is reported (and the metrics scraped), in milliseconds; keep it well
     /// under the plans' `silence`.
     #[arg(long, default_value_t = 5_000)]
@@ -55,6 +64,21 @@ pub struct AgentFlags {
     /// Largest delay between reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     pub backoff_max_ms: u64,
+    /// How often what each unit's `current` serves is hashed and compared with the active
+    /// version (a damaged file is restored and reported), in milliseconds.
+    #[arg(long, default_value_t = crate::integrity::INTERVAL_MS_DEFAULT)]
+    pub integrity_interval_ms: u64,
+    /// A plan-declared post-apply health check must pass continuously this long, in
+    /// milliseconds (a unit's own `health_check` sets its own `window_ms`).
+    #[arg(long, default_value_t = crate::check::WINDOW_MS_DEFAULT)]
+    pub check_window_ms: u64,
+    /// Time between two probes of a plan-declared health check, in milliseconds.
+    #[arg(long, default_value_t = crate::check::INTERVAL_MS_DEFAULT)]
+    pub check_interval_ms: u64,
+    /// A plan-declared health check fails when no full window passed this long after the
+    /// reload, in milliseconds (greater than the window).
+    #[arg(long, default_value_t = crate::check::DEADLINE_MS_DEFAULT)]
+    pub check_deadline_ms: u64,
 }
 
 /// Parses `key=value,key=value`.
@@ -87,9 +111,41 @@ impl AgentFlags {
         config.local_api = self.local_api;
         config.server_key = self.server_key;
         config.consumer_url = self.consumer_url;
+        config.liveness = crate::ConsumerLiveness {
+            pid_file: self.consumer_pid_file,
+            systemd_unit: self.consumer_systemd_unit,
+        };
         config.watch_wait_ms = self.watch_wait_ms;
         config.health_interval_ms = self.health_interval_ms;
         config.backoff_max_ms = self.backoff_max_ms.max(config.backoff_min_ms);
+        let interval = crate::integrity::INTERVAL_MS_MIN..=crate::integrity::INTERVAL_MS_MAX;
+        if !interval.contains(&self.integrity_interval_ms) {
+            return Err(AgentError::Config {
+                field: "integrity-interval-ms",
+                reason: format!(
+                    "{} is out of range; expected {} to {}",
+                    self.integrity_interval_ms,
+                    interval.start(),
+                    interval.end()
+                ),
+            });
+        }
+        config.integrity_interval_ms = self.integrity_interval_ms;
+        config.health_window = HealthWindow {
+            window_ms: self.check_window_ms,
+            interval_ms: self.check_interval_ms,
+            deadline_ms: self.check_deadline_ms,
+        };
+        let problems = config.health_window.check("check");
+        if !problems.is_empty() {
+            return Err(AgentError::Config {
+                field: "check-window-ms",
+                reason: problems
+                    .join("; ")
+                    .replace("check.", "--check-")
+                    .replace("_ms", "-ms"),
+            });
+        }
         if let Some(url) = self.metrics_url {
             config.metrics = Some(ConsumerMetrics {
                 url,
@@ -119,13 +175,43 @@ fn read_unit_config(path: &PathBuf) -> Result<BTreeMap<UnitName, UnitLocalConfig
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    serde_json::from_str(&text).map_err(|e| {
+    let units: BTreeMap<UnitName, UnitLocalConfig> = serde_json::from_str(&text).map_err(|e| {
         bad(format!(
             "line {} column {}: {e}; expected {{\"<unit>\": {{\"validate\": ..., \"reload\": ..., \"health_check\": ...}}}}",
             e.line(),
             e.column()
         ))
-    })
+    })?;
+    let mut problems = Vec::new();
+    for (unit, local) in &units {
+        problems.extend(check_unit(unit, local));
+    }
+    if problems.is_empty() {
+        Ok(units)
+    } else {
+        Err(bad(problems.join("; ")))
+    }
+}
+
+/// Every problem of one unit's local configuration, each naming its field
+/// (`<unit>.validate.args`, `<unit>.health_check.window_ms`, ...).
+pub fn check_unit(unit: &UnitName, local: &UnitLocalConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let commands = [
+        ("validate", local.validate.as_ref(), Role::Validator),
+        ("reload", local.reload.as_ref(), Role::Reload),
+    ];
+    for (field, command, role) in commands {
+        if let Some(command) = command
+            && let Err(found) = command.check(role)
+        {
+            problems.extend(found.into_iter().map(|p| format!("{unit}.{field}: {p}")));
+        }
+    }
+    if let Some(check) = &local.health_check {
+        problems.extend(check.check(&format!("{unit}.health_check")));
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -140,7 +226,7 @@ mod tests {
         std::fs::write(
             &good,
             r#"{"features": {
-                "validate": {"program": "/usr/bin/proxy", "args": ["--check"], "timeout_ms": 2000},
+                "validate": {"program": "/usr/bin/proxy", "args": ["--check", "{path}"], "timeout_ms": 2000},
                 "reload": {"program": "systemctl", "args": ["reload", "proxy"]},
                 "health_check": {"url": "http://127.0.0.1:8080/health"}
             }}"#,
@@ -163,6 +249,53 @@ mod tests {
         std::fs::write(&unknown, r#"{"features": {"relaod": null}}"#).unwrap();
         let error = read_unit_config(&unknown).unwrap_err().to_string();
         assert!(error.contains("unknown field `relaod`"), "{error}");
+        let blind = dir.join("blind.json");
+        std::fs::write(
+            &blind,
+            r#"{"features": {"validate": {"program": "proxy", "args": ["--check"]}}}"#,
+        )
+        .unwrap();
+        let error = read_unit_config(&blind).unwrap_err().to_string();
+        assert!(
+            error.contains("features.validate: no argument holds {path}"),
+            "{error}"
+        );
+        let windowless = dir.join("windowless.json");
+        std::fs::write(
+            &windowless,
+            r#"{"features": {"health_check": {"url": "http://127.0.0.1:8080/health",
+                "window_ms": 5000, "deadline_ms": 4000, "ready": {"program": ""}}}}"#,
+        )
+        .unwrap();
+        let error = read_unit_config(&windowless).unwrap_err().to_string();
+        assert!(
+            error.contains("features.health_check.deadline_ms 4000 must be greater than features.health_check.window_ms 5000"),
+            "{error}"
+        );
+        assert!(
+            error.contains("features.health_check.ready: program is empty"),
+            "{error}"
+        );
+        let typo = dir.join("typo.json");
+        std::fs::write(
+            &typo,
+            r#"{"features": {"health_check": {"url": "http://x", "windw_ms": 1}}}"#,
+        )
+        .unwrap();
+        let error = read_unit_config(&typo).unwrap_err().to_string();
+        assert!(error.contains("unknown field `windw_ms`"), "{error}");
+    }
+
+    #[test]
+    fn the_example_unit_config_loads() {
+        let example = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/agent/units.json"
+        ));
+        let units = read_unit_config(&example).unwrap();
+        let nginx = units.get(&UnitName::new("proxy-nginx").unwrap()).unwrap();
+        assert_eq!(nginx.reload.as_ref().unwrap().args, ["-s", "reload"]);
+        assert_eq!(units.len(), 2);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `DIR/node.id`: the node's id when it was not given.
 //! - `DIR/seq`: the highest desired-state sequence number trusted so far.
 //! - `DIR/units/<unit>/versions/<sha256>`: the last few versions, immutable.
-//! - `DIR/units/<unit>/current`: the active version, replaced only by rename.
+//! - `DIR/units/<unit>/current`: the active version, its own copy (not a link to the stored
+//!   one), replaced only by rename.
 //! - `DIR/units/<unit>/good`: the hash (hex) of the last known good version.
 //!
 //! Every file is written to a temporary name, fsynced, renamed, and its directory fsynced, so
@@ -257,28 +258,30 @@ impl DataDir {
         Ok(path)
     }
 
-    /// Makes the stored version `hash` the active one: a new file with its bytes replaces
-    /// `current` by rename. The version must have been stored.
+    /// Makes the stored version `hash` the active one: a new file with its bytes, read from
+    /// the stored copy and checked against `hash`, written and fsynced, replaces `current` by
+    /// rename. `current` is its own copy (never a link to the stored version), so a write into
+    /// it cannot damage the verified copy it is restored from. A stored version that is
+    /// missing or damaged is never activated.
     pub fn activate(&self, unit: &UnitName, hash: &VersionHash) -> Result<(), DiskError> {
         let source = self.version_path(unit, hash)?;
+        let Some(bytes) = self.version(unit, hash)? else {
+            return Err(DiskError::Corrupt {
+                path: source,
+                reason: format!(
+                    "the stored copy is missing or does not hash to {hash}; not activated"
+                ),
+            });
+        };
         let dir = self.unit_dir(unit)?;
         let temporary = dir.join(format!(".current.{}.tmp", std::process::id()));
         remove_if_exists(&temporary)?;
         crash_point!("agent::before_current_written");
-        // A hard link shares the immutable version's bytes (no copy of a large bundle); where
-        // links are not supported the bytes are copied and fsynced.
-        if fs::hard_link(&source, &temporary).is_err() {
-            fs::copy(&source, &temporary).map_err(io("copying", &source))?;
-            fs::File::open(&temporary)
-                .and_then(|file| file.sync_all())
-                .map_err(io("syncing", &temporary))?;
-        }
-        // A fresh modification time tells file watchers that `current` changed.
-        fs::File::options()
-            .write(true)
-            .open(&temporary)
-            .and_then(|file| file.set_modified(std::time::SystemTime::now()))
-            .map_err(io("touching", &temporary))?;
+        let mut file = fs::File::create(&temporary).map_err(io("creating", &temporary))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io("writing", &temporary))?;
+        drop(file);
         crash_point!("agent::before_current_renamed");
         let current = dir.join("current");
         fs::rename(&temporary, &current).map_err(io("renaming into", &current))?;
@@ -295,6 +298,41 @@ impl DataDir {
         let current = dir.join("current");
         remove_if_exists(&current)?;
         sync_dir(&dir)
+    }
+
+    /// Takes the unit off the node: `current`, the last known good and the trial mark go (the
+    /// stored versions stay, pruned as usual). For a unit that left the node's desired state.
+    pub fn remove_unit(&self, unit: &UnitName) -> Result<(), DiskError> {
+        let dir = self.unit_dir(unit)?;
+        for name in ["current", "good", "trial"] {
+            remove_if_exists(&dir.join(name))?;
+        }
+        sync_dir(&dir)
+    }
+
+    /// The version on trial (active and checked while a rollout still judges it), if any.
+    pub fn trial(&self, unit: &UnitName) -> Result<Option<VersionHash>, DiskError> {
+        let path = self.unit_dir(unit)?.join("trial");
+        match self.read_small(&path)? {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| DiskError::Corrupt {
+                path,
+                reason: format!("{text:?} is not a SHA-256 hex"),
+            }),
+        }
+    }
+
+    /// Marks `hash` as on trial (none: nothing is), so a restart keeps it active instead of
+    /// taking it for an interrupted apply.
+    pub fn set_trial(&self, unit: &UnitName, hash: Option<&VersionHash>) -> Result<(), DiskError> {
+        let dir = self.unit_dir(unit)?;
+        match hash {
+            Some(hash) => write_atomic(&dir, "trial", hash.to_string().as_bytes()),
+            None => {
+                remove_if_exists(&dir.join("trial"))?;
+                sync_dir(&dir)
+            }
+        }
     }
 
     /// Deletes old versions beyond [`KEEP_VERSIONS`], never `keep` (the active one and the
@@ -431,6 +469,36 @@ mod tests {
         let path = disk.store_version(&unit, &hash, b"good").unwrap();
         fs::write(&path, b"evil").unwrap();
         assert_eq!(disk.version(&unit, &hash).unwrap(), None);
+        assert!(matches!(
+            disk.activate(&unit, &hash),
+            Err(DiskError::Corrupt { .. })
+        ));
+        assert_eq!(disk.current(&unit).unwrap(), None, "never activated");
+    }
+
+    #[test]
+    fn a_write_into_current_leaves_the_stored_version_intact() {
+        let (_dir, disk) = fresh("independent");
+        let unit = UnitName::new("flags").unwrap();
+        let hash = VersionHash::of(b"v1");
+        let stored = disk.store_version(&unit, &hash, b"v1").unwrap();
+        disk.activate(&unit, &hash).unwrap();
+        let current = disk.current_path(&unit).unwrap();
+        // Written in place (same inode), as an editor or a stray process might.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&current)
+            .unwrap()
+            .write_all(b"X")
+            .unwrap();
+        assert_eq!(fs::read(&current).unwrap(), b"X1");
+        assert_eq!(fs::read(&stored).unwrap(), b"v1");
+        assert_eq!(
+            disk.version(&unit, &hash).unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+        disk.activate(&unit, &hash).unwrap();
+        assert_eq!(disk.current(&unit).unwrap().unwrap().1, hash);
     }
 
     #[test]

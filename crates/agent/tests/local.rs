@@ -93,6 +93,7 @@ async fn start_empty(name: &str) -> Node {
             "if grep -q BAD \"$1\"; then echo \"parser: feature BAD is unknown\" >&2; exit 1; fi"
                 .into(),
             "validator".into(),
+            "{path}".into(),
         ],
         timeout_ms: 5_000,
     };

@@ -1057,7 +1057,7 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
     let server = Server::start("unit-plan");
     let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
     let plan = server.file("one-stage.yaml", ONE_STAGE_PLAN);
-    let validator = json!({"command": ["/bin/cat", "-u"], "timeout_ms": 2000});
+    let validator = json!({"command": ["/bin/cat", "-u", "{path}"], "timeout_ms": 2000});
     let created = server.json(&[
         "unit",
         "create",
@@ -1070,6 +1070,8 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
         "/bin/cat",
         "--validator-arg",
         "-u",
+        "--validator-arg",
+        "{path}",
         "--validator-timeout",
         "2s",
     ]);
@@ -1077,7 +1079,7 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
     assert_eq!(created["validator"], validator);
     let shown = server.ok(&["unit", "show", "flags"]);
     assert!(shown.contains("one-stage: everywhere"), "{shown}");
-    assert!(shown.contains("/bin/cat -u (timeout 2s)"), "{shown}");
+    assert!(shown.contains("/bin/cat -u {path} (timeout 2s)"), "{shown}");
     // The validator accepts what `cat` reads to the end.
     let v1 = server.file("v1.json", r#"{"kill": false}"#);
     // The unit's plan rolls the push out, once; the CLI starts no second rollout.
@@ -1144,6 +1146,8 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
             "flags",
             "--validator",
             "/bin/cat",
+            "--validator-arg",
+            "-",
             "--token",
             &deployer,
         ],
@@ -1162,6 +1166,8 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
             &spec,
             "--validator",
             "/bin/cat",
+            "--validator-arg",
+            "-",
             "--token",
             &deployer,
         ],

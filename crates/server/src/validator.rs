@@ -8,12 +8,27 @@
 //! remove it, since it names a program the server runs.
 //!
 //! How it runs: `command` is an argv (the program, then its arguments), started directly with
-//! no shell, with an empty environment except `PATH`. The version's bytes are its stdin,
-//! stdout is discarded, and at most [`MAX_STDERR_BYTES`] of stderr are kept. It has
+//! no shell, with an empty environment except `PATH`; nothing is appended to it. The contract
+//! is the one of the agent's local validator (`failsmall_agent::command`), so one validator
+//! works on both:
+//!
+//! - the version's bytes are its **stdin**;
+//! - every `{path}` in an argument (alone or inside one, e.g. `--file={path}`) is replaced by
+//!   the path of a file holding exactly those bytes (here a temporary file in the server's
+//!   scratch directory, created only when `{path}` is used, readable by the server's user
+//!   only, and removed after the run);
+//! - the command must say how it reads the version: an argument holds `{path}`, or an
+//!   argument is `-` or `/dev/stdin`. Anything else is refused when it is set
+//!   ([`ValidatorCommand::check`]), since the bytes would never reach it.
+//!
+//! Stdout is discarded, and at most [`MAX_STDERR_BYTES`] of stderr are kept. It has
 //! `timeout_ms` to exit; then it is killed. Exit status 0 accepts the version; anything else
 //! refuses it, with the first lines of stderr as the reason.
 
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +46,11 @@ pub const MAX_STDERR_BYTES: usize = 64 * 1024;
 /// A refusal quotes at most this many lines of stderr, and at most this many bytes of them.
 pub const REASON_LINES: usize = 5;
 pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The placeholder replaced by the path of a file holding the version's bytes.
+pub const PATH_PLACEHOLDER: &str = "{path}";
+/// Arguments by which a validator says it reads the version from stdin.
+pub const STDIN_ARGS: [&str; 2] = ["-", "/dev/stdin"];
 
 /// `validator: {command: [argv...], timeout_ms}` on a unit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +82,10 @@ pub enum ValidatorSpecError {
     EmptyProgram,
     #[error("validator timeout_ms is {timeout_ms}; expected 1 to {MAX_TIMEOUT_MS}")]
     Timeout { timeout_ms: u64 },
+    #[error(
+        "validator command names no input: no argument holds {{path}} and none is - or /dev/stdin, so the version's bytes would never reach it; put {{path}} where the file goes (e.g. [\"nginx\", \"-t\", \"-c\", \"{{path}}\"]), or - if it reads stdin"
+    )]
+    NoInput,
 }
 
 /// Why a validator refused a version (or could not judge it, which refuses it too).
@@ -113,6 +137,14 @@ impl ValidatorCommand {
                 timeout_ms: self.timeout_ms,
             });
         }
+        let args = self.command.get(1..).unwrap_or_default();
+        if !self.command.is_empty()
+            && !args
+                .iter()
+                .any(|arg| arg.contains(PATH_PLACEHOLDER) || STDIN_ARGS.contains(&arg.as_str()))
+        {
+            errors.push(ValidatorSpecError::NoInput);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -125,8 +157,24 @@ impl ValidatorCommand {
         self.command.first().map_or("", String::as_str)
     }
 
-    /// Runs the command with `content` on stdin; `Ok` when it exits with status 0 in time.
+    /// Whether an argument holds `{path}`.
+    pub fn uses_path(&self) -> bool {
+        self.command
+            .get(1..)
+            .unwrap_or_default()
+            .iter()
+            .any(|arg| arg.contains(PATH_PLACEHOLDER))
+    }
+
+    /// Runs the command on `content` (see the module documentation), a `{path}` file written
+    /// in the system's temporary directory; `Ok` when it exits with status 0 in time.
     pub async fn run(&self, content: &[u8]) -> Result<(), Refusal> {
+        self.run_in(&std::env::temp_dir(), content).await
+    }
+
+    /// Runs the command on `content`, a `{path}` file written in `scratch_dir` (e.g. the
+    /// server's data dir) and removed after; `Ok` when it exits with status 0 in time.
+    pub async fn run_in(&self, scratch_dir: &Path, content: &[u8]) -> Result<(), Refusal> {
         let program = self.program().to_owned();
         let Some((first, args)) = self.command.split_first() else {
             return Err(Refusal::Spawn {
@@ -134,9 +182,22 @@ impl ValidatorCommand {
                 reason: ValidatorSpecError::Empty.to_string(),
             });
         };
+        let file = if self.uses_path() {
+            let written = ScratchFile::write(scratch_dir, content).await;
+            Some(written.map_err(|error| Refusal::Io {
+                program: program.clone(),
+                reason: format!(
+                    "writing the version for {PATH_PLACEHOLDER} in {}: {error}",
+                    scratch_dir.display()
+                ),
+            })?)
+        } else {
+            None
+        };
+        let path = file.as_ref().map_or_else(PathBuf::new, |f| f.path.clone());
         let mut command = tokio::process::Command::new(first);
         command
-            .args(args)
+            .args(args.iter().map(|arg| substitute(arg, &path)))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -211,6 +272,62 @@ impl ValidatorCommand {
     }
 }
 
+/// `arg` with every `{path}` replaced by `path`.
+fn substitute(arg: &str, path: &Path) -> OsString {
+    let mut out = OsString::new();
+    let mut parts = arg.split(PATH_PLACEHOLDER);
+    if let Some(first) = parts.next() {
+        out.push(first);
+    }
+    for part in parts {
+        out.push(path.as_os_str());
+        out.push(part);
+    }
+    out
+}
+
+/// Temporary files made so far by this process (part of each one's name).
+static SCRATCH_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// A file holding one version's bytes for a validator's `{path}`, removed when dropped.
+struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    async fn write(dir: &Path, content: &[u8]) -> std::io::Result<Self> {
+        let n = SCRATCH_FILES.fetch_add(1, Ordering::Relaxed);
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let path = dir.join(format!(
+            ".validator-{}-{n}-{}.tmp",
+            std::process::id(),
+            hex::encode(random)
+        ));
+        let file = Self { path };
+        let (path, content) = (file.path.clone(), content.to_vec());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?
+                .write_all(&content)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(file)
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The first [`REASON_LINES`] non-empty lines of `stderr`, joined with " / ", cut to
 /// [`MAX_REASON_BYTES`] on a character boundary.
 fn first_lines(stderr: &[u8]) -> String {
@@ -254,29 +371,37 @@ mod tests {
             Err(vec![ValidatorSpecError::Empty])
         );
         assert_eq!(
-            command(&[""], 10).check(),
+            command(&["", "-"], 10).check(),
             Err(vec![ValidatorSpecError::EmptyProgram])
         );
         assert_eq!(
-            command(&["x"], 0).check(),
+            command(&["x", "-"], 0).check(),
             Err(vec![ValidatorSpecError::Timeout { timeout_ms: 0 }])
         );
         let long = "a".repeat(MAX_ARG_BYTES + 1);
         assert_eq!(
-            command(&["x", &long], 10).check(),
+            command(&["x", &long, "-"], 10).check(),
             Err(vec![ValidatorSpecError::ArgTooLong {
                 index: 1,
                 bytes: MAX_ARG_BYTES + 1
             }])
         );
-        let many: Vec<&str> = vec!["x"; MAX_ARGS + 1];
+        let many: Vec<&str> = vec!["-"; MAX_ARGS + 1];
         assert_eq!(
             command(&many, 10).check(),
             Err(vec![ValidatorSpecError::TooManyArgs {
                 count: MAX_ARGS + 1
             }])
         );
-        assert_eq!(command(&["x", "--check"], MAX_TIMEOUT_MS).check(), Ok(()));
+        assert_eq!(
+            command(&["x", "--check", "-"], MAX_TIMEOUT_MS).check(),
+            Ok(())
+        );
+        assert_eq!(command(&["x", "--file={path}"], 10).check(), Ok(()));
+        assert_eq!(
+            command(&["x", "--check"], 10).check(),
+            Err(vec![ValidatorSpecError::NoInput])
+        );
     }
 
     #[test]
@@ -303,12 +428,43 @@ mod tests {
 
     #[tokio::test]
     async fn the_version_is_the_commands_stdin() {
-        let accepts_good = command(&["grep", "-q", "good"], 5_000);
+        let accepts_good = command(&["grep", "-q", "good", "-"], 5_000);
         assert_eq!(accepts_good.run(b"a good file\n").await, Ok(()));
         assert!(matches!(
             accepts_good.run(b"a bad file\n").await,
             Err(Refusal::Refused { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn path_names_a_file_with_the_same_bytes_removed_after() {
+        let scratch =
+            std::env::temp_dir().join(format!("failsmall-validator-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        // stdin and {path} hold the same bytes; {path} is substituted inside an argument.
+        let same = command(
+            &[
+                "sh",
+                "-c",
+                "cmp -s - \"${1#--file=}\"",
+                "validator",
+                "--file={path}",
+            ],
+            5_000,
+        );
+        assert_eq!(same.run_in(&scratch, b"features: 3\n").await, Ok(()));
+        let sees = command(&["grep", "-q", "features: 3", "{path}"], 5_000);
+        assert_eq!(sees.run_in(&scratch, b"features: 3\n").await, Ok(()));
+        assert!(matches!(
+            sees.run_in(&scratch, b"features: 4\n").await,
+            Err(Refusal::Refused { .. })
+        ));
+        assert_eq!(
+            std::fs::read_dir(&scratch).unwrap().count(),
+            0,
+            "removed after"
+        );
+        std::fs::remove_dir(&scratch).unwrap();
     }
 
     #[tokio::test]
@@ -345,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_version_to_a_program_that_does_not_read_it_is_judged_by_status() {
-        let ignores = command(&["true"], 5_000);
+        let ignores = command(&["true", "-"], 5_000);
         let large = vec![b'x'; 1024 * 1024];
         assert_eq!(ignores.run(&large).await, Ok(()));
     }

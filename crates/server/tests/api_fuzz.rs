@@ -625,7 +625,7 @@ impl Fixture {
                     (
                         "validator",
                         obj(vec![
-                            ("command", J::Arr(vec![s("x"), s("--check")])),
+                            ("command", J::Arr(vec![s("x"), s("--check"), s("{path}")])),
                             ("timeout_ms", J::Num("1000")),
                         ]),
                     ),

@@ -250,8 +250,9 @@ async fn create_validated_unit(server: &TestServer, name: &str, command: Value) 
 async fn a_validator_that_accepts_lets_the_version_in_and_reads_its_bytes() {
     let scratch = fresh_dir("validator-accepts");
     let server = TestServer::start(scratch.path()).await;
-    // The version's bytes are the command's stdin: grep accepts only bytes holding "good".
-    let grep = json!({"command": ["grep", "-q", "good"], "timeout_ms": 5000});
+    // The version's bytes are the command's stdin (`-`): grep accepts only bytes holding
+    // "good".
+    let grep = json!({"command": ["grep", "-q", "good", "-"], "timeout_ms": 5000});
     create_validated_unit(&server, "parsed", grep).await;
     let admin = server.admin.clone();
     let (status, body) = server
@@ -274,7 +275,7 @@ async fn a_validator_that_refuses_is_a_422_with_its_stderr_among_the_reasons() {
     let scratch = fresh_dir("validator-refuses");
     let server = TestServer::start(scratch.path()).await;
     let refuses = json!({
-        "command": ["sh", "-c", "echo 'features: 412 entries, limit 200' >&2; echo second >&2; exit 1"],
+        "command": ["sh", "-c", "echo 'features: 412 entries, limit 200' >&2; echo second >&2; exit 1", "parser", "{path}"],
         "timeout_ms": 5000
     });
     let spec = json!({"format": "json", "max_bytes": 1024, "schema": {"type": "object"}});
@@ -344,7 +345,7 @@ async fn a_validator_that_hangs_is_killed_and_the_push_refused_naming_the_timeou
     create_validated_unit(
         &server,
         "slow",
-        json!({"command": ["sleep", "30"], "timeout_ms": 300}),
+        json!({"command": ["sh", "-c", "exec sleep 30", "sleep", "-"], "timeout_ms": 300}),
     )
     .await;
     let admin = server.admin.clone();
@@ -354,7 +355,7 @@ async fn a_validator_that_hangs_is_killed_and_the_push_refused_naming_the_timeou
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("timed out after 300 ms") && message.contains("sleep"),
+        message.contains("timed out after 300 ms") && message.contains("\"sh\""),
         "{message}"
     );
     assert_eq!(
@@ -371,7 +372,7 @@ async fn a_validator_that_is_not_found_refuses_the_push_naming_the_command() {
     create_validated_unit(
         &server,
         "missing",
-        json!({"command": ["/nonexistent/failsmall-parser", "--check"], "timeout_ms": 1000}),
+        json!({"command": ["/nonexistent/failsmall-parser", "--check", "{path}"], "timeout_ms": 1000}),
     )
     .await;
     let admin = server.admin.clone();
@@ -391,7 +392,7 @@ async fn only_an_admin_sets_changes_or_removes_a_validator() {
     let server = TestServer::start(scratch.path()).await;
     let deployer = server.token("ci", Role::Deployer).await;
     let spec = json!({"format": "raw", "max_bytes": 64});
-    let validator = json!({"command": ["true"], "timeout_ms": 1000});
+    let validator = json!({"command": ["true", "-"], "timeout_ms": 1000});
     let (status, body) = server
         .call(
             Method::POST,
@@ -465,7 +466,7 @@ async fn only_an_admin_sets_changes_or_removes_a_validator() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // Changing or removing it is an admin's.
-    let other = json!({"command": ["false"], "timeout_ms": 1000});
+    let other = json!({"command": ["false", "-"], "timeout_ms": 1000});
     for attempt in [other, Value::Null] {
         let (status, body) = server
             .call(
@@ -494,6 +495,8 @@ async fn only_an_admin_sets_changes_or_removes_a_validator() {
         json!({"command": ["x"], "timeout_ms": 0}),
         json!({"command": ["x"], "timeout_ms": 600000}),
         json!({"command": ["x"], "shell": true}),
+        // No {path} and no `-`: the version's bytes would never reach it.
+        json!({"command": ["x", "--check"]}),
     ] {
         let (status, body) = server
             .admin(

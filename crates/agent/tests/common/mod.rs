@@ -487,6 +487,13 @@ pub fn agent_config(
     config.health_interval_ms = 100;
     config.backoff_min_ms = 20;
     config.backoff_max_ms = 200;
+    // A plan-declared health check: a short window, and a deadline that a failing consumer
+    // reaches within the tests' waits.
+    config.health_window = failsmall_agent::check::HealthWindow {
+        window_ms: 300,
+        interval_ms: 25,
+        deadline_ms: 3_000,
+    };
     config
 }
 

@@ -94,8 +94,9 @@ pub enum UnitCommand {
 /// A validator command from flags: the program, its arguments, its timeout.
 #[derive(Debug, Args)]
 pub struct ValidatorArgs {
-    /// The program the server runs on every pushed version, the version's bytes on its stdin
-    /// (no shell; admin only).
+    /// The program the server runs on every pushed version: the version's bytes on its stdin,
+    /// and `{path}` in an argument replaced by a file holding them; an argument must hold
+    /// `{path}` or be `-` (no shell; admin only).
     #[arg(long, value_name = "PROGRAM")]
     validator: Option<String>,
     /// An argument to the validator program (repeatable, in order).
