@@ -10,14 +10,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use failsmall_core::domain::{UnitName, VersionHash};
 use failsmall_core::validate::{MAX_BYTES_CEILING, UnitSpec, validate};
 
 use crate::control::{ControlPlane, Report, cut_reason};
 use crate::disk::{DataDir, DiskError};
-use crate::{HealthCheckConfig, Shared, UnitLocalConfig};
+use crate::{Shared, UnitLocalConfig};
 
 /// What became of one apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +31,8 @@ pub enum Outcome {
     Refused(String),
     /// Activated, then failed; the last known good was put back.
     RolledBack(String),
-    /// The fetch failed (control plane unreachable); tried again at the next document.
+    /// The bundle could not be fetched intact (unreachable, a hash mismatch, an answer too
+    /// large); fetched again with backoff.
     NotFetched(String),
     /// Writing to disk failed; the last known good was kept.
     DiskFailed(String),
@@ -47,6 +47,17 @@ macro_rules! step_point {
     };
 }
 
+/// Where the control plane's judgement of a unit stands, as the desired-state document says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The rollout still judging the listed version, if any: the ACK answers it, and while it
+    /// judges, the version is not the last known good.
+    pub trial: Option<u64>,
+    /// The unit's stable version: when it is what this node runs, it is the last known good,
+    /// even if the next rollout names a newer version in the same document.
+    pub stable: Option<VersionHash>,
+}
+
 /// Brings `unit` to `hash` (see the module documentation) and reports the verdict.
 pub async fn converge_unit(
     control: &ControlPlane,
@@ -55,8 +66,9 @@ pub async fn converge_unit(
     hash: &VersionHash,
     spec: Option<&UnitSpec>,
     local: &UnitLocalConfig,
+    standing: Standing,
 ) -> Outcome {
-    let outcome = converge_inner(control, shared, unit, hash, spec, local).await;
+    let outcome = converge_inner(control, shared, unit, hash, spec, local, standing).await;
     let error = match &outcome {
         Outcome::Refused(reason)
         | Outcome::RolledBack(reason)
@@ -86,16 +98,42 @@ async fn converge_inner(
     hash: &VersionHash,
     spec: Option<&UnitSpec>,
     local: &UnitLocalConfig,
+    standing: Standing,
 ) -> Outcome {
     let disk = &shared.disk;
+    let trial = standing.trial;
     let active = shared.active(unit);
-    let good = disk.good(unit).ok().flatten();
+    let mut good = disk.good(unit).ok().flatten();
+    // What this node runs passed its rollout and soak: its last known good, before anything
+    // newer is tried.
+    if let Some(running) = active
+        && standing.stable == Some(running)
+        && good != Some(running)
+    {
+        if let Err(error) = settle_good(disk, unit, &running, good).await {
+            return Outcome::DiskFailed(error.to_string());
+        }
+        good = Some(running);
+        shared.activated(unit, Some(running));
+    }
     if active == Some(*hash) && good == Some(*hash) {
-        shared.acknowledge(unit, hash);
+        shared.acknowledge(unit, hash, trial);
         return Outcome::AlreadyActive;
     }
     if shared.is_refused(unit, hash) {
         return Outcome::PreviouslyRefused;
+    }
+    if active == Some(*hash) {
+        // Active and checked, not yet the last known good: on trial. Once no rollout judges
+        // it any more (its soak passed), it becomes the last known good.
+        if trial.is_none() {
+            if let Err(error) = settle_good(disk, unit, hash, good).await {
+                return Outcome::DiskFailed(error.to_string());
+            }
+            shared.activated(unit, Some(*hash));
+        }
+        shared.acknowledge(unit, hash, trial);
+        return Outcome::AlreadyActive;
     }
     // 1. The bytes: stored already, or fetched by hash (at most the unit's limit).
     let stored = {
@@ -110,14 +148,16 @@ async fn converge_inner(
             match control.blob(hash, limit).await {
                 Ok(bytes) => bytes,
                 Err(crate::control::ControlError::TooLarge { .. }) => {
-                    return refuse(
+                    // The server checked the size at push: a larger answer is not the bundle
+                    // the hash names.
+                    return fetch_failed(
                         shared,
                         unit,
                         hash,
-                        format!("bundle is larger than the unit's max_bytes {limit}"),
+                        format!("the answer is larger than the unit's max_bytes {limit}"),
                     );
                 }
-                Err(error) => return Outcome::NotFetched(error.to_string()),
+                Err(error) => return fetch_failed(shared, unit, hash, error.to_string()),
             }
         }
     };
@@ -138,13 +178,14 @@ async fn converge_inner(
         Err(error) => return Outcome::DiskFailed(format!("validation task failed: {error}")),
     };
     if actual != *hash {
-        return refuse(
+        return fetch_failed(
             shared,
             unit,
             hash,
             format!("bundle hash mismatch: expected sha256 {hash}, got {actual}"),
         );
     }
+    shared.forget_fetch_failure(unit, hash);
     // 2. The server's own rules (checked above), then the node's validator.
     if let Some(issues) = issues {
         let reasons: Vec<String> = issues.iter().take(5).map(ToString::to_string).collect();
@@ -176,14 +217,14 @@ async fn converge_inner(
         Err(error) => return Outcome::DiskFailed(error.to_string()),
     };
     if let Some(reload) = &local.reload
-        && let Err(error) = reload.run(&current).await
+        && let Err(error) = reload.run_reload(&current).await
     {
         let reason = format!("reload command: {error}");
         return roll_back(shared, unit, hash, good, local, Failure::Reload(reason)).await;
     }
     step_point!("agent::reloaded");
     if let Some(check) = &local.health_check
-        && let Err(reason) = health_check(check).await
+        && let Err(reason) = crate::check::run(check, &current).await
     {
         return roll_back(
             shared,
@@ -196,18 +237,47 @@ async fn converge_inner(
         .await;
     }
     step_point!("agent::checked");
-    // 5. Now the last known good; old versions beyond the few kept go.
-    if let Err(error) = mark_good(disk, unit, hash).await {
+    // 5. On trial while a rollout judges it (the last known good stays the one before, and
+    //    is what a failure puts back); otherwise now the last known good.
+    let settled = match trial {
+        Some(_) => {
+            let (disk, unit, hash) = (disk.clone(), unit.clone(), *hash);
+            blocking(move || disk.set_trial(&unit, Some(&hash))).await
+        }
+        None => settle_good(disk, unit, hash, good).await,
+    };
+    if let Err(error) = settled {
         return Outcome::DiskFailed(error.to_string());
     }
-    let keep = [Some(*hash), good]
+    shared.activated(unit, Some(*hash));
+    shared.acknowledge(unit, hash, trial);
+    Outcome::Applied
+}
+
+/// `hash` is now the last known good: recorded, the trial mark cleared, and old versions
+/// beyond the few kept pruned (never `hash` nor the good one before it).
+async fn settle_good(
+    disk: &DataDir,
+    unit: &UnitName,
+    hash: &VersionHash,
+    before: Option<VersionHash>,
+) -> Result<(), DiskError> {
+    mark_good(disk, unit, hash).await?;
+    let (owned, owned_unit) = (disk.clone(), unit.clone());
+    blocking(move || owned.set_trial(&owned_unit, None)).await?;
+    let keep = [Some(*hash), before]
         .into_iter()
         .flatten()
         .collect::<Vec<_>>();
     let _ = disk.prune(unit, &keep);
-    shared.activated(unit, Some(*hash));
-    shared.acknowledge(unit, hash);
-    Outcome::Applied
+    Ok(())
+}
+
+/// The bundle could not be fetched intact: a transport fault, reported as such (once per
+/// version and run) and fetched again with backoff; never the version's NACK.
+fn fetch_failed(shared: &Shared, unit: &UnitName, hash: &VersionHash, reason: String) -> Outcome {
+    shared.report_fetch_failure(unit, hash, &reason);
+    Outcome::NotFetched(reason)
 }
 
 fn refuse(shared: &Shared, unit: &UnitName, hash: &VersionHash, reason: String) -> Outcome {
@@ -276,7 +346,7 @@ pub async fn restore(
     }
     shared.activated(unit, Some(*good));
     if let (Some(reload), Ok(current)) = (&local.reload, shared.disk.current_path(unit))
-        && let Err(error) = reload.run(&current).await
+        && let Err(error) = reload.run_reload(&current).await
     {
         return format!(
             "put back the last known good {}, but its reload failed: {error}",
@@ -321,7 +391,7 @@ async fn mark_good(disk: &DataDir, unit: &UnitName, hash: &VersionHash) -> Resul
     blocking(move || disk.set_good(&unit, &hash)).await
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, DiskError> + Send + 'static,
 ) -> Result<T, DiskError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
@@ -331,23 +401,4 @@ async fn blocking<T: Send + 'static>(
             source: std::io::Error::other(e.to_string()),
         })
     })
-}
-
-/// One HTTP GET of the consumer: the expected status within the time limit.
-async fn health_check(check: &HealthCheckConfig) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let response = client
-        .get(&check.url)
-        .timeout(Duration::from_millis(check.timeout_ms))
-        .send()
-        .await
-        .map_err(|e| format!("health check GET {}: {e}", check.url))?;
-    let status = response.status().as_u16();
-    if status != check.expect_status {
-        return Err(format!(
-            "health check GET {} answered {status}; expected {}",
-            check.url, check.expect_status
-        ));
-    }
-    Ok(())
 }

@@ -65,6 +65,31 @@ pub enum Report {
     Stale { since_ms: u64, seq: u64 },
     /// A fresh, trusted document came after `stale_ms` of staleness.
     Fresh { stale_ms: u64 },
+    /// The unit left the node's desired state (a removal the document asked for) and
+    /// `version`, which was active, was removed from `current`; none: nothing was active. The
+    /// ACK of a removal.
+    Removed {
+        unit: UnitName,
+        version: Option<VersionHash>,
+    },
+    /// The bundle of `version` could not be fetched intact (unreachable, a hash mismatch, an
+    /// answer larger than the unit allows): a transport fault, retried, never the version's
+    /// fault.
+    FetchFailed {
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
+    /// A desired-state document was refused for trust (signature, replay, wrong node,
+    /// malformed): nothing in it was acted on.
+    Untrusted { seq: u64, reason: String },
+    /// The bytes served for `version` did not match its hash (damaged on disk); they were
+    /// restored from the verified copy.
+    Repaired {
+        unit: UnitName,
+        version: VersionHash,
+        reason: String,
+    },
 }
 
 /// Most bytes of a reason sent (the server refuses longer text).

@@ -18,13 +18,19 @@
 
 pub mod apply;
 pub mod args;
+pub mod check;
 pub mod command;
 pub mod control;
+mod converge;
 pub mod disk;
+mod health;
+pub mod integrity;
 pub mod local_api;
 pub mod report;
 pub mod scrape;
 pub mod verify;
+
+pub use health::ConsumerLiveness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -34,16 +40,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failsmall_core::domain::{NodeId, UnitName, VersionHash};
-use failsmall_core::health::HealthSample;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::command::LocalCommand;
 use crate::control::{ControlPlane, Report};
+use crate::converge::Handled;
 use crate::disk::{DataDir, DiskError};
 use crate::report::ReportQueue;
 use crate::scrape::MetricNames;
-use crate::verify::{Desired, Envelope, Refusal};
+use crate::verify::Refusal;
 
 /// Longest wait of one watch request (the server allows at most 30 s).
 pub const WATCH_WAIT_MS_MAX: u64 = 30_000;
@@ -54,15 +60,43 @@ pub const HEALTH_INTERVAL_MIN_MS: u64 = 50;
 /// Most refusal messages kept for the status page.
 pub const MAX_RECENT_REFUSALS: usize = 32;
 
-/// A post-apply HTTP health check of the local consumer.
+/// A post-apply HTTP health check of the local consumer: it must answer `expect_status`
+/// continuously for `window_ms` before `deadline_ms` (see [`check`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// The full URL, e.g. `http://127.0.0.1:8080/health`.
     pub url: String,
     #[serde(default = "default_status")]
     pub expect_status: u16,
+    /// Longest wait for one probe's answer.
     #[serde(default = "default_check_timeout_ms")]
     pub timeout_ms: u64,
+    /// How long the check must pass without a single failure.
+    #[serde(default = "check::default_window_ms")]
+    pub window_ms: u64,
+    /// Time between two probes.
+    #[serde(default = "check::default_interval_ms")]
+    pub interval_ms: u64,
+    /// The check fails when no full window passed this long after the reload (> window_ms).
+    #[serde(default = "check::default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// A readiness probe run after the reload (no stdin, `{path}` = `current`), again every
+    /// `interval_ms` until it exits 0, before the window starts.
+    #[serde(default)]
+    pub ready: Option<LocalCommand>,
+}
+
+impl HealthCheckConfig {
+    /// The check a plan declares (the server sends its path, status and timeout), at `url`
+    /// on the local consumer, with this agent's defaults for the rest.
+    pub fn for_plan(url: String, expect_status: u16, timeout_ms: u64) -> Self {
+        Self {
+            expect_status,
+            timeout_ms,
+            ..Self::new(url)
+        }
+    }
 }
 
 fn default_status() -> u16 {
@@ -78,10 +112,11 @@ fn default_check_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitLocalConfig {
-    /// Runs with the bundle's path as last argument; a non-zero exit refuses the version.
+    /// The consumer's parser in check mode: the version's bytes on stdin, `{path}` a file
+    /// holding them (see [`command`]); a non-zero exit refuses the version.
     #[serde(default)]
     pub validate: Option<LocalCommand>,
-    /// Runs after the version became active (path of `current` as last argument).
+    /// Runs after the version became active, as written: no stdin, `{path}` = `current`.
     #[serde(default)]
     pub reload: Option<LocalCommand>,
     #[serde(default)]
@@ -122,6 +157,13 @@ pub struct AgentConfig {
     /// path is requested there, unless the unit's local configuration has its own check.
     pub consumer_url: Option<String>,
     pub metrics: Option<ConsumerMetrics>,
+    /// How often what `current` serves is checked against the active version ([`integrity`]).
+    pub integrity_interval_ms: u64,
+    /// The timing of a plan-declared health check (the plan sends its path, status and probe
+    /// timeout only; see [`check`]).
+    pub health_window: check::HealthWindow,
+    /// How the agent tells that its consumer is down, besides its metrics endpoint.
+    pub liveness: ConsumerLiveness,
     /// How often health is reported without consumer metrics (a plan's `silence` must be
     /// longer).
     pub health_interval_ms: u64,
@@ -144,6 +186,9 @@ impl AgentConfig {
             units: BTreeMap::new(),
             consumer_url: None,
             metrics: None,
+            integrity_interval_ms: integrity::INTERVAL_MS_DEFAULT,
+            health_window: check::HealthWindow::default(),
+            liveness: ConsumerLiveness::default(),
             health_interval_ms: 5_000,
             watch_wait_ms: 25_000,
             backoff_min_ms: 100,
@@ -228,7 +273,18 @@ pub struct UnitStatus {
     pub active: Option<VersionHash>,
     pub good: Option<VersionHash>,
     pub desired: Option<VersionHash>,
+    /// The rollout still judging the desired version (its stages or its soak): until it ends,
+    /// the version is on trial and `good` stays the one before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trial: Option<u64>,
     pub last_error: Option<String>,
+}
+
+impl UnitStatus {
+    /// Whether the active version is on trial: a consumer crash now blames it.
+    pub fn on_trial(&self) -> bool {
+        self.trial.is_some() && self.active.is_some() && self.active == self.desired
+    }
 }
 
 /// What the agent knows about itself, for the local API.
@@ -250,6 +306,9 @@ pub struct Status {
     pub refusals: Vec<String>,
     pub reports_queued: usize,
     pub reports_dropped: u64,
+    /// Why the local consumer is taken for down (see [`health`]); none while it is up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_down: Option<String>,
 }
 
 /// State shared by the agent's tasks.
@@ -262,8 +321,31 @@ pub struct Shared {
     pub reports: ReportQueue,
     /// Versions refused in this run: never applied again without a restart.
     refused: Mutex<BTreeSet<(UnitName, VersionHash)>>,
-    /// Versions ACKed in this run (a restarted agent ACKs what it serves once more).
-    acknowledged: Mutex<BTreeSet<(UnitName, VersionHash)>>,
+    /// What was reported once in this run and need not be again.
+    reported: Mutex<Reported>,
+}
+
+/// Reports made once per run (a restarted agent makes them once more), each set bounded by
+/// [`MAX_REFUSED`] (cleared when full: at worst a report is made twice).
+#[derive(Debug, Default)]
+struct Reported {
+    /// ACKs: the unit, the version, and the rollout they answered (none: no rollout was
+    /// judging the version), so a version activated again for another rollout is ACKed again.
+    acknowledged: BTreeSet<(UnitName, VersionHash, Option<u64>)>,
+    /// Units whose removal was reported while nothing was active.
+    removals: BTreeSet<UnitName>,
+    /// Versions whose bundle could not be fetched intact.
+    fetch_failures: BTreeSet<(UnitName, VersionHash)>,
+    /// The latest refused document's sequence number.
+    untrusted_seq: Option<u64>,
+}
+
+/// Inserts into a set bounded by [`MAX_REFUSED`]; returns whether `item` is new.
+fn insert_bounded<T: Ord>(set: &mut BTreeSet<T>, item: T) -> bool {
+    if set.len() >= MAX_REFUSED && !set.contains(&item) {
+        set.clear();
+    }
+    set.insert(item)
 }
 
 impl Shared {
@@ -278,7 +360,7 @@ impl Shared {
             activations,
             reports: ReportQueue::default(),
             refused: Mutex::new(BTreeSet::new()),
-            acknowledged: Mutex::new(BTreeSet::new()),
+            reported: Mutex::new(Reported::default()),
         }
     }
 
@@ -336,16 +418,14 @@ impl Shared {
         }
     }
 
-    /// Reports `hash` applied, once per run.
-    pub fn acknowledge(&self, unit: &UnitName, hash: &VersionHash) {
+    /// Reports `hash` applied (ACK), once per run for each rollout that asks for it: a version
+    /// activated again, or kept, for another rollout is acknowledged for that rollout too.
+    pub fn acknowledge(&self, unit: &UnitName, hash: &VersionHash, rollout: Option<u64>) {
         let first = self
-            .acknowledged
+            .reported
             .lock()
-            .map(|mut set| {
-                if set.len() >= MAX_REFUSED {
-                    set.clear();
-                }
-                set.insert((unit.clone(), *hash))
+            .map(|mut reported| {
+                insert_bounded(&mut reported.acknowledged, (unit.clone(), *hash, rollout))
             })
             .unwrap_or(true);
         if first {
@@ -359,8 +439,72 @@ impl Shared {
     /// An ACK of `hash` was refused and dropped: the next document that names it ACKs it
     /// again, so one refused answer does not leave a rollout waiting for this node forever.
     pub fn forget_acknowledgment(&self, unit: &UnitName, hash: &VersionHash) {
-        if let Ok(mut set) = self.acknowledged.lock() {
-            set.remove(&(unit.clone(), *hash));
+        if let Ok(mut reported) = self.reported.lock() {
+            reported
+                .acknowledged
+                .retain(|(acked_unit, acked, _)| acked_unit != unit || acked != hash);
+        }
+    }
+
+    /// Reports that `unit` was removed (`removed`: the version that was active). A removal
+    /// with nothing active is reported once, until the unit is desired again.
+    pub fn report_removal(&self, unit: &UnitName, removed: Option<VersionHash>) {
+        let report = removed.is_some()
+            || self
+                .reported
+                .lock()
+                .map(|mut reported| insert_bounded(&mut reported.removals, unit.clone()))
+                .unwrap_or(true);
+        if report {
+            self.reports.push(Report::Removed {
+                unit: unit.clone(),
+                version: removed,
+            });
+        }
+    }
+
+    /// `unit` is desired again: a later removal is reported again.
+    pub fn forget_removal(&self, unit: &UnitName) {
+        if let Ok(mut reported) = self.reported.lock() {
+            reported.removals.remove(unit);
+        }
+    }
+
+    /// Reports that `hash` could not be fetched intact, once per version and run (the fetch
+    /// itself is retried); a fetch that succeeds later forgets it.
+    pub fn report_fetch_failure(&self, unit: &UnitName, hash: &VersionHash, reason: &str) {
+        let first = self
+            .reported
+            .lock()
+            .map(|mut reported| insert_bounded(&mut reported.fetch_failures, (unit.clone(), *hash)))
+            .unwrap_or(true);
+        if first {
+            self.reports.push(Report::FetchFailed {
+                unit: unit.clone(),
+                version: *hash,
+                reason: control::cut_reason(reason),
+            });
+        }
+    }
+
+    pub fn forget_fetch_failure(&self, unit: &UnitName, hash: &VersionHash) {
+        if let Ok(mut reported) = self.reported.lock() {
+            reported.fetch_failures.remove(&(unit.clone(), *hash));
+        }
+    }
+
+    /// Reports a refused document, once per sequence number.
+    pub fn report_untrusted(&self, seq: u64, reason: &str) {
+        let first = self
+            .reported
+            .lock()
+            .map(|mut reported| reported.untrusted_seq.replace(seq) != Some(seq))
+            .unwrap_or(true);
+        if first {
+            self.reports.push(Report::Untrusted {
+                seq,
+                reason: control::cut_reason(reason),
+            });
         }
     }
 
@@ -383,7 +527,7 @@ impl Shared {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -422,15 +566,45 @@ fn node_id(config: &AgentConfig, disk: &DataDir) -> Result<String, AgentError> {
     Ok(id)
 }
 
-/// At start, before anything else: removes temporaries, and where an apply was cut short
-/// (the active version is not the last known good, or nothing is active), puts back the
-/// last known good.
-fn recover(shared: &Shared) -> Result<(), AgentError> {
+/// At start, before anything else: removes temporaries; where an apply was cut short (the
+/// active version is neither the last known good nor the one on trial, or nothing is
+/// active), puts back the last known good; where `current` serves bytes that match no stored
+/// version (written into in place), restores the version it should serve from its verified
+/// copy (the one on trial, else the last known good; see [`integrity`]) and reports it.
+/// Returns the units so repaired: their reload command runs once the agent runs.
+fn recover(shared: &Shared) -> Result<Vec<UnitName>, AgentError> {
+    let mut repaired = Vec::new();
     for unit in shared.disk.units()? {
         shared.disk.clean_temporaries(&unit)?;
         let good = shared.disk.good(&unit)?;
+        let trial = shared.disk.trial(&unit).ok().flatten();
         let active = shared.disk.current(&unit)?.map(|(_, hash)| hash);
-        if let Some(good) = good
+        // A version on trial was checked before the restart: it stays.
+        let on_trial = active.is_some() && active == trial;
+        let damaged = match active {
+            Some(hash) if Some(hash) != good && Some(hash) != trial => {
+                shared.disk.version(&unit, &hash)?.is_none()
+            }
+            _ => false,
+        };
+        if damaged {
+            match trial.or(good) {
+                Some(believed) => {
+                    let (now, reason) = integrity::restore(&shared.disk, &unit, believed, active)?;
+                    integrity::repaired(shared, &unit, now.unwrap_or(believed), &reason);
+                    repaired.push(unit.clone());
+                }
+                None => {
+                    // No version is known good here: bytes that match no signed version are
+                    // not served.
+                    eprintln!(
+                        "failsmall agent: unit {unit}: current matches no stored version and none is known good; removed it"
+                    );
+                    shared.disk.deactivate(&unit)?;
+                }
+            }
+        } else if let Some(good) = good
+            && !on_trial
             && active != Some(good)
             && shared.disk.version(&unit, &good)?.is_some()
         {
@@ -443,7 +617,7 @@ fn recover(shared: &Shared) -> Result<(), AgentError> {
         let active = shared.disk.current(&unit)?.map(|(_, hash)| hash);
         shared.activated(&unit, active);
     }
-    Ok(())
+    Ok(repaired)
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -458,7 +632,7 @@ pub async fn run(
     let seq = shared.disk.trusted_seq()?;
     shared.with_status(|status| status.seq = seq);
     restore_freshness(&shared);
-    recover(&shared)?;
+    let repaired = recover(&shared)?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(address) = config.local_api {
@@ -487,10 +661,17 @@ pub async fn run(
         .metrics
         .as_ref()
         .map_or(config.health_interval_ms, |m| m.interval_ms);
-    tasks.spawn(report_health(
+    tasks.spawn(health::report_health(
         config.metrics.clone(),
+        config.liveness.clone(),
         health_interval_ms,
         Arc::clone(&shared),
+        stopped.clone(),
+    ));
+    tasks.spawn(integrity::run(
+        config.clone(),
+        Arc::clone(&shared),
+        repaired,
         stopped.clone(),
     ));
     let watching = watch_loop(config, control, Arc::clone(&shared), stopped.clone());
@@ -509,7 +690,7 @@ pub async fn run(
 }
 
 /// Sleeps `ms`, or less if the agent is stopping; returns whether it is stopping.
-async fn pause(ms: u64, stopped: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn pause(ms: u64, stopped: &mut watch::Receiver<bool>) -> bool {
     let slept = tokio::select! {
         () = tokio::time::sleep(Duration::from_millis(ms)) => true,
         _ = stopped.wait_for(|s| *s) => false,
@@ -555,6 +736,7 @@ async fn watch_loop(
 ) -> Result<(), AgentError> {
     let mut backoff_ms = config.backoff_min_ms;
     let mut refusal_backoff_ms = 0u64;
+    let mut fetch_backoff_ms = 0u64;
     let mut key = None;
     let mut registered = false;
     let mut caught_up = false;
@@ -606,16 +788,29 @@ async fn watch_loop(
                 backoff_ms = config.backoff_min_ms;
                 // A local failure (the disk) is not fatal either: what is active stays, and
                 // the document is asked for again.
-                let accepted = match on_envelope(&config, &control, &shared, &key, &envelope).await
-                {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        eprintln!("failsmall agent: {error}; keeping what is active");
-                        false
+                let handled =
+                    match converge::on_envelope(&config, &control, &shared, &key, &envelope).await
+                    {
+                        Ok(handled) => handled,
+                        Err(error) => {
+                            eprintln!("failsmall agent: {error}; keeping what is active");
+                            Handled::Refused
+                        }
+                    };
+                caught_up = handled == Handled::Converged;
+                if handled == Handled::Retry {
+                    // A bundle could not be fetched: the same document again after a pause
+                    // that grows, without waiting for a newer one.
+                    fetch_backoff_ms = fetch_backoff_ms
+                        .saturating_mul(2)
+                        .clamp(config.backoff_min_ms, config.backoff_max_ms);
+                    if pause(jittered(fetch_backoff_ms, random_u64()), &mut stopped).await {
+                        return Ok(());
                     }
-                };
-                caught_up = accepted;
-                if !accepted {
+                } else {
+                    fetch_backoff_ms = 0;
+                }
+                if handled == Handled::Refused {
                     // A refused document is asked for again, more and more slowly.
                     refusal_backoff_ms = refusal_backoff_ms
                         .saturating_mul(2)
@@ -652,7 +847,7 @@ async fn watch_loop(
 /// document expired and its sequence, then `fresh` with how long it lasted), so a stale report
 /// made while the control plane is unreachable reaches it after reconnection, before the
 /// fresh one.
-fn refresh_staleness(shared: &Shared) {
+pub(crate) fn refresh_staleness(shared: &Shared) {
     let now = now_ms();
     let turn = shared.with_status(|status| {
         let expired_at = status.expires_ms.filter(|expires| now > *expires);
@@ -701,7 +896,7 @@ fn restore_freshness(shared: &Shared) {
 
 /// Keeps the freshness on disk (see [`disk::DataDir::freshness`]); a failure is logged, not
 /// fatal.
-fn save_freshness(shared: &Shared) {
+pub(crate) fn save_freshness(shared: &Shared) {
     let freshness = shared.with_status(|status| disk::Freshness {
         expires_ms: status.expires_ms,
         stale_since_ms: status.stale_since_ms,
@@ -710,102 +905,6 @@ fn save_freshness(shared: &Shared) {
         && let Err(error) = shared.disk.save_freshness(&freshness)
     {
         eprintln!("failsmall agent: {error}; freshness kept in memory only");
-    }
-}
-
-/// Handles one desired-state envelope; returns whether it was trusted.
-async fn on_envelope(
-    config: &AgentConfig,
-    control: &ControlPlane,
-    shared: &Arc<Shared>,
-    key: &ed25519_dalek::VerifyingKey,
-    envelope: &Envelope,
-) -> Result<bool, AgentError> {
-    let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
-    let desired = match verify::verify(key, envelope, control.node(), trusted) {
-        Ok(desired) => desired,
-        Err(refusal) => {
-            refuse_document(shared, envelope, &refusal);
-            return Ok(false);
-        }
-    };
-    if desired.seq > trusted {
-        shared.disk.save_trusted_seq(desired.seq)?;
-    }
-    shared.with_status(|s| {
-        s.seq = desired.seq;
-        s.expires_ms = desired.expires_ms;
-    });
-    save_freshness(shared);
-    refresh_staleness(shared);
-    if desired.is_expired(now_ms()) {
-        shared.note_refusal(format!(
-            "desired-state document seq {} expired at {} ms; keeping what is on disk",
-            desired.seq,
-            desired.expires_ms.unwrap_or(0)
-        ));
-        return Ok(true);
-    }
-    converge(config, control, shared, &desired).await;
-    Ok(true)
-}
-
-/// Reports a refused document: for each unit it names at a version other than the active
-/// one, a NACK with the reason (once per version and run).
-fn refuse_document(shared: &Shared, envelope: &Envelope, refusal: &Refusal) {
-    shared.note_refusal(refusal.to_string());
-    let named: BTreeMap<String, String> =
-        serde_json::from_str::<serde_json::Value>(&envelope.document)
-            .ok()
-            .and_then(|v| v.get("units").cloned())
-            .and_then(|units| serde_json::from_value(units).ok())
-            .unwrap_or_default();
-    for (unit, hash) in named.into_iter().take(verify::MAX_UNITS) {
-        let (Ok(unit), Ok(hash)) = (UnitName::new(unit), hash.parse::<VersionHash>()) else {
-            continue;
-        };
-        if shared.active(&unit) == Some(hash) || shared.is_refused(&unit, &hash) {
-            continue;
-        }
-        shared.refuse(&unit, &hash);
-        shared.reports.push(Report::Rejected {
-            unit,
-            version: hash,
-            reason: control::cut_reason(&refusal.to_string()),
-        });
-    }
-}
-
-async fn converge(
-    config: &AgentConfig,
-    control: &ControlPlane,
-    shared: &Arc<Shared>,
-    desired: &Desired,
-) {
-    shared.forget_refusals_of_units_not_in(desired);
-    for (unit, hash) in &desired.units {
-        shared.with_status(|s| s.units.entry(unit.clone()).or_default().desired = Some(*hash));
-        shared.forget_other_refusals(unit, hash);
-        let mut local = config.units.get(unit).cloned().unwrap_or_default();
-        if local.health_check.is_none()
-            && let Some(check) = desired.health_checks.get(unit)
-        {
-            match &config.consumer_url {
-                Some(base) => {
-                    local.health_check = Some(HealthCheckConfig {
-                        url: format!("{}{}", base.trim_end_matches('/'), check.path),
-                        expect_status: check.expect_status,
-                        timeout_ms: check.timeout_ms,
-                    });
-                }
-                None => eprintln!(
-                    "failsmall agent: unit {unit}: the plan asks for a health check of {}, but no consumer URL is configured (--consumer-url); skipped",
-                    check.path
-                ),
-            }
-        }
-        let spec = desired.specs.get(unit);
-        apply::converge_unit(control, shared, unit, hash, spec, &local).await;
     }
 }
 
@@ -880,77 +979,6 @@ async fn send_batch(
         }
     }
     (unsent, failed)
-}
-
-/// Reports the health of each unit's active version every interval, so the control plane
-/// never takes this node for silent. With the consumer's metrics configured, the report
-/// carries the difference between two scrapes, and only when the same versions were active
-/// over the whole interval; otherwise it carries an empty sample (the node is alive).
-async fn report_health(
-    metrics: Option<ConsumerMetrics>,
-    interval_ms: u64,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    let http = reqwest::Client::new();
-    let interval_ms = interval_ms.max(HEALTH_INTERVAL_MIN_MS);
-    let mut previous: Option<(scrape::Counters, u64)> = None;
-    loop {
-        if pause(interval_ms, &mut stopped).await {
-            return Ok(());
-        }
-        let generation = *shared.activations.borrow();
-        let mut sample = HealthSample::default();
-        if let Some(metrics) = &metrics {
-            match scrape_page(&http, &metrics.url, interval_ms).await {
-                Some(page) => {
-                    let counters = scrape::parse(&page, &metrics.names);
-                    if let Some((before, before_generation)) = &previous
-                        && *before_generation == generation
-                    {
-                        sample = scrape::sample_between(before, &counters);
-                    }
-                    previous = Some((counters, generation));
-                }
-                None => previous = None,
-            }
-        }
-        let active: Vec<(UnitName, VersionHash)> = shared
-            .with_status(|s| {
-                s.units
-                    .iter()
-                    .filter_map(|(unit, st)| st.active.map(|h| (unit.clone(), h)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (unit, version) in active {
-            shared.reports.push(Report::Health {
-                unit,
-                version,
-                sample,
-            });
-        }
-    }
-}
-
-async fn scrape_page(http: &reqwest::Client, url: &str, timeout_ms: u64) -> Option<String> {
-    let mut response = http
-        .get(url)
-        .timeout(Duration::from_millis(timeout_ms))
-        .send()
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
-        if body.len().saturating_add(chunk.len()) > scrape::MAX_PAGE_BYTES {
-            return None;
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).ok()
 }
 
 #[cfg(test)]

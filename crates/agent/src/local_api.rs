@@ -190,6 +190,14 @@ async fn watch_unit(
             Ok(Some((bytes, hash))) if Some(hash) != after => {
                 return bytes_response(bytes, &hash);
             }
+            Ok(None) if after.is_some() => {
+                // The watcher had a version and the unit was taken off the node: it falls
+                // back to its fail mode.
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("unit {unit} has no active version on this node any more: it was removed"),
+                );
+            }
             Ok(_) => {}
             Err(response) => return response,
         }

@@ -4,7 +4,7 @@
 //! Wire shapes ([`Envelope`], [`WireDocument`]) stay here; [`Desired`] is what the agent
 //! acts on. Everything here is pure: the caller passes the time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use failsmall_core::domain::{UnitName, VersionHash};
@@ -39,6 +39,12 @@ struct WireDocument {
     specs: BTreeMap<String, UnitSpec>,
     #[serde(default)]
     health_checks: BTreeMap<String, HealthCheck>,
+    #[serde(default)]
+    removed: Vec<String>,
+    #[serde(default)]
+    trial: BTreeMap<String, u64>,
+    #[serde(default)]
+    stable: BTreeMap<String, String>,
 }
 
 /// A verified desired state.
@@ -49,6 +55,14 @@ pub struct Desired {
     pub specs: BTreeMap<UnitName, UnitSpec>,
     /// The plan's post-apply health check, for versions a rollout is bringing.
     pub health_checks: BTreeMap<UnitName, HealthCheck>,
+    /// Units to remove from the node: a rollback took every version of them from it. A unit
+    /// merely absent from `units` is left as it is.
+    pub removed: BTreeSet<UnitName>,
+    /// Per unit, the rollout still judging the version listed for it (its stages, or its
+    /// soak): that version is ACKed for this rollout, and is not yet the last known good.
+    pub trial: BTreeMap<UnitName, u64>,
+    /// Per unit, its stable version (its latest rollout that completed, soak included).
+    pub stable: BTreeMap<UnitName, VersionHash>,
     pub expires_ms: Option<u64>,
 }
 
@@ -146,7 +160,10 @@ pub fn verify(
         .units
         .len()
         .max(wire.specs.len())
-        .max(wire.health_checks.len());
+        .max(wire.health_checks.len())
+        .max(wire.removed.len())
+        .max(wire.trial.len())
+        .max(wire.stable.len());
     if most > MAX_UNITS {
         return Err(Refusal::Malformed {
             reason: format!("{most} units; the limit is {MAX_UNITS}"),
@@ -176,11 +193,40 @@ pub fn verify(
         })?;
         health_checks.insert(unit, check);
     }
+    let named = |name: String| {
+        UnitName::new(name).map_err(|e| Refusal::Malformed {
+            reason: e.to_string(),
+        })
+    };
+    let mut removed = BTreeSet::new();
+    for name in wire.removed {
+        let unit = named(name)?;
+        if units.contains_key(&unit) {
+            return Err(Refusal::Malformed {
+                reason: format!("unit {unit} is both listed and removed"),
+            });
+        }
+        removed.insert(unit);
+    }
+    let mut trial = BTreeMap::new();
+    for (name, rollout) in wire.trial {
+        trial.insert(named(name)?, rollout);
+    }
+    let mut stable = BTreeMap::new();
+    for (name, hash) in wire.stable {
+        let hash = hash.parse().map_err(|_| Refusal::Malformed {
+            reason: format!("unit {name}: stable version {hash:?} is not a SHA-256 hex"),
+        })?;
+        stable.insert(named(name)?, hash);
+    }
     Ok(Desired {
         seq: wire.seq,
         units,
         specs,
         health_checks,
+        removed,
+        trial,
+        stable,
         expires_ms: wire.expires_ms,
     })
 }
@@ -236,6 +282,58 @@ mod tests {
         assert_eq!((check.path.as_str(), check.timeout_ms), ("/health", 500));
         assert!(!desired.is_expired(10));
         assert!(desired.is_expired(11));
+    }
+
+    fn signed(signer: &SigningKey, document: &serde_json::Value) -> Envelope {
+        let document = document.to_string();
+        let signature = hex::encode(signer.sign(&desired_message(&document)).to_bytes());
+        Envelope {
+            seq: 7,
+            document,
+            signature,
+        }
+    }
+
+    #[test]
+    fn removals_trials_and_stable_versions_are_read_and_checked() {
+        let (a, b) = (VersionHash::of(b"a"), VersionHash::of(b"b"));
+        let document = json!({
+            "node": "n1", "seq": 7, "units": {"features": a.to_string()},
+            "removed": ["rules"], "trial": {"features": 12},
+            "stable": {"features": b.to_string()},
+        });
+        let desired = verify(
+            &key(1).verifying_key(),
+            &signed(&key(1), &document),
+            "n1",
+            0,
+        )
+        .unwrap();
+        let unit = |name: &str| UnitName::new(name).unwrap();
+        assert!(desired.removed.contains(&unit("rules")));
+        assert_eq!(desired.trial.get(&unit("features")), Some(&12));
+        assert_eq!(desired.stable.get(&unit("features")), Some(&b));
+        // A unit both listed and removed is a contradiction, not an instruction.
+        let both = json!({
+            "node": "n1", "seq": 7, "units": {"features": a.to_string()},
+            "removed": ["features"],
+        });
+        assert!(matches!(
+            verify(&key(1).verifying_key(), &signed(&key(1), &both), "n1", 0),
+            Err(Refusal::Malformed { .. })
+        ));
+        let bad_stable = json!({
+            "node": "n1", "seq": 7, "units": {}, "stable": {"features": "nope"},
+        });
+        assert!(matches!(
+            verify(
+                &key(1).verifying_key(),
+                &signed(&key(1), &bad_stable),
+                "n1",
+                0
+            ),
+            Err(Refusal::Malformed { .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The agent against the real control plane: apply and ACK; a version that fails validation,
-//! a corrupted blob, a wrong signature and a replayed document each refused with the last
+//! a corrupted blob (a transport fault, retried), a wrong signature and a replayed document
+//! (untrusted) each refused with the last
 //! known good kept and the reason reported; the control plane down and back; the desired
 //! state expiring while it is down, reported stale then fresh.
 #![allow(
@@ -218,6 +219,11 @@ impl World {
         let id = operator.rollout(&hash).await;
         operator.wait_rollout(id, "completed", WAIT_MS).await;
         assert_eq!(agent.current().as_deref(), Some(v1.as_slice()));
+        // The last known good once the node hears that no rollout judges v1 any more.
+        let v1_hash = sha256_hex(&v1);
+        agent
+            .wait_status(WAIT_MS, |s| s["units"][UNIT]["good"] == v1_hash.as_str())
+            .await;
         Self {
             server,
             proxy,
@@ -320,12 +326,39 @@ async fn a_version_that_fails_validation_is_refused_and_the_good_one_kept() {
 }
 
 #[tokio::test]
-async fn a_corrupted_blob_is_refused_and_the_good_one_kept() {
+async fn a_corrupted_blob_is_a_transport_fault_retried_never_the_versions_nack() {
     let world = World::start("corrupt").await;
     world.proxy.set_mode(Mode::CorruptBlobs);
+    let v2 = features(2);
+    let hash = world.operator.push(&v2, false).await;
+    let id = world.operator.rollout(&hash).await;
+    // Reported as what it is, once: the version is not blamed and the rollout waits.
     world
-        .refused(&features(2), false, "bundle hash mismatch")
+        .operator
+        .wait_changelog("node_fetch_failed", "bundle hash mismatch", WAIT_MS)
         .await;
+    assert_eq!(world.agent.current().as_deref(), Some(world.v1.as_slice()));
+    let view = world.operator.rollout_status(id).await;
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["canary"]["rejections"], 0, "{view}");
+    let reasons = world.operator.changelog_reasons().await;
+    assert!(
+        !reasons.iter().any(|r| r.starts_with("node_rejected")),
+        "{reasons:#?}"
+    );
+    // The agent fetches again on its own; once the transport is sound the same rollout
+    // completes with the same version.
+    world.proxy.set_mode(Mode::Pass);
+    world.operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
+    let fetch_failures = world
+        .operator
+        .changelog_reasons()
+        .await
+        .into_iter()
+        .filter(|r| r.starts_with("node_fetch_failed"))
+        .count();
+    assert_eq!(fetch_failures, 1, "reported once per version and run");
     world.agent.stop().await;
     world.server.stop().await;
 }
@@ -334,8 +367,8 @@ async fn a_corrupted_blob_is_refused_and_the_good_one_kept() {
 async fn a_document_with_a_wrong_signature_is_refused_and_the_good_one_kept() {
     let world = World::start("signature").await;
     world.proxy.set_mode(Mode::TamperDocuments);
-    // The forged document names a version nobody pushed; the agent refuses it and NACKs
-    // what the forged document named. The real rollout never gets an ACK.
+    // The forged document names a version nobody pushed; the agent refuses it and reports
+    // it as untrusted, blaming no version. The real rollout never gets an ACK.
     let v2 = features(2);
     let hash = world.operator.push(&v2, false).await;
     let id = world.operator.rollout(&hash).await;
@@ -356,7 +389,7 @@ async fn a_document_with_a_wrong_signature_is_refused_and_the_good_one_kept() {
     assert_eq!(world.agent.current().as_deref(), Some(world.v1.as_slice()));
     world
         .operator
-        .wait_changelog("node_rejected", "signature does not verify", WAIT_MS)
+        .wait_changelog("node_untrusted", "signature does not verify", WAIT_MS)
         .await;
     assert_eq!(world.operator.rollout_status(id).await["nodes_applied"], 0);
     // The same rollout converges once the documents are genuine again.
@@ -392,7 +425,7 @@ async fn a_replayed_older_document_is_refused_and_the_newer_version_kept() {
     assert_eq!(world.agent.current().as_deref(), Some(v2.as_slice()));
     world
         .operator
-        .wait_changelog("node_rejected", "replay refused", WAIT_MS)
+        .wait_changelog("node_untrusted", "replay refused", WAIT_MS)
         .await;
     world.agent.stop().await;
     world.server.stop().await;

@@ -15,7 +15,11 @@
 //! 4. the server is SIGKILLed during a rollout: consumers keep serving, and after a restart on
 //!    the same data dir the rollout ends and every agent serves the final version;
 //! 5. an agent restarted with a wrong `--server-key` refuses the document, keeps its last
-//!    known good and reports why.
+//!    known good and reports why;
+//! 6. the first version of a new unit, rolled back, leaves every node that had it (the file
+//!    is gone, each removal acknowledged);
+//! 7. a consumer killed while a version is on trial is reported as a crash by its agent, and
+//!    the version is rolled back.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -35,6 +39,8 @@ use serde_json::{Value, json};
 
 const FEATURES: &str = "bot-features";
 const RULES: &str = "rules";
+/// A unit no consumer reads, whose first version is rolled back.
+const EXTRA: &str = "extra";
 /// Every node of the first stage: both generations, naive and safe consumers.
 const FIRST_STAGE_COHORT: &str = "employee";
 const REGIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -310,6 +316,16 @@ impl Api {
             Ok((200, view)) => Some(view),
             _ => None,
         }
+    }
+
+    /// Sends an operator's command (pause, rollback, ...) to rollout `id`.
+    fn command(&self, id: u64, command: &str) {
+        let body = json!({"command": command, "reason": "e2e"});
+        let (status, body) = self.post(&format!("/v1/rollouts/{id}/commands"), &body);
+        assert!(
+            (200..300).contains(&status),
+            "{command} {id}: {status} {body}"
+        );
     }
 
     /// Waits until rollout `id` ends; returns its view.
@@ -1041,6 +1057,106 @@ fn fleet_of_real_processes_releases_good_versions_and_contains_bad_ones() {
         answer.status().as_u16(),
         200,
         "the wrong-key node stopped serving"
+    );
+
+    // 6. The first version of a new unit, rolled back, leaves every node that had it: the
+    //    file consumers read is gone and each agent acknowledges the removal.
+    let spec = json!({"format": "json", "max_bytes": 4096});
+    let body = json!({"name": EXTRA, "spec": spec, "plan": PLAN, "owner": "edge"});
+    let (status, body) = fleet.api.post("/v1/units", &body);
+    assert_eq!(status, 201, "creating unit {EXTRA}: {body}");
+    let (extra_hash, extra_rollout) = fleet.api.push(EXTRA, b"{\"limit\": 1}", "extra-v1", false);
+    fleet.api.command(extra_rollout, "pause");
+    let first_stage: Vec<usize> = (0..fleet.nodes.len())
+        .filter(|&i| fleet.nodes[i].first_stage())
+        .collect();
+    wait_for("the first stage applying extra", ROLLOUT_TIMEOUT, || {
+        first_stage
+            .iter()
+            .all(|&i| {
+                fleet.nodes[i]
+                    .status(&fleet.http)
+                    .is_some_and(|s| s["units"][EXTRA]["active"] == extra_hash.as_str())
+            })
+            .then_some(())
+    });
+    fleet.api.command(extra_rollout, "rollback");
+    let view = fleet.api.wait_rollout_end(extra_rollout);
+    assert_eq!(view["status"], "rolled_back", "{view}");
+    wait_for(
+        "every first-stage node removing extra",
+        CONVERGE_TIMEOUT,
+        || {
+            first_stage
+                .iter()
+                .all(|&i| {
+                    let node = &fleet.nodes[i];
+                    let gone = !node
+                        .data_dir
+                        .join("units")
+                        .join(EXTRA)
+                        .join("current")
+                        .exists();
+                    gone && node
+                        .status(&fleet.http)
+                        .is_some_and(|s| s["units"][EXTRA]["active"].is_null())
+                })
+                .then_some(())
+        },
+    );
+    wait_for("every removal acknowledged", CONVERGE_TIMEOUT, || {
+        let removals = fleet
+            .api
+            .changelog()
+            .iter()
+            .filter(|line| line.starts_with("node_removed_unit"))
+            .count();
+        (removals == first_stage.len()).then_some(())
+    });
+    println!(
+        "e2e: a rolled-back first version left the nodes at {:?}",
+        started.elapsed()
+    );
+
+    // 7. A consumer that dies while a version is on trial is reported by its agent at once
+    //    (its metrics endpoint refuses connections), and the version is rolled back.
+    let (trial_hash, trial_rollout) =
+        fleet
+            .api
+            .push(FEATURES, &features_variant(0.77), "features-trial", false);
+    fleet.api.command(trial_rollout, "pause");
+    let victim = first_stage[1];
+    wait_for(
+        "the victim applying the trial version",
+        ROLLOUT_TIMEOUT,
+        || {
+            fleet.nodes[victim]
+                .status(&fleet.http)
+                .is_some_and(|s| s["units"][FEATURES]["active"] == trial_hash.as_str())
+                .then_some(())
+        },
+    );
+    fleet.nodes[victim]._consumer.kill();
+    let view = fleet.api.wait_rollout_end(trial_rollout);
+    assert_eq!(view["status"], "rolled_back", "{view}");
+    assert!(
+        view["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("consumer crashes")),
+        "{view}"
+    );
+    let victim_id = fleet.nodes[victim].id.clone();
+    assert!(
+        fleet
+            .api
+            .changelog()
+            .iter()
+            .any(|line| line.starts_with("node_crashed") && line.contains(&victim_id)),
+        "no crash of {victim_id} in the changelog"
+    );
+    println!(
+        "e2e: a dead consumer rolled its trial version back at {:?}",
+        started.elapsed()
     );
     println!("e2e: done in {:?}", started.elapsed());
     drop(sampler);

@@ -70,7 +70,8 @@ impl<T: UnitValue> Config<T> {
     }
 
     /// Offers `path` now, then again whenever its size or modification time changes, checking
-    /// every `poll_interval_ms` (at least [`POLL_INTERVAL_MIN_MS`]).
+    /// every `poll_interval_ms` (at least [`POLL_INTERVAL_MIN_MS`]). When a file that was there
+    /// disappears (the agent removed the unit), [`Config::withdraw`]s.
     pub fn watch_file(
         self: &Arc<Self>,
         path: impl Into<PathBuf>,
@@ -84,7 +85,12 @@ impl<T: UnitValue> Config<T> {
             let mut seen: Option<Stamp> = None;
             loop {
                 let now = stamp(&path);
-                if now.is_some() && now != seen {
+                if now.is_none() && seen.is_some() {
+                    // The agent replaces the file by rename, so it is never missing in between:
+                    // gone means the unit was taken off the node; the fail mode answers.
+                    config.withdraw();
+                    seen = None;
+                } else if now.is_some() && now != seen {
                     // Errors and rejections are counted and reported by `offer`; a read error is
                     // retried at the next poll.
                     if config.offer_file(&path).is_ok() {

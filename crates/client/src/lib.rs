@@ -120,6 +120,8 @@ pub struct Config<T> {
     unit: UnitName,
     fail_mode: FailMode,
     current: ArcSwapOption<Snapshot<T>>,
+    /// What fail mode `Open` serves (none in fail mode `Closed`), kept for a withdrawal.
+    safe_default: Option<Arc<Snapshot<T>>>,
     reporter: Option<Arc<dyn RejectionReporter>>,
     versions_activated: AtomicU64,
     rejections: AtomicU64,
@@ -184,7 +186,8 @@ impl<T: UnitValue> ConfigBuilder<T> {
         Ok(Config {
             unit,
             fail_mode: self.fail_mode,
-            current: ArcSwapOption::new(current),
+            current: ArcSwapOption::new(current.clone()),
+            safe_default: current,
             reporter: self.reporter,
             versions_activated: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
@@ -284,6 +287,17 @@ impl<T: UnitValue> Config<T> {
                 })
             }
         }
+    }
+}
+
+impl<T> Config<T> {
+    /// The unit was taken off this node (a rollback removed its only version): what was served
+    /// goes, and the fail mode answers again, as before any version came (`Open`: the safe
+    /// default; `Closed`: errors). Returns whether anything changed.
+    pub fn withdraw(&self) -> bool {
+        let before = self.source();
+        self.current.store(self.safe_default.clone());
+        before != self.source()
     }
 }
 
@@ -436,6 +450,24 @@ mod tests {
             missing,
             Err(ConfigError::MissingSafeDefault { .. })
         ));
+    }
+
+    #[test]
+    fn a_unit_taken_off_the_node_falls_back_to_its_fail_mode() {
+        let open = Config::builder("limits")
+            .fail_mode(FailMode::Open)
+            .safe_default(Limit(0))
+            .build()
+            .unwrap();
+        open.offer(b"10").unwrap();
+        assert!(open.withdraw());
+        assert_eq!(open.get().unwrap().source, Source::SafeDefault);
+        assert!(!open.withdraw(), "nothing changes a second time");
+        let closed = closed();
+        closed.offer(b"10").unwrap();
+        assert!(closed.withdraw());
+        assert!(matches!(closed.get(), Err(ConfigError::Unavailable { .. })));
+        assert_eq!(closed.metrics().mode_in_use(), "closed");
     }
 
     #[test]

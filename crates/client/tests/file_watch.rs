@@ -1,5 +1,6 @@
-//! A consumer fed from the agent's stable file path picks up new versions, and keeps the last
-//! good one when a bad version or no file appears.
+//! A consumer fed from the agent's stable file path picks up new versions, keeps the last
+//! good one when a bad version appears, and falls back to its fail mode when the file goes
+//! (the agent removed the unit).
 
 #![allow(
     clippy::unwrap_used,
@@ -60,9 +61,13 @@ fn follows_the_file_and_fails_stale() {
     eventually("the rejection", || config.metrics().rejections == 1);
     assert_eq!(config.get().unwrap().value, Limit(60));
 
+    // The agent replaces the file by rename, never leaving it missing: a file that goes means
+    // the unit was taken off the node, and the fail mode (closed) answers.
     std::fs::remove_file(&path).unwrap();
+    eventually("the withdrawal", || config.get().is_err());
+    assert_eq!(config.metrics().mode_in_use(), "closed");
     publish(&path, b"61");
     eventually("the next good version", || {
-        config.get().unwrap().value == Limit(61)
+        config.get().is_ok_and(|s| s.value == Limit(61))
     });
 }

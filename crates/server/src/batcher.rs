@@ -150,7 +150,7 @@ async fn commit_forever(
 
 /// Whether `cause` may share a step with other requests' (reports carry nothing else).
 fn groupable(cause: &Cause) -> bool {
-    matches!(cause, Cause::Nothing | Cause::Staleness(_))
+    matches!(cause, Cause::Nothing | Cause::NodeReports(_))
 }
 
 async fn commit_group(
@@ -173,14 +173,14 @@ async fn commit_group(
     let mut rows = Vec::new();
     for one in &group {
         events.extend(one.events.iter().cloned());
-        if let Cause::Staleness(staleness) = &one.cause {
+        if let Cause::NodeReports(staleness) = &one.cause {
             rows.extend(staleness.iter().cloned());
         }
     }
     let cause = if rows.is_empty() {
         Cause::Nothing
     } else {
-        Cause::Staleness(rows)
+        Cause::NodeReports(rows)
     };
     match engine.apply_many(store, now_ms, events, cause).await {
         Ok(actions) => {

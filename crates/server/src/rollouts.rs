@@ -14,7 +14,7 @@ use failsmall_core::engine::{Action, ChangeKind, ChangelogEntry, Engine, EngineE
 use tokio::sync::{Mutex, watch};
 
 use crate::store::{
-    AppliedRow, ChangeRow, Concerns, EngineStep, StalenessRow, Store, StoreError, VersionRow,
+    AppliedRow, ChangeRow, Concerns, EngineStep, NodeRow, RemovalRow, Store, StoreError, VersionRow,
 };
 
 /// The longest an agent may wait for a newer desired state in one request.
@@ -56,9 +56,10 @@ pub struct EngineHost {
 pub enum Cause {
     /// Nothing besides the step (commands, reports, ticks).
     Nothing,
-    /// Staleness reports of a batch: their node rows and changelog rows are written with the
-    /// step of the batch's other reports (none: an empty step), so a batch is stored whole.
-    Staleness(Vec<StalenessRow>),
+    /// Reports of a batch that are not engine events (staleness, removals done, transport
+    /// faults, refused documents, repairs): their node rows and changelog rows are written with
+    /// the step of the batch's other reports (none: an empty step), so a batch is stored whole.
+    NodeReports(Vec<NodeRow>),
     /// A node registered or changed its labels.
     Node { id: NodeId, labels: Labels },
     /// A version was pushed (and its rollout requested); its changes are recorded first.
@@ -262,8 +263,23 @@ fn step_and_commit(
         other => (other, Vec::new()),
     };
     let mut applied = Vec::new();
+    let mut removals = Vec::new();
     for (event, change) in events {
         let produced = next.step(now_ms, &event)?;
+        for action in &produced {
+            if let Action::SetDesired {
+                unit,
+                version: None,
+                nodes,
+            } = action
+            {
+                removals.extend(nodes.iter().map(|node| RemovalRow {
+                    node: node.to_string(),
+                    unit: unit.to_string(),
+                    at_ms: now_ms,
+                }));
+            }
+        }
         if let Event::Applied {
             node,
             unit,
@@ -289,7 +305,7 @@ fn step_and_commit(
     let (node, version, staleness) = match &cause {
         Cause::Node { id, labels } => (Some((id.as_str(), labels)), None, &[][..]),
         Cause::Push { version, .. } => (None, Some(version.as_new()), &[][..]),
-        Cause::Staleness(rows) => (None, None, rows.as_slice()),
+        Cause::NodeReports(rows) => (None, None, rows.as_slice()),
         Cause::Nothing => (None, None, &[][..]),
     };
     let revision = store.commit_step_with(
@@ -302,6 +318,7 @@ fn step_and_commit(
         },
         staleness,
         &applied,
+        &removals,
     )?;
     current.engine = next;
     current.revision = revision;

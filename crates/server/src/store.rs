@@ -162,6 +162,14 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 9: changelog entries by kind, so `/metrics` counts the ended rollouts without a scan.
     "CREATE INDEX changelog_kind ON changelog (kind);",
+    // 10: units a node must remove (a rollback took every version of them from it), until
+    // its agent reports the removal done.
+    "CREATE TABLE node_removals (
+        node TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        since_ms BIGINT NOT NULL,
+        PRIMARY KEY (node, unit)
+    );",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -421,17 +429,39 @@ pub struct EngineStep<'a> {
     pub version: Option<&'a NewVersion<'a>>,
 }
 
-/// A node's staleness as its agent reported it, with the changelog row that says so; stored
-/// in the transaction of the engine step of the same batch of reports
+/// What one of a node's reports changes besides the engine, with the changelog row that says
+/// so; stored in the transaction of the engine step of the same batch of reports
 /// ([`Store::commit_step_with`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StalenessRow {
+pub struct NodeRow {
     pub node: String,
-    /// Since when the node serves stale configuration; none: fresh again.
-    pub stale_since_ms: Option<u64>,
-    /// Recorded when the node's staleness changes: always for a stale report, for a fresh one
-    /// only when the node was stale (a repeated fresh report records nothing).
+    pub effect: NodeEffect,
+    /// Recorded as [`NodeEffect`] says.
     pub change: ChangeRow,
+}
+
+/// What a [`NodeRow`] changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEffect {
+    /// Since when the node serves stale configuration; none: fresh again. The change is
+    /// recorded when the node's staleness changes: always for a stale report, for a fresh one
+    /// only when the node was stale (a repeated fresh report records nothing).
+    Staleness(Option<u64>),
+    /// The node removed `unit` (the ACK of a removal): the unit's removal mark and applied
+    /// version go. The change is recorded only when a removal was pending, so an agent that
+    /// says it again records nothing.
+    Removed { unit: String },
+    /// Only the changelog row: a transport fault, a refused document, a repaired file.
+    Note,
+}
+
+/// A unit that a step took from a node (no version at all any more): the node must remove it
+/// ([`Store::removals_of`]) until its agent reports it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovalRow {
+    pub node: String,
+    pub unit: String,
+    pub at_ms: u64,
 }
 
 /// An access token as stored (only its SHA-256 is kept).
@@ -1361,17 +1391,20 @@ impl Store {
     /// Persists an engine step and its cause atomically; returns the new engine revision.
     /// A different current revision is a conflict and nothing is written.
     pub fn commit_step(&self, step: &EngineStep<'_>) -> Result<u64, StoreError> {
-        self.commit_step_with(step, &[], &[])
+        self.commit_step_with(step, &[], &[], &[])
     }
 
-    /// [`Store::commit_step`], and in the same transaction the staleness its batch of reports
-    /// brought: each named node's `stale_since_ms` and changelog row. A node that is not
-    /// registered fails the whole step with [`StoreError::NotFound`].
+    /// [`Store::commit_step`], and in the same transaction what its batch of reports brought
+    /// besides engine events (`node_rows`: staleness, removals done, notes, each with its
+    /// changelog row), the ACKs it took (`applied`) and the units it took from nodes
+    /// (`removals`). A node that is not registered fails the whole step with
+    /// [`StoreError::NotFound`].
     pub fn commit_step_with(
         &self,
         step: &EngineStep<'_>,
-        staleness: &[StalenessRow],
+        node_rows: &[NodeRow],
         applied: &[AppliedRow],
+        removals: &[RemovalRow],
     ) -> Result<u64, StoreError> {
         let labels_text = match step.node {
             Some((id, labels)) => {
@@ -1423,15 +1456,22 @@ impl Store {
                 params![step.state, next],
             )?;
             fail_at(fail_points::STEP_AFTER_STATE)?;
-            for row in staleness {
-                Self::set_staleness(&tx, row)?;
-            }
             for row in applied {
                 tx.execute(
                     "INSERT INTO node_versions (node, unit, version, applied_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (node, unit) DO UPDATE SET version = excluded.version, applied_ms = excluded.applied_ms",
                     params![row.node, row.unit, row.version, to_i64(row.at_ms)],
                 )?;
+            }
+            for row in removals {
+                tx.execute(
+                    "INSERT INTO node_removals (node, unit, since_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (node, unit) DO NOTHING",
+                    params![row.node, row.unit, to_i64(row.at_ms)],
+                )?;
+            }
+            for row in node_rows {
+                Self::apply_node_row(&tx, row)?;
             }
             for change in step.changes {
                 record_change(&tx, &change.as_new())?;
@@ -1443,7 +1483,57 @@ impl Store {
         })
     }
 
-    fn set_staleness(tx: &Transaction<'_>, row: &StalenessRow) -> Result<(), StoreError> {
+    fn apply_node_row(tx: &Transaction<'_>, row: &NodeRow) -> Result<(), StoreError> {
+        let known: Option<String> = tx
+            .query_row("SELECT id FROM nodes WHERE id = ?1", [&row.node], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if known.is_none() {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                key: row.node.clone(),
+            });
+        }
+        match &row.effect {
+            NodeEffect::Staleness(since_ms) => Self::set_staleness(tx, row, *since_ms),
+            NodeEffect::Removed { unit } => {
+                let pending = tx.execute(
+                    "DELETE FROM node_removals WHERE node = ?1 AND unit = ?2",
+                    params![row.node, unit],
+                )?;
+                tx.execute(
+                    "DELETE FROM node_versions WHERE node = ?1 AND unit = ?2",
+                    params![row.node, unit],
+                )?;
+                if pending > 0 {
+                    record_change(tx, &row.change.as_new())?;
+                }
+                Ok(())
+            }
+            NodeEffect::Note => {
+                record_change(tx, &row.change.as_new())?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The units `node` must remove (see [`RemovalRow`]), at most [`MAX_LIST_ROWS`].
+    pub fn removals_of(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT unit FROM node_removals WHERE node = ?1 ORDER BY unit LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![node, MAX_LIST_ROWS], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn set_staleness(
+        tx: &Transaction<'_>,
+        row: &NodeRow,
+        stale_since_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
         let before: Option<Option<i64>> = tx
             .query_row(
                 "SELECT stale_since_ms FROM nodes WHERE id = ?1",
@@ -1457,12 +1547,12 @@ impl Store {
                 key: row.node.clone(),
             });
         };
-        if before.is_none() && row.stale_since_ms.is_none() {
+        if before.is_none() && stale_since_ms.is_none() {
             return Ok(());
         }
         tx.execute(
             "UPDATE nodes SET stale_since_ms = ?2 WHERE id = ?1",
-            params![row.node, row.stale_since_ms.map(to_i64)],
+            params![row.node, stale_since_ms.map(to_i64)],
         )?;
         record_change(tx, &row.change.as_new())?;
         Ok(())
@@ -1686,9 +1776,9 @@ mod tests {
             store.commit_step(&step(0, Some(("n1", &labels)))).unwrap(),
             1
         );
-        let row = |node: &str, stale_since_ms, kind: &str| StalenessRow {
+        let row = |node: &str, stale_since_ms, kind: &str| NodeRow {
             node: node.to_owned(),
-            stale_since_ms,
+            effect: NodeEffect::Staleness(stale_since_ms),
             change: ChangeRow {
                 at_ms: 9,
                 actor: node.to_owned(),
@@ -1706,18 +1796,18 @@ mod tests {
             row("ghost", Some(5), "node_stale"),
         ];
         assert!(matches!(
-            store.commit_step_with(&step(1, None), &unknown, &[]),
+            store.commit_step_with(&step(1, None), &unknown, &[], &[]),
             Err(StoreError::NotFound { kind: "node", .. })
         ));
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.engine_state().unwrap().unwrap().1, 1);
         store
-            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")], &[])
+            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")], &[], &[])
             .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, Some(5));
         assert_eq!(store.counts().unwrap().nodes_stale, 1);
         let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
-        store.commit_step_with(&step(2, None), &fresh, &[]).unwrap();
+        store.commit_step_with(&step(2, None), &fresh, &[], &[]).unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.counts().unwrap().nodes_stale, 0);
         let kinds: Vec<String> = store
@@ -1734,6 +1824,72 @@ mod tests {
             ["node_stale", "node_fresh"],
             "a repeated fresh records nothing"
         );
+    }
+
+    #[test]
+    fn a_removal_is_pending_until_the_node_reports_it_done_and_is_recorded_once() {
+        let (_dir, db) = temp_db("removal");
+        let store = Store::open(&db).unwrap();
+        let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
+        let step = |expected_revision, node| EngineStep {
+            expected_revision,
+            state: "{}",
+            changes: &[],
+            node,
+            version: None,
+        };
+        store.commit_step(&step(0, Some(("n1", &labels)))).unwrap();
+        let applied = [AppliedRow {
+            node: "n1".into(),
+            unit: "u".into(),
+            version: "aa".into(),
+            at_ms: 3,
+        }];
+        let removal = [RemovalRow {
+            node: "n1".into(),
+            unit: "u".into(),
+            at_ms: 4,
+        }];
+        store
+            .commit_step_with(&step(1, None), &[], &applied, &removal)
+            .unwrap();
+        store
+            .commit_step_with(&step(2, None), &[], &[], &removal)
+            .unwrap();
+        assert_eq!(store.removals_of("n1").unwrap(), ["u"]);
+        assert!(store.removals_of("n2").unwrap().is_empty());
+        let done = NodeRow {
+            node: "n1".into(),
+            effect: NodeEffect::Removed { unit: "u".into() },
+            change: ChangeRow {
+                at_ms: 5,
+                actor: "n1".into(),
+                kind: "node_removed_unit".into(),
+                unit: Some("u".into()),
+                version: Some("aa".into()),
+                reason: "r".into(),
+                concerns: None,
+                rollout: None,
+                stage: None,
+            },
+        };
+        let twice = [done.clone(), done];
+        store
+            .commit_step_with(&step(3, None), &twice, &[], &[])
+            .unwrap();
+        assert!(store.removals_of("n1").unwrap().is_empty());
+        let node = store.nodes(10).unwrap().remove(0);
+        assert!(node.versions.is_empty(), "{node:?}");
+        let kinds: Vec<String> = store
+            .changelog(&ChangelogQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["node_removed_unit"], "recorded once");
     }
 
     fn selector(key: &str, values: &[&str]) -> Selector {

@@ -344,6 +344,42 @@ impl Operator {
         }
     }
 
+    /// Waits until rollout `id`'s view satisfies `check`; panics with the view after
+    /// `timeout_ms`.
+    pub async fn wait_rollout_where(
+        &self,
+        id: u64,
+        timeout_ms: u64,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let view = self.rollout_status(id).await;
+            if check(&view) {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "rollout never got there: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The signed desired-state document of `node`, as its agent (with `token`) reads it.
+    pub async fn desired_as(&self, token: &str, node: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/v1/nodes/{node}/desired", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+        let envelope: Value = response.json().await.unwrap();
+        serde_json::from_str(envelope["document"].as_str().unwrap()).unwrap()
+    }
+
     /// Whether `node` has registered.
     pub async fn node_known(&self, node: &str) -> bool {
         let (_, body) = self.call(Method::GET, "/v1/nodes", None).await;

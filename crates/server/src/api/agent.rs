@@ -1,0 +1,670 @@
+//! The agent protocol: what a node should run (the signed desired-state document, a long
+//! poll) and what its agent reports (ACK / NACK / health, and the reports that are not engine
+//! events: staleness, removals done, transport faults, refused documents, repairs).
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use failsmall_core::domain::{NodeId, rfc3339_from_ms};
+use failsmall_core::engine::Event;
+use failsmall_core::health::HealthSample;
+use failsmall_core::validate::UnitSpec;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, query_param, step_error,
+    text_field, unit_name, version_hash,
+};
+use crate::auth::Caller;
+use crate::batcher::SubmitError;
+use crate::error::ApiError;
+use crate::rollouts::{Cause, MAX_WATCH_MS};
+use crate::store::{ChangeRow, Concerns, NodeEffect, NodeRow};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DesiredQuery {
+    /// Wait for a sequence number above this one.
+    after: Option<u64>,
+    /// How long to wait, in milliseconds (at most [`MAX_WATCH_MS`]).
+    wait_ms: Option<u64>,
+}
+
+/// What a node should run: signed, with a sequence number that only grows.
+#[derive(Debug, serde::Serialize)]
+struct DesiredDocument<'a> {
+    node: &'a str,
+    seq: u64,
+    /// Unit name → version hash, for every unit the node should run.
+    units: std::collections::BTreeMap<String, String>,
+    /// After this instant (ms since the Unix epoch, server clock) an agent that has heard
+    /// nothing newer reports itself stale, and keeps serving what it has.
+    expires_ms: u64,
+    /// Each listed unit's validation spec, so the agent validates with the server's rules.
+    specs: std::collections::BTreeMap<String, UnitSpec>,
+    /// For a listed version that a rollout is bringing, its plan's post-apply health check.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    health_checks: std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>,
+    /// Units the node must remove: a rollback took every version of them from it. The node
+    /// removes each (its consumers fall back to their fail mode) and reports `removed`; a unit
+    /// merely absent from `units` is left as it is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<String>,
+    /// Per listed unit, the rollout still judging its version on this node (its stages or its
+    /// soak): the node ACKs the version for that rollout, and keeps its previous last known
+    /// good until no rollout judges it any more.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    trial: std::collections::BTreeMap<String, u64>,
+    /// Per listed unit, its stable version (the latest whose rollout completed, soak
+    /// included): a node running it makes it its last known good even when the next rollout
+    /// already names a newer version.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    stable: std::collections::BTreeMap<String, String>,
+}
+
+/// How long a desired-state document stays fresh by default, in milliseconds
+/// (`ServerConfig::desired_ttl_ms`).
+pub const DESIRED_TTL_MS: u64 = 5 * 60 * 1000;
+
+pub(super) async fn desired(
+    State(state): State<AppState>,
+    node: Result<Path<String>, PathRejection>,
+    query: Result<Query<DesiredQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = node_id(&path_param(node)?)?;
+    let query = query_param(query)?;
+    let wait_ms = query.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WATCH_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms is {wait_ms}; the limit is {MAX_WATCH_MS}"
+        )));
+    }
+    let lookup = id.clone();
+    db(&state, move |store| {
+        store
+            .node(lookup.as_str())?
+            .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
+        Ok(())
+    })
+    .await?;
+    if let Some(after) = query.after {
+        // A connected agent gets a fresh document before its last one expires: a long poll
+        // ends after half the documents' lifetime at the latest.
+        let wait_ms = wait_ms.min(state.shared.desired_ttl_ms / 2);
+        state
+            .shared
+            .engine
+            .wait_past(after, std::time::Duration::from_millis(wait_ms))
+            .await;
+    }
+    // Read the units after the wait: a unit created while the agent waited must be in the
+    // document that the wait produced, or the agent would not hear of it until the next change.
+    let lookup = id.clone();
+    let (units, removals) = db(&state, move |store| {
+        Ok((
+            store.units(MAX_LIST_ROWS)?,
+            store.removals_of(lookup.as_str())?,
+        ))
+    })
+    .await?;
+    let mut specs: std::collections::BTreeMap<String, UnitSpec> = units
+        .iter()
+        .map(|u| (u.name.clone(), u.spec.clone()))
+        .collect();
+    let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
+    type Checks = std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>;
+    type Trials = std::collections::BTreeMap<String, u64>;
+    type Hashes = std::collections::BTreeMap<String, String>;
+    let (seq, desired, health_checks, trial, stable): (u64, Hashes, Checks, Trials, Hashes) = state
+        .shared
+        .engine
+        .read(|engine, revision| {
+            let mut checks = Checks::new();
+            let mut trials = Trials::new();
+            let mut stable = Hashes::new();
+            let desired = names
+                .iter()
+                .filter_map(|unit| {
+                    let hash = engine.desired(&id, unit)?;
+                    if let Some(check) = engine.health_check(unit, &hash) {
+                        checks.insert(unit.to_string(), check.clone());
+                    }
+                    if let Some(rollout) = engine.trial(&id, unit) {
+                        trials.insert(unit.to_string(), rollout.0);
+                    }
+                    if let Some(hash) = engine.stable(unit) {
+                        stable.insert(unit.to_string(), hash.to_string());
+                    }
+                    Some((unit.to_string(), hash.to_string()))
+                })
+                .collect();
+            (revision, desired, checks, trials, stable)
+        })
+        .await;
+    specs.retain(|name, _| desired.contains_key(name));
+    // A removal stays pending until the node reports it done; a unit the node should run again
+    // meanwhile is not removed.
+    let removed: Vec<String> = removals
+        .into_iter()
+        .filter(|unit| !desired.contains_key(unit))
+        .collect();
+    let document = serde_json::to_string(&DesiredDocument {
+        node: id.as_str(),
+        seq,
+        units: desired,
+        expires_ms: now_ms().saturating_add(state.shared.desired_ttl_ms),
+        specs,
+        health_checks,
+        removed,
+        trial,
+        stable,
+    })
+    .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
+    let signature = state.shared.signer.sign_desired(&document);
+    Ok(axum::Json(
+        json!({ "seq": seq, "document": document, "signature": signature }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum ReportRequest {
+    Applied {
+        unit: String,
+        version: String,
+    },
+    Rejected {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    Crashed {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    HealthCheckFailed {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    Health {
+        unit: String,
+        version: String,
+        sample: HealthSample,
+    },
+    /// The node's latest desired-state document (sequence `seq`) expired at `since_ms` and
+    /// nothing newer came: it serves stale configuration. Not an engine event: it marks the
+    /// node's row.
+    Stale {
+        since_ms: u64,
+        seq: u64,
+    },
+    /// A fresh, trusted document came after `stale_ms` of staleness.
+    Fresh {
+        stale_ms: u64,
+    },
+    /// The unit left the node's desired state and the node removed it (`version`: what was
+    /// active, if anything). Not an engine event: it ends the node's pending removal.
+    Removed {
+        unit: String,
+        #[serde(default)]
+        version: Option<String>,
+    },
+    /// The node could not fetch `version` intact (a transport fault, retried): a changelog
+    /// note, never the version's fault.
+    FetchFailed {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+    /// The node refused a desired-state document for trust (sequence `seq`): a changelog note.
+    Untrusted {
+        seq: u64,
+        reason: String,
+    },
+    /// What the node served for `version` was damaged and was restored from its verified
+    /// copy: a changelog note.
+    Repaired {
+        unit: String,
+        version: String,
+        reason: String,
+    },
+}
+
+impl ReportRequest {
+    /// Whether the report is an engine event (about a version's health on the node) rather
+    /// than a note about the node itself.
+    fn is_engine_event(&self) -> bool {
+        matches!(
+            self,
+            Self::Applied { .. }
+                | Self::Rejected { .. }
+                | Self::Crashed { .. }
+                | Self::HealthCheckFailed { .. }
+                | Self::Health { .. }
+        )
+    }
+}
+
+/// How far in the future of the server's clock a stale report's `since_ms` may be, for the
+/// skew between the agent's clock and the server's: a minute (expiry is judged by the
+/// agent's clock against a time the server set).
+pub const STALE_CLOCK_SKEW_MS: u64 = 60_000;
+/// Longest staleness a fresh report may carry: a year.
+pub const MAX_STALE_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+/// Most reports in one batch.
+pub const MAX_REPORTS_PER_BATCH: usize = 1000;
+
+/// A batch of reports: `{"reports": [...]}`, applied in order as one engine step.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBatch {
+    reports: Vec<ReportRequest>,
+}
+
+/// The engine event (and changelog row, for hard signals) of one report from `node`.
+/// Marks the changes of a node's reports as concerning that node (its stored labels), for the
+/// changelog's label filter; reports that record no change read nothing.
+async fn concerning_node(
+    state: &AppState,
+    node: &NodeId,
+    mut events: Vec<(Event, Option<ChangeRow>)>,
+) -> Result<Vec<(Event, Option<ChangeRow>)>, ApiError> {
+    if events.iter().all(|(_, change)| change.is_none()) {
+        return Ok(events);
+    }
+    let lookup = node.clone();
+    let known = db(state, move |store| Ok(store.node(lookup.as_str())?)).await?;
+    if let Some(known) = known {
+        let concerns = Concerns::Node(known.labels);
+        for change in events.iter_mut().filter_map(|(_, change)| change.as_mut()) {
+            change.concerns = Some(concerns.clone());
+        }
+    }
+    Ok(events)
+}
+
+fn report_event(
+    node: &NodeId,
+    caller: &Caller,
+    at_ms: u64,
+    request: ReportRequest,
+) -> Result<(Event, Option<ChangeRow>), ApiError> {
+    let (unit, version, reason) = match &request {
+        ReportRequest::Applied { unit, version } | ReportRequest::Health { unit, version, .. } => {
+            (unit, version, None)
+        }
+        ReportRequest::Rejected {
+            unit,
+            version,
+            reason,
+        }
+        | ReportRequest::Crashed {
+            unit,
+            version,
+            reason,
+        }
+        | ReportRequest::HealthCheckFailed {
+            unit,
+            version,
+            reason,
+        } => (unit, version, Some(reason.clone())),
+        ReportRequest::Stale { .. }
+        | ReportRequest::Fresh { .. }
+        | ReportRequest::Removed { .. }
+        | ReportRequest::FetchFailed { .. }
+        | ReportRequest::Untrusted { .. }
+        | ReportRequest::Repaired { .. } => {
+            return Err(ApiError::bad_request(
+                "kind: this report is a note about the node, not an engine event",
+            ));
+        }
+    };
+    let unit = unit_name(unit)?;
+    let version = version_hash(version)?;
+    if let Some(reason) = &reason {
+        text_field("reason", reason)?;
+    }
+    let (node_, unit_) = (node.clone(), unit.clone());
+    let (event, kind) = match request {
+        ReportRequest::Applied { .. } => (
+            Event::Applied {
+                node: node_,
+                unit: unit_,
+                version,
+            },
+            None,
+        ),
+        ReportRequest::Health { sample, .. } => (
+            Event::Health {
+                node: node_,
+                unit: unit_,
+                version,
+                sample,
+            },
+            None,
+        ),
+        ReportRequest::Rejected { reason, .. } => (
+            Event::Rejected {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_rejected"),
+        ),
+        ReportRequest::Crashed { reason, .. } => (
+            Event::Crashed {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_crashed"),
+        ),
+        ReportRequest::HealthCheckFailed { reason, .. } => (
+            Event::HealthCheckFailed {
+                node: node_,
+                unit: unit_,
+                version,
+                reason,
+            },
+            Some("node_health_check_failed"),
+        ),
+        ReportRequest::Stale { .. }
+        | ReportRequest::Fresh { .. }
+        | ReportRequest::Removed { .. }
+        | ReportRequest::FetchFailed { .. }
+        | ReportRequest::Untrusted { .. }
+        | ReportRequest::Repaired { .. } => {
+            return Err(ApiError::bad_request(
+                "kind: this report is a note about the node, not an engine event",
+            ));
+        }
+    };
+    let change = kind.map(|kind| ChangeRow {
+        at_ms,
+        actor: caller.name.clone(),
+        kind: kind.to_owned(),
+        unit: Some(unit.to_string()),
+        version: Some(version.to_string()),
+        reason: format!("node {node}: {}", reason.unwrap_or_default()),
+        concerns: None,
+        rollout: None,
+        stage: None,
+    });
+    Ok((event, change))
+}
+
+/// A report field out of its bounds: 422 naming the field.
+fn bad_report_field(field: &'static str, message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_report",
+        format!("{field}: {message}"),
+    )
+    .with_detail(json!({ "field": field }))
+}
+
+/// The node row and changelog entry of a stale report received at `at_ms`.
+fn stale_row(node: &NodeId, at_ms: u64, since_ms: u64, seq: u64) -> Result<NodeRow, ApiError> {
+    let latest_ms = at_ms.saturating_add(STALE_CLOCK_SKEW_MS);
+    if since_ms > latest_ms {
+        return Err(bad_report_field(
+            "since_ms",
+            format!(
+                "{since_ms} is more than {STALE_CLOCK_SKEW_MS} ms after the server's clock ({at_ms}); a node cannot be stale since a time to come"
+            ),
+        ));
+    }
+    Ok(NodeRow {
+        node: node.to_string(),
+        effect: NodeEffect::Staleness(Some(since_ms)),
+        change: ChangeRow {
+            at_ms,
+            actor: node.to_string(),
+            kind: "node_stale".to_owned(),
+            unit: None,
+            version: None,
+            reason: format!(
+                "node {node} serves stale configuration since {} (desired-state seq {seq} expired)",
+                rfc3339_from_ms(since_ms)
+            ),
+            concerns: None,
+            rollout: None,
+            stage: None,
+        },
+    })
+}
+
+/// The node row and changelog entry of a fresh report received at `at_ms`.
+fn fresh_row(node: &NodeId, at_ms: u64, stale_ms: u64) -> Result<NodeRow, ApiError> {
+    if stale_ms > MAX_STALE_MS {
+        return Err(bad_report_field(
+            "stale_ms",
+            format!("{stale_ms} is above the limit of {MAX_STALE_MS} (a year)"),
+        ));
+    }
+    let shown_ms = stale_ms.saturating_sub(stale_ms % 1000);
+    Ok(NodeRow {
+        node: node.to_string(),
+        effect: NodeEffect::Staleness(None),
+        change: ChangeRow {
+            at_ms,
+            actor: node.to_string(),
+            kind: "node_fresh".to_owned(),
+            unit: None,
+            version: None,
+            reason: format!(
+                "node {node} fresh again after {} stale",
+                failsmall_core::duration::format_ms(shown_ms)
+            ),
+            concerns: None,
+            rollout: None,
+            stage: None,
+        },
+    })
+}
+
+/// The node row and changelog entry of a report that is a note about the node: a removal
+/// done, a transport fault, a refused document, a repaired file.
+fn note_row(node: &NodeId, at_ms: u64, request: ReportRequest) -> Result<NodeRow, ApiError> {
+    let change =
+        |kind: &str, unit: Option<String>, version: Option<String>, reason: String| ChangeRow {
+            at_ms,
+            actor: node.to_string(),
+            kind: kind.to_owned(),
+            unit,
+            version,
+            reason,
+            concerns: None,
+            rollout: None,
+            stage: None,
+        };
+    let (effect, change) = match request {
+        ReportRequest::Removed { unit, version } => {
+            let unit = unit_name(&unit)?.to_string();
+            let version = version.as_deref().map(version_hash).transpose()?;
+            let what = version.map_or_else(
+                || "had nothing active".to_owned(),
+                |v| format!("removed version {}", v.short()),
+            );
+            (
+                NodeEffect::Removed { unit: unit.clone() },
+                change(
+                    "node_removed_unit",
+                    Some(unit.clone()),
+                    version.map(|v| v.to_string()),
+                    format!(
+                        "node {node}: unit {unit} left the node's desired state; the node {what}"
+                    ),
+                ),
+            )
+        }
+        ReportRequest::FetchFailed {
+            unit,
+            version,
+            reason,
+        } => {
+            let (unit, version) = (unit_name(&unit)?, version_hash(&version)?);
+            text_field("reason", &reason)?;
+            (
+                NodeEffect::Note,
+                change(
+                    "node_fetch_failed",
+                    Some(unit.to_string()),
+                    Some(version.to_string()),
+                    format!(
+                        "node {node}: could not fetch {unit} {} intact (retrying): {reason}",
+                        version.short()
+                    ),
+                ),
+            )
+        }
+        ReportRequest::Untrusted { seq, reason } => {
+            text_field("reason", &reason)?;
+            (
+                NodeEffect::Note,
+                change(
+                    "node_untrusted",
+                    None,
+                    None,
+                    format!("node {node}: refused desired-state document seq {seq}: {reason}"),
+                ),
+            )
+        }
+        ReportRequest::Repaired {
+            unit,
+            version,
+            reason,
+        } => {
+            let (unit, version) = (unit_name(&unit)?, version_hash(&version)?);
+            text_field("reason", &reason)?;
+            (
+                NodeEffect::Note,
+                change(
+                    "node_repaired",
+                    Some(unit.to_string()),
+                    Some(version.to_string()),
+                    format!("node {node}: {unit} {}: {reason}", version.short()),
+                ),
+            )
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "kind: this report is an engine event, not a note about the node",
+            ));
+        }
+    };
+    Ok(NodeRow {
+        node: node.to_string(),
+        effect,
+        change,
+    })
+}
+
+/// One report, or a batch `{"reports": [...]}` (at most [`MAX_REPORTS_PER_BATCH`]) applied
+/// in order as one engine step: all of it is accepted, or none. Staleness reports are not
+/// engine events: their node rows and changelog entries commit in the transaction of the
+/// step of the batch's other reports.
+pub(super) async fn report(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let node = node_id(&path_param(node)?)?;
+    let body: Value = json_body(body)?;
+    let is_batch = body.as_object().is_some_and(|o| o.contains_key("reports"));
+    let requests = if is_batch {
+        let batch: ReportBatch = serde_json::from_value(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("body: {e}"),
+            )
+        })?;
+        if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS_PER_BATCH {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!(
+                    "a batch holds {} reports; expected 1 to {MAX_REPORTS_PER_BATCH}",
+                    batch.reports.len()
+                ),
+            ));
+        }
+        batch.reports
+    } else {
+        let one: ReportRequest = serde_json::from_value(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("body: {e}"),
+            )
+        })?;
+        vec![one]
+    };
+    let at_ms = now_ms();
+    let count = requests.len();
+    let mut events = Vec::new();
+    let mut staleness = Vec::new();
+    for (index, request) in requests.into_iter().enumerate() {
+        let in_batch = |mut error: ApiError| {
+            if is_batch {
+                error.message = format!("reports[{index}]: {}", error.message);
+            }
+            error
+        };
+        match request {
+            ReportRequest::Stale { since_ms, seq } => {
+                staleness.push(stale_row(&node, at_ms, since_ms, seq).map_err(in_batch)?);
+            }
+            ReportRequest::Fresh { stale_ms } => {
+                staleness.push(fresh_row(&node, at_ms, stale_ms).map_err(in_batch)?);
+            }
+            engine if engine.is_engine_event() => {
+                events.push(report_event(&node, &caller, at_ms, engine).map_err(in_batch)?);
+            }
+            note => staleness.push(note_row(&node, at_ms, note).map_err(in_batch)?),
+        }
+    }
+    let events = concerning_node(&state, &node, events).await?;
+    let cause = if staleness.is_empty() {
+        Cause::Nothing
+    } else {
+        let lookup = node.clone();
+        let known = db(&state, move |store| Ok(store.node(lookup.as_str())?))
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("node {node} is not registered")))?;
+        for row in &mut staleness {
+            row.change.concerns = Some(Concerns::Node(known.labels.clone()));
+        }
+        Cause::NodeReports(staleness)
+    };
+    // Applied with the reports other requests bring meanwhile, in one step; answered after
+    // that step is committed.
+    let actions =
+        state
+            .shared
+            .reports
+            .submit(events, cause)
+            .await
+            .map_err(|error| match error {
+                SubmitError::Step(error) => step_error(error),
+                busy @ (SubmitError::Busy | SubmitError::Closed) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    busy.to_string(),
+                ),
+            })?;
+    if is_batch {
+        Ok(axum::Json(json!({ "accepted": count, "actions": actions })))
+    } else {
+        Ok(axum::Json(json!({ "accepted": true, "actions": actions })))
+    }
+}
