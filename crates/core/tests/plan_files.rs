@@ -506,3 +506,29 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn soak_defaults_to_an_hour_takes_0s_and_has_an_upper_bound() {
+    let plan = parse_ok("p.yaml", "name: x\nstages: [{}]\n");
+    assert_eq!(plan.soak_ms, failsmall_core::plan::SOAK_DEFAULT_MS);
+    assert_eq!(plan.soak_ms, 3_600_000);
+    assert_eq!(
+        parse_ok("p.yaml", "name: x\nsoak: 0s\nstages: [{}]\n").soak_ms,
+        0
+    );
+    assert_eq!(
+        parse_ok("p.yaml", "name: x\nsoak: 7d\nstages: [{}]\n").soak_ms,
+        7 * 24 * 3_600_000
+    );
+    check(
+        "name: x\nsoak: 8d\nstages: [{}]\n",
+        &[("plan.yaml:2:7: soak", "longer than the limit of 7 days")],
+    );
+    check(
+        "name: x\nsoak: soon\nstages: [{}]\n",
+        &[("plan.yaml:2:7: soak", "duration")],
+    );
+    assert_eq!(example("default.yaml").soak_ms, 3_600_000);
+    assert_eq!(example("instant.yaml").soak_ms, 0);
+    assert_eq!(example("demo.yaml").soak_ms, 5_000);
+}
