@@ -1,0 +1,441 @@
+//! Gate expressions: failure conditions on the health of a stage's canary nodes compared with
+//! its baseline nodes, e.g. `p99_latency > 200ms OR error_rate > 0.5%`.
+//!
+//! A gate is a FAILURE condition: when it evaluates true, the stage fails and the rollout rolls
+//! back.
+//!
+//! # Grammar
+//! Keywords (`OR`, `AND`, `NOT`, `significant`, `alpha`, `baseline`, `min_requests`) are
+//! case-insensitive.
+//! ```text
+//! gate    := or | "min_requests" INT
+//! or      := and ("OR" and)*
+//! and     := unary ("AND" unary)*
+//! unary   := "NOT" unary | "(" or ")" | cmp
+//!          | "significant" "(" metric ">" "baseline." metric ["," "alpha" "=" NUMBER] ")"
+//! cmp     := sum (">" | ">=" | "<" | "<=") sum
+//! sum     := prod (("+"|"-") prod)*
+//! prod    := atom (("*"|"/") atom)*
+//! atom    := NUMBER [unit] | metric | "baseline." metric | "(" sum ")"
+//! unit    := "ms" | "s" | "%"
+//! metric  := error_rate | requests | errors | p50_latency | p90_latency | p95_latency
+//!          | p99_latency | p999_latency | rejections | crashes | health_check_failures
+//!          | silent_nodes
+//! ```
+//! A metric alone means the canary's; `baseline.metric` means the baseline's.
+//!
+//! # Dimensions
+//! Every value has a dimension, checked when the gate is parsed:
+//! - latency, in milliseconds: `200ms`, `0.2s`, `p99_latency`;
+//! - ratio: `0.5%`, `error_rate`;
+//! - count: `requests`, `errors`, `rejections`, `crashes`, `health_check_failures`,
+//!   `silent_nodes`; bare numbers compare with counts (`rejections > 0`);
+//! - scalar: bare numbers in `*` and `/` (`1.5 * baseline.error_rate`).
+//!
+//! `scalar * x = x`, `x / scalar = x`, `count * ratio = count`, `count / count = ratio`,
+//! `latency / latency = scalar`, `ratio / ratio = scalar`; `+` and `-` need equal dimensions
+//! (a bare number added to a count is a count). Both sides of a comparison must have the same
+//! dimension: `p99_latency > 0.5%` is refused, and `error_rate > 0.005` is refused with the
+//! suggestion `0.5%`.
+//!
+//! # Evaluation
+//! Three-valued (Kleene) logic. A comparison that reads a rate or a latency (`error_rate`,
+//! `pNN_latency`) of a group with fewer than `min_requests` requests is Inconclusive, for the
+//! baseline too; a reference to the baseline when there is none is Inconclusive. Counts are
+//! always conclusive. `OR` fails if any side fails, else is inconclusive if any side is, else
+//! passes; `AND` is the dual; `NOT` swaps pass and fail.
+//!
+//! `significant(error_rate > baseline.error_rate)` is a one-sided two-proportion z-test with
+//! pooled variance ([`crate::stats::two_proportion_z`]); it fails when the canary's error rate
+//! is higher than the baseline's with a p-value below `alpha`. The default alpha is
+//! [`ALPHA_DEFAULT`] = 1e-6 *per evaluation*: a stage whose gates are evaluated N times has, by
+//! the union bound, at most `N × alpha` chance of failing a healthy version by chance (1e-3
+//! for a thousand evaluations).
+//!
+//! `min_requests N` written as a gate line is not a condition: it sets the stage's
+//! `min_requests` (see [`parse_gate_line`]).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::GroupMetrics;
+
+mod display;
+mod eval;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+use display::{format_in, format_number};
+use eval::{EvalContext, Truth};
+use parse::arith_dimension;
+pub use parse::parse_gate_line;
+
+/// Longest gate expression accepted, in bytes.
+pub const GATE_SOURCE_MAX_BYTES: usize = 1024;
+/// Most tokens in one gate expression.
+pub const GATE_TOKENS_MAX: usize = 256;
+/// Deepest nesting of parentheses and `NOT` in one gate expression.
+pub const GATE_DEPTH_MAX: usize = 32;
+/// Default significance level of `significant(...)`, per evaluation.
+pub const ALPHA_DEFAULT: f64 = 1e-6;
+/// Largest `min_requests` a gate line may set.
+pub const MIN_REQUESTS_MAX: u64 = 1_000_000_000;
+/// Largest number literal accepted (in its written unit).
+const NUMBER_MAX: f64 = 1e15;
+
+/// One gate of a stage, as written and as parsed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// The expression as the plan file wrote it.
+    pub source: String,
+    pub expr: GateExpr,
+}
+
+/// A health metric of a group of nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    ErrorRate,
+    Requests,
+    Errors,
+    P50Latency,
+    P90Latency,
+    P95Latency,
+    P99Latency,
+    P999Latency,
+    Rejections,
+    Crashes,
+    HealthCheckFailures,
+    SilentNodes,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 12] = [
+        Metric::ErrorRate,
+        Metric::Requests,
+        Metric::Errors,
+        Metric::P50Latency,
+        Metric::P90Latency,
+        Metric::P95Latency,
+        Metric::P99Latency,
+        Metric::P999Latency,
+        Metric::Rejections,
+        Metric::Crashes,
+        Metric::HealthCheckFailures,
+        Metric::SilentNodes,
+    ];
+
+    /// The name gate expressions use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::ErrorRate => "error_rate",
+            Metric::Requests => "requests",
+            Metric::Errors => "errors",
+            Metric::P50Latency => "p50_latency",
+            Metric::P90Latency => "p90_latency",
+            Metric::P95Latency => "p95_latency",
+            Metric::P99Latency => "p99_latency",
+            Metric::P999Latency => "p999_latency",
+            Metric::Rejections => "rejections",
+            Metric::Crashes => "crashes",
+            Metric::HealthCheckFailures => "health_check_failures",
+            Metric::SilentNodes => "silent_nodes",
+        }
+    }
+
+    /// The metric called `name` (ASCII case-insensitive).
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL
+            .into_iter()
+            .find(|metric| metric.name().eq_ignore_ascii_case(name))
+    }
+
+    pub fn dimension(self) -> Dimension {
+        match self {
+            Metric::ErrorRate => Dimension::Ratio,
+            Metric::P50Latency
+            | Metric::P90Latency
+            | Metric::P95Latency
+            | Metric::P99Latency
+            | Metric::P999Latency => Dimension::Latency,
+            Metric::Requests
+            | Metric::Errors
+            | Metric::Rejections
+            | Metric::Crashes
+            | Metric::HealthCheckFailures
+            | Metric::SilentNodes => Dimension::Count,
+        }
+    }
+
+    /// Latency quantile (0..=1) for latency metrics.
+    fn quantile(self) -> Option<f64> {
+        match self {
+            Metric::P50Latency => Some(0.50),
+            Metric::P90Latency => Some(0.90),
+            Metric::P95Latency => Some(0.95),
+            Metric::P99Latency => Some(0.99),
+            Metric::P999Latency => Some(0.999),
+            _ => None,
+        }
+    }
+
+    fn value_of(self, group: &GroupMetrics) -> Option<f64> {
+        match self {
+            Metric::ErrorRate => group.error_rate(),
+            Metric::Requests => Some(group.requests() as f64),
+            Metric::Errors => Some(group.errors() as f64),
+            Metric::Rejections => Some(group.rejections as f64),
+            Metric::Crashes => Some(group.crashes as f64),
+            Metric::HealthCheckFailures => Some(group.health_check_failures as f64),
+            Metric::SilentNodes => Some(group.silent_nodes as f64),
+            Metric::P50Latency
+            | Metric::P90Latency
+            | Metric::P95Latency
+            | Metric::P99Latency
+            | Metric::P999Latency => self.quantile().and_then(|q| group.latency_quantile_ms(q)),
+        }
+    }
+}
+
+/// What kind of quantity a value is; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// Milliseconds.
+    Latency,
+    /// A fraction, written in percent.
+    Ratio,
+    /// A number of things.
+    Count,
+    /// A bare number.
+    Scalar,
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dimension::Latency => "latency in ms",
+            Dimension::Ratio => "ratio in %",
+            Dimension::Count => "count",
+            Dimension::Scalar => "bare number",
+        })
+    }
+}
+
+/// Whose metrics a reference reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// Nodes of the stage that have the new version.
+    Canary,
+    /// Nodes that do not have it yet.
+    Baseline,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl ArithOp {
+    fn symbol(self) -> &'static str {
+        match self {
+            ArithOp::Add => "+",
+            ArithOp::Sub => "-",
+            ArithOp::Mul => "*",
+            ArithOp::Div => "/",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CmpOp {
+    fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+        }
+    }
+
+    /// The symbol of the negation, for "not failing" details.
+    fn negated_symbol(self) -> &'static str {
+        match self {
+            CmpOp::Gt => "<=",
+            CmpOp::Ge => "<",
+            CmpOp::Lt => ">=",
+            CmpOp::Le => ">",
+        }
+    }
+
+    fn holds(self, left: f64, right: f64) -> bool {
+        match self {
+            CmpOp::Gt => left > right,
+            CmpOp::Ge => left >= right,
+            CmpOp::Lt => left < right,
+            CmpOp::Le => left <= right,
+        }
+    }
+}
+
+/// A number-valued expression. Literals hold canonical units: milliseconds for latencies,
+/// fractions (0..=1) for ratios.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    Literal {
+        value: f64,
+        dimension: Dimension,
+    },
+    Metric {
+        group: Group,
+        metric: Metric,
+    },
+    Arith {
+        op: ArithOp,
+        left: Box<Value>,
+        right: Box<Value>,
+    },
+}
+
+/// A parsed, dimension-checked gate: true means the stage fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateExpr {
+    Compare {
+        left: Value,
+        op: CmpOp,
+        right: Value,
+    },
+    /// One-sided two-proportion z-test of the canary's `metric` against the baseline's.
+    Significant {
+        metric: Metric,
+        alpha: f64,
+    },
+    Not(Box<GateExpr>),
+    And(Vec<GateExpr>),
+    Or(Vec<GateExpr>),
+}
+
+/// What a gate concluded, with the numbers behind it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The failure condition is false on enough data.
+    Pass { detail: String },
+    /// The failure condition is true.
+    Fail { detail: String },
+    /// Not enough data to say: hold, never promote.
+    Inconclusive { detail: String },
+}
+
+/// Why a gate expression was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at character {column}: {message}")]
+pub struct GateError {
+    /// 1-based character position in the expression.
+    pub column: usize,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+/// One line of a stage's `gates:` list.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateLine {
+    /// A failure condition.
+    Gate(Gate),
+    /// `min_requests N`: sets the stage's minimum sample; not a condition.
+    MinRequests(u64),
+}
+
+impl Gate {
+    /// Parses a gate expression (not a `min_requests` line).
+    pub fn parse(source: &str) -> Result<Gate, GateError> {
+        match parse_gate_line(source)? {
+            GateLine::Gate(gate) => Ok(gate),
+            GateLine::MinRequests(_) => Err(GateError {
+                column: 1,
+                message: "`min_requests N` sets a stage's minimum sample; it is not a condition"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Whether the condition reads the baseline (then it needs the baseline's data too).
+    pub fn reads_baseline(&self) -> bool {
+        fn value(v: &Value) -> bool {
+            match v {
+                Value::Literal { .. } => false,
+                Value::Metric { group, .. } => *group == Group::Baseline,
+                Value::Arith { left, right, .. } => value(left) || value(right),
+            }
+        }
+        fn expr(e: &GateExpr) -> bool {
+            match e {
+                GateExpr::Compare { left, right, .. } => value(left) || value(right),
+                GateExpr::Significant { .. } => true,
+                GateExpr::Not(inner) => expr(inner),
+                GateExpr::And(all) | GateExpr::Or(all) => all.iter().any(expr),
+            }
+        }
+        expr(&self.expr)
+    }
+
+    /// Evaluates the failure condition on the canary, against the baseline when there is one.
+    pub fn evaluate(
+        &self,
+        canary: &GroupMetrics,
+        baseline: Option<&GroupMetrics>,
+        min_requests: u64,
+    ) -> Verdict {
+        let context = EvalContext {
+            canary,
+            baseline,
+            min_requests,
+        };
+        let (truth, detail) = context.condition(&self.expr);
+        match truth {
+            Truth::True => Verdict::Fail { detail },
+            Truth::False => Verdict::Pass { detail },
+            Truth::Unknown => Verdict::Inconclusive { detail },
+        }
+    }
+}
+
+impl Value {
+    fn reads_metric(&self) -> bool {
+        match self {
+            Value::Literal { .. } => false,
+            Value::Metric { .. } => true,
+            Value::Arith { left, right, .. } => left.reads_metric() || right.reads_metric(),
+        }
+    }
+
+    /// The dimension of the value (literals keep the dimension they were written with).
+    pub fn dimension(&self) -> Dimension {
+        match self {
+            Value::Literal { dimension, .. } => *dimension,
+            Value::Metric { metric, .. } => metric.dimension(),
+            // Only dimension-checked values exist outside this module's parser, so the
+            // fallback is never taken for parsed gates.
+            Value::Arith { op, left, right } => {
+                arith_dimension(*op, left.dimension(), right.dimension())
+                    .unwrap_or(Dimension::Scalar)
+            }
+        }
+    }
+}

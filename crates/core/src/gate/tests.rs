@@ -1,0 +1,496 @@
+use super::*;
+use crate::health::{HealthSample, LatencyHistogram};
+use proptest::prelude::*;
+
+/// A group with `requests` requests, `errors` errors, every request at `latency_ms`.
+fn group(requests: u64, errors: u64, latency_ms: f64) -> GroupMetrics {
+    let mut latency = LatencyHistogram::default();
+    latency.record(latency_ms, requests);
+    GroupMetrics {
+        nodes: 10,
+        sample: HealthSample {
+            requests,
+            errors,
+            latency,
+        },
+        ..Default::default()
+    }
+}
+
+/// Parses `source`, evaluates it, and checks the verdict's kind and that its detail
+/// contains `detail_part`.
+fn check(
+    source: &str,
+    canary: &GroupMetrics,
+    baseline: Option<&GroupMetrics>,
+    expected: &str,
+    detail_part: &str,
+) {
+    let gate = Gate::parse(source).unwrap_or_else(|e| panic!("{source}: {e}"));
+    let verdict = gate.evaluate(canary, baseline, 500);
+    let (kind, detail) = match &verdict {
+        Verdict::Pass { detail } => ("pass", detail),
+        Verdict::Fail { detail } => ("fail", detail),
+        Verdict::Inconclusive { detail } => ("inconclusive", detail),
+    };
+    assert_eq!(kind, expected, "{source}: {verdict:?}");
+    assert!(
+        detail.contains(detail_part),
+        "{source}: {detail:?} lacks {detail_part:?}"
+    );
+}
+
+fn parse_error(source: &str) -> GateError {
+    match parse_gate_line(source) {
+        Ok(line) => panic!("{source} parsed as {line:?}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn latency_or_error_rate() {
+    let gate = "p99_latency > 200ms OR error_rate > 0.5%";
+    check(gate, &group(1000, 1, 100.0), None, "pass", "p99_latency ");
+    check(gate, &group(1000, 1, 400.0), None, "fail", "> 200ms");
+    check(
+        gate,
+        &group(1000, 10, 100.0),
+        None,
+        "fail",
+        "error_rate 1% > 0.5%",
+    );
+    check(
+        gate,
+        &group(100, 50, 100.0),
+        None,
+        "inconclusive",
+        "fewer than min_requests 500",
+    );
+    // OR with one failing side fails even when the other is inconclusive.
+    check(
+        "rejections > 0 OR error_rate > 0.5%",
+        &GroupMetrics {
+            rejections: 1,
+            ..group(10, 0, 1.0)
+        },
+        None,
+        "fail",
+        "rejections 1 > 0",
+    );
+}
+
+#[test]
+fn seconds_are_milliseconds() {
+    check(
+        "p99_latency > 0.2s",
+        &group(1000, 0, 400.0),
+        None,
+        "fail",
+        "> 200ms",
+    );
+    check(
+        "p50_latency >= 1s",
+        &group(1000, 0, 400.0),
+        None,
+        "pass",
+        "< 1000ms",
+    );
+}
+
+#[test]
+fn relative_to_baseline() {
+    let gate = "error_rate > 1.5 * baseline.error_rate";
+    let baseline = group(10_000, 10, 50.0);
+    check(
+        gate,
+        &group(1000, 1, 50.0),
+        Some(&baseline),
+        "pass",
+        "1.5 * baseline.error_rate = 0.15%",
+    );
+    check(
+        gate,
+        &group(1000, 2, 50.0),
+        Some(&baseline),
+        "fail",
+        "error_rate 0.2% > 1.5 * baseline.error_rate = 0.15%",
+    );
+    check(
+        gate,
+        &group(1000, 2, 50.0),
+        None,
+        "inconclusive",
+        "no baseline",
+    );
+    check(
+        gate,
+        &group(1000, 2, 50.0),
+        Some(&group(100, 0, 50.0)),
+        "inconclusive",
+        "baseline has 100 requests",
+    );
+    check(
+        "error_rate / baseline.error_rate > 2",
+        &group(1000, 3, 1.0),
+        Some(&baseline),
+        "fail",
+        "= 3",
+    );
+    check(
+        "error_rate / baseline.error_rate > 2",
+        &group(1000, 3, 1.0),
+        Some(&group(1000, 0, 1.0)),
+        "inconclusive",
+        "divides by zero",
+    );
+    check(
+        "p99_latency > baseline.p99_latency + 50ms",
+        &group(1000, 0, 400.0),
+        Some(&group(1000, 0, 100.0)),
+        "fail",
+        "baseline.p99_latency + 50ms",
+    );
+    check(
+        "errors > requests * 1%",
+        &group(1000, 20, 1.0),
+        None,
+        "fail",
+        "errors 20 > requests * 1% = 10",
+    );
+    check(
+        "errors / requests > 1%",
+        &group(1000, 5, 1.0),
+        None,
+        "pass",
+        "= 0.5%",
+    );
+}
+
+#[test]
+fn counts_are_always_conclusive() {
+    let canary = GroupMetrics {
+        crashes: 2,
+        ..GroupMetrics::default()
+    };
+    check("crashes >= 1", &canary, None, "fail", "crashes 2 >= 1");
+    check("crashes > 5", &canary, None, "pass", "crashes 2 <= 5");
+    check(
+        "silent_nodes > 0 OR health_check_failures > 0",
+        &canary,
+        None,
+        "pass",
+        "silent_nodes 0 <= 0",
+    );
+    check(
+        "baseline.crashes > 0",
+        &canary,
+        None,
+        "inconclusive",
+        "no baseline",
+    );
+}
+
+#[test]
+fn kleene_logic() {
+    let small = group(10, 5, 1.0);
+    let crashed = GroupMetrics {
+        crashes: 1,
+        ..small
+    };
+    // AND: false side decides; unknown otherwise.
+    check(
+        "error_rate > 1% AND crashes > 0",
+        &small,
+        None,
+        "pass",
+        "crashes 0 <= 0",
+    );
+    check(
+        "error_rate > 1% AND crashes > 0",
+        &crashed,
+        None,
+        "inconclusive",
+        "inconclusive",
+    );
+    // OR: true side decides.
+    check(
+        "error_rate > 1% OR crashes > 0",
+        &crashed,
+        None,
+        "fail",
+        "crashes 1 > 0",
+    );
+    check(
+        "error_rate > 1% OR crashes > 0",
+        &small,
+        None,
+        "inconclusive",
+        "inconclusive",
+    );
+    // NOT swaps pass and fail, keeps inconclusive.
+    check(
+        "NOT crashes > 0",
+        &crashed,
+        None,
+        "pass",
+        "NOT (crashes 1 > 0)",
+    );
+    check("not (crashes > 0)", &small, None, "fail", "NOT");
+    check("NOT error_rate > 1%", &small, None, "inconclusive", "NOT");
+    // Precedence: AND binds tighter than OR; parentheses regroup.
+    check(
+        "crashes > 0 OR crashes > 5 AND requests > 0",
+        &crashed,
+        None,
+        "fail",
+        "",
+    );
+    check(
+        "(crashes > 0 OR crashes > 5) AND requests > 100",
+        &crashed,
+        None,
+        "pass",
+        "requests 10 <= 100",
+    );
+}
+
+#[test]
+fn keywords_are_case_insensitive() {
+    let gate = Gate::parse(
+        "crashes > 0 or Not (errors > 1) AND SIGNIFICANT(error_rate > BASELINE.error_rate)",
+    )
+    .unwrap();
+    assert!(matches!(gate.expr, GateExpr::Or(ref parts) if parts.len() == 2));
+}
+
+#[test]
+fn significance_test() {
+    let gate = "significant(error_rate > baseline.error_rate)";
+    let baseline = group(10_000, 10, 1.0);
+    check(
+        gate,
+        &group(5000, 21, 1.0),
+        Some(&baseline),
+        "pass",
+        "error_rate 0.42% (21/5000) vs baseline 0.1% (10/10000): z=4.07, p=2.4e-5 >= alpha 1e-6",
+    );
+    check(
+        gate,
+        &group(5000, 40, 1.0),
+        Some(&baseline),
+        "fail",
+        "< alpha 1e-6",
+    );
+    check(
+        gate,
+        &group(5000, 40, 1.0),
+        None,
+        "inconclusive",
+        "no baseline",
+    );
+    check(
+        gate,
+        &group(100, 40, 1.0),
+        Some(&baseline),
+        "inconclusive",
+        "canary has 100 requests",
+    );
+    let lenient = "significant(error_rate > baseline.error_rate, alpha = 0.001)";
+    check(
+        lenient,
+        &group(5000, 21, 1.0),
+        Some(&baseline),
+        "fail",
+        "< alpha 1e-3",
+    );
+    // A lower canary error rate never fails.
+    check(
+        lenient,
+        &group(5000, 0, 1.0),
+        Some(&baseline),
+        "pass",
+        "z=-",
+    );
+}
+
+#[test]
+fn min_requests_line() {
+    assert_eq!(
+        parse_gate_line("min_requests 1000"),
+        Ok(GateLine::MinRequests(1000))
+    );
+    assert_eq!(
+        parse_gate_line("MIN_REQUESTS 0"),
+        Ok(GateLine::MinRequests(0))
+    );
+    assert!(
+        parse_error("min_requests 1.5")
+            .message
+            .contains("whole number")
+    );
+    assert!(
+        parse_error("min_requests 100 requests")
+            .message
+            .contains("end of the gate")
+    );
+    assert!(Gate::parse("min_requests 10").is_err());
+}
+
+#[test]
+fn dimension_errors_name_both_sides() {
+    let error = parse_error("p99_latency > 0.5%");
+    assert!(
+        error.message.contains("latency in ms") && error.message.contains("ratio in %"),
+        "{error}"
+    );
+    assert_eq!(error.column, 13);
+    let error = parse_error("error_rate > 0.005");
+    assert!(error.message.contains("0.5%"), "{error}");
+    let error = parse_error("p99_latency > 200");
+    assert!(error.message.contains("200ms"), "{error}");
+    let error = parse_error("requests > 5ms");
+    assert!(
+        error.message.contains("(count)") && error.message.contains("(latency in ms)"),
+        "{error}"
+    );
+    let error = parse_error("p99_latency + 1% > 200ms");
+    assert!(error.message.contains("cannot compute"), "{error}");
+    let error = parse_error("error_rate * error_rate > 1%");
+    assert!(error.message.contains("cannot compute"), "{error}");
+    let error = parse_error("2 / error_rate > 1");
+    assert!(error.message.contains("cannot compute"), "{error}");
+    // Scalars and counts mix; ratio / ratio is a scalar.
+    assert!(Gate::parse("rejections + 1 > 2").is_ok());
+    assert!(Gate::parse("error_rate / baseline.error_rate > 1.5").is_ok());
+    assert!(Gate::parse("p99_latency / baseline.p99_latency > 2").is_ok());
+}
+
+#[test]
+fn syntax_errors_point_at_the_problem() {
+    let error = parse_error("error_rat > 1%");
+    assert_eq!(error.column, 1);
+    assert!(
+        error.message.contains("unknown metric `error_rat`"),
+        "{error}"
+    );
+    let error = parse_error("error_rate > 1% OR");
+    assert_eq!(error.column, 19);
+    assert!(error.message.contains("end of the gate"), "{error}");
+    assert!(parse_error("error_rate").message.contains("value alone"));
+    assert!(
+        parse_error("p99_latency > 200m")
+            .message
+            .contains("unknown unit `m`")
+    );
+    assert!(parse_error("1 > 2").message.contains("reads no metric"));
+    assert!(parse_error("1 < errors < 5").message.contains("chained"));
+    assert!(parse_error("errors == 1").message.contains("=="));
+    assert!(
+        parse_error("errors > 1 $")
+            .message
+            .contains("unexpected character")
+    );
+    assert!(parse_error("(errors > 1").message.contains("`)`"));
+    assert!(
+        parse_error("baseline.nope > 1")
+            .message
+            .contains("unknown metric `nope`")
+    );
+    assert!(parse_error("errors > 1e99").message.contains("limit"));
+    assert!(parse_error("").message.contains("found the end"));
+    assert!(parse_error(&"(".repeat(40)).message.contains("deeper"));
+    assert!(
+        parse_error(&"errors>1 OR ".repeat(70))
+            .message
+            .contains("tokens")
+    );
+    assert!(parse_error(&"x".repeat(2000)).message.contains("bytes"));
+    assert!(
+        parse_error("errors > 1 AND 1")
+            .message
+            .contains("value alone")
+    );
+    assert!(
+        parse_error("(errors > 1) + 1 > 2")
+            .message
+            .contains("found a condition")
+    );
+}
+
+#[test]
+fn significant_errors() {
+    assert!(
+        parse_error("significant(p99_latency > baseline.p99_latency)")
+            .message
+            .contains("error_rate only")
+    );
+    assert!(
+        parse_error("significant(error_rate > baseline.errors)")
+            .message
+            .contains("with itself")
+    );
+    assert!(
+        parse_error("significant(error_rate > 1%)")
+            .message
+            .contains("baseline.error_rate")
+    );
+    assert!(
+        parse_error("significant(error_rate > baseline.error_rate, alpha = 0)")
+            .message
+            .contains("0 < alpha")
+    );
+    assert!(
+        parse_error("significant(error_rate > baseline.error_rate, alpha = 1%)")
+            .message
+            .contains("bare number")
+    );
+    assert!(
+        parse_error("significant(error_rate < baseline.error_rate)")
+            .message
+            .contains("`>`")
+    );
+}
+
+#[test]
+fn display_is_canonical_and_reparses() {
+    for source in [
+        "p99_latency > 200ms OR error_rate > 0.5%",
+        "error_rate > 1.5 * baseline.error_rate",
+        "NOT (crashes > 0 AND (errors + 1) * 2 > 10)",
+        "significant(error_rate > baseline.error_rate, alpha = 0.001)",
+        "p99_latency > 0.25s",
+    ] {
+        let gate = Gate::parse(source).unwrap();
+        let text = gate.expr.to_string();
+        let again = Gate::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(again.expr, gate.expr, "{source} -> {text}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn parser_never_panics(source in "\\PC{0,120}") {
+        let _ = parse_gate_line(&source);
+    }
+
+    #[test]
+    fn parser_never_panics_on_gate_like_text(
+        words in proptest::collection::vec(
+            prop_oneof![
+                Just("error_rate"), Just("baseline"), Just("."), Just("p99_latency"),
+                Just("requests"), Just("crashes"), Just(">"), Just(">="), Just("<"),
+                Just("+"), Just("*"), Just("/"), Just("-"), Just("("), Just(")"),
+                Just("OR"), Just("AND"), Just("NOT"), Just("significant"), Just(","),
+                Just("alpha"), Just("="), Just("0.5%"), Just("200ms"), Just("1.5"),
+                Just("0"), Just("1e-6"), Just("min_requests"), Just("2s"),
+            ],
+            0..24,
+        )
+    ) {
+        let source = words.join(" ");
+        if let Ok(GateLine::Gate(gate)) = parse_gate_line(&source) {
+            let _ = gate.evaluate(&group(1000, 3, 120.0), Some(&group(0, 0, 1.0)), 500);
+            let _ = gate.evaluate(&GroupMetrics::default(), None, 0);
+        }
+    }
+}
