@@ -31,6 +31,22 @@ pub struct ServerArgs {
     /// nothing newer by then reports itself stale and keeps serving what it has.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl_ms)]
     pub desired_ttl: u64,
+    /// A node whose agent has not been heard from for this long (`90s`, `5m`, ...) is down:
+    /// `failsmall nodes` says so. Agents ask at least every 30 s, so keep it above that.
+    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_down_after_ms)]
+    pub node_down_after: u64,
+}
+
+/// How long a node may be silent before it is down: at least the longest watch (30 s), or a
+/// live agent between two watches would look down.
+fn parse_down_after_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms < 30_000 {
+        return Err(format!(
+            "{text:?} is shorter than 30s; a live agent asks only every 30s at most"
+        ));
+    }
+    Ok(ms)
 }
 
 /// A document lifetime: a duration of at least one second.
@@ -80,6 +96,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
     };
     config.max_body_bytes = args.max_body_bytes;
     config.desired_ttl_ms = args.desired_ttl;
+    config.node_down_after_ms = args.node_down_after;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

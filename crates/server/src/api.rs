@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use crate::auth::{Access, Caller, Role, new_token, token_sha256};
 use crate::batcher::ReportBatcher;
 use crate::error::ApiError;
+use crate::liveness::{Liveness, NODE_DOWN_AFTER_MS_DEFAULT};
 use crate::rollouts::{Cause, EngineHost, StepError};
 use crate::signing::VersionSigner;
 use crate::store::{
@@ -318,6 +319,10 @@ struct Shared {
     desired_ttl_ms: u64,
     /// Agents' reports, grouped into engine steps (see [`crate::batcher`]).
     reports: ReportBatcher,
+    /// When each node's agent was last heard from (see [`crate::liveness`]).
+    liveness: Arc<Liveness>,
+    /// A node not heard from for this long is down.
+    node_down_after_ms: u64,
 }
 
 /// What every handler shares.
@@ -349,8 +354,32 @@ impl AppState {
                 counters: Counters::default(),
                 validators: tokio::sync::Semaphore::new(MAX_RUNNING_VALIDATORS),
                 desired_ttl_ms: desired_ttl_ms.max(1),
+                liveness: Arc::new(Liveness::default()),
+                node_down_after_ms: NODE_DOWN_AFTER_MS_DEFAULT,
             }),
         }
+    }
+
+    /// A node not heard from for `ms` (at least 1 s) is down. Call before serving.
+    pub fn with_node_down_after_ms(mut self, ms: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.node_down_after_ms = ms.max(1_000);
+        }
+        self
+    }
+
+    /// Where agents' requests mark their nodes seen; its flush task is the caller's.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        Arc::clone(&self.shared.liveness)
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        Arc::clone(&self.shared.store)
+    }
+
+    /// Marks `node` seen now (an agent's request).
+    fn node_seen(&self, node: &NodeId) {
+        self.shared.liveness.seen(node.as_str(), now_ms());
     }
 }
 
@@ -1628,9 +1657,20 @@ async fn heartbeat(
     Ok(axum::Json(json!(node)))
 }
 
+/// The nodes, each with when its agent was last heard from (marks not yet written included),
+/// and the threshold after which a node is down.
 async fn list_nodes(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    let nodes = db(&state, |store| Ok(store.nodes(MAX_LIST_ROWS)?)).await?;
-    Ok(axum::Json(json!({ "nodes": nodes })))
+    let mut nodes = db(&state, |store| Ok(store.nodes(MAX_LIST_ROWS)?)).await?;
+    for node in &mut nodes {
+        if let Some(seen_ms) = state.shared.liveness.pending(&node.id) {
+            node.last_seen_ms = node.last_seen_ms.max(seen_ms);
+        }
+    }
+    Ok(axum::Json(json!({
+        "nodes": nodes,
+        "now_ms": now_ms(),
+        "down_after_ms": state.shared.node_down_after_ms,
+    })))
 }
 
 // --- rollouts and the agent protocol -------------------------------------------------------
@@ -1659,7 +1699,6 @@ fn step_error(error: StepError) -> ApiError {
         StepError::Serialize(_) | StepError::Task(_) => ApiError::internal(message),
     }
 }
-
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

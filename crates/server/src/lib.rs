@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod batcher;
 pub mod error;
+pub mod liveness;
 pub mod rollouts;
 pub mod signing;
 pub mod store;
@@ -52,6 +53,9 @@ pub struct ServerConfig {
     /// [`api::DESIRED_TTL_MS`], 5 minutes; 0 is taken as 1). An agent that heard nothing newer
     /// by then reports itself stale and keeps serving what it has.
     pub desired_ttl_ms: u64,
+    /// A node whose agent has not been heard from for this long is down
+    /// ([`liveness::NODE_DOWN_AFTER_MS_DEFAULT`]).
+    pub node_down_after_ms: u64,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dev: false,
             desired_ttl_ms: api::DESIRED_TTL_MS,
+            node_down_after_ms: liveness::NODE_DOWN_AFTER_MS_DEFAULT,
         }
     }
 
@@ -139,7 +144,9 @@ pub async fn run(
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
-    let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms);
+    let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
+        .with_node_down_after_ms(config.node_down_after_ms);
+    let liveness = tokio::spawn(state.liveness().flush_forever(state.store()));
     let router = api::router(state, config.max_body_bytes);
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
@@ -151,6 +158,7 @@ pub async fn run(
         .await
         .map_err(ServerError::Serve);
     ticker.abort();
+    liveness.abort();
     served
 }
 

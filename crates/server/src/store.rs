@@ -1094,6 +1094,22 @@ impl Store {
 
     // --- nodes -----------------------------------------------------------------------------
 
+    /// Records when nodes were last heard from, in one transaction; a time never goes back,
+    /// and an unknown node is skipped (it may have been removed since).
+    pub fn mark_seen(&self, marks: &[(String, u64)]) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            for (node, at_ms) in marks {
+                tx.execute(
+                    "UPDATE nodes SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE id = ?1",
+                    params![node, to_i64(*at_ms)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     pub fn heartbeat(&self, id: &str, now_ms: u64) -> Result<NodeRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
@@ -1521,9 +1537,8 @@ impl Store {
     /// The units `node` must remove (see [`RemovalRow`]), at most [`MAX_LIST_ROWS`].
     pub fn removals_of(&self, node: &str) -> Result<Vec<String>, StoreError> {
         self.with_conn(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT unit FROM node_removals WHERE node = ?1 ORDER BY unit LIMIT ?2",
-            )?;
+            let mut stmt = conn
+                .prepare("SELECT unit FROM node_removals WHERE node = ?1 ORDER BY unit LIMIT ?2")?;
             let rows = stmt.query_map(params![node, MAX_LIST_ROWS], |r| r.get::<_, String>(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -1802,12 +1817,19 @@ mod tests {
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.engine_state().unwrap().unwrap().1, 1);
         store
-            .commit_step_with(&step(1, None), &[row("n1", Some(5), "node_stale")], &[], &[])
+            .commit_step_with(
+                &step(1, None),
+                &[row("n1", Some(5), "node_stale")],
+                &[],
+                &[],
+            )
             .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, Some(5));
         assert_eq!(store.counts().unwrap().nodes_stale, 1);
         let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
-        store.commit_step_with(&step(2, None), &fresh, &[], &[]).unwrap();
+        store
+            .commit_step_with(&step(2, None), &fresh, &[], &[])
+            .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.counts().unwrap().nodes_stale, 0);
         let kinds: Vec<String> = store

@@ -328,3 +328,52 @@ async fn the_openapi_document_describes_staleness_reports_and_the_node() {
     assert!(reports["requestBody"].is_object(), "{reports}");
     world.server.stop().await;
 }
+
+#[tokio::test]
+async fn every_agent_request_marks_its_node_seen_and_a_silent_node_reads_as_down() {
+    let scratch = fresh_dir("liveness");
+    let server =
+        TestServer::start_with(scratch.path(), |config| config.node_down_after_ms = 1_000).await;
+    let agent = server.agent_token("agent-n7", "n7").await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n7",
+            Some(&agent),
+            Some(json!({"labels": {"region": "eu"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = |list: &Value| list["nodes"][0]["last_seen_ms"].as_u64().unwrap();
+    let (_, registered) = server.admin(Method::GET, "/v1/nodes", None).await;
+    assert_eq!(registered["down_after_ms"], 1_000);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // A watch is a sign of life: seen at once, before the mark is written.
+    let (status, _) = server
+        .call(Method::GET, "/v1/nodes/n7/desired", Some(&agent), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, watched) = server.admin(Method::GET, "/v1/nodes", None).await;
+    assert!(seen(&watched) > seen(&registered), "{watched}");
+    // Silent for longer than the threshold: down by the server's own clock.
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    let (_, silent) = server.admin(Method::GET, "/v1/nodes", None).await;
+    let now = silent["now_ms"].as_u64().unwrap();
+    assert!(now - seen(&silent) > 1_000, "{silent}");
+    // A report brings it back; the mark reaches the store within a flush.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/nodes/n7/reports",
+            Some(&agent),
+            Some(json!({"kind": "fresh", "stale_ms": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, back) = server.admin(Method::GET, "/v1/nodes", None).await;
+    assert!(
+        back["now_ms"].as_u64().unwrap() - seen(&back) < 1_000,
+        "{back}"
+    );
+    server.stop().await;
+}

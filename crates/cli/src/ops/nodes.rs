@@ -17,6 +17,10 @@ pub struct NodesArgs {
     /// agent's report).
     #[arg(long)]
     pub stale: bool,
+    /// Only nodes that are down (their agent not heard from for longer than the server's
+    /// `--node-down-after`).
+    #[arg(long)]
+    pub down: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -33,30 +37,55 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 #[derive(Debug, Deserialize)]
 struct NodeList {
     nodes: Vec<NodeRecord>,
+    /// The server's clock when it answered, and its threshold for down (absent from older
+    /// servers: then every node reads as alive).
+    #[serde(default)]
+    now_ms: Option<u64>,
+    #[serde(default)]
+    down_after_ms: Option<u64>,
+}
+
+impl NodeList {
+    /// Whether `node` is down, by the server's clock and threshold.
+    fn is_down(&self, node: &NodeRecord) -> bool {
+        match (self.now_ms, self.down_after_ms) {
+            (Some(now_ms), Some(after_ms)) => now_ms.saturating_sub(node.last_seen_ms) > after_ms,
+            _ => false,
+        }
+    }
 }
 
 pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let list: NodeList = client.get("/v1/nodes", &[])?;
-    let nodes: Vec<NodeRecord> = list
+    let nodes: Vec<&NodeRecord> = list
         .nodes
-        .into_iter()
+        .iter()
         .filter(|node| {
             args.labels
                 .iter()
                 .all(|(key, value)| node.labels.get(key) == Some(value))
                 && (!args.stale || node.stale_since_ms.is_some())
+                && (!args.down || list.is_down(node))
         })
         .collect();
     if args.remote.json() {
         print_json(&nodes)?;
         return Ok(Outcome::Success);
     }
-    let now = now_ms();
+    let now = list.now_ms.unwrap_or_else(now_ms);
+    let state_header = match list.down_after_ms {
+        Some(after_ms) => format!(
+            "STATE (down after {})",
+            failsmall_core::duration::format_ms(after_ms)
+        ),
+        None => "STATE".to_owned(),
+    };
     let mut table = Table::new(&[
         "NODE",
         "LABELS",
         "VERSIONS",
+        &state_header,
         "LAST SEEN",
         "STALE",
         "REGISTERED",
@@ -66,6 +95,7 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
             node.id.clone(),
             labels_text(&node.labels),
             versions_text(node),
+            if list.is_down(node) { "down" } else { "alive" }.to_owned(),
             ago(now, node.last_seen_ms),
             stale_text(now, node.stale_since_ms),
             rfc3339(node.registered_ms),

@@ -74,6 +74,7 @@ pub(super) async fn desired(
     query: Result<Query<DesiredQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = node_id(&path_param(node)?)?;
+    state.node_seen(&id);
     let query = query_param(query)?;
     let wait_ms = query.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WATCH_MS {
@@ -578,6 +579,7 @@ pub(super) async fn report(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let node = node_id(&path_param(node)?)?;
+    state.node_seen(&node);
     let body: Value = json_body(body)?;
     let is_batch = body.as_object().is_some_and(|o| o.contains_key("reports"));
     let requests = if is_batch {

@@ -1,0 +1,111 @@
+//! Node liveness: every request an agent makes (its watch, its reports, its registration) marks
+//! its node seen. The marks are kept in memory, so a request never waits on a write, and are
+//! written to the store's `nodes.last_seen_ms` in one transaction every
+//! [`LIVENESS_FLUSH_MS`]; reads overlay the marks not yet written. A node is *down* when it was
+//! last seen longer than the server's `node_down_after_ms` ago.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::store::Store;
+
+/// How often the marks are written to the store.
+pub const LIVENESS_FLUSH_MS: u64 = 2_000;
+/// A node not seen for this long is down, unless the server is told otherwise
+/// (`failsmall server --node-down-after`). Agents ask for their desired state at least every
+/// 30 s (the longest watch), so a live agent is never silent this long.
+pub const NODE_DOWN_AFTER_MS_DEFAULT: u64 = 90_000;
+/// Most marks kept between two writes: one per node of the largest fleet the engine takes.
+pub const MAX_PENDING_MARKS: usize = failsmall_core::engine::MAX_NODES;
+
+/// The marks not yet written to the store.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pending: Mutex<HashMap<String, u64>>,
+}
+
+impl Liveness {
+    /// Marks `node` seen at `now_ms`. At [`MAX_PENDING_MARKS`] distinct nodes between two
+    /// writes a new node's mark waits for its next request (its earlier marks are kept).
+    pub fn seen(&self, node: &str, now_ms: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            if let Some(at_ms) = pending.get_mut(node) {
+                *at_ms = (*at_ms).max(now_ms);
+            } else if pending.len() < MAX_PENDING_MARKS {
+                pending.insert(node.to_owned(), now_ms);
+            }
+        }
+    }
+
+    /// The latest mark of `node` not yet written, if any.
+    pub fn pending(&self, node: &str) -> Option<u64> {
+        self.pending.lock().ok()?.get(node).copied()
+    }
+
+    /// Takes every mark not yet written.
+    fn take(&self) -> Vec<(String, u64)> {
+        self.pending
+            .lock()
+            .map(|mut pending| pending.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts back marks whose write failed (a newer mark wins).
+    fn put_back(&self, marks: Vec<(String, u64)>) {
+        for (node, at_ms) in marks {
+            self.seen(&node, at_ms);
+        }
+    }
+
+    /// Writes the marks every [`LIVENESS_FLUSH_MS`] until the task is aborted.
+    pub async fn flush_forever(self: Arc<Self>, store: Arc<Store>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(LIVENESS_FLUSH_MS)).await;
+            self.flush(&store).await;
+        }
+    }
+
+    /// Writes the marks now; a failed write keeps them for the next one.
+    pub async fn flush(&self, store: &Arc<Store>) {
+        let marks = self.take();
+        if marks.is_empty() {
+            return;
+        }
+        let writer = Arc::clone(store);
+        let written = tokio::task::spawn_blocking(move || {
+            let result = writer.mark_seen(&marks);
+            (marks, result)
+        })
+        .await;
+        match written {
+            Ok((_, Ok(()))) => {}
+            Ok((marks, Err(error))) => {
+                eprintln!("failsmall server: writing node liveness: {error}; retried");
+                self.put_back(marks);
+            }
+            Err(error) => eprintln!("failsmall server: node liveness task: {error}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_keep_the_latest_time_and_are_taken_once() {
+        let liveness = Liveness::default();
+        liveness.seen("n1", 10);
+        liveness.seen("n1", 5);
+        liveness.seen("n2", 7);
+        assert_eq!(liveness.pending("n1"), Some(10));
+        let mut taken = liveness.take();
+        taken.sort();
+        assert_eq!(taken, [("n1".to_owned(), 10), ("n2".to_owned(), 7)]);
+        assert_eq!(liveness.pending("n1"), None);
+        liveness.put_back(vec![("n1".to_owned(), 3)]);
+        liveness.seen("n1", 2);
+        assert_eq!(liveness.pending("n1"), Some(3));
+    }
+}
