@@ -326,7 +326,7 @@ fn without_the_soak_late30_completes_unnoticed() {
 #[test]
 fn healthy_versions_never_roll_back_through_the_soak() {
     let scenario = shrunk("healthy", 90 * 60_000, 10);
-    for seed in 0..10 {
+    for seed in 0..30 {
         let options = RunOptions {
             seed: Some(seed),
             strategies: vec![Strategy::Plan {
