@@ -206,7 +206,6 @@ async fn check_unit(
 /// Tells and reports a repair of `unit` (now serving `version`, or nothing).
 pub(crate) fn repaired(shared: &Shared, unit: &UnitName, version: VersionHash, reason: &str) {
     eprintln!("failsmall agent: unit {unit}: {reason}");
-    shared.note_refusal(format!("unit {unit}: {reason}"));
     shared.reports.push(Report::Repaired {
         unit: unit.clone(),
         version,
