@@ -1,153 +1,307 @@
-//! Statistical tests behind gates.
+//! The always-valid sequential test behind `significant(...)` and relative gates.
 //!
-//! `significant(error_rate > baseline.error_rate)` is a one-sided two-proportion z-test with
-//! pooled variance: [`two_proportion_z`] computes the statistic and [`normal_sf`] its p-value.
+//! A gate is evaluated again and again on cumulative counts (every report, every tick); a test
+//! that is only valid at one fixed sample size would fail a healthy version by chance once it
+//! is looked at often enough. [`excess_rate_test`] is a mixture sequential probability ratio
+//! test (mSPRT) in the form of an e-value: a nonnegative supermartingale under the null
+//! hypothesis, so by Ville's inequality the chance that it *ever* reaches `1 / alpha` is at most
+//! `alpha`, however often and whenever it is checked.
+//!
+//! # The test
+//! Two groups, A (the canary) and B (the baseline), each with events (errors, or slow
+//! requests) out of trials (requests): `e_a / n_a` and `e_b / n_b`. The null hypothesis is
+//! `p_a <= K * p_b` (`K = 1` for `significant`, `K` from `error_rate > K * baseline.error_rate`).
+//!
+//! The test conditions on the events. When requests of both groups arrive interleaved in a
+//! steady proportion, each event is, independently of the others, an event of A with
+//! probability `pi = K' n_a / (K' n_a + n_b)` where `K' = p_a / p_b`; under the null's boundary
+//! (`K' = K`) that is `pi0 = K n_a / (K n_a + n_b)`, whose odds are `K n_a / n_b`. The nuisance
+//! (the baseline's own error rate) drops out: a fleet-wide change of the error rate moves both
+//! groups alike and is no evidence. The alternative "A is `m` times worse than the null allows"
+//! multiplies the odds by `m`: `pi_m / (1 - pi_m) = m * K n_a / n_b`. Its likelihood ratio over
+//! the events so far is
+//!
+//! ```text
+//! L_m = (pi_m / pi0)^e_a * ((1 - pi_m) / (1 - pi0))^e_b
+//!     = exp(e_a * theta + (e_a + e_b) * (ln(1 + odds0) - ln(1 + e^theta * odds0))),  theta = ln m
+//! ```
+//!
+//! and the e-value is its mixture over `theta > 0` with a half-normal mixing distribution of
+//! scale [`MIXTURE_TAU`] (mixing variance `tau^2` on the log scale), discretised on
+//! [`MIXTURE_POINTS`] points of `(0, MIXTURE_LOG_FACTOR_MAX]` whose weights sum to 1:
+//! `E = sum_j w_j L_{m_j}`. A discrete mixture is itself a mixture, so the discretisation costs
+//! a little power and nothing of the bound.
+//!
+//! # Why the bound holds
+//! For every `m > 1`, `L_m` is a nonnegative martingale with mean 1 over the sequence of events
+//! when `pi = pi0`, and a supermartingale when `pi < pi0` (each event multiplies it by a factor
+//! whose mean, `pi * pi_m / pi0 + (1 - pi) * (1 - pi_m) / (1 - pi0)`, is increasing in `pi` and
+//! 1 at `pi0`). A weighted average of such supermartingales is one too, and Ville's inequality
+//! gives `P(sup_t E_t >= 1 / alpha) <= alpha` under any `p_a <= K * p_b`. Between events `E`
+//! does not change, so checking it after every report (or not) changes nothing.
+//!
+//! Assumptions, and what they cost: the proportion of A's requests is read from the cumulative
+//! counts when the test is evaluated, which is exact when the proportion is steady within a
+//! stage and otherwise an approximation; errors are independent given the rates. The Monte
+//! Carlo tests in `crates/core/tests/stats_*.rs` measure the false-positive rate under a
+//! drifting proportion and a frozen baseline too. A normal-approximation mSPRT on the
+//! difference of proportions was not used: with rare errors (0.1%) and a few hundred canary
+//! requests its plug-in variance makes 3 or 4 canary errors look like a 5-sigma event, and its
+//! false-positive rate is far above alpha.
+//!
+//! # Latency
+//! [`latency_tail`] turns two latency histograms into the same test: a request is "slow" when it
+//! lies above the largest bucket bound that leaves at least `1 - q` of the pooled (canary +
+//! baseline) requests above it (for `p99_latency`, at least 1% are slow: the bound at or below
+//! the pooled p99); the test asks whether the canary's share of slow requests is higher than
+//! the baseline's (`K = 1`): a canary whose p99 is above the baseline's has more than 1% of its
+//! requests above the baseline's p99. With the same distribution on both
+//! sides the canary and baseline requests are exchangeable given the pooled histogram, so the
+//! threshold being read from the pooled data does not favour either side.
 
-/// The result of a one-sided two-proportion z-test: is proportion A higher than proportion B?
+use crate::health::{LATENCY_BUCKET_BOUNDS_MS, LatencyHistogram};
+
+/// Scale `tau` of the half-normal mixing distribution over `theta = ln m` (the factor by which
+/// the canary's events are more likely than the null allows). With `tau = 1.5` the mixture
+/// puts most of its weight on `m` between 1.2 and 20, where regressions worth a rollback lie;
+/// detection of 0.1% -> 0.5% varies by less than 10% for `tau` between 1 and 3.
+pub const MIXTURE_TAU: f64 = 1.5;
+/// Largest `theta = ln m` in the mixture (`m` about 400).
+pub const MIXTURE_LOG_FACTOR_MAX: f64 = 6.0;
+/// Points of the discretised mixing distribution.
+pub const MIXTURE_POINTS: usize = 64;
+
+/// The evidence of an [`excess_rate_test`].
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ZTest {
-    /// `(p_a - p_b) / se`, with the standard error from the pooled proportion.
-    pub z: f64,
-    /// One-sided p-value: the chance of a `z` at least this large if A and B share one
-    /// proportion.
-    pub p_value: f64,
+pub struct SequentialTest {
+    /// Natural logarithm of the e-value (the mixture likelihood ratio against the null);
+    /// `<= 0` when A has no events.
+    pub log_e_value: f64,
+    /// `pi0`: the share of all events that A would have at the null's boundary.
+    pub null_share: f64,
 }
 
-/// One-sided two-proportion z-test with pooled variance: does group A (`successes_a` out of
-/// `trials_a`) have a higher proportion than group B?
+impl SequentialTest {
+    /// The e-value itself (may be `inf` when `log_e_value` is above about 709).
+    pub fn e_value(&self) -> f64 {
+        self.log_e_value.exp()
+    }
+
+    /// Whether the evidence rejects the null at level `alpha` (`e_value >= 1 / alpha`).
+    /// `alpha` outside `(0, 1]` rejects nothing.
+    pub fn rejects(&self, alpha: f64) -> bool {
+        alpha > 0.0 && alpha <= 1.0 && self.log_e_value >= -alpha.ln()
+    }
+}
+
+/// Always-valid one-sided test of "A's rate is more than `factor` times B's": A had `events_a`
+/// events out of `trials_a` trials, B `events_b` out of `trials_b`, counted from the start of
+/// the window (cumulative). See the module documentation.
 ///
-/// Returns `None` when either group has no trials. When both groups have a pooled proportion
-/// of exactly 0 or 1 there is no variance and no evidence: `z = 0`, `p_value = 0.5`.
-/// Successes above trials are clamped to trials.
-pub fn two_proportion_z(
-    successes_a: u64,
+/// Returns `None` when a group has no trials or `factor` is not a positive finite number.
+/// Events above trials are clamped to trials. Any `u64` counts are fine: the computation is in
+/// logarithms and never overflows.
+pub fn excess_rate_test(
+    events_a: u64,
     trials_a: u64,
-    successes_b: u64,
+    events_b: u64,
     trials_b: u64,
-) -> Option<ZTest> {
-    if trials_a == 0 || trials_b == 0 {
+    factor: f64,
+) -> Option<SequentialTest> {
+    if trials_a == 0 || trials_b == 0 || !(factor > 0.0 && factor.is_finite()) {
         return None;
     }
-    let (x_a, n_a) = (successes_a.min(trials_a) as f64, trials_a as f64);
-    let (x_b, n_b) = (successes_b.min(trials_b) as f64, trials_b as f64);
-    let p_a = x_a / n_a;
-    let p_b = x_b / n_b;
-    let pooled = (x_a + x_b) / (n_a + n_b);
-    let variance = pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b);
-    if variance <= 0.0 || !variance.is_finite() {
-        return Some(ZTest {
-            z: 0.0,
-            p_value: 0.5,
-        });
+    let events_a = events_a.min(trials_a) as f64;
+    let events_b = events_b.min(trials_b) as f64;
+    let null_odds = factor * trials_a as f64 / trials_b as f64;
+    if !(null_odds > 0.0 && null_odds.is_finite()) {
+        return None;
     }
-    let z = (p_a - p_b) / variance.sqrt();
-    Some(ZTest {
-        z,
-        p_value: normal_sf(z),
+    let events = events_a + events_b;
+    let ln_1p_null = null_odds.ln_1p();
+    let step = MIXTURE_LOG_FACTOR_MAX / MIXTURE_POINTS as f64;
+    let mut terms = [0.0f64; MIXTURE_POINTS];
+    let mut weight_sum = 0.0;
+    for (index, term) in terms.iter_mut().enumerate() {
+        let theta = (index as f64 + 0.5) * step;
+        let log_weight = -theta * theta / (2.0 * MIXTURE_TAU * MIXTURE_TAU);
+        weight_sum += log_weight.exp();
+        // odds0 <= 1e15 * u64::MAX and e^theta <= e^6: the product stays finite.
+        let ln_1p_alternative = (theta.exp() * null_odds).ln_1p();
+        *term = log_weight + events_a * theta + events * (ln_1p_null - ln_1p_alternative);
+    }
+    let log_e_value = log_sum_exp(&terms) - weight_sum.ln();
+    if log_e_value.is_nan() {
+        return None;
+    }
+    Some(SequentialTest {
+        log_e_value,
+        null_share: null_odds / (1.0 + null_odds),
     })
 }
 
-/// The standard normal survival function `P(Z > z)`, with a relative error below about
-/// 1.2e-7 over the whole range (so p-values near 1e-6 and far smaller are accurate).
-pub fn normal_sf(z: f64) -> f64 {
-    if z.is_nan() {
-        return f64::NAN;
+fn log_sum_exp(terms: &[f64]) -> f64 {
+    let largest = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !largest.is_finite() {
+        return largest;
     }
-    0.5 * erfc(z / std::f64::consts::SQRT_2)
+    largest + terms.iter().map(|t| (t - largest).exp()).sum::<f64>().ln()
 }
 
-/// Complementary error function (Chebyshev fit, Numerical Recipes `erfcc`), fractional
-/// error below 1.2e-7 everywhere.
-fn erfc(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.5 * x.abs());
-    let poly = -1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let tail = t * (-x * x + poly).exp();
-    if x >= 0.0 { tail } else { 2.0 - tail }
+/// Slow requests of two latency histograms at a quantile: see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencyTail {
+    /// Requests above this many milliseconds (a bucket bound) are slow; 0 when every request
+    /// is.
+    pub threshold_ms: f64,
+    pub slow_a: u64,
+    pub total_a: u64,
+    pub slow_b: u64,
+    pub total_b: u64,
+}
+
+impl LatencyTail {
+    /// The sequential test of "A has a larger share of slow requests than B".
+    pub fn test(&self) -> Option<SequentialTest> {
+        excess_rate_test(self.slow_a, self.total_a, self.slow_b, self.total_b, 1.0)
+    }
+}
+
+/// Splits both histograms at the largest bucket bound that leaves at least `1 - q` of the pooled
+/// requests above it (`q` in 0..=1): requests above it are slow. `None` when a histogram is
+/// empty.
+pub fn latency_tail(a: &LatencyHistogram, b: &LatencyHistogram, q: f64) -> Option<LatencyTail> {
+    let (total_a, total_b) = (a.total(), b.total());
+    if total_a == 0 || total_b == 0 {
+        return None;
+    }
+    let mut pooled = *a;
+    pooled.merge(b);
+    let total = pooled.total();
+    let at_most_fast = q.clamp(0.0, 1.0) * total as f64;
+    // The last bucket whose cumulative pooled count leaves at least `1 - q` above it.
+    let mut seen = 0u64;
+    let mut fast_buckets = 0usize;
+    for (index, count) in pooled
+        .counts
+        .iter()
+        .enumerate()
+        .take(LATENCY_BUCKET_BOUNDS_MS.len())
+    {
+        seen = seen.saturating_add(*count);
+        if seen as f64 <= at_most_fast {
+            fast_buckets = index + 1;
+        } else {
+            break;
+        }
+    }
+    let slow = |histogram: &LatencyHistogram| {
+        histogram
+            .counts
+            .iter()
+            .skip(fast_buckets)
+            .fold(0u64, |sum, c| sum.saturating_add(*c))
+    };
+    let threshold_ms = fast_buckets
+        .checked_sub(1)
+        .and_then(|last_fast| LATENCY_BUCKET_BOUNDS_MS.get(last_fast))
+        .copied()
+        .unwrap_or(0.0);
+    Some(LatencyTail {
+        threshold_ms,
+        slow_a: slow(a),
+        total_a,
+        slow_b: slow(b),
+        total_b,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn close(actual: f64, expected: f64, relative: f64) -> bool {
-        ((actual - expected) / expected).abs() <= relative
+    fn log_e(e_a: u64, n_a: u64, e_b: u64, n_b: u64, factor: f64) -> f64 {
+        excess_rate_test(e_a, n_a, e_b, n_b, factor)
+            .unwrap()
+            .log_e_value
     }
 
     #[test]
-    fn normal_tail_matches_tables() {
-        assert!(close(normal_sf(0.0), 0.5, 1e-7));
-        assert!(
-            close(normal_sf(1.96), 0.024_997_895, 1e-6),
-            "{}",
-            normal_sf(1.96)
-        );
-        assert!(close(normal_sf(1.0), 0.158_655_254, 1e-6));
-        assert!(close(normal_sf(3.0), 1.349_898_03e-3, 1e-6));
-        assert!(
-            close(normal_sf(4.753_424), 1e-6, 1e-4),
-            "{}",
-            normal_sf(4.753_424)
-        );
-        assert!(close(normal_sf(6.0), 9.865_876_45e-10, 1e-5));
-        assert!(close(normal_sf(-1.96), 0.975_002_105, 1e-6));
-        assert_eq!(normal_sf(f64::INFINITY), 0.0);
-        assert_eq!(normal_sf(f64::NEG_INFINITY), 1.0);
-        assert!(normal_sf(f64::NAN).is_nan());
+    fn no_events_is_no_evidence() {
+        let test = excess_rate_test(0, 1000, 0, 9000, 1.0).unwrap();
+        assert!(test.log_e_value.abs() < 1e-12, "{test:?}");
+        assert!((test.null_share - 0.1).abs() < 1e-12);
+        assert!(!test.rejects(0.5));
     }
 
     #[test]
-    fn z_test_matches_a_hand_computation() {
-        // Canary 21/5000 = 0.42%, baseline 10/10000 = 0.10%; pooled 31/15000.
-        let test = two_proportion_z(21, 5000, 10, 10_000).unwrap();
-        let pooled: f64 = 31.0 / 15_000.0;
-        let se = (pooled * (1.0 - pooled) * (1.0 / 5000.0 + 1.0 / 10_000.0)).sqrt();
-        let z = (0.0042 - 0.001) / se;
-        assert!(close(test.z, z, 1e-12), "{} vs {z}", test.z);
-        assert!((4.0..4.1).contains(&test.z), "{}", test.z);
-        assert!(
-            test.p_value < 1e-4 && test.p_value > 1e-5,
-            "{}",
-            test.p_value
-        );
+    fn evidence_grows_with_the_canary_share_of_errors() {
+        // Canary 10% of requests; errors split as the null expects, then ever more canary-heavy.
+        assert!(log_e(10, 1000, 90, 9000, 1.0) < 0.0);
+        assert!(log_e(20, 1000, 90, 9000, 1.0) > log_e(10, 1000, 90, 9000, 1.0));
+        assert!(log_e(50, 1000, 90, 9000, 1.0) > 20.0);
+        // The canary being better is evidence against, never for.
+        assert!(log_e(0, 1000, 90, 9000, 1.0) < -2.0);
     }
 
     #[test]
-    fn z_test_is_one_sided() {
-        let lower = two_proportion_z(10, 10_000, 21, 5000).unwrap();
-        assert!(lower.z < 0.0);
-        assert!(lower.p_value > 0.99);
-        let same = two_proportion_z(10, 1000, 100, 10_000).unwrap();
-        assert!(same.z.abs() < 1e-12);
-        assert!(close(same.p_value, 0.5, 1e-7));
+    fn one_error_against_a_clean_baseline_is_not_enough() {
+        // With e_a = 1, e_b = 0 the e-value is at most 1 / pi0.
+        let test = excess_rate_test(1, 500, 0, 5000, 1.0).unwrap();
+        assert!(test.e_value() <= 1.0 / test.null_share + 1e-9, "{test:?}");
+        assert!(!test.rejects(1e-3));
+        let relative = excess_rate_test(1, 500, 0, 5000, 2.0).unwrap();
+        assert!(!relative.rejects(1e-3));
     }
 
     #[test]
-    fn z_test_handles_degenerate_groups() {
-        assert_eq!(two_proportion_z(0, 0, 1, 10), None);
-        assert_eq!(two_proportion_z(1, 10, 1, 0), None);
+    fn a_larger_factor_needs_more_evidence() {
+        let one = log_e(30, 1000, 30, 9000, 1.0);
+        let two = log_e(30, 1000, 30, 9000, 2.0);
+        let five = log_e(30, 1000, 30, 9000, 5.0);
+        assert!(one > two && two > five, "{one} {two} {five}");
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        assert_eq!(excess_rate_test(0, 0, 0, 10, 1.0), None);
+        assert_eq!(excess_rate_test(0, 10, 0, 0, 1.0), None);
+        assert_eq!(excess_rate_test(1, 10, 1, 10, 0.0), None);
+        assert_eq!(excess_rate_test(1, 10, 1, 10, f64::NAN), None);
+        assert_eq!(excess_rate_test(1, 10, 1, 10, f64::INFINITY), None);
+        // Clamped: 50 errors out of 10 are 10.
         assert_eq!(
-            two_proportion_z(0, 10, 0, 10),
-            Some(ZTest {
-                z: 0.0,
-                p_value: 0.5
-            })
+            excess_rate_test(50, 10, 0, 10, 1.0),
+            excess_rate_test(10, 10, 0, 10, 1.0)
         );
+        assert!(
+            !SequentialTest {
+                log_e_value: 100.0,
+                null_share: 0.5
+            }
+            .rejects(0.0)
+        );
+    }
+
+    #[test]
+    fn latency_tail_splits_at_the_pooled_quantile_bucket() {
+        let mut a = LatencyHistogram::default();
+        let mut b = LatencyHistogram::default();
+        a.record(40.0, 980);
+        a.record(400.0, 20);
+        b.record(40.0, 9950);
+        b.record(400.0, 50);
+        let tail = latency_tail(&a, &b, 0.99).unwrap();
+        // Pooled: 70 of 11000 above 300ms (0.64%), so the p99 is in the 30-50ms bucket.
+        assert_eq!(tail.threshold_ms, 30.0);
+        assert_eq!((tail.slow_a, tail.slow_b), (1000, 10_000));
+        let tail = latency_tail(&a, &b, 0.999).unwrap();
+        assert_eq!(tail.threshold_ms, 300.0);
         assert_eq!(
-            two_proportion_z(10, 10, 10, 10),
-            Some(ZTest {
-                z: 0.0,
-                p_value: 0.5
-            })
+            (tail.slow_a, tail.total_a, tail.slow_b, tail.total_b),
+            (20, 1000, 50, 10_000)
         );
-        // Errors above requests are clamped.
-        let clamped = two_proportion_z(50, 10, 0, 10).unwrap();
-        assert!(clamped.z > 0.0 && clamped.p_value.is_finite());
+        assert!(tail.test().unwrap().log_e_value > 0.0);
+        assert_eq!(latency_tail(&LatencyHistogram::default(), &b, 0.99), None);
     }
 }

@@ -118,7 +118,9 @@ fn default_plan_means_what_it_says() {
     assert_eq!(pro_business.min_requests, 1000);
     assert_eq!(free.min_requests, 500);
     assert_eq!(free.gates.len(), 2);
-    assert!(matches!(free.gates[1].expr, GateExpr::Significant { alpha, .. } if alpha == 1e-6));
+    assert!(
+        matches!(free.gates[1].expr, GateExpr::Significant { alpha, .. } if alpha == failsmall_core::gate::ALPHA_DEFAULT)
+    );
     assert!(enterprise.approval && !free.approval);
     assert_eq!(enterprise.hard_signals, HardSignals::default());
     assert_eq!(enterprise.silence_ms, 30_000);

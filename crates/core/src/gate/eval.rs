@@ -1,7 +1,7 @@
 //! Three-valued evaluation of a gate on a canary and its baseline.
 
 use super::*;
-use crate::stats::two_proportion_z;
+use crate::stats::{SequentialTest, excess_rate_test, latency_tail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Truth {
@@ -81,26 +81,12 @@ impl EvalContext<'_> {
 
     pub(super) fn condition(&self, expr: &GateExpr) -> (Truth, String) {
         match expr {
-            GateExpr::Compare { left, op, right } => match (self.value(left), self.value(right)) {
-                (Ok(l), Ok(r)) => {
-                    let (left_text, right_text) =
-                        (Self::describe(left, l), Self::describe(right, r));
-                    if op.holds(l, r) {
-                        (
-                            Truth::True,
-                            format!("{left_text} {} {right_text}", op.symbol()),
-                        )
-                    } else {
-                        (
-                            Truth::False,
-                            format!("{left_text} {} {right_text}", op.negated_symbol()),
-                        )
-                    }
+            GateExpr::Compare { left, op, right } => {
+                if let Some(factor) = relative_error_factor(left, *op, right) {
+                    return self.relative(expr, factor);
                 }
-                (Err(reason), _) | (_, Err(reason)) => {
-                    (Truth::Unknown, format!("{expr}: inconclusive, {reason}"))
-                }
-            },
+                self.compare(expr, left, *op, right)
+            }
             GateExpr::Significant { metric, alpha } => self.significant(*metric, *alpha),
             GateExpr::Not(inner) => {
                 let (truth, detail) = self.condition(inner);
@@ -113,6 +99,29 @@ impl EvalContext<'_> {
             }
             GateExpr::Or(parts) => self.combine(parts, Truth::True, Truth::False),
             GateExpr::And(parts) => self.combine(parts, Truth::False, Truth::True),
+        }
+    }
+
+    /// A comparison evaluated as arithmetic on the metrics' values.
+    fn compare(&self, expr: &GateExpr, left: &Value, op: CmpOp, right: &Value) -> (Truth, String) {
+        match (self.value(left), self.value(right)) {
+            (Ok(l), Ok(r)) => {
+                let (left_text, right_text) = (Self::describe(left, l), Self::describe(right, r));
+                if op.holds(l, r) {
+                    (
+                        Truth::True,
+                        format!("{left_text} {} {right_text}", op.symbol()),
+                    )
+                } else {
+                    (
+                        Truth::False,
+                        format!("{left_text} {} {right_text}", op.negated_symbol()),
+                    )
+                }
+            }
+            (Err(reason), _) | (_, Err(reason)) => {
+                (Truth::Unknown, format!("{expr}: inconclusive, {reason}"))
+            }
         }
     }
 
@@ -136,48 +145,207 @@ impl EvalContext<'_> {
         (truth, detail)
     }
 
+    /// Canary and baseline for a test of `metric`, or why the test cannot run yet.
+    fn both_groups(&self, metric: Metric) -> Result<(&GroupMetrics, &GroupMetrics), String> {
+        let canary = self.group(Group::Canary, metric)?;
+        let baseline = self.group(Group::Baseline, metric)?;
+        Ok((canary, baseline))
+    }
+
+    /// `significant(metric > baseline.metric)`: the sequential test of [`crate::stats`] fails
+    /// the gate once its e-value reaches `1 / alpha`; until then the gate passes (given
+    /// `min_requests` on both sides).
     fn significant(&self, metric: Metric, alpha: f64) -> (Truth, String) {
         let name = metric.name();
-        let groups = self
-            .group(Group::Canary, metric)
-            .and_then(|canary| Ok((canary, self.group(Group::Baseline, metric)?)));
-        let (canary, baseline) = match groups {
+        let inconclusive = |reason: &str| {
+            (
+                Truth::Unknown,
+                format!("significant({name} > baseline.{name}): inconclusive, {reason}"),
+            )
+        };
+        let (canary, baseline) = match self.both_groups(metric) {
             Ok(groups) => groups,
-            Err(reason) => {
-                return (
-                    Truth::Unknown,
-                    format!("significant({name} > baseline.{name}): inconclusive, {reason}"),
+            Err(reason) => return inconclusive(&reason),
+        };
+        let (test, counts) = match metric.quantile() {
+            None => {
+                let Some(test) = excess_rate_test(
+                    canary.errors(),
+                    canary.requests(),
+                    baseline.errors(),
+                    baseline.requests(),
+                    1.0,
+                ) else {
+                    return inconclusive("a group has no requests");
+                };
+                (test, error_counts(name, canary, baseline, 1.0))
+            }
+            Some(quantile) => {
+                let Some(tail) =
+                    latency_tail(&canary.sample.latency, &baseline.sample.latency, quantile)
+                else {
+                    return inconclusive("a group has no latency observations");
+                };
+                let Some(test) = tail.test() else {
+                    return inconclusive("a group has no latency observations");
+                };
+                let share = |slow: u64, total: u64| {
+                    format_in(Dimension::Ratio, slow as f64 / total.max(1) as f64)
+                };
+                let counts = format!(
+                    "{name}: {} ({}/{}) of canary requests above {} vs baseline {} ({}/{})",
+                    share(tail.slow_a, tail.total_a),
+                    tail.slow_a,
+                    tail.total_a,
+                    format_in(Dimension::Latency, tail.threshold_ms),
+                    share(tail.slow_b, tail.total_b),
+                    tail.slow_b,
+                    tail.total_b,
                 );
+                (test, counts)
             }
         };
-        let Some(test) = two_proportion_z(
-            canary.errors(),
-            canary.requests(),
-            baseline.errors(),
-            baseline.requests(),
-        ) else {
-            return (
-                Truth::Unknown,
-                format!(
-                    "significant({name} > baseline.{name}): inconclusive, a group has no requests"
-                ),
-            );
-        };
-        let rate =
-            |group: &GroupMetrics| format_in(Dimension::Ratio, group.error_rate().unwrap_or(0.0));
-        let failing = test.p_value < alpha;
+        let failing = test.rejects(alpha);
         let detail = format!(
-            "{name} {} ({}/{}) vs baseline {} ({}/{}): z={:.2}, p={:.1e} {} alpha {alpha:e}",
-            rate(canary),
-            canary.errors(),
-            canary.requests(),
-            rate(baseline),
-            baseline.errors(),
-            baseline.requests(),
-            test.z,
-            test.p_value,
-            if failing { "<" } else { ">=" },
+            "{counts}: {} {}",
+            evidence(&test),
+            threshold(alpha, failing)
         );
         (if failing { Truth::True } else { Truth::False }, detail)
     }
+
+    /// A relative error gate (`error_rate > K * baseline.error_rate` and its spellings):
+    /// fails when the sequential test rejects `p_canary <= K * p_baseline` at [`ALPHA_DEFAULT`];
+    /// inconclusive while the canary's rate is above `K` times the baseline's without the test
+    /// rejecting; passes when it is not above.
+    fn relative(&self, expr: &GateExpr, factor: f64) -> (Truth, String) {
+        let inconclusive =
+            |reason: &str| (Truth::Unknown, format!("{expr}: inconclusive, {reason}"));
+        let (canary, baseline) = match self.both_groups(Metric::ErrorRate) {
+            Ok(groups) => groups,
+            Err(reason) => return inconclusive(&reason),
+        };
+        let Some(test) = excess_rate_test(
+            canary.errors(),
+            canary.requests(),
+            baseline.errors(),
+            baseline.requests(),
+            factor,
+        ) else {
+            return inconclusive("a group has no requests");
+        };
+        let counts = error_counts("error_rate", canary, baseline, factor);
+        let failing = test.rejects(ALPHA_DEFAULT);
+        let rate = |group: &GroupMetrics| group.error_rate().unwrap_or(0.0);
+        let above = rate(canary) > factor * rate(baseline);
+        let evidence = evidence(&test);
+        let threshold = threshold(ALPHA_DEFAULT, failing);
+        if failing {
+            (
+                Truth::True,
+                format!("{expr}: {counts}: {evidence} {threshold}"),
+            )
+        } else if above {
+            inconclusive(&format!(
+                "{counts}: above, not significant yet: {evidence} {threshold}"
+            ))
+        } else {
+            (
+                Truth::False,
+                format!("{expr}: {counts}: not above, {evidence}"),
+            )
+        }
+    }
+}
+
+/// `error_rate 0.42% (21/5000) vs baseline 0.1% (10/10000)`, with ` * K` when K is not 1.
+fn error_counts(name: &str, canary: &GroupMetrics, baseline: &GroupMetrics, factor: f64) -> String {
+    let rate =
+        |group: &GroupMetrics| format_in(Dimension::Ratio, group.error_rate().unwrap_or(0.0));
+    let factor = if factor == 1.0 {
+        String::new()
+    } else {
+        format!("{} * ", format_number(factor))
+    };
+    format!(
+        "{name} {} ({}/{}) vs {factor}baseline {} ({}/{})",
+        rate(canary),
+        canary.errors(),
+        canary.requests(),
+        rate(baseline),
+        baseline.errors(),
+        baseline.requests(),
+    )
+}
+
+fn evidence(test: &SequentialTest) -> String {
+    format!("e={:.2e}", test.e_value())
+}
+
+/// `>= 1/alpha 2e4` or `< 1/alpha 2e4`.
+fn threshold(alpha: f64, failing: bool) -> String {
+    format!(
+        "{} 1/alpha {:.0e}",
+        if failing { ">=" } else { "<" },
+        1.0 / alpha
+    )
+}
+
+/// The factor `K` when `left op right` is a relative error gate: `error_rate > K *
+/// baseline.error_rate`, `error_rate > baseline.error_rate * K`, `error_rate >
+/// baseline.error_rate` (K = 1), `error_rate > baseline.error_rate / D` (K = 1/D),
+/// `error_rate / baseline.error_rate > K`, each also with `>=` and mirrored (`K *
+/// baseline.error_rate < error_rate`). `None` for anything else, which is evaluated as
+/// arithmetic.
+fn relative_error_factor(left: &Value, op: CmpOp, right: &Value) -> Option<f64> {
+    let (canary_side, baseline_side) = match op {
+        CmpOp::Gt | CmpOp::Ge => (left, right),
+        CmpOp::Lt | CmpOp::Le => (right, left),
+    };
+    let canary = Value::Metric {
+        group: Group::Canary,
+        metric: Metric::ErrorRate,
+    };
+    let baseline = Value::Metric {
+        group: Group::Baseline,
+        metric: Metric::ErrorRate,
+    };
+    let scalar = |value: &Value| match value {
+        Value::Literal {
+            value,
+            dimension: Dimension::Scalar,
+        } => Some(*value),
+        _ => None,
+    };
+    let factor = if *canary_side == canary {
+        match baseline_side {
+            side if *side == baseline => Some(1.0),
+            Value::Arith {
+                op: ArithOp::Mul,
+                left,
+                right,
+            } if **right == baseline => scalar(left),
+            Value::Arith {
+                op: ArithOp::Mul,
+                left,
+                right,
+            } if **left == baseline => scalar(right),
+            Value::Arith {
+                op: ArithOp::Div,
+                left,
+                right,
+            } if **left == baseline => scalar(right).map(|divisor| 1.0 / divisor),
+            _ => None,
+        }
+    } else {
+        match canary_side {
+            Value::Arith {
+                op: ArithOp::Div,
+                left,
+                right,
+            } if **left == canary && **right == baseline => scalar(baseline_side),
+            _ => None,
+        }
+    };
+    factor.filter(|factor| *factor > 0.0 && factor.is_finite())
 }

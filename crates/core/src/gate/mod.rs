@@ -45,12 +45,32 @@
 //! always conclusive. `OR` fails if any side fails, else is inconclusive if any side is, else
 //! passes; `AND` is the dual; `NOT` swaps pass and fail.
 //!
-//! `significant(error_rate > baseline.error_rate)` is a one-sided two-proportion z-test with
-//! pooled variance ([`crate::stats::two_proportion_z`]); it fails when the canary's error rate
-//! is higher than the baseline's with a p-value below `alpha`. The default alpha is
-//! [`ALPHA_DEFAULT`] = 1e-6 *per evaluation*: a stage whose gates are evaluated N times has, by
-//! the union bound, at most `N × alpha` chance of failing a healthy version by chance (1e-3
-//! for a thousand evaluations).
+//! # Sequential tests
+//! `significant(error_rate > baseline.error_rate)` and `significant(p99_latency >
+//! baseline.p99_latency)` (any latency quantile) run the always-valid sequential test of
+//! [`crate::stats`] on the cumulative counts of the stage's window: the gate fails once the
+//! test's e-value reaches `1 / alpha` and passes until then (given `min_requests` on both
+//! sides). For latency the test compares the canary's share of requests in or above the bucket
+//! holding the pooled quantile with the baseline's. The e-value may be checked after every
+//! report, any number of times: the chance that it ever fails a version no worse than its
+//! baseline, over the whole window, is at most `alpha`.
+//!
+//! A relative error gate, `error_rate > K * baseline.error_rate` (also written
+//! `baseline.error_rate * K`, `baseline.error_rate / D`, `error_rate / baseline.error_rate >
+//! K`, with `>=`, or mirrored; `K = 1` for `error_rate > baseline.error_rate`), runs the same
+//! test against `p_canary <= K * p_baseline` at [`ALPHA_DEFAULT`]: it fails when the test
+//! rejects that, is inconclusive (holds) while the canary's rate is above `K` times the
+//! baseline's without the test rejecting, and passes when it is not above. One canary error
+//! against a baseline with none is never enough. Other comparisons, including latency and
+//! additive ones (`error_rate > baseline.error_rate + 1%`), are arithmetic on the values.
+//!
+//! The level: failsmall's false-positive budget is [`ALPHA_PER_ROLLOUT`] = 0.1% per rollout.
+//! A gate does not know its plan, so the budget is split evenly over [`ALPHA_SPLIT`] = 20
+//! sequential tests: [`ALPHA_DEFAULT`] = 5e-5 per sequential gate per window (a stage, or the
+//! soak). Windows are independent tests, so by the union bound a rollout whose plan has at
+//! most 20 (sequential gate, window) pairs — the default plan has 6 — fails a healthy version
+//! with probability at most 0.1%. `significant(..., alpha = X)` sets one gate's level per
+//! window.
 //!
 //! `min_requests N` written as a gate line is not a condition: it sets the stage's
 //! `min_requests` (see [`parse_gate_line`]).
@@ -78,8 +98,14 @@ pub const GATE_SOURCE_MAX_BYTES: usize = 1024;
 pub const GATE_TOKENS_MAX: usize = 256;
 /// Deepest nesting of parentheses and `NOT` in one gate expression.
 pub const GATE_DEPTH_MAX: usize = 32;
-/// Default significance level of `significant(...)`, per evaluation.
-pub const ALPHA_DEFAULT: f64 = 1e-6;
+/// The chance, per rollout, that sequential gates fail a version no worse than its baseline.
+pub const ALPHA_PER_ROLLOUT: f64 = 1e-3;
+/// Sequential tests (a sequential gate in one stage or the soak) [`ALPHA_PER_ROLLOUT`] is split
+/// over.
+pub const ALPHA_SPLIT: u32 = 20;
+/// Default level of one sequential gate (`significant(...)` or a relative error gate) over one
+/// window (a stage, or the soak): `ALPHA_PER_ROLLOUT / ALPHA_SPLIT` = 5e-5.
+pub const ALPHA_DEFAULT: f64 = ALPHA_PER_ROLLOUT / ALPHA_SPLIT as f64;
 /// Largest `min_requests` a gate line may set.
 pub const MIN_REQUESTS_MAX: u64 = 1_000_000_000;
 /// Largest number literal accepted (in its written unit).
@@ -322,7 +348,8 @@ pub enum GateExpr {
         op: CmpOp,
         right: Value,
     },
-    /// One-sided two-proportion z-test of the canary's `metric` against the baseline's.
+    /// Always-valid one-sided sequential test of the canary's `metric` against the
+    /// baseline's at level `alpha` per window; see [`crate::stats`].
     Significant {
         metric: Metric,
         alpha: f64,

@@ -542,11 +542,11 @@ impl Parser {
                 ),
             });
         }
-        if metric != Metric::ErrorRate {
+        if metric != Metric::ErrorRate && metric.quantile().is_none() {
             return Err(GateError {
                 column: metric_column,
                 message: format!(
-                    "significant supports error_rate only (a two-proportion test needs errors out of requests), found {}",
+                    "significant supports error_rate and the latency quantiles (p50_latency .. p999_latency), found {}",
                     metric.name()
                 ),
             });
@@ -555,7 +555,7 @@ impl Parser {
         if self.peek() == Some(&TokenKind::Comma) {
             self.position += 1;
             if !self.peek_keyword("alpha") {
-                return Err(self.error("alpha = NUMBER, e.g. alpha = 1e-6"));
+                return Err(self.error("alpha = NUMBER, e.g. alpha = 1e-4"));
             }
             self.position += 1;
             self.expect(&TokenKind::Equals, "`=` after alpha")?;
@@ -574,7 +574,7 @@ impl Parser {
                     return Err(GateError {
                         column: alpha_column,
                         message: "expected alpha as a bare number with 0 < alpha <= 0.5, \
-                                  e.g. alpha = 1e-6"
+                                  e.g. alpha = 1e-4"
                             .to_owned(),
                     });
                 }

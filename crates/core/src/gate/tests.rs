@@ -106,14 +106,22 @@ fn relative_to_baseline() {
         &group(1000, 1, 50.0),
         Some(&baseline),
         "pass",
-        "1.5 * baseline.error_rate = 0.15%",
+        "error_rate 0.1% (1/1000) vs 1.5 * baseline 0.1% (10/10000): not above, e=",
     );
+    // Above 1.5 times the baseline, but 2 errors prove nothing yet: hold.
     check(
         gate,
         &group(1000, 2, 50.0),
         Some(&baseline),
+        "inconclusive",
+        "(2/1000) vs 1.5 * baseline 0.1% (10/10000): above, not significant yet: e=",
+    );
+    check(
+        gate,
+        &group(1000, 30, 50.0),
+        Some(&baseline),
         "fail",
-        "error_rate 0.2% > 1.5 * baseline.error_rate = 0.15%",
+        ">= 1/alpha 2e4",
     );
     check(
         gate,
@@ -129,19 +137,61 @@ fn relative_to_baseline() {
         "inconclusive",
         "baseline has 100 requests",
     );
+    // One canary error against a baseline without errors is never a failure, however many
+    // requests the baseline has.
+    for baseline_requests in [500, 10_000, 1_000_000] {
+        check(
+            "error_rate > 2 * baseline.error_rate",
+            &group(1000, 1, 1.0),
+            Some(&group(baseline_requests, 0, 1.0)),
+            "inconclusive",
+            "above, not significant yet",
+        );
+    }
     check(
+        "error_rate > 2 * baseline.error_rate",
+        &group(1000, 0, 1.0),
+        Some(&group(10_000, 0, 1.0)),
+        "pass",
+        "not above",
+    );
+    // Every spelling of the same relative gate runs the test.
+    for spelling in [
+        "error_rate > baseline.error_rate * 2",
+        "error_rate >= 2 * baseline.error_rate",
+        "error_rate > baseline.error_rate / 0.5",
         "error_rate / baseline.error_rate > 2",
+        "2 * baseline.error_rate < error_rate",
+    ] {
+        check(
+            spelling,
+            &group(1000, 3, 1.0),
+            Some(&baseline),
+            "inconclusive",
+            "vs 2 * baseline 0.1% (10/10000): above, not significant yet",
+        );
+        check(
+            spelling,
+            &group(1000, 40, 1.0),
+            Some(&baseline),
+            "fail",
+            ">= 1/alpha",
+        );
+    }
+    check(
+        "error_rate > baseline.error_rate",
+        &group(1000, 40, 1.0),
+        Some(&baseline),
+        "fail",
+        "error_rate 4% (40/1000) vs baseline 0.1% (10/10000): e=",
+    );
+    // Additive and latency comparisons stay arithmetic.
+    check(
+        "error_rate > baseline.error_rate + 0.1%",
         &group(1000, 3, 1.0),
         Some(&baseline),
         "fail",
-        "= 3",
-    );
-    check(
-        "error_rate / baseline.error_rate > 2",
-        &group(1000, 3, 1.0),
-        Some(&group(1000, 0, 1.0)),
-        "inconclusive",
-        "divides by zero",
+        "error_rate 0.3% > baseline.error_rate + 0.1% = 0.2%",
     );
     check(
         "p99_latency > baseline.p99_latency + 50ms",
@@ -267,19 +317,20 @@ fn keywords_are_case_insensitive() {
 fn significance_test() {
     let gate = "significant(error_rate > baseline.error_rate)";
     let baseline = group(10_000, 10, 1.0);
+    // 0.42% against 0.1% on 21 errors: suggestive, far from 1/alpha.
     check(
         gate,
         &group(5000, 21, 1.0),
         Some(&baseline),
         "pass",
-        "error_rate 0.42% (21/5000) vs baseline 0.1% (10/10000): z=4.07, p=2.4e-5 >= alpha 1e-6",
+        "error_rate 0.42% (21/5000) vs baseline 0.1% (10/10000): e=6.63e2 < 1/alpha 2e4",
     );
     check(
         gate,
         &group(5000, 40, 1.0),
         Some(&baseline),
         "fail",
-        "< alpha 1e-6",
+        ">= 1/alpha 2e4",
     );
     check(
         gate,
@@ -295,21 +346,89 @@ fn significance_test() {
         "inconclusive",
         "canary has 100 requests",
     );
-    let lenient = "significant(error_rate > baseline.error_rate, alpha = 0.001)";
+    let lenient = "significant(error_rate > baseline.error_rate, alpha = 0.01)";
     check(
         lenient,
         &group(5000, 21, 1.0),
         Some(&baseline),
         "fail",
-        "< alpha 1e-3",
+        ">= 1/alpha 1e2",
     );
     // A lower canary error rate never fails.
+    check(lenient, &group(5000, 0, 1.0), Some(&baseline), "pass", "e=");
+    // No errors anywhere, or errors everywhere: no evidence either way.
     check(
-        lenient,
+        gate,
         &group(5000, 0, 1.0),
+        Some(&group(5000, 0, 1.0)),
+        "pass",
+        "e=1.00e0",
+    );
+    check(
+        gate,
+        &group(5000, 5000, 1.0),
+        Some(&group(5000, 5000, 1.0)),
+        "pass",
+        "< 1/alpha",
+    );
+}
+
+/// A group whose `slow` of `requests` requests took 400ms and the rest 40ms.
+fn latency_group(requests: u64, slow: u64) -> GroupMetrics {
+    let mut group = group(requests - slow, 0, 40.0);
+    group.sample.requests = requests;
+    group.sample.latency.record(400.0, slow);
+    group
+}
+
+#[test]
+fn latency_significance_test() {
+    let gate = "significant(p99_latency > baseline.p99_latency)";
+    let baseline = latency_group(10_000, 100);
+    check(
+        gate,
+        &latency_group(1000, 10),
         Some(&baseline),
         "pass",
-        "z=-",
+        "p99_latency: 1% (10/1000) of canary requests above 300ms vs baseline 1% (100/10000): e=",
+    );
+    check(
+        gate,
+        &latency_group(1000, 50),
+        Some(&baseline),
+        "fail",
+        "5% (50/1000) of canary requests above 300ms",
+    );
+    // Everything in one bucket: every request is "slow", nothing to compare.
+    check(
+        gate,
+        &group(1000, 0, 40.0),
+        Some(&group(10_000, 0, 40.0)),
+        "pass",
+        "above 30ms",
+    );
+    check(
+        gate,
+        &group(1000, 0, 400.0),
+        Some(&group(10_000, 0, 40.0)),
+        "fail",
+        "100% (1000/1000) of canary requests above 300ms vs baseline 0% (0/10000)",
+    );
+    check(
+        gate,
+        &latency_group(1000, 50),
+        Some(&group(100, 0, 40.0)),
+        "inconclusive",
+        "baseline has 100 requests",
+    );
+    let mut empty = latency_group(1000, 50);
+    empty.sample.latency = LatencyHistogram::default();
+    check(
+        gate,
+        &empty,
+        Some(&baseline),
+        "inconclusive",
+        "no latency observations",
     );
 }
 
@@ -420,10 +539,11 @@ fn syntax_errors_point_at_the_problem() {
 #[test]
 fn significant_errors() {
     assert!(
-        parse_error("significant(p99_latency > baseline.p99_latency)")
+        parse_error("significant(requests > baseline.requests)")
             .message
-            .contains("error_rate only")
+            .contains("error_rate and the latency quantiles")
     );
+    assert!(Gate::parse("significant(p999_latency > baseline.p999_latency, alpha = 1e-3)").is_ok());
     assert!(
         parse_error("significant(error_rate > baseline.errors)")
             .message
@@ -458,6 +578,7 @@ fn display_is_canonical_and_reparses() {
         "error_rate > 1.5 * baseline.error_rate",
         "NOT (crashes > 0 AND (errors + 1) * 2 > 10)",
         "significant(error_rate > baseline.error_rate, alpha = 0.001)",
+        "significant(p99_latency > baseline.p99_latency)",
         "p99_latency > 0.25s",
     ] {
         let gate = Gate::parse(source).unwrap();
