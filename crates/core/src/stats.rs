@@ -69,7 +69,7 @@ pub const MIXTURE_TAU: f64 = 1.5;
 /// Largest `theta = ln m` in the mixture (`m` about 400).
 pub const MIXTURE_LOG_FACTOR_MAX: f64 = 6.0;
 /// Points of the discretised mixing distribution.
-pub const MIXTURE_POINTS: usize = 64;
+pub const MIXTURE_POINTS: usize = 32;
 
 /// The evidence of an [`excess_rate_test`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -119,24 +119,54 @@ pub fn excess_rate_test(
     }
     let events = events_a + events_b;
     let ln_1p_null = null_odds.ln_1p();
-    let step = MIXTURE_LOG_FACTOR_MAX / MIXTURE_POINTS as f64;
     let mut terms = [0.0f64; MIXTURE_POINTS];
-    let mut weight_sum = 0.0;
-    for (index, term) in terms.iter_mut().enumerate() {
-        let theta = (index as f64 + 0.5) * step;
-        let log_weight = -theta * theta / (2.0 * MIXTURE_TAU * MIXTURE_TAU);
-        weight_sum += log_weight.exp();
+    for (term, point) in terms.iter_mut().zip(mixture().iter()) {
         // odds0 <= 1e15 * u64::MAX and e^theta <= e^6: the product stays finite.
-        let ln_1p_alternative = (theta.exp() * null_odds).ln_1p();
-        *term = log_weight + events_a * theta + events * (ln_1p_null - ln_1p_alternative);
+        let ln_1p_alternative = (point.factor * null_odds).ln_1p();
+        *term =
+            point.log_weight + events_a * point.theta + events * (ln_1p_null - ln_1p_alternative);
     }
-    let log_e_value = log_sum_exp(&terms) - weight_sum.ln();
+    let log_e_value = log_sum_exp(&terms);
     if log_e_value.is_nan() {
         return None;
     }
     Some(SequentialTest {
         log_e_value,
         null_share: null_odds / (1.0 + null_odds),
+    })
+}
+
+/// One point of the discretised mixing distribution.
+#[derive(Debug, Clone, Copy, Default)]
+struct MixturePoint {
+    /// `theta = ln m`.
+    theta: f64,
+    /// `m = e^theta`.
+    factor: f64,
+    /// Logarithm of the point's weight; the weights sum to 1.
+    log_weight: f64,
+}
+
+/// The mixing distribution, computed once.
+fn mixture() -> &'static [MixturePoint; MIXTURE_POINTS] {
+    static MIXTURE: std::sync::OnceLock<[MixturePoint; MIXTURE_POINTS]> =
+        std::sync::OnceLock::new();
+    MIXTURE.get_or_init(|| {
+        let step = MIXTURE_LOG_FACTOR_MAX / MIXTURE_POINTS as f64;
+        let mut points = [MixturePoint::default(); MIXTURE_POINTS];
+        for (index, point) in points.iter_mut().enumerate() {
+            let theta = (index as f64 + 0.5) * step;
+            *point = MixturePoint {
+                theta,
+                factor: theta.exp(),
+                log_weight: -theta * theta / (2.0 * MIXTURE_TAU * MIXTURE_TAU),
+            };
+        }
+        let log_total = log_sum_exp(&points.map(|point| point.log_weight));
+        for point in &mut points {
+            point.log_weight -= log_total;
+        }
+        points
     })
 }
 
