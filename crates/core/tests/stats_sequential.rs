@@ -16,7 +16,7 @@
 
 use failsmall_core::gate::{ALPHA_DEFAULT, Gate, Verdict};
 use failsmall_core::health::{GroupMetrics, HealthSample, LatencyHistogram};
-use failsmall_core::stats::{excess_rate_test, latency_tail};
+use failsmall_core::stats::excess_rate_test;
 use proptest::prelude::*;
 
 /// Looks (evaluations of the test on the cumulative counts) per run.
