@@ -106,6 +106,12 @@ pub enum Event {
     NodeRegistered { node: NodeId, labels: Labels },
     /// A node left the fleet for good.
     NodeRemoved { node: NodeId },
+    /// The control plane has not heard from the `down` nodes' agents for its threshold, and
+    /// hears from the `up` ones again. A down node is left out of the stages that start while it
+    /// is down (a dead node is not a canary); once up, it gets what the entered stages of
+    /// running rollouts select for it. A node already exposed that falls silent still counts
+    /// against the version (`silence`).
+    Liveness { down: Vec<NodeId>, up: Vec<NodeId> },
     /// A new version should roll out through `plan`.
     RolloutRequested {
         unit: UnitName,
@@ -323,6 +329,8 @@ pub const MAX_QUARANTINED_PER_UNIT: usize = 1_024;
 pub const MAX_TEXT_BYTES: usize = 1_024;
 /// The actor of the changes the engine makes by itself.
 pub const ENGINE_ACTOR: &str = "failsmall";
+/// Most down nodes a stage's changelog entry names (the rest are counted).
+pub const LEFT_OUT_NAMED_MAX: usize = 10;
 
 /// A hash map with a fixed, fast hasher (FxHash, from `rustc-hash`), for the hot lookups by
 /// node id. Architecture invariant: its iteration order never reaches an output; whatever is
@@ -697,6 +705,9 @@ struct NodeState {
     labels: Labels,
     /// Per unit, the version this node should run.
     desired: BTreeMap<UnitName, VersionHash>,
+    /// Since when the control plane has not heard from the node (see [`Event::Liveness`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    down_since_ms: Option<TimeMs>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -942,6 +953,7 @@ impl Engine {
                 self.on_node_registered(now, node, labels, &mut out)?
             }
             Event::NodeRemoved { node } => self.on_node_removed(now, node, &mut out)?,
+            Event::Liveness { down, up } => self.on_liveness(now, down, up, &mut out)?,
             Event::RolloutRequested {
                 unit,
                 version,
@@ -1175,6 +1187,18 @@ impl Engine {
         self.nodes.len()
     }
 
+    /// The nodes taken for down (see [`Event::Liveness`]), sorted.
+    pub fn down_nodes(&self) -> Vec<NodeId> {
+        let mut down: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, state)| state.down_since_ms.is_some())
+            .map(|(node, _)| node.clone())
+            .collect();
+        down.sort();
+        down
+    }
+
     /// The latest `now_ms` the engine has seen.
     pub fn now_ms(&self) -> TimeMs {
         self.now_ms
@@ -1376,6 +1400,8 @@ impl Engine {
         let previous = match self.nodes.get_mut(node) {
             Some(state) => {
                 state.labels = labels.clone();
+                // A node that registers is heard from.
+                state.down_since_ms = None;
                 state.desired.clone()
             }
             None => {
@@ -1389,13 +1415,37 @@ impl Engine {
                     NodeState {
                         labels: labels.clone(),
                         desired,
+                        down_since_ms: None,
                     },
                 );
                 BTreeMap::new()
             }
         };
         self.index.0.insert(node);
-        // Level-triggered: the node gets every running rollout whose entered stages select it.
+        self.expose_where_selected(node, labels, now);
+        let desired = self
+            .nodes
+            .get(node)
+            .map(|state| state.desired.clone())
+            .unwrap_or_default();
+        for (unit, version) in &desired {
+            if previous.get(unit) != Some(version) {
+                out.push(Action::SetDesired {
+                    unit: unit.clone(),
+                    version: Some(*version),
+                    nodes: vec![node.clone()],
+                });
+            }
+        }
+        let units: Vec<UnitName> = self.units.keys().cloned().collect();
+        for unit in units {
+            self.settle(&unit, now, out);
+        }
+        Ok(())
+    }
+
+    /// Level-triggered: `node` gets every running rollout whose entered stages select it.
+    fn expose_where_selected(&mut self, node: &NodeId, labels: &Labels, now: TimeMs) {
         for id in self.active_rollouts() {
             let selects = self.rollouts.get(&id).is_some_and(|rollout| {
                 !rollout.exposed.contains_key(node)
@@ -1418,23 +1468,66 @@ impl Engine {
             }
             self.refresh_role(id, node);
         }
-        let desired = self
-            .nodes
-            .get(node)
-            .map(|state| state.desired.clone())
-            .unwrap_or_default();
-        for (unit, version) in &desired {
-            if previous.get(unit) != Some(version) {
-                out.push(Action::SetDesired {
-                    unit: unit.clone(),
-                    version: Some(*version),
-                    nodes: vec![node.clone()],
-                });
+    }
+
+    /// Marks nodes down or up (see [`Event::Liveness`]). Unknown nodes are skipped: one may
+    /// have been removed since the control plane looked.
+    fn on_liveness(
+        &mut self,
+        now: TimeMs,
+        down: &[NodeId],
+        up: &[NodeId],
+        out: &mut Vec<Action>,
+    ) -> Result<(), EngineError> {
+        let given = down.len().saturating_add(up.len());
+        if given > MAX_NODES {
+            return Err(EngineError::LimitReached {
+                what: "nodes in one liveness event",
+                given,
+                limit: MAX_NODES,
+            });
+        }
+        for node in down {
+            if let Some(state) = self.nodes.get_mut(node) {
+                state.down_since_ms.get_or_insert(now);
             }
         }
-        let units: Vec<UnitName> = self.units.keys().cloned().collect();
-        for unit in units {
-            self.settle(&unit, now, out);
+        let mut back = Vec::new();
+        for node in up {
+            if let Some(state) = self.nodes.get_mut(node)
+                && state.down_since_ms.take().is_some()
+            {
+                back.push((node.clone(), state.labels.clone()));
+            }
+        }
+        back.sort_by(|a, b| a.0.cmp(&b.0));
+        for (node, labels) in &back {
+            let before = self
+                .nodes
+                .get(node)
+                .map(|state| state.desired.clone())
+                .unwrap_or_default();
+            self.expose_where_selected(node, labels, now);
+            let after = self
+                .nodes
+                .get(node)
+                .map(|state| state.desired.clone())
+                .unwrap_or_default();
+            for (unit, version) in &after {
+                if before.get(unit) != Some(version) {
+                    out.push(Action::SetDesired {
+                        unit: unit.clone(),
+                        version: Some(*version),
+                        nodes: vec![node.clone()],
+                    });
+                }
+            }
+        }
+        if !back.is_empty() {
+            let units: Vec<UnitName> = self.units.keys().cloned().collect();
+            for unit in units {
+                self.settle(&unit, now, out);
+            }
         }
         Ok(())
     }
@@ -2088,6 +2181,8 @@ impl Engine {
         };
         let mut targeted = 0u64;
         let mut newly: Vec<NodeId> = Vec::new();
+        // Selected but down: a dead node is not a canary (it joins when it is heard from).
+        let mut left_out: Vec<NodeId> = Vec::new();
         for (node, state) in &self.nodes {
             let node_bucket = select::bucket(&rollout.unit, node);
             if stage.selector.matches(&state.labels)
@@ -2108,11 +2203,16 @@ impl Engine {
                         && select::bucket_within(node_bucket, earlier.percent)
                 });
             if selected {
-                newly.push(node.clone());
+                if state.down_since_ms.is_some() {
+                    left_out.push(node.clone());
+                } else {
+                    newly.push(node.clone());
+                }
             }
         }
         // The fleet map's order is arbitrary: expose in node order.
         newly.sort();
+        left_out.sort();
         let (unit, version, timeout_ms, name) = (
             rollout.unit.clone(),
             rollout.version,
@@ -2149,7 +2249,7 @@ impl Engine {
                 nodes: set_nodes,
             });
         }
-        let reason = if targeted == 0 {
+        let mut reason = if targeted == 0 {
             "no nodes selected by this stage; it passes at once".to_owned()
         } else {
             format!(
@@ -2157,6 +2257,24 @@ impl Engine {
                 newly.len()
             )
         };
+        if !left_out.is_empty() {
+            let named: Vec<&str> = left_out
+                .iter()
+                .take(LEFT_OUT_NAMED_MAX)
+                .map(NodeId::as_str)
+                .collect();
+            let more = left_out.len().saturating_sub(named.len());
+            reason.push_str(&format!(
+                "; {} left out, down (not heard from): {}{}",
+                left_out.len(),
+                named.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         self.log(
             id,
             ChangeKind::StageStarted,

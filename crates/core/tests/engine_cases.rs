@@ -927,6 +927,45 @@ fn train_versions_never_overtake_and_complete_in_order() {
 }
 
 #[test]
+fn a_down_node_is_left_out_of_a_stage_and_joins_once_heard_from() {
+    let mut h = Harness::with_fleet();
+    h.step(Event::Liveness {
+        down: vec![node("emp-0"), node("ghost")],
+        up: vec![],
+    });
+    assert_eq!(
+        h.engine.down_nodes(),
+        vec![node("emp-0")],
+        "unknown nodes are skipped"
+    );
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    let exposed = h.engine.exposed_nodes(id);
+    assert_eq!(exposed.len(), 3, "{exposed:?}");
+    assert!(!exposed.contains(&node("emp-0")));
+    assert!(h.actions.iter().any(|a| matches!(
+        a,
+        Action::Changelog(entry) if entry.kind == ChangeKind::StageStarted
+            && entry.reason.contains("1 left out, down (not heard from): emp-0")
+    )));
+    // The stage does not wait for the dead node: it passes on the live ones.
+    h.run(id, "u", 60_000, &healthy);
+    assert!(h.engine.rollout(id).unwrap().stage_index >= 1);
+    // Heard from again: it gets what the entered stages select for it.
+    let actions = h.step(Event::Liveness {
+        down: vec![],
+        up: vec![node("emp-0")],
+    });
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::SetDesired { version: Some(v), nodes, .. }
+            if *v == version("v1") && nodes == &vec![node("emp-0")]
+    )));
+    assert!(h.engine.down_nodes().is_empty());
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
 fn a_node_joining_mid_rollout_gets_the_version_of_entered_stages() {
     let mut h = Harness::with_fleet();
     let id = h.request("u", "v1", three_stage_plan(), "alice");

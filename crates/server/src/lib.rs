@@ -146,7 +146,12 @@ pub async fn run(
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_node_down_after_ms(config.node_down_after_ms);
-    let liveness = tokio::spawn(state.liveness().flush_forever(state.store()));
+    let liveness = tokio::spawn(state.liveness().watch_forever(
+        state.store(),
+        Arc::clone(&engine),
+        config.node_down_after_ms,
+        api::now_ms,
+    ));
     let router = api::router(state, config.max_body_bytes);
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {

@@ -2,13 +2,19 @@
 //! its node seen. The marks are kept in memory, so a request never waits on a write, and are
 //! written to the store's `nodes.last_seen_ms` in one transaction every
 //! [`LIVENESS_FLUSH_MS`]; reads overlay the marks not yet written. A node is *down* when it was
-//! last seen longer than the server's `node_down_after_ms` ago.
+//! last seen longer than the server's `node_down_after_ms` ago: the engine is told
+//! ([`Event::Liveness`], one `node_liveness` changelog entry per change) and leaves down nodes
+//! out of the stages that start while they are down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::store::Store;
+use failsmall_core::domain::NodeId;
+use failsmall_core::engine::{ENGINE_ACTOR, Event, LEFT_OUT_NAMED_MAX};
+
+use crate::rollouts::{Cause, EngineHost};
+use crate::store::{ChangeRow, Store};
 
 /// How often the marks are written to the store.
 pub const LIVENESS_FLUSH_MS: u64 = 2_000;
@@ -58,11 +64,85 @@ impl Liveness {
         }
     }
 
-    /// Writes the marks every [`LIVENESS_FLUSH_MS`] until the task is aborted.
-    pub async fn flush_forever(self: Arc<Self>, store: Arc<Store>) {
+    /// Writes the marks every [`LIVENESS_FLUSH_MS`] and tells the engine which nodes went down
+    /// or came back ([`Event::Liveness`]), until the task is aborted. For the first
+    /// `down_after_ms` after start nothing is judged: agents reconnect to a restarted server.
+    pub async fn watch_forever(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        engine: Arc<EngineHost>,
+        down_after_ms: u64,
+        clock: fn() -> u64,
+    ) {
+        let started_ms = clock();
         loop {
             tokio::time::sleep(Duration::from_millis(LIVENESS_FLUSH_MS)).await;
             self.flush(&store).await;
+            let now_ms = clock();
+            if now_ms.saturating_sub(started_ms) > down_after_ms {
+                self.judge(&store, &engine, now_ms, down_after_ms).await;
+            }
+        }
+    }
+
+    /// Compares who is silent now with who the engine takes for down, and tells it the change.
+    async fn judge(
+        &self,
+        store: &Arc<Store>,
+        engine: &Arc<EngineHost>,
+        now_ms: u64,
+        down_after_ms: u64,
+    ) {
+        let reader = Arc::clone(store);
+        let Ok(Ok(seen)) = tokio::task::spawn_blocking(move || reader.nodes_last_seen()).await
+        else {
+            return;
+        };
+        let silent: BTreeSet<String> = seen
+            .into_iter()
+            .filter(|(node, at_ms)| {
+                let last = self.pending(node).map_or(*at_ms, |p| p.max(*at_ms));
+                now_ms.saturating_sub(last) > down_after_ms
+            })
+            .map(|(node, _)| node)
+            .collect();
+        let known: BTreeSet<String> = engine
+            .read(|engine, _| {
+                engine
+                    .down_nodes()
+                    .into_iter()
+                    .map(|node| node.to_string())
+                    .collect()
+            })
+            .await;
+        let to_ids = |names: Vec<&String>| -> Vec<NodeId> {
+            names
+                .into_iter()
+                .filter_map(|name| NodeId::new(name.clone()).ok())
+                .collect()
+        };
+        let down = to_ids(silent.difference(&known).collect());
+        let up = to_ids(known.difference(&silent).collect());
+        if down.is_empty() && up.is_empty() {
+            return;
+        }
+        let change = ChangeRow {
+            at_ms: now_ms,
+            actor: ENGINE_ACTOR.to_owned(),
+            kind: "node_liveness".to_owned(),
+            unit: None,
+            version: None,
+            reason: liveness_reason(&down, &up, down_after_ms),
+            concerns: None,
+            rollout: None,
+            stage: None,
+        };
+        let event = Event::Liveness { down, up };
+        if let Err(error) = engine
+            .apply(store, now_ms, event, Cause::Nothing, Some(change))
+            .await
+        {
+            eprintln!("failsmall server: node liveness: {error}; judged again");
         }
     }
 
@@ -87,6 +167,37 @@ impl Liveness {
             Err(error) => eprintln!("failsmall server: node liveness task: {error}"),
         }
     }
+}
+
+/// "nodes down (not heard from for 1m30s): a, b; up again: c", naming at most
+/// [`LEFT_OUT_NAMED_MAX`] of each.
+fn liveness_reason(down: &[NodeId], up: &[NodeId], down_after_ms: u64) -> String {
+    let named = |nodes: &[NodeId]| {
+        let mut text = nodes
+            .iter()
+            .take(LEFT_OUT_NAMED_MAX)
+            .map(NodeId::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = nodes.len().saturating_sub(LEFT_OUT_NAMED_MAX);
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    };
+    let mut parts = Vec::new();
+    if !down.is_empty() {
+        parts.push(format!(
+            "{} nodes down (not heard from for {}): {}",
+            down.len(),
+            failsmall_core::duration::format_ms(down_after_ms),
+            named(down)
+        ));
+    }
+    if !up.is_empty() {
+        parts.push(format!("{} nodes up again: {}", up.len(), named(up)));
+    }
+    parts.join("; ")
 }
 
 #[cfg(test)]

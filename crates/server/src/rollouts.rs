@@ -138,12 +138,11 @@ impl EngineHost {
             };
             match result {
                 Ok((actions, revision)) => {
-                    // Watchers wake only when what some node should run changed; a step that
-                    // only merged health moves the sequence number without waking anyone.
-                    if actions
-                        .iter()
-                        .any(|action| matches!(action, Action::SetDesired { .. }))
-                    {
+                    // Watchers wake only when a node's document changed: what it should run,
+                    // or a rollout that judged a version ended (its `trial` goes, a `stable`
+                    // may come). A step that only merged health moves the sequence number
+                    // without waking anyone.
+                    if actions.iter().any(changes_documents) {
                         revisions.send_replace(revision);
                     }
                     Ok(actions)
@@ -323,6 +322,21 @@ fn step_and_commit(
     current.engine = next;
     current.revision = revision;
     Ok((actions, revision))
+}
+
+/// Whether `action` changes some node's desired-state document.
+fn changes_documents(action: &Action) -> bool {
+    match action {
+        Action::SetDesired { .. } => true,
+        Action::Changelog(entry) => matches!(
+            entry.kind,
+            ChangeKind::Completed
+                | ChangeKind::Aborted
+                | ChangeKind::RolledBack
+                | ChangeKind::Superseded
+        ),
+        Action::Notify { .. } => false,
+    }
 }
 
 /// After a failed commit, makes memory agree with the store again (a commit whose outcome is

@@ -1110,6 +1110,19 @@ impl Store {
         })
     }
 
+    /// Every node and when it was last heard from (at most the engine's node limit).
+    pub fn nodes_last_seen(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT id, last_seen_ms FROM nodes ORDER BY id LIMIT ?1")?;
+            let limit = i64::try_from(failsmall_core::engine::MAX_NODES).unwrap_or(i64::MAX);
+            let rows = stmt.query_map([limit], |row| {
+                Ok((row.get::<_, String>(0)?, to_u64(row.get(1)?)))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     pub fn heartbeat(&self, id: &str, now_ms: u64) -> Result<NodeRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;

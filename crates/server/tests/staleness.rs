@@ -377,3 +377,114 @@ async fn every_agent_request_marks_its_node_seen_and_a_silent_node_reads_as_down
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_silent_past_the_threshold_is_left_out_of_a_stage_and_joins_when_heard_from() {
+    let scratch = fresh_dir("down");
+    let server =
+        TestServer::start_with(scratch.path(), |config| config.node_down_after_ms = 1_000).await;
+    let mut agents = Vec::new();
+    for node in ["n1", "n2"] {
+        let agent = server.agent_token(&format!("agent-{node}"), node).await;
+        let (status, body) = server
+            .call(
+                Method::PUT,
+                &format!("/v1/nodes/{node}"),
+                Some(&agent),
+                Some(json!({"labels": {"cohort": "free"}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        agents.push(agent);
+    }
+    let watch = |node: &'static str, agent: String| {
+        let request = server.request(
+            Method::GET,
+            &format!("/v1/nodes/{node}/desired"),
+            Some(&agent),
+        );
+        async move { request.send().await.unwrap().status() }
+    };
+    // n1's agent keeps asking; n2's says nothing until it is taken for down.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert_eq!(watch("n1", agents[0].clone()).await, StatusCode::OK);
+        let (_, body) = server
+            .admin(Method::GET, "/v1/changelog?limit=100", None)
+            .await;
+        let down = body["entries"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "node_liveness" && e["reason"].as_str().unwrap().contains("down")
+        });
+        if down {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n2 never down: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let spec = json!({"format": "json", "max_bytes": 256});
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, v1) = server
+        .push("flags", &server.admin, "message=one", br#"{"a": 1}"#)
+        .await;
+    let v1 = v1["hash"].as_str().unwrap().to_owned();
+    let (status, view) = server
+        .admin(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"unit": "flags", "version": v1, "plan": INSTANT_PLAN, "reason": "t"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["nodes_exposed"], 1, "only the live node: {view}");
+    let (_, body) = server
+        .admin(Method::GET, "/v1/changelog?limit=100", None)
+        .await;
+    assert!(
+        body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "stage_started"
+                && e["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("left out, down (not heard from): n2")),
+        "{body}"
+    );
+    // n2 is heard from again (its agent asks as a live one does): it joins the rollout.
+    let id = view["id"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert_eq!(watch("n2", agents[1].clone()).await, StatusCode::OK);
+        let (_, view) = server
+            .admin(Method::GET, &format!("/v1/rollouts/{id}"), None)
+            .await;
+        if view["nodes_exposed"] == 2 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let (_, log) = server
+                .admin(Method::GET, "/v1/changelog?limit=100", None)
+                .await;
+            let lines: Vec<String> = log["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| format!("{} {}", e["kind"], e["reason"]))
+                .collect();
+            panic!("n2 never joined: {view}\n{lines:#?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
