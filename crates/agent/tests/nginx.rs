@@ -1,8 +1,9 @@
 //! A real third-party consumer: nginx from Debian, whose configuration includes the unit's
-//! `current`, reloaded with `nginx -s reload` exactly as operators write it. A version that
-//! breaks `/health` is caught by the windowed post-apply check although `nginx -s reload`
-//! returns before the new workers run; the previous version is put back and nginx serves it
-//! again. A good version passes.
+//! `current`, reloaded with `nginx -s reload` exactly as operators write it. One validator
+//! argv (`nginx -t` on `{path}`) refuses a fragment nginx cannot parse on the server (422)
+//! and on the agent (NACK). A version that breaks `/health` is caught by the windowed
+//! post-apply check although `nginx -s reload` returns before the new workers run; the
+//! previous version is put back and nginx serves it again. A good version passes.
 //!
 //! Needs `nginx` (`scripts/test` installs it). Skipped, with a message, only when it is not
 //! installed and the test does not run as root; as root without nginx it fails.
@@ -112,6 +113,46 @@ impl Nginx {
         std::fs::read_to_string(&self.error_log).unwrap_or_default()
     }
 
+    /// The unit's validator: `nginx -t` on a main configuration that includes the candidate
+    /// (a copy of `{path}`), the way an operator checks a fragment.
+    fn validate_command(&self, dir: &Path, port: u16) -> LocalCommand {
+        let candidate = dir.join("candidate.conf");
+        let check = dir.join("check.conf");
+        let main = std::fs::read_to_string(&self.conf)
+            .unwrap()
+            .replace(&format!("listen 127.0.0.1:{port};"), "listen 127.0.0.1:1;")
+            .lines()
+            .filter(|line| !line.starts_with("pid ") && !line.starts_with("daemon "))
+            .map(|line| {
+                if line.trim_start().starts_with("include ") {
+                    format!("    include {};", candidate.display())
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(
+            &check,
+            format!("pid {};\n{main}\n", dir.join("check.pid").display()),
+        )
+        .unwrap();
+        LocalCommand {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "cp \"$1\" \"$2\" && exec \"$3\" -t -q -c \"$4\" -e \"$5\"".into(),
+                "validator".into(),
+                "{path}".into(),
+                candidate.display().to_string(),
+                self.program.display().to_string(),
+                check.display().to_string(),
+                dir.join("check.log").display().to_string(),
+            ],
+            timeout_ms: 10_000,
+        }
+    }
+
     /// `nginx -s reload -c CONF`: the reload command as an operator writes it.
     fn reload_command(&self) -> LocalCommand {
         LocalCommand {
@@ -191,9 +232,6 @@ async fn nginx_reloaded_as_written_a_broken_health_is_caught_and_the_previous_co
     let dir = scratch.path();
     let server = Server::start(&dir.join("server")).await;
     let operator = Operator::new(&server);
-    operator
-        .create_unit_with(json!({"format": "raw", "max_bytes": 65_536}))
-        .await;
     let token = operator.agent_token("n1").await;
     let agent_dir = dir.join("agent");
     let current = agent_dir.join("units").join(UNIT).join("current");
@@ -202,6 +240,24 @@ async fn nginx_reloaded_as_written_a_broken_health_is_caught_and_the_previous_co
         probe.local_addr().unwrap().port()
     };
     let nginx = Nginx::start(&program, dir, port, &current);
+    let validator = nginx.validate_command(dir, port);
+    // The same validator on the server: the unit's command is the same argv.
+    let argv: Vec<String> = std::iter::once(validator.program.clone())
+        .chain(validator.args.iter().cloned())
+        .collect();
+    let (status, body) = operator
+        .call(
+            reqwest::Method::POST,
+            "/v1/units",
+            Some(json!({
+                "name": UNIT,
+                "spec": {"format": "raw", "max_bytes": 65_536},
+                "owner": "edge",
+                "validator": {"command": argv, "timeout_ms": 10_000},
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
     let base = format!("http://127.0.0.1:{port}");
     // Up, with no version yet: /health is not found.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
@@ -217,6 +273,7 @@ async fn nginx_reloaded_as_written_a_broken_health_is_caught_and_the_previous_co
     config.units.insert(
         UNIT.parse().unwrap(),
         UnitLocalConfig {
+            validate: Some(validator),
             reload: Some(nginx.reload_command()),
             health_check: Some(HealthCheckConfig {
                 timeout_ms: 1_000,
@@ -236,6 +293,33 @@ async fn nginx_reloaded_as_written_a_broken_health_is_caught_and_the_previous_co
     let hash = operator.push(&v1, false).await;
     let id = operator.rollout(&hash).await;
     operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(std::fs::read(&current).unwrap(), v1);
+    wait_health(&base, 200, "v1", &nginx).await;
+
+    // A fragment nginx cannot parse: the server's validator refuses the push...
+    let typo = b"location = /health { retrun 200 \"typo\"; }\n".to_vec();
+    let response = operator
+        .http
+        .post(format!(
+            "{}/v1/units/{UNIT}/versions?message=typo",
+            operator.base
+        ))
+        .bearer_auth(&operator.admin)
+        .body(typo.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("unknown directive"), "{body}");
+    // ...and, pushed past it on purpose, the agent's (the same argv) refuses it: never
+    // activated.
+    let refused = operator.push(&typo, true).await;
+    let id = operator.rollout(&refused).await;
+    operator.wait_rollout(id, "rolled_back", WAIT_MS).await;
+    operator
+        .wait_changelog("node_rejected", "unknown directive \"retrun\"", WAIT_MS)
+        .await;
     assert_eq!(std::fs::read(&current).unwrap(), v1);
     wait_health(&base, 200, "v1", &nginx).await;
 
