@@ -282,7 +282,6 @@ async fn nginx_reloaded_as_written_a_broken_health_is_caught_and_the_previous_co
                 deadline_ms: DEADLINE_MS,
                 ..HealthCheckConfig::new(format!("{base}/health"))
             }),
-            ..UnitLocalConfig::default()
         },
     );
     let agent = Agent::start(config).await;
