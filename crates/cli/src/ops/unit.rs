@@ -510,19 +510,24 @@ mod tests {
             validator_timeout: timeout.map(str::to_owned),
         };
         assert_eq!(flags(None, &[], None).command().unwrap(), None);
-        let command = flags(Some("/bin/cat"), &["-u"], None)
+        let command = flags(Some("/bin/cat"), &["-u", "{path}"], None)
             .command()
             .unwrap()
             .unwrap();
-        assert_eq!(command.command, ["/bin/cat", "-u"]);
+        assert_eq!(command.command, ["/bin/cat", "-u", "{path}"]);
         assert_eq!(command.timeout_ms, DEFAULT_TIMEOUT_MS);
-        let command = flags(Some("parse"), &["--check", "a b", ""], Some("500ms"))
+        let command = flags(Some("parse"), &["--check", "a b", "", "-"], Some("500ms"))
             .command()
             .unwrap();
         assert_eq!(
             validator_summary(command.as_ref()),
-            r#"parse --check "a b" "" (timeout 500ms)"#
+            r#"parse --check "a b" "" - (timeout 500ms)"#
         );
+        // A command that names no input is refused before anything is sent.
+        let error = flags(Some("parse"), &["--check"], None)
+            .command()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("{path}"), "{error:#}");
         assert_eq!(validator_summary(None), "none");
         for bad in ["5", "0s", "2m"] {
             let error = flags(Some("parse"), &[], Some(bad)).command().unwrap_err();
