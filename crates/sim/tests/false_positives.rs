@@ -1,10 +1,11 @@
 //! The sequential gates' false-positive bound, end to end: seeded healthy rollouts of the
 //! built-in `healthy` scenario through a plan whose only gates are `significant(...)`, judged by
-//! the real engine. None may roll back.
+//! the real engine. None of the default 1,000 may roll back.
 //!
-//! By default 250 seeds of four rollouts each (1,000 rollouts) run; `FAILSMALL_SIM_FP_SEEDS=2500 cargo nextest run -p
-//! failsmall-sim --test false_positives --release --no-capture` runs 10,000
-//! rollouts.
+//! By default 250 seeds of four rollouts each (1,000 rollouts) run;
+//! `FAILSMALL_SIM_FP_SEEDS=2500 cargo nextest run -p failsmall-sim --test false_positives --release --no-capture` runs 10,000
+//! rollouts; `FAILSMALL_SIM_FP_FIRST_SEED` moves the seeds (the first is 10,000), and the
+//! gate verdicts of a run that rolled back are printed.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,6 +14,7 @@
     clippy::indexing_slicing
 )]
 
+use failsmall_core::gate::ALPHA_PER_ROLLOUT;
 use failsmall_core::plan::Plan;
 use failsmall_sim::scenario::Scenario;
 use failsmall_sim::{RunOptions, Strategy};
@@ -36,11 +38,16 @@ stages:
   - { name: enterprise, select: { cohort: enterprise } }
 ";
 
-fn seeds() -> u64 {
-    std::env::var("FAILSMALL_SIM_FP_SEEDS")
+/// The environment variable `name` as a number, or `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
         .ok()
-        .and_then(|seeds| seeds.parse().ok())
-        .unwrap_or(250)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn seeds() -> u64 {
+    env_or("FAILSMALL_SIM_FP_SEEDS", 250)
 }
 
 fn options(plan: &Plan, seed: u64) -> RunOptions {
@@ -61,14 +68,24 @@ fn healthy_rollouts_judged_by_significant_gates_never_roll_back() {
     let started = std::time::Instant::now();
     let (mut rollouts, mut completed, mut rollbacks) = (0u64, 0u64, 0u64);
     let mut rolled_back_seeds = Vec::new();
-    for seed in 0..seeds() {
-        let report = failsmall_sim::run(&scenario, &options(&plan, 10_000 + seed)).unwrap();
+    let first_seed = env_or("FAILSMALL_SIM_FP_FIRST_SEED", 10_000);
+    for seed in first_seed..first_seed + seeds() {
+        let report = failsmall_sim::run(&scenario, &options(&plan, seed)).unwrap();
         for run in &report.runs {
             rollouts += run.metrics.pushes_accepted;
             completed += run.metrics.versions_completed;
             rollbacks += run.metrics.rollbacks;
             if run.metrics.rollbacks > 0 {
-                rolled_back_seeds.push(10_000 + seed);
+                rolled_back_seeds.push(seed);
+                let mut traced = options(&plan, seed);
+                traced.trace = true;
+                let trace = failsmall_sim::run(&scenario, &traced).unwrap().trace();
+                for line in trace
+                    .lines()
+                    .filter(|line| line.contains("GateVerdict") || line.contains("RolledBack"))
+                {
+                    println!("seed {seed}: {line}");
+                }
             }
         }
     }
@@ -77,9 +94,16 @@ fn healthy_rollouts_judged_by_significant_gates_never_roll_back() {
         seeds(),
         started.elapsed()
     );
-    assert_eq!(
-        rollbacks, 0,
-        "healthy versions rolled back with seeds {rolled_back_seeds:?}"
+    // The default 1,000 rollouts must all complete; a larger run may see what the bound allows,
+    // at most ALPHA_PER_ROLLOUT of its rollouts (seed 12,033 is one of 10,000).
+    let allowed = if rollouts <= 1_000 {
+        0
+    } else {
+        (ALPHA_PER_ROLLOUT * rollouts as f64).floor() as u64
+    };
+    assert!(
+        rollbacks <= allowed,
+        "{rollbacks} healthy versions rolled back (at most {allowed}) with seeds {rolled_back_seeds:?}"
     );
     assert!(rollouts >= 3 * seeds(), "only {rollouts} rollouts");
 }
