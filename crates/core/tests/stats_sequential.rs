@@ -243,7 +243,13 @@ fn healthy_runs_stay_below_alpha_under_continuous_monitoring() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    // A fixed seed: a Monte Carlo bound checked on random draws would fail now and then by
+    // chance; this one replays the same traffic shapes every run.
+    #![proptest_config(ProptestConfig {
+        cases: 6,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(20_261_203),
+        ..ProptestConfig::default()
+    })]
 
     /// Any healthy traffic mix: base rate, canary share (drifting or not), volume, factor.
     #[test]
@@ -270,6 +276,9 @@ proptest! {
         prop_assert_eq!(rejections(&maxima, ALPHA_DEFAULT), 0, "{:?} seed {}", config, seed);
     }
 
+}
+
+proptest! {
     /// Counts of any size give a number, never NaN, and no events give no evidence.
     #[test]
     fn any_counts_give_a_finite_or_infinite_number(
