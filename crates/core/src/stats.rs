@@ -117,6 +117,19 @@ pub fn excess_rate_test(
     if !(null_odds > 0.0 && null_odds.is_finite()) {
         return None;
     }
+    let log_e_value = mixture_log_e_value(events_a, events_b, null_odds);
+    if log_e_value.is_nan() {
+        return None;
+    }
+    Some(SequentialTest {
+        log_e_value,
+        null_share: null_odds / (1.0 + null_odds),
+    })
+}
+
+/// `ln E` for `events_a` and `events_b` events (fractional counts allowed) and the null's odds
+/// `K n_a / n_b`.
+fn mixture_log_e_value(events_a: f64, events_b: f64, null_odds: f64) -> f64 {
     let events = events_a + events_b;
     let ln_1p_null = null_odds.ln_1p();
     let mut terms = [0.0f64; MIXTURE_POINTS];
@@ -126,14 +139,60 @@ pub fn excess_rate_test(
         *term =
             point.log_weight + events_a * point.theta + events * (ln_1p_null - ln_1p_alternative);
     }
-    let log_e_value = log_sum_exp(&terms);
-    if log_e_value.is_nan() {
+    log_sum_exp(&terms)
+}
+
+/// Most canary requests [`canary_requests_to_detect`] looks at.
+pub const DETECTION_REQUESTS_MAX: f64 = 1e12;
+
+/// About how many canary requests `significant(error_rate > baseline.error_rate)` at level
+/// `alpha` needs to fail a canary whose error rate is `canary_rate` against a baseline at
+/// `baseline_rate`, when the canary has `canary_share` (0..1) of the two groups' requests: the
+/// first count at which the e-value of the *expected* counts reaches `1 / alpha`. Monte Carlo
+/// puts the median detection within 15% of it (`crates/core/tests/stats_sequential.rs`); half
+/// of the runs need more. For a power estimate, e.g. in `plan check`: divide by the canary's
+/// request rate for the time a stage needs. `None` when the canary is not worse, an argument
+/// is out of range, or it would take more than [`DETECTION_REQUESTS_MAX`].
+pub fn canary_requests_to_detect(
+    baseline_rate: f64,
+    canary_rate: f64,
+    canary_share: f64,
+    alpha: f64,
+) -> Option<f64> {
+    let valid = |x: f64| x.is_finite() && x > 0.0 && x < 1.0;
+    if !(valid(baseline_rate) && valid(canary_share) && valid(alpha))
+        || !(canary_rate > baseline_rate && canary_rate <= 1.0)
+    {
         return None;
     }
-    Some(SequentialTest {
-        log_e_value,
-        null_share: null_odds / (1.0 + null_odds),
-    })
+    let baseline_per_canary = (1.0 - canary_share) / canary_share;
+    let null_odds = 1.0 / baseline_per_canary;
+    let target = -alpha.ln();
+    let reaches = |canary_requests: f64| {
+        mixture_log_e_value(
+            canary_rate * canary_requests,
+            baseline_rate * canary_requests * baseline_per_canary,
+            null_odds,
+        ) >= target
+    };
+    // Doubling, then bisection: at most about 40 + 40 evaluations.
+    let mut high = 1.0;
+    while !reaches(high) {
+        high *= 2.0;
+        if high > DETECTION_REQUESTS_MAX {
+            return None;
+        }
+    }
+    let mut low = high / 2.0;
+    while high - low > 1.0 && high / low > 1.001 {
+        let middle = (low + high) / 2.0;
+        if reaches(middle) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    Some(high.ceil())
 }
 
 /// One point of the discretised mixing distribution.
@@ -311,6 +370,19 @@ mod tests {
             }
             .rejects(0.0)
         );
+    }
+
+    #[test]
+    fn detection_estimate() {
+        let ten = canary_requests_to_detect(0.001, 0.005, 0.1, 5e-5).unwrap();
+        let half = canary_requests_to_detect(0.001, 0.005, 0.5, 5e-5).unwrap();
+        assert!((2_500.0..4_500.0).contains(&ten), "{ten}");
+        assert!((5_000.0..9_000.0).contains(&half), "{half}");
+        assert!(canary_requests_to_detect(0.001, 0.002, 0.1, 5e-5).unwrap() > ten);
+        assert_eq!(canary_requests_to_detect(0.001, 0.001, 0.1, 5e-5), None);
+        assert_eq!(canary_requests_to_detect(0.0, 0.005, 0.1, 5e-5), None);
+        assert_eq!(canary_requests_to_detect(0.001, 0.005, 1.0, 5e-5), None);
+        assert_eq!(canary_requests_to_detect(0.001, 0.005, 0.1, f64::NAN), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use failsmall_core::gate::{ALPHA_DEFAULT, Gate, Verdict};
 use failsmall_core::health::{GroupMetrics, HealthSample, LatencyHistogram};
-use failsmall_core::stats::excess_rate_test;
+use failsmall_core::stats::{canary_requests_to_detect, excess_rate_test};
 use proptest::prelude::*;
 
 /// Looks (evaluations of the test on the cumulative counts) per run.
@@ -367,12 +367,18 @@ fn a_regression_from_0_1_to_0_5_percent_is_detected() {
     for (share, median_max, p95_max) in [(0.1, 4_500, 8_000), (0.5, 9_000, 15_000)] {
         let found = detection_requests(share, 100, 500, 7);
         let quantile = |q: f64| found[((found.len() - 1) as f64 * q) as usize];
+        let estimate = canary_requests_to_detect(0.001, 0.005, share, ALPHA_DEFAULT).unwrap();
         println!(
-            "0.1% -> 0.5%, canary {}% of traffic, alpha {ALPHA_DEFAULT:e}: canary requests to detection median {}, p95 {}, max {}",
+            "0.1% -> 0.5%, canary {}% of traffic, alpha {ALPHA_DEFAULT:e}: canary requests to detection median {}, p95 {}, max {}; estimate {estimate}",
             share * 100.0,
             quantile(0.5),
             quantile(0.95),
             quantile(1.0)
+        );
+        let median = quantile(0.5) as f64;
+        assert!(
+            (estimate - median).abs() <= 0.15 * median,
+            "{share}: estimate {estimate}, median {median}"
         );
         assert!(quantile(0.5) <= median_max, "{share}: {found:?}");
         assert!(quantile(0.95) <= p95_max, "{share}: {found:?}");
