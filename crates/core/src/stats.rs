@@ -160,9 +160,8 @@ pub fn canary_requests_to_detect(
     alpha: f64,
 ) -> Option<f64> {
     let valid = |x: f64| x.is_finite() && x > 0.0 && x < 1.0;
-    if !(valid(baseline_rate) && valid(canary_share) && valid(alpha))
-        || !(canary_rate > baseline_rate && canary_rate <= 1.0)
-    {
+    let worse = canary_rate > baseline_rate && canary_rate <= 1.0;
+    if !(worse && valid(baseline_rate) && valid(canary_share) && valid(alpha)) {
         return None;
     }
     let baseline_per_canary = (1.0 - canary_share) / canary_share;
