@@ -79,7 +79,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
 use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
-use crate::plan::{Concurrency, Plan, Stage};
+use crate::plan::{Concurrency, OnInconclusive, Plan, Stage};
 use crate::select;
 
 /// Operator commands on a rollout.
@@ -200,6 +200,8 @@ pub enum ChangeKind {
     Completed,
     Quarantined,
     Superseded,
+    /// A stage could not conclude by its timeout and holds (`on_inconclusive: hold`).
+    Held,
     /// The last stage passed; the rollout keeps watching it until the soak ends.
     SoakStarted,
     /// The soak ended with no failing gate or hard signal.
@@ -2388,13 +2390,22 @@ impl Engine {
                 }
                 StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
                     if timed_out {
+                        // The gates neither failed nor passed: missing data is no evidence
+                        // against the version, so it is never quarantined for it.
                         let why = format!(
-                            "timeout: stage {:?} did not pass within {} ms (gates: {})",
+                            "stage {:?} inconclusive after {}: gates: {}; {}",
                             stage.name,
-                            stage.timeout_ms,
+                            crate::duration::format_ms(stage.timeout_ms),
                             gate_summary(&rollout.gate_reports),
+                            rollout.numbers(),
                         );
-                        self.roll_back(id, &why, ENGINE_ACTOR, true, now, out);
+                        match rollout.plan.on_inconclusive {
+                            OnInconclusive::Rollback => {
+                                let why = format!("{why}; on_inconclusive: rollback");
+                                self.roll_back(id, &why, ENGINE_ACTOR, false, now, out);
+                            }
+                            OnInconclusive::Hold => self.hold(id, &why, now, out),
+                        }
                         return true;
                     }
                     return changed;
@@ -2432,12 +2443,19 @@ impl Engine {
                         return changed;
                     }
                     if next >= rollout.plan.stages.len() {
-                        if rollout.plan.soak_ms > 0 {
+                        // A soak watches the nodes the version reached; with none there is
+                        // nothing to watch (and no evidence to make it stable either).
+                        if rollout.plan.soak_ms > 0 && rollout.nodes_exposed > 0 {
                             self.start_soak(id, now, out);
                             changed = true;
                             continue;
                         }
-                        self.complete(id, "every stage passed", now, out);
+                        let why = if rollout.nodes_exposed == 0 {
+                            "every stage passed; no node was exposed, so there was nothing to soak"
+                        } else {
+                            "every stage passed"
+                        };
+                        self.complete(id, why, now, out);
                         return true;
                     }
                     self.enter_stage(id, next, now, out);
@@ -2450,6 +2468,34 @@ impl Engine {
 
     /// Whether the stage may pass now: every exposed node applied, enough canary requests,
     /// every gate's latest verdict `Pass`, no silent canary node.
+    /// A stage that could not conclude by its timeout keeps running without one: it passes
+    /// as soon as its gates pass, a failing gate still rolls it back, and an operator may
+    /// promote, roll back or abort it. Alerts once.
+    fn hold(&mut self, id: RolloutId, why: &str, now: TimeMs, out: &mut Vec<Action>) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        rollout.timeout_at_ms = None;
+        let stage = rollout.stage_name();
+        let message = format!(
+            "rollout {id} holds: {why}; it passes when its gates pass, or run `failsmall rollout promote|rollback|abort {}`",
+            id.0
+        );
+        out.push(Action::Notify {
+            rollout: id,
+            message: cut(&message),
+        });
+        self.log(
+            id,
+            ChangeKind::Held,
+            None,
+            stage,
+            format!("{why}; holding (on_inconclusive: hold), the version is not blamed"),
+            now,
+            out,
+        );
+    }
+
     fn stage_ready(&self, rollout: &Rollout) -> bool {
         let Some(stage) = rollout.current_stage() else {
             return false;

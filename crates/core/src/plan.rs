@@ -12,6 +12,8 @@
 //! soak: 1h                      # after the last stage passes, keep watching the last stage's
 //!                               # gates and hard signals on every exposed node this long before
 //!                               # completing; default 1h, 0s = complete at once, at most 7d
+//! on_inconclusive: hold         # a stage that cannot conclude by its timeout: hold (default;
+//!                               # alert, an operator decides) or rollback (never quarantines)
 //! defaults:                     # apply to every stage unless the stage sets the field
 //!   bake: 1m                    # default 1m
 //!   timeout: 15m                # default: the stage's bake + 10m; at least the bake
@@ -43,6 +45,11 @@
 //!   failing gate or hard signal then rolls back every exposed node and quarantines the
 //!   version, as in a stage; an inconclusive gate never fails it. When the soak ends (or an
 //!   operator promotes the rollout) it completes. Queued rollouts of the unit wait behind it.
+//! - `on_inconclusive`: what a stage's timeout does when its gates neither failed nor passed
+//!   (too little data, a node that never answered): `hold` keeps the rollout running in
+//!   `holding` with an alert, and it passes as soon as its gates pass, or an operator promotes,
+//!   rolls back or aborts it; `rollback` reverts every exposed node. Either way the version is
+//!   not quarantined: missing data is no evidence against it.
 //! - Durations (`bake`, `timeout`, `silence`, `soak`, `health_check.timeout`) need a unit: `500ms`,
 //!   `30s`, `5m`, `1h`, `1m30s`; at most 7 days (see [`crate::duration`]).
 //! - Gates are failure conditions (see [`crate::gate`] for the expression language).
@@ -189,6 +196,20 @@ pub struct Plan {
     /// last stage passes. Plans stored before this field existed had no soak.
     #[serde(default)]
     pub soak_ms: u64,
+    /// What a stage's timeout does when its gates have not concluded.
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+}
+
+/// What a stage that cannot conclude by its timeout does. Neither quarantines the version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInconclusive {
+    /// Keep running in `holding`, alert, and pass when the gates pass (or an operator acts).
+    #[default]
+    Hold,
+    /// Revert every exposed node, without quarantine.
+    Rollback,
 }
 
 /// Where in which file a plan was wrong, and what was expected.
@@ -253,6 +274,7 @@ const ROOT_FIELDS: &[&str] = &[
     "queue_limit",
     "supersede_queued",
     "soak",
+    "on_inconclusive",
     "defaults",
     "health_check",
     "stages",
@@ -573,6 +595,7 @@ impl Loader<'_> {
         let mut defaults = Some(StageDefaults::default());
         let mut health_check = Some(None);
         let mut soak_ms = Some(SOAK_DEFAULT_MS);
+        let mut on_inconclusive = Some(OnInconclusive::Hold);
         let mut stage_nodes = None;
         for (key, value) in fields {
             let path = key;
@@ -600,6 +623,21 @@ impl Loader<'_> {
                 }
                 "supersede_queued" => supersede_queued = self.boolean(value, path),
                 "soak" => soak_ms = self.soak(value, path),
+                "on_inconclusive" => {
+                    on_inconclusive = match self.scalar(value, path, "hold or rollback") {
+                        Some("hold") => Some(OnInconclusive::Hold),
+                        Some("rollback") => Some(OnInconclusive::Rollback),
+                        Some(_) => {
+                            self.error(
+                                value,
+                                path,
+                                format!("expected hold or rollback, found {}", value.describe()),
+                            );
+                            None
+                        }
+                        None => None,
+                    }
+                }
                 "defaults" => defaults = self.defaults(value, path),
                 "health_check" => health_check = self.health_check(value, path).map(Some),
                 "stages" => stage_nodes = Some(value),
@@ -642,6 +680,7 @@ impl Loader<'_> {
             health_check: health_check?,
             stages: stages?,
             soak_ms: soak_ms?,
+            on_inconclusive: on_inconclusive?,
         })
     }
 

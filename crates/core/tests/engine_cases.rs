@@ -16,7 +16,9 @@ use failsmall_core::engine::{
 };
 use failsmall_core::gate::{Gate, Verdict};
 use failsmall_core::health::HealthSample;
-use failsmall_core::plan::{Concurrency, HardSignals, Percent, Plan, Selector, Stage};
+use failsmall_core::plan::{
+    Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
+};
 
 const TICK_MS: u64 = 5_000;
 
@@ -117,6 +119,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         health_check: None,
         stages,
         soak_ms: 0,
+        on_inconclusive: OnInconclusive::Hold,
     }
 }
 
@@ -536,27 +539,54 @@ fn silent_canary_nodes_roll_back() {
 }
 
 #[test]
-fn missing_acks_time_out_and_roll_back() {
-    let mut h = Harness::with_fleet();
-    let mut plan = three_stage_plan();
-    plan.stages[0].timeout_ms = 120_000;
-    let id = h.request("u", "v1", plan, "alice");
-    let start = h.now_ms;
-    h.run(id, "u", 3_600_000, &|n, _| {
-        if n.as_str() == "emp-1" {
-            Reaction::Stuck
-        } else {
-            Reaction::Healthy
+fn missing_acks_time_out_into_a_hold_that_blames_nothing() {
+    for on_inconclusive in [OnInconclusive::Hold, OnInconclusive::Rollback] {
+        let mut h = Harness::with_fleet();
+        let mut plan = three_stage_plan();
+        plan.stages[0].timeout_ms = 120_000;
+        plan.on_inconclusive = on_inconclusive;
+        let id = h.request("u", "v1", plan, "alice");
+        let start = h.now_ms;
+        let stuck = |n: &NodeId, _: VersionHash| {
+            if n.as_str() == "emp-1" {
+                Reaction::Stuck
+            } else {
+                Reaction::Healthy
+            }
+        };
+        h.run(id, "u", 3_600_000, &stuck);
+        let view = h.engine.rollout(id).unwrap();
+        // A node that never answered is no evidence against the version.
+        assert!(
+            !h.engine.is_quarantined(&unit("u"), &version("v1")),
+            "{view:?}"
+        );
+        match on_inconclusive {
+            OnInconclusive::Hold => {
+                assert_eq!(view.status, RolloutStatus::Running, "{view:?}");
+                assert_eq!(view.stage_index, 0);
+                assert!(h.kinds(id).contains(&ChangeKind::Held));
+                assert!(h.actions.iter().any(|a| matches!(
+                    a,
+                    Action::Notify { rollout, message } if *rollout == id
+                        && message.contains("inconclusive")
+                        && message.contains("failsmall rollout promote|rollback|abort")
+                )));
+                // An operator decides.
+                h.command(id, Command::Rollback, "oncall").unwrap();
+                assert_eq!(h.status(id), RolloutStatus::RolledBack);
+            }
+            OnInconclusive::Rollback => {
+                assert_eq!(view.status, RolloutStatus::RolledBack, "{view:?}");
+                assert!(view.outcome.unwrap().contains("inconclusive"));
+                let ended = view.ended_ms.unwrap();
+                assert!(
+                    ended >= start + 120_000 && ended <= start + 120_000 + TICK_MS,
+                    "{ended}"
+                );
+            }
         }
-    });
-    assert_eq!(h.status(id), RolloutStatus::RolledBack);
-    let view = h.engine.rollout(id).unwrap();
-    assert!(view.outcome.unwrap().starts_with("timeout"));
-    let ended = view.ended_ms.unwrap();
-    assert!(
-        ended >= start + 120_000 && ended <= start + 120_000 + TICK_MS,
-        "{ended}"
-    );
+    }
 }
 
 #[test]
@@ -572,9 +602,12 @@ fn too_few_requests_hold_and_never_promote() {
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.stage_index, 0);
     assert_eq!(view.phase, StagePhase::Holding);
+    // Past its timeout it holds: never promoted for lack of data, never blamed for it.
     h.run(id, "u", 600_000, &healthy);
-    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert_eq!(h.status(id), RolloutStatus::Running);
     assert_eq!(h.engine.rollout(id).unwrap().stage_index, 0);
+    assert!(h.kinds(id).contains(&ChangeKind::Held));
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
 }
 
 /// A stage whose bake ended while it lacked data passes in the very step that brings enough,
@@ -1209,13 +1242,14 @@ fn an_inconclusive_gate_holds_until_timeout_and_never_promotes() {
     );
     h.run(id, "u", 3_600_000, &healthy);
     let view = h.engine.rollout(id).unwrap();
-    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.status, RolloutStatus::Running, "held, not blamed");
     assert_eq!(view.stage_index, 0);
     assert!(matches!(
         view.gates.first().unwrap().verdict,
         Verdict::Inconclusive { .. }
     ));
     assert!(!h.kinds(id).contains(&ChangeKind::StagePassed));
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
 }
 
 /// nov18: the feature-file source alternates a good and a bad file every 5 minutes. The bad

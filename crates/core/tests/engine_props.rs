@@ -13,7 +13,9 @@ use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash};
 use failsmall_core::engine::{Action, ChangeKind, Command, Engine, Event, RolloutStatus};
 use failsmall_core::gate::{Gate, Verdict};
 use failsmall_core::health::{GroupMetrics, HealthSample};
-use failsmall_core::plan::{Concurrency, HardSignals, Percent, Plan, Selector, Stage};
+use failsmall_core::plan::{
+    Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
+};
 use failsmall_core::select;
 use proptest::prelude::*;
 
@@ -113,6 +115,7 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         health_check: None,
         stages,
         soak_ms: 0,
+        on_inconclusive: OnInconclusive::Hold,
     })
 }
 
@@ -758,6 +761,11 @@ proptest! {
                 let Action::Changelog(entry) = action else { continue };
                 match entry.kind {
                     ChangeKind::SoakStarted => *soak_started_ms = Some(entry.at_ms),
+                    // A rollout that exposed no node has nothing to soak.
+                    ChangeKind::Completed if soak_started_ms.is_none() => {
+                        prop_assert!(entry.reason.contains("no node was exposed"),
+                            "completed without a soak: {}", entry.reason);
+                    }
                     ChangeKind::Completed => {
                         let started = soak_started_ms.ok_or_else(|| TestCaseError::fail("completed without a soak"))?;
                         prop_assert!(promoted || entry.at_ms >= started + case.plan.soak_ms,

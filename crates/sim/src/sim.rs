@@ -13,7 +13,9 @@ use failsmall_core::engine::{
     Action, ChangeKind, Command, Engine, EngineError, Event, RolloutStatus, StagePhase,
 };
 use failsmall_core::health::{HealthSample, LatencyHistogram};
-use failsmall_core::plan::{Concurrency, HardSignals, Percent, Plan, Selector, Stage};
+use failsmall_core::plan::{
+    Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -84,6 +86,7 @@ pub fn instant_plan(hold_ms: u64) -> Plan {
             approval: false,
         }],
         soak_ms: 0,
+        on_inconclusive: OnInconclusive::Hold,
     }
 }
 

@@ -6,7 +6,9 @@
     clippy::indexing_slicing
 )]
 
-use failsmall_core::plan::{Concurrency, HardSignals, Percent, Plan, Selector, Stage};
+use failsmall_core::plan::{
+    Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
+};
 use failsmall_sim::{
     FleetSpec, PlanCheckLimits, PlanCheckOptions, Strategy, check_plan, resolve_strategy,
 };
@@ -55,6 +57,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         health_check: None,
         stages,
         soak_ms: 0,
+        on_inconclusive: OnInconclusive::Hold,
     }
 }
 
