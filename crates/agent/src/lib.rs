@@ -788,15 +788,17 @@ async fn watch_loop(
                 backoff_ms = config.backoff_min_ms;
                 // A local failure (the disk) is not fatal either: what is active stays, and
                 // the document is asked for again.
-                let handled =
-                    match converge::on_envelope(&config, &control, &shared, &key, &envelope).await
-                    {
-                        Ok(handled) => handled,
-                        Err(error) => {
-                            eprintln!("failsmall agent: {error}; keeping what is active");
-                            Handled::Refused
-                        }
-                    };
+                let handled = match converge::on_envelope(
+                    &config, &control, &shared, &key, &envelope,
+                )
+                .await
+                {
+                    Ok(handled) => handled,
+                    Err(error) => {
+                        eprintln!("failsmall agent: {error}; keeping what is active");
+                        Handled::Refused
+                    }
+                };
                 caught_up = handled == Handled::Converged;
                 if handled == Handled::Retry {
                     // A bundle could not be fetched: the same document again after a pause

@@ -195,7 +195,9 @@ async fn watch_unit(
                 // back to its fail mode.
                 return error(
                     StatusCode::NOT_FOUND,
-                    format!("unit {unit} has no active version on this node any more: it was removed"),
+                    format!(
+                        "unit {unit} has no active version on this node any more: it was removed"
+                    ),
                 );
             }
             Ok(_) => {}
