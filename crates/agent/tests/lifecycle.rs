@@ -1,8 +1,10 @@
 //! A version's life on a node, against the real control plane over loopback: on trial while a
 //! rollout judges it (the last known good stays the one before), good once it passed; removed
 //! when a rollback takes a unit's first version away (and the removal acknowledged); ACKed
-//! again when an earlier version is rolled out again; and a consumer that dies while a version
-//! is on trial reported as a crash at once, which rolls the version back.
+//! again when an earlier version is rolled out again; a consumer that dies while a version
+//! is on trial reported as a crash at once, which rolls the version back, also when the failure
+//! starts after the last stage, during the soak; and a version no node ran never becomes what
+//! nodes registering later receive.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -228,6 +230,106 @@ async fn a_consumer_that_dies_while_a_version_is_on_trial_rolls_it_back_at_once(
         .filter(|r| r.starts_with("node_crashed"))
         .count();
     assert_eq!(crashes, 1);
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// One stage that passes as soon as the node ACKs, then an hour of soak.
+const SOAK_PLAN: &str = "name: soak
+soak: 1h
+stages:
+  - name: everywhere
+    bake: 0s
+    min_requests: 0
+    silence: 1h
+    hard_signals: { rejections: 1, crashes: 1, health_check_failures: 1, silent_nodes: 0 }
+    gates: []
+";
+
+#[tokio::test]
+async fn a_failure_that_starts_after_the_last_stage_is_caught_by_the_soak() {
+    let dir = fresh_dir("soak");
+    let server = Server::start(&dir.path().join("server")).await;
+    let operator = Operator::new(&server);
+    operator.create_unit().await;
+    let token = operator.agent_token("n1").await;
+    let mut consumer = Command::new("sleep")
+        .arg("600")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = dir.path().join("consumer.pid");
+    std::fs::write(&pid_file, consumer.id().to_string()).unwrap();
+    let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
+    config.liveness.pid_file = Some(pid_file);
+    let agent = Agent::start(config).await;
+    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+    let v1_hash = operator.push(&features(1), false).await;
+    let id = operator.rollout(&v1_hash).await;
+    operator.wait_rollout(id, "completed", WAIT_MS).await;
+    agent
+        .wait_status(WAIT_MS, |s| s["units"][UNIT]["good"] == v1_hash.as_str())
+        .await;
+    // Every stage passes, and the rollout soaks: the version is still on trial.
+    let v2_hash = operator.push(&features(2), false).await;
+    let id = operator.rollout_with(&v2_hash, SOAK_PLAN).await;
+    operator
+        .wait_rollout_where(id, WAIT_MS, |v| v["phase"].get("soaking").is_some())
+        .await;
+    let status = agent
+        .wait_status(WAIT_MS, |s| s["units"][UNIT]["active"] == v2_hash.as_str())
+        .await;
+    assert_eq!(status["units"][UNIT]["good"], v1_hash.as_str(), "{status}");
+    assert_eq!(status["units"][UNIT]["trial"], id, "{status}");
+    // The failure starts late: the soak still rolls the version back, to v1.
+    consumer.kill().unwrap();
+    consumer.wait().unwrap();
+    let view = operator.wait_rollout(id, "rolled_back", WAIT_MS).await;
+    assert!(
+        view["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back during soak"),
+        "{view}"
+    );
+    agent
+        .wait_status(WAIT_MS, |s| s["units"][UNIT]["active"] == v1_hash.as_str())
+        .await;
+    agent.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_version_no_node_ran_never_reaches_a_node_that_registers_later() {
+    let dir = fresh_dir("nobody");
+    let server = Server::start(&dir.path().join("server")).await;
+    let operator = Operator::new(&server);
+    operator.create_unit().await;
+    // Gated, but with no node registered: the plan ends without evidence for the version.
+    let plan = "name: gated\nsoak: 1h\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
+    let hash = operator.push(&features(1), false).await;
+    let id = operator.rollout_with(&hash, plan).await;
+    let view = operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert!(
+        operator
+            .changelog_reasons()
+            .await
+            .iter()
+            .any(|r| r.contains("completed without a stable version")),
+        "{view}"
+    );
+    let token = operator.agent_token("n1").await;
+    let agent = Agent::start(agent_config(
+        &server.base,
+        &token,
+        "n1",
+        &dir.path().join("agent"),
+    ))
+    .await;
+    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+    let desired = operator.desired_as(&token, "n1").await;
+    assert!(desired["units"].get(UNIT).is_none(), "{desired}");
+    assert_eq!(agent.current(), None);
     agent.stop().await;
     server.stop().await;
 }
