@@ -39,6 +39,8 @@ enum Reaction {
     Stuck,
     /// ACK, then report traffic with 20% errors.
     Errors,
+    /// ACK, then report traffic with 2% errors.
+    SomeErrors,
 }
 
 struct Harness {
@@ -263,10 +265,14 @@ impl Harness {
                 }
             }
             match reaction {
-                Reaction::Healthy | Reaction::Errors => {
-                    let errors = if reaction == Reaction::Errors { 10 } else { 0 };
+                Reaction::Healthy | Reaction::Errors | Reaction::SomeErrors => {
+                    let (requests, errors) = match reaction {
+                        Reaction::Errors => (50, 10),
+                        Reaction::SomeErrors => (50, 1),
+                        _ => (50, 0),
+                    };
                     let mut sample = HealthSample {
-                        requests: 50,
+                        requests,
                         errors,
                         ..Default::default()
                     };
@@ -1124,6 +1130,59 @@ fn gated(mut stage: Stage, gates: &[&str]) -> Stage {
         .map(|source| Gate::parse(source).unwrap())
         .collect();
     stage
+}
+
+/// The three-stage plan with an absolute error gate on every stage.
+fn absolute_gate_plan() -> Plan {
+    let mut plan = three_stage_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(stage.clone(), &["error_rate > 1%"]);
+    }
+    plan
+}
+
+#[test]
+fn a_fleet_wide_incident_holds_the_stage_and_never_blames_the_version() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v0", absolute_gate_plan(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    // Every node, with the new version or not, fails 20% of its requests.
+    let id = h.request("u", "v1", absolute_gate_plan(), "alice");
+    for _ in 0..40 {
+        h.round("u", &|_, _| Reaction::Errors);
+    }
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Running, "{view:?}");
+    assert_eq!(view.stage_index, 0);
+    assert!(h.kinds(id).contains(&ChangeKind::FleetUnhealthy));
+    assert!(matches!(
+        &view.gates[0].verdict,
+        Verdict::Inconclusive { detail } if detail.contains("fleet unhealthy")
+    ));
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
+    // The fleet recovers: the rollout goes on and completes.
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn a_version_worse_than_an_unhealthy_fleet_is_still_rolled_back() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v0", absolute_gate_plan(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    // The baseline fails 2% of its requests (above the 1% gate); the canary fails 20%.
+    let id = h.request("u", "v1", absolute_gate_plan(), "alice");
+    let v1 = version("v1");
+    h.run(id, "u", 3_600_000, &|_, desired| {
+        if desired == v1 {
+            Reaction::Errors
+        } else {
+            Reaction::SomeErrors
+        }
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert!(h.engine.is_quarantined(&unit("u"), &v1));
 }
 
 #[test]

@@ -82,6 +82,8 @@ use crate::health::{GroupMetrics, HealthSample};
 use crate::plan::{Concurrency, OnInconclusive, Plan, Stage};
 use crate::select;
 
+mod judge;
+
 /// Operator commands on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,6 +204,8 @@ pub enum ChangeKind {
     Superseded,
     /// A stage could not conclude by its timeout and holds (`on_inconclusive: hold`).
     Held,
+    /// An absolute gate failed on the baseline as much as on the canary: the stage holds.
+    FleetUnhealthy,
     /// The last stage passed; the rollout keeps watching it until the soak ends.
     SoakStarted,
     /// The soak ended with no failing gate or hard signal.
@@ -756,6 +760,9 @@ struct Rollout {
     /// again in the step that brings enough, not at the next periodic evaluation.
     #[serde(default)]
     held_for_data: bool,
+    /// The latest evaluation found the fleet unhealthy, not the version (see `judge`).
+    #[serde(default)]
+    fleet_unhealthy: bool,
     /// A gated stage (see [`Stage::is_gated`]) passed with at least one node that ACKed the
     /// version: the evidence a version needs to become the unit's stable version.
     #[serde(default)]
@@ -1663,6 +1670,7 @@ impl Engine {
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
                 held_for_data: false,
+                fleet_unhealthy: false,
                 gated_evidence: false,
                 roles: Derived::default(),
             },
@@ -2564,79 +2572,6 @@ impl Engine {
                 message,
             });
         }
-    }
-
-    /// Evaluates the current stage's gates and silence; records verdicts (changelog on change).
-    /// Returns the reason to roll back when a gate fails or too many canary nodes are silent.
-    fn evaluate_gates(
-        &mut self,
-        id: RolloutId,
-        now: TimeMs,
-        out: &mut Vec<Action>,
-    ) -> Option<String> {
-        let rollout = self.rollouts.get_mut(&id)?;
-        let stage = rollout.plan.stages.get(rollout.stage)?;
-        let silent = rollout.silent_nodes(now, stage.silence_ms);
-        rollout.canary.silent_nodes = silent;
-        rollout.canary.nodes = rollout.nodes_applied;
-        let baseline = match rollout.roles.0.baseline_nodes() {
-            Some(baseline_nodes) => {
-                let current = GroupMetrics {
-                    nodes: baseline_nodes,
-                    ..rollout.baseline
-                };
-                rollout.baseline_carried = Some(current);
-                Some(current)
-            }
-            None => rollout.baseline_carried,
-        };
-        let mut changes = Vec::new();
-        let mut reports = Vec::with_capacity(stage.gates.len());
-        for (index, gate) in stage.gates.iter().enumerate() {
-            let verdict = gate.evaluate(&rollout.canary, baseline.as_ref(), stage.min_requests);
-            let previous_changed = rollout.gate_reports.get(index).map_or(
-                !matches!(verdict, Verdict::Inconclusive { .. }),
-                |previous| !same_kind(&previous.verdict, &verdict),
-            );
-            if previous_changed {
-                changes.push(format!(
-                    "gate {:?}: {}",
-                    gate.source,
-                    verdict_text(&verdict)
-                ));
-            }
-            reports.push(GateReport {
-                gate: gate.source.clone(),
-                verdict,
-            });
-        }
-        let failure = reports
-            .iter()
-            .find(|report| matches!(report.verdict, Verdict::Fail { .. }))
-            .map(|report| {
-                format!(
-                    "gate {:?} failed: {}",
-                    report.gate,
-                    verdict_text(&report.verdict)
-                )
-            });
-        rollout.gate_reports = reports;
-        rollout.last_gate_eval_ms = Some(now);
-        rollout.held_for_data = !rollout.has_data(now);
-        let stage_name = rollout.stage_name();
-        let failure = failure.or_else(|| rollout.hard_signal_breach());
-        for change in changes {
-            self.log(
-                id,
-                ChangeKind::GateVerdict,
-                None,
-                stage_name.clone(),
-                change,
-                now,
-                out,
-            );
-        }
-        failure
     }
 
     /// Starts the soak after the last stage passed: a fresh window of canary and baseline
