@@ -130,6 +130,7 @@ pub fn check_plan(
     let mut added_nodes = vec![0u64; plan.stages.len()];
     let mut added_traffic = vec![0f64; plan.stages.len()];
     let mut selected_nodes = vec![0u64; plan.stages.len()];
+    let mut same_population_baseline = vec![0u64; plan.stages.len()];
     for (node, weight) in built.nodes.iter().zip(built.traffic_weight.iter()) {
         let bucket = select::bucket(&unit, &node.id);
         for (stage, count) in plan.stages.iter().zip(selected_nodes.iter_mut()) {
@@ -141,6 +142,18 @@ pub fn check_plan(
         let first = plan.stages.iter().position(|stage| {
             stage.selector.matches(&node.labels) && select::bucket_within(bucket, stage.percent)
         });
+        // The stage's own population that is still unexposed while it runs: its like-for-like
+        // baseline.
+        for (index, (stage, count)) in plan
+            .stages
+            .iter()
+            .zip(same_population_baseline.iter_mut())
+            .enumerate()
+        {
+            if stage.selector.matches(&node.labels) && first.is_none_or(|first| first > index) {
+                *count += 1;
+            }
+        }
         if let Some(index) = first {
             if let Some(slot) = added_nodes.get_mut(index) {
                 *slot += 1;
@@ -196,6 +209,14 @@ pub fn check_plan(
             )
         })
         .collect();
+    for (stage, baseline) in plan.stages.iter().zip(&same_population_baseline) {
+        if *baseline == 0 && stage.gates.iter().any(|gate| gate.reads_baseline()) {
+            warnings.push(format!(
+                "stage {:?} compares its canary with a baseline but takes every node its selector matches: its baseline is another population (the rest of the fleet, or the baseline carried from an earlier stage), whose background error rate and latency may differ; add a wave below 100% of the same selector first so unexposed nodes of the same population remain, or judge it with absolute gates and hard signals",
+                stage.name
+            ));
+        }
+    }
     if !would_become_stable {
         warnings.push(format!(
             "plan {:?}: no gated stage (one with a gate or a hard signal) selects a node of this fleet, so a version it rolls out would complete without becoming the unit's stable version; nodes registered later would not get it",

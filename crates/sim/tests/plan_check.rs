@@ -173,6 +173,25 @@ fn the_example_plans_against_the_example_fleet() {
     // Employees are 2% of 120 nodes.
     assert_eq!(report.exposed_nodes_before_gate, 2);
     assert!(report.exposed_traffic_before_gate_fraction < 0.05);
+    // Its first stage takes every employee: their baseline is the rest of the fleet.
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("stage \"employees\" compares its canary")
+                && w.contains("another population")),
+        "{:?}",
+        report.warnings
+    );
+    // Free customers at 10% keep 90% of their own population as the baseline.
+    assert!(
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.contains("stage \"free-10\" compares")),
+        "{:?}",
+        report.warnings
+    );
 }
 
 #[test]
