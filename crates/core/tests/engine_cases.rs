@@ -1167,6 +1167,37 @@ fn a_fleet_wide_incident_holds_the_stage_and_never_blames_the_version() {
 }
 
 #[test]
+fn a_units_first_version_is_judged_without_a_baseline_it_cannot_have() {
+    let relative = |plan: &mut Plan| {
+        for stage in &mut plan.stages {
+            *stage = gated(
+                stage.clone(),
+                &[
+                    "significant(error_rate > baseline.error_rate)",
+                    "error_rate > 5%",
+                ],
+            );
+        }
+    };
+    let mut plan = three_stage_plan();
+    relative(&mut plan);
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", plan.clone(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+    assert!(matches!(
+        &view.gates[0].verdict,
+        Verdict::Pass { detail } if detail.contains("no baseline")
+    ));
+    // A bad first version is still caught by the absolute gate.
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 3_600_000, &|_, _| Reaction::Errors);
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+}
+
+#[test]
 fn a_version_worse_than_an_unhealthy_fleet_is_still_rolled_back() {
     let mut h = Harness::with_fleet();
     let id = h.request("u", "v0", absolute_gate_plan(), "alice");
@@ -1285,9 +1316,10 @@ fn relative_gate_compares_canary_with_baseline() {
 }
 
 #[test]
-fn an_inconclusive_gate_holds_until_timeout_and_never_promotes() {
+fn a_stage_taking_every_node_passes_relative_gates_it_can_never_judge() {
     let mut h = Harness::with_fleet();
-    // Everyone at once: there is never a baseline, so the relative gate stays inconclusive.
+    // Everyone at once: no node runs another version, so there is never a baseline; the
+    // relative gate cannot conclude and is not held against the version.
     let mut only = gated(
         stage("everyone", &[], 100, 30_000),
         &["error_rate > 2 * baseline.error_rate"],
@@ -1301,14 +1333,13 @@ fn an_inconclusive_gate_holds_until_timeout_and_never_promotes() {
     );
     h.run(id, "u", 3_600_000, &healthy);
     let view = h.engine.rollout(id).unwrap();
-    assert_eq!(view.status, RolloutStatus::Running, "held, not blamed");
-    assert_eq!(view.stage_index, 0);
-    assert!(matches!(
-        view.gates.first().unwrap().verdict,
-        Verdict::Inconclusive { .. }
-    ));
-    assert!(!h.kinds(id).contains(&ChangeKind::StagePassed));
-    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+    assert!(h.actions.iter().any(|a| matches!(
+        a,
+        Action::Changelog(entry) if entry.kind == ChangeKind::GateVerdict
+            && entry.reason.contains("no baseline")
+    )));
+    assert!(!h.kinds(id).contains(&ChangeKind::Held));
 }
 
 /// nov18: the feature-file source alternates a good and a bad file every 5 minutes. The bad

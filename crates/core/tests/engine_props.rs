@@ -279,8 +279,13 @@ fn check_actions(
                 };
                 for gate in &stage.gates {
                     let verdict = gate.evaluate(&canary, None, stage.min_requests);
+                    // The unit's first version: no node runs another, so a comparison with a
+                    // baseline that cannot exist is no reason to hold (the engine says why).
+                    let no_baseline_ever = gate.reads_baseline()
+                        && matches!(verdict, Verdict::Inconclusive { .. })
+                        && canary.sample.requests >= stage.min_requests;
                     prop_assert!(
-                        matches!(verdict, Verdict::Pass { .. }),
+                        matches!(verdict, Verdict::Pass { .. }) || no_baseline_ever,
                         "passed stage although gate {:?} is {:?}",
                         gate.source,
                         verdict

@@ -11,9 +11,14 @@
 //! about the version), and the stage resumes on fresh data when the fleet recovers. With no
 //! baseline (a stage taking a whole cohort, a unit's first version) the absolute gate is
 //! judged as written.
+//!
+//! A unit's first version, or a stage that took every node, has no baseline at all: no node
+//! runs another version of the unit, so nothing reports health for one. A gate that compares with the baseline could only stay
+//! inconclusive and hold the stage for ever; once the canary has its `min_requests`, it passes
+//! instead (saying why), and the stage is judged by its absolute gates and hard signals.
 
 use super::{Action, ChangeKind, Engine, GateReport, cut, same_kind, verdict_text};
-use crate::domain::{RolloutId, TimeMs};
+use crate::domain::{RolloutId, TimeMs, VersionHash};
 use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
 
@@ -56,6 +61,14 @@ fn fleet_wide(
 }
 
 impl Engine {
+    /// Whether some node should run a version of `unit` other than `version` (a baseline for
+    /// it can exist). Walks the fleet; called only when the baseline has no data.
+    fn other_version_runs(&self, unit: &crate::domain::UnitName, version: &VersionHash) -> bool {
+        self.nodes
+            .iter()
+            .any(|(_, state)| state.desired.get(unit).is_some_and(|v| v != version))
+    }
+
     /// Evaluates the current stage's gates and silence; records verdicts (changelog on change).
     /// Returns the reason to roll back when a gate fails or too many canary nodes are silent.
     pub(super) fn evaluate_gates(
@@ -64,6 +77,11 @@ impl Engine {
         now: TimeMs,
         out: &mut Vec<Action>,
     ) -> Option<String> {
+        let no_baseline_ever = {
+            let rollout = self.rollouts.get(&id)?;
+            (rollout.baseline.sample.requests == 0)
+                && !self.other_version_runs(&rollout.unit, &rollout.version)
+        };
         let rollout = self.rollouts.get_mut(&id)?;
         let stage = rollout.plan.stages.get(rollout.stage)?;
         let silent = rollout.silent_nodes(now, stage.silence_ms);
@@ -91,6 +109,21 @@ impl Engine {
             {
                 fleet_unhealthy.get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
                 verdict = Verdict::Inconclusive { detail: why };
+            }
+            // No node runs another version of the unit (its first version): a comparison with
+            // a baseline can never conclude, and is not held against the version.
+            if no_baseline_ever
+                && gate.reads_baseline()
+                && rollout.canary.sample.requests >= stage.min_requests
+                && let Verdict::Inconclusive { detail } = &verdict
+            {
+                verdict = Verdict::Pass {
+                    detail: format!(
+                        "{detail}; no baseline: no node runs another version of this unit (its \
+                         first version, or every node has this one), so the stage is judged by \
+                         its absolute gates and hard signals"
+                    ),
+                };
             }
             let previous_changed = rollout.gate_reports.get(index).map_or(
                 !matches!(verdict, Verdict::Inconclusive { .. }),
