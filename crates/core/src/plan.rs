@@ -14,6 +14,8 @@
 //!                               # completing; default 1h, 0s = complete at once, at most 7d
 //! on_inconclusive: hold         # a stage that cannot conclude by its timeout: hold (default;
 //!                               # alert, an operator decides) or rollback (never quarantines)
+//! exclusive_nodes: false        # true: a node in another unit's running rollout joins this one
+//!                               # only when that one ends, so a failure on it blames one change
 //! defaults:                     # apply to every stage unless the stage sets the field
 //!   bake: 1m                    # default 1m
 //!   timeout: 15m                # default: the stage's bake + 10m; at least the bake
@@ -50,6 +52,11 @@
 //!   `holding` with an alert, and it passes as soon as its gates pass, or an operator promotes,
 //!   rolls back or aborts it; `rollback` reverts every exposed node. Either way the version is
 //!   not quarantined: missing data is no evidence against it.
+//! - `exclusive_nodes`: a node is never in two units' running rollouts at once when the later
+//!   one says so: its stages leave such a node out until the other rollout ends (completed,
+//!   rolled back or aborted), then it joins. A stage whose every node is busy waits, without
+//!   its timeout running, until one is free. Health measured on a node is then the effect of one
+//!   change, so another unit's failure is never blamed on this one.
 //! - Durations (`bake`, `timeout`, `silence`, `soak`, `health_check.timeout`) need a unit: `500ms`,
 //!   `30s`, `5m`, `1h`, `1m30s`; at most 7 days (see [`crate::duration`]).
 //! - Gates are failure conditions (see [`crate::gate`] for the expression language).
@@ -199,6 +206,9 @@ pub struct Plan {
     /// What a stage's timeout does when its gates have not concluded.
     #[serde(default)]
     pub on_inconclusive: OnInconclusive,
+    /// A node in another unit's running rollout joins this one only when that one ends.
+    #[serde(default)]
+    pub exclusive_nodes: bool,
 }
 
 /// What a stage that cannot conclude by its timeout does. Neither quarantines the version.
@@ -275,6 +285,7 @@ const ROOT_FIELDS: &[&str] = &[
     "supersede_queued",
     "soak",
     "on_inconclusive",
+    "exclusive_nodes",
     "defaults",
     "health_check",
     "stages",
@@ -596,6 +607,7 @@ impl Loader<'_> {
         let mut health_check = Some(None);
         let mut soak_ms = Some(SOAK_DEFAULT_MS);
         let mut on_inconclusive = Some(OnInconclusive::Hold);
+        let mut exclusive_nodes = Some(false);
         let mut stage_nodes = None;
         for (key, value) in fields {
             let path = key;
@@ -623,6 +635,7 @@ impl Loader<'_> {
                 }
                 "supersede_queued" => supersede_queued = self.boolean(value, path),
                 "soak" => soak_ms = self.soak(value, path),
+                "exclusive_nodes" => exclusive_nodes = self.boolean(value, path),
                 "on_inconclusive" => {
                     on_inconclusive = match self.scalar(value, path, "hold or rollback") {
                         Some("hold") => Some(OnInconclusive::Hold),
@@ -681,6 +694,7 @@ impl Loader<'_> {
             stages: stages?,
             soak_ms: soak_ms?,
             on_inconclusive: on_inconclusive?,
+            exclusive_nodes: exclusive_nodes?,
         })
     }
 

@@ -122,6 +122,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         stages,
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
+        exclusive_nodes: false,
     }
 }
 
@@ -1195,6 +1196,114 @@ fn a_units_first_version_is_judged_without_a_baseline_it_cannot_have() {
     let id = h.request("u", "v1", plan, "alice");
     h.run(id, "u", 3_600_000, &|_, _| Reaction::Errors);
     assert_eq!(h.status(id), RolloutStatus::RolledBack);
+}
+
+#[test]
+fn with_exclusive_nodes_another_units_failure_is_never_blamed_on_this_one() {
+    let exclusive = || Plan {
+        exclusive_nodes: true,
+        ..absolute_gate_plan()
+    };
+    for bad_first in [true, false] {
+        let mut h = Harness::with_fleet();
+        // Pushed at the same moment, on the same nodes.
+        let first = h.request("first", "f1", exclusive(), "alice");
+        let second = h.request("second", "s1", exclusive(), "bob");
+        assert!(
+            h.engine.exposed_nodes(second).is_empty(),
+            "every employee is busy"
+        );
+        assert!(h.actions.iter().any(|a| matches!(
+            a,
+            Action::Changelog(entry) if entry.rollout == second
+                && entry.reason.contains("4 deferred, in another unit's running rollout")
+        )));
+        let (bad, good) = if bad_first {
+            (version("f1"), version("s1"))
+        } else {
+            (version("s1"), version("f1"))
+        };
+        // A node's consumer fails when it runs the bad version of either unit: its health,
+        // reported for every unit it runs, shows the errors.
+        let runs_bad = |h: &Harness, node: &NodeId| {
+            [unit("first"), unit("second")]
+                .iter()
+                .any(|u| h.engine.desired(node, u) == Some(bad))
+        };
+        for _ in 0..2_000 {
+            if h.status(first).is_terminal() && h.status(second).is_terminal() {
+                break;
+            }
+            let sick: BTreeSet<NodeId> = h
+                .all_nodes()
+                .into_iter()
+                .filter(|node| runs_bad(&h, node))
+                .collect();
+            let react = |node: &NodeId, _: VersionHash| {
+                if sick.contains(node) {
+                    Reaction::Errors
+                } else {
+                    Reaction::Healthy
+                }
+            };
+            for name in ["first", "second"] {
+                let nodes: Vec<NodeId> = h.all_nodes();
+                for node in nodes {
+                    let Some(desired) = h.engine.desired(&node, &unit(name)) else {
+                        continue;
+                    };
+                    let key = (node.clone(), unit(name), desired);
+                    if h.answered.insert(key) {
+                        h.step(Event::Applied {
+                            node: node.clone(),
+                            unit: unit(name),
+                            version: desired,
+                        });
+                    }
+                    let errors = if react(&node, desired) == Reaction::Errors {
+                        10
+                    } else {
+                        0
+                    };
+                    let mut sample = HealthSample {
+                        requests: 50,
+                        errors,
+                        ..Default::default()
+                    };
+                    sample.latency.record(25.0, 50);
+                    h.step(Event::Health {
+                        node: node.clone(),
+                        unit: unit(name),
+                        version: desired,
+                        sample,
+                    });
+                }
+            }
+            h.tick(TICK_MS);
+        }
+        let (bad_id, good_id) = if bad_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        assert_eq!(
+            h.status(bad_id),
+            RolloutStatus::RolledBack,
+            "bad first: {bad_first}"
+        );
+        assert_eq!(
+            h.status(good_id),
+            RolloutStatus::Completed,
+            "bad first: {bad_first}"
+        );
+        assert!(
+            h.engine
+                .is_quarantined(&unit(if bad_first { "first" } else { "second" }), &bad)
+        );
+        let good_unit = unit(if bad_first { "second" } else { "first" });
+        assert!(!h.engine.is_quarantined(&good_unit, &good));
+        assert_eq!(h.engine.stable(&good_unit), Some(good));
+    }
 }
 
 #[test]

@@ -116,6 +116,7 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         stages,
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
+        exclusive_nodes: false,
     })
 }
 

@@ -58,6 +58,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         stages,
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
+        exclusive_nodes: false,
     }
 }
 

@@ -763,6 +763,10 @@ struct Rollout {
     /// The latest evaluation found the fleet unhealthy, not the version (see `judge`).
     #[serde(default)]
     fleet_unhealthy: bool,
+    /// The current stage selected only nodes busy in other units' rollouts
+    /// (`exclusive_nodes`): it waits for one, without a timeout.
+    #[serde(default)]
+    waiting_for_nodes: bool,
     /// A gated stage (see [`Stage::is_gated`]) passed with at least one node that ACKed the
     /// version: the evidence a version needs to become the unit's stable version.
     #[serde(default)]
@@ -1457,7 +1461,9 @@ impl Engine {
     fn expose_where_selected(&mut self, node: &NodeId, labels: &Labels, now: TimeMs) {
         for id in self.active_rollouts() {
             let selects = self.rollouts.get(&id).is_some_and(|rollout| {
-                !rollout.exposed.contains_key(node)
+                let busy = rollout.plan.exclusive_nodes && self.busy_elsewhere(node, &rollout.unit);
+                !busy
+                    && !rollout.exposed.contains_key(node)
                     && select::exposed_by(
                         &rollout.plan.stages,
                         rollout.stage,
@@ -1468,6 +1474,7 @@ impl Engine {
             });
             if selects {
                 self.expose(id, node, now);
+                self.resume_waiting(id, now);
                 if let Some(rollout) = self.rollouts.get_mut(&id)
                     && let Some(stage) = rollout.plan.stages.get(rollout.stage)
                     && select::stage_selects(stage, &rollout.unit, node, labels)
@@ -1476,6 +1483,65 @@ impl Engine {
                 }
             }
             self.refresh_role(id, node);
+        }
+    }
+
+    /// A waiting stage got a node: its timeout starts now.
+    fn resume_waiting(&mut self, id: RolloutId, now: TimeMs) {
+        if let Some(rollout) = self.rollouts.get_mut(&id)
+            && rollout.waiting_for_nodes
+        {
+            rollout.waiting_for_nodes = false;
+            let timeout_ms = rollout.current_stage().map_or(0, |stage| stage.timeout_ms);
+            rollout.timeout_at_ms = (timeout_ms > 0).then(|| now.saturating_add(timeout_ms));
+        }
+    }
+
+    /// Whether `node` is in a running (or paused) rollout of a unit other than `unit`.
+    fn busy_elsewhere(&self, node: &NodeId, unit: &UnitName) -> bool {
+        self.units
+            .iter()
+            .filter(|(other, _)| *other != unit)
+            .flat_map(|(_, state)| state.active.iter())
+            .filter_map(|id| self.rollouts.get(id))
+            .any(|rollout| !rollout.status.is_terminal() && rollout.exposed.contains_key(node))
+    }
+
+    /// Nodes a rollout held have left it: those that `exclusive_nodes` rollouts of other units
+    /// left out join them now (level-triggered), in node order.
+    fn release(&mut self, nodes: &[NodeId], now: TimeMs, out: &mut Vec<Action>) {
+        let waiting = self.active_rollouts().iter().any(|id| {
+            self.rollouts.get(id).is_some_and(|rollout| {
+                rollout.plan.exclusive_nodes && !rollout.status.is_terminal()
+            })
+        });
+        if !waiting {
+            return;
+        }
+        for node in nodes {
+            let Some(state) = self.nodes.get(node) else {
+                continue;
+            };
+            if state.down_since_ms.is_some() {
+                continue;
+            }
+            let labels = state.labels.clone();
+            let before = state.desired.clone();
+            self.expose_where_selected(node, &labels, now);
+            let after = self
+                .nodes
+                .get(node)
+                .map(|state| state.desired.clone())
+                .unwrap_or_default();
+            for (unit, version) in &after {
+                if before.get(unit) != Some(version) {
+                    out.push(Action::SetDesired {
+                        unit: unit.clone(),
+                        version: Some(*version),
+                        nodes: vec![node.clone()],
+                    });
+                }
+            }
         }
     }
 
@@ -1671,6 +1737,7 @@ impl Engine {
                 last_gate_eval_ms: None,
                 held_for_data: false,
                 fleet_unhealthy: false,
+                waiting_for_nodes: false,
                 gated_evidence: false,
                 roles: Derived::default(),
             },
@@ -2193,6 +2260,9 @@ impl Engine {
         let mut newly: Vec<NodeId> = Vec::new();
         // Selected but down: a dead node is not a canary (it joins when it is heard from).
         let mut left_out: Vec<NodeId> = Vec::new();
+        // Selected but in another unit's running rollout (`exclusive_nodes`): it joins when
+        // that one ends.
+        let mut deferred: Vec<NodeId> = Vec::new();
         for (node, state) in &self.nodes {
             let node_bucket = select::bucket(&rollout.unit, node);
             if stage.selector.matches(&state.labels)
@@ -2215,6 +2285,8 @@ impl Engine {
             if selected {
                 if state.down_since_ms.is_some() {
                     left_out.push(node.clone());
+                } else if rollout.plan.exclusive_nodes && self.busy_elsewhere(node, &rollout.unit) {
+                    deferred.push(node.clone());
                 } else {
                     newly.push(node.clone());
                 }
@@ -2223,6 +2295,7 @@ impl Engine {
         // The fleet map's order is arbitrary: expose in node order.
         newly.sort();
         left_out.sort();
+        deferred.sort();
         let (unit, version, timeout_ms, name) = (
             rollout.unit.clone(),
             rollout.version,
@@ -2233,7 +2306,10 @@ impl Engine {
             rollout.stage = index;
             rollout.phase = StagePhase::Applying;
             rollout.stage_entered_ms = now;
-            rollout.timeout_at_ms = (timeout_ms > 0).then(|| now.saturating_add(timeout_ms));
+            // A stage whose every node is busy elsewhere waits for one, its timeout not running.
+            rollout.waiting_for_nodes = newly.is_empty() && !deferred.is_empty();
+            rollout.timeout_at_ms = (timeout_ms > 0 && !rollout.waiting_for_nodes)
+                .then(|| now.saturating_add(timeout_ms));
             rollout.nodes_targeted = targeted;
             rollout.canary = GroupMetrics::default();
             rollout.baseline = GroupMetrics::default();
@@ -2267,6 +2343,24 @@ impl Engine {
                 newly.len()
             )
         };
+        if !deferred.is_empty() {
+            let named: Vec<&str> = deferred
+                .iter()
+                .take(LEFT_OUT_NAMED_MAX)
+                .map(NodeId::as_str)
+                .collect();
+            let more = deferred.len().saturating_sub(named.len());
+            reason.push_str(&format!(
+                "; {} deferred, in another unit's running rollout (exclusive_nodes): {}{}",
+                deferred.len(),
+                named.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         if !left_out.is_empty() {
             let named: Vec<&str> = left_out
                 .iter()
@@ -2341,6 +2435,7 @@ impl Engine {
                 StagePhase::Applying if rollout.nodes_targeted == 0 => {
                     self.pass_stage(id, "no nodes selected by this stage", now, out);
                 }
+                StagePhase::Applying if rollout.waiting_for_nodes => return changed,
                 StagePhase::Applying if all_applied => {
                     let bake_ends_ms = now.saturating_add(stage.bake_ms);
                     if let Some(rollout) = self.rollouts.get_mut(&id) {
@@ -2647,7 +2742,7 @@ impl Engine {
             rollout: id,
             message,
         });
-        self.retire(id);
+        self.retire(id, now, out);
     }
 
     /// Ends a queued or active rollout where it is: exposed nodes keep the version.
@@ -2677,7 +2772,7 @@ impl Engine {
             rollout: id,
             message: format!("aborted by {actor}: {}", cut(why)),
         });
-        self.retire(id);
+        self.retire(id, now, out);
     }
 
     fn end_superseded(
@@ -2806,7 +2901,7 @@ impl Engine {
                     version.short()
                 ),
             });
-            self.retire(*rollout_id);
+            self.retire(*rollout_id, now, out);
         }
         if quarantine && let Some(version) = self.rollouts.get(&id).map(|rollout| rollout.version) {
             self.end_queued_of_quarantined(&unit, version, id, now, out);
@@ -2862,10 +2957,17 @@ impl Engine {
     }
 
     /// Records a terminal rollout and prunes old ones.
-    fn retire(&mut self, id: RolloutId) {
-        if let Some(rollout) = self.rollouts.get_mut(&id) {
-            rollout.roles = Derived::default();
-        }
+    fn retire(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
+        let released: Vec<NodeId> = match self.rollouts.get_mut(&id) {
+            Some(rollout) => {
+                rollout.roles = Derived::default();
+                let mut nodes: Vec<NodeId> = rollout.exposed.keys().cloned().collect();
+                nodes.sort();
+                nodes
+            }
+            None => Vec::new(),
+        };
+        self.release(&released, now, out);
         self.terminal.push_back(id);
         let kept = self.terminal.len();
         if kept > MAX_TERMINAL_ROLLOUTS_WITH_NODES
