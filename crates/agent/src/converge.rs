@@ -4,7 +4,8 @@
 //!
 //! What is reported, and as what:
 //! - a document refused for trust (signature, replay, wrong node, malformed) is `untrusted`,
-//!   once per sequence number: nothing in it was acted on, and no version is blamed for it;
+//!   once per kind of refusal until a document is trusted again (every change brings a new
+//!   sequence number): nothing in it was acted on, and no version is blamed for it;
 //! - a bundle that cannot be fetched intact is `fetch_failed` (in [`crate::apply`]) and is
 //!   fetched again with backoff: a transport fault is never a version's NACK;
 //! - a removal is `removed`, with the version that was active (none: nothing was).
@@ -48,6 +49,7 @@ pub(crate) async fn on_envelope(
             return Ok(Handled::Refused);
         }
     };
+    shared.trusted_again();
     if desired.seq > trusted {
         shared.disk.save_trusted_seq(desired.seq)?;
     }
@@ -76,9 +78,8 @@ pub(crate) async fn on_envelope(
 /// the document may have been damaged or forged on its way, and a NACK would make the
 /// control plane roll back and quarantine a version for what the network did.
 fn refuse_document(shared: &Shared, envelope: &Envelope, refusal: &Refusal) {
-    let reason = refusal.to_string();
-    shared.note_refusal(reason.clone());
-    shared.report_untrusted(envelope.seq, &reason);
+    shared.note_refusal(refusal.to_string());
+    shared.report_untrusted(envelope.seq, refusal);
 }
 
 /// Carries out a trusted document; returns whether some bundle must be fetched again.

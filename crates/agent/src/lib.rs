@@ -336,8 +336,9 @@ struct Reported {
     removals: BTreeSet<UnitName>,
     /// Versions whose bundle could not be fetched intact.
     fetch_failures: BTreeSet<(UnitName, VersionHash)>,
-    /// The latest refused document's sequence number.
-    untrusted_seq: Option<u64>,
+    /// The kind of the latest refusal of a document (see [`Refusal::kind`]), until a document
+    /// is trusted again.
+    untrusted: Option<&'static str>,
 }
 
 /// Inserts into a set bounded by [`MAX_REFUSED`]; returns whether `item` is new.
@@ -493,18 +494,27 @@ impl Shared {
         }
     }
 
-    /// Reports a refused document, once per sequence number.
-    pub fn report_untrusted(&self, seq: u64, reason: &str) {
+    /// Reports a refused document, once per kind of refusal until a document is trusted
+    /// again (every change brings a document with a new sequence number).
+    pub fn report_untrusted(&self, seq: u64, refusal: &Refusal) {
+        let reason = refusal.to_string();
         let first = self
             .reported
             .lock()
-            .map(|mut reported| reported.untrusted_seq.replace(seq) != Some(seq))
+            .map(|mut reported| reported.untrusted.replace(refusal.kind()) != Some(refusal.kind()))
             .unwrap_or(true);
         if first {
             self.reports.push(Report::Untrusted {
                 seq,
-                reason: control::cut_reason(reason),
+                reason: control::cut_reason(&reason),
             });
+        }
+    }
+
+    /// A document was trusted: a later refusal is reported again.
+    pub fn trusted_again(&self) {
+        if let Ok(mut reported) = self.reported.lock() {
+            reported.untrusted = None;
         }
     }
 

@@ -96,6 +96,22 @@ pub enum Refusal {
     SeqMismatch { envelope: u64, signed: u64 },
 }
 
+impl Refusal {
+    /// What kind of refusal this is, whatever the document's sequence number: documents come
+    /// with a new one at every change, and the same fault is reported once.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::BadKey { .. } => "bad_key",
+            Self::Signature { .. } => "signature",
+            Self::TooLarge { .. } => "too_large",
+            Self::Malformed { .. } => "malformed",
+            Self::WrongNode { .. } => "wrong_node",
+            Self::Older { .. } => "older",
+            Self::SeqMismatch { .. } => "seq_mismatch",
+        }
+    }
+}
+
 /// Parses a hex Ed25519 public key.
 pub fn parse_key(key_hex: &str) -> Result<VerifyingKey, Refusal> {
     let bad = || Refusal::BadKey {

@@ -18,7 +18,9 @@
 //!    known good and reports why;
 //! 6. the first version of a new unit, rolled back, leaves every node that had it (the file
 //!    is gone, each removal acknowledged);
-//! 7. a consumer killed while a version is on trial is reported as a crash by its agent, and
+//! 7. two units pushed at once, one good and one bad, with `exclusive_nodes`: only the bad one
+//!    is rolled back;
+//! 8. a consumer killed while a version is on trial is reported as a crash by its agent, and
 //!    the version is rolled back.
 #![allow(
     clippy::unwrap_used,
@@ -1058,6 +1060,45 @@ fn fleet_of_real_processes_releases_good_versions_and_contains_bad_ones() {
         200,
         "the wrong-key node stopped serving"
     );
+    // The refusal is reported once, not once per document.
+    let untrusted = wait_for("the wrong-key node's report", CONVERGE_TIMEOUT, || {
+        let lines: Vec<String> = fleet
+            .api
+            .changelog()
+            .into_iter()
+            .filter(|line| line.starts_with("node_untrusted") && line.contains(&node.id))
+            .collect();
+        (!lines.is_empty()).then_some(lines)
+    });
+    assert_eq!(untrusted.len(), 1, "{untrusted:#?}");
+    // Given the right key again, the node trusts the server and serves on.
+    let (status, key) = fleet.api.get("/v1/signing-key");
+    assert_eq!(status, 200, "{key}");
+    let right_key = key["public_key"].as_str().unwrap().to_owned();
+    if let Some(mut agent) = node.agent.take() {
+        agent.kill();
+    }
+    node.start_agent(
+        &dir,
+        &fleet.api.base,
+        Some(&right_key),
+        LOCAL_API_ATTEMPTS + 1,
+    );
+    assert!(
+        node.agent_up(),
+        "the agent did not start again with the right key"
+    );
+    wait_for(
+        "the node trusting the server again",
+        CONVERGE_TIMEOUT,
+        || {
+            node.status(&fleet.http)
+                .is_some_and(|status| {
+                    status["connected"] == true && status["seq"].as_u64() > Some(0)
+                })
+                .then_some(())
+        },
+    );
 
     // 6. The first version of a new unit, rolled back, leaves every node that had it: the
     //    file consumers read is gone and each agent acknowledges the removal.
@@ -1118,7 +1159,65 @@ fn fleet_of_real_processes_releases_good_versions_and_contains_bad_ones() {
         started.elapsed()
     );
 
-    // 7. A consumer that dies while a version is on trial is reported by its agent at once
+    // 7. Two units pushed at the same moment on the same nodes, one good (a features
+    //    variant) and one bad (another killswitch: 500s on fl1): with `exclusive_nodes`, a node
+    //    runs one change at a time, and only the bad version is rolled back.
+    let exclusive_plan = PLAN.replace("soak: 0s\n", "soak: 0s\nexclusive_nodes: true\n");
+    for unit in [FEATURES, RULES] {
+        let (status, record) = fleet.api.get(&format!("/v1/units/{unit}"));
+        assert_eq!(status, 200, "{record}");
+        let body = json!({
+            "revision": record["revision"], "spec": record["spec"], "owner": record["owner"],
+            "description": record["description"], "plan": exclusive_plan,
+        });
+        let (status, body) = fleet
+            .api
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/units/{unit}"),
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "updating {unit}'s plan: {body}");
+    }
+    let mut killswitch_again: Value =
+        serde_json::from_slice(&example("rules-killswitch.json")).unwrap();
+    killswitch_again["note"] = json!("the same killswitch, pushed again by another team");
+    let (good_hash, good_rollout) = fleet.api.push(
+        FEATURES,
+        &features_variant(0.61),
+        "features-together",
+        false,
+    );
+    let (bad_hash, bad_rollout) = fleet.api.push(
+        RULES,
+        &serde_json::to_vec_pretty(&killswitch_again).unwrap(),
+        "rules-together",
+        false,
+    );
+    let good_view = fleet.api.wait_rollout_end(good_rollout);
+    let bad_view = fleet.api.wait_rollout_end(bad_rollout);
+    assert_eq!(bad_view["status"], "rolled_back", "{bad_view}");
+    assert_eq!(
+        good_view["status"], "completed",
+        "the good version was blamed for the other unit's failure: {good_view}"
+    );
+    fleet.wait_converged(FEATURES, &good_hash);
+    assert!(
+        !fleet
+            .api
+            .changelog()
+            .iter()
+            .any(|line| line.starts_with("quarantined") && line.contains(&good_hash[..12])),
+        "the good version was quarantined"
+    );
+    println!(
+        "e2e: two units at once, only the bad one ({}) rolled back at {:?}",
+        &bad_hash[..12],
+        started.elapsed()
+    );
+
+    // 8. A consumer that dies while a version is on trial is reported by its agent at once
     //    (its metrics endpoint refuses connections), and the version is rolled back.
     let (trial_hash, trial_rollout) =
         fleet
