@@ -37,6 +37,53 @@ stages:
     gates: []
 ";
 
+/// A control plane, the unit, and one agent whose consumer is a real process (`sleep`) known
+/// to the agent by its pid file; v1 rolled out and the node's last known good.
+struct WithConsumer {
+    server: Server,
+    operator: Operator,
+    agent: Agent,
+    consumer: std::process::Child,
+    v1_hash: String,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
+}
+
+impl WithConsumer {
+    async fn start(name: &str) -> Self {
+        let dir = fresh_dir(name);
+        let server = Server::start(&dir.path().join("server")).await;
+        let operator = Operator::new(&server);
+        operator.create_unit().await;
+        let token = operator.agent_token("n1").await;
+        let consumer = Command::new("sleep")
+            .arg("600")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid_file = dir.path().join("consumer.pid");
+        std::fs::write(&pid_file, consumer.id().to_string()).unwrap();
+        let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
+        config.liveness.pid_file = Some(pid_file);
+        let agent = Agent::start(config).await;
+        agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+        let v1_hash = operator.push(&features(1), false).await;
+        let id = operator.rollout(&v1_hash).await;
+        operator.wait_rollout(id, "completed", WAIT_MS).await;
+        agent
+            .wait_status(WAIT_MS, |s| s["units"][UNIT]["good"] == v1_hash.as_str())
+            .await;
+        Self {
+            _dir: dir,
+            server,
+            operator,
+            agent,
+            consumer,
+            v1_hash,
+        }
+    }
+}
+
 async fn command(operator: &Operator, id: u64, command: &str) {
     let (status, body) = operator
         .call(
@@ -163,30 +210,14 @@ async fn an_earlier_version_rolled_out_again_is_acknowledged_for_that_rollout() 
 
 #[tokio::test]
 async fn a_consumer_that_dies_while_a_version_is_on_trial_rolls_it_back_at_once() {
-    let dir = fresh_dir("crash");
-    let server = Server::start(&dir.path().join("server")).await;
-    let operator = Operator::new(&server);
-    operator.create_unit().await;
-    let token = operator.agent_token("n1").await;
-    // The consumer: a real process, known to the agent by its pid file.
-    let mut consumer = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid_file = dir.path().join("consumer.pid");
-    std::fs::write(&pid_file, consumer.id().to_string()).unwrap();
-    let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
-    config.liveness.pid_file = Some(pid_file);
-    let agent = Agent::start(config).await;
-    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
-    let v1 = features(1);
-    let v1_hash = operator.push(&v1, false).await;
-    let id = operator.rollout(&v1_hash).await;
-    operator.wait_rollout(id, "completed", WAIT_MS).await;
-    agent
-        .wait_status(WAIT_MS, |s| s["units"][UNIT]["good"] == v1_hash.as_str())
-        .await;
+    let WithConsumer {
+        _dir,
+        server,
+        operator,
+        agent,
+        mut consumer,
+        v1_hash,
+    } = WithConsumer::start("crash").await;
     let v2 = features(2);
     let v2_hash = operator.push(&v2, false).await;
     let id = operator.rollout_with(&v2_hash, LONG_PLAN).await;
@@ -248,28 +279,14 @@ stages:
 
 #[tokio::test]
 async fn a_failure_that_starts_after_the_last_stage_is_caught_by_the_soak() {
-    let dir = fresh_dir("soak");
-    let server = Server::start(&dir.path().join("server")).await;
-    let operator = Operator::new(&server);
-    operator.create_unit().await;
-    let token = operator.agent_token("n1").await;
-    let mut consumer = Command::new("sleep")
-        .arg("600")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid_file = dir.path().join("consumer.pid");
-    std::fs::write(&pid_file, consumer.id().to_string()).unwrap();
-    let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
-    config.liveness.pid_file = Some(pid_file);
-    let agent = Agent::start(config).await;
-    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
-    let v1_hash = operator.push(&features(1), false).await;
-    let id = operator.rollout(&v1_hash).await;
-    operator.wait_rollout(id, "completed", WAIT_MS).await;
-    agent
-        .wait_status(WAIT_MS, |s| s["units"][UNIT]["good"] == v1_hash.as_str())
-        .await;
+    let WithConsumer {
+        _dir,
+        server,
+        operator,
+        agent,
+        mut consumer,
+        v1_hash,
+    } = WithConsumer::start("soak").await;
     // Every stage passes, and the rollout soaks: the version is still on trial.
     let v2_hash = operator.push(&features(2), false).await;
     let id = operator.rollout_with(&v2_hash, SOAK_PLAN).await;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use failsmall_core::domain::NodeId;
-use failsmall_core::engine::{ENGINE_ACTOR, Event, LEFT_OUT_NAMED_MAX};
+use failsmall_core::engine::{ENGINE_ACTOR, Event, name_nodes};
 
 use crate::rollouts::{Cause, EngineHost};
 use crate::store::{ChangeRow, Store};
@@ -169,33 +169,20 @@ impl Liveness {
     }
 }
 
-/// "nodes down (not heard from for 1m30s): a, b; up again: c", naming at most
-/// [`LEFT_OUT_NAMED_MAX`] of each.
+/// "2 nodes down (not heard from for 1m30s): a, b; 1 nodes up again: c", naming at most
+/// [`failsmall_core::engine::LEFT_OUT_NAMED_MAX`] of each.
 fn liveness_reason(down: &[NodeId], up: &[NodeId], down_after_ms: u64) -> String {
-    let named = |nodes: &[NodeId]| {
-        let mut text = nodes
-            .iter()
-            .take(LEFT_OUT_NAMED_MAX)
-            .map(NodeId::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let more = nodes.len().saturating_sub(LEFT_OUT_NAMED_MAX);
-        if more > 0 {
-            text.push_str(&format!(" and {more} more"));
-        }
-        text
-    };
     let mut parts = Vec::new();
     if !down.is_empty() {
         parts.push(format!(
             "{} nodes down (not heard from for {}): {}",
             down.len(),
             failsmall_core::duration::format_ms(down_after_ms),
-            named(down)
+            name_nodes(down)
         ));
     }
     if !up.is_empty() {
-        parts.push(format!("{} nodes up again: {}", up.len(), named(up)));
+        parts.push(format!("{} nodes up again: {}", up.len(), name_nodes(up)));
     }
     parts.join("; ")
 }

@@ -335,8 +335,23 @@ pub const MAX_QUARANTINED_PER_UNIT: usize = 1_024;
 pub const MAX_TEXT_BYTES: usize = 1_024;
 /// The actor of the changes the engine makes by itself.
 pub const ENGINE_ACTOR: &str = "failsmall";
-/// Most down nodes a stage's changelog entry names (the rest are counted).
+/// Most nodes a changelog entry names (the rest are counted).
 pub const LEFT_OUT_NAMED_MAX: usize = 10;
+
+/// `a, b, c and 7 more`: the first [`LEFT_OUT_NAMED_MAX`] of `nodes`, for a changelog entry.
+pub fn name_nodes(nodes: &[NodeId]) -> String {
+    let mut text = nodes
+        .iter()
+        .take(LEFT_OUT_NAMED_MAX)
+        .map(NodeId::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = nodes.len().saturating_sub(LEFT_OUT_NAMED_MAX);
+    if more > 0 {
+        text.push_str(&format!(" and {more} more"));
+    }
+    text
+}
 
 /// A hash map with a fixed, fast hasher (FxHash, from `rustc-hash`), for the hot lookups by
 /// node id. Architecture invariant: its iteration order never reaches an output; whatever is
@@ -2344,39 +2359,17 @@ impl Engine {
             )
         };
         if !deferred.is_empty() {
-            let named: Vec<&str> = deferred
-                .iter()
-                .take(LEFT_OUT_NAMED_MAX)
-                .map(NodeId::as_str)
-                .collect();
-            let more = deferred.len().saturating_sub(named.len());
             reason.push_str(&format!(
-                "; {} deferred, in another unit's running rollout (exclusive_nodes): {}{}",
+                "; {} deferred, in another unit's running rollout (exclusive_nodes): {}",
                 deferred.len(),
-                named.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
+                name_nodes(&deferred)
             ));
         }
         if !left_out.is_empty() {
-            let named: Vec<&str> = left_out
-                .iter()
-                .take(LEFT_OUT_NAMED_MAX)
-                .map(NodeId::as_str)
-                .collect();
-            let more = left_out.len().saturating_sub(named.len());
             reason.push_str(&format!(
-                "; {} left out, down (not heard from): {}{}",
+                "; {} left out, down (not heard from): {}",
                 left_out.len(),
-                named.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
+                name_nodes(&left_out)
             ));
         }
         self.log(
