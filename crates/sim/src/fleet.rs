@@ -33,6 +33,11 @@ pub struct FleetSpec {
     pub error_rate: f64,
     /// Background median latency.
     pub latency_ms: f64,
+    /// Label key → value → background error rate of the nodes with that label (a node matching
+    /// several takes the largest; a node matching none, `error_rate`).
+    pub error_rate_by_label: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Label key → value → background median latency, like `error_rate_by_label`.
+    pub latency_ms_by_label: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 impl Default for FleetSpec {
@@ -46,6 +51,8 @@ impl Default for FleetSpec {
             requests_per_s: 50.0,
             error_rate: 0.001,
             latency_ms: 40.0,
+            error_rate_by_label: BTreeMap::new(),
+            latency_ms_by_label: BTreeMap::new(),
         }
     }
 }
@@ -56,9 +63,16 @@ pub struct Fleet {
     pub nodes: Vec<Node>,
     /// Requests-per-second multiplier per node, same order as `nodes`.
     pub traffic_weight: Vec<f64>,
+    /// Background error rate per node, same order as `nodes`.
+    pub error_rate: Vec<f64>,
+    /// Background median latency per node, same order as `nodes`.
+    pub latency_ms: Vec<f64>,
 }
 
-const FLEET_FIELDS: [&str; 8] = [
+/// Longest background median latency.
+const FLEET_MAX_LATENCY_MS: f64 = 60_000.0;
+
+const FLEET_FIELDS: [&str; 10] = [
     "regions",
     "pops_per_region",
     "nodes_per_pop",
@@ -67,6 +81,8 @@ const FLEET_FIELDS: [&str; 8] = [
     "requests_per_s",
     "error_rate",
     "latency_ms",
+    "error_rate_by_label",
+    "latency_ms_by_label",
 ];
 
 impl FleetSpec {
@@ -194,12 +210,33 @@ impl FleetSpec {
             Some(value) => {
                 let path = map.path("latency_ms");
                 let number = value.f64(&path)?;
-                if !(0.0..=60_000.0).contains(&number) {
+                if !(0.0..=FLEET_MAX_LATENCY_MS).contains(&number) {
                     return Err(value.error(&path, "expected a latency from 0 to 60000 ms"));
                 }
                 number
             }
             None => defaults.latency_ms,
+        };
+        let error_rate_by_label = match map.optional("error_rate_by_label") {
+            Some(section) => {
+                let section_path = map.path("error_rate_by_label");
+                by_label(section, &section_path, |value, path| value.rate(path))?
+            }
+            None => BTreeMap::new(),
+        };
+        let latency_ms_by_label = match map.optional("latency_ms_by_label") {
+            Some(section) => {
+                let section_path = map.path("latency_ms_by_label");
+                by_label(section, &section_path, |value, path| {
+                    let number = value.f64(path)?;
+                    if (0.0..=FLEET_MAX_LATENCY_MS).contains(&number) {
+                        Ok(number)
+                    } else {
+                        Err(value.error(path, "expected a latency from 0 to 60000 ms"))
+                    }
+                })?
+            }
+            None => BTreeMap::new(),
         };
         map.finish(&FLEET_FIELDS)?;
         let spec = FleetSpec {
@@ -211,6 +248,8 @@ impl FleetSpec {
             requests_per_s,
             error_rate,
             latency_ms,
+            error_rate_by_label,
+            latency_ms_by_label,
         };
         let nodes = spec.node_count();
         if nodes > FLEET_MAX_NODES {
@@ -304,9 +343,19 @@ impl FleetSpec {
             .iter()
             .map(|node| self.weight_of(&node.labels))
             .collect();
+        let error_rate = nodes
+            .iter()
+            .map(|node| by_label_value(&self.error_rate_by_label, &node.labels, self.error_rate))
+            .collect();
+        let latency_ms = nodes
+            .iter()
+            .map(|node| by_label_value(&self.latency_ms_by_label, &node.labels, self.latency_ms))
+            .collect();
         Ok(Fleet {
             nodes,
             traffic_weight,
+            error_rate,
+            latency_ms,
         })
     }
 
@@ -318,6 +367,43 @@ impl FleetSpec {
             .filter_map(|(key, weights)| labels.get(key).and_then(|value| weights.get(value)))
             .product()
     }
+}
+
+/// Reads a `label key → value → number` section, each number read by `read`.
+fn by_label(
+    section: Field<'_>,
+    section_path: &str,
+    read: impl Fn(&Field<'_>, &str) -> Result<f64, SimError>,
+) -> Result<BTreeMap<String, BTreeMap<String, f64>>, SimError> {
+    let mut keys = section.map(section_path)?;
+    let mut out = BTreeMap::new();
+    for (key, values_field) in keys.entries() {
+        let key_path = format!("{section_path}.{key}");
+        let mut values_map = values_field.map(&key_path)?;
+        let mut values = BTreeMap::new();
+        for (value, number) in values_map.entries() {
+            values.insert(
+                value.to_owned(),
+                read(&number, &format!("{key_path}.{value}"))?,
+            );
+        }
+        out.insert(key.to_owned(), values);
+    }
+    Ok(out)
+}
+
+/// The largest value a node's labels take in `by_label`, or `default` when none matches.
+fn by_label_value(
+    by_label: &BTreeMap<String, BTreeMap<String, f64>>,
+    labels: &Labels,
+    default: f64,
+) -> f64 {
+    by_label
+        .iter()
+        .filter_map(|(key, values)| labels.get(key).and_then(|value| values.get(value)))
+        .copied()
+        .reduce(f64::max)
+        .unwrap_or(default)
 }
 
 /// Splits `count` items across shares by the largest-remainder method: the counts sum to

@@ -40,6 +40,19 @@ pub struct StrategyMetrics {
     /// Pushes the engine refused (quarantined hash, full queue).
     pub pushes_refused: u64,
     pub versions_completed: u64,
+    /// Rollouts of bad versions started (or queued), and those that completed.
+    pub rollouts_of_bad_versions: u64,
+    pub bad_versions_completed: u64,
+    /// Versions the engine quarantined, and those of them that were good.
+    pub quarantines: u64,
+    pub quarantines_of_good_versions: u64,
+    /// Stages held: inconclusive at their timeout, or the fleet unhealthy.
+    pub holds: u64,
+    /// Nodes that ran a bad version at some time.
+    pub nodes_ran_bad: u64,
+    /// Nodes on which a bad version's effect showed (its onset passed while they ran it, or
+    /// their consumer went down inside the post-apply window).
+    pub nodes_failed: u64,
 }
 
 impl StrategyMetrics {

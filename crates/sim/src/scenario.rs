@@ -51,6 +51,17 @@ pub const SCENARIO_MAX_PUSHES: usize = 10_000;
 pub const SCENARIO_MAX_STRATEGIES: usize = 16;
 /// Longest delay before an effect sets in.
 const EFFECT_MAX_ONSET_MS: u64 = 24 * 3_600_000;
+/// Most units one scenario may roll out.
+pub const SCENARIO_MAX_UNITS: usize = 64;
+/// Most fleet-wide incidents, and most groups of dead nodes, in one scenario.
+pub const SCENARIO_MAX_WINDOWS: usize = 1_000;
+/// Largest latency factor of an incident.
+const INCIDENT_MAX_LATENCY_X: f64 = 1_000.0;
+/// The server's default silence before a node is down (`failsmall server --node-down-after`,
+/// `crates/server/src/liveness.rs`).
+pub const NODE_DOWN_AFTER_MS_DEFAULT: u64 = 90_000;
+/// The unit of a scenario that names none.
+pub const DEFAULT_UNIT: &str = "sim-config";
 
 /// The scenarios shipped with failsmall, usable by name from any directory.
 pub const BUILT_IN: [(&str, &str); 7] = [
@@ -174,7 +185,50 @@ impl Effect {
 pub struct ScheduledVersion {
     pub at_ms: u64,
     pub name: String,
+    /// The unit it belongs to (the scenario's `unit` unless the entry names one).
+    pub unit: String,
     pub effect: Effect,
+}
+
+/// A unit the scenario rolls out, and whether every node starts with a version of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitSpec {
+    pub name: String,
+    /// True: every node runs a known-good initial version at time 0. False: no node runs any
+    /// version of the unit before its first push (a unit's first version).
+    pub initial: bool,
+}
+
+/// A fleet-wide incident: from `from_ms` until `until_ms`, every node matching `when` fails
+/// an extra share of its requests and answers slower, whatever version it runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub from_ms: u64,
+    pub until_ms: u64,
+    /// Extra error rate: the share of the requests background noise did not fail that fail.
+    pub error_rate: f64,
+    /// Multiplies the median latency.
+    pub latency_x: f64,
+    /// Only nodes with all these labels; empty: every node.
+    pub when: BTreeMap<String, String>,
+}
+
+/// How many nodes of a group die.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadCount {
+    Nodes(u64),
+    Share(f64),
+}
+
+/// Nodes that stop at `at_ms`: no agent request of any kind (no health, no ACK, no watch),
+/// until `until_ms` if any. Which nodes is drawn from the seed among those matching `when`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadNodes {
+    pub at_ms: u64,
+    pub until_ms: Option<u64>,
+    pub count: DeadCount,
+    pub when: BTreeMap<String, String>,
 }
 
 /// Whether a produced version is good or bad.
@@ -202,6 +256,7 @@ pub struct Producer {
 pub struct Push {
     pub at_ms: u64,
     pub name: String,
+    pub unit: String,
     pub hash: VersionHash,
     pub effect: Effect,
 }
@@ -213,8 +268,14 @@ pub struct Scenario {
     pub description: String,
     /// Where it came from (a path, or `built-in:NAME`).
     pub source: String,
-    /// The unit the versions belong to.
+    /// The unit versions belong to unless they name one.
     pub unit: String,
+    /// Every unit rolled out, the default unit first.
+    pub units: Vec<UnitSpec>,
+    pub incidents: Vec<Incident>,
+    pub dead_nodes: Vec<DeadNodes>,
+    /// The server's silence before a node is down.
+    pub node_down_after_ms: u64,
     pub seed: u64,
     pub duration_ms: u64,
     pub health_interval_ms: u64,
@@ -227,10 +288,14 @@ pub struct Scenario {
     pub manual_revert_after_ms: u64,
 }
 
-const SCENARIO_FIELDS: [&str; 11] = [
+const SCENARIO_FIELDS: [&str; 15] = [
     "name",
     "description",
     "unit",
+    "units",
+    "incidents",
+    "dead_nodes",
+    "node_down_after",
     "seed",
     "duration",
     "health_interval",
@@ -308,7 +373,7 @@ impl Scenario {
                     .map_err(|error| value.error("unit", error.to_string()))?;
                 unit
             }
-            None => "sim-config".to_owned(),
+            None => DEFAULT_UNIT.to_owned(),
         };
         let seed = match map.optional("seed") {
             Some(value) => value.u64("seed")?,
@@ -343,14 +408,19 @@ impl Scenario {
                 let mut entry = item.map(&path)?;
                 let at_ms = entry.required("at")?.duration_ms(&format!("{path}.at"))?;
                 let name = entry.required("name")?.string(&format!("{path}.name"))?;
+                let version_unit = match entry.optional("unit") {
+                    Some(value) => unit_name(value, &format!("{path}.unit"))?,
+                    None => unit.clone(),
+                };
                 let effect = match entry.optional("effect") {
                     Some(value) => Effect::from_yaml(value, &format!("{path}.effect"))?,
                     None => Effect::default(),
                 };
-                entry.finish(&["at", "name", "effect"])?;
+                entry.finish(&["at", "name", "unit", "effect"])?;
                 versions.push(ScheduledVersion {
                     at_ms,
                     name,
+                    unit: version_unit,
                     effect,
                 });
             }
@@ -382,12 +452,100 @@ impl Scenario {
             Some(value) => value.duration_ms("manual_revert_after")?,
             None => 25 * 60_000,
         };
+        let mut units = vec![UnitSpec {
+            name: unit.clone(),
+            initial: true,
+        }];
+        let mut listed = std::collections::BTreeSet::new();
+        if let Some(list) = map.optional("units") {
+            let items = list.list("units")?;
+            if items.len() > SCENARIO_MAX_UNITS {
+                return Err(list.error(
+                    "units",
+                    format!("expected at most {SCENARIO_MAX_UNITS} units"),
+                ));
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                let path = format!("units[{index}]");
+                let mut entry = item.map(&path)?;
+                let name = unit_name(entry.required("name")?, &format!("{path}.name"))?;
+                let initial = match entry.optional("initial") {
+                    Some(value) => value.bool(&format!("{path}.initial"))?,
+                    None => true,
+                };
+                entry.finish(&["name", "initial"])?;
+                if !listed.insert(name.clone()) {
+                    return Err(item.error(&path, format!("unit {name:?} is listed twice")));
+                }
+                if let Some(known) = units.iter_mut().find(|known| known.name == name) {
+                    known.initial = initial;
+                } else {
+                    units.push(UnitSpec { name, initial });
+                }
+            }
+        }
+        for version in &versions {
+            if !units.iter().any(|known| known.name == version.unit) {
+                if units.len() >= SCENARIO_MAX_UNITS {
+                    return Err(root.error(
+                        "versions",
+                        format!("expected at most {SCENARIO_MAX_UNITS} units"),
+                    ));
+                }
+                units.push(UnitSpec {
+                    name: version.unit.clone(),
+                    initial: true,
+                });
+            }
+        }
+        let mut incidents = Vec::new();
+        if let Some(list) = map.optional("incidents") {
+            let items = list.list("incidents")?;
+            if items.len() > SCENARIO_MAX_WINDOWS {
+                return Err(list.error(
+                    "incidents",
+                    format!("expected at most {SCENARIO_MAX_WINDOWS} incidents"),
+                ));
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                incidents.push(Incident::from_yaml(item, &format!("incidents[{index}]"))?);
+            }
+        }
+        let mut dead_nodes = Vec::new();
+        if let Some(list) = map.optional("dead_nodes") {
+            let items = list.list("dead_nodes")?;
+            if items.len() > SCENARIO_MAX_WINDOWS {
+                return Err(list.error(
+                    "dead_nodes",
+                    format!("expected at most {SCENARIO_MAX_WINDOWS} groups"),
+                ));
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                dead_nodes.push(DeadNodes::from_yaml(item, &format!("dead_nodes[{index}]"))?);
+            }
+        }
+        let node_down_after_ms = match map.optional("node_down_after") {
+            Some(value) => {
+                let after_ms = value.duration_ms("node_down_after")?;
+                if after_ms == 0 || after_ms > SCENARIO_MAX_DURATION_MS {
+                    return Err(
+                        value.error("node_down_after", "expected more than 0 and at most 7d")
+                    );
+                }
+                after_ms
+            }
+            None => NODE_DOWN_AFTER_MS_DEFAULT,
+        };
         map.finish(&SCENARIO_FIELDS)?;
         let scenario = Scenario {
             name,
             description,
             source: file.to_owned(),
             unit,
+            units,
+            incidents,
+            dead_nodes,
+            node_down_after_ms,
             seed,
             duration_ms,
             health_interval_ms,
@@ -429,8 +587,9 @@ impl Scenario {
             .map(|version| Push {
                 at_ms: version.at_ms,
                 name: version.name.clone(),
+                unit: version.unit.clone(),
                 hash: VersionHash::of(
-                    format!("{}/{}/{}", self.name, self.unit, version.name).as_bytes(),
+                    format!("{}/{}/{}", self.name, version.unit, version.name).as_bytes(),
                 ),
                 effect: version.effect.clone(),
             })
@@ -464,6 +623,7 @@ impl Scenario {
                 pushes.push(Push {
                     at_ms,
                     name,
+                    unit: self.unit.clone(),
                     hash: VersionHash::of(content.as_bytes()),
                     effect,
                 });
@@ -473,6 +633,117 @@ impl Scenario {
         }
         pushes.sort_by_key(|push| push.at_ms);
         pushes
+    }
+}
+
+/// Checks a unit name as the engine does.
+fn unit_name(field: Field<'_>, path: &str) -> Result<String, SimError> {
+    let unit = field.string(path)?;
+    failsmall_core::domain::UnitName::new(unit.clone())
+        .map_err(|error| field.error(path, error.to_string()))?;
+    Ok(unit)
+}
+
+/// Reads `when: { label: value }`.
+fn labels_from_yaml(field: Field<'_>, path: &str) -> Result<BTreeMap<String, String>, SimError> {
+    let mut labels = field.map(path)?;
+    let mut out = BTreeMap::new();
+    for (key, value) in labels.entries() {
+        out.insert(key.to_owned(), value.string(&format!("{path}.{key}"))?);
+    }
+    Ok(out)
+}
+
+impl Incident {
+    fn from_yaml(field: Field<'_>, path: &str) -> Result<Incident, SimError> {
+        let mut map = field.map(path)?;
+        let from_ms = map.required("from")?.duration_ms(&map.path("from"))?;
+        let until_field = map.required("until")?;
+        let until_ms = until_field.duration_ms(&map.path("until"))?;
+        if until_ms <= from_ms {
+            return Err(until_field.error(&map.path("until"), "expected a time after `from`"));
+        }
+        let error_rate = match map.optional("error_rate") {
+            Some(value) => value.rate(&map.path("error_rate"))?,
+            None => 0.0,
+        };
+        let latency_x = match map.optional("latency_x") {
+            Some(value) => {
+                let factor_path = map.path("latency_x");
+                let factor = value.f64(&factor_path)?;
+                if !(0.0..=INCIDENT_MAX_LATENCY_X).contains(&factor) {
+                    return Err(value.error(&factor_path, "expected a factor from 0 to 1000"));
+                }
+                factor
+            }
+            None => 1.0,
+        };
+        let when = match map.optional("when") {
+            Some(value) => labels_from_yaml(value, &map.path("when"))?,
+            None => BTreeMap::new(),
+        };
+        if error_rate == 0.0 && latency_x == 1.0 {
+            return Err(field.error(path, "say how the incident hurts: error_rate or latency_x"));
+        }
+        map.finish(&["from", "until", "error_rate", "latency_x", "when"])?;
+        Ok(Incident {
+            from_ms,
+            until_ms,
+            error_rate,
+            latency_x,
+            when,
+        })
+    }
+
+    /// Whether a node with `labels` is hit.
+    pub fn applies_to(&self, labels: &failsmall_core::domain::Labels) -> bool {
+        self.when
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
+    }
+}
+
+impl DeadNodes {
+    fn from_yaml(field: Field<'_>, path: &str) -> Result<DeadNodes, SimError> {
+        let mut map = field.map(path)?;
+        let at_ms = map.required("at")?.duration_ms(&map.path("at"))?;
+        let until_ms = match map.optional("until") {
+            Some(value) => {
+                let until_ms = value.duration_ms(&map.path("until"))?;
+                if until_ms <= at_ms {
+                    return Err(value.error(&map.path("until"), "expected a time after `at`"));
+                }
+                Some(until_ms)
+            }
+            None => None,
+        };
+        let count = match (map.optional("nodes"), map.optional("share")) {
+            (Some(value), None) => DeadCount::Nodes(value.u64(&map.path("nodes"))?),
+            (None, Some(value)) => DeadCount::Share(value.rate(&map.path("share"))?),
+            _ => {
+                return Err(
+                    field.error(path, "expected exactly one of `nodes` (a count) or `share`")
+                );
+            }
+        };
+        let when = match map.optional("when") {
+            Some(value) => labels_from_yaml(value, &map.path("when"))?,
+            None => BTreeMap::new(),
+        };
+        map.finish(&["at", "until", "nodes", "share", "when"])?;
+        Ok(DeadNodes {
+            at_ms,
+            until_ms,
+            count,
+            when,
+        })
+    }
+
+    /// Whether a node with `labels` may be among the dead.
+    pub fn applies_to(&self, labels: &failsmall_core::domain::Labels) -> bool {
+        self.when
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
     }
 }
 
@@ -569,6 +840,76 @@ mod tests {
         assert!(error.to_string().contains("sed: unknown field"), "{error}");
         let error = Scenario::load("no-such-scenario").unwrap_err().to_string();
         assert!(error.contains("nov18"), "{error}");
+    }
+
+    #[test]
+    fn new_sections_parse_and_their_errors_name_file_line_and_field() {
+        let text = "\
+name: x
+duration: 1h
+unit: a
+units:
+  - { name: b, initial: false }
+incidents:
+  - { from: 5m, until: 10m, error_rate: 2%, latency_x: 3, when: { region: r } }
+dead_nodes:
+  - { at: 0s, share: 10% }
+  - { at: 1m, until: 5m, nodes: 2 }
+node_down_after: 2m
+versions:
+  - { at: 0s, name: v1 }
+  - { at: 0s, name: w1, unit: b, effect: { error_rate: 5% } }
+  - { at: 0s, name: c1, unit: c }
+";
+        let scenario = Scenario::parse("x.yaml", text).unwrap();
+        let units: Vec<(&str, bool)> = scenario
+            .units
+            .iter()
+            .map(|unit| (unit.name.as_str(), unit.initial))
+            .collect();
+        assert_eq!(units, [("a", true), ("b", false), ("c", true)]);
+        assert_eq!(scenario.incidents.len(), 1);
+        assert_eq!(scenario.dead_nodes[1].count, DeadCount::Nodes(2));
+        assert_eq!(scenario.node_down_after_ms, 120_000);
+        let pushes = scenario.pushes();
+        assert_eq!(pushes[1].unit, "b");
+        assert_ne!(pushes[0].hash, pushes[1].hash);
+        for (text, at, field) in [
+            (
+                "name: x\nduration: 1h\nincidents:\n  - { from: 5m, until: 5m, error_rate: 1% }\n",
+                "x.yaml:4:",
+                "incidents[0].until",
+            ),
+            (
+                "name: x\nduration: 1h\nincidents:\n  - { from: 5m, until: 6m }\n",
+                "x.yaml:4:",
+                "incidents[0]",
+            ),
+            (
+                "name: x\nduration: 1h\ndead_nodes:\n  - { at: 0s, nodes: 1, share: 1% }\n",
+                "x.yaml:4:",
+                "dead_nodes[0]",
+            ),
+            (
+                "name: x\nduration: 1h\nunits:\n  - { name: b }\n  - { name: b }\n",
+                "x.yaml:5:",
+                "units[1]",
+            ),
+            (
+                "name: x\nduration: 1h\nversions:\n  - { at: 0s, name: v, unit: \"a b\" }\n",
+                "x.yaml:4:",
+                "versions[0].unit",
+            ),
+            (
+                "name: x\nduration: 1h\nfleet:\n  error_rate_by_label:\n    cohort: { e: 200% }\n",
+                "x.yaml:5:",
+                "fleet.error_rate_by_label.cohort.e",
+            ),
+        ] {
+            let error = Scenario::parse("x.yaml", text).unwrap_err().to_string();
+            assert!(error.starts_with(at), "{error}");
+            assert!(error.contains(field), "{error}");
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use failsmall_core::health::{HealthSample, LatencyHistogram};
 use failsmall_core::plan::{
     Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
 };
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -23,7 +24,7 @@ use rand_distr::StandardNormal;
 use crate::SimError;
 use crate::fleet::Fleet;
 use crate::report::{Marker, MarkerKind, StrategyMetrics, StrategyRun, TimelinePoint};
-use crate::scenario::{Effect, Push, Scenario};
+use crate::scenario::{DeadCount, Effect, Incident, Push, Scenario};
 
 /// Longest delay between a node learning its desired version and applying it.
 pub const APPLY_DELAY_MAX_MS: u64 = 5_000;
@@ -39,6 +40,14 @@ pub const TRACE_MAX_LINES: usize = 2_000_000;
 const TICK_MIN_SPACING_MS: u64 = 100;
 /// Most timeline points kept per strategy (the SVG does not need more).
 const TIMELINE_MAX_POINTS: usize = 100_000;
+/// How often the server compares when it last heard from each node with its down threshold
+/// (`LIVENESS_FLUSH_MS` in `crates/server/src/liveness.rs`).
+pub const LIVENESS_CHECK_MS: u64 = 2_000;
+/// Below this many requests per interval a node's traffic is drawn from a Poisson
+/// distribution; above it, from its normal approximation.
+const REQUESTS_POISSON_BELOW: f64 = 30.0;
+/// Mixed into the seed to choose which nodes die, apart from the run's generator.
+const DEAD_NODES_SEED: u64 = 0x6465_6164_6e6f_6465;
 
 /// How versions reach the fleet.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +96,7 @@ pub fn instant_plan(hold_ms: u64) -> Plan {
         }],
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
+        exclusive_nodes: false,
     }
 }
 
@@ -109,14 +119,28 @@ enum SimEvent {
     },
     Apply {
         node: u32,
+        unit: u32,
         slot: u32,
         token: u32,
     },
     /// The post-apply health window of an apply ended: the agent ACKs.
     Ack {
         node: u32,
+        unit: u32,
         slot: u32,
         token: u32,
+    },
+    /// A node's agent stops: no request of any kind until it revives.
+    Die {
+        node: u32,
+    },
+    Revive {
+        node: u32,
+    },
+    /// The server's liveness check that finds nodes down or up again (an index into
+    /// `Run::liveness`).
+    Liveness {
+        check: u32,
     },
     HealthRound,
     EngineTick,
@@ -181,13 +205,16 @@ impl LatencyShape {
 #[derive(Debug, Clone)]
 struct VersionSlot {
     hash: Option<VersionHash>,
+    /// The unit's index in `Run::units` (0 for the "no version" slot).
+    unit: u32,
     name: String,
     effect: Effect,
     bad: bool,
     /// Probability that a request which background noise did not fail fails because of the
     /// effect.
     extra_error_q: f64,
-    latency: LatencyShape,
+    /// Added to the median latency of the nodes it hurts.
+    latency_add_ms: f64,
 }
 
 /// Everything one strategy run keeps.
@@ -196,7 +223,12 @@ struct Run<'a> {
     fleet: &'a Fleet,
     strategy: &'a Strategy,
     plan: Plan,
-    unit: UnitName,
+    /// Every unit rolled out; per (unit, node) state is indexed `unit * nodes + node`.
+    units: Vec<UnitName>,
+    /// The scenario's `unit`, first of `units`.
+    default_unit: UnitName,
+    unit_index: HashMap<UnitName, u32>,
+    nodes: usize,
     engine: Engine,
     rng: ChaCha8Rng,
     queue: BinaryHeap<Timed>,
@@ -206,14 +238,28 @@ struct Run<'a> {
     slots: Vec<VersionSlot>,
     slot_of: HashMap<VersionHash, u32>,
     node_index: HashMap<NodeId, u32>,
-    // Per node, indexed by node number.
+    // Per (unit, node), indexed `unit * nodes + node`.
     running: Vec<u32>,
     desired: Vec<u32>,
     apply_token: Vec<u32>,
     hurt_from_ms: Vec<u64>,
-    /// Per node: the agent reported its consumer's crash (it reports one per activation).
+    /// The agent reported its consumer's crash for this unit's active version (once per
+    /// version and outage).
     crash_reported: Vec<bool>,
+    // Per node.
     mean_requests: Vec<f64>,
+    /// Bad versions the node runs (of any unit).
+    bad_running: Vec<u32>,
+    /// The node's agent is dead: it sends nothing and applies nothing.
+    dead: Vec<bool>,
+    /// The latency median the node's shape was computed for, and the shape.
+    latency_median_ms: Vec<f64>,
+    latency_shape: Vec<LatencyShape>,
+    /// The node ran a bad version at some time / a bad version's effect showed on it.
+    ever_ran_bad: Vec<bool>,
+    ever_failed: Vec<bool>,
+    /// The server's liveness changes, in time order: (down, up).
+    liveness: Vec<(Vec<NodeId>, Vec<NodeId>)>,
     /// Per node: mean background errors per interval and `exp(-mean)`, for Poisson draws.
     background_errors: Vec<(f64, f64)>,
     /// Per node: whether the engine needs its health now (canary or baseline of a running
@@ -224,12 +270,11 @@ struct Run<'a> {
     health_filter: bool,
     health_events: Vec<Event>,
     ever_desired_bad: Vec<bool>,
-    background_latency: LatencyShape,
-    background_error_rate: f64,
     // Rollouts.
     open_rollouts: BTreeMap<RolloutId, u32>,
     rollout_of_slot: HashMap<u32, RolloutId>,
-    last_good_completed: Option<VersionHash>,
+    /// Per unit.
+    last_good_completed: Vec<Option<VersionHash>>,
     revert_scheduled: Vec<bool>,
     tick_at_ms: Option<u64>,
     last_tick_ms: u64,
@@ -328,19 +373,39 @@ impl<'a> Run<'a> {
         trace: bool,
         health_filter: bool,
     ) -> Result<Self, SimError> {
-        let unit = UnitName::new(scenario.unit.clone()).map_err(|error| SimError::Invalid {
-            file: scenario.source.clone(),
-            line: 0,
-            column: 0,
-            field: "unit".to_owned(),
-            message: error.to_string(),
-        })?;
+        let units = scenario
+            .units
+            .iter()
+            .map(|spec| {
+                UnitName::new(spec.name.clone()).map_err(|error| SimError::Invalid {
+                    file: scenario.source.clone(),
+                    line: 0,
+                    column: 0,
+                    field: "unit".to_owned(),
+                    message: error.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_unit =
+            UnitName::new(scenario.unit.clone()).map_err(|error| SimError::Invalid {
+                file: scenario.source.clone(),
+                line: 0,
+                column: 0,
+                field: "unit".to_owned(),
+                message: error.to_string(),
+            })?;
+        let unit_index = units
+            .iter()
+            .enumerate()
+            .map(|(index, unit)| (unit.clone(), u32::try_from(index).unwrap_or(u32::MAX)))
+            .collect();
         let plan = match strategy {
             Strategy::Instant => instant_plan(scenario.duration_ms.saturating_mul(2)),
             Strategy::Plan { plan, .. } => plan.clone(),
         };
         let interval_s = scenario.health_interval_ms as f64 / 1_000.0;
         let nodes = fleet.nodes.len();
+        let pairs = nodes.saturating_mul(units.len());
         let mean_requests: Vec<f64> = fleet
             .traffic_weight
             .iter()
@@ -348,19 +413,21 @@ impl<'a> Run<'a> {
             .collect();
         let background_errors = mean_requests
             .iter()
-            .map(|mean| {
-                let lambda = mean * scenario.fleet.error_rate;
+            .zip(fleet.error_rate.iter())
+            .map(|(mean, rate)| {
+                let lambda = mean * rate;
                 (lambda, (-lambda).exp())
             })
             .collect();
-        let health_events = fleet
-            .nodes
+        let health_events = units
             .iter()
-            .map(|node| Event::Health {
-                node: node.id.clone(),
-                unit: unit.clone(),
-                version: VersionHash::from_bytes([0; 32]),
-                sample: HealthSample::default(),
+            .flat_map(|unit| {
+                fleet.nodes.iter().map(|node| Event::Health {
+                    node: node.id.clone(),
+                    unit: unit.clone(),
+                    version: VersionHash::from_bytes([0; 32]),
+                    sample: HealthSample::default(),
+                })
             })
             .collect();
         let node_index = fleet
@@ -369,21 +436,28 @@ impl<'a> Run<'a> {
             .enumerate()
             .map(|(index, node)| (node.id.clone(), u32::try_from(index).unwrap_or(u32::MAX)))
             .collect();
-        let background_latency = LatencyShape::around(scenario.fleet.latency_ms);
         let none_slot = VersionSlot {
             hash: None,
+            unit: 0,
             name: "(none)".to_owned(),
             effect: Effect::default(),
             bad: false,
             extra_error_q: 0.0,
-            latency: background_latency,
+            latency_add_ms: 0.0,
         };
+        let latency_shape = fleet
+            .latency_ms
+            .iter()
+            .map(|median| LatencyShape::around(*median))
+            .collect();
         Ok(Self {
             scenario,
             fleet,
             strategy,
             plan,
-            unit,
+            unit_index,
+            default_unit,
+            nodes,
             engine: Engine::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             queue: BinaryHeap::new(),
@@ -393,23 +467,29 @@ impl<'a> Run<'a> {
             slots: vec![none_slot],
             slot_of: HashMap::new(),
             node_index,
-            running: vec![0; nodes],
-            desired: vec![0; nodes],
-            apply_token: vec![0; nodes],
-            hurt_from_ms: vec![u64::MAX; nodes],
-            crash_reported: vec![false; nodes],
+            running: vec![0; pairs],
+            desired: vec![0; pairs],
+            apply_token: vec![0; pairs],
+            hurt_from_ms: vec![u64::MAX; pairs],
+            crash_reported: vec![false; pairs],
             mean_requests,
+            bad_running: vec![0; nodes],
+            dead: vec![false; nodes],
+            latency_median_ms: fleet.latency_ms.clone(),
+            latency_shape,
+            ever_ran_bad: vec![false; nodes],
+            ever_failed: vec![false; nodes],
+            liveness: Vec::new(),
             background_errors,
-            health_relevant: vec![false; nodes],
+            health_relevant: vec![false; pairs],
             health_relevant_dirty: true,
             health_filter,
             health_events,
             ever_desired_bad: vec![false; nodes],
-            background_latency,
-            background_error_rate: scenario.fleet.error_rate,
             open_rollouts: BTreeMap::new(),
             rollout_of_slot: HashMap::new(),
-            last_good_completed: None,
+            last_good_completed: vec![None; units.len()],
+            units,
             revert_scheduled: vec![false],
             tick_at_ms: None,
             last_tick_ms: 0,
@@ -445,11 +525,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn slot_for(&mut self, hash: VersionHash, name: &str, effect: &Effect) -> u32 {
+    fn slot_for(&mut self, hash: VersionHash, unit: u32, name: &str, effect: &Effect) -> u32 {
         if let Some(slot) = self.slot_of.get(&hash) {
             return *slot;
         }
-        let background = self.background_error_rate;
+        let background = self.scenario.fleet.error_rate;
         let mut rate = background;
         if let Some(factor) = effect.error_rate_x {
             rate = (rate * factor).min(1.0);
@@ -467,11 +547,12 @@ impl<'a> Run<'a> {
         let slot = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
         self.slots.push(VersionSlot {
             hash: Some(hash),
+            unit,
             name: name.to_owned(),
             effect: effect.clone(),
             bad: !effect.is_none(),
             extra_error_q,
-            latency: LatencyShape::around(self.scenario.fleet.latency_ms + effect.latency_add_ms),
+            latency_add_ms: effect.latency_add_ms,
         });
         self.revert_scheduled.push(false);
         self.slot_of.insert(hash, slot);
@@ -500,7 +581,14 @@ impl<'a> Run<'a> {
     fn carry_out(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::SetDesired { version, nodes, .. } => {
+                Action::SetDesired {
+                    unit,
+                    version,
+                    nodes,
+                } => {
+                    let Some(unit) = self.unit_index.get(&unit).copied() else {
+                        continue;
+                    };
                     let slot = self.slot_of_hash(version);
                     let bad = self.slot_is_bad(slot);
                     self.health_relevant_dirty = true;
@@ -517,8 +605,9 @@ impl<'a> Run<'a> {
                             continue;
                         };
                         let i = index as usize;
+                        let pair = self.pair(unit, i);
                         if let (Some(desired), Some(token)) =
-                            (self.desired.get_mut(i), self.apply_token.get_mut(i))
+                            (self.desired.get_mut(pair), self.apply_token.get_mut(pair))
                         {
                             *desired = slot;
                             *token = token.wrapping_add(1);
@@ -531,6 +620,7 @@ impl<'a> Run<'a> {
                                 self.now_ms + delay_ms,
                                 SimEvent::Apply {
                                     node: index,
+                                    unit,
                                     slot,
                                     token,
                                 },
@@ -555,8 +645,22 @@ impl<'a> Run<'a> {
                     });
                     match entry.kind {
                         ChangeKind::RolloutQueued | ChangeKind::RolloutStarted => {
+                            if self.slot_is_bad(slot)
+                                && !self.open_rollouts.contains_key(&entry.rollout)
+                            {
+                                self.metrics.rollouts_of_bad_versions += 1;
+                            }
                             self.open_rollouts.insert(entry.rollout, slot);
                             self.rollout_of_slot.insert(slot, entry.rollout);
+                        }
+                        ChangeKind::Quarantined => {
+                            self.metrics.quarantines += 1;
+                            if !self.slot_is_bad(slot) {
+                                self.metrics.quarantines_of_good_versions += 1;
+                            }
+                        }
+                        ChangeKind::Held | ChangeKind::FleetUnhealthy => {
+                            self.metrics.holds += 1;
                         }
                         ChangeKind::StageStarted => self.markers.push(Marker {
                             at_ms: self.now_ms,
@@ -579,8 +683,14 @@ impl<'a> Run<'a> {
                         ChangeKind::Completed => {
                             self.open_rollouts.remove(&entry.rollout);
                             self.metrics.versions_completed += 1;
-                            if !self.slot_is_bad(slot) {
-                                self.last_good_completed = Some(entry.version);
+                            if self.slot_is_bad(slot) {
+                                self.metrics.bad_versions_completed += 1;
+                            }
+                            if !self.slot_is_bad(slot)
+                                && let Some(unit) = self.unit_index.get(&entry.unit).copied()
+                                && let Some(last) = self.last_good_completed.get_mut(unit as usize)
+                            {
+                                *last = Some(entry.version);
                             }
                         }
                         ChangeKind::Aborted | ChangeKind::Superseded => {
@@ -602,13 +712,28 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn set_running(&mut self, index: usize, slot: u32) {
-        let Some(old) = self.running.get(index).copied() else {
+    /// The index of a (unit, node) pair in the per-pair vectors.
+    fn pair(&self, unit: u32, node: usize) -> usize {
+        (unit as usize)
+            .saturating_mul(self.nodes)
+            .saturating_add(node)
+    }
+
+    fn unit_name(&self, unit: u32) -> UnitName {
+        self.units
+            .get(unit as usize)
+            .cloned()
+            .unwrap_or_else(|| self.default_unit.clone())
+    }
+
+    fn set_running(&mut self, index: usize, unit: u32, slot: u32) {
+        let pair = self.pair(unit, index);
+        let Some(old) = self.running.get(pair).copied() else {
             return;
         };
         let was_bad = self.slot_is_bad(old);
         let is_bad = self.slot_is_bad(slot);
-        if let Some(running) = self.running.get_mut(index) {
+        if let Some(running) = self.running.get_mut(pair) {
             *running = slot;
         }
         let info = self.slots.get(slot as usize);
@@ -618,21 +743,31 @@ impl<'a> Run<'a> {
             }
             _ => u64::MAX,
         };
-        if let Some(slot_hurt) = self.hurt_from_ms.get_mut(index) {
+        if let Some(slot_hurt) = self.hurt_from_ms.get_mut(pair) {
             *slot_hurt = hurt_from_ms;
         }
-        if let Some(reported) = self.crash_reported.get_mut(index) {
+        if let Some(reported) = self.crash_reported.get_mut(pair) {
             *reported = false;
         }
         if let (Some(Event::Health { version, .. }), Some(hash)) = (
-            self.health_events.get_mut(index),
+            self.health_events.get_mut(pair),
             info.and_then(|info| info.hash),
         ) {
             *version = hash;
         }
+        let Some(bad_running) = self.bad_running.get_mut(index) else {
+            return;
+        };
         match (was_bad, is_bad) {
             (false, true) => {
+                *bad_running += 1;
+                if *bad_running > 1 {
+                    return;
+                }
                 self.nodes_on_bad += 1;
+                if let Some(flag) = self.ever_ran_bad.get_mut(index) {
+                    *flag = true;
+                }
                 if self.metrics.first_bad_exposure_ms.is_none() {
                     self.metrics.first_bad_exposure_ms = Some(self.now_ms);
                 }
@@ -642,6 +777,10 @@ impl<'a> Run<'a> {
                 }
             }
             (true, false) => {
+                *bad_running = bad_running.saturating_sub(1);
+                if *bad_running > 0 {
+                    return;
+                }
                 self.nodes_on_bad = self.nodes_on_bad.saturating_sub(1);
                 if self.nodes_on_bad == 0
                     && self.metrics.first_bad_exposure_ms.is_some()
@@ -654,16 +793,23 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn on_apply(&mut self, node: u32, slot: u32, token: u32) -> Result<(), SimError> {
+    fn is_dead(&self, index: usize) -> bool {
+        self.dead.get(index).copied().unwrap_or(false)
+    }
+
+    fn on_apply(&mut self, node: u32, unit: u32, slot: u32, token: u32) -> Result<(), SimError> {
         let index = node as usize;
-        if self.apply_token.get(index).copied() != Some(token) {
-            return Ok(()); // A newer desired version superseded this apply.
+        let pair = self.pair(unit, index);
+        if self.apply_token.get(pair).copied() != Some(token) || self.is_dead(index) {
+            // A newer desired version superseded this apply, or the agent is dead (it fetches
+            // its desired state again when it revives).
+            return Ok(());
         }
         let Some(info) = self.slots.get(slot as usize) else {
             return Ok(());
         };
         let Some(hash) = info.hash else {
-            self.set_running(index, 0);
+            self.set_running(index, unit, 0);
             return Ok(());
         };
         let Some(node_info) = self.fleet.nodes.get(index) else {
@@ -673,11 +819,12 @@ impl<'a> Run<'a> {
         let hurts = info.bad && info.effect.applies_to(&node_info.labels);
         let nack = hurts && info.effect.nack;
         let name = info.name.clone();
+        let unit_name = self.unit_name(unit);
         if nack {
             self.log(node_id.as_str(), || format!("rejected version={name}"));
             let event = Event::Rejected {
                 node: node_id,
-                unit: self.unit.clone(),
+                unit: unit_name,
                 version: hash,
                 reason: "the agent's validator refused the version".to_owned(),
             };
@@ -686,45 +833,55 @@ impl<'a> Run<'a> {
         // With a post-apply health check, the agent ACKs only after its window passed; a
         // consumer that goes down inside the window fails the check: the agent puts back its
         // last known good at once and NACKs.
-        if self.engine.health_check(&self.unit, &hash).is_some() {
+        if self.engine.health_check(&unit_name, &hash).is_some() {
             let down_in_window =
                 hurts && info.effect.crash && info.effect.onset_ms < POST_APPLY_WINDOW_MS;
             if down_in_window {
+                if let Some(flag) = self.ever_failed.get_mut(index) {
+                    *flag = true;
+                }
                 self.log(node_id.as_str(), || {
                     format!("rejected version={name} post_apply_check=failed")
                 });
                 let event = Event::Rejected {
                     node: node_id,
-                    unit: self.unit.clone(),
+                    unit: unit_name,
                     version: hash,
                     reason: "post-apply health check failed: the consumer went down".to_owned(),
                 };
                 return self.step(&event, "Rejected");
             }
-            self.set_running(index, slot);
+            self.set_running(index, unit, slot);
             self.log(node_id.as_str(), || format!("activated version={name}"));
             self.schedule(
                 self.now_ms.saturating_add(POST_APPLY_WINDOW_MS),
-                SimEvent::Ack { node, slot, token },
+                SimEvent::Ack {
+                    node,
+                    unit,
+                    slot,
+                    token,
+                },
             );
             return Ok(());
         }
-        self.set_running(index, slot);
-        self.ack(index, slot)
+        self.set_running(index, unit, slot);
+        self.ack(index, unit, slot)
     }
 
     /// The agent's ACK of the version it runs, once its post-apply window (if any) passed.
-    fn on_ack(&mut self, node: u32, slot: u32, token: u32) -> Result<(), SimError> {
+    fn on_ack(&mut self, node: u32, unit: u32, slot: u32, token: u32) -> Result<(), SimError> {
         let index = node as usize;
-        if self.apply_token.get(index).copied() != Some(token)
-            || self.running.get(index).copied() != Some(slot)
+        let pair = self.pair(unit, index);
+        if self.apply_token.get(pair).copied() != Some(token)
+            || self.running.get(pair).copied() != Some(slot)
+            || self.is_dead(index)
         {
-            return Ok(()); // A newer desired version superseded this apply.
+            return Ok(()); // A newer desired version superseded this apply, or the agent died.
         }
-        self.ack(index, slot)
+        self.ack(index, unit, slot)
     }
 
-    fn ack(&mut self, index: usize, slot: u32) -> Result<(), SimError> {
+    fn ack(&mut self, index: usize, unit: u32, slot: u32) -> Result<(), SimError> {
         let (Some(info), Some(node_info)) =
             (self.slots.get(slot as usize), self.fleet.nodes.get(index))
         else {
@@ -738,33 +895,50 @@ impl<'a> Run<'a> {
         self.log(node_id.as_str(), || format!("applied version={name}"));
         let applied = Event::Applied {
             node: node_id,
-            unit: self.unit.clone(),
+            unit: self.unit_name(unit),
             version: hash,
         };
         self.step(&applied, "Applied")
     }
 
-    /// The agent found the consumer down (its metrics scrapes fail): it reports the crash, once
-    /// per activation, and only while the active version is on trial (some rollout still
-    /// judges it: `Engine::trial`). A crash of a settled version is not reported; the node
-    /// only falls silent.
-    fn report_crash(&mut self, index: usize, hash: VersionHash) -> Result<(), SimError> {
-        if self.crash_reported.get(index).copied().unwrap_or(true) {
+    /// The agent found the consumer down (its metrics scrapes fail): it reports the crash for
+    /// every unit whose active version is on trial (some rollout still judges it:
+    /// `Engine::trial`), once per version and outage (`crates/agent/src/health.rs`). A crash of
+    /// a settled version is not reported; the node only falls silent.
+    fn report_crash(&mut self, index: usize, unit: u32) -> Result<(), SimError> {
+        let pair = self.pair(unit, index);
+        if self.crash_reported.get(pair).copied().unwrap_or(true) {
             return Ok(());
         }
+        let Some(hash) = self
+            .running
+            .get(pair)
+            .and_then(|slot| self.slots.get(*slot as usize))
+            .and_then(|info| info.hash)
+        else {
+            return Ok(());
+        };
         let Some(node_id) = self.fleet.nodes.get(index).map(|node| node.id.clone()) else {
             return Ok(());
         };
-        if self.engine.trial(&node_id, &self.unit).is_none() {
+        let unit_name = self.unit_name(unit);
+        if self.engine.trial(&node_id, &unit_name).is_none() {
             return Ok(());
         }
-        if let Some(reported) = self.crash_reported.get_mut(index) {
+        if let Some(reported) = self.crash_reported.get_mut(pair) {
             *reported = true;
         }
-        self.log(node_id.as_str(), || "crashed".to_owned());
+        let several_units = self.units.len() > 1;
+        self.log(node_id.as_str(), || {
+            if several_units {
+                format!("crashed unit={unit_name}")
+            } else {
+                "crashed".to_owned()
+            }
+        });
         let event = Event::Crashed {
             node: node_id,
-            unit: self.unit.clone(),
+            unit: unit_name,
             version: hash,
             reason: "the consumer panicked on the new version".to_owned(),
         };
@@ -775,9 +949,18 @@ impl<'a> Run<'a> {
         let Some(push) = self.pushes.get(push_index) else {
             return Ok(());
         };
-        let slot = self.slot_for(push.hash, &push.name, &push.effect);
+        let Some(unit_index) = self
+            .units
+            .iter()
+            .position(|unit| unit.as_str() == push.unit)
+            .and_then(|index| u32::try_from(index).ok())
+        else {
+            return Ok(());
+        };
+        let unit = self.unit_name(unit_index);
+        let slot = self.slot_for(push.hash, unit_index, &push.name, &push.effect);
         let event = Event::RolloutRequested {
-            unit: self.unit.clone(),
+            unit,
             version: push.hash,
             plan: self.plan.clone(),
             actor: "producer".to_owned(),
@@ -832,6 +1015,7 @@ impl<'a> Run<'a> {
             .slots
             .get(slot as usize)
             .map_or_else(String::new, |s| s.name.clone());
+        let unit_index = self.slots.get(slot as usize).map_or(0, |s| s.unit);
         self.log("-", || {
             format!("manual_revert version={name} actor=operator")
         });
@@ -859,11 +1043,16 @@ impl<'a> Run<'a> {
             kind: MarkerKind::Rollback,
             label: "operator".to_owned(),
         });
-        let Some(previous) = self.last_good_completed else {
+        let Some(previous) = self
+            .last_good_completed
+            .get(unit_index as usize)
+            .copied()
+            .flatten()
+        else {
             return Ok(());
         };
         let event = Event::RolloutRequested {
-            unit: self.unit.clone(),
+            unit: self.unit_name(unit_index),
             version: previous,
             plan: self.plan.clone(),
             actor: "operator".to_owned(),
@@ -873,16 +1062,19 @@ impl<'a> Run<'a> {
         self.step(&event, "RolloutRequested (manual revert)")
     }
 
-    /// Marks the nodes whose health the engine uses now, as the engine tells
+    /// Marks the (unit, node) pairs whose health the engine uses now, as the engine tells
     /// (`Engine::wants_health`: a running rollout's canary and its baseline, which may be the
     /// rest of the fleet). The engine discards other reports, so skipping them changes nothing
     /// but the time spent; `filtered_health_changes_nothing` (tests/sim.rs) checks that.
     fn recompute_health_relevant(&mut self) {
         self.health_relevant_dirty = false;
-        for (index, node) in self.fleet.nodes.iter().enumerate() {
-            let relevant = self.engine.wants_health(&node.id, &self.unit);
-            if let Some(flag) = self.health_relevant.get_mut(index) {
-                *flag = relevant;
+        for (unit_index, unit) in self.units.iter().enumerate() {
+            for (index, node) in self.fleet.nodes.iter().enumerate() {
+                let relevant = self.engine.wants_health(&node.id, unit);
+                let pair = unit_index.saturating_mul(self.nodes).saturating_add(index);
+                if let Some(flag) = self.health_relevant.get_mut(pair) {
+                    *flag = relevant;
+                }
             }
         }
     }
@@ -891,88 +1083,157 @@ impl<'a> Run<'a> {
         !self.open_rollouts.is_empty()
     }
 
+    /// One health interval on every node. The real agent scrapes its consumer's metrics once
+    /// and reports that one sample for every unit with an active version
+    /// (`crates/agent/src/health.rs`), so the errors and latency of every version a node runs,
+    /// whatever its unit, and of any fleet-wide incident show in the health of each unit.
     fn on_health_round(&mut self) -> Result<(), SimError> {
         let now_ms = self.now_ms;
         let send = matches!(self.strategy, Strategy::Plan { .. }) && self.rollout_running();
         if send && self.health_relevant_dirty {
             self.recompute_health_relevant();
         }
+        let incidents: Vec<&Incident> = self
+            .scenario
+            .incidents
+            .iter()
+            .filter(|incident| incident.from_ms <= now_ms && now_ms < incident.until_ms)
+            .collect();
+        let unit_count = self.units.len();
         let mut requests_total = 0u64;
         let mut errors_total = 0u64;
         let mut failed_total = 0u64;
-        let mut crashes_due: Vec<(usize, VersionHash)> = Vec::new();
+        let mut crashes_due: Vec<(usize, u32)> = Vec::new();
         let mut nodes_failing = 0u64;
-        for index in 0..self.health_events.len() {
-            let (Some(&slot), Some(&hurt_from_ms), Some(&mean), Some(&(lambda, exp_neg))) = (
-                self.running.get(index),
-                self.hurt_from_ms.get(index),
+        for index in 0..self.nodes {
+            let (Some(&mean), Some(&(lambda, exp_neg)), Some(&base_latency_ms), Some(node)) = (
                 self.mean_requests.get(index),
                 self.background_errors.get(index),
+                self.fleet.latency_ms.get(index),
+                self.fleet.nodes.get(index),
             ) else {
                 continue;
             };
-            let Some(info) = self.slots.get(slot as usize) else {
+            if self.is_dead(index) {
                 continue;
+            }
+            // What the versions this node runs do to its requests.
+            let mut hurt = false;
+            let mut down = false;
+            let mut ok_q = 1.0f64;
+            let mut latency_add_ms = 0.0f64;
+            for unit in 0..unit_count {
+                let pair = unit.saturating_mul(self.nodes).saturating_add(index);
+                let (Some(&slot), Some(&hurt_from_ms)) =
+                    (self.running.get(pair), self.hurt_from_ms.get(pair))
+                else {
+                    continue;
+                };
+                if now_ms < hurt_from_ms {
+                    continue;
+                }
+                let Some(info) = self.slots.get(slot as usize) else {
+                    continue;
+                };
+                hurt = true;
+                down |= info.effect.crash;
+                ok_q *= 1.0 - info.extra_error_q;
+                latency_add_ms += info.latency_add_ms;
+            }
+            let mut incident_ok_q = 1.0f64;
+            let mut latency_x = 1.0f64;
+            for incident in &incidents {
+                if incident.applies_to(&node.labels) {
+                    incident_ok_q *= 1.0 - incident.error_rate;
+                    latency_x *= incident.latency_x;
+                }
+            }
+            let requests = if mean < REQUESTS_POISSON_BELOW {
+                poisson_capped(&mut self.rng, mean, u64::MAX)
+            } else {
+                let z: f64 = self.rng.sample(StandardNormal);
+                round_count(mean + mean.sqrt() * z)
             };
-            let z: f64 = self.rng.sample(StandardNormal);
-            let requests = round_count(mean + mean.sqrt() * z);
             // Errors of Poisson traffic thinned by the error rate are Poisson with the thinned
             // mean, so the per-node `exp(-mean)` can be computed once.
             let background_errors = poisson_known(&mut self.rng, lambda, exp_neg, requests);
-            let hurt = now_ms >= hurt_from_ms;
             nodes_failing += u64::from(hurt);
+            if hurt && let Some(flag) = self.ever_failed.get_mut(index) {
+                *flag = true;
+            }
             let failed = if hurt {
+                binomial_approx(&mut self.rng, requests - background_errors, 1.0 - ok_q)
+            } else {
+                0
+            };
+            let incident_errors = if incident_ok_q < 1.0 {
                 binomial_approx(
                     &mut self.rng,
-                    requests - background_errors,
-                    info.extra_error_q,
+                    requests - background_errors - failed,
+                    1.0 - incident_ok_q,
                 )
             } else {
                 0
             };
-            let errors = background_errors + failed;
+            let errors = background_errors + failed + incident_errors;
             requests_total += requests;
             errors_total += errors;
             failed_total += failed;
             // A crashed consumer answers no metrics scrape: the agent sends no health for the
-            // node (so silence can fire) and reports the crash within this interval.
-            let down = hurt && info.effect.crash;
-            if down
-                && !self.crash_reported.get(index).copied().unwrap_or(true)
-                && let Some(hash) = info.hash
-            {
-                crashes_due.push((index, hash));
+            // node (so silence can fire) and reports the crash within this interval, for every
+            // unit whose active version is on trial.
+            if down {
+                for unit in 0..unit_count {
+                    let pair = unit.saturating_mul(self.nodes).saturating_add(index);
+                    if !self.crash_reported.get(pair).copied().unwrap_or(true) {
+                        crashes_due.push((index, u32::try_from(unit).unwrap_or(u32::MAX)));
+                    }
+                }
+                continue;
             }
-            let shape = if hurt {
-                info.latency
-            } else {
-                self.background_latency
+            let median_ms = base_latency_ms * latency_x + latency_add_ms;
+            if let (Some(cached), Some(shape)) = (
+                self.latency_median_ms.get_mut(index),
+                self.latency_shape.get_mut(index),
+            ) && cached.to_bits() != median_ms.to_bits()
+            {
+                *cached = median_ms;
+                *shape = LatencyShape::around(median_ms);
+            }
+            let Some(shape) = self.latency_shape.get(index).copied() else {
+                continue;
             };
-            let has_version = info.hash.is_some();
-            if let Some(Event::Health { sample, .. }) = self.health_events.get_mut(index) {
-                sample.requests = requests;
-                sample.errors = errors;
-                shape.fill(&mut sample.latency, requests);
-            }
-            let relevant =
-                !self.health_filter || self.health_relevant.get(index).copied().unwrap_or(false);
-            if send
-                && relevant
-                && has_version
-                && !down
-                && let Some(event) = self.health_events.get(index)
-            {
-                let actions = self
-                    .engine
-                    .step(now_ms, event)
-                    .map_err(|error| engine_error("Health", now_ms, &error))?;
-                if !actions.is_empty() {
-                    self.carry_out(actions);
+            for unit in 0..unit_count {
+                let pair = unit.saturating_mul(self.nodes).saturating_add(index);
+                let has_version = self
+                    .running
+                    .get(pair)
+                    .and_then(|slot| self.slots.get(*slot as usize))
+                    .is_some_and(|info| info.hash.is_some());
+                if let Some(Event::Health { sample, .. }) = self.health_events.get_mut(pair) {
+                    sample.requests = requests;
+                    sample.errors = errors;
+                    shape.fill(&mut sample.latency, requests);
+                }
+                let relevant =
+                    !self.health_filter || self.health_relevant.get(pair).copied().unwrap_or(false);
+                if send
+                    && relevant
+                    && has_version
+                    && let Some(event) = self.health_events.get(pair)
+                {
+                    let actions = self
+                        .engine
+                        .step(now_ms, event)
+                        .map_err(|error| engine_error("Health", now_ms, &error))?;
+                    if !actions.is_empty() {
+                        self.carry_out(actions);
+                    }
                 }
             }
         }
-        for (index, hash) in crashes_due {
-            self.report_crash(index, hash)?;
+        for (index, unit) in crashes_due {
+            self.report_crash(index, unit)?;
         }
         let failing_share = nodes_failing as f64 / self.fleet.nodes.len().max(1) as f64;
         if failing_share > self.metrics.nodes_failing_max_fraction {
@@ -1004,6 +1265,152 @@ impl<'a> Run<'a> {
             self.schedule(next_ms, SimEvent::HealthRound);
         }
         Ok(())
+    }
+
+    /// A node's agent stops: it sends nothing from now on.
+    fn on_die(&mut self, node: u32) {
+        let index = node as usize;
+        if let Some(flag) = self.dead.get_mut(index) {
+            *flag = true;
+        }
+        let name = self
+            .fleet
+            .nodes
+            .get(index)
+            .map_or_else(String::new, |node| node.id.to_string());
+        self.log(&name, || "agent_died".to_owned());
+    }
+
+    /// A node's agent starts again: it asks for its desired state and applies what changed.
+    fn on_revive(&mut self, node: u32) {
+        let index = node as usize;
+        if let Some(flag) = self.dead.get_mut(index) {
+            *flag = false;
+        }
+        let name = self
+            .fleet
+            .nodes
+            .get(index)
+            .map_or_else(String::new, |node| node.id.to_string());
+        self.log(&name, || "agent_revived".to_owned());
+        for unit in 0..self.units.len() {
+            let unit = u32::try_from(unit).unwrap_or(u32::MAX);
+            let pair = self.pair(unit, index);
+            let (Some(&desired), Some(&running)) = (self.desired.get(pair), self.running.get(pair))
+            else {
+                continue;
+            };
+            if desired == running {
+                continue;
+            }
+            let Some(token) = self.apply_token.get_mut(pair) else {
+                continue;
+            };
+            *token = token.wrapping_add(1);
+            let token = *token;
+            let delay_ms = self.rng.random_range(0..=APPLY_DELAY_MAX_MS);
+            self.schedule(
+                self.now_ms + delay_ms,
+                SimEvent::Apply {
+                    node,
+                    unit,
+                    slot: desired,
+                    token,
+                },
+            );
+        }
+    }
+
+    /// The server's liveness check tells the engine which nodes went down or came back.
+    fn on_liveness(&mut self, check: u32) -> Result<(), SimError> {
+        let Some((down, up)) = self.liveness.get(check as usize).cloned() else {
+            return Ok(());
+        };
+        self.log("-", || {
+            format!("liveness down={} up={}", down.len(), up.len())
+        });
+        self.step(&Event::Liveness { down, up }, "Liveness")
+    }
+
+    /// Chooses the dead nodes from the seed, schedules their deaths and revivals, and the
+    /// server's liveness verdicts exactly as `crates/server/src/liveness.rs` reaches them: it
+    /// checks every [`LIVENESS_CHECK_MS`], judges nothing in its first `node_down_after_ms`,
+    /// and takes a node for down once it was last heard from more than `node_down_after_ms`
+    /// ago. A live agent is heard from continuously (its watch, its reports); a dead one was
+    /// last heard from when it died.
+    fn schedule_dead_nodes(&mut self, seed: u64) {
+        if self.scenario.dead_nodes.is_empty() {
+            return;
+        }
+        let horizon_ms = self.scenario.duration_ms.saturating_add(1);
+        let mut windows: Vec<Vec<(u64, u64)>> = vec![Vec::new(); self.nodes];
+        for (group_index, group) in self.scenario.dead_nodes.iter().enumerate() {
+            let mut candidates: Vec<usize> = self
+                .fleet
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, node)| group.applies_to(&node.labels))
+                .map(|(index, _)| index)
+                .collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ DEAD_NODES_SEED ^ group_index as u64);
+            candidates.shuffle(&mut rng);
+            let count = match group.count {
+                DeadCount::Nodes(count) => usize::try_from(count).unwrap_or(usize::MAX),
+                DeadCount::Share(share) => round_count(share * candidates.len() as f64)
+                    .try_into()
+                    .unwrap_or(usize::MAX),
+            };
+            for index in candidates.into_iter().take(count) {
+                if let Some(list) = windows.get_mut(index) {
+                    list.push((group.at_ms, group.until_ms.unwrap_or(horizon_ms)));
+                }
+            }
+        }
+        let down_after_ms = self.scenario.node_down_after_ms;
+        let mut changes: BTreeMap<u64, (Vec<NodeId>, Vec<NodeId>)> = BTreeMap::new();
+        for (index, mut list) in windows.into_iter().enumerate() {
+            if list.is_empty() {
+                continue;
+            }
+            let Some(id) = self.fleet.nodes.get(index).map(|node| node.id.clone()) else {
+                continue;
+            };
+            list.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::new();
+            for (from_ms, until_ms) in list {
+                match merged.last_mut() {
+                    Some(last) if from_ms <= last.1 => last.1 = last.1.max(until_ms),
+                    _ => merged.push((from_ms, until_ms)),
+                }
+            }
+            let node = u32::try_from(index).unwrap_or(u32::MAX);
+            for (from_ms, until_ms) in merged {
+                self.schedule(from_ms, SimEvent::Die { node });
+                if until_ms < horizon_ms {
+                    self.schedule(until_ms, SimEvent::Revive { node });
+                }
+                // The first check that finds the node silent for longer than the threshold
+                // (and comes after the server's own first `down_after_ms`).
+                let silent_from_ms = from_ms.saturating_add(down_after_ms);
+                let down_ms = next_check_after(silent_from_ms.max(down_after_ms));
+                if down_ms >= until_ms {
+                    continue; // Back before the server took it for down.
+                }
+                changes.entry(down_ms).or_default().0.push(id.clone());
+                if until_ms < horizon_ms {
+                    let up_ms = next_check_at_or_after(until_ms);
+                    changes.entry(up_ms).or_default().1.push(id.clone());
+                }
+            }
+        }
+        for (at_ms, (mut down, mut up)) in changes {
+            down.sort();
+            up.sort();
+            let check = u32::try_from(self.liveness.len()).unwrap_or(u32::MAX);
+            self.liveness.push((down, up));
+            self.schedule(at_ms, SimEvent::Liveness { check });
+        }
     }
 
     fn tick(&mut self) -> Result<(), SimError> {
@@ -1073,46 +1480,56 @@ impl<'a> Run<'a> {
                 .step(0, &event)
                 .map_err(|error| engine_error("NodeRegistered", 0, &error))?;
         }
-        // Every node starts on a known-good initial version, applied at once.
-        let initial = VersionHash::of(
-            format!("{}/{}/initial", self.scenario.name, self.scenario.unit).as_bytes(),
-        );
-        let slot = self.slot_for(initial, "initial", &Effect::default());
-        let event = Event::RolloutRequested {
-            unit: self.unit.clone(),
-            version: initial,
-            plan: instant_plan(self.scenario.duration_ms.saturating_mul(2)),
-            actor: "bootstrap".to_owned(),
-            reason: "the fleet's initial version".to_owned(),
-            override_quarantine: false,
-        };
+        // Every node starts on a known-good initial version of each unit that has one,
+        // applied at once.
         let trace = self.trace.take();
-        self.engine
-            .step(0, &event)
-            .map_err(|error| engine_error("RolloutRequested", 0, &error))?;
-        for index in 0..self.fleet.nodes.len() {
-            if let Some(desired) = self.desired.get_mut(index) {
-                *desired = slot;
+        for (unit_index, spec) in self.scenario.units.iter().enumerate() {
+            if !spec.initial {
+                continue;
             }
-            self.set_running(index, slot);
-            let node = self.fleet.nodes.get(index).map(|node| node.id.clone());
-            if let Some(node) = node {
-                let applied = Event::Applied {
-                    node,
-                    unit: self.unit.clone(),
-                    version: initial,
-                };
-                self.engine
-                    .step(0, &applied)
-                    .map_err(|error| engine_error("Applied", 0, &error))?;
+            let unit_number = u32::try_from(unit_index).unwrap_or(u32::MAX);
+            let unit = self.unit_name(unit_number);
+            let initial =
+                VersionHash::of(format!("{}/{}/initial", self.scenario.name, spec.name).as_bytes());
+            let slot = self.slot_for(initial, unit_number, "initial", &Effect::default());
+            let event = Event::RolloutRequested {
+                unit: unit.clone(),
+                version: initial,
+                plan: instant_plan(self.scenario.duration_ms.saturating_mul(2)),
+                actor: "bootstrap".to_owned(),
+                reason: "the fleet's initial version".to_owned(),
+                override_quarantine: false,
+            };
+            self.engine
+                .step(0, &event)
+                .map_err(|error| engine_error("RolloutRequested", 0, &error))?;
+            for index in 0..self.nodes {
+                let pair = self.pair(unit_number, index);
+                if let Some(desired) = self.desired.get_mut(pair) {
+                    *desired = slot;
+                }
+                self.set_running(index, unit_number, slot);
+                let node = self.fleet.nodes.get(index).map(|node| node.id.clone());
+                if let Some(node) = node {
+                    let applied = Event::Applied {
+                        node,
+                        unit: unit.clone(),
+                        version: initial,
+                    };
+                    self.engine
+                        .step(0, &applied)
+                        .map_err(|error| engine_error("Applied", 0, &error))?;
+                }
+            }
+            let actions = self
+                .engine
+                .step(0, &Event::Tick)
+                .map_err(|error| engine_error("Tick", 0, &error))?;
+            drop(actions);
+            if let Some(last) = self.last_good_completed.get_mut(unit_index) {
+                *last = Some(initial);
             }
         }
-        let actions = self
-            .engine
-            .step(0, &Event::Tick)
-            .map_err(|error| engine_error("Tick", 0, &error))?;
-        drop(actions);
-        self.last_good_completed = Some(initial);
         self.trace = trace;
         Ok(())
     }
@@ -1141,8 +1558,21 @@ impl<'a> Run<'a> {
             self.now_ms = timed.at_ms;
             match timed.event {
                 SimEvent::Push { push } => self.on_push(push)?,
-                SimEvent::Apply { node, slot, token } => self.on_apply(node, slot, token)?,
-                SimEvent::Ack { node, slot, token } => self.on_ack(node, slot, token)?,
+                SimEvent::Apply {
+                    node,
+                    unit,
+                    slot,
+                    token,
+                } => self.on_apply(node, unit, slot, token)?,
+                SimEvent::Ack {
+                    node,
+                    unit,
+                    slot,
+                    token,
+                } => self.on_ack(node, unit, slot, token)?,
+                SimEvent::Die { node } => self.on_die(node),
+                SimEvent::Revive { node } => self.on_revive(node),
+                SimEvent::Liveness { check } => self.on_liveness(check)?,
                 SimEvent::HealthRound => self.on_health_round()?,
                 SimEvent::EngineTick => {
                     if self.tick_at_ms == Some(timed.at_ms) {
@@ -1163,6 +1593,8 @@ impl<'a> Run<'a> {
             .filter(|(flag, _)| **flag)
             .map(|(_, node)| node.id.to_string())
             .collect();
+        self.metrics.nodes_ran_bad = self.ever_ran_bad.iter().filter(|flag| **flag).count() as u64;
+        self.metrics.nodes_failed = self.ever_failed.iter().filter(|flag| **flag).count() as u64;
         self.metrics.finish(self.scenario.duration_ms);
         let mut trace = self.trace.unwrap_or_default();
         if self.trace_dropped > 0 {
@@ -1192,7 +1624,7 @@ pub(crate) fn run_strategy(
     trace: bool,
     health_filter: bool,
 ) -> Result<StrategyRun, SimError> {
-    Run::new(
+    let mut run = Run::new(
         scenario,
         fleet,
         strategy,
@@ -1200,6 +1632,23 @@ pub(crate) fn run_strategy(
         seed,
         trace,
         health_filter,
-    )?
-    .run()
+    )?;
+    run.schedule_dead_nodes(seed);
+    run.run()
+}
+
+/// The first liveness check strictly after `at_ms` (checks run every [`LIVENESS_CHECK_MS`]
+/// from the server's start).
+fn next_check_after(at_ms: u64) -> u64 {
+    (at_ms / LIVENESS_CHECK_MS)
+        .saturating_add(1)
+        .saturating_mul(LIVENESS_CHECK_MS)
+}
+
+/// The first liveness check at or after `at_ms`.
+fn next_check_at_or_after(at_ms: u64) -> u64 {
+    at_ms
+        .div_ceil(LIVENESS_CHECK_MS)
+        .max(1)
+        .saturating_mul(LIVENESS_CHECK_MS)
 }

@@ -375,3 +375,34 @@ fn a_late_crash_is_reported_only_while_the_version_is_on_trial() {
     assert!(!settled.trace().contains("event=crashed"));
     assert_eq!(settled.runs[0].metrics.rollbacks, 0);
 }
+
+#[test]
+fn dead_nodes_are_down_for_the_server_after_its_threshold_and_up_when_they_report_again() {
+    let text = "\
+name: dead
+duration: 10m
+unit: u
+fleet:
+  nodes_per_pop: 20
+dead_nodes:
+  - { at: 0s, until: 5m, nodes: 3 }
+strategies: [examples/plans/default.yaml]
+";
+    let scenario = Scenario::parse("dead.yaml", text).unwrap();
+    let options = RunOptions {
+        seed: Some(1),
+        strategies: Vec::new(),
+        trace: true,
+    };
+    let report = run(&scenario, &options).unwrap();
+    let liveness: Vec<&String> = report.runs[0]
+        .trace
+        .iter()
+        .filter(|line| line.contains("event=liveness"))
+        .collect();
+    // Silent since 0 s: the server's first check after 90 s of silence is at 92 s; back at
+    // 5 min, it is up at the next check (300 s is one).
+    assert_eq!(liveness.len(), 2, "{liveness:?}");
+    assert!(liveness[0].starts_with("t=000092.000") && liveness[0].contains("down=3 up=0"));
+    assert!(liveness[1].starts_with("t=000300.000") && liveness[1].contains("down=0 up=3"));
+}
