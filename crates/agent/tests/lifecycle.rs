@@ -290,9 +290,13 @@ async fn a_failure_that_starts_after_the_last_stage_is_caught_by_the_soak() {
     // Every stage passes, and the rollout soaks: the version is still on trial.
     let v2_hash = operator.push(&features(2), false).await;
     let id = operator.rollout_with(&v2_hash, SOAK_PLAN).await;
-    operator
+    let view = operator
         .wait_rollout_where(id, WAIT_MS, |v| v["phase"].get("soaking").is_some())
         .await;
+    assert!(
+        view["soak_remaining_ms"].as_u64().unwrap() > 3_500_000,
+        "{view}"
+    );
     let status = agent
         .wait_status(WAIT_MS, |s| s["units"][UNIT]["active"] == v2_hash.as_str())
         .await;

@@ -327,6 +327,13 @@ pub fn status_text(view: &RolloutView) -> String {
     if let Some(bake_ms) = view.bake_remaining_ms {
         lines.push(format!("bake      {} left", time_left(bake_ms)));
     }
+    if let Some(soak_ms) = view.soak_remaining_ms {
+        lines.push(format!(
+            "soak      {} left (`failsmall rollout promote {}` ends it now)",
+            time_left(soak_ms),
+            view.id.0
+        ));
+    }
     let canary = &view.canary;
     lines.push(format!(
         "canary    {} nodes, {} requests, {} errors, {} NACKs, {} crashes, {} failed checks, {} silent",

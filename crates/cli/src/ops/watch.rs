@@ -139,6 +139,9 @@ fn summary(view: &RolloutView) -> String {
     if let Some(bake_ms) = view.bake_remaining_ms {
         text.push_str(&format!(", bake {} left", time_left(bake_ms)));
     }
+    if let Some(soak_ms) = view.soak_remaining_ms {
+        text.push_str(&format!(", soak {} left", time_left(soak_ms)));
+    }
     text
 }
 
@@ -311,6 +314,9 @@ impl Progress for Bars {
         if let Some(bake_ms) = view.bake_remaining_ms {
             message.push_str(&format!(" · bake {} left", time_left(bake_ms)));
         }
+        if let Some(soak_ms) = view.soak_remaining_ms {
+            message.push_str(&format!(" · soak {} left", time_left(soak_ms)));
+        }
         if view.status != RolloutStatus::Running {
             message = format!("{} · {message}", status_name(view.status).to_uppercase());
         }
@@ -370,6 +376,7 @@ mod tests {
             nodes_applied,
             nodes_exposed: 4,
             bake_remaining_ms,
+            soak_remaining_ms: None,
             gates: vec![GateReport {
                 gate: "error_rate > 0.5%".to_owned(),
                 verdict: Verdict::Pass {

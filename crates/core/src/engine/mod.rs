@@ -897,6 +897,9 @@ pub struct RolloutView {
     pub nodes_exposed: u64,
     /// Bake left, relative to the latest step's time (frozen while paused).
     pub bake_remaining_ms: Option<u64>,
+    /// Soak left, likewise (while soaking).
+    #[serde(default)]
+    pub soak_remaining_ms: Option<u64>,
     pub gates: Vec<GateReport>,
     /// Canary health and hard signals of the current stage.
     pub canary: GroupMetrics,
@@ -1240,6 +1243,12 @@ impl Engine {
             }
             _ => None,
         };
+        let soak_remaining_ms = match rollout.phase {
+            StagePhase::Soaking { soak_ends_ms } if !rollout.status.is_terminal() => {
+                Some(soak_ends_ms.saturating_sub(reference_ms))
+            }
+            _ => None,
+        };
         RolloutView {
             id: rollout.id,
             unit: rollout.unit.clone(),
@@ -1256,6 +1265,7 @@ impl Engine {
             nodes_applied: rollout.nodes_applied,
             nodes_exposed: rollout.nodes_exposed,
             bake_remaining_ms,
+            soak_remaining_ms,
             gates: rollout.gate_reports.clone(),
             canary: rollout.canary,
             created_ms: rollout.created_ms,
