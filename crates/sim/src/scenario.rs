@@ -5,31 +5,54 @@
 //! ```yaml
 //! name: nov18                  # required
 //! description: ...             # optional
-//! unit: bot-features           # the unit the versions belong to; default sim-config
+//! unit: bot-features           # the unit versions belong to unless they name one; default sim-config
+//! units:                       # optional: more units, or a unit that starts empty
+//!   - { name: waf-rules, initial: false }   # initial (default true): every node starts on a
+//!                                           # known-good version of it; false: a first version
 //! seed: 18                     # default seed (a run's seed overrides it); default 1
 //! duration: 2h                 # required; virtual time, at most 7d
 //! health_interval: 10s         # default 10s; at least 100ms
+//! node_down_after: 90s         # the server's silence before a node is down; default 90s
 //! fleet:                       # see FleetSpec: regions, pops_per_region, nodes_per_pop,
 //!   regions: [us-east-1, eu-west-1]   # labels (shares), traffic_weight, requests_per_s,
-//!   labels: { cohort: { employee: 0.02, free: 0.98 } }   # error_rate, latency_ms
-//! versions:                    # published at fixed times
+//!   labels: { cohort: { employee: 0.02, free: 0.98 } }   # error_rate, latency_ms,
+//!   error_rate_by_label: { cohort: { employee: 0.4% } }  # error_rate_by_label, latency_ms_by_label
+//! versions:                    # published at fixed times, each rolled out through the plan
 //!   - { at: 0s, name: good-1, effect: none }
 //!   - { at: 10m, name: bad-1, effect: { crash: true, when: { generation: fl1 }, onset: 2m } }
+//!   - { at: 10m, name: rules-2, unit: waf-rules, effect: { error_rate: 5% } }
 //! producer:                    # optional: publishes every `every`, following `pattern`
-//!   every: 5m
+//!   every: 5m                  # (versions of the scenario's `unit`)
 //!   start: 0s                  # default 0s
 //!   pattern: [good, bad]
 //!   bad_effect: { crash: true }
 //!   bad_distinct: false        # default false: every bad version is the same bytes
+//! incidents:                   # fleet-wide, whatever version a node runs
+//!   - { from: 20m, until: 50m, error_rate: 2%, latency_x: 3, when: { region: us-east-1 } }
+//! dead_nodes:                  # agents that stop: no health, no ACK, no request at all
+//!   - { at: 0s, share: 5%, when: { cohort: free } }   # or `nodes: 3`; optional `until: 30m`
 //! strategies: [instant, examples/plans/default.yaml]   # the default
 //! manual_revert_after: 25m     # instant: a person reverts a bad version this long after its push
 //! ```
 //! Effects: `crash` (every request fails and the consumer goes down: the node sends no more
 //! health, and its agent reports the crash within one health interval while the version is on
 //! trial; inside the post-apply window of a plan with a health check it NACKs), `nack` (the agent
-//! rejects the version), `error_rate_x` (multiply), `error_rate` (set), `latency_add_ms`,
-//! restricted by `when` (labels) and delayed by `onset`. Unknown fields, duplicate keys and
-//! aliases are errors naming the file, the line and the field.
+//! rejects the version), `error_rate_x` (multiply), `error_rate` (set; both relative to the
+//! fleet's `error_rate`), `latency_add_ms`, restricted by `when` (labels) and delayed by `onset`.
+//! A version's effect hurts only the nodes running it; the agent scrapes one consumer and reports
+//! that sample for every unit the node runs, so it shows in the health of each of them, and a
+//! crash is reported for every unit whose active version is on trial.
+//!
+//! Incidents: from `from` until `until`, a matching node fails `error_rate` of the requests
+//! background noise did not fail and its median latency is multiplied by `latency_x`.
+//!
+//! Dead nodes: which nodes (among those matching `when`) is drawn from the run's seed. The server
+//! checks liveness every 2 s, judges nothing in its first `node_down_after`, and tells the engine
+//! `Liveness { down }` once a node was last heard from more than `node_down_after` ago, and
+//! `up` at the first check after it is heard from again (it then applies what it missed).
+//!
+//! Unknown fields, duplicate keys and aliases are errors naming the file, the line and the
+//! field.
 
 use std::collections::BTreeMap;
 use std::path::Path;
