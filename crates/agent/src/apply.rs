@@ -117,7 +117,7 @@ async fn converge_inner(
         shared.activated(unit, Some(running));
     }
     if active == Some(*hash) && good == Some(*hash) {
-        shared.acknowledge(unit, hash, trial);
+        shared.acknowledge(unit, hash, trial, false);
         return Outcome::AlreadyActive;
     }
     if shared.is_refused(unit, hash) {
@@ -132,7 +132,7 @@ async fn converge_inner(
             }
             shared.activated(unit, Some(*hash));
         }
-        shared.acknowledge(unit, hash, trial);
+        shared.acknowledge(unit, hash, trial, false);
         return Outcome::AlreadyActive;
     }
     // 1. The bytes: stored already, or fetched by hash (at most the unit's limit).
@@ -250,7 +250,7 @@ async fn converge_inner(
         return Outcome::DiskFailed(error.to_string());
     }
     shared.activated(unit, Some(*hash));
-    shared.acknowledge(unit, hash, trial);
+    shared.acknowledge(unit, hash, trial, true);
     Outcome::Applied
 }
 

@@ -419,9 +419,17 @@ impl Shared {
         }
     }
 
-    /// Reports `hash` applied (ACK), once per run for each rollout that asks for it: a version
-    /// activated again, or kept, for another rollout is acknowledged for that rollout too.
-    pub fn acknowledge(&self, unit: &UnitName, hash: &VersionHash, rollout: Option<u64>) {
+    /// Reports `hash` applied (ACK). An activation (`activated`: `hash` was just made active)
+    /// is always acknowledged, so the control plane knows what the node went back to after a
+    /// revert; a version kept active is acknowledged once per run for each rollout that asks
+    /// for it, so a version kept for another rollout is acknowledged for that rollout too.
+    pub fn acknowledge(
+        &self,
+        unit: &UnitName,
+        hash: &VersionHash,
+        rollout: Option<u64>,
+        activated: bool,
+    ) {
         let first = self
             .reported
             .lock()
@@ -429,7 +437,7 @@ impl Shared {
                 insert_bounded(&mut reported.acknowledged, (unit.clone(), *hash, rollout))
             })
             .unwrap_or(true);
-        if first {
+        if first || activated {
             self.reports.push(Report::Applied {
                 unit: unit.clone(),
                 version: *hash,

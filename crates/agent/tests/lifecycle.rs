@@ -252,6 +252,16 @@ async fn a_consumer_that_dies_while_a_version_is_on_trial_rolls_it_back_at_once(
             .contains("is gone"),
         "{status}"
     );
+    // The revert is acknowledged: the control plane shows what the node went back to.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        let (_, nodes) = operator.call(Method::GET, "/v1/nodes", None).await;
+        if nodes["nodes"][0]["versions"][UNIT]["version"] == v1_hash.as_str() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{nodes}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // v1 is not on trial: the consumer still being down blames no version.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let crashes = operator
