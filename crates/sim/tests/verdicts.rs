@@ -309,13 +309,10 @@ fn healthy_versions_are_never_blamed_and_regressions_are_still_caught() {
         sparse.completed_good + sparse.seeds_with_hold >= seeds,
         "{sparse:?}"
     );
-    // not yet: dead nodes are left out of the stages, but the `free` stage takes every free
-    // node, and its like-for-like baseline (free nodes not exposed) is exactly the dead ones,
-    // which send nothing: the gate stays inconclusive ("baseline has 0 requests") and the
-    // stage holds until an operator decides. Nothing is blamed, nothing completes.
+    // Dead nodes: left out of the stages, and in no baseline (they send nothing), so the
+    // stages judge on the live nodes and the version completes in every seed.
     let dead = row("dead-nodes");
-    assert_eq!(dead.completed_good, 0, "{dead:?}");
-    assert_eq!(dead.seeds_with_hold, seeds, "{dead:?}");
+    assert_eq!(dead.completed_good, seeds, "{dead:?}");
     // not yet: different populations. The first stage takes every employee node, whose
     // background error rate (0.4%) is four times the rest of the fleet's; its baseline is the
     // rest of the fleet, so `significant(error_rate > baseline.error_rate)` rolls back and
@@ -326,11 +323,11 @@ fn healthy_versions_are_never_blamed_and_regressions_are_still_caught() {
         "{populations:?}"
     );
     assert_eq!(populations.good_quarantines, populations.false_rollbacks);
-    // not yet: a fleet-wide incident mostly holds the stage ("fleet unhealthy") and the version
-    // completes once the incident is over, but at the incident's onset the small first-stage
-    // canary can cross the absolute `error_rate > 0.5%` before the baseline's cumulative rate
-    // does (it started the stage with more clean requests): then the absolute gate fails on the
-    // canary alone, and the healthy version is rolled back and quarantined (14 of 100 seeds).
+    // not yet, rarely: a fleet-wide incident holds the stage ("fleet unhealthy") and the version
+    // completes once the incident is over. An absolute breach blames the version only when the
+    // canary is significantly worse than the baseline and the breach holds one evaluation
+    // later, which removed the false rollbacks at the incident's onset; at its end, the
+    // windows' mix of incident and clean requests still rolls back about 1 seed in 20.
     let incident = row("incident");
     assert!(incident.false_rollbacks * 4 <= seeds, "{incident:?}");
     assert!(incident.completed_good * 4 >= seeds * 3, "{incident:?}");

@@ -2,13 +2,17 @@
 //! difference between a bad version and an unhealthy fleet.
 //!
 //! An absolute gate (`error_rate > 0.5%`, `p99_latency > 200ms`) that fails is a claim about
-//! the version only when the version's nodes are worse than the nodes without it. When the
-//! baseline breaches the same gate and the canary is not significantly worse than it (the
-//! sequential tests of `significant(error_rate > baseline.error_rate)` and
-//! `significant(p99_latency > baseline.p99_latency)`), the verdict is *fleet unhealthy*: the
-//! gate is inconclusive, the stage holds (never promotes, never quarantines), an alert goes
-//! out once, the stage's health window starts again (the incident's requests say nothing
-//! about the version), and the stage resumes on fresh data when the fleet recovers. With no
+//! the version only when the version's nodes are worse than the nodes without it: the canary
+//! must be significantly worse than a baseline with data in a metric the gate reads (the
+//! sequential tests of `significant(error_rate > baseline.error_rate)`,
+//! `significant(p99_latency > baseline.p99_latency)` and the other quantiles'). When the baseline breaches the same
+//! gate and the canary is not significantly worse, the verdict is *fleet unhealthy*: the gate
+//! is inconclusive, the stage holds (never promotes, never quarantines), an alert goes out
+//! once, the stage's health window starts again (the incident's requests say nothing about
+//! the version), and the stage resumes on fresh data when the fleet recovers. When the
+//! baseline does not breach it but the canary is not significantly worse yet (an incident that
+//! reached the canary first), the gate is inconclusive and the stage holds while the evidence
+//! accumulates: a version that is worse is proven so and rolled back. With no
 //! baseline (a stage taking a whole cohort, a unit's first version) the absolute gate is
 //! judged as written.
 //!
@@ -17,36 +21,85 @@
 //! inconclusive and hold the stage for ever; once the canary has its `min_requests`, it passes
 //! instead (saying why), and the stage is judged by its absolute gates and hard signals.
 
-use super::{Action, ChangeKind, Engine, GateReport, cut, same_kind, verdict_text};
+use super::{
+    Action, ChangeKind, Engine, GATE_EVAL_INTERVAL_MS, GateReport, cut, same_kind, verdict_text,
+};
 use crate::domain::{RolloutId, TimeMs, VersionHash};
 use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
 
-/// The canary is compared with the baseline by these before a fleet-wide breach is taken for
-/// the fleet's, not the version's.
-const WORSE_THAN_BASELINE: [&str; 2] = [
-    "significant(error_rate > baseline.error_rate)",
-    "significant(p99_latency > baseline.p99_latency)",
+/// The metrics a failing absolute gate may read, each with the comparison that says whether
+/// the canary is worse than the baseline in it.
+const WORSE_THAN_BASELINE: [(&str, &str); 6] = [
+    (
+        "error_rate",
+        "significant(error_rate > baseline.error_rate)",
+    ),
+    (
+        "p50_latency",
+        "significant(p50_latency > baseline.p50_latency)",
+    ),
+    (
+        "p90_latency",
+        "significant(p90_latency > baseline.p90_latency)",
+    ),
+    (
+        "p95_latency",
+        "significant(p95_latency > baseline.p95_latency)",
+    ),
+    (
+        "p99_latency",
+        "significant(p99_latency > baseline.p99_latency)",
+    ),
+    (
+        "p999_latency",
+        "significant(p999_latency > baseline.p999_latency)",
+    ),
 ];
 
-/// Why a failing absolute `gate` is the fleet's problem rather than the version's, if it is:
-/// the baseline fails it too and the canary is not significantly worse than the baseline.
-fn fleet_wide(
+/// Whether the gate expression `source` names `metric` (as a whole word).
+fn reads_metric(source: &str, metric: &str) -> bool {
+    source.match_indices(metric).any(|(at, _)| {
+        let before = source.get(..at).and_then(|s| s.chars().next_back());
+        let after = source
+            .get(at.saturating_add(metric.len())..)
+            .and_then(|s| s.chars().next());
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        !word(before) && !word(after)
+    })
+}
+
+/// Why a failing absolute `gate` is not yet, or not at all, the version's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NotTheVersion {
+    /// The baseline fails the gate too and the canary is not significantly worse: the fleet
+    /// is unhealthy.
+    FleetUnhealthy(String),
+    /// The baseline, with data, does not fail it, but the canary is not significantly worse
+    /// than the baseline yet (an incident that reached the canary first, or too little data
+    /// to tell): hold while the evidence accumulates.
+    NotProven(String),
+}
+
+/// Whether a failing absolute `gate` blames the version: only when the canary is
+/// significantly worse than a baseline with data, or there is no such baseline.
+fn not_the_version(
     gate: &Gate,
     canary: &GroupMetrics,
     baseline: &GroupMetrics,
     min_requests: u64,
-) -> Option<String> {
-    if gate.reads_baseline() {
+) -> Option<NotTheVersion> {
+    if gate.reads_baseline() || baseline.sample.requests < min_requests.max(1) {
         return None;
     }
-    let Verdict::Fail {
-        detail: baseline_detail,
-    } = gate.evaluate(baseline, None, min_requests)
-    else {
-        return None;
-    };
-    for source in WORSE_THAN_BASELINE {
+    // Compared in what the gate reads: a gate on a metric with no comparison (a count) is
+    // judged as written.
+    let mut compared = false;
+    for (metric, source) in WORSE_THAN_BASELINE {
+        if !reads_metric(&gate.source, metric) {
+            continue;
+        }
+        compared = true;
         // A comparison that does not parse cannot clear the version: judge as written.
         let comparison = Gate::parse(source).ok()?;
         match comparison.evaluate(canary, Some(baseline), min_requests) {
@@ -54,10 +107,22 @@ fn fleet_wide(
             Verdict::Pass { .. } | Verdict::Inconclusive { .. } => {}
         }
     }
-    Some(format!(
-        "fleet unhealthy: the baseline fails it too ({baseline_detail}) and the canary is not \
-         significantly worse than the baseline"
-    ))
+    if !compared {
+        return None;
+    }
+    Some(match gate.evaluate(baseline, None, min_requests) {
+        Verdict::Fail {
+            detail: baseline_detail,
+        } => NotTheVersion::FleetUnhealthy(format!(
+            "fleet unhealthy: the baseline fails it too ({baseline_detail}) and the canary is \
+             not significantly worse than the baseline"
+        )),
+        Verdict::Pass { .. } | Verdict::Inconclusive { .. } => NotTheVersion::NotProven(
+            "breached, but the canary is not significantly worse than the baseline yet: \
+             holding while the evidence accumulates"
+                .to_owned(),
+        ),
+    })
 }
 
 impl Engine {
@@ -101,14 +166,42 @@ impl Engine {
         let mut changes = Vec::new();
         let mut reports = Vec::with_capacity(stage.gates.len());
         let mut fleet_unhealthy = None;
+        let mut absolute_breach = false;
+        let breach_before = rollout.breach_since_ms;
         for (index, gate) in stage.gates.iter().enumerate() {
             let mut verdict = gate.evaluate(&rollout.canary, baseline.as_ref(), stage.min_requests);
-            if matches!(verdict, Verdict::Fail { .. })
+            if let Verdict::Fail { detail } = &verdict
                 && let Some(baseline) = baseline.as_ref()
-                && let Some(why) = fleet_wide(gate, &rollout.canary, baseline, stage.min_requests)
+                && let Some(not) =
+                    not_the_version(gate, &rollout.canary, baseline, stage.min_requests)
             {
-                fleet_unhealthy.get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                let why = match not {
+                    NotTheVersion::FleetUnhealthy(why) => {
+                        fleet_unhealthy
+                            .get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                        why
+                    }
+                    NotTheVersion::NotProven(why) => format!("{detail}; {why}"),
+                };
                 verdict = Verdict::Inconclusive { detail: why };
+            }
+            // An absolute breach blames the version only if it is still there one evaluation
+            // interval later: reports arrive node by node, and at an incident's onset the
+            // canary's may be in before the baseline's.
+            if !gate.reads_baseline()
+                && let Verdict::Fail { detail } = &verdict
+                && baseline.is_some_and(|b| b.sample.requests >= stage.min_requests.max(1))
+            {
+                let since = *rollout.breach_since_ms.get_or_insert(now);
+                if now.saturating_sub(since) < GATE_EVAL_INTERVAL_MS {
+                    absolute_breach = true;
+                    verdict = Verdict::Inconclusive {
+                        detail: format!(
+                            "{detail}; confirming: a breach blames the version if it holds one \
+                             evaluation later"
+                        ),
+                    };
+                }
             }
             // No node runs another version of the unit (its first version): a comparison with
             // a baseline can never conclude, and is not held against the version.
@@ -153,8 +246,21 @@ impl Engine {
             });
         rollout.gate_reports = reports;
         rollout.last_gate_eval_ms = Some(now);
+        // A breach not seen again is forgotten (a failing gate ends the stage anyway).
+        if !absolute_breach && breach_before == rollout.breach_since_ms {
+            rollout.breach_since_ms = None;
+        }
+        // Alerted once per unhealthy spell: it ends when every gate passes again.
         let newly_unhealthy = fleet_unhealthy.is_some() && !rollout.fleet_unhealthy;
-        rollout.fleet_unhealthy = fleet_unhealthy.is_some();
+        if fleet_unhealthy.is_some() {
+            rollout.fleet_unhealthy = true;
+        } else if rollout
+            .gate_reports
+            .iter()
+            .all(|report| matches!(report.verdict, Verdict::Pass { .. }))
+        {
+            rollout.fleet_unhealthy = false;
+        }
         if fleet_unhealthy.is_some() {
             // The incident's requests say nothing about the version: the stage's health window
             // starts again, so it resumes on fresh data once the fleet recovers (hard-signal

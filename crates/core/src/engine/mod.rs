@@ -708,9 +708,14 @@ impl RoleIndex {
 }
 
 /// A node's role for a rollout, from the rollout's state and the node's labels.
-fn role_of(rollout: &Rollout, node: &NodeId, labels: &Labels) -> Role {
+fn role_of(rollout: &Rollout, node: &NodeId, state: &NodeState) -> Role {
+    let labels = &state.labels;
     if let Some(position) = rollout.exposed.position_of(node) {
         Role::Exposed { position }
+    } else if state.down_since_ms.is_some() {
+        // Down and unexposed: in no group, so a baseline is not counted on nodes that send
+        // nothing.
+        Role::Vacant
     } else if rollout
         .current_stage()
         .is_some_and(|stage| stage.selector.matches(labels))
@@ -778,6 +783,10 @@ struct Rollout {
     /// The latest evaluation found the fleet unhealthy, not the version (see `judge`).
     #[serde(default)]
     fleet_unhealthy: bool,
+    /// When an absolute gate was first seen breached in the current spell (confirmed one
+    /// evaluation interval later before it blames the version).
+    #[serde(default)]
+    breach_since_ms: Option<TimeMs>,
     /// The current stage selected only nodes busy in other units' rollouts
     /// (`exclusive_nodes`): it waits for one, without a timeout.
     #[serde(default)]
@@ -1319,7 +1328,7 @@ impl Engine {
         };
         for (node, state) in nodes.iter() {
             if let Some(slot) = index.0.slot(node) {
-                roles.set(slot, role_of(rollout, node, &state.labels));
+                roles.set(slot, role_of(rollout, node, state));
             }
         }
         rollout.roles = Derived(roles);
@@ -1338,7 +1347,7 @@ impl Engine {
         else {
             return;
         };
-        let role = role_of(rollout, node, &state.labels);
+        let role = role_of(rollout, node, state);
         rollout.roles.0.set(slot, role);
     }
 
@@ -1587,9 +1596,13 @@ impl Engine {
                 limit: MAX_NODES,
             });
         }
+        let mut changed = Vec::new();
         for node in down {
-            if let Some(state) = self.nodes.get_mut(node) {
-                state.down_since_ms.get_or_insert(now);
+            if let Some(state) = self.nodes.get_mut(node)
+                && state.down_since_ms.is_none()
+            {
+                state.down_since_ms = Some(now);
+                changed.push(node.clone());
             }
         }
         let mut back = Vec::new();
@@ -1601,6 +1614,13 @@ impl Engine {
             }
         }
         back.sort_by(|a, b| a.0.cmp(&b.0));
+        changed.extend(back.iter().map(|(node, _)| node.clone()));
+        // A node's liveness is part of its role (a down node is in no baseline).
+        for id in self.active_rollouts() {
+            for node in &changed {
+                self.refresh_role(id, node);
+            }
+        }
         for (node, labels) in &back {
             let before = self
                 .nodes
@@ -1763,6 +1783,7 @@ impl Engine {
                 held_for_data: false,
                 fleet_unhealthy: false,
                 waiting_for_nodes: false,
+                breach_since_ms: None,
                 gated_evidence: false,
                 roles: Derived::default(),
             },
