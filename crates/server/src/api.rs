@@ -323,6 +323,9 @@ struct Shared {
     liveness: Arc<Liveness>,
     /// A node not heard from for this long is down.
     node_down_after_ms: u64,
+    /// Where validator commands' input files are written (the server's data dir: private to
+    /// the server); `None`: the system's temporary directory.
+    scratch_dir: Option<std::path::PathBuf>,
 }
 
 /// What every handler shares.
@@ -356,8 +359,17 @@ impl AppState {
                 desired_ttl_ms: desired_ttl_ms.max(1),
                 liveness: Arc::new(Liveness::default()),
                 node_down_after_ms: NODE_DOWN_AFTER_MS_DEFAULT,
+                scratch_dir: None,
             }),
         }
+    }
+
+    /// Validator commands' input files go in `dir` (the server's data dir). Call before serving.
+    pub fn with_scratch_dir(mut self, dir: std::path::PathBuf) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.scratch_dir = Some(dir);
+        }
+        self
     }
 
     /// A node not heard from for `ms` (at least 1 s) is down. Call before serving.
@@ -1366,7 +1378,11 @@ async fn run_validator(
             ),
         ));
     };
-    Ok(validator.run(content).await.err())
+    let outcome = match &state.shared.scratch_dir {
+        Some(dir) => validator.run_in(dir, content).await,
+        None => validator.run(content).await,
+    };
+    Ok(outcome.err())
 }
 
 /// A validator's refusal in the list of a push's issues (the shape of `ValidationIssue`).

@@ -145,7 +145,8 @@ pub async fn run(
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
-        .with_node_down_after_ms(config.node_down_after_ms);
+        .with_node_down_after_ms(config.node_down_after_ms)
+        .with_scratch_dir(config.data_dir.clone());
     let liveness = tokio::spawn(state.liveness().watch_forever(
         state.store(),
         Arc::clone(&engine),

@@ -15,8 +15,8 @@
 //! - the version's bytes are its **stdin**;
 //! - every `{path}` in an argument (alone or inside one, e.g. `--file={path}`) is replaced by
 //!   the path of a file holding exactly those bytes (here a temporary file in the server's
-//!   scratch directory, created only when `{path}` is used, readable by the server's user
-//!   only, and removed after the run);
+//!   data dir, created only when `{path}` is used, readable by the server's user only, and
+//!   removed after the run);
 //! - the command must say how it reads the version: an argument holds `{path}`, or an
 //!   argument is `-` or `/dev/stdin`. Anything else is refused when it is set
 //!   ([`ValidatorCommand::check`]), since the bytes would never reach it.

@@ -271,6 +271,35 @@ async fn a_validator_that_accepts_lets_the_version_in_and_reads_its_bytes() {
 }
 
 #[tokio::test]
+async fn a_validators_path_is_a_private_file_in_the_servers_data_dir_and_goes_after() {
+    let scratch = fresh_dir("validator-path");
+    let server = TestServer::start(scratch.path()).await;
+    // Refuses on purpose, saying where its input was.
+    let where_ = json!({
+        "command": ["sh", "-c", "echo \"at $1\" >&2; test -s \"$1\"; exit 1", "where", "{path}"],
+        "timeout_ms": 5000
+    });
+    create_validated_unit(&server, "placed", where_).await;
+    let admin = server.admin.clone();
+    let (status, body) = server.push("placed", &admin, "message=m", b"bytes").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    let data_dir = scratch.path().display().to_string();
+    assert!(message.contains(&format!("at {data_dir}")), "{message}");
+    let path = message
+        .split("at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches(|c: char| c == ';' || c == ',');
+    assert!(
+        !std::path::Path::new(path).exists(),
+        "{path} was left behind"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_validator_that_refuses_is_a_422_with_its_stderr_among_the_reasons() {
     let scratch = fresh_dir("validator-refuses");
     let server = TestServer::start(scratch.path()).await;
