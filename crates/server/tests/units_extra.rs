@@ -291,7 +291,7 @@ async fn a_validators_path_is_a_private_file_in_the_servers_data_dir_and_goes_af
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap()
-        .trim_end_matches(|c: char| c == ';' || c == ',');
+        .trim_end_matches([';', ',']);
     assert!(
         !std::path::Path::new(path).exists(),
         "{path} was left behind"
