@@ -1470,13 +1470,27 @@ impl Engine {
         };
         self.index.0.insert(node);
         self.expose_where_selected(node, labels, now);
-        let desired = self
-            .nodes
-            .get(node)
-            .map(|state| state.desired.clone())
-            .unwrap_or_default();
-        for (unit, version) in &desired {
-            if previous.get(unit) != Some(version) {
+        self.tell_changes(node, &previous, out);
+        let units: Vec<UnitName> = self.units.keys().cloned().collect();
+        for unit in units {
+            self.settle(&unit, now, out);
+        }
+        Ok(())
+    }
+
+    /// Tells `node` every version that changed for it since `before` (its desired versions
+    /// then).
+    fn tell_changes(
+        &self,
+        node: &NodeId,
+        before: &BTreeMap<UnitName, VersionHash>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(state) = self.nodes.get(node) else {
+            return;
+        };
+        for (unit, version) in &state.desired {
+            if before.get(unit) != Some(version) {
                 out.push(Action::SetDesired {
                     unit: unit.clone(),
                     version: Some(*version),
@@ -1484,11 +1498,23 @@ impl Engine {
                 });
             }
         }
-        let units: Vec<UnitName> = self.units.keys().cloned().collect();
-        for unit in units {
-            self.settle(&unit, now, out);
-        }
-        Ok(())
+    }
+
+    /// [`Self::expose_where_selected`], telling the node what changed for it.
+    fn expose_and_tell(
+        &mut self,
+        node: &NodeId,
+        labels: &Labels,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let before = self
+            .nodes
+            .get(node)
+            .map(|state| state.desired.clone())
+            .unwrap_or_default();
+        self.expose_where_selected(node, labels, now);
+        self.tell_changes(node, &before, out);
     }
 
     /// Level-triggered: `node` gets every running rollout whose entered stages select it.
@@ -1560,22 +1586,7 @@ impl Engine {
                 continue;
             }
             let labels = state.labels.clone();
-            let before = state.desired.clone();
-            self.expose_where_selected(node, &labels, now);
-            let after = self
-                .nodes
-                .get(node)
-                .map(|state| state.desired.clone())
-                .unwrap_or_default();
-            for (unit, version) in &after {
-                if before.get(unit) != Some(version) {
-                    out.push(Action::SetDesired {
-                        unit: unit.clone(),
-                        version: Some(*version),
-                        nodes: vec![node.clone()],
-                    });
-                }
-            }
+            self.expose_and_tell(node, &labels, now, out);
         }
     }
 
@@ -1622,26 +1633,7 @@ impl Engine {
             }
         }
         for (node, labels) in &back {
-            let before = self
-                .nodes
-                .get(node)
-                .map(|state| state.desired.clone())
-                .unwrap_or_default();
-            self.expose_where_selected(node, labels, now);
-            let after = self
-                .nodes
-                .get(node)
-                .map(|state| state.desired.clone())
-                .unwrap_or_default();
-            for (unit, version) in &after {
-                if before.get(unit) != Some(version) {
-                    out.push(Action::SetDesired {
-                        unit: unit.clone(),
-                        version: Some(*version),
-                        nodes: vec![node.clone()],
-                    });
-                }
-            }
+            self.expose_and_tell(node, labels, now, out);
         }
         if !back.is_empty() {
             let units: Vec<UnitName> = self.units.keys().cloned().collect();
