@@ -49,24 +49,61 @@ struct WithConsumer {
     _dir: tempfile::TempDir,
 }
 
-impl WithConsumer {
-    async fn start(name: &str) -> Self {
+/// A control plane with the unit, and one agent for node `n1`, connected; `adjust` changes
+/// the agent's configuration first (given the test's directory).
+struct Node {
+    server: Server,
+    operator: Operator,
+    token: String,
+    agent: Agent,
+    /// Removed when dropped, after the fields above that use it.
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    async fn start(
+        name: &str,
+        adjust: impl FnOnce(&mut failsmall_agent::AgentConfig, &std::path::Path),
+    ) -> Self {
         let dir = fresh_dir(name);
         let server = Server::start(&dir.path().join("server")).await;
         let operator = Operator::new(&server);
         operator.create_unit().await;
         let token = operator.agent_token("n1").await;
+        let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
+        adjust(&mut config, dir.path());
+        let agent = Agent::start(config).await;
+        agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+        Self {
+            server,
+            operator,
+            token,
+            agent,
+            _dir: dir,
+        }
+    }
+}
+
+impl WithConsumer {
+    async fn start(name: &str) -> Self {
         let consumer = Command::new("sleep")
             .arg("600")
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let pid_file = dir.path().join("consumer.pid");
-        std::fs::write(&pid_file, consumer.id().to_string()).unwrap();
-        let mut config = agent_config(&server.base, &token, "n1", &dir.path().join("agent"));
-        config.liveness.pid_file = Some(pid_file);
-        let agent = Agent::start(config).await;
-        agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+        let pid = consumer.id();
+        let Node {
+            server,
+            operator,
+            agent,
+            _dir: dir,
+            ..
+        } = Node::start(name, |config, dir| {
+            let pid_file = dir.join("consumer.pid");
+            std::fs::write(&pid_file, pid.to_string()).unwrap();
+            config.liveness.pid_file = Some(pid_file);
+        })
+        .await;
         let v1_hash = operator.push(&features(1), false).await;
         let id = operator.rollout(&v1_hash).await;
         operator.wait_rollout(id, "completed", WAIT_MS).await;
@@ -97,19 +134,13 @@ async fn command(operator: &Operator, id: u64, command: &str) {
 
 #[tokio::test]
 async fn a_rolled_back_first_version_leaves_the_node_and_the_removal_is_acknowledged() {
-    let dir = fresh_dir("removal");
-    let server = Server::start(&dir.path().join("server")).await;
-    let operator = Operator::new(&server);
-    operator.create_unit().await;
-    let token = operator.agent_token("n1").await;
-    let agent = Agent::start(agent_config(
-        &server.base,
-        &token,
-        "n1",
-        &dir.path().join("agent"),
-    ))
-    .await;
-    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+    let Node {
+        server,
+        operator,
+        token,
+        agent,
+        _dir,
+    } = Node::start("removal", |_, _| {}).await;
     let v1 = features(1);
     let hash = operator.push(&v1, false).await;
     let id = operator.rollout_with(&hash, LONG_PLAN).await;
@@ -163,19 +194,13 @@ async fn a_rolled_back_first_version_leaves_the_node_and_the_removal_is_acknowle
 
 #[tokio::test]
 async fn an_earlier_version_rolled_out_again_is_acknowledged_for_that_rollout() {
-    let dir = fresh_dir("again");
-    let server = Server::start(&dir.path().join("server")).await;
-    let operator = Operator::new(&server);
-    operator.create_unit().await;
-    let token = operator.agent_token("n1").await;
-    let agent = Agent::start(agent_config(
-        &server.base,
-        &token,
-        "n1",
-        &dir.path().join("agent"),
-    ))
-    .await;
-    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+    let Node {
+        server,
+        operator,
+        agent,
+        _dir,
+        ..
+    } = Node::start("again", |_, _| {}).await;
     let (v1, v2, v3) = (features(1), features(2), features(3));
     let mut hashes = Vec::new();
     for version in [&v1, &v2] {
