@@ -1648,13 +1648,9 @@ fn the_baseline_is_the_stage_selectors_unexposed_nodes_when_there_are_some() {
     let id = h.request("u", "v1", plan(stages.clone()), "alice");
     let exposed: BTreeSet<NodeId> = h.engine.exposed_nodes(id).into_iter().collect();
     assert!(!exposed.is_empty() && exposed.len() < 20);
+    // Every live node counts: the canary, the stage's baseline, or the time control.
     for n in h.all_nodes() {
-        let in_stage_baseline = n.as_str().starts_with("free-") && !exposed.contains(&n);
-        assert_eq!(
-            h.engine.wants_health(&n, &unit("u")),
-            exposed.contains(&n) || in_stage_baseline,
-            "{n}"
-        );
+        assert!(h.engine.wants_health(&n, &unit("u")), "{n}");
     }
 
     let react = |n: &NodeId, v: VersionHash| {
@@ -1674,8 +1670,9 @@ fn the_baseline_is_the_stage_selectors_unexposed_nodes_when_there_are_some() {
 }
 
 #[test]
-fn without_unexposed_stage_nodes_the_baseline_is_every_unexposed_node() {
-    // Stage 0 takes every employee: the baseline is the rest of the fleet, on v0.
+fn without_unexposed_stage_nodes_the_baseline_is_their_own_pre_period() {
+    // Stage 0 takes every employee: no employee is left to compare with, so the stage first
+    // observes them on v0, and their health then is the baseline.
     let employees = |gates: &[&str]| {
         vec![
             gated(
@@ -1694,22 +1691,39 @@ fn without_unexposed_stage_nodes_the_baseline_is_every_unexposed_node() {
         assert!(h.engine.wants_health(&n, &unit("u")), "{n}");
     }
 
-    // A healthy version passes a significance gate against it (with no baseline at all, the
-    // gate would stay inconclusive and the stage would time out).
+    // A healthy version passes a significance gate against it.
     let (h, id) = baseline_rollout(
         employees(&["significant(error_rate > baseline.error_rate)"]),
         &healthy,
     );
-    assert_eq!(
-        h.status(id),
-        RolloutStatus::Completed,
-        "{:?}",
-        h.engine.rollout(id)
-    );
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+    let observed = h.actions.iter().any(|action| {
+        matches!(action, Action::Changelog(entry)
+            if entry.rollout == id && entry.reason.contains("observing them on their current version"))
+    });
+    assert!(observed);
 
-    // The free and pro nodes are that baseline: when they err, the gate sees it.
-    let react = |n: &NodeId, v: VersionHash| {
-        if v == version("v0") && !n.as_str().starts_with("emp-") {
+    // Different populations: employees err on any version, the rest of the fleet does not. A
+    // version that changes nothing is not worse than the employees' own past.
+    let employees_err = |n: &NodeId, _: VersionHash| {
+        if n.as_str().starts_with("emp-") {
+            Reaction::SomeErrors
+        } else {
+            Reaction::Healthy
+        }
+    };
+    let (h, id) = baseline_rollout(
+        employees(&["significant(error_rate > baseline.error_rate)"]),
+        &employees_err,
+    );
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Completed, "{view:?}");
+
+    // The employees on v0 are that baseline: when they err, the gate sees it; the rest of the
+    // fleet erring on v0 does not count.
+    let react = |_: &NodeId, v: VersionHash| {
+        if v == version("v0") {
             Reaction::Errors
         } else {
             Reaction::Healthy

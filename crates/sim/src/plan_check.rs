@@ -209,11 +209,26 @@ pub fn check_plan(
             )
         })
         .collect();
-    for (stage, baseline) in plan.stages.iter().zip(&same_population_baseline) {
-        if *baseline == 0 && stage.gates.iter().any(|gate| gate.reads_baseline()) {
+    // A stage that leaves no node of its selector unexposed is compared with its own nodes
+    // before the version: the first stage observes them for its bake before exposing them, a
+    // later one uses their health while the stage before it ran. Without that time there is
+    // no like-for-like baseline.
+    for (index, (stage, baseline)) in plan
+        .stages
+        .iter()
+        .zip(&same_population_baseline)
+        .enumerate()
+    {
+        let gated = !stage.gates.is_empty();
+        let pre_period_ms = match index.checked_sub(1) {
+            None => stage.bake_ms,
+            Some(before) => plan.stages.get(before).map_or(0, |s| s.bake_ms),
+        };
+        if *baseline == 0 && gated && pre_period_ms == 0 {
             warnings.push(format!(
-                "stage {:?} compares its canary with a baseline but takes every node its selector matches: its baseline is another population (the rest of the fleet, or the baseline carried from an earlier stage), whose background error rate and latency may differ; add a wave below 100% of the same selector first so unexposed nodes of the same population remain, or judge it with absolute gates and hard signals",
-                stage.name
+                "stage {:?} takes every node its selector matches and has no time to see them before the version ({}): its gates have no like-for-like baseline and compare with another population (the rest of the fleet), whose background error rate and latency may differ; give it a bake of its own, or add a wave below 100% of the same selector first",
+                stage.name,
+                if index == 0 { "it has no bake to observe them first".to_owned() } else { "the stage before it has no bake".to_owned() }
             ));
         }
     }

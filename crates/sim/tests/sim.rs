@@ -139,7 +139,7 @@ fn nov18_never_passes_stage_one_and_costs_a_thousandth_of_instant() {
     assert_eq!(metrics.rollbacks_of_bad_versions, 1, "{metrics:?}");
     // The good versions in between pass: the fleet flips once, for the one bad hash.
     assert_eq!(metrics.rollbacks, 1, "{metrics:?}");
-    assert!(metrics.versions_completed >= 5, "{metrics:?}");
+    assert!(metrics.versions_completed >= 4, "{metrics:?}");
 }
 
 #[test]

@@ -246,6 +246,7 @@ pub fn phase_name(phase: &StagePhase) -> &'static str {
         StagePhase::AwaitingApproval => "awaiting approval",
         StagePhase::Passed => "passed",
         StagePhase::Soaking { .. } => "soaking",
+        StagePhase::Observing { .. } => "observing (before exposing)",
     }
 }
 

@@ -364,6 +364,15 @@ impl Engine {
                 canary: GroupMetrics::default(),
                 baseline: GroupMetrics::default(),
                 baseline_carried: None,
+                canary_from_stage: 0,
+                stage_canary: GroupMetrics::default(),
+                earlier: GroupMetrics::default(),
+                earlier_pre: None,
+                upcoming: GroupMetrics::default(),
+                upcoming_control: GroupMetrics::default(),
+                pre_period: None,
+                control_pre: None,
+                control: GroupMetrics::default(),
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
                 held_for_data: false,
@@ -553,24 +562,46 @@ impl Engine {
                 });
             let reaches = |before: u64, after: u64| before < min_requests && after >= min_requests;
             let role = rollout.roles.0.role(slot);
-            if let Role::Exposed { position } = role {
-                if let Some(exposure) = rollout.exposed.get_at_mut(position) {
+            match role {
+                Role::Exposed { position } => {
+                    let Some(exposure) = rollout.exposed.get_at_mut(position) else {
+                        continue;
+                    };
                     let was_silent = silence_ms > 0
                         && exposure.acked
                         && now.saturating_sub(exposure.last_report_ms) > silence_ms;
                     exposure.last_report_ms = now;
                     let mut reached = false;
                     if exposure.acked && version == rollout.version {
-                        let before = rollout.canary.sample.requests;
+                        if exposure.stage >= rollout.canary_from_stage {
+                            let before = rollout.stage_canary.sample.requests;
+                            rollout.stage_canary.sample.merge(sample);
+                            reached = reaches(before, rollout.stage_canary.sample.requests);
+                        } else {
+                            rollout.earlier.sample.merge(sample);
+                        }
                         rollout.canary.sample.merge(sample);
-                        reached = reaches(before, rollout.canary.sample.requests);
                     }
                     recheck |= held && (was_silent || reached);
                 }
-            } else if version != rollout.version && rollout.roles.0.in_baseline(role) {
-                let before = rollout.baseline.sample.requests;
-                rollout.baseline.sample.merge(sample);
-                recheck |= held && reaches(before, rollout.baseline.sample.requests);
+                Role::StageBaseline { upcoming } | Role::FleetBaseline { upcoming }
+                    if version != rollout.version =>
+                {
+                    if upcoming {
+                        rollout.upcoming.sample.merge(sample);
+                    } else {
+                        rollout.upcoming_control.sample.merge(sample);
+                    }
+                    if matches!(role, Role::FleetBaseline { .. }) {
+                        rollout.control.sample.merge(sample);
+                    }
+                    if rollout.roles.0.in_baseline(role) {
+                        let before = rollout.baseline.sample.requests;
+                        rollout.baseline.sample.merge(sample);
+                        recheck |= held && reaches(before, rollout.baseline.sample.requests);
+                    }
+                }
+                Role::StageBaseline { .. } | Role::FleetBaseline { .. } | Role::Vacant => {}
             }
         }
         if recheck {
@@ -595,6 +626,7 @@ impl Engine {
             for id in active {
                 let due = self.rollouts.get(&id).is_some_and(|rollout| {
                     rollout.status == RolloutStatus::Running
+                        && !matches!(rollout.phase, StagePhase::Observing { .. })
                         && rollout
                             .last_gate_eval_ms
                             .is_none_or(|at| now >= at.saturating_add(GATE_EVAL_INTERVAL_MS))
@@ -663,6 +695,11 @@ impl Engine {
                         StagePhase::Soaking { soak_ends_ms } => {
                             rollout.phase = StagePhase::Soaking {
                                 soak_ends_ms: soak_ends_ms.saturating_add(paused_ms),
+                            };
+                        }
+                        StagePhase::Observing { observe_ends_ms } => {
+                            rollout.phase = StagePhase::Observing {
+                                observe_ends_ms: observe_ends_ms.saturating_add(paused_ms),
                             };
                         }
                         _ => {}

@@ -260,10 +260,12 @@ pub(super) enum Role {
     Vacant,
     /// The rollout reached the node (canary once it ACKed); its record's position.
     Exposed { position: u32 },
-    /// Not reached, and the current stage's selector matches it.
-    StageBaseline,
+    /// Not reached, and the current stage's selector matches it. `upcoming`: the next stage
+    /// (or, while the stage observes, this one) will expose it, so its health now is its
+    /// pre-period.
+    StageBaseline { upcoming: bool },
     /// Not reached, and the current stage's selector does not match it.
-    FleetBaseline,
+    FleetBaseline { upcoming: bool },
 }
 
 /// Per running rollout: every node's [`Role`] by slot, and the baseline counts, kept up to date
@@ -294,8 +296,8 @@ impl RoleIndex {
         for (role, add) in [(old, false), (role, true)] {
             let (stage, fleet) = match role {
                 Role::Vacant | Role::Exposed { .. } => (0, 0),
-                Role::StageBaseline => (1, 1),
-                Role::FleetBaseline => (0, 1),
+                Role::StageBaseline { .. } => (1, 1),
+                Role::FleetBaseline { .. } => (0, 1),
             };
             if add {
                 self.stage_unexposed = self.stage_unexposed.saturating_add(stage);
@@ -311,8 +313,8 @@ impl RoleIndex {
     /// unexposed nodes, or every unexposed node when the selector has none.
     pub(super) fn in_baseline(&self, role: Role) -> bool {
         match role {
-            Role::StageBaseline => true,
-            Role::FleetBaseline => self.stage_unexposed == 0,
+            Role::StageBaseline { .. } => true,
+            Role::FleetBaseline { .. } => self.stage_unexposed == 0,
             Role::Vacant | Role::Exposed { .. } => false,
         }
     }
@@ -334,13 +336,16 @@ pub(super) fn role_of(rollout: &Rollout, node: &NodeId, state: &NodeState) -> Ro
         // Down and unexposed: in no group, so a baseline is not counted on nodes that send
         // nothing.
         Role::Vacant
-    } else if rollout
-        .current_stage()
-        .is_some_and(|stage| stage.selector.matches(labels))
-    {
-        Role::StageBaseline
     } else {
-        Role::FleetBaseline
+        let upcoming = rollout.selects_through(rollout.upcoming_stage(), node, labels);
+        if rollout
+            .current_stage()
+            .is_some_and(|stage| stage.selector.matches(labels))
+        {
+            Role::StageBaseline { upcoming }
+        } else {
+            Role::FleetBaseline { upcoming }
+        }
     }
 }
 

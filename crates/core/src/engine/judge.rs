@@ -125,6 +125,80 @@ fn not_the_version(
     })
 }
 
+/// Whether a time control has the evidence to speak for the time since a pre-period next to
+/// a group with `compared_requests`: reports arrive node by node, and a control whose window
+/// just started cannot clear the time, however it compares (a quarter of the group's requests,
+/// and `min_requests`).
+fn control_suffices(control: &GroupMetrics, compared_requests: u64, min_requests: u64) -> bool {
+    control.sample.requests >= (compared_requests / 4).max(min_requests)
+}
+
+/// Whether the nodes without the version got significantly worse, in a metric a failing
+/// `gate` reads, between the pre-period and now (`control` against `control_pre`): then a
+/// before/after comparison blames the time, not the version.
+fn fleet_changed(
+    gate: &Gate,
+    control: &GroupMetrics,
+    control_pre: &GroupMetrics,
+    min_requests: u64,
+    canary_requests: u64,
+) -> Option<NotTheVersion> {
+    if !control_suffices(control, canary_requests, min_requests) {
+        return Some(NotTheVersion::NotProven(format!(
+            "the nodes without the version have {} requests since the window started, against \
+             the canary's {canary_requests}: too few yet to tell whether the fleet changed since \
+             the pre-period",
+            control.sample.requests
+        )));
+    }
+    let comparisons = WORSE_THAN_BASELINE
+        .iter()
+        .filter(|(metric, _)| reads_metric(&gate.source, metric))
+        .filter_map(|(_, source)| Gate::parse(source).ok());
+    comparisons.into_iter().find_map(|comparison| {
+        match comparison.evaluate(control, Some(control_pre), min_requests) {
+            Verdict::Fail { detail } => Some(NotTheVersion::FleetUnhealthy(format!(
+                "fleet changed: the nodes without the version fail {:?} too against their own \
+                 pre-period ({detail}), so the canary's change since its pre-period is not the \
+                 version's",
+                comparison.source
+            ))),
+            Verdict::Inconclusive { .. } | Verdict::Pass { .. } => None,
+        }
+    })
+}
+
+/// The pre-period's error rate carried to now: raised as much as the nodes without the
+/// version got worse since (the larger of the relative and the absolute change, so that
+/// neither a multiplicative nor an additive incident is put on the version), never lowered.
+/// Only with a time control that has at least the canary's requests; its point estimate is
+/// then at least as precise as the canary's.
+fn time_adjusted(
+    pre: GroupMetrics,
+    control: &GroupMetrics,
+    control_pre: &GroupMetrics,
+) -> GroupMetrics {
+    let rate = |g: &GroupMetrics| g.sample.errors as f64 / g.sample.requests.max(1) as f64;
+    let (now, before, pre_rate) = (rate(control), rate(control_pre), rate(&pre));
+    if now <= before {
+        return pre;
+    }
+    let relative = if before > 0.0 {
+        pre_rate * now / before
+    } else {
+        0.0
+    };
+    let adjusted = relative.max(pre_rate + (now - before)).min(1.0);
+    let errors = (adjusted * pre.sample.requests as f64).round() as u64;
+    GroupMetrics {
+        sample: HealthSample {
+            errors: errors.min(pre.sample.requests),
+            ..pre.sample
+        },
+        ..pre
+    }
+}
+
 impl Engine {
     /// Whether some node should run a version of `unit` other than `version` (a baseline for
     /// it can exist). Walks the fleet; called only when the baseline has no data.
@@ -144,7 +218,10 @@ impl Engine {
     ) -> Option<String> {
         let no_baseline_ever = {
             let rollout = self.rollouts.get(&id)?;
-            (rollout.baseline.sample.requests == 0)
+            rollout
+                .judged_baseline()
+                .0
+                .is_none_or(|baseline| baseline.sample.requests == 0)
                 && !self.other_version_runs(&rollout.unit, &rollout.version)
         };
         let rollout = self.rollouts.get_mut(&id)?;
@@ -152,28 +229,39 @@ impl Engine {
         let silent = rollout.silent_nodes(now, stage.silence_ms);
         rollout.canary.silent_nodes = silent;
         rollout.canary.nodes = rollout.nodes_applied;
-        let baseline = match rollout.roles.0.baseline_nodes() {
-            Some(baseline_nodes) => {
-                let current = GroupMetrics {
-                    nodes: baseline_nodes,
-                    ..rollout.baseline
-                };
-                rollout.baseline_carried = Some(current);
-                Some(current)
-            }
-            None => rollout.baseline_carried,
+        let stage_canary = GroupMetrics {
+            nodes: rollout.stage_canary_nodes(),
+            ..rollout.stage_canary
         };
+        let (mut baseline, control) = rollout.judged_baseline();
+        if let (Some(pre), Some((control, control_pre))) = (baseline, control.as_ref())
+            && control_suffices(control, stage_canary.sample.requests, stage.min_requests)
+        {
+            baseline = Some(time_adjusted(pre, control, control_pre));
+        }
+        if let Some(nodes) = rollout.roles.0.baseline_nodes() {
+            rollout.baseline_carried = Some(GroupMetrics {
+                nodes,
+                ..rollout.baseline
+            });
+        }
         let mut changes = Vec::new();
         let mut reports = Vec::with_capacity(stage.gates.len());
         let mut fleet_unhealthy = None;
         let mut absolute_breach = false;
         let breach_before = rollout.breach_since_ms;
         for (index, gate) in stage.gates.iter().enumerate() {
-            let mut verdict = gate.evaluate(&rollout.canary, baseline.as_ref(), stage.min_requests);
+            // A comparison with the baseline reads the stage's own nodes, the population the
+            // baseline matches; an absolute limit holds for every exposed node.
+            let canary = if gate.reads_baseline() {
+                &stage_canary
+            } else {
+                &rollout.canary
+            };
+            let mut verdict = gate.evaluate(canary, baseline.as_ref(), stage.min_requests);
             if let Verdict::Fail { detail } = &verdict
                 && let Some(baseline) = baseline.as_ref()
-                && let Some(not) =
-                    not_the_version(gate, &rollout.canary, baseline, stage.min_requests)
+                && let Some(not) = not_the_version(gate, canary, baseline, stage.min_requests)
             {
                 let why = match not {
                     NotTheVersion::FleetUnhealthy(why) => {
@@ -184,6 +272,81 @@ impl Engine {
                     NotTheVersion::NotProven(why) => format!("{detail}; {why}"),
                 };
                 verdict = Verdict::Inconclusive { detail: why };
+            }
+            // Judged against a pre-period: the time between then and now is no evidence
+            // against the version when the nodes without it changed the same way.
+            if let Verdict::Fail { detail } = &verdict
+                && let Some((control, control_pre)) = control.as_ref()
+                && let Some(not) = fleet_changed(
+                    gate,
+                    control,
+                    control_pre,
+                    stage.min_requests,
+                    stage_canary.sample.requests,
+                )
+            {
+                let why = match not {
+                    NotTheVersion::FleetUnhealthy(why) => {
+                        fleet_unhealthy
+                            .get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                        why
+                    }
+                    NotTheVersion::NotProven(why) => why,
+                };
+                verdict = Verdict::Inconclusive {
+                    detail: format!("{detail}; {why}"),
+                };
+            }
+            // The nodes of earlier stages keep being compared, with themselves in the stage
+            // before (same nodes, same version): a failure that starts late shows there.
+            if gate.reads_baseline()
+                && !matches!(verdict, Verdict::Fail { .. })
+                && let Some(earlier_pre) = rollout.earlier_pre
+                && rollout.earlier.sample.requests >= stage.min_requests
+            {
+                let earlier = rollout.earlier;
+                let reference = match control.as_ref() {
+                    Some((control, control_pre))
+                        if control_suffices(
+                            control,
+                            earlier.sample.requests,
+                            stage.min_requests,
+                        ) =>
+                    {
+                        time_adjusted(earlier_pre, control, control_pre)
+                    }
+                    _ => earlier_pre,
+                };
+                if let Verdict::Fail { detail } =
+                    gate.evaluate(&earlier, Some(&reference), stage.min_requests)
+                {
+                    let not = control.as_ref().and_then(|(control, control_pre)| {
+                        fleet_changed(
+                            gate,
+                            control,
+                            control_pre,
+                            stage.min_requests,
+                            earlier.sample.requests,
+                        )
+                    });
+                    let detail = format!(
+                        "the nodes of earlier stages are worse than themselves in the stage \
+                         before: {detail}"
+                    );
+                    verdict = match not {
+                        None => Verdict::Fail { detail },
+                        Some(NotTheVersion::FleetUnhealthy(why)) => {
+                            fleet_unhealthy
+                                .get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                            Verdict::Inconclusive {
+                                detail: format!("{detail}; {why}"),
+                            }
+                        }
+                        Some(NotTheVersion::NotProven(why)) => Verdict::Inconclusive {
+                            detail: format!("{detail}; {why}"),
+                        },
+                    };
+                }
             }
             // An absolute breach blames the version only if it is still there one evaluation
             // interval later: reports arrive node by node, and at an incident's onset the
@@ -207,7 +370,7 @@ impl Engine {
             // a baseline can never conclude, and is not held against the version.
             if no_baseline_ever
                 && gate.reads_baseline()
-                && rollout.canary.sample.requests >= stage.min_requests
+                && stage_canary.sample.requests >= stage.min_requests
                 && let Verdict::Inconclusive { detail } = &verdict
             {
                 verdict = Verdict::Pass {
@@ -266,7 +429,10 @@ impl Engine {
             // starts again, so it resumes on fresh data once the fleet recovers (hard-signal
             // counts stay).
             rollout.canary.sample = HealthSample::default();
+            rollout.stage_canary.sample = HealthSample::default();
+            rollout.earlier.sample = HealthSample::default();
             rollout.baseline.sample = HealthSample::default();
+            rollout.control.sample = HealthSample::default();
         }
         rollout.held_for_data = !rollout.has_data(now);
         let stage_name = rollout.stage_name();

@@ -153,6 +153,20 @@ impl Engine {
         now: TimeMs,
         out: &mut Vec<Action>,
     ) {
+        self.enter_stage_observing(id, index, true, now, out);
+    }
+
+    /// Enters stage `index`. With `may_observe`, a first stage that would leave no node of its
+    /// selector unexposed, whose nodes run a version of the unit, observes them first (see
+    /// [`StagePhase::Observing`]) and exposes them when that ends.
+    pub(super) fn enter_stage_observing(
+        &mut self,
+        id: RolloutId,
+        index: usize,
+        may_observe: bool,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
         let Some(rollout) = self.rollouts.get(&id) else {
             return;
         };
@@ -166,25 +180,26 @@ impl Engine {
         // Selected but in another unit's running rollout (`exclusive_nodes`): it joins when
         // that one ends.
         let mut deferred: Vec<NodeId> = Vec::new();
+        // Live nodes of the stage's selector it leaves unexposed (its concurrent baseline),
+        // and selected nodes that run a version of the unit (with a pre-period to observe).
+        let mut selector_left = 0u64;
+        let mut selected_with_version = 0u64;
         for (node, state) in &self.nodes {
             let node_bucket = select::bucket(&rollout.unit, node);
-            if stage.selector.matches(&state.labels)
-                && select::bucket_within(node_bucket, stage.percent)
-            {
+            let matches = stage.selector.matches(&state.labels);
+            if matches && select::bucket_within(node_bucket, stage.percent) {
                 targeted = targeted.saturating_add(1);
             }
             if rollout.exposed.contains_key(node) {
                 continue;
             }
-            let selected = rollout
-                .plan
-                .stages
-                .iter()
-                .take(index.saturating_add(1))
-                .any(|earlier| {
-                    earlier.selector.matches(&state.labels)
-                        && select::bucket_within(node_bucket, earlier.percent)
-                });
+            let selected = rollout.selects_through(index, node, &state.labels);
+            if matches && !selected && state.down_since_ms.is_none() {
+                selector_left = selector_left.saturating_add(1);
+            }
+            if selected && state.desired.contains_key(&rollout.unit) {
+                selected_with_version = selected_with_version.saturating_add(1);
+            }
             if selected {
                 if state.down_since_ms.is_some() {
                     left_out.push(node.clone());
@@ -205,7 +220,32 @@ impl Engine {
             stage.timeout_ms,
             stage.name.clone(),
         );
+        let observe_ms = stage.bake_ms;
+        if may_observe
+            && index == 0
+            && observe_ms > 0
+            && !stage.gates.is_empty()
+            && selector_left == 0
+            && selected_with_version > 0
+        {
+            self.observe(id, index, targeted, observe_ms, now, out);
+            return;
+        }
         if let Some(rollout) = self.rollouts.get_mut(&id) {
+            // The health collected while the previous stage ran (or while this one observed)
+            // becomes this stage's pre-period and time control.
+            let pre = std::mem::take(&mut rollout.upcoming);
+            let control_pre = std::mem::take(&mut rollout.upcoming_control);
+            rollout.pre_period = (pre.sample.requests > 0).then_some(pre);
+            rollout.control_pre = (control_pre.sample.requests > 0).then_some(control_pre);
+            rollout.control = GroupMetrics::default();
+            rollout.stage_canary = GroupMetrics::default();
+            rollout.canary_from_stage = if newly.is_empty() { 0 } else { index };
+            // The canary so far is exactly the earlier stages' nodes now.
+            rollout.earlier_pre = (rollout.canary_from_stage > 0
+                && rollout.canary.sample.requests > 0)
+                .then_some(rollout.canary);
+            rollout.earlier = GroupMetrics::default();
             rollout.stage = index;
             rollout.phase = StagePhase::Applying;
             rollout.stage_entered_ms = now;
@@ -271,6 +311,50 @@ impl Engine {
         );
     }
 
+    /// Starts stage `index` by observing the nodes it selects, unexposed, for `observe_ms`:
+    /// their health on their current version becomes the stage's pre-period.
+    fn observe(
+        &mut self,
+        id: RolloutId,
+        index: usize,
+        targeted: u64,
+        observe_ms: u64,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(rollout) = self.rollouts.get_mut(&id) else {
+            return;
+        };
+        let timeout_ms = rollout
+            .plan
+            .stages
+            .get(index)
+            .map_or(0, |stage| stage.timeout_ms);
+        rollout.stage = index;
+        rollout.phase = StagePhase::Observing {
+            observe_ends_ms: now.saturating_add(observe_ms),
+        };
+        rollout.stage_entered_ms = now;
+        rollout.timeout_at_ms = (timeout_ms > 0).then(|| now.saturating_add(timeout_ms));
+        rollout.nodes_targeted = targeted;
+        rollout.canary = GroupMetrics::default();
+        rollout.baseline = GroupMetrics::default();
+        rollout.upcoming = GroupMetrics::default();
+        rollout.upcoming_control = GroupMetrics::default();
+        rollout.gate_reports.clear();
+        rollout.last_gate_eval_ms = None;
+        rollout.held_for_data = false;
+        let name = rollout.stage_name();
+        self.rebuild_roles(id);
+        let why = format!(
+            "{targeted} nodes selected, none of the stage's selector left out to compare with: \
+             observing them on their current version for {} before exposing them; their health \
+             now is the baseline their canary is judged against",
+            crate::duration::format_ms(observe_ms)
+        );
+        self.log(id, ChangeKind::StageStarted, None, name, why, now, out);
+    }
+
     /// Lets the unit's rollouts move (bakes, holds, stages, train order, queue) until nothing
     /// changes.
     pub(super) fn settle(&mut self, unit: &UnitName, now: TimeMs, out: &mut Vec<Action>) {
@@ -313,6 +397,16 @@ impl Engine {
             let all_applied = rollout.nodes_applied >= rollout.nodes_exposed;
             let timed_out = rollout.timeout_at_ms.is_some_and(|at| now >= at);
             match rollout.phase {
+                StagePhase::Observing { observe_ends_ms } => {
+                    let enough = rollout.upcoming.sample.requests >= stage.min_requests;
+                    if !(now >= observe_ends_ms && enough || timed_out) {
+                        return changed;
+                    }
+                    // Short of requests by the stage's timeout: exposed anyway, the stage
+                    // holds until its comparison has the data (never guilty for lack of it).
+                    let index = rollout.stage;
+                    self.enter_stage_observing(id, index, false, now, out);
+                }
                 StagePhase::Applying if rollout.nodes_targeted == 0 => {
                     self.pass_stage(id, "no nodes selected by this stage", now, out);
                 }
@@ -566,7 +660,15 @@ impl Engine {
         let soak_ends_ms = now.saturating_add(soak_ms);
         rollout.phase = StagePhase::Soaking { soak_ends_ms };
         rollout.timeout_at_ms = None;
+        // The soak watches every exposed node, compared with the same nodes during the last
+        // stage (a late failure is a change over time on the same nodes).
+        rollout.canary_from_stage = 0;
+        rollout.pre_period = Some(rollout.canary);
+        rollout.control_pre = None;
         rollout.canary = GroupMetrics::default();
+        rollout.stage_canary = GroupMetrics::default();
+        rollout.earlier = GroupMetrics::default();
+        rollout.earlier_pre = None;
         rollout.baseline = GroupMetrics::default();
         rollout.gate_reports.clear();
         rollout.last_gate_eval_ms = None;

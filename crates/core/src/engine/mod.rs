@@ -38,15 +38,28 @@
 //! [`GATE_EVAL_INTERVAL_MS`], when a bake ends, when a stage is about to pass, and — after an
 //! evaluation that lacked data — in the step whose report could end the hold.
 //!
-//! Health accounting of the current stage: the canary is the exposed nodes that ACKed (their
-//! samples for the rollout's version). The baseline is made of nodes the rollout has not
-//! reached (their samples for any other version), chosen in this order:
+//! Health accounting of the current stage. The canary is the exposed nodes that ACKed (their
+//! samples for the rollout's version); an absolute gate (`error_rate > 0.5%`) reads all of it.
+//! A comparison with the baseline must compare like with like, so it reads the *stage
+//! canary*, the nodes this stage exposed, against a baseline of the same population:
 //!
-//! 1. the nodes the stage's selector matches that are not exposed;
-//! 2. if there are none (the stage takes its whole selection, like `employees` at 100%), every
-//!    unexposed node of the fleet: they run the previous version, the honest comparison;
-//! 3. if there are none either (the rollout reached the whole fleet), the latest baseline the
-//!    rollout judged against, carried forward.
+//! 1. the nodes the stage's selector matches that are not exposed (concurrent, same
+//!    population: Kayenta's design);
+//! 2. if there are none (the stage takes its whole selection, like `employees` at 100%), the
+//!    same nodes before they had the version: their *pre-period*. A later stage's is their
+//!    health while the stage before it ran; the first stage observes them for its bake before
+//!    exposing any ([`StagePhase::Observing`]). A before/after comparison confounds the time, so
+//!    the unexposed nodes outside the stage are its *time control*: the pre-period's error rate
+//!    is carried to now as much as they got worse (the larger of the relative and the absolute
+//!    change), and when they got significantly worse in what a failing gate reads, the verdict
+//!    is "fleet changed": hold, never blame (see `judge`);
+//! 3. with no pre-period either (a unit's first version: no node ran anything), every
+//!    unexposed node, and once the rollout reached every node, the latest baseline carried.
+//!
+//! The nodes of earlier stages are compared with themselves too: in each gate that reads the
+//! baseline, their health now against their health in the stage before (same nodes, same
+//! version, with the same time control), so a failure that starts late is caught while few
+//! nodes fail. The soak compares every exposed node with itself during the last stage.
 //!
 //! [`Engine::wants_health`] tells which nodes' reports count now. A canary node with no report
 //! about the unit for `silence_ms` (`0` = not checked) is silent. When a rollback quarantines
@@ -388,6 +401,10 @@ pub enum StagePhase {
     /// The last stage passed; its gates and hard signals keep being judged on every exposed
     /// node until `soak_ends_ms`, when the rollout completes. A failure rolls back.
     Soaking { soak_ends_ms: TimeMs },
+    /// The first stage leaves no node of its selector unexposed: before exposing any, it
+    /// watches its nodes' health on their current version until `observe_ends_ms` (and until
+    /// it has `min_requests`), the pre-period its canary is compared with.
+    Observing { observe_ends_ms: TimeMs },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -438,6 +455,39 @@ struct Rollout {
     baseline: GroupMetrics,
     /// The latest baseline this rollout judged against, carried into stages without one.
     baseline_carried: Option<GroupMetrics>,
+    /// Exposed nodes count in the stage canary from this exposure stage on: the current stage
+    /// when it exposed nodes of its own (a stage is compared with its baseline on the
+    /// population it took), `0` (every exposed node) otherwise and while soaking.
+    #[serde(default)]
+    canary_from_stage: usize,
+    /// The part of the canary that the current stage exposed (from `canary_from_stage` on):
+    /// what a comparison with the baseline reads, so that both sides are one population.
+    #[serde(default)]
+    stage_canary: GroupMetrics,
+    /// The rest of the canary: nodes that earlier stages exposed, since the stage's entry,
+    /// and (`earlier_pre`) the same nodes over the stage before. A comparison with the
+    /// baseline also compares them with themselves then: a failure that starts late shows.
+    #[serde(default)]
+    earlier: GroupMetrics,
+    #[serde(default)]
+    earlier_pre: Option<GroupMetrics>,
+    /// Since the stage's entry, the health of the unexposed nodes that the next stage (while
+    /// observing: this one) will expose, on their previous version: its pre-period.
+    #[serde(default)]
+    upcoming: GroupMetrics,
+    /// Over the same time, the other unexposed nodes: the next stage's time control.
+    #[serde(default)]
+    upcoming_control: GroupMetrics,
+    /// The current stage's new nodes before they had the version: its baseline when the stage
+    /// leaves no node of its own selector unexposed (see the module docs).
+    #[serde(default)]
+    pre_period: Option<GroupMetrics>,
+    /// The unexposed nodes outside the stage over the pre-period, and (`control`) since the
+    /// stage's entry: whether the fleet itself changed since the pre-period.
+    #[serde(default)]
+    control_pre: Option<GroupMetrics>,
+    #[serde(default)]
+    control: GroupMetrics,
     gate_reports: Vec<GateReport>,
     last_gate_eval_ms: Option<TimeMs>,
     /// The latest gate evaluation lacked data (see [`Rollout::has_data`]): the stage is judged
@@ -469,6 +519,69 @@ impl Rollout {
         self.plan.stages.get(self.stage)
     }
 
+    /// ACKed exposed nodes in the stage canary.
+    fn stage_canary_nodes(&self) -> u64 {
+        self.exposed
+            .iter()
+            .filter(|(_, exposure)| exposure.acked && exposure.stage >= self.canary_from_stage)
+            .count() as u64
+    }
+
+    /// Whether stages `0..=last` select `node` (the set a rollout exposes by stage `last`).
+    fn selects_through(&self, last: usize, node: &NodeId, labels: &Labels) -> bool {
+        let bucket = select::bucket(&self.unit, node);
+        self.plan
+            .stages
+            .iter()
+            .take(last.saturating_add(1))
+            .any(|stage| {
+                stage.selector.matches(labels) && select::bucket_within(bucket, stage.percent)
+            })
+    }
+
+    /// The stage whose new nodes' health is being collected as their pre-period: this one
+    /// while it observes, else the next.
+    fn upcoming_stage(&self) -> usize {
+        match self.phase {
+            StagePhase::Observing { .. } => self.stage,
+            _ => self.stage.saturating_add(1),
+        }
+    }
+
+    /// What the current stage's canary is compared with, and the time control when that is a
+    /// pre-period: the unexposed nodes of the stage's own selector (concurrent, same
+    /// population); else the stage's new nodes before the version; else, with no pre-period
+    /// (a unit's first version), the other unexposed nodes, or the latest baseline carried.
+    /// While soaking: every exposed node during the last stage.
+    fn judged_baseline(&self) -> (Option<GroupMetrics>, Option<(GroupMetrics, GroupMetrics)>) {
+        let roles = &self.roles.0;
+        let pre = self.pre_period.filter(|pre| pre.sample.requests > 0);
+        if roles.stage_unexposed > 0 && !matches!(self.phase, StagePhase::Soaking { .. }) {
+            let current = GroupMetrics {
+                nodes: roles.stage_unexposed,
+                ..self.baseline
+            };
+            return (Some(current), None);
+        }
+        if let Some(pre) = pre {
+            let control = self
+                .control_pre
+                .filter(|control| control.sample.requests > 0)
+                .map(|control_pre| (self.control, control_pre));
+            return (Some(pre), control);
+        }
+        match roles.baseline_nodes() {
+            Some(nodes) => (
+                Some(GroupMetrics {
+                    nodes,
+                    ..self.baseline
+                }),
+                None,
+            ),
+            None => (self.baseline_carried, None),
+        }
+    }
+
     /// Exposed nodes that ACKed and then said nothing for longer than `silence_ms` (`0`:
     /// silence is not watched).
     fn silent_nodes(&self, now: TimeMs, silence_ms: u64) -> u64 {
@@ -490,14 +603,12 @@ impl Rollout {
         let Some(stage) = self.current_stage() else {
             return false;
         };
-        let baseline_requests = match self.roles.0.baseline_nodes() {
-            Some(_) => Some(self.baseline.sample.requests),
-            None => self.baseline_carried.map(|b| b.sample.requests),
-        };
+        let baseline_requests = self.judged_baseline().0.map(|b| b.sample.requests);
         let baseline_ready = !stage.gates.iter().any(Gate::reads_baseline)
             || baseline_requests.is_some_and(|requests| requests >= stage.min_requests);
         self.nodes_applied >= self.nodes_exposed
             && self.canary.sample.requests >= stage.min_requests
+            && self.stage_canary.sample.requests >= stage.min_requests
             && baseline_ready
             && self.silent_nodes(now, stage.silence_ms) == 0
     }
@@ -821,18 +932,29 @@ impl Engine {
             .filter_map(|id| self.rollouts.get(id))
             .filter(|rollout| rollout.status == RolloutStatus::Running)
             .filter_map(|rollout| {
-                let next_eval = rollout
-                    .last_gate_eval_ms
-                    .map_or(self.now_ms, |at| at.saturating_add(GATE_EVAL_INTERVAL_MS));
+                // Gates are not evaluated while observing; past its end, an observation
+                // short of requests is looked at again every evaluation interval.
+                let next_eval = match rollout.phase {
+                    StagePhase::Observing { observe_ends_ms } => {
+                        observe_ends_ms.max(self.now_ms.saturating_add(GATE_EVAL_INTERVAL_MS))
+                    }
+                    _ => rollout
+                        .last_gate_eval_ms
+                        .map_or(self.now_ms, |at| at.saturating_add(GATE_EVAL_INTERVAL_MS)),
+                };
                 let bake = match rollout.phase {
                     StagePhase::Baking { bake_ends_ms } => Some(bake_ends_ms),
                     StagePhase::Soaking { soak_ends_ms } => Some(soak_ends_ms),
+                    StagePhase::Observing { observe_ends_ms } => {
+                        (observe_ends_ms > self.now_ms).then_some(observe_ends_ms)
+                    }
                     _ => None,
                 };
                 let timeout = match rollout.phase {
-                    StagePhase::Applying | StagePhase::Baking { .. } | StagePhase::Holding => {
-                        rollout.timeout_at_ms
-                    }
+                    StagePhase::Applying
+                    | StagePhase::Baking { .. }
+                    | StagePhase::Holding
+                    | StagePhase::Observing { .. } => rollout.timeout_at_ms,
                     StagePhase::AwaitingApproval
                     | StagePhase::Passed
                     | StagePhase::Soaking { .. } => None,
@@ -860,9 +982,10 @@ impl Engine {
         self.rollouts.get(&id)?.exposed.get(node)?.before
     }
 
-    /// Whether a `Health` report from `node` about `unit` would count now: the node is exposed
-    /// to a running or paused rollout of the unit (its canary, and silence is measured on its
-    /// reports), or it is in such a rollout's baseline (see the module docs). A caller with a
+    /// Whether a `Health` report from `node` about `unit` would count now: the node is live and
+    /// known to a running or paused rollout of the unit: exposed (its canary, and silence is
+    /// measured on its reports), or not (a baseline, a pre-period, a time control: see the
+    /// module docs). A caller with a
     /// large fleet may send only these reports; the others change nothing. Before the first
     /// step of an engine restored from serde, answers `true` (it cannot tell cheaply).
     pub fn wants_health(&self, node: &NodeId, unit: &UnitName) -> bool {
@@ -882,7 +1005,7 @@ impl Engine {
             self.rollouts.get(id).is_some_and(|rollout| {
                 let roles = &rollout.roles.0;
                 let role = roles.role(slot);
-                matches!(role, Role::Exposed { .. }) || roles.in_baseline(role)
+                role != Role::Vacant
             })
         })
     }
