@@ -43,6 +43,19 @@ impl Engine {
         self.rollouts.get(&id).map(|rollout| &rollout.plan)
     }
 
+    /// How many nodes should run each version of `unit` now (what is live), by version.
+    /// O(fleet).
+    pub fn desired_counts(&self, unit: &UnitName) -> BTreeMap<VersionHash, u64> {
+        let mut counts: BTreeMap<VersionHash, u64> = BTreeMap::new();
+        for state in self.nodes.values() {
+            if let Some(version) = state.desired.get(unit) {
+                let count = counts.entry(*version).or_default();
+                *count = count.saturating_add(1);
+            }
+        }
+        counts
+    }
+
     /// The oldest open (queued, running or paused) rollout of `unit`, if any.
     pub fn open_rollout(&self, unit: &UnitName) -> Option<RolloutId> {
         let state = self.units.get(unit)?;

@@ -1,0 +1,521 @@
+//! The operator's everyday routes: who am I, the server's status, the quarantine (list, lift),
+//! retrying an ended rollout, deleting a unit or a node, and each version's status.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use failsmall_core::domain::{RolloutId, UnitName, VersionHash};
+use failsmall_core::engine::{Engine, Event, RolloutStatus, RolloutView};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, rollout_of, step_error,
+    text_field, unit_name, version_hash,
+};
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::rollouts::{Cause, StepError};
+use crate::store::{NewChange, VersionRecord};
+
+/// What a rollout's outcome says when it completed without making its version stable.
+const NOT_STABLE_MARK: &str = "completed without a stable version";
+
+/// A body with only a reason; an empty body is an empty reason.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<ReasonRequest, ApiError> {
+    if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
+        return Ok(ReasonRequest::default());
+    }
+    let request: ReasonRequest = json_body(body)?;
+    text_field("reason", &request.reason)?;
+    Ok(request)
+}
+
+/// `GET /v1/whoami`: the caller's token name, role, and node (agent tokens).
+pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "name": caller.name,
+        "role": caller.role.map(|role| role.to_string()),
+        "node": caller.node,
+    }))
+}
+
+/// `GET /v1/status`: the server, its store, and counts of what it holds.
+pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+    let (schema_version, counts) = db(&state, |store| {
+        Ok((store.schema_version()?, store.counts()?))
+    })
+    .await?;
+    let (by_status, nodes_down, quarantined, engine_nodes, revision) = state
+        .shared
+        .engine
+        .read(|engine, revision| {
+            let mut by_status = serde_json::Map::new();
+            for status in RolloutStatus::ALL {
+                by_status.insert(status.as_str().to_owned(), json!(0u64));
+            }
+            for status in engine.rollout_statuses() {
+                if let Some(count) = by_status.get_mut(status.as_str()) {
+                    *count = json!(count.as_u64().unwrap_or(0).saturating_add(1));
+                }
+            }
+            (
+                by_status,
+                engine.down_nodes().len(),
+                engine.quarantined().len(),
+                engine.node_count(),
+                revision,
+            )
+        })
+        .await;
+    Ok(axum::Json(json!({
+        "server": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "now_ms": now_ms(),
+            "node_down_after_ms": state.shared.node_down_after_ms,
+            "desired_ttl_ms": state.shared.desired_ttl_ms,
+        },
+        "leader": "this server: one control plane over its own store, no replicas",
+        "store": {
+            "kind": "sqlite",
+            "schema_version": schema_version,
+            "engine_revision": revision,
+            "blob_bytes": counts.blob_bytes,
+            "changelog_entries": counts.changelog_entries,
+        },
+        "counts": {
+            "units": counts.units,
+            "versions": counts.versions,
+            "nodes": counts.nodes,
+            "nodes_in_engine": engine_nodes,
+            "nodes_down": nodes_down,
+            "nodes_stale": counts.nodes_stale,
+            "quarantined": quarantined,
+            "rollouts": by_status,
+        },
+    })))
+}
+
+/// `GET /v1/quarantine`: every quarantined version, with its version record when stored.
+pub(super) async fn list_quarantine(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let quarantined = state
+        .shared
+        .engine
+        .read(|engine, _| engine.quarantined())
+        .await;
+    let lookups: Vec<(String, String)> = quarantined
+        .iter()
+        .map(|q| (q.unit.to_string(), q.version.to_string()))
+        .collect();
+    let records = db(&state, move |store| {
+        Ok(lookups
+            .iter()
+            .map(|(unit, hash)| store.version(unit, hash).ok())
+            .collect::<Vec<Option<VersionRecord>>>())
+    })
+    .await?;
+    let entries: Vec<Value> = quarantined
+        .iter()
+        .zip(records)
+        .map(|(q, record)| {
+            json!({
+                "unit": q.unit,
+                "version": q.version,
+                "rollout": q.rollout.0,
+                "message": record.as_ref().map(|r| r.message.clone()),
+                "author": record.as_ref().map(|r| r.author.clone()),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "quarantined": entries })))
+}
+
+/// `POST /v1/units/{unit}/quarantine/{hash}/lift`, admin: `{"reason": ...}` (required).
+pub(super) async fn lift_quarantine(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (unit, hash) = path_param(params)?;
+    let unit = unit_name(&unit)?;
+    let version = version_hash(&hash)?;
+    let request = reason_body(body)?;
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason_required",
+            "reason is empty; lifting a quarantine needs a reason for the changelog",
+        ));
+    }
+    let event = Event::QuarantineLifted {
+        unit: unit.clone(),
+        version,
+        actor: caller.name.clone(),
+        reason: request.reason,
+    };
+    state
+        .shared
+        .engine
+        .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    Ok(axum::Json(
+        json!({"unit": unit, "version": version, "quarantined": false}),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    override_quarantine: bool,
+}
+
+/// `POST /v1/rollouts/{id}/retry`: the same version through the same plan, as a new rollout.
+/// Only for a rollout that ended rolled back or aborted.
+pub(super) async fn retry_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let id = RolloutId(path_param(id)?);
+    let request: RetryRequest = if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
+        RetryRequest::default()
+    } else {
+        json_body(body)?
+    };
+    text_field("reason", &request.reason)?;
+    if request.override_quarantine && caller.role != Some(Role::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin may override a quarantine",
+        ));
+    }
+    let host = &state.shared.engine;
+    let found = host
+        .read(|engine, _| {
+            let view = engine.rollout(id)?;
+            let plan = engine.rollout_plan(id)?.clone();
+            Some((view, plan))
+        })
+        .await;
+    let Some((view, plan)) = found else {
+        return Err(ApiError::not_found(format!(
+            "no rollout {id} (ended rollouts are kept for a while; start the version again with \
+             `failsmall rollout start`)"
+        )));
+    };
+    if !matches!(
+        view.status,
+        RolloutStatus::RolledBack | RolloutStatus::Aborted
+    ) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_command",
+            format!(
+                "rollout {id} is {}; only a rolled back or aborted rollout is retried",
+                view.status.as_str()
+            ),
+        ));
+    }
+    let reason = if request.reason.is_empty() {
+        format!("retry of {id}")
+    } else {
+        format!("retry of {id}: {}", request.reason)
+    };
+    let event = Event::RolloutRequested {
+        unit: view.unit.clone(),
+        version: view.version,
+        plan,
+        actor: caller.name.clone(),
+        reason,
+        override_quarantine: request.override_quarantine,
+    };
+    let actions = host
+        .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    let new_view = match rollout_of(&actions) {
+        Some(new_id) => host.read(|engine, _| engine.rollout(new_id)).await,
+        None => None,
+    };
+    Ok((StatusCode::CREATED, axum::Json(json!(new_view))))
+}
+
+/// `DELETE /v1/units/{unit}`, admin: refused while a rollout of the unit is open. The unit
+/// leaves every node first (an engine step), then its rows go.
+pub(super) async fn delete_unit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    unit: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let unit = unit_name(&path_param(unit)?)?;
+    let request = reason_body(body)?;
+    let lookup = unit.clone();
+    db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+    let open = state
+        .shared
+        .engine
+        .read(|engine, _| engine.open_rollout(&unit))
+        .await;
+    if let Some(open) = open {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "unit_busy",
+            format!(
+                "unit {unit} has rollout {open} open; abort it (`failsmall rollout abort {}`) or \
+                 let it end, then delete the unit",
+                open.0
+            ),
+        ));
+    }
+    state
+        .shared
+        .engine
+        .apply(
+            &state.shared.store,
+            now_ms(),
+            Event::UnitRemoved { unit: unit.clone() },
+            Cause::Nothing,
+            None,
+        )
+        .await
+        .map_err(step_error)?;
+    let name = unit.to_string();
+    let versions = db(&state, move |store| {
+        let reason = if request.reason.is_empty() {
+            format!("unit {name} deleted with its versions; nodes remove it")
+        } else {
+            format!(
+                "unit {name} deleted with its versions; nodes remove it: {}",
+                request.reason
+            )
+        };
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &caller.name,
+            kind: "unit_deleted",
+            unit: Some(&name),
+            version: None,
+            reason: &reason,
+            concerns: None,
+            rollout: None,
+            stage: None,
+        };
+        Ok(store.delete_unit(&name, &change)?)
+    })
+    .await?;
+    Ok(axum::Json(
+        json!({"unit": unit, "deleted": true, "versions_deleted": versions}),
+    ))
+}
+
+/// `DELETE /v1/nodes/{node}`, admin: the node leaves the fleet (the engine forgets it, so no
+/// stage waits for it) and its rows go.
+pub(super) async fn delete_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    node: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = node_id(&path_param(node)?)?;
+    let request = reason_body(body)?;
+    let reason = if request.reason.is_empty() {
+        format!("node {id} removed by {}", caller.name)
+    } else {
+        format!("node {id} removed by {}: {}", caller.name, request.reason)
+    };
+    remove_node(&state, &caller.name, &id, &reason).await?;
+    Ok(axum::Json(json!({"node": id, "removed": true})))
+}
+
+/// Removes `node` from the engine and the store, recording `reason` as `node_removed`. A node
+/// the engine no longer knows (a removal interrupted after its engine step) is still removed
+/// from the store.
+pub(crate) async fn remove_node(
+    state: &AppState,
+    actor: &str,
+    id: &failsmall_core::domain::NodeId,
+    reason: &str,
+) -> Result<(), ApiError> {
+    let lookup = id.clone();
+    let known = db(state, move |store| Ok(store.node(lookup.as_str())?)).await?;
+    let Some(record) = known else {
+        return Err(ApiError::not_found(format!(
+            "node {id} is not registered (see `failsmall nodes`)"
+        )));
+    };
+    let stepped = state
+        .shared
+        .engine
+        .apply(
+            &state.shared.store,
+            now_ms(),
+            Event::NodeRemoved { node: id.clone() },
+            Cause::Nothing,
+            None,
+        )
+        .await;
+    match stepped {
+        Ok(_) | Err(StepError::Engine(failsmall_core::engine::EngineError::UnknownNode(_))) => {}
+        Err(error) => return Err(step_error(error)),
+    }
+    let (name, actor, reason) = (id.to_string(), actor.to_owned(), reason.to_owned());
+    db(state, move |store| {
+        let concerns = crate::store::Concerns::Node(record.labels);
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &actor,
+            kind: "node_removed",
+            unit: None,
+            version: None,
+            reason: &reason,
+            concerns: Some(&concerns),
+            rollout: None,
+            stage: None,
+        };
+        Ok(store.delete_node(&name, &change)?)
+    })
+    .await?;
+    state.shared.liveness.forget(id.as_str());
+    Ok(())
+}
+
+/// What people call a version's state, from the engine's view of the unit's rollouts.
+fn version_status(
+    version: &VersionHash,
+    stable: Option<&VersionHash>,
+    quarantined: bool,
+    latest: Option<&RolloutView>,
+) -> &'static str {
+    if quarantined {
+        return "quarantined";
+    }
+    if let Some(view) = latest {
+        match view.status {
+            RolloutStatus::Running | RolloutStatus::Paused => return "rolling out",
+            RolloutStatus::Queued => return "queued",
+            _ => {}
+        }
+    }
+    if stable == Some(version) {
+        return "stable";
+    }
+    match latest.map(|view| view.status) {
+        None => "never rolled out",
+        Some(RolloutStatus::RolledBack) => "rolled back",
+        Some(RolloutStatus::Aborted) => "aborted",
+        Some(RolloutStatus::Completed) if was_stable(latest) => "was stable",
+        Some(_) => "completed, never stable",
+    }
+}
+
+fn was_stable(view: Option<&RolloutView>) -> bool {
+    view.is_some_and(|view| {
+        view.status == RolloutStatus::Completed
+            && !view
+                .outcome
+                .as_deref()
+                .is_some_and(|outcome| outcome.contains(NOT_STABLE_MARK))
+    })
+}
+
+/// The versions of `unit`, each with its status, its latest rollout, and on how many nodes it
+/// is live; the unit's stable version, and the one stable before it (what `rollout undo`
+/// goes back to).
+pub(super) fn versions_with_status(
+    engine: &Engine,
+    unit: &UnitName,
+    versions: Vec<VersionRecord>,
+) -> Value {
+    let views: Vec<RolloutView> = engine.rollouts().filter(|v| v.unit == *unit).collect();
+    let stable = engine.stable(unit);
+    let live = engine.desired_counts(unit);
+    // The newest completed rollout whose version became stable and is not the stable one now.
+    let previous_stable = views
+        .iter()
+        .filter(|view| was_stable(Some(view)))
+        .filter(|view| Some(view.version) != stable && !engine.is_quarantined(unit, &view.version))
+        .max_by_key(|view| (view.ended_ms, view.id))
+        .map(|view| view.version);
+    let entries: Vec<Value> = versions
+        .into_iter()
+        .map(|record| {
+            let parsed = record.hash.parse::<VersionHash>().ok();
+            let latest = parsed.and_then(|hash| {
+                views
+                    .iter()
+                    .filter(|view| view.version == hash)
+                    .max_by_key(|view| view.id)
+            });
+            let status = match &parsed {
+                Some(hash) => version_status(
+                    hash,
+                    stable.as_ref(),
+                    engine.is_quarantined(unit, hash),
+                    latest,
+                ),
+                None => "unknown",
+            };
+            let nodes = parsed
+                .and_then(|hash| live.get(&hash).copied())
+                .unwrap_or(0);
+            let mut entry = json!(record);
+            if let Some(object) = entry.as_object_mut() {
+                object.insert("status".to_owned(), json!(status));
+                object.insert("live_nodes".to_owned(), json!(nodes));
+                object.insert(
+                    "latest_rollout".to_owned(),
+                    json!(latest.map(|view| json!({
+                        "id": view.id.0,
+                        "status": view.status.as_str(),
+                        "ended_ms": view.ended_ms,
+                    }))),
+                );
+            }
+            entry
+        })
+        .collect();
+    json!({
+        "versions": entries,
+        "stable": stable,
+        "previous_stable": previous_stable,
+    })
+}
+
+/// `GET /v1/units/{unit}/versions`: see [`versions_with_status`].
+pub(super) async fn list_versions(
+    State(state): State<AppState>,
+    unit: Result<Path<String>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let name = unit_name(&path_param(unit)?)?;
+    let lookup = name.clone();
+    let versions = db(&state, move |store| {
+        // The unit must exist: an unknown unit is a 404, not an empty list.
+        store.unit(lookup.as_str())?;
+        Ok(store.versions(lookup.as_str(), MAX_LIST_ROWS)?)
+    })
+    .await?;
+    let answer = state
+        .shared
+        .engine
+        .read(|engine, _| versions_with_status(engine, &name, versions))
+        .await;
+    Ok(axum::Json(answer))
+}
