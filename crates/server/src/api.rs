@@ -1437,8 +1437,8 @@ async fn run_validator(
             StatusCode::TOO_MANY_REQUESTS,
             "validators_busy",
             format!(
-                "{MAX_RUNNING_VALIDATORS} validator commands are running and none finished in {} ms; retry later",
-                crate::validator::MAX_TIMEOUT_MS
+                "{MAX_RUNNING_VALIDATORS} validator commands are running and none finished in {}; retry later",
+                failsmall_core::duration::format_ms(crate::validator::MAX_TIMEOUT_MS)
             ),
         ));
     };

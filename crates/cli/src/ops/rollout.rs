@@ -1,4 +1,4 @@
-//! `failsmall rollout start|list|status|watch|pause|resume|promote|abort|rollback|approve`.
+//! `failsmall rollout start|list|status|watch|pause|resume|promote|abort|rollback|approve|undo|retry`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -88,8 +88,14 @@ pub enum RolloutCommand {
     Promote(SteerArgs),
     /// Stop the rollout where it is; nodes that have the version keep it.
     Abort(SteerArgs),
-    /// Revert every node the rollout reached to the version it had before.
+    /// Revert every node the rollout reached to the version it had before (of an aborted
+    /// rollout: the nodes it left on its version), and quarantine the version.
     Rollback(SteerArgs),
+    /// Go back to the version that was stable before the unit's current stable one, through
+    /// the unit's plan (else the built-in default plan), or at once with --fast.
+    Undo(super::everyday::UndoArgs),
+    /// Roll out a rolled back or aborted rollout's version again, through the same plan.
+    Retry(super::everyday::RetryArgs),
     /// Approve the current stage (needs the approver role, and someone other than the pusher).
     Approve(SteerArgs),
 }
@@ -120,6 +126,10 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
     let json_output = args.remote.json();
     let (steer, command) = match &args.command {
         RolloutCommand::Start(start_args) => return start(&client, start_args, json_output),
+        RolloutCommand::Undo(undo) => return super::everyday::undo(&client, undo, json_output),
+        RolloutCommand::Retry(retry) => {
+            return super::everyday::retry(&client, retry, json_output);
+        }
         RolloutCommand::List { unit, active } => {
             let list: RolloutList = client.get("/v1/rollouts", &[])?;
             let views: Vec<RolloutView> = list

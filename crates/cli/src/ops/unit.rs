@@ -1,4 +1,4 @@
-//! `failsmall unit create|list|show|edit`.
+//! `failsmall unit create|list|show|edit|delete`.
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +62,15 @@ pub enum UnitCommand {
     Show {
         /// The unit's name.
         name: String,
+    },
+    /// Delete a unit and its versions (admin); every node removes it. Refused while a rollout
+    /// of it is queued, running or paused.
+    Delete {
+        /// The unit's name.
+        name: String,
+        /// Why: recorded in the changelog.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Change a unit's spec, owner, description, plan or validator command (at the revision
     /// just read); what is not given stays as it is.
@@ -238,6 +247,22 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
                 print_json(&json!({"unit": unit, "versions": versions.versions}))?;
             } else {
                 show(&unit, &versions.versions)?;
+            }
+        }
+        UnitCommand::Delete { name, reason } => {
+            let (_, answer): (u16, Value) = client.send_json(
+                Method::DELETE,
+                &format!("/v1/units/{name}"),
+                &json!({"reason": reason}),
+            )?;
+            if json_output {
+                print_json(&answer)?;
+            } else {
+                let versions = answer
+                    .get("versions_deleted")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                outln!("unit {name} deleted with its {versions} versions; every node removes it");
             }
         }
         UnitCommand::Edit {

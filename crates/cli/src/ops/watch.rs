@@ -30,6 +30,9 @@ pub const TIMEOUT_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const POLL_FAILURES_MAX: u32 = 20;
 /// Longest pause between retries of a failed poll, in milliseconds.
 pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// `--interval` and `--timeout` when not given.
+pub const INTERVAL_DEFAULT: &str = "500ms";
+pub const TIMEOUT_DEFAULT: &str = "2h";
 /// Plain output repeats an unchanged line this often, in milliseconds.
 pub const PLAIN_HEARTBEAT_MS: u64 = 10_000;
 
@@ -39,10 +42,10 @@ pub struct WatchArgs {
     #[arg(value_parser = parse_rollout_id)]
     pub id: u64,
     /// How often to ask the server.
-    #[arg(long, value_name = "DURATION", default_value = "500ms")]
+    #[arg(long, value_name = "DURATION", default_value = INTERVAL_DEFAULT)]
     pub interval: String,
     /// Give up (exit 1) when the rollout has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    #[arg(long, value_name = "DURATION", default_value = TIMEOUT_DEFAULT)]
     pub timeout: String,
 }
 
