@@ -79,14 +79,15 @@ impl Drop for Server {
 
 impl Server {
     fn start(name: &str) -> Self {
-        Self::start_in(Arc::new(fresh_dir(name)), "127.0.0.1:0")
+        Self::start_in(Arc::new(fresh_dir(name)), "127.0.0.1:0", &[])
     }
 
-    fn start_in(dir: Arc<tempfile::TempDir>, listen: &str) -> Self {
+    fn start_in(dir: Arc<tempfile::TempDir>, listen: &str, extra: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -705,4 +706,58 @@ fn push_watch_follows_the_rollout_it_started() {
     }
     assert_eq!(status.code(), Some(0), "{seen:?}");
     assert!(seen.iter().any(|l| l.contains("completed")), "{seen:?}");
+}
+
+#[test]
+fn nodes_silent_past_the_expiry_are_removed_and_live_ones_stay() {
+    let server = Server::start_in(
+        Arc::new(fresh_dir("expiry")),
+        "127.0.0.1:0",
+        &["--node-expire-after", "2s"],
+    );
+    let mut agent = Agent::new(&server);
+    agent.register("dead", json!({"cohort": "free"}));
+    agent.register("live", json!({"cohort": "free"}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The live node's agent keeps asking; the dead one says nothing.
+        agent.register("live", json!({"cohort": "free"}));
+        let nodes = server.json(&["nodes"]);
+        let ids: Vec<&str> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["id"].as_str().unwrap())
+            .collect();
+        if ids == ["live"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node never expired: {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = server.json(&["log"]);
+    let expired = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "node_removed")
+        .unwrap_or_else(|| panic!("no node_removed entry: {log}"));
+    let reason = expired["reason"].as_str().unwrap();
+    assert!(reason.contains("node dead expired"), "{reason}");
+    assert!(reason.contains("--node-expire-after 2s"), "{reason}");
+    assert_eq!(expired["actor"], "failsmall");
+    let stderr = server.fails(
+        &[
+            "server",
+            "--data-dir",
+            "/nonexistent",
+            "--node-expire-after",
+            "5ms",
+        ],
+        2,
+    );
+    assert!(stderr.contains("shorter than 1s"), "{stderr}");
 }

@@ -43,6 +43,8 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod operator;
 
+pub(crate) use operator::expire_forever;
+
 pub use agent::{DESIRED_TTL_MS, MAX_REPORTS_PER_BATCH, MAX_STALE_MS, STALE_CLOCK_SKEW_MS};
 use agent::{desired, report};
 

@@ -397,6 +397,56 @@ pub(crate) async fn remove_node(
     Ok(())
 }
 
+/// How often nodes are checked for expiry, at most, in milliseconds.
+pub const EXPIRY_CHECK_MAX_MS: u64 = 10_000;
+/// Most nodes expired in one check (the rest wait for the next).
+pub const EXPIRED_PER_CHECK_MAX: usize = 100;
+
+/// Removes nodes not heard from for `expire_after_ms` (`failsmall server --node-expire-after`)
+/// until the task is aborted. Silence counts from the later of the node's last sighting and
+/// this server's start, so a server that was down itself never expires the fleet it comes
+/// back to.
+pub(crate) async fn expire_forever(state: AppState, expire_after_ms: u64) {
+    let started_ms = now_ms();
+    let check_ms = (expire_after_ms / 2).clamp(500, EXPIRY_CHECK_MAX_MS);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(check_ms)).await;
+        let Ok(seen) = db(&state, |store| Ok(store.nodes_last_seen()?)).await else {
+            continue;
+        };
+        let now = now_ms();
+        let expired: Vec<(String, u64)> = seen
+            .into_iter()
+            .filter_map(|(node, at_ms)| {
+                let pending = state.shared.liveness.pending(&node).unwrap_or(0);
+                let last_ms = at_ms.max(pending).max(started_ms);
+                (now.saturating_sub(last_ms) > expire_after_ms).then_some((node, last_ms))
+            })
+            .take(EXPIRED_PER_CHECK_MAX)
+            .collect();
+        for (node, last_ms) in expired {
+            let Ok(id) = failsmall_core::domain::NodeId::new(node) else {
+                continue;
+            };
+            let reason = format!(
+                "node {id} expired: not heard from for {} (since {}), longer than \
+                 --node-expire-after {}",
+                failsmall_core::duration::format_ms(now.saturating_sub(last_ms)),
+                failsmall_core::domain::rfc3339_from_ms(last_ms),
+                failsmall_core::duration::format_ms(expire_after_ms)
+            );
+            if let Err(error) =
+                remove_node(&state, failsmall_core::engine::ENGINE_ACTOR, &id, &reason).await
+            {
+                eprintln!(
+                    "failsmall server: expiring node {id}: {}; tried again",
+                    error.message
+                );
+            }
+        }
+    }
+}
+
 /// What people call a version's state, from the engine's view of the unit's rollouts.
 fn version_status(
     version: &VersionHash,
