@@ -761,3 +761,75 @@ fn nodes_silent_past_the_expiry_are_removed_and_live_ones_stay() {
     );
     assert!(stderr.contains("shorter than 1s"), "{stderr}");
 }
+
+#[test]
+fn progress_counts_add_up_skipped_stages_say_why_and_an_approval_says_how() {
+    let server = Server::start("progress");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    let plan = server.file(
+        "three.yaml",
+        "name: three\nsoak: 0s\nstages:\n  - name: employees\n    select: { cohort: employee }\n    bake: 0s\n    min_requests: 10\n    gates: []\n  - name: nobody\n    select: { cohort: enterprise }\n    bake: 0s\n    min_requests: 10\n    gates: []\n  - name: free\n    select: { cohort: free }\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
+    );
+    server.ok(&["unit", "create", "flags", "--spec", &spec, "--plan", &plan]);
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    agent.register("n2", json!({"cohort": "free"}));
+    let (version, id) = push(&server, "v1.json", r#"{"n": 1}"#);
+    agent.apply_healthy("n1", "flags", &version);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.json(&["rollout", "status", &id])["stage_name"] != "free" {
+        assert!(Instant::now() < deadline, "the rollout never reached free");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two stages' nodes are exposed, one applied; the current stage selects one.
+    let text = server.ok(&["rollout", "status", &id]);
+    assert!(
+        text.contains("nodes     1 of 2 exposed applied; this stage selects 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("skipped   stage nobody: skipped: no nodes selected by this stage"),
+        "{text}"
+    );
+    agent.apply_healthy("n2", "flags", &version);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.json(&["rollout", "status", &id])["phase"] != "awaiting_approval" {
+        assert!(
+            Instant::now() < deadline,
+            "the stage never awaited approval"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = server.ok(&["rollout", "status", &id]);
+    let hint = format!("failsmall rollout approve {id} --reason");
+    assert!(
+        text.contains(&format!("approval  waiting for approval: {hint}")),
+        "{text}"
+    );
+    assert!(text.contains("someone other than admin"), "{text}");
+    assert!(text.contains("nodes     2 of 2 exposed applied"), "{text}");
+    // The plain watch says the same, and never shows more applied than exposed.
+    let watched = server.run(&[
+        "rollout",
+        "watch",
+        &id,
+        "--interval",
+        "100ms",
+        "--timeout",
+        "300ms",
+    ]);
+    let out = String::from_utf8_lossy(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("stage nobody skipped: no nodes selected by this stage"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2/2 nodes applied (this stage selects 1)"),
+        "{out}"
+    );
+    assert!(out.contains(&hint), "{out}");
+    let approver = server.token("ann", "approver");
+    let approved = server.json(&["rollout", "approve", &id, "--token", &approver]);
+    assert_eq!(approved["status"], "completed", "{approved}");
+}

@@ -151,6 +151,9 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
                 print_json(&view)?;
             } else {
                 out!("{}", status_text(&view));
+                for (stage, why) in skipped_stages(&client, id.id)? {
+                    outln!("skipped   stage {stage}: {why}");
+                }
             }
             return Ok(Outcome::Success);
         }
@@ -274,6 +277,60 @@ pub fn stage_text(view: &RolloutView) -> String {
     )
 }
 
+/// What the changelog says of a stage that passed at once because it selected no node.
+const NO_NODE_MARK: &str = "no nodes selected by this stage";
+
+#[derive(Debug, Deserialize)]
+struct ChangelogPage {
+    entries: Vec<failsmall_server::store::ChangeRecord>,
+}
+
+/// The stages of rollout `id` that selected no node and so passed at once, in order, with
+/// why (from the rollout's changelog).
+pub fn skipped_stages(
+    client: &ApiClient,
+    id: u64,
+) -> Result<Vec<(String, String)>, super::client::ClientError> {
+    let page: ChangelogPage = client.get(
+        "/v1/changelog",
+        &[("rollout", id.to_string()), ("limit", "1000".to_owned())],
+    )?;
+    Ok(page
+        .entries
+        .into_iter()
+        .filter(|entry| entry.kind == "stage_started" && entry.reason.contains(NO_NODE_MARK))
+        .map(|entry| {
+            let why = entry
+                .reason
+                .split_once(": ")
+                .map_or(entry.reason.as_str(), |(_, why)| why)
+                .to_owned();
+            (entry.stage.unwrap_or_default(), format!("skipped: {why}"))
+        })
+        .collect())
+}
+
+/// How to approve a rollout that waits for it: the exact command, and who may run it.
+pub fn approval_hint(view: &RolloutView) -> Option<String> {
+    (view.phase == StagePhase::AwaitingApproval && !view.status.is_terminal()).then(|| {
+        format!(
+            "waiting for approval: failsmall rollout approve {} --reason \"...\" (an approver or \
+             admin token of someone other than {}, who started it)",
+            view.id.0, view.actor
+        )
+    })
+}
+
+/// `2/3 nodes applied (this stage selects 1)`: applied out of exposed, which never exceeds it.
+pub fn nodes_text(view: &RolloutView) -> String {
+    format!(
+        "{}/{} nodes applied (this stage selects {})",
+        view.nodes_applied.min(view.nodes_exposed),
+        view.nodes_exposed,
+        view.nodes_targeted
+    )
+}
+
 /// `pass`, `FAIL` or `inconclusive`, and the numbers behind it.
 pub fn verdict_text(verdict: &Verdict) -> (&'static str, &str) {
     match verdict {
@@ -330,10 +387,15 @@ pub fn status_text(view: &RolloutView) -> String {
         format!("status    {}", status_name(view.status)),
         format!("stage     {}", stage_text(view)),
         format!(
-            "nodes     {} applied of {} targeted; {} exposed so far",
-            view.nodes_applied, view.nodes_targeted, view.nodes_exposed
+            "nodes     {} of {} exposed applied; this stage selects {}",
+            view.nodes_applied.min(view.nodes_exposed),
+            view.nodes_exposed,
+            view.nodes_targeted
         ),
     ];
+    if let Some(hint) = approval_hint(view) {
+        lines.push(format!("approval  {hint}"));
+    }
     if let Some(bake_ms) = view.bake_remaining_ms {
         lines.push(format!("bake      {} left", time_left(bake_ms)));
     }
@@ -370,7 +432,7 @@ pub fn status_text(view: &RolloutView) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     if !view.gates.is_empty() {
-        text.push_str("gates\n");
+        text.push_str("gates (at their latest evaluation; the canary line above is live)\n");
         for gate in &view.gates {
             text.push_str(&format!("  {}\n", gate_line(gate)));
         }
