@@ -833,3 +833,82 @@ fn progress_counts_add_up_skipped_stages_say_why_and_an_approval_says_how() {
     let approved = server.json(&["rollout", "approve", &id, "--token", &approver]);
     assert_eq!(approved["status"], "completed", "{approved}");
 }
+
+#[test]
+fn unit_show_says_what_a_push_does_edits_are_diffs_and_refused_pushes_are_logged() {
+    let server = Server::start("units");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    let shown = server.ok(&["unit", "show", "flags"]);
+    assert!(
+        shown.contains("plan         none of its own: a push rolls out through `--plan FILE` when given, else the built-in default plan default: employees (bake"),
+        "{shown}"
+    );
+    assert!(shown.contains("→ enterprise (bake"), "{shown}");
+    assert!(shown.contains("soak 1h"), "{shown}");
+    let plan = server.file("one-stage.yaml", ONE_STAGE_PLAN);
+    server.ok(&["unit", "edit", "flags", "--plan", &plan]);
+    let shown = server.ok(&["unit", "show", "flags"]);
+    assert!(
+        shown.contains("plan         one-stage: everywhere (bake 0s); soak 0s (its own; every push rolls out through it)"),
+        "{shown}"
+    );
+
+    // An edit is recorded as what changed, field by field.
+    let bigger = server.file(
+        "bigger.spec.json",
+        r#"{"format": "json", "max_bytes": 512, "fail_mode": "open", "safe_default": "{}"}"#,
+    );
+    server.ok(&[
+        "unit",
+        "edit",
+        "flags",
+        "--spec",
+        &bigger,
+        "--no-plan",
+        "--validator",
+        "cat",
+        "--validator-arg",
+        "-",
+    ]);
+    let log = server.json(&["log", "--unit", "flags"]);
+    let edits: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "unit_updated")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(edits.len(), 2, "{log}");
+    assert_eq!(
+        edits[0],
+        "revision 1 → 2: plan none → one-stage: everywhere"
+    );
+    let last = edits[1];
+    assert!(last.starts_with("revision 2 → 3: "), "{last}");
+    assert!(last.contains("spec.max_bytes 256 → 512"), "{last}");
+    assert!(last.contains("fail mode closed → open"), "{last}");
+    assert!(last.contains("spec.safe_default none → {}"), "{last}");
+    assert!(last.contains("plan one-stage: everywhere → none"), "{last}");
+    assert!(
+        last.contains("validator none → cat - (timeout 5s)"),
+        "{last}"
+    );
+
+    // A refused push is in the changelog, with who, which bytes and why.
+    let bad = server.file("bad.json", "{not json");
+    let stderr = server.fails(&["push", "flags", &bad, "-m", "broken", "--no-rollout"], 1);
+    assert!(stderr.contains("HTTP 422"), "{stderr}");
+    let log = server.json(&["log", "--unit", "flags"]);
+    let refused = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "push_refused")
+        .unwrap_or_else(|| panic!("no push_refused entry: {log}"));
+    assert_eq!(refused["actor"], "admin");
+    assert_eq!(refused["version"].as_str().unwrap().len(), 64);
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(reason.contains("refused (\"broken\")"), "{reason}");
+    assert!(server.json(&["versions", "flags"])["versions"] == json!([]));
+}

@@ -950,7 +950,7 @@ pub fn openapi_document() -> Value {
                         "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default"},
                         "owner": {"type": "string"},
                         "description": {"type": "string"},
-                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: pushes only store versions. On update, absent keeps the current plan and null removes it"},
+                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: a push starts no rollout on the server (the CLI then requests one through the plan its pusher names, else the built-in default plan). On update, absent keeps the current plan and null removes it"},
                         "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
                     }
                 },
@@ -1220,11 +1220,27 @@ async fn update_unit(
         }
     };
     let unit = db(&state, move |store| {
-        let reason = format!(
-            "revision {} → {}",
-            request.revision,
-            request.revision.saturating_add(1)
-        );
+        let validator = match &request.validator {
+            Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
+            _ => ValidatorChange::Keep,
+        };
+        // An absent plan keeps the current one. Reading it apart from the update is safe: the
+        // update applies only at the revision the caller read, so a plan changed since is a
+        // 409 (and so is a diff below made from a unit changed since).
+        let current = store.unit(name.as_str())?;
+        let plan = match &request.plan {
+            Some(plan) => plan.as_deref(),
+            None => current.plan.as_deref(),
+        };
+        let fields = UnitFields {
+            spec: &request.spec,
+            owner: &request.owner,
+            description: &request.description,
+            plan,
+            validator,
+        };
+        // The changelog says what changed, field by field.
+        let reason = operator::unit_edit_reason(&current, &fields);
         let change = NewChange {
             at_ms: now_ms(),
             actor: &caller.name,
@@ -1235,27 +1251,6 @@ async fn update_unit(
             concerns: None,
             rollout: None,
             stage: None,
-        };
-        let validator = match &request.validator {
-            Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
-            _ => ValidatorChange::Keep,
-        };
-        // An absent plan keeps the current one. Reading it apart from the update is safe: the
-        // update applies only at the revision the caller read, so a plan changed since is a 409.
-        let current_plan = match &request.plan {
-            Some(_) => None,
-            None => store.unit(name.as_str())?.plan,
-        };
-        let plan = match &request.plan {
-            Some(plan) => plan.as_deref(),
-            None => current_plan.as_deref(),
-        };
-        let fields = UnitFields {
-            spec: &request.spec,
-            owner: &request.owner,
-            description: &request.description,
-            plan,
-            validator,
         };
         Ok(store.update_unit_with(name.as_str(), request.revision, &fields, &change)?)
     })
@@ -1338,6 +1333,15 @@ async fn push_version(
                 .counters
                 .versions_rejected
                 .fetch_add(1, Ordering::Relaxed);
+            operator::record_refused_push(
+                &state,
+                &caller.name,
+                &name,
+                &VersionHash::of(&content),
+                &query.message,
+                &reasons,
+            )
+            .await;
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",

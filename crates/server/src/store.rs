@@ -232,7 +232,7 @@ pub struct UnitFields<'a> {
     pub spec: &'a UnitSpec,
     pub owner: &'a str,
     pub description: &'a str,
-    /// The plan file's text; none: pushes only store versions.
+    /// The plan file's text; none: a push rolls out only through a plan its pusher names.
     pub plan: Option<&'a str>,
     pub validator: ValidatorChange<'a>,
 }

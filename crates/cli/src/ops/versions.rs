@@ -25,7 +25,7 @@ pub const PLAN_FILE_MAX_BYTES: u64 = 1024 * 1024;
 pub const HASH_PREFIX_MIN_CHARS: usize = 4;
 /// The plan `push` uses when no `--plan` is given.
 pub const DEFAULT_PLAN_NAME: &str = "examples/plans/default.yaml";
-const DEFAULT_PLAN_TEXT: &str = include_str!("../../../../examples/plans/default.yaml");
+pub const DEFAULT_PLAN_TEXT: &str = include_str!("../../../../examples/plans/default.yaml");
 
 #[derive(Debug, Args)]
 pub struct PushArgs {

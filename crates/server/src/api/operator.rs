@@ -569,3 +569,187 @@ pub(super) async fn list_versions(
         .await;
     Ok(axum::Json(answer))
 }
+
+/// Longest changelog reason this module writes, in bytes (the API's text limit).
+const REASON_MAX_BYTES: usize = super::MAX_TEXT_BYTES;
+/// Longest value shown on either side of one changed field, in characters.
+const DIFF_VALUE_MAX_CHARS: usize = 200;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn cut_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    format!("{}…", text.get(..end).unwrap_or_default())
+}
+
+fn shown(value: &Value) -> String {
+    let text = match value {
+        Value::Null => "none".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let one_line = text.replace('\n', " ");
+    if one_line.chars().count() <= DIFF_VALUE_MAX_CHARS {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(DIFF_VALUE_MAX_CHARS).collect();
+    cut.push('…');
+    cut
+}
+
+/// A plan for people: `name: a → b → c`, or `none` (pushes roll out through the plan the
+/// pusher names, else the built-in default plan).
+fn plan_shown(unit: &str, plan: Option<&str>) -> String {
+    match plan {
+        None => "none".to_owned(),
+        Some(text) => match failsmall_core::plan::Plan::parse(&super::unit_plan_file(unit), text) {
+            Ok(plan) => {
+                let stages: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+                format!("{}: {}", plan.name, stages.join(" → "))
+            }
+            Err(_) => "unreadable".to_owned(),
+        },
+    }
+}
+
+fn validator_shown(validator: Option<&crate::validator::ValidatorCommand>) -> String {
+    match validator {
+        None => "none".to_owned(),
+        Some(validator) => format!(
+            "{} (timeout {})",
+            validator.command.join(" "),
+            failsmall_core::duration::format_ms(validator.timeout_ms)
+        ),
+    }
+}
+
+/// What a unit edit changes, field by field (`spec.max_bytes 256 → 512; fail mode stale →
+/// closed; plan two: a → b → one: c; validator none → cat - (timeout 5s)`), for the changelog.
+/// `validator`: `None` when the edit keeps it.
+pub(super) fn unit_edit_reason(
+    current: &crate::store::UnitRecord,
+    fields: &crate::store::UnitFields<'_>,
+) -> String {
+    let mut changes: Vec<String> = Vec::new();
+    let old_spec = json!(current.spec);
+    let new_spec = json!(fields.spec);
+    if let (Some(old), Some(new)) = (old_spec.as_object(), new_spec.as_object()) {
+        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for key in keys {
+            let (before, after) = (
+                old.get(key).unwrap_or(&Value::Null),
+                new.get(key).unwrap_or(&Value::Null),
+            );
+            if before != after {
+                let name = match key.as_str() {
+                    "fail_mode" => "fail mode".to_owned(),
+                    other => format!("spec.{other}"),
+                };
+                changes.push(format!("{name} {} → {}", shown(before), shown(after)));
+            }
+        }
+    }
+    if current.owner != fields.owner {
+        changes.push(format!("owner {:?} → {:?}", current.owner, fields.owner));
+    }
+    if current.description != fields.description {
+        changes.push(format!(
+            "description {:?} → {:?}",
+            cut_text(&current.description, DIFF_VALUE_MAX_CHARS),
+            cut_text(fields.description, DIFF_VALUE_MAX_CHARS)
+        ));
+    }
+    if current.plan.as_deref() != fields.plan {
+        let (before, after) = (
+            plan_shown(&current.name, current.plan.as_deref()),
+            plan_shown(&current.name, fields.plan),
+        );
+        if before == after {
+            changes.push(format!("plan {after}: its settings changed"));
+        } else {
+            changes.push(format!("plan {before} → {after}"));
+        }
+    }
+    if let crate::store::ValidatorChange::Set(validator) = fields.validator
+        && current.validator.as_ref() != validator
+    {
+        changes.push(format!(
+            "validator {} → {}",
+            validator_shown(current.validator.as_ref()),
+            validator_shown(validator)
+        ));
+    }
+    let what = if changes.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        changes.join("; ")
+    };
+    cut_text(
+        &format!(
+            "revision {} → {}: {what}",
+            current.revision,
+            current.revision.saturating_add(1)
+        ),
+        REASON_MAX_BYTES,
+    )
+}
+
+/// Records a refused push (`push_refused`): who pushed which bytes, and every reason. A
+/// failure to record is reported on stderr; the push is refused either way.
+pub(super) async fn record_refused_push(
+    state: &AppState,
+    actor: &str,
+    unit: &UnitName,
+    hash: &VersionHash,
+    message: &str,
+    reasons: &[String],
+) {
+    let reason = cut_text(
+        &format!(
+            "push of {} by {actor} refused ({:?}): {}",
+            hash.short(),
+            cut_text(message, DIFF_VALUE_MAX_CHARS),
+            reasons.join("; ")
+        ),
+        REASON_MAX_BYTES,
+    );
+    let (actor, unit, hash) = (actor.to_owned(), unit.to_string(), hash.to_string());
+    let recorded = db(state, move |store| {
+        let change = NewChange {
+            at_ms: now_ms(),
+            actor: &actor,
+            kind: "push_refused",
+            unit: Some(&unit),
+            version: Some(&hash),
+            reason: &reason,
+            concerns: None,
+            rollout: None,
+            stage: None,
+        };
+        Ok(store.record(&change)?)
+    })
+    .await;
+    if let Err(error) = recorded {
+        eprintln!(
+            "failsmall server: recording a refused push: {}",
+            error.message
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        assert_eq!(cut_text("short", 10), "short");
+        let cut = cut_text(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11 && cut.ends_with('…'), "{cut}");
+    }
+}
