@@ -164,11 +164,12 @@ async fn push_validates_before_storing_and_signs() {
         vec![
             "unit_created",
             "version_pushed",
+            "push_refused",
             "version_pushed",
             "validation_skipped"
         ]
     );
-    let skipped = &log["entries"][3]["reason"];
+    let skipped = &log["entries"][4]["reason"];
     assert!(
         skipped
             .as_str()
