@@ -481,6 +481,22 @@ fn versions_show_their_status_get_writes_the_bytes_and_undo_goes_back() {
     agent.nack("n1", "flags", &v5);
     wait_status(&server, &r5, "rolled_back");
     assert_eq!(statuses(&server)[&v5], "quarantined");
+    // The rollout's story holds the NACK that rolled it back, with the node and its reason.
+    let story = server.json(&["log", "--rollout", &r5]);
+    let nack = story
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "node_rejected")
+        .unwrap_or_else(|| panic!("no node_rejected entry in the rollout's story: {story}"));
+    assert_eq!(nack["stage"], "everywhere", "{nack}");
+    assert!(
+        nack["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node n1: 200 features is over the limit"),
+        "{nack}"
+    );
     let listed = server.json(&["quarantine", "list"]);
     assert_eq!(listed[0]["version"], v5.as_str(), "{listed}");
     assert_eq!(listed[0]["rollout"].as_u64().unwrap().to_string(), r5);
