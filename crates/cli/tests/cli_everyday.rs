@@ -928,3 +928,121 @@ fn unit_show_says_what_a_push_does_edits_are_diffs_and_refused_pushes_are_logged
     assert!(reason.contains("refused (\"broken\")"), "{reason}");
     assert!(server.json(&["versions", "flags"])["versions"] == json!([]));
 }
+
+/// A `failsmall agent` child process for one node, killed when dropped.
+struct RealAgent {
+    child: Child,
+    data_dir: PathBuf,
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RealAgent {
+    fn start(server: &Server, node: &str, labels: &str) -> Self {
+        let answer = server.http(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.admin,
+            &json!({"name": format!("agent-{node}"), "role": "agent", "node": node}),
+        );
+        let token = answer["token"].as_str().unwrap().to_owned();
+        let data_dir = server.dir.path().join(format!("agent-{node}"));
+        let log =
+            std::fs::File::create(server.dir.path().join(format!("agent-{node}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--server",
+                &server.addr,
+                "--node-id",
+                node,
+                "--labels",
+                labels,
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--watch-wait-ms", "1000", "--backoff-max-ms", "500"])
+            .env("FAILSMALL_TOKEN", &token)
+            .env_remove("FAILSMALL_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self { child, data_dir }
+    }
+
+    /// Waits (at most 30 s) until the node serves `bytes` for `unit`.
+    fn wait_serving(&self, unit: &str, bytes: &[u8]) {
+        let current = self.data_dir.join("units").join(unit).join("current");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::fs::read(&current).ok().as_deref() != Some(bytes) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never served {:?}; it serves {:?}; the agent said: {}",
+                current.display(),
+                String::from_utf8_lossy(bytes),
+                std::fs::read(&current).map(|b| String::from_utf8_lossy(&b).into_owned()),
+                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn undo_and_the_rollback_of_an_aborted_rollout_move_a_real_agent_back() {
+    let server = Server::start("real-agent");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    // No consumer here: a stage passes on the node's ACK alone (a NACK still fails it).
+    let quick = server.file(
+        "quick.yaml",
+        "name: quick\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n",
+    );
+    server.ok(&["unit", "create", "flags", "--spec", &spec, "--plan", &quick]);
+    let agent = RealAgent::start(&server, "n1", "cohort=employee");
+    // A rollout selects the nodes registered when its stage starts: wait for the agent's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.json(&["nodes"]).as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the agent never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (v1_text, v2_text) = (r#"{"v": 1}"#, r#"{"v": 2}"#);
+    let (_, r1) = push(&server, "v1.json", v1_text);
+    agent.wait_serving("flags", v1_text.as_bytes());
+    wait_status(&server, &r1, "completed");
+    let (_, r2) = push(&server, "v2.json", v2_text);
+    agent.wait_serving("flags", v2_text.as_bytes());
+    wait_status(&server, &r2, "completed");
+
+    // Undo: the node goes back to v1, through the plan, and v1 is stable again.
+    let undone = server.json(&["rollout", "undo", "flags", "--reason", "v2 was a mistake"]);
+    let r3 = undone["id"].as_u64().unwrap().to_string();
+    agent.wait_serving("flags", v1_text.as_bytes());
+    wait_status(&server, &r3, "completed");
+    let versions = server.json(&["versions", "flags"]);
+    assert_eq!(versions["versions"][1]["status"], "stable", "{versions}");
+    assert_eq!(versions["versions"][1]["live_nodes"], 1, "{versions}");
+
+    // A version that bakes for an hour, aborted: the node keeps it until the aborted rollout
+    // is rolled back, which puts the node back on what it had (v1).
+    let slow = server.file(
+        "slow.yaml",
+        "name: slow\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 1h\n    min_requests: 0\n    gates: []\n",
+    );
+    server.ok(&["unit", "edit", "flags", "--plan", &slow]);
+    let v3_text = r#"{"v": 3}"#;
+    let (_, r4) = push(&server, "v3.json", v3_text);
+    agent.wait_serving("flags", v3_text.as_bytes());
+    server.ok(&["rollout", "abort", &r4, "--reason", "not today"]);
+    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_serving("flags", v3_text.as_bytes());
+    let rolled = server.json(&["rollout", "rollback", &r4, "--reason", "v3 is wrong"]);
+    assert_eq!(rolled["status"], "rolled_back", "{rolled}");
+    agent.wait_serving("flags", v1_text.as_bytes());
+}
