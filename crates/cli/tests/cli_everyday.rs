@@ -638,6 +638,13 @@ fn an_aborted_rollout_is_rolled_back_retried_and_units_and_nodes_are_removed() {
     let stderr = server.fails(&["unit", "delete", "flags"], 1);
     assert!(stderr.contains(&format!("rollout abort {r2}")), "{stderr}");
     server.ok(&["rollout", "abort", &r2]);
+    let stderr = server.fails(&["rollout", "undo", "flags"], 1);
+    assert!(
+        stderr.contains(
+            "unit flags has no earlier stable version to go back to (it has no stable version)"
+        ),
+        "{stderr}"
+    );
     let deleter = server.token("dee2", "deployer");
     let stderr = server.fails(&["unit", "delete", "flags", "--token", &deleter], 1);
     assert!(stderr.contains("HTTP 403"), "{stderr}");
@@ -1045,4 +1052,18 @@ fn undo_and_the_rollback_of_an_aborted_rollout_move_a_real_agent_back() {
     let rolled = server.json(&["rollout", "rollback", &r4, "--reason", "v3 is wrong"]);
     assert_eq!(rolled["status"], "rolled_back", "{rolled}");
     agent.wait_serving("flags", v1_text.as_bytes());
+    // `nodes` shows the version the node went back to, as its agent reported it.
+    let v1 = versions["versions"][1]["hash"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = server.json(&["nodes"]);
+        if nodes[0]["versions"]["flags"]["version"] == v1.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes never showed v1 again: {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
