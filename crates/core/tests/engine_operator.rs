@@ -53,7 +53,14 @@ impl Fleet {
 
     fn try_step(&mut self, event: Event) -> Result<Vec<Action>, EngineError> {
         self.now_ms += 1_000;
-        self.engine.step(self.now_ms, &event)
+        let before = self.engine.clone();
+        let result = self.engine.step(self.now_ms, &event);
+        // A refused step leaves the state untouched; derived indexes always match a rebuild.
+        if result.is_err() {
+            assert_eq!(self.engine, before);
+        }
+        self.engine.check_derived_indexes().unwrap();
+        result
     }
 
     fn step(&mut self, event: Event) -> Vec<Action> {
@@ -181,6 +188,41 @@ fn an_aborted_rollout_is_reverted_and_quarantined_and_the_quarantine_can_be_lift
         RolloutStatus::Running
     );
     assert_eq!(fleet.engine.rollout_plan(second).unwrap().name, "two");
+}
+
+#[test]
+fn an_aborted_rollout_that_reached_no_node_has_nothing_to_revert() {
+    let mut fleet = Fleet::new();
+    let first = fleet.roll_out("v1");
+    // Queued behind the first, then aborted: it never reached a node.
+    let queued = fleet.roll_out("v2");
+    assert_eq!(
+        fleet.engine.rollout(queued).unwrap().status,
+        RolloutStatus::Queued
+    );
+    fleet.command(queued, Command::Abort).unwrap();
+    let refused = fleet
+        .try_step(Event::RevertAborted {
+            rollout: queued,
+            actor: "ops".into(),
+            reason: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("it reached no node"), "{refused}");
+    assert!(!fleet.engine.is_quarantined(&unit(), &version("v2")));
+    // While another rollout of the unit runs, an aborted one is not reverted.
+    fleet.command(first, Command::Abort).unwrap();
+    let _third = fleet.roll_out("v3");
+    let refused = fleet
+        .try_step(Event::RevertAborted {
+            rollout: first,
+            actor: "ops".into(),
+            reason: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("is running; roll it back"), "{refused}");
 }
 
 #[test]

@@ -128,6 +128,13 @@ impl Engine {
                 rollout.status.as_str()
             )));
         }
+        if rollout.nodes_exposed == 0 {
+            return Err(refuse(
+                "it reached no node: nothing to put back (start a rollout of another version \
+                 instead)"
+                    .to_owned(),
+            ));
+        }
         let unit = rollout.unit.clone();
         let version = rollout.version;
         if let Some(state) = self.units.get(&unit)
@@ -137,7 +144,7 @@ impl Engine {
                 "rollout {open} of unit {unit} is running; roll it back or let it end first"
             )));
         }
-        if rollout.exposed.len() == 0 && rollout.nodes_exposed > 0 {
+        if rollout.exposed.len() == 0 {
             return Err(refuse(
                 "it ended too long ago: the nodes it reached are no longer kept".to_owned(),
             ));
