@@ -22,7 +22,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Release configuration gradually under health mediation, with automatic rollback.
 #[derive(Debug, Parser)]
-#[command(name = "failsmall", version, about, propagate_version = true)]
+#[command(
+    name = "failsmall",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "The operator commands take --addr URL, --token TOKEN and -o table|json before or \
+                  after the subcommand: `failsmall --addr http://cp:7070 -o json rollout list`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

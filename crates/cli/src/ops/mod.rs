@@ -56,7 +56,7 @@ impl RemoteArgs {
 /// The operator subcommands, inlined into the top-level command list.
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Define, list, show and edit units of configuration.
+    /// Define, list, show, edit and delete units of configuration.
     Unit(unit::UnitArgs),
     /// Push a file as a new version of a unit and start its rollout.
     Push(versions::PushArgs),
