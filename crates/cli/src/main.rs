@@ -22,7 +22,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Release configuration gradually under health mediation, with automatic rollback.
 #[derive(Debug, Parser)]
-#[command(name = "failsmall", version, about, propagate_version = true)]
+#[command(
+    name = "failsmall",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "The operator commands take --addr URL, --token TOKEN and -o table|json before or \
+                  after the subcommand: `failsmall --addr http://cp:7070 -o json rollout list`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +52,8 @@ enum Command {
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
-    /// The operator commands: unit, push, diff, rollout, log, nodes, token, validate, completions.
+    /// The operator commands: unit, push, diff, rollout, log, nodes, token, validate, version,
+    /// versions, quarantine, node, whoami, status, completions.
     #[command(flatten)]
     Ops(ops::OpsCommand),
 }
@@ -67,8 +75,55 @@ pub enum Outcome {
     Negative,
 }
 
+/// The flags every operator command takes (`--addr`, `--token`, `-o`/`--output`), given
+/// before the subcommand (`failsmall --addr URL unit list`), are moved right after the
+/// subcommand's name, where the subcommand's own global flags accept them: so they work before
+/// or after it. Everything else is left where it is.
+fn hoist_global_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut iter = args.into_iter();
+    let mut out: Vec<std::ffi::OsString> = iter.next().into_iter().collect();
+    let mut hoisted = Vec::new();
+    let rest: Vec<std::ffi::OsString> = iter.collect();
+    let mut index = 0;
+    while let Some(arg) = rest.get(index) {
+        let text = arg.to_string_lossy();
+        let takes_value = matches!(text.as_ref(), "--addr" | "--token" | "-o" | "--output");
+        let joined = ["--addr=", "--token=", "--output="]
+            .iter()
+            .any(|prefix| text.starts_with(prefix))
+            || (text.starts_with("-o") && text.len() > 2 && !text.starts_with("--"));
+        if takes_value {
+            hoisted.push(arg.clone());
+            if let Some(value) = rest.get(index + 1) {
+                hoisted.push(value.clone());
+            }
+            index += 2;
+        } else if joined {
+            hoisted.push(arg.clone());
+            index += 1;
+        } else {
+            break;
+        }
+    }
+    let mut remaining = rest.into_iter().skip(index);
+    if hoisted.is_empty() {
+        out.extend(remaining);
+        return out;
+    }
+    match remaining.next() {
+        // The subcommand's name, then the flags, then the rest.
+        Some(subcommand) => {
+            out.push(subcommand);
+            out.extend(hoisted);
+            out.extend(remaining);
+        }
+        None => out.extend(hoisted),
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_global_flags(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(&args),
         Command::Agent(args) => agent_cmd::run(&args),
@@ -98,5 +153,28 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         super::Cli::command().debug_assert();
+    }
+
+    fn hoisted(args: &[&str]) -> Vec<String> {
+        super::hoist_global_flags(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn global_flags_before_the_subcommand_move_after_its_name() {
+        assert_eq!(
+            hoisted(&["failsmall", "--addr", "h:1", "-o", "json", "unit", "list"]),
+            ["failsmall", "unit", "--addr", "h:1", "-o", "json", "list"]
+        );
+        assert_eq!(
+            hoisted(&["failsmall", "--token=t", "-ojson", "nodes"]),
+            ["failsmall", "nodes", "--token=t", "-ojson"]
+        );
+        // Anything else stays where it is.
+        let untouched = ["failsmall", "unit", "list", "--addr", "h:1"];
+        assert_eq!(hoisted(&untouched), untouched);
+        assert_eq!(hoisted(&["failsmall", "--help"]), ["failsmall", "--help"]);
     }
 }

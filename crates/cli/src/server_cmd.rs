@@ -35,6 +35,22 @@ pub struct ServerArgs {
     /// `failsmall nodes` says so. Agents ask at least every 30 s, so keep it above that.
     #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_down_after_ms)]
     pub node_down_after: u64,
+    /// A node whose agent has not been heard from for this long (`7d`, `12h`, ...) is removed
+    /// from the fleet, as `failsmall node remove` does; `0s`: never. Silence counts from the
+    /// server's start at the earliest.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expire_after_ms)]
+    pub node_expire_after: u64,
+}
+
+/// How long a node may be silent before it is removed: `0s` (never), or at least one second.
+fn parse_expire_after_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms > 0 && ms < 1_000 {
+        return Err(format!(
+            "{text:?} is shorter than 1s; give 0s to never expire nodes"
+        ));
+    }
+    Ok(ms)
 }
 
 /// How long a node may be silent before it is down: at least the longest watch (30 s), or a
@@ -97,6 +113,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
     config.max_body_bytes = args.max_body_bytes;
     config.desired_ttl_ms = args.desired_ttl;
     config.node_down_after_ms = args.node_down_after;
+    config.node_expire_after_ms = args.node_expire_after;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

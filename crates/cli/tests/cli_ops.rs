@@ -1122,7 +1122,7 @@ fn a_unit_keeps_its_plan_and_validator_until_an_edit_changes_them() {
     assert_eq!(edited["description"], "kill switch");
     let shown = server.ok(&["unit", "show", "flags"]);
     assert!(
-        shown.contains("none: pushes only store versions"),
+        shown.contains("none of its own: a push rolls out through `--plan FILE` when given, else the built-in default plan default: employees ("),
         "{shown}"
     );
 

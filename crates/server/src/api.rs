@@ -41,6 +41,9 @@ use crate::store::{
 use crate::validator::{Refusal, ValidatorCommand};
 
 mod agent;
+mod operator;
+
+pub(crate) use operator::expire_forever;
 
 pub use agent::{DESIRED_TTL_MS, MAX_REPORTS_PER_BATCH, MAX_STALE_MS, STALE_CLOCK_SKEW_MS};
 use agent::{desired, report};
@@ -131,7 +134,7 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 Read,
                 "List a unit's versions, newest first",
             ),
-            get(list_versions),
+            get(operator::list_versions),
         ),
         (
             spec(
@@ -271,6 +274,69 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "The changelog as an Atom feed",
             ),
             get(changelog_feed),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/v1/units/{unit}",
+                Admin,
+                "Delete a unit and its versions (refused while a rollout of it is open); nodes remove it",
+            ),
+            delete(operator::delete_unit),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/v1/nodes/{node}",
+                Admin,
+                "Remove a node from the fleet",
+            ),
+            delete(operator::delete_node),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/rollouts/{id}/retry",
+                Deploy,
+                "Roll out a rolled back or aborted rollout's version again through its plan",
+            ),
+            post(operator::retry_rollout),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/quarantine",
+                Read,
+                "Every quarantined version",
+            ),
+            get(operator::list_quarantine),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/units/{unit}/quarantine/{hash}/lift",
+                Admin,
+                "Lift a version's quarantine, with a reason",
+            ),
+            post(operator::lift_quarantine),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/whoami",
+                Fetch,
+                "The caller's token name, role and node",
+            ),
+            get(operator::whoami),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/status",
+                Read,
+                "The server, its store, and counts",
+            ),
+            get(operator::status),
         ),
         (
             spec(Method::GET, "/v1/tokens", Admin, "List access tokens"),
@@ -884,7 +950,7 @@ pub fn openapi_document() -> Value {
                         "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default"},
                         "owner": {"type": "string"},
                         "description": {"type": "string"},
-                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: pushes only store versions. On update, absent keeps the current plan and null removes it"},
+                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: a push starts no rollout on the server (the CLI then requests one through the plan its pusher names, else the built-in default plan). On update, absent keeps the current plan and null removes it"},
                         "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
                     }
                 },
@@ -1154,11 +1220,27 @@ async fn update_unit(
         }
     };
     let unit = db(&state, move |store| {
-        let reason = format!(
-            "revision {} → {}",
-            request.revision,
-            request.revision.saturating_add(1)
-        );
+        let validator = match &request.validator {
+            Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
+            _ => ValidatorChange::Keep,
+        };
+        // An absent plan keeps the current one. Reading it apart from the update is safe: the
+        // update applies only at the revision the caller read, so a plan changed since is a
+        // 409 (and so is a diff below made from a unit changed since).
+        let current = store.unit(name.as_str())?;
+        let plan = match &request.plan {
+            Some(plan) => plan.as_deref(),
+            None => current.plan.as_deref(),
+        };
+        let fields = UnitFields {
+            spec: &request.spec,
+            owner: &request.owner,
+            description: &request.description,
+            plan,
+            validator,
+        };
+        // The changelog says what changed, field by field.
+        let reason = operator::unit_edit_reason(&current, &fields);
         let change = NewChange {
             at_ms: now_ms(),
             actor: &caller.name,
@@ -1169,27 +1251,6 @@ async fn update_unit(
             concerns: None,
             rollout: None,
             stage: None,
-        };
-        let validator = match &request.validator {
-            Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
-            _ => ValidatorChange::Keep,
-        };
-        // An absent plan keeps the current one. Reading it apart from the update is safe: the
-        // update applies only at the revision the caller read, so a plan changed since is a 409.
-        let current_plan = match &request.plan {
-            Some(_) => None,
-            None => store.unit(name.as_str())?.plan,
-        };
-        let plan = match &request.plan {
-            Some(plan) => plan.as_deref(),
-            None => current_plan.as_deref(),
-        };
-        let fields = UnitFields {
-            spec: &request.spec,
-            owner: &request.owner,
-            description: &request.description,
-            plan,
-            validator,
         };
         Ok(store.update_unit_with(name.as_str(), request.revision, &fields, &change)?)
     })
@@ -1272,6 +1333,15 @@ async fn push_version(
                 .counters
                 .versions_rejected
                 .fetch_add(1, Ordering::Relaxed);
+            operator::record_refused_push(
+                &state,
+                &caller.name,
+                &name,
+                &VersionHash::of(&content),
+                &query.message,
+                &reasons,
+            )
+            .await;
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
@@ -1373,8 +1443,8 @@ async fn run_validator(
             StatusCode::TOO_MANY_REQUESTS,
             "validators_busy",
             format!(
-                "{MAX_RUNNING_VALIDATORS} validator commands are running and none finished in {} ms; retry later",
-                crate::validator::MAX_TIMEOUT_MS
+                "{MAX_RUNNING_VALIDATORS} validator commands are running and none finished in {}; retry later",
+                failsmall_core::duration::format_ms(crate::validator::MAX_TIMEOUT_MS)
             ),
         ));
     };
@@ -1451,18 +1521,6 @@ async fn push_and_roll_out(
         }
         Err(error) => Err(step_error(error)),
     }
-}
-
-async fn list_versions(
-    State(state): State<AppState>,
-    unit: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let name = unit_name(&path_param(unit)?)?;
-    let versions = db(&state, move |store| {
-        Ok(store.versions(name.as_str(), MAX_LIST_ROWS)?)
-    })
-    .await?;
-    Ok(axum::Json(json!({ "versions": versions })))
 }
 
 async fn show_version(
@@ -1692,7 +1750,20 @@ async fn list_nodes(State(state): State<AppState>) -> Result<axum::Json<Value>, 
 // --- rollouts and the agent protocol -------------------------------------------------------
 
 fn step_error(error: StepError) -> ApiError {
-    let message = error.to_string();
+    let message = match &error {
+        // Said in the API's words (`paused`, `pause`), never the engine's enum names.
+        StepError::Engine(EngineError::InvalidCommand {
+            rollout,
+            status,
+            command,
+            expected,
+        }) => format!(
+            "rollout {rollout} is {}; {} needs it to be {expected}",
+            status.as_str(),
+            command_word(*command)
+        ),
+        _ => error.to_string(),
+    };
     match error {
         StepError::Engine(engine) => {
             let (status, code) = match engine {
@@ -1708,12 +1779,23 @@ fn step_error(error: StepError) -> ApiError {
                 EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "refused")
                 }
+                EngineError::NotQuarantined { .. } => (StatusCode::NOT_FOUND, "not_quarantined"),
+                EngineError::UnitBusy { .. } => (StatusCode::CONFLICT, "unit_busy"),
+                EngineError::CannotRevert { .. } => (StatusCode::CONFLICT, "invalid_command"),
             };
             ApiError::new(status, code, message)
         }
         StepError::Store(store) => ApiError::from(store),
         StepError::Serialize(_) | StepError::Task(_) => ApiError::internal(message),
     }
+}
+
+/// A command as the API spells it: `pause`, `rollback`, ...
+fn command_word(command: Command) -> String {
+    serde_json::to_value(command)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
@@ -1841,13 +1923,25 @@ async fn run_command(
 ) -> Result<axum::Json<Value>, ApiError> {
     text_field("reason", &reason)?;
     let rollout = RolloutId(id);
-    let event = Event::Command {
-        rollout,
-        command,
-        actor: caller.name.clone(),
-        reason,
-    };
     let host = &state.shared.engine;
+    let status = host
+        .read(|engine, _| engine.rollout(rollout).map(|view| view.status))
+        .await;
+    // Rolling back an aborted rollout reverts the nodes it left on its version.
+    let event = if command == Command::Rollback && status == Some(RolloutStatus::Aborted) {
+        Event::RevertAborted {
+            rollout,
+            actor: caller.name.clone(),
+            reason,
+        }
+    } else {
+        Event::Command {
+            rollout,
+            command,
+            actor: caller.name.clone(),
+            reason,
+        }
+    };
     host.apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
         .await
         .map_err(step_error)?;

@@ -56,7 +56,14 @@ pub struct ServerConfig {
     /// A node whose agent has not been heard from for this long is down
     /// ([`liveness::NODE_DOWN_AFTER_MS_DEFAULT`]).
     pub node_down_after_ms: u64,
+    /// A node whose agent has not been heard from for this long is removed from the fleet
+    /// (`node_removed` in the changelog); 0: never ([`NODE_EXPIRE_AFTER_MS_DEFAULT`]).
+    pub node_expire_after_ms: u64,
 }
+
+/// Nodes silent for a week are removed from the fleet unless the server is told otherwise
+/// (`failsmall server --node-expire-after`).
+pub const NODE_EXPIRE_AFTER_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
@@ -67,6 +74,7 @@ impl ServerConfig {
             dev: false,
             desired_ttl_ms: api::DESIRED_TTL_MS,
             node_down_after_ms: liveness::NODE_DOWN_AFTER_MS_DEFAULT,
+            node_expire_after_ms: NODE_EXPIRE_AFTER_MS_DEFAULT,
         }
     }
 
@@ -153,6 +161,12 @@ pub async fn run(
         config.node_down_after_ms,
         api::now_ms,
     ));
+    let expiry = (config.node_expire_after_ms > 0).then(|| {
+        tokio::spawn(api::expire_forever(
+            state.clone(),
+            config.node_expire_after_ms,
+        ))
+    });
     let router = api::router(state, config.max_body_bytes);
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
@@ -165,6 +179,9 @@ pub async fn run(
         .map_err(ServerError::Serve);
     ticker.abort();
     liveness.abort();
+    if let Some(expiry) = expiry {
+        expiry.abort();
+    }
     served
 }
 

@@ -49,6 +49,13 @@ impl Liveness {
         self.pending.lock().ok()?.get(node).copied()
     }
 
+    /// Drops `node`'s mark not yet written (the node was removed).
+    pub fn forget(&self, node: &str) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(node);
+        }
+    }
+
     /// Takes every mark not yet written.
     fn take(&self) -> Vec<(String, u64)> {
         self.pending

@@ -232,7 +232,7 @@ pub struct UnitFields<'a> {
     pub spec: &'a UnitSpec,
     pub owner: &'a str,
     pub description: &'a str,
-    /// The plan file's text; none: pushes only store versions.
+    /// The plan file's text; none: a push rolls out only through a plan its pusher names.
     pub plan: Option<&'a str>,
     pub validator: ValidatorChange<'a>,
 }
@@ -1589,6 +1589,50 @@ impl Store {
     /// The node's stored labels, if it is registered.
     pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         self.with_conn(|conn| Self::node_in(conn, id))
+    }
+
+    /// Deletes a unit, its versions, what nodes reported applied of it, and the bytes no other
+    /// unit's version holds, recording `change` in the same transaction. The changelog keeps
+    /// every entry about it; removals nodes still owe stay until they report them. A unit
+    /// already gone is [`StoreError::NotFound`].
+    pub fn delete_unit(&self, name: &str, change: &NewChange<'_>) -> Result<u64, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let deleted_versions = tx.execute("DELETE FROM versions WHERE unit = ?1", [name])?;
+            tx.execute("DELETE FROM node_versions WHERE unit = ?1", [name])?;
+            if tx.execute("DELETE FROM units WHERE name = ?1", [name])? == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "unit",
+                    key: name.to_owned(),
+                });
+            }
+            tx.execute(
+                "DELETE FROM blobs WHERE sha256 NOT IN (SELECT hash FROM versions)",
+                [],
+            )?;
+            record_change(&tx, change)?;
+            tx.commit()?;
+            Ok(u64::try_from(deleted_versions).unwrap_or(u64::MAX))
+        })
+    }
+
+    /// Deletes a node's row, its applied versions and the removals it still owed, recording
+    /// `change` in the same transaction. A node already gone is [`StoreError::NotFound`].
+    pub fn delete_node(&self, id: &str, change: &NewChange<'_>) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM node_versions WHERE node = ?1", [id])?;
+            tx.execute("DELETE FROM node_removals WHERE node = ?1", [id])?;
+            if tx.execute("DELETE FROM nodes WHERE id = ?1", [id])? == 0 {
+                return Err(StoreError::NotFound {
+                    kind: "node",
+                    key: id.to_owned(),
+                });
+            }
+            record_change(&tx, change)?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn counts(&self) -> Result<StoreCounts, StoreError> {

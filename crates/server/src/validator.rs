@@ -95,7 +95,10 @@ pub enum Refusal {
     NotFound { program: String },
     #[error("validator command {program:?} could not start: {reason}")]
     Spawn { program: String, reason: String },
-    #[error("validator command {program:?} timed out after {timeout_ms} ms and was killed")]
+    #[error(
+        "validator command {program:?} timed out after {} and was killed",
+        failsmall_core::duration::format_ms(*timeout_ms)
+    )]
     TimedOut { program: String, timeout_ms: u64 },
     #[error("validator command {program:?} refused the version ({status}): {stderr}")]
     Refused {

@@ -164,11 +164,12 @@ async fn push_validates_before_storing_and_signs() {
         vec![
             "unit_created",
             "version_pushed",
+            "push_refused",
             "version_pushed",
             "validation_skipped"
         ]
     );
-    let skipped = &log["entries"][3]["reason"];
+    let skipped = &log["entries"][4]["reason"];
     assert!(
         skipped
             .as_str()
@@ -702,6 +703,13 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("POST", "/v1/rollouts/{id}/approve", Approve),
         ("GET", "/v1/changelog", Read),
         ("GET", "/v1/changelog.atom", Read),
+        ("DELETE", "/v1/units/{unit}", Admin),
+        ("DELETE", "/v1/nodes/{node}", Admin),
+        ("POST", "/v1/rollouts/{id}/retry", Deploy),
+        ("GET", "/v1/quarantine", Read),
+        ("POST", "/v1/units/{unit}/quarantine/{hash}/lift", Admin),
+        ("GET", "/v1/whoami", Fetch),
+        ("GET", "/v1/status", Read),
         ("GET", "/v1/tokens", Admin),
         ("POST", "/v1/tokens", Admin),
         ("DELETE", "/v1/tokens/{id}", Admin),

@@ -384,7 +384,7 @@ async fn a_validator_that_hangs_is_killed_and_the_push_refused_naming_the_timeou
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("timed out after 300 ms") && message.contains("\"sh\""),
+        message.contains("timed out after 300ms") && message.contains("\"sh\""),
         "{message}"
     );
     assert_eq!(

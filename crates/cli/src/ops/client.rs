@@ -192,6 +192,18 @@ impl ApiClient {
         String::from_utf8(body).map_err(|e| self.unexpected(&what, e.to_string()))
     }
 
+    /// GET `path`, as bytes.
+    pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let what = format!("GET {path}");
+        let (_, body) = self.execute(self.request(Method::GET, path), &what)?;
+        Ok(body)
+    }
+
+    /// The server's address, as resolved.
+    pub fn addr(&self) -> &str {
+        &self.remote.addr
+    }
+
     /// `method path` with a JSON body; the status and the decoded answer.
     pub fn send_json<T: DeserializeOwned>(
         &self,

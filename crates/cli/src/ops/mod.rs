@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod completions;
+pub mod everyday;
 pub mod log;
 pub mod nodes;
 pub mod remote;
@@ -55,7 +56,7 @@ impl RemoteArgs {
 /// The operator subcommands, inlined into the top-level command list.
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Define, list, show and edit units of configuration.
+    /// Define, list, show, edit and delete units of configuration.
     Unit(unit::UnitArgs),
     /// Push a file as a new version of a unit and start its rollout.
     Push(versions::PushArgs),
@@ -73,6 +74,19 @@ pub enum OpsCommand {
     Validate(validate::ValidateArgs),
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
+    /// Get a version's bytes.
+    Version(everyday::VersionArgs),
+    /// List a unit's versions, each with its status (stable, rolling out, quarantined, rolled
+    /// back, never rolled out, ...) and how many nodes it is live on.
+    Versions(everyday::VersionsArgs),
+    /// List and lift quarantined versions.
+    Quarantine(everyday::QuarantineArgs),
+    /// Remove a node from the fleet.
+    Node(everyday::NodeArgs),
+    /// Show which token the server sees: its name, role and node.
+    Whoami(everyday::WhoamiArgs),
+    /// Show the server's status: its version, store, and counts of units, nodes and rollouts.
+    Status(everyday::StatusArgs),
 }
 
 pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
@@ -86,6 +100,12 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Token(args) => token::run(args),
         OpsCommand::Validate(args) => validate::run(args),
         OpsCommand::Completions(args) => completions::run(args),
+        OpsCommand::Version(args) => everyday::version(args),
+        OpsCommand::Versions(args) => everyday::versions(args),
+        OpsCommand::Quarantine(args) => everyday::quarantine(args),
+        OpsCommand::Node(args) => everyday::node(args),
+        OpsCommand::Whoami(args) => everyday::whoami(args),
+        OpsCommand::Status(args) => everyday::status(args),
     }
 }
 

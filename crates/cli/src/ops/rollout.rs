@@ -1,4 +1,4 @@
-//! `failsmall rollout start|list|status|watch|pause|resume|promote|abort|rollback|approve`.
+//! `failsmall rollout start|list|status|watch|pause|resume|promote|abort|rollback|approve|undo|retry`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -88,8 +88,14 @@ pub enum RolloutCommand {
     Promote(SteerArgs),
     /// Stop the rollout where it is; nodes that have the version keep it.
     Abort(SteerArgs),
-    /// Revert every node the rollout reached to the version it had before.
+    /// Revert every node the rollout reached to the version it had before (of an aborted
+    /// rollout: the nodes it left on its version), and quarantine the version.
     Rollback(SteerArgs),
+    /// Go back to the version that was stable before the unit's current stable one, through
+    /// the unit's plan (else the built-in default plan), or at once with --fast.
+    Undo(super::everyday::UndoArgs),
+    /// Roll out a rolled back or aborted rollout's version again, through the same plan.
+    Retry(super::everyday::RetryArgs),
     /// Approve the current stage (needs the approver role, and someone other than the pusher).
     Approve(SteerArgs),
 }
@@ -120,6 +126,10 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
     let json_output = args.remote.json();
     let (steer, command) = match &args.command {
         RolloutCommand::Start(start_args) => return start(&client, start_args, json_output),
+        RolloutCommand::Undo(undo) => return super::everyday::undo(&client, undo, json_output),
+        RolloutCommand::Retry(retry) => {
+            return super::everyday::retry(&client, retry, json_output);
+        }
         RolloutCommand::List { unit, active } => {
             let list: RolloutList = client.get("/v1/rollouts", &[])?;
             let views: Vec<RolloutView> = list
@@ -141,6 +151,9 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
                 print_json(&view)?;
             } else {
                 out!("{}", status_text(&view));
+                for (stage, why) in skipped_stages(&client, id.id)? {
+                    outln!("skipped   stage {stage}: {why}");
+                }
             }
             return Ok(Outcome::Success);
         }
@@ -265,6 +278,60 @@ pub fn stage_text(view: &RolloutView) -> String {
     )
 }
 
+/// What the changelog says of a stage that passed at once because it selected no node.
+const NO_NODE_MARK: &str = "no nodes selected by this stage";
+
+#[derive(Debug, Deserialize)]
+struct ChangelogPage {
+    entries: Vec<failsmall_server::store::ChangeRecord>,
+}
+
+/// The stages of rollout `id` that selected no node and so passed at once, in order, with
+/// why (from the rollout's changelog).
+pub fn skipped_stages(
+    client: &ApiClient,
+    id: u64,
+) -> Result<Vec<(String, String)>, super::client::ClientError> {
+    let page: ChangelogPage = client.get(
+        "/v1/changelog",
+        &[("rollout", id.to_string()), ("limit", "1000".to_owned())],
+    )?;
+    Ok(page
+        .entries
+        .into_iter()
+        .filter(|entry| entry.kind == "stage_started" && entry.reason.contains(NO_NODE_MARK))
+        .map(|entry| {
+            let why = entry
+                .reason
+                .split_once(": ")
+                .map_or(entry.reason.as_str(), |(_, why)| why)
+                .to_owned();
+            (entry.stage.unwrap_or_default(), format!("skipped: {why}"))
+        })
+        .collect())
+}
+
+/// How to approve a rollout that waits for it: the exact command, and who may run it.
+pub fn approval_hint(view: &RolloutView) -> Option<String> {
+    (view.phase == StagePhase::AwaitingApproval && !view.status.is_terminal()).then(|| {
+        format!(
+            "waiting for approval: failsmall rollout approve {} --reason \"...\" (an approver or \
+             admin token of someone other than {}, who started it)",
+            view.id.0, view.actor
+        )
+    })
+}
+
+/// `2/3 nodes applied (this stage selects 1)`: applied out of exposed, which never exceeds it.
+pub fn nodes_text(view: &RolloutView) -> String {
+    format!(
+        "{}/{} nodes applied (this stage selects {})",
+        view.nodes_applied.min(view.nodes_exposed),
+        view.nodes_exposed,
+        view.nodes_targeted
+    )
+}
+
 /// `pass`, `FAIL` or `inconclusive`, and the numbers behind it.
 pub fn verdict_text(verdict: &Verdict) -> (&'static str, &str) {
     match verdict {
@@ -321,10 +388,15 @@ pub fn status_text(view: &RolloutView) -> String {
         format!("status    {}", status_name(view.status)),
         format!("stage     {}", stage_text(view)),
         format!(
-            "nodes     {} applied of {} targeted; {} exposed so far",
-            view.nodes_applied, view.nodes_targeted, view.nodes_exposed
+            "nodes     {} of {} exposed applied; this stage selects {}",
+            view.nodes_applied.min(view.nodes_exposed),
+            view.nodes_exposed,
+            view.nodes_targeted
         ),
     ];
+    if let Some(hint) = approval_hint(view) {
+        lines.push(format!("approval  {hint}"));
+    }
     if let Some(bake_ms) = view.bake_remaining_ms {
         lines.push(format!("bake      {} left", time_left(bake_ms)));
     }
@@ -361,7 +433,7 @@ pub fn status_text(view: &RolloutView) -> String {
     let mut text = lines.join("\n");
     text.push('\n');
     if !view.gates.is_empty() {
-        text.push_str("gates\n");
+        text.push_str("gates (at their latest evaluation; the canary line above is live)\n");
         for gate in &view.gates {
             text.push_str(&format!("  {}\n", gate_line(gate)));
         }

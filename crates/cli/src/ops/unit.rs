@@ -1,4 +1,4 @@
-//! `failsmall unit create|list|show|edit`.
+//! `failsmall unit create|list|show|edit|delete`.
 
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,8 @@ pub enum UnitCommand {
         #[arg(long, default_value = "")]
         description: String,
         /// The plan file (YAML or JSON) every push rolls out through, checked before sending
-        /// [default: none: pushes only store versions].
+        /// [default: none of its own: a push rolls out through its `--plan FILE`, else the
+        /// built-in default plan].
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
         #[command(flatten)]
@@ -58,10 +59,20 @@ pub enum UnitCommand {
     },
     /// List units.
     List,
-    /// Show a unit: its spec and latest versions.
+    /// Show a unit: its spec, what a push will do (its plan, else the built-in default plan),
+    /// its validator and latest versions.
     Show {
         /// The unit's name.
         name: String,
+    },
+    /// Delete a unit and its versions (admin); every node removes it. Refused while a rollout
+    /// of it is queued, running or paused.
+    Delete {
+        /// The unit's name.
+        name: String,
+        /// Why: recorded in the changelog.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Change a unit's spec, owner, description, plan or validator command (at the revision
     /// just read); what is not given stays as it is.
@@ -80,7 +91,8 @@ pub enum UnitCommand {
         /// A new plan file (YAML or JSON), checked before sending.
         #[arg(long, value_name = "FILE", conflicts_with = "no_plan")]
         plan: Option<PathBuf>,
-        /// Remove the plan: pushes then only store versions.
+        /// Remove the plan: pushes then roll out through their `--plan FILE`, else the built-in
+        /// default plan (`push --no-rollout` only stores).
         #[arg(long)]
         no_plan: bool,
         #[command(flatten)]
@@ -240,6 +252,22 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
                 show(&unit, &versions.versions)?;
             }
         }
+        UnitCommand::Delete { name, reason } => {
+            let (_, answer): (u16, Value) = client.send_json(
+                Method::DELETE,
+                &format!("/v1/units/{name}"),
+                &json!({"reason": reason}),
+            )?;
+            if json_output {
+                print_json(&answer)?;
+            } else {
+                let versions = answer
+                    .get("versions_deleted")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                outln!("unit {name} deleted with its {versions} versions; every node removes it");
+            }
+        }
         UnitCommand::Edit {
             name,
             spec,
@@ -356,21 +384,63 @@ fn show(unit: &UnitRecord, versions: &[VersionRecord]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The plan's name and its stages in order, or what having none means.
+/// What a push of the unit will do: roll out through its own plan, or (with none) through the
+/// plan the pusher names, else the built-in default plan; each with its stages.
 fn plan_summary(unit: &UnitRecord) -> String {
     let Some(text) = &unit.plan else {
-        return "none: pushes only store versions".to_owned();
+        let default = match Plan::parse(
+            super::versions::DEFAULT_PLAN_NAME,
+            super::versions::DEFAULT_PLAN_TEXT,
+        ) {
+            Ok(plan) => plan_text(&plan),
+            Err(_) => "the built-in default plan".to_owned(),
+        };
+        return format!(
+            "none of its own: a push rolls out through `--plan FILE` when given, else the \
+             built-in default plan {default}; `push --no-rollout` only stores the version"
+        );
     };
     match Plan::parse(&format!("{}.plan", unit.name), text) {
-        Ok(plan) => {
-            let stages: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
-            format!("{}: {}", plan.name, stages.join(" → "))
-        }
+        Ok(plan) => format!(
+            "{} (its own; every push rolls out through it)",
+            plan_text(&plan)
+        ),
         Err(errors) => format!(
             "unreadable ({} errors; see `-o json` for its text)",
             errors.errors.len()
         ),
     }
+}
+
+/// `default: employees (bake 2m) → free-10 (10%, bake 5m) → ... ; soak 1h`.
+fn plan_text(plan: &Plan) -> String {
+    let stages: Vec<String> = plan
+        .stages
+        .iter()
+        .map(|stage| {
+            let mut notes = Vec::new();
+            if stage.percent.basis_points < 10_000 {
+                let whole = stage.percent.basis_points / 100;
+                let rest = stage.percent.basis_points % 100;
+                notes.push(if rest == 0 {
+                    format!("{whole}%")
+                } else {
+                    format!("{whole}.{rest:02}%")
+                });
+            }
+            notes.push(format!("bake {}", format_ms(stage.bake_ms)));
+            if stage.approval {
+                notes.push("approval".to_owned());
+            }
+            format!("{} ({})", stage.name, notes.join(", "))
+        })
+        .collect();
+    format!(
+        "{}: {}; soak {}",
+        plan.name,
+        stages.join(" → "),
+        format_ms(plan.soak_ms)
+    )
 }
 
 /// The validator's argv, each argument quoted where it would be ambiguous, and its timeout.

@@ -25,7 +25,7 @@ pub const PLAN_FILE_MAX_BYTES: u64 = 1024 * 1024;
 pub const HASH_PREFIX_MIN_CHARS: usize = 4;
 /// The plan `push` uses when no `--plan` is given.
 pub const DEFAULT_PLAN_NAME: &str = "examples/plans/default.yaml";
-const DEFAULT_PLAN_TEXT: &str = include_str!("../../../../examples/plans/default.yaml");
+pub const DEFAULT_PLAN_TEXT: &str = include_str!("../../../../examples/plans/default.yaml");
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
@@ -53,6 +53,10 @@ pub struct PushArgs {
     /// Roll out a quarantined version anyway (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Then follow the rollout it started as `rollout watch` does: exits 0 when it completes,
+    /// 3 when it is rolled back or aborted.
+    #[arg(long, conflicts_with = "no_rollout")]
+    pub watch: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -151,9 +155,14 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
             },
         )?,
     };
+    let watched = if args.watch {
+        rollout.as_ref().map(|view| view.id.0)
+    } else {
+        None
+    };
     if args.remote.json() {
         print_json(&json!({"version": version, "created": created, "rollout": rollout}))?;
-        return Ok(Outcome::Success);
+        return follow(watched, &args.remote);
     }
     let novelty = if created { "new" } else { "already stored" };
     outln!("version  {} ({novelty})", version.hash);
@@ -174,7 +183,22 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         None if args.no_rollout => outln!("rollout  none (--no-rollout)"),
         None => outln!("rollout  none started"),
     }
-    Ok(Outcome::Success)
+    follow(watched, &args.remote)
+}
+
+/// `push --watch`: follow the rollout the push started, if any.
+fn follow(rollout: Option<u64>, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
+    match rollout {
+        Some(id) => super::watch::run(
+            &super::watch::WatchArgs {
+                id,
+                interval: super::watch::INTERVAL_DEFAULT.to_owned(),
+                timeout: super::watch::TIMEOUT_DEFAULT.to_owned(),
+            },
+            remote,
+        ),
+        None => Ok(Outcome::Success),
+    }
 }
 
 /// A rollout to request: `version` of `unit` through a plan.

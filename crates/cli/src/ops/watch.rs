@@ -16,8 +16,8 @@ use super::RemoteArgs;
 use super::client::ClientError;
 use super::render::{now_ms, rfc3339};
 use super::rollout::{
-    fetch, gate_line, parse_rollout_id, phase_name, stage_text, status_name, time_left,
-    verdict_text,
+    approval_hint, fetch, gate_line, nodes_text, parse_rollout_id, phase_name, skipped_stages,
+    stage_text, status_name, time_left, verdict_text,
 };
 use crate::Outcome;
 
@@ -30,6 +30,9 @@ pub const TIMEOUT_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
 pub const POLL_FAILURES_MAX: u32 = 20;
 /// Longest pause between retries of a failed poll, in milliseconds.
 pub const RETRY_BACKOFF_MAX_MS: u64 = 5_000;
+/// `--interval` and `--timeout` when not given.
+pub const INTERVAL_DEFAULT: &str = "500ms";
+pub const TIMEOUT_DEFAULT: &str = "2h";
 /// Plain output repeats an unchanged line this often, in milliseconds.
 pub const PLAIN_HEARTBEAT_MS: u64 = 10_000;
 
@@ -39,10 +42,10 @@ pub struct WatchArgs {
     #[arg(value_parser = parse_rollout_id)]
     pub id: u64,
     /// How often to ask the server.
-    #[arg(long, value_name = "DURATION", default_value = "500ms")]
+    #[arg(long, value_name = "DURATION", default_value = INTERVAL_DEFAULT)]
     pub interval: String,
     /// Give up (exit 1) when the rollout has not ended after this long.
-    #[arg(long, value_name = "DURATION", default_value = "2h")]
+    #[arg(long, value_name = "DURATION", default_value = TIMEOUT_DEFAULT)]
     pub timeout: String,
 }
 
@@ -61,6 +64,8 @@ fn duration_flag(flag: &str, text: &str, min_ms: u64, max_ms: u64) -> anyhow::Re
 
 /// How progress is shown.
 trait Progress {
+    /// A stage that selected no node and passed at once, and why.
+    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()>;
     fn update(&mut self, view: &RolloutView, now_ms: u64) -> anyhow::Result<()>;
     fn finish(&mut self, view: &RolloutView) -> anyhow::Result<()>;
 }
@@ -83,6 +88,9 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
     };
     let polls_max = timeout_ms / interval_ms + 1;
     let mut failures: u32 = 0;
+    // The stage (and whether the rollout ended) when skipped stages were last looked for.
+    let mut last_stage: Option<(usize, bool)> = None;
+    let mut skipped_shown = 0usize;
     for _ in 0..polls_max {
         let view = match fetch(&client, args.id) {
             Ok(view) => {
@@ -108,6 +116,15 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
             }
             Err(error) => return Err(error.into()),
         };
+        if last_stage != Some((view.stage_index, view.status.is_terminal())) {
+            last_stage = Some((view.stage_index, view.status.is_terminal()));
+            if let Ok(skipped) = skipped_stages(&client, args.id) {
+                for (stage, why) in skipped.iter().skip(skipped_shown) {
+                    progress.skipped(stage, why)?;
+                }
+                skipped_shown = skipped_shown.max(skipped.len());
+            }
+        }
         if view.status.is_terminal() {
             progress.finish(&view)?;
             return Ok(match view.status {
@@ -128,19 +145,20 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
 /// One line about where the rollout is.
 fn summary(view: &RolloutView) -> String {
     let mut text = format!(
-        "r{} {} {}: {}/{} nodes applied, {} exposed",
+        "r{} {} {}: {}",
         view.id.0,
         status_name(view.status),
         stage_text(view),
-        view.nodes_applied,
-        view.nodes_targeted,
-        view.nodes_exposed
+        nodes_text(view)
     );
     if let Some(bake_ms) = view.bake_remaining_ms {
         text.push_str(&format!(", bake {} left", time_left(bake_ms)));
     }
     if let Some(soak_ms) = view.soak_remaining_ms {
         text.push_str(&format!(", soak {} left", time_left(soak_ms)));
+    }
+    if let Some(hint) = approval_hint(view) {
+        text.push_str(&format!("; {hint}"));
     }
     text
 }
@@ -207,6 +225,11 @@ impl Lines {
 }
 
 impl Progress for Lines {
+    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
+        outln!("{} stage {stage} {why}", rfc3339(now_ms()));
+        Ok(())
+    }
+
     fn update(&mut self, view: &RolloutView, now_ms: u64) -> anyhow::Result<()> {
         for line in self.lines_for(view, now_ms) {
             outln!("{line}");
@@ -227,6 +250,11 @@ struct JsonLines {
 }
 
 impl Progress for JsonLines {
+    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
+        outln!("{}", serde_json::json!({"stage": stage, "skipped": why}));
+        Ok(())
+    }
+
     fn update(&mut self, view: &RolloutView, _now_ms: u64) -> anyhow::Result<()> {
         let line = serde_json::to_string(view)?;
         if line != self.last {
@@ -260,7 +288,7 @@ impl std::fmt::Debug for Bars {
 impl Bars {
     fn new() -> Self {
         let stage_style = ProgressStyle::with_template(
-            "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} nodes applied  {msg}",
+            "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} exposed nodes applied  {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
@@ -285,6 +313,11 @@ impl Bars {
 }
 
 impl Progress for Bars {
+    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
+        self.multi.suspend(|| outln!("stage {stage} {why}"));
+        Ok(())
+    }
+
     fn update(&mut self, view: &RolloutView, _now_ms: u64) -> anyhow::Result<()> {
         if self
             .current
@@ -294,7 +327,7 @@ impl Progress for Bars {
             self.close_stage("passed");
         }
         let (_, bar, gates) = self.current.get_or_insert_with(|| {
-            let bar = self.multi.add(ProgressBar::new(view.nodes_targeted));
+            let bar = self.multi.add(ProgressBar::new(view.nodes_exposed));
             bar.set_style(self.stage_style.clone());
             bar.set_prefix(format!(
                 "stage {}/{} {}",
@@ -304,12 +337,12 @@ impl Progress for Bars {
             ));
             (view.stage_index, bar, Vec::new())
         });
-        bar.set_length(view.nodes_targeted);
-        bar.set_position(view.nodes_applied.min(view.nodes_targeted));
+        bar.set_length(view.nodes_exposed);
+        bar.set_position(view.nodes_applied.min(view.nodes_exposed));
         let mut message = format!(
-            "{} · {} exposed",
+            "{} · this stage selects {}",
             phase_name(&view.phase),
-            view.nodes_exposed
+            view.nodes_targeted
         );
         if let Some(bake_ms) = view.bake_remaining_ms {
             message.push_str(&format!(" · bake {} left", time_left(bake_ms)));
@@ -319,6 +352,9 @@ impl Progress for Bars {
         }
         if view.status != RolloutStatus::Running {
             message = format!("{} · {message}", status_name(view.status).to_uppercase());
+        }
+        if let Some(hint) = approval_hint(view) {
+            message.push_str(&format!(" · {hint}"));
         }
         bar.set_message(message);
         for (index, gate) in view.gates.iter().enumerate() {
@@ -397,7 +433,7 @@ mod tests {
         assert_eq!(
             printed,
             [
-                "2025-11-18T00:00:00Z r7 running stage 1/5 employees (applying): 1/4 nodes applied, 4 exposed",
+                "2025-11-18T00:00:00Z r7 running stage 1/5 employees (applying): 1/4 nodes applied (this stage selects 4)",
                 "2025-11-18T00:00:00Z   gate error_rate > 0.5%: pass: error_rate 0.1% ≤ 0.5%",
             ]
         );
@@ -412,7 +448,7 @@ mod tests {
         // A node applied: printed at once.
         let printed = lines.lines_for(&view(2, Some(4_000)), heartbeat + 1);
         assert!(
-            printed[0].contains("2/4 nodes applied, 4 exposed, bake 4s left"),
+            printed[0].contains("2/4 nodes applied (this stage selects 4), bake 4s left"),
             "{printed:?}"
         );
     }

@@ -99,8 +99,10 @@ mod events;
 mod index;
 mod judge;
 mod lifecycle;
+mod operator;
 
 use index::{Derived, Exposure, Exposures, FleetIndex, Role, RoleIndex};
+pub use operator::QuarantinedVersion;
 
 /// Operator commands on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +187,21 @@ pub enum Event {
         actor: String,
         reason: String,
     },
+    /// An admin lifted the quarantine of `version` of `unit` (see `engine/operator.rs`).
+    QuarantineLifted {
+        unit: UnitName,
+        version: VersionHash,
+        actor: String,
+        reason: String,
+    },
+    /// Revert the nodes an aborted rollout left on its version (see `engine/operator.rs`).
+    RevertAborted {
+        rollout: RolloutId,
+        actor: String,
+        reason: String,
+    },
+    /// A unit was deleted: it leaves every node (see `engine/operator.rs`).
+    UnitRemoved { unit: UnitName },
 }
 
 /// What the caller must do after a step.
@@ -228,6 +245,8 @@ pub enum ChangeKind {
     SoakStarted,
     /// The soak ended with no failing gate or hard signal.
     SoakPassed,
+    /// An admin lifted a version's quarantine.
+    QuarantineLifted,
 }
 
 /// One changelog record: who did what, why, where.
@@ -325,6 +344,15 @@ pub enum EngineError {
         given: usize,
         limit: usize,
     },
+    #[error("version {version} of unit {unit} is not quarantined")]
+    NotQuarantined {
+        unit: UnitName,
+        version: VersionHash,
+    },
+    #[error("unit {unit} has rollout {rollout} open; abort it or let it end first")]
+    UnitBusy { unit: UnitName, rollout: RolloutId },
+    #[error("rollout {rollout} cannot be reverted: {why}")]
+    CannotRevert { rollout: RolloutId, why: String },
 }
 
 /// Gates of a rollout are evaluated at most once per this many milliseconds of `now_ms` (on
@@ -838,6 +866,18 @@ impl Engine {
                 actor,
                 reason,
             } => self.on_command(now, *rollout, *command, actor, reason, &mut out)?,
+            Event::QuarantineLifted {
+                unit,
+                version,
+                actor,
+                reason,
+            } => self.on_quarantine_lifted(now, unit, *version, actor, reason, &mut out)?,
+            Event::RevertAborted {
+                rollout,
+                actor,
+                reason,
+            } => self.on_revert_aborted(now, *rollout, actor, reason, &mut out)?,
+            Event::UnitRemoved { unit } => self.on_unit_removed(unit, &mut out)?,
         }
         self.now_ms = now;
         Ok(out)

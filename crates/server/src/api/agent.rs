@@ -286,7 +286,45 @@ async fn concerning_node(
             change.concerns = Some(concerns.clone());
         }
     }
+    // A hard signal belongs to the rollout judging what the node runs, and its stage, so
+    // `log --rollout` tells the NACKs and crashes that rolled a version back.
+    let trials: Vec<Option<(u64, String)>> = state
+        .shared
+        .engine
+        .read(|engine, _| {
+            events
+                .iter()
+                .map(|(event, change)| {
+                    let (Some(_), Some(unit)) = (change, event_unit(event)) else {
+                        return None;
+                    };
+                    let rollout = engine.trial(node, unit)?;
+                    let stage = engine
+                        .rollout(rollout)
+                        .map(|view| view.stage_name)
+                        .unwrap_or_default();
+                    Some((rollout.0, stage))
+                })
+                .collect()
+        })
+        .await;
+    for ((_, change), trial) in events.iter_mut().zip(trials) {
+        if let (Some(change), Some((rollout, stage))) = (change.as_mut(), trial) {
+            change.rollout = Some(rollout);
+            change.stage = (!stage.is_empty()).then_some(stage);
+        }
+    }
     Ok(events)
+}
+
+/// The unit a hard-signal event is about.
+fn event_unit(event: &Event) -> Option<&failsmall_core::domain::UnitName> {
+    match event {
+        Event::Rejected { unit, .. }
+        | Event::Crashed { unit, .. }
+        | Event::HealthCheckFailed { unit, .. } => Some(unit),
+        _ => None,
+    }
 }
 
 fn report_event(
