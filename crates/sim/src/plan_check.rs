@@ -219,7 +219,7 @@ pub fn check_plan(
         .zip(&same_population_baseline)
         .enumerate()
     {
-        let gated = !stage.gates.is_empty();
+        let gated = stage.gates.iter().any(|gate| gate.reads_baseline());
         let pre_period_ms = match index.checked_sub(1) {
             None => stage.bake_ms,
             Some(before) => plan.stages.get(before).map_or(0, |s| s.bake_ms),

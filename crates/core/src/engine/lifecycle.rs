@@ -156,8 +156,9 @@ impl Engine {
         self.enter_stage_observing(id, index, true, now, out);
     }
 
-    /// Enters stage `index`. With `may_observe`, a first stage that would leave no node of its
-    /// selector unexposed, whose nodes run a version of the unit, observes them first (see
+    /// Enters stage `index`. With `may_observe`, a first stage with a gate that reads the
+    /// baseline, that would leave no node of its selector unexposed, and whose nodes run a
+    /// version of the unit, observes them first (see
     /// [`StagePhase::Observing`]) and exposes them when that ends.
     pub(super) fn enter_stage_observing(
         &mut self,
@@ -224,7 +225,7 @@ impl Engine {
         if may_observe
             && index == 0
             && observe_ms > 0
-            && !stage.gates.is_empty()
+            && stage.gates.iter().any(Gate::reads_baseline)
             && selector_left == 0
             && selected_with_version > 0
         {
