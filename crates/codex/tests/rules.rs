@@ -240,3 +240,29 @@ test_other_warns if {
     assert!(error.contains("owner_named.rego"), "{error}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The team rule the README shows loads, and its tests pass: the documentation is a test.
+#[test]
+fn the_readme_example_team_rule_loads_and_its_tests_pass() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let dir = std::env::temp_dir().join(format!("failsmall-codex-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut written = 0;
+    for block in readme.split("```rego\n").skip(1) {
+        let body = block.split("```").next().unwrap();
+        let first = body.lines().next().unwrap();
+        let name = first.strip_prefix("# codex/").unwrap();
+        std::fs::write(dir.join(name), body).unwrap();
+        written += 1;
+    }
+    assert_eq!(written, 2);
+    let codex = Codex::load(std::slice::from_ref(&dir)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(codex.rule("edge-soak").is_some());
+    let tests = codex.run_tests();
+    assert!(
+        tests
+            .iter()
+            .any(|t| t.name == "test_ten_minutes_is_denied" && t.passed)
+    );
+}
