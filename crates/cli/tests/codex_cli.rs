@@ -184,3 +184,177 @@ fn a_bad_team_rule_directory_is_an_error_naming_the_file() {
         stderr(&output)
     );
 }
+
+/// A `failsmall server` child on 127.0.0.1:0 with its defaults (the Codex enforced), killed
+/// when dropped.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+    admin: String,
+    http: reqwest::blocking::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let dir = failsmall_testkit::scratch_dir("failsmall-codex-cli-server-");
+        let data_dir = dir.path().join("data");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_failsmall"))
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some((head, _)) = line.split_once(", data in ")
+                && let Some(addr) = head.split("listening on ").nth(1)
+            {
+                break addr.to_owned();
+            }
+        };
+        // Keep draining the server's stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        // The server writes its first admin token once it has opened its store, just after it
+        // printed where it listens; the health check answers once that is done.
+        let http = reqwest::blocking::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !http
+            .get(format!("{addr}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server never served"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let admin = std::fs::read_to_string(data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            addr,
+            admin,
+            http,
+            _dir: dir,
+        }
+    }
+
+    /// Registers `node` with its labels, as its agent would.
+    fn register(&self, node: &str, cohort: &str, generation: &str) {
+        let token: Value = self
+            .http
+            .post(format!("{}/v1/tokens", self.addr))
+            .bearer_auth(&self.admin)
+            .json(&serde_json::json!({"name": format!("agent-{node}"), "role": "agent", "node": node}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let response = self
+            .http
+            .put(format!("{}/v1/nodes/{node}", self.addr))
+            .bearer_auth(token["token"].as_str().unwrap())
+            .json(&serde_json::json!({"labels": {"cohort": cohort, "generation": generation}}))
+            .send()
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().unwrap()
+        );
+    }
+
+    fn failsmall(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_failsmall"))
+            .args(args)
+            .current_dir(REPO)
+            .env("FAILSMALL_ADDR", &self.addr)
+            .env("FAILSMALL_TOKEN", &self.admin)
+            .output()
+            .unwrap()
+    }
+}
+
+/// End to end, through the real binaries: `failsmall server` enforces the starter Codex by
+/// default. A unit whose plan's first stage (employees, all on generation fl2) covered every
+/// build is accepted; once a node of generation fl1 registers, `failsmall push` is refused
+/// with the rule, its sentence and its link, and no version is stored.
+#[test]
+fn a_push_that_breaks_a_deny_rule_is_refused_through_the_cli() {
+    let server = Server::start();
+    server.register("emp-1", "employee", "fl2");
+    for index in 0..19 {
+        server.register(&format!("free-{index}"), "free", "fl2");
+    }
+    let created = server.failsmall(&[
+        "unit",
+        "create",
+        "bot-features",
+        "--spec",
+        "examples/units/bot-features.spec.yaml",
+        "--plan",
+        "examples/codex/first-gate-covers-builds/compliant/plan.yaml",
+    ]);
+    assert_eq!(created.status.code(), Some(0), "{}", stderr(&created));
+
+    // The instant plan is refused at once, whatever the fleet.
+    let instant = server.failsmall(&[
+        "unit",
+        "create",
+        "everywhere",
+        "--spec",
+        "examples/units/bot-features.spec.yaml",
+        "--plan",
+        "examples/plans/instant.yaml",
+    ]);
+    assert_eq!(instant.status.code(), Some(1), "{}", stdout(&instant));
+    let said = stderr(&instant);
+    assert!(said.contains("no-instant-plan"), "{said}");
+    assert!(
+        said.contains("If you need a change everywhere now, use break glass"),
+        "{said}"
+    );
+
+    server.register("free-fl1", "free", "fl1");
+    let pushed = server.failsmall(&[
+        "push",
+        "bot-features",
+        "examples/units/bot-features.json",
+        "-m",
+        "regenerated",
+    ]);
+    assert_eq!(pushed.status.code(), Some(1), "{}", stdout(&pushed));
+    let said = stderr(&pushed);
+    assert!(said.contains("422"), "{said}");
+    assert!(said.contains("first-gate-covers-builds"), "{said}");
+    assert!(
+        said.contains("If you need to change what every consumer build reads, use a first gated stage that holds nodes of every build"),
+        "{said}"
+    );
+    assert!(
+        said.contains("docs/codex/first-gate-covers-builds.md"),
+        "{said}"
+    );
+    let versions = server.failsmall(&["unit", "show", "bot-features", "-o", "json"]);
+    assert_eq!(versions.status.code(), Some(0), "{}", stderr(&versions));
+    let shown: Value = serde_json::from_str(&stdout(&versions)).unwrap();
+    assert_eq!(shown["versions"], serde_json::json!([]), "{shown}");
+}
