@@ -1208,6 +1208,7 @@ async fn update_unit(
     let mut judgement = Judgement::new(CodexAction::UnitUpdate, &caller, name.as_str());
     (judgement.spec, judgement.raw_spec, judgement.plan) =
         (Some(request.spec.clone()), raw_spec, plan);
+    judgement.validator = request.validator.as_ref().map(|v| json!(v));
     let warnings = state.judge(judgement).await?;
     let unit = db(&state, move |store| {
         let reason = format!(
@@ -1303,6 +1304,7 @@ async fn push_version(
     let mut judgement = Judgement::new(CodexAction::Push, &caller, name.as_str());
     (judgement.spec, judgement.plan) = (Some(unit.spec.clone()), plan.clone());
     judgement.skip_validation = query.skip_validation;
+    judgement.validator = unit.validator.as_ref().map(|v| json!(v));
     let warnings = state.judge(judgement).await?;
 
     let checked = content.clone();
