@@ -266,3 +266,79 @@ fn the_readme_example_team_rule_loads_and_its_tests_pass() {
             .any(|t| t.name == "test_ten_minutes_is_denied" && t.passed)
     );
 }
+
+/// Every plan and spec in the repository (examples, scenarios, the Codex's own examples) is
+/// judged by every rule without a rule failing to evaluate, and every finding lands on a line.
+#[test]
+fn every_file_of_the_repository_is_judged_without_a_broken_rule() {
+    let codex = Codex::starter().unwrap();
+    let report = check_paths(
+        &codex,
+        &[repo().join("examples"), repo().join("scenarios")],
+        &built_in_fleet().unwrap(),
+        &RuleConfig::default(),
+    )
+    .unwrap();
+    assert!(report.errors.is_empty(), "{:#?}", report.errors);
+    assert!(report.files.len() >= 20, "{:#?}", report.files);
+    for finding in &report.findings {
+        assert!(
+            !finding.message.contains("could not be evaluated"),
+            "{finding:#?}"
+        );
+        assert!(
+            finding.file.is_some() && finding.line.is_some(),
+            "{finding:#?}"
+        );
+    }
+}
+
+/// A rule that fails at evaluation denies, saying so: a broken rule never lets a change through.
+#[test]
+fn a_rule_that_fails_to_evaluate_denies() {
+    let dir = std::env::temp_dir().join(format!("failsmall-codex-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("divides.rego"),
+        r#"package failsmall.codex.team.divides
+
+rule := {
+	"id": "divides",
+	"severity": "warn",
+	"sentence": "If you need a broken rule, use this one.",
+	"link": "docs/none.md",
+}
+
+# Two values for one complete rule: an error at evaluation.
+share := 1 if is_object(input.plan)
+
+share := 2 if is_object(input.plan)
+
+violations contains v if {
+	share > 0
+	v := {"message": "unreachable"}
+}
+"#,
+    )
+    .unwrap();
+    let codex = Codex::load(std::slice::from_ref(&dir)).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let mut input = failsmall_codex::Input::new(failsmall_codex::Action::Check);
+    input.plan = Some(
+        failsmall_core::plan::Plan::parse(
+            "p.yaml",
+            "name: p\nstages:\n  - select: { cohort: employee }\n    gates: ['error_rate > 1%']\n",
+        )
+        .unwrap(),
+    );
+    let findings = codex.evaluate(&input).unwrap();
+    let broken: Vec<_> = findings.iter().filter(|f| f.rule == "divides").collect();
+    assert_eq!(broken.len(), 1, "{findings:#?}");
+    for finding in &broken {
+        assert_eq!(finding.severity, Severity::Deny, "{finding:#?}");
+        assert!(
+            finding.message.contains("could not be evaluated"),
+            "{finding:#?}"
+        );
+    }
+}
