@@ -168,15 +168,14 @@ fn list_and_explain_print_the_rules() {
 
 #[test]
 fn a_bad_team_rule_directory_is_an_error_naming_the_file() {
-    let dir = std::env::temp_dir().join(format!("failsmall-codex-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = failsmall_testkit::scratch_dir("failsmall-codex-cli-");
+    let dir = scratch.path();
     std::fs::write(
         dir.join("broken.rego"),
         "package failsmall.codex.broken\nrule := {\n",
     )
     .unwrap();
     let output = failsmall(&["codex", "list", "--codex-dir", dir.to_str().unwrap()]);
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("broken.rego"),

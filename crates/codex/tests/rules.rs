@@ -166,8 +166,8 @@ fn the_shipped_plans_and_units_keep_to_the_codex() {
 /// lacks its metadata, refuses the whole set with the file named.
 #[test]
 fn team_rules_load_from_a_directory_and_are_checked_at_load() {
-    let dir = std::env::temp_dir().join(format!("failsmall-codex-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = failsmall_testkit::scratch_dir("failsmall-codex-");
+    let dir = scratch.path().to_owned();
     let rule = r#"package failsmall.codex.team.owner_named
 
 rule := {
@@ -238,15 +238,14 @@ test_other_warns if {
         .unwrap_err()
         .to_string();
     assert!(error.contains("owner_named.rego"), "{error}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The team rule the README shows loads, and its tests pass: the documentation is a test.
 #[test]
 fn the_readme_example_team_rule_loads_and_its_tests_pass() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let dir = std::env::temp_dir().join(format!("failsmall-codex-readme-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = failsmall_testkit::scratch_dir("failsmall-codex-readme-");
+    let dir = scratch.path().to_owned();
     let mut written = 0;
     for block in readme.split("```rego\n").skip(1) {
         let body = block.split("```").next().unwrap();
@@ -257,7 +256,6 @@ fn the_readme_example_team_rule_loads_and_its_tests_pass() {
     }
     assert_eq!(written, 2);
     let codex = Codex::load(std::slice::from_ref(&dir)).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(codex.rule("edge-soak").is_some());
     let tests = codex.run_tests();
     assert!(
@@ -296,8 +294,8 @@ fn every_file_of_the_repository_is_judged_without_a_broken_rule() {
 /// A rule that fails at evaluation denies, saying so: a broken rule never lets a change through.
 #[test]
 fn a_rule_that_fails_to_evaluate_denies() {
-    let dir = std::env::temp_dir().join(format!("failsmall-codex-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = failsmall_testkit::scratch_dir("failsmall-codex-broken-");
+    let dir = scratch.path().to_owned();
     std::fs::write(
         dir.join("divides.rego"),
         r#"package failsmall.codex.team.divides
@@ -322,7 +320,6 @@ violations contains v if {
     )
     .unwrap();
     let codex = Codex::load(std::slice::from_ref(&dir)).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     let mut input = failsmall_codex::Input::new(failsmall_codex::Action::Check);
     input.plan = Some(
         failsmall_core::plan::Plan::parse(
