@@ -421,6 +421,18 @@ impl PlanCheckReport {
             out,
             "worst case from first bad exposure to full rollback: {worst}"
         );
+        if let Some(power) = &self.power {
+            let requests = power.canary_requests_to_detect.map_or_else(
+                || "no estimate (no baseline beside the canary)".to_owned(),
+                |n| format!("about {n:.0} canary requests"),
+            );
+            let _ = writeln!(
+                out,
+                "power of stage {:?}: {requests} to catch errors going 0.1% -> 0.5% with significant(error_rate > baseline.error_rate) (canary {:.2}% of traffic)",
+                power.stage,
+                power.canary_traffic_fraction * 100.0
+            );
+        }
         let _ = writeln!(
             out,
             "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12}",
