@@ -136,6 +136,24 @@ async fn a_push_that_breaks_a_deny_rule_is_refused_with_the_rules_sentence_and_l
         0,
         "{rollouts}"
     );
+
+    // An update that leaves the plan out keeps it, so it is judged with it: refused too.
+    let (_, unit) = server
+        .admin(Method::GET, "/v1/units/bot-features", None)
+        .await;
+    let (status, body) = server
+        .admin(
+            Method::PUT,
+            "/v1/units/bot-features",
+            Some(json!({"revision": unit["revision"], "spec": spec(), "owner": "bots"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_denied_by(
+        &body,
+        "first-gate-covers-builds",
+        "If you need to change what every consumer build reads",
+    );
     server.stop().await;
 }
 
