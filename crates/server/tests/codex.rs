@@ -343,3 +343,29 @@ violations contains v if {
     );
     server.stop().await;
 }
+
+/// A team rule that does not load stops the server at start, naming the file: a server never
+/// runs with fewer rules than it was given.
+#[tokio::test]
+async fn a_team_rule_that_does_not_load_stops_the_server() {
+    let dir = fresh_dir("codex-broken");
+    let rules = dir.path().join("rules");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("half.rego"),
+        "package failsmall.codex.half\nrule := {\n",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut config = failsmall_server::ServerConfig::new(dir.path().join("data"), address);
+    config.codex = CodexConfig {
+        mode: CodexMode::Enforce,
+        dirs: vec![rules],
+    };
+    let error = failsmall_server::run(config, listener, std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("half.rego"), "{error}");
+}
