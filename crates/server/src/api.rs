@@ -664,7 +664,6 @@ fn parse_plan(plan_file: &str, text: &str) -> Result<Plan, ApiError> {
     })
 }
 
-/// The file name a unit's plan is reported under.
 /// The `spec` of a unit request as written, to tell the keys it declares from defaults.
 fn raw_spec(body: &Result<Bytes, BytesRejection>) -> Option<Value> {
     let bytes = body.as_ref().ok()?;
@@ -674,6 +673,7 @@ fn raw_spec(body: &Result<Bytes, BytesRejection>) -> Option<Value> {
         .cloned()
 }
 
+/// The file name a unit's plan is reported under.
 fn unit_plan_file(unit: &str) -> String {
     format!("{unit}.plan")
 }
