@@ -198,36 +198,6 @@ pub(crate) fn judge(
     Ok(findings)
 }
 
-/// The changelog entries of `findings`, about `unit`, as `actor`.
-pub(crate) fn warning_changes<'a>(
-    findings: &'a [Finding],
-    reasons: &'a [String],
-    at_ms: u64,
-    actor: &'a str,
-    unit: &'a str,
-) -> Vec<NewChange<'a>> {
-    findings
-        .iter()
-        .zip(reasons)
-        .map(|(_, reason)| NewChange {
-            at_ms,
-            actor,
-            kind: WARNING_KIND,
-            unit: Some(unit),
-            version: None,
-            reason,
-            concerns: None,
-            rollout: None,
-            stage: None,
-        })
-        .collect()
-}
-
-/// One sentence per finding, for the changelog: `warn rule: message — sentence (link)`.
-pub(crate) fn warning_reasons(findings: &[Finding]) -> Vec<String> {
-    findings.iter().map(Finding::one_line).collect()
-}
-
 /// Records each finding as a `codex_warning` changelog entry.
 pub(crate) fn record_warnings(
     store: &Store,
@@ -236,9 +206,19 @@ pub(crate) fn record_warnings(
     actor: &str,
     unit: &str,
 ) -> Result<(), ApiError> {
-    let reasons = warning_reasons(findings);
-    for change in warning_changes(findings, &reasons, at_ms, actor, unit) {
-        store.record(&change)?;
+    for finding in findings {
+        let reason = finding.one_line();
+        store.record(&NewChange {
+            at_ms,
+            actor,
+            kind: WARNING_KIND,
+            unit: Some(unit),
+            version: None,
+            reason: &reason,
+            concerns: None,
+            rollout: None,
+            stage: None,
+        })?;
     }
     Ok(())
 }
