@@ -7,6 +7,7 @@
 #[macro_use]
 mod output;
 mod agent_cmd;
+mod codex_cmd;
 mod demo_cmd;
 mod demo_consumer_cmd;
 mod loadgen_cmd;
@@ -52,6 +53,9 @@ enum Command {
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
+    /// The Codex: lessons as rules. Check specs and plans offline, list and explain rules.
+    #[command(subcommand)]
+    Codex(codex_cmd::CodexCommand),
     /// The operator commands: unit, push, diff, rollout, log, nodes, token, validate, version,
     /// versions, quarantine, node, whoami, status, completions.
     #[command(flatten)]
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         Command::DemoConsumer(args) => demo_consumer_cmd::run(&args),
         Command::Loadgen(args) => loadgen_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),
+        Command::Codex(command) => codex_cmd::run(&command),
         Command::Ops(command) => ops::run(&command),
     };
     match result {

@@ -40,6 +40,15 @@ pub struct ServerArgs {
     /// server's start at the earliest.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expire_after_ms)]
     pub node_expire_after: u64,
+    /// The Codex (lessons as rules) judges every unit created or changed, push and rollout:
+    /// `enforce` refuses a deny with 422 and records warnings in the changelog; `warn` records
+    /// every finding and refuses nothing (to adopt it); `off` does not consult it.
+    #[arg(long, value_name = "MODE", default_value = "enforce")]
+    pub codex: failsmall_server::codex::CodexMode,
+    /// A directory of team rules (`*.rego`, with their `_test.rego`) added to the starter
+    /// Codex; repeatable. A rule that does not load or whose tests fail stops the server.
+    #[arg(long = "codex-dir", value_name = "DIR")]
+    pub codex_dirs: Vec<PathBuf>,
 }
 
 /// How long a node may be silent before it is removed: `0s` (never), or at least one second.
@@ -114,6 +123,10 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
     config.desired_ttl_ms = args.desired_ttl;
     config.node_down_after_ms = args.node_down_after;
     config.node_expire_after_ms = args.node_expire_after;
+    config.codex = failsmall_server::codex::CodexConfig {
+        mode: args.codex,
+        dirs: args.codex_dirs.clone(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

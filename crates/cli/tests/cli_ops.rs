@@ -107,7 +107,7 @@ impl Server {
     fn start_in(dir: Arc<tempfile::TempDir>, listen: &str) -> Self {
         let data_dir = dir.path().join("data");
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", listen, "--data-dir"])
+            .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

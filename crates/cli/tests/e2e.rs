@@ -575,6 +575,8 @@ impl Fleet {
     fn start_server(dir: &Path, listen: &str, run: u32) -> (Proc, String) {
         let args: Vec<String> = [
             "server",
+            "--codex",
+            "off",
             "--data-dir",
             &dir.join("server").display().to_string(),
             "--listen",
@@ -984,6 +986,8 @@ fn fleet_of_real_processes_releases_good_versions_and_contains_bad_ones() {
         run += 1;
         let args = vec![
             "server".to_owned(),
+            "--codex".to_owned(),
+            "off".to_owned(),
             "--data-dir".to_owned(),
             dir.join("server").display().to_string(),
             "--listen".to_owned(),

@@ -82,7 +82,7 @@ struct Server {
 impl Server {
     fn start(data_dir: &Path) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_failsmall"))
-            .args(["server", "--data-dir"])
+            .args(["server", "--codex", "off", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())

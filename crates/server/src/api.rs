@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
+use failsmall_codex::{Action as CodexAction, Finding};
 use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash, rfc3339_from_ms};
 use failsmall_core::engine::{Action, Command, EngineError, Event, RolloutStatus};
 use failsmall_core::plan::Plan;
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Access, Caller, Role, new_token, token_sha256};
 use crate::batcher::ReportBatcher;
+use crate::codex::{CodexGate, Judgement};
 use crate::error::ApiError;
 use crate::liveness::{Liveness, NODE_DOWN_AFTER_MS_DEFAULT};
 use crate::rollouts::{Cause, EngineHost, StepError};
@@ -392,6 +394,8 @@ struct Shared {
     /// Where validator commands' input files are written (the server's data dir: private to
     /// the server); `None`: the system's temporary directory.
     scratch_dir: Option<std::path::PathBuf>,
+    /// The Codex that judges units, pushes and rollouts; `None`: off.
+    codex: Option<Arc<CodexGate>>,
 }
 
 /// What every handler shares.
@@ -426,6 +430,7 @@ impl AppState {
                 liveness: Arc::new(Liveness::default()),
                 node_down_after_ms: NODE_DOWN_AFTER_MS_DEFAULT,
                 scratch_dir: None,
+                codex: None,
             }),
         }
     }
@@ -444,6 +449,27 @@ impl AppState {
             shared.node_down_after_ms = ms.max(1_000);
         }
         self
+    }
+
+    /// Units, pushes and rollouts are judged by `codex` (see [`crate::codex`]). Call before
+    /// serving.
+    pub fn with_codex(mut self, codex: Option<CodexGate>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.codex = codex.map(Arc::new);
+        }
+        self
+    }
+
+    /// Judges a request by the Codex: a deny (enforced) is the 422 to answer; otherwise the
+    /// findings to record as warnings (none when the Codex is off).
+    async fn judge(&self, judgement: Judgement) -> Result<Vec<Finding>, ApiError> {
+        let Some(gate) = self.shared.codex.clone() else {
+            return Ok(Vec::new());
+        };
+        db(self, move |store| {
+            crate::codex::judge(&gate, store, judgement)
+        })
+        .await
     }
 
     /// Where agents' requests mark their nodes seen; its flush task is the caller's.
@@ -702,6 +728,15 @@ fn parse_plan(plan_file: &str, text: &str) -> Result<Plan, ApiError> {
         )
         .with_detail(json!({ "reasons": reasons }))
     })
+}
+
+/// The `spec` of a unit request as written, to tell the keys it declares from defaults.
+fn raw_spec(body: &Result<Bytes, BytesRejection>) -> Option<Value> {
+    let bytes = body.as_ref().ok()?;
+    serde_json::from_slice::<Value>(bytes)
+        .ok()?
+        .get("spec")
+        .cloned()
 }
 
 /// The file name a unit's plan is reported under.
@@ -1141,6 +1176,7 @@ async fn create_unit(
     Extension(body_limit): Extension<BodyLimit>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let raw_spec = raw_spec(&body);
     let request: CreateUnitRequest = json_body(body)?;
     let name = unit_name(&request.name)?;
     text_field("owner", &request.owner)?;
@@ -1150,9 +1186,14 @@ async fn create_unit(
         only_admin_sets_validator(&caller)?;
     }
     check_validator(request.validator.as_ref())?;
-    if let Some(plan) = &request.plan {
-        parse_plan(&unit_plan_file(name.as_str()), plan)?;
-    }
+    let plan = (request.plan.as_deref())
+        .map(|plan| parse_plan(&unit_plan_file(name.as_str()), plan))
+        .transpose()?;
+    let mut judgement = Judgement::new(CodexAction::UnitCreate, &caller, name.as_str());
+    (judgement.spec, judgement.raw_spec, judgement.plan) =
+        (Some(request.spec.clone()), raw_spec, plan);
+    judgement.validator = request.validator.as_ref().map(|v| json!(v));
+    let warnings = state.judge(judgement).await?;
     let unit = db(&state, move |store| {
         let change = NewChange {
             at_ms: now_ms(),
@@ -1172,7 +1213,9 @@ async fn create_unit(
             plan: request.plan.as_deref(),
             validator: ValidatorChange::Set(request.validator.as_ref()),
         };
-        Ok(store.create_unit_with(name.as_str(), &fields, &change)?)
+        let unit = store.create_unit_with(name.as_str(), &fields, &change)?;
+        crate::codex::record_warnings(store, &warnings, change.at_ms, &caller.name, name.as_str())?;
+        Ok(unit)
     })
     .await?;
     Ok((StatusCode::CREATED, axum::Json(json!(unit))))
@@ -1195,12 +1238,14 @@ async fn update_unit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
+    let raw_spec = raw_spec(&body);
     let request: UpdateUnitRequest = json_body(body)?;
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
-    if let Some(Some(plan)) = &request.plan {
-        parse_plan(&unit_plan_file(name.as_str()), plan)?;
+    let mut plan = None;
+    if let Some(Some(text)) = &request.plan {
+        plan = Some(parse_plan(&unit_plan_file(name.as_str()), text)?);
     }
     if let Some(validator) = &request.validator {
         check_validator(validator.as_ref())?;
@@ -1219,6 +1264,18 @@ async fn update_unit(
             true
         }
     };
+    // The plan the unit will have: the one sent, or (absent) the one it has.
+    if request.plan.is_none() && state.shared.codex.is_some() {
+        let lookup = name.clone();
+        let current = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+        plan = (current.plan.as_deref())
+            .and_then(|text| Plan::parse(&unit_plan_file(name.as_str()), text).ok());
+    }
+    let mut judgement = Judgement::new(CodexAction::UnitUpdate, &caller, name.as_str());
+    (judgement.spec, judgement.raw_spec, judgement.plan) =
+        (Some(request.spec.clone()), raw_spec, plan);
+    judgement.validator = request.validator.as_ref().map(|v| json!(v));
+    let warnings = state.judge(judgement).await?;
     let unit = db(&state, move |store| {
         let validator = match &request.validator {
             Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
@@ -1252,7 +1309,9 @@ async fn update_unit(
             rollout: None,
             stage: None,
         };
-        Ok(store.update_unit_with(name.as_str(), request.revision, &fields, &change)?)
+        let unit = store.update_unit_with(name.as_str(), request.revision, &fields, &change)?;
+        crate::codex::record_warnings(store, &warnings, change.at_ms, &caller.name, name.as_str())?;
+        Ok(unit)
     })
     .await?;
     Ok(axum::Json(json!(unit)))
@@ -1303,6 +1362,11 @@ async fn push_version(
         .as_deref()
         .map(|text| parse_plan(&unit_plan_file(name.as_str()), text))
         .transpose()?;
+    let mut judgement = Judgement::new(CodexAction::Push, &caller, name.as_str());
+    (judgement.spec, judgement.plan) = (Some(unit.spec.clone()), plan.clone());
+    judgement.skip_validation = query.skip_validation;
+    judgement.validator = unit.validator.as_ref().map(|v| json!(v));
+    let warnings = state.judge(judgement).await?;
 
     let checked = content.clone();
     let validator = unit.validator.clone();
@@ -1371,6 +1435,11 @@ async fn push_version(
         stage: None,
     };
     let mut changes = vec![pushed.clone()];
+    changes.extend(warnings.iter().map(|finding| ChangeRow {
+        kind: crate::codex::WARNING_KIND.to_owned(),
+        reason: finding.one_line(),
+        ..pushed.clone()
+    }));
     if skipped {
         changes.push(ChangeRow {
             kind: "validation_skipped".to_owned(),
@@ -1841,10 +1910,16 @@ async fn create_rollout(
     let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
     let plan = parse_plan(&plan_file, &request.plan)?;
     let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());
-    db(&state, move |store| {
-        Ok(store.version(lookup_unit.as_str(), &lookup_version)?)
+    let record = db(&state, move |store| {
+        store.version(lookup_unit.as_str(), &lookup_version)?;
+        Ok(store.unit(lookup_unit.as_str())?)
     })
     .await?;
+    let mut judgement = Judgement::new(CodexAction::RolloutStart, &caller, unit.as_str());
+    (judgement.spec, judgement.plan) = (Some(record.spec), Some(plan.clone()));
+    judgement.override_quarantine = request.override_quarantine;
+    let warnings = state.judge(judgement).await?;
+    let unit_text = unit.to_string();
     let event = Event::RolloutRequested {
         unit,
         version,
@@ -1869,6 +1944,13 @@ async fn create_rollout(
         Some(id) => host.read(|engine, _| engine.rollout(id)).await,
         None => None,
     };
+    if !warnings.is_empty() {
+        let (actor, unit) = (caller.name.clone(), unit_text);
+        db(&state, move |store| {
+            crate::codex::record_warnings(store, &warnings, now_ms(), &actor, &unit)
+        })
+        .await?;
+    }
     Ok((StatusCode::CREATED, axum::Json(json!(view))))
 }
 

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod codex;
 pub mod error;
 pub mod liveness;
 pub mod rollouts;
@@ -59,6 +60,9 @@ pub struct ServerConfig {
     /// A node whose agent has not been heard from for this long is removed from the fleet
     /// (`node_removed` in the changelog); 0: never ([`NODE_EXPIRE_AFTER_MS_DEFAULT`]).
     pub node_expire_after_ms: u64,
+    /// The Codex's mode and team rule directories; [`ServerConfig::new`] leaves it off (an
+    /// embedder chooses), `failsmall server` enforces it unless told otherwise.
+    pub codex: codex::CodexConfig,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -75,6 +79,7 @@ impl ServerConfig {
             desired_ttl_ms: api::DESIRED_TTL_MS,
             node_down_after_ms: liveness::NODE_DOWN_AFTER_MS_DEFAULT,
             node_expire_after_ms: NODE_EXPIRE_AFTER_MS_DEFAULT,
+            codex: codex::CodexConfig::default(),
         }
     }
 
@@ -120,6 +125,8 @@ pub enum ServerError {
     Engine(String),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error("the Codex: {0}")]
+    Codex(#[from] failsmall_codex::CodexError),
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes, then finishes the
@@ -129,6 +136,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let codex = codex::CodexGate::load(&config.codex)?;
     let data_dir = config.data_dir.clone();
     let (store, signer, admin_token) =
         tokio::task::spawn_blocking(move || open_data_dir(&data_dir))
@@ -154,7 +162,8 @@ pub async fn run(
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_node_down_after_ms(config.node_down_after_ms)
-        .with_scratch_dir(config.data_dir.clone());
+        .with_scratch_dir(config.data_dir.clone())
+        .with_codex(codex);
     let liveness = tokio::spawn(state.liveness().watch_forever(
         state.store(),
         Arc::clone(&engine),

@@ -18,7 +18,9 @@ mod sim;
 mod yaml;
 
 pub use fleet::{Fleet, FleetSpec};
-pub use plan_check::{PlanCheckLimits, PlanCheckOptions, PlanCheckReport, check_plan};
+pub use plan_check::{
+    PlanCheckLimits, PlanCheckOptions, PlanCheckReport, check_plan, check_plan_on_nodes,
+};
 pub use report::{SimReport, StrategyMetrics, StrategyRun};
 pub use scenario::{Effect, Scenario};
 pub use sim::{APPLY_DELAY_MAX_MS, RunOptions, Strategy, instant_plan};

@@ -5,9 +5,10 @@
 //! running a bad version to the last node back on the previous one. Node selection uses
 //! `failsmall_core::select`, the very function the engine uses.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use failsmall_core::domain::UnitName;
+use failsmall_core::domain::{Node, UnitName};
 use failsmall_core::plan::{HardSignals, Plan, Stage};
 use failsmall_core::select;
 use serde::Serialize;
@@ -65,6 +66,23 @@ pub struct StageCheck {
     /// Worst case, for a bad version caught at this stage, from the first node running it
     /// to every node reverted; `None` when the stage cannot fail.
     pub rollback_worst_ms: Option<u64>,
+    /// Label → the values of it among the nodes the stage's own selection holds (which builds,
+    /// cohorts, regions a failure there can show on).
+    pub label_values_selected: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// What a plan check can tell about the power of the first stage that can fail: how many
+/// canary requests its `significant(...)` test needs to catch a reference regression (0.1% →
+/// 0.5% errors) at the default level, given the canary's share of the fleet's traffic.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerEstimate {
+    pub stage: String,
+    /// The canary's share of the traffic of canary and baseline together.
+    pub canary_traffic_fraction: f64,
+    /// `None`: the stage takes every node (no baseline), or the estimate is out of range.
+    pub canary_requests_to_detect: Option<f64>,
+    /// The stage's `min_requests`: below it no rate gate concludes.
+    pub min_requests: u64,
 }
 
 /// What `plan check` found.
@@ -93,6 +111,11 @@ pub struct PlanCheckReport {
     /// node of this fleet (they pass at once, so the plan has a wave fewer than it says), and a
     /// plan whose versions could never become stable on this fleet.
     pub warnings: Vec<String>,
+    /// Label → every value of it in the fleet.
+    pub fleet_label_values: BTreeMap<String, BTreeSet<String>>,
+    /// The first stage that can fail, and how much traffic its test needs; `None` when no
+    /// stage can fail.
+    pub power: Option<PowerEstimate>,
 }
 
 /// Whether any hard signal of a stage is armed. The engine treats a threshold of 0 as off;
@@ -119,24 +142,58 @@ pub fn check_plan(
     fleet: &FleetSpec,
     options: &PlanCheckOptions,
 ) -> Result<PlanCheckReport, SimError> {
+    let built = fleet.build(options.fleet_seed)?;
+    check_plan_on_nodes(plan, &built.nodes, &built.traffic_weight, options)
+}
+
+/// Analyses `plan` over given nodes (a real fleet, as a control plane knows it), each with its
+/// traffic weight (same order; a missing weight counts 1). An empty fleet exposes nothing.
+pub fn check_plan_on_nodes(
+    plan: &Plan,
+    nodes: &[Node],
+    traffic_weight: &[f64],
+    options: &PlanCheckOptions,
+) -> Result<PlanCheckReport, SimError> {
     let unit = UnitName::new(options.unit.clone()).map_err(|error| SimError::Plan {
         source_name: plan.name.clone(),
         message: format!("unit for plan check: {error}"),
     })?;
-    let built = fleet.build(options.fleet_seed)?;
-    let fleet_nodes = built.nodes.len() as u64;
-    let traffic_total: f64 = built.traffic_weight.iter().sum();
+    let weights: Vec<f64> = (0..nodes.len())
+        .map(|index| traffic_weight.get(index).copied().unwrap_or(1.0))
+        .collect();
+    let fleet_nodes = nodes.len() as u64;
+    let traffic_total: f64 = weights.iter().sum();
+    let mut fleet_label_values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut label_values_selected = vec![BTreeMap::new(); plan.stages.len()];
+    let mut selected_traffic = vec![0f64; plan.stages.len()];
     // First stage index at which each node is exposed, if any.
     let mut added_nodes = vec![0u64; plan.stages.len()];
     let mut added_traffic = vec![0f64; plan.stages.len()];
     let mut selected_nodes = vec![0u64; plan.stages.len()];
     let mut same_population_baseline = vec![0u64; plan.stages.len()];
-    for (node, weight) in built.nodes.iter().zip(built.traffic_weight.iter()) {
+    for (node, weight) in nodes.iter().zip(weights.iter()) {
         let bucket = select::bucket(&unit, &node.id);
-        for (stage, count) in plan.stages.iter().zip(selected_nodes.iter_mut()) {
+        for (key, value) in &node.labels {
+            fleet_label_values
+                .entry(key.clone())
+                .or_default()
+                .insert(value.clone());
+        }
+        for (((stage, count), values), traffic) in plan
+            .stages
+            .iter()
+            .zip(selected_nodes.iter_mut())
+            .zip(label_values_selected.iter_mut())
+            .zip(selected_traffic.iter_mut())
+        {
             if stage.selector.matches(&node.labels) && select::bucket_within(bucket, stage.percent)
             {
                 *count += 1;
+                *traffic += weight;
+                let values: &mut BTreeMap<String, BTreeSet<String>> = values;
+                for (key, value) in &node.labels {
+                    values.entry(key.clone()).or_default().insert(value.clone());
+                }
             }
         }
         let first = plan.stages.iter().position(|stage| {
@@ -167,12 +224,13 @@ pub fn check_plan(
     let mut stages = Vec::with_capacity(plan.stages.len());
     let mut nodes_exposed = 0u64;
     let mut traffic_exposed = 0f64;
-    for (((stage, nodes_added), traffic_added), nodes_selected) in plan
+    for ((((stage, nodes_added), traffic_added), nodes_selected), label_values_selected) in plan
         .stages
         .iter()
         .zip(added_nodes)
         .zip(added_traffic)
         .zip(selected_nodes)
+        .zip(label_values_selected)
     {
         nodes_exposed += nodes_added;
         traffic_exposed += traffic_added;
@@ -194,6 +252,7 @@ pub fn check_plan(
             traffic_exposed_fraction: fraction(traffic_exposed, traffic_total),
             can_fail,
             rollback_worst_ms,
+            label_values_selected,
         });
     }
     let would_become_stable = stages
@@ -239,6 +298,22 @@ pub fn check_plan(
         ));
     }
     let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
+    let power = first_gated_stage.and_then(|index| {
+        let stage = plan.stages.get(index)?;
+        let traffic = selected_traffic.get(index).copied().unwrap_or(0.0);
+        let share = fraction(traffic, traffic_total);
+        Some(PowerEstimate {
+            stage: stage.name.clone(),
+            canary_traffic_fraction: share,
+            canary_requests_to_detect: failsmall_core::stats::canary_requests_to_detect(
+                POWER_BASELINE_ERROR_RATE,
+                POWER_CANARY_ERROR_RATE,
+                share,
+                failsmall_core::gate::ALPHA_DEFAULT,
+            ),
+            min_requests: stage.min_requests,
+        })
+    });
     let headline = first_gated_stage
         .and_then(|index| stages.get(index))
         .or(stages.last());
@@ -259,8 +334,15 @@ pub fn check_plan(
         stages,
         would_become_stable,
         warnings,
+        fleet_label_values,
+        power,
     })
 }
+
+/// The reference regression of [`PowerEstimate`]: 0.1% errors on the baseline...
+pub const POWER_BASELINE_ERROR_RATE: f64 = 0.001;
+/// ... and 0.5% on the canary.
+pub const POWER_CANARY_ERROR_RATE: f64 = 0.005;
 
 fn seconds(ms: u64) -> String {
     if ms.is_multiple_of(1_000) {
@@ -354,6 +436,18 @@ impl PlanCheckReport {
             out,
             "worst case from first bad exposure to full rollback: {worst}"
         );
+        if let Some(power) = &self.power {
+            let requests = power.canary_requests_to_detect.map_or_else(
+                || "no estimate (no baseline beside the canary)".to_owned(),
+                |n| format!("about {n:.0} canary requests"),
+            );
+            let _ = writeln!(
+                out,
+                "power of stage {:?}: {requests} to catch errors going 0.1% -> 0.5% with significant(error_rate > baseline.error_rate) (canary {:.2}% of traffic)",
+                power.stage,
+                power.canary_traffic_fraction * 100.0
+            );
+        }
         let _ = writeln!(
             out,
             "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12}",

@@ -1,0 +1,32 @@
+# Seed 004: a bad change may reach at most 5% of the fleet before something can stop it.
+package failsmall.codex.exposure_before_gate
+
+rule := {
+	"id": "exposure-before-gate",
+	"severity": "deny",
+	"sentence": "If you need to reach the whole fleet, use a first gated stage that exposes at most 5% of nodes and of traffic (one node on a fleet too small for that).",
+	"link": "docs/codex/exposure-before-gate.md",
+}
+
+percent(fraction) := round(fraction * 10000) / 100
+
+stage_index := input.analysis.first_gated_stage if {
+	is_number(input.analysis.first_gated_stage)
+} else := count(input.analysis.stages) - 1
+
+violations contains v if {
+	a := input.analysis
+	is_object(a)
+	a.exposed_nodes_before_gate > 1
+	some measure in ["nodes", "traffic"]
+	fraction := object.get(a, sprintf("exposed_%s_before_gate_fraction", [measure]), 0)
+	fraction > input.config.exposure_max_fraction
+	v := {
+		"message": sprintf(
+			"%v%% of %s is exposed before the first gate can fail (%d nodes); the limit is %v%%",
+			[percent(fraction), measure, a.exposed_nodes_before_gate, percent(input.config.exposure_max_fraction)],
+		),
+		"field": sprintf("stages[%d]", [stage_index]),
+		"subject": "plan",
+	}
+}
