@@ -1731,7 +1731,7 @@ fn without_unexposed_stage_nodes_the_baseline_is_their_own_pre_period() {
     };
     let (h, id) = baseline_rollout(employees(&[BASELINE_ERRS]), &react);
     let view = h.engine.rollout(id).unwrap();
-    assert_eq!(view.status, RolloutStatus::RolledBack);
+    assert_eq!(view.status, RolloutStatus::RolledBack, "{view:?}");
     assert_eq!(view.stage_index, 0);
     assert!(
         view.outcome.as_deref().unwrap().contains(BASELINE_ERRS),
@@ -1976,14 +1976,58 @@ fn a_hard_signal_during_the_soak_rolls_every_exposed_node_back_and_quarantines()
 }
 
 #[test]
-fn a_failing_gate_during_the_soak_rolls_back() {
+fn every_node_failing_at_once_during_the_soak_holds_it_as_fleet_unhealthy() {
     let mut plan = soaking_plan();
     for stage in &mut plan.stages {
         *stage = gated(stage.clone(), &["error_rate > 5%"]);
     }
     let (mut h, id, soak_ends_ms) = soaking(plan);
-    // Errors start late, on every node.
-    h.run(id, "u", SOAK_MS, &|_, _| Reaction::Errors);
+    // Every node has the version and every node errs from the same moment: nothing tells an
+    // incident from the version, so the soak holds (never completes into it), alerting once.
+    h.run(id, "u", SOAK_MS * 2, &|_, _| Reaction::Errors);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Running, "{view:?}");
+    assert!(h.now_ms > soak_ends_ms);
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
+    assert_eq!(
+        changelog_reasons(&h, id, ChangeKind::FleetUnhealthy).len(),
+        1,
+        "{view:?}"
+    );
+}
+
+#[test]
+fn a_failing_gate_during_the_soak_rolls_back() {
+    let mut plan = soaking_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(stage.clone(), &["error_rate > 5%"]);
+    }
+    // v1 through its stages, noting the nodes it reached before its last stage.
+    let mut h = Harness::with_fleet();
+    let v0 = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(v0, "u", 3_600_000, &healthy);
+    let id = h.request("u", "v1", plan, "alice");
+    let mut earlier: BTreeSet<NodeId> = BTreeSet::new();
+    let soak_ends_ms = loop {
+        let view = h.engine.rollout(id).unwrap();
+        if let StagePhase::Soaking { soak_ends_ms } = view.phase {
+            break soak_ends_ms;
+        }
+        if view.stage_index < 2 {
+            earlier = h.engine.exposed_nodes(id).into_iter().collect();
+        }
+        assert!(!view.status.is_terminal(), "{view:?}");
+        h.round("u", &healthy);
+    };
+    // Errors start late, on the nodes that have had the version longest (not on the last
+    // stage's): a late failure, told from an incident by the nodes it spares.
+    h.run(id, "u", SOAK_MS, &|n, _| {
+        if earlier.contains(n) {
+            Reaction::Errors
+        } else {
+            Reaction::Healthy
+        }
+    });
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.status, RolloutStatus::RolledBack, "{view:?}");
     assert!(view.ended_ms.unwrap() < soak_ends_ms);

@@ -592,9 +592,7 @@ impl Engine {
                     } else {
                         rollout.upcoming_control.sample.merge(sample);
                     }
-                    if matches!(role, Role::FleetBaseline { .. }) {
-                        rollout.control.sample.merge(sample);
-                    }
+                    rollout.control.sample.merge(sample);
                     if rollout.roles.0.in_baseline(role) {
                         let before = rollout.baseline.sample.requests;
                         rollout.baseline.sample.merge(sample);

@@ -89,8 +89,18 @@ fn not_the_version(
     baseline: &GroupMetrics,
     min_requests: u64,
 ) -> Option<NotTheVersion> {
-    if gate.reads_baseline() || baseline.sample.requests < min_requests.max(1) {
+    if gate.reads_baseline() {
         return None;
+    }
+    // A baseline that exists but has not its requests yet cannot tell the version from the
+    // fleet: hold while it gathers them (with no baseline at all, the caller judges the gate as
+    // written).
+    if baseline.sample.requests < min_requests.max(1) {
+        return Some(NotTheVersion::NotProven(format!(
+            "the baseline has {} requests, fewer than min_requests {min_requests}: holding until \
+             it can tell the version from the fleet",
+            baseline.sample.requests
+        )));
     }
     // Compared in what the gate reads: a gate on a metric with no comparison (a count) is
     // judged as written.
@@ -261,7 +271,9 @@ impl Engine {
             let mut verdict = gate.evaluate(canary, baseline.as_ref(), stage.min_requests);
             if let Verdict::Fail { detail } = &verdict
                 && let Some(baseline) = baseline.as_ref()
-                && let Some(not) = not_the_version(gate, canary, baseline, stage.min_requests)
+                && !no_baseline_ever
+                && let Some(not) =
+                    not_the_version(gate, &stage_canary, baseline, stage.min_requests)
             {
                 let why = match not {
                     NotTheVersion::FleetUnhealthy(why) => {
@@ -299,12 +311,19 @@ impl Engine {
             }
             // The nodes of earlier stages keep being compared, with themselves in the stage
             // before (same nodes, same version): a failure that starts late shows there.
-            if gate.reads_baseline()
-                && !matches!(verdict, Verdict::Fail { .. })
+            if !matches!(verdict, Verdict::Fail { .. })
                 && let Some(earlier_pre) = rollout.earlier_pre
                 && rollout.earlier.sample.requests >= stage.min_requests
             {
                 let earlier = rollout.earlier;
+                // The time control: the unexposed nodes, or with every node exposed, the
+                // stage's own nodes against their pre-period.
+                let control = rollout.unexposed_control().or_else(|| {
+                    rollout
+                        .pre_period
+                        .filter(|pre| pre.sample.requests > 0)
+                        .map(|pre| (rollout.stage_canary, pre))
+                });
                 let reference = match control.as_ref() {
                     Some((control, control_pre))
                         if control_suffices(
@@ -317,9 +336,23 @@ impl Engine {
                     }
                     _ => earlier_pre,
                 };
-                if let Verdict::Fail { detail } =
+                // A comparison as written; an absolute limit breached by them, when they are
+                // significantly worse than themselves then in what it reads.
+                let earlier_verdict = if gate.reads_baseline() {
                     gate.evaluate(&earlier, Some(&reference), stage.min_requests)
-                {
+                } else {
+                    match gate.evaluate(&earlier, None, stage.min_requests) {
+                        Verdict::Fail { detail }
+                            if not_the_version(gate, &earlier, &reference, stage.min_requests)
+                                .is_none() =>
+                        {
+                            Verdict::Fail { detail }
+                        }
+                        // Not worse than themselves then: the stage's own verdict stands.
+                        _ => verdict.clone(),
+                    }
+                };
+                if let Verdict::Fail { detail } = earlier_verdict {
                     let not = control.as_ref().and_then(|(control, control_pre)| {
                         fleet_changed(
                             gate,

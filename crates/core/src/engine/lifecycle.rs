@@ -501,6 +501,15 @@ impl Engine {
                         self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);
                         return true;
                     }
+                    // An unhealthy fleet proves nothing for the version: the soak goes on until
+                    // it recovers (or an operator decides), it never completes into it.
+                    if self
+                        .rollouts
+                        .get(&id)
+                        .is_some_and(|rollout| rollout.fleet_unhealthy)
+                    {
+                        return changed;
+                    }
                     let (soak_ms, numbers) = self
                         .rollouts
                         .get(&id)
@@ -661,15 +670,18 @@ impl Engine {
         let soak_ends_ms = now.saturating_add(soak_ms);
         rollout.phase = StagePhase::Soaking { soak_ends_ms };
         rollout.timeout_at_ms = None;
-        // The soak watches every exposed node, compared with the same nodes during the last
-        // stage (a late failure is a change over time on the same nodes).
-        rollout.canary_from_stage = 0;
-        rollout.pre_period = Some(rollout.canary);
-        rollout.control_pre = None;
+        // The soak watches every exposed node, each group compared with itself during the
+        // last stage (a late failure is a change over time on the same nodes): the last
+        // stage's nodes and the earlier ones, each the other's time control when no node is
+        // left unexposed.
+        let with_data = |group: GroupMetrics| (group.sample.requests > 0).then_some(group);
+        rollout.pre_period = with_data(rollout.stage_canary);
+        rollout.earlier_pre = with_data(rollout.earlier).filter(|_| rollout.canary_from_stage > 0);
+        rollout.control_pre = with_data(rollout.control);
+        rollout.control = GroupMetrics::default();
         rollout.canary = GroupMetrics::default();
         rollout.stage_canary = GroupMetrics::default();
         rollout.earlier = GroupMetrics::default();
-        rollout.earlier_pre = None;
         rollout.baseline = GroupMetrics::default();
         rollout.gate_reports.clear();
         rollout.last_gate_eval_ms = None;

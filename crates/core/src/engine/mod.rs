@@ -510,7 +510,7 @@ struct Rollout {
     /// leaves no node of its own selector unexposed (see the module docs).
     #[serde(default)]
     pre_period: Option<GroupMetrics>,
-    /// The unexposed nodes outside the stage over the pre-period, and (`control`) since the
+    /// The nodes left unexposed by the stage, over the pre-period and (`control`) since the
     /// stage's entry: whether the fleet itself changed since the pre-period.
     #[serde(default)]
     control_pre: Option<GroupMetrics>,
@@ -583,7 +583,15 @@ impl Rollout {
     /// While soaking: every exposed node during the last stage.
     fn judged_baseline(&self) -> (Option<GroupMetrics>, Option<(GroupMetrics, GroupMetrics)>) {
         let roles = &self.roles.0;
-        let pre = self.pre_period.filter(|pre| pre.sample.requests > 0);
+        // A pre-period too short to judge against (a stage before it that passed in a moment)
+        // gives way to the unexposed nodes, whose window grows.
+        let min_requests = self
+            .current_stage()
+            .map_or(1, |stage| stage.min_requests.max(1));
+        let pre = self
+            .pre_period
+            .filter(|pre| pre.sample.requests >= min_requests || roles.fleet_unexposed == 0)
+            .filter(|pre| pre.sample.requests > 0);
         if roles.stage_unexposed > 0 && !matches!(self.phase, StagePhase::Soaking { .. }) {
             let current = GroupMetrics {
                 nodes: roles.stage_unexposed,
@@ -592,10 +600,13 @@ impl Rollout {
             return (Some(current), None);
         }
         if let Some(pre) = pre {
-            let control = self
-                .control_pre
-                .filter(|control| control.sample.requests > 0)
-                .map(|control_pre| (self.control, control_pre));
+            // With every node exposed, the earlier stages' nodes (on the version both then and
+            // now) stand in for the time.
+            let control = self.unexposed_control().or_else(|| {
+                self.earlier_pre
+                    .filter(|earlier_pre| earlier_pre.sample.requests > 0)
+                    .map(|earlier_pre| (self.earlier, earlier_pre))
+            });
             return (Some(pre), control);
         }
         match roles.baseline_nodes() {
@@ -608,6 +619,17 @@ impl Rollout {
             ),
             None => (self.baseline_carried, None),
         }
+    }
+
+    /// The time control: the unexposed nodes since the stage's entry, and the same nodes
+    /// over the pre-period; `None` when no node is left unexposed or they sent nothing then.
+    fn unexposed_control(&self) -> Option<(GroupMetrics, GroupMetrics)> {
+        if self.roles.0.fleet_unexposed == 0 {
+            return None;
+        }
+        self.control_pre
+            .filter(|control_pre| control_pre.sample.requests > 0)
+            .map(|control_pre| (self.control, control_pre))
     }
 
     /// Exposed nodes that ACKed and then said nothing for longer than `silence_ms` (`0`:
@@ -984,7 +1006,9 @@ impl Engine {
                 };
                 let bake = match rollout.phase {
                     StagePhase::Baking { bake_ends_ms } => Some(bake_ends_ms),
-                    StagePhase::Soaking { soak_ends_ms } => Some(soak_ends_ms),
+                    StagePhase::Soaking { soak_ends_ms } => {
+                        (soak_ends_ms > self.now_ms).then_some(soak_ends_ms)
+                    }
                     StagePhase::Observing { observe_ends_ms } => {
                         (observe_ends_ms > self.now_ms).then_some(observe_ends_ms)
                     }
