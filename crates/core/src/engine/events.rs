@@ -368,6 +368,7 @@ impl Engine {
                 stage_canary: GroupMetrics::default(),
                 earlier: GroupMetrics::default(),
                 earlier_pre: None,
+                window_from_ms: 0,
                 upcoming: GroupMetrics::default(),
                 upcoming_control: GroupMetrics::default(),
                 pre_period: None,
@@ -572,7 +573,8 @@ impl Engine {
                         && now.saturating_sub(exposure.last_report_ms) > silence_ms;
                     exposure.last_report_ms = now;
                     let mut reached = false;
-                    if exposure.acked && version == rollout.version {
+                    if exposure.acked && version == rollout.version && now > rollout.window_from_ms
+                    {
                         if exposure.stage >= rollout.canary_from_stage {
                             let before = rollout.stage_canary.sample.requests;
                             rollout.stage_canary.sample.merge(sample);
@@ -591,6 +593,9 @@ impl Engine {
                         rollout.upcoming.sample.merge(sample);
                     } else {
                         rollout.upcoming_control.sample.merge(sample);
+                    }
+                    if now <= rollout.window_from_ms {
+                        continue;
                     }
                     rollout.control.sample.merge(sample);
                     if rollout.roles.0.in_baseline(role) {

@@ -466,6 +466,9 @@ impl Engine {
             rollout.earlier.sample = HealthSample::default();
             rollout.baseline.sample = HealthSample::default();
             rollout.control.sample = HealthSample::default();
+            // Reports of this very moment belong to the spell just judged: every group's
+            // window starts after it, so that all cover the same time.
+            rollout.window_from_ms = now;
         }
         rollout.held_for_data = !rollout.has_data(now);
         let stage_name = rollout.stage_name();

@@ -156,9 +156,10 @@ impl Engine {
         self.enter_stage_observing(id, index, true, now, out);
     }
 
-    /// Enters stage `index`. With `may_observe`, a first stage with a gate that reads the
-    /// baseline, that would leave no node of its selector unexposed, and whose nodes run a
-    /// version of the unit, observes them first (see
+    /// Enters stage `index`. With `may_observe`, a stage with a gate that reads the baseline,
+    /// that would leave no node of its selector unexposed, whose nodes run a version of the
+    /// unit, and whose pre-period so far lacks `min_requests` (a first stage, or one after a
+    /// stage that passed at once), observes them first (see
     /// [`StagePhase::Observing`]) and exposes them when that ends.
     pub(super) fn enter_stage_observing(
         &mut self,
@@ -222,8 +223,11 @@ impl Engine {
             stage.name.clone(),
         );
         let observe_ms = stage.bake_ms;
+        // The health of its nodes while the stage before ran: too little (a first stage, or
+        // one after a stage that passed at once) and the stage observes them first.
+        let pre_short = rollout.upcoming.sample.requests < stage.min_requests.max(1);
         if may_observe
-            && index == 0
+            && pre_short
             && observe_ms > 0
             && stage.gates.iter().any(Gate::reads_baseline)
             && selector_left == 0
@@ -412,6 +416,18 @@ impl Engine {
                     self.pass_stage(id, "no nodes selected by this stage", now, out);
                 }
                 StagePhase::Applying if rollout.waiting_for_nodes => return changed,
+                // Every node it selects was exposed by an earlier stage: nothing new to judge
+                // (those nodes are still watched, by later stages and the soak).
+                StagePhase::Applying
+                    if rollout.stage > 0 && rollout.canary_from_stage != rollout.stage =>
+                {
+                    self.pass_stage(
+                        id,
+                        "every node this stage selects was exposed by an earlier stage",
+                        now,
+                        out,
+                    );
+                }
                 StagePhase::Applying if all_applied => {
                     let bake_ends_ms = now.saturating_add(stage.bake_ms);
                     if let Some(rollout) = self.rollouts.get_mut(&id) {

@@ -56,6 +56,14 @@
 //! 3. with no pre-period either (a unit's first version: no node ran anything), every
 //!    unexposed node, and once the rollout reached every node, the latest baseline carried.
 //!
+//! A stage whose pre-period so far lacks its `min_requests` (the first stage; one after a
+//! stage that passed at once) observes its nodes first. A stage that selects no node it has
+//! not exposed already passes at once. With every node exposed, the stage's own nodes and the
+//! earlier stages' nodes are each other's time control; when all of them got worse together,
+//! nothing tells the version from the time, and the stage (or the soak, which never completes
+//! into it) holds as fleet unhealthy. After a "fleet unhealthy" verdict every window starts
+//! again after that moment, so that the groups cover the same time.
+//!
 //! The nodes of earlier stages are compared with themselves too: in each gate that reads the
 //! baseline, their health now against their health in the stage before (same nodes, same
 //! version, with the same time control), so a failure that starts late is caught while few
@@ -499,6 +507,10 @@ struct Rollout {
     earlier: GroupMetrics,
     #[serde(default)]
     earlier_pre: Option<GroupMetrics>,
+    /// The health windows take reports that arrive after this time: set when they start
+    /// again after a "fleet unhealthy" verdict, whose moment's reports belong to the spell.
+    #[serde(default)]
+    window_from_ms: TimeMs,
     /// Since the stage's entry, the health of the unexposed nodes that the next stage (while
     /// observing: this one) will expose, on their previous version: its pre-period.
     #[serde(default)]
