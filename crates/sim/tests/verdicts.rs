@@ -342,3 +342,63 @@ fn healthy_versions_are_never_blamed_and_regressions_are_still_caught() {
         assert!(row.ran_bad_max <= ran_bad_max, "{name}: {row:?}");
     }
 }
+
+/// Healthy rollouts the bound test runs unless `FAILSMALL_SIM_BOUND_ROLLOUTS` says otherwise
+/// (1,000 for the measurement in ARCHITECTURE.md).
+const BOUND_ROLLOUTS: u64 = 40;
+
+/// The stated false-positive bound, checked empirically: the default plan's gates are checked
+/// continuously (every evaluation interval, through every stage and the soak) on healthy
+/// rollouts of the `populations` scenario, one rollout per seed, and a healthy version may be
+/// rolled back in at most a 0.1% share of them (with room for chance: at most 3 in 1,000;
+/// none in fewer than 300).
+#[test]
+fn healthy_rollouts_stay_within_the_false_positive_bound() {
+    let rollouts = std::env::var("FAILSMALL_SIM_BOUND_ROLLOUTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(BOUND_ROLLOUTS);
+    let (scenario, strategy) = load("populations");
+    let next = AtomicUsize::new(1);
+    let totals = Mutex::new((0u64, 0u64, 0u64));
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed) as u64;
+                    if seed > rollouts {
+                        return;
+                    }
+                    let options = RunOptions {
+                        seed: Some(seed),
+                        strategies: vec![strategy.clone()],
+                        trace: false,
+                    };
+                    let report = failsmall_sim::run(&scenario, &options).unwrap();
+                    let m = &report.runs[0].metrics;
+                    let mut totals = totals.lock().unwrap();
+                    totals.0 += m.pushes_accepted;
+                    totals.1 += m.rollbacks;
+                    totals.2 += m.versions_completed;
+                }
+            });
+        }
+    });
+    let (pushed, rolled_back, completed) = totals.into_inner().unwrap();
+    println!(
+        "{rollouts} seeds: {pushed} healthy rollouts, {rolled_back} rolled back, {completed} completed, in {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(pushed, rollouts);
+    let allowed = if rollouts < 300 {
+        0
+    } else {
+        rollouts * 3 / 1_000
+    };
+    assert!(
+        rolled_back <= allowed,
+        "{rolled_back} of {pushed} healthy rollouts rolled back"
+    );
+}
