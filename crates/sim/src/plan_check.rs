@@ -69,6 +69,17 @@ pub struct StageCheck {
     /// Label → the values of it among the nodes the stage's own selection holds (which builds,
     /// cohorts, regions a failure there can show on).
     pub label_values_selected: BTreeMap<String, BTreeSet<String>>,
+    /// For a stage with a gate that reads the baseline and nodes of its own: canary requests
+    /// its test needs to catch errors going 0.1% → 0.5% against its like-for-like baseline
+    /// (the unexposed nodes of its selector, or its own nodes before the version, as much
+    /// traffic as the canary).
+    pub canary_requests_to_detect: Option<f64>,
+    /// The same as time at the fleet's request rate (`requests_per_s` of a fleet file); `None`
+    /// without one.
+    pub detect_ms: Option<u64>,
+    /// The traffic weight of the nodes this stage newly exposes (its canary).
+    #[serde(skip)]
+    pub canary_traffic: f64,
 }
 
 /// What a plan check can tell about the power of the first stage that can fail: how many
@@ -136,6 +147,28 @@ pub fn stage_can_fail(stage: &Stage) -> bool {
     !stage.gates.is_empty() || hard_signals_armed(&stage.hard_signals)
 }
 
+/// Canary requests a stage's comparison with its baseline needs to catch the reference
+/// regression ([`POWER_BASELINE_ERROR_RATE`] → [`POWER_CANARY_ERROR_RATE`]): against the
+/// unexposed nodes of its selector (`baseline_traffic`), or, with none, its own nodes before
+/// the version (as much traffic as the canary). `None` for a stage without such a gate or
+/// without nodes of its own.
+fn detection_requests(stage: &Stage, canary_traffic: f64, baseline_traffic: f64) -> Option<f64> {
+    if canary_traffic <= 0.0 || !stage.gates.iter().any(|gate| gate.reads_baseline()) {
+        return None;
+    }
+    let baseline = if baseline_traffic > 0.0 {
+        baseline_traffic
+    } else {
+        canary_traffic
+    };
+    failsmall_core::stats::canary_requests_to_detect(
+        POWER_BASELINE_ERROR_RATE,
+        POWER_CANARY_ERROR_RATE,
+        canary_traffic / (canary_traffic + baseline),
+        failsmall_core::gate::ALPHA_DEFAULT,
+    )
+}
+
 /// Analyses `plan` over the fleet built from `fleet`.
 pub fn check_plan(
     plan: &Plan,
@@ -143,7 +176,29 @@ pub fn check_plan(
     options: &PlanCheckOptions,
 ) -> Result<PlanCheckReport, SimError> {
     let built = fleet.build(options.fleet_seed)?;
-    check_plan_on_nodes(plan, &built.nodes, &built.traffic_weight, options)
+    let mut report = check_plan_on_nodes(plan, &built.nodes, &built.traffic_weight, options)?;
+    // Time to detect, at the fleet's request rate: a node of weight w serves w times
+    // `requests_per_s`.
+    for (check, stage) in report.stages.iter_mut().zip(&plan.stages) {
+        let rate = check.canary_traffic * fleet.requests_per_s;
+        check.detect_ms = check
+            .canary_requests_to_detect
+            .filter(|_| rate > 0.0)
+            .map(|requests| (requests / rate * 1_000.0).ceil() as u64);
+        if let Some(detect_ms) = check.detect_ms
+            && detect_ms > stage.bake_ms
+        {
+            report.warnings.push(format!(
+                "stage {:?} needs about {} of canary traffic to catch errors going 0.1% -> 0.5% (it takes {:.0} requests at {:.0} requests/s), longer than its bake of {}: a regression like that could pass it; lengthen its bake or give it more nodes",
+                stage.name,
+                failsmall_core::duration::format_ms(detect_ms),
+                check.canary_requests_to_detect.unwrap_or(0.0),
+                rate,
+                failsmall_core::duration::format_ms(stage.bake_ms),
+            ));
+        }
+    }
+    Ok(report)
 }
 
 /// Analyses `plan` over given nodes (a real fleet, as a control plane knows it), each with its
@@ -171,6 +226,7 @@ pub fn check_plan_on_nodes(
     let mut added_traffic = vec![0f64; plan.stages.len()];
     let mut selected_nodes = vec![0u64; plan.stages.len()];
     let mut same_population_baseline = vec![0u64; plan.stages.len()];
+    let mut same_population_traffic = vec![0f64; plan.stages.len()];
     for (node, weight) in nodes.iter().zip(weights.iter()) {
         let bucket = select::bucket(&unit, &node.id);
         for (key, value) in &node.labels {
@@ -201,14 +257,16 @@ pub fn check_plan_on_nodes(
         });
         // The stage's own population that is still unexposed while it runs: its like-for-like
         // baseline.
-        for (index, (stage, count)) in plan
+        for (index, ((stage, count), traffic)) in plan
             .stages
             .iter()
             .zip(same_population_baseline.iter_mut())
+            .zip(same_population_traffic.iter_mut())
             .enumerate()
         {
             if stage.selector.matches(&node.labels) && first.is_none_or(|first| first > index) {
                 *count += 1;
+                *traffic += weight;
             }
         }
         if let Some(index) = first {
@@ -224,13 +282,17 @@ pub fn check_plan_on_nodes(
     let mut stages = Vec::with_capacity(plan.stages.len());
     let mut nodes_exposed = 0u64;
     let mut traffic_exposed = 0f64;
-    for ((((stage, nodes_added), traffic_added), nodes_selected), label_values_selected) in plan
+    for (
+        ((((stage, nodes_added), traffic_added), nodes_selected), label_values_selected),
+        baseline_traffic,
+    ) in plan
         .stages
         .iter()
         .zip(added_nodes)
         .zip(added_traffic)
         .zip(selected_nodes)
         .zip(label_values_selected)
+        .zip(same_population_traffic.iter().copied())
     {
         nodes_exposed += nodes_added;
         traffic_exposed += traffic_added;
@@ -253,6 +315,9 @@ pub fn check_plan_on_nodes(
             can_fail,
             rollback_worst_ms,
             label_values_selected,
+            canary_requests_to_detect: detection_requests(stage, traffic_added, baseline_traffic),
+            detect_ms: None,
+            canary_traffic: traffic_added,
         });
     }
     let would_become_stable = stages
@@ -298,19 +363,23 @@ pub fn check_plan_on_nodes(
         ));
     }
     let first_gated_stage = stages.iter().position(|stage| stage.can_fail);
+    // The first gated stage's comparison, like for like (see `detection_requests`).
     let power = first_gated_stage.and_then(|index| {
         let stage = plan.stages.get(index)?;
-        let traffic = selected_traffic.get(index).copied().unwrap_or(0.0);
-        let share = fraction(traffic, traffic_total);
+        let check = stages.get(index)?;
+        let baseline = same_population_traffic.get(index).copied().unwrap_or(0.0);
+        let baseline = if baseline > 0.0 {
+            baseline
+        } else {
+            check.canary_traffic
+        };
         Some(PowerEstimate {
             stage: stage.name.clone(),
-            canary_traffic_fraction: share,
-            canary_requests_to_detect: failsmall_core::stats::canary_requests_to_detect(
-                POWER_BASELINE_ERROR_RATE,
-                POWER_CANARY_ERROR_RATE,
-                share,
-                failsmall_core::gate::ALPHA_DEFAULT,
+            canary_traffic_fraction: fraction(
+                check.canary_traffic,
+                check.canary_traffic + baseline,
             ),
+            canary_requests_to_detect: check.canary_requests_to_detect,
             min_requests: stage.min_requests,
         })
     });
@@ -450,23 +519,31 @@ impl PlanCheckReport {
         }
         let _ = writeln!(
             out,
-            "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12}",
-            "stage", "added", "exposed", "nodes%", "traffic%", "can fail", "rollback"
+            "{:<20} {:>8} {:>10} {:>9} {:>9} {:>9} {:>12} {:>10}",
+            "stage", "added", "exposed", "nodes%", "traffic%", "can fail", "rollback", "detect"
         );
         for stage in &self.stages {
             let rollback = stage
                 .rollback_worst_ms
                 .map_or_else(|| "-".to_owned(), seconds);
+            // Time to catch errors going 0.1% -> 0.5%, or the requests it takes without a
+            // request rate.
+            let detect = match (stage.detect_ms, stage.canary_requests_to_detect) {
+                (Some(ms), _) => seconds(ms),
+                (None, Some(requests)) => format!("{requests:.0} req"),
+                (None, None) => "-".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "{:<20} {:>8} {:>10} {:>8.2}% {:>8.2}% {:>9} {:>12}",
+                "{:<20} {:>8} {:>10} {:>8.2}% {:>8.2}% {:>9} {:>12} {:>10}",
                 stage.stage,
                 stage.nodes_added,
                 stage.nodes_exposed,
                 stage.nodes_exposed_fraction * 100.0,
                 stage.traffic_exposed_fraction * 100.0,
                 if stage.can_fail { "yes" } else { "no" },
-                rollback
+                rollback,
+                detect
             );
         }
         for warning in &self.warnings {

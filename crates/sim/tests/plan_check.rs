@@ -182,6 +182,30 @@ fn the_example_plans_against_the_example_fleet() {
         "{:?}",
         report.warnings
     );
+    // At the example fleet's rate (50 requests/s a node), how long each stage needs to catch
+    // errors going 0.1% -> 0.5%: the two employees need more than a minute, within their 2m
+    // bake; a stage whose bake is shorter than that is a warning.
+    let employees = &report.stages[0];
+    let detect_ms = employees.detect_ms.unwrap();
+    assert!((30_000..120_000).contains(&detect_ms), "{employees:?}");
+    assert!(
+        !report
+            .warnings
+            .iter()
+            .any(|w| w.contains("longer than its bake"))
+    );
+    let mut short = default.clone();
+    short.stages[0].bake_ms = 20_000;
+    let report_short = check_plan(&short, &fleet, &options()).unwrap();
+    assert!(
+        report_short
+            .warnings
+            .iter()
+            .any(|w| w.contains("stage \"employees\" needs about")
+                && w.contains("longer than its bake of 20s")),
+        "{:?}",
+        report_short.warnings
+    );
     // Without a bake to observe in, the same stage has none.
     let mut no_bake = default.clone();
     no_bake.stages[0].bake_ms = 0;

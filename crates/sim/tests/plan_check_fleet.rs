@@ -52,12 +52,16 @@ fn label_values_per_stage_the_fleets_values_and_power() {
         ["fl1", "fl2"]
     );
     assert_eq!(report.exposed_nodes_before_gate, 1);
-    // Missing traffic weights count 1: the employee is a tenth of the traffic.
+    // The employee stage takes its whole cohort: it is compared with its own nodes before the
+    // version, as much traffic as the canary (half of the two together).
     let power = report.power.as_ref().unwrap();
     assert_eq!(power.stage, "employees");
-    assert!((power.canary_traffic_fraction - 0.1).abs() < 1e-12);
+    assert!((power.canary_traffic_fraction - 0.5).abs() < 1e-12);
     let requests = power.canary_requests_to_detect.unwrap();
-    assert!((2_000.0..6_000.0).contains(&requests), "{requests}");
+    assert!((5_000.0..10_000.0).contains(&requests), "{requests}");
+    assert_eq!(report.stages[0].canary_requests_to_detect, Some(requests));
+    // Without a request rate there is no time.
+    assert_eq!(report.stages[0].detect_ms, None);
     assert!(
         report.text().contains("power of stage \"employees\""),
         "{}",
