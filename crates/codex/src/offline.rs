@@ -291,7 +291,7 @@ fn load(path: &Path) -> Result<Option<(Loaded, FileKind)>, CodexError> {
     } else {
         return Ok(None);
     };
-    let json = yaml_to_json(&tree);
+    let json = tree.to_json();
     Ok(Some((Loaded { file, tree, json }, kind)))
 }
 
@@ -383,44 +383,6 @@ pub fn find_field<'n>(root: &'n YamlNode, field: &str) -> &'n YamlNode {
         }
     }
     node
-}
-
-/// A YAML tree as JSON: plain scalars become null, booleans and numbers where they read as
-/// such; quoted scalars stay strings (as `failsmall unit create --spec` reads a spec).
-pub fn yaml_to_json(node: &YamlNode) -> Value {
-    match &node.kind {
-        _ if node.is_null() => Value::Null,
-        YamlKind::Scalar { text, plain: true } => match text.as_str() {
-            "true" | "True" | "TRUE" => Value::Bool(true),
-            "false" | "False" | "FALSE" => Value::Bool(false),
-            _ => text
-                .parse::<i64>()
-                .map(Value::from)
-                .or_else(|_| text.parse::<u64>().map(Value::from))
-                .ok()
-                .or_else(|| {
-                    text.parse::<f64>()
-                        .ok()
-                        .filter(|f| f.is_finite())
-                        .map(Value::from)
-                })
-                .unwrap_or_else(|| Value::String(text.clone())),
-        },
-        YamlKind::Scalar { text, .. } => Value::String(text.clone()),
-        YamlKind::Sequence(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        YamlKind::Mapping(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(key, value)| {
-                    let key = match &key.kind {
-                        YamlKind::Scalar { text, .. } => text.clone(),
-                        _ => yaml_to_json(key).to_string(),
-                    };
-                    (key, yaml_to_json(value))
-                })
-                .collect(),
-        ),
-    }
 }
 
 /// The report for people: one line per finding, `file:line:column: severity rule: message`,

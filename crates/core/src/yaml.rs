@@ -26,6 +26,48 @@ pub struct YamlNode {
 }
 
 impl YamlNode {
+    /// A YAML tree as JSON: plain scalars become null, booleans and numbers where they read as
+    /// such; quoted scalars stay strings (as `failsmall unit create --spec` and `failsmall
+    /// codex check` read a spec).
+    pub fn to_json(&self) -> serde_json::Value {
+        let node = self;
+        match &node.kind {
+            _ if node.is_null() => serde_json::Value::Null,
+            YamlKind::Scalar { text, plain: true } => match text.as_str() {
+                "true" | "True" | "TRUE" => serde_json::Value::Bool(true),
+                "false" | "False" | "FALSE" => serde_json::Value::Bool(false),
+                _ => text
+                    .parse::<i64>()
+                    .map(serde_json::Value::from)
+                    .or_else(|_| text.parse::<u64>().map(serde_json::Value::from))
+                    .ok()
+                    .or_else(|| {
+                        text.parse::<f64>()
+                            .ok()
+                            .filter(|f| f.is_finite())
+                            .map(serde_json::Value::from)
+                    })
+                    .unwrap_or_else(|| serde_json::Value::String(text.clone())),
+            },
+            YamlKind::Scalar { text, .. } => serde_json::Value::String(text.clone()),
+            YamlKind::Sequence(items) => {
+                serde_json::Value::Array(items.iter().map(YamlNode::to_json).collect())
+            }
+            YamlKind::Mapping(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(key, value)| {
+                        let key = match &key.kind {
+                            YamlKind::Scalar { text, .. } => text.clone(),
+                            _ => key.to_json().to_string(),
+                        };
+                        (key, value.to_json())
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(&self.kind, YamlKind::Scalar { text, plain: true }
             if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use failsmall_core::duration::{format_ms, parse_duration_ms};
 use failsmall_core::plan::Plan;
 use failsmall_core::validate::UnitSpec;
-use failsmall_core::yaml::{self, YamlKind, YamlNode};
+use failsmall_core::yaml;
 use failsmall_server::store::{UnitRecord, VersionRecord};
 use failsmall_server::validator::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, ValidatorCommand};
 use reqwest::Method;
@@ -484,8 +484,7 @@ pub fn load_spec(path: &Path) -> anyhow::Result<UnitSpec> {
         Some("yaml" | "yml") => {
             let tree = yaml::load(&text)
                 .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {}", e.line, e.column, e.message))?;
-            serde_json::from_value(yaml_to_json(&tree))
-                .map_err(|e| anyhow::anyhow!("{shown}: {e}"))?
+            serde_json::from_value(tree.to_json()).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?
         }
         _ => serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {e}", e.line(), e.column()))?,
@@ -498,44 +497,6 @@ pub fn load_spec(path: &Path) -> anyhow::Result<UnitSpec> {
         );
     }
     Ok(spec)
-}
-
-/// A YAML tree as JSON: plain scalars become null, booleans and numbers where they read as
-/// such; quoted scalars stay strings.
-fn yaml_to_json(node: &YamlNode) -> Value {
-    match &node.kind {
-        _ if node.is_null() => Value::Null,
-        YamlKind::Scalar { text, plain: true } => match text.as_str() {
-            "true" | "True" | "TRUE" => Value::Bool(true),
-            "false" | "False" | "FALSE" => Value::Bool(false),
-            _ => text
-                .parse::<i64>()
-                .map(Value::from)
-                .or_else(|_| text.parse::<u64>().map(Value::from))
-                .ok()
-                .or_else(|| {
-                    text.parse::<f64>()
-                        .ok()
-                        .filter(|f| f.is_finite())
-                        .map(Value::from)
-                })
-                .unwrap_or_else(|| Value::String(text.clone())),
-        },
-        YamlKind::Scalar { text, .. } => Value::String(text.clone()),
-        YamlKind::Sequence(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        YamlKind::Mapping(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(key, value)| {
-                    let key = match &key.kind {
-                        YamlKind::Scalar { text, .. } => text.clone(),
-                        _ => yaml_to_json(key).to_string(),
-                    };
-                    (key, yaml_to_json(value))
-                })
-                .collect(),
-        ),
-    }
 }
 
 #[cfg(test)]
