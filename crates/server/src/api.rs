@@ -1150,6 +1150,21 @@ fn only_admin_sets_validator(caller: &Caller) -> Result<(), ApiError> {
     .with_detail(json!({"role": caller.role, "field": "validator"})))
 }
 
+/// Redeploying a quarantined version is an admin's decision.
+pub(crate) fn only_admin_overrides_quarantine(
+    caller: &Caller,
+    override_quarantine: bool,
+) -> Result<(), ApiError> {
+    if !override_quarantine || caller.role == Some(Role::Admin) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "only an admin may override a quarantine",
+    ))
+}
+
 fn check_validator(validator: Option<&ValidatorCommand>) -> Result<(), ApiError> {
     let Some(validator) = validator else {
         return Ok(());
@@ -1900,13 +1915,7 @@ async fn create_rollout(
     let unit = unit_name(&request.unit)?;
     let version = version_hash(&request.version)?;
     text_field("reason", &request.reason)?;
-    if request.override_quarantine && caller.role != Some(Role::Admin) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only an admin may override a quarantine",
-        ));
-    }
+    only_admin_overrides_quarantine(&caller, request.override_quarantine)?;
     let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
     let plan = parse_plan(&plan_file, &request.plan)?;
     let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());

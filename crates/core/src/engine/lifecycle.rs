@@ -904,19 +904,7 @@ impl Engine {
                 out,
             );
             if primary && quarantine {
-                self.quarantine(&unit, version, *rollout_id);
-                self.log_as(
-                    *rollout_id,
-                    ChangeKind::Quarantined,
-                    actor,
-                    stage,
-                    format!(
-                        "{} is quarantined for {unit}; redeploying it needs an admin override",
-                        version.short()
-                    ),
-                    now,
-                    out,
-                );
+                self.quarantine_logged(&unit, version, *rollout_id, actor, stage, now, out);
             }
             out.push(Action::Notify {
                 rollout: *rollout_id,
@@ -962,6 +950,34 @@ impl Engine {
         for queued in doomed {
             self.abort(queued, ENGINE_ACTOR, &why, ChangeKind::Superseded, now, out);
         }
+    }
+
+    /// Quarantines `version` for `unit` (see [`Engine::quarantine`]) and says so in the
+    /// changelog, as `actor`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn quarantine_logged(
+        &mut self,
+        unit: &UnitName,
+        version: VersionHash,
+        by: RolloutId,
+        actor: &str,
+        stage: Option<String>,
+        now: TimeMs,
+        out: &mut Vec<Action>,
+    ) {
+        self.quarantine(unit, version, by);
+        self.log_as(
+            by,
+            ChangeKind::Quarantined,
+            actor,
+            stage,
+            format!(
+                "{} is quarantined for {unit}; redeploying it needs an admin override",
+                version.short()
+            ),
+            now,
+            out,
+        );
     }
 
     pub(super) fn quarantine(&mut self, unit: &UnitName, version: VersionHash, by: RolloutId) {

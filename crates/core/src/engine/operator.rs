@@ -201,19 +201,7 @@ impl Engine {
             now,
             out,
         );
-        self.quarantine(&unit, version, id);
-        self.log_as(
-            id,
-            ChangeKind::Quarantined,
-            actor,
-            stage,
-            format!(
-                "{} is quarantined for {unit}; redeploying it needs an admin override",
-                version.short()
-            ),
-            now,
-            out,
-        );
+        self.quarantine_logged(&unit, version, id, actor, stage, now, out);
         out.push(Action::Notify {
             rollout: id,
             message: format!(

@@ -14,7 +14,7 @@ use super::{
     AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, rollout_of, step_error,
     text_field, unit_name, version_hash,
 };
-use crate::auth::{Caller, Role};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::rollouts::{Cause, StepError};
 use crate::store::{NewChange, VersionRecord};
@@ -199,13 +199,7 @@ pub(super) async fn retry_rollout(
         json_body(body)?
     };
     text_field("reason", &request.reason)?;
-    if request.override_quarantine && caller.role != Some(Role::Admin) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only an admin may override a quarantine",
-        ));
-    }
+    super::only_admin_overrides_quarantine(&caller, request.override_quarantine)?;
     let host = &state.shared.engine;
     let found = host
         .read(|engine, _| {
