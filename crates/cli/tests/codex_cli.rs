@@ -332,6 +332,24 @@ fn a_push_that_breaks_a_deny_rule_is_refused_through_the_cli() {
         "{said}"
     );
 
+    // The CLI sends a spec as its file writes it: one that declares no fail mode is refused
+    // (filled in with the default, the author's silence would not show).
+    let silent = server.failsmall(&[
+        "unit",
+        "create",
+        "rules",
+        "--spec",
+        "examples/codex/fail-mode-declared/violating/rules.spec.yaml",
+        "--plan",
+        "examples/codex/first-gate-covers-builds/compliant/plan.yaml",
+    ]);
+    assert_eq!(silent.status.code(), Some(1), "{}", stdout(&silent));
+    assert!(
+        stderr(&silent).contains("fail-mode-declared"),
+        "{}",
+        stderr(&silent)
+    );
+
     server.register("free-fl1", "free", "fl1");
     let pushed = server.failsmall(&[
         "push",

@@ -198,12 +198,12 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
             validator,
         } => {
             // Everything local is checked before anything reaches the server.
-            let spec = load_spec(spec)?;
+            let (_, spec) = load_spec_as_written(spec)?;
             let plan = plan.as_deref().map(load_unit_plan).transpose()?;
             let validator = validator.command()?;
             let mut body = Map::new();
             body.insert("name".to_owned(), json!(name));
-            body.insert("spec".to_owned(), json!(spec));
+            body.insert("spec".to_owned(), spec);
             body.insert("owner".to_owned(), json!(owner));
             body.insert("description".to_owned(), json!(description));
             if let Some(plan) = plan {
@@ -293,15 +293,15 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
                 );
             }
             // Everything local is checked before anything reaches the server.
-            let new_spec = spec.as_deref().map(load_spec).transpose()?;
+            let new_spec = spec.as_deref().map(load_spec_as_written).transpose()?;
             let new_plan = plan.as_deref().map(load_unit_plan).transpose()?;
             let new_validator = validator.command()?;
             let path = format!("/v1/units/{name}");
             let current: UnitRecord = client.get(&path, &[])?;
             let mut body = Map::new();
             body.insert("revision".to_owned(), json!(current.revision));
-            let spec = new_spec.unwrap_or_else(|| current.spec.clone());
-            body.insert("spec".to_owned(), json!(spec));
+            let spec = new_spec.map_or_else(|| json!(current.spec), |(_, written)| written);
+            body.insert("spec".to_owned(), spec);
             let owner = owner.clone().unwrap_or(current.owner);
             body.insert("owner".to_owned(), json!(owner));
             let description = description.clone().unwrap_or(current.description);
@@ -472,23 +472,29 @@ fn validator_summary(validator: Option<&ValidatorCommand>) -> String {
 
 /// Reads a unit spec from a JSON, YAML (`.yaml`, `.yml`) or TOML (`.toml`) file and checks it.
 pub fn load_spec(path: &Path) -> anyhow::Result<UnitSpec> {
+    load_spec_as_written(path).map(|(spec, _)| spec)
+}
+
+/// [`load_spec`], and the spec as its file writes it (without the defaults of what it leaves
+/// out): what the server is sent, so that its Codex sees what the author declared.
+pub fn load_spec_as_written(path: &Path) -> anyhow::Result<(UnitSpec, Value)> {
     let text = super::read_text_limited(path, SPEC_FILE_MAX_BYTES)?;
     let shown = path.display();
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let spec: UnitSpec = match extension.as_deref() {
+    let written: Value = match extension.as_deref() {
         Some("toml") => toml::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{shown}: {}", e.to_string().trim()))?,
-        Some("yaml" | "yml") => {
-            let tree = yaml::load(&text)
-                .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {}", e.line, e.column, e.message))?;
-            serde_json::from_value(tree.to_json()).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?
-        }
+        Some("yaml" | "yml") => yaml::load(&text)
+            .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {}", e.line, e.column, e.message))?
+            .to_json(),
         _ => serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{shown}:{}:{}: {e}", e.line(), e.column()))?,
     };
+    let spec: UnitSpec =
+        serde_json::from_value(written.clone()).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
     if let Err(errors) = spec.check() {
         let reasons: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
         bail!(
@@ -496,7 +502,7 @@ pub fn load_spec(path: &Path) -> anyhow::Result<UnitSpec> {
             reasons.join("\n")
         );
     }
-    Ok(spec)
+    Ok((spec, written))
 }
 
 #[cfg(test)]
