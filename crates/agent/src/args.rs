@@ -16,11 +16,18 @@ pub const UNIT_CONFIG_MAX_BYTES: u64 = 1024 * 1024;
 /// `failsmall agent`: serve one node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentFlags {
-    /// The control plane's URL, e.g. http://127.0.0.1:7070.
-    #[arg(long, env = "FAILSMALL_SERVER")]
+    /// The control plane's URL, e.g. http://127.0.0.1:7070 (as the operator commands take it;
+    /// `--server` is the same flag).
+    #[arg(
+        long = "addr",
+        visible_alias = "server",
+        env = "FAILSMALL_ADDR",
+        value_name = "URL"
+    )]
     pub server: String,
-    /// An agent token bound to this node.
-    #[arg(long, env = "FAILSMALL_TOKEN")]
+    /// An agent token bound to this node (`failsmall token create NODE --role agent --node
+    /// NODE`); any other token is refused at start.
+    #[arg(long, env = "FAILSMALL_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The node's labels: key=value,key=value (region, pop, cohort, ...).
     #[arg(long, default_value = "")]

@@ -114,6 +114,14 @@ impl ControlError {
     }
 }
 
+/// Who the control plane takes a token for (`GET /v1/whoami`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Identity {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub node: Option<String>,
+}
+
 /// A client of one control plane, for one node.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
@@ -255,6 +263,17 @@ impl ControlPlane {
     pub async fn report_batch(&self, reports: &[Report]) -> Result<(), ControlError> {
         self.post_reports(&serde_json::json!({ "reports": reports }))
             .await
+    }
+
+    /// Who the control plane takes the token for: its name, role and bound node
+    /// (`GET /v1/whoami`).
+    pub async fn whoami(&self) -> Result<Identity, ControlError> {
+        let what = "GET /v1/whoami";
+        let request = self.http.get(format!("{}/v1/whoami", self.base));
+        let body = self
+            .send(what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await?;
+        Self::json(what, &body)
     }
 
     async fn post_reports(&self, body: &serde_json::Value) -> Result<(), ControlError> {

@@ -12,6 +12,9 @@ pub struct AgentArgs {
     /// Only check the flags and the unit configuration file, then exit.
     #[arg(long)]
     pub check: bool,
+    /// Log lines as `text` or `json` (one object per line) on stderr; `RUST_LOG` filters.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 pub fn run(args: &AgentArgs) -> anyhow::Result<Outcome> {
@@ -24,6 +27,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<Outcome> {
         eprintln!("agent configuration is valid");
         return Ok(Outcome::Success);
     }
+    crate::logging::init(args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

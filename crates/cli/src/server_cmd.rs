@@ -49,6 +49,10 @@ pub struct ServerArgs {
     /// Codex; repeatable. A rule that does not load or whose tests fail stops the server.
     #[arg(long = "codex-dir", value_name = "DIR")]
     pub codex_dirs: Vec<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line) on stderr; `RUST_LOG` filters
+    /// (default `info`: one line per changelog entry, each failed request with its cause).
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// How long a node may be silent before it is removed: `0s` (never), or at least one second.
@@ -127,6 +131,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         mode: args.codex,
         dirs: args.codex_dirs.clone(),
     };
+    crate::logging::init(args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

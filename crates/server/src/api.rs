@@ -508,6 +508,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             count_responses,
         ))
+        .layer(middleware::from_fn(crate::trace::request_span))
         .with_state(state)
 }
 
@@ -523,7 +524,9 @@ async fn db<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&state.shared.store);
-    tokio::task::spawn_blocking(move || work(&store))
+    // The work logs inside the request's span (its changelog entries carry the request id).
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
         .await
         .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
 }

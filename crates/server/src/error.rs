@@ -47,6 +47,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 5xx is the server's fault: its cause goes to the log (inside the request's span,
+        // with its id), not only to the caller.
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                cause = %self.message,
+                "request failed"
+            );
+        }
         let body =
             json!({"error": {"code": self.code, "message": self.message, "detail": self.detail}});
         (self.status, axum::Json(body)).into_response()

@@ -708,7 +708,20 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
         "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
     )?;
-    Ok(to_u64(tx.last_insert_rowid()))
+    let id = to_u64(tx.last_insert_rowid());
+    // One line per state change: every changelog entry, as it is written in its transaction.
+    tracing::info!(
+        changelog_id = id,
+        kind = change.kind,
+        actor = change.actor,
+        unit = change.unit,
+        version = change.version,
+        rollout = change.rollout,
+        stage = change.stage,
+        reason = change.reason,
+        "changelog"
+    );
+    Ok(id)
 }
 
 impl Store {

@@ -438,10 +438,7 @@ pub(crate) async fn expire_forever(state: AppState, expire_after_ms: u64) {
             if let Err(error) =
                 remove_node(&state, failsmall_core::engine::ENGINE_ACTOR, &id, &reason).await
             {
-                eprintln!(
-                    "failsmall server: expiring node {id}: {}; tried again",
-                    error.message
-                );
+                tracing::warn!("expiring node {id}: {}; tried again", error.message);
             }
         }
     }
@@ -735,10 +732,7 @@ pub(super) async fn record_refused_push(
     })
     .await;
     if let Err(error) = recorded {
-        eprintln!(
-            "failsmall server: recording a refused push: {}",
-            error.message
-        );
+        tracing::warn!("recording a refused push: {}", error.message);
     }
 }
 
