@@ -271,6 +271,9 @@ pub enum AgentError {
     /// is invalid, not an agent token, or bound to another node): the agent stops.
     #[error("the control plane refuses this agent: {0}")]
     Refused(String),
+    /// The configuration (flags and file) has these problems, every one found.
+    #[error("the configuration has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid { problems: Vec<String> },
 }
 
 /// One unit as the agent sees it.

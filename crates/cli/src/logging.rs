@@ -5,19 +5,9 @@
 //! rest), and `span`/`spans` (e.g. a request's `request_id`, `method`, `path`).
 
 use anyhow::Context as _;
-use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One line of text per event, for people.
-    #[default]
-    Text,
-    /// One JSON object per line, for log pipelines.
-    Json,
-}
+pub use failsmall_agent::args::LogFormat;
 
 /// Installs the process's subscriber; `RUST_LOG` filters (default `info`).
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
