@@ -92,8 +92,9 @@ pub enum Report {
     },
 }
 
-/// Most bytes of a reason sent (the server refuses longer text).
-pub const REASON_MAX_BYTES: usize = 1024;
+/// Most bytes of a reason sent (the server refuses longer text: one home,
+/// [`failsmall_core::limits::TEXT_MAX_BYTES`]).
+pub const REASON_MAX_BYTES: usize = failsmall_core::limits::TEXT_MAX_BYTES;
 
 /// Cuts `reason` to at most [`REASON_MAX_BYTES`], on a character boundary.
 pub fn cut_reason(reason: &str) -> String {

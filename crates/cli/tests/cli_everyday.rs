@@ -85,7 +85,7 @@ impl Server {
     fn start_in(dir: Arc<tempfile::TempDir>, listen: &str, extra: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", listen, "--data-dir"])
+            .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .stdin(Stdio::null())

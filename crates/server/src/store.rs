@@ -70,7 +70,9 @@ fn fail_at(name: &'static str) -> Result<(), StoreError> {
 }
 
 /// Listings return at most this many rows.
-pub const MAX_LIST_ROWS: u32 = 1000;
+pub const MAX_LIST_ROWS: u32 = failsmall_core::limits::LIST_PAGE_MAX;
+/// Most rows a page query reads: a page and one more, to tell whether another follows.
+const PAGE_FETCH_MAX: u32 = MAX_LIST_ROWS + 1;
 /// Most units a node listing shows per node (the applied versions read per page are bounded).
 pub const MAX_UNITS_SHOWN_PER_NODE: i64 = 64;
 /// A changelog page filtered by labels examines at most this many entries; when it stops
@@ -958,14 +960,41 @@ impl Store {
     }
 
     pub fn units(&self, limit: u32) -> Result<Vec<UnitRecord>, StoreError> {
+        self.units_after(None, limit)
+    }
+
+    /// One page of units by name: at most `limit` (at most one more than [`MAX_LIST_ROWS`],
+    /// to tell a next page) whose names come after `after`.
+    pub fn units_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UnitRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan, validator FROM units
-                 ORDER BY name LIMIT ?1",
+                 WHERE name > ?1 ORDER BY name LIMIT ?2",
             )?;
-            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
+            let rows = stmt.query_map(
+                params![after.unwrap_or(""), limit.min(PAGE_FETCH_MAX)],
+                unit_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    /// Every unit, page by page (at most the engine's `MAX_UNITS`).
+    pub fn all_units(&self) -> Result<Vec<UnitRecord>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|u: &UnitRecord| u.name.clone());
+            let page = self.units_after(after.as_deref(), MAX_LIST_ROWS)?;
+            let full = page.len() >= MAX_LIST_ROWS as usize;
+            all.extend(page);
+            if !full || all.len() >= failsmall_core::engine::MAX_UNITS {
+                return Ok(all);
+            }
+        }
     }
 
     // --- versions and blobs ----------------------------------------------------------------
@@ -1079,12 +1108,27 @@ impl Store {
 
     /// A unit's versions, newest first.
     pub fn versions(&self, unit: &str, limit: u32) -> Result<Vec<VersionRecord>, StoreError> {
+        self.versions_before(unit, None, limit)
+    }
+
+    /// One page of a unit's versions, newest first: at most `limit` (at most one more than
+    /// [`MAX_LIST_ROWS`]) older than sequence `before`.
+    pub fn versions_before(
+        &self,
+        unit: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
         self.with_conn(|conn| {
             Self::unit_in(conn, unit)?;
             let mut stmt = conn.prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT ?2"
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![unit, limit.min(MAX_LIST_ROWS)], version_from_row)?;
+            let before = before.map_or(i64::MAX, to_i64);
+            let rows = stmt.query_map(
+                params![unit, before, limit.min(PAGE_FETCH_MAX)],
+                version_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -1170,11 +1214,25 @@ impl Store {
     }
 
     pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
+        self.nodes_after(None, limit)
+    }
+
+    /// One page of nodes by id: at most `limit` (at most one more than [`MAX_LIST_ROWS`], to
+    /// tell a next page) whose ids come after `after`.
+    pub fn nodes_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NodeRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes ORDER BY id LIMIT ?1",
+                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
+            let rows = stmt.query_map(
+                params![after.unwrap_or(""), limit.min(PAGE_FETCH_MAX)],
+                node_from_row,
+            )?;
             let mut nodes = rows.collect::<Result<Vec<_>, _>>()?;
             // The page's nodes run at most this many units each that the list shows.
             let (first, last) = match (nodes.first(), nodes.last()) {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, rollout_of, step_error,
-    text_field, unit_name, version_hash,
+    AppState, db, json_body, node_id, now_ms, path_param, rollout_of, step_error, text_field,
+    unit_name, version_hash,
 };
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -550,20 +550,31 @@ pub(super) fn versions_with_status(
 pub(super) async fn list_versions(
     State(state): State<AppState>,
     unit: Result<Path<String>, PathRejection>,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
+    let page = super::page::Page::from_query(query)?;
+    // Newest first: the page after `after` (a sequence number) holds older versions.
+    let (before, fetch) = (page.after_number()?, page.fetch());
     let lookup = name.clone();
-    let versions = db(&state, move |store| {
+    let rows = db(&state, move |store| {
         // The unit must exist: an unknown unit is a 404, not an empty list.
         store.unit(lookup.as_str())?;
-        Ok(store.versions(lookup.as_str(), MAX_LIST_ROWS)?)
+        Ok(store.versions_before(lookup.as_str(), before, fetch)?)
     })
     .await?;
-    let answer = state
+    let (versions, next) = page.split(rows, |version| version.seq.to_string());
+    let mut answer = state
         .shared
         .engine
         .read(|engine, _| versions_with_status(engine, &name, versions))
         .await;
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("next".to_owned(), json!(next));
+    }
     Ok(axum::Json(answer))
 }
 
