@@ -982,9 +982,16 @@ async fn send_reports(
             s.reports_queued = shared.reports.len().saturating_add(unsent.len());
             s.reports_dropped = shared.reports.dropped();
         });
-        if failed {
+        if let Some(reason) = failed {
+            let retry_in_ms = jittered(backoff_ms, random_u64());
+            tracing::warn!(
+                reports = unsent.len(),
+                %reason,
+                retry_in_ms,
+                "reports not delivered; kept and sent again"
+            );
             shared.reports.put_back(unsent);
-            if pause(jittered(backoff_ms, random_u64()), &mut stopped).await {
+            if pause(retry_in_ms, &mut stopped).await {
                 return Ok(());
             }
             backoff_ms = backoff_ms.saturating_mul(2).min(5_000);
@@ -998,21 +1005,21 @@ async fn send_reports(
 /// each report is sent alone, so one refused report does not take the others with it; a
 /// refused report is dropped (and logged), since sending it again cannot help; a dropped ACK
 /// is sent again at the next document that names its version. Returns what is still to send,
-/// and whether sending failed for a reason that may pass (then retry).
+/// and why sending failed for a reason that may pass (then retry).
 async fn send_batch(
     control: &ControlPlane,
     shared: &Shared,
     batch: Vec<Report>,
-) -> (Vec<Report>, bool) {
+) -> (Vec<Report>, Option<String>) {
     match control.report_batch(&batch).await {
-        Ok(()) => return (Vec::new(), false),
-        Err(error) if !error.is_refusal() => return (batch, true),
+        Ok(()) => return (Vec::new(), None),
+        Err(error) if !error.is_refusal() => return (batch, Some(error.to_string())),
         Err(_) => {}
     }
     let mut unsent = Vec::new();
-    let mut failed = false;
+    let mut failed = None;
     for report in batch {
-        if failed {
+        if failed.is_some() {
             unsent.push(report);
             continue;
         }
@@ -1024,8 +1031,8 @@ async fn send_batch(
                     shared.forget_acknowledgment(unit, version);
                 }
             }
-            Err(_) => {
-                failed = true;
+            Err(error) => {
+                failed = Some(error.to_string());
                 unsent.push(report);
             }
         }

@@ -2,7 +2,8 @@
 //! retrying cannot make right (invalid, an admin's, another node's) and exits non-zero saying
 //! why; an agent that cannot reach its server logs every attempt with the reason and the next
 //! retry and reports `connected: false` on its local API; a server started with
-//! `--log-format json` writes one JSON line per changelog entry, inside the request's span.
+//! `--log-format json` writes one JSON line per changelog entry, inside the request's span; and
+//! the CLI follows the API's page cursors, so a list longer than a page is shown whole.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -321,4 +322,46 @@ fn a_server_with_json_logs_writes_one_line_per_change_with_the_request_id() {
     assert_eq!(entry["span"]["request_id"], "test-create-1", "{entry}");
     assert_eq!(entry["span"]["method"], "POST", "{entry}");
     assert!(entry["timestamp"].as_str().is_some(), "{entry}");
+}
+
+#[test]
+fn the_cli_follows_cursors_and_shows_a_list_longer_than_a_page() {
+    let server = Server::start("pages", &["--codex", "off"]);
+    let http = reqwest::blocking::Client::new();
+    let count = failsmall_core::limits::LIST_PAGE_MAX as usize + 1;
+    for index in 0..count {
+        let response = http
+            .post(format!("{}/v1/units", server.addr))
+            .bearer_auth(&server.admin)
+            .json(&json!({"name": format!("u{index:04}"), "spec": {"format": "raw", "max_bytes": 64}}))
+            .send()
+            .unwrap();
+        assert!(response.status().is_success(), "{:?}", response.text());
+    }
+    let first: Value = http
+        .get(format!("{}/v1/units", server.addr))
+        .bearer_auth(&server.admin)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(first["units"].as_array().unwrap().len(), count - 1);
+    assert_eq!(
+        first["next"], "u0999",
+        "one page, and the cursor of the next"
+    );
+    let output = Command::new(BIN)
+        .args(["unit", "list", "-o", "json"])
+        .env("FAILSMALL_ADDR", &server.addr)
+        .env("FAILSMALL_TOKEN", &server.admin)
+        .env("HOME", server.dir.path())
+        .env("XDG_CONFIG_HOME", server.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let listed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let units = listed.as_array().unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(units.len(), count, "every unit, over two pages");
+    assert_eq!(units.last().unwrap()["name"], "u1000");
 }

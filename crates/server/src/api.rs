@@ -2316,9 +2316,15 @@ struct CreateTokenRequest {
     node: Option<String>,
 }
 
-async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    let tokens = db(&state, |store| Ok(store.tokens()?)).await?;
-    Ok(axum::Json(json!({ "tokens": tokens })))
+async fn list_tokens(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    let (after, fetch) = (page.after_number()?, page.fetch());
+    let rows = db(&state, move |store| Ok(store.tokens_after(after, fetch)?)).await?;
+    let (tokens, next) = page.split(rows, |token| token.id.to_string());
+    Ok(axum::Json(json!({ "tokens": tokens, "next": next })))
 }
 
 async fn create_token(

@@ -1436,11 +1436,24 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens_after(None, MAX_LIST_ROWS)
+    }
+
+    /// One page of tokens by id: at most `limit` (at most one more than [`MAX_LIST_ROWS`])
+    /// whose ids come after `after`.
+    pub fn tokens_after(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens ORDER BY id LIMIT ?1",
+                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([MAX_LIST_ROWS], token_from_row)?;
+            let rows = stmt.query_map(
+                params![after.map_or(0, to_i64), limit.min(PAGE_FETCH_MAX)],
+                token_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -114,6 +114,14 @@ async fn every_list_pages_with_a_cursor_and_nothing_is_dropped() {
                 .contains("expected 1 to 1000")
         );
     }
+    // Tokens: the first admin's and the three agents'.
+    let tokens = every_page(&server, "/v1/tokens", "tokens", 2).await;
+    assert_eq!(tokens.len(), 4, "{tokens:?}");
+    let (status, body) = server
+        .admin(Method::GET, "/v1/quarantine?limit=1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["next"].is_null(), "{body}");
     let (status, _) = server
         .admin(Method::GET, "/v1/rollouts?after=x", None)
         .await;

@@ -346,7 +346,7 @@ pub fn quarantine(args: &QuarantineArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     match &args.command {
         QuarantineCommand::List { unit } => {
-            let list: QuarantineList = client.get("/v1/quarantine", &[])?;
+            let list: QuarantineList = client.get_all("/v1/quarantine", "quarantined")?;
             let entries: Vec<&QuarantineEntry> = list
                 .quarantined
                 .iter()

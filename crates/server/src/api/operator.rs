@@ -107,12 +107,33 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<V
 /// `GET /v1/quarantine`: every quarantined version, with its version record when stored.
 pub(super) async fn list_quarantine(
     State(state): State<AppState>,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let quarantined = state
+    let page = super::page::Page::from_query(query)?;
+    // By unit, then version; the cursor is the page's last `unit/version`.
+    let key = |unit: &str, version: &str| format!("{unit}/{version}");
+    let fetch = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let mut quarantined = state
         .shared
         .engine
         .read(|engine, _| engine.quarantined())
         .await;
+    quarantined.sort_by_key(|q| key(q.unit.as_str(), &q.version.to_string()));
+    let quarantined: Vec<_> = quarantined
+        .into_iter()
+        .filter(|q| {
+            page.after
+                .as_deref()
+                .is_none_or(|after| key(q.unit.as_str(), &q.version.to_string()).as_str() > after)
+        })
+        .take(fetch)
+        .collect();
+    let (quarantined, next) = page.split(quarantined, |q| {
+        key(q.unit.as_str(), &q.version.to_string())
+    });
     let lookups: Vec<(String, String)> = quarantined
         .iter()
         .map(|q| (q.unit.to_string(), q.version.to_string()))
@@ -137,7 +158,7 @@ pub(super) async fn list_quarantine(
             })
         })
         .collect();
-    Ok(axum::Json(json!({ "quarantined": entries })))
+    Ok(axum::Json(json!({ "quarantined": entries, "next": next })))
 }
 
 /// `POST /v1/units/{unit}/quarantine/{hash}/lift`, admin: `{"reason": ...}` (required).
