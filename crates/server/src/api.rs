@@ -929,6 +929,9 @@ pub fn openapi_document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         parameters.extend(query_parameters(route.path));
+        if route.method == Method::GET && page::PAGED_ROUTES.contains(&route.path) {
+            parameters.extend(page::parameters());
+        }
         let security = if route.access == Access::Public {
             json!([])
         } else {

@@ -10,6 +10,24 @@ use serde::Deserialize;
 
 use crate::error::ApiError;
 
+/// The lists that page this way (`GET`).
+pub const PAGED_ROUTES: [&str; 6] = [
+    "/v1/units",
+    "/v1/units/{unit}/versions",
+    "/v1/nodes",
+    "/v1/rollouts",
+    "/v1/tokens",
+    "/v1/quarantine",
+];
+
+/// `limit` and `after`, for the OpenAPI document.
+pub fn parameters() -> [serde_json::Value; 2] {
+    [
+        serde_json::json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": LIST_PAGE_MAX, "default": LIST_PAGE_MAX}, "description": "Rows in this page"}),
+        serde_json::json!({"name": "after", "in": "query", "schema": {"type": "string"}, "description": "The `next` of the page before; the answer's `next` is null on the last page"}),
+    ]
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
@@ -82,6 +100,25 @@ impl Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_paged_route_is_a_get_route_and_documented() {
+        let routes = crate::api::route_table();
+        let document = crate::api::openapi_document();
+        for path in PAGED_ROUTES {
+            assert!(
+                routes
+                    .iter()
+                    .any(|r| r.path == path && r.method == axum::http::Method::GET),
+                "{path}"
+            );
+            let parameters = &document["paths"][path]["get"]["parameters"];
+            assert!(
+                parameters.to_string().contains("\"after\""),
+                "{path}: {parameters}"
+            );
+        }
+    }
 
     #[test]
     fn a_page_names_the_next_only_when_rows_remain() {
