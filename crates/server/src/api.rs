@@ -1827,12 +1827,15 @@ async fn list_nodes(
     query: Result<Query<page::PageQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let page = page::Page::from_query(query)?;
-    let (after, fetch) = (page.after.clone(), page.fetch());
-    let rows = db(&state, move |store| {
-        Ok(store.nodes_after(after.as_deref(), fetch)?)
+    let (after, limit) = (page.after.clone(), page.limit);
+    // A page ends early rather than show a node with some of its versions (see nodes_page).
+    let (mut nodes, more) = db(&state, move |store| {
+        Ok(store.nodes_page(after.as_deref(), limit)?)
     })
     .await?;
-    let (mut nodes, next) = page.split(rows, |node| node.id.clone());
+    let next = more
+        .then(|| nodes.last().map(|node| node.id.clone()))
+        .flatten();
     for node in &mut nodes {
         if let Some(seen_ms) = state.shared.liveness.pending(&node.id) {
             node.last_seen_ms = node.last_seen_ms.max(seen_ms);

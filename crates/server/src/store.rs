@@ -73,8 +73,10 @@ fn fail_at(name: &'static str) -> Result<(), StoreError> {
 pub const MAX_LIST_ROWS: u32 = failsmall_core::limits::LIST_PAGE_MAX;
 /// Most rows a page query reads: a page and one more, to tell whether another follows.
 const PAGE_FETCH_MAX: u32 = MAX_LIST_ROWS + 1;
-/// Most units a node listing shows per node (the applied versions read per page are bounded).
-pub const MAX_UNITS_SHOWN_PER_NODE: i64 = 64;
+/// Most applied versions a page of nodes reads; a page with more ends early (see
+/// [`Store::nodes_page`]). At least the engine's units, so one node's versions always fit.
+pub const NODE_VERSIONS_PAGE_MAX: i64 = 100_000;
+const _: () = assert!(NODE_VERSIONS_PAGE_MAX as usize >= failsmall_core::engine::MAX_UNITS);
 /// A changelog page filtered by labels examines at most this many entries; when it stops
 /// there, its `next_cursor` continues the scan.
 pub const MAX_CHANGELOG_SCAN_ROWS: u32 = 10_000;
@@ -1214,49 +1216,83 @@ impl Store {
     }
 
     pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
-        self.nodes_after(None, limit)
+        self.nodes_page(None, limit).map(|(nodes, _)| nodes)
     }
 
-    /// One page of nodes by id: at most `limit` (at most one more than [`MAX_LIST_ROWS`], to
-    /// tell a next page) whose ids come after `after`.
-    pub fn nodes_after(
+    /// Every node (at most `max`), page by page.
+    pub fn all_nodes(&self, max: u32) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut all: Vec<NodeRecord> = Vec::new();
+        loop {
+            let after = all.last().map(|node| node.id.clone());
+            let (page, more) = self.nodes_page(after.as_deref(), MAX_LIST_ROWS)?;
+            let empty = page.is_empty();
+            all.extend(page);
+            if !more || empty || all.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+                all.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of nodes by id, each with every version it applied: at most `limit` (at most
+    /// [`MAX_LIST_ROWS`]) whose ids come after `after`, and whether more nodes follow. The
+    /// applied versions read for one page are bounded by [`NODE_VERSIONS_PAGE_MAX`]: when a
+    /// page's nodes have more, the page ends before the first node whose versions were not all
+    /// read (the next page starts with it), so no node is shown with some of its versions.
+    pub fn nodes_page(
         &self,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<NodeRecord>, StoreError> {
+    ) -> Result<(Vec<NodeRecord>, bool), StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_ROWS);
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(
-                params![after.unwrap_or(""), limit.min(PAGE_FETCH_MAX)],
+                params![after.unwrap_or(""), limit.saturating_add(1)],
                 node_from_row,
             )?;
             let mut nodes = rows.collect::<Result<Vec<_>, _>>()?;
-            // The page's nodes run at most this many units each that the list shows.
+            let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut more = nodes.len() > page_len;
+            nodes.truncate(page_len);
             let (first, last) = match (nodes.first(), nodes.last()) {
                 (Some(first), Some(last)) => (first.id.clone(), last.id.clone()),
-                _ => return Ok(nodes),
+                _ => return Ok((nodes, more)),
             };
             let mut stmt = conn.prepare(
                 "SELECT node, unit, version, applied_ms FROM node_versions
                  WHERE node >= ?1 AND node <= ?2 ORDER BY node, unit LIMIT ?3",
             )?;
-            let limit = i64::from(MAX_LIST_ROWS).saturating_mul(MAX_UNITS_SHOWN_PER_NODE);
-            let applied = stmt.query_map(params![first, last, limit], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    AppliedVersion {
-                        version: row.get(2)?,
-                        applied_ms: to_u64(row.get(3)?),
-                    },
-                ))
-            })?;
+            let applied = stmt.query_map(
+                params![first, last, NODE_VERSIONS_PAGE_MAX.saturating_add(1)],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        AppliedVersion {
+                            version: row.get(2)?,
+                            applied_ms: to_u64(row.get(3)?),
+                        },
+                    ))
+                },
+            )?;
+            let mut rows = applied.collect::<Result<Vec<_>, _>>()?;
+            let budget = usize::try_from(NODE_VERSIONS_PAGE_MAX).unwrap_or(usize::MAX);
+            if rows.len() > budget {
+                // The node of the row past the budget may not have all its versions read: the
+                // page ends before it. It is never the first (a node has fewer versions than
+                // the budget), so every page holds a node.
+                if let Some((cut, _, _)) = rows.last().cloned() {
+                    rows.retain(|(node, _, _)| *node < cut);
+                    nodes.retain(|node| node.id < cut);
+                    more = true;
+                }
+            }
             let mut by_node: BTreeMap<String, BTreeMap<String, AppliedVersion>> = BTreeMap::new();
-            for row in applied {
-                let (node, unit, version) = row?;
+            for (node, unit, version) in rows {
                 by_node.entry(node).or_default().insert(unit, version);
             }
             for node in &mut nodes {
@@ -1264,7 +1300,7 @@ impl Store {
                     node.versions = versions;
                 }
             }
-            Ok(nodes)
+            Ok((nodes, more))
         })
     }
 
