@@ -272,7 +272,7 @@ pub enum AgentError {
     #[error("the control plane refuses this agent: {0}")]
     Refused(String),
     /// The configuration (flags and file) has these problems, every one found.
-    #[error("the configuration has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    #[error("the agent's configuration has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
     Invalid { problems: Vec<String> },
 }
 
@@ -738,6 +738,7 @@ async fn pinned_key(
     config: &AgentConfig,
     control: &ControlPlane,
     shared: &Shared,
+    unreachable: &mut Option<String>,
 ) -> Result<Option<ed25519_dalek::VerifyingKey>, AgentError> {
     if let Some(key) = &config.server_key {
         let parsed = verify::parse_key(key).map_err(AgentError::PinnedKey)?;
@@ -758,7 +759,10 @@ async fn pinned_key(
             tracing::info!("pinned the server key {key} (trust on first use)");
             Ok(Some(parsed))
         }
-        Err(_) => Ok(None),
+        Err(error) => {
+            *unreachable = Some(error.to_string());
+            Ok(None)
+        }
     }
 }
 
@@ -773,6 +777,8 @@ async fn watch_loop(
     let mut refusal_backoff_ms = 0u64;
     let mut fetch_backoff_ms = 0u64;
     let mut key = None;
+    // Why the server's key could not be fetched, while it is not pinned.
+    let mut key_unreachable: Option<String> = None;
     let mut registered = false;
     let mut caught_up = false;
     loop {
@@ -781,7 +787,7 @@ async fn watch_loop(
         }
         refresh_staleness(&shared);
         if key.is_none() {
-            match pinned_key(&config, &control, &shared).await {
+            match pinned_key(&config, &control, &shared, &mut key_unreachable).await {
                 Ok(pinned) => key = pinned,
                 Err(error) => {
                     tracing::error!(
@@ -798,9 +804,12 @@ async fn watch_loop(
         }
         let step = async {
             let Some(key) = &key else {
-                return Err(Trouble::Retry(
-                    "the server key is not pinned yet and the server is unreachable".to_owned(),
-                ));
+                return Err(Trouble::Retry(format!(
+                    "the server key is not pinned yet: {}",
+                    key_unreachable
+                        .as_deref()
+                        .unwrap_or("the server is unreachable")
+                )));
             };
             if !registered {
                 identity::check(&control, node_from).await?;

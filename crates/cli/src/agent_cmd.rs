@@ -19,7 +19,7 @@ pub fn run(args: &AgentArgs) -> anyhow::Result<Outcome> {
         .flags
         .clone()
         .load()
-        .map_err(|e| anyhow::anyhow!("the agent's {e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.check {
         eprintln!("agent configuration is valid");
         return Ok(Outcome::Success);
