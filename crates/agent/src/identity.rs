@@ -74,10 +74,22 @@ pub async fn check(control: &ControlPlane, from: NodeIdFrom) -> Result<(), Troub
             .map_err(|reason| Trouble::Fatal(AgentError::Refused(reason))),
         Err(ControlError::Status {
             status: 401, body, ..
-        }) => Err(Trouble::Fatal(AgentError::Refused(format!(
-            "the token was refused as invalid (401: {body}); check --token / FAILSMALL_TOKEN: \
+        }) => {
+            // The API's error shape: say its message, not the JSON.
+            let said = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("error")
+                        .and_then(|e| e.get("message"))
+                        .and_then(|m| m.as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or(body);
+            Err(Trouble::Fatal(AgentError::Refused(format!(
+                "the token was refused as invalid (401: {said}); check --token / FAILSMALL_TOKEN: \
                  it may be mistyped, revoked, or made by another control plane"
-        )))),
+            ))))
+        }
         Err(ControlError::Status { status: 404, .. }) => Ok(()),
         Err(error) => Err(Trouble::Retry(error.to_string())),
     }

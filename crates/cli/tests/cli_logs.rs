@@ -207,6 +207,10 @@ fn an_agent_refuses_tokens_that_retrying_cannot_fix_and_exits_saying_why() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("refused as invalid (401"), "{stderr}");
     assert!(stderr.contains("--token / FAILSMALL_TOKEN"), "{stderr}");
+    assert!(
+        stderr.contains("(401: the token is unknown or revoked)"),
+        "{stderr}"
+    );
 
     let (code, stderr) = agent_stops(agent(
         &server.addr,
