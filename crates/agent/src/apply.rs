@@ -76,11 +76,21 @@ pub async fn converge_unit(
         | Outcome::DiskFailed(reason) => Some(reason.clone()),
         _ => None,
     };
-    if let Some(reason) = &error {
-        eprintln!(
-            "failsmall agent: unit {unit} version {}: {reason}",
-            hash.short()
-        );
+    // One line per change of what the node runs, or refusal to change it.
+    let version = hash.short();
+    match &outcome {
+        Outcome::Applied => tracing::info!(%unit, %version, "applied"),
+        Outcome::Refused(reason) => tracing::warn!(%unit, %version, %reason, "refused"),
+        Outcome::RolledBack(reason) => {
+            tracing::warn!(%unit, %version, %reason, "reverted to the last known good")
+        }
+        Outcome::NotFetched(reason) => {
+            tracing::warn!(%unit, %version, %reason, "not fetched; fetched again")
+        }
+        Outcome::DiskFailed(reason) => {
+            tracing::error!(%unit, %version, %reason, "disk failed; last known good kept")
+        }
+        Outcome::AlreadyActive | Outcome::PreviouslyRefused => {}
     }
     shared.with_status(|s| {
         let entry = s.units.entry(unit.clone()).or_default();

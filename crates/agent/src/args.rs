@@ -13,21 +13,44 @@ use crate::{AgentConfig, AgentError, ConsumerMetrics, UnitLocalConfig};
 /// Largest unit configuration file read, in bytes.
 pub const UNIT_CONFIG_MAX_BYTES: u64 = 1024 * 1024;
 
-/// `failsmall agent`: serve one node.
+/// How log lines are written (`--log-format`, `log_format` in a configuration file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// `failsmall agent`: serve one node. Every setting may also come from a TOML file
+/// (`--config`, see [`AgentFile`]); a flag (or its environment variable) overrides the file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentFlags {
-    /// The control plane's URL, e.g. http://127.0.0.1:7070.
-    #[arg(long, env = "FAILSMALL_SERVER")]
-    pub server: String,
-    /// An agent token bound to this node.
-    #[arg(long, env = "FAILSMALL_TOKEN")]
-    pub token: String,
+    /// A TOML file with any of the settings below, by their names with `_` for `-`
+    /// (`addr`, `data_dir`, `labels = { region = "eu" }`, ...); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The control plane's URL, e.g. http://127.0.0.1:7070 (as the operator commands take it;
+    /// `--server` is the same flag). Required here or in the file.
+    #[arg(
+        long = "addr",
+        visible_alias = "server",
+        env = "FAILSMALL_ADDR",
+        value_name = "URL"
+    )]
+    pub server: Option<String>,
+    /// An agent token bound to this node (`failsmall token create NODE --role agent --node
+    /// NODE`); any other token is refused at start. Required here or in the file.
+    #[arg(long, env = "FAILSMALL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// The node's labels: key=value,key=value (region, pop, cohort, ...).
-    #[arg(long, default_value = "")]
-    pub labels: String,
-    /// Where the agent keeps versions and state.
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub labels: Option<String>,
+    /// Where the agent keeps versions and state. Required here or in the file.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// The node's id (default: saved in the data dir, or a new one).
     #[arg(long)]
     pub node_id: Option<String>,
@@ -55,30 +78,86 @@ pub struct AgentFlags {
     #[arg(long)]
     pub consumer_systemd_unit: Option<String>,
     /// How often health is reported (and the metrics scraped), in milliseconds; keep it well
-    /// under the plans' `silence`.
-    #[arg(long, default_value_t = 5_000)]
-    pub health_interval_ms: u64,
-    /// How long one watch request waits for news, in milliseconds.
-    #[arg(long, default_value_t = 25_000)]
-    pub watch_wait_ms: u64,
-    /// Largest delay between reconnection attempts, in milliseconds.
-    #[arg(long, default_value_t = 5_000)]
-    pub backoff_max_ms: u64,
+    /// under the plans' `silence` [default: 5000].
+    #[arg(long)]
+    pub health_interval_ms: Option<u64>,
+    /// How long one watch request waits for news, in milliseconds [default: 25000].
+    #[arg(long)]
+    pub watch_wait_ms: Option<u64>,
+    /// Largest delay between reconnection attempts, in milliseconds [default: 5000].
+    #[arg(long)]
+    pub backoff_max_ms: Option<u64>,
     /// How often what each unit's `current` serves is hashed and compared with the active
-    /// version (a damaged file is restored and reported), in milliseconds.
-    #[arg(long, default_value_t = crate::integrity::INTERVAL_MS_DEFAULT)]
-    pub integrity_interval_ms: u64,
+    /// version (a damaged file is restored and reported), in milliseconds [default: 60000].
+    #[arg(long)]
+    pub integrity_interval_ms: Option<u64>,
     /// A plan-declared post-apply health check must pass continuously this long, in
-    /// milliseconds (a unit's own `health_check` sets its own `window_ms`).
-    #[arg(long, default_value_t = crate::check::WINDOW_MS_DEFAULT)]
-    pub check_window_ms: u64,
-    /// Time between two probes of a plan-declared health check, in milliseconds.
-    #[arg(long, default_value_t = crate::check::INTERVAL_MS_DEFAULT)]
-    pub check_interval_ms: u64,
+    /// milliseconds (a unit's own `health_check` sets its own `window_ms`) [default: 3000].
+    #[arg(long)]
+    pub check_window_ms: Option<u64>,
+    /// Time between two probes of a plan-declared health check, in milliseconds
+    /// [default: 250].
+    #[arg(long)]
+    pub check_interval_ms: Option<u64>,
     /// A plan-declared health check fails when no full window passed this long after the
-    /// reload, in milliseconds (greater than the window).
-    #[arg(long, default_value_t = crate::check::DEADLINE_MS_DEFAULT)]
-    pub check_deadline_ms: u64,
+    /// reload, in milliseconds (greater than the window) [default: 30000].
+    #[arg(long)]
+    pub check_deadline_ms: Option<u64>,
+    /// Log lines as `text` or `json` (one object per line) on stderr; `RUST_LOG` filters
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The agent's configuration file (TOML): the flags' settings by their names with `_` for
+/// `-`, `labels` as a table. A key it does not know is an error naming the file, the line and
+/// the key.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub addr: Option<String>,
+    pub token: Option<String>,
+    pub node_id: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub data_dir: Option<PathBuf>,
+    pub local_api: Option<SocketAddr>,
+    pub server_key: Option<String>,
+    pub unit_config: Option<PathBuf>,
+    pub consumer_url: Option<String>,
+    pub metrics_url: Option<String>,
+    pub consumer_pid_file: Option<PathBuf>,
+    pub consumer_systemd_unit: Option<String>,
+    pub health_interval_ms: Option<u64>,
+    pub watch_wait_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub integrity_interval_ms: Option<u64>,
+    pub check_window_ms: Option<u64>,
+    pub check_interval_ms: Option<u64>,
+    pub check_deadline_ms: Option<u64>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Largest configuration file read, in bytes.
+pub const CONFIG_FILE_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Reads and parses a TOML configuration file of type `T` (at most
+/// [`CONFIG_FILE_MAX_BYTES`]); an error names the file and, for a parse error, the line,
+/// column and key.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if len > CONFIG_FILE_MAX_BYTES {
+        return Err(format!(
+            "{}: {len} bytes; the limit is {CONFIG_FILE_MAX_BYTES}",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let message = e.to_string();
+        format!("{}: {}", path.display(), message.trim_end())
+    })
 }
 
 /// Parses `key=value,key=value`.
@@ -102,62 +181,139 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, AgentError> 
     Ok(labels)
 }
 
+/// What the flags and the file make together.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub log_format: LogFormat,
+}
+
 impl AgentFlags {
     /// The configuration these flags describe (reads the unit configuration file).
     pub fn into_config(self) -> Result<AgentConfig, AgentError> {
-        let mut config = AgentConfig::new(&self.server, &self.token, self.data_dir);
-        config.labels = parse_labels(&self.labels)?;
-        config.node_id = self.node_id;
-        config.local_api = self.local_api;
-        config.server_key = self.server_key;
-        config.consumer_url = self.consumer_url;
+        self.load().map(|loaded| loaded.config)
+    }
+
+    /// The configuration of the file (`--config`) overridden by the flags, checked whole:
+    /// an error lists every problem found.
+    pub fn load(self) -> Result<Loaded, AgentError> {
+        let mut problems = Vec::new();
+        let file: AgentFile = match &self.config {
+            Some(path) => read_toml(path).unwrap_or_else(|problem| {
+                problems.push(problem);
+                AgentFile::default()
+            }),
+            None => AgentFile::default(),
+        };
+        let missing = |flag: &str, env: Option<&str>, key: &str| {
+            let env = env.map(|e| format!(" (or {e})")).unwrap_or_default();
+            format!("--{flag}{env} is required, or `{key}` in the file given by --config")
+        };
+        let server = self.server.or(file.addr);
+        let token = self.token.or(file.token);
+        let data_dir = self.data_dir.or(file.data_dir);
+        if server.is_none() {
+            problems.push(missing("addr", Some("FAILSMALL_ADDR"), "addr"));
+        }
+        if token.is_none() {
+            problems.push(missing("token", Some("FAILSMALL_TOKEN"), "token"));
+        }
+        if data_dir.is_none() {
+            problems.push(missing("data-dir", None, "data_dir"));
+        }
+        let mut config = AgentConfig::new(
+            server.as_deref().unwrap_or("http://missing"),
+            token.as_deref().unwrap_or("missing"),
+            data_dir.unwrap_or_default(),
+        );
+        match self.labels {
+            Some(text) => match parse_labels(&text) {
+                Ok(labels) => config.labels = labels,
+                Err(error) => problems.push(error.to_string()),
+            },
+            None => config.labels = file.labels.unwrap_or_default(),
+        }
+        config.node_id = self.node_id.or(file.node_id);
+        config.local_api = self.local_api.or(file.local_api);
+        config.server_key = self.server_key.or(file.server_key);
+        config.consumer_url = self.consumer_url.or(file.consumer_url);
         config.liveness = crate::ConsumerLiveness {
-            pid_file: self.consumer_pid_file,
-            systemd_unit: self.consumer_systemd_unit,
+            pid_file: self.consumer_pid_file.or(file.consumer_pid_file),
+            systemd_unit: self.consumer_systemd_unit.or(file.consumer_systemd_unit),
         };
-        config.watch_wait_ms = self.watch_wait_ms;
-        config.health_interval_ms = self.health_interval_ms;
-        config.backoff_max_ms = self.backoff_max_ms.max(config.backoff_min_ms);
+        config.watch_wait_ms = self
+            .watch_wait_ms
+            .or(file.watch_wait_ms)
+            .unwrap_or(config.watch_wait_ms);
+        config.health_interval_ms = self
+            .health_interval_ms
+            .or(file.health_interval_ms)
+            .unwrap_or(config.health_interval_ms);
+        config.backoff_max_ms = self
+            .backoff_max_ms
+            .or(file.backoff_max_ms)
+            .unwrap_or(config.backoff_max_ms)
+            .max(config.backoff_min_ms);
+        let integrity_interval_ms = self
+            .integrity_interval_ms
+            .or(file.integrity_interval_ms)
+            .unwrap_or(crate::integrity::INTERVAL_MS_DEFAULT);
         let interval = crate::integrity::INTERVAL_MS_MIN..=crate::integrity::INTERVAL_MS_MAX;
-        if !interval.contains(&self.integrity_interval_ms) {
-            return Err(AgentError::Config {
-                field: "integrity-interval-ms",
-                reason: format!(
-                    "{} is out of range; expected {} to {}",
-                    self.integrity_interval_ms,
-                    interval.start(),
-                    interval.end()
-                ),
-            });
+        if !interval.contains(&integrity_interval_ms) {
+            problems.push(format!(
+                "integrity-interval-ms: {integrity_interval_ms} is out of range; expected {} to {}",
+                interval.start(),
+                interval.end()
+            ));
         }
-        config.integrity_interval_ms = self.integrity_interval_ms;
+        config.integrity_interval_ms = integrity_interval_ms;
         config.health_window = HealthWindow {
-            window_ms: self.check_window_ms,
-            interval_ms: self.check_interval_ms,
-            deadline_ms: self.check_deadline_ms,
+            window_ms: self
+                .check_window_ms
+                .or(file.check_window_ms)
+                .unwrap_or(crate::check::WINDOW_MS_DEFAULT),
+            interval_ms: self
+                .check_interval_ms
+                .or(file.check_interval_ms)
+                .unwrap_or(crate::check::INTERVAL_MS_DEFAULT),
+            deadline_ms: self
+                .check_deadline_ms
+                .or(file.check_deadline_ms)
+                .unwrap_or(crate::check::DEADLINE_MS_DEFAULT),
         };
-        let problems = config.health_window.check("check");
-        if !problems.is_empty() {
-            return Err(AgentError::Config {
-                field: "check-window-ms",
-                reason: problems
-                    .join("; ")
-                    .replace("check.", "--check-")
-                    .replace("_ms", "-ms"),
-            });
-        }
-        if let Some(url) = self.metrics_url {
+        problems.extend(
+            config
+                .health_window
+                .check("check")
+                .into_iter()
+                .map(|p| p.replace("check.", "--check-").replace("_ms", "-ms")),
+        );
+        if let Some(url) = self.metrics_url.or(file.metrics_url) {
             config.metrics = Some(ConsumerMetrics {
                 url,
                 names: Default::default(),
-                interval_ms: self.health_interval_ms,
+                interval_ms: config.health_interval_ms,
             });
         }
-        if let Some(path) = self.unit_config {
-            config.units = read_unit_config(&path)?;
+        if let Some(path) = self.unit_config.or(file.unit_config) {
+            match read_unit_config(&path) {
+                Ok(units) => config.units = units,
+                Err(error) => problems.push(error.to_string()),
+            }
         }
-        config.validate()?;
-        Ok(config)
+        if server.is_some()
+            && token.is_some()
+            && let Err(error) = config.validate()
+        {
+            problems.push(error.to_string());
+        }
+        if !problems.is_empty() {
+            return Err(AgentError::Invalid { problems });
+        }
+        Ok(Loaded {
+            config,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
     }
 }
 

@@ -92,8 +92,9 @@ pub enum Report {
     },
 }
 
-/// Most bytes of a reason sent (the server refuses longer text).
-pub const REASON_MAX_BYTES: usize = 1024;
+/// Most bytes of a reason sent (the server refuses longer text: one home,
+/// [`failsmall_core::limits::TEXT_MAX_BYTES`]).
+pub const REASON_MAX_BYTES: usize = failsmall_core::limits::TEXT_MAX_BYTES;
 
 /// Cuts `reason` to at most [`REASON_MAX_BYTES`], on a character boundary.
 pub fn cut_reason(reason: &str) -> String {
@@ -112,6 +113,14 @@ impl ControlError {
         matches!(self, Self::Status { status, .. }
             if (400..500).contains(status) && !matches!(status, 401 | 408 | 409 | 429))
     }
+}
+
+/// Who the control plane takes a token for (`GET /v1/whoami`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Identity {
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub node: Option<String>,
 }
 
 /// A client of one control plane, for one node.
@@ -255,6 +264,17 @@ impl ControlPlane {
     pub async fn report_batch(&self, reports: &[Report]) -> Result<(), ControlError> {
         self.post_reports(&serde_json::json!({ "reports": reports }))
             .await
+    }
+
+    /// Who the control plane takes the token for: its name, role and bound node
+    /// (`GET /v1/whoami`).
+    pub async fn whoami(&self) -> Result<Identity, ControlError> {
+        let what = "GET /v1/whoami";
+        let request = self.http.get(format!("{}/v1/whoami", self.base));
+        let body = self
+            .send(what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await?;
+        Self::json(what, &body)
     }
 
     async fn post_reports(&self, body: &serde_json::Value) -> Result<(), ControlError> {

@@ -146,8 +146,8 @@ fn local_config(
                     .with_window(&config.health_window),
                 );
             }
-            None => eprintln!(
-                "failsmall agent: unit {unit}: the plan asks for a health check of {}, but no consumer URL is configured (--consumer-url); skipped",
+            None => tracing::warn!(
+                "unit {unit}: the plan asks for a health check of {}, but no consumer URL is configured (--consumer-url); skipped",
                 check.path
             ),
         }
@@ -164,19 +164,19 @@ async fn remove(config: &AgentConfig, shared: &Arc<Shared>, unit: &UnitName) {
     if active.is_some() {
         let (disk, owned) = (shared.disk.clone(), unit.clone());
         if let Err(error) = apply::blocking(move || disk.remove_unit(&owned)).await {
-            eprintln!("failsmall agent: unit {unit}: removing it failed: {error}; tried again");
+            tracing::warn!("unit {unit}: removing it failed: {error}; tried again");
             return;
         }
         shared.activated(unit, None);
-        eprintln!(
-            "failsmall agent: unit {unit}: left this node's desired state; removed {}",
+        tracing::info!(
+            "unit {unit}: left this node's desired state; removed {}",
             active.map(|h| h.short()).unwrap_or_default()
         );
         if let Some(reload) = config.units.get(unit).and_then(|l| l.reload.as_ref())
             && let Ok(current) = shared.disk.current_path(unit)
             && let Err(error) = reload.run_reload(&current).await
         {
-            eprintln!("failsmall agent: unit {unit}: reload after the removal failed: {error}");
+            tracing::warn!("unit {unit}: reload after the removal failed: {error}");
         }
     }
     shared.report_removal(unit, active);

@@ -75,7 +75,7 @@ pub(crate) async fn report_health(
                     .flatten()
                     .is_some()
                 {
-                    eprintln!("failsmall agent: the consumer is up again");
+                    tracing::info!("the consumer is up again");
                 }
                 crashes_reported.clear();
                 sampling_failed = false;
@@ -91,7 +91,7 @@ pub(crate) async fn report_health(
             }
             Look::NoSample(reason) => {
                 if !sampling_failed {
-                    eprintln!("failsmall agent: no health sample: {reason}");
+                    tracing::warn!("no health sample: {reason}");
                 }
                 sampling_failed = true;
                 previous = None;
@@ -103,7 +103,7 @@ pub(crate) async fn report_health(
                     .with_status(|s| s.consumer_down.replace(reason.clone()).is_none())
                     .unwrap_or(true);
                 if first {
-                    eprintln!("failsmall agent: the consumer is down: {reason}");
+                    tracing::warn!("the consumer is down: {reason}");
                 }
                 report_crash(&shared, &reason, &mut crashes_reported);
                 continue;

@@ -167,7 +167,7 @@ async fn check_unit(
     let finding = crate::apply::blocking(move || inspect(&disk, &owned, believed)).await;
     let (believed, served) = match (believed, finding) {
         (_, Err(error)) => {
-            eprintln!("failsmall agent: unit {unit}: checking current failed: {error}");
+            tracing::warn!("unit {unit}: checking current failed: {error}");
             return;
         }
         (Some(believed), Ok(Finding::Damaged(hash))) => (believed, Some(hash)),
@@ -191,8 +191,8 @@ async fn check_unit(
     let (now, reason) = match restored {
         Ok(done) => done,
         Err(error) => {
-            eprintln!(
-                "failsmall agent: unit {unit}: current does not serve {} and restoring it failed: {error}",
+            tracing::warn!(
+                "unit {unit}: current does not serve {} and restoring it failed: {error}",
                 believed.short()
             );
             return;
@@ -205,7 +205,7 @@ async fn check_unit(
 
 /// Tells and reports a repair of `unit` (now serving `version`, or nothing).
 pub(crate) fn repaired(shared: &Shared, unit: &UnitName, version: VersionHash, reason: &str) {
-    eprintln!("failsmall agent: unit {unit}: {reason}");
+    tracing::info!("unit {unit}: {reason}");
     shared.reports.push(Report::Repaired {
         unit: unit.clone(),
         version,
@@ -218,7 +218,7 @@ async fn reload(config: &AgentConfig, shared: &Shared, unit: &UnitName) {
         && let Ok(current) = shared.disk.current_path(unit)
         && let Err(error) = reload.run_reload(&current).await
     {
-        eprintln!("failsmall agent: unit {unit}: reload after the repair failed: {error}");
+        tracing::warn!("unit {unit}: reload after the repair failed: {error}");
     }
 }
 

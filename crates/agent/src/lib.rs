@@ -24,6 +24,7 @@ pub mod control;
 mod converge;
 pub mod disk;
 mod health;
+pub mod identity;
 pub mod integrity;
 pub mod local_api;
 pub mod report;
@@ -47,6 +48,7 @@ use crate::command::LocalCommand;
 use crate::control::{ControlPlane, Report};
 use crate::converge::Handled;
 use crate::disk::{DataDir, DiskError};
+use crate::identity::{NodeIdFrom, Trouble};
 use crate::report::ReportQueue;
 use crate::scrape::MetricNames;
 use crate::verify::Refusal;
@@ -265,6 +267,13 @@ pub enum AgentError {
     },
     #[error("no randomness for a node id: {0}")]
     Random(String),
+    /// The control plane refused this agent for a reason that retrying cannot fix (its token
+    /// is invalid, not an agent token, or bound to another node): the agent stops.
+    #[error("the control plane refuses this agent: {0}")]
+    Refused(String),
+    /// The configuration (flags and file) has these problems, every one found.
+    #[error("the agent's configuration has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid { problems: Vec<String> },
 }
 
 /// One unit as the agent sees it.
@@ -376,7 +385,7 @@ impl Shared {
         if repeated {
             return;
         }
-        eprintln!("failsmall agent: refused: {message}");
+        tracing::warn!("refused: {message}");
         self.with_status(|status| {
             if status.refusals.len() >= MAX_RECENT_REFUSALS {
                 status.refusals.remove(0);
@@ -568,20 +577,20 @@ pub fn jittered(delay_ms: u64, random: u64) -> u64 {
 }
 
 /// The node id: given, saved in the data dir, or new (then saved).
-fn node_id(config: &AgentConfig, disk: &DataDir) -> Result<String, AgentError> {
+fn node_id(config: &AgentConfig, disk: &DataDir) -> Result<(String, NodeIdFrom), AgentError> {
     if let Some(id) = &config.node_id {
-        return Ok(id.clone());
+        return Ok((id.clone(), NodeIdFrom::Flag));
     }
     if let Some(id) = disk.node_id()?
         && NodeId::new(id.clone()).is_ok()
     {
-        return Ok(id);
+        return Ok((id, NodeIdFrom::DataDir));
     }
     let mut suffix = [0u8; 6];
     getrandom::fill(&mut suffix).map_err(|e| AgentError::Random(e.to_string()))?;
     let id = format!("node-{}", hex::encode(suffix));
     disk.save_node_id(&id)?;
-    Ok(id)
+    Ok((id, NodeIdFrom::New))
 }
 
 /// At start, before anything else: removes temporaries; where an apply was cut short (the
@@ -615,8 +624,8 @@ fn recover(shared: &Shared) -> Result<Vec<UnitName>, AgentError> {
                 None => {
                     // No version is known good here: bytes that match no signed version are
                     // not served.
-                    eprintln!(
-                        "failsmall agent: unit {unit}: current matches no stored version and none is known good; removed it"
+                    tracing::warn!(
+                        "unit {unit}: current matches no stored version and none is known good; removed it"
                     );
                     shared.disk.deactivate(&unit)?;
                 }
@@ -626,8 +635,8 @@ fn recover(shared: &Shared) -> Result<Vec<UnitName>, AgentError> {
             && active != Some(good)
             && shared.disk.version(&unit, &good)?.is_some()
         {
-            eprintln!(
-                "failsmall agent: unit {unit}: an apply was interrupted; putting back the last known good {}",
+            tracing::warn!(
+                "unit {unit}: an apply was interrupted; putting back the last known good {}",
                 good.short()
             );
             shared.disk.activate(&unit, &good)?;
@@ -645,7 +654,8 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate()?;
     let disk = DataDir::open(&config.data_dir)?;
-    let node = node_id(&config, &disk)?;
+    let (node, node_from) = node_id(&config, &disk)?;
+    tracing::info!(node = %node, from = node_from.describe(), "agent starting");
     let shared = Arc::new(Shared::new(disk, &node));
     let seq = shared.disk.trusted_seq()?;
     shared.with_status(|status| status.seq = seq);
@@ -658,7 +668,7 @@ pub async fn run(
             .await
             .map_err(|source| AgentError::LocalApi { address, source })?;
         let bound = listener.local_addr().unwrap_or(address);
-        eprintln!("failsmall agent: local API on http://{bound}");
+        tracing::info!("local API on http://{bound}");
         let mut stopping = stopped.clone();
         tasks.spawn(local_api::serve(
             listener,
@@ -692,7 +702,13 @@ pub async fn run(
         repaired,
         stopped.clone(),
     ));
-    let watching = watch_loop(config, control, Arc::clone(&shared), stopped.clone());
+    let watching = watch_loop(
+        config,
+        control,
+        node_from,
+        Arc::clone(&shared),
+        stopped.clone(),
+    );
     tokio::select! {
         result = watching => {
             let _ = stop.send(true);
@@ -722,6 +738,7 @@ async fn pinned_key(
     config: &AgentConfig,
     control: &ControlPlane,
     shared: &Shared,
+    unreachable: &mut Option<String>,
 ) -> Result<Option<ed25519_dalek::VerifyingKey>, AgentError> {
     if let Some(key) = &config.server_key {
         let parsed = verify::parse_key(key).map_err(AgentError::PinnedKey)?;
@@ -739,16 +756,20 @@ async fn pinned_key(
         Ok(key) => {
             let parsed = verify::parse_key(&key).map_err(AgentError::PinnedKey)?;
             shared.disk.pin_key(&key)?;
-            eprintln!("failsmall agent: pinned the server key {key} (trust on first use)");
+            tracing::info!("pinned the server key {key} (trust on first use)");
             Ok(Some(parsed))
         }
-        Err(_) => Ok(None),
+        Err(error) => {
+            *unreachable = Some(error.to_string());
+            Ok(None)
+        }
     }
 }
 
 async fn watch_loop(
     config: AgentConfig,
     control: ControlPlane,
+    node_from: NodeIdFrom,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
@@ -756,6 +777,8 @@ async fn watch_loop(
     let mut refusal_backoff_ms = 0u64;
     let mut fetch_backoff_ms = 0u64;
     let mut key = None;
+    // Why the server's key could not be fetched, while it is not pinned.
+    let mut key_unreachable: Option<String> = None;
     let mut registered = false;
     let mut caught_up = false;
     loop {
@@ -764,10 +787,14 @@ async fn watch_loop(
         }
         refresh_staleness(&shared);
         if key.is_none() {
-            match pinned_key(&config, &control, &shared).await {
+            match pinned_key(&config, &control, &shared, &mut key_unreachable).await {
                 Ok(pinned) => key = pinned,
                 Err(error) => {
-                    eprintln!("failsmall agent: {error}; serving what is on disk");
+                    tracing::error!(
+                        %error,
+                        retry_in_ms = config.backoff_max_ms,
+                        "cannot pin the server key; serving what is on disk"
+                    );
                     if pause(config.backoff_max_ms, &mut stopped).await {
                         return Ok(());
                     }
@@ -777,15 +804,19 @@ async fn watch_loop(
         }
         let step = async {
             let Some(key) = &key else {
-                return Err(
-                    "the server key is not pinned yet and the server is unreachable".to_owned(),
-                );
+                return Err(Trouble::Retry(format!(
+                    "the server key is not pinned yet: {}",
+                    key_unreachable
+                        .as_deref()
+                        .unwrap_or("the server is unreachable")
+                )));
             };
             if !registered {
+                identity::check(&control, node_from).await?;
                 control
                     .register(&config.labels)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| Trouble::Retry(e.to_string()))?;
                 registered = true;
             }
             let seq = shared.with_status(|s| s.seq).unwrap_or(0);
@@ -793,7 +824,7 @@ async fn watch_loop(
             let envelope = control
                 .desired(after, config.watch_wait_ms)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Trouble::Retry(e.to_string()))?;
             Ok((*key, envelope))
         };
         let outcome = tokio::select! {
@@ -802,7 +833,12 @@ async fn watch_loop(
         };
         match outcome {
             Ok((key, envelope)) => {
-                shared.with_status(|s| s.connected = true);
+                let was_connected = shared
+                    .with_status(|s| std::mem::replace(&mut s.connected, true))
+                    .unwrap_or(true);
+                if !was_connected {
+                    tracing::info!(server = %config.server_url, "connected to the control plane");
+                }
                 backoff_ms = config.backoff_min_ms;
                 // A local failure (the disk) is not fatal either: what is active stays, and
                 // the document is asked for again.
@@ -813,7 +849,7 @@ async fn watch_loop(
                 {
                     Ok(handled) => handled,
                     Err(error) => {
-                        eprintln!("failsmall agent: {error}; keeping what is active");
+                        tracing::error!(%error, "keeping what is active");
                         Handled::Refused
                     }
                 };
@@ -842,18 +878,23 @@ async fn watch_loop(
                     refusal_backoff_ms = 0;
                 }
             }
-            Err(reason) => {
-                let was_connected = shared
-                    .with_status(|s| std::mem::replace(&mut s.connected, false))
-                    .unwrap_or(false);
-                if was_connected {
-                    eprintln!(
-                        "failsmall agent: control plane lost ({reason}); serving what is on disk"
-                    );
-                }
+            Err(Trouble::Fatal(error)) => {
+                shared.with_status(|s| s.connected = false);
+                tracing::error!(%error, "stopping: retrying cannot fix this");
+                return Err(error);
+            }
+            Err(Trouble::Retry(reason)) => {
+                shared.with_status(|s| s.connected = false);
+                let retry_in_ms = jittered(backoff_ms, random_u64());
+                tracing::warn!(
+                    server = %config.server_url,
+                    %reason,
+                    retry_in_ms,
+                    "control plane not reached; serving what is on disk"
+                );
                 registered = false;
                 caught_up = false;
-                if pause(jittered(backoff_ms, random_u64()), &mut stopped).await {
+                if pause(retry_in_ms, &mut stopped).await {
                     return Ok(());
                 }
                 backoff_ms = backoff_ms.saturating_mul(2).min(config.backoff_max_ms);
@@ -892,11 +933,11 @@ pub(crate) fn refresh_staleness(shared: &Shared) {
     }
     match turn {
         Some(report @ Report::Stale { .. }) => {
-            eprintln!("failsmall agent: desired state expired; serving what is on disk (stale)");
+            tracing::warn!("desired state expired; serving what is on disk (stale)");
             shared.reports.push(report);
         }
         Some(report @ Report::Fresh { stale_ms }) => {
-            eprintln!("failsmall agent: desired state fresh again after {stale_ms} ms stale");
+            tracing::info!("desired state fresh again after {stale_ms} ms stale");
             shared.reports.push(report);
         }
         _ => {}
@@ -924,7 +965,7 @@ pub(crate) fn save_freshness(shared: &Shared) {
     if let Some(freshness) = freshness
         && let Err(error) = shared.disk.save_freshness(&freshness)
     {
-        eprintln!("failsmall agent: {error}; freshness kept in memory only");
+        tracing::warn!("{error}; freshness kept in memory only");
     }
 }
 
@@ -950,9 +991,16 @@ async fn send_reports(
             s.reports_queued = shared.reports.len().saturating_add(unsent.len());
             s.reports_dropped = shared.reports.dropped();
         });
-        if failed {
+        if let Some(reason) = failed {
+            let retry_in_ms = jittered(backoff_ms, random_u64());
+            tracing::warn!(
+                reports = unsent.len(),
+                %reason,
+                retry_in_ms,
+                "reports not delivered; kept and sent again"
+            );
             shared.reports.put_back(unsent);
-            if pause(jittered(backoff_ms, random_u64()), &mut stopped).await {
+            if pause(retry_in_ms, &mut stopped).await {
                 return Ok(());
             }
             backoff_ms = backoff_ms.saturating_mul(2).min(5_000);
@@ -966,34 +1014,34 @@ async fn send_reports(
 /// each report is sent alone, so one refused report does not take the others with it; a
 /// refused report is dropped (and logged), since sending it again cannot help; a dropped ACK
 /// is sent again at the next document that names its version. Returns what is still to send,
-/// and whether sending failed for a reason that may pass (then retry).
+/// and why sending failed for a reason that may pass (then retry).
 async fn send_batch(
     control: &ControlPlane,
     shared: &Shared,
     batch: Vec<Report>,
-) -> (Vec<Report>, bool) {
+) -> (Vec<Report>, Option<String>) {
     match control.report_batch(&batch).await {
-        Ok(()) => return (Vec::new(), false),
-        Err(error) if !error.is_refusal() => return (batch, true),
+        Ok(()) => return (Vec::new(), None),
+        Err(error) if !error.is_refusal() => return (batch, Some(error.to_string())),
         Err(_) => {}
     }
     let mut unsent = Vec::new();
-    let mut failed = false;
+    let mut failed = None;
     for report in batch {
-        if failed {
+        if failed.is_some() {
             unsent.push(report);
             continue;
         }
         match control.report(&report).await {
             Ok(()) => {}
             Err(error) if error.is_refusal() => {
-                eprintln!("failsmall agent: report refused by the control plane: {error}");
+                tracing::warn!("report refused by the control plane: {error}");
                 if let Report::Applied { unit, version } = &report {
                     shared.forget_acknowledgment(unit, version);
                 }
             }
-            Err(_) => {
-                failed = true;
+            Err(error) => {
+                failed = Some(error.to_string());
                 unsent.push(report);
             }
         }

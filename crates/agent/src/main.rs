@@ -18,6 +18,14 @@ fn main() -> std::process::ExitCode {
         let _ = fail::cfg_callback(point, || std::process::abort());
     }
     let cli = Cli::parse();
+    // Text logs on stderr, filtered as RUST_LOG says (default info).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     let code = match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

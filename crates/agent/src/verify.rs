@@ -13,9 +13,9 @@ use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
 
 /// Largest desired-state document accepted, in bytes.
-pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+pub const MAX_DOCUMENT_BYTES: usize = failsmall_core::limits::DESIRED_DOCUMENT_MAX_BYTES;
 /// Most units in one document.
-pub const MAX_UNITS: usize = 1024;
+pub const MAX_UNITS: usize = failsmall_core::limits::DESIRED_UNITS_MAX;
 
 /// What `GET /v1/nodes/{node}/desired` returns.
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +252,20 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
     use serde_json::json;
+
+    #[test]
+    fn the_agent_accepts_what_the_server_may_send() {
+        // One home: the server refuses up front what would exceed these (core::limits).
+        assert_eq!(
+            MAX_DOCUMENT_BYTES,
+            failsmall_core::limits::DESIRED_DOCUMENT_MAX_BYTES
+        );
+        assert_eq!(MAX_UNITS, failsmall_core::limits::DESIRED_UNITS_MAX);
+        assert_eq!(
+            crate::control::REASON_MAX_BYTES,
+            failsmall_core::limits::TEXT_MAX_BYTES
+        );
+    }
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])

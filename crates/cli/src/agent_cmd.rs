@@ -1,6 +1,5 @@
 //! `failsmall agent`: run the edge agent for one node.
 
-use anyhow::Context as _;
 use clap::Args;
 
 use crate::Outcome;
@@ -9,30 +8,32 @@ use crate::Outcome;
 pub struct AgentArgs {
     #[command(flatten)]
     pub flags: failsmall_agent::args::AgentFlags,
-    /// Only check the flags and the unit configuration file, then exit.
+    /// Only check the whole configuration (flags, the --config file, the unit configuration
+    /// file), print every problem, then exit: 0 valid, 1 not.
     #[arg(long)]
     pub check: bool,
 }
 
 pub fn run(args: &AgentArgs) -> anyhow::Result<Outcome> {
-    let config = args
+    let loaded = args
         .flags
         .clone()
-        .into_config()
-        .context("the agent's configuration is not valid")?;
+        .load()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.check {
         eprintln!("agent configuration is valid");
         return Ok(Outcome::Success);
     }
+    crate::logging::init(loaded.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
-        failsmall_agent::run(config, crate::shutdown::signal())
+        failsmall_agent::run(loaded.config, crate::shutdown::signal())
             .await
-            .context("the agent stopped")?;
+            .map_err(|e| anyhow::anyhow!("the agent stopped: {e}"))?;
         Ok(Outcome::Success)
     })
 }

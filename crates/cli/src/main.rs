@@ -11,6 +11,7 @@ mod codex_cmd;
 mod demo_cmd;
 mod demo_consumer_cmd;
 mod loadgen_cmd;
+mod logging;
 mod ops;
 mod plan_cmd;
 mod server_cmd;

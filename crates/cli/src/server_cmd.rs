@@ -14,41 +14,212 @@ use crate::Outcome;
 pub struct ServerArgs {
     #[command(subcommand)]
     pub command: Option<ServerCommand>,
-    /// Where the store, the signing key and the first admin token live.
-    #[arg(long, value_name = "DIR", required_unless_present = "dev")]
+    /// A TOML file with any of the settings below, by their names with `_` for `-`
+    /// (`data_dir`, `listen`, `desired_ttl = "5m"`, `codex_dirs = [...]`, ...); flags
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Only check the whole configuration (flags, the --config file, the Codex's rules), print
+    /// every problem, then exit: 0 valid, 1 not.
+    #[arg(long)]
+    pub check: bool,
+    /// Where the store, the signing key and the first admin token live (required here or in
+    /// the file, unless --dev).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on (port 0: any free port, printed at start).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
+    /// Address to listen on (port 0: any free port, printed at start) [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
     /// Try it out: a temporary data dir, removed at shutdown (unless --data-dir names one),
     /// and the admin token printed at start.
     #[arg(long)]
     pub dev: bool,
-    /// Largest request body (a pushed version is a body), in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = failsmall_server::DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
+    /// Largest request body (a pushed version is a body), in bytes [default: 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
     /// How long a desired-state document stays fresh (`30s`, `5m`, ...): an agent that hears
-    /// nothing newer by then reports itself stale and keeps serving what it has.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_ttl_ms)]
-    pub desired_ttl: u64,
+    /// nothing newer by then reports itself stale and keeps serving what it has [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl_ms)]
+    pub desired_ttl: Option<u64>,
     /// A node whose agent has not been heard from for this long (`90s`, `5m`, ...) is down:
-    /// `failsmall nodes` says so. Agents ask at least every 30 s, so keep it above that.
-    #[arg(long, value_name = "DURATION", default_value = "90s", value_parser = parse_down_after_ms)]
-    pub node_down_after: u64,
+    /// `failsmall nodes` says so. Agents ask at least every 30 s, so keep it above that
+    /// [default: 90s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_down_after_ms)]
+    pub node_down_after: Option<u64>,
     /// A node whose agent has not been heard from for this long (`7d`, `12h`, ...) is removed
     /// from the fleet, as `failsmall node remove` does; `0s`: never. Silence counts from the
-    /// server's start at the earliest.
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expire_after_ms)]
-    pub node_expire_after: u64,
+    /// server's start at the earliest [default: 7d].
+    #[arg(long, value_name = "DURATION", value_parser = parse_expire_after_ms)]
+    pub node_expire_after: Option<u64>,
     /// The Codex (lessons as rules) judges every unit created or changed, push and rollout:
     /// `enforce` refuses a deny with 422 and records warnings in the changelog; `warn` records
-    /// every finding and refuses nothing (to adopt it); `off` does not consult it.
-    #[arg(long, value_name = "MODE", default_value = "enforce")]
-    pub codex: failsmall_server::codex::CodexMode,
+    /// every finding and refuses nothing (to adopt it); `off` does not consult it
+    /// [default: enforce].
+    #[arg(long, value_name = "MODE")]
+    pub codex: Option<failsmall_server::codex::CodexMode>,
     /// A directory of team rules (`*.rego`, with their `_test.rego`) added to the starter
-    /// Codex; repeatable. A rule that does not load or whose tests fail stops the server.
+    /// Codex; repeatable (given, it replaces the file's `codex_dirs`). A rule that does not
+    /// load or whose tests fail stops the server.
     #[arg(long = "codex-dir", value_name = "DIR")]
     pub codex_dirs: Vec<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line) on stderr; `RUST_LOG` filters
+    /// (default `info`: one line per changelog entry, each failed request with its cause)
+    /// [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
+}
+
+/// The server's configuration file (TOML): the flags' settings by their names with `_` for
+/// `-`. A key it does not know is an error naming the file, the line and the key.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub max_body_bytes: Option<usize>,
+    pub desired_ttl: Option<toml::Spanned<String>>,
+    pub node_down_after: Option<toml::Spanned<String>>,
+    pub node_expire_after: Option<toml::Spanned<String>>,
+    pub codex: Option<toml::Spanned<String>>,
+    pub codex_dirs: Option<Vec<PathBuf>>,
+    pub log_format: Option<crate::logging::LogFormat>,
+}
+
+/// The server's configuration from the file (`--config`) overridden by the flags, checked
+/// whole; every problem found, each naming its flag, or its file, line and key.
+fn load(
+    args: &ServerArgs,
+) -> Result<(ServerConfig, crate::logging::LogFormat, Option<PathBuf>), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut text = String::new();
+    let file: ServerFile = match &args.config {
+        Some(path) => match failsmall_agent::args::read_toml(path) {
+            Ok(file) => {
+                text = std::fs::read_to_string(path).unwrap_or_default();
+                file
+            }
+            Err(problem) => {
+                problems.push(problem);
+                ServerFile::default()
+            }
+        },
+        None => ServerFile::default(),
+    };
+    let config_path = args
+        .config
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    // A setting of the file that does not parse: FILE:LINE: key: why.
+    let mut from_file = |key: &str,
+                         value: &Option<toml::Spanned<String>>,
+                         parse: fn(&str) -> Result<u64, String>|
+     -> Option<u64> {
+        let value = value.as_ref()?;
+        match parse(value.get_ref()) {
+            Ok(ms) => Some(ms),
+            Err(why) => {
+                let line = text
+                    .get(..value.span().start)
+                    .map_or(0, |head| head.matches('\n').count())
+                    .saturating_add(1);
+                problems.push(format!("{config_path}:{line}: {key}: {why}"));
+                None
+            }
+        }
+    };
+    let desired_ttl = from_file("desired_ttl", &file.desired_ttl, parse_ttl_ms);
+    let node_down_after = from_file(
+        "node_down_after",
+        &file.node_down_after,
+        parse_down_after_ms,
+    );
+    let node_expire_after = from_file(
+        "node_expire_after",
+        &file.node_expire_after,
+        parse_expire_after_ms,
+    );
+    let file_codex = file.codex.as_ref().and_then(|mode| match mode
+        .get_ref()
+        .parse::<failsmall_server::codex::CodexMode>(
+    ) {
+        Ok(mode) => Some(mode),
+        Err(why) => {
+            let line = text
+                .get(..mode.span().start)
+                .map_or(0, |head| head.matches('\n').count())
+                .saturating_add(1);
+            problems.push(format!("{config_path}:{line}: codex: {why}"));
+            None
+        }
+    });
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 7070)));
+    let data_dir = args.data_dir.clone().or(file.data_dir);
+    // A dev server's own temporary data dir goes away with it; one the user named stays.
+    let mut temporary_data_dir = None;
+    let mut config = if args.dev {
+        match ServerConfig::dev() {
+            Ok(mut config) => {
+                config.listen = listen;
+                match &data_dir {
+                    Some(data_dir) => config.data_dir = data_dir.clone(),
+                    None => temporary_data_dir = Some(config.data_dir.clone()),
+                }
+                config
+            }
+            Err(error) => {
+                problems.push(error.to_string());
+                ServerConfig::new(PathBuf::new(), listen)
+            }
+        }
+    } else {
+        if data_dir.is_none() {
+            problems.push(
+                "--data-dir DIR is required (or `data_dir` in the file given by --config, or \
+                 --dev to try it out)"
+                    .to_owned(),
+            );
+        }
+        ServerConfig::new(data_dir.unwrap_or_default(), listen)
+    };
+    config.max_body_bytes = args
+        .max_body_bytes
+        .or(file.max_body_bytes)
+        .unwrap_or(failsmall_server::DEFAULT_MAX_BODY_BYTES);
+    config.desired_ttl_ms = args.desired_ttl.or(desired_ttl).unwrap_or(5 * 60_000);
+    config.node_down_after_ms = args.node_down_after.or(node_down_after).unwrap_or(90_000);
+    config.node_expire_after_ms = args
+        .node_expire_after
+        .or(node_expire_after)
+        .unwrap_or(failsmall_server::NODE_EXPIRE_AFTER_MS_DEFAULT);
+    config.codex = failsmall_server::codex::CodexConfig {
+        mode: args
+            .codex
+            .or(file_codex)
+            .unwrap_or(failsmall_server::codex::CodexMode::Enforce),
+        dirs: if args.codex_dirs.is_empty() {
+            file.codex_dirs.unwrap_or_default()
+        } else {
+            args.codex_dirs.clone()
+        },
+    };
+    if args.check
+        && let Err(error) = failsmall_server::codex::CodexGate::load(&config.codex)
+    {
+        problems.push(format!("the Codex: {error}"));
+    }
+    if problems.is_empty() {
+        Ok((
+            config,
+            args.log_format.or(file.log_format).unwrap_or_default(),
+            temporary_data_dir,
+        ))
+    } else {
+        Err(problems)
+    }
 }
 
 /// How long a node may be silent before it is removed: `0s` (never), or at least one second.
@@ -103,30 +274,19 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         outln!("{public_key}");
         return Ok(Outcome::Success);
     }
-    // A dev server's own temporary data dir goes away with it; one the user named stays.
-    let mut temporary_data_dir = None;
-    let mut config = if args.dev {
-        let mut config = ServerConfig::dev()?;
-        config.listen = args.listen;
-        match &args.data_dir {
-            Some(data_dir) => config.data_dir = data_dir.clone(),
-            None => temporary_data_dir = Some(config.data_dir.clone()),
-        }
-        config
-    } else {
-        match &args.data_dir {
-            Some(data_dir) => ServerConfig::new(data_dir, args.listen),
-            None => bail!("--data-dir DIR is required (or --dev to try it out)"),
-        }
+    let (config, log_format, temporary_data_dir) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(problems) => bail!(
+            "the server's configuration has {} problem(s):\n  - {}",
+            problems.len(),
+            problems.join("\n  - ")
+        ),
     };
-    config.max_body_bytes = args.max_body_bytes;
-    config.desired_ttl_ms = args.desired_ttl;
-    config.node_down_after_ms = args.node_down_after;
-    config.node_expire_after_ms = args.node_expire_after;
-    config.codex = failsmall_server::codex::CodexConfig {
-        mode: args.codex,
-        dirs: args.codex_dirs.clone(),
-    };
+    if args.check {
+        eprintln!("server configuration is valid");
+        return Ok(Outcome::Success);
+    }
+    crate::logging::init(log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod engine;
 pub mod gate;
 pub mod health;
+pub mod limits;
 pub mod plan;
 pub mod select;
 pub mod stats;

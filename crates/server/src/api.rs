@@ -44,14 +44,16 @@ use crate::validator::{Refusal, ValidatorCommand};
 
 mod agent;
 mod operator;
+mod page;
 
 pub(crate) use operator::expire_forever;
 
 pub use agent::{DESIRED_TTL_MS, MAX_REPORTS_PER_BATCH, MAX_STALE_MS, STALE_CLOCK_SKEW_MS};
 use agent::{desired, report};
 
-/// Longest free-text field (messages, descriptions, reasons), in bytes.
-pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest free-text field (messages, descriptions, reasons), in bytes (the engine keeps as
+/// much: one home, [`failsmall_core::limits::TEXT_MAX_BYTES`]).
+pub const MAX_TEXT_BYTES: usize = failsmall_core::limits::TEXT_MAX_BYTES;
 /// Most labels a node may carry, and the longest label key or value, in bytes.
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -508,6 +510,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             state.clone(),
             count_responses,
         ))
+        .layer(middleware::from_fn(crate::trace::request_span))
         .with_state(state)
 }
 
@@ -523,7 +526,9 @@ async fn db<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&state.shared.store);
-    tokio::task::spawn_blocking(move || work(&store))
+    // The work logs inside the request's span (its changelog entries carry the request id).
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
         .await
         .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
 }
@@ -924,6 +929,9 @@ pub fn openapi_document() -> Value {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
             .collect();
         parameters.extend(query_parameters(route.path));
+        if route.method == Method::GET && page::PAGED_ROUTES.contains(&route.path) {
+            parameters.extend(page::parameters());
+        }
         let security = if route.access == Access::Public {
             json!([])
         } else {
@@ -1180,9 +1188,18 @@ fn check_validator(validator: Option<&ValidatorCommand>) -> Result<(), ApiError>
     })
 }
 
-async fn list_units(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    let units = db(&state, |store| Ok(store.units(MAX_LIST_ROWS)?)).await?;
-    Ok(axum::Json(json!({ "units": units })))
+async fn list_units(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    let (after, fetch) = (page.after.clone(), page.fetch());
+    let rows = db(&state, move |store| {
+        Ok(store.units_after(after.as_deref(), fetch)?)
+    })
+    .await?;
+    let (units, next) = page.split(rows, |unit| unit.name.clone());
+    Ok(axum::Json(json!({ "units": units, "next": next })))
 }
 
 async fn create_unit(
@@ -1197,6 +1214,7 @@ async fn create_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
+    agent::check_desired_budget(&state, name.as_str(), &request.spec).await?;
     if request.validator.is_some() {
         only_admin_sets_validator(&caller)?;
     }
@@ -1258,6 +1276,7 @@ async fn update_unit(
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
     check_spec(&request.spec, body_limit)?;
+    agent::check_desired_budget(&state, name.as_str(), &request.spec).await?;
     let mut plan = None;
     if let Some(Some(text)) = &request.plan {
         plan = Some(parse_plan(&unit_plan_file(name.as_str()), text)?);
@@ -1370,6 +1389,7 @@ async fn push_version(
     }
     let lookup = name.clone();
     let unit = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
+    agent::check_desired_budget(&state, name.as_str(), &unit.spec).await?;
     // The unit's plan was checked when it was set; a plan that no longer parses (a newer
     // plan format) refuses the push rather than storing a version that would not roll out.
     let plan = unit
@@ -1817,8 +1837,20 @@ async fn heartbeat(
 
 /// The nodes, each with when its agent was last heard from (marks not yet written included),
 /// and the threshold after which a node is down.
-async fn list_nodes(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    let mut nodes = db(&state, |store| Ok(store.nodes(MAX_LIST_ROWS)?)).await?;
+async fn list_nodes(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    let (after, limit) = (page.after.clone(), page.limit);
+    // A page ends early rather than show a node with some of its versions (see nodes_page).
+    let (mut nodes, more) = db(&state, move |store| {
+        Ok(store.nodes_page(after.as_deref(), limit)?)
+    })
+    .await?;
+    let next = more
+        .then(|| nodes.last().map(|node| node.id.clone()))
+        .flatten();
     for node in &mut nodes {
         if let Some(seen_ms) = state.shared.liveness.pending(&node.id) {
             node.last_seen_ms = node.last_seen_ms.max(seen_ms);
@@ -1826,6 +1858,7 @@ async fn list_nodes(State(state): State<AppState>) -> Result<axum::Json<Value>, 
     }
     Ok(axum::Json(json!({
         "nodes": nodes,
+        "next": next,
         "now_ms": now_ms(),
         "down_after_ms": state.shared.node_down_after_ms,
     })))
@@ -1963,17 +1996,28 @@ async fn create_rollout(
     Ok((StatusCode::CREATED, axum::Json(json!(view))))
 }
 
-async fn list_rollouts(State(state): State<AppState>) -> axum::Json<Value> {
-    let limit = usize::try_from(MAX_LIST_ROWS).unwrap_or(usize::MAX);
-    let views: Vec<_> = state
+async fn list_rollouts(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    // Newest first: the page after `after` holds older rollouts.
+    let before = page.after_number()?.unwrap_or(u64::MAX);
+    let fetch = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let rows: Vec<_> = state
         .shared
         .engine
         .read(|engine, _| {
             let all: Vec<_> = engine.rollouts().collect();
-            all.into_iter().rev().take(limit).collect()
+            all.into_iter()
+                .rev()
+                .filter(|view| view.id.0 < before)
+                .take(fetch)
+                .collect()
         })
         .await;
-    axum::Json(json!({ "rollouts": views }))
+    let (views, next) = page.split(rows, |view| view.id.0.to_string());
+    Ok(axum::Json(json!({ "rollouts": views, "next": next })))
 }
 
 async fn show_rollout(
@@ -2287,9 +2331,15 @@ struct CreateTokenRequest {
     node: Option<String>,
 }
 
-async fn list_tokens(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
-    let tokens = db(&state, |store| Ok(store.tokens()?)).await?;
-    Ok(axum::Json(json!({ "tokens": tokens })))
+async fn list_tokens(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    let (after, fetch) = (page.after_number()?, page.fetch());
+    let rows = db(&state, move |store| Ok(store.tokens_after(after, fetch)?)).await?;
+    let (tokens, next) = page.split(rows, |token| token.id.to_string());
+    Ok(axum::Json(json!({ "tokens": tokens, "next": next })))
 }
 
 async fn create_token(

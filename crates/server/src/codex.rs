@@ -139,7 +139,8 @@ impl Judgement {
 
 /// The registered nodes, as the rules see the fleet.
 fn fleet(store: &Store) -> Result<FleetInput, ApiError> {
-    let records = store.nodes(FLEET_NODES_MAX)?;
+    // Every node, page by page: a rule that sees part of the fleet judges wrongly.
+    let records = store.all_nodes(FLEET_NODES_MAX)?;
     let nodes = records
         .into_iter()
         .filter_map(|record| {

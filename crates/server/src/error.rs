@@ -47,6 +47,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 5xx is the server's fault: its cause goes to the log (inside the request's span,
+        // with its id), not only to the caller.
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                cause = %self.message,
+                "request failed"
+            );
+        }
         let body =
             json!({"error": {"code": self.code, "message": self.message, "detail": self.detail}});
         (self.status, axum::Json(body)).into_response()
@@ -73,5 +83,50 @@ impl From<StoreError> for ApiError {
             | StoreError::Corrupt { .. }
             | StoreError::Poisoned => ApiError::internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Log lines written while `f` runs, as text.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_server_error_is_logged_with_its_cause_and_a_client_error_is_not() {
+        let text = logged(|| {
+            let _ = ApiError::internal("store: disk I/O error on units").into_response();
+        });
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("request failed"), "{text}");
+        assert!(text.contains("disk I/O error on units"), "{text}");
+        assert!(text.contains("status=500"), "{text}");
+        let text = logged(|| {
+            let _ = ApiError::not_found("no such unit").into_response();
+        });
+        assert!(text.is_empty(), "{text}");
     }
 }

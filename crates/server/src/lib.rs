@@ -23,6 +23,8 @@ pub mod signing;
 pub mod store;
 pub mod validator;
 
+pub mod trace;
+
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;

@@ -149,7 +149,7 @@ impl Liveness {
             .apply(store, now_ms, event, Cause::Nothing, Some(change))
             .await
         {
-            eprintln!("failsmall server: node liveness: {error}; judged again");
+            tracing::warn!("node liveness: {error}; judged again");
         }
     }
 
@@ -168,10 +168,10 @@ impl Liveness {
         match written {
             Ok((_, Ok(()))) => {}
             Ok((marks, Err(error))) => {
-                eprintln!("failsmall server: writing node liveness: {error}; retried");
+                tracing::warn!("writing node liveness: {error}; retried");
                 self.put_back(marks);
             }
-            Err(error) => eprintln!("failsmall server: node liveness task: {error}"),
+            Err(error) => tracing::warn!("node liveness task: {error}"),
         }
     }
 }

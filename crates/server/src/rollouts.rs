@@ -120,10 +120,12 @@ impl EngineHost {
         events: Vec<(Event, Option<ChangeRow>)>,
         cause: Cause,
     ) -> Result<Vec<Action>, StepError> {
+        let span = tracing::info_span!("engine_step", events = events.len(), now_ms);
         let mut current = Arc::clone(&self.current).lock_owned().await;
         let stepping = Arc::clone(store);
         let revisions = Arc::clone(&self.revisions);
         let stepped = tokio::task::spawn_blocking(move || {
+            let _step = span.entered();
             let store = stepping;
             let first =
                 step_and_commit(&mut current, &store, now_ms, events.clone(), cause.clone());
@@ -148,6 +150,13 @@ impl EngineHost {
                     Ok(actions)
                 }
                 Err(error) => {
+                    // The engine refusing an event is the caller's answer (4xx); anything
+                    // else is the server's fault.
+                    if matches!(error, StepError::Engine(_)) {
+                        tracing::debug!(%error, "engine refused the step");
+                    } else {
+                        tracing::error!(%error, "engine step not committed; memory follows the store");
+                    }
                     if resync(&mut current, &store) {
                         revisions.send_replace(current.revision);
                     }

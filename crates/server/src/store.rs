@@ -70,9 +70,13 @@ fn fail_at(name: &'static str) -> Result<(), StoreError> {
 }
 
 /// Listings return at most this many rows.
-pub const MAX_LIST_ROWS: u32 = 1000;
-/// Most units a node listing shows per node (the applied versions read per page are bounded).
-pub const MAX_UNITS_SHOWN_PER_NODE: i64 = 64;
+pub const MAX_LIST_ROWS: u32 = failsmall_core::limits::LIST_PAGE_MAX;
+/// Most rows a page query reads: a page and one more, to tell whether another follows.
+const PAGE_FETCH_MAX: u32 = MAX_LIST_ROWS + 1;
+/// Most applied versions a page of nodes reads; a page with more ends early (see
+/// [`Store::nodes_page`]). At least the engine's units, so one node's versions always fit.
+pub const NODE_VERSIONS_PAGE_MAX: i64 = 100_000;
+const _: () = assert!(NODE_VERSIONS_PAGE_MAX as usize >= failsmall_core::engine::MAX_UNITS);
 /// A changelog page filtered by labels examines at most this many entries; when it stops
 /// there, its `next_cursor` continues the scan.
 pub const MAX_CHANGELOG_SCAN_ROWS: u32 = 10_000;
@@ -708,7 +712,20 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
         "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
     )?;
-    Ok(to_u64(tx.last_insert_rowid()))
+    let id = to_u64(tx.last_insert_rowid());
+    // One line per state change: every changelog entry, as it is written in its transaction.
+    tracing::info!(
+        changelog_id = id,
+        kind = change.kind,
+        actor = change.actor,
+        unit = change.unit,
+        version = change.version,
+        rollout = change.rollout,
+        stage = change.stage,
+        reason = change.reason,
+        "changelog"
+    );
+    Ok(id)
 }
 
 impl Store {
@@ -945,14 +962,41 @@ impl Store {
     }
 
     pub fn units(&self, limit: u32) -> Result<Vec<UnitRecord>, StoreError> {
+        self.units_after(None, limit)
+    }
+
+    /// One page of units by name: at most `limit` (at most one more than [`MAX_LIST_ROWS`],
+    /// to tell a next page) whose names come after `after`.
+    pub fn units_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UnitRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan, validator FROM units
-                 ORDER BY name LIMIT ?1",
+                 WHERE name > ?1 ORDER BY name LIMIT ?2",
             )?;
-            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], unit_from_row)?;
+            let rows = stmt.query_map(
+                params![after.unwrap_or(""), limit.min(PAGE_FETCH_MAX)],
+                unit_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
+    }
+
+    /// Every unit, page by page (at most the engine's `MAX_UNITS`).
+    pub fn all_units(&self) -> Result<Vec<UnitRecord>, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map(|u: &UnitRecord| u.name.clone());
+            let page = self.units_after(after.as_deref(), MAX_LIST_ROWS)?;
+            let full = page.len() >= MAX_LIST_ROWS as usize;
+            all.extend(page);
+            if !full || all.len() >= failsmall_core::engine::MAX_UNITS {
+                return Ok(all);
+            }
+        }
     }
 
     // --- versions and blobs ----------------------------------------------------------------
@@ -1066,12 +1110,27 @@ impl Store {
 
     /// A unit's versions, newest first.
     pub fn versions(&self, unit: &str, limit: u32) -> Result<Vec<VersionRecord>, StoreError> {
+        self.versions_before(unit, None, limit)
+    }
+
+    /// One page of a unit's versions, newest first: at most `limit` (at most one more than
+    /// [`MAX_LIST_ROWS`]) older than sequence `before`.
+    pub fn versions_before(
+        &self,
+        unit: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
         self.with_conn(|conn| {
             Self::unit_in(conn, unit)?;
             let mut stmt = conn.prepare(&format!(
-                "SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 ORDER BY seq DESC LIMIT ?2"
+                "SELECT {VERSION_COLUMNS} FROM versions WHERE unit = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
             ))?;
-            let rows = stmt.query_map(params![unit, limit.min(MAX_LIST_ROWS)], version_from_row)?;
+            let before = before.map_or(i64::MAX, to_i64);
+            let rows = stmt.query_map(
+                params![unit, before, limit.min(PAGE_FETCH_MAX)],
+                version_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -1157,35 +1216,83 @@ impl Store {
     }
 
     pub fn nodes(&self, limit: u32) -> Result<Vec<NodeRecord>, StoreError> {
+        self.nodes_page(None, limit).map(|(nodes, _)| nodes)
+    }
+
+    /// Every node (at most `max`), page by page.
+    pub fn all_nodes(&self, max: u32) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut all: Vec<NodeRecord> = Vec::new();
+        loop {
+            let after = all.last().map(|node| node.id.clone());
+            let (page, more) = self.nodes_page(after.as_deref(), MAX_LIST_ROWS)?;
+            let empty = page.is_empty();
+            all.extend(page);
+            if !more || empty || all.len() >= usize::try_from(max).unwrap_or(usize::MAX) {
+                all.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+                return Ok(all);
+            }
+        }
+    }
+
+    /// One page of nodes by id, each with every version it applied: at most `limit` (at most
+    /// [`MAX_LIST_ROWS`]) whose ids come after `after`, and whether more nodes follow. The
+    /// applied versions read for one page are bounded by [`NODE_VERSIONS_PAGE_MAX`]: when a
+    /// page's nodes have more, the page ends before the first node whose versions were not all
+    /// read (the next page starts with it), so no node is shown with some of its versions.
+    pub fn nodes_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<NodeRecord>, bool), StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_ROWS);
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes ORDER BY id LIMIT ?1",
+                "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([limit.min(MAX_LIST_ROWS)], node_from_row)?;
+            let rows = stmt.query_map(
+                params![after.unwrap_or(""), limit.saturating_add(1)],
+                node_from_row,
+            )?;
             let mut nodes = rows.collect::<Result<Vec<_>, _>>()?;
-            // The page's nodes run at most this many units each that the list shows.
+            let page_len = usize::try_from(limit).unwrap_or(usize::MAX);
+            let mut more = nodes.len() > page_len;
+            nodes.truncate(page_len);
             let (first, last) = match (nodes.first(), nodes.last()) {
                 (Some(first), Some(last)) => (first.id.clone(), last.id.clone()),
-                _ => return Ok(nodes),
+                _ => return Ok((nodes, more)),
             };
             let mut stmt = conn.prepare(
                 "SELECT node, unit, version, applied_ms FROM node_versions
                  WHERE node >= ?1 AND node <= ?2 ORDER BY node, unit LIMIT ?3",
             )?;
-            let limit = i64::from(MAX_LIST_ROWS).saturating_mul(MAX_UNITS_SHOWN_PER_NODE);
-            let applied = stmt.query_map(params![first, last, limit], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    AppliedVersion {
-                        version: row.get(2)?,
-                        applied_ms: to_u64(row.get(3)?),
-                    },
-                ))
-            })?;
+            let applied = stmt.query_map(
+                params![first, last, NODE_VERSIONS_PAGE_MAX.saturating_add(1)],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        AppliedVersion {
+                            version: row.get(2)?,
+                            applied_ms: to_u64(row.get(3)?),
+                        },
+                    ))
+                },
+            )?;
+            let mut rows = applied.collect::<Result<Vec<_>, _>>()?;
+            let budget = usize::try_from(NODE_VERSIONS_PAGE_MAX).unwrap_or(usize::MAX);
+            if rows.len() > budget {
+                // The node of the row past the budget may not have all its versions read: the
+                // page ends before it. It is never the first (a node has fewer versions than
+                // the budget), so every page holds a node.
+                if let Some((cut, _, _)) = rows.last().cloned() {
+                    rows.retain(|(node, _, _)| *node < cut);
+                    nodes.retain(|node| node.id < cut);
+                    more = true;
+                }
+            }
             let mut by_node: BTreeMap<String, BTreeMap<String, AppliedVersion>> = BTreeMap::new();
-            for row in applied {
-                let (node, unit, version) = row?;
+            for (node, unit, version) in rows {
                 by_node.entry(node).or_default().insert(unit, version);
             }
             for node in &mut nodes {
@@ -1193,7 +1300,7 @@ impl Store {
                     node.versions = versions;
                 }
             }
-            Ok(nodes)
+            Ok((nodes, more))
         })
     }
 
@@ -1365,11 +1472,24 @@ impl Store {
     }
 
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.tokens_after(None, MAX_LIST_ROWS)
+    }
+
+    /// One page of tokens by id: at most `limit` (at most one more than [`MAX_LIST_ROWS`])
+    /// whose ids come after `after`.
+    pub fn tokens_after(
+        &self,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens ORDER BY id LIMIT ?1",
+                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = stmt.query_map([MAX_LIST_ROWS], token_from_row)?;
+            let rows = stmt.query_map(
+                params![after.map_or(0, to_i64), limit.min(PAGE_FETCH_MAX)],
+                token_from_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -11,6 +11,8 @@ use serde_json::Value;
 
 use super::remote::{Remote, Source};
 
+/// Most pages [`ApiClient::get_all`] follows (a million rows at the API's page size).
+pub const PAGES_MAX: usize = 1000;
 /// Longest wait for a TCP connection, in milliseconds.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait for a whole request, in milliseconds.
@@ -183,6 +185,42 @@ impl ApiClient {
         let what = format!("GET {path}");
         let (_, body) = self.execute(self.request(Method::GET, path).query(query), &what)?;
         self.decode(&what, &body)
+    }
+
+    /// GET every page of the list at `path` (its rows under `key`), following `next` until
+    /// the last page: nothing beyond one page is dropped. The other fields are the first
+    /// page's. At most [`PAGES_MAX`] pages.
+    pub fn get_all<T: DeserializeOwned>(&self, path: &str, key: &str) -> Result<T, ClientError> {
+        let what = format!("GET {path}");
+        let mut first: serde_json::Value = self.get(path, &[])?;
+        let mut next = first
+            .get("next")
+            .and_then(|n| n.as_str())
+            .map(str::to_owned);
+        let mut pages = 1usize;
+        while let Some(after) = next.take() {
+            if pages >= PAGES_MAX {
+                return Err(self.unexpected(
+                    &what,
+                    format!("more than {PAGES_MAX} pages; ask with a narrower filter"),
+                ));
+            }
+            let page: serde_json::Value = self.get(path, &[("after", after)])?;
+            let rows = page
+                .get(key)
+                .and_then(|rows| rows.as_array())
+                .cloned()
+                .unwrap_or_default();
+            if let Some(all) = first.get_mut(key).and_then(|all| all.as_array_mut()) {
+                all.extend(rows);
+            }
+            next = page.get("next").and_then(|n| n.as_str()).map(str::to_owned);
+            pages = pages.saturating_add(1);
+        }
+        if let Some(fields) = first.as_object_mut() {
+            fields.remove("next");
+        }
+        serde_json::from_value(first).map_err(|e| self.unexpected(&what, e.to_string()))
     }
 
     /// GET `path` with `query`, as text.

@@ -289,7 +289,7 @@ pub fn versions(args: &VersionsArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     // An unknown unit is a clear error, not an empty list.
     let _: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
-    let answer: Value = client.get(&format!("/v1/units/{}/versions", args.unit), &[])?;
+    let answer: Value = client.get_all(&format!("/v1/units/{}/versions", args.unit), "versions")?;
     if args.remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
@@ -346,7 +346,7 @@ pub fn quarantine(args: &QuarantineArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     match &args.command {
         QuarantineCommand::List { unit } => {
-            let list: QuarantineList = client.get("/v1/quarantine", &[])?;
+            let list: QuarantineList = client.get_all("/v1/quarantine", "quarantined")?;
             let entries: Vec<&QuarantineEntry> = list
                 .quarantined
                 .iter()
@@ -421,7 +421,8 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<Outcome> {
 /// out through the unit's plan (else the built-in default plan), or at once with `--fast`.
 pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::Result<Outcome> {
     let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
-    let list: VersionStatusList = client.get(&format!("/v1/units/{}/versions", args.unit), &[])?;
+    let list: VersionStatusList =
+        client.get_all(&format!("/v1/units/{}/versions", args.unit), "versions")?;
     if let Some(open) = list
         .versions
         .iter()

@@ -57,7 +57,7 @@ impl NodeList {
 
 pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let list: NodeList = client.get("/v1/nodes", &[])?;
+    let list: NodeList = client.get_all("/v1/nodes", "nodes")?;
     let nodes: Vec<&NodeRecord> = list
         .nodes
         .iter()

@@ -131,7 +131,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
             return super::everyday::retry(&client, retry, json_output);
         }
         RolloutCommand::List { unit, active } => {
-            let list: RolloutList = client.get("/v1/rollouts", &[])?;
+            let list: RolloutList = client.get_all("/v1/rollouts", "rollouts")?;
             let views: Vec<RolloutView> = list
                 .rollouts
                 .into_iter()

@@ -94,7 +94,7 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<Outcome> {
             }
         }
         TokenCommand::List => {
-            let list: TokenList = client.get("/v1/tokens", &[])?;
+            let list: TokenList = client.get_all("/v1/tokens", "tokens")?;
             if args.remote.json() {
                 print_json(&list.tokens)?;
             } else {

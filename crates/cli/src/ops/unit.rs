@@ -222,7 +222,7 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
             }
         }
         UnitCommand::List => {
-            let list: UnitList = client.get("/v1/units", &[])?;
+            let list: UnitList = client.get_all("/v1/units", "units")?;
             if json_output {
                 print_json(&list.units)?;
             } else {
@@ -245,7 +245,7 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
         UnitCommand::Show { name } => {
             let path = format!("/v1/units/{name}");
             let unit: UnitRecord = client.get(&path, &[])?;
-            let versions: VersionList = client.get(&format!("{path}/versions"), &[])?;
+            let versions: VersionList = client.get_all(&format!("{path}/versions"), "versions")?;
             if json_output {
                 print_json(&json!({"unit": unit, "versions": versions.versions}))?;
             } else {

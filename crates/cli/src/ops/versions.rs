@@ -242,7 +242,7 @@ pub fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Resu
              {HASH_PREFIX_MIN_CHARS} characters (see `failsmall unit show {unit}`)"
         );
     }
-    let list: VersionList = client.get(&format!("/v1/units/{unit}/versions"), &[])?;
+    let list: VersionList = client.get_all(&format!("/v1/units/{unit}/versions"), "versions")?;
     let matching: Vec<&VersionRecord> = list
         .versions
         .iter()

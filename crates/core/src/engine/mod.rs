@@ -386,7 +386,7 @@ pub const MAX_STAGES: usize = 64;
 /// Most quarantined hashes per unit; beyond it the oldest quarantine is lifted.
 pub const MAX_QUARANTINED_PER_UNIT: usize = 1_024;
 /// Reasons, actors and messages are cut to this many bytes.
-pub const MAX_TEXT_BYTES: usize = 1_024;
+pub const MAX_TEXT_BYTES: usize = crate::limits::TEXT_MAX_BYTES;
 /// The actor of the changes the engine makes by itself.
 pub const ENGINE_ACTOR: &str = "failsmall";
 /// Most nodes a changelog entry names (the rest are counted).

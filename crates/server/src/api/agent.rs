@@ -9,13 +9,14 @@ use axum::http::StatusCode;
 use failsmall_core::domain::{NodeId, rfc3339_from_ms};
 use failsmall_core::engine::Event;
 use failsmall_core::health::HealthSample;
+use failsmall_core::limits::{DESIRED_DOCUMENT_MAX_BYTES, DESIRED_UNITS_MAX};
 use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, query_param, step_error,
-    text_field, unit_name, version_hash,
+    AppState, db, json_body, node_id, now_ms, path_param, query_param, step_error, text_field,
+    unit_name, version_hash,
 };
 use crate::auth::Caller;
 use crate::batcher::SubmitError;
@@ -104,10 +105,7 @@ pub(super) async fn desired(
     // document that the wait produced, or the agent would not hear of it until the next change.
     let lookup = id.clone();
     let (units, removals) = db(&state, move |store| {
-        Ok((
-            store.units(MAX_LIST_ROWS)?,
-            store.removals_of(lookup.as_str())?,
-        ))
+        Ok((store.all_units()?, store.removals_of(lookup.as_str())?))
     })
     .await?;
     let mut specs: std::collections::BTreeMap<String, UnitSpec> = units
@@ -145,6 +143,7 @@ pub(super) async fn desired(
         })
         .await;
     specs.retain(|name, _| desired.contains_key(name));
+    let desired_count = desired.len();
     // A removal stays pending until the node reports it done; a unit the node should run again
     // meanwhile is not removed.
     let removed: Vec<String> = removals
@@ -163,6 +162,16 @@ pub(super) async fn desired(
         stable,
     })
     .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
+    // Pushes and unit changes that could pass the agent's limits are refused up front (see
+    // `desired_budget`); a document over them all the same is the server's fault, said loudly
+    // rather than sent to be refused.
+    let (bytes, units) = (document.len(), desired_count);
+    if bytes > DESIRED_DOCUMENT_MAX_BYTES || units > DESIRED_UNITS_MAX {
+        return Err(ApiError::internal(format!(
+            "the desired state of node {id} is {bytes} bytes with {units} units; an agent accepts \
+             at most {DESIRED_DOCUMENT_MAX_BYTES} bytes and {DESIRED_UNITS_MAX} units"
+        )));
+    }
     let signature = state.shared.signer.sign_desired(&document);
     Ok(axum::Json(
         json!({ "seq": seq, "document": document, "signature": signature }),
@@ -707,4 +716,67 @@ pub(super) async fn report(
     } else {
         Ok(axum::Json(json!({ "accepted": true, "actions": actions })))
     }
+}
+
+/// Room a document takes besides its units (braces, keys, node id, numbers), in bytes, at most.
+const DOCUMENT_BASE_BYTES: usize = 1024;
+/// Room a plan's health check takes in a document, in bytes: its path (at most 256 bytes, as
+/// plan files allow; twice that for JSON escapes) and its status and timeout.
+const HEALTH_CHECK_BYTES: usize = 2 * 256 + 64;
+
+/// Bytes one unit adds to a desired-state document at most: its name under each key
+/// (`units`, `specs`, `trial`, `stable`, `health_checks`, `removed`), its version's hash twice,
+/// a rollout id, a health check, and its spec as JSON.
+pub(super) fn unit_entry_bytes(name: &str, spec: &UnitSpec) -> Result<usize, ApiError> {
+    let spec_bytes = serde_json::to_vec(spec)
+        .map_err(|e| ApiError::internal(format!("spec of unit {name} does not serialize: {e}")))?
+        .len();
+    Ok(name
+        .len()
+        .saturating_add(8)
+        .saturating_mul(6)
+        .saturating_add(2 * 64 + 24)
+        .saturating_add(HEALTH_CHECK_BYTES)
+        .saturating_add(spec_bytes))
+}
+
+/// Refuses up front (422 `desired_state_limit`, naming the limit) a unit create, edit or push
+/// that could make some node's desired-state document larger than an agent accepts. A node
+/// registered later is sent every unit's stable version, so any node's document may list every
+/// unit: the bound counts every stored unit, with `unit` at `spec`.
+pub(super) async fn check_desired_budget(
+    state: &AppState,
+    unit: &str,
+    spec: &UnitSpec,
+) -> Result<(), ApiError> {
+    let own = unit_entry_bytes(unit, spec)?;
+    let units = db(state, |store| Ok(store.all_units()?)).await?;
+    let mut bytes = DOCUMENT_BASE_BYTES.saturating_add(own);
+    let mut count = 1usize;
+    for other in units.iter().filter(|u| u.name != unit) {
+        bytes = bytes.saturating_add(unit_entry_bytes(&other.name, &other.spec)?);
+        count = count.saturating_add(1);
+    }
+    if bytes > DESIRED_DOCUMENT_MAX_BYTES || count > DESIRED_UNITS_MAX {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "desired_state_limit",
+            format!(
+                "refused: with unit {unit} ({own} bytes in a desired-state document, its spec \
+                 included) a node's desired state could hold {count} units in {bytes} bytes; an \
+                 agent accepts at most {DESIRED_UNITS_MAX} units and {DESIRED_DOCUMENT_MAX_BYTES} \
+                 bytes (the desired-state document limit); make the spec smaller or delete units \
+                 no node needs"
+            ),
+        )
+        .with_detail(json!({
+            "limit": "desired_state_document",
+            "max_bytes": DESIRED_DOCUMENT_MAX_BYTES,
+            "max_units": DESIRED_UNITS_MAX,
+            "bytes": bytes,
+            "units": count,
+            "unit_bytes": own,
+        })));
+    }
+    Ok(())
 }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    AppState, MAX_LIST_ROWS, db, json_body, node_id, now_ms, path_param, rollout_of, step_error,
-    text_field, unit_name, version_hash,
+    AppState, db, json_body, node_id, now_ms, path_param, rollout_of, step_error, text_field,
+    unit_name, version_hash,
 };
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -107,12 +107,33 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<V
 /// `GET /v1/quarantine`: every quarantined version, with its version record when stored.
 pub(super) async fn list_quarantine(
     State(state): State<AppState>,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let quarantined = state
+    let page = super::page::Page::from_query(query)?;
+    // By unit, then version; the cursor is the page's last `unit/version`.
+    let key = |unit: &str, version: &str| format!("{unit}/{version}");
+    let fetch = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let mut quarantined = state
         .shared
         .engine
         .read(|engine, _| engine.quarantined())
         .await;
+    quarantined.sort_by_key(|q| key(q.unit.as_str(), &q.version.to_string()));
+    let quarantined: Vec<_> = quarantined
+        .into_iter()
+        .filter(|q| {
+            page.after
+                .as_deref()
+                .is_none_or(|after| key(q.unit.as_str(), &q.version.to_string()).as_str() > after)
+        })
+        .take(fetch)
+        .collect();
+    let (quarantined, next) = page.split(quarantined, |q| {
+        key(q.unit.as_str(), &q.version.to_string())
+    });
     let lookups: Vec<(String, String)> = quarantined
         .iter()
         .map(|q| (q.unit.to_string(), q.version.to_string()))
@@ -137,7 +158,7 @@ pub(super) async fn list_quarantine(
             })
         })
         .collect();
-    Ok(axum::Json(json!({ "quarantined": entries })))
+    Ok(axum::Json(json!({ "quarantined": entries, "next": next })))
 }
 
 /// `POST /v1/units/{unit}/quarantine/{hash}/lift`, admin: `{"reason": ...}` (required).
@@ -432,10 +453,7 @@ pub(crate) async fn expire_forever(state: AppState, expire_after_ms: u64) {
             if let Err(error) =
                 remove_node(&state, failsmall_core::engine::ENGINE_ACTOR, &id, &reason).await
             {
-                eprintln!(
-                    "failsmall server: expiring node {id}: {}; tried again",
-                    error.message
-                );
+                tracing::warn!("expiring node {id}: {}; tried again", error.message);
             }
         }
     }
@@ -547,20 +565,31 @@ pub(super) fn versions_with_status(
 pub(super) async fn list_versions(
     State(state): State<AppState>,
     unit: Result<Path<String>, PathRejection>,
+    query: Result<
+        axum::extract::Query<super::page::PageQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
+    let page = super::page::Page::from_query(query)?;
+    // Newest first: the page after `after` (a sequence number) holds older versions.
+    let (before, fetch) = (page.after_number()?, page.fetch());
     let lookup = name.clone();
-    let versions = db(&state, move |store| {
+    let rows = db(&state, move |store| {
         // The unit must exist: an unknown unit is a 404, not an empty list.
         store.unit(lookup.as_str())?;
-        Ok(store.versions(lookup.as_str(), MAX_LIST_ROWS)?)
+        Ok(store.versions_before(lookup.as_str(), before, fetch)?)
     })
     .await?;
-    let answer = state
+    let (versions, next) = page.split(rows, |version| version.seq.to_string());
+    let mut answer = state
         .shared
         .engine
         .read(|engine, _| versions_with_status(engine, &name, versions))
         .await;
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("next".to_owned(), json!(next));
+    }
     Ok(axum::Json(answer))
 }
 
@@ -729,10 +758,7 @@ pub(super) async fn record_refused_push(
     })
     .await;
     if let Err(error) = recorded {
-        eprintln!(
-            "failsmall server: recording a refused push: {}",
-            error.message
-        );
+        tracing::warn!("recording a refused push: {}", error.message);
     }
 }
 
