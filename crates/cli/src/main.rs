@@ -161,6 +161,57 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
+    /// The README's reference names every command (as `failsmall SUB ...`) and every long
+    /// flag of each, so that a flag cannot be added without telling people.
+    #[test]
+    fn the_readme_names_every_command_and_flag() {
+        let readme = include_str!("../../../README.md");
+        let mut missing = Vec::new();
+        let mut stack = vec![(String::from("failsmall"), super::Cli::command())];
+        while let Some((path, command)) = stack.pop() {
+            for sub in command.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                let sub_path = format!("{path} {}", sub.get_name());
+                // A subcommand is named in full (`failsmall rollout undo`), or among its
+                // siblings (`failsmall rollout pause|resume|...`).
+                let named = readme.contains(&sub_path)
+                    || readme.lines().any(|line| {
+                        line.contains(&format!("{path} "))
+                            && line
+                                .split(|c: char| c.is_whitespace() || c == '|' || c == '`')
+                                .any(|word| word == sub.get_name())
+                    });
+                if !named {
+                    missing.push(sub_path.clone());
+                }
+                stack.push((sub_path, sub.clone()));
+            }
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else {
+                    continue;
+                };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                // Named long, or by its short form (`-o json`, `-m "..."`).
+                let short = arg
+                    .get_short()
+                    .is_some_and(|short| readme.contains(&format!(" -{short} ")));
+                if !readme.contains(&format!("--{long}")) && !short {
+                    missing.push(format!("{path} --{long}"));
+                }
+            }
+        }
+        missing.sort();
+        assert!(
+            missing.is_empty(),
+            "README.md does not name: {}",
+            missing.join(", ")
+        );
+    }
+
     fn hoisted(args: &[&str]) -> Vec<String> {
         super::hoist_global_flags(args.iter().map(Into::into).collect())
             .into_iter()
