@@ -38,6 +38,10 @@ pub struct AgentFlags {
     /// and pinned in the data dir (trust on first use).
     #[arg(long)]
     pub server_key: Option<String>,
+    /// A PEM CA bundle: for an https:// --server, trust only these CAs (default: the
+    /// system's CA store).
+    #[arg(long, value_name = "FILE", env = "FAILSMALL_CA")]
+    pub ca: Option<PathBuf>,
     /// A JSON file: unit name -> {validate, reload, health_check} (local commands and checks).
     #[arg(long)]
     pub unit_config: Option<PathBuf>,
@@ -110,6 +114,7 @@ impl AgentFlags {
         config.node_id = self.node_id;
         config.local_api = self.local_api;
         config.server_key = self.server_key;
+        config.ca_path = self.ca;
         config.consumer_url = self.consumer_url;
         config.liveness = crate::ConsumerLiveness {
             pid_file: self.consumer_pid_file,

@@ -104,7 +104,33 @@ pub fn cut_reason(reason: &str) -> String {
     reason.get(..end).unwrap_or_default().to_owned()
 }
 
+/// An error and its causes, `outer: inner: innermost` (the innermost says what went wrong:
+/// a refused connection, a certificate not trusted).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    let mut depth = 0;
+    while let Some(cause) = current
+        && depth < 8
+    {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        current = cause.source();
+        depth += 1;
+    }
+    text
+}
+
 impl ControlError {
+    /// Whether the server's TLS certificate is not trusted (no `--ca`, or the wrong one).
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(self, Self::Unreachable { reason, .. }
+            if reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer"))
+    }
+
     /// Whether sending the same request again cannot help: the control plane understood it
     /// and refused it for what it says (any 4xx but unauthorized, timeout, conflict and too
     /// many requests, which say something about the moment, not the request).
@@ -133,6 +159,21 @@ impl ControlPlane {
         }
     }
 
+    /// Trusts only the CAs of the PEM bundle at `ca` for an https:// server (none: the
+    /// system's CA store).
+    pub fn with_ca(mut self, ca: Option<&std::path::Path>) -> Result<Self, crate::tls::CaError> {
+        if ca.is_some() {
+            self.http =
+                crate::tls::client_builder(ca)?
+                    .build()
+                    .map_err(|e| crate::tls::CaError {
+                        path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
+                        reason: e.to_string(),
+                    })?;
+        }
+        Ok(self)
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -146,7 +187,7 @@ impl ControlPlane {
     ) -> Result<Vec<u8>, ControlError> {
         let unreachable = |e: reqwest::Error| ControlError::Unreachable {
             what: what.to_owned(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         };
         let mut response = request
             .bearer_auth(&self.token)

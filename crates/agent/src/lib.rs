@@ -28,6 +28,7 @@ pub mod integrity;
 pub mod local_api;
 pub mod report;
 pub mod scrape;
+pub mod tls;
 pub mod verify;
 
 pub use health::ConsumerLiveness;
@@ -150,6 +151,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The server's public key (hex); when absent, trust on first use.
     pub server_key: Option<String>,
+    /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the system's).
+    pub ca_path: Option<PathBuf>,
     /// Where the local API listens (must be a loopback address).
     pub local_api: Option<SocketAddr>,
     pub units: BTreeMap<UnitName, UnitLocalConfig>,
@@ -182,6 +185,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             server_key: None,
+            ca_path: None,
             local_api: None,
             units: BTreeMap::new(),
             consumer_url: None,
@@ -644,6 +648,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    if let Some(warning) = tls::plaintext_warning(&config.server_url) {
+        eprintln!("failsmall agent: {warning}");
+    }
     let disk = DataDir::open(&config.data_dir)?;
     let node = node_id(&config, &disk)?;
     let shared = Arc::new(Shared::new(disk, &node));
@@ -669,7 +676,12 @@ pub async fn run(
             },
         ));
     }
-    let control = ControlPlane::new(&config.server_url, &config.token, &node);
+    let control = ControlPlane::new(&config.server_url, &config.token, &node)
+        .with_ca(config.ca_path.as_deref())
+        .map_err(|e| AgentError::Config {
+            field: "ca",
+            reason: e.to_string(),
+        })?;
     tasks.spawn(send_reports(
         control.clone(),
         Arc::clone(&shared),
@@ -742,7 +754,15 @@ async fn pinned_key(
             eprintln!("failsmall agent: pinned the server key {key} (trust on first use)");
             Ok(Some(parsed))
         }
-        Err(_) => Ok(None),
+        Err(error) => {
+            if error.is_untrusted_certificate() {
+                eprintln!(
+                    "failsmall agent: {error}; the server's TLS certificate is not trusted: \
+                     pass --ca FILE (or FAILSMALL_CA) with the CA bundle that signed it"
+                );
+            }
+            Ok(None)
+        }
     }
 }
 

@@ -9,6 +9,8 @@ use failsmall_server::ServerConfig;
 
 use crate::Outcome;
 
+mod net;
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
@@ -49,6 +51,8 @@ pub struct ServerArgs {
     /// Codex; repeatable. A rule that does not load or whose tests fail stops the server.
     #[arg(long = "codex-dir", value_name = "DIR")]
     pub codex_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub net: net::NetArgs,
 }
 
 /// How long a node may be silent before it is removed: `0s` (never), or at least one second.
@@ -127,6 +131,8 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         mode: args.codex,
         dirs: args.codex_dirs.clone(),
     };
+    args.net.apply(&mut config);
+    let scheme = args.net.scheme();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,7 +143,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr().context("listener has no address")?;
         eprintln!(
-            "failsmall server listening on http://{address}, data in {}",
+            "failsmall server listening on {scheme}://{address}, data in {}",
             config.data_dir.display()
         );
         failsmall_server::run(config, listener, crate::shutdown::signal()).await?;

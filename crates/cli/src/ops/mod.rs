@@ -35,6 +35,10 @@ pub struct RemoteArgs {
     /// The bearer token [else FAILSMALL_TOKEN, else `token` in the config file].
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
+    /// A PEM CA bundle: for an https:// address, trust only these CAs [else FAILSMALL_CA,
+    /// else the system's CA store].
+    #[arg(long, value_name = "FILE", global = true, env = "FAILSMALL_CA")]
+    pub ca: Option<std::path::PathBuf>,
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -45,7 +49,7 @@ impl RemoteArgs {
     pub fn connect(&self) -> anyhow::Result<ApiClient> {
         let env = |key: &str| std::env::var(key).ok();
         let remote = remote::resolve(self.addr.as_deref(), self.token.as_deref(), &env)?;
-        Ok(ApiClient::new(remote)?)
+        Ok(ApiClient::new(remote, self.ca.as_deref())?)
     }
 
     pub fn json(&self) -> bool {
