@@ -324,7 +324,10 @@ impl Demo {
         let token = wait_for_token(&base, &token_path).await?;
         let api = Api::new(base, token)?;
         let approver = api
-            .post_json("/v1/tokens", &json!({"name": APPROVER, "role": "approver"}))
+            .post_json(
+                "/v1/tokens",
+                &json!({"name": APPROVER, "role": "approver", "owner": APPROVER}),
+            )
             .await?;
         let approver = Api::new(api.base.clone(), text(&approver, "token").to_owned())?;
         if approver.token.is_empty() {

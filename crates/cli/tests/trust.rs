@@ -44,8 +44,10 @@ struct Server {
     port: u16,
     admin: String,
     dir: PathBuf,
+    extra: Vec<String>,
     _scratch: tempfile::TempDir,
-    _said: mpsc::Receiver<String>,
+    /// What the server prints on stderr after its address.
+    said: mpsc::Receiver<String>,
 }
 
 impl Drop for Server {
@@ -55,42 +57,46 @@ impl Drop for Server {
     }
 }
 
+/// Starts `failsmall server` on `dir`; its child, address, port and stderr.
+fn spawn_server(dir: &Path, extra: &[String]) -> (Child, String, u16, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .arg("server")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0", "--codex", "off"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = lines_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = said.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("the server printed no listening address within 30 s");
+        };
+        if let Some(head) = line.split(", data in ").next()
+            && let Some(addr) = head.split("listening on ").nth(1)
+        {
+            break addr.to_owned();
+        }
+    };
+    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
+    (child, addr, port, said)
+}
+
 impl Server {
     fn start(extra: &[&str]) -> Self {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("data");
-        Self::start_in(scratch, dir, extra)
-    }
-
-    fn start_in(scratch: tempfile::TempDir, dir: PathBuf, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", "127.0.0.1:0", "--codex", "off"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let said = lines_of(child.stderr.take().unwrap());
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let (child, addr, port, said) = spawn_server(&dir, &extra);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = said.recv_timeout(left) else {
-                let _ = child.kill();
-                panic!("the server printed no listening address within 30 s");
-            };
-            if let Some(head) = line.split(", data in ").next()
-                && let Some(addr) = head.split("listening on ").nth(1)
-            {
-                break addr.to_owned();
-            }
-        };
-        let port = addr.rsplit(':').next().unwrap().parse().unwrap();
         // The server prints its address before it opens the data dir; the admin token
-        // follows (and is absent only on a restart, where the file is kept).
+        // follows.
         let admin = loop {
             if let Ok(token) = std::fs::read_to_string(dir.join("admin.token"))
                 && !token.trim().is_empty()
@@ -100,34 +106,81 @@ impl Server {
             assert!(Instant::now() < deadline, "no admin token within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         };
-        // And it answers once the store is open.
-        let ready_deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < ready_deadline, "the server never accepted");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
+        let server = Self {
             child,
             addr,
             port,
             admin,
             dir,
+            extra,
             _scratch: scratch,
-            _said: said,
+            said,
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits until the server answers (its store is open).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream
+                    .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                // A TLS server answers plain text with garbage or nothing: it is up.
+                if !answer.is_empty() || self.addr.starts_with("https://") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the server never answered");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// `failsmall ARGS` against this server with the admin token (and `extra` flags first).
+    /// Kills the server, runs `meanwhile`, and starts it again on the same data dir.
+    fn restart(&mut self, meanwhile: impl FnOnce(&Path)) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        meanwhile(&self.dir);
+        let (child, addr, port, said) = spawn_server(&self.dir, &self.extra);
+        self.child = child;
+        self.addr = addr;
+        self.port = port;
+        self.said = said;
+        self.wait_ready();
+    }
+
+    /// `failsmall ARGS` against this server with the admin token (and `extra` flags after).
     fn cli(&self, extra: &[&str], args: &[&str]) -> Output {
+        self.cli_as(&self.admin, extra, args)
+    }
+
+    /// `failsmall ARGS` against this server with `token`.
+    fn cli_as(&self, token: &str, extra: &[&str], args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
-            .args(["--addr", &self.addr, "--token", &self.admin])
+            .args(["--addr", &self.addr, "--token", token])
             .args(extra)
             .env_remove("FAILSMALL_CA")
             .env("HOME", self.dir.parent().unwrap())
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// `method path` with `token` and a JSON body, over plain HTTP; the status and answer.
+    fn http(&self, method: reqwest::Method, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::blocking::Client::new()
+            .request(method, format!("{}{path}", self.addr))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
     }
 }
 
@@ -395,4 +448,298 @@ fn idle_and_half_open_connections_cannot_take_the_control_plane_down() {
         "{still_open} idle connections are still open"
     );
     assert!(healthz_ms(server.port) < 1_000);
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Creates a token with the admin token; its secret.
+fn token(server: &Server, args: &[&str]) -> String {
+    let mut command = vec!["token", "create"];
+    command.extend_from_slice(args);
+    let created = server.cli(&[], &command);
+    assert!(created.status.success(), "{}", text(&created));
+    stdout(&created)
+}
+
+#[test]
+fn tokens_expire_and_the_last_admin_token_can_be_revoked_by_no_one() {
+    let server = Server::start(&[]);
+    // An expiring token works until it expires, then is refused saying so.
+    let brief = token(
+        &server,
+        &["brief", "--role", "viewer", "--expires-in", "1m"],
+    );
+    let whoami = server.cli_as(&brief, &[], &["whoami", "-o", "json"]);
+    assert!(whoami.status.success(), "{}", text(&whoami));
+    let listed = server.cli(&[], &["token", "list", "-o", "json"]);
+    let tokens: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let brief_record = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "brief")
+        .unwrap();
+    assert!(brief_record["expires_ms"].as_u64().is_some(), "{tokens}");
+    // Past its expiry (the store's clock is the wall clock: move the expiry, not time).
+    let bad = server.cli(
+        &[],
+        &[
+            "token",
+            "create",
+            "x",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "soon",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(stderr(&bad).contains("expires_in"), "{}", text(&bad));
+
+    // The only admin token cannot revoke itself.
+    let admin_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "admin")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let refused = server.cli(&[], &["token", "revoke", &admin_id]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = stderr(&refused);
+    assert!(
+        said.contains("last admin token") && said.contains("409"),
+        "{said}"
+    );
+    // With a second admin, the first may go; then the second is the last.
+    let boss = token(&server, &["boss", "--role", "admin", "--owner", "boss"]);
+    let revoked = server.cli_as(&boss, &[], &["token", "revoke", &admin_id]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    let listed = server.cli_as(&boss, &[], &["token", "list", "-o", "json"]);
+    let tokens: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let boss_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "boss")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let refused = server.cli_as(&boss, &[], &["token", "revoke", &boss_id]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(stderr(&refused).contains("last admin token"));
+}
+
+#[test]
+fn an_expired_token_is_refused_with_the_reason() {
+    let mut server = Server::start(&[]);
+    let brief = token(
+        &server,
+        &["brief", "--role", "viewer", "--expires-in", "1m"],
+    );
+    // Time cannot be moved for a real server: its expiry is moved into the past instead,
+    // in the stopped server's database.
+    server.restart(|dir| {
+        let db = rusqlite::Connection::open(dir.join("failsmall.db")).unwrap();
+        db.execute(
+            "UPDATE tokens SET expires_ms = 1000 WHERE name = 'brief'",
+            [],
+        )
+        .unwrap();
+    });
+    let refused = server.cli_as(&brief, &[], &["whoami"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = stderr(&refused);
+    assert!(said.contains("expired at 1970-01-01T00:00:01"), "{said}");
+    let (status, answer) = server.http(reqwest::Method::GET, "/v1/whoami", &brief, &Value::Null);
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "token_expired", "{answer}");
+}
+
+#[test]
+fn an_approval_by_a_token_of_the_pushers_owner_is_refused_and_another_persons_is_taken() {
+    let server = Server::start(&[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let spec = file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    let created = server.cli(&[], &["unit", "create", "flags", "--spec", &spec]);
+    assert!(created.status.success(), "{}", text(&created));
+    // A node, played over HTTP with its agent token.
+    let agent = token(&server, &["agent-n1", "--role", "agent", "--node", "n1"]);
+    let (status, answer) = server.http(
+        reqwest::Method::PUT,
+        "/v1/nodes/n1",
+        &agent,
+        &serde_json::json!({"labels": {"cohort": "employee"}}),
+    );
+    assert!(status < 300, "{answer}");
+    // The admin mints an approver token under another name, and one for another person.
+    let night_shift = token(&server, &["night-shift", "--role", "approver"]);
+    let bob = token(&server, &["bob", "--role", "approver", "--owner", "bob"]);
+    let whoami = server.cli_as(&night_shift, &[], &["whoami", "-o", "json"]);
+    let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(whoami["name"], "admin", "{whoami}");
+    assert_eq!(whoami["token"], "night-shift", "{whoami}");
+
+    let plan = file(
+        "approval.yaml",
+        "name: approval\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
+    );
+    let version_file = file("v1.json", r#"{"n": 1}"#);
+    let pushed = server.cli(
+        &[],
+        &[
+            "push",
+            "flags",
+            &version_file,
+            "-m",
+            "v1",
+            "--plan",
+            &plan,
+            "-o",
+            "json",
+        ],
+    );
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let pushed: Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    let id = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+    let version = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    let report = |body: Value| {
+        let (status, answer) =
+            server.http(reqwest::Method::POST, "/v1/nodes/n1/reports", &agent, &body);
+        assert!(status < 300, "{answer}");
+    };
+    report(serde_json::json!({"kind": "applied", "unit": "flags", "version": version}));
+    let counts = vec![0u64; failsmall_core::health::LATENCY_BUCKETS];
+    report(
+        serde_json::json!({"kind": "health", "unit": "flags", "version": version,
+        "sample": {"requests": 100, "errors": 0, "latency": {"counts": counts}}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = server.cli(&[], &["rollout", "status", &id, "-o", "json"]);
+        let status: Value = serde_json::from_slice(&status.stdout).unwrap_or(Value::Null);
+        if status["phase"] == "awaiting_approval" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never awaited approval: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Another token of the same person: refused.
+    let refused = server.cli_as(&night_shift, &[], &["rollout", "approve", &id]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        stderr(&refused).contains("admin pushed this version and so cannot approve it"),
+        "{}",
+        text(&refused)
+    );
+    // Another person: taken, and the changelog says who.
+    let approved = server.cli_as(&bob, &[], &["rollout", "approve", &id, "-o", "json"]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    let log = server.cli(&[], &["log", "--rollout", &id, "-o", "json"]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "approved" && e["actor"] == "bob"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_edited_changelog_row_is_reported_at_start_by_log_verify_and_on_every_changelog_answer() {
+    let mut server = Server::start(&[]);
+    for name in ["a", "b", "c"] {
+        token(&server, &[name, "--role", "viewer", "--owner", name]);
+    }
+    let intact = server.cli(&[], &["log", "--verify"]);
+    assert_eq!(intact.status.code(), Some(0), "{}", text(&intact));
+    assert!(
+        stdout(&intact).contains("changelog intact: 4 rows"),
+        "{}",
+        text(&intact)
+    );
+
+    // Someone edits history while the server is stopped.
+    server.restart(|dir| {
+        let db = rusqlite::Connection::open(dir.join("failsmall.db")).unwrap();
+        let edited = db
+            .execute(
+                "UPDATE changelog SET reason = 'nothing happened' WHERE id = 3",
+                [],
+            )
+            .unwrap();
+        assert_eq!(edited, 1);
+    });
+    // The server says so at start...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = server.said.recv_timeout(Duration::from_millis(100)) {
+            let found = line.contains("hash chain is broken at row 3");
+            seen.push(line);
+            if found {
+                break;
+            }
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("hash chain is broken at row 3")),
+        "{seen:?}"
+    );
+    // ... `log --verify` names the row and exits 3 ...
+    let broken = server.cli(&[], &["log", "--verify"]);
+    assert_eq!(broken.status.code(), Some(3), "{}", text(&broken));
+    assert!(
+        stdout(&broken).contains("changelog BROKEN at row 3 of 4"),
+        "{}",
+        text(&broken)
+    );
+    let (status, verdict) = server.http(
+        reqwest::Method::GET,
+        "/v1/changelog/verify",
+        &server.admin,
+        &Value::Null,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(verdict["intact"], false, "{verdict}");
+    assert_eq!(verdict["first_break"]["id"], 3, "{verdict}");
+    // ... and every changelog answer carries the warning.
+    let response = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/changelog", server.addr))
+        .bearer_auth(&server.admin)
+        .send()
+        .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("x-failsmall-changelog-integrity")
+            .and_then(|v| v.to_str().ok()),
+        Some("broken at row 3")
+    );
+    // New entries still chain on, and the break stays reported.
+    token(&server, &["d", "--role", "viewer", "--owner", "d"]);
+    let still = server.cli(&[], &["log", "--verify", "-o", "json"]);
+    assert_eq!(still.status.code(), Some(3), "{}", text(&still));
+    let still: Value = serde_json::from_slice(&still.stdout).unwrap();
+    assert_eq!(still["rows"], 5, "{still}");
+    assert_eq!(still["first_break"]["id"], 3, "{still}");
 }

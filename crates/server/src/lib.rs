@@ -219,6 +219,16 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
         source,
     })?;
     let store = Store::open(&data_dir.join(DB_FILE))?;
+    // An edited history is never served silently: the break is said now, on every changelog
+    // answer (a header) and by `GET /v1/changelog/verify`.
+    if let Some(broken) = store.verify_changelog()?.first_break {
+        let _ = writeln!(
+            std::io::stderr(),
+            "failsmall server: the changelog's hash chain is broken at row {}: {}",
+            broken.id,
+            broken.reason
+        );
+    }
     let signer = VersionSigner::load_or_create(data_dir)?;
     let admin_token = if store.token_count()? == 0 {
         Some(bootstrap_admin(&store, data_dir)?)

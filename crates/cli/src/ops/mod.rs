@@ -7,6 +7,7 @@ pub mod client;
 pub mod completions;
 pub mod everyday;
 pub mod log;
+pub mod log_verify;
 pub mod nodes;
 pub mod remote;
 pub mod render;

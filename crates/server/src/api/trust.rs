@@ -1,0 +1,139 @@
+//! Trust on the API: tokens' owners and expiry, and the changelog's hash chain
+//! (`GET /v1/changelog/verify`; changelog answers say when the chain is broken).
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use failsmall_core::domain::rfc3339_from_ms;
+use serde_json::{Value, json};
+
+use super::{AppState, db};
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::store::TokenRecord;
+
+/// Longest a token may be created for: ten years.
+pub const TOKEN_EXPIRES_IN_MAX_MS: u64 = 3650 * 24 * 3600 * 1000;
+/// Shortest: one minute.
+pub const TOKEN_EXPIRES_IN_MIN_MS: u64 = 60 * 1000;
+/// Longest owner name, in bytes.
+pub const OWNER_MAX_BYTES: usize = 128;
+/// The header on changelog answers while the chain is broken.
+pub const CHANGELOG_INTEGRITY_HEADER: &str = "x-failsmall-changelog-integrity";
+
+/// A 401 for a token past its expiry, saying when and what to do.
+pub(super) fn refuse_expired(record: &TokenRecord, now_ms: u64) -> Result<(), ApiError> {
+    match record.expires_ms {
+        Some(expires_ms) if expires_ms <= now_ms => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            format!(
+                "the token {:?} expired at {}; ask an admin for a new one (`failsmall token create`)",
+                record.name,
+                rfc3339_from_ms(expires_ms)
+            ),
+        )
+        .with_detail(json!({"token": record.id, "expires_ms": expires_ms}))),
+        _ => Ok(()),
+    }
+}
+
+/// The owner and expiry of a token `caller` creates: the owner given, else the creator for
+/// people's roles (so a token minted under another name is still its creator's: it cannot
+/// approve its creator's pushes), none for agent tokens; the expiry from `expires_in`.
+pub(super) fn owner_and_expiry(
+    caller: &Caller,
+    role: Role,
+    owner: Option<&str>,
+    expires_in: Option<&str>,
+    now_ms: u64,
+) -> Result<(Option<String>, Option<u64>), ApiError> {
+    let owner = match owner {
+        Some(owner) => {
+            let owner = owner.trim();
+            if owner.is_empty()
+                || owner.len() > OWNER_MAX_BYTES
+                || owner.chars().any(char::is_control)
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_owner",
+                    format!(
+                        "owner must be 1 to {OWNER_MAX_BYTES} bytes of printable text: the person the token acts for"
+                    ),
+                )
+                .with_detail(json!({"field": "owner"})));
+            }
+            Some(owner.to_owned())
+        }
+        None if role == Role::Agent => None,
+        None => Some(caller.name.clone()),
+    };
+    let expires_ms = match expires_in {
+        None => None,
+        Some(text) => {
+            let bad = |why: String| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "bad_expires_in",
+                    format!("expires_in {text:?}: {why}"),
+                )
+                .with_detail(json!({"field": "expires_in"}))
+            };
+            let ms = failsmall_core::duration::parse_duration_ms(text)
+                .map_err(|e| bad(format!("{e}; expected a duration such as 30d or 12h")))?;
+            if !(TOKEN_EXPIRES_IN_MIN_MS..=TOKEN_EXPIRES_IN_MAX_MS).contains(&ms) {
+                return Err(bad("must be between 1m and 3650d".to_owned()));
+            }
+            Some(now_ms.saturating_add(ms))
+        }
+    };
+    Ok((owner, expires_ms))
+}
+
+/// `, owner alice, expires 2026-...` for the changelog.
+pub(super) fn owner_and_expiry_text(owner: Option<&str>, expires_ms: Option<u64>) -> String {
+    let mut text = String::new();
+    if let Some(owner) = owner {
+        text.push_str(&format!(", owner {owner}"));
+    }
+    if let Some(expires_ms) = expires_ms {
+        text.push_str(&format!(", expires {}", rfc3339_from_ms(expires_ms)));
+    }
+    text
+}
+
+/// `GET /v1/changelog/verify`: every row's hash recomputed; 200 either way, with `intact`,
+/// the first broken row and the head.
+pub(super) async fn verify_changelog(
+    State(state): State<AppState>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let report = db(&state, |store| Ok(store.verify_changelog()?)).await?;
+    Ok(axum::Json(json!({
+        "intact": report.is_intact(),
+        "rows": report.rows,
+        "head": {"id": report.head_id, "hash": report.head_hash},
+        "first_break": report.first_break,
+    })))
+}
+
+/// Marks changelog answers while the chain is broken, so no client reads an edited history
+/// unwarned: `x-failsmall-changelog-integrity: broken at row N`.
+pub(super) async fn mark_changelog(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_changelog = request.uri().path().starts_with("/v1/changelog");
+    let mut response = next.run(request).await;
+    if is_changelog
+        && let Some(broken) = state.shared.store.changelog_break()
+        && let Ok(value) = HeaderValue::from_str(&format!("broken at row {}", broken.id))
+    {
+        response
+            .headers_mut()
+            .insert(CHANGELOG_INTEGRITY_HEADER, value);
+    }
+    response
+}
