@@ -6,11 +6,12 @@
 //!   the same time; a client that trickles half a request is closed.
 //! - **Idle timeout**: a connection with no request being handled, or whose request body
 //!   stopped arriving, and no byte read or written for `idle_timeout_ms`, is closed.
-//! - **A bound on connections**: at most `max_connections` open. When the bound is reached, a
-//!   new connection takes the place of the quietest connection that has no request in flight
-//!   (a watch or any request being answered is never cut); when every connection is busy, the
-//!   new one is closed at once. Idle connections therefore cannot lock agents and operators
-//!   out, however many there are.
+//! - **Bounds on connections**: at most `max_connections` open, and at most
+//!   `max_connections_per_client` from one IP address. When a bound is reached, a new
+//!   connection takes the place of the quietest connection (of that client, for its bound)
+//!   that has no request in flight (a watch or any request being answered is never cut); when
+//!   every such connection is busy, the new one is closed at once. Idle connections therefore
+//!   cannot lock agents and operators out, however many there are.
 //!
 //! Graceful shutdown: stop accepting, let each connection finish the request it is answering,
 //! then close; connections still open after [`SHUTDOWN_GRACE_MS`] are dropped.
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,6 +38,8 @@ use tokio::sync::{Notify, watch};
 
 /// Default for [`ConnectionLimits::max_connections`].
 pub const MAX_CONNECTIONS_DEFAULT: usize = 4096;
+/// Default for [`ConnectionLimits::max_connections_per_client`].
+pub const MAX_CONNECTIONS_PER_CLIENT_DEFAULT: usize = 1024;
 /// Default for [`ConnectionLimits::header_timeout_ms`].
 pub const HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default for [`ConnectionLimits::idle_timeout_ms`].
@@ -50,6 +54,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub struct ConnectionLimits {
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one IP address.
+    pub max_connections_per_client: usize,
     /// Longest time for a request's head (and a TLS handshake) to arrive, in milliseconds.
     pub header_timeout_ms: u64,
     /// A connection with nothing in flight and no byte moved for this long is closed, in
@@ -61,6 +67,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_connections: MAX_CONNECTIONS_DEFAULT,
+            max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT_DEFAULT,
             header_timeout_ms: HEADER_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
         }
@@ -75,6 +82,12 @@ impl ConnectionLimits {
                 "max_connections {} is out of bounds: 2 to 1000000",
                 self.max_connections
             ));
+        }
+        if self.max_connections_per_client == 0 {
+            return Err(
+                "max_connections_per_client 0 is out of bounds: at least 1 (above max_connections, max_connections bounds it)"
+                    .to_owned(),
+            );
         }
         if self.header_timeout_ms < 100 || self.header_timeout_ms > 600_000 {
             return Err(format!(
@@ -95,6 +108,8 @@ impl ConnectionLimits {
 /// What one connection is doing, as the accept loop and its own task see it.
 #[derive(Debug)]
 struct ConnState {
+    /// The client's address.
+    peer: IpAddr,
     /// Requests whose handler is running (a watch, a push, ...).
     in_flight: AtomicUsize,
     /// Request bodies still being received.
@@ -107,8 +122,9 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(now_ms: u64) -> Self {
+    fn new(peer: IpAddr, now_ms: u64) -> Self {
         Self {
+            peer,
             in_flight: AtomicUsize::new(0),
             bodies_open: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms),
@@ -150,37 +166,56 @@ impl Registry {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Admits a new connection, making room by evicting the quietest idle one when the bound
-    /// is reached; `None` when every connection is busy.
-    fn admit(&self) -> Option<(u64, Arc<ConnState>)> {
+    /// Admits a new connection from `peer`, making room by evicting the quietest idle
+    /// connection when a bound is reached (the client's own, for the per-client bound);
+    /// `None` when every candidate is busy.
+    fn admit(&self, peer: IpAddr) -> Option<(u64, Arc<ConnState>)> {
         let mut open = self.lock();
-        if open.len() >= self.limits.max_connections {
-            // Evicted connections close within moments; until they do they still count, and
-            // twice the bound is never exceeded.
-            if open.len() >= self.limits.max_connections.saturating_mul(2) {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            let quietest = open
-                .values()
-                .filter(|conn| conn.is_evictable())
-                .min_by_key(|conn| conn.last_active_ms.load(Ordering::Acquire));
-            match quietest {
-                Some(conn) => {
-                    conn.evicted.store(true, Ordering::Release);
-                    conn.wake.notify_one();
-                    self.evicted.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    self.refused.fetch_add(1, Ordering::Relaxed);
-                    return None;
-                }
-            }
+        // Evicted connections close within moments; until they do they still count, and
+        // twice the bound is never exceeded.
+        if open.len() >= self.limits.max_connections.saturating_mul(2) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let live = |conn: &&Arc<ConnState>| !conn.evicted.load(Ordering::Acquire);
+        let from_peer = open
+            .values()
+            .filter(live)
+            .filter(|conn| conn.peer == peer)
+            .count();
+        let room = if from_peer >= self.limits.max_connections_per_client {
+            self.evict_quietest(&open, Some(peer))
+        } else if open.values().filter(live).count() >= self.limits.max_connections {
+            self.evict_quietest(&open, None)
+        } else {
+            true
+        };
+        if !room {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnState::new(self.now_ms()));
+        let conn = Arc::new(ConnState::new(peer, self.now_ms()));
         open.insert(id, Arc::clone(&conn));
         Some((id, conn))
+    }
+
+    /// Asks the quietest connection with no request in flight (of `peer`, when given) to
+    /// close; whether there was one.
+    fn evict_quietest(&self, open: &BTreeMap<u64, Arc<ConnState>>, peer: Option<IpAddr>) -> bool {
+        let quietest = open
+            .values()
+            .filter(|conn| conn.is_evictable() && peer.is_none_or(|peer| conn.peer == peer))
+            .min_by_key(|conn| conn.last_active_ms.load(Ordering::Acquire));
+        match quietest {
+            Some(conn) => {
+                conn.evicted.store(true, Ordering::Release);
+                conn.wake.notify_one();
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -224,7 +259,7 @@ pub async fn serve(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let tcp = match accepted {
-            Ok((tcp, _peer)) => tcp,
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors or a connection reset before accept: wait a moment
                 // (the bound makes room) rather than spin, and keep serving.
@@ -234,7 +269,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some((id, conn)) = registry.admit() else {
+        let (tcp, peer) = tcp;
+        let Some((id, conn)) = registry.admit(peer.ip()) else {
             drop(tcp);
             continue;
         };
@@ -555,6 +591,7 @@ mod tests {
             epoch: Instant::now(),
             limits: ConnectionLimits {
                 max_connections: 2,
+                max_connections_per_client: 2,
                 ..ConnectionLimits::default()
             },
             open: Mutex::new(BTreeMap::new()),
@@ -562,17 +599,41 @@ mod tests {
             refused: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
         };
-        let (_, busy) = registry.admit().unwrap();
+        let here = IpAddr::from([127, 0, 0, 1]);
+        let (_, busy) = registry.admit(here).unwrap();
         busy.in_flight.store(1, Ordering::Release);
-        let (_, idle) = registry.admit().unwrap();
-        let (_, third) = registry.admit().unwrap();
+        let (_, idle) = registry.admit(here).unwrap();
+        let (_, third) = registry.admit(here).unwrap();
         assert!(idle.evicted.load(Ordering::Acquire));
         assert!(!busy.evicted.load(Ordering::Acquire));
         third.in_flight.store(1, Ordering::Release);
         // Both remaining candidates are busy (the evicted one has not closed yet, and the
         // map is at twice the bound minus one): the next is refused once room runs out.
-        let fourth = registry.admit();
+        let fourth = registry.admit(here);
         assert!(fourth.is_none());
         assert_eq!(registry.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_client_at_its_own_bound_makes_room_among_its_own_connections_only() {
+        let registry = Registry {
+            epoch: Instant::now(),
+            limits: ConnectionLimits {
+                max_connections: 10,
+                max_connections_per_client: 2,
+                ..ConnectionLimits::default()
+            },
+            open: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        };
+        let (flood, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let (_, agent) = registry.admit(other).unwrap();
+        let (_, first) = registry.admit(flood).unwrap();
+        let _second = registry.admit(flood).unwrap();
+        let _third = registry.admit(flood).unwrap();
+        assert!(first.evicted.load(Ordering::Acquire));
+        assert!(!agent.evicted.load(Ordering::Acquire));
     }
 }

@@ -211,8 +211,8 @@ pub enum StoreError {
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
     #[error(
-        "token {id} is the last admin token that is neither revoked nor expired; create another \
-         admin token first (`failsmall token create NAME --role admin`), then revoke this one"
+        "token {id} is the last admin token that is not revoked and never expires; create another \
+         (`failsmall token create NAME --role admin --owner PERSON`, no --expires-in), then revoke this one"
     )]
     LastAdmin { id: u64 },
     #[error("the store's lock was poisoned by an earlier failure")]
@@ -1413,7 +1413,7 @@ impl Store {
             let token = Self::token_in(&tx, id)?;
             if token.revoked_ms.is_none() {
                 if token.role == Role::Admin {
-                    trust::ensure_another_admin(&tx, id, change.at_ms)?;
+                    trust::ensure_another_admin(&tx, id)?;
                 }
                 tx.execute(
                     "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use failsmall_server::ServerConfig;
-use failsmall_server::serve::MAX_CONNECTIONS_DEFAULT;
+use failsmall_server::serve::{MAX_CONNECTIONS_DEFAULT, MAX_CONNECTIONS_PER_CLIENT_DEFAULT};
 
 #[derive(Debug, Args)]
 pub struct NetArgs {
@@ -20,6 +20,10 @@ pub struct NetArgs {
     /// one with no request in flight (a watch is never cut); when all are busy it is closed.
     #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS_DEFAULT)]
     pub max_connections: usize,
+    /// Most connections open at once from one IP address; at this bound a new connection
+    /// replaces that client's quietest idle one.
+    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS_PER_CLIENT_DEFAULT)]
+    pub max_connections_per_client: usize,
     /// Longest time for a request's head, or a TLS handshake, to arrive (`10s`).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ms)]
     pub header_timeout: u64,
@@ -44,6 +48,7 @@ impl NetArgs {
         }
         config.connections = failsmall_server::serve::ConnectionLimits {
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             header_timeout_ms: self.header_timeout,
             idle_timeout_ms: self.idle_timeout,
         };

@@ -119,17 +119,14 @@ pub(super) fn chain_row(tx: &Transaction<'_>, id: u64) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Refuses to revoke admin token `id` when no other admin token is neither revoked nor
-/// expired at `now_ms`: the installation would have no admin left.
-pub(super) fn ensure_another_admin(
-    conn: &Connection,
-    id: u64,
-    now_ms: u64,
-) -> Result<(), StoreError> {
+/// Refuses to revoke admin token `id` unless another admin token is neither revoked nor
+/// ever expires: the installation always keeps an admin (one that expires would leave none
+/// once it did).
+pub(super) fn ensure_another_admin(conn: &Connection, id: u64) -> Result<(), StoreError> {
     let others: i64 = conn.query_row(
         "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_ms IS NULL
-         AND (expires_ms IS NULL OR expires_ms > ?2) AND id != ?1",
-        params![to_i64(id), to_i64(now_ms)],
+         AND expires_ms IS NULL AND id != ?1",
+        params![to_i64(id)],
         |row| row.get(0),
     )?;
     if others == 0 {
@@ -380,7 +377,7 @@ mod tests {
             .unwrap();
         assert_eq!(first.owner.as_deref(), Some("alice"));
         assert_eq!(first.expires_ms, Some(99));
-        // Its expiry is past at 100: it does not count as the other admin either.
+        // It expires: it does not count as the other admin.
         let second = store
             .create_token_with(
                 &NewToken {
@@ -395,13 +392,13 @@ mod tests {
             ..change("revoke")
         };
         assert!(matches!(
-            store.revoke_token(second.id, &at(100)),
+            store.revoke_token(second.id, &at(50)),
             Err(StoreError::LastAdmin { .. })
         ));
-        // While the first has not expired, the second may go, and then the first may not.
-        store.revoke_token(second.id, &at(50)).unwrap();
+        // The expiring one may go, the one that never expires may not, not even by itself.
+        store.revoke_token(first.id, &at(60)).unwrap();
         assert!(matches!(
-            store.revoke_token(first.id, &at(60)),
+            store.revoke_token(second.id, &at(70)),
             Err(StoreError::LastAdmin { .. })
         ));
     }
