@@ -380,6 +380,7 @@ impl Engine {
                 waiting_for_nodes: false,
                 breach_since_ms: None,
                 gated_evidence: false,
+                awaiting_entry: false,
                 roles: Derived::default(),
             },
         );
@@ -769,10 +770,16 @@ impl Engine {
                 if rollout.actor == actor {
                     return Err(EngineError::SelfApproval { actor });
                 }
+                let enter_first = rollout.awaiting_entry;
                 if let Some(rollout) = self.rollouts.get_mut(&id) {
                     rollout.phase = StagePhase::Passed;
+                    rollout.awaiting_entry = false;
                 }
                 self.log_as(id, ChangeKind::Approved, &actor, stage, reason, now, out);
+                if enter_first {
+                    // The first stage was approved before it exposed anything: enter it now.
+                    self.enter_stage(id, 0, now, out);
+                }
             }
         }
         self.settle(&unit, now, out);

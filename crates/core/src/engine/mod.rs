@@ -18,7 +18,9 @@
 //! 3. `Holding`: the bake is over; the stage passes only when every gate's verdict is `Pass`,
 //!    computed in that very step, with at least `min_requests` canary requests and no silent
 //!    canary node. An inconclusive gate holds, never promotes;
-//! 4. `AwaitingApproval` (when the stage asks for it), then `Passed`: on to the next stage;
+//! 4. `AwaitingApproval` when the *next* stage asks for an approval (an approval comes before
+//!    a stage exposes its nodes; for the first stage, right after the start, before it is
+//!    entered), then `Passed`: on to the next stage;
 //! 5. after the last stage, `Soaking` for the plan's `soak_ms` (none when `0`): the last
 //!    stage's gates and hard signals keep judging every exposed node, as in a stage, over a
 //!    fresh window of health; a failure rolls back ("rolled back during soak"), an
@@ -537,6 +539,10 @@ struct Rollout {
     /// version: the evidence a version needs to become the unit's stable version.
     #[serde(default)]
     gated_evidence: bool,
+    /// The first stage asks for an approval, which comes before it exposes any node: the
+    /// rollout started and waits (`AwaitingApproval`) without having entered it.
+    #[serde(default)]
+    awaiting_entry: bool,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
