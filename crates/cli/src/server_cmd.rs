@@ -97,9 +97,15 @@ pub enum ServerCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Make a new admin token offline, with access to the data dir, when every admin token is
+    /// lost; prints its secret once (stdout). Recorded in the changelog (`admin_recovered`).
+    RecoverAdmin(net::RecoverAdminArgs),
 }
 
 pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
+    if let Some(ServerCommand::RecoverAdmin(recover)) = &args.command {
+        return recover.run();
+    }
     if let Some(ServerCommand::Keys { data_dir }) = &args.command {
         let public_key = failsmall_server::signing::VersionSigner::load_or_create(data_dir)
             .with_context(|| format!("cannot open the signing key in {}", data_dir.display()))?

@@ -735,3 +735,49 @@ fn an_edited_changelog_row_is_reported_at_start_by_log_verify_and_on_every_chang
     assert_eq!(still["rows"], 5, "{still}");
     assert_eq!(still["first_break"]["id"], 3, "{still}");
 }
+
+#[test]
+fn a_lost_admin_is_recovered_offline_from_the_data_dir_and_the_changelog_says_so() {
+    let mut server = Server::start(&[]);
+    // Every admin token is lost (the file is gone, nobody kept the secret).
+    let lost = server.admin.clone();
+    server.restart(|dir| {
+        std::fs::remove_file(dir.join("admin.token")).unwrap();
+        let recovered = Command::new(BIN)
+            .args(["server", "recover-admin", "--owner", "carol", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(recovered.status.success(), "{}", text(&recovered));
+        std::fs::write(dir.join("recovered"), &recovered.stdout).unwrap();
+    });
+    let recovered = std::fs::read_to_string(server.dir.join("recovered"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(recovered, lost);
+    let whoami = server.cli_as(&recovered, &[], &["whoami", "-o", "json"]);
+    let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(whoami["role"], "admin", "{whoami}");
+    assert_eq!(whoami["name"], "carol", "{whoami}");
+    let log = server.cli_as(&recovered, &[], &["log", "-o", "json"]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    assert!(
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "admin_recovered"),
+        "{log}"
+    );
+    let verified = server.cli_as(&recovered, &[], &["log", "--verify"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    // Without a store there is nothing to recover.
+    let empty = tempfile::tempdir().unwrap();
+    let refused = Command::new(BIN)
+        .args(["server", "recover-admin", "--owner", "carol", "--data-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(stderr(&refused).contains("no failsmall store here"));
+}

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod codex;
 pub mod error;
 pub mod liveness;
+pub mod recover;
 pub mod rollouts;
 pub mod serve;
 pub mod signing;

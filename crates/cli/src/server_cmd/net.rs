@@ -33,6 +33,33 @@ pub struct NetArgs {
     pub idle_timeout: u64,
 }
 
+/// `failsmall server recover-admin`.
+#[derive(Debug, Args)]
+pub struct RecoverAdminArgs {
+    /// The server's data dir (the server may be stopped or running).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// The new token's name.
+    #[arg(long, default_value = "recovered-admin")]
+    pub name: String,
+    /// The person it acts for (approvals compare owners).
+    #[arg(long, value_name = "PERSON")]
+    pub owner: String,
+}
+
+impl RecoverAdminArgs {
+    pub fn run(&self) -> anyhow::Result<crate::Outcome> {
+        let (token, record) =
+            failsmall_server::recover::recover_admin(&self.data_dir, &self.name, &self.owner)?;
+        eprintln!(
+            "admin token {} {:?} for {} created offline; its secret is shown only now:",
+            record.id, record.name, self.owner
+        );
+        outln!("{token}");
+        Ok(crate::Outcome::Success)
+    }
+}
+
 fn parse_ms(text: &str) -> Result<u64, String> {
     failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())
 }
