@@ -781,3 +781,66 @@ fn a_lost_admin_is_recovered_offline_from_the_data_dir_and_the_changelog_says_so
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert!(stderr(&refused).contains("no failsmall store here"));
 }
+
+#[test]
+fn a_rotated_token_keeps_what_it_is_and_only_the_new_secret_works() {
+    let server = Server::start(&[]);
+    let old = token(
+        &server,
+        &[
+            "ci",
+            "--role",
+            "deployer",
+            "--owner",
+            "ci-bot",
+            "--expires-in",
+            "30d",
+        ],
+    );
+    let listed = server.cli(&[], &["token", "list", "-o", "json"]);
+    let tokens: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let before = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()
+        .clone();
+    let id = before["id"].as_u64().unwrap().to_string();
+    let rotated = server.cli(&[], &["token", "rotate", &id]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    let new = stdout(&rotated);
+    assert_ne!(new, old);
+    let refused = server.cli_as(&old, &[], &["whoami"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let whoami = server.cli_as(&new, &[], &["whoami", "-o", "json"]);
+    let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(whoami["name"], "ci-bot", "{whoami}");
+    assert_eq!(whoami["token"], "ci", "{whoami}");
+    assert_eq!(whoami["role"], "deployer", "{whoami}");
+    let listed = server.cli(&[], &["token", "list", "-o", "json"]);
+    let tokens: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let after = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci" && t["revoked_ms"].is_null())
+        .unwrap();
+    assert_eq!(after["expires_ms"], before["expires_ms"], "{tokens}");
+    // The only admin token may rotate itself: its successor is in place first.
+    let admin_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["role"] == "admin")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let rotated = server.cli(&[], &["token", "rotate", &admin_id]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    let admin = stdout(&rotated);
+    let status = server.cli_as(&admin, &[], &["token", "list"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert_eq!(server.cli(&[], &["token", "list"]).status.code(), Some(1));
+}

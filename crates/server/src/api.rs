@@ -360,6 +360,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         ),
         (
             spec(
+                Method::POST,
+                "/v1/tokens/{id}/rotate",
+                Admin,
+                "Rotate an access token: a new secret, the old one revoked",
+            ),
+            post(trust::rotate_token),
+        ),
+        (
+            spec(
                 Method::GET,
                 "/v1/changelog/verify",
                 Admin,

@@ -28,6 +28,13 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List the tokens: id, name, role, node, created, revoked (never the secrets).
     List,
+    /// Rotate a token: a new secret (printed once) for the same name, role, node, owner and
+    /// expiry; the old secret is refused from then on.
+    Rotate {
+        /// The token's id, from `failsmall token list`.
+        #[arg(value_parser = parse_token_id)]
+        id: u64,
+    },
     /// Revoke a token: every request that carries it is refused from then on.
     Revoke {
         /// The token's id, from `failsmall token list`.
@@ -112,6 +119,19 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<Outcome> {
                 print_json(&list.tokens)?;
             } else {
                 out!("{}", table(&list.tokens).render());
+            }
+        }
+        TokenCommand::Rotate { id } => {
+            let (_, created): (u16, Created) =
+                client.send_json(Method::POST, &format!("/v1/tokens/{id}/rotate"), &json!({}))?;
+            if args.remote.json() {
+                print_json(&created)?;
+            } else {
+                eprintln!(
+                    "token {id} rotated: token {} {:?} ({}) replaces it; its secret is shown only now:",
+                    created.record.id, created.record.name, created.record.role
+                );
+                outln!("{}", created.token);
             }
         }
         TokenCommand::Revoke { id } => {

@@ -1,7 +1,8 @@
 //! Trust on the API: tokens' owners and expiry, and the changelog's hash chain
 //! (`GET /v1/changelog/verify`; changelog answers say when the chain is broken).
 
-use axum::extract::{Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -11,7 +12,7 @@ use serde_json::{Value, json};
 use super::{AppState, db};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::store::TokenRecord;
+use crate::store::{NewChange, TokenRecord};
 
 /// Longest a token may be created for: ten years.
 pub const TOKEN_EXPIRES_IN_MAX_MS: u64 = 3650 * 24 * 3600 * 1000;
@@ -81,7 +82,7 @@ pub(super) fn owner_and_expiry(
                 )
                 .with_detail(json!({"field": "expires_in"}))
             };
-            let ms = failsmall_core::duration::parse_duration_ms(text)
+            let ms = parse_expires_in_ms(text)
                 .map_err(|e| bad(format!("{e}; expected a duration such as 30d or 12h")))?;
             if !(TOKEN_EXPIRES_IN_MIN_MS..=TOKEN_EXPIRES_IN_MAX_MS).contains(&ms) {
                 return Err(bad("must be between 1m and 3650d".to_owned()));
@@ -90,6 +91,24 @@ pub(super) fn owner_and_expiry(
         }
     };
     Ok((owner, expires_ms))
+}
+
+/// A token's lifetime: whole days (`30d`, `365d`), which may be longer than the week other
+/// durations allow, or any duration (`12h`, `90m`).
+fn parse_expires_in_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if let Some(days) = text.strip_suffix('d')
+        && !days.is_empty()
+        && days.chars().all(|c| c.is_ascii_digit())
+    {
+        let days: u64 = days
+            .parse()
+            .map_err(|_| format!("{days:?} days is too many"))?;
+        return days
+            .checked_mul(24 * 3600 * 1000)
+            .ok_or_else(|| format!("{days} days is too many"));
+    }
+    failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())
 }
 
 /// `, owner alice, expires 2026-...` for the changelog.
@@ -102,6 +121,39 @@ pub(super) fn owner_and_expiry_text(owner: Option<&str>, expires_ms: Option<u64>
         text.push_str(&format!(", expires {}", rfc3339_from_ms(expires_ms)));
     }
     text
+}
+
+/// `POST /v1/tokens/{id}/rotate`: a new secret for the same name, role, node, owner and
+/// expiry; the old secret is refused from then on. 201 with the secret (shown once).
+pub(super) async fn rotate_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let id = super::path_param(id)?;
+    let token = crate::auth::new_token()
+        .map_err(|e| ApiError::internal(format!("no randomness for a token: {e}")))?;
+    let hash = crate::auth::token_sha256(&token);
+    let record = db(&state, move |store| {
+        let reason = format!("token {id} rotated: a new secret replaces it");
+        let change = NewChange {
+            at_ms: super::now_ms(),
+            actor: &caller.name,
+            kind: "token_rotated",
+            unit: None,
+            version: None,
+            reason: &reason,
+            concerns: None,
+            rollout: None,
+            stage: None,
+        };
+        Ok(store.rotate_token(id, &hash, &change)?)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"token": token, "record": record, "replaces": id})),
+    ))
 }
 
 /// `GET /v1/changelog/verify`: every row's hash recomputed; 200 either way, with `intact`,
@@ -136,4 +188,17 @@ pub(super) async fn mark_changelog(
             .insert(CHANGELOG_INTEGRITY_HEADER, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lifetimes_take_days_beyond_a_week() {
+        assert_eq!(parse_expires_in_ms("30d"), Ok(30 * 24 * 3600 * 1000));
+        assert_eq!(parse_expires_in_ms("12h"), Ok(12 * 3600 * 1000));
+        assert!(parse_expires_in_ms("soon").is_err());
+        assert!(parse_expires_in_ms("99999999999999999999d").is_err());
+    }
 }

@@ -165,6 +165,49 @@ impl Store {
         })
     }
 
+    /// Rotates token `id`: a new token with the same name, role, node, owner and expiry (whose
+    /// hash is `token_sha256`) replaces it, and it is revoked, in one transaction. An admin
+    /// token may rotate itself: its successor is in place before it goes.
+    pub fn rotate_token(
+        &self,
+        id: u64,
+        token_sha256: &str,
+        change: &NewChange<'_>,
+    ) -> Result<TokenRecord, StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let old = Self::token_in(&tx, id)?;
+            if old.revoked_ms.is_some() {
+                return Err(StoreError::NotFound {
+                    kind: "unrevoked token",
+                    key: id.to_string(),
+                });
+            }
+            tx.execute(
+                "INSERT INTO tokens (name, role, token_sha256, created_ms, node, owner, expires_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    old.name,
+                    old.role.as_str(),
+                    token_sha256,
+                    to_i64(change.at_ms),
+                    old.node,
+                    old.owner,
+                    old.expires_ms.map(to_i64)
+                ],
+            )?;
+            let new_id = to_u64(tx.last_insert_rowid());
+            tx.execute(
+                "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
+                params![to_i64(id), to_i64(change.at_ms)],
+            )?;
+            record_change(&tx, change)?;
+            let record = Self::token_in(&tx, new_id)?;
+            tx.commit()?;
+            Ok(record)
+        })
+    }
+
     /// Chains the rows written before the changelog had a chain, once, at the upgrade.
     pub(super) fn chain_upgrade(&self) -> Result<(), StoreError> {
         self.with_conn(|conn| {
