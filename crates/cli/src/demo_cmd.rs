@@ -582,7 +582,7 @@ impl Demo {
         let path = format!("/v1/rollouts/{id}/approve");
         if self.show {
             outln!(
-                "  [{:>5.1}s] {:<18} r{id} stage {stage} waits for a person other than the pusher; {APPROVER} approves",
+                "  [{:>5.1}s] {:<18} r{id} after stage {stage}, the next stage waits for a person other than the pusher before it exposes its nodes; {APPROVER} approves",
                 self.elapsed_s(),
                 "awaiting_approval",
             );

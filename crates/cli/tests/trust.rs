@@ -844,3 +844,55 @@ fn a_rotated_token_keeps_what_it_is_and_only_the_new_secret_works() {
     assert!(status.status.success(), "{}", text(&status));
     assert_eq!(server.cli(&[], &["token", "list"]).status.code(), Some(1));
 }
+
+#[test]
+fn a_signed_checkpoint_kept_elsewhere_catches_a_truncated_history() {
+    let mut server = Server::start(&[]);
+    for name in ["a", "b"] {
+        token(&server, &[name, "--role", "viewer", "--owner", name]);
+    }
+    let verified = server.cli(&[], &["log", "--verify", "-o", "json"]);
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+    let verdict: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let checkpoint = &verdict["checkpoint"];
+    let (row, hash) = (
+        checkpoint["row"].as_u64().unwrap(),
+        checkpoint["hash"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(row, 3, "{verdict}");
+    // Signed with the server's key: anyone holding the public key can check it.
+    assert!(failsmall_server::signing::verify_checkpoint(
+        checkpoint["public_key"].as_str().unwrap(),
+        row,
+        &hash,
+        checkpoint["signature"].as_str().unwrap(),
+    ));
+    let pinned = format!("{row}:{hash}");
+    let holds = server.cli(&[], &["log", "--verify", "--checkpoint", &pinned]);
+    assert_eq!(holds.status.code(), Some(0), "{}", text(&holds));
+    assert!(
+        stdout(&holds).contains("earlier checkpoint holds"),
+        "{}",
+        text(&holds)
+    );
+
+    // The newest rows are deleted while the server is stopped: the chain that is left is
+    // intact, but the checkpoint kept elsewhere no longer holds.
+    server.restart(|dir| {
+        let db = rusqlite::Connection::open(dir.join("failsmall.db")).unwrap();
+        db.execute("DELETE FROM changelog WHERE id >= 2", [])
+            .unwrap();
+    });
+    let alone = server.cli(&[], &["log", "--verify"]);
+    assert_eq!(alone.status.code(), Some(0), "{}", text(&alone));
+    let caught = server.cli(&[], &["log", "--verify", "--checkpoint", &pinned]);
+    assert_eq!(caught.status.code(), Some(3), "{}", text(&caught));
+    assert!(
+        stdout(&caught).contains("row 3 is gone") && stdout(&caught).contains("truncated"),
+        "{}",
+        text(&caught)
+    );
+    let bad = server.cli(&[], &["log", "--verify", "--checkpoint", "3"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(stderr(&bad).contains("ROW:HASH"), "{}", text(&bad));
+}

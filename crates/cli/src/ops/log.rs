@@ -56,6 +56,10 @@ pub struct LogArgs {
     /// first edited, deleted or reordered row.
     #[arg(long, conflicts_with = "follow")]
     pub verify: bool,
+    /// With --verify: an earlier checkpoint, `ROW:HASH` (from an earlier `log --verify`),
+    /// that row ROW must still match; a rewritten or truncated history does not.
+    #[arg(long, value_name = "ROW:HASH", requires = "verify")]
+    pub checkpoint: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -82,7 +86,7 @@ pub fn since_ms(text: &str, now_ms: u64) -> anyhow::Result<u64> {
 
 pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
     if args.verify {
-        return super::log_verify::run(&args.remote);
+        return super::log_verify::run(&args.remote, args.checkpoint.as_deref());
     }
     if let Some(bad) = args.labels.iter().find(|label| {
         label

@@ -1,12 +1,13 @@
 //! Trust on the API: tokens' owners and expiry, and the changelog's hash chain
 //! (`GET /v1/changelog/verify`; changelog answers say when the chain is broken).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use failsmall_core::domain::rfc3339_from_ms;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, db};
@@ -156,17 +157,77 @@ pub(super) async fn rotate_token(
     ))
 }
 
+/// An earlier checkpoint to compare with (`?checkpoint_row=N&checkpoint_hash=H`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckpointQuery {
+    checkpoint_row: Option<u64>,
+    checkpoint_hash: Option<String>,
+}
+
 /// `GET /v1/changelog/verify`: every row's hash recomputed; 200 either way, with `intact`,
-/// the first broken row and the head.
+/// the first broken row and the head, and — when intact — a checkpoint of the head signed
+/// with the server's key, to keep outside the server. Given an earlier checkpoint, also
+/// whether row N still has hash H (a rewritten or truncated tail does not).
 pub(super) async fn verify_changelog(
     State(state): State<AppState>,
+    query: Result<Query<CheckpointQuery>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let report = db(&state, |store| Ok(store.verify_changelog()?)).await?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let earlier = match (query.checkpoint_row, query.checkpoint_hash.clone()) {
+        (Some(row), Some(hash)) => Some((row, hash)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "checkpoint_row and checkpoint_hash go together: the row and hash of an earlier checkpoint",
+            ));
+        }
+    };
+    let (report, stored) = db(&state, move |store| {
+        let report = store.verify_changelog()?;
+        let stored = match &earlier {
+            Some((row, _)) => store.changelog_hash(*row)?,
+            None => None,
+        };
+        Ok((report, stored))
+    })
+    .await?;
+    let checkpoint = match (&report.first_break, report.head_id, &report.head_hash) {
+        (None, Some(id), Some(hash)) => json!({
+            "row": id,
+            "hash": hash,
+            "signature": state.shared.signer.sign_checkpoint(id, hash),
+            "public_key": state.shared.signer.public_key_hex(),
+        }),
+        _ => Value::Null,
+    };
+    let earlier_checkpoint = match (&query.checkpoint_row, &query.checkpoint_hash) {
+        (Some(row), Some(hash)) => {
+            let holds = stored.as_deref() == Some(hash.as_str());
+            let reason = match &stored {
+                _ if holds => format!("row {row} still has hash {hash}"),
+                Some(now) => format!(
+                    "row {row} has hash {now}, not {hash} as the checkpoint says: the history up to it was rewritten"
+                ),
+                None => format!(
+                    "row {row} is gone (the checkpoint says it had hash {hash}): the history was truncated"
+                ),
+            };
+            json!({"row": row, "hash": hash, "holds": holds, "reason": reason})
+        }
+        _ => Value::Null,
+    };
+    let holds = earlier_checkpoint
+        .get("holds")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     Ok(axum::Json(json!({
-        "intact": report.is_intact(),
+        "intact": report.is_intact() && holds,
         "rows": report.rows,
         "head": {"id": report.head_id, "hash": report.head_hash},
         "first_break": report.first_break,
+        "checkpoint": checkpoint,
+        "earlier_checkpoint": earlier_checkpoint,
     })))
 }
 

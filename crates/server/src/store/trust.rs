@@ -250,6 +250,20 @@ impl Store {
         })
     }
 
+    /// The stored chain hash of changelog row `id`; none: no such row (or no hash).
+    pub fn changelog_hash(&self, id: u64) -> Result<Option<String>, StoreError> {
+        self.with_conn(|conn| {
+            let hash: Option<Option<String>> = conn
+                .query_row(
+                    "SELECT hash FROM changelog WHERE id = ?1",
+                    [to_i64(id)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(hash.flatten())
+        })
+    }
+
     /// The changelog chain's first break as the last verification found it (the server
     /// verifies at start and on `GET /v1/changelog/verify`).
     pub fn changelog_break(&self) -> Option<ChainBreak> {
