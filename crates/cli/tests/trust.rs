@@ -591,6 +591,10 @@ fn an_approval_by_a_token_of_the_pushers_owner_is_refused_and_another_persons_is
     // The admin mints an approver token under another name, and one for another person.
     let night_shift = token(&server, &["night-shift", "--role", "approver"]);
     let bob = token(&server, &["bob", "--role", "approver", "--owner", "bob"]);
+    let carol = token(
+        &server,
+        &["carol", "--role", "approver", "--owner", "carol"],
+    );
     let whoami = server.cli_as(&night_shift, &[], &["whoami", "-o", "json"]);
     let whoami: Value = serde_json::from_slice(&whoami.stdout).unwrap();
     assert_eq!(whoami["name"], "admin", "{whoami}");
@@ -598,7 +602,7 @@ fn an_approval_by_a_token_of_the_pushers_owner_is_refused_and_another_persons_is
 
     let plan = file(
         "approval.yaml",
-        "name: approval\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n",
+        "name: approval\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approvers: 2\n",
     );
     let version_file = file("v1.json", r#"{"n": 1}"#);
     let pushed = server.cli(
@@ -641,9 +645,23 @@ fn an_approval_by_a_token_of_the_pushers_owner_is_refused_and_another_persons_is
         "{}",
         text(&refused)
     );
-    // Another person: taken, and the changelog says who.
+    // Another person: taken, and the changelog says who; the stage asks for two people.
     let approved = server.cli_as(&bob, &[], &["rollout", "approve", &id, "-o", "json"]);
     assert!(approved.status.success(), "{}", text(&approved));
+    let view: Value = serde_json::from_slice(&approved.stdout).unwrap();
+    assert_eq!(view["phase"], "awaiting_approval", "{view}");
+    assert_eq!(view["nodes_exposed"], 0, "{view}");
+    let again = server.cli_as(&bob, &[], &["rollout", "approve", &id]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        stderr(&again).contains("bob already approved"),
+        "{}",
+        text(&again)
+    );
+    let second = server.cli_as(&carol, &[], &["rollout", "approve", &id, "-o", "json"]);
+    assert!(second.status.success(), "{}", text(&second));
+    let view: Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_ne!(view["phase"], "awaiting_approval", "{view}");
     let log = server.cli(&[], &["log", "--rollout", &id, "-o", "json"]);
     let log: Value = serde_json::from_slice(&log.stdout).unwrap();
     assert!(

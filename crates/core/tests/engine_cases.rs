@@ -100,6 +100,7 @@ fn stage(name: &str, select: &[(&str, &str)], percent: u32, bake_ms: u64) -> Sta
         hard_signals: HardSignals::default(),
         silence_ms: 30_000,
         approval: false,
+        approvers: 0,
     }
 }
 
@@ -2215,6 +2216,38 @@ fn a_later_stage_with_approval_waits_before_it_exposes_its_nodes() {
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.stage_index, 1, "{view:?}");
     assert!(view.nodes_exposed > exposed, "{view:?}");
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn a_stage_asking_for_two_approvers_needs_two_distinct_people_other_than_the_pusher() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[1].approval = true;
+    plan.stages[1].approvers = 2;
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 300_000, &healthy);
+    assert_eq!(
+        h.engine.rollout(id).unwrap().phase,
+        StagePhase::AwaitingApproval
+    );
+    assert!(matches!(
+        h.command(id, Command::Approve, "alice"),
+        Err(EngineError::SelfApproval { .. })
+    ));
+    h.command(id, Command::Approve, "bob").unwrap();
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.phase, StagePhase::AwaitingApproval, "one of two");
+    assert_eq!(view.stage_index, 0);
+    let before = h.engine.clone();
+    assert!(matches!(
+        h.command(id, Command::Approve, "bob"),
+        Err(EngineError::AlreadyApproved { .. })
+    ));
+    assert_eq!(h.engine, before, "a refused step changes nothing");
+    h.command(id, Command::Approve, "carol").unwrap();
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
     h.run(id, "u", 3_600_000, &healthy);
     assert_eq!(h.status(id), RolloutStatus::Completed);
 }

@@ -1871,6 +1871,7 @@ fn step_error(error: StepError) -> ApiError {
                     (StatusCode::CONFLICT, "no_approval_pending")
                 }
                 EngineError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
+                EngineError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
                 EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "refused")
                 }

@@ -336,6 +336,8 @@ pub enum EngineError {
     EmptyPlan { plan: String },
     #[error("{actor} pushed this version and so cannot approve it; another person must")]
     SelfApproval { actor: String },
+    #[error("{actor} already approved this stage; it needs another person's approval too")]
+    AlreadyApproved { actor: String },
     #[error("rollout {rollout}'s current stage does not wait for an approval")]
     NoApprovalPending { rollout: RolloutId },
     #[error("no node {0} is registered; register it before it reports")]
@@ -543,6 +545,9 @@ struct Rollout {
     /// rollout started and waits (`AwaitingApproval`) without having entered it.
     #[serde(default)]
     awaiting_entry: bool,
+    /// The distinct people who approved the stage that waits, while it needs more.
+    #[serde(default)]
+    approved_by: Vec<String>,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
