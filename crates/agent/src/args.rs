@@ -39,7 +39,7 @@ pub struct AgentFlags {
     #[arg(long)]
     pub server_key: Option<String>,
     /// A PEM CA bundle: for an https:// --server, trust only these CAs (default: the
-    /// system's CA store).
+    /// public root CAs built in).
     #[arg(long, value_name = "FILE", env = "FAILSMALL_CA")]
     pub ca: Option<PathBuf>,
     /// A JSON file: unit name -> {validate, reload, health_check} (local commands and checks).

@@ -160,7 +160,7 @@ impl ControlPlane {
     }
 
     /// Trusts only the CAs of the PEM bundle at `ca` for an https:// server (none: the
-    /// system's CA store).
+    /// public root CAs built in).
     pub fn with_ca(mut self, ca: Option<&std::path::Path>) -> Result<Self, crate::tls::CaError> {
         if ca.is_some() {
             self.http =

@@ -151,7 +151,7 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The server's public key (hex); when absent, trust on first use.
     pub server_key: Option<String>,
-    /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the system's).
+    /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the public root CAs built in).
     pub ca_path: Option<PathBuf>,
     /// Where the local API listens (must be a loopback address).
     pub local_api: Option<SocketAddr>,

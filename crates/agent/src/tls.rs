@@ -1,4 +1,4 @@
-//! Talking to the control plane over TLS: the HTTP client trusts the system's CA store, or
+//! Talking to the control plane over TLS: the HTTP client trusts the public root CAs built in, or
 //! only the CA bundle given with `--ca FILE`; and a plain `http://` address that is not
 //! loopback earns a warning (tokens would travel in clear text).
 
@@ -38,7 +38,7 @@ pub fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, CaError>
     Ok(certs)
 }
 
-/// An async HTTP client builder that trusts `ca` only, when given, else the system's CA store.
+/// An async HTTP client builder that trusts `ca` only, when given, else the public root CAs built in.
 pub fn client_builder(ca: Option<&Path>) -> Result<reqwest::ClientBuilder, CaError> {
     let mut builder = reqwest::Client::builder();
     if let Some(path) = ca {

@@ -165,7 +165,7 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client of `remote`; `ca`: a PEM CA bundle, the only CAs trusted for https://
-    /// (default: the system's CA store). Plain http:// to a host that is not loopback is
+    /// (default: the public root CAs built in). Plain http:// to a host that is not loopback is
     /// warned about on stderr.
     pub fn new(remote: Remote, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
         if let Some(warning) = failsmall_agent::tls::plaintext_warning(&remote.addr) {

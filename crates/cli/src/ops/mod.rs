@@ -37,7 +37,7 @@ pub struct RemoteArgs {
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
     /// A PEM CA bundle: for an https:// address, trust only these CAs [else FAILSMALL_CA,
-    /// else the system's CA store].
+    /// else the public root CAs built in].
     #[arg(long, value_name = "FILE", global = true, env = "FAILSMALL_CA")]
     pub ca: Option<std::path::PathBuf>,
     /// Output format: tables for people, JSON for scripts.

@@ -10,7 +10,7 @@ use failsmall_server::serve::{MAX_CONNECTIONS_DEFAULT, MAX_CONNECTIONS_PER_CLIEN
 pub struct NetArgs {
     /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); needs
     /// --tls-key. Agents and the CLI then use https:// and trust it by --ca FILE or the
-    /// system's CA store.
+    /// public root CAs built in.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
