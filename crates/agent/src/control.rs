@@ -128,7 +128,9 @@ impl ControlError {
     /// Whether the server's TLS certificate is not trusted (no `--ca`, or the wrong one).
     pub fn is_untrusted_certificate(&self) -> bool {
         matches!(self, Self::Unreachable { reason, .. }
-            if reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer"))
+            if reason.contains("invalid peer certificate")
+                || reason.contains("UnknownIssuer")
+                || reason.contains("certificate pin mismatch"))
     }
 
     /// Whether sending the same request again cannot help: the control plane understood it
@@ -159,18 +161,24 @@ impl ControlPlane {
         }
     }
 
-    /// Trusts only the CAs of the PEM bundle at `ca` for an https:// server (none: the
-    /// public root CAs built in).
-    pub fn with_ca(mut self, ca: Option<&std::path::Path>) -> Result<Self, crate::tls::CaError> {
-        if ca.is_some() {
-            self.http =
-                crate::tls::client_builder(ca)?
-                    .build()
-                    .map_err(|e| crate::tls::CaError {
-                        path: ca.map(|p| p.display().to_string()).unwrap_or_default(),
-                        reason: e.to_string(),
-                    })?;
-        }
+    /// Trusts, for an https:// server, only the certificate whose SHA-256 is `pin` when
+    /// given, else only the CAs of the PEM bundle at `ca` (none: the public root CAs built
+    /// in). An error names the flag at fault.
+    pub fn with_tls(
+        mut self,
+        ca: Option<&std::path::Path>,
+        pin: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
+        let builder = match (pin, ca) {
+            (Some(pin), _) => reqwest::Client::builder().use_preconfigured_tls(
+                crate::tls::pinned_config(pin).map_err(|e| ("pin-sha256", e.to_string()))?,
+            ),
+            (None, Some(_)) => crate::tls::client_builder(ca).map_err(|e| ("ca", e.to_string()))?,
+            (None, None) => return Ok(self),
+        };
+        self.http = builder
+            .build()
+            .map_err(|e| ("ca", format!("cannot build the HTTP client: {e}")))?;
         Ok(self)
     }
 

@@ -153,6 +153,8 @@ pub struct AgentConfig {
     pub server_key: Option<String>,
     /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the public root CAs built in).
     pub ca_path: Option<PathBuf>,
+    /// The SHA-256 (hex) of the one server certificate trusted, instead of any CA.
+    pub pin_sha256: Option<String>,
     /// Where the local API listens (must be a loopback address).
     pub local_api: Option<SocketAddr>,
     pub units: BTreeMap<UnitName, UnitLocalConfig>,
@@ -186,6 +188,7 @@ impl AgentConfig {
             data_dir: data_dir.into(),
             server_key: None,
             ca_path: None,
+            pin_sha256: None,
             local_api: None,
             units: BTreeMap::new(),
             consumer_url: None,
@@ -677,11 +680,8 @@ pub async fn run(
         ));
     }
     let control = ControlPlane::new(&config.server_url, &config.token, &node)
-        .with_ca(config.ca_path.as_deref())
-        .map_err(|e| AgentError::Config {
-            field: "ca",
-            reason: e.to_string(),
-        })?;
+        .with_tls(config.ca_path.as_deref(), config.pin_sha256.as_deref())
+        .map_err(|(field, reason)| AgentError::Config { field, reason })?;
     tasks.spawn(send_reports(
         control.clone(),
         Arc::clone(&shared),

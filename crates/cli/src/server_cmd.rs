@@ -139,6 +139,12 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
     };
     args.net.apply(&mut config);
     let scheme = args.net.scheme();
+    if let Some(files) = &config.tls {
+        let fingerprint = failsmall_server::tls::certificate_sha256(files)?;
+        eprintln!(
+            "failsmall server: TLS certificate SHA-256 {fingerprint} (clients may pin it: --pin-sha256 {fingerprint})"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

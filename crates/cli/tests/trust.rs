@@ -195,6 +195,8 @@ fn text(output: &Output) -> String {
 
 /// A test CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files.
 struct Pki {
+    /// The SHA-256 of the server's certificate, hex: what `--pin-sha256` takes.
+    pin: String,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -222,6 +224,7 @@ fn pki() -> Pki {
         path
     };
     Pki {
+        pin: failsmall_agent::tls::certificate_sha256(server_cert.der()),
         ca: write("ca.pem", ca_cert.pem()),
         cert: write("server.pem", server_cert.pem()),
         key: write("server.key", server_key.serialize_pem()),
@@ -256,6 +259,17 @@ fn over_tls_an_agent_and_the_cli_talk_to_the_server_and_a_client_without_the_ca_
     assert!(
         said.contains("does not trust") && said.contains("--ca FILE"),
         "{said}"
+    );
+
+    // Or with the server certificate's pin instead of any CA; a wrong pin is refused.
+    let pinned = server.cli(&["--pin-sha256", &pki.pin], &["status"]);
+    assert!(pinned.status.success(), "{}", text(&pinned));
+    let wrong = server.cli(&["--pin-sha256", &"ab".repeat(32)], &["status"]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(
+        stderr(&wrong).contains("certificate pin mismatch"),
+        "{}",
+        text(&wrong)
     );
 
     // Plain HTTP to a TLS port gets nothing useful either.
@@ -307,6 +321,41 @@ fn over_tls_an_agent_and_the_cli_talk_to_the_server_and_a_client_without_the_ca_
     assert!(agent_dir.path().join("server.key").exists());
     let _ = agent.kill();
     let _ = agent.wait();
+
+    // An agent that pins the certificate instead of trusting a CA registers too.
+    let pin_token = server.cli(
+        &ca,
+        &["token", "create", "n3", "--role", "agent", "--node", "n3"],
+    );
+    let pin_token = String::from_utf8_lossy(&pin_token.stdout).trim().to_owned();
+    let pin_dir = tempfile::tempdir().unwrap();
+    let _pinned_agent = KillOnDrop(
+        Command::new(BIN)
+            .args(["agent", "--server", &server.addr, "--node-id", "n3"])
+            .args(["--pin-sha256", &pki.pin])
+            .arg("--data-dir")
+            .arg(pin_dir.path())
+            .env("FAILSMALL_TOKEN", &pin_token)
+            .env_remove("FAILSMALL_CA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .cli(&ca, &["nodes", "-o", "json"])
+        .stdout
+        .windows(4)
+        .any(|w| w == b"\"n3\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the pinning agent never registered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // An agent without the CA cannot register: it keeps retrying, and the node never appears.
     let lost_dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,22 @@ pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The SHA-256 (hex) of the server's certificate (the chain's first), what clients pin with
+/// `--pin-sha256`.
+pub fn certificate_sha256(files: &TlsFiles) -> Result<String, TlsError> {
+    use sha2::Digest as _;
+    let cert_error = |reason: String| TlsError::Cert {
+        path: files.cert_path.clone(),
+        reason,
+    };
+    let cert_pem = read_bounded(&files.cert_path).map_err(cert_error)?;
+    let first = CertificateDer::pem_slice_iter(&cert_pem)
+        .next()
+        .ok_or_else(|| cert_error("no CERTIFICATE block".to_owned()))?
+        .map_err(|e| cert_error(e.to_string()))?;
+    Ok(hex::encode(sha2::Sha256::digest(first.as_ref())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,8 @@ pub enum ClientError {
     },
     #[error(
         "the server at {addr} presented a TLS certificate this client does not trust: {reason}; \
-         pass --ca FILE (or FAILSMALL_CA) naming the CA bundle that signed the server's certificate"
+         pass --ca FILE (or FAILSMALL_CA) naming the CA bundle that signed the server's certificate, \
+         or --pin-sha256 with the certificate's SHA-256 that the server printed at start"
     )]
     UntrustedCertificate { addr: String, reason: String },
     #[error("the server at {addr} refused the request: {message}; {hint}")]
@@ -153,7 +154,9 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Whether a transport error is rustls refusing the server's certificate.
 fn is_certificate_error(reason: &str) -> bool {
-    reason.contains("invalid peer certificate") || reason.contains("UnknownIssuer")
+    reason.contains("invalid peer certificate")
+        || reason.contains("UnknownIssuer")
+        || reason.contains("certificate pin mismatch")
 }
 
 /// A connection to one control plane.
@@ -167,12 +170,21 @@ impl ApiClient {
     /// A client of `remote`; `ca`: a PEM CA bundle, the only CAs trusted for https://
     /// (default: the public root CAs built in). Plain http:// to a host that is not loopback is
     /// warned about on stderr.
-    pub fn new(remote: Remote, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
+    pub fn new(
+        remote: Remote,
+        ca: Option<&std::path::Path>,
+        pin_sha256: Option<&str>,
+    ) -> Result<Self, ClientError> {
         if let Some(warning) = failsmall_agent::tls::plaintext_warning(&remote.addr) {
             eprintln!("{warning}");
         }
         let mut builder = Client::builder();
-        if let Some(path) = ca {
+        if let Some(pin) = pin_sha256 {
+            builder = builder.use_preconfigured_tls(
+                failsmall_agent::tls::pinned_config(pin)
+                    .map_err(|e| ClientError::Setup(e.to_string()))?,
+            );
+        } else if let Some(path) = ca {
             builder = builder.tls_built_in_root_certs(false);
             for cert in failsmall_agent::tls::read_ca_bundle(path)
                 .map_err(|e| ClientError::Setup(e.to_string()))?
