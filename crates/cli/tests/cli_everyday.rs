@@ -85,7 +85,8 @@ impl Server {
     fn start_in(dir: Arc<tempfile::TempDir>, listen: &str, extra: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", listen, "--data-dir"])
+            // The Codex would rightly deny these tests' one-stage plans; it has tests of its own.
+            .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .stdin(Stdio::null())
