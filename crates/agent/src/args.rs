@@ -61,6 +61,19 @@ pub struct AgentFlags {
     /// and pinned in the data dir (trust on first use).
     #[arg(long)]
     pub server_key: Option<String>,
+    /// A PEM CA bundle: for an https:// --server, trust only these CAs (default: the
+    /// public root CAs built in).
+    #[arg(long, value_name = "FILE", env = "FAILSMALL_CA")]
+    pub ca: Option<PathBuf>,
+    /// For an https:// --server, trust only the certificate with this SHA-256 (hex, as
+    /// `failsmall server` prints it), instead of any CA: a self-signed server needs no CA.
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "FAILSMALL_PIN_SHA256",
+        conflicts_with = "ca"
+    )]
+    pub pin_sha256: Option<String>,
     /// A JSON file: unit name -> {validate, reload, health_check} (local commands and checks).
     #[arg(long)]
     pub unit_config: Option<PathBuf>,
@@ -236,6 +249,8 @@ impl AgentFlags {
         config.node_id = self.node_id.or(file.node_id);
         config.local_api = self.local_api.or(file.local_api);
         config.server_key = self.server_key.or(file.server_key);
+        config.ca_path = self.ca;
+        config.pin_sha256 = self.pin_sha256;
         config.consumer_url = self.consumer_url.or(file.consumer_url);
         config.liveness = crate::ConsumerLiveness {
             pid_file: self.consumer_pid_file.or(file.consumer_pid_file),

@@ -105,7 +105,35 @@ pub fn cut_reason(reason: &str) -> String {
     reason.get(..end).unwrap_or_default().to_owned()
 }
 
+/// An error and its causes, `outer: inner: innermost` (the innermost says what went wrong:
+/// a refused connection, a certificate not trusted).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    let mut depth = 0;
+    while let Some(cause) = current
+        && depth < 8
+    {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        current = cause.source();
+        depth += 1;
+    }
+    text
+}
+
 impl ControlError {
+    /// Whether the server's TLS certificate is not trusted (no `--ca`, or the wrong one).
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(self, Self::Unreachable { reason, .. }
+            if reason.contains("invalid peer certificate")
+                || reason.contains("UnknownIssuer")
+                || reason.contains("certificate pin mismatch"))
+    }
+
     /// Whether sending the same request again cannot help: the control plane understood it
     /// and refused it for what it says (any 4xx but unauthorized, timeout, conflict and too
     /// many requests, which say something about the moment, not the request).
@@ -142,6 +170,27 @@ impl ControlPlane {
         }
     }
 
+    /// Trusts, for an https:// server, only the certificate whose SHA-256 is `pin` when
+    /// given, else only the CAs of the PEM bundle at `ca` (none: the public root CAs built
+    /// in). An error names the flag at fault.
+    pub fn with_tls(
+        mut self,
+        ca: Option<&std::path::Path>,
+        pin: Option<&str>,
+    ) -> Result<Self, (&'static str, String)> {
+        let builder = match (pin, ca) {
+            (Some(pin), _) => reqwest::Client::builder().use_preconfigured_tls(
+                crate::tls::pinned_config(pin).map_err(|e| ("pin-sha256", e.to_string()))?,
+            ),
+            (None, Some(_)) => crate::tls::client_builder(ca).map_err(|e| ("ca", e.to_string()))?,
+            (None, None) => return Ok(self),
+        };
+        self.http = builder
+            .build()
+            .map_err(|e| ("ca", format!("cannot build the HTTP client: {e}")))?;
+        Ok(self)
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -155,7 +204,7 @@ impl ControlPlane {
     ) -> Result<Vec<u8>, ControlError> {
         let unreachable = |e: reqwest::Error| ControlError::Unreachable {
             what: what.to_owned(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         };
         let mut response = request
             .bearer_auth(&self.token)

@@ -29,6 +29,7 @@ pub mod integrity;
 pub mod local_api;
 pub mod report;
 pub mod scrape;
+pub mod tls;
 pub mod verify;
 
 pub use health::ConsumerLiveness;
@@ -152,6 +153,10 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The server's public key (hex); when absent, trust on first use.
     pub server_key: Option<String>,
+    /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the public root CAs built in).
+    pub ca_path: Option<PathBuf>,
+    /// The SHA-256 (hex) of the one server certificate trusted, instead of any CA.
+    pub pin_sha256: Option<String>,
     /// Where the local API listens (must be a loopback address).
     pub local_api: Option<SocketAddr>,
     pub units: BTreeMap<UnitName, UnitLocalConfig>,
@@ -184,6 +189,8 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             server_key: None,
+            ca_path: None,
+            pin_sha256: None,
             local_api: None,
             units: BTreeMap::new(),
             consumer_url: None,
@@ -653,6 +660,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    if let Some(warning) = tls::plaintext_warning(&config.server_url) {
+        eprintln!("failsmall agent: {warning}");
+    }
     let disk = DataDir::open(&config.data_dir)?;
     let (node, node_from) = node_id(&config, &disk)?;
     tracing::info!(node = %node, from = node_from.describe(), "agent starting");
@@ -679,7 +689,9 @@ pub async fn run(
             },
         ));
     }
-    let control = ControlPlane::new(&config.server_url, &config.token, &node);
+    let control = ControlPlane::new(&config.server_url, &config.token, &node)
+        .with_tls(config.ca_path.as_deref(), config.pin_sha256.as_deref())
+        .map_err(|(field, reason)| AgentError::Config { field, reason })?;
     tasks.spawn(send_reports(
         control.clone(),
         Arc::clone(&shared),
@@ -761,6 +773,13 @@ async fn pinned_key(
         }
         Err(error) => {
             *unreachable = Some(error.to_string());
+            if error.is_untrusted_certificate() {
+                tracing::error!(
+                    reason = %error,
+                    "the server's TLS certificate is not trusted: pass --ca FILE (or \
+                     FAILSMALL_CA) with the CA bundle that signed it"
+                );
+            }
             Ok(None)
         }
     }

@@ -324,7 +324,10 @@ impl Demo {
         let token = wait_for_token(&base, &token_path).await?;
         let api = Api::new(base, token)?;
         let approver = api
-            .post_json("/v1/tokens", &json!({"name": APPROVER, "role": "approver"}))
+            .post_json(
+                "/v1/tokens",
+                &json!({"name": APPROVER, "role": "approver", "owner": APPROVER}),
+            )
             .await?;
         let approver = Api::new(api.base.clone(), text(&approver, "token").to_owned())?;
         if approver.token.is_empty() {
@@ -579,7 +582,7 @@ impl Demo {
         let path = format!("/v1/rollouts/{id}/approve");
         if self.show {
             outln!(
-                "  [{:>5.1}s] {:<18} r{id} stage {stage} waits for a person other than the pusher; {APPROVER} approves",
+                "  [{:>5.1}s] {:<18} r{id} after stage {stage}, the next stage waits for a person other than the pusher before it exposes its nodes; {APPROVER} approves",
                 self.elapsed_s(),
                 "awaiting_approval",
             );

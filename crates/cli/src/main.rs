@@ -92,8 +92,11 @@ fn hoist_global_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     let mut index = 0;
     while let Some(arg) = rest.get(index) {
         let text = arg.to_string_lossy();
-        let takes_value = matches!(text.as_ref(), "--addr" | "--token" | "-o" | "--output");
-        let joined = ["--addr=", "--token=", "--output="]
+        let takes_value = matches!(
+            text.as_ref(),
+            "--addr" | "--token" | "--ca" | "--pin-sha256" | "-o" | "--output"
+        );
+        let joined = ["--addr=", "--token=", "--ca=", "--pin-sha256=", "--output="]
             .iter()
             .any(|prefix| text.starts_with(prefix))
             || (text.starts_with("-o") && text.len() > 2 && !text.starts_with("--"));

@@ -9,6 +9,8 @@ use failsmall_server::ServerConfig;
 
 use crate::Outcome;
 
+mod net;
+
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
@@ -67,6 +69,8 @@ pub struct ServerArgs {
     /// [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<crate::logging::LogFormat>,
+    #[command(flatten)]
+    pub net: net::NetArgs,
 }
 
 /// The server's configuration file (TOML): the flags' settings by their names with `_` for
@@ -264,9 +268,15 @@ pub enum ServerCommand {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Make a new admin token offline, with access to the data dir, when every admin token is
+    /// lost; prints its secret once (stdout). Recorded in the changelog (`admin_recovered`).
+    RecoverAdmin(net::RecoverAdminArgs),
 }
 
 pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
+    if let Some(ServerCommand::RecoverAdmin(recover)) = &args.command {
+        return recover.run();
+    }
     if let Some(ServerCommand::Keys { data_dir }) = &args.command {
         let public_key = failsmall_server::signing::VersionSigner::load_or_create(data_dir)
             .with_context(|| format!("cannot open the signing key in {}", data_dir.display()))?
@@ -274,7 +284,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         outln!("{public_key}");
         return Ok(Outcome::Success);
     }
-    let (config, log_format, temporary_data_dir) = match load(args) {
+    let (mut config, log_format, temporary_data_dir) = match load(args) {
         Ok(loaded) => loaded,
         Err(problems) => bail!(
             "the server's configuration has {} problem(s):\n  - {}",
@@ -282,11 +292,19 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             problems.join("\n  - ")
         ),
     };
+    args.net.apply(&mut config);
+    let scheme = args.net.scheme();
     if args.check {
         eprintln!("server configuration is valid");
         return Ok(Outcome::Success);
     }
     crate::logging::init(log_format)?;
+    if let Some(files) = &config.tls {
+        let fingerprint = failsmall_server::tls::certificate_sha256(files)?;
+        eprintln!(
+            "failsmall server: TLS certificate SHA-256 {fingerprint} (clients may pin it: --pin-sha256 {fingerprint})"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -297,7 +315,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let address = listener.local_addr().context("listener has no address")?;
         eprintln!(
-            "failsmall server listening on http://{address}, data in {}",
+            "failsmall server listening on {scheme}://{address}, data in {}",
             config.data_dir.display()
         );
         failsmall_server::run(config, listener, crate::shutdown::signal()).await?;

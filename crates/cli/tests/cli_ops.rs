@@ -528,10 +528,9 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     let rolled = server.json(&["rollout", "rollback", &id]);
     assert_eq!(rolled["status"], "rolled_back");
 
-    // A stage with approval waits for someone other than the pusher.
+    // A stage with approval waits for someone other than the pusher, before it exposes any
+    // node.
     let (id, version) = push(3, &approval);
-    agent.apply_healthy("n1", "flags", &version);
-    agent.apply_healthy("n2", "flags", &version);
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.json(&["rollout", "status", &id])["phase"] != "awaiting_approval" {
         assert!(
@@ -540,13 +539,28 @@ fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert_eq!(
+        server.json(&["rollout", "status", &id])["nodes_exposed"],
+        0,
+        "nothing runs the version before the approval"
+    );
     let stderr = server.fails(&["rollout", "approve", &id], 1);
     assert!(stderr.contains("cannot approve"), "{stderr}");
     let approver = server.token("ann", "approver");
     let approved = server.json(&["rollout", "approve", &id, "--token", &approver]);
-    assert_eq!(approved["status"], "completed", "{approved}");
+    assert_eq!(approved["status"], "running", "{approved}");
     let stderr = server.fails(&["rollout", "approve", &id, "--token", &approver], 1);
     assert!(stderr.contains("HTTP 409"), "{stderr}");
+    agent.apply_healthy("n1", "flags", &version);
+    agent.apply_healthy("n2", "flags", &version);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.json(&["rollout", "status", &id])["status"] != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "the approved rollout never completed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -38,7 +38,9 @@
 //!     gates:                    # a stage's gates replace the defaults; [] = none; at most 32
 //!       - error_rate > 1.5 * baseline.error_rate
 //!       - min_requests 1000     # sets the stage's min_requests; not a gate
-//!     approval: true            # a person must approve before the stage ends; default false
+//!     approval: true            # a person other than the pusher approves before the stage
+//!                               # exposes its nodes; default false
+//!     approvers: 2              # that many distinct people (implies approval); default 1
 //! ```
 //! A stage accepts `name`, `select`, `percent`, `bake`, `timeout`, `min_requests`, `silence`,
 //! `hard_signals`, `gates` and `approval`.
@@ -148,8 +150,12 @@ pub struct Stage {
     pub hard_signals: HardSignals,
     /// A canary node that has not reported for this long counts as silent (unhealthy).
     pub silence_ms: u64,
-    /// A person must approve before the rollout leaves this stage.
+    /// People other than the pusher must approve before the stage exposes its nodes.
     pub approval: bool,
+    /// How many distinct people must approve (`approvers: N` in the file, which implies
+    /// `approval: true`); 0 or 1: one.
+    #[serde(default)]
+    pub approvers: u32,
 }
 
 impl Stage {
@@ -298,6 +304,8 @@ const DEFAULTS_FIELDS: &[&str] = &[
     "hard_signals",
     "gates",
 ];
+/// Most distinct approvers a stage may ask for.
+pub const APPROVERS_MAX: u64 = 10;
 const STAGE_FIELDS: &[&str] = &[
     "name",
     "select",
@@ -309,6 +317,7 @@ const STAGE_FIELDS: &[&str] = &[
     "hard_signals",
     "gates",
     "approval",
+    "approvers",
 ];
 const HARD_SIGNAL_FIELDS: &[&str] = &[
     "rejections",
@@ -1108,6 +1117,7 @@ impl Loader<'_> {
         let mut hard_signals = defaults.hard_signals;
         let mut gates = defaults.gates.clone();
         let mut approval = false;
+        let mut approvers = 0u32;
         let mut min_requests_field = None;
         let mut min_requests_line = None;
         let mut timeout_node = node;
@@ -1134,6 +1144,10 @@ impl Loader<'_> {
                     min_requests_line = line;
                 }),
                 "approval" => self.boolean(value, &field).map(|v| approval = v),
+                "approvers" => self
+                    .integer(value, &field, APPROVERS_MAX)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .map(|v| approvers = v),
                 _ => Some(()),
             };
             ok &= done.is_some();
@@ -1167,7 +1181,8 @@ impl Loader<'_> {
             min_requests,
             hard_signals,
             silence_ms: silence_ms.unwrap_or(SILENCE_DEFAULT_MS),
-            approval,
+            approval: approval || approvers > 0,
+            approvers,
         })
     }
 }

@@ -108,6 +108,7 @@ mod tests {
             hard_signals: HardSignals::default(),
             silence_ms: 0,
             approval: false,
+            approvers: 0,
         }
     }
 

@@ -100,6 +100,7 @@ fn stage(name: &str, select: &[(&str, &str)], percent: u32, bake_ms: u64) -> Sta
         hard_signals: HardSignals::default(),
         silence_ms: 30_000,
         approval: false,
+        approvers: 0,
     }
 }
 
@@ -653,7 +654,7 @@ fn a_stage_held_for_data_passes_in_the_step_that_brings_enough() {
 }
 
 #[test]
-fn approval_is_needed_and_self_approval_is_refused() {
+fn approval_comes_before_exposure_and_self_approval_is_refused() {
     let mut h = Harness::with_fleet();
     let mut plan = three_stage_plan();
     plan.stages[0].approval = true;
@@ -662,6 +663,8 @@ fn approval_is_needed_and_self_approval_is_refused() {
     let view = h.engine.rollout(id).unwrap();
     assert_eq!(view.phase, StagePhase::AwaitingApproval);
     assert_eq!(view.stage_index, 0);
+    // Nothing runs the version before the approval.
+    assert_eq!(view.nodes_exposed, 0, "{view:?}");
     let before = h.engine.clone();
     assert!(matches!(
         h.command(id, Command::Approve, "alice"),
@@ -669,7 +672,10 @@ fn approval_is_needed_and_self_approval_is_refused() {
     ));
     assert_eq!(h.engine, before, "a refused step changes nothing");
     h.command(id, Command::Approve, "bob").unwrap();
-    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
+    // Approved: the first stage is entered and exposes its nodes.
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 0);
+    assert!(view.nodes_exposed > 0, "{view:?}");
     assert!(matches!(
         h.command(id, Command::Approve, "bob"),
         Err(EngineError::NoApprovalPending { .. })
@@ -2236,4 +2242,56 @@ fn engine_state_stored_before_soak_and_evidence_still_loads() {
     strip(&mut value);
     let restored: Engine = serde_json::from_value(value).unwrap();
     assert!(restored.rollouts().count() >= 2);
+}
+
+#[test]
+fn a_later_stage_with_approval_waits_before_it_exposes_its_nodes() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[1].approval = true;
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 300_000, &healthy);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.phase, StagePhase::AwaitingApproval, "{view:?}");
+    // Still on the first stage: the second's nodes do not run the version yet.
+    assert_eq!(view.stage_index, 0, "{view:?}");
+    let exposed = view.nodes_exposed;
+    h.command(id, Command::Approve, "bob").unwrap();
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 1, "{view:?}");
+    assert!(view.nodes_exposed > exposed, "{view:?}");
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn a_stage_asking_for_two_approvers_needs_two_distinct_people_other_than_the_pusher() {
+    let mut h = Harness::with_fleet();
+    let mut plan = three_stage_plan();
+    plan.stages[1].approval = true;
+    plan.stages[1].approvers = 2;
+    let id = h.request("u", "v1", plan, "alice");
+    h.run(id, "u", 300_000, &healthy);
+    assert_eq!(
+        h.engine.rollout(id).unwrap().phase,
+        StagePhase::AwaitingApproval
+    );
+    assert!(matches!(
+        h.command(id, Command::Approve, "alice"),
+        Err(EngineError::SelfApproval { .. })
+    ));
+    h.command(id, Command::Approve, "bob").unwrap();
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.phase, StagePhase::AwaitingApproval, "one of two");
+    assert_eq!(view.stage_index, 0);
+    let before = h.engine.clone();
+    assert!(matches!(
+        h.command(id, Command::Approve, "bob"),
+        Err(EngineError::AlreadyApproved { .. })
+    ));
+    assert_eq!(h.engine, before, "a refused step changes nothing");
+    h.command(id, Command::Approve, "carol").unwrap();
+    assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
 }

@@ -102,6 +102,7 @@ fn stage_strategy() -> impl Strategy<Value = Stage> {
                 hard_signals: HardSignals::default(),
                 silence_ms: 0,
                 approval: false,
+                approvers: 0,
             }
         })
 }

@@ -534,3 +534,22 @@ fn soak_defaults_to_an_hour_takes_0s_and_has_an_upper_bound() {
     assert_eq!(example("instant.yaml").soak_ms, 0);
     assert_eq!(example("demo.yaml").soak_ms, 5_000);
 }
+
+#[test]
+fn approvers_imply_an_approval_and_are_bounded() {
+    let plan = failsmall_core::plan::Plan::parse(
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    approvers: 2\n  - name: b\n",
+    )
+    .unwrap();
+    assert!(plan.stages[0].approval);
+    assert_eq!(plan.stages[0].approvers, 2);
+    assert!(!plan.stages[1].approval);
+    let error = failsmall_core::plan::Plan::parse(
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    approvers: 11\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("approvers"), "{error}");
+}

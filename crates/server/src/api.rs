@@ -45,6 +45,7 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod operator;
 mod page;
+mod trust;
 
 pub(crate) use operator::expire_forever;
 
@@ -359,6 +360,24 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             delete(revoke_token),
         ),
+        (
+            spec(
+                Method::POST,
+                "/v1/tokens/{id}/rotate",
+                Admin,
+                "Rotate an access token: a new secret, the old one revoked",
+            ),
+            post(trust::rotate_token),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/changelog/verify",
+                Admin,
+                "Verify the changelog's hash chain: the first broken row, and the head",
+            ),
+            get(trust::verify_changelog),
+        ),
     ]
 }
 
@@ -504,6 +523,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            trust::mark_changelog,
+        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(Extension(BodyLimit(max_body_bytes)))
         .layer(middleware::from_fn_with_state(
@@ -593,6 +616,7 @@ async fn authenticate(
 ) -> Result<Caller, ApiError> {
     let anonymous = Caller {
         name: "anonymous".to_owned(),
+        token: "anonymous".to_owned(),
         role: None,
         node: None,
     };
@@ -618,6 +642,7 @@ async fn authenticate(
     let Some(record) = record else {
         return Err(unauthorized("the token is unknown or revoked"));
     };
+    trust::refuse_expired(&record, now_ms())?;
     if !access.admits(Some(record.role)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -627,7 +652,8 @@ async fn authenticate(
         .with_detail(json!({"role": record.role, "access": access})));
     }
     Ok(Caller {
-        name: record.name,
+        name: record.owner.clone().unwrap_or_else(|| record.name.clone()),
+        token: record.name,
         role: Some(record.role),
         node: record.node,
     })
@@ -1893,6 +1919,7 @@ fn step_error(error: StepError) -> ApiError {
                     (StatusCode::CONFLICT, "no_approval_pending")
                 }
                 EngineError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
+                EngineError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
                 EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "refused")
                 }
@@ -2329,6 +2356,12 @@ struct CreateTokenRequest {
     /// The node an agent token acts for: required for `agent`, refused for other roles.
     #[serde(default)]
     node: Option<String>,
+    /// The person the token acts for; default: the creator, for people's roles.
+    #[serde(default)]
+    owner: Option<String>,
+    /// How long it is accepted (`30d`, `12h`); default: until revoked.
+    #[serde(default)]
+    expires_in: Option<String>,
 }
 
 async fn list_tokens(
@@ -2373,6 +2406,13 @@ async fn create_token(
         }
         (_, None) => None,
     };
+    let (owner, expires_ms) = trust::owner_and_expiry(
+        &caller,
+        request.role,
+        request.owner.as_deref(),
+        request.expires_in.as_deref(),
+        now_ms(),
+    )?;
     let token =
         new_token().map_err(|e| ApiError::internal(format!("no randomness for a token: {e}")))?;
     let hash = token_sha256(&token);
@@ -2381,7 +2421,12 @@ async fn create_token(
             .as_deref()
             .map(|node| format!(" for node {node}"))
             .unwrap_or_default();
-        let reason = format!("token {:?} with role {}{bound}", request.name, request.role);
+        let reason = format!(
+            "token {:?} with role {}{bound}{}",
+            request.name,
+            request.role,
+            trust::owner_and_expiry_text(owner.as_deref(), expires_ms)
+        );
         let change = NewChange {
             at_ms: now_ms(),
             actor: &caller.name,
@@ -2393,7 +2438,15 @@ async fn create_token(
             rollout: None,
             stage: None,
         };
-        Ok(store.create_token_for(&request.name, request.role, node.as_deref(), &hash, &change)?)
+        let new = crate::store::NewToken {
+            name: &request.name,
+            role: request.role,
+            node: node.as_deref(),
+            owner: owner.as_deref(),
+            expires_ms,
+            token_sha256: &hash,
+        };
+        Ok(store.create_token_with(&new, &change)?)
     })
     .await?;
     Ok((

@@ -123,8 +123,11 @@ pub fn token_sha256(token: &str) -> String {
 /// The caller of a request, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's name (the actor in the changelog); `anonymous` without a token.
+    /// The person (or service) acting: the token's owner, else its name. The actor in the
+    /// changelog, and what approvals compare with the pusher; `anonymous` without a token.
     pub name: String,
+    /// The token's own name; `anonymous` without a token.
+    pub token: String,
     pub role: Option<Role>,
     /// The node an agent token is bound to.
     pub node: Option<String>,
@@ -185,6 +188,7 @@ mod tests {
     fn an_agent_acts_only_for_its_own_node() {
         let agent = |node: Option<&str>| Caller {
             name: "a".to_owned(),
+            token: "a".to_owned(),
             role: Some(Role::Agent),
             node: node.map(str::to_owned),
         };
@@ -193,6 +197,7 @@ mod tests {
         assert!(!agent(None).may_act_for("n1"));
         let admin = Caller {
             name: "root".to_owned(),
+            token: "root".to_owned(),
             role: Some(Role::Admin),
             node: None,
         };

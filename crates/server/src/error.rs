@@ -75,6 +75,10 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", message)
             }
+            StoreError::LastAdmin { id } => {
+                ApiError::new(StatusCode::CONFLICT, "last_admin", message)
+                    .with_detail(json!({"token": id}))
+            }
             StoreError::Injected { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

@@ -18,9 +18,12 @@ pub mod batcher;
 pub mod codex;
 pub mod error;
 pub mod liveness;
+pub mod recover;
 pub mod rollouts;
+pub mod serve;
 pub mod signing;
 pub mod store;
+pub mod tls;
 pub mod validator;
 
 pub mod trace;
@@ -65,6 +68,10 @@ pub struct ServerConfig {
     /// The Codex's mode and team rule directories; [`ServerConfig::new`] leaves it off (an
     /// embedder chooses), `failsmall server` enforces it unless told otherwise.
     pub codex: codex::CodexConfig,
+    /// Serve HTTPS with this certificate and key; none: plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
+    /// Header and idle timeouts and the bound on open connections.
+    pub connections: serve::ConnectionLimits,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -82,6 +89,8 @@ impl ServerConfig {
             node_down_after_ms: liveness::NODE_DOWN_AFTER_MS_DEFAULT,
             node_expire_after_ms: NODE_EXPIRE_AFTER_MS_DEFAULT,
             codex: codex::CodexConfig::default(),
+            tls: None,
+            connections: serve::ConnectionLimits::default(),
         }
     }
 
@@ -127,6 +136,10 @@ pub enum ServerError {
     Engine(String),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("connection limits: {0}")]
+    Limits(String),
     #[error("the Codex: {0}")]
     Codex(#[from] failsmall_codex::CodexError),
 }
@@ -138,6 +151,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    config.connections.validate().map_err(ServerError::Limits)?;
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let codex = codex::CodexGate::load(&config.codex)?;
     let data_dir = config.data_dir.clone();
     let (store, signer, admin_token) =
@@ -146,6 +161,11 @@ pub async fn run(
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
     if config.dev {
         let address = listener.local_addr().map_err(ServerError::Serve)?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let token_line = match admin_token {
             Some(token) => format!("admin token: {token}"),
             None => format!("admin token: in {}", config.admin_token_path().display()),
@@ -153,7 +173,7 @@ pub async fn run(
         // A closed stdout must not stop the server (println! would panic).
         let _ = writeln!(
             std::io::stdout(),
-            "failsmall dev server on http://{address}, data in {}\n{token_line}",
+            "failsmall dev server on {scheme}://{address}, data in {}\n{token_line}",
             config.data_dir.display()
         );
     }
@@ -184,8 +204,7 @@ pub async fn run(
         shutdown.await;
         engine.close();
     };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(closing)
+    let served = serve::serve(listener, router, tls, config.connections, closing)
         .await
         .map_err(ServerError::Serve);
     ticker.abort();
@@ -203,6 +222,16 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
         source,
     })?;
     let store = Store::open(&data_dir.join(DB_FILE))?;
+    // An edited history is never served silently: the break is said now, on every changelog
+    // answer (a header) and by `GET /v1/changelog/verify`.
+    if let Some(broken) = store.verify_changelog()?.first_break {
+        let _ = writeln!(
+            std::io::stderr(),
+            "failsmall server: the changelog's hash chain is broken at row {}: {}",
+            broken.id,
+            broken.reason
+        );
+    }
     let signer = VersionSigner::load_or_create(data_dir)?;
     let admin_token = if store.token_count()? == 0 {
         Some(bootstrap_admin(&store, data_dir)?)

@@ -36,6 +36,27 @@ pub fn desired_message(document: &str) -> Vec<u8> {
     message
 }
 
+/// What a changelog checkpoint's signature covers: the newest row's id and its chain hash,
+/// which commit to every row before it.
+pub fn checkpoint_message(head_id: u64, head_hash: &str) -> Vec<u8> {
+    format!("failsmall-changelog-checkpoint-v1\nrow {head_id}\nsha256 {head_hash}\n").into_bytes()
+}
+
+/// Whether `signature_hex` is a valid signature by `public_key_hex` of the changelog
+/// checkpoint (`head_id`, `head_hash`).
+pub fn verify_checkpoint(
+    public_key_hex: &str,
+    head_id: u64,
+    head_hash: &str,
+    signature_hex: &str,
+) -> bool {
+    verify(
+        public_key_hex,
+        &checkpoint_message(head_id, head_hash),
+        signature_hex,
+    )
+}
+
 /// The server's signing key.
 #[derive(Debug)]
 pub struct VersionSigner {
@@ -80,6 +101,15 @@ impl VersionSigner {
     /// The signature (hex) of a desired-state document.
     pub fn sign_desired(&self, document: &str) -> String {
         hex::encode(self.key.sign(&desired_message(document)).to_bytes())
+    }
+
+    /// The signature (hex) of a changelog checkpoint.
+    pub fn sign_checkpoint(&self, head_id: u64, head_hash: &str) -> String {
+        hex::encode(
+            self.key
+                .sign(&checkpoint_message(head_id, head_hash))
+                .to_bytes(),
+        )
     }
 
     /// The public key, hex.

@@ -174,6 +174,16 @@ const MIGRATIONS: &[&str] = &[
         since_ms BIGINT NOT NULL,
         PRIMARY KEY (node, unit)
     );",
+    // 11: a token's owner (the person it acts for; approvals compare owners) and expiry.
+    "ALTER TABLE tokens ADD COLUMN owner TEXT;
+    ALTER TABLE tokens ADD COLUMN expires_ms BIGINT;",
+    // 12: the changelog's hash chain (`store/trust.rs`): each row's SHA-256 over the previous
+    // row's hash and its own content; rows from before are chained once, at this upgrade.
+    "ALTER TABLE changelog ADD COLUMN hash TEXT;
+    CREATE TABLE changelog_chain (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        chained_ms BIGINT NOT NULL
+    );",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -204,6 +214,11 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
+    #[error(
+        "token {id} is the last admin token that is not revoked and never expires; create another \
+         (`failsmall token create NAME --role admin --owner PERSON`, no --expires-in), then revoke this one"
+    )]
+    LastAdmin { id: u64 },
     #[error("the store's lock was poisoned by an earlier failure")]
     Poisoned,
     /// A fail point (crash tests only) made this step fail.
@@ -479,6 +494,12 @@ pub struct TokenRecord {
     /// The node an agent token acts for; only that node's routes admit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The person the token acts for (approvals compare owners); none: the token's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// When the token stops being accepted; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
 }
 
 /// Which changelog rows to return: `id > after_id` oldest first, or `id < before_id` newest
@@ -568,7 +589,12 @@ pub struct StoreCounts {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// The changelog chain's first break, as the last verification found it.
+    chain_break: Mutex<Option<ChainBreak>>,
 }
+
+mod trust;
+pub use trust::{ChainBreak, ChainReport, NewToken};
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
@@ -674,6 +700,8 @@ fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
         created_ms: to_u64(row.get(3)?),
         revoked_ms: row.get::<_, Option<i64>>(4)?.map(to_u64),
         node: row.get(5)?,
+        owner: row.get(6)?,
+        expires_ms: row.get::<_, Option<i64>>(7)?.map(to_u64),
     })
 }
 
@@ -713,6 +741,7 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
         params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
     )?;
     let id = to_u64(tx.last_insert_rowid());
+    trust::chain_row(tx, id)?;
     // One line per state change: every changelog entry, as it is written in its transaction.
     tracing::info!(
         changelog_id = id,
@@ -746,8 +775,10 @@ impl Store {
             .map_err(open_error)?;
         let store = Self {
             conn: Mutex::new(conn),
+            chain_break: Mutex::new(None),
         };
         store.migrate()?;
+        store.chain_upgrade()?;
         Ok(store)
     }
 
@@ -1444,7 +1475,7 @@ impl Store {
     fn token_in(conn: &Connection, id: u64) -> Result<TokenRecord, StoreError> {
         let row = conn
             .query_row(
-                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id = ?1",
+                "SELECT id, name, role, created_ms, revoked_ms, node, owner, expires_ms FROM tokens WHERE id = ?1",
                 [to_i64(id)],
                 token_from_row,
             )
@@ -1461,7 +1492,7 @@ impl Store {
         self.with_conn(|conn| {
             let row = conn
                 .query_row(
-                    "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens
+                    "SELECT id, name, role, created_ms, revoked_ms, node, owner, expires_ms FROM tokens
                      WHERE token_sha256 = ?1 AND revoked_ms IS NULL",
                     [token_sha256],
                     token_from_row,
@@ -1484,7 +1515,7 @@ impl Store {
     ) -> Result<Vec<TokenRecord>, StoreError> {
         self.with_conn(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT id, name, role, created_ms, revoked_ms, node FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, name, role, created_ms, revoked_ms, node, owner, expires_ms FROM tokens WHERE id > ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = stmt.query_map(
                 params![after.map_or(0, to_i64), limit.min(PAGE_FETCH_MAX)],
@@ -1500,6 +1531,9 @@ impl Store {
             let tx = conn.transaction()?;
             let token = Self::token_in(&tx, id)?;
             if token.revoked_ms.is_none() {
+                if token.role == Role::Admin {
+                    trust::ensure_another_admin(&tx, id)?;
+                }
                 tx.execute(
                     "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
                     params![to_i64(id), to_i64(change.at_ms)],

@@ -713,6 +713,8 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("GET", "/v1/tokens", Admin),
         ("POST", "/v1/tokens", Admin),
         ("DELETE", "/v1/tokens/{id}", Admin),
+        ("POST", "/v1/tokens/{id}/rotate", Admin),
+        ("GET", "/v1/changelog/verify", Admin),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table

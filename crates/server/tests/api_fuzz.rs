@@ -919,7 +919,9 @@ fn wire(case: &Case, table: &[RouteSpec], fixture: &Fixture) -> Wire {
                     _ => Piece::Valid(0),
                 };
                 let mut value = target_text(&fixture.piece(kind, &piece), &[]);
-                if method == "DELETE" && route.path == "/v1/tokens/{id}" {
+                if (method == "DELETE" && route.path == "/v1/tokens/{id}")
+                    || route.path == "/v1/tokens/{id}/rotate"
+                {
                     value = keep_protected_tokens(value, fixture);
                 }
                 path.push_str(&value);

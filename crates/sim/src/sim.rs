@@ -93,6 +93,7 @@ pub fn instant_plan(hold_ms: u64) -> Plan {
             },
             silence_ms: hold_ms,
             approval: false,
+            approvers: 0,
         }],
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,

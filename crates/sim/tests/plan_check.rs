@@ -45,6 +45,7 @@ fn stage(name: &str, region: Option<&str>, hard_signals: HardSignals) -> Stage {
         hard_signals,
         silence_ms: 30_000,
         approval: false,
+        approvers: 0,
     }
 }
 

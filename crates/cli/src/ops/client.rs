@@ -34,6 +34,12 @@ pub enum ClientError {
         origin: Source,
         reason: String,
     },
+    #[error(
+        "the server at {addr} presented a TLS certificate this client does not trust: {reason}; \
+         pass --ca FILE (or FAILSMALL_CA) naming the CA bundle that signed the server's certificate, \
+         or --pin-sha256 with the certificate's SHA-256 that the server printed at start"
+    )]
+    UntrustedCertificate { addr: String, reason: String },
     #[error("the server at {addr} refused the request: {message}; {hint}")]
     Unauthorized {
         addr: String,
@@ -148,6 +154,13 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     current.to_string()
 }
 
+/// Whether a transport error is rustls refusing the server's certificate.
+fn is_certificate_error(reason: &str) -> bool {
+    reason.contains("invalid peer certificate")
+        || reason.contains("UnknownIssuer")
+        || reason.contains("certificate pin mismatch")
+}
+
 /// A connection to one control plane.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -156,8 +169,32 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    pub fn new(remote: Remote) -> Result<Self, ClientError> {
-        let http = Client::builder()
+    /// A client of `remote`; `ca`: a PEM CA bundle, the only CAs trusted for https://
+    /// (default: the public root CAs built in). Plain http:// to a host that is not loopback is
+    /// warned about on stderr.
+    pub fn new(
+        remote: Remote,
+        ca: Option<&std::path::Path>,
+        pin_sha256: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        if let Some(warning) = failsmall_agent::tls::plaintext_warning(&remote.addr) {
+            eprintln!("{warning}");
+        }
+        let mut builder = Client::builder();
+        if let Some(pin) = pin_sha256 {
+            builder = builder.use_preconfigured_tls(
+                failsmall_agent::tls::pinned_config(pin)
+                    .map_err(|e| ClientError::Setup(e.to_string()))?,
+            );
+        } else if let Some(path) = ca {
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in failsmall_agent::tls::read_ca_bundle(path)
+                .map_err(|e| ClientError::Setup(e.to_string()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .user_agent(concat!("failsmall-cli/", env!("CARGO_PKG_VERSION")))
@@ -285,7 +322,13 @@ impl ApiClient {
 
     fn execute(&self, builder: RequestBuilder, what: &str) -> Result<(u16, Vec<u8>), ClientError> {
         let response = builder.send().map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
+            let reason = root_cause(&e);
+            if is_certificate_error(&reason) {
+                ClientError::UntrustedCertificate {
+                    addr: self.remote.addr.clone(),
+                    reason,
+                }
+            } else if e.is_connect() || e.is_timeout() {
                 ClientError::Unreachable {
                     addr: self.remote.addr.clone(),
                     origin: self.remote.addr_source.clone(),

@@ -52,6 +52,14 @@ pub struct LogArgs {
     /// line with `-o json`), until interrupted; an unreachable server is retried.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Verify the changelog's hash chain instead (admin): exit 0 when intact, 3 naming the
+    /// first edited, deleted or reordered row.
+    #[arg(long, conflicts_with = "follow")]
+    pub verify: bool,
+    /// With --verify: an earlier checkpoint, `ROW:HASH` (from an earlier `log --verify`),
+    /// that row ROW must still match; a rewritten or truncated history does not.
+    #[arg(long, value_name = "ROW:HASH", requires = "verify")]
+    pub checkpoint: Option<String>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }
@@ -77,6 +85,9 @@ pub fn since_ms(text: &str, now_ms: u64) -> anyhow::Result<u64> {
 }
 
 pub fn run(args: &LogArgs) -> anyhow::Result<Outcome> {
+    if args.verify {
+        return super::log_verify::run(&args.remote, args.checkpoint.as_deref());
+    }
     if let Some(bad) = args.labels.iter().find(|label| {
         label
             .split_once('=')

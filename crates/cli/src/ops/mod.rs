@@ -7,6 +7,7 @@ pub mod client;
 pub mod completions;
 pub mod everyday;
 pub mod log;
+pub mod log_verify;
 pub mod nodes;
 pub mod remote;
 pub mod render;
@@ -35,6 +36,20 @@ pub struct RemoteArgs {
     /// The bearer token [else FAILSMALL_TOKEN, else `token` in the config file].
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
+    /// A PEM CA bundle: for an https:// address, trust only these CAs [else FAILSMALL_CA,
+    /// else the public root CAs built in].
+    #[arg(long, value_name = "FILE", global = true, env = "FAILSMALL_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// For an https:// address, trust only the certificate with this SHA-256 (hex, as
+    /// `failsmall server` prints it) instead of any CA [else FAILSMALL_PIN_SHA256].
+    #[arg(
+        long,
+        value_name = "HEX",
+        global = true,
+        env = "FAILSMALL_PIN_SHA256",
+        conflicts_with = "ca"
+    )]
+    pub pin_sha256: Option<String>,
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -45,7 +60,11 @@ impl RemoteArgs {
     pub fn connect(&self) -> anyhow::Result<ApiClient> {
         let env = |key: &str| std::env::var(key).ok();
         let remote = remote::resolve(self.addr.as_deref(), self.token.as_deref(), &env)?;
-        Ok(ApiClient::new(remote)?)
+        Ok(ApiClient::new(
+            remote,
+            self.ca.as_deref(),
+            self.pin_sha256.as_deref(),
+        )?)
     }
 
     pub fn json(&self) -> bool {

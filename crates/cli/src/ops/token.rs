@@ -28,6 +28,13 @@ pub enum TokenCommand {
     Create(CreateArgs),
     /// List the tokens: id, name, role, node, created, revoked (never the secrets).
     List,
+    /// Rotate a token: a new secret (printed once) for the same name, role, node, owner and
+    /// expiry; the old secret is refused from then on.
+    Rotate {
+        /// The token's id, from `failsmall token list`.
+        #[arg(value_parser = parse_token_id)]
+        id: u64,
+    },
     /// Revoke a token: every request that carries it is refused from then on.
     Revoke {
         /// The token's id, from `failsmall token list`.
@@ -47,6 +54,13 @@ pub struct CreateArgs {
     /// The node an agent token acts for (required with `--role agent`, refused otherwise).
     #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
+    /// The person the token acts for (approvals compare owners: a token of the pusher's
+    /// owner cannot approve). Default: you, the creator; agent tokens have none.
+    #[arg(long, value_name = "PERSON")]
+    pub owner: Option<String>,
+    /// How long the token is accepted (`30d`, `12h`, at least `1m`); default: until revoked.
+    #[arg(long, value_name = "DURATION")]
+    pub expires_in: Option<String>,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -75,7 +89,13 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     match &args.command {
         TokenCommand::Create(create) => {
-            let body = json!({"name": create.name, "role": create.role, "node": create.node});
+            let body = json!({
+                "name": create.name,
+                "role": create.role,
+                "node": create.node,
+                "owner": create.owner,
+                "expires_in": create.expires_in,
+            });
             let (_, created): (u16, Created) =
                 client.send_json(Method::POST, "/v1/tokens", &body)?;
             if args.remote.json() {
@@ -99,6 +119,19 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<Outcome> {
                 print_json(&list.tokens)?;
             } else {
                 out!("{}", table(&list.tokens).render());
+            }
+        }
+        TokenCommand::Rotate { id } => {
+            let (_, created): (u16, Created) =
+                client.send_json(Method::POST, &format!("/v1/tokens/{id}/rotate"), &json!({}))?;
+            if args.remote.json() {
+                print_json(&created)?;
+            } else {
+                eprintln!(
+                    "token {id} rotated: token {} {:?} ({}) replaces it; its secret is shown only now:",
+                    created.record.id, created.record.name, created.record.role
+                );
+                outln!("{}", created.token);
             }
         }
         TokenCommand::Revoke { id } => {
@@ -126,14 +159,18 @@ fn node_text(node: Option<&str>) -> String {
 }
 
 fn table(tokens: &[TokenRecord]) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "ROLE", "NODE", "CREATED", "REVOKED"]);
+    let mut table = Table::new(&[
+        "ID", "NAME", "ROLE", "NODE", "OWNER", "CREATED", "EXPIRES", "REVOKED",
+    ]);
     for token in tokens {
         table.row(vec![
             token.id.to_string(),
             token.name.clone(),
             token.role.to_string(),
             token.node.clone().unwrap_or_else(|| "-".to_owned()),
+            token.owner.clone().unwrap_or_else(|| token.name.clone()),
             rfc3339(token.created_ms),
+            token.expires_ms.map_or_else(|| "-".to_owned(), rfc3339),
             token.revoked_ms.map_or_else(|| "-".to_owned(), rfc3339),
         ]);
     }
@@ -162,6 +199,8 @@ mod tests {
                 created_ms: 0,
                 revoked_ms: None,
                 node: None,
+                owner: Some("alice".to_owned()),
+                expires_ms: None,
             },
             TokenRecord {
                 id: 2,
@@ -170,6 +209,8 @@ mod tests {
                 created_ms: 0,
                 revoked_ms: Some(1_000),
                 node: Some("fra-03-017".to_owned()),
+                owner: None,
+                expires_ms: None,
             },
         ];
         let text = table(&tokens).render();
@@ -179,6 +220,7 @@ mod tests {
             "{text}"
         );
         assert!(lines[1].trim_end().ends_with('-'), "{text}");
+        assert!(lines[1].contains("alice"), "{text}");
         assert!(
             lines[2].contains("fra-03-017") && lines[2].contains("agent"),
             "{text}"

@@ -206,7 +206,8 @@ impl Server {
             reqwest::Method::POST,
             "/v1/tokens",
             &self.admin,
-            &json!({"name": name, "role": role}),
+            // Each such token is its own person (the default owner is its creator).
+            &json!({"name": name, "role": role, "owner": name}),
         );
         answer["token"].as_str().unwrap().to_owned()
     }

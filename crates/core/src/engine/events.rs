@@ -381,6 +381,8 @@ impl Engine {
                 waiting_for_nodes: false,
                 breach_since_ms: None,
                 gated_evidence: false,
+                awaiting_entry: false,
+                approved_by: Vec::new(),
                 roles: Derived::default(),
             },
         );
@@ -772,10 +774,38 @@ impl Engine {
                 if rollout.actor == actor {
                     return Err(EngineError::SelfApproval { actor });
                 }
+                if rollout.approved_by.contains(&actor) {
+                    return Err(EngineError::AlreadyApproved { actor });
+                }
+                // The stage that waits: the first, not entered yet, or the next one.
+                let waiting = if rollout.awaiting_entry {
+                    rollout.plan.stages.first()
+                } else {
+                    rollout.plan.stages.get(rollout.stage.saturating_add(1))
+                };
+                let required = waiting.map_or(1, |stage| stage.approvers.max(1));
+                let given = rollout.approved_by.len().saturating_add(1);
+                let enter_first = rollout.awaiting_entry;
+                let complete = given >= usize::try_from(required).unwrap_or(usize::MAX);
+                let reason = if required > 1 {
+                    format!("approval {given} of {required}: {reason}")
+                } else {
+                    reason
+                };
                 if let Some(rollout) = self.rollouts.get_mut(&id) {
-                    rollout.phase = StagePhase::Passed;
+                    if complete {
+                        rollout.phase = StagePhase::Passed;
+                        rollout.awaiting_entry = false;
+                        rollout.approved_by.clear();
+                    } else {
+                        rollout.approved_by.push(actor.clone());
+                    }
                 }
                 self.log_as(id, ChangeKind::Approved, &actor, stage, reason, now, out);
+                if complete && enter_first {
+                    // The first stage was approved before it exposed anything: enter it now.
+                    self.enter_stage(id, 0, now, out);
+                }
             }
         }
         self.settle(&unit, now, out);

@@ -42,6 +42,24 @@ impl Engine {
             now,
             out,
         );
+        // An approval comes before a stage exposes its nodes: a first stage that asks for one
+        // waits for it before it is entered.
+        let first_approval = rollout_first_stage_approval(self.rollouts.get(&id));
+        if let Some(stage) = first_approval {
+            if let Some(rollout) = self.rollouts.get_mut(&id) {
+                rollout.phase = StagePhase::AwaitingApproval;
+                rollout.awaiting_entry = true;
+            }
+            // The nodes' roles as any active rollout has them (rebuilt again on entry).
+            self.rebuild_roles(id);
+            out.push(Action::Notify {
+                rollout: id,
+                message: format!(
+                    "stage {stage:?} waits for approval by someone other than the pusher before it exposes any node"
+                ),
+            });
+            return;
+        }
         self.enter_stage(id, 0, now, out);
     }
 
@@ -644,7 +662,14 @@ impl Engine {
         let Some(rollout) = self.rollouts.get_mut(&id) else {
             return;
         };
-        let approval = rollout.current_stage().is_some_and(|stage| stage.approval);
+        // The next stage's approval comes before it exposes its nodes: this one waits for it.
+        let next_stage = rollout
+            .plan
+            .stages
+            .get(rollout.stage.saturating_add(1))
+            .filter(|stage| stage.approval)
+            .map(|stage| stage.name.clone());
+        let approval = next_stage.is_some();
         let gated = rollout.current_stage().is_some_and(Stage::is_gated);
         if gated && rollout.nodes_targeted > 0 && rollout.nodes_applied > 0 {
             rollout.gated_evidence = true;
@@ -664,9 +689,9 @@ impl Engine {
             now,
             out,
         );
-        if approval {
+        if let Some(next_stage) = next_stage {
             let message = format!(
-                "stage {:?} passed and waits for approval by someone other than the pusher",
+                "stage {:?} passed; stage {next_stage:?} waits for approval by someone other than the pusher before it exposes its nodes",
                 stage.unwrap_or_default()
             );
             out.push(Action::Notify {
@@ -1072,4 +1097,12 @@ impl Engine {
             reason: cut(&reason),
         }));
     }
+}
+
+/// The first stage's name when it asks for an approval (which comes before it is entered).
+fn rollout_first_stage_approval(rollout: Option<&Rollout>) -> Option<String> {
+    rollout
+        .and_then(|rollout| rollout.plan.stages.first())
+        .filter(|stage| stage.approval)
+        .map(|stage| stage.name.clone())
 }

@@ -18,7 +18,9 @@
 //! 3. `Holding`: the bake is over; the stage passes only when every gate's verdict is `Pass`,
 //!    computed in that very step, with at least `min_requests` canary requests and no silent
 //!    canary node. An inconclusive gate holds, never promotes;
-//! 4. `AwaitingApproval` (when the stage asks for it), then `Passed`: on to the next stage;
+//! 4. `AwaitingApproval` when the *next* stage asks for an approval (an approval comes before
+//!    a stage exposes its nodes; for the first stage, right after the start, before it is
+//!    entered), then `Passed`: on to the next stage;
 //! 5. after the last stage, `Soaking` for the plan's `soak_ms` (none when `0`): the last
 //!    stage's gates and hard signals keep judging every exposed node, as in a stage, over a
 //!    fresh window of health; a failure rolls back ("rolled back during soak"), an
@@ -342,6 +344,8 @@ pub enum EngineError {
     EmptyPlan { plan: String },
     #[error("{actor} pushed this version and so cannot approve it; another person must")]
     SelfApproval { actor: String },
+    #[error("{actor} already approved this stage; it needs another person's approval too")]
+    AlreadyApproved { actor: String },
     #[error("rollout {rollout}'s current stage does not wait for an approval")]
     NoApprovalPending { rollout: RolloutId },
     #[error("no node {0} is registered; register it before it reports")]
@@ -549,6 +553,13 @@ struct Rollout {
     /// version: the evidence a version needs to become the unit's stable version.
     #[serde(default)]
     gated_evidence: bool,
+    /// The first stage asks for an approval, which comes before it exposes any node: the
+    /// rollout started and waits (`AwaitingApproval`) without having entered it.
+    #[serde(default)]
+    awaiting_entry: bool,
+    /// The distinct people who approved the stage that waits, while it needs more.
+    #[serde(default)]
+    approved_by: Vec<String>,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,

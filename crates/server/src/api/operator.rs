@@ -43,6 +43,7 @@ fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<ReasonRequest, Api
 pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<Value> {
     axum::Json(json!({
         "name": caller.name,
+        "token": caller.token,
         "role": caller.role.map(|role| role.to_string()),
         "node": caller.node,
     }))

@@ -122,7 +122,8 @@ impl TestServer {
             .admin(
                 Method::POST,
                 "/v1/tokens",
-                Some(json!({"name": name, "role": role})),
+                // Each such token is its own person (the default owner is its creator).
+                Some(json!({"name": name, "role": role, "owner": name})),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
