@@ -1,0 +1,254 @@
+//! Rollouts: start, list, show, commands; the desired-state side of the agent protocol.
+
+use super::*;
+
+pub(super) fn step_error(error: StepError) -> ApiError {
+    let message = match &error {
+        // Said in the API's words (`paused`, `pause`), never the engine's enum names.
+        StepError::Engine(EngineError::InvalidCommand {
+            rollout,
+            status,
+            command,
+            expected,
+        }) => format!(
+            "rollout {rollout} is {}; {} needs it to be {expected}",
+            status.as_str(),
+            command_word(*command)
+        ),
+        _ => error.to_string(),
+    };
+    match error {
+        StepError::Engine(engine) => {
+            let (status, code) = match engine {
+                EngineError::UnknownRollout(_) => (StatusCode::NOT_FOUND, "not_found"),
+                EngineError::UnknownNode(_) => (StatusCode::NOT_FOUND, "not_found"),
+                EngineError::InvalidCommand { .. } => (StatusCode::CONFLICT, "invalid_command"),
+                EngineError::Quarantined { .. } => (StatusCode::CONFLICT, "quarantined"),
+                EngineError::QueueFull { .. } => (StatusCode::CONFLICT, "queue_full"),
+                EngineError::NoApprovalPending { .. } => {
+                    (StatusCode::CONFLICT, "no_approval_pending")
+                }
+                EngineError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
+                EngineError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
+                EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "refused")
+                }
+                EngineError::NotQuarantined { .. } => (StatusCode::NOT_FOUND, "not_quarantined"),
+                EngineError::UnitBusy { .. } => (StatusCode::CONFLICT, "unit_busy"),
+                EngineError::CannotRevert { .. } => (StatusCode::CONFLICT, "invalid_command"),
+            };
+            ApiError::new(status, code, message)
+        }
+        StepError::Store(store) => ApiError::from(store),
+        StepError::Serialize(_) | StepError::Task(_) => ApiError::internal(message),
+    }
+}
+
+/// A command as the API spells it: `pause`, `rollback`, ...
+pub(super) fn command_word(command: Command) -> String {
+    serde_json::to_value(command)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateRolloutRequest {
+    unit: String,
+    version: String,
+    /// The plan file's text (YAML; JSON accepted).
+    plan: String,
+    /// The plan file's name, for error messages.
+    #[serde(default)]
+    plan_file: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    override_quarantine: bool,
+}
+
+pub(super) fn rollout_of(actions: &[Action]) -> Option<RolloutId> {
+    actions.iter().find_map(|action| match action {
+        Action::Changelog(entry) => Some(entry.rollout),
+        Action::Notify { rollout, .. } => Some(*rollout),
+        Action::SetDesired { .. } => None,
+    })
+}
+
+pub(super) async fn create_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    let request: CreateRolloutRequest = json_body(body)?;
+    let unit = unit_name(&request.unit)?;
+    let version = version_hash(&request.version)?;
+    text_field("reason", &request.reason)?;
+    only_admin_overrides_quarantine(&caller, request.override_quarantine)?;
+    let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
+    let plan = parse_plan(&plan_file, &request.plan)?;
+    let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());
+    let record = db(&state, move |store| {
+        store.version(lookup_unit.as_str(), &lookup_version)?;
+        Ok(store.unit(lookup_unit.as_str())?)
+    })
+    .await?;
+    let mut judgement = Judgement::new(CodexAction::RolloutStart, &caller, unit.as_str());
+    (judgement.spec, judgement.plan) = (Some(record.spec), Some(plan.clone()));
+    judgement.override_quarantine = request.override_quarantine;
+    let warnings = state.judge(judgement).await?;
+    let unit_text = unit.to_string();
+    let event = Event::RolloutRequested {
+        unit,
+        version,
+        plan,
+        actor: caller.name.clone(),
+        reason: request.reason,
+        override_quarantine: request.override_quarantine,
+    };
+    let host = &state.shared.engine;
+    let actions = host
+        .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    let id = match rollout_of(&actions) {
+        Some(id) => Some(id),
+        None => {
+            host.read(|engine, _| engine.rollouts().last().map(|view| view.id))
+                .await
+        }
+    };
+    let view = match id {
+        Some(id) => host.read(|engine, _| engine.rollout(id)).await,
+        None => None,
+    };
+    if !warnings.is_empty() {
+        let (actor, unit) = (caller.name.clone(), unit_text);
+        db(&state, move |store| {
+            crate::codex::record_warnings(store, &warnings, now_ms(), &actor, &unit)
+        })
+        .await?;
+    }
+    Ok((StatusCode::CREATED, axum::Json(json!(view))))
+}
+
+pub(super) async fn list_rollouts(
+    State(state): State<AppState>,
+    query: Result<Query<page::PageQuery>, QueryRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let page = page::Page::from_query(query)?;
+    // Newest first: the page after `after` holds older rollouts.
+    let before = page.after_number()?.unwrap_or(u64::MAX);
+    let fetch = usize::try_from(page.fetch()).unwrap_or(usize::MAX);
+    let rows: Vec<_> = state
+        .shared
+        .engine
+        .read(|engine, _| {
+            let all: Vec<_> = engine.rollouts().collect();
+            all.into_iter()
+                .rev()
+                .filter(|view| view.id.0 < before)
+                .take(fetch)
+                .collect()
+        })
+        .await;
+    let (views, next) = page.split(rows, |view| view.id.0.to_string());
+    Ok(axum::Json(json!({ "rollouts": views, "next": next })))
+}
+
+pub(super) async fn show_rollout(
+    State(state): State<AppState>,
+    id: Result<Path<u64>, PathRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = RolloutId(path_param(id)?);
+    let view = state
+        .shared
+        .engine
+        .read(|engine, _| engine.rollout(id))
+        .await;
+    view.map(|view| axum::Json(json!(view)))
+        .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CommandRequest {
+    command: Command,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApproveRequest {
+    #[serde(default)]
+    reason: String,
+}
+
+pub(super) async fn run_command(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    command: Command,
+    reason: String,
+) -> Result<axum::Json<Value>, ApiError> {
+    text_field("reason", &reason)?;
+    let rollout = RolloutId(id);
+    let host = &state.shared.engine;
+    let status = host
+        .read(|engine, _| engine.rollout(rollout).map(|view| view.status))
+        .await;
+    // Rolling back an aborted rollout reverts the nodes it left on its version.
+    let event = if command == Command::Rollback && status == Some(RolloutStatus::Aborted) {
+        Event::RevertAborted {
+            rollout,
+            actor: caller.name.clone(),
+            reason,
+        }
+    } else {
+        Event::Command {
+            rollout,
+            command,
+            actor: caller.name.clone(),
+            reason,
+        }
+    };
+    host.apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
+        .await
+        .map_err(step_error)?;
+    let view = host.read(|engine, _| engine.rollout(rollout)).await;
+    Ok(axum::Json(json!(view)))
+}
+
+pub(super) async fn command_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = path_param(id)?;
+    let request: CommandRequest = json_body(body)?;
+    if request.command == Command::Approve {
+        return Err(ApiError::bad_request(
+            "approvals go to /v1/rollouts/{id}/approve, which needs the approver role",
+        ));
+    }
+    run_command(&state, &caller, id, request.command, request.reason).await
+}
+
+pub(super) async fn approve_rollout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<u64>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = path_param(id)?;
+    let empty = body.as_ref().is_ok_and(|bytes| bytes.is_empty());
+    let request: ApproveRequest = if empty {
+        ApproveRequest::default()
+    } else {
+        json_body(body)?
+    };
+    run_command(&state, &caller, id, Command::Approve, request.reason).await
+}
