@@ -87,6 +87,12 @@ pub struct ServerFile {
     pub codex: Option<toml::Spanned<String>>,
     pub codex_dirs: Option<Vec<PathBuf>>,
     pub log_format: Option<crate::logging::LogFormat>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub header_timeout: Option<toml::Spanned<String>>,
+    pub idle_timeout: Option<toml::Spanned<String>>,
 }
 
 /// The server's configuration from the file (`--config`) overridden by the flags, checked
@@ -133,6 +139,8 @@ fn load(
         }
     };
     let desired_ttl = from_file("desired_ttl", &file.desired_ttl, parse_ttl_ms);
+    let header_timeout_ms = from_file("header_timeout", &file.header_timeout, net::parse_ms);
+    let idle_timeout_ms = from_file("idle_timeout", &file.idle_timeout, net::parse_ms);
     let node_down_after = from_file(
         "node_down_after",
         &file.node_down_after,
@@ -210,6 +218,17 @@ fn load(
             args.codex_dirs.clone()
         },
     };
+    let net_file = net::NetFile {
+        tls_cert: file.tls_cert,
+        tls_key: file.tls_key,
+        max_connections: file.max_connections,
+        max_connections_per_client: file.max_connections_per_client,
+        header_timeout_ms,
+        idle_timeout_ms,
+    };
+    if let Err(problem) = args.net.apply(net_file, &mut config) {
+        problems.push(problem);
+    }
     if args.check
         && let Err(error) = failsmall_server::codex::CodexGate::load(&config.codex)
     {
@@ -284,7 +303,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         outln!("{public_key}");
         return Ok(Outcome::Success);
     }
-    let (mut config, log_format, temporary_data_dir) = match load(args) {
+    let (config, log_format, temporary_data_dir) = match load(args) {
         Ok(loaded) => loaded,
         Err(problems) => bail!(
             "the server's configuration has {} problem(s):\n  - {}",
@@ -292,8 +311,11 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             problems.join("\n  - ")
         ),
     };
-    args.net.apply(&mut config);
-    let scheme = args.net.scheme();
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if args.check {
         eprintln!("server configuration is valid");
         return Ok(Outcome::Success);

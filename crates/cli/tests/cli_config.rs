@@ -85,6 +85,21 @@ fn the_server_reads_a_file_checks_it_whole_and_flags_override_it() {
         "{stderr}"
     );
 
+    // The network settings too: a certificate without its key, a timeout that does not parse.
+    let net = file(
+        "net.toml",
+        &format!(
+            "data_dir = {data:?}\ntls_cert = \"/etc/failsmall/server.pem\"\nheader_timeout = \"soon\"\nmax_connections = 100\nidle_timeout = \"30s\"\n"
+        ),
+    );
+    let stderr = fails(&["server", "--config", &net, "--check"]);
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(stderr.contains("net.toml:3: header_timeout:"), "{stderr}");
+    assert!(
+        stderr.contains("give both tls_cert and tls_key"),
+        "{stderr}"
+    );
+
     let missing_rules = dir.path().join("no-such-rules");
     let good = file(
         "good.toml",

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use failsmall_server::ServerConfig;
-use failsmall_server::serve::{MAX_CONNECTIONS_DEFAULT, MAX_CONNECTIONS_PER_CLIENT_DEFAULT};
+use failsmall_server::serve::{
+    HEADER_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, MAX_CONNECTIONS_DEFAULT,
+    MAX_CONNECTIONS_PER_CLIENT_DEFAULT,
+};
 
 #[derive(Debug, Args)]
 pub struct NetArgs {
@@ -17,20 +20,21 @@ pub struct NetArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Most connections open at once. At the bound a new connection replaces the quietest
-    /// one with no request in flight (a watch is never cut); when all are busy it is closed.
-    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS_DEFAULT)]
-    pub max_connections: usize,
+    /// one with no request in flight (a watch is never cut); when all are busy it is closed
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Most connections open at once from one IP address; at this bound a new connection
-    /// replaces that client's quietest idle one.
-    #[arg(long, value_name = "N", default_value_t = MAX_CONNECTIONS_PER_CLIENT_DEFAULT)]
-    pub max_connections_per_client: usize,
-    /// Longest time for a request's head, or a TLS handshake, to arrive (`10s`).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_ms)]
-    pub header_timeout: u64,
+    /// replaces that client's quietest idle one [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+    /// Longest time for a request's head, or a TLS handshake, to arrive [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub header_timeout: Option<u64>,
     /// A connection with no request in flight and no byte moved for this long is closed
-    /// (`60s`).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_ms)]
-    pub idle_timeout: u64,
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms)]
+    pub idle_timeout: Option<u64>,
 }
 
 /// `failsmall server recover-admin`.
@@ -60,49 +64,61 @@ impl RecoverAdminArgs {
     }
 }
 
-fn parse_ms(text: &str) -> Result<u64, String> {
+pub fn parse_ms(text: &str) -> Result<u64, String> {
     failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())
 }
 
-impl NetArgs {
-    /// Puts the flags into `config`; the server checks the bounds at start.
-    pub fn apply(&self, config: &mut ServerConfig) {
-        if let (Some(cert_path), Some(key_path)) = (&self.tls_cert, &self.tls_key) {
-            config.tls = Some(failsmall_server::tls::TlsFiles {
-                cert_path: cert_path.clone(),
-                key_path: key_path.clone(),
-            });
-        }
-        config.connections = failsmall_server::serve::ConnectionLimits {
-            max_connections: self.max_connections,
-            max_connections_per_client: self.max_connections_per_client,
-            header_timeout_ms: self.header_timeout,
-            idle_timeout_ms: self.idle_timeout,
-        };
-    }
-
-    /// `https` when serving TLS.
-    pub fn scheme(&self) -> &'static str {
-        if self.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        }
-    }
+/// The network settings a configuration file may hold (durations already parsed).
+#[derive(Debug, Default)]
+pub struct NetFile {
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub header_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use failsmall_server::serve::{HEADER_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT};
-
-    #[test]
-    fn the_defaults_are_the_servers() {
-        assert_eq!(
-            parse_ms("10s").unwrap(),
-            HEADER_TIMEOUT_MS_DEFAULT,
-            "--header-timeout default"
-        );
-        assert_eq!(parse_ms("60s").unwrap(), IDLE_TIMEOUT_MS_DEFAULT);
+impl NetArgs {
+    /// Puts the flags, over the file's settings, into `config`; the server checks the bounds
+    /// at start. A certificate without its key (or the other way round) is a problem.
+    pub fn apply(&self, file: NetFile, config: &mut ServerConfig) -> Result<(), String> {
+        let cert = self.tls_cert.clone().or(file.tls_cert);
+        let key = self.tls_key.clone().or(file.tls_key);
+        match (cert, key) {
+            (Some(cert_path), Some(key_path)) => {
+                config.tls = Some(failsmall_server::tls::TlsFiles {
+                    cert_path,
+                    key_path,
+                });
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "a TLS certificate needs its key and a key its certificate: give both \
+                     tls_cert and tls_key (--tls-cert and --tls-key), or neither"
+                        .to_owned(),
+                );
+            }
+        }
+        config.connections = failsmall_server::serve::ConnectionLimits {
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(MAX_CONNECTIONS_DEFAULT),
+            max_connections_per_client: self
+                .max_connections_per_client
+                .or(file.max_connections_per_client)
+                .unwrap_or(MAX_CONNECTIONS_PER_CLIENT_DEFAULT),
+            header_timeout_ms: self
+                .header_timeout
+                .or(file.header_timeout_ms)
+                .unwrap_or(HEADER_TIMEOUT_MS_DEFAULT),
+            idle_timeout_ms: self
+                .idle_timeout
+                .or(file.idle_timeout_ms)
+                .unwrap_or(IDLE_TIMEOUT_MS_DEFAULT),
+        };
+        Ok(())
     }
 }
