@@ -259,16 +259,13 @@ impl Engine {
             // becomes this stage's pre-period and time control.
             let pre = std::mem::take(&mut rollout.upcoming);
             let control_pre = std::mem::take(&mut rollout.upcoming_control);
-            rollout.pre_period = (pre.sample.requests > 0).then_some(pre);
-            rollout.control_pre = (control_pre.sample.requests > 0).then_some(control_pre);
-            rollout.control = GroupMetrics::default();
-            rollout.stage_canary = GroupMetrics::default();
+            rollout.pre_period = with_data(pre);
+            rollout.control_pre = with_data(control_pre);
             rollout.canary_from_stage = if newly.is_empty() { 0 } else { index };
             // The canary so far is exactly the earlier stages' nodes now.
-            rollout.earlier_pre = (rollout.canary_from_stage > 0
-                && rollout.canary.sample.requests > 0)
-                .then_some(rollout.canary);
-            rollout.earlier = GroupMetrics::default();
+            rollout.earlier_pre =
+                with_data(rollout.canary).filter(|_| rollout.canary_from_stage > 0);
+            rollout.restart_windows();
             rollout.stage = index;
             rollout.phase = StagePhase::Applying;
             rollout.stage_entered_ms = now;
@@ -277,11 +274,6 @@ impl Engine {
             rollout.timeout_at_ms = (timeout_ms > 0 && !rollout.waiting_for_nodes)
                 .then(|| now.saturating_add(timeout_ms));
             rollout.nodes_targeted = targeted;
-            rollout.canary = GroupMetrics::default();
-            rollout.baseline = GroupMetrics::default();
-            rollout.gate_reports.clear();
-            rollout.last_gate_eval_ms = None;
-            rollout.held_for_data = false;
         }
         let mut set_nodes = Vec::new();
         for node in &newly {
@@ -360,13 +352,9 @@ impl Engine {
         rollout.stage_entered_ms = now;
         rollout.timeout_at_ms = (timeout_ms > 0).then(|| now.saturating_add(timeout_ms));
         rollout.nodes_targeted = targeted;
-        rollout.canary = GroupMetrics::default();
-        rollout.baseline = GroupMetrics::default();
+        rollout.restart_windows();
         rollout.upcoming = GroupMetrics::default();
         rollout.upcoming_control = GroupMetrics::default();
-        rollout.gate_reports.clear();
-        rollout.last_gate_eval_ms = None;
-        rollout.held_for_data = false;
         let name = rollout.stage_name();
         self.rebuild_roles(id);
         let why = format!(
@@ -715,18 +703,10 @@ impl Engine {
         // last stage (a late failure is a change over time on the same nodes): the last
         // stage's nodes and the earlier ones, each the other's time control when no node is
         // left unexposed.
-        let with_data = |group: GroupMetrics| (group.sample.requests > 0).then_some(group);
         rollout.pre_period = with_data(rollout.stage_canary);
         rollout.earlier_pre = with_data(rollout.earlier).filter(|_| rollout.canary_from_stage > 0);
         rollout.control_pre = with_data(rollout.control);
-        rollout.control = GroupMetrics::default();
-        rollout.canary = GroupMetrics::default();
-        rollout.stage_canary = GroupMetrics::default();
-        rollout.earlier = GroupMetrics::default();
-        rollout.baseline = GroupMetrics::default();
-        rollout.gate_reports.clear();
-        rollout.last_gate_eval_ms = None;
-        rollout.held_for_data = false;
+        rollout.restart_windows();
         let (stage, exposed) = (rollout.stage_name(), rollout.nodes_exposed);
         let why = format!(
             "soaking for {} until t={soak_ends_ms} ms: the last stage's gates and hard signals keep \

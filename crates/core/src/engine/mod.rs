@@ -570,6 +570,19 @@ impl Rollout {
         self.plan.stages.get(self.stage)
     }
 
+    /// Every health window starts again (at a stage's entry, an observation's, a soak's):
+    /// the groups, and the verdicts judged on them.
+    fn restart_windows(&mut self) {
+        self.canary = GroupMetrics::default();
+        self.stage_canary = GroupMetrics::default();
+        self.earlier = GroupMetrics::default();
+        self.baseline = GroupMetrics::default();
+        self.control = GroupMetrics::default();
+        self.gate_reports.clear();
+        self.last_gate_eval_ms = None;
+        self.held_for_data = false;
+    }
+
     /// ACKed exposed nodes in the stage canary.
     fn stage_canary_nodes(&self) -> u64 {
         self.exposed
@@ -802,6 +815,11 @@ fn cut(text: &str) -> String {
 
 fn same_kind(a: &Verdict, b: &Verdict) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+/// A group's health, when it has any.
+fn with_data(group: GroupMetrics) -> Option<GroupMetrics> {
+    (group.sample.requests > 0).then_some(group)
 }
 
 /// Which hard signal an event reports.
