@@ -48,6 +48,10 @@ pub struct DemoConsumerArgs {
     /// How often the unit files are looked at, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = failsmall_demo::consumer::POLL_INTERVAL_DEFAULT_MS)]
     pub poll_interval_ms: u64,
+    /// Once listening, write the consumer's URL (`http://127.0.0.1:40123`) to FILE, whole or
+    /// not at all: with `--listen 127.0.0.1:0`, how a script learns the port.
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
 }
 
 pub fn run(args: &DemoConsumerArgs) -> anyhow::Result<Outcome> {
@@ -84,6 +88,9 @@ pub fn run(args: &DemoConsumerArgs) -> anyhow::Result<Outcome> {
             generation.as_str(),
             args.units_dir.display()
         );
+        if let Some(path) = &args.addr_file {
+            crate::write_addr_file(path, &format!("http://{address}"))?;
+        }
         failsmall_demo::consumer::run(config, listener, crate::shutdown::signal()).await?;
         Ok(Outcome::Success)
     })

@@ -130,6 +130,19 @@ fn hoist_global_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> 
     out
 }
 
+/// Writes `url` to `path` whole or not at all (a temporary file beside it, then a rename), so
+/// a script waiting for the file never reads half an address.
+fn write_addr_file(path: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
+    std::fs::write(&temporary, format!("{url}\n"))
+        .with_context(|| format!("cannot write the address file {}", temporary.display()))?;
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("cannot write the address file {}", path.display()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(hoist_global_flags(std::env::args_os().collect()));
     let result = match cli.command {

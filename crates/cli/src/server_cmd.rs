@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<crate::logging::LogFormat>,
+    /// Once listening, write the server's URL (`http://127.0.0.1:40123`) to FILE, whole or
+    /// not at all: with `--listen 127.0.0.1:0`, how a script learns the port.
+    #[arg(long, value_name = "FILE")]
+    pub addr_file: Option<PathBuf>,
     #[command(flatten)]
     pub net: net::NetArgs,
 }
@@ -87,6 +91,7 @@ pub struct ServerFile {
     pub codex: Option<toml::Spanned<String>>,
     pub codex_dirs: Option<Vec<PathBuf>>,
     pub log_format: Option<crate::logging::LogFormat>,
+    pub addr_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -95,11 +100,19 @@ pub struct ServerFile {
     pub idle_timeout: Option<toml::Spanned<String>>,
 }
 
+/// What `failsmall server` runs with: the server's configuration and the command's own
+/// settings around it.
+struct Loaded {
+    config: ServerConfig,
+    log_format: crate::logging::LogFormat,
+    /// A `--dev` server's own temporary data dir, removed at shutdown.
+    temporary_data_dir: Option<PathBuf>,
+    addr_file: Option<PathBuf>,
+}
+
 /// The server's configuration from the file (`--config`) overridden by the flags, checked
 /// whole; every problem found, each naming its flag, or its file, line and key.
-fn load(
-    args: &ServerArgs,
-) -> Result<(ServerConfig, crate::logging::LogFormat, Option<PathBuf>), Vec<String>> {
+fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
     let mut problems = Vec::new();
     let mut text = String::new();
     let file: ServerFile = match &args.config {
@@ -235,11 +248,12 @@ fn load(
         problems.push(format!("the Codex: {error}"));
     }
     if problems.is_empty() {
-        Ok((
+        Ok(Loaded {
             config,
-            args.log_format.or(file.log_format).unwrap_or_default(),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             temporary_data_dir,
-        ))
+            addr_file: args.addr_file.clone().or(file.addr_file),
+        })
     } else {
         Err(problems)
     }
@@ -303,7 +317,12 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         outln!("{public_key}");
         return Ok(Outcome::Success);
     }
-    let (config, log_format, temporary_data_dir) = match load(args) {
+    let Loaded {
+        config,
+        log_format,
+        temporary_data_dir,
+        addr_file,
+    } = match load(args) {
         Ok(loaded) => loaded,
         Err(problems) => bail!(
             "the server's configuration has {} problem(s):\n  - {}",
@@ -340,6 +359,9 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             "failsmall server listening on {scheme}://{address}, data in {}",
             config.data_dir.display()
         );
+        if let Some(path) = &addr_file {
+            crate::write_addr_file(path, &format!("{scheme}://{address}"))?;
+        }
         failsmall_server::run(config, listener, crate::shutdown::signal()).await?;
         Ok(Outcome::Success)
     });

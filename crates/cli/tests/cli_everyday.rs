@@ -820,3 +820,36 @@ fn undo_and_the_rollback_of_an_aborted_rollout_move_a_real_agent_back() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn nodes_wait_for_returns_once_enough_are_alive_and_fails_past_its_timeout() {
+    let server = Server::start("wait-for");
+    let said = server.fails(&["nodes", "--wait-for", "1", "--timeout", "300ms"], 1);
+    assert!(
+        said.contains("0 of the 1 nodes waited for are alive after 300ms"),
+        "{said}"
+    );
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "free"}));
+    let listed = server.ok(&["nodes", "--wait-for", "1", "--timeout", "5s"]);
+    assert!(
+        listed.contains("n1") && listed.contains("alive"),
+        "{listed}"
+    );
+    // The filters choose whom to wait for.
+    let said = server.fails(
+        &[
+            "nodes",
+            "--wait-for",
+            "1",
+            "--label",
+            "cohort=pro",
+            "--timeout",
+            "300ms",
+        ],
+        1,
+    );
+    assert!(said.contains("0 of the 1"), "{said}");
+    let said = server.fails(&["nodes", "--timeout", "5s"], 2);
+    assert!(said.contains("--wait-for"), "{said}");
+}

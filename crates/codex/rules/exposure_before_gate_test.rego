@@ -20,6 +20,16 @@ test_one_node_of_a_small_fleet_passes if {
 	count(rule.violations) == 0 with input as {"config": config, "analysis": analysis(1, 0.2, 0.2)}
 }
 
+test_one_node_of_each_build_of_a_small_fleet_passes if {
+	a := object.union(analysis(2, 0.5, 0.5), {"fleet_label_values": {"generation": ["fl1", "fl2"]}})
+	count(rule.violations) == 0 with input as {"config": object.union(config, {"build_labels": ["generation"]}), "analysis": a}
+}
+
+test_more_than_one_node_of_each_build_is_denied if {
+	a := object.union(analysis(3, 0.75, 0.75), {"fleet_label_values": {"generation": ["fl1", "fl2"]}})
+	count(rule.violations) == 2 with input as {"config": object.union(config, {"build_labels": ["generation"]}), "analysis": a}
+}
+
 test_ten_percent_of_nodes_is_denied if {
 	count(rule.violations) == 1 with input as {"config": config, "analysis": analysis(12, 0.1, 0.04)}
 }

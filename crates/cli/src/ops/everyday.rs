@@ -130,6 +130,10 @@ pub struct UndoArgs {
     /// Why: recorded in the changelog.
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// Then follow the rollout as `rollout watch` does: exits 0 when it completes, 3 when it
+    /// is rolled back or aborted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// `rollout retry ID`.
@@ -144,6 +148,10 @@ pub struct RetryArgs {
     /// Retry a version its rollback quarantined (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Then follow the rollout as `rollout watch` does: exits 0 when it completes, 3 when it
+    /// is rolled back or aborted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -419,7 +427,8 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<Outcome> {
 
 /// `rollout undo UNIT`: the version that was stable before the current stable one, rolled
 /// out through the unit's plan (else the built-in default plan), or at once with `--fast`.
-pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::Result<Outcome> {
+/// `rollout undo UNIT`: the id of the rollout it started, if the server started one at once.
+pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::Result<Option<u64>> {
     let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
     let list: VersionStatusList =
         client.get_all(&format!("/v1/units/{}/versions", args.unit), "versions")?;
@@ -480,8 +489,12 @@ pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::R
     print_started(view, &args.unit, &target, json_output, "undo")
 }
 
-/// `rollout retry ID`.
-pub fn retry(client: &ApiClient, args: &RetryArgs, json_output: bool) -> anyhow::Result<Outcome> {
+/// `rollout retry ID`: the id of the rollout it started, if the server started one at once.
+pub fn retry(
+    client: &ApiClient,
+    args: &RetryArgs,
+    json_output: bool,
+) -> anyhow::Result<Option<u64>> {
     let (_, view): (u16, Option<RolloutView>) = client.send_json(
         Method::POST,
         &format!("/v1/rollouts/{}/retry", args.id),
@@ -500,10 +513,11 @@ fn print_started(
     version: &str,
     json_output: bool,
     what: &str,
-) -> anyhow::Result<Outcome> {
+) -> anyhow::Result<Option<u64>> {
+    let started = view.as_ref().map(|view| view.id.0);
     if json_output {
         print_json(&view)?;
-        return Ok(Outcome::Success);
+        return Ok(started);
     }
     match view {
         Some(view) => {
@@ -522,5 +536,5 @@ fn print_started(
             short_hash(version)
         ),
     }
-    Ok(Outcome::Success)
+    Ok(started)
 }

@@ -21,8 +21,29 @@ pub struct NodesArgs {
     /// `--node-down-after`).
     #[arg(long)]
     pub down: bool,
+    /// First wait until at least N of the nodes these filters select are alive (as a script
+    /// does after starting agents), then list them; exit 1 if they are not by `--timeout`.
+    #[arg(long, value_name = "N")]
+    pub wait_for: Option<usize>,
+    /// How long `--wait-for` waits.
+    #[arg(long, value_name = "DURATION", default_value = "1m", requires = "wait_for",
+          value_parser = parse_wait_timeout_ms)]
+    pub timeout: u64,
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+/// The longest `--wait-for` wait, in milliseconds (an hour).
+pub const WAIT_TIMEOUT_MAX_MS: u64 = 3_600_000;
+/// How often `--wait-for` asks, in milliseconds.
+const WAIT_POLL_MS: u64 = 250;
+
+fn parse_wait_timeout_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms == 0 || ms > WAIT_TIMEOUT_MAX_MS {
+        return Err(format!("{text:?}: expected from 1ms to 1h"));
+    }
+    Ok(ms)
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -55,11 +76,8 @@ impl NodeList {
     }
 }
 
-pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
-    let client = args.remote.connect()?;
-    let list: NodeList = client.get_all("/v1/nodes", "nodes")?;
-    let nodes: Vec<&NodeRecord> = list
-        .nodes
+fn selected<'a>(args: &NodesArgs, list: &'a NodeList) -> Vec<&'a NodeRecord> {
+    list.nodes
         .iter()
         .filter(|node| {
             args.labels
@@ -68,7 +86,33 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
                 && (!args.stale || node.stale_since_ms.is_some())
                 && (!args.down || list.is_down(node))
         })
-        .collect();
+        .collect()
+}
+
+pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
+    let client = args.remote.connect()?;
+    let mut list: NodeList = client.get_all("/v1/nodes", "nodes")?;
+    if let Some(wanted) = args.wait_for {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(args.timeout);
+        loop {
+            let alive = selected(args, &list)
+                .iter()
+                .filter(|node| !list.is_down(node))
+                .count();
+            if alive >= wanted {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{alive} of the {wanted} nodes waited for are alive after {}",
+                    failsmall_core::duration::format_ms(args.timeout)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(WAIT_POLL_MS));
+            list = client.get_all("/v1/nodes", "nodes")?;
+        }
+    }
+    let nodes = selected(args, &list);
     if args.remote.json() {
         print_json(&nodes)?;
         return Ok(Outcome::Success);

@@ -60,6 +60,10 @@ pub struct StartArgs {
     /// Roll out a quarantined version anyway, e.g. once its consumer is fixed (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Then follow the rollout as `rollout watch` does: exits 0 when it completes, 3 when it
+    /// is rolled back or aborted.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,10 +129,17 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let json_output = args.remote.json();
     let (steer, command) = match &args.command {
-        RolloutCommand::Start(start_args) => return start(&client, start_args, json_output),
-        RolloutCommand::Undo(undo) => return super::everyday::undo(&client, undo, json_output),
+        RolloutCommand::Start(start_args) => {
+            let started = start(&client, start_args, json_output)?;
+            return super::versions::follow(started.filter(|_| start_args.watch), &args.remote);
+        }
+        RolloutCommand::Undo(undo) => {
+            let started = super::everyday::undo(&client, undo, json_output)?;
+            return super::versions::follow(started.filter(|_| undo.watch), &args.remote);
+        }
         RolloutCommand::Retry(retry) => {
-            return super::everyday::retry(&client, retry, json_output);
+            let started = super::everyday::retry(&client, retry, json_output)?;
+            return super::versions::follow(started.filter(|_| retry.watch), &args.remote);
         }
         RolloutCommand::List { unit, active } => {
             let list: RolloutList = client.get_all("/v1/rollouts", "rollouts")?;
@@ -194,7 +205,8 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Result<Outcome> {
+/// `rollout start`: the id of the rollout it started, if the server started one at once.
+fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Result<Option<u64>> {
     let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
     let (plan_file, plan_text) = match (&args.plan, &unit.plan) {
         (None, Some(own)) => (format!("the plan of unit {}", args.unit), own.clone()),
@@ -212,9 +224,10 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
             override_quarantine: args.override_quarantine,
         },
     )?;
+    let started = view.as_ref().map(|view| view.id.0);
     if json_output {
         print_json(&view)?;
-        return Ok(Outcome::Success);
+        return Ok(started);
     }
     match view {
         Some(view) => {
@@ -235,7 +248,7 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
             short_hash(&version)
         ),
     }
-    Ok(Outcome::Success)
+    Ok(started)
 }
 
 fn command_name(command: Command) -> String {

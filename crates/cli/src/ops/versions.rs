@@ -186,8 +186,8 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     follow(watched, &args.remote)
 }
 
-/// `push --watch`: follow the rollout the push started, if any.
-fn follow(rollout: Option<u64>, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
+/// `--watch`: follow the rollout a command started, if any.
+pub fn follow(rollout: Option<u64>, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
     match rollout {
         Some(id) => super::watch::run(
             &super::watch::WatchArgs {
