@@ -138,6 +138,59 @@ impl GroupMetrics {
     }
 }
 
+/// Counter values at one reading (an agent's scrape of its consumer, or the control plane's
+/// query of a Prometheus server for one node).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Counters {
+    pub requests: f64,
+    pub errors: f64,
+    /// (upper bound in ms, cumulative count), sorted by bound.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+fn delta(now: f64, before: f64) -> u64 {
+    // A counter that went down means the consumer restarted: count from zero.
+    let difference = if now >= before { now - before } else { now };
+    if difference.is_finite() && difference > 0.0 {
+        difference.round() as u64
+    } else {
+        0
+    }
+}
+
+/// The health over the interval between two readings of the same counters.
+pub fn sample_between(before: &Counters, now: &Counters) -> HealthSample {
+    let requests = delta(now.requests, before.requests);
+    let errors = delta(now.errors, before.errors).min(requests);
+    let mut latency = LatencyHistogram::default();
+    let mut cumulative_before_prev = 0u64;
+    for (bound_ms, cumulative) in &now.buckets {
+        let previous = before
+            .buckets
+            .iter()
+            .find(|(b, _)| b == bound_ms)
+            .map_or(0.0, |(_, c)| *c);
+        let cumulative_delta = delta(*cumulative, previous);
+        let in_bucket = cumulative_delta.saturating_sub(cumulative_before_prev);
+        cumulative_before_prev = cumulative_delta.max(cumulative_before_prev);
+        if in_bucket > 0 {
+            latency.record(
+                if bound_ms.is_finite() {
+                    *bound_ms
+                } else {
+                    f64::MAX
+                },
+                in_bucket,
+            );
+        }
+    }
+    HealthSample {
+        requests,
+        errors,
+        latency,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,9 @@ use serde::{Deserialize, Serialize};
 use crate::gate::{Gate, GateLine};
 use crate::yaml::{self, YamlKind, YamlNode, field_value};
 
+pub mod health_source;
+pub use health_source::PrometheusSource;
+
 /// Which nodes a stage may touch: every listed label must match one of its values. An empty
 /// selector matches every node.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -215,6 +218,10 @@ pub struct Plan {
     /// A node in another unit's running rollout joins this one only when that one ends.
     #[serde(default)]
     pub exclusive_nodes: bool,
+    /// Where canary and baseline health come from instead of the agents' reports (see
+    /// [`health_source`]); `None`: the agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_source: Option<Box<PrometheusSource>>,
 }
 
 /// What a stage that cannot conclude by its timeout does. Neither quarantines the version.
@@ -294,6 +301,7 @@ const ROOT_FIELDS: &[&str] = &[
     "exclusive_nodes",
     "defaults",
     "health_check",
+    "health_source",
     "stages",
 ];
 const DEFAULTS_FIELDS: &[&str] = &[
@@ -617,6 +625,7 @@ impl Loader<'_> {
         let mut soak_ms = Some(SOAK_DEFAULT_MS);
         let mut on_inconclusive = Some(OnInconclusive::Hold);
         let mut exclusive_nodes = Some(false);
+        let mut health_source = Some(None);
         let mut stage_nodes = None;
         for (key, value) in fields {
             let path = key;
@@ -662,6 +671,9 @@ impl Loader<'_> {
                 }
                 "defaults" => defaults = self.defaults(value, path),
                 "health_check" => health_check = self.health_check(value, path).map(Some),
+                "health_source" => {
+                    health_source = self.health_source(value, path).map(|s| Some(Box::new(s)));
+                }
                 "stages" => stage_nodes = Some(value),
                 _ => {}
             }
@@ -704,6 +716,7 @@ impl Loader<'_> {
             soak_ms: soak_ms?,
             on_inconclusive: on_inconclusive?,
             exclusive_nodes: exclusive_nodes?,
+            health_source: health_source?,
         })
     }
 

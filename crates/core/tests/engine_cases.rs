@@ -124,6 +124,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
         exclusive_nodes: false,
+        health_source: None,
     }
 }
 
@@ -1208,6 +1209,7 @@ fn a_units_first_version_is_judged_without_a_baseline_it_cannot_have() {
 fn with_exclusive_nodes_another_units_failure_is_never_blamed_on_this_one() {
     let exclusive = || Plan {
         exclusive_nodes: true,
+        health_source: None,
         ..absolute_gate_plan()
     };
     for bad_first in [true, false] {
@@ -2294,4 +2296,60 @@ fn a_stage_asking_for_two_approvers_needs_two_distinct_people_other_than_the_pus
     assert_eq!(h.engine.rollout(id).unwrap().stage_index, 1);
     h.run(id, "u", 3_600_000, &healthy);
     assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+/// A plan whose `health_source` is a monitoring system is judged on what that system says of
+/// each node ([`Event::MonitoredHealth`]), never on the agents' own reports, and the other
+/// way round for a plan without one.
+#[test]
+fn a_plan_with_a_health_source_is_judged_on_it_and_not_on_the_agents_reports() {
+    let source = failsmall_core::plan::PrometheusSource {
+        url: "http://127.0.0.1:9090".into(),
+        node_label: "node".into(),
+        requests: "sum by (node) (http_requests_total)".into(),
+        errors: "sum by (node) (http_errors_total)".into(),
+        latency: None,
+        latency_in_ms: false,
+        interval_ms: 1_000,
+    };
+    let sample = |errors: u64| {
+        let mut sample = HealthSample {
+            requests: 50,
+            errors,
+            ..Default::default()
+        };
+        sample.latency.record(25.0, 50);
+        sample
+    };
+    for (monitored, agents_say, monitoring_errors, expected) in [
+        (true, Reaction::Errors, 0, RolloutStatus::Completed),
+        (true, Reaction::Healthy, 10, RolloutStatus::RolledBack),
+        (false, Reaction::Healthy, 10, RolloutStatus::Completed),
+    ] {
+        let mut plan = absolute_gate_plan();
+        if monitored {
+            plan.health_source = Some(Box::new(source.clone()));
+        }
+        let mut h = Harness::with_fleet();
+        let id = h.request("u", "v1", plan, "alice");
+        let end = h.now_ms + 3_600_000;
+        while h.now_ms < end && !h.status(id).is_terminal() {
+            h.round("u", &|_, _| agents_say);
+            for node in h.all_nodes() {
+                if let Some(version) = h.engine.running_version(&node, &unit("u")) {
+                    h.step(Event::MonitoredHealth {
+                        node,
+                        unit: unit("u"),
+                        version,
+                        sample: sample(monitoring_errors),
+                    });
+                }
+            }
+        }
+        assert_eq!(
+            h.status(id),
+            expected,
+            "monitored {monitored}, agents {agents_say:?}, monitoring errors {monitoring_errors}"
+        );
+    }
 }

@@ -118,6 +118,7 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
         exclusive_nodes: false,
+        health_source: None,
     })
 }
 

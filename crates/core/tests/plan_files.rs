@@ -553,3 +553,50 @@ fn approvers_imply_an_approval_and_are_bounded() {
     .to_string();
     assert!(error.contains("approvers"), "{error}");
 }
+
+#[test]
+fn a_prometheus_health_source_parses_and_its_mistakes_are_named() {
+    let base = "name: p\nstages:\n  - name: all\n";
+    let plan = parse_ok(
+        "plan.yaml",
+        &format!(
+            "health_source:\n  prometheus:\n    url: http://127.0.0.1:9090/\n    node_label: node\n    requests: sum by (node) (http_requests_total)\n    errors: sum by (node) (http_errors_total)\n    latency: sum by (node, le) (http_request_duration_seconds_bucket)\n    interval: 2s\n{base}"
+        ),
+    );
+    let source = plan.health_source.unwrap();
+    assert_eq!(source.url, "http://127.0.0.1:9090");
+    assert_eq!(source.node_label, "node");
+    assert_eq!(source.interval_ms, 2_000);
+    assert!(source.latency.is_some() && !source.latency_in_ms);
+    // Without one, health comes from the agents.
+    assert!(parse_ok("plan.yaml", base).health_source.is_none());
+
+    check(
+        &format!(
+            "health_source:\n  prometheus:\n    url: ftp://x\n    node_label: 9node\n    requests: ''\n    interval: 100ms\n{base}"
+        ),
+        &[
+            ("plan.yaml:3:10: health_source.prometheus.url", "base URL"),
+            (
+                "plan.yaml:4:17: health_source.prometheus.node_label",
+                "label name",
+            ),
+            (
+                "plan.yaml:5:15: health_source.prometheus.requests",
+                "PromQL query",
+            ),
+            (
+                "plan.yaml:6:15: health_source.prometheus.interval",
+                "expected from 1s to 5m",
+            ),
+            (
+                "plan.yaml:3:5: health_source.prometheus.errors",
+                "missing field `errors`",
+            ),
+        ],
+    );
+    check(
+        &format!("health_source:\n  datadog: {{}}\n{base}"),
+        &[("plan.yaml:2:3: health_source.datadog", "unknown field")],
+    );
+}

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod codex;
 pub mod error;
 pub mod liveness;
+pub mod prometheus;
 pub mod recover;
 pub mod rollouts;
 pub mod serve;
@@ -182,6 +183,11 @@ pub async fn run(
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
+    let health_reader = tokio::spawn(prometheus::poll_forever(
+        Arc::clone(&engine),
+        Arc::clone(&store),
+        api::now_ms,
+    ));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
@@ -208,6 +214,7 @@ pub async fn run(
         .await
         .map_err(ServerError::Serve);
     ticker.abort();
+    health_reader.abort();
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();

@@ -98,6 +98,7 @@ pub fn instant_plan(hold_ms: u64) -> Plan {
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
         exclusive_nodes: false,
+        health_source: None,
     }
 }
 
@@ -1204,6 +1205,7 @@ impl<'a> Run<'a> {
             let Some(shape) = self.latency_shape.get(index).copied() else {
                 continue;
             };
+            let monitored = self.plan.health_source.is_some();
             for unit in 0..unit_count {
                 let pair = unit.saturating_mul(self.nodes).saturating_add(index);
                 let has_version = self
@@ -1223,6 +1225,26 @@ impl<'a> Run<'a> {
                     && has_version
                     && let Some(event) = self.health_events.get(pair)
                 {
+                    // A plan whose health comes from a monitoring system reads the same
+                    // consumer counters through it: the engine counts only those.
+                    let through_monitoring;
+                    let event = match event {
+                        Event::Health {
+                            node,
+                            unit,
+                            version,
+                            sample,
+                        } if monitored => {
+                            through_monitoring = Event::MonitoredHealth {
+                                node: node.clone(),
+                                unit: unit.clone(),
+                                version: *version,
+                                sample: *sample,
+                            };
+                            &through_monitoring
+                        }
+                        other => other,
+                    };
                     let actions = self
                         .engine
                         .step(now_ms, event)

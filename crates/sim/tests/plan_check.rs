@@ -60,6 +60,7 @@ fn plan(stages: Vec<Stage>) -> Plan {
         soak_ms: 0,
         on_inconclusive: OnInconclusive::Hold,
         exclusive_nodes: false,
+        health_source: None,
     }
 }
 

@@ -406,3 +406,31 @@ strategies: [examples/plans/default.yaml]
     assert!(liveness[0].starts_with("t=000092.000") && liveness[0].contains("down=3 up=0"));
     assert!(liveness[1].starts_with("t=000300.000") && liveness[1].contains("down=0 up=3"));
 }
+
+/// A plan that takes health from Prometheus reads the same consumer counters through it: the
+/// simulator sends them as monitored health, and the runs' verdicts are those of the plan
+/// without a health source (the engine counts one origin per plan, never both, never none).
+#[test]
+fn a_plan_with_a_prometheus_health_source_reaches_the_same_verdicts() {
+    let monitored = Plan {
+        health_source: Some(Box::new(failsmall_core::plan::PrometheusSource {
+            url: "http://127.0.0.1:9090".into(),
+            node_label: "node".into(),
+            requests: "sum by (node) (http_requests_total)".into(),
+            errors: "sum by (node) (http_errors_total)".into(),
+            latency: None,
+            latency_in_ms: false,
+            interval_ms: 5_000,
+        })),
+        ..default_plan_without_soak()
+    };
+    for name in ["dec5", "subtle", "healthy"] {
+        let scenario = shrunk(name, 40 * 60_000, 4);
+        let through_agents = both_with(&scenario, Some(5), false, default_plan_without_soak());
+        let through_prometheus = both_with(&scenario, Some(5), false, monitored.clone());
+        assert_eq!(
+            through_agents.runs[1].metrics, through_prometheus.runs[1].metrics,
+            "{name}"
+        );
+    }
+}

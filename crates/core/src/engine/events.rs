@@ -522,12 +522,16 @@ impl Engine {
     pub(super) fn on_health(
         &mut self,
         now: TimeMs,
-        node: &NodeId,
-        unit: &UnitName,
-        version: VersionHash,
-        sample: &HealthSample,
+        report: HealthReport<'_>,
         out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
+        let HealthReport {
+            node,
+            unit,
+            version,
+            sample,
+            monitored,
+        } = report;
         let Self {
             units,
             rollouts,
@@ -564,6 +568,9 @@ impl Engine {
                     (stage.min_requests, stage.silence_ms)
                 });
             let reaches = |before: u64, after: u64| before < min_requests && after >= min_requests;
+            // A sample counts where the plan takes health from its origin: the agents, or
+            // the monitoring system of its `health_source`. Either says the node is heard.
+            let counts = rollout.plan.health_source.is_some() == monitored;
             let role = rollout.roles.0.role(slot);
             match role {
                 Role::Exposed { position } => {
@@ -575,7 +582,10 @@ impl Engine {
                         && now.saturating_sub(exposure.last_report_ms) > silence_ms;
                     exposure.last_report_ms = now;
                     let mut reached = false;
-                    if exposure.acked && version == rollout.version && now > rollout.window_from_ms
+                    if counts
+                        && exposure.acked
+                        && version == rollout.version
+                        && now > rollout.window_from_ms
                     {
                         if exposure.stage >= rollout.canary_from_stage {
                             let before = rollout.stage_canary.sample.requests;
@@ -589,7 +599,7 @@ impl Engine {
                     recheck |= held && (was_silent || reached);
                 }
                 Role::StageBaseline { upcoming } | Role::FleetBaseline { upcoming }
-                    if version != rollout.version =>
+                    if counts && version != rollout.version =>
                 {
                     if upcoming {
                         rollout.upcoming.sample.merge(sample);
@@ -811,4 +821,15 @@ impl Engine {
         self.settle(&unit, now, out);
         Ok(())
     }
+}
+
+/// One node's health over an interval ([`Event::Health`] or [`Event::MonitoredHealth`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HealthReport<'a> {
+    pub node: &'a NodeId,
+    pub unit: &'a UnitName,
+    pub version: VersionHash,
+    pub sample: &'a HealthSample,
+    /// Read from the plan's monitoring system (`health_source`), not reported by the agent.
+    pub monitored: bool,
 }

@@ -188,6 +188,15 @@ pub enum Event {
         version: VersionHash,
         sample: HealthSample,
     },
+    /// Health over one interval that the control plane read from a monitoring system (a
+    /// plan's `health_source`), attributed to the version the node ran. It counts only for
+    /// rollouts whose plan takes health from there; [`Event::Health`] only for the others.
+    MonitoredHealth {
+        node: NodeId,
+        unit: UnitName,
+        version: VersionHash,
+        sample: HealthSample,
+    },
     /// Time passed; deadlines (bakes, timeouts, silences) are checked.
     Tick,
     /// An operator's command.
@@ -921,7 +930,33 @@ impl Engine {
                 unit,
                 version,
                 sample,
-            } => self.on_health(now, node, unit, *version, sample, &mut out)?,
+            } => self.on_health(
+                now,
+                events::HealthReport {
+                    node,
+                    unit,
+                    version: *version,
+                    sample,
+                    monitored: false,
+                },
+                &mut out,
+            )?,
+            Event::MonitoredHealth {
+                node,
+                unit,
+                version,
+                sample,
+            } => self.on_health(
+                now,
+                events::HealthReport {
+                    node,
+                    unit,
+                    version: *version,
+                    sample,
+                    monitored: true,
+                },
+                &mut out,
+            )?,
             Event::Tick => self.on_tick(now, &mut out),
             Event::Command {
                 rollout,
@@ -970,6 +1005,47 @@ impl Engine {
     /// without building their views.
     pub fn rollout_statuses(&self) -> impl Iterator<Item = RolloutStatus> + '_ {
         self.rollouts.values().map(|rollout| rollout.status)
+    }
+
+    /// The units with a running or paused rollout whose plan takes health from a monitoring
+    /// system, each with that source (the newest such rollout's), sorted by unit.
+    pub fn monitored_units(&self) -> Vec<(UnitName, crate::plan::PrometheusSource)> {
+        self.units
+            .iter()
+            .filter_map(|(unit, state)| {
+                let source = state
+                    .active
+                    .iter()
+                    .rev()
+                    .filter_map(|id| self.rollouts.get(id))
+                    .filter(|rollout| {
+                        matches!(
+                            rollout.status,
+                            RolloutStatus::Running | RolloutStatus::Paused
+                        )
+                    })
+                    .find_map(|rollout| rollout.plan.health_source.as_deref().cloned())?;
+                Some((unit.clone(), source))
+            })
+            .collect()
+    }
+
+    /// The version `node` runs for `unit` as far as the engine knows: the one it should run,
+    /// unless a rollout exposed the node to it and the node has not acknowledged it yet (the
+    /// node is between versions: `None`).
+    pub fn running_version(&self, node: &NodeId, unit: &UnitName) -> Option<VersionHash> {
+        let desired = self.desired(node, unit)?;
+        let state = self.units.get(unit)?;
+        let switching = state.active.iter().any(|id| {
+            self.rollouts.get(id).is_some_and(|rollout| {
+                rollout.version == desired
+                    && rollout
+                        .exposed
+                        .get(node)
+                        .is_some_and(|exposure| !exposure.acked)
+            })
+        });
+        (!switching).then_some(desired)
     }
 
     /// The version `node` should run for `unit`, if any.
