@@ -129,6 +129,8 @@ fn the_readme_walkthrough_runs_as_written() {
     let short = |hash: &str| hash[..12].to_owned();
     for expected in [
         format!("version  {v1} (new)"),
+        // `--watch` says how each stage ended, with its gates' numbers.
+        "stage employees passed: bake over; gates: ".to_owned(),
         "rollout 1 completed".to_owned(),
         format!("version  {v2} (new)"),
         "rollout 2 completed".to_owned(),

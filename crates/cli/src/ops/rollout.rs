@@ -305,21 +305,38 @@ pub fn skipped_stages(
     client: &ApiClient,
     id: u64,
 ) -> Result<Vec<(String, String)>, super::client::ClientError> {
+    Ok(stage_endings(client, id)?
+        .into_iter()
+        .filter(|(_, what)| what.starts_with("skipped: "))
+        .collect())
+}
+
+/// How each stage of a rollout ended so far, in order: `skipped: why` (it selected no node)
+/// or `passed: why` (with its gates' last numbers), from the changelog.
+pub fn stage_endings(
+    client: &ApiClient,
+    id: u64,
+) -> Result<Vec<(String, String)>, super::client::ClientError> {
     let page: ChangelogPage = client.get(
         "/v1/changelog",
         &[("rollout", id.to_string()), ("limit", "1000".to_owned())],
     )?;
-    Ok(page
-        .entries
+    let mut entries = page.entries;
+    entries.sort_by_key(|entry| entry.id);
+    Ok(entries
         .into_iter()
-        .filter(|entry| entry.kind == "stage_started" && entry.reason.contains(NO_NODE_MARK))
-        .map(|entry| {
+        .filter_map(|entry| {
             let why = entry
                 .reason
                 .split_once(": ")
                 .map_or(entry.reason.as_str(), |(_, why)| why)
                 .to_owned();
-            (entry.stage.unwrap_or_default(), format!("skipped: {why}"))
+            let what = match entry.kind.as_str() {
+                "stage_started" if entry.reason.contains(NO_NODE_MARK) => format!("skipped: {why}"),
+                "stage_passed" => format!("passed: {why}"),
+                _ => return None,
+            };
+            Some((entry.stage.unwrap_or_default(), what))
         })
         .collect())
 }

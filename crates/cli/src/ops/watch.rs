@@ -16,7 +16,7 @@ use super::RemoteArgs;
 use super::client::ClientError;
 use super::render::{now_ms, rfc3339};
 use super::rollout::{
-    approval_hint, fetch, gate_line, nodes_text, parse_rollout_id, phase_name, skipped_stages,
+    approval_hint, fetch, gate_line, nodes_text, parse_rollout_id, phase_name, stage_endings,
     stage_text, status_name, time_left, verdict_text,
 };
 use crate::Outcome;
@@ -64,8 +64,8 @@ fn duration_flag(flag: &str, text: &str, min_ms: u64, max_ms: u64) -> anyhow::Re
 
 /// How progress is shown.
 trait Progress {
-    /// A stage that selected no node and passed at once, and why.
-    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()>;
+    /// A stage that ended: `skipped: why` (it selected no node) or `passed: why`.
+    fn stage_ended(&mut self, stage: &str, what: &str) -> anyhow::Result<()>;
     fn update(&mut self, view: &RolloutView, now_ms: u64) -> anyhow::Result<()>;
     fn finish(&mut self, view: &RolloutView) -> anyhow::Result<()>;
 }
@@ -90,7 +90,7 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
     let mut failures: u32 = 0;
     // The stage (and whether the rollout ended) when skipped stages were last looked for.
     let mut last_stage: Option<(usize, bool)> = None;
-    let mut skipped_shown = 0usize;
+    let mut ended_shown = 0usize;
     for _ in 0..polls_max {
         let view = match fetch(&client, args.id) {
             Ok(view) => {
@@ -118,11 +118,11 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
         };
         if last_stage != Some((view.stage_index, view.status.is_terminal())) {
             last_stage = Some((view.stage_index, view.status.is_terminal()));
-            if let Ok(skipped) = skipped_stages(&client, args.id) {
-                for (stage, why) in skipped.iter().skip(skipped_shown) {
-                    progress.skipped(stage, why)?;
+            if let Ok(ended) = stage_endings(&client, args.id) {
+                for (stage, what) in ended.iter().skip(ended_shown) {
+                    progress.stage_ended(stage, what)?;
                 }
-                skipped_shown = skipped_shown.max(skipped.len());
+                ended_shown = ended_shown.max(ended.len());
             }
         }
         if view.status.is_terminal() {
@@ -225,8 +225,8 @@ impl Lines {
 }
 
 impl Progress for Lines {
-    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
-        outln!("{} stage {stage} {why}", rfc3339(now_ms()));
+    fn stage_ended(&mut self, stage: &str, what: &str) -> anyhow::Result<()> {
+        outln!("{} stage {stage} {what}", rfc3339(now_ms()));
         Ok(())
     }
 
@@ -250,8 +250,9 @@ struct JsonLines {
 }
 
 impl Progress for JsonLines {
-    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
-        outln!("{}", serde_json::json!({"stage": stage, "skipped": why}));
+    fn stage_ended(&mut self, stage: &str, what: &str) -> anyhow::Result<()> {
+        let (how, why) = what.split_once(": ").unwrap_or((what, ""));
+        outln!("{}", serde_json::json!({"stage": stage, how: why}));
         Ok(())
     }
 
@@ -313,8 +314,8 @@ impl Bars {
 }
 
 impl Progress for Bars {
-    fn skipped(&mut self, stage: &str, why: &str) -> anyhow::Result<()> {
-        self.multi.suspend(|| outln!("stage {stage} {why}"));
+    fn stage_ended(&mut self, stage: &str, what: &str) -> anyhow::Result<()> {
+        self.multi.suspend(|| outln!("stage {stage} {what}"));
         Ok(())
     }
 
