@@ -598,6 +598,23 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
     }
 }
 
+/// Parses `bytes` as `format` into the JSON data model, with the same limits and duplicate
+/// key rules as [`validate`] (no spec checks); `None` for raw or on any parse issue.
+pub fn parse_structured(format: UnitFormat, bytes: &[u8]) -> Option<Value> {
+    let mut issues = Issues::default();
+    let parsed = match format {
+        UnitFormat::Raw => None,
+        UnitFormat::Json => parse_json(bytes, &mut issues),
+        UnitFormat::Yaml => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| parse_yaml(text, &mut issues)),
+        UnitFormat::Toml => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| parse_toml(text, &mut issues)),
+    };
+    parsed.filter(|_| issues.listed.is_empty())
+}
+
 fn parse_json(bytes: &[u8], issues: &mut Issues) -> Option<Value> {
     let mut duplicates = Vec::new();
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);

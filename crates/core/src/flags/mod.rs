@@ -288,6 +288,32 @@ impl FlagSet {
         }
     }
 
+    /// Reads a flag set from a unit's bytes, whatever its format: JSON, YAML or TOML, the
+    /// first that reads as a flag set (the bytes were validated in their declared format
+    /// before they were activated, so at most the guess differs, never the data). On failure,
+    /// the problems found reading it as JSON, else as the first format that parses.
+    pub fn read(bytes: &[u8]) -> Result<FlagSet, Vec<FlagSetError>> {
+        use crate::domain::UnitFormat;
+        let mut first_errors = None;
+        for format in [UnitFormat::Json, UnitFormat::Yaml, UnitFormat::Toml] {
+            let Some(document) = crate::validate::parse_structured(format, bytes) else {
+                continue;
+            };
+            match FlagSet::parse(&document) {
+                Ok(set) => return Ok(set),
+                Err(errors) => {
+                    first_errors.get_or_insert(errors);
+                }
+            }
+        }
+        Err(first_errors.unwrap_or_else(|| {
+            vec![FlagSetError {
+                path: String::new(),
+                message: "does not parse as JSON, YAML or TOML".to_owned(),
+            }]
+        }))
+    }
+
     /// Resolves flag `key` for `context` (the evaluation context's attributes, with
     /// `targetingKey` among them when the caller has one).
     pub fn resolve(
@@ -641,6 +667,21 @@ mod tests {
             set.resolve("nope", &ctx(json!({}))),
             Err(ResolveError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_flag_set_reads_from_json_yaml_or_toml() {
+        let json = br#"{"flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"}}}"#;
+        let yaml =
+            b"flags:\n  f:\n    state: ENABLED\n    variants: {a: 1}\n    defaultVariant: a\n";
+        let toml =
+            b"[flags.f]\nstate = \"ENABLED\"\ndefaultVariant = \"a\"\n[flags.f.variants]\na = 1\n";
+        let from_json = FlagSet::read(json).unwrap();
+        assert_eq!(FlagSet::read(yaml).unwrap(), from_json);
+        assert_eq!(FlagSet::read(toml).unwrap(), from_json);
+        let errors = FlagSet::read(b"{\"flags\": 3}").unwrap_err();
+        assert_eq!(errors[0].path, "/flags");
+        assert!(FlagSet::read(b"\xff\xfe").is_err());
     }
 
     #[test]
