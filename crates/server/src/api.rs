@@ -105,6 +105,24 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(healthz),
         ),
         (
+            spec(
+                Method::GET,
+                "/",
+                Public,
+                "The web dashboard (HTML; it signs in with a token and reads this API)",
+            ),
+            get(crate::dashboard::page),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/dashboard.js",
+                Public,
+                "The web dashboard's script",
+            ),
+            get(crate::dashboard::script),
+        ),
+        (
             spec(Method::GET, "/metrics", Read, "Prometheus metrics"),
             get(metrics),
         ),
