@@ -2,7 +2,8 @@
 //! driven over WebDriver (its HTTP protocol, spoken here with reqwest), against a real
 //! `failsmall server` and two real `failsmall agent` processes. An approver signs in with a
 //! token, watches a rollout advance on screen (its first wave, then the wait for approval),
-//! approves it in the browser, and sees it complete; a viewer sees no write button, and the
+//! approves it in the browser, and sees it complete; an admin rolls the next one back from the
+//! browser and sees the rollback on its timeline; a viewer sees no write button, and the
 //! API refuses the viewer's forged approval. The page logs no console error. Screenshots of
 //! the main views are written to `target/dashboard-screenshots/` for review.
 //!
@@ -75,8 +76,12 @@ struct Browser {
 impl Browser {
     fn start(chromedriver: &Path, chromium: &Path, profile: &Path) -> Self {
         let port = free_port();
+        // Chromium's own scratch files go under the test's directory, removed with it.
+        let scratch = profile.with_extension("tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
+            .env("TMPDIR", &scratch)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -418,19 +423,56 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
     let errors = browser.severe_log();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
-    // A viewer: the same rollout, no write button; the API refuses a forged approval.
+    // An admin rolls the next version back from the browser: the moment of the rollback is
+    // on its timeline.
+    browser.click("#signout");
+    browser.sign_in(&server.admin);
+    browser.click("#tabs button[data-tab=rollouts]");
+    let second = br#"{"flags": {"new-checkout": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}}"#;
+    let response = server
+        .http
+        .post(format!(
+            "{}/v1/units/checkout-flags/versions?message=checkout+for+everyone",
+            server.addr
+        ))
+        .bearer_auth(&server.admin)
+        .body(second.to_vec())
+        .send()
+        .unwrap();
+    assert!(response.status().is_success());
+    browser.click_when_present("#rollouts-active tr[data-rollout='2']");
+    browser.wait_for(
+        "the second rollout's first wave, awaiting approval",
+        "const d = document.querySelector('#rollout-detail'); return d && d.dataset.rollout === '2' && d.dataset.phase === 'awaiting_approval' && document.querySelector('button[data-action=rollback]') !== null",
+    );
+    browser.click("button[data-action=rollback]");
+    browser.wait_for(
+        "the confirmation",
+        "return document.querySelector('#confirm').classList.contains('open')",
+    );
+    browser.type_into("#confirm-reason", "holding this back");
+    browser.click("#confirm-yes");
+    browser.wait_for(
+        "the rollback on the timeline",
+        "const d = document.querySelector('#rollout-detail'); return d && d.dataset.status === 'rolled_back' && document.querySelector('#timeline line[data-mark=rolled_back]') !== null",
+    );
+    browser.screenshot(&shots.join("08-rolled-back.png"));
+    let errors = browser.severe_log();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // A viewer: the same rollouts, no write button; the API refuses a forged approval.
     browser.click("#signout");
     browser.sign_in(&viewer);
     browser.click("#tabs button[data-tab=rollouts]");
     browser.wait_for(
         "the rollout, for the viewer",
-        "const d = document.querySelector('#rollout-detail'); return d && !d.hidden && d.dataset.status === 'completed'",
+        "const d = document.querySelector('#rollout-detail'); return d && !d.hidden && d.dataset.status === 'rolled_back'",
     );
     assert_eq!(
         browser.js("return document.querySelectorAll('button[data-action]').length"),
         0
     );
-    browser.screenshot(&shots.join("08-viewer.png"));
+    browser.screenshot(&shots.join("09-viewer.png"));
     let errors = browser.severe_log();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     let forged = server
