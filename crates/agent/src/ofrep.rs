@@ -113,66 +113,77 @@ fn failure(status: StatusCode, key: &str, code: &str, details: String) -> Respon
 }
 
 impl OfrepState {
-    /// Reads each served unit's active version (once per version) into a snapshot.
+    /// Reads each served unit's active version (once per version) into a snapshot, off the
+    /// async threads (reading and parsing a version is disk and CPU work).
     async fn snapshot(&self) -> Result<Snapshot, Response> {
-        let (disk, units) = (self.shared.disk.clone(), self.units.clone());
-        let current = tokio::task::spawn_blocking(move || {
-            units
-                .iter()
-                .map(|unit| disk.current(unit).map(|c| (unit.clone(), c)))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| general(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| general(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| general(StatusCode::INTERNAL_SERVER_ERROR, "poisoned".to_owned()))?;
-        let mut out = Vec::with_capacity(current.len());
-        for (unit, active) in current {
-            let Some((bytes, hash)) = active else {
-                cache.loaded.remove(&unit);
+        let (disk, units, cache) = (
+            self.shared.disk.clone(),
+            self.units.clone(),
+            self.cache.clone(),
+        );
+        tokio::task::spawn_blocking(move || read_snapshot(&disk, &units, &cache))
+            .await
+            .map_err(|e| general(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| general(StatusCode::INTERNAL_SERVER_ERROR, e))
+    }
+}
+
+fn read_snapshot(
+    disk: &crate::disk::DataDir,
+    units: &[UnitName],
+    cache: &Mutex<Cache>,
+) -> Result<Snapshot, String> {
+    let current = units
+        .iter()
+        .map(|unit| disk.current(unit).map(|c| (unit.clone(), c)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut cache = cache
+        .lock()
+        .map_err(|_| "the OFREP cache is poisoned".to_owned())?;
+    let mut out = Vec::with_capacity(current.len());
+    for (unit, active) in current {
+        let Some((bytes, hash)) = active else {
+            cache.loaded.remove(&unit);
+            cache.unreadable.remove(&unit);
+            out.push((unit, Served::Absent));
+            continue;
+        };
+        if let Some(loaded) = cache.loaded.get(&unit)
+            && loaded.hash == hash
+        {
+            out.push((unit, Served::Flags(loaded.clone())));
+            continue;
+        }
+        match FlagSet::read(&bytes) {
+            Ok(set) => {
+                let loaded = Loaded {
+                    hash,
+                    set: Arc::new(set),
+                };
+                tracing::info!(%unit, version = %hash.short(), flags = loaded.set.flags.len(), "OFREP serves a new flag set");
+                cache.loaded.insert(unit.clone(), loaded.clone());
                 cache.unreadable.remove(&unit);
-                out.push((unit, Served::Absent));
-                continue;
-            };
-            if let Some(loaded) = cache.loaded.get(&unit)
-                && loaded.hash == hash
-            {
-                out.push((unit, Served::Flags(loaded.clone())));
-                continue;
+                out.push((unit, Served::Flags(loaded)));
             }
-            match FlagSet::read(&bytes) {
-                Ok(set) => {
-                    let loaded = Loaded {
-                        hash,
-                        set: Arc::new(set),
-                    };
-                    tracing::info!(%unit, version = %hash.short(), flags = loaded.set.flags.len(), "OFREP serves a new flag set");
-                    cache.loaded.insert(unit.clone(), loaded.clone());
-                    cache.unreadable.remove(&unit);
-                    out.push((unit, Served::Flags(loaded)));
+            Err(errors) => {
+                let reason = errors
+                    .iter()
+                    .take(5)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if cache.unreadable.insert(unit.clone(), hash) != Some(hash) {
+                    tracing::warn!(%unit, version = %hash.short(), %reason, "the active version does not read as a flag set; OFREP serves the last flags read, if any");
                 }
-                Err(errors) => {
-                    let reason = errors
-                        .iter()
-                        .take(5)
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    if cache.unreadable.insert(unit.clone(), hash) != Some(hash) {
-                        tracing::warn!(%unit, version = %hash.short(), %reason, "the active version does not read as a flag set; OFREP serves the last flags read, if any");
-                    }
-                    match cache.loaded.get(&unit) {
-                        Some(stale) => out.push((unit, Served::Flags(stale.clone()))),
-                        None => out.push((unit, Served::Unreadable { hash, reason })),
-                    }
+                match cache.loaded.get(&unit) {
+                    Some(stale) => out.push((unit, Served::Flags(stale.clone()))),
+                    None => out.push((unit, Served::Unreadable { hash, reason })),
                 }
             }
         }
-        Ok(Snapshot { units: out })
     }
+    Ok(Snapshot { units: out })
 }
 
 impl Snapshot {
