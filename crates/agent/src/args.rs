@@ -120,6 +120,11 @@ pub struct AgentFlags {
     /// [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// A flag unit (its content a flag set) served over OFREP on the local API
+    /// (`/ofrep/v1/evaluate/flags`); repeat it to serve several, their flags merged (a flag
+    /// key in two of them is an error for that key).
+    #[arg(long = "ofrep-unit", value_name = "UNIT")]
+    pub ofrep_units: Vec<String>,
 }
 
 /// The agent's configuration file (TOML): the flags' settings by their names with `_` for
@@ -148,6 +153,7 @@ pub struct AgentFile {
     pub check_interval_ms: Option<u64>,
     pub check_deadline_ms: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub ofrep_units: Option<Vec<String>>,
 }
 
 /// Largest configuration file read, in bytes.
@@ -309,6 +315,17 @@ impl AgentFlags {
                 names: Default::default(),
                 interval_ms: config.health_interval_ms,
             });
+        }
+        let ofrep_units = if self.ofrep_units.is_empty() {
+            file.ofrep_units.unwrap_or_default()
+        } else {
+            self.ofrep_units
+        };
+        for name in ofrep_units {
+            match UnitName::new(name.clone()) {
+                Ok(unit) => config.ofrep_units.push(unit),
+                Err(error) => problems.push(format!("ofrep-unit {name:?}: {error}")),
+            }
         }
         if let Some(path) = self.unit_config.or(file.unit_config) {
             match read_unit_config(&path) {

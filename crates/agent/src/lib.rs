@@ -27,6 +27,7 @@ mod health;
 pub mod identity;
 pub mod integrity;
 pub mod local_api;
+pub mod ofrep;
 pub mod report;
 pub mod scrape;
 pub mod tls;
@@ -178,6 +179,8 @@ pub struct AgentConfig {
     pub watch_wait_ms: u64,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// The flag units served over OFREP on the local API ([`ofrep`]), their flags merged.
+    pub ofrep_units: Vec<UnitName>,
 }
 
 impl AgentConfig {
@@ -202,6 +205,7 @@ impl AgentConfig {
             watch_wait_ms: 25_000,
             backoff_min_ms: 100,
             backoff_max_ms: 5_000,
+            ofrep_units: Vec::new(),
         }
     }
 
@@ -254,6 +258,22 @@ impl AgentConfig {
         }
         if let Some(key) = &self.server_key {
             verify::parse_key(key).map_err(|e| bad("server-key", e.to_string()))?;
+        }
+        if self.ofrep_units.len() > ofrep::OFREP_UNITS_MAX {
+            return Err(bad(
+                "ofrep-unit",
+                format!(
+                    "{} units; the limit is {}",
+                    self.ofrep_units.len(),
+                    ofrep::OFREP_UNITS_MAX
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for unit in &self.ofrep_units {
+            if !seen.insert(unit) {
+                return Err(bad("ofrep-unit", format!("unit {unit} is named twice")));
+            }
         }
         Ok(())
     }

@@ -8,6 +8,8 @@
 //!   refused that version (the active or the desired one; any other is a 409). The agent
 //!   NACKs it, and if it is active, puts back the last known good at once.
 //! - `GET /v1/status`: what the agent knows about itself (JSON).
+//! - `POST /ofrep/v1/evaluate/flags[/{key}]`: OFREP, for the flag units named by
+//!   `--ofrep-unit` (see [`crate::ofrep`]).
 
 // Handlers return early with a ready response; boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
@@ -61,6 +63,7 @@ pub async fn serve(
 
 /// The local API's routes.
 pub fn router(shared: Arc<Shared>, config: AgentConfig) -> Router {
+    let ofrep = crate::ofrep::router(shared.clone(), &config.ofrep_units);
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/units/{unit}", get(unit_bytes))
@@ -73,6 +76,7 @@ pub fn router(shared: Arc<Shared>, config: AgentConfig) -> Router {
             shared,
             config: Arc::new(config),
         })
+        .merge(ofrep)
 }
 
 fn error(status: StatusCode, message: String) -> Response {

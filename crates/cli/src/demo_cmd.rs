@@ -524,6 +524,10 @@ impl Demo {
             }
         };
         say(String::new());
+        say(format!(
+            "the dashboard: {}/ (sign in with the admin token below, or the approver's to approve)",
+            self.api.base
+        ));
         say("everything keeps running; point the CLI at it from another terminal:".into());
         say(format!("  export FAILSMALL_ADDR={}", self.api.base));
         say(format!("  export FAILSMALL_TOKEN={}", self.api.token));

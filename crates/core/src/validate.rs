@@ -55,6 +55,18 @@ pub struct UnitSpec {
     /// must itself pass validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safe_default: Option<String>,
+    /// What the content is, beyond its format: `flag_set` checks it as a flag set
+    /// ([`crate::flags`]), which the agent can serve over OFREP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Shape>,
+}
+
+/// A content shape a unit can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// A set of feature flags (a documented subset of flagd's flag definitions).
+    FlagSet,
 }
 
 fn fail_mode_closed() -> FailMode {
@@ -121,6 +133,8 @@ pub enum IssueKind {
     MissingKey,
     /// More issues than [`MAX_ISSUES`]; this one counts the rest.
     TooManyIssues,
+    /// The content does not read as the shape the unit declares (a flag set).
+    Shape,
 }
 
 /// One reason a file is refused.
@@ -150,6 +164,7 @@ impl UnitSpec {
             unique_entries: Vec::new(),
             fail_mode: FailMode::Closed,
             safe_default: None,
+            shape: None,
         }
     }
 
@@ -231,6 +246,9 @@ impl UnitSpec {
                 errors.push(SpecError::RawWithStructure {
                     field: "unique_entries",
                 });
+            }
+            if self.shape.is_some() {
+                errors.push(SpecError::RawWithStructure { field: "shape" });
             }
         }
         if let Some(schema) = &self.schema
@@ -392,6 +410,14 @@ fn check_document(spec: &UnitSpec, document: &Value, issues: &mut Issues) {
     }
     for rule in &spec.unique_entries {
         check_unique(rule, document, issues);
+    }
+    if spec.shape == Some(Shape::FlagSet)
+        && let Err(errors) = crate::flags::FlagSet::parse(document)
+    {
+        for error in errors {
+            let message = format!("flag set: {error}");
+            issues.push(IssueKind::Shape, &error.path, message);
+        }
     }
 }
 
@@ -570,6 +596,23 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         }
         Ok(Value::Object(object))
     }
+}
+
+/// Parses `bytes` as `format` into the JSON data model, with the same limits and duplicate
+/// key rules as [`validate`] (no spec checks); `None` for raw or on any parse issue.
+pub fn parse_structured(format: UnitFormat, bytes: &[u8]) -> Option<Value> {
+    let mut issues = Issues::default();
+    let parsed = match format {
+        UnitFormat::Raw => None,
+        UnitFormat::Json => parse_json(bytes, &mut issues),
+        UnitFormat::Yaml => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| parse_yaml(text, &mut issues)),
+        UnitFormat::Toml => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| parse_toml(text, &mut issues)),
+    };
+    parsed.filter(|_| issues.listed.is_empty())
 }
 
 fn parse_json(bytes: &[u8], issues: &mut Issues) -> Option<Value> {
@@ -943,6 +986,35 @@ mod tests {
 
     fn spec(format: UnitFormat) -> UnitSpec {
         UnitSpec::new(format, 1024 * 1024)
+    }
+
+    /// A unit declaring `shape: flag_set` refuses a flag file that does not read as one,
+    /// naming the bad field, in YAML as in JSON; a good one passes; raw cannot declare it.
+    #[test]
+    fn a_flag_set_unit_refuses_a_bad_flag_file_with_the_path_of_the_field() {
+        let mut flags = spec(UnitFormat::Yaml);
+        flags.shape = Some(Shape::FlagSet);
+        let good = "flags:\n  f:\n    state: ENABLED\n    variants: {on: true, off: false}\n    defaultVariant: off\n";
+        assert_eq!(validate(&flags, good.as_bytes()), Ok(()));
+        let bad = good.replace("defaultVariant: off", "defaultVariant: maybe");
+        let issues = validate(&flags, bad.as_bytes()).unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].kind, IssueKind::Shape);
+        assert_eq!(issues[0].path, "/flags/f/defaultVariant");
+        assert!(
+            issues[0].message.starts_with(
+                "flag set: /flags/f/defaultVariant: \"maybe\" is not one of the variants"
+            ),
+            "{}",
+            issues[0].message
+        );
+        let mut raw = spec(UnitFormat::Raw);
+        raw.shape = Some(Shape::FlagSet);
+        assert!(raw.check().is_err());
+        let parsed: UnitSpec =
+            serde_json::from_value(json!({"format": "json", "max_bytes": 10, "shape": "flag_set"}))
+                .unwrap();
+        assert_eq!(parsed.shape, Some(Shape::FlagSet));
     }
 
     /// Nesting far beyond `MAX_DEPTH`, in every format and style, is refused with a reason;

@@ -105,6 +105,24 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(healthz),
         ),
         (
+            spec(
+                Method::GET,
+                "/",
+                Public,
+                "The web dashboard (HTML; it signs in with a token and reads this API)",
+            ),
+            get(crate::dashboard::page),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/dashboard.js",
+                Public,
+                "The web dashboard's script",
+            ),
+            get(crate::dashboard::script),
+        ),
+        (
             spec(Method::GET, "/metrics", Read, "Prometheus metrics"),
             get(metrics),
         ),
@@ -1031,7 +1049,7 @@ pub fn openapi_document() -> Value {
                     "properties": {
                         "name": {"type": "string"},
                         "revision": {"type": "integer"},
-                        "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default"},
+                        "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default, shape (flag_set)"},
                         "owner": {"type": "string"},
                         "description": {"type": "string"},
                         "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: a push starts no rollout on the server (the CLI then requests one through the plan its pusher names, else the built-in default plan). On update, absent keeps the current plan and null removes it"},

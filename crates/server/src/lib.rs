@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod batcher;
 pub mod codex;
+mod dashboard;
 pub mod error;
 pub mod liveness;
 pub mod prometheus;

@@ -679,6 +679,8 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
     use failsmall_server::auth::Access::{self, *};
     let expected: &[(&str, &str, Access)] = &[
         ("GET", "/healthz", Public),
+        ("GET", "/", Public),
+        ("GET", "/dashboard.js", Public),
         ("GET", "/metrics", Read),
         ("GET", "/v1/openapi.json", Public),
         ("GET", "/v1/signing-key", Public),
