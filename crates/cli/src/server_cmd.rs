@@ -69,8 +69,9 @@ pub struct ServerArgs {
     /// [default: text].
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<crate::logging::LogFormat>,
-    /// Once listening, write the server's URL (`http://127.0.0.1:40123`) to FILE, whole or
-    /// not at all: with `--listen 127.0.0.1:0`, how a script learns the port.
+    /// Once the server answers (its data dir open, its first admin token written), write its
+    /// URL (`http://127.0.0.1:40123`) to FILE, whole or not at all: with `--listen
+    /// 127.0.0.1:0`, how a script learns the port and knows it may begin.
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
     #[command(flatten)]
@@ -252,7 +253,7 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
             config,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             temporary_data_dir,
-            addr_file: args.addr_file.clone().or(file.addr_file),
+            addr_file: args.addr_file.clone().or(file.addr_file.clone()),
         })
     } else {
         Err(problems)
@@ -318,7 +319,7 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let Loaded {
-        config,
+        mut config,
         log_format,
         temporary_data_dir,
         addr_file,
@@ -330,6 +331,8 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             problems.join("\n  - ")
         ),
     };
+    // Written by the server once it answers: its data dir open, its admin token written.
+    config.addr_file = addr_file;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -359,9 +362,6 @@ pub fn run(args: &ServerArgs) -> anyhow::Result<Outcome> {
             "failsmall server listening on {scheme}://{address}, data in {}",
             config.data_dir.display()
         );
-        if let Some(path) = &addr_file {
-            crate::write_addr_file(path, &format!("{scheme}://{address}"))?;
-        }
         failsmall_server::run(config, listener, crate::shutdown::signal()).await?;
         Ok(Outcome::Success)
     });

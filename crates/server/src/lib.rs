@@ -74,6 +74,9 @@ pub struct ServerConfig {
     pub tls: Option<tls::TlsFiles>,
     /// Header and idle timeouts and the bound on open connections.
     pub connections: serve::ConnectionLimits,
+    /// Once the server answers (its data dir open, its admin token written), its URL is
+    /// written to this file, whole or not at all.
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -93,6 +96,7 @@ impl ServerConfig {
             codex: codex::CodexConfig::default(),
             tls: None,
             connections: serve::ConnectionLimits::default(),
+            addr_file: None,
         }
     }
 
@@ -206,6 +210,20 @@ pub async fn run(
         ))
     });
     let router = api::router(state, config.max_body_bytes);
+    if let Some(path) = &config.addr_file {
+        let address = listener.local_addr().map_err(ServerError::Serve)?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        write_whole(path, format!("{scheme}://{address}\n").as_bytes()).map_err(|source| {
+            ServerError::DataDir {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
         shutdown.await;
@@ -221,6 +239,15 @@ pub async fn run(
         expiry.abort();
     }
     served
+}
+
+/// Writes `bytes` to `path` whole or not at all: a temporary file beside it, then a rename.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Opens the store and key; on first start creates the admin token (returned only then).
