@@ -9,6 +9,7 @@
 pub mod domain;
 pub mod duration;
 pub mod engine;
+pub mod freeze;
 pub mod gate;
 pub mod health;
 pub mod limits;

@@ -201,6 +201,7 @@ impl Harness {
             actor: actor.into(),
             reason: "test".into(),
             override_quarantine: false,
+            override_freeze: false,
         });
         actions
             .iter()
@@ -791,6 +792,7 @@ fn quarantined_hash_is_refused_unless_overridden() {
         actor: "alice".into(),
         reason: "again".into(),
         override_quarantine,
+        override_freeze: false,
     };
     let before = h.engine.clone();
     assert!(matches!(
@@ -816,6 +818,7 @@ fn empty_plan_is_refused() {
         actor: "alice".into(),
         reason: "".into(),
         override_quarantine: false,
+        override_freeze: false,
     });
     assert!(matches!(result, Err(EngineError::EmptyPlan { .. })));
 }
@@ -835,6 +838,7 @@ fn versions_queue_then_run_in_order_and_the_queue_is_bounded() {
         actor: "alice".into(),
         reason: "".into(),
         override_quarantine: false,
+        override_freeze: false,
     });
     assert!(matches!(
         full,
@@ -1480,6 +1484,7 @@ fn nov18_alternating_bad_file_never_passes_the_first_stage_and_flips_once() {
             actor: "feature-generator".into(),
             reason: format!("generation {generation}"),
             override_quarantine: false,
+            override_freeze: false,
         };
         match h.try_step(request) {
             Ok(_) => {}

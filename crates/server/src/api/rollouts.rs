@@ -106,6 +106,7 @@ pub(super) async fn create_rollout(
         actor: caller.name.clone(),
         reason: request.reason,
         override_quarantine: request.override_quarantine,
+        override_freeze: false,
     };
     let host = &state.shared.engine;
     let actions = host

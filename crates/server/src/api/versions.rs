@@ -248,6 +248,7 @@ pub(super) async fn push_and_roll_out(
         actor: caller.name.clone(),
         reason: row.message.clone(),
         override_quarantine: false,
+        override_freeze: false,
     };
     let at_ms = row.created_ms;
     let cause = Cause::Push {
