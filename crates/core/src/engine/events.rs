@@ -319,7 +319,8 @@ impl Engine {
         }
         // A freeze refuses the push up front (its reason is the answer), unless an admin
         // overrides it.
-        if !override_freeze && let Some(freeze) = self.freeze_blocking(unit, &plan.stages, 0, None)
+        if !override_freeze
+            && let Some(freeze) = self.freeze_blocking(unit, &plan.stages, 0, None, now)
         {
             return Err(EngineError::Frozen {
                 id: freeze.id,
@@ -365,7 +366,7 @@ impl Engine {
             reason_text = cut(&format!("{reason_text} (admin override of the quarantine)"));
         }
         let frozen = self
-            .freeze_blocking(unit, &plan.stages, 0, None)
+            .freeze_blocking(unit, &plan.stages, 0, None, now)
             .map(|freeze| freeze.id);
         if let Some(freeze) = frozen.filter(|_| override_freeze) {
             reason_text = cut(&format!(

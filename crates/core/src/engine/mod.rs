@@ -908,9 +908,6 @@ impl Engine {
             self.rebuild_index();
         }
         let mut out = Vec::new();
-        if now >= self.windows.next_check_ms {
-            self.sync_windows(now, &mut out);
-        }
         match event {
             Event::NodeRegistered { node, labels } => {
                 self.on_node_registered(now, node, labels, &mut out)?
@@ -1006,6 +1003,10 @@ impl Engine {
                 self.on_maintenance_created(now, maintenance, &mut out)?
             }
             Event::MaintenanceEnded { id } => self.on_maintenance_ended(now, *id, &mut out)?,
+        }
+        // Only after the event was accepted, so that a refused step changes nothing.
+        if now >= self.windows.next_check_ms {
+            self.sync_windows(now, &mut out);
         }
         self.now_ms = now;
         Ok(out)

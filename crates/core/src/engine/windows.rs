@@ -1,5 +1,6 @@
 //! Freeze and maintenance windows inside the engine. They are data in its state, judged at the
-//! `now` of each step (the engine still reads no clock): the windows are looked at again when
+//! `now` of each step (the engine still reads no clock; whether a freeze holds is read at that
+//! `now`): after a step, the windows are looked at again when
 //! one starts or ends (`Windows::next_check_ms`, part of [`Engine::next_deadline_ms`]) and when
 //! one is created, lifted or ended.
 //!
@@ -28,12 +29,12 @@ impl Engine {
         self.windows.next_id()
     }
 
-    /// The freezes holding at the latest step, by id.
-    pub fn active_freezes(&self) -> impl Iterator<Item = &Freeze> + '_ {
+    /// The freezes holding at `now_ms`, by id.
+    pub fn active_freezes(&self, now_ms: TimeMs) -> impl Iterator<Item = &Freeze> + '_ {
         self.windows
-            .active_freezes
-            .iter()
-            .filter_map(|id| self.windows.freezes.get(id))
+            .freezes
+            .values()
+            .filter(move |freeze| freeze.window.contains(now_ms))
     }
 
     /// Whether the maintenance window holds `node` out of service now.
@@ -231,8 +232,9 @@ impl Engine {
         stages: &[Stage],
         upto: usize,
         exposed: Option<&Exposures>,
+        now: TimeMs,
     ) -> Option<&Freeze> {
-        self.active_freezes().find(|freeze| match &freeze.scope {
+        self.active_freezes(now).find(|freeze| match &freeze.scope {
             FreezeScope::Global => true,
             FreezeScope::Unit { unit: frozen } => frozen == unit,
             FreezeScope::Nodes { selector } => self.nodes.iter().any(|(node, state)| {
@@ -250,7 +252,7 @@ impl Engine {
         }
         match (rollout.status, rollout.phase) {
             (RolloutStatus::Queued, _) => {
-                self.freeze_blocking(&rollout.unit, &rollout.plan.stages, 0, None)
+                self.freeze_blocking(&rollout.unit, &rollout.plan.stages, 0, None, self.now_ms)
             }
             (RolloutStatus::Running | RolloutStatus::Paused, StagePhase::Passed) => {
                 let next = rollout.stage.saturating_add(1);
@@ -262,6 +264,7 @@ impl Engine {
                     &rollout.plan.stages,
                     next,
                     Some(&rollout.exposed),
+                    self.now_ms,
                 )
             }
             _ => None,
@@ -290,7 +293,8 @@ impl Engine {
             return false;
         }
         let exposed = (rollout.status != RolloutStatus::Queued).then_some(&rollout.exposed);
-        let Some(freeze) = self.freeze_blocking(&rollout.unit, &rollout.plan.stages, next, exposed)
+        let Some(freeze) =
+            self.freeze_blocking(&rollout.unit, &rollout.plan.stages, next, exposed, now)
         else {
             return false;
         };
