@@ -422,7 +422,12 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             post(windows::freeze_now),
         ),
         (
-            spec(Method::POST, "/v1/freezes/{id}/lift", Admin, "Lift a freeze"),
+            spec(
+                Method::POST,
+                "/v1/freezes/{id}/lift",
+                Admin,
+                "Lift a freeze",
+            ),
             post(windows::lift_freeze),
         ),
         (

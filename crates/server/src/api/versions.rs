@@ -159,7 +159,9 @@ pub(super) async fn push_version(
             .await?;
             (version, created, None)
         }
-        Some(plan) => push_and_roll_out(&state, &caller, row, changes, plan, query.override_freeze).await?,
+        Some(plan) => {
+            push_and_roll_out(&state, &caller, row, changes, plan, query.override_freeze).await?
+        }
     };
     if created && skipped {
         state

@@ -33,8 +33,12 @@ use super::*;
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 enum ScopeWire {
     Global,
-    Unit { unit: String },
-    Nodes { selector: BTreeMap<String, Vec<String>> },
+    Unit {
+        unit: String,
+    },
+    Nodes {
+        selector: BTreeMap<String, Vec<String>>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,7 +134,10 @@ fn window_of(wire: WindowWire, now: u64) -> Result<Window, ApiError> {
                 .iter()
                 .map(|day| {
                     Day::parse(day).ok_or_else(|| {
-                        invalid("window.days", format!("{day:?}: expected mon, tue, ... sun"))
+                        invalid(
+                            "window.days",
+                            format!("{day:?}: expected mon, tue, ... sun"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<Day>, ApiError>>()?;
@@ -190,7 +197,13 @@ fn maintenance_json(maintenance: &Maintenance, now: u64) -> Value {
     })
 }
 
-fn change(caller: &Caller, at_ms: u64, kind: &str, unit: Option<String>, reason: String) -> ChangeRow {
+fn change(
+    caller: &Caller,
+    at_ms: u64,
+    kind: &str,
+    unit: Option<String>,
+    reason: String,
+) -> ChangeRow {
     ChangeRow {
         at_ms,
         actor: caller.name.clone(),
@@ -424,9 +437,14 @@ pub(super) async fn create_maintenance(
         actor: caller.name.clone(),
         created_ms: now,
     };
-    probe.validate().map_err(|error| invalid("maintenance", error))?;
+    probe
+        .validate()
+        .map_err(|error| invalid("maintenance", error))?;
     let id = apply_window(&state, now, |id| {
-        let maintenance = Maintenance { id, ..probe.clone() };
+        let maintenance = Maintenance {
+            id,
+            ..probe.clone()
+        };
         let text = format!(
             "maintenance {id} (nodes {}, {}): {}",
             describe_selector(&maintenance.selector),
