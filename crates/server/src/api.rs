@@ -45,6 +45,7 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod changelog;
 mod nodes;
+mod notify;
 mod operator;
 mod page;
 mod rollouts;
@@ -456,6 +457,51 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "End a maintenance window early",
             ),
             post(windows::end_maintenance),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/webhooks",
+                Admin,
+                "Webhook subscriptions (no secrets)",
+            ),
+            get(notify::list_webhooks),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/webhooks",
+                Admin,
+                "Subscribe a webhook (slack, pagerduty, generic) to events",
+            ),
+            post(notify::create_webhook),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/v1/webhooks/{id}",
+                Admin,
+                "Remove a webhook and its undelivered notifications",
+            ),
+            delete(notify::delete_webhook),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/notify/dead-letters",
+                Read,
+                "Notifications that ran out of attempts, and the outbox's counts",
+            ),
+            get(notify::dead_letters),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/notify/dead-letters/{id}/retry",
+                Admin,
+                "Put a dead letter back in the outbox",
+            ),
+            post(notify::retry_dead_letter),
         ),
     ]
 }

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod codex;
 pub mod error;
 pub mod liveness;
+pub mod notify;
 pub mod recover;
 pub mod rollouts;
 pub mod serve;
@@ -72,6 +73,8 @@ pub struct ServerConfig {
     pub tls: Option<tls::TlsFiles>,
     /// Header and idle timeouts and the bound on open connections.
     pub connections: serve::ConnectionLimits,
+    /// How notifications are delivered (retries, timeouts).
+    pub notify: notify::NotifyConfig,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -91,6 +94,7 @@ impl ServerConfig {
             codex: codex::CodexConfig::default(),
             tls: None,
             connections: serve::ConnectionLimits::default(),
+            notify: notify::NotifyConfig::default(),
         }
     }
 
@@ -182,6 +186,11 @@ pub async fn run(
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
     let ticker = tokio::spawn(Arc::clone(&engine).tick_forever(Arc::clone(&store), api::now_ms));
+    let notifier = tokio::spawn(notify::deliver_forever(
+        Arc::clone(&store),
+        config.notify,
+        api::now_ms,
+    ));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
@@ -208,6 +217,7 @@ pub async fn run(
         .await
         .map_err(ServerError::Serve);
     ticker.abort();
+    notifier.abort();
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();
