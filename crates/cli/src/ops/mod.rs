@@ -9,6 +9,7 @@ pub mod everyday;
 pub mod log;
 pub mod log_verify;
 pub mod nodes;
+pub mod notify;
 pub mod remote;
 pub mod render;
 pub mod rollout;
@@ -113,6 +114,8 @@ pub enum OpsCommand {
     Freezes(windows::FreezesArgs),
     /// Take nodes out of canaries and baselines for a maintenance window; list and end them.
     Maintenance(windows::MaintenanceArgs),
+    /// Webhook notifications: subscriptions, dead letters, retries.
+    Notify(notify::NotifyArgs),
 }
 
 pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
@@ -135,6 +138,7 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Freeze(args) => windows::freeze(args),
         OpsCommand::Freezes(args) => windows::freezes(args),
         OpsCommand::Maintenance(args) => windows::maintenance(args),
+        OpsCommand::Notify(args) => notify::run(args),
     }
 }
 
