@@ -365,3 +365,90 @@ async fn a_crash_between_send_and_mark_sends_again_with_the_same_delivery_id() {
     server.stop().await;
     scenario.teardown();
 }
+
+/// A rollback the engine decides (a node's NACK) is a PagerDuty trigger, written with the
+/// engine's step; its dedup key names the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_rollback_triggers_pagerduty_with_one_key_per_rollout() {
+    let (receiver, url) = Receiver::start().await;
+    let dir = fresh_dir("notify-pd");
+    let server = TestServer::start_with(dir.path(), |config| config.notify = fast(8)).await;
+    subscribe(
+        &server,
+        json!({"name": "oncall", "url": format!("{url}/pd"), "kind": "pagerduty",
+               "events": ["rollout_rolled_back", "rollout_completed", "rollout_started"],
+               "secret": "ROUTINGKEY"}),
+    )
+    .await;
+    let agent = server.agent_token("agent-n1", "n1").await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/v1/nodes/n1",
+            Some(&agent),
+            Some(json!({"labels": {"cohort": "employee"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let spec = json!({"format": "json", "max_bytes": 256});
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    let admin = server.admin.clone();
+    let (status, version) = server
+        .push("flags", &admin, "message=one", br#"{"kill": true}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{version}");
+    let hash = version["hash"].as_str().unwrap().to_owned();
+    let plan = "name: one\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    hard_signals: { rejections: 1 }\n";
+    let (status, view) = server
+        .admin(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"unit": "flags", "version": hash, "plan": plan, "reason": "test"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let rollout = view["id"].as_u64().unwrap();
+    let nack = json!({"kind": "rejected", "unit": "flags", "version": hash, "reason": "kill switch on an execute rule"});
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/v1/nodes/n1/reports",
+            Some(&agent),
+            Some(nack),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = receiver
+        .wait("triggered", |got| {
+            got.iter().any(|r| r.body["event_action"] == "trigger")
+        })
+        .await;
+    let trigger = got
+        .iter()
+        .find(|r| r.body["event_action"] == "trigger")
+        .unwrap();
+    assert_eq!(trigger.body["routing_key"], "ROUTINGKEY");
+    assert_eq!(
+        trigger.body["dedup_key"],
+        format!("failsmall/flags/rollout/{rollout}")
+    );
+    assert_eq!(trigger.body["payload"]["severity"], "critical");
+    assert_eq!(trigger.body["payload"]["source"], "failsmall");
+    assert!(
+        trigger.body["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{:?}",
+        trigger.body
+    );
+    // PagerDuty takes only what it can trigger or resolve: no `rollout_started` was sent.
+    assert!(got.iter().all(|r| r.body["event_action"] != Value::Null));
+    server.stop().await;
+}
