@@ -533,6 +533,8 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangelogQuery {
     pub unit: Option<String>,
+    /// Only entries about units this team owns (a unit's `owner` is its team).
+    pub team: Option<String>,
     /// Only the entries of this rollout.
     pub rollout: Option<u64>,
     /// Only entries that concern nodes carrying every one of these labels (key, value), and
