@@ -69,13 +69,13 @@ fn webhooks_are_added_listed_without_secrets_and_removed() {
     );
 }
 
+/// What the receiver got: (delivery id, event) per answered request.
+type Got = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A receiver of our own on 127.0.0.1:0 (plain HTTP/1.1, one request per connection): records
 /// each request's delivery id and event, answers 200 after a short delay (so that a kill finds
 /// sends in flight).
-fn receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-) {
+fn receiver() -> (String, Got) {
     use std::io::{BufRead as _, BufReader, Read as _, Write as _};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
