@@ -10,6 +10,7 @@ pub mod domain;
 pub mod duration;
 pub mod engine;
 pub mod flags;
+pub mod freeze;
 pub mod gate;
 pub mod health;
 pub mod limits;

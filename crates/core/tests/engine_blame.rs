@@ -211,7 +211,7 @@ proptest! {
         let (v0, v1) = (VersionHash::of(b"v0"), VersionHash::of(b"v1"));
         let request = |version, plan: Plan| Event::RolloutRequested {
             unit: u.clone(), version, plan, actor: "alice".into(), reason: "prop".into(),
-            override_quarantine: false,
+            override_quarantine: false, override_freeze: false,
         };
         engine.step(now, &request(v0, instant)).unwrap();
         let mut acked = BTreeSet::new();

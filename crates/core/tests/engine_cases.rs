@@ -202,6 +202,7 @@ impl Harness {
             actor: actor.into(),
             reason: "test".into(),
             override_quarantine: false,
+            override_freeze: false,
         });
         actions
             .iter()
@@ -792,6 +793,7 @@ fn quarantined_hash_is_refused_unless_overridden() {
         actor: "alice".into(),
         reason: "again".into(),
         override_quarantine,
+        override_freeze: false,
     };
     let before = h.engine.clone();
     assert!(matches!(
@@ -817,6 +819,7 @@ fn empty_plan_is_refused() {
         actor: "alice".into(),
         reason: "".into(),
         override_quarantine: false,
+        override_freeze: false,
     });
     assert!(matches!(result, Err(EngineError::EmptyPlan { .. })));
 }
@@ -836,6 +839,7 @@ fn versions_queue_then_run_in_order_and_the_queue_is_bounded() {
         actor: "alice".into(),
         reason: "".into(),
         override_quarantine: false,
+        override_freeze: false,
     });
     assert!(matches!(
         full,
@@ -1482,6 +1486,7 @@ fn nov18_alternating_bad_file_never_passes_the_first_stage_and_flips_once() {
             actor: "feature-generator".into(),
             reason: format!("generation {generation}"),
             override_quarantine: false,
+            override_freeze: false,
         };
         match h.try_step(request) {
             Ok(_) => {}

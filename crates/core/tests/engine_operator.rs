@@ -75,6 +75,7 @@ impl Fleet {
             actor: "dev".into(),
             reason: seed.into(),
             override_quarantine: false,
+            override_freeze: false,
         });
         actions
             .iter()

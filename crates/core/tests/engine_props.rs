@@ -170,7 +170,7 @@ proptest! {
         let mut oracle = StageOracle::default();
         let request = Event::RolloutRequested {
             unit: u.clone(), version: v, plan: plan.clone(), actor: "alice".into(),
-            reason: "prop".into(), override_quarantine: false,
+            reason: "prop".into(), override_quarantine: false, override_freeze: false,
         };
         let mut actions = engine.step(now, &request).unwrap();
         let id = RolloutId(1);
@@ -416,7 +416,7 @@ proptest! {
         let mut all = all;
         all.stages[0].selector = Selector::default();
         all.stages[0].percent = Percent::ALL;
-        engine.step(now, &Event::RolloutRequested { unit: u.clone(), version: version(0), plan: all, actor: "a".into(), reason: "".into(), override_quarantine: false }).unwrap();
+        engine.step(now, &Event::RolloutRequested { unit: u.clone(), version: version(0), plan: all, actor: "a".into(), reason: "".into(), override_quarantine: false , override_freeze: false}).unwrap();
         let mut answered = BTreeSet::new();
         let bad: BTreeSet<VersionHash> = [version(1), version(2)].into();
         for _ in 0..40 {
@@ -434,7 +434,7 @@ proptest! {
         }
         let first = RolloutId(2);
         for seed in [1u8, 2] {
-            engine.step(now, &Event::RolloutRequested { unit: u.clone(), version: version(seed), plan: plan.clone(), actor: "a".into(), reason: "".into(), override_quarantine: false }).unwrap();
+            engine.step(now, &Event::RolloutRequested { unit: u.clone(), version: version(seed), plan: plan.clone(), actor: "a".into(), reason: "".into(), override_quarantine: false , override_freeze: false}).unwrap();
         }
         let mut expected_before = before.clone();
         for round in 0..60 {
@@ -524,7 +524,7 @@ proptest! {
             stage.gates.clear();
             stage.min_requests = 0;
         }
-        let request = Event::RolloutRequested { unit: u.clone(), version: version(1), plan: single_stage.clone(), actor: "a".into(), reason: "".into(), override_quarantine: false };
+        let request = Event::RolloutRequested { unit: u.clone(), version: version(1), plan: single_stage.clone(), actor: "a".into(), reason: "".into(), override_quarantine: false , override_freeze: false};
         in_order.step(0, &request).unwrap();
         reordered.step(0, &request).unwrap();
         prop_assert_eq!(in_order.exposed_nodes(RolloutId(1)), reordered.exposed_nodes(RolloutId(1)));
@@ -583,6 +583,7 @@ fn to_event(input: &Input, plans: &[Plan]) -> (u64, Event) {
                 actor: "alice".into(),
                 reason: "r".into(),
                 override_quarantine: *o,
+                override_freeze: false,
             },
         ),
         Input::Applied(n, v) => (
@@ -759,7 +760,7 @@ proptest! {
         let (u, v, id) = (unit("u"), version(1), RolloutId(1));
         let mut actions = engine.step(now, &Event::RolloutRequested {
             unit: u.clone(), version: v, plan: case.plan.clone(), actor: "alice".into(),
-            reason: "prop".into(), override_quarantine: false,
+            reason: "prop".into(), override_quarantine: false, override_freeze: false,
         }).unwrap();
         let mut soak_started_ms: Option<u64> = None;
         let mut promoted = false;

@@ -396,6 +396,7 @@ fn bench_state() {
                 actor: "bench".to_owned(),
                 reason: String::new(),
                 override_quarantine: false,
+                override_freeze: false,
             },
         )
         .unwrap();

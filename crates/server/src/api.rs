@@ -45,6 +45,7 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod changelog;
 mod nodes;
+mod notify;
 mod operator;
 mod page;
 mod rollouts;
@@ -52,6 +53,7 @@ mod tokens;
 mod trust;
 mod units;
 mod versions;
+mod windows;
 
 pub use changelog::MAX_LABEL_FILTERS;
 use changelog::*;
@@ -410,6 +412,114 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Verify the changelog's hash chain: the first broken row, and the head",
             ),
             get(trust::verify_changelog),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/freezes",
+                Read,
+                "Freezes kept, with whether each holds now",
+            ),
+            get(windows::list_freezes),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/freezes",
+                Admin,
+                "Freeze rollouts (global, a unit, or a label selector; once or weekly) with a reason",
+            ),
+            post(windows::create_freeze),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/freezes/now",
+                Admin,
+                "Stop the line: a global freeze from now until lifted, with a reason",
+            ),
+            post(windows::freeze_now),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/freezes/{id}/lift",
+                Admin,
+                "Lift a freeze",
+            ),
+            post(windows::lift_freeze),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/maintenance",
+                Read,
+                "Maintenance windows kept, with whether each holds now",
+            ),
+            get(windows::list_maintenance),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/maintenance",
+                Admin,
+                "Take nodes (a label selector) out of canaries and baselines from..until",
+            ),
+            post(windows::create_maintenance),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/maintenance/{id}/end",
+                Admin,
+                "End a maintenance window early",
+            ),
+            post(windows::end_maintenance),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/webhooks",
+                Admin,
+                "Webhook subscriptions (no secrets)",
+            ),
+            get(notify::list_webhooks),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/webhooks",
+                Admin,
+                "Subscribe a webhook (slack, pagerduty, generic) to events",
+            ),
+            post(notify::create_webhook),
+        ),
+        (
+            spec(
+                Method::DELETE,
+                "/v1/webhooks/{id}",
+                Admin,
+                "Remove a webhook and its undelivered notifications",
+            ),
+            delete(notify::delete_webhook),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/notify/dead-letters",
+                Read,
+                "Notifications that ran out of attempts, and the outbox's counts",
+            ),
+            get(notify::dead_letters),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/notify/dead-letters/{id}/retry",
+                Admin,
+                "Put a dead letter back in the outbox",
+            ),
+            post(notify::retry_dead_letter),
         ),
     ]
 }

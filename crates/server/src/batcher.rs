@@ -259,6 +259,7 @@ mod tests {
             actor: "test".into(),
             reason: "test".into(),
             override_quarantine: false,
+            override_freeze: false,
         };
         engine
             .apply(store, clock(), event, Cause::Nothing, None)

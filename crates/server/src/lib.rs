@@ -19,6 +19,7 @@ pub mod codex;
 mod dashboard;
 pub mod error;
 pub mod liveness;
+pub mod notify;
 pub mod prometheus;
 pub mod recover;
 pub mod rollouts;
@@ -77,6 +78,8 @@ pub struct ServerConfig {
     /// Once the server answers (its data dir open, its admin token written), its URL is
     /// written to this file, whole or not at all.
     pub addr_file: Option<PathBuf>,
+    /// How notifications are delivered (retries, timeouts).
+    pub notify: notify::NotifyConfig,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -97,6 +100,7 @@ impl ServerConfig {
             tls: None,
             connections: serve::ConnectionLimits::default(),
             addr_file: None,
+            notify: notify::NotifyConfig::default(),
         }
     }
 
@@ -193,6 +197,11 @@ pub async fn run(
         Arc::clone(&store),
         api::now_ms,
     ));
+    let notifier = tokio::spawn(notify::deliver_forever(
+        Arc::clone(&store),
+        config.notify,
+        api::now_ms,
+    ));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
@@ -234,6 +243,7 @@ pub async fn run(
         .map_err(ServerError::Serve);
     ticker.abort();
     health_reader.abort();
+    notifier.abort();
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();

@@ -184,6 +184,32 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         chained_ms BIGINT NOT NULL
     );",
+    // 13: webhook subscriptions and the notification outbox (`store/outbox.rs`): a changelog
+    // row's notifications are written in its transaction.
+    "CREATE TABLE webhooks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret TEXT,
+        actor TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        webhook INTEGER NOT NULL,
+        delivery TEXT NOT NULL UNIQUE,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_ms BIGINT NOT NULL,
+        last_error TEXT,
+        created_ms BIGINT NOT NULL,
+        delivered_ms BIGINT
+    );
+    CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -507,6 +533,8 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangelogQuery {
     pub unit: Option<String>,
+    /// Only entries about units this team owns (a unit's `owner` is its team).
+    pub team: Option<String>,
     /// Only the entries of this rollout.
     pub rollout: Option<u64>,
     /// Only entries that concern nodes carrying every one of these labels (key, value), and
@@ -596,10 +624,12 @@ pub struct Store {
 mod changelog;
 mod engine;
 mod nodes;
+mod outbox;
 mod tokens;
 mod trust;
 mod units;
 mod versions;
+pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use trust::{ChainBreak, ChainReport, NewToken};
 
 fn to_u64(value: i64) -> u64 {
@@ -748,6 +778,8 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
     )?;
     let id = to_u64(tx.last_insert_rowid());
     trust::chain_row(tx, id)?;
+    // Its notifications, in the same transaction (see `crate::notify`).
+    outbox::enqueue(tx, change, id)?;
     // One line per state change: every changelog entry, as it is written in its transaction.
     tracing::info!(
         changelog_id = id,

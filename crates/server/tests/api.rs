@@ -717,6 +717,18 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("DELETE", "/v1/tokens/{id}", Admin),
         ("POST", "/v1/tokens/{id}/rotate", Admin),
         ("GET", "/v1/changelog/verify", Admin),
+        ("GET", "/v1/freezes", Read),
+        ("POST", "/v1/freezes", Admin),
+        ("POST", "/v1/freezes/now", Admin),
+        ("POST", "/v1/freezes/{id}/lift", Admin),
+        ("GET", "/v1/maintenance", Read),
+        ("POST", "/v1/maintenance", Admin),
+        ("POST", "/v1/maintenance/{id}/end", Admin),
+        ("GET", "/v1/webhooks", Admin),
+        ("POST", "/v1/webhooks", Admin),
+        ("DELETE", "/v1/webhooks/{id}", Admin),
+        ("GET", "/v1/notify/dead-letters", Read),
+        ("POST", "/v1/notify/dead-letters/{id}/retry", Admin),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table

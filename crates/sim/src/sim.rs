@@ -968,6 +968,7 @@ impl<'a> Run<'a> {
             actor: "producer".to_owned(),
             reason: format!("publish {}", push.name),
             override_quarantine: false,
+            override_freeze: false,
         };
         let name = push.name.clone();
         self.log("-", || {
@@ -1060,6 +1061,7 @@ impl<'a> Run<'a> {
             actor: "operator".to_owned(),
             reason: format!("manual revert of {name}"),
             override_quarantine: true,
+            override_freeze: false,
         };
         self.step(&event, "RolloutRequested (manual revert)")
     }
@@ -1522,6 +1524,7 @@ impl<'a> Run<'a> {
                 actor: "bootstrap".to_owned(),
                 reason: "the fleet's initial version".to_owned(),
                 override_quarantine: false,
+                override_freeze: false,
             };
             self.engine
                 .step(0, &event)

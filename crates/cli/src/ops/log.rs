@@ -34,6 +34,9 @@ pub struct LogArgs {
     /// Only this unit's entries.
     #[arg(long)]
     pub unit: Option<String>,
+    /// Only entries about the units this team owns (a unit's owner is its team).
+    #[arg(long)]
+    pub team: Option<String>,
     /// Only this rollout's entries (`r3` or `3`).
     #[arg(long, value_name = "ID", value_parser = parse_rollout_id)]
     pub rollout: Option<u64>,
@@ -195,6 +198,9 @@ fn query(
     let mut query = vec![("limit", limit.to_string())];
     if let Some(unit) = &args.unit {
         query.push(("unit", unit.clone()));
+    }
+    if let Some(team) = &args.team {
+        query.push(("team", team.clone()));
     }
     if let Some(rollout) = args.rollout {
         query.push(("rollout", rollout.to_string()));

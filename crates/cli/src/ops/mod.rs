@@ -9,6 +9,7 @@ pub mod everyday;
 pub mod log;
 pub mod log_verify;
 pub mod nodes;
+pub mod notify;
 pub mod remote;
 pub mod render;
 pub mod rollout;
@@ -17,6 +18,7 @@ pub mod unit;
 pub mod validate;
 pub mod versions;
 pub mod watch;
+pub mod windows;
 
 use std::path::Path;
 
@@ -106,6 +108,14 @@ pub enum OpsCommand {
     Whoami(everyday::WhoamiArgs),
     /// Show the server's status: its version, store, and counts of units, nodes and rollouts.
     Status(everyday::StatusArgs),
+    /// Freeze rollouts (a window, or stop the line now), list and lift freezes.
+    Freeze(windows::FreezeArgs),
+    /// List freezes (as `freeze list`).
+    Freezes(windows::FreezesArgs),
+    /// Take nodes out of canaries and baselines for a maintenance window; list and end them.
+    Maintenance(windows::MaintenanceArgs),
+    /// Webhook notifications: subscriptions, dead letters, retries.
+    Notify(notify::NotifyArgs),
 }
 
 pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
@@ -125,6 +135,10 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Node(args) => everyday::node(args),
         OpsCommand::Whoami(args) => everyday::whoami(args),
         OpsCommand::Status(args) => everyday::status(args),
+        OpsCommand::Freeze(args) => windows::freeze(args),
+        OpsCommand::Freezes(args) => windows::freezes(args),
+        OpsCommand::Maintenance(args) => windows::maintenance(args),
+        OpsCommand::Notify(args) => notify::run(args),
     }
 }
 

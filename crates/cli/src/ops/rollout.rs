@@ -276,10 +276,13 @@ pub fn phase_name(phase: &StagePhase) -> &'static str {
     }
 }
 
-/// `stage 2/5 free-10 (baking)`.
+/// `stage 2/5 free-10 (baking)`; a rollout a freeze holds says so, with the freeze's reason:
+/// `stage 1/5 employees (held by freeze 3: holiday change freeze)`.
 pub fn stage_text(view: &RolloutView) -> String {
     let phase = if view.status.is_terminal() {
         String::new()
+    } else if let Some(held) = &view.held_by_freeze {
+        format!(" (held by {held})")
     } else {
         format!(" ({})", phase_name(&view.phase))
     };

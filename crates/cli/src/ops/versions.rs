@@ -53,6 +53,9 @@ pub struct PushArgs {
     /// Roll out a quarantined version anyway (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Roll out during a freeze (admin only; the message is the reason, logged).
+    #[arg(long)]
+    pub override_freeze: bool,
     /// Then follow the rollout it started as `rollout watch` does: exits 0 when it completes,
     /// 3 when it is rolled back or aborted.
     #[arg(long, conflicts_with = "no_rollout")]
@@ -131,6 +134,9 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     let mut query = vec![("message", args.message.clone())];
     if let Some(parent) = &args.parent {
         query.push(("parent", parent.clone()));
+    }
+    if args.override_freeze {
+        query.push(("override_freeze", "true".to_owned()));
     }
     if args.skip_validation {
         query.push(("skip_validation", "true".to_owned()));

@@ -424,6 +424,7 @@ mod tests {
             created_ms: 0,
             ended_ms: None,
             outcome: None,
+            held_by_freeze: None,
         }
     }
 

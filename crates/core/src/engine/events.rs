@@ -38,6 +38,7 @@ impl Engine {
                 limit: MAX_LABEL_BYTES,
             });
         }
+        let in_maintenance = self.in_maintenance(labels, now);
         let previous = match self.nodes.get_mut(node) {
             Some(state) => {
                 state.labels = labels.clone();
@@ -57,12 +58,17 @@ impl Engine {
                         labels: labels.clone(),
                         desired,
                         down_since_ms: None,
+                        maintenance: in_maintenance,
                     },
                 );
                 BTreeMap::new()
             }
         };
         self.index.0.insert(node);
+        // New labels may move a known node into or out of a maintenance window.
+        if self.windows.maintenance_active {
+            self.sync_windows(now, out);
+        }
         self.expose_where_selected(node, labels, now);
         self.tell_changes(node, &previous, out);
         let units: Vec<UnitName> = self.units.keys().cloned().collect();
@@ -113,6 +119,13 @@ impl Engine {
 
     /// Level-triggered: `node` gets every running rollout whose entered stages select it.
     pub(super) fn expose_where_selected(&mut self, node: &NodeId, labels: &Labels, now: TimeMs) {
+        // A node in maintenance joins no rollout until its window ends.
+        if self.nodes.get(node).is_some_and(|state| state.maintenance) {
+            for id in self.active_rollouts() {
+                self.refresh_role(id, node);
+            }
+            return;
+        }
         for id in self.active_rollouts() {
             let selects = self.rollouts.get(&id).is_some_and(|rollout| {
                 let busy = rollout.plan.exclusive_nodes && self.busy_elsewhere(node, &rollout.unit);
@@ -176,7 +189,7 @@ impl Engine {
             let Some(state) = self.nodes.get(node) else {
                 continue;
             };
-            if state.down_since_ms.is_some() {
+            if state.out_of_service() {
                 continue;
             }
             let labels = state.labels.clone();
@@ -282,6 +295,7 @@ impl Engine {
         actor: &str,
         reason: &str,
         override_quarantine: bool,
+        override_freeze: bool,
         out: &mut Vec<Action>,
     ) -> Result<(), EngineError> {
         if plan.stages.is_empty() {
@@ -301,6 +315,18 @@ impl Engine {
             return Err(EngineError::Quarantined {
                 unit: unit.clone(),
                 version,
+            });
+        }
+        // A freeze refuses the push up front (its reason is the answer), unless an admin
+        // overrides it.
+        if !override_freeze
+            && let Some(freeze) = self.freeze_blocking(unit, &plan.stages, 0, None, now)
+        {
+            return Err(EngineError::Frozen {
+                id: freeze.id,
+                scope: freeze.scope.describe(),
+                window: freeze.window.describe(),
+                reason: freeze.reason.clone(),
             });
         }
         let open = self.rollouts.len().saturating_sub(self.terminal.len());
@@ -338,6 +364,14 @@ impl Engine {
         let mut reason_text = cut(reason);
         if quarantined {
             reason_text = cut(&format!("{reason_text} (admin override of the quarantine)"));
+        }
+        let frozen = self
+            .freeze_blocking(unit, &plan.stages, 0, None, now)
+            .map(|freeze| freeze.id);
+        if let Some(freeze) = frozen.filter(|_| override_freeze) {
+            reason_text = cut(&format!(
+                "{reason_text} (admin override of freeze {freeze})"
+            ));
         }
         self.rollouts.insert(
             id,
@@ -383,6 +417,8 @@ impl Engine {
                 gated_evidence: false,
                 awaiting_entry: false,
                 approved_by: Vec::new(),
+                freeze_override: override_freeze,
+                held_by_freeze: None,
                 roles: Derived::default(),
             },
         );
@@ -577,6 +613,11 @@ impl Engine {
                     let Some(exposure) = rollout.exposed.get_at_mut(position) else {
                         continue;
                     };
+                    if exposure.maintenance {
+                        // In maintenance: heard from, but its health counts for nothing.
+                        exposure.last_report_ms = now;
+                        continue;
+                    }
                     let was_silent = silence_ms > 0
                         && exposure.acked
                         && now.saturating_sub(exposure.last_report_ms) > silence_ms;

@@ -15,6 +15,9 @@ pub(super) struct Exposure {
     /// The latest report of any kind from this node about this unit (or the exposure time):
     /// what silence is measured from.
     pub(super) last_report_ms: TimeMs,
+    /// The node is in a maintenance window: its health counts nowhere, it is never silent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) maintenance: bool,
 }
 
 /// The nodes a rollout reached, with their records: a dense vector, so that the role index can
@@ -332,7 +335,7 @@ pub(super) fn role_of(rollout: &Rollout, node: &NodeId, state: &NodeState) -> Ro
     let labels = &state.labels;
     if let Some(position) = rollout.exposed.position_of(node) {
         Role::Exposed { position }
-    } else if state.down_since_ms.is_some() {
+    } else if state.out_of_service() {
         // Down and unexposed: in no group, so a baseline is not counted on nodes that send
         // nothing.
         Role::Vacant

@@ -83,7 +83,7 @@ impl Engine {
                 .rollouts
                 .get(&front)
                 .is_some_and(|rollout| self.can_start(state, &rollout.plan));
-            if !ready {
+            if !ready || self.held_by_freeze(front, 0, now, out) {
                 break;
             }
             if let Some(state) = self.units.get_mut(unit) {
@@ -151,6 +151,7 @@ impl Engine {
                         acked,
                         rejected: false,
                         last_report_ms: now,
+                        maintenance: false,
                     },
                 )
                 .is_none();
@@ -197,6 +198,8 @@ impl Engine {
         let mut newly: Vec<NodeId> = Vec::new();
         // Selected but down: a dead node is not a canary (it joins when it is heard from).
         let mut left_out: Vec<NodeId> = Vec::new();
+        // Selected but in a maintenance window: it joins when the window ends.
+        let mut maintained: Vec<NodeId> = Vec::new();
         // Selected but in another unit's running rollout (`exclusive_nodes`): it joins when
         // that one ends.
         let mut deferred: Vec<NodeId> = Vec::new();
@@ -214,14 +217,16 @@ impl Engine {
                 continue;
             }
             let selected = rollout.selects_through(index, node, &state.labels);
-            if matches && !selected && state.down_since_ms.is_none() {
+            if matches && !selected && !state.out_of_service() {
                 selector_left = selector_left.saturating_add(1);
             }
             if selected && state.desired.contains_key(&rollout.unit) {
                 selected_with_version = selected_with_version.saturating_add(1);
             }
             if selected {
-                if state.down_since_ms.is_some() {
+                if state.maintenance {
+                    maintained.push(node.clone());
+                } else if state.out_of_service() {
                     left_out.push(node.clone());
                 } else if rollout.plan.exclusive_nodes && self.busy_elsewhere(node, &rollout.unit) {
                     deferred.push(node.clone());
@@ -233,6 +238,7 @@ impl Engine {
         // The fleet map's order is arbitrary: expose in node order.
         newly.sort();
         left_out.sort();
+        maintained.sort();
         deferred.sort();
         let (unit, version, timeout_ms, name) = (
             rollout.unit.clone(),
@@ -306,6 +312,13 @@ impl Engine {
                 "; {} deferred, in another unit's running rollout (exclusive_nodes): {}",
                 deferred.len(),
                 name_nodes(&deferred)
+            ));
+        }
+        if !maintained.is_empty() {
+            reason.push_str(&format!(
+                "; {} left out, in a maintenance window: {}",
+                maintained.len(),
+                name_nodes(&maintained)
             ));
         }
         if !left_out.is_empty() {
@@ -567,6 +580,12 @@ impl Engine {
                         };
                         self.complete(id, why, now, out);
                         return true;
+                    }
+                    if self.held_by_freeze(id, next, now, out) {
+                        return changed;
+                    }
+                    if let Some(rollout) = self.rollouts.get_mut(&id) {
+                        rollout.held_by_freeze = None;
                     }
                     self.enter_stage(id, next, now, out);
                 }

@@ -100,6 +100,7 @@ use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
+use crate::freeze::{Freeze, Maintenance, Windows};
 use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
 use crate::plan::{Concurrency, OnInconclusive, Plan, Stage};
@@ -110,6 +111,7 @@ mod index;
 mod judge;
 mod lifecycle;
 mod operator;
+mod windows;
 
 use index::{Derived, Exposure, Exposures, FleetIndex, Role, RoleIndex};
 pub use operator::QuarantinedVersion;
@@ -153,6 +155,9 @@ pub enum Event {
         reason: String,
         /// Admin override: deploy a quarantined hash anyway.
         override_quarantine: bool,
+        /// Admin override: start (and go through its stages) while a freeze covers it.
+        #[serde(default)]
+        override_freeze: bool,
     },
     /// The node activated `version` of `unit` (ACK).
     Applied {
@@ -221,6 +226,15 @@ pub enum Event {
     },
     /// A unit was deleted: it leaves every node (see `engine/operator.rs`).
     UnitRemoved { unit: UnitName },
+    /// An admin froze rollouts (see `engine/windows.rs`); `freeze.id` is
+    /// [`Engine::next_window_id`].
+    FreezeCreated { freeze: Freeze },
+    /// An admin lifted freeze `id`.
+    FreezeLifted { id: u64 },
+    /// An admin put nodes in maintenance; `maintenance.id` is [`Engine::next_window_id`].
+    MaintenanceCreated { maintenance: Maintenance },
+    /// An admin ended maintenance window `id` early.
+    MaintenanceEnded { id: u64 },
 }
 
 /// What the caller must do after a step.
@@ -374,6 +388,21 @@ pub enum EngineError {
     UnitBusy { unit: UnitName, rollout: RolloutId },
     #[error("rollout {rollout} cannot be reverted: {why}")]
     CannotRevert { rollout: RolloutId, why: String },
+    #[error(
+        "frozen: freeze {id} ({scope}, {window}) holds: {reason}; an admin may override with a reason"
+    )]
+    Frozen {
+        id: u64,
+        scope: String,
+        window: String,
+        reason: String,
+    },
+    #[error("no {what} {id}")]
+    UnknownWindow { what: &'static str, id: u64 },
+    #[error("window id {id} is taken (another was created meanwhile); try again")]
+    WindowIdTaken { id: u64 },
+    #[error("{0}")]
+    InvalidWindow(#[from] crate::freeze::WindowError),
 }
 
 /// Gates of a rollout are evaluated at most once per this many milliseconds of `now_ms` (on
@@ -464,6 +493,16 @@ struct NodeState {
     /// Since when the control plane has not heard from the node (see [`Event::Liveness`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     down_since_ms: Option<TimeMs>,
+    /// In a maintenance window now: in no canary and no baseline (see `engine/windows.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    maintenance: bool,
+}
+
+impl NodeState {
+    /// Down or in maintenance: left out of the stages that start, in no baseline.
+    fn out_of_service(&self) -> bool {
+        self.down_since_ms.is_some() || self.maintenance
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -569,6 +608,12 @@ struct Rollout {
     /// The distinct people who approved the stage that waits, while it needs more.
     #[serde(default)]
     approved_by: Vec<String>,
+    /// An admin started it during a freeze: freezes never hold it.
+    #[serde(default)]
+    freeze_override: bool,
+    /// The freeze holding it before its next stage (or its start), logged once per freeze.
+    #[serde(default)]
+    held_by_freeze: Option<u64>,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
@@ -686,7 +731,9 @@ impl Rollout {
         self.exposed
             .iter()
             .filter(|(_, exposure)| {
-                exposure.acked && now.saturating_sub(exposure.last_report_ms) > silence_ms
+                exposure.acked
+                    && !exposure.maintenance
+                    && now.saturating_sub(exposure.last_report_ms) > silence_ms
             })
             .count() as u64
     }
@@ -786,6 +833,9 @@ pub struct RolloutView {
     pub ended_ms: Option<TimeMs>,
     /// Why it ended.
     pub outcome: Option<String>,
+    /// The freeze that holds it before its next stage or its start (`freeze ID: reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by_freeze: Option<String>,
 }
 
 /// The rollout engine's whole state. Persist it with serde after each step; a restored engine
@@ -803,6 +853,9 @@ pub struct Engine {
     /// Derived: dense node slots.
     #[serde(skip)]
     index: Derived<FleetIndex>,
+    /// Freeze and maintenance windows (see `engine/windows.rs`).
+    #[serde(default)]
+    windows: Windows,
 }
 
 impl Default for Engine {
@@ -852,6 +905,7 @@ impl Engine {
                 built: true,
                 ..FleetIndex::default()
             }),
+            windows: Windows::default(),
         }
     }
 
@@ -876,6 +930,7 @@ impl Engine {
                 actor,
                 reason,
                 override_quarantine,
+                override_freeze,
             } => self.on_rollout_requested(
                 now,
                 unit,
@@ -884,6 +939,7 @@ impl Engine {
                 actor,
                 reason,
                 *override_quarantine,
+                *override_freeze,
                 &mut out,
             )?,
             Event::Applied {
@@ -976,6 +1032,16 @@ impl Engine {
                 reason,
             } => self.on_revert_aborted(now, *rollout, actor, reason, &mut out)?,
             Event::UnitRemoved { unit } => self.on_unit_removed(unit, &mut out)?,
+            Event::FreezeCreated { freeze } => self.on_freeze_created(now, freeze, &mut out)?,
+            Event::FreezeLifted { id } => self.on_freeze_lifted(now, *id, &mut out)?,
+            Event::MaintenanceCreated { maintenance } => {
+                self.on_maintenance_created(now, maintenance, &mut out)?
+            }
+            Event::MaintenanceEnded { id } => self.on_maintenance_ended(now, *id, &mut out)?,
+        }
+        // Only after the event was accepted, so that a refused step changes nothing.
+        if now >= self.windows.next_check_ms {
+            self.sync_windows(now, &mut out);
         }
         self.now_ms = now;
         Ok(out)
@@ -1142,6 +1208,7 @@ impl Engine {
                 };
                 [Some(next_eval), bake, timeout].into_iter().flatten().min()
             })
+            .chain(self.next_window_check_ms())
             .min()
     }
 
@@ -1248,6 +1315,7 @@ impl Engine {
             created_ms: rollout.created_ms,
             ended_ms: rollout.ended_ms,
             outcome: rollout.outcome.clone(),
+            held_by_freeze: self.freeze_hold_text(rollout),
         }
     }
 }

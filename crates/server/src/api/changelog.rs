@@ -10,6 +10,7 @@ pub const MAX_LABEL_FILTERS: usize = 16;
 #[derive(Debug, Default)]
 pub(super) struct ChangelogParams {
     unit: Option<String>,
+    team: Option<String>,
     rollout: Option<u64>,
     since_ms: Option<u64>,
     limit: Option<u32>,
@@ -63,6 +64,10 @@ impl ChangelogParams {
         for (name, value) in pairs {
             match name.as_str() {
                 "unit" => once(&mut params.unit, "unit", value)?,
+                "team" => {
+                    text_field("team", &value)?;
+                    once(&mut params.team, "team", value)?;
+                }
                 "rollout" => {
                     let id = value
                         .strip_prefix('r')
@@ -102,7 +107,7 @@ impl ChangelogParams {
                 }
                 _ => {
                     return Err(ApiError::bad_request(format!(
-                        "query: unknown parameter {name:?}; expected unit, rollout, since_ms, limit, cursor, order or label"
+                        "query: unknown parameter {name:?}; expected unit, team, rollout, since_ms, limit, cursor, order or label"
                     )));
                 }
             }
@@ -127,6 +132,7 @@ impl ChangelogParams {
         }
         Ok(ChangelogQuery {
             unit,
+            team: self.team,
             rollout: self.rollout,
             labels: self.labels,
             since_ms: self.since_ms,
@@ -150,9 +156,33 @@ pub(super) async fn changelog(
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let query = changelog_query(params, false)?;
-    let page = db(&state, move |store| Ok(store.changelog_page(&query)?)).await?;
+    let (page, teams) = db(&state, move |store| {
+        let page = store.changelog_page(&query)?;
+        let units = page
+            .entries
+            .iter()
+            .filter_map(|entry| entry.unit.clone())
+            .collect();
+        Ok((page, store.unit_teams(&units)?))
+    })
+    .await?;
+    // Each entry with its unit's team (the unit's owner), when the unit still exists.
+    let entries: Vec<Value> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let mut value = json!(entry);
+            if let (Some(team), Some(fields)) = (
+                entry.unit.as_ref().and_then(|unit| teams.get(unit)),
+                value.as_object_mut(),
+            ) {
+                fields.insert("team".to_owned(), json!(team));
+            }
+            value
+        })
+        .collect();
     Ok(axum::Json(
-        json!({ "entries": page.entries, "next_cursor": page.next_cursor }),
+        json!({ "entries": entries, "next_cursor": page.next_cursor }),
     ))
 }
 

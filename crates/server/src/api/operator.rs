@@ -261,6 +261,7 @@ pub(super) async fn retry_rollout(
         actor: caller.name.clone(),
         reason,
         override_quarantine: request.override_quarantine,
+        override_freeze: false,
     };
     let actions = host
         .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)

@@ -36,6 +36,12 @@ pub(super) fn step_error(error: StepError) -> ApiError {
                 EngineError::NotQuarantined { .. } => (StatusCode::NOT_FOUND, "not_quarantined"),
                 EngineError::UnitBusy { .. } => (StatusCode::CONFLICT, "unit_busy"),
                 EngineError::CannotRevert { .. } => (StatusCode::CONFLICT, "invalid_command"),
+                EngineError::Frozen { .. } => (StatusCode::CONFLICT, "frozen"),
+                EngineError::UnknownWindow { .. } => (StatusCode::NOT_FOUND, "not_found"),
+                EngineError::WindowIdTaken { .. } => (StatusCode::CONFLICT, "conflict"),
+                EngineError::InvalidWindow(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "invalid_window")
+                }
             };
             ApiError::new(status, code, message)
         }
@@ -66,6 +72,9 @@ pub(super) struct CreateRolloutRequest {
     reason: String,
     #[serde(default)]
     override_quarantine: bool,
+    /// Admin only, with a reason: start during a freeze (logged in the rollout's reason).
+    #[serde(default)]
+    override_freeze: bool,
 }
 
 pub(super) fn rollout_of(actions: &[Action]) -> Option<RolloutId> {
@@ -86,6 +95,7 @@ pub(super) async fn create_rollout(
     let version = version_hash(&request.version)?;
     text_field("reason", &request.reason)?;
     only_admin_overrides_quarantine(&caller, request.override_quarantine)?;
+    windows::only_admin_overrides_freeze(&caller, request.override_freeze, &request.reason)?;
     let plan_file = request.plan_file.unwrap_or_else(|| "plan".to_owned());
     let plan = parse_plan(&plan_file, &request.plan)?;
     let (lookup_unit, lookup_version) = (unit.clone(), version.to_string());
@@ -106,6 +116,7 @@ pub(super) async fn create_rollout(
         actor: caller.name.clone(),
         reason: request.reason,
         override_quarantine: request.override_quarantine,
+        override_freeze: request.override_freeze,
     };
     let host = &state.shared.engine;
     let actions = host

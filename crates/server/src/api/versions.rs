@@ -10,6 +10,9 @@ pub(super) struct PushQuery {
     parent: Option<String>,
     #[serde(default)]
     skip_validation: bool,
+    /// Admin only: roll out during a freeze; the message is the reason (logged).
+    #[serde(default)]
+    override_freeze: bool,
 }
 
 pub(super) async fn push_version(
@@ -36,6 +39,7 @@ pub(super) async fn push_version(
             "only an admin may skip validation",
         ));
     }
+    windows::only_admin_overrides_freeze(&caller, query.override_freeze, &query.message)?;
     let lookup = name.clone();
     let unit = db(&state, move |store| Ok(store.unit(lookup.as_str())?)).await?;
     agent::check_desired_budget(&state, name.as_str(), &unit.spec).await?;
@@ -155,7 +159,9 @@ pub(super) async fn push_version(
             .await?;
             (version, created, None)
         }
-        Some(plan) => push_and_roll_out(&state, &caller, row, changes, plan).await?,
+        Some(plan) => {
+            push_and_roll_out(&state, &caller, row, changes, plan, query.override_freeze).await?
+        }
     };
     if created && skipped {
         state
@@ -227,6 +233,7 @@ pub(super) async fn push_and_roll_out(
     row: VersionRow,
     changes: Vec<ChangeRow>,
     plan: Plan,
+    override_freeze: bool,
 ) -> Result<(crate::store::VersionRecord, bool, Option<Value>), ApiError> {
     let (unit, hash) = (row.unit.clone(), row.hash.clone());
     let existing = {
@@ -248,8 +255,11 @@ pub(super) async fn push_and_roll_out(
         actor: caller.name.clone(),
         reason: row.message.clone(),
         override_quarantine: false,
+        override_freeze,
     };
     let at_ms = row.created_ms;
+    let (refused_unit, refused_hash, refused_message) =
+        (row.unit.clone(), row.hash.clone(), row.message.clone());
     let cause = Cause::Push {
         version: Box::new(row),
         changes,
@@ -271,6 +281,22 @@ pub(super) async fn push_and_roll_out(
         // The same bytes were pushed meanwhile: they are stored, with their own rollout.
         Err(StepError::Store(crate::store::StoreError::AlreadyExists { .. })) => {
             Ok((db(state, lookup).await?, false, None))
+        }
+        // A freeze refuses the push: nothing was stored; the refusal and its reason are
+        // in the changelog.
+        Err(StepError::Engine(frozen @ EngineError::Frozen { .. })) => {
+            if let (Ok(unit), Ok(hash)) = (unit_name(&refused_unit), version_hash(&refused_hash)) {
+                operator::record_refused_push(
+                    state,
+                    &caller.name,
+                    &unit,
+                    &hash,
+                    &refused_message,
+                    &[frozen.to_string()],
+                )
+                .await;
+            }
+            Err(step_error(StepError::Engine(frozen)))
         }
         Err(error) => Err(step_error(error)),
     }

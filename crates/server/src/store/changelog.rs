@@ -15,6 +15,26 @@ impl Store {
         })
     }
 
+    /// The team (owner) of each of `units` that still exists.
+    pub fn unit_teams(
+        &self,
+        units: &std::collections::BTreeSet<String>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.with_conn(|conn| {
+            let mut statement = conn.prepare_cached("SELECT owner FROM units WHERE name = ?1")?;
+            let mut teams = BTreeMap::new();
+            for unit in units {
+                let owner: Option<String> = statement
+                    .query_row(params![unit], |row| row.get(0))
+                    .optional()?;
+                if let Some(owner) = owner.filter(|owner| !owner.is_empty()) {
+                    teams.insert(unit.clone(), owner);
+                }
+            }
+            Ok(teams)
+        })
+    }
+
     /// The entries of one page (see [`Store::changelog_page`]).
     pub fn changelog(&self, query: &ChangelogQuery) -> Result<Vec<ChangeRecord>, StoreError> {
         Ok(self.changelog_page(query)?.entries)
@@ -34,6 +54,7 @@ impl Store {
              FROM changelog
              WHERE id > ?1 AND id < ?2 AND (?3 IS NULL OR unit = ?3) AND at_ms >= ?4
                AND (?6 IS NULL OR rollout = ?6)
+               AND (?7 IS NULL OR unit IN (SELECT name FROM units WHERE owner = ?7))
              ORDER BY id {order} LIMIT ?5"
         );
         // The window still to read: ids in (after, before).
@@ -59,7 +80,8 @@ impl Store {
                         query.unit,
                         to_i64(query.since_ms.unwrap_or(0)),
                         limit,
-                        query.rollout.map(to_i64)
+                        query.rollout.map(to_i64),
+                        query.team
                     ],
                     change_from_row,
                 )?;
