@@ -258,6 +258,25 @@ impl ControlPlane {
             })
     }
 
+    /// The root the server serves (`GET /v1/root`), as text: verified by the caller against
+    /// the root it trusts.
+    pub async fn root(&self) -> Result<String, ControlError> {
+        let what = "GET /v1/root";
+        let request = self.http.get(format!("{}/v1/root", self.base));
+        let body = self
+            .send(
+                what,
+                request,
+                REQUEST_TIMEOUT_MS,
+                failsmall_core::trust::ROOT_FILE_MAX_BYTES,
+            )
+            .await?;
+        String::from_utf8(body).map_err(|_| ControlError::Malformed {
+            what: what.to_owned(),
+            reason: "not UTF-8 text".to_owned(),
+        })
+    }
+
     /// Registers the node with its labels (idempotent).
     pub async fn register(&self, labels: &BTreeMap<String, String>) -> Result<(), ControlError> {
         let what = format!("PUT /v1/nodes/{}", self.node);

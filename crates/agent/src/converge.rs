@@ -38,11 +38,33 @@ pub(crate) async fn on_envelope(
     config: &AgentConfig,
     control: &ControlPlane,
     shared: &Arc<Shared>,
-    key: &ed25519_dalek::VerifyingKey,
+    key: Option<&ed25519_dalek::VerifyingKey>,
     envelope: &Envelope,
 ) -> Result<Handled, AgentError> {
+    let verdict = match shared.root() {
+        Some(mut root) => {
+            // The server serves a newer root: adopt it first if the trusted one signed for it.
+            if envelope
+                .root_version
+                .is_some_and(|version| version > root.signed.version)
+                && crate::root::refresh(control, shared).await
+                && let Some(newer) = shared.root()
+            {
+                root = newer;
+            }
+            let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
+            verify::verify_with_root(&root.signed, envelope, control.node(), trusted, now_ms())
+        }
+        None => {
+            let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
+            match key {
+                Some(key) => verify::verify(key, envelope, control.node(), trusted),
+                None => Err(Refusal::BadKey { key: String::new() }),
+            }
+        }
+    };
     let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
-    let desired = match verify::verify(key, envelope, control.node(), trusted) {
+    let desired = match verdict {
         Ok(desired) => desired,
         Err(refusal) => {
             refuse_document(shared, envelope, &refusal);

@@ -12,9 +12,10 @@
 //! When the control plane is unreachable the agent keeps serving what is on disk and
 //! reconnects with backoff and jitter; it starts with the server down just as well.
 //!
-//! Trust: the server's public key is given (`server_key`) or fetched once at first start and
-//! pinned in the data dir (trust on first use); from then on only documents signed by that
-//! key are acted on.
+//! Trust: with a root (`--root FILE`, then pinned in the data dir, see [`root`]) documents
+//! and versions are acted on only when signed by an online key the root names, under its
+//! epoch. Without one (the simple case, warned about), the server's public key is given
+//! (`server_key`) or fetched once at first start and pinned (trust on first use).
 
 pub mod apply;
 pub mod args;
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod integrity;
 pub mod local_api;
 pub mod report;
+mod root;
 pub mod scrape;
 pub mod tls;
 pub mod verify;
@@ -153,6 +155,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The server's public key (hex); when absent, trust on first use.
     pub server_key: Option<String>,
+    /// A signed root file (`root.json` from `failsmall keys`): the keys this agent trusts.
+    pub root: Option<PathBuf>,
     /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the public root CAs built in).
     pub ca_path: Option<PathBuf>,
     /// The SHA-256 (hex) of the one server certificate trusted, instead of any CA.
@@ -189,6 +193,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             server_key: None,
+            root: None,
             ca_path: None,
             pin_sha256: None,
             local_api: None,
@@ -339,6 +344,8 @@ pub struct Shared {
     refused: Mutex<BTreeSet<(UnitName, VersionHash)>>,
     /// What was reported once in this run and need not be again.
     reported: Mutex<Reported>,
+    /// The trusted root, if any ([`root`]).
+    trusted_root: Mutex<Option<failsmall_core::trust::SignedRoot>>,
 }
 
 /// Reports made once per run (a restarted agent makes them once more), each set bounded by
@@ -378,6 +385,18 @@ impl Shared {
             reports: ReportQueue::default(),
             refused: Mutex::new(BTreeSet::new()),
             reported: Mutex::new(Reported::default()),
+            trusted_root: Mutex::new(None),
+        }
+    }
+
+    /// The trusted root, if any.
+    pub fn root(&self) -> Option<failsmall_core::trust::SignedRoot> {
+        self.trusted_root.lock().ok().and_then(|root| root.clone())
+    }
+
+    pub(crate) fn set_root(&self, root: failsmall_core::trust::SignedRoot) {
+        if let Ok(mut trusted) = self.trusted_root.lock() {
+            *trusted = Some(root);
         }
     }
 
@@ -666,8 +685,25 @@ pub async fn run(
     let disk = DataDir::open(&config.data_dir)?;
     let (node, node_from) = node_id(&config, &disk)?;
     tracing::info!(node = %node, from = node_from.describe(), "agent starting");
+    let trusted_root = root::load(&config, &disk)?;
+    let seq = root::trusted_seq(&disk, trusted_root.as_ref())?;
     let shared = Arc::new(Shared::new(disk, &node));
-    let seq = shared.disk.trusted_seq()?;
+    match trusted_root {
+        Some(trusted) => {
+            tracing::info!(
+                version = trusted.signed.version,
+                epoch = trusted.signed.epoch,
+                "trusting the root pinned in the data dir"
+            );
+            shared.set_root(trusted);
+        }
+        None => eprintln!(
+            "failsmall agent: warning: no root (--root FILE): the server's key is pinned on \
+             first use, and a lost server key or a restored server backup locks this agent \
+             out. For production, install the root.json made with `failsmall keys init-root` \
+             (README: Keys)"
+        ),
+    }
     shared.with_status(|status| status.seq = seq);
     restore_freshness(&shared);
     let repaired = recover(&shared)?;
@@ -805,7 +841,7 @@ async fn watch_loop(
             return Ok(());
         }
         refresh_staleness(&shared);
-        if key.is_none() {
+        if key.is_none() && shared.root().is_none() {
             match pinned_key(&config, &control, &shared, &mut key_unreachable).await {
                 Ok(pinned) => key = pinned,
                 Err(error) => {
@@ -822,7 +858,7 @@ async fn watch_loop(
             }
         }
         let step = async {
-            let Some(key) = &key else {
+            if key.is_none() && shared.root().is_none() {
                 return Err(Trouble::Retry(format!(
                     "the server key is not pinned yet: {}",
                     key_unreachable
@@ -844,7 +880,7 @@ async fn watch_loop(
                 .desired(after, config.watch_wait_ms)
                 .await
                 .map_err(|e| Trouble::Retry(e.to_string()))?;
-            Ok((*key, envelope))
+            Ok((key, envelope))
         };
         let outcome = tokio::select! {
             outcome = step => outcome,
@@ -862,7 +898,11 @@ async fn watch_loop(
                 // A local failure (the disk) is not fatal either: what is active stays, and
                 // the document is asked for again.
                 let handled = match converge::on_envelope(
-                    &config, &control, &shared, &key, &envelope,
+                    &config,
+                    &control,
+                    &shared,
+                    key.as_ref(),
+                    &envelope,
                 )
                 .await
                 {

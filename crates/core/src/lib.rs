@@ -15,5 +15,6 @@ pub mod limits;
 pub mod plan;
 pub mod select;
 pub mod stats;
+pub mod trust;
 pub mod validate;
 pub mod yaml;

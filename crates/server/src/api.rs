@@ -127,6 +127,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             get(signing_key),
         ),
         (
+            spec(
+                Method::GET,
+                "/v1/root",
+                Public,
+                "The signed root document naming the keys agents trust",
+            ),
+            get(trust::root),
+        ),
+        (
             spec(Method::GET, "/v1/units", Read, "List units"),
             get(list_units),
         ),

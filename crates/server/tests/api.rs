@@ -682,6 +682,7 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("GET", "/metrics", Read),
         ("GET", "/v1/openapi.json", Public),
         ("GET", "/v1/signing-key", Public),
+        ("GET", "/v1/root", Public),
         ("GET", "/v1/units", Read),
         ("POST", "/v1/units", Deploy),
         ("GET", "/v1/units/{unit}", Read),
