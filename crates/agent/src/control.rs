@@ -277,6 +277,21 @@ impl ControlPlane {
         })
     }
 
+    /// Reports one use of a break-glass order (from the node's log) to the changelog.
+    pub async fn break_glass(
+        &self,
+        line: &crate::break_glass::LogLine,
+    ) -> Result<(), ControlError> {
+        let what = format!("POST /v1/nodes/{}/break-glass", self.node);
+        let request = self
+            .http
+            .post(format!("{}/v1/nodes/{}/break-glass", self.base, self.node))
+            .json(line);
+        self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await
+            .map(drop)
+    }
+
     /// Registers the node with its labels (idempotent).
     pub async fn register(&self, labels: &BTreeMap<String, String>) -> Result<(), ControlError> {
         let what = format!("PUT /v1/nodes/{}", self.node);

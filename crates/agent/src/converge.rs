@@ -120,11 +120,27 @@ async fn converge(
             }
         }
     });
+    // A break-glass order in force overrides the desired state for the units it names.
+    let orders = crate::break_glass::in_force(shared, now_ms());
+    let overridden = |unit: &UnitName| crate::break_glass::override_of(&orders, unit);
     for unit in &desired.removed {
+        if overridden(unit).is_some() {
+            continue;
+        }
         remove(config, shared, unit).await;
     }
     let mut retry = false;
     for (unit, hash) in &desired.units {
+        if let Some((nonce, target)) = overridden(unit) {
+            tracing::info!(
+                "unit {unit}: break-glass order {nonce} is in force; the desired {} waits",
+                hash.short()
+            );
+            if let Some(target) = target {
+                crate::break_glass::enforce(shared, config, unit, &target).await;
+            }
+            continue;
+        }
         let trial = desired.trial.get(unit).copied();
         shared.with_status(|s| {
             let entry = s.units.entry(unit.clone()).or_default();

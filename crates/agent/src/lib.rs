@@ -19,6 +19,7 @@
 
 pub mod apply;
 pub mod args;
+pub mod break_glass;
 pub mod check;
 pub mod command;
 pub mod control;
@@ -314,6 +315,11 @@ pub struct Status {
     pub node: String,
     /// The highest desired-state sequence number trusted.
     pub seq: u64,
+    /// The trusted root's version and epoch; none: no root (the key pinned on first use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Whether the control plane answered the latest request.
     pub connected: bool,
     /// The latest document expired and nothing newer came: what is served may be stale.
@@ -395,6 +401,10 @@ impl Shared {
     }
 
     pub(crate) fn set_root(&self, root: failsmall_core::trust::SignedRoot) {
+        self.with_status(|s| {
+            s.root_version = Some(root.signed.version);
+            s.epoch = Some(root.signed.epoch);
+        });
         if let Ok(mut trusted) = self.trusted_root.lock() {
             *trusted = Some(root);
         }
@@ -707,6 +717,9 @@ pub async fn run(
     shared.with_status(|status| status.seq = seq);
     restore_freshness(&shared);
     let repaired = recover(&shared)?;
+    // Break-glass orders in force outlive a restart (the recovery above may have put back the
+    // last known good in place of an order's version).
+    break_glass::enforce_all(&shared, &config).await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(address) = config.local_api {
@@ -728,6 +741,12 @@ pub async fn run(
     let control = ControlPlane::new(&config.server_url, &config.token, &node)
         .with_tls(config.ca_path.as_deref(), config.pin_sha256.as_deref())
         .map_err(|(field, reason)| AgentError::Config { field, reason })?;
+    tasks.spawn(break_glass::run(
+        config.clone(),
+        control.clone(),
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
     tasks.spawn(send_reports(
         control.clone(),
         Arc::clone(&shared),

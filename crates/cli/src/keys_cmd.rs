@@ -143,8 +143,12 @@ fn now_ms() -> u64 {
 }
 
 fn expires_ms(expires_in: &str) -> anyhow::Result<u64> {
-    let ms = failsmall_core::duration::parse_duration_ms(expires_in)
-        .with_context(|| format!("--expires-in {expires_in:?}"))?;
+    let duration = humantime::parse_duration(expires_in)
+        .with_context(|| format!("--expires-in {expires_in:?}: expected e.g. 90d or 8h"))?;
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        bail!("--expires-in {expires_in:?}: a root must be valid for some time");
+    }
     Ok(now_ms().saturating_add(ms))
 }
 

@@ -6,6 +6,7 @@
 //! the simulator and the tests all drive the same [`engine::Engine`].
 #![forbid(unsafe_code)]
 
+pub mod break_glass;
 pub mod domain;
 pub mod duration;
 pub mod engine;

@@ -43,6 +43,7 @@ use crate::store::{
 use crate::validator::{Refusal, ValidatorCommand};
 
 mod agent;
+mod break_glass;
 mod changelog;
 mod nodes;
 mod operator;
@@ -245,6 +246,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "ACK, NACK, crash, failed health check or health of a version, or the node's staleness (stale / fresh again); one, or a batch {\"reports\": [...]} applied whole",
             ),
             post(report),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/nodes/{node}/break-glass",
+                AgentReport,
+                "A break-glass order used on the node, reported once the control plane is back (a changelog entry)",
+            ),
+            post(break_glass::break_glass),
         ),
         (
             spec(

@@ -697,6 +697,7 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("POST", "/v1/nodes/{node}/heartbeat", AgentReport),
         ("GET", "/v1/nodes/{node}/desired", Fetch),
         ("POST", "/v1/nodes/{node}/reports", AgentReport),
+        ("POST", "/v1/nodes/{node}/break-glass", AgentReport),
         ("GET", "/v1/rollouts", Read),
         ("POST", "/v1/rollouts", Deploy),
         ("GET", "/v1/rollouts/{id}", Read),
