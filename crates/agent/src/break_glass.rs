@@ -388,3 +388,130 @@ pub(crate) async fn enforce_all(shared: &Arc<Shared>, config: &AgentConfig) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failsmall_core::break_glass::Order;
+    use failsmall_core::trust::{RootDocument, SignedRoot, public_key_hex};
+
+    fn unit() -> UnitName {
+        UnitName::new("features").unwrap()
+    }
+
+    /// A node with two stored versions of `features`: `bad` active, `good` the last known good.
+    fn node(scratch: &std::path::Path) -> (Arc<Shared>, AgentConfig, VersionHash, VersionHash) {
+        let disk = crate::disk::DataDir::open(scratch).unwrap();
+        let (good, bad) = (VersionHash::of(b"{\"a\":1}"), VersionHash::of(b"{\"a\":2}"));
+        disk.store_version(&unit(), &good, b"{\"a\":1}").unwrap();
+        disk.store_version(&unit(), &bad, b"{\"a\":2}").unwrap();
+        disk.set_good(&unit(), &good).unwrap();
+        disk.activate(&unit(), &bad).unwrap();
+        let shared = Arc::new(Shared::new(disk, "n1"));
+        shared.activated(&unit(), Some(bad));
+        let mut config = AgentConfig::new("http://127.0.0.1:9", "t", scratch);
+        config.labels.insert("region".into(), "eu".into());
+        (shared, config, good, bad)
+    }
+
+    fn root() -> SignedRoot {
+        SignedRoot {
+            signed: RootDocument {
+                version: 1,
+                epoch: 1,
+                expires_ms: u64::MAX,
+                threshold: 1,
+                root_keys: vec![public_key_hex(&[1; 32])],
+                online_keys: vec![public_key_hex(&[9; 32])],
+                revoked_keys: vec![],
+                break_glass_threshold: 2,
+                break_glass_keys: (1..=3).map(|s| public_key_hex(&[s; 32])).collect(),
+            },
+            signatures: vec![],
+        }
+    }
+
+    fn order(nonce: &str, selector: &[(&str, &str)], signers: &[u8]) -> String {
+        let now = now_ms();
+        let mut signed = SignedOrder {
+            order: Order {
+                nonce: nonce.into(),
+                reason: "test".into(),
+                issued_ms: now,
+                expires_ms: now + 3_600_000,
+                selector: selector
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                actions: vec![Action::Revert {
+                    unit: "features".into(),
+                }],
+            },
+            signatures: vec![],
+        };
+        for seed in signers {
+            signed.sign_with(&[*seed; 32]);
+        }
+        signed.to_text()
+    }
+
+    #[tokio::test]
+    async fn a_revert_order_puts_back_the_last_known_good_once_and_holds() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (shared, config, good, bad) = node(scratch.path());
+        // No root pinned: nothing to verify an order against.
+        let no_root = accept(&shared, &config, &order("a", &[], &[1, 2])).await;
+        assert!(matches!(no_root, Err(BreakGlassError::NoRoot)));
+        shared.set_root(root());
+        let one = accept(&shared, &config, &order("a", &[], &[1])).await;
+        assert!(
+            one.unwrap_err().to_string().contains("threshold not met"),
+            "one signature of two"
+        );
+        let elsewhere = accept(&shared, &config, &order("b", &[("region", "us")], &[1, 2])).await;
+        assert!(matches!(
+            elsewhere,
+            Err(BreakGlassError::NotSelected { .. })
+        ));
+        assert_eq!(shared.active(&unit()), Some(bad));
+
+        let lines = accept(&shared, &config, &order("c", &[("region", "eu")], &[1, 3]))
+            .await
+            .unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].version, Some(good.to_string()));
+        assert_eq!(shared.active(&unit()), Some(good));
+        assert_eq!(shared.disk.current(&unit()).unwrap().unwrap().1, good);
+        let replay = accept(&shared, &config, &order("c", &[], &[1, 3])).await;
+        assert!(replay.unwrap_err().to_string().contains("replay refused"));
+
+        // In force: it overrides, and a restart's recovery does not undo it.
+        let orders = in_force(&shared, now_ms());
+        assert_eq!(
+            override_of(&orders, &unit()),
+            Some(("c".into(), Some(good)))
+        );
+        shared.disk.activate(&unit(), &bad).unwrap();
+        shared.activated(&unit(), Some(bad));
+        enforce_all(&shared, &config).await;
+        assert_eq!(shared.active(&unit()), Some(good));
+        // Expired: no longer in force.
+        assert!(in_force(&shared, now_ms() + 3_600_001).is_empty());
+        let (log, reported) = log(&shared);
+        assert_eq!((log.len(), reported), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_order_file_is_applied_and_consumed() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (shared, config, good, _) = node(scratch.path());
+        shared.set_root(root());
+        let inbox = scratch.path().join("break-glass").join("inbox");
+        std::fs::create_dir_all(&inbox).unwrap();
+        std::fs::write(inbox.join("o.json"), order("d", &[], &[2, 3])).unwrap();
+        take_inbox(&config, &shared).await;
+        assert_eq!(shared.active(&unit()), Some(good));
+        assert!(!inbox.join("o.json").exists());
+        assert!(inbox.join("o.json.done").exists());
+    }
+}

@@ -184,6 +184,11 @@ fn sign(args: &SignArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// The JSON value at `pointer` (`/a/b`), null when absent.
+fn field<'a>(value: &'a Value, pointer: &str) -> &'a Value {
+    value.pointer(pointer).unwrap_or(&Value::Null)
+}
+
 fn client() -> anyhow::Result<reqwest::blocking::Client> {
     Ok(reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(AGENT_TIMEOUT_MS))
@@ -217,11 +222,11 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<Outcome> {
             });
         match answer {
             Ok((status, body)) if status.is_success() => {
-                for line in body["applied"].as_array().into_iter().flatten() {
+                for line in field(&body, "/applied").as_array().into_iter().flatten() {
                     println!(
                         "{agent}: unit {}: {}",
-                        line["unit"].as_str().unwrap_or("?"),
-                        line["outcome"].as_str().unwrap_or("?")
+                        field(line, "/unit").as_str().unwrap_or("?"),
+                        field(line, "/outcome").as_str().unwrap_or("?")
                     );
                 }
             }
@@ -229,7 +234,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<Outcome> {
                 refused += 1;
                 println!(
                     "{agent}: REFUSED ({status}): {}",
-                    body["error"]["message"]
+                    field(&body, "/error/message")
                         .as_str()
                         .unwrap_or("no reason given")
                 );
@@ -266,20 +271,23 @@ fn status(args: &StatusArgs) -> anyhow::Result<Outcome> {
             .and_then(|r| r.json::<Value>())
         {
             Ok(body) => {
-                let orders = body["in_force"].as_array().map_or(0, Vec::len);
-                let log = body["log"].as_array().map_or(0, Vec::len);
+                let orders = field(&body, "/in_force").as_array().map_or(0, Vec::len);
+                let log = field(&body, "/log").as_array().map_or(0, Vec::len);
                 println!(
                     "{agent}: {orders} order(s) in force; {log} log line(s), {} reported to the control plane",
-                    body["reported"]
+                    field(&body, "/reported")
                 );
-                for accepted in body["in_force"].as_array().into_iter().flatten() {
+                for accepted in field(&body, "/in_force").as_array().into_iter().flatten() {
                     println!(
                         "  order {} until {}: {}",
-                        accepted["order"]["nonce"].as_str().unwrap_or("?"),
+                        field(accepted, "/order/nonce").as_str().unwrap_or("?"),
                         failsmall_core::domain::rfc3339_from_ms(
-                            accepted["order"]["expires_ms"].as_u64().unwrap_or(0)
+                            field(accepted, "/order/expires_ms")
+                                .as_u64()
+                                .unwrap_or(0)
+                                .min(253_402_300_799_000)
                         ),
-                        accepted["order"]["reason"].as_str().unwrap_or("")
+                        field(accepted, "/order/reason").as_str().unwrap_or("")
                     );
                 }
             }

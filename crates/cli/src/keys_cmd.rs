@@ -367,7 +367,7 @@ fn show(args: &ShowArgs) -> anyhow::Result<Outcome> {
         "root version {} epoch {}, expires {}",
         document.version,
         document.epoch,
-        failsmall_core::domain::rfc3339_from_ms(document.expires_ms)
+        failsmall_core::domain::rfc3339_from_ms(document.expires_ms.min(253_402_300_799_000))
     );
     println!(
         "root keys ({} of {} must sign):",

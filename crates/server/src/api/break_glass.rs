@@ -15,6 +15,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::store::NewChange;
 
+/// The latest instant shown (the last second of year 9999), in ms.
+const SHOWN_MS_MAX: u64 = 253_402_300_799_000;
 /// Most signers named in one report.
 const SIGNERS_MAX: usize = 32;
 
@@ -73,11 +75,11 @@ pub(super) async fn break_glass(
         .collect();
     let reason = format!(
         "break glass on node {node} at {}: order {} signed by {} ({}), in force until {}: {}; {}",
-        rfc3339_from_ms(report.at_ms),
+        rfc3339_from_ms(report.at_ms.min(SHOWN_MS_MAX)),
         report.nonce,
         signers.len(),
         signers.join(", "),
-        rfc3339_from_ms(report.expires_ms),
+        rfc3339_from_ms(report.expires_ms.min(SHOWN_MS_MAX)),
         report.reason,
         report.outcome,
     );
