@@ -261,6 +261,13 @@ impl AgentConfig {
         if let Some(key) = &self.server_key {
             verify::parse_key(key).map_err(|e| bad("server-key", e.to_string()))?;
         }
+        if let Some(path) = &self.root {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("root", format!("{}: {e}", path.display())))?;
+            failsmall_core::trust::SignedRoot::parse(&text)
+                .and_then(|root| root.verify_self().map(drop))
+                .map_err(|e| bad("root", format!("{}: {e}", path.display())))?;
+        }
         Ok(())
     }
 }
@@ -1282,8 +1289,35 @@ mod tests {
         let mut bad_url = good.clone();
         bad_url.server_url = "ftp://x".into();
         assert!(bad_url.validate().is_err());
-        let mut bad_key = good;
+        let mut bad_key = good.clone();
         bad_key.server_key = Some("abc".into());
         assert!(bad_key.validate().is_err());
+        // A root file that is missing, or not signed by its threshold, is said at check time.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut no_root = good.clone();
+        no_root.root = Some(scratch.path().join("root.json"));
+        let said = no_root.validate().unwrap_err().to_string();
+        assert!(said.contains("configuration root"), "{said}");
+        let unsigned = failsmall_core::trust::SignedRoot {
+            signed: failsmall_core::trust::RootDocument {
+                version: 1,
+                epoch: 1,
+                expires_ms: u64::MAX,
+                threshold: 1,
+                root_keys: vec![failsmall_core::trust::public_key_hex(&[1; 32])],
+                online_keys: vec![failsmall_core::trust::public_key_hex(&[2; 32])],
+                revoked_keys: vec![],
+                break_glass_threshold: 0,
+                break_glass_keys: vec![],
+            },
+            signatures: vec![],
+        };
+        std::fs::write(scratch.path().join("root.json"), unsigned.to_text()).unwrap();
+        let said = no_root.validate().unwrap_err().to_string();
+        assert!(said.contains("threshold not met"), "{said}");
+        let mut signed = unsigned;
+        signed.sign_with(&[1; 32]);
+        std::fs::write(scratch.path().join("root.json"), signed.to_text()).unwrap();
+        assert!(no_root.validate().is_ok());
     }
 }
