@@ -45,6 +45,10 @@ pub struct Accepted {
     /// Per unit, the version the order keeps it at (a revert resolved when accepted); none:
     /// the version was not on the node.
     pub targets: BTreeMap<String, Option<String>>,
+    /// When a later order lifted it: its nonce stays spent, its units follow the desired
+    /// state again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_ms: Option<u64>,
 }
 
 /// One line of the node's break-glass log.
@@ -92,8 +96,16 @@ fn dir(shared: &Shared) -> PathBuf {
     shared.disk.root().join("break-glass")
 }
 
-/// The orders on disk still in force at `now_ms`.
+/// The orders on disk still in force at `now_ms` (not expired, not lifted).
 pub fn in_force(shared: &Shared, now_ms: u64) -> Vec<Accepted> {
+    recorded(shared, now_ms)
+        .into_iter()
+        .filter(|accepted| accepted.lifted_ms.is_none())
+        .collect()
+}
+
+/// The orders on disk not yet expired, lifted ones included (their nonces stay spent).
+fn recorded(shared: &Shared, now_ms: u64) -> Vec<Accepted> {
     let path = dir(shared).join("orders.json");
     let orders: Vec<Accepted> = match std::fs::read_to_string(&path) {
         Ok(text) => serde_json::from_str(&text).unwrap_or_else(|error| {
@@ -134,7 +146,7 @@ pub async fn accept(
     let signed = SignedOrder::parse(text)?;
     let order = signed.verify(&root.signed, now)?.clone();
     let node = shared.with_status(|s| s.node.clone()).unwrap_or_default();
-    let mut orders = in_force(shared, now);
+    let mut orders = recorded(shared, now);
     if orders.iter().any(|a| a.order.nonce == order.nonce) {
         return Err(OrderError::Replayed { nonce: order.nonce }.into());
     }
@@ -145,7 +157,9 @@ pub async fn accept(
             selector: order.selector,
         });
     }
-    if orders.len() >= ORDERS_MAX {
+    if orders.iter().filter(|a| a.lifted_ms.is_none()).count() >= ORDERS_MAX
+        || orders.len() >= 2 * ORDERS_MAX
+    {
         return Err(BreakGlassError::TooMany);
     }
     let signers: Vec<String> = signed
@@ -170,6 +184,20 @@ pub async fn accept(
         };
         targets.insert(unit.to_string(), stored.map(|h| h.to_string()));
     }
+    // Lifted orders: their units follow the desired state again from the next document.
+    let mut lifted_units = Vec::new();
+    for earlier in orders
+        .iter_mut()
+        .filter(|a| a.lifted_ms.is_none() && order.lifts.contains(&a.order.nonce))
+    {
+        earlier.lifted_ms = Some(now);
+        lifted_units.extend(
+            earlier
+                .targets
+                .keys()
+                .map(|unit| (earlier.order.nonce.clone(), unit.clone())),
+        );
+    }
     // Recorded before it is applied: a crash halfway is finished by the next document's
     // convergence (the order overrides) and the nonce is spent.
     orders.push(Accepted {
@@ -177,9 +205,27 @@ pub async fn accept(
         signers: signers.clone(),
         accepted_ms: now,
         targets: targets.clone(),
+        lifted_ms: None,
     });
     save_orders(shared, &orders)?;
     let mut lines = Vec::new();
+    for (nonce, unit) in lifted_units {
+        let line = LogLine {
+            nonce: order.nonce.clone(),
+            reason: order.reason.clone(),
+            unit,
+            version: None,
+            outcome: format!(
+                "lifted order {nonce}: the unit follows the desired state again from the next document"
+            ),
+            at_ms: now,
+            expires_ms: order.expires_ms,
+            signers: signers.clone(),
+        };
+        tracing::warn!(nonce = %line.nonce, unit = %line.unit, outcome = %line.outcome, "BREAK GLASS: lifted");
+        append_log(shared, &line)?;
+        lines.push(line);
+    }
     for action in &order.actions {
         let unit_text = action.unit().to_owned();
         let target = targets.get(&unit_text).cloned().flatten();
@@ -446,6 +492,7 @@ mod tests {
                 actions: vec![Action::Revert {
                     unit: "features".into(),
                 }],
+                lifts: vec![],
             },
             signatures: vec![],
         };
@@ -497,8 +544,31 @@ mod tests {
         assert_eq!(shared.active(&unit()), Some(good));
         // Expired: no longer in force.
         assert!(in_force(&shared, now_ms() + 3_600_001).is_empty());
-        let (log, reported) = log(&shared);
-        assert_eq!((log.len(), reported), (1, 0));
+        let (log_lines, reported) = log(&shared);
+        assert_eq!((log_lines.len(), reported), (1, 0));
+
+        // Lifted by a later order: no longer in force, its nonce still spent.
+        let now = now_ms();
+        let mut lift = SignedOrder {
+            order: Order {
+                nonce: "e".into(),
+                reason: "fixed".into(),
+                issued_ms: now,
+                expires_ms: now + 60_000,
+                selector: BTreeMap::new(),
+                actions: vec![],
+                lifts: vec!["c".into()],
+            },
+            signatures: vec![],
+        };
+        lift.sign_with(&[2; 32]);
+        lift.sign_with(&[3; 32]);
+        let lines = accept(&shared, &config, &lift.to_text()).await.unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].outcome.contains("lifted order c"), "{lines:?}");
+        assert_eq!(override_of(&in_force(&shared, now_ms()), &unit()), None);
+        let replay = accept(&shared, &config, &order("c", &[], &[1, 3])).await;
+        assert!(replay.unwrap_err().to_string().contains("replay refused"));
     }
 
     #[tokio::test]

@@ -42,6 +42,10 @@ pub struct DraftArgs {
     /// Put a unit back to each node's last known good (repeatable).
     #[arg(long, value_name = "UNIT")]
     pub revert: Vec<String>,
+    /// Lift an earlier order by its nonce (repeatable): its units follow the desired state
+    /// again.
+    #[arg(long, value_name = "NONCE")]
+    pub lift: Vec<String>,
     /// Only nodes with this label (`node=ID` for one node); repeatable; none: every node.
     #[arg(long, value_name = "KEY=VALUE")]
     pub select: Vec<String>,
@@ -133,6 +137,7 @@ fn draft(args: &DraftArgs) -> anyhow::Result<Outcome> {
                 .saturating_add(u64::try_from(in_force.as_millis()).unwrap_or(u64::MAX)),
             selector,
             actions,
+            lifts: args.lift.clone(),
         },
         signatures: vec![],
     };

@@ -326,3 +326,121 @@ fn without_a_root_the_server_warns_and_agents_pin_its_key() {
     let _ = child.wait();
     assert!(warned, "no warning about the missing root");
 }
+
+#[test]
+fn keys_commands_draft_each_version_and_refuse_what_would_not_verify() {
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = scratch.path().join("keys");
+    let root = keys.join("root.json");
+    let online = failsmall_core::trust::public_key_hex(&[7; 32]);
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let too_many = run(&[
+        "keys",
+        "init-root",
+        "--out",
+        path(&keys),
+        "--shares",
+        "2",
+        "--threshold",
+        "3",
+        "--online-key",
+        &online,
+    ]);
+    assert_eq!(too_many.status.code(), Some(1), "{}", text(&too_many));
+    assert!(
+        text(&too_many).contains("--threshold 3"),
+        "{}",
+        text(&too_many)
+    );
+    cli(&[
+        "keys",
+        "init-root",
+        "--out",
+        path(&keys),
+        "--online-key",
+        &online,
+    ]);
+    let again = run(&[
+        "keys",
+        "init-root",
+        "--out",
+        path(&keys),
+        "--online-key",
+        &online,
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(
+        text(&again).contains("a root is made once"),
+        "{}",
+        text(&again)
+    );
+
+    // A key that is not a root share cannot sign.
+    let stranger = scratch.path().join("stranger.key");
+    std::fs::write(&stranger, hex_seed(9)).unwrap();
+    let refused = run(&[
+        "keys",
+        "sign",
+        "--root",
+        path(&root),
+        "--share",
+        path(&stranger),
+    ]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("is not one of the root keys"),
+        "{}",
+        text(&refused)
+    );
+
+    // Each draft is the next version, its signatures cleared; the lost-key path makes a new
+    // key in the data dir and names it.
+    let share = keys.join("root-share-1.key");
+    cli(&[
+        "keys",
+        "sign",
+        "--root",
+        path(&root),
+        "--share",
+        path(&share),
+    ]);
+    let data = scratch.path().join("data");
+    let added = cli(&[
+        "keys",
+        "add",
+        "--root",
+        path(&root),
+        "--data-dir",
+        path(&data),
+    ]);
+    assert!(added.contains("made a new online key"), "{added}");
+    let parsed: Value = serde_json::from_str(&std::fs::read_to_string(&root).unwrap()).unwrap();
+    assert_eq!(parsed["signed"]["version"], 2);
+    assert_eq!(parsed["signatures"].as_array().unwrap().len(), 0);
+    assert_eq!(parsed["signed"]["online_keys"].as_array().unwrap().len(), 2);
+    let twice = run(&["keys", "add", "--root", path(&root), "--key", &online]);
+    assert_eq!(twice.status.code(), Some(1), "{}", text(&twice));
+    cli(&["keys", "revoke", "--root", path(&root), "--key", &online]);
+    let shown = run(&["keys", "show", "--root", path(&root)]);
+    assert_eq!(shown.status.code(), Some(3), "{}", text(&shown));
+    let shown = text(&shown);
+    assert!(shown.contains("root version 3 epoch 1"), "{shown}");
+    assert!(shown.contains(&format!("revoked: {online}")), "{shown}");
+    for n in [2, 3] {
+        let share = keys.join(format!("root-share-{n}.key"));
+        cli(&[
+            "keys",
+            "sign",
+            "--root",
+            path(&root),
+            "--share",
+            path(&share),
+        ]);
+    }
+    let complete = cli(&["keys", "show", "--root", path(&root)]);
+    assert!(complete.contains("complete"), "{complete}");
+}
+
+fn hex_seed(byte: u8) -> String {
+    format!("{byte:02x}").repeat(32)
+}

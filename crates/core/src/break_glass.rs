@@ -60,6 +60,10 @@ pub struct Order {
     /// Which nodes: labels they must all have (`node` matches the node id); empty: every node.
     pub selector: BTreeMap<String, String>,
     pub actions: Vec<Action>,
+    /// Earlier orders (by nonce) this one lifts before they expire: their units go back to
+    /// the desired state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifts: Vec<String>,
 }
 
 /// An order and the signatures gathered for it.
@@ -138,13 +142,30 @@ impl Order {
                 ),
             ));
         }
-        if self.actions.is_empty() || self.actions.len() > ACTIONS_MAX {
+        if self.actions.len() > ACTIONS_MAX || self.lifts.len() > ACTIONS_MAX {
             return Err(invalid(
                 "actions",
                 format!(
-                    "{} actions; expected 1 to {ACTIONS_MAX}",
-                    self.actions.len()
+                    "{} actions and {} lifts; the limit is {ACTIONS_MAX} of each",
+                    self.actions.len(),
+                    self.lifts.len()
                 ),
+            ));
+        }
+        if self.actions.is_empty() && self.lifts.is_empty() {
+            return Err(invalid(
+                "actions",
+                "none, and nothing lifted: an order must do something".to_owned(),
+            ));
+        }
+        if let Some(nonce) = self
+            .lifts
+            .iter()
+            .find(|n| n.trim().is_empty() || n.len() > NONCE_MAX_BYTES || **n == self.nonce)
+        {
+            return Err(invalid(
+                "lifts",
+                format!("{nonce:?} is not another order's nonce"),
             ));
         }
         let mut units = std::collections::BTreeSet::new();
@@ -274,6 +295,7 @@ mod tests {
                 issued_ms: 1_000,
                 expires_ms: 1_000 + 3600 * 1000,
                 selector: BTreeMap::from([("region".into(), "eu".into())]),
+                lifts: vec![],
                 actions: vec![
                     Action::Revert {
                         unit: "features".into(),
@@ -334,6 +356,16 @@ mod tests {
             unit: "rules".into(),
         });
         assert!(twice.order.validate().is_err());
+        let mut lift_only = order();
+        lift_only.order.actions.clear();
+        assert!(lift_only.order.validate().is_err());
+        lift_only.order.lifts = vec!["n-0".into()];
+        assert!(lift_only.order.validate().is_ok());
+        lift_only.order.lifts = vec!["n-1".into()];
+        assert!(
+            lift_only.order.validate().is_err(),
+            "an order cannot lift itself"
+        );
         let mut no_reason = order();
         no_reason.order.reason = " ".into();
         assert!(no_reason.order.validate().is_err());
