@@ -238,6 +238,18 @@ fn drill_break_glass_with_the_control_plane_down() {
         );
     }
     assert!(entries.iter().all(|e| e["version"] == good_hash.as_str()));
+    // And an alert can fire on it.
+    let metrics = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", server.addr))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("failsmall_break_glass_reports_total 3"),
+        "{metrics}"
+    );
     for local in &locals {
         wait_serves(local, "features", good, "with the control plane back");
     }

@@ -426,6 +426,8 @@ struct Counters {
     responses_by_class: [AtomicU64; 5],
     versions_rejected: AtomicU64,
     validation_skipped: AtomicU64,
+    /// Break-glass uses reported by agents (an alert: any rise is an emergency on some node).
+    break_glass_reports: AtomicU64,
     denied: AtomicU64,
 }
 
@@ -857,7 +859,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         ));
     }
     let reports = state.shared.reports.counts();
-    let gauges: [(&str, &str, &str, u64); 13] = [
+    let gauges: [(&str, &str, &str, u64); 14] = [
         (
             "failsmall_report_requests_total",
             "counter",
@@ -893,6 +895,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "counter",
             "Pushes stored with validation skipped by an admin.",
             counters.validation_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_break_glass_reports_total",
+            "counter",
+            "Break-glass uses reported by agents (alert on any rise).",
+            counters.break_glass_reports.load(Ordering::Relaxed),
         ),
         (
             "failsmall_requests_denied_total",

@@ -102,6 +102,11 @@ pub(super) async fn break_glass(
         })?)
     })
     .await?;
+    state
+        .shared
+        .counters
+        .break_glass_reports
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "changelog_id": id })),
