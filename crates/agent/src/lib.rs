@@ -714,11 +714,15 @@ pub async fn run(
             );
             shared.set_root(trusted);
         }
-        None => eprintln!(
-            "failsmall agent: warning: no root (--root FILE): the server's key is pinned on \
-             first use, and a lost server key or a restored server backup locks this agent \
-             out. For production, install the root.json made with `failsmall keys init-root` \
-             (README: Keys)"
+        None => tracing::warn!(
+            "no root (--root FILE): {}; a lost server key or a restored server backup locks \
+             this agent out. For production, install the root.json made with `failsmall keys \
+             init-root` (README: Keys)",
+            if config.server_key.is_some() {
+                "the server's key is pinned from --server-key"
+            } else {
+                "the server's key is pinned on first use"
+            }
         ),
     }
     shared.with_status(|status| status.seq = seq);

@@ -242,15 +242,12 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
             "serving the root in {}",
             data_dir.join(signing::ROOT_FILE).display()
         ),
-        None => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "failsmall server: warning: no {} in the data dir: agents trust this server's \
-                 key on first use, and a lost key or a restored backup locks them out. For \
-                 production, set up an offline root (`failsmall keys init-root`, README: Keys)",
-                signing::ROOT_FILE
-            );
-        }
+        None => tracing::warn!(
+            "no {} in the data dir: agents trust this server's key on first use, and a lost \
+             key or a restored backup locks them out. For production, set up an offline root \
+             (`failsmall keys init-root`, README: Keys)",
+            signing::ROOT_FILE
+        ),
     }
     let admin_token = if first_start {
         Some(bootstrap_admin(&store, data_dir)?)
