@@ -38,6 +38,16 @@ pub enum KeysCommand {
     NewEpoch(EditArgs),
     /// Show what a root names and whether its threshold of signatures is met.
     Show(ShowArgs),
+    /// Make one private key file (0600) and print its public key: a break-glass key for one
+    /// holder, made on their own machine.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The private key file to make; must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +70,13 @@ pub struct InitRootArgs {
     /// How long the root is valid; agents refuse documents under an expired root.
     #[arg(long, value_name = "DURATION", default_value = "365d")]
     pub expires_in: String,
+    /// A break-glass key holder's public key (hex; repeatable). None: the root key shares
+    /// are the break-glass keys.
+    #[arg(long, value_name = "HEX")]
+    pub break_glass_key: Vec<String>,
+    /// How many break-glass keys must sign an order [default: --threshold].
+    #[arg(long, value_name = "M")]
+    pub break_glass_threshold: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +150,7 @@ pub fn run(command: &KeysCommand) -> anyhow::Result<Outcome> {
             Ok(())
         }),
         KeysCommand::Show(args) => show(args),
+        KeysCommand::Generate(args) => generate(args),
     }
 }
 
@@ -179,6 +197,10 @@ fn init_root(args: &InitRootArgs) -> anyhow::Result<Outcome> {
         );
     }
     let online = online_key(args.online_key.as_deref(), args.data_dir.as_deref())?;
+    for key in &args.break_glass_key {
+        failsmall_core::trust::parse_public_key(key)
+            .with_context(|| format!("--break-glass-key {key}"))?;
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let root_path = args.out.join("root.json");
@@ -209,8 +231,15 @@ fn init_root(args: &InitRootArgs) -> anyhow::Result<Outcome> {
             root_keys: root_keys.clone(),
             online_keys: vec![online],
             revoked_keys: vec![],
-            break_glass_threshold: args.threshold,
-            break_glass_keys: root_keys,
+            break_glass_threshold: args.break_glass_threshold.unwrap_or(args.threshold),
+            break_glass_keys: if args.break_glass_key.is_empty() {
+                root_keys
+            } else {
+                args.break_glass_key
+                    .iter()
+                    .map(|k| k.trim().to_lowercase())
+                    .collect()
+            },
         },
         signatures: vec![],
     };
@@ -353,6 +382,22 @@ fn revoke(args: &RevokeArgs) -> anyhow::Result<Outcome> {
             Ok(())
         },
     )
+}
+
+fn generate(args: &GenerateArgs) -> anyhow::Result<Outcome> {
+    let (dir, name) = match (args.out.parent(), args.out.file_name()) {
+        (Some(dir), Some(name)) => (dir, name.to_string_lossy().into_owned()),
+        _ => bail!("--out {}: expected a file path", args.out.display()),
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let public = signing::create_key_file(dir, &name)
+        .with_context(|| format!("making {}", args.out.display()))?;
+    println!("{public}");
+    Ok(Outcome::Success)
 }
 
 fn show(args: &ShowArgs) -> anyhow::Result<Outcome> {

@@ -439,6 +439,41 @@ fn keys_commands_draft_each_version_and_refuse_what_would_not_verify() {
     }
     let complete = cli(&["keys", "show", "--root", path(&root)]);
     assert!(complete.contains("complete"), "{complete}");
+
+    // Break-glass keys of other people, made on their machines.
+    let mut holders = Vec::new();
+    for n in 1..=3 {
+        let file = scratch.path().join(format!("holder-{n}.key"));
+        let public = cli(&["keys", "generate", "--out", path(&file)]);
+        holders.push(public.trim().to_owned());
+    }
+    let again = run(&[
+        "keys",
+        "generate",
+        "--out",
+        path(&scratch.path().join("holder-1.key")),
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    let other = scratch.path().join("other");
+    let mut args = vec![
+        "keys".to_owned(),
+        "init-root".to_owned(),
+        "--out".to_owned(),
+        path(&other).to_owned(),
+        "--online-key".to_owned(),
+        online.clone(),
+        "--break-glass-threshold".to_owned(),
+        "2".to_owned(),
+    ];
+    for holder in &holders {
+        args.extend(["--break-glass-key".to_owned(), holder.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli(&args);
+    let parsed: Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("root.json")).unwrap()).unwrap();
+    assert_eq!(parsed["signed"]["break_glass_keys"], json!(holders));
+    assert_eq!(parsed["signed"]["break_glass_threshold"], 2);
 }
 
 fn hex_seed(byte: u8) -> String {
