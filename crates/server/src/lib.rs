@@ -235,6 +235,12 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
     // A data dir with no token was never used: the only time a key may be created.
     let first_start = store.token_count()? == 0;
     let signer = VersionSigner::open(data_dir, first_start)?;
+    let admin_token = if first_start {
+        Some(bootstrap_admin(&store, data_dir)?)
+    } else {
+        None
+    };
+    // Said after the first admin token exists: a first start that logs has finished it.
     match signer.root() {
         Some(root) => tracing::info!(
             version = root.document.version,
@@ -249,11 +255,6 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
             signing::ROOT_FILE
         ),
     }
-    let admin_token = if first_start {
-        Some(bootstrap_admin(&store, data_dir)?)
-    } else {
-        None
-    };
     Ok((store, signer, admin_token))
 }
 
