@@ -61,6 +61,11 @@ pub struct AgentFlags {
     /// and pinned in the data dir (trust on first use).
     #[arg(long)]
     pub server_key: Option<String>,
+    /// A signed root file (`root.json` from `failsmall keys init-root` and `keys sign`):
+    /// trust the online keys it names instead of pinning the server's key on first use.
+    /// Pinned in the data dir; newer roots come from the server, checked against it.
+    #[arg(long, value_name = "FILE", env = "FAILSMALL_ROOT")]
+    pub root: Option<PathBuf>,
     /// A PEM CA bundle: for an https:// --server, trust only these CAs (default: the
     /// public root CAs built in).
     #[arg(long, value_name = "FILE", env = "FAILSMALL_CA")]
@@ -140,6 +145,7 @@ pub struct AgentFile {
     pub data_dir: Option<PathBuf>,
     pub local_api: Option<SocketAddr>,
     pub server_key: Option<String>,
+    pub root: Option<PathBuf>,
     pub unit_config: Option<PathBuf>,
     pub consumer_url: Option<String>,
     pub metrics_url: Option<String>,
@@ -255,6 +261,7 @@ impl AgentFlags {
         config.node_id = self.node_id.or(file.node_id);
         config.local_api = self.local_api.or(file.local_api);
         config.server_key = self.server_key.or(file.server_key);
+        config.root = self.root.or(file.root);
         config.ca_path = self.ca;
         config.pin_sha256 = self.pin_sha256;
         config.consumer_url = self.consumer_url.or(file.consumer_url);

@@ -258,6 +258,40 @@ impl ControlPlane {
             })
     }
 
+    /// The root the server serves (`GET /v1/root`), as text: verified by the caller against
+    /// the root it trusts.
+    pub async fn root(&self) -> Result<String, ControlError> {
+        let what = "GET /v1/root";
+        let request = self.http.get(format!("{}/v1/root", self.base));
+        let body = self
+            .send(
+                what,
+                request,
+                REQUEST_TIMEOUT_MS,
+                failsmall_core::trust::ROOT_FILE_MAX_BYTES,
+            )
+            .await?;
+        String::from_utf8(body).map_err(|_| ControlError::Malformed {
+            what: what.to_owned(),
+            reason: "not UTF-8 text".to_owned(),
+        })
+    }
+
+    /// Reports one use of a break-glass order (from the node's log) to the changelog.
+    pub async fn break_glass(
+        &self,
+        line: &crate::break_glass::LogLine,
+    ) -> Result<(), ControlError> {
+        let what = format!("POST /v1/nodes/{}/break-glass", self.node);
+        let request = self
+            .http
+            .post(format!("{}/v1/nodes/{}/break-glass", self.base, self.node))
+            .json(line);
+        self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
+            .await
+            .map(drop)
+    }
+
     /// Registers the node with its labels (idempotent).
     pub async fn register(&self, labels: &BTreeMap<String, String>) -> Result<(), ControlError> {
         let what = format!("PUT /v1/nodes/{}", self.node);

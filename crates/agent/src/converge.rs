@@ -38,11 +38,33 @@ pub(crate) async fn on_envelope(
     config: &AgentConfig,
     control: &ControlPlane,
     shared: &Arc<Shared>,
-    key: &ed25519_dalek::VerifyingKey,
+    key: Option<&ed25519_dalek::VerifyingKey>,
     envelope: &Envelope,
 ) -> Result<Handled, AgentError> {
+    let verdict = match shared.root() {
+        Some(mut root) => {
+            // The server serves a newer root: adopt it first if the trusted one signed for it.
+            if envelope
+                .root_version
+                .is_some_and(|version| version > root.signed.version)
+                && crate::root::refresh(control, shared).await
+                && let Some(newer) = shared.root()
+            {
+                root = newer;
+            }
+            let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
+            verify::verify_with_root(&root.signed, envelope, control.node(), trusted, now_ms())
+        }
+        None => {
+            let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
+            match key {
+                Some(key) => verify::verify(key, envelope, control.node(), trusted),
+                None => Err(Refusal::BadKey { key: String::new() }),
+            }
+        }
+    };
     let trusted = shared.with_status(|s| s.seq).unwrap_or(0);
-    let desired = match verify::verify(key, envelope, control.node(), trusted) {
+    let desired = match verdict {
         Ok(desired) => desired,
         Err(refusal) => {
             refuse_document(shared, envelope, &refusal);
@@ -98,11 +120,27 @@ async fn converge(
             }
         }
     });
+    // A break-glass order in force overrides the desired state for the units it names.
+    let orders = crate::break_glass::in_force(shared, now_ms());
+    let overridden = |unit: &UnitName| crate::break_glass::override_of(&orders, unit);
     for unit in &desired.removed {
+        if overridden(unit).is_some() {
+            continue;
+        }
         remove(config, shared, unit).await;
     }
     let mut retry = false;
     for (unit, hash) in &desired.units {
+        if let Some((nonce, target)) = overridden(unit) {
+            tracing::info!(
+                "unit {unit}: break-glass order {nonce} is in force; the desired {} waits",
+                hash.short()
+            );
+            if let Some(target) = target {
+                crate::break_glass::enforce(shared, config, unit, &target).await;
+            }
+            continue;
+        }
         let trial = desired.trial.get(unit).copied();
         shared.with_status(|s| {
             let entry = s.units.entry(unit.clone()).or_default();

@@ -4,7 +4,10 @@
 //! - `DIR/server.key`: the pinned server public key (hex), written once (trust on first use
 //!   unless given with `--server-key`).
 //! - `DIR/node.id`: the node's id when it was not given.
-//! - `DIR/seq`: the highest desired-state sequence number trusted so far.
+//! - `DIR/root.json`: the trusted root (given with `--root`, then replaced only by a newer
+//!   root it signed for, see [`crate::root`]).
+//! - `DIR/seq`: the highest desired-state sequence number trusted so far; `DIR/seq.epoch`:
+//!   the root epoch it belongs to.
 //! - `DIR/units/<unit>/versions/<sha256>`: the last few versions, immutable.
 //! - `DIR/units/<unit>/current`: the active version, its own copy (not a link to the stored
 //!   one), replaced only by rename.
@@ -139,6 +142,54 @@ impl DataDir {
 
     pub fn save_node_id(&self, id: &str) -> Result<(), DiskError> {
         write_atomic(&self.root, "node.id", id.as_bytes())
+    }
+
+    /// The trusted root file (`DIR/root.json`), if any: the text as it was verified.
+    pub fn pinned_root(&self) -> Result<Option<String>, DiskError> {
+        let path = self.root.join("root.json");
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() > failsmall_core::trust::ROOT_FILE_MAX_BYTES as u64 => {
+                return Err(DiskError::Corrupt {
+                    path,
+                    reason: format!(
+                        "{} bytes; expected at most {}",
+                        meta.len(),
+                        failsmall_core::trust::ROOT_FILE_MAX_BYTES
+                    ),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", &path)(e)),
+        }
+        fs::read_to_string(&path)
+            .map(Some)
+            .map_err(io("reading", &path))
+    }
+
+    /// Pins `text` as the trusted root (verified by the caller).
+    pub fn pin_root(&self, text: &str) -> Result<(), DiskError> {
+        write_atomic(&self.root, "root.json", text.as_bytes())
+    }
+
+    /// The root epoch the trusted sequence number (`DIR/seq`) belongs to (0 when none).
+    pub fn seq_epoch(&self) -> Result<u64, DiskError> {
+        let path = self.root.join("seq.epoch");
+        match self.read_small(&path)? {
+            None => Ok(0),
+            Some(text) => text.parse().map_err(|_| DiskError::Corrupt {
+                path,
+                reason: format!("{text:?} is not an epoch number"),
+            }),
+        }
+    }
+
+    /// Starts the sequence check afresh for `epoch`: the sequence number first, then the
+    /// epoch it belongs to, so a crash between leaves a sequence number of 0 (documents are
+    /// bound to their epoch: an older epoch's are refused all the same).
+    pub fn start_epoch(&self, epoch: u64) -> Result<(), DiskError> {
+        self.save_trusted_seq(0)?;
+        write_atomic(&self.root, "seq.epoch", epoch.to_string().as_bytes())
     }
 
     /// The highest trusted sequence number (0 when none yet).

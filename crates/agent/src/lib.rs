@@ -12,12 +12,14 @@
 //! When the control plane is unreachable the agent keeps serving what is on disk and
 //! reconnects with backoff and jitter; it starts with the server down just as well.
 //!
-//! Trust: the server's public key is given (`server_key`) or fetched once at first start and
-//! pinned in the data dir (trust on first use); from then on only documents signed by that
-//! key are acted on.
+//! Trust: with a root (`--root FILE`, then pinned in the data dir, see [`root`]) documents
+//! and versions are acted on only when signed by an online key the root names, under its
+//! epoch. Without one (the simple case, warned about), the server's public key is given
+//! (`server_key`) or fetched once at first start and pinned (trust on first use).
 
 pub mod apply;
 pub mod args;
+pub mod break_glass;
 pub mod check;
 pub mod command;
 pub mod control;
@@ -29,6 +31,7 @@ pub mod integrity;
 pub mod local_api;
 pub mod ofrep;
 pub mod report;
+mod root;
 pub mod scrape;
 pub mod tls;
 pub mod verify;
@@ -154,6 +157,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The server's public key (hex); when absent, trust on first use.
     pub server_key: Option<String>,
+    /// A signed root file (`root.json` from `failsmall keys`): the keys this agent trusts.
+    pub root: Option<PathBuf>,
     /// A PEM CA bundle: the only CAs trusted for an https:// server (default: the public root CAs built in).
     pub ca_path: Option<PathBuf>,
     /// The SHA-256 (hex) of the one server certificate trusted, instead of any CA.
@@ -192,6 +197,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             data_dir: data_dir.into(),
             server_key: None,
+            root: None,
             ca_path: None,
             pin_sha256: None,
             local_api: None,
@@ -275,6 +281,13 @@ impl AgentConfig {
                 return Err(bad("ofrep-unit", format!("unit {unit} is named twice")));
             }
         }
+        if let Some(path) = &self.root {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad("root", format!("{}: {e}", path.display())))?;
+            failsmall_core::trust::SignedRoot::parse(&text)
+                .and_then(|root| root.verify_self().map(drop))
+                .map_err(|e| bad("root", format!("{}: {e}", path.display())))?;
+        }
         Ok(())
     }
 }
@@ -329,6 +342,11 @@ pub struct Status {
     pub node: String,
     /// The highest desired-state sequence number trusted.
     pub seq: u64,
+    /// The trusted root's version and epoch; none: no root (the key pinned on first use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Whether the control plane answered the latest request.
     pub connected: bool,
     /// The latest document expired and nothing newer came: what is served may be stale.
@@ -359,6 +377,8 @@ pub struct Shared {
     refused: Mutex<BTreeSet<(UnitName, VersionHash)>>,
     /// What was reported once in this run and need not be again.
     reported: Mutex<Reported>,
+    /// The trusted root, if any ([`root`]).
+    trusted_root: Mutex<Option<failsmall_core::trust::SignedRoot>>,
 }
 
 /// Reports made once per run (a restarted agent makes them once more), each set bounded by
@@ -398,6 +418,22 @@ impl Shared {
             reports: ReportQueue::default(),
             refused: Mutex::new(BTreeSet::new()),
             reported: Mutex::new(Reported::default()),
+            trusted_root: Mutex::new(None),
+        }
+    }
+
+    /// The trusted root, if any.
+    pub fn root(&self) -> Option<failsmall_core::trust::SignedRoot> {
+        self.trusted_root.lock().ok().and_then(|root| root.clone())
+    }
+
+    pub(crate) fn set_root(&self, root: failsmall_core::trust::SignedRoot) {
+        self.with_status(|s| {
+            s.root_version = Some(root.signed.version);
+            s.epoch = Some(root.signed.epoch);
+        });
+        if let Ok(mut trusted) = self.trusted_root.lock() {
+            *trusted = Some(root);
         }
     }
 
@@ -686,11 +722,35 @@ pub async fn run(
     let disk = DataDir::open(&config.data_dir)?;
     let (node, node_from) = node_id(&config, &disk)?;
     tracing::info!(node = %node, from = node_from.describe(), "agent starting");
+    let trusted_root = root::load(&config, &disk)?;
+    let seq = root::trusted_seq(&disk, trusted_root.as_ref())?;
     let shared = Arc::new(Shared::new(disk, &node));
-    let seq = shared.disk.trusted_seq()?;
+    match trusted_root {
+        Some(trusted) => {
+            tracing::info!(
+                version = trusted.signed.version,
+                epoch = trusted.signed.epoch,
+                "trusting the root pinned in the data dir"
+            );
+            shared.set_root(trusted);
+        }
+        None => tracing::warn!(
+            "no root (--root FILE): {}; a lost server key or a restored server backup locks \
+             this agent out. For production, install the root.json made with `failsmall keys \
+             init-root` (README: Keys)",
+            if config.server_key.is_some() {
+                "the server's key is pinned from --server-key"
+            } else {
+                "the server's key is pinned on first use"
+            }
+        ),
+    }
     shared.with_status(|status| status.seq = seq);
     restore_freshness(&shared);
     let repaired = recover(&shared)?;
+    // Break-glass orders in force outlive a restart (the recovery above may have put back the
+    // last known good in place of an order's version).
+    break_glass::enforce_all(&shared, &config).await;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(address) = config.local_api {
@@ -712,6 +772,12 @@ pub async fn run(
     let control = ControlPlane::new(&config.server_url, &config.token, &node)
         .with_tls(config.ca_path.as_deref(), config.pin_sha256.as_deref())
         .map_err(|(field, reason)| AgentError::Config { field, reason })?;
+    tasks.spawn(break_glass::run(
+        config.clone(),
+        control.clone(),
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
     tasks.spawn(send_reports(
         control.clone(),
         Arc::clone(&shared),
@@ -825,7 +891,7 @@ async fn watch_loop(
             return Ok(());
         }
         refresh_staleness(&shared);
-        if key.is_none() {
+        if key.is_none() && shared.root().is_none() {
             match pinned_key(&config, &control, &shared, &mut key_unreachable).await {
                 Ok(pinned) => key = pinned,
                 Err(error) => {
@@ -842,7 +908,7 @@ async fn watch_loop(
             }
         }
         let step = async {
-            let Some(key) = &key else {
+            if key.is_none() && shared.root().is_none() {
                 return Err(Trouble::Retry(format!(
                     "the server key is not pinned yet: {}",
                     key_unreachable
@@ -864,7 +930,7 @@ async fn watch_loop(
                 .desired(after, config.watch_wait_ms)
                 .await
                 .map_err(|e| Trouble::Retry(e.to_string()))?;
-            Ok((*key, envelope))
+            Ok((key, envelope))
         };
         let outcome = tokio::select! {
             outcome = step => outcome,
@@ -882,7 +948,11 @@ async fn watch_loop(
                 // A local failure (the disk) is not fatal either: what is active stays, and
                 // the document is asked for again.
                 let handled = match converge::on_envelope(
-                    &config, &control, &shared, &key, &envelope,
+                    &config,
+                    &control,
+                    &shared,
+                    key.as_ref(),
+                    &envelope,
                 )
                 .await
                 {
@@ -1243,8 +1313,35 @@ mod tests {
         let mut bad_url = good.clone();
         bad_url.server_url = "ftp://x".into();
         assert!(bad_url.validate().is_err());
-        let mut bad_key = good;
+        let mut bad_key = good.clone();
         bad_key.server_key = Some("abc".into());
         assert!(bad_key.validate().is_err());
+        // A root file that is missing, or not signed by its threshold, is said at check time.
+        let scratch = tempfile::tempdir().unwrap();
+        let mut no_root = good.clone();
+        no_root.root = Some(scratch.path().join("root.json"));
+        let said = no_root.validate().unwrap_err().to_string();
+        assert!(said.contains("configuration root"), "{said}");
+        let unsigned = failsmall_core::trust::SignedRoot {
+            signed: failsmall_core::trust::RootDocument {
+                version: 1,
+                epoch: 1,
+                expires_ms: u64::MAX,
+                threshold: 1,
+                root_keys: vec![failsmall_core::trust::public_key_hex(&[1; 32])],
+                online_keys: vec![failsmall_core::trust::public_key_hex(&[2; 32])],
+                revoked_keys: vec![],
+                break_glass_threshold: 0,
+                break_glass_keys: vec![],
+            },
+            signatures: vec![],
+        };
+        std::fs::write(scratch.path().join("root.json"), unsigned.to_text()).unwrap();
+        let said = no_root.validate().unwrap_err().to_string();
+        assert!(said.contains("threshold not met"), "{said}");
+        let mut signed = unsigned;
+        signed.sign_with(&[1; 32]);
+        std::fs::write(scratch.path().join("root.json"), signed.to_text()).unwrap();
+        assert!(no_root.validate().is_ok());
     }
 }

@@ -69,6 +69,10 @@ pub fn router(shared: Arc<Shared>, config: AgentConfig) -> Router {
         .route("/v1/units/{unit}", get(unit_bytes))
         .route("/v1/units/{unit}/watch", get(watch_unit))
         .route("/v1/units/{unit}/rejections", post(rejection))
+        .route(
+            "/v1/break-glass",
+            get(break_glass_status).post(break_glass_order),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -127,6 +131,27 @@ fn bytes_response(bytes: Vec<u8>, hash: &VersionHash) -> Response {
         HeaderValue::from_static("application/octet-stream"),
     );
     response
+}
+
+/// `POST /v1/break-glass`: a signed break-glass order, verified against the pinned root and
+/// applied at once (see [`crate::break_glass`]); 422 with the reason when refused.
+async fn break_glass_order(State(state): State<LocalState>, body: String) -> Response {
+    match crate::break_glass::accept(&state.shared, &state.config, &body).await {
+        Ok(lines) => axum::Json(json!({ "applied": lines })).into_response(),
+        Err(refused) if refused.is_refusal() => {
+            tracing::error!(error = %refused, "refused a break-glass order");
+            error(StatusCode::UNPROCESSABLE_ENTITY, refused.to_string())
+        }
+        Err(failed) => error(StatusCode::INTERNAL_SERVER_ERROR, failed.to_string()),
+    }
+}
+
+/// `GET /v1/break-glass`: the orders in force, the node's break-glass log, and how much of it
+/// the control plane has.
+async fn break_glass_status(State(state): State<LocalState>) -> Response {
+    let orders = crate::break_glass::in_force(&state.shared, crate::now_ms());
+    let (log, reported) = crate::break_glass::log(&state.shared);
+    axum::Json(json!({ "in_force": orders, "log": log, "reported": reported })).into_response()
 }
 
 async fn status(State(state): State<LocalState>) -> Response {

@@ -25,12 +25,25 @@ pub struct Envelope {
     pub document: String,
     /// Ed25519 signature (hex) of `failsmall-desired-v1\n` followed by `document`.
     pub signature: String,
+    /// The online key that signed (hex). With a pinned root it must be one the root names.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The version of the root the server serves: an agent whose root is older fetches the
+    /// newer one (`GET /v1/root`) and verifies it against the one it trusts.
+    #[serde(default)]
+    pub root_version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
 struct WireDocument {
     node: String,
     seq: u64,
+    /// The root epoch the document is signed under; absent from servers without a root.
+    #[serde(default)]
+    epoch: u64,
+    /// Per listed unit, the signature of its version (`failsmall-version-v1`).
+    #[serde(default)]
+    versions: BTreeMap<String, String>,
     units: BTreeMap<String, String>,
     /// Absent in documents from servers that do not set an expiry: they never expire.
     #[serde(default)]
@@ -51,6 +64,7 @@ struct WireDocument {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
     pub seq: u64,
+    pub epoch: u64,
     pub units: BTreeMap<UnitName, VersionHash>,
     pub specs: BTreeMap<UnitName, UnitSpec>,
     /// The plan's post-apply health check, for versions a rollout is bringing.
@@ -94,6 +108,31 @@ pub enum Refusal {
     Older { seq: u64, trusted: u64 },
     #[error("desired-state document: envelope seq {envelope} differs from signed seq {signed}")]
     SeqMismatch { envelope: u64, signed: u64 },
+    #[error(
+        "desired-state document seq {seq}: unit {unit}: the version's signature does not verify against the document's key"
+    )]
+    VersionSignature { seq: u64, unit: String },
+    #[error(
+        "desired-state document seq {seq} is signed by key {key:?}, which root version {root_version} does not name as an online key (or revokes)"
+    )]
+    UnknownKey {
+        seq: u64,
+        key: String,
+        root_version: u64,
+    },
+    #[error(
+        "desired-state document seq {seq} is of epoch {found}; the trusted root (version {root_version}) is of epoch {expected}"
+    )]
+    Epoch {
+        seq: u64,
+        found: u64,
+        expected: u64,
+        root_version: u64,
+    },
+    #[error(
+        "the trusted root version {root_version} expired at {expires_ms} ms: the root key holders must sign a new one (README: Keys); keeping what is active"
+    )]
+    RootExpired { root_version: u64, expires_ms: u64 },
 }
 
 impl Refusal {
@@ -108,6 +147,10 @@ impl Refusal {
             Self::WrongNode { .. } => "wrong_node",
             Self::Older { .. } => "older",
             Self::SeqMismatch { .. } => "seq_mismatch",
+            Self::VersionSignature { .. } => "version_signature",
+            Self::UnknownKey { .. } => "unknown_key",
+            Self::Epoch { .. } => "epoch",
+            Self::RootExpired { .. } => "root_expired",
         }
     }
 }
@@ -127,6 +170,48 @@ fn desired_message(document: &str) -> Vec<u8> {
     let mut message = b"failsmall-desired-v1\n".to_vec();
     message.extend_from_slice(document.as_bytes());
     message
+}
+
+/// The signed message of a version (the server's `version_message`).
+fn version_message(unit: &str, hash_hex: &str) -> Vec<u8> {
+    format!("failsmall-version-v1\nunit {unit}\nsha256 {hash_hex}\n").into_bytes()
+}
+
+/// Verifies `envelope` under a pinned `root`: signed by an online key the root names (and
+/// does not revoke), of the root's epoch, the root not expired at `now_ms`; then as
+/// [`verify`] does.
+pub fn verify_with_root(
+    root: &failsmall_core::trust::RootDocument,
+    envelope: &Envelope,
+    node: &str,
+    trusted_seq: u64,
+    now_ms: u64,
+) -> Result<Desired, Refusal> {
+    if root.is_expired(now_ms) {
+        return Err(Refusal::RootExpired {
+            root_version: root.version,
+            expires_ms: root.expires_ms,
+        });
+    }
+    let named = envelope.key.as_deref().unwrap_or("");
+    if !root.is_online_key(named) {
+        return Err(Refusal::UnknownKey {
+            seq: envelope.seq,
+            key: named.chars().take(80).collect(),
+            root_version: root.version,
+        });
+    }
+    let key = parse_key(named)?;
+    let desired = verify(&key, envelope, node, trusted_seq)?;
+    if desired.epoch != root.epoch {
+        return Err(Refusal::Epoch {
+            seq: desired.seq,
+            found: desired.epoch,
+            expected: root.epoch,
+            root_version: root.version,
+        });
+    }
+    Ok(desired)
 }
 
 /// Verifies `envelope` for `node`: signature by `key`, the node, and a sequence number not
@@ -190,10 +275,30 @@ pub fn verify(
         let unit = UnitName::new(name.clone()).map_err(|e| Refusal::Malformed {
             reason: e.to_string(),
         })?;
-        let hash = hash.parse().map_err(|_| Refusal::Malformed {
+        let hash: VersionHash = hash.parse().map_err(|_| Refusal::Malformed {
             reason: format!("unit {name}: version {hash:?} is not a SHA-256 hex"),
         })?;
         units.insert(unit, hash);
+    }
+    // Every version as well as the document: a listed version without its own valid
+    // signature is refused, whole document with it.
+    for (unit, hash) in &units {
+        let valid = wire.versions.get(unit.as_str()).is_some_and(|signature| {
+            let mut bytes = [0u8; 64];
+            hex::decode_to_slice(signature.trim(), &mut bytes).is_ok()
+                && key
+                    .verify(
+                        &version_message(unit.as_str(), &hash.to_string()),
+                        &Signature::from_bytes(&bytes),
+                    )
+                    .is_ok()
+        });
+        if !valid {
+            return Err(Refusal::VersionSignature {
+                seq: wire.seq,
+                unit: unit.to_string(),
+            });
+        }
     }
     let mut specs = BTreeMap::new();
     for (name, spec) in wire.specs {
@@ -237,6 +342,7 @@ pub fn verify(
     }
     Ok(Desired {
         seq: wire.seq,
+        epoch: wire.epoch,
         units,
         specs,
         health_checks,
@@ -271,10 +377,15 @@ mod tests {
         SigningKey::from_bytes(&[seed; 32])
     }
 
+    fn version_signature(signer: &SigningKey, unit: &str, hash: &str) -> String {
+        hex::encode(signer.sign(&version_message(unit, hash)).to_bytes())
+    }
+
     fn envelope(signer: &SigningKey, node: &str, seq: u64, expires_ms: u64) -> Envelope {
         let hash = VersionHash::of(b"x").to_string();
         let document = json!({
             "node": node, "seq": seq, "units": {"features": hash},
+            "versions": {"features": version_signature(signer, "features", &hash)},
             "expires_ms": expires_ms,
             "specs": {"features": {"format": "json", "max_bytes": 100}},
             "health_checks": {"features": {"path": "/health", "expect_status": 200, "timeout_ms": 500}},
@@ -285,6 +396,8 @@ mod tests {
             seq,
             document,
             signature,
+            key: Some(hex::encode(signer.verifying_key().to_bytes())),
+            root_version: None,
         }
     }
 
@@ -315,12 +428,24 @@ mod tests {
     }
 
     fn signed(signer: &SigningKey, document: &serde_json::Value) -> Envelope {
+        let mut document = document.clone();
+        let units = document["units"].as_object().cloned().unwrap_or_default();
+        let versions: serde_json::Map<String, serde_json::Value> = units
+            .iter()
+            .map(|(unit, hash)| {
+                let signature = version_signature(signer, unit, hash.as_str().unwrap());
+                (unit.clone(), json!(signature))
+            })
+            .collect();
+        document["versions"] = json!(versions);
         let document = document.to_string();
         let signature = hex::encode(signer.sign(&desired_message(&document)).to_bytes());
         Envelope {
             seq: 7,
             document,
             signature,
+            key: None,
+            root_version: None,
         }
     }
 
@@ -398,6 +523,92 @@ mod tests {
         let mut garbage = envelope(&key(1), "n1", 7, 10);
         garbage.signature = "zz".into();
         check(&garbage, Err(Refusal::Signature { seq: 7 }));
+    }
+
+    #[test]
+    fn a_tampered_or_missing_version_signature_is_refused() {
+        let hash = VersionHash::of(b"x").to_string();
+        let other = VersionHash::of(b"y").to_string();
+        // Signed for another version, another unit, or by another key: each refused, even
+        // inside a document whose own signature is good.
+        for versions in [
+            json!({"features": version_signature(&key(1), "features", &other)}),
+            json!({"features": version_signature(&key(1), "rules", &hash)}),
+            json!({"features": version_signature(&key(2), "features", &hash)}),
+            json!({}),
+        ] {
+            let document = json!({
+                "node": "n1", "seq": 7, "units": {"features": hash}, "versions": versions,
+            })
+            .to_string();
+            let signature = hex::encode(key(1).sign(&desired_message(&document)).to_bytes());
+            let envelope = Envelope {
+                seq: 7,
+                document,
+                signature,
+                key: None,
+                root_version: None,
+            };
+            check(
+                &envelope,
+                Err(Refusal::VersionSignature {
+                    seq: 7,
+                    unit: "features".into(),
+                }),
+            );
+        }
+    }
+
+    #[test]
+    fn under_a_root_only_its_online_keys_and_its_epoch_are_trusted() {
+        use failsmall_core::trust::{RootDocument, public_key_hex};
+        let online = hex::encode(key(1).verifying_key().to_bytes());
+        let root = RootDocument {
+            version: 4,
+            epoch: 0,
+            expires_ms: 100,
+            threshold: 1,
+            root_keys: vec![public_key_hex(&[7; 32])],
+            online_keys: vec![online.clone()],
+            revoked_keys: vec![hex::encode(key(2).verifying_key().to_bytes())],
+            break_glass_threshold: 0,
+            break_glass_keys: vec![],
+        };
+        // The test documents carry no epoch: epoch 0.
+        let good = envelope(&key(1), "n1", 7, 10);
+        assert_eq!(verify_with_root(&root, &good, "n1", 5, 10).unwrap().seq, 7);
+        // A revoked key, or one the root does not name, is refused though it signed well.
+        let revoked = envelope(&key(2), "n1", 7, 10);
+        assert_eq!(
+            verify_with_root(&root, &revoked, "n1", 5, 10)
+                .unwrap_err()
+                .kind(),
+            "unknown_key"
+        );
+        let mut unnamed = good.clone();
+        unnamed.key = None;
+        assert_eq!(
+            verify_with_root(&root, &unnamed, "n1", 5, 10)
+                .unwrap_err()
+                .kind(),
+            "unknown_key"
+        );
+        let later = RootDocument {
+            epoch: 2,
+            ..root.clone()
+        };
+        assert_eq!(
+            verify_with_root(&later, &good, "n1", 5, 10)
+                .unwrap_err()
+                .kind(),
+            "epoch"
+        );
+        assert_eq!(
+            verify_with_root(&root, &good, "n1", 5, 101)
+                .unwrap_err()
+                .kind(),
+            "root_expired"
+        );
     }
 
     #[test]

@@ -7,9 +7,11 @@
 #[macro_use]
 mod output;
 mod agent_cmd;
+mod break_glass_cmd;
 mod codex_cmd;
 mod demo_cmd;
 mod demo_consumer_cmd;
+mod keys_cmd;
 mod loadgen_cmd;
 mod logging;
 mod ops;
@@ -54,6 +56,14 @@ enum Command {
     /// Work with plan files.
     #[command(subcommand)]
     Plan(plan_cmd::PlanCommand),
+    /// The offline root and the online keys: init the root, sign with a share, add, rotate
+    /// and revoke online keys, start a new epoch (README: Keys).
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Emergency orders straight to agents, with the control plane down: draft, sign M of N,
+    /// apply, status (README: Break glass).
+    #[command(subcommand)]
+    BreakGlass(break_glass_cmd::BreakGlassCommand),
     /// The Codex: lessons as rules. Check specs and plans offline, list and explain rules.
     #[command(subcommand)]
     Codex(codex_cmd::CodexCommand),
@@ -153,6 +163,8 @@ fn main() -> ExitCode {
         Command::DemoConsumer(args) => demo_consumer_cmd::run(&args),
         Command::Loadgen(args) => loadgen_cmd::run(&args),
         Command::Plan(command) => plan_cmd::run(&command),
+        Command::Keys(command) => keys_cmd::run(&command),
+        Command::BreakGlass(command) => break_glass_cmd::run(&command),
         Command::Codex(command) => codex_cmd::run(&command),
         Command::Ops(command) => ops::run(&command),
     };

@@ -6,6 +6,7 @@
 //! the simulator and the tests all drive the same [`engine::Engine`].
 #![forbid(unsafe_code)]
 
+pub mod break_glass;
 pub mod domain;
 pub mod duration;
 pub mod engine;
@@ -17,5 +18,6 @@ pub mod limits;
 pub mod plan;
 pub mod select;
 pub mod stats;
+pub mod trust;
 pub mod validate;
 pub mod yaml;

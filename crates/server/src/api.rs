@@ -43,6 +43,7 @@ use crate::store::{
 use crate::validator::{Refusal, ValidatorCommand};
 
 mod agent;
+mod break_glass;
 mod changelog;
 mod nodes;
 mod notify;
@@ -145,6 +146,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "The Ed25519 key versions are signed with",
             ),
             get(signing_key),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/root",
+                Public,
+                "The signed root document naming the keys agents trust",
+            ),
+            get(trust::root),
         ),
         (
             spec(Method::GET, "/v1/units", Read, "List units"),
@@ -256,6 +266,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "ACK, NACK, crash, failed health check or health of a version, or the node's staleness (stale / fresh again); one, or a batch {\"reports\": [...]} applied whole",
             ),
             post(report),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/nodes/{node}/break-glass",
+                AgentReport,
+                "A break-glass order used on the node, reported once the control plane is back (a changelog entry)",
+            ),
+            post(break_glass::break_glass),
         ),
         (
             spec(
@@ -535,6 +554,8 @@ struct Counters {
     responses_by_class: [AtomicU64; 5],
     versions_rejected: AtomicU64,
     validation_skipped: AtomicU64,
+    /// Break-glass uses reported by agents (an alert: any rise is an emergency on some node).
+    break_glass_reports: AtomicU64,
     denied: AtomicU64,
 }
 
@@ -966,7 +987,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         ));
     }
     let reports = state.shared.reports.counts();
-    let gauges: [(&str, &str, &str, u64); 13] = [
+    let gauges: [(&str, &str, &str, u64); 14] = [
         (
             "failsmall_report_requests_total",
             "counter",
@@ -1002,6 +1023,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
             "counter",
             "Pushes stored with validation skipped by an admin.",
             counters.validation_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "failsmall_break_glass_reports_total",
+            "counter",
+            "Break-glass uses reported by agents (alert on any rise).",
+            counters.break_glass_reports.load(Ordering::Relaxed),
         ),
         (
             "failsmall_requests_denied_total",

@@ -277,12 +277,29 @@ fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String
             broken.reason
         );
     }
-    let signer = VersionSigner::load_or_create(data_dir)?;
-    let admin_token = if store.token_count()? == 0 {
+    // A data dir with no token was never used: the only time a key may be created.
+    let first_start = store.token_count()? == 0;
+    let signer = VersionSigner::open(data_dir, first_start)?;
+    let admin_token = if first_start {
         Some(bootstrap_admin(&store, data_dir)?)
     } else {
         None
     };
+    // Said after the first admin token exists: a first start that logs has finished it.
+    match signer.root() {
+        Some(root) => tracing::info!(
+            version = root.document.version,
+            epoch = root.document.epoch,
+            "serving the root in {}",
+            data_dir.join(signing::ROOT_FILE).display()
+        ),
+        None => tracing::warn!(
+            "no {} in the data dir: agents trust this server's key on first use, and a lost \
+             key or a restored backup locks them out. For production, set up an offline root \
+             (`failsmall keys init-root`, README: Keys)",
+            signing::ROOT_FILE
+        ),
+    }
     Ok((store, signer, admin_token))
 }
 

@@ -38,6 +38,9 @@ pub(super) struct DesiredQuery {
 struct DesiredDocument<'a> {
     node: &'a str,
     seq: u64,
+    /// The root's epoch this document is signed under (0 without a root): agents refuse a
+    /// document of another epoch than the root they trust.
+    epoch: u64,
     /// Unit name → version hash, for every unit the node should run.
     units: std::collections::BTreeMap<String, String>,
     /// After this instant (ms since the Unix epoch, server clock) an agent that has heard
@@ -63,6 +66,10 @@ struct DesiredDocument<'a> {
     /// already names a newer version.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     stable: std::collections::BTreeMap<String, String>,
+    /// Per listed unit, the online key's signature of its version
+    /// ([`crate::signing::version_message`]): agents verify each version as well as the
+    /// document.
+    versions: std::collections::BTreeMap<String, String>,
 }
 
 /// How long a desired-state document stays fresh by default, in milliseconds
@@ -150,9 +157,16 @@ pub(super) async fn desired(
         .into_iter()
         .filter(|unit| !desired.contains_key(unit))
         .collect();
+    let signer = &state.shared.signer;
+    let versions = desired
+        .iter()
+        .map(|(unit, hash)| (unit.clone(), signer.sign_version(unit, hash)))
+        .collect();
     let document = serde_json::to_string(&DesiredDocument {
         node: id.as_str(),
         seq,
+        epoch: signer.epoch(),
+        versions,
         units: desired,
         expires_ms: now_ms().saturating_add(state.shared.desired_ttl_ms),
         specs,
@@ -172,10 +186,14 @@ pub(super) async fn desired(
              at most {DESIRED_DOCUMENT_MAX_BYTES} bytes and {DESIRED_UNITS_MAX} units"
         )));
     }
-    let signature = state.shared.signer.sign_desired(&document);
-    Ok(axum::Json(
-        json!({ "seq": seq, "document": document, "signature": signature }),
-    ))
+    let signature = signer.sign_desired(&document);
+    // `key` says which online key signed; `root_version` tells an agent with an older root to
+    // fetch `GET /v1/root` (neither is trusted for itself: the root decides).
+    Ok(axum::Json(json!({
+        "seq": seq, "document": document, "signature": signature,
+        "key": signer.public_key_hex(),
+        "root_version": signer.root().map(|r| r.document.version),
+    })))
 }
 
 #[derive(Debug, Deserialize)]

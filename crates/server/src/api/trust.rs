@@ -24,6 +24,25 @@ pub const OWNER_MAX_BYTES: usize = 128;
 /// The header on changelog answers while the chain is broken.
 pub const CHANGELOG_INTEGRITY_HEADER: &str = "x-failsmall-changelog-integrity";
 
+/// The root file the server was started with, as is (404 `no_root` without one): agents
+/// verify it against the root they pin, so it needs no authentication.
+pub(super) async fn root(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(root) = state.shared.signer.root() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_root",
+            "this server has no root.json in its data dir: agents pin its key on first use \
+             (README: Keys)",
+        ));
+    };
+    let mut response = Response::new(axum::body::Body::from(root.text.clone()));
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
 /// A 401 for a token past its expiry, saying when and what to do.
 pub(super) fn refuse_expired(record: &TokenRecord, now_ms: u64) -> Result<(), ApiError> {
     match record.expires_ms {
