@@ -106,7 +106,7 @@ impl WebhookKind {
 }
 
 /// The events a webhook may subscribe to, with the changelog kinds behind each.
-pub const EVENTS: [(&str, &[&str]); 7] = [
+pub const EVENTS: [(&str, &[&str]); 8] = [
     ("rollout_started", &["rollout_started"]),
     ("stage_passed", &["stage_passed"]),
     ("rollout_completed", &["completed"]),
@@ -114,6 +114,7 @@ pub const EVENTS: [(&str, &[&str]); 7] = [
     ("rollout_held", &["fleet_unhealthy", "held"]),
     ("freeze_created", &["freeze_created"]),
     ("freeze_lifted", &["freeze_lifted"]),
+    ("break_glass_used", &["break_glass"]),
 ];
 
 /// The event a changelog kind is, if any.
@@ -169,6 +170,8 @@ pub fn payload(
             let (action, severity) = match event {
                 "rollout_rolled_back" => ("trigger", "critical"),
                 "rollout_held" => ("trigger", "warning"),
+                // Someone bypassed the control plane: a person looks, and resolves it.
+                "break_glass_used" => ("trigger", "critical"),
                 "rollout_completed" => ("resolve", "info"),
                 _ => return None,
             };
@@ -419,6 +422,11 @@ mod tests {
         assert_eq!(trigger["dedup_key"], resolve["dedup_key"]);
         assert_eq!(trigger["dedup_key"], "failsmall/bot-features/rollout/7");
         assert!(body("stage_passed", "stage_passed").is_none());
+        // A node's break glass pages someone.
+        assert_eq!(event_of("break_glass"), Some("break_glass_used"));
+        let glass = body("break_glass_used", "break_glass").unwrap();
+        assert_eq!(glass["event_action"], "trigger");
+        assert_eq!(glass["payload"]["severity"], "critical");
         let slack: Value = serde_json::from_str(
             &payload(
                 WebhookKind::Slack,
