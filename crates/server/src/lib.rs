@@ -24,6 +24,7 @@ pub mod recover;
 pub mod rollouts;
 pub mod serve;
 pub mod signing;
+pub mod slo;
 pub mod store;
 pub mod tls;
 pub mod validator;
@@ -189,7 +190,9 @@ pub async fn run(
         Arc::clone(&store),
         api::now_ms,
     ));
+    let slos = slo::SloBook::load(&store)?;
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
+        .with_slos(slos)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
         .with_codex(codex);

@@ -184,6 +184,13 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         chained_ms BIGINT NOT NULL
     );",
+    // 13: service level objectives (`store/slos.rs`): the spec as JSON, keyed by name.
+    "CREATE TABLE slos (
+        name TEXT PRIMARY KEY,
+        unit TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -596,6 +603,7 @@ pub struct Store {
 mod changelog;
 mod engine;
 mod nodes;
+mod slos;
 mod tokens;
 mod trust;
 mod units;
