@@ -172,7 +172,7 @@ impl SloSpec {
 
     /// The share of events allowed to be bad (1 - target), in (0, 1).
     pub fn budget_ratio(&self) -> f64 {
-        1.0 - self.target_percent / 100.0
+        (100.0 - self.target_percent) / 100.0
     }
 
     /// Whether a node with `labels` is covered.
@@ -265,7 +265,11 @@ impl SloCounts {
     /// Drops buckets older than the minute span and `window_ms` as of `now_ms`.
     pub fn prune(&mut self, now_ms: u64, window_ms: u64) {
         let oldest_minute = now_ms.saturating_sub(MINUTE_SPAN_MS) / MINUTE_MS;
-        while self.minutes.front().is_some_and(|(m, _)| *m < oldest_minute) {
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _)| *m < oldest_minute)
+        {
             self.minutes.pop_front();
         }
         let oldest_hour = now_ms.saturating_sub(window_ms.min(WINDOW_MAX_MS)) / HOUR_MS;
@@ -455,7 +459,12 @@ mod tests {
         spec(99.9, 30 * DAY_MS).validate().unwrap();
         let mut bad = spec(99.9, 30 * DAY_MS);
         bad.name = "Bad Name".into();
-        assert!(bad.validate().unwrap_err().to_string().starts_with("name: "));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("name: ")
+        );
     }
 
     #[test]
@@ -473,7 +482,10 @@ mod tests {
         // Over the 30-day window only 4 days have events: 1% errors overspend the budget.
         assert!((status.error_budget_remaining - (1.0 - 10.0)).abs() < 1e-9);
         assert!(status.exhausted);
-        assert_eq!(status.attained_percent.map(|p| (p * 1e6).round()), Some(99e6));
+        assert_eq!(
+            status.attained_percent.map(|p| (p * 1e6).round()),
+            Some(99e6)
+        );
     }
 
     #[test]

@@ -73,7 +73,9 @@ pub struct CreateArgs {
 fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("selector {text:?}: expected KEY=VALUE, e.g. cohort=free")),
+        _ => Err(format!(
+            "selector {text:?}: expected KEY=VALUE, e.g. cohort=free"
+        )),
     }
 }
 

@@ -165,11 +165,8 @@ pub(super) async fn create_slo(
     .await?;
     tracing::info!(slo = %spec.name, unit = %spec.unit, "slo created");
     book.insert(spec.clone());
-    let status = failsmall_core::slo::status(
-        &spec,
-        &failsmall_core::slo::SloCounts::default(),
-        now_ms(),
-    );
+    let status =
+        failsmall_core::slo::status(&spec, &failsmall_core::slo::SloCounts::default(), now_ms());
     Ok((StatusCode::CREATED, axum::Json(slo_json(&spec, &status))))
 }
 
@@ -301,7 +298,10 @@ pub(super) async fn check_error_budget(
             )
         })
         .collect();
-    let names: Vec<&str> = blocking.iter().map(|(spec, _)| spec.name.as_str()).collect();
+    let names: Vec<&str> = blocking
+        .iter()
+        .map(|(spec, _)| spec.name.as_str())
+        .collect();
     if !override_error_budget {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
