@@ -211,7 +211,7 @@ pub fn parse_window_ms(text: &str) -> Result<u64, SloError> {
 
 /// Formats a window as `30d` or `12h`.
 pub fn format_window(window_ms: u64) -> String {
-    if window_ms % DAY_MS == 0 {
+    if window_ms.is_multiple_of(DAY_MS) {
         format!("{}d", window_ms / DAY_MS)
     } else {
         format!("{}h", window_ms / HOUR_MS)
@@ -561,7 +561,7 @@ mod tests {
         steady(&mut counts, now, 10 * 24 * 60, 10, 0);
         counts.prune(now, slo.window_ms);
         let (minutes, hours) = counts.buckets();
-        assert!(minutes <= MINUTE_BUCKETS_MAX && minutes >= MINUTE_BUCKETS_MAX - 1);
+        assert!((MINUTE_BUCKETS_MAX - 1..=MINUTE_BUCKETS_MAX).contains(&minutes));
         assert!(hours <= 25, "{hours}");
     }
 
