@@ -406,6 +406,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 Method::GET,
+                "/v1/changelog/verify",
+                Admin,
+                "Verify the changelog's hash chain: the first broken row, and the head",
+            ),
+            get(trust::verify_changelog),
+        ),
+        (
+            spec(
+                Method::GET,
                 "/v1/slos",
                 Read,
                 "List SLOs with their error budget and burn rates",
@@ -428,15 +437,6 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(Method::DELETE, "/v1/slos/{name}", Admin, "Delete an SLO"),
             delete(slos::delete_slo),
-        ),
-        (
-            spec(
-                Method::GET,
-                "/v1/changelog/verify",
-                Admin,
-                "Verify the changelog's hash chain: the first broken row, and the head",
-            ),
-            get(trust::verify_changelog),
         ),
     ]
 }
