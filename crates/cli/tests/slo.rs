@@ -381,3 +381,53 @@ fn a_spent_error_budget_blocks_rollout_starts_until_an_admin_overrides() {
                 && reason == "SLO flags-availability deleted: replaced")
     );
 }
+
+#[test]
+fn slo_counts_survive_a_server_restart() {
+    let mut server = Server::start("slo-restart");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    server.ok(&[
+        "slo", "create", "avail", "--unit", "flags", "--target", "99", "--window", "7d",
+    ]);
+    let hash = "0".repeat(64);
+    {
+        let mut agent = Agent::new(&server);
+        agent.register("n1", json!({"cohort": "employee"}));
+        health(&agent, "n1", "flags", &hash, 1000, 25);
+    }
+    let before = server.json(&["slo", "show", "avail"]);
+    assert_eq!(
+        (
+            before["events_total"].as_u64(),
+            before["events_bad"].as_u64()
+        ),
+        (Some(1000), Some(25))
+    );
+    // SIGTERM, as `systemctl stop` does: the server saves the counts on its way out.
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", server.child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+    let listen = server.addr.trim_start_matches("http://").to_owned();
+    server = Server::start_in(server.dir.clone(), &listen, &[]);
+    let after = server.json(&["slo", "show", "avail"]);
+    for field in [
+        "events_total",
+        "events_bad",
+        "error_budget_remaining",
+        "exhausted",
+        "burn_rates",
+    ] {
+        assert_eq!(after[field], before[field], "{field}: {after}");
+    }
+    assert_eq!(after["exhausted"], true);
+    // Deleting the SLO deletes its counts: one created again with that name starts afresh.
+    server.ok(&["slo", "delete", "avail"]);
+    server.ok(&[
+        "slo", "create", "avail", "--unit", "flags", "--target", "99",
+    ]);
+    assert_eq!(server.json(&["slo", "show", "avail"])["events_total"], 0);
+}

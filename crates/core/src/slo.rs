@@ -288,6 +288,46 @@ impl SloCounts {
         }
     }
 
+    /// The counts of one bucket: `width_ms` is [`MINUTE_MS`] or [`HOUR_MS`], `index` the
+    /// bucket's start divided by its width; zero when it is not kept.
+    pub fn bucket(&self, width_ms: u64, index: u64) -> EventCounts {
+        let buckets = if width_ms == HOUR_MS {
+            &self.hours
+        } else {
+            &self.minutes
+        };
+        buckets
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, counts)| *counts)
+            .unwrap_or_default()
+    }
+
+    /// Restores one bucket (as [`Self::bucket`] read it), replacing what it held.
+    pub fn restore(&mut self, width_ms: u64, index: u64, counts: EventCounts) {
+        let buckets = if width_ms == HOUR_MS {
+            &mut self.hours
+        } else if width_ms == MINUTE_MS {
+            &mut self.minutes
+        } else {
+            return;
+        };
+        if let Some((_, slot)) = buckets.iter_mut().find(|(i, _)| *i == index) {
+            *slot = EventCounts::default();
+        }
+        add_to(buckets, index, counts);
+        self.bound();
+    }
+
+    /// The oldest bucket index [`Self::prune`] keeps at `now_ms` for `window_ms`: (minutes,
+    /// hours).
+    pub fn horizon(now_ms: u64, window_ms: u64) -> (u64, u64) {
+        (
+            now_ms.saturating_sub(MINUTE_SPAN_MS) / MINUTE_MS,
+            now_ms.saturating_sub(window_ms.min(WINDOW_MAX_MS)) / HOUR_MS,
+        )
+    }
+
     /// Buckets kept (minutes, hours).
     pub fn buckets(&self) -> (usize, usize) {
         (self.minutes.len(), self.hours.len())
@@ -563,6 +603,33 @@ mod tests {
         let (minutes, hours) = counts.buckets();
         assert!((MINUTE_BUCKETS_MAX - 1..=MINUTE_BUCKETS_MAX).contains(&minutes));
         assert!(hours <= 25, "{hours}");
+    }
+
+    #[test]
+    fn buckets_read_back_restore_the_same_counts() {
+        let slo = spec(99.0, 2 * DAY_MS);
+        let now = 5 * DAY_MS;
+        let mut counts = SloCounts::default();
+        steady(&mut counts, now, 36 * 60, 10, 1);
+        let mut restored = SloCounts::default();
+        for minute in (now - 3 * DAY_MS) / MINUTE_MS..=now / MINUTE_MS {
+            let c = counts.bucket(MINUTE_MS, minute);
+            if c.total > 0 {
+                restored.restore(MINUTE_MS, minute, c);
+            }
+        }
+        for hour in (now - 2 * DAY_MS) / HOUR_MS..=now / HOUR_MS {
+            let c = counts.bucket(HOUR_MS, hour);
+            if c.total > 0 {
+                restored.restore(HOUR_MS, hour, c);
+            }
+        }
+        assert_eq!(restored, counts);
+        assert_eq!(status(&slo, &restored, now), status(&slo, &counts, now));
+        // Restoring a bucket again replaces it, never adds.
+        let minute = now / MINUTE_MS;
+        restored.restore(MINUTE_MS, minute, counts.bucket(MINUTE_MS, minute));
+        assert_eq!(restored, counts);
     }
 
     #[test]

@@ -545,9 +545,9 @@ impl AppState {
     }
 
     /// SLOs (loaded from the store) counted from agents' reports. Call before serving.
-    pub fn with_slos(mut self, slos: crate::slo::SloBook) -> Self {
+    pub fn with_slos(mut self, slos: Arc<crate::slo::SloBook>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.slos = Arc::new(slos);
+            shared.slos = slos;
         }
         self
     }

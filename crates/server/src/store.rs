@@ -184,12 +184,21 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         chained_ms BIGINT NOT NULL
     );",
-    // 13: service level objectives (`store/slos.rs`): the spec as JSON, keyed by name.
+    // 13: service level objectives (`store/slos.rs`): the spec as JSON, keyed by name, and
+    // their event counts per minute and per hour (pruned past what `SloCounts` keeps).
     "CREATE TABLE slos (
         name TEXT PRIMARY KEY,
         unit TEXT NOT NULL,
         spec TEXT NOT NULL,
         created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE slo_buckets (
+        slo TEXT NOT NULL,
+        width_ms BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        total BIGINT NOT NULL,
+        bad BIGINT NOT NULL,
+        PRIMARY KEY (slo, width_ms, idx)
     );",
 ];
 
@@ -608,6 +617,7 @@ mod tokens;
 mod trust;
 mod units;
 mod versions;
+pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};
 
 fn to_u64(value: i64) -> u64 {

@@ -75,6 +75,7 @@ impl Store {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
             let deleted = tx.execute("DELETE FROM slos WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM slo_buckets WHERE slo = ?1", [name])?;
             if deleted == 0 {
                 return Err(StoreError::NotFound {
                     kind: "slo",
@@ -82,6 +83,88 @@ impl Store {
                 });
             }
             record_change(&tx, change)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+}
+
+/// One stored bucket of an SLO's event counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SloBucketRow {
+    pub slo: String,
+    /// A minute or an hour, in milliseconds.
+    pub width_ms: u64,
+    /// The bucket's start divided by its width.
+    pub index: u64,
+    pub total: u64,
+    pub bad: u64,
+}
+
+/// What an SLO keeps from: buckets of each width older than these indexes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SloHorizon {
+    pub slo: String,
+    pub oldest_minute: u64,
+    pub oldest_hour: u64,
+}
+
+impl Store {
+    /// Every stored bucket of every SLO.
+    pub fn slo_buckets(&self) -> Result<Vec<SloBucketRow>, StoreError> {
+        self.with_conn(|conn| {
+            let mut statement =
+                conn.prepare("SELECT slo, width_ms, idx, total, bad FROM slo_buckets")?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok(SloBucketRow {
+                        slo: row.get(0)?,
+                        width_ms: to_u64(row.get(1)?),
+                        index: to_u64(row.get(2)?),
+                        total: to_u64(row.get(3)?),
+                        bad: to_u64(row.get(4)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Writes buckets (each replaces what its row held) of SLOs that still exist, and deletes
+    /// each SLO's buckets past its horizon, in one transaction.
+    pub fn save_slo_buckets(
+        &self,
+        rows: &[SloBucketRow],
+        horizons: &[SloHorizon],
+    ) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            for row in rows {
+                tx.execute(
+                    "INSERT INTO slo_buckets (slo, width_ms, idx, total, bad)
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM slos WHERE name = ?1)
+                     ON CONFLICT (slo, width_ms, idx) DO UPDATE SET total = excluded.total, bad = excluded.bad",
+                    params![
+                        row.slo,
+                        to_i64(row.width_ms),
+                        to_i64(row.index),
+                        to_i64(row.total),
+                        to_i64(row.bad)
+                    ],
+                )?;
+            }
+            for horizon in horizons {
+                tx.execute(
+                    "DELETE FROM slo_buckets WHERE slo = ?1 AND ((width_ms = ?2 AND idx < ?3) OR (width_ms = ?4 AND idx < ?5))",
+                    params![
+                        horizon.slo,
+                        to_i64(failsmall_core::slo::MINUTE_MS),
+                        to_i64(horizon.oldest_minute),
+                        to_i64(failsmall_core::slo::HOUR_MS),
+                        to_i64(horizon.oldest_hour)
+                    ],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })
