@@ -17,6 +17,7 @@ pub mod health;
 pub mod limits;
 pub mod plan;
 pub mod select;
+pub mod slo;
 pub mod stats;
 pub mod trust;
 pub mod validate;

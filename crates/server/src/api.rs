@@ -50,6 +50,7 @@ mod notify;
 mod operator;
 mod page;
 mod rollouts;
+mod slos;
 mod tokens;
 mod trust;
 mod units;
@@ -471,6 +472,19 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 Method::GET,
+                "/v1/slos",
+                Read,
+                "List SLOs with their error budget and burn rates",
+            ),
+            get(slos::list_slos),
+        ),
+        (
+            spec(Method::POST, "/v1/slos", Admin, "Create an SLO"),
+            post(slos::create_slo),
+        ),
+        (
+            spec(
+                Method::GET,
                 "/v1/maintenance",
                 Read,
                 "Maintenance windows kept, with whether each holds now",
@@ -540,6 +554,19 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             post(notify::retry_dead_letter),
         ),
+        (
+            spec(
+                Method::GET,
+                "/v1/slos/{name}",
+                Read,
+                "Show an SLO: events over its window, error budget left, burn rates, alerts",
+            ),
+            get(slos::show_slo),
+        ),
+        (
+            spec(Method::DELETE, "/v1/slos/{name}", Admin, "Delete an SLO"),
+            delete(slos::delete_slo),
+        ),
     ]
 }
 
@@ -581,6 +608,8 @@ struct Shared {
     scratch_dir: Option<std::path::PathBuf>,
     /// The Codex that judges units, pushes and rollouts; `None`: off.
     codex: Option<Arc<CodexGate>>,
+    /// SLOs and their event counts (see [`crate::slo`]).
+    slos: Arc<crate::slo::SloBook>,
 }
 
 /// What every handler shares.
@@ -616,6 +645,7 @@ impl AppState {
                 node_down_after_ms: NODE_DOWN_AFTER_MS_DEFAULT,
                 scratch_dir: None,
                 codex: None,
+                slos: Arc::new(crate::slo::SloBook::default()),
             }),
         }
     }
@@ -641,6 +671,14 @@ impl AppState {
     pub fn with_codex(mut self, codex: Option<CodexGate>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.codex = codex.map(Arc::new);
+        }
+        self
+    }
+
+    /// SLOs (loaded from the store) counted from agents' reports. Call before serving.
+    pub fn with_slos(mut self, slos: Arc<crate::slo::SloBook>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.slos = slos;
         }
         self
     }
@@ -1111,6 +1149,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     text.push_str(&format!(
         "# TYPE failsmall_engine_revision counter\nfailsmall_engine_revision {revision}\n"
     ));
+    text.push_str(&slos::metrics_text(&state));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

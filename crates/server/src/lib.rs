@@ -25,6 +25,7 @@ pub mod recover;
 pub mod rollouts;
 pub mod serve;
 pub mod signing;
+pub mod slo;
 pub mod store;
 pub mod tls;
 pub mod validator;
@@ -202,7 +203,15 @@ pub async fn run(
         config.notify,
         api::now_ms,
     ));
+    let slos = Arc::new(slo::SloBook::load(&store)?);
+    let last_flush_store = Arc::clone(&store);
+    let slo_flusher = tokio::spawn(slo::flush_forever(
+        Arc::clone(&slos),
+        Arc::clone(&store),
+        api::now_ms,
+    ));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
+        .with_slos(Arc::clone(&slos))
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
         .with_codex(codex);
@@ -244,6 +253,14 @@ pub async fn run(
     ticker.abort();
     health_reader.abort();
     notifier.abort();
+    slo_flusher.abort();
+    let last_store = Arc::clone(&last_flush_store);
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(error) = slos.flush(&last_store, api::now_ms()) {
+            tracing::warn!(%error, "slo: event counts not saved at shutdown");
+        }
+    })
+    .await;
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();

@@ -210,6 +210,22 @@ const MIGRATIONS: &[&str] = &[
         delivered_ms BIGINT
     );
     CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);",
+    // 14: service level objectives (`store/slos.rs`): the spec as JSON, keyed by name, and
+    // their event counts per minute and per hour (pruned past what `SloCounts` keeps).
+    "CREATE TABLE slos (
+        name TEXT PRIMARY KEY,
+        unit TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE TABLE slo_buckets (
+        slo TEXT NOT NULL,
+        width_ms BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        total BIGINT NOT NULL,
+        bad BIGINT NOT NULL,
+        PRIMARY KEY (slo, width_ms, idx)
+    );",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -625,11 +641,13 @@ mod changelog;
 mod engine;
 mod nodes;
 mod outbox;
+mod slos;
 mod tokens;
 mod trust;
 mod units;
 mod versions;
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
+pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};
 
 fn to_u64(value: i64) -> u64 {

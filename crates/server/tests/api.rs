@@ -653,6 +653,7 @@ fn concrete(path: &str) -> String {
         .replace("{sha256}", &"0".repeat(64))
         .replace("{node}", "node-1")
         .replace("{id}", "999999")
+        .replace("{name}", "matrix")
 }
 
 #[tokio::test]
@@ -731,6 +732,10 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("DELETE", "/v1/webhooks/{id}", Admin),
         ("GET", "/v1/notify/dead-letters", Read),
         ("POST", "/v1/notify/dead-letters/{id}/retry", Admin),
+        ("GET", "/v1/slos", Read),
+        ("POST", "/v1/slos", Admin),
+        ("GET", "/v1/slos/{name}", Read),
+        ("DELETE", "/v1/slos/{name}", Admin),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table

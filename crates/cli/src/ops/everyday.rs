@@ -148,6 +148,10 @@ pub struct RetryArgs {
     /// Retry a version its rollback quarantined (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Retry although an SLO of the unit has spent its error budget (admin only; needs
+    /// --reason, recorded in the changelog).
+    #[arg(long)]
+    pub override_error_budget: bool,
     /// Then follow the rollout as `rollout watch` does: exits 0 when it completes, 3 when it
     /// is rolled back or aborted.
     #[arg(long)]
@@ -484,6 +488,7 @@ pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::R
             plan_text: &plan_text,
             reason: &reason,
             override_quarantine: false,
+            override_error_budget: false,
         },
     )?;
     print_started(view, &args.unit, &target, json_output, "undo")
@@ -498,7 +503,11 @@ pub fn retry(
     let (_, view): (u16, Option<RolloutView>) = client.send_json(
         Method::POST,
         &format!("/v1/rollouts/{}/retry", args.id),
-        &json!({"reason": args.reason, "override_quarantine": args.override_quarantine}),
+        &json!({
+            "reason": args.reason,
+            "override_quarantine": args.override_quarantine,
+            "override_error_budget": args.override_error_budget,
+        }),
     )?;
     let (unit, version) = view
         .as_ref()

@@ -13,6 +13,7 @@ pub mod notify;
 pub mod remote;
 pub mod render;
 pub mod rollout;
+pub mod slo;
 pub mod token;
 pub mod unit;
 pub mod validate;
@@ -91,6 +92,8 @@ pub enum OpsCommand {
     Nodes(nodes::NodesArgs),
     /// Create, list and revoke access tokens (admin).
     Token(token::TokenArgs),
+    /// Service level objectives: create, list, show (error budget, burn rates), delete.
+    Slo(slo::SloArgs),
     /// Check a file against a unit's spec offline, with the same checks as the server.
     Validate(validate::ValidateArgs),
     /// Print a shell completion script.
@@ -127,6 +130,7 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Log(args) => log::run(args),
         OpsCommand::Nodes(args) => nodes::run(args),
         OpsCommand::Token(args) => token::run(args),
+        OpsCommand::Slo(args) => slo::run(args),
         OpsCommand::Validate(args) => validate::run(args),
         OpsCommand::Completions(args) => completions::run(args),
         OpsCommand::Version(args) => everyday::version(args),

@@ -60,6 +60,10 @@ pub struct StartArgs {
     /// Roll out a quarantined version anyway, e.g. once its consumer is fixed (admin only).
     #[arg(long)]
     pub override_quarantine: bool,
+    /// Start it although an SLO of the unit has spent its error budget (admin only; needs
+    /// --reason, recorded in the changelog).
+    #[arg(long)]
+    pub override_error_budget: bool,
     /// Then follow the rollout as `rollout watch` does: exits 0 when it completes, 3 when it
     /// is rolled back or aborted.
     #[arg(long)]
@@ -222,6 +226,7 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
             plan_text: &plan_text,
             reason: &args.reason,
             override_quarantine: args.override_quarantine,
+            override_error_budget: args.override_error_budget,
         },
     )?;
     let started = view.as_ref().map(|view| view.id.0);

@@ -56,6 +56,10 @@ pub struct PushArgs {
     /// Roll out during a freeze (admin only; the message is the reason, logged).
     #[arg(long)]
     pub override_freeze: bool,
+    /// Start the rollout although an SLO of the unit has spent its error budget (admin only;
+    /// the message is the reason, recorded in the changelog).
+    #[arg(long)]
+    pub override_error_budget: bool,
     /// Then follow the rollout it started as `rollout watch` does: exits 0 when it completes,
     /// 3 when it is rolled back or aborted.
     #[arg(long, conflicts_with = "no_rollout")]
@@ -141,6 +145,9 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     if args.skip_validation {
         query.push(("skip_validation", "true".to_owned()));
     }
+    if args.override_error_budget {
+        query.push(("override_error_budget", "true".to_owned()));
+    }
     let path = format!("/v1/units/{}/versions", args.unit);
     let (status, pushed): (u16, Pushed) = client.post_bytes(&path, &query, content)?;
     let (version, started) = (pushed.version, pushed.rollout);
@@ -158,6 +165,7 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
                 plan_text,
                 reason: &args.message,
                 override_quarantine: args.override_quarantine,
+                override_error_budget: args.override_error_budget,
             },
         )?,
     };
@@ -215,6 +223,7 @@ pub struct RolloutRequest<'a> {
     pub plan_text: &'a str,
     pub reason: &'a str,
     pub override_quarantine: bool,
+    pub override_error_budget: bool,
 }
 
 /// Starts (or queues) a rollout; the server's view of it.
@@ -229,6 +238,7 @@ pub fn request_rollout(
         "plan_file": request.plan_file,
         "reason": request.reason,
         "override_quarantine": request.override_quarantine,
+        "override_error_budget": request.override_error_budget,
     });
     let (_, view): (u16, Option<RolloutView>) =
         client.send_json(Method::POST, "/v1/rollouts", &body)?;

@@ -701,6 +701,16 @@ pub(super) async fn report(
         }
     }
     let events = concerning_node(&state, &node, events).await?;
+    // What the SLOs count: each health sample, once accepted (below).
+    let slo_samples: Vec<(failsmall_core::domain::UnitName, u64, u64)> = events
+        .iter()
+        .filter_map(|(event, _)| match event {
+            Event::Health { unit, sample, .. } if state.shared.slos.covers_unit(unit) => {
+                Some((unit.clone(), sample.requests, sample.errors))
+            }
+            _ => None,
+        })
+        .collect();
     let cause = if staleness.is_empty() {
         Cause::Nothing
     } else {
@@ -729,6 +739,7 @@ pub(super) async fn report(
                     busy.to_string(),
                 ),
             })?;
+    super::slos::count_health(&state, &node, slo_samples, at_ms).await;
     if is_batch {
         Ok(axum::Json(json!({ "accepted": count, "actions": actions })))
     } else {

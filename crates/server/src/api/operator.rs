@@ -204,6 +204,9 @@ struct RetryRequest {
     reason: String,
     #[serde(default)]
     override_quarantine: bool,
+    /// An admin retries although the unit's error budget is spent (needs a reason).
+    #[serde(default)]
+    override_error_budget: bool,
 }
 
 /// `POST /v1/rollouts/{id}/retry`: the same version through the same plan, as a new rollout.
@@ -249,6 +252,15 @@ pub(super) async fn retry_rollout(
             ),
         ));
     }
+    super::slos::check_error_budget(
+        &state,
+        &caller,
+        &view.unit,
+        &view.version,
+        request.override_error_budget,
+        &request.reason,
+    )
+    .await?;
     let reason = if request.reason.is_empty() {
         format!("retry of {id}")
     } else {
@@ -490,7 +502,7 @@ fn version_status(
     }
 }
 
-fn was_stable(view: Option<&RolloutView>) -> bool {
+pub(super) fn was_stable(view: Option<&RolloutView>) -> bool {
     view.is_some_and(|view| {
         view.status == RolloutStatus::Completed
             && !view

@@ -75,6 +75,9 @@ pub(super) struct CreateRolloutRequest {
     /// Admin only, with a reason: start during a freeze (logged in the rollout's reason).
     #[serde(default)]
     override_freeze: bool,
+    /// An admin starts it although the unit's error budget is spent (needs a reason).
+    #[serde(default)]
+    override_error_budget: bool,
 }
 
 pub(super) fn rollout_of(actions: &[Action]) -> Option<RolloutId> {
@@ -108,6 +111,15 @@ pub(super) async fn create_rollout(
     (judgement.spec, judgement.plan) = (Some(record.spec), Some(plan.clone()));
     judgement.override_quarantine = request.override_quarantine;
     let warnings = state.judge(judgement).await?;
+    super::slos::check_error_budget(
+        &state,
+        &caller,
+        &unit,
+        &version,
+        request.override_error_budget,
+        &request.reason,
+    )
+    .await?;
     let unit_text = unit.to_string();
     let event = Event::RolloutRequested {
         unit,

@@ -13,6 +13,10 @@ pub(super) struct PushQuery {
     /// Admin only: roll out during a freeze; the message is the reason (logged).
     #[serde(default)]
     override_freeze: bool,
+    /// An admin starts the push's rollout although its unit's error budget is spent (the
+    /// message is the reason).
+    #[serde(default)]
+    override_error_budget: bool,
 }
 
 pub(super) async fn push_version(
@@ -160,7 +164,18 @@ pub(super) async fn push_version(
             (version, created, None)
         }
         Some(plan) => {
-            push_and_roll_out(&state, &caller, row, changes, plan, query.override_freeze).await?
+            let (override_freeze, override_budget) =
+                (query.override_freeze, query.override_error_budget);
+            push_and_roll_out(
+                &state,
+                &caller,
+                row,
+                changes,
+                plan,
+                override_freeze,
+                override_budget,
+            )
+            .await?
         }
     };
     if created && skipped {
@@ -234,6 +249,7 @@ pub(super) async fn push_and_roll_out(
     changes: Vec<ChangeRow>,
     plan: Plan,
     override_freeze: bool,
+    override_error_budget: bool,
 ) -> Result<(crate::store::VersionRecord, bool, Option<Value>), ApiError> {
     let (unit, hash) = (row.unit.clone(), row.hash.clone());
     let existing = {
@@ -248,9 +264,19 @@ pub(super) async fn push_and_roll_out(
     if let Some(version) = existing {
         return Ok((version, false, None));
     }
+    let (unit_checked, version_checked) = (unit_name(&unit)?, version_hash(&hash)?);
+    super::slos::check_error_budget(
+        state,
+        caller,
+        &unit_checked,
+        &version_checked,
+        override_error_budget,
+        &row.message,
+    )
+    .await?;
     let event = Event::RolloutRequested {
-        unit: unit_name(&unit)?,
-        version: version_hash(&hash)?,
+        unit: unit_checked,
+        version: version_checked,
         plan,
         actor: caller.name.clone(),
         reason: row.message.clone(),

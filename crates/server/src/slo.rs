@@ -1,0 +1,229 @@
+//! The server's SLO book: every SLO with its event counts in time buckets (see
+//! [`failsmall_core::slo`]), fed by agents' health reports as they are accepted, read by
+//! `/metrics`, `GET /v1/slos` and the rollout-start check.
+//!
+//! Memory is bounded: at most [`SLOS_MAX`] SLOs (the API refuses more), each with at most
+//! [`failsmall_core::slo::MINUTE_BUCKETS_MAX`] + [`failsmall_core::slo::HOUR_BUCKETS_MAX`]
+//! buckets, pruned past its window on every write and read. The buckets a report changed are
+//! written to the store every [`FLUSH_INTERVAL_MS`] (`flush_forever`), and loaded at start:
+//! a crash loses at most that interval's counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use failsmall_core::domain::{Labels, UnitName};
+use failsmall_core::slo::{EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, status};
+
+use crate::store::{SloBucketRow, SloHorizon, Store, StoreError};
+
+/// How often the buckets that changed are written to the store, in milliseconds.
+pub const FLUSH_INTERVAL_MS: u64 = 5_000;
+
+pub use failsmall_core::slo::SLOS_MAX;
+
+#[derive(Debug)]
+struct Tracked {
+    spec: SloSpec,
+    counts: SloCounts,
+}
+
+/// Every SLO and its counts.
+#[derive(Debug, Default)]
+pub struct SloBook {
+    slos: Mutex<BTreeMap<String, Tracked>>,
+    /// Buckets changed since the last flush: (SLO, width, index). At most two per SLO and
+    /// minute between flushes.
+    dirty: Mutex<BTreeSet<(String, u64, u64)>>,
+}
+
+impl SloBook {
+    /// The book with every stored SLO, no events yet.
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let book = Self::default();
+        for spec in store.slos()? {
+            book.insert(spec);
+        }
+        {
+            let mut slos = book.lock();
+            for row in store.slo_buckets()? {
+                if let Some(tracked) = slos.get_mut(&row.slo) {
+                    let counts = EventCounts {
+                        total: row.total,
+                        bad: row.bad,
+                    };
+                    tracked.counts.restore(row.width_ms, row.index, counts);
+                }
+            }
+        }
+        Ok(book)
+    }
+
+    fn lock_dirty(&self) -> MutexGuard<'_, BTreeSet<(String, u64, u64)>> {
+        self.dirty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The buckets changed since the last call, as rows, and every SLO's horizon as of
+    /// `now_ms`; the changed set starts afresh.
+    fn take_dirty(&self, now_ms: u64) -> (Vec<SloBucketRow>, Vec<SloHorizon>) {
+        let dirty = std::mem::take(&mut *self.lock_dirty());
+        let slos = self.lock();
+        let rows = dirty
+            .into_iter()
+            .filter_map(|(slo, width_ms, index)| {
+                let counts = slos.get(&slo)?.counts.bucket(width_ms, index);
+                Some(SloBucketRow {
+                    slo,
+                    width_ms,
+                    index,
+                    total: counts.total,
+                    bad: counts.bad,
+                })
+            })
+            .collect();
+        let horizons = slos
+            .values()
+            .map(|tracked| {
+                let (oldest_minute, oldest_hour) =
+                    SloCounts::horizon(now_ms, tracked.spec.window_ms);
+                SloHorizon {
+                    slo: tracked.spec.name.clone(),
+                    oldest_minute,
+                    oldest_hour,
+                }
+            })
+            .collect();
+        (rows, horizons)
+    }
+
+    /// Writes the changed buckets to `store` (and deletes what is past each horizon); on
+    /// failure they stay changed, for the next flush.
+    pub fn flush(&self, store: &Store, now_ms: u64) -> Result<(), StoreError> {
+        let (rows, horizons) = self.take_dirty(now_ms);
+        if rows.is_empty() && horizons.is_empty() {
+            return Ok(());
+        }
+        store.save_slo_buckets(&rows, &horizons).inspect_err(|_| {
+            let mut dirty = self.lock_dirty();
+            for row in rows {
+                dirty.insert((row.slo, row.width_ms, row.index));
+            }
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Tracked>> {
+        // A panic while holding the lock cannot leave the map torn (each write is one call).
+        self.slos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, spec: SloSpec) {
+        self.lock().insert(
+            spec.name.clone(),
+            Tracked {
+                spec,
+                counts: SloCounts::default(),
+            },
+        );
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether some SLO of `unit` selects nodes by label (then [`Self::record`] needs them).
+    pub fn needs_labels(&self, unit: &UnitName) -> bool {
+        self.lock()
+            .values()
+            .any(|t| t.spec.unit == *unit && !t.spec.selector.is_empty())
+    }
+
+    /// Whether some SLO counts `unit`'s health.
+    pub fn covers_unit(&self, unit: &UnitName) -> bool {
+        self.lock().values().any(|t| t.spec.unit == *unit)
+    }
+
+    /// Counts `total` requests, `bad` of them errors, that a node with `labels` (`None`:
+    /// unknown, so only SLOs without a selector count them) served for `unit` at `at_ms`.
+    pub fn record(
+        &self,
+        unit: &UnitName,
+        labels: Option<&Labels>,
+        total: u64,
+        bad: u64,
+        at_ms: u64,
+    ) {
+        for tracked in self.lock().values_mut() {
+            let spec = &tracked.spec;
+            let covered = spec.unit == *unit
+                && match labels {
+                    Some(labels) => spec.covers(labels),
+                    None => spec.selector.is_empty(),
+                };
+            if covered && total > 0 {
+                tracked.counts.record(at_ms, total, bad);
+                tracked.counts.prune(at_ms, spec.window_ms);
+                let mut dirty = self.lock_dirty();
+                dirty.insert((spec.name.clone(), MINUTE_MS, at_ms / MINUTE_MS));
+                dirty.insert((spec.name.clone(), HOUR_MS, at_ms / HOUR_MS));
+            }
+        }
+    }
+
+    /// Every SLO (`unit`: only its SLOs) and where it stands at `now_ms`.
+    pub fn statuses(&self, unit: Option<&UnitName>, now_ms: u64) -> Vec<(SloSpec, SloStatus)> {
+        let mut slos = self.lock();
+        slos.values_mut()
+            .filter(|t| unit.is_none_or(|unit| t.spec.unit == *unit))
+            .map(|t| {
+                t.counts.prune(now_ms, t.spec.window_ms);
+                (t.spec.clone(), status(&t.spec, &t.counts, now_ms))
+            })
+            .collect()
+    }
+
+    /// One SLO and where it stands.
+    pub fn status(&self, name: &str, now_ms: u64) -> Option<(SloSpec, SloStatus)> {
+        let mut slos = self.lock();
+        let t = slos.get_mut(name)?;
+        t.counts.prune(now_ms, t.spec.window_ms);
+        Some((t.spec.clone(), status(&t.spec, &t.counts, now_ms)))
+    }
+
+    /// The SLOs of `unit` that block rollouts and whose error budget is spent.
+    pub fn blocking(&self, unit: &UnitName, now_ms: u64) -> Vec<(SloSpec, SloStatus)> {
+        self.statuses(Some(unit), now_ms)
+            .into_iter()
+            .filter(|(spec, status)| spec.block_rollouts_when_exhausted && status.exhausted)
+            .collect()
+    }
+}
+
+/// Flushes `book` to `store` every [`FLUSH_INTERVAL_MS`], for as long as the server runs
+/// (the caller aborts the task at shutdown, after a last [`SloBook::flush`]).
+pub async fn flush_forever(book: Arc<SloBook>, store: Arc<Store>, now_ms: fn() -> u64) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(FLUSH_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let (book, store) = (Arc::clone(&book), Arc::clone(&store));
+        let flushed = tokio::task::spawn_blocking(move || book.flush(&store, now_ms())).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "slo: event counts not saved; retried at the next flush")
+            }
+            Err(error) => tracing::warn!(%error, "slo: the flush task failed"),
+        }
+    }
+}
