@@ -226,6 +226,20 @@ const MIGRATIONS: &[&str] = &[
         bad BIGINT NOT NULL,
         PRIMARY KEY (slo, width_ms, idx)
     );",
+    // 15: online break glass (`store/elevations.rs`): requests for a time-boxed elevated
+    // role, the people who approved each, and the one claim that minted its token.
+    "CREATE TABLE elevations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        requester TEXT NOT NULL,
+        role TEXT NOT NULL,
+        duration_ms BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        approvals TEXT NOT NULL,
+        granted_ms BIGINT,
+        claimed_ms BIGINT,
+        token_id BIGINT
+    );",
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -638,6 +652,7 @@ pub struct Store {
 }
 
 mod changelog;
+mod elevations;
 mod engine;
 mod nodes;
 mod outbox;
@@ -646,6 +661,7 @@ mod tokens;
 mod trust;
 mod units;
 mod versions;
+pub use elevations::{ElevationOutcome, ElevationRecord};
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};
