@@ -44,11 +44,13 @@ use crate::validator::{Refusal, ValidatorCommand};
 
 mod agent;
 mod changelog;
+mod incidents;
 mod nodes;
 mod notify;
 mod operator;
 mod page;
 mod rollouts;
+mod status;
 mod tokens;
 mod trust;
 mod units;
@@ -521,6 +523,87 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             post(notify::retry_dead_letter),
         ),
+        (
+            spec(
+                Method::GET,
+                "/v1/incidents",
+                Read,
+                "Open incidents and those resolved in the last `days` (14)",
+            ),
+            get(incidents::list_incidents),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents",
+                Deploy,
+                "Open an incident by hand: title, severity, components, first update",
+            ),
+            post(incidents::open_incident),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/incidents/{id}",
+                Read,
+                "An incident, its public updates, and its timeline from the changelog",
+            ),
+            get(incidents::show_incident),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents/{id}/updates",
+                Deploy,
+                "Publish an incident update, optionally moving its status or severity",
+            ),
+            post(incidents::update_incident),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents/{id}/resolve",
+                Deploy,
+                "Resolve an incident with a last public update",
+            ),
+            post(incidents::resolve_incident),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/v1/incidents/{id}/review",
+                Deploy,
+                "Attach (or replace) an incident's post-incident review (markdown)",
+            ),
+            put(incidents::review_incident),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status",
+                Public,
+                "The public status page (HTML): components, incidents, public updates",
+            ),
+            get(status::page),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status.json",
+                Public,
+                "The public status page as JSON",
+            ),
+            get(status::json),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status/feed.atom",
+                Public,
+                "The public status page's incident updates as an Atom feed",
+            ),
+            get(status::feed),
+        ),
     ]
 }
 
@@ -560,6 +643,8 @@ struct Shared {
     scratch_dir: Option<std::path::PathBuf>,
     /// The Codex that judges units, pushes and rollouts; `None`: off.
     codex: Option<Arc<CodexGate>>,
+    /// Incidents' update cadence (shown as each open incident's next update due).
+    cadence: crate::incidents::Cadence,
 }
 
 /// What every handler shares.
@@ -595,6 +680,7 @@ impl AppState {
                 node_down_after_ms: NODE_DOWN_AFTER_MS_DEFAULT,
                 scratch_dir: None,
                 codex: None,
+                cadence: crate::incidents::Cadence::default(),
             }),
         }
     }
@@ -622,6 +708,18 @@ impl AppState {
             shared.codex = codex.map(Arc::new);
         }
         self
+    }
+
+    /// Incidents' update cadence. Call before serving.
+    pub fn with_cadence(mut self, cadence: crate::incidents::Cadence) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cadence = cadence;
+        }
+        self
+    }
+
+    fn cadence(&self) -> crate::incidents::Cadence {
+        self.shared.cadence
     }
 
     /// Judges a request by the Codex: a deny (enforced) is the 422 to answer; otherwise the

@@ -210,6 +210,8 @@ const MIGRATIONS: &[&str] = &[
         delivered_ms BIGINT
     );
     CREATE INDEX outbox_due ON outbox (state, next_attempt_ms);",
+    // 14: incidents and their public updates (`store/incidents.rs`).
+    incidents::MIGRATION,
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -623,12 +625,14 @@ pub struct Store {
 
 mod changelog;
 mod engine;
+mod incidents;
 mod nodes;
 mod outbox;
 mod tokens;
 mod trust;
 mod units;
 mod versions;
+pub use incidents::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use trust::{ChainBreak, ChainReport, NewToken};
 
@@ -780,6 +784,8 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
     trust::chain_row(tx, id)?;
     // Its notifications, in the same transaction (see `crate::notify`).
     outbox::enqueue(tx, change, id)?;
+    // The incident it opens, if any, in the same transaction (see `crate::incidents`).
+    incidents::on_change(tx, change)?;
     // One line per state change: every changelog entry, as it is written in its transaction.
     tracing::info!(
         changelog_id = id,
