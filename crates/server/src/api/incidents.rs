@@ -202,7 +202,23 @@ pub(super) async fn show_incident(
             "updates".to_owned(),
             Value::Array(updates.iter().map(update_json).collect()),
         );
-        fields.insert("timeline".to_owned(), json!(timeline));
+        let timeline: Vec<Value> = timeline
+            .iter()
+            .map(|entry| {
+                json!({
+                    "id": entry.id,
+                    "at": rfc3339_from_ms(entry.at_ms),
+                    "kind": entry.kind,
+                    "actor": entry.actor,
+                    "unit": entry.unit,
+                    "version": entry.version,
+                    "rollout": entry.rollout,
+                    "stage": entry.stage,
+                    "reason": entry.reason,
+                })
+            })
+            .collect();
+        fields.insert("timeline".to_owned(), Value::Array(timeline));
     }
     Ok(axum::Json(body))
 }
