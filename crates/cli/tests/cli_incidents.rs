@@ -61,7 +61,7 @@ fn incidents_from_a_rollback_and_by_hand_through_the_cli_and_the_public_status_p
     assert!(shown.contains("incident_opened"), "{shown}");
 
     // By hand: open, update, resolve, review.
-    let viewer = server.token("vera", "viewer");
+    let viewer = server.token("vera-the-viewer", "viewer");
     let stderr = server.fails(
         &[
             "incident",
@@ -164,7 +164,7 @@ fn incidents_from_a_rollback_and_by_hand_through_the_cli_and_the_public_status_p
         &hash[..12],
         "internal-push-message",
         "edge-node-77",
-        "vera",
+        "vera-the-viewer",
         "over the limit",
     ] {
         assert!(!html.contains(internal), "{internal} leaked: {html}");
