@@ -105,29 +105,25 @@ fn atom_entries(xml: &str) -> Vec<std::collections::BTreeMap<String, String>> {
                     entries.push(std::mem::take(&mut current));
                 }
             }
-            XmlEvent::Text(t) => {
-                if path.len() >= 3 && path[1] == "entry" {
-                    let text = t.into_inner().into_owned();
-                    current
-                        .entry(path[2].clone())
-                        .or_insert_with(String::new)
-                        .push_str(&text);
-                }
+            XmlEvent::Text(t) if path.len() >= 3 && path[1] == "entry" => {
+                let text = t.into_inner().into_owned();
+                current
+                    .entry(path[2].clone())
+                    .or_insert_with(String::new)
+                    .push_str(&text);
             }
-            XmlEvent::GeneralRef(reference) => {
-                if path.len() >= 3 && path[1] == "entry" {
-                    let resolved = match &*reference {
-                        "amp" => "&",
-                        "lt" => "<",
-                        "gt" => ">",
-                        "quot" => "\"",
-                        other => panic!("unexpected entity {other:?}"),
-                    };
-                    current
-                        .entry(path[2].clone())
-                        .or_insert_with(String::new)
-                        .push_str(resolved);
-                }
+            XmlEvent::GeneralRef(reference) if path.len() >= 3 && path[1] == "entry" => {
+                let resolved = match &*reference {
+                    "amp" => "&",
+                    "lt" => "<",
+                    "gt" => ">",
+                    "quot" => "\"",
+                    other => panic!("unexpected entity {other:?}"),
+                };
+                current
+                    .entry(path[2].clone())
+                    .or_insert_with(String::new)
+                    .push_str(resolved);
             }
             XmlEvent::Eof => break,
             _ => {}
@@ -419,10 +415,11 @@ async fn a_rollback_opens_an_incident_paged_by_it_and_the_status_page_leaks_noth
         if reason.len() > 8 {
             internal.push(reason.to_owned());
         }
-        if let Some(actor) = entry["actor"].as_str().filter(|a| a.len() > 3) {
-            if actor != "failsmall" {
-                internal.push(actor.to_owned());
-            }
+        if let Some(actor) = entry["actor"]
+            .as_str()
+            .filter(|a| a.len() > 3 && *a != "failsmall")
+        {
+            internal.push(actor.to_owned());
         }
     }
     for (shape, body) in [("json", &page_json), ("html", &html), ("atom", &atom)] {

@@ -279,7 +279,7 @@ pub(super) async fn feed(
                 .map(move |update| (incident, update))
         })
         .collect();
-    entries.sort_by(|a, b| (b.1.at_ms, b.1.id).cmp(&(a.1.at_ms, a.1.id)));
+    entries.sort_by_key(|(_, update)| std::cmp::Reverse((update.at_ms, update.id)));
     entries.truncate(MAX_FEED_ENTRIES);
     let updated = entries
         .first()
