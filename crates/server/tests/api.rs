@@ -729,6 +729,15 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("DELETE", "/v1/webhooks/{id}", Admin),
         ("GET", "/v1/notify/dead-letters", Read),
         ("POST", "/v1/notify/dead-letters/{id}/retry", Admin),
+        ("GET", "/v1/incidents", Read),
+        ("POST", "/v1/incidents", Deploy),
+        ("GET", "/v1/incidents/{id}", Read),
+        ("POST", "/v1/incidents/{id}/updates", Deploy),
+        ("POST", "/v1/incidents/{id}/resolve", Deploy),
+        ("PUT", "/v1/incidents/{id}/review", Deploy),
+        ("GET", "/status", Public),
+        ("GET", "/status.json", Public),
+        ("GET", "/status/feed.atom", Public),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table
