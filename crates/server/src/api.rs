@@ -1330,6 +1330,9 @@ fn query_parameters(path: &str) -> Vec<Value> {
                 "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
             }),
         ],
+        "/v1/incidents" | "/status" | "/status.json" | "/status/feed.atom" => vec![
+            json!({"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": incidents::RESOLVED_DAYS_MAX, "default": incidents::RESOLVED_DAYS_DEFAULT}, "description": "Resolved incidents of the last DAYS days (open ones always)"}),
+        ],
         _ => Vec::new(),
     }
 }
