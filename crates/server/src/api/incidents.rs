@@ -167,7 +167,8 @@ pub(super) async fn list_incidents(
 }
 
 /// `GET /v1/incidents/{id}`: the incident, its public updates, and its timeline: the
-/// changelog entries of its rollout (else its unit) from its start.
+/// changelog entries of its rollout from the rollout's start, else of its unit from the
+/// incident's start (at most [`incidents::MAX_TIMELINE_ENTRIES`]).
 pub(super) async fn show_incident(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
@@ -185,7 +186,8 @@ pub(super) async fn show_incident(
                     incident.unit.clone()
                 },
                 rollout: incident.rollout,
-                since_ms: Some(incident.opened_ms.saturating_sub(1)),
+                // A rollout's whole story (it is bounded); a unit's from the incident's start.
+                since_ms: incident.rollout.is_none().then_some(incident.opened_ms),
                 limit: incidents::MAX_TIMELINE_ENTRIES,
                 ..ChangelogQuery::default()
             };
