@@ -628,3 +628,52 @@ fn the_cadence_reminds_then_publishes_a_holding_update_on_a_driven_clock() {
         assert!(pair[1].at_ms - pair[0].at_ms <= 60 * MINUTE_MS + 15_000);
     }
 }
+
+/// The clock the next test gives the cadence task.
+static DRIVEN_NOW_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn driven_now_ms() -> u64 {
+    DRIVEN_NOW_MS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The server's cadence task with a clock of the test's own: nothing before the update is due,
+/// the holding update once the clock says it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cadence_task_publishes_on_the_clock_it_is_given() {
+    let dir = fresh_dir("incidents-task");
+    let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+    let t0 = 1_796_389_620_000;
+    DRIVEN_NOW_MS.store(t0, std::sync::atomic::Ordering::SeqCst);
+    store
+        .record(&change("rolled_back", "flags", Some(1), t0))
+        .unwrap();
+    let id = store.incidents(0).unwrap()[0].id;
+    let cadence = Cadence {
+        poll_ms: 100,
+        ..Cadence::default()
+    };
+    let task = tokio::spawn(failsmall_server::incidents::cadence_forever(
+        Arc::clone(&store),
+        cadence,
+        driven_now_ms,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        store.incident(id).unwrap().unwrap().1.len(),
+        1,
+        "not due yet"
+    );
+    DRIVEN_NOW_MS.store(t0 + 60 * MINUTE_MS, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (incident, updates) = store.incident(id).unwrap().unwrap();
+        if updates.len() == 2 {
+            assert!(updates[1].automatic);
+            assert_eq!(incident.last_update_ms, t0 + 60 * MINUTE_MS);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no holding update: {updates:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+}
