@@ -528,6 +528,10 @@ impl Demo {
             "the dashboard: {}/ (sign in with the admin token below, or the approver's to approve)",
             self.api.base
         ));
+        say(format!(
+            "the public status page: {}/status (no token; each rollback above opened an incident: `failsmall incident list`)",
+            self.api.base
+        ));
         say("everything keeps running; point the CLI at it from another terminal:".into());
         say(format!("  export FAILSMALL_ADDR={}", self.api.base));
         say(format!("  export FAILSMALL_TOKEN={}", self.api.token));

@@ -74,6 +74,17 @@ pub struct ServerArgs {
     /// 127.0.0.1:0`, how a script learns the port and knows it may begin.
     #[arg(long, value_name = "FILE")]
     pub addr_file: Option<PathBuf>,
+    /// How often an open sev1 incident gets a public update (`30m`, ...); when one is due the
+    /// on-call is reminded (`incident_update_due`) and, if nobody writes one, a holding update
+    /// is published [default: 30m; at least 1m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_cadence_ms)]
+    pub incident_update_sev1: Option<u64>,
+    /// The same for sev2 incidents [default: 60m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_cadence_ms)]
+    pub incident_update_sev2: Option<u64>,
+    /// The same for sev3 incidents [default: 120m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_cadence_ms)]
+    pub incident_update_sev3: Option<u64>,
     #[command(flatten)]
     pub net: net::NetArgs,
 }
@@ -93,6 +104,9 @@ pub struct ServerFile {
     pub codex_dirs: Option<Vec<PathBuf>>,
     pub log_format: Option<crate::logging::LogFormat>,
     pub addr_file: Option<PathBuf>,
+    pub incident_update_sev1: Option<toml::Spanned<String>>,
+    pub incident_update_sev2: Option<toml::Spanned<String>>,
+    pub incident_update_sev3: Option<toml::Spanned<String>>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -165,6 +179,23 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         &file.node_expire_after,
         parse_expire_after_ms,
     );
+    let [sev1_file, sev2_file, sev3_file] = [
+        from_file(
+            "incident_update_sev1",
+            &file.incident_update_sev1,
+            parse_cadence_ms,
+        ),
+        from_file(
+            "incident_update_sev2",
+            &file.incident_update_sev2,
+            parse_cadence_ms,
+        ),
+        from_file(
+            "incident_update_sev3",
+            &file.incident_update_sev3,
+            parse_cadence_ms,
+        ),
+    ];
     let file_codex = file.codex.as_ref().and_then(|mode| match mode
         .get_ref()
         .parse::<failsmall_server::codex::CodexMode>(
@@ -221,6 +252,22 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         .node_expire_after
         .or(node_expire_after)
         .unwrap_or(failsmall_server::NODE_EXPIRE_AFTER_MS_DEFAULT);
+    let defaults = failsmall_server::incidents::Cadence::default();
+    config.incident_cadence = failsmall_server::incidents::Cadence {
+        sev1_ms: args
+            .incident_update_sev1
+            .or(sev1_file)
+            .unwrap_or(defaults.sev1_ms),
+        sev2_ms: args
+            .incident_update_sev2
+            .or(sev2_file)
+            .unwrap_or(defaults.sev2_ms),
+        sev3_ms: args
+            .incident_update_sev3
+            .or(sev3_file)
+            .unwrap_or(defaults.sev3_ms),
+        ..defaults
+    };
     config.codex = failsmall_server::codex::CodexConfig {
         mode: args
             .codex
@@ -278,6 +325,17 @@ fn parse_down_after_ms(text: &str) -> Result<u64, String> {
     if ms < 30_000 {
         return Err(format!(
             "{text:?} is shorter than 30s; a live agent asks only every 30s at most"
+        ));
+    }
+    Ok(ms)
+}
+
+/// An incident update cadence: a duration of at least one minute.
+fn parse_cadence_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms < 60_000 {
+        return Err(format!(
+            "{text:?} is shorter than 1m; expected an update cadence of at least a minute"
         ));
     }
     Ok(ms)

@@ -45,12 +45,14 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod break_glass;
 mod changelog;
+mod incidents;
 mod nodes;
 mod notify;
 mod operator;
 mod page;
 mod rollouts;
 mod slos;
+mod status;
 mod tokens;
 mod trust;
 mod units;
@@ -567,6 +569,87 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             spec(Method::DELETE, "/v1/slos/{name}", Admin, "Delete an SLO"),
             delete(slos::delete_slo),
         ),
+        (
+            spec(
+                Method::GET,
+                "/v1/incidents",
+                Read,
+                "Open incidents and those resolved in the last `days` (14)",
+            ),
+            get(incidents::list_incidents),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents",
+                Deploy,
+                "Open an incident by hand: title, severity, components, first update",
+            ),
+            post(incidents::open_incident),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/incidents/{id}",
+                Read,
+                "An incident, its public updates, and its timeline from the changelog",
+            ),
+            get(incidents::show_incident),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents/{id}/updates",
+                Deploy,
+                "Publish an incident update, optionally moving its status or severity",
+            ),
+            post(incidents::update_incident),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/incidents/{id}/resolve",
+                Deploy,
+                "Resolve an incident with a last public update",
+            ),
+            post(incidents::resolve_incident),
+        ),
+        (
+            spec(
+                Method::PUT,
+                "/v1/incidents/{id}/review",
+                Deploy,
+                "Attach (or replace) an incident's post-incident review (markdown)",
+            ),
+            put(incidents::review_incident),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status",
+                Public,
+                "The public status page (HTML): components, incidents, public updates",
+            ),
+            get(status::page),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status.json",
+                Public,
+                "The public status page as JSON",
+            ),
+            get(status::json),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/status/feed.atom",
+                Public,
+                "The public status page's incident updates as an Atom feed",
+            ),
+            get(status::feed),
+        ),
     ]
 }
 
@@ -610,6 +693,8 @@ struct Shared {
     codex: Option<Arc<CodexGate>>,
     /// SLOs and their event counts (see [`crate::slo`]).
     slos: Arc<crate::slo::SloBook>,
+    /// Incidents' update cadence (shown as each open incident's next update due).
+    cadence: crate::incidents::Cadence,
 }
 
 /// What every handler shares.
@@ -646,6 +731,7 @@ impl AppState {
                 scratch_dir: None,
                 codex: None,
                 slos: Arc::new(crate::slo::SloBook::default()),
+                cadence: crate::incidents::Cadence::default(),
             }),
         }
     }
@@ -681,6 +767,18 @@ impl AppState {
             shared.slos = slos;
         }
         self
+    }
+
+    /// Incidents' update cadence. Call before serving.
+    pub fn with_cadence(mut self, cadence: crate::incidents::Cadence) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cadence = cadence;
+        }
+        self
+    }
+
+    fn cadence(&self) -> crate::incidents::Cadence {
+        self.shared.cadence
     }
 
     /// Judges a request by the Codex: a deny (enforced) is the 422 to answer; otherwise the
@@ -1297,6 +1395,9 @@ fn query_parameters(path: &str) -> Vec<Value> {
                 "example": ["region=eu-west-1"],
                 "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
             }),
+        ],
+        "/v1/incidents" | "/status" | "/status.json" | "/status/feed.atom" => vec![
+            json!({"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": incidents::RESOLVED_DAYS_MAX, "default": incidents::RESOLVED_DAYS_DEFAULT}, "description": "Resolved incidents of the last DAYS days (open ones always)"}),
         ],
         _ => Vec::new(),
     }

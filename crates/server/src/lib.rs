@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod codex;
 mod dashboard;
 pub mod error;
+pub mod incidents;
 pub mod liveness;
 pub mod notify;
 pub mod prometheus;
@@ -81,6 +82,8 @@ pub struct ServerConfig {
     pub addr_file: Option<PathBuf>,
     /// How notifications are delivered (retries, timeouts).
     pub notify: notify::NotifyConfig,
+    /// Incidents' update cadence per severity (see [`incidents`]).
+    pub incident_cadence: incidents::Cadence,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -102,6 +105,7 @@ impl ServerConfig {
             connections: serve::ConnectionLimits::default(),
             addr_file: None,
             notify: notify::NotifyConfig::default(),
+            incident_cadence: incidents::Cadence::default(),
         }
     }
 
@@ -151,6 +155,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("connection limits: {0}")]
     Limits(String),
+    #[error("incident update cadence: {0}")]
+    Cadence(String),
     #[error("the Codex: {0}")]
     Codex(#[from] failsmall_codex::CodexError),
 }
@@ -163,6 +169,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     config.connections.validate().map_err(ServerError::Limits)?;
+    config
+        .incident_cadence
+        .validate()
+        .map_err(ServerError::Cadence)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let codex = codex::CodexGate::load(&config.codex)?;
     let data_dir = config.data_dir.clone();
@@ -210,8 +220,14 @@ pub async fn run(
         Arc::clone(&store),
         api::now_ms,
     ));
+    let cadence = tokio::spawn(incidents::cadence_forever(
+        Arc::clone(&store),
+        config.incident_cadence,
+        api::now_ms,
+    ));
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_slos(Arc::clone(&slos))
+        .with_cadence(config.incident_cadence)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
         .with_codex(codex);
@@ -261,6 +277,7 @@ pub async fn run(
         }
     })
     .await;
+    cadence.abort();
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();

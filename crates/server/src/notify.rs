@@ -106,7 +106,7 @@ impl WebhookKind {
 }
 
 /// The events a webhook may subscribe to, with the changelog kinds behind each.
-pub const EVENTS: [(&str, &[&str]); 8] = [
+pub const EVENTS: [(&str, &[&str]); 12] = [
     ("rollout_started", &["rollout_started"]),
     ("stage_passed", &["stage_passed"]),
     ("rollout_completed", &["completed"]),
@@ -115,6 +115,10 @@ pub const EVENTS: [(&str, &[&str]); 8] = [
     ("freeze_created", &["freeze_created"]),
     ("freeze_lifted", &["freeze_lifted"]),
     ("break_glass_used", &["break_glass"]),
+    ("incident_opened", &["incident_opened"]),
+    ("incident_updated", &["incident_updated"]),
+    ("incident_resolved", &["incident_resolved"]),
+    ("incident_update_due", &["incident_update_due"]),
 ];
 
 /// The event a changelog kind is, if any.
@@ -167,12 +171,17 @@ pub fn payload(
             ],
         }),
         WebhookKind::Pagerduty => {
+            let incident_severity = crate::incidents::incident_of_reason(change.reason)
+                .and_then(|(_, severity)| severity)
+                .map_or("error", crate::incidents::Severity::pagerduty);
             let (action, severity) = match event {
                 "rollout_rolled_back" => ("trigger", "critical"),
                 "rollout_held" => ("trigger", "warning"),
                 // Someone bypassed the control plane: a person looks, and resolves it.
                 "break_glass_used" => ("trigger", "critical"),
                 "rollout_completed" => ("resolve", "info"),
+                "incident_opened" => ("trigger", incident_severity),
+                "incident_resolved" => ("resolve", "info"),
                 _ => return None,
             };
             json!({
@@ -209,8 +218,14 @@ pub fn payload(
     Some(text)
 }
 
-/// PagerDuty's `dedup_key`: one incident per rollout (its trigger and its resolve share it).
+/// PagerDuty's `dedup_key`: one incident per rollout (its trigger and its resolve share it);
+/// an incident's own events carry the incident (`failsmall/incident/ID`).
 pub fn dedup_key(change: &NewChange<'_>) -> String {
+    if change.kind.starts_with("incident_")
+        && let Some((id, _)) = crate::incidents::incident_of_reason(change.reason)
+    {
+        return format!("failsmall/incident/{id}");
+    }
     match (change.unit, change.rollout) {
         (Some(unit), Some(rollout)) => format!("failsmall/{unit}/rollout/{rollout}"),
         (Some(unit), None) => format!("failsmall/{unit}"),

@@ -240,6 +240,8 @@ const MIGRATIONS: &[&str] = &[
         claimed_ms BIGINT,
         token_id BIGINT
     );",
+    // 16: incidents and their public updates (`store/incidents.rs`).
+    incidents::MIGRATION,
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -654,6 +656,7 @@ pub struct Store {
 mod changelog;
 mod elevations;
 mod engine;
+mod incidents;
 mod nodes;
 mod outbox;
 mod slos;
@@ -662,6 +665,7 @@ mod trust;
 mod units;
 mod versions;
 pub use elevations::{ElevationOutcome, ElevationRecord};
+pub use incidents::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};
@@ -814,6 +818,8 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
     trust::chain_row(tx, id)?;
     // Its notifications, in the same transaction (see `crate::notify`).
     outbox::enqueue(tx, change, id)?;
+    // The incident it opens, if any, in the same transaction (see `crate::incidents`).
+    incidents::on_change(tx, change)?;
     // One line per state change: every changelog entry, as it is written in its transaction.
     tracing::info!(
         changelog_id = id,

@@ -736,6 +736,15 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("POST", "/v1/slos", Admin),
         ("GET", "/v1/slos/{name}", Read),
         ("DELETE", "/v1/slos/{name}", Admin),
+        ("GET", "/v1/incidents", Read),
+        ("POST", "/v1/incidents", Deploy),
+        ("GET", "/v1/incidents/{id}", Read),
+        ("POST", "/v1/incidents/{id}/updates", Deploy),
+        ("POST", "/v1/incidents/{id}/resolve", Deploy),
+        ("PUT", "/v1/incidents/{id}/review", Deploy),
+        ("GET", "/status", Public),
+        ("GET", "/status.json", Public),
+        ("GET", "/status/feed.atom", Public),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table

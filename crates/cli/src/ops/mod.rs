@@ -6,6 +6,7 @@
 pub mod client;
 pub mod completions;
 pub mod everyday;
+pub mod incident;
 pub mod log;
 pub mod log_verify;
 pub mod nodes;
@@ -119,6 +120,8 @@ pub enum OpsCommand {
     Maintenance(windows::MaintenanceArgs),
     /// Webhook notifications: subscriptions, dead letters, retries.
     Notify(notify::NotifyArgs),
+    /// Incidents: open one, list, show, publish updates, resolve, attach the review.
+    Incident(incident::IncidentArgs),
 }
 
 pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
@@ -143,6 +146,7 @@ pub fn run(command: &OpsCommand) -> anyhow::Result<Outcome> {
         OpsCommand::Freezes(args) => windows::freezes(args),
         OpsCommand::Maintenance(args) => windows::maintenance(args),
         OpsCommand::Notify(args) => notify::run(args),
+        OpsCommand::Incident(args) => incident::run(args),
     }
 }
 

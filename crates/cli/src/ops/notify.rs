@@ -37,7 +37,8 @@ pub enum NotifyCommand {
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {
     /// Subscribe a webhook to events: rollout_started, stage_passed, rollout_completed,
-    /// rollout_rolled_back, rollout_held, freeze_created, freeze_lifted.
+    /// rollout_rolled_back, rollout_held, freeze_created, freeze_lifted, incident_opened,
+    /// incident_updated, incident_resolved, incident_update_due.
     Add {
         /// A name for it.
         name: String,
