@@ -29,6 +29,15 @@ pub enum BreakGlassCommand {
     Apply(ApplyArgs),
     /// Show the orders in force on agents and their break-glass logs.
     Status(StatusArgs),
+    /// Online break glass: ask the control plane for a time-boxed elevated role (admin,
+    /// deployer, approver); other people approve it.
+    Request(crate::ops::elevation::RequestArgs),
+    /// Online break-glass requests: who asked, for what, approvals, state, when the role ends.
+    Requests(crate::ops::elevation::ListArgs),
+    /// Approve another person's online break-glass request (approver or admin).
+    Approve(crate::ops::elevation::ApproveArgs),
+    /// Take your granted role, once: prints a token that expires on its own.
+    Claim(crate::ops::elevation::ClaimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +99,10 @@ pub fn run(command: &BreakGlassCommand) -> anyhow::Result<Outcome> {
         BreakGlassCommand::Sign(args) => sign(args),
         BreakGlassCommand::Apply(args) => apply(args),
         BreakGlassCommand::Status(args) => status(args),
+        BreakGlassCommand::Request(args) => crate::ops::elevation::request(args),
+        BreakGlassCommand::Requests(args) => crate::ops::elevation::list(args),
+        BreakGlassCommand::Approve(args) => crate::ops::elevation::approve(args),
+        BreakGlassCommand::Claim(args) => crate::ops::elevation::claim(args),
     }
 }
 

@@ -85,6 +85,10 @@ pub struct ServerArgs {
     /// The same for sev3 incidents [default: 120m].
     #[arg(long, value_name = "DURATION", value_parser = parse_cadence_ms)]
     pub incident_update_sev3: Option<u64>,
+    /// Approvals by other people an online break-glass request needs before its requester
+    /// may claim the elevated role (1 to 10) [default: 2].
+    #[arg(long, value_name = "N")]
+    pub break_glass_approvals: Option<usize>,
     #[command(flatten)]
     pub net: net::NetArgs,
 }
@@ -107,6 +111,7 @@ pub struct ServerFile {
     pub incident_update_sev1: Option<toml::Spanned<String>>,
     pub incident_update_sev2: Option<toml::Spanned<String>>,
     pub incident_update_sev3: Option<toml::Spanned<String>>,
+    pub break_glass_approvals: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub max_connections: Option<usize>,
@@ -252,6 +257,17 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         .node_expire_after
         .or(node_expire_after)
         .unwrap_or(failsmall_server::NODE_EXPIRE_AFTER_MS_DEFAULT);
+    let approvals = args
+        .break_glass_approvals
+        .or(file.break_glass_approvals)
+        .unwrap_or(failsmall_server::api::ELEVATION_APPROVALS_DEFAULT);
+    if !(1..=failsmall_server::api::ELEVATION_APPROVALS_MAX).contains(&approvals) {
+        problems.push(format!(
+            "break-glass approvals {approvals}: expected from 1 to {}",
+            failsmall_server::api::ELEVATION_APPROVALS_MAX
+        ));
+    }
+    config.break_glass_approvals = approvals;
     let defaults = failsmall_server::incidents::Cadence::default();
     config.incident_cadence = failsmall_server::incidents::Cadence {
         sev1_ms: args

@@ -45,6 +45,8 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod break_glass;
 mod changelog;
+mod elevations;
+pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};
 mod incidents;
 mod nodes;
 mod notify;
@@ -650,6 +652,51 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             ),
             get(status::feed),
         ),
+        (
+            spec(
+                Method::GET,
+                "/v1/break-glass/requests",
+                Read,
+                "Online break-glass requests, newest first, with their approvals and state",
+            ),
+            get(elevations::list),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/break-glass/requests",
+                Read,
+                "Ask for a time-boxed elevated role (admin, deployer, approver), with a reason",
+            ),
+            post(elevations::request),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/break-glass/requests/{id}",
+                Read,
+                "One online break-glass request",
+            ),
+            get(elevations::show),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/break-glass/requests/{id}/approve",
+                Approve,
+                "Approve another person's break-glass request",
+            ),
+            post(elevations::approve),
+        ),
+        (
+            spec(
+                Method::POST,
+                "/v1/break-glass/requests/{id}/claim",
+                Read,
+                "The requester takes the granted role, once: a token that expires on its own",
+            ),
+            post(elevations::claim),
+        ),
     ]
 }
 
@@ -695,6 +742,8 @@ struct Shared {
     slos: Arc<crate::slo::SloBook>,
     /// Incidents' update cadence (shown as each open incident's next update due).
     cadence: crate::incidents::Cadence,
+    /// Approvals an online break-glass request needs (see [`elevations`]).
+    break_glass_approvals: usize,
 }
 
 /// What every handler shares.
@@ -732,6 +781,7 @@ impl AppState {
                 codex: None,
                 slos: Arc::new(crate::slo::SloBook::default()),
                 cadence: crate::incidents::Cadence::default(),
+                break_glass_approvals: elevations::ELEVATION_APPROVALS_DEFAULT,
             }),
         }
     }
@@ -779,6 +829,19 @@ impl AppState {
 
     fn cadence(&self) -> crate::incidents::Cadence {
         self.shared.cadence
+    }
+
+    /// An online break-glass request needs `approvals` other people (1 to 10). Call before
+    /// serving.
+    pub fn with_break_glass_approvals(mut self, approvals: usize) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.break_glass_approvals = approvals.clamp(1, elevations::ELEVATION_APPROVALS_MAX);
+        }
+        self
+    }
+
+    fn break_glass_approvals(&self) -> usize {
+        self.shared.break_glass_approvals
     }
 
     /// Judges a request by the Codex: a deny (enforced) is the 422 to answer; otherwise the

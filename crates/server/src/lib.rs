@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub notify: notify::NotifyConfig,
     /// Incidents' update cadence per severity (see [`incidents`]).
     pub incident_cadence: incidents::Cadence,
+    /// Approvals by other people an online break-glass request needs (1 to 10; default 2).
+    pub break_glass_approvals: usize,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -106,6 +108,7 @@ impl ServerConfig {
             addr_file: None,
             notify: notify::NotifyConfig::default(),
             incident_cadence: incidents::Cadence::default(),
+            break_glass_approvals: api::ELEVATION_APPROVALS_DEFAULT,
         }
     }
 
@@ -228,6 +231,7 @@ pub async fn run(
     let state = api::AppState::new(store, Arc::clone(&engine), signer, config.desired_ttl_ms)
         .with_slos(Arc::clone(&slos))
         .with_cadence(config.incident_cadence)
+        .with_break_glass_approvals(config.break_glass_approvals)
         .with_node_down_after_ms(config.node_down_after_ms)
         .with_scratch_dir(config.data_dir.clone())
         .with_codex(codex);

@@ -745,6 +745,11 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("GET", "/status", Public),
         ("GET", "/status.json", Public),
         ("GET", "/status/feed.atom", Public),
+        ("GET", "/v1/break-glass/requests", Read),
+        ("POST", "/v1/break-glass/requests", Read),
+        ("GET", "/v1/break-glass/requests/{id}", Read),
+        ("POST", "/v1/break-glass/requests/{id}/approve", Approve),
+        ("POST", "/v1/break-glass/requests/{id}/claim", Read),
     ];
     let table = route_table();
     let actual: Vec<(&str, &str, Access)> = table

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod completions;
+pub mod elevation;
 pub mod everyday;
 pub mod incident;
 pub mod log;
