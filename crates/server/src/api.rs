@@ -476,19 +476,6 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         (
             spec(
                 Method::GET,
-                "/v1/slos",
-                Read,
-                "List SLOs with their error budget and burn rates",
-            ),
-            get(slos::list_slos),
-        ),
-        (
-            spec(Method::POST, "/v1/slos", Admin, "Create an SLO"),
-            post(slos::create_slo),
-        ),
-        (
-            spec(
-                Method::GET,
                 "/v1/maintenance",
                 Read,
                 "Maintenance windows kept, with whether each holds now",
@@ -557,6 +544,19 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Put a dead letter back in the outbox",
             ),
             post(notify::retry_dead_letter),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/slos",
+                Read,
+                "List SLOs with their error budget and burn rates",
+            ),
+            get(slos::list_slos),
+        ),
+        (
+            spec(Method::POST, "/v1/slos", Admin, "Create an SLO"),
+            post(slos::create_slo),
         ),
         (
             spec(
