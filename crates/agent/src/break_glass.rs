@@ -120,6 +120,15 @@ fn recorded(shared: &Shared, now_ms: u64) -> Vec<Accepted> {
         .collect()
 }
 
+/// The order in force that pauses everything on this node, if any (its nonce).
+pub fn pausing(orders: &[Accepted]) -> Option<&str> {
+    orders
+        .iter()
+        .rev()
+        .find(|accepted| accepted.order.pause_all)
+        .map(|accepted| accepted.order.nonce.as_str())
+}
+
 /// The version an order in force keeps `unit` at, if any (the latest order wins).
 pub fn override_of(orders: &[Accepted], unit: &UnitName) -> Option<(String, Option<VersionHash>)> {
     orders.iter().rev().find_map(|accepted| {
@@ -184,6 +193,19 @@ pub async fn accept(
         };
         targets.insert(unit.to_string(), stored.map(|h| h.to_string()));
     }
+    // Pause everything: every unit the node serves is kept at what it serves now.
+    if order.pause_all {
+        let units: Vec<UnitName> = shared
+            .with_status(|s| s.units.keys().cloned().collect())
+            .unwrap_or_default();
+        for unit in units {
+            if let Some(active) = shared.active(&unit) {
+                targets
+                    .entry(unit.to_string())
+                    .or_insert_with(|| Some(active.to_string()));
+            }
+        }
+    }
     // Lifted orders: their units follow the desired state again from the next document.
     let mut lifted_units = Vec::new();
     for earlier in orders
@@ -225,6 +247,29 @@ pub async fn accept(
         tracing::warn!(nonce = %line.nonce, unit = %line.unit, outcome = %line.outcome, "BREAK GLASS: lifted");
         append_log(shared, &line)?;
         lines.push(line);
+    }
+    if order.pause_all {
+        for (unit, version) in &targets {
+            if order.actions.iter().any(|action| action.unit() == unit) {
+                continue;
+            }
+            let line = LogLine {
+                nonce: order.nonce.clone(),
+                reason: order.reason.clone(),
+                unit: unit.clone(),
+                version: version.clone(),
+                outcome:
+                    "paused: keeps what it serves; nothing from the control plane is applied here"
+                        .to_owned(),
+                at_ms: now,
+                expires_ms: order.expires_ms,
+                signers: signers.clone(),
+            };
+            tracing::warn!(nonce = %line.nonce, unit = %line.unit, outcome = %line.outcome,
+                "BREAK GLASS: every unit paused on this node");
+            append_log(shared, &line)?;
+            lines.push(line);
+        }
     }
     for action in &order.actions {
         let unit_text = action.unit().to_owned();
@@ -493,6 +538,7 @@ mod tests {
                     unit: "features".into(),
                 }],
                 lifts: vec![],
+                pause_all: false,
             },
             signatures: vec![],
         };
@@ -558,6 +604,7 @@ mod tests {
                 selector: BTreeMap::new(),
                 actions: vec![],
                 lifts: vec!["c".into()],
+                pause_all: false,
             },
             signatures: vec![],
         };
@@ -583,5 +630,48 @@ mod tests {
         assert_eq!(shared.active(&unit()), Some(good));
         assert!(!inbox.join("o.json").exists());
         assert!(inbox.join("o.json.done").exists());
+    }
+
+    #[tokio::test]
+    async fn a_pause_order_keeps_every_unit_at_what_it_serves_until_lifted() {
+        let scratch = tempfile::tempdir().unwrap();
+        let (shared, config, _good, bad) = node(scratch.path());
+        shared.with_status(|s| {
+            s.units.entry(unit()).or_default();
+        });
+        shared.set_root(root());
+        let now = now_ms();
+        let mut pause = SignedOrder {
+            order: Order {
+                nonce: "p".into(),
+                reason: "stop the line on this node".into(),
+                issued_ms: now,
+                expires_ms: now + 60_000,
+                selector: BTreeMap::new(),
+                actions: vec![],
+                lifts: vec![],
+                pause_all: true,
+            },
+            signatures: vec![],
+        };
+        pause.sign_with(&[1; 32]);
+        pause.sign_with(&[3; 32]);
+        let lines = accept(&shared, &config, &pause.to_text()).await.unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].outcome.starts_with("paused"), "{lines:?}");
+        let orders = in_force(&shared, now_ms());
+        assert_eq!(pausing(&orders), Some("p"));
+        // The unit stays at what it served (the bad version: a pause changes nothing).
+        assert_eq!(
+            override_of(&orders, &unit()),
+            Some(("p".to_owned(), Some(bad)))
+        );
+        assert_eq!(shared.active(&unit()), Some(bad));
+        // An order must do something: no actions, no lifts and no pause is refused.
+        let empty = Order {
+            pause_all: false,
+            ..pause.order.clone()
+        };
+        assert!(empty.validate().is_err());
     }
 }

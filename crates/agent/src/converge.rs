@@ -123,6 +123,20 @@ async fn converge(
     // A break-glass order in force overrides the desired state for the units it names.
     let orders = crate::break_glass::in_force(shared, now_ms());
     let overridden = |unit: &UnitName| crate::break_glass::override_of(&orders, unit);
+    if let Some(nonce) = crate::break_glass::pausing(&orders) {
+        // Pause everything: the units the order pinned are kept; nothing else changes.
+        for (unit, hash) in &desired.units {
+            if let Some((_, Some(target))) = overridden(unit) {
+                crate::break_glass::enforce(shared, config, unit, &target).await;
+            } else {
+                tracing::info!(
+                    "unit {unit}: break-glass order {nonce} pauses everything; the desired {} waits",
+                    hash.short()
+                );
+            }
+        }
+        return false;
+    }
     for unit in &desired.removed {
         if overridden(unit).is_some() {
             continue;

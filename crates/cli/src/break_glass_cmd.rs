@@ -55,6 +55,10 @@ pub struct DraftArgs {
     /// again.
     #[arg(long, value_name = "NONCE")]
     pub lift: Vec<String>,
+    /// Pause everything: every unit of the selected nodes keeps what it serves and nothing
+    /// from the control plane is applied or removed there while the order is in force.
+    #[arg(long)]
+    pub pause_all: bool,
     /// Only nodes with this label (`node=ID` for one node); repeatable; none: every node.
     #[arg(long, value_name = "KEY=VALUE")]
     pub select: Vec<String>,
@@ -151,6 +155,7 @@ fn draft(args: &DraftArgs) -> anyhow::Result<Outcome> {
             selector,
             actions,
             lifts: args.lift.clone(),
+            pause_all: args.pause_all,
         },
         signatures: vec![],
     };

@@ -64,6 +64,11 @@ pub struct Order {
     /// the desired state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lifts: Vec<String>,
+    /// Pause everything: every unit of the selected nodes keeps what it serves, and nothing
+    /// from the control plane is applied or removed there, until the order expires or is
+    /// lifted (its actions still pin or revert the units they name).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_all: bool,
 }
 
 /// An order and the signatures gathered for it.
@@ -152,10 +157,10 @@ impl Order {
                 ),
             ));
         }
-        if self.actions.is_empty() && self.lifts.is_empty() {
+        if self.actions.is_empty() && self.lifts.is_empty() && !self.pause_all {
             return Err(invalid(
                 "actions",
-                "none, and nothing lifted: an order must do something".to_owned(),
+                "none, nothing lifted, no pause: an order must do something".to_owned(),
             ));
         }
         if let Some(nonce) = self
@@ -296,6 +301,7 @@ mod tests {
                 expires_ms: 1_000 + 3600 * 1000,
                 selector: BTreeMap::from([("region".into(), "eu".into())]),
                 lifts: vec![],
+                pause_all: false,
                 actions: vec![
                     Action::Revert {
                         unit: "features".into(),
