@@ -714,6 +714,22 @@ impl Demo {
             .iter()
             .filter(|node| node.spec.cohort == FIRST_STAGE_COHORT)
             .count() as u64;
+        // A rollback opens an incident in the same transaction (see the server's incidents).
+        let incidents = self.api.get("/v1/incidents").await?;
+        let incident = incidents
+            .get("incidents")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|incident| incident.get("rollout").and_then(Value::as_u64) == Some(id))
+            .map(|incident| summary::IncidentBrief {
+                id: incident
+                    .get("id")
+                    .and_then(Value::as_u64)
+                    .unwrap_or_default(),
+                severity: text(incident, "severity").to_owned(),
+                title: text(incident, "title").to_owned(),
+            });
         let result = ActSummary {
             act: act.number,
             name: act.name.to_owned(),
@@ -726,6 +742,7 @@ impl Demo {
             requests_failed: failed_after.saturating_sub(failed_before),
             detect_s,
             revert_s,
+            incident,
         };
         if self.show {
             outln!(
@@ -735,6 +752,15 @@ impl Demo {
                 result.nodes_total,
                 result.requests_failed
             );
+            if let Some(incident) = &result.incident {
+                outln!(
+                    "  → incident {} ({}) opened: {}; public at {}/status",
+                    incident.id,
+                    incident.severity,
+                    incident.title,
+                    self.api.base
+                );
+            }
         }
         Ok(result)
     }

@@ -91,7 +91,11 @@ fn demo_json_summary_shows_the_good_file_completed_and_both_incidents_contained(
         let revert_s = bad["revert_s"].as_f64().unwrap();
         assert!((0.0..60.0).contains(&detect_s), "{bad}");
         assert!((0.0..60.0).contains(&revert_s), "{bad}");
+        // The rollback opened an incident, shown on the public status page.
+        assert_eq!(bad["incident"]["severity"], "sev2", "{bad}");
+        assert!(bad["incident"]["id"].as_u64().is_some(), "{bad}");
     }
+    assert!(good["incident"].is_null(), "{good}");
     // 18 Nov: the agents refuse the file before any consumer loads it.
     assert_eq!(act(acts, 2)["requests_failed"], 0);
     // 5 Dec: the fl1 consumers of the first stage fail until the rollback.

@@ -60,6 +60,16 @@ pub struct ActSummary {
     pub detect_s: Option<f64>,
     /// From the rollback decision until no node serves the version any more, in seconds.
     pub revert_s: Option<f64>,
+    /// The incident the act's rollback opened (on the public status page), if any.
+    pub incident: Option<IncidentBrief>,
+}
+
+/// An incident as the demo shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IncidentBrief {
+    pub id: u64,
+    pub severity: String,
+    pub title: String,
 }
 
 /// Milliseconds as seconds with one decimal, for JSON and tables.
@@ -118,6 +128,7 @@ mod tests {
             requests_failed: 12,
             detect_s: Some(4.25),
             revert_s: None,
+            incident: None,
         }
     }
 
