@@ -1025,6 +1025,16 @@ fn fleet_of_real_processes_releases_good_versions_and_contains_bad_ones() {
 
     // 5. An agent given a wrong server key refuses the document and keeps its last known good.
     let node = &mut fleet.nodes[WRONG_KEY_NODE];
+    // The final version becomes the node's last known good once the node hears it is stable
+    // (a document after the rollout completed); wait for that before cutting it off.
+    wait_for(
+        "the final version as last known good",
+        STARTUP_TIMEOUT,
+        || {
+            let status = node.status(&fleet.http)?;
+            (status["units"][FEATURES]["good"] == final_features).then_some(())
+        },
+    );
     let current_path = node.data_dir.join("units").join(FEATURES).join("current");
     let current_before = std::fs::read(&current_path).unwrap();
     if let Some(mut agent) = node.agent.take() {
