@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use roots::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[test]
 fn drill_break_glass_with_the_control_plane_down() {
@@ -31,21 +31,10 @@ fn drill_break_glass_with_the_control_plane_down() {
 
     let server = start_server(&data, &listen).unwrap();
     let admin = admin(&data);
-    let mut tokens = Vec::new();
-    for node in ["n1", "n2", "n3"] {
-        let body = json!({"name": format!("agent-{node}"), "role": "agent", "node": node});
-        let token = api(
-            &server,
-            &admin,
-            reqwest::Method::POST,
-            "/v1/tokens",
-            serde_json::to_vec(&body).unwrap(),
-        )["token"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        tokens.push((node, token));
-    }
+    let tokens: Vec<(&str, String)> = ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|node| (node, agent_token(&server, &admin, node)))
+        .collect();
     drop(server);
     cli(&[
         "keys",
@@ -55,23 +44,8 @@ fn drill_break_glass_with_the_control_plane_down() {
         "--data-dir",
         path(&data),
     ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(1)),
-    ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(2)),
-    ]);
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    sign_root(&root, &[share(1), share(2)]);
+    install_root(&root, &data);
     let server = start_server(&data, &listen).unwrap();
 
     let mut agents = Vec::new();

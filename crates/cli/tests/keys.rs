@@ -32,16 +32,7 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
     // First start makes the data dir (and its key, the only time one is made).
     let server = start_server(&data, &listen).unwrap();
     let admin = admin(&data);
-    let token = api(
-        &server,
-        &admin,
-        reqwest::Method::POST,
-        "/v1/tokens",
-        serde_json::to_vec(&json!({"name": "agent-n1", "role": "agent", "node": "n1"})).unwrap(),
-    )["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = agent_token(&server, &admin, "n1");
     drop(server);
 
     // The offline root: 3 shares, 2 to sign, naming the server's key.
@@ -59,21 +50,14 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
     ]);
     // One signature is below the threshold: the server refuses the root, and so would an
     // agent.
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(1)),
-    ]);
+    sign_root(&root, &[share(1)]);
     let show = Command::new(BIN)
         .args(["keys", "show", "--root", path(&root)])
         .output()
         .unwrap();
     assert_eq!(show.status.code(), Some(3), "{}", text(&show));
     assert!(text(&show).contains("threshold NOT met"), "{}", text(&show));
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    install_root(&root, &data);
     let refused = start_server(&data, &listen)
         .err()
         .expect("a root below threshold");
@@ -115,15 +99,8 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
     );
 
     // The second holder signs: the server starts, the agent pins the root.
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(2)),
-    ]);
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    sign_root(&root, &[share(2)]);
+    install_root(&root, &data);
     let server = start_server(&data, &listen).unwrap();
     let served: Value = reqwest::blocking::get(format!("{}/v1/root", server.addr))
         .unwrap()
@@ -188,23 +165,8 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
     // sequence check afresh.
     drop(server);
     cli(&["keys", "new-epoch", "--root", path(&root)]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(1)),
-    ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(3)),
-    ]);
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    sign_root(&root, &[share(1), share(3)]);
+    install_root(&root, &data);
     let server = start_server(&data, &listen).unwrap();
     wait_serves(&local, "u5", "{\"v\":5}", "after the new epoch");
     let adopted = status(&local);
@@ -228,23 +190,8 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
         "--data-dir",
         path(&data),
     ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(2)),
-    ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(3)),
-    ]);
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    sign_root(&root, &[share(2), share(3)]);
+    install_root(&root, &data);
     let server = start_server(&data, &listen).unwrap();
     let new_key: Value = reqwest::blocking::get(format!("{}/v1/signing-key", server.addr))
         .unwrap()
@@ -258,23 +205,8 @@ fn a_root_lets_agents_through_rotation_and_a_restored_backup_and_nothing_else() 
     // The old key revoked: put back in place of the new one, the server refuses to start.
     drop(server);
     cli(&["keys", "revoke", "--root", path(&root), "--key", &old_key]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(1)),
-    ]);
-    cli(&[
-        "keys",
-        "sign",
-        "--root",
-        path(&root),
-        "--share",
-        path(&share(2)),
-    ]);
-    std::fs::copy(&root, data.join("root.json")).unwrap();
+    sign_root(&root, &[share(1), share(2)]);
+    install_root(&root, &data);
     let server = start_server(&data, &listen).unwrap();
     create_and_push(&server, &admin, "u7", "{\"v\":7}");
     wait_serves(&local, "u7", "{\"v\":7}", "after the revocation");

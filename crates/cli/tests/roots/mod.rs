@@ -8,7 +8,7 @@
     clippy::indexing_slicing
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -236,4 +236,31 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An agent token for `node`, made by the admin.
+pub fn agent_token(server: &Server, admin: &str, node: &str) -> String {
+    let body = json!({"name": format!("agent-{node}"), "role": "agent", "node": node});
+    api(
+        server,
+        admin,
+        reqwest::Method::POST,
+        "/v1/tokens",
+        serde_json::to_vec(&body).unwrap(),
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `failsmall keys sign` of `root` with each of `shares`, in order.
+pub fn sign_root(root: &Path, shares: &[PathBuf]) {
+    for share in shares {
+        cli(&["keys", "sign", "--root", path(root), "--share", path(share)]);
+    }
+}
+
+/// Puts the signed `root` where the server in `data` reads it at start.
+pub fn install_root(root: &Path, data: &Path) {
+    std::fs::copy(root, data.join("root.json")).unwrap();
 }
