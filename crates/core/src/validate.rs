@@ -816,22 +816,7 @@ fn yaml_to_json(
                 None
             }
         },
-        Yaml::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            let mut ok = true;
-            for (index, item) in items.iter().enumerate() {
-                match yaml_to_json(
-                    item,
-                    &format!("{path}/{index}"),
-                    depth.saturating_add(1),
-                    issues,
-                ) {
-                    Some(value) => out.push(value),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(Value::Array(out))
-        }
+        Yaml::Array(items) => array_to_json(items, path, depth, issues, yaml_to_json),
         Yaml::Hash(entries) => {
             let mut out = Map::new();
             let mut ok = true;
@@ -908,6 +893,31 @@ fn parse_toml(text: &str, issues: &mut Issues) -> Option<Value> {
     }
 }
 
+/// Converts each item of a parsed array with `convert`, one nesting level deeper; every item's
+/// issues are reported, and the array is `None` when any item failed.
+fn array_to_json<T>(
+    items: &[T],
+    path: &str,
+    depth: usize,
+    issues: &mut Issues,
+    convert: fn(&T, &str, usize, &mut Issues) -> Option<Value>,
+) -> Option<Value> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (index, item) in items.iter().enumerate() {
+        match convert(
+            item,
+            &format!("{path}/{index}"),
+            depth.saturating_add(1),
+            issues,
+        ) {
+            Some(value) => out.push(value),
+            None => ok = false,
+        }
+    }
+    ok.then_some(Value::Array(out))
+}
+
 fn toml_table_to_json(
     table: &toml::Table,
     path: &str,
@@ -959,22 +969,7 @@ fn toml_to_json(
                 None
             }
         },
-        T::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            let mut ok = true;
-            for (index, item) in items.iter().enumerate() {
-                match toml_to_json(
-                    item,
-                    &format!("{path}/{index}"),
-                    depth.saturating_add(1),
-                    issues,
-                ) {
-                    Some(value) => out.push(value),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(Value::Array(out))
-        }
+        T::Array(items) => array_to_json(items, path, depth, issues, toml_to_json),
         T::Table(table) => toml_table_to_json(table, path, depth, issues),
     }
 }
