@@ -336,6 +336,13 @@ const HARD_SIGNAL_FIELDS: &[&str] = &[
 const HEALTH_CHECK_FIELDS: &[&str] = &["path", "expect_status", "timeout"];
 
 impl Plan {
+    /// Whether a gate of some stage reads the service's burn rates (`burn_rate_1h > 14.4`).
+    pub fn reads_burn_rates(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|stage| stage.gates.iter().any(Gate::reads_burn_rate))
+    }
+
     /// Parses and validates a plan file (YAML, or JSON) named `file_name`; see the module
     /// documentation for the format. Either the whole plan loads, or every error found is
     /// returned, each with file, line, column and field path.

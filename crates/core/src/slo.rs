@@ -81,6 +81,11 @@ impl BurnWindow {
         }
     }
 
+    /// The window called `name` (`5m`, `1h`, ...).
+    pub fn from_name(name: &str) -> Option<BurnWindow> {
+        BURN_WINDOWS.into_iter().find(|w| w.as_str() == name)
+    }
+
     pub fn duration_ms(self) -> u64 {
         match self {
             Self::M5 => 5 * MINUTE_MS,
@@ -93,6 +98,10 @@ impl BurnWindow {
         }
     }
 }
+
+/// A service's burn rates now, per window: the highest among the SLOs of a unit (a window
+/// without events has none). What burn-rate gates (`burn_rate_1h > 14.4`) read.
+pub type BurnRates = std::collections::BTreeMap<BurnWindow, f64>;
 
 /// The workbook's multiwindow, multi-burn-rate alerts for a 30-day SLO: (long window, short
 /// window, burn-rate threshold, severity). An alert fires when both windows burn faster than

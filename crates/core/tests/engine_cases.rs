@@ -19,6 +19,7 @@ use failsmall_core::health::HealthSample;
 use failsmall_core::plan::{
     Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
 };
+use failsmall_core::slo::BurnWindow;
 
 const TICK_MS: u64 = 5_000;
 
@@ -2357,4 +2358,103 @@ fn a_plan_with_a_health_source_is_judged_on_it_and_not_on_the_agents_reports() {
             "monitored {monitored}, agents {agents_say:?}, monitoring errors {monitoring_errors}"
         );
     }
+}
+
+/// The three-stage plan with the SRE workbook's fast-burn page on every stage.
+fn burn_gate_plan() -> Plan {
+    let mut plan = three_stage_plan();
+    for stage in &mut plan.stages {
+        *stage = gated(
+            stage.clone(),
+            &["burn_rate_1h > 14.4 AND burn_rate_5m > 14.4"],
+        );
+    }
+    plan
+}
+
+fn burning(h: &mut Harness, rate: f64) {
+    let burn_rates = [(BurnWindow::H1, rate), (BurnWindow::M5, rate)]
+        .into_iter()
+        .collect();
+    h.step(Event::BurnRates {
+        unit: unit("u"),
+        burn_rates,
+    });
+}
+
+#[test]
+fn a_burning_error_budget_holds_a_version_no_worse_than_its_baseline_and_blames_nothing() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+    let id = h.request("u", "v1", burn_gate_plan(), "alice");
+    // The service burns its budget 20 times too fast, canary and baseline alike.
+    burning(&mut h, 20.0);
+    for _ in 0..40 {
+        h.round("u", &|_, _| Reaction::SomeErrors);
+    }
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Running, "{view:?}");
+    assert_eq!(view.stage_index, 0);
+    assert!(h.kinds(id).contains(&ChangeKind::FleetUnhealthy));
+    assert!(matches!(
+        &view.gates[0].verdict,
+        Verdict::Inconclusive { detail } if detail.contains("fleet unhealthy")
+            && detail.contains("burn_rate_1h 20")
+    ));
+    assert!(!h.engine.is_quarantined(&unit("u"), &version("v1")));
+    // The budget stops burning: the rollout goes on and completes.
+    burning(&mut h, 0.5);
+    h.run(id, "u", 3_600_000, &healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn a_burning_error_budget_blames_a_version_whose_nodes_fail_more_than_the_others() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    let v0 = version("v0");
+    let id = h.request("u", "v1", burn_gate_plan(), "alice");
+    burning(&mut h, 20.0);
+    h.run(id, "u", 3_600_000, &|_, running| {
+        if running == v0 {
+            Reaction::Healthy
+        } else {
+            Reaction::Errors
+        }
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    assert!(h.engine.is_quarantined(&unit("u"), &version("v1")));
+}
+
+#[test]
+fn burn_rates_that_are_not_numbers_are_refused_and_change_nothing() {
+    let mut h = Harness::with_fleet();
+    let before = h.engine.clone();
+    let burn_rates = [(BurnWindow::H1, f64::NAN)].into_iter().collect();
+    let refused = h.try_step(Event::BurnRates {
+        unit: unit("u"),
+        burn_rates,
+    });
+    assert!(matches!(refused, Err(EngineError::InvalidBurnRate { .. })));
+    assert_eq!(h.engine, before);
+}
+
+#[test]
+fn a_burn_rate_gate_without_burn_rates_holds_the_stage() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v0", three_stage_plan(), "alice");
+    h.run(id, "u", 3_600_000, &healthy);
+    let id = h.request("u", "v1", burn_gate_plan(), "alice");
+    for _ in 0..20 {
+        h.round("u", &healthy);
+    }
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.stage_index, 0, "{view:?}");
+    assert!(matches!(
+        &view.gates[0].verdict,
+        Verdict::Inconclusive { detail } if detail.contains("no SLO of this unit has events")
+    ));
 }

@@ -419,6 +419,7 @@ impl Engine {
                 approved_by: Vec::new(),
                 freeze_override: override_freeze,
                 held_by_freeze: None,
+                burn_rates: crate::slo::BurnRates::new(),
                 roles: Derived::default(),
             },
         );

@@ -27,6 +27,7 @@ use super::{
 use crate::domain::{RolloutId, TimeMs, VersionHash};
 use crate::gate::{Gate, Verdict};
 use crate::health::{GroupMetrics, HealthSample};
+use crate::slo::BurnRates;
 
 /// The metrics a failing absolute gate may read, each with the comparison that says whether
 /// the canary is worse than the baseline in it.
@@ -88,6 +89,7 @@ fn not_the_version(
     canary: &GroupMetrics,
     baseline: &GroupMetrics,
     min_requests: u64,
+    burn_rates: &BurnRates,
 ) -> Option<NotTheVersion> {
     if gate.reads_baseline() {
         return None;
@@ -106,7 +108,10 @@ fn not_the_version(
     // judged as written.
     let mut compared = false;
     for (metric, source) in WORSE_THAN_BASELINE {
-        if !reads_metric(&gate.source, metric) {
+        // A burn rate counts the SLOs' bad events: the version is to blame for it when its
+        // nodes fail more requests than the nodes without it.
+        let burn_blames = metric == "error_rate" && gate.reads_burn_rate();
+        if !reads_metric(&gate.source, metric) && !burn_blames {
             continue;
         }
         compared = true;
@@ -120,19 +125,21 @@ fn not_the_version(
     if !compared {
         return None;
     }
-    Some(match gate.evaluate(baseline, None, min_requests) {
-        Verdict::Fail {
-            detail: baseline_detail,
-        } => NotTheVersion::FleetUnhealthy(format!(
-            "fleet unhealthy: the baseline fails it too ({baseline_detail}) and the canary is \
+    Some(
+        match gate.evaluate_with(baseline, None, min_requests, burn_rates) {
+            Verdict::Fail {
+                detail: baseline_detail,
+            } => NotTheVersion::FleetUnhealthy(format!(
+                "fleet unhealthy: the baseline fails it too ({baseline_detail}) and the canary is \
              not significantly worse than the baseline"
-        )),
-        Verdict::Pass { .. } | Verdict::Inconclusive { .. } => NotTheVersion::NotProven(
-            "breached, but the canary is not significantly worse than the baseline yet: \
+            )),
+            Verdict::Pass { .. } | Verdict::Inconclusive { .. } => NotTheVersion::NotProven(
+                "breached, but the canary is not significantly worse than the baseline yet: \
              holding while the evidence accumulates"
-                .to_owned(),
-        ),
-    })
+                    .to_owned(),
+            ),
+        },
+    )
 }
 
 /// Whether a time control has the evidence to speak for the time since a pre-period next to
@@ -235,6 +242,7 @@ impl Engine {
                 && !self.other_version_runs(&rollout.unit, &rollout.version)
         };
         let rollout = self.rollouts.get_mut(&id)?;
+        let burn_rates = rollout.burn_rates.clone();
         let stage = rollout.plan.stages.get(rollout.stage)?;
         let silent = rollout.silent_nodes(now, stage.silence_ms);
         rollout.canary.silent_nodes = silent;
@@ -268,12 +276,31 @@ impl Engine {
             } else {
                 &rollout.canary
             };
-            let mut verdict = gate.evaluate(canary, baseline.as_ref(), stage.min_requests);
+            let mut verdict =
+                gate.evaluate_with(canary, baseline.as_ref(), stage.min_requests, &burn_rates);
+            // The service burns its budget and nothing to compare the version with: a
+            // fleet-wide signal cannot blame it (see `gate` on burn-rate gates).
+            if let Verdict::Fail { detail } = &verdict
+                && gate.reads_burn_rate()
+                && (baseline.is_none() || no_baseline_ever)
+            {
+                let why = format!(
+                    "{detail}; fleet unhealthy: the service burns its error budget and no nodes \
+                     without the version to compare with, so the version is not blamed"
+                );
+                fleet_unhealthy.get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                verdict = Verdict::Inconclusive { detail: why };
+            }
             if let Verdict::Fail { detail } = &verdict
                 && let Some(baseline) = baseline.as_ref()
                 && !no_baseline_ever
-                && let Some(not) =
-                    not_the_version(gate, &stage_canary, baseline, stage.min_requests)
+                && let Some(not) = not_the_version(
+                    gate,
+                    &stage_canary,
+                    baseline,
+                    stage.min_requests,
+                    &burn_rates,
+                )
             {
                 let why = match not {
                     NotTheVersion::FleetUnhealthy(why) => {
@@ -339,12 +366,18 @@ impl Engine {
                 // A comparison as written; an absolute limit breached by them, when they are
                 // significantly worse than themselves then in what it reads.
                 let earlier_verdict = if gate.reads_baseline() {
-                    gate.evaluate(&earlier, Some(&reference), stage.min_requests)
+                    gate.evaluate_with(&earlier, Some(&reference), stage.min_requests, &burn_rates)
                 } else {
-                    match gate.evaluate(&earlier, None, stage.min_requests) {
+                    match gate.evaluate_with(&earlier, None, stage.min_requests, &burn_rates) {
                         Verdict::Fail { detail }
-                            if not_the_version(gate, &earlier, &reference, stage.min_requests)
-                                .is_none() =>
+                            if not_the_version(
+                                gate,
+                                &earlier,
+                                &reference,
+                                stage.min_requests,
+                                &burn_rates,
+                            )
+                            .is_none() =>
                         {
                             Verdict::Fail { detail }
                         }

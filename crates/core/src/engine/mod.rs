@@ -235,6 +235,13 @@ pub enum Event {
     MaintenanceCreated { maintenance: Maintenance },
     /// An admin ended maintenance window `id` early.
     MaintenanceEnded { id: u64 },
+    /// The service's burn rates now (the highest among `unit`'s SLOs, per window): what
+    /// burn-rate gates of `unit`'s running rollouts read until the next such event. The
+    /// control plane sends them while a running rollout's plan has a burn-rate gate.
+    BurnRates {
+        unit: UnitName,
+        burn_rates: crate::slo::BurnRates,
+    },
 }
 
 /// What the caller must do after a step.
@@ -403,6 +410,8 @@ pub enum EngineError {
     WindowIdTaken { id: u64 },
     #[error("{0}")]
     InvalidWindow(#[from] crate::freeze::WindowError),
+    #[error("burn rate over {window} is {value}; expected a finite number at or above 0")]
+    InvalidBurnRate { window: &'static str, value: String },
 }
 
 /// Gates of a rollout are evaluated at most once per this many milliseconds of `now_ms` (on
@@ -614,6 +623,9 @@ struct Rollout {
     /// The freeze holding it before its next stage (or its start), logged once per freeze.
     #[serde(default)]
     held_by_freeze: Option<u64>,
+    /// The service's burn rates as last sent ([`Event::BurnRates`]), for burn-rate gates.
+    #[serde(default, skip_serializing_if = "crate::slo::BurnRates::is_empty")]
+    burn_rates: crate::slo::BurnRates,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
@@ -1038,6 +1050,7 @@ impl Engine {
                 self.on_maintenance_created(now, maintenance, &mut out)?
             }
             Event::MaintenanceEnded { id } => self.on_maintenance_ended(now, *id, &mut out)?,
+            Event::BurnRates { unit, burn_rates } => self.on_burn_rates(unit, burn_rates)?,
         }
         // Only after the event was accepted, so that a refused step changes nothing.
         if now >= self.windows.next_check_ms {
@@ -1093,6 +1106,27 @@ impl Engine {
                     .find_map(|rollout| rollout.plan.health_source.as_deref().cloned())?;
                 Some((unit.clone(), source))
             })
+            .collect()
+    }
+
+    /// The units with a running or paused rollout whose plan has a burn-rate gate: the control
+    /// plane sends their services' burn rates ([`Event::BurnRates`]).
+    pub fn units_reading_burn_rates(&self) -> Vec<UnitName> {
+        self.units
+            .iter()
+            .filter(|(_, state)| {
+                state
+                    .active
+                    .iter()
+                    .filter_map(|id| self.rollouts.get(id))
+                    .any(|rollout| {
+                        matches!(
+                            rollout.status,
+                            RolloutStatus::Running | RolloutStatus::Paused
+                        ) && rollout.plan.reads_burn_rates()
+                    })
+            })
+            .map(|(unit, _)| unit.clone())
             .collect()
     }
 

@@ -117,6 +117,38 @@ impl Engine {
         Ok(())
     }
 
+    /// Keeps the service's burn rates on `unit`'s running rollouts, for their burn-rate gates
+    /// (judged at the next evaluation). Refused whole if a rate is not a finite number >= 0.
+    pub(super) fn on_burn_rates(
+        &mut self,
+        unit: &UnitName,
+        burn_rates: &crate::slo::BurnRates,
+    ) -> Result<(), EngineError> {
+        if let Some((window, value)) = burn_rates
+            .iter()
+            .find(|(_, value)| !value.is_finite() || **value < 0.0)
+        {
+            return Err(EngineError::InvalidBurnRate {
+                window: window.as_str(),
+                value: value.to_string(),
+            });
+        }
+        let Some(state) = self.units.get(unit) else {
+            return Ok(());
+        };
+        for id in &state.active {
+            if let Some(rollout) = self.rollouts.get_mut(id)
+                && matches!(
+                    rollout.status,
+                    RolloutStatus::Running | RolloutStatus::Paused
+                )
+            {
+                rollout.burn_rates.clone_from(burn_rates);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn on_maintenance_ended(
         &mut self,
         now: TimeMs,

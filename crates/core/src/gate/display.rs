@@ -40,6 +40,7 @@ impl fmt::Display for Value {
             } => {
                 write!(f, "baseline.{}", metric.name())
             }
+            Value::BurnRate { window } => write!(f, "burn_rate_{}", window.as_str()),
             Value::Arith { op, left, right } => {
                 for (index, side) in [left, right].into_iter().enumerate() {
                     if index == 1 {

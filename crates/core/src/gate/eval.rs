@@ -15,6 +15,7 @@ pub(super) struct EvalContext<'a> {
     pub(super) canary: &'a GroupMetrics,
     pub(super) baseline: Option<&'a GroupMetrics>,
     pub(super) min_requests: u64,
+    pub(super) burn_rates: &'a BurnRates,
 }
 
 impl EvalContext<'_> {
@@ -48,6 +49,12 @@ impl EvalContext<'_> {
                     format!("{value} has no data (no requests or no latency observations)")
                 })
             }
+            Value::BurnRate { window } => self.burn_rates.get(window).copied().ok_or_else(|| {
+                format!(
+                    "{value} has no data (no SLO of this unit has events over the last {})",
+                    window.as_str()
+                )
+            }),
             Value::Arith { op, left, right } => {
                 let left = self.value(left)?;
                 let right = self.value(right)?;
@@ -74,7 +81,7 @@ impl EvalContext<'_> {
         let shown = format_in(value.dimension(), number);
         match value {
             Value::Literal { .. } => shown,
-            Value::Metric { .. } => format!("{value} {shown}"),
+            Value::Metric { .. } | Value::BurnRate { .. } => format!("{value} {shown}"),
             Value::Arith { .. } => format!("{value} = {shown}"),
         }
     }

@@ -20,9 +20,19 @@
 //! unit    := "ms" | "s" | "%"
 //! metric  := error_rate | requests | errors | p50_latency | p90_latency | p95_latency
 //!          | p99_latency | p999_latency | rejections | crashes | health_check_failures
-//!          | silent_nodes
+//!          | silent_nodes | burn_rate_5m | burn_rate_30m | burn_rate_1h | burn_rate_2h
+//!          | burn_rate_6h | burn_rate_1d | burn_rate_3d
 //! ```
-//! A metric alone means the canary's; `baseline.metric` means the baseline's.
+//! A metric alone means the canary's; `baseline.metric` means the baseline's. A burn rate is
+//! neither: it is the service's, the highest among the SLOs of the rollout's unit over that
+//! window (`failsmall slo`), a bare number (1 spends the budget exactly over the SLO window).
+//!
+//! # Burn-rate gates
+//! `burn_rate_1h > 14.4` reads the whole service, canary and baseline alike, so a breach is
+//! a fleet-wide signal first: the stage holds ("fleet unhealthy", alerted once, never
+//! promoted, nothing quarantined), unless the canary is significantly worse than the
+//! baseline in error rate, which blames the version (it rolls back). Without a baseline to
+//! compare with, it holds too. With no SLO events over the window the gate is inconclusive.
 //!
 //! # Dimensions
 //! Every value has a dimension, checked when the gate is parsed:
@@ -30,7 +40,7 @@
 //! - ratio: `0.5%`, `error_rate`;
 //! - count: `requests`, `errors`, `rejections`, `crashes`, `health_check_failures`,
 //!   `silent_nodes`; bare numbers compare with counts (`rejections > 0`);
-//! - scalar: bare numbers in `*` and `/` (`1.5 * baseline.error_rate`).
+//! - scalar: bare numbers in `*` and `/` (`1.5 * baseline.error_rate`), and burn rates.
 //!
 //! `scalar * x = x`, `x / scalar = x`, `count * ratio = count`, `count / count = ratio`,
 //! `latency / latency = scalar`, `ratio / ratio = scalar`; `+` and `-` need equal dimensions
@@ -80,6 +90,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::health::GroupMetrics;
+use crate::slo::{BurnRates, BurnWindow};
 
 mod display;
 mod eval;
@@ -337,6 +348,11 @@ pub enum Value {
         left: Box<Value>,
         right: Box<Value>,
     },
+    /// The service's burn rate over `window` (the highest among the unit's SLOs): a
+    /// fleet-wide signal, the same for canary and baseline (see the module docs).
+    BurnRate {
+        window: BurnWindow,
+    },
 }
 
 /// A parsed, dimension-checked gate: true means the stage fails.
@@ -406,7 +422,7 @@ impl Gate {
     pub fn reads_baseline(&self) -> bool {
         fn value(v: &Value) -> bool {
             match v {
-                Value::Literal { .. } => false,
+                Value::Literal { .. } | Value::BurnRate { .. } => false,
                 Value::Metric { group, .. } => *group == Group::Baseline,
                 Value::Arith { left, right, .. } => value(left) || value(right),
             }
@@ -422,17 +438,50 @@ impl Gate {
         expr(&self.expr)
     }
 
-    /// Evaluates the failure condition on the canary, against the baseline when there is one.
+    /// Whether the condition reads a burn rate of the service's SLOs.
+    pub fn reads_burn_rate(&self) -> bool {
+        fn value(v: &Value) -> bool {
+            match v {
+                Value::Literal { .. } | Value::Metric { .. } => false,
+                Value::BurnRate { .. } => true,
+                Value::Arith { left, right, .. } => value(left) || value(right),
+            }
+        }
+        fn expr(e: &GateExpr) -> bool {
+            match e {
+                GateExpr::Compare { left, right, .. } => value(left) || value(right),
+                GateExpr::Significant { .. } => false,
+                GateExpr::Not(inner) => expr(inner),
+                GateExpr::And(all) | GateExpr::Or(all) => all.iter().any(expr),
+            }
+        }
+        expr(&self.expr)
+    }
+
+    /// Evaluates the failure condition on the canary, against the baseline when there is one,
+    /// with no burn rates known.
     pub fn evaluate(
         &self,
         canary: &GroupMetrics,
         baseline: Option<&GroupMetrics>,
         min_requests: u64,
     ) -> Verdict {
+        self.evaluate_with(canary, baseline, min_requests, &BurnRates::new())
+    }
+
+    /// [`Gate::evaluate`], with the service's current `burn_rates`.
+    pub fn evaluate_with(
+        &self,
+        canary: &GroupMetrics,
+        baseline: Option<&GroupMetrics>,
+        min_requests: u64,
+        burn_rates: &BurnRates,
+    ) -> Verdict {
         let context = EvalContext {
             canary,
             baseline,
             min_requests,
+            burn_rates,
         };
         let (truth, detail) = context.condition(&self.expr);
         match truth {
@@ -447,7 +496,7 @@ impl Value {
     fn reads_metric(&self) -> bool {
         match self {
             Value::Literal { .. } => false,
-            Value::Metric { .. } => true,
+            Value::Metric { .. } | Value::BurnRate { .. } => true,
             Value::Arith { left, right, .. } => left.reads_metric() || right.reads_metric(),
         }
     }
@@ -457,6 +506,7 @@ impl Value {
         match self {
             Value::Literal { dimension, .. } => *dimension,
             Value::Metric { metric, .. } => metric.dimension(),
+            Value::BurnRate { .. } => Dimension::Scalar,
             // Only dimension-checked values exist outside this module's parser, so the
             // fallback is never taken for parsed gates.
             Value::Arith { op, left, right } => {

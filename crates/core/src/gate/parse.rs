@@ -258,6 +258,7 @@ enum NodeKind {
         text: String,
     },
     Metric(Group, Metric),
+    BurnRate(BurnWindow),
     Significant {
         metric: Metric,
         alpha: f64,
@@ -487,6 +488,16 @@ impl Parser {
                     &TokenKind::Dot,
                     "`.` and a metric after `baseline`, e.g. baseline.error_rate",
                 )?;
+                if let Some(TokenKind::Ident(name)) = self.peek()
+                    && burn_rate_window(name).is_some()
+                {
+                    return Err(GateError {
+                        column,
+                        message: format!(
+                            "a burn rate is the service's (its SLOs), not the baseline's; write `{name}` alone"
+                        ),
+                    });
+                }
                 let metric = self.parse_metric_name()?;
                 Ok(Node {
                     kind: NodeKind::Metric(Group::Baseline, metric),
@@ -501,13 +512,27 @@ impl Parser {
                     kind: NodeKind::Metric(Group::Canary, metric),
                     column,
                 }),
-                None => Err(GateError {
-                    column,
-                    message: format!(
-                        "unknown metric `{name}`; expected one of: {}, baseline.<metric>, significant(...), NOT",
-                        metric_names()
-                    ),
-                }),
+                None => match burn_rate_window(&name) {
+                    Some(Some(window)) => Ok(Node {
+                        kind: NodeKind::BurnRate(window),
+                        column,
+                    }),
+                    Some(None) => Err(GateError {
+                        column,
+                        message: format!(
+                            "unknown burn-rate window in `{name}`; expected one of: {}",
+                            burn_rate_names()
+                        ),
+                    }),
+                    None => Err(GateError {
+                        column,
+                        message: format!(
+                            "unknown metric `{name}`; expected one of: {}, {}, baseline.<metric>, significant(...), NOT",
+                            metric_names(),
+                            burn_rate_names()
+                        ),
+                    }),
+                },
             },
             _ => Err(self.error(expected)),
         }
@@ -588,6 +613,22 @@ impl Parser {
     }
 }
 
+/// `Some(window)` for `burn_rate_<window>` (`Some(None)`: the prefix with an unknown window);
+/// `None` for any other name.
+fn burn_rate_window(name: &str) -> Option<Option<BurnWindow>> {
+    let lower = name.to_ascii_lowercase();
+    let window = lower.strip_prefix("burn_rate_")?;
+    Some(BurnWindow::from_name(window))
+}
+
+fn burn_rate_names() -> String {
+    crate::slo::BURN_WINDOWS
+        .iter()
+        .map(|w| format!("burn_rate_{}", w.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn metric_names() -> String {
     Metric::ALL
         .iter()
@@ -616,7 +657,10 @@ fn check_condition(node: &Node) -> Result<GateExpr, GateError> {
             alpha: *alpha,
         }),
         NodeKind::Compare(op, left, right) => check_compare(*op, left, right, node.column),
-        NodeKind::Arith(..) | NodeKind::Number { .. } | NodeKind::Metric(..) => Err(GateError {
+        NodeKind::Arith(..)
+        | NodeKind::Number { .. }
+        | NodeKind::Metric(..)
+        | NodeKind::BurnRate(..) => Err(GateError {
             column: node.column,
             message: "expected a condition such as `error_rate > 0.5%`, found a value alone"
                 .to_owned(),
@@ -699,6 +743,7 @@ fn check_value(node: &Node) -> Result<(Value, Dimension), GateError> {
             },
             metric.dimension(),
         )),
+        NodeKind::BurnRate(window) => Ok((Value::BurnRate { window: *window }, Scalar)),
         NodeKind::Arith(op, left, right) => {
             let (left_value, left_dimension) = check_value(left)?;
             let (right_value, right_dimension) = check_value(right)?;

@@ -615,3 +615,48 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn burn_rates_are_the_services_and_bare_numbers() {
+    let gate = Gate::parse("burn_rate_1h > 14.4 AND burn_rate_5m > 14.4").unwrap();
+    assert!(gate.reads_burn_rate());
+    assert!(!gate.reads_baseline());
+    let healthy = group(1000, 0, 20.0);
+    let rates: BurnRates = [(BurnWindow::H1, 20.0), (BurnWindow::M5, 15.0)]
+        .into_iter()
+        .collect();
+    let verdict = gate.evaluate_with(&healthy, None, 500, &rates);
+    assert!(
+        matches!(&verdict, Verdict::Fail { detail } if detail.contains("burn_rate_1h 20 > 14.4")),
+        "{verdict:?}"
+    );
+    let calm: BurnRates = [(BurnWindow::H1, 20.0), (BurnWindow::M5, 2.0)]
+        .into_iter()
+        .collect();
+    assert!(matches!(
+        gate.evaluate_with(&healthy, None, 500, &calm),
+        Verdict::Pass { .. }
+    ));
+    // No SLO events over a window: no data, so no verdict.
+    assert!(matches!(
+        gate.evaluate(&healthy, None, 500),
+        Verdict::Inconclusive { detail } if detail.contains("no SLO of this unit has events over the last 1h")
+    ));
+    assert_eq!(
+        Gate::parse("BURN_RATE_6H >= 6").unwrap().expr.to_string(),
+        "burn_rate_6h >= 6"
+    );
+    for (source, message) in [
+        ("baseline.burn_rate_1h > 2", "not the baseline's"),
+        ("burn_rate_7m > 2", "unknown burn-rate window"),
+        ("burn_rate_1h > 1%", "cannot compare"),
+        ("burn_rate > 2", "unknown metric"),
+        (
+            "significant(burn_rate_1h > baseline.burn_rate_1h)",
+            "unknown metric",
+        ),
+    ] {
+        let error = parse_error(source);
+        assert!(error.message.contains(message), "{source}: {error}");
+    }
+}
