@@ -431,3 +431,102 @@ fn slo_counts_survive_a_server_restart() {
     ]);
     assert_eq!(server.json(&["slo", "show", "avail"])["events_total"], 0);
 }
+
+/// Plays n1 (stage one) and n2 (stage two) through rollout `id` of `version` of `flags`,
+/// healthy, until it completes: the burn-rate feed and the gate evaluation take seconds each.
+fn drive(server: &Server, agent: &Agent<'_>, id: &str, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = server.json(&["rollout", "status", id]);
+        if view["status"] == "completed" {
+            return;
+        }
+        agent.apply_healthy("n1", "flags", version);
+        if view["stage_index"] == 1 {
+            agent.apply_healthy("n2", "flags", version);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} never completed: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Two stages, each gated by the SRE workbook's fast burn over 5 minutes.
+const BURN_GATED_PLAN: &str = "name: burn-gated\nsoak: 0s\nstages:\n  - name: employees\n    select: {cohort: employee}\n    bake: 0s\n    timeout: 10m\n    gates: [\"min_requests 100\", \"burn_rate_5m > 14.4\"]\n  - name: everyone\n    bake: 0s\n    gates: [\"burn_rate_5m > 14.4\"]\n";
+
+#[test]
+fn a_burn_rate_gate_holds_while_the_service_burns_and_blames_no_version() {
+    let server = Server::start("slo-burn-gate");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    let plan = server.file("burn.yaml", BURN_GATED_PLAN);
+    server.ok(&["unit", "create", "flags", "--spec", &spec, "--plan", &plan]);
+    server.ok(&[
+        "slo",
+        "create",
+        "flags-availability",
+        "--unit",
+        "flags",
+        "--target",
+        "99",
+        "--window",
+        "1h",
+        "--no-block",
+    ]);
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    agent.register("n2", json!({"cohort": "free"}));
+
+    // A first version: the service is healthy (burn 0), so both stages pass.
+    let v1_file = server.file("v1.json", r#"{"v": 1}"#);
+    let pushed = server.json(&["push", "flags", &v1_file, "-m", "v1"]);
+    let v1 = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    let r1 = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+    drive(&server, &agent, &r1, &v1);
+
+    // The second version reaches n1; then every node fails half its requests, with the
+    // version or not: burn 50 over 5 minutes.
+    let v2_file = server.file("v2.json", r#"{"v": 2}"#);
+    let pushed = server.json(&["push", "flags", &v2_file, "-m", "v2"]);
+    let v2 = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    let r2 = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+    agent.apply_healthy("n1", "flags", &v2);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        health(&agent, "n1", "flags", &v2, 200, 100);
+        health(&agent, "n2", "flags", &v1, 200, 100);
+        let log = changelog_kinds(&server);
+        if log
+            .iter()
+            .any(|(kind, reason)| kind == "fleet_unhealthy" && reason.contains("burn_rate_5m"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burn never held the rollout: {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let view = server.json(&["rollout", "status", &r2]);
+    assert_eq!(view["status"], "running", "{view}");
+    assert_eq!(view["stage_index"], 0, "{view}");
+    // Held: the burn is over the limit, and the version is not blamed for it.
+    assert!(view.to_string().contains("burn_rate_5m"), "{view}");
+    assert!(
+        !view["gates"][0]["verdict"]
+            .as_object()
+            .unwrap()
+            .contains_key("Fail"),
+        "{view}"
+    );
+
+    // The service recovers (good traffic drowns the bad): the rollout goes on and completes,
+    // and the version was never quarantined.
+    health(&agent, "n1", "flags", &v2, 100_000, 0);
+    health(&agent, "n2", "flags", &v1, 100_000, 0);
+    drive(&server, &agent, &r2, &v2);
+    let versions = server.json(&["versions", "flags"]).to_string();
+    assert!(!versions.contains("quarantined\":true"), "{versions}");
+}

@@ -217,6 +217,12 @@ pub async fn run(
         api::now_ms,
     ));
     let slos = Arc::new(slo::SloBook::load(&store)?);
+    let burn_feed = tokio::spawn(slo::feed_burn_rates_forever(
+        Arc::clone(&slos),
+        Arc::clone(&engine),
+        Arc::clone(&store),
+        api::now_ms,
+    ));
     let last_flush_store = Arc::clone(&store);
     let slo_flusher = tokio::spawn(slo::flush_forever(
         Arc::clone(&slos),
@@ -272,6 +278,7 @@ pub async fn run(
         .map_err(ServerError::Serve);
     ticker.abort();
     health_reader.abort();
+    burn_feed.abort();
     notifier.abort();
     slo_flusher.abort();
     let last_store = Arc::clone(&last_flush_store);

@@ -12,12 +12,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use failsmall_core::domain::{Labels, UnitName};
-use failsmall_core::slo::{EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, status};
+use failsmall_core::engine::Event;
+use failsmall_core::slo::{
+    BURN_WINDOWS, BurnRates, EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, status,
+};
 
+use crate::rollouts::{Cause, EngineHost};
 use crate::store::{SloBucketRow, SloHorizon, Store, StoreError};
 
 /// How often the buckets that changed are written to the store, in milliseconds.
 pub const FLUSH_INTERVAL_MS: u64 = 5_000;
+/// How often the burn rates of units whose running rollouts have burn-rate gates are sent to
+/// the engine, in milliseconds (gates are judged every `GATE_EVAL_INTERVAL_MS`, 10 s).
+pub const BURN_FEED_INTERVAL_MS: u64 = 5_000;
 
 pub use failsmall_core::slo::SLOS_MAX;
 
@@ -200,6 +207,23 @@ impl SloBook {
         Some((t.spec.clone(), status(&t.spec, &t.counts, now_ms)))
     }
 
+    /// The service's burn rates for `unit` at `now_ms`: per window, the highest among the
+    /// unit's SLOs (a window where no SLO has events is left out).
+    pub fn burn_rates(&self, unit: &UnitName, now_ms: u64) -> BurnRates {
+        let statuses = self.statuses(Some(unit), now_ms);
+        BURN_WINDOWS
+            .iter()
+            .filter_map(|window| {
+                statuses
+                    .iter()
+                    .filter_map(|(_, status)| status.burn_rate(*window))
+                    .filter(|rate| rate.is_finite())
+                    .reduce(f64::max)
+                    .map(|rate| (*window, rate))
+            })
+            .collect()
+    }
+
     /// The SLOs of `unit` that block rollouts and whose error budget is spent.
     pub fn blocking(&self, unit: &UnitName, now_ms: u64) -> Vec<(SloSpec, SloStatus)> {
         self.statuses(Some(unit), now_ms)
@@ -224,6 +248,41 @@ pub async fn flush_forever(book: Arc<SloBook>, store: Arc<Store>, now_ms: fn() -
                 tracing::warn!(%error, "slo: event counts not saved; retried at the next flush")
             }
             Err(error) => tracing::warn!(%error, "slo: the flush task failed"),
+        }
+    }
+}
+
+/// Sends the engine, every [`BURN_FEED_INTERVAL_MS`], the burn rates of each unit whose
+/// running rollout has a burn-rate gate ([`Event::BurnRates`]), for as long as the server
+/// runs (the caller aborts the task at shutdown). A step that fails is logged and tried again
+/// at the next interval; the gates judge the rates last sent meanwhile.
+pub async fn feed_burn_rates_forever(
+    book: Arc<SloBook>,
+    engine: Arc<EngineHost>,
+    store: Arc<Store>,
+    now_ms: fn() -> u64,
+) {
+    let mut interval =
+        tokio::time::interval(std::time::Duration::from_millis(BURN_FEED_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let units = engine
+            .read(|engine, _| engine.units_reading_burn_rates())
+            .await;
+        for unit in units {
+            let at_ms = now_ms();
+            let burn_rates = book.burn_rates(&unit, at_ms);
+            let event = Event::BurnRates {
+                unit: unit.clone(),
+                burn_rates,
+            };
+            if let Err(error) = engine
+                .apply(&store, at_ms, event, Cause::Nothing, None)
+                .await
+            {
+                tracing::warn!(unit = %unit, %error, "slo: burn rates not sent to the engine; sent again at the next interval");
+            }
         }
     }
 }

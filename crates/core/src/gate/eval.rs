@@ -51,7 +51,8 @@ impl EvalContext<'_> {
             }
             Value::BurnRate { window } => self.burn_rates.get(window).copied().ok_or_else(|| {
                 format!(
-                    "{value} has no data (no SLO of this unit has events over the last {})",
+                    "{value} has no data (no SLO of this unit has events over the last {}; \
+                     `failsmall slo create` defines one)",
                     window.as_str()
                 )
             }),

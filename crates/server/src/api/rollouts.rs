@@ -30,7 +30,9 @@ pub(super) fn step_error(error: StepError) -> ApiError {
                 }
                 EngineError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "self_approval"),
                 EngineError::AlreadyApproved { .. } => (StatusCode::CONFLICT, "already_approved"),
-                EngineError::EmptyPlan { .. } | EngineError::LimitReached { .. } => {
+                EngineError::EmptyPlan { .. }
+                | EngineError::LimitReached { .. }
+                | EngineError::InvalidBurnRate { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "refused")
                 }
                 EngineError::NotQuarantined { .. } => (StatusCode::NOT_FOUND, "not_quarantined"),
