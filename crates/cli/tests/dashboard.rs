@@ -460,6 +460,74 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
     let errors = browser.severe_log();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
+    // The rollback opened an incident: the admin publishes an update from the browser, and
+    // the public status page carries it.
+    browser.click("#tabs button[data-tab=incidents]");
+    browser.wait_for(
+        "the rollback's incident, open",
+        "const d = document.querySelector('#incident-detail'); return d && !d.hidden && d.dataset.status !== 'resolved' && document.querySelector('button[data-action=update]') !== null",
+    );
+    browser.type_into("#incident-update-text", "we rolled the checkout flag back");
+    browser.click("button[data-action=update]");
+    browser.wait_for(
+        "the confirmation",
+        "return document.querySelector('#confirm').classList.contains('open')",
+    );
+    browser.click("#confirm-yes");
+    browser.wait_for(
+        "the update in the incident",
+        "return [...document.querySelectorAll('#incident-detail tr[data-update=written]')].some((r) => r.textContent.includes('we rolled the checkout flag back'))",
+    );
+    browser.screenshot(&shots.join("09-incident.png"));
+    let status: Value = server
+        .http
+        .get(format!("{}/status.json", server.addr))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        status
+            .to_string()
+            .contains("we rolled the checkout flag back"),
+        "{status}"
+    );
+
+    // Stop the line from the browser, then lift the freeze.
+    browser.click("#tabs button[data-tab=freezes]");
+    browser.click_when_present("#stop-the-line:not([hidden])");
+    browser.wait_for(
+        "the confirmation",
+        "return document.querySelector('#confirm').classList.contains('open')",
+    );
+    browser.type_into("#confirm-reason", "checkout incident");
+    browser.click("#confirm-yes");
+    browser.wait_for(
+        "the freeze, active",
+        "return [...document.querySelectorAll('#freezes tr[data-freeze]')].some((r) => r.textContent.includes('checkout incident') && r.textContent.includes('active'))",
+    );
+    let freezes = server.http(
+        reqwest::Method::GET,
+        "/v1/freezes",
+        &server.admin,
+        &json!({}),
+    );
+    assert_eq!(freezes["freezes"][0]["active"], true, "{freezes}");
+    browser.screenshot(&shots.join("10-freezes.png"));
+    browser.click("#freezes button[data-action=lift]");
+    browser.wait_for(
+        "the confirmation",
+        "return document.querySelector('#confirm').classList.contains('open')",
+    );
+    browser.type_into("#confirm-reason", "incident over");
+    browser.click("#confirm-yes");
+    browser.wait_for(
+        "the freeze lifted",
+        "return document.querySelector('#freezes button[data-action=lift]') === null",
+    );
+    let errors = browser.severe_log();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+
     // A viewer: the same rollouts, no write button; the API refuses a forged approval.
     browser.click("#signout");
     browser.sign_in(&viewer);
@@ -472,7 +540,25 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
         browser.js("return document.querySelectorAll('button[data-action]').length"),
         0
     );
-    browser.screenshot(&shots.join("09-viewer.png"));
+    browser.screenshot(&shots.join("11-viewer.png"));
+    browser.click("#tabs button[data-tab=incidents]");
+    browser.wait_for(
+        "the incident, for the viewer",
+        "const d = document.querySelector('#incident-detail'); return d && !d.hidden",
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('button[data-action]').length === 0 && document.querySelector('#incident-open').hidden"),
+        true
+    );
+    browser.click("#tabs button[data-tab=freezes]");
+    browser.wait_for(
+        "the freezes, for the viewer",
+        "return document.querySelector('#freezes tbody') !== null && !document.querySelector('#view-freezes').hidden",
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('button[data-action]').length === 0 && document.querySelector('#stop-the-line').hidden"),
+        true
+    );
     let errors = browser.severe_log();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     let forged = server

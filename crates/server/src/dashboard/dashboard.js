@@ -8,7 +8,7 @@ const TOKEN_KEY = 'failsmall.token';
 const ACTIVE = ['queued', 'running', 'paused'];
 const RECENT_MAX = 20;
 
-const state = { token: null, role: null, name: null, tab: 'rollouts', rollout: null, unit: null, timer: null, busy: false };
+const state = { token: null, role: null, name: null, tab: 'rollouts', rollout: null, unit: null, incident: null, timer: null, busy: false, pending: null };
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -52,6 +52,8 @@ const phaseName = (phase) => (typeof phase === 'string' ? phase : Object.keys(ph
 const badge = (text, kind) => el('span', { class: 'badge ' + (kind || text) }, text);
 const canDeploy = () => state.role === 'deployer' || state.role === 'admin';
 const canApprove = () => state.role === 'approver' || state.role === 'admin';
+const isAdmin = () => state.role === 'admin';
+const rfcWhen = (text) => (text ? text.replace('T', ' ').replace(/\.\d+/, '').replace('Z', '') : '');
 
 function say(text, kind) {
   const box = $('#message');
@@ -126,6 +128,15 @@ function showSignIn(message) {
   $('#who').textContent = '';
   delete document.body.dataset.role;
   for (const view of document.querySelectorAll('.view')) view.hidden = true;
+  // Nothing of the last session stays on the page (its data, its buttons).
+  for (const box of document.querySelectorAll('#rollout-detail, #incident-detail, #unit-versions')) {
+    box.replaceChildren();
+    box.hidden = true;
+  }
+  for (const t of document.querySelectorAll('.view table')) t.replaceChildren();
+  state.rollout = null;
+  state.incident = null;
+  state.unit = null;
   say(message || '');
 }
 
@@ -159,6 +170,8 @@ async function poll() {
       else if (state.tab === 'changelog') await loadChangelog();
       else if (state.tab === 'nodes') await loadNodes();
       else if (state.tab === 'units') await loadUnits();
+      else if (state.tab === 'incidents') await loadIncidents();
+      else if (state.tab === 'freezes') await loadFreezes();
       document.body.dataset.refreshed = String(Date.now());
     } catch (error) {
       if (error.status === 401) {
@@ -326,28 +339,40 @@ function timeline(view, entries) {
 
 // --- actions -------------------------------------------------------------------------------
 
-function confirmAction(view, name) {
+// Every write goes through one confirmation: what it does, and a reason for the changelog.
+// `run(reason)` performs it; `label` names it in the message that follows.
+function confirmDo(action, title, text, label, run) {
   const dialog = $('#confirm');
-  $('#confirm-title').textContent = name[0].toUpperCase() + name.slice(1) + ' r' + view.id + '?';
-  $('#confirm-text').textContent = name + ' rollout r' + view.id + ' of ' + view.unit + ' @ ' + short(view.version) + ', now at stage ' + (view.stage_index + 1) + ' (' + view.stage_name + ').';
+  $('#confirm-title').textContent = title;
+  $('#confirm-text').textContent = text;
   $('#confirm-reason').value = '';
-  dialog.dataset.action = name;
-  dialog.dataset.rollout = view.id;
+  dialog.dataset.action = action;
+  state.pending = { label, run };
   dialog.classList.add('open');
+}
+
+function confirmAction(view, name) {
+  const id = view.id;
+  confirmDo(name, name[0].toUpperCase() + name.slice(1) + ' r' + id + '?',
+    name + ' rollout r' + id + ' of ' + view.unit + ' @ ' + short(view.version) + ', now at stage ' + (view.stage_index + 1) + ' (' + view.stage_name + ').',
+    name + ' r' + id,
+    (reason) => name === 'approve'
+      ? api('/v1/rollouts/' + id + '/approve', { method: 'POST', body: JSON.stringify({ reason }) })
+      : api('/v1/rollouts/' + id + '/commands', { method: 'POST', body: JSON.stringify({ command: name, reason }) }));
 }
 
 async function confirmed() {
   const dialog = $('#confirm');
-  const name = dialog.dataset.action;
-  const id = dialog.dataset.rollout;
-  const reason = $('#confirm-reason').value || 'from the dashboard';
+  const pending = state.pending;
+  const written = $('#confirm-reason').value.trim();
   dialog.classList.remove('open');
+  state.pending = null;
+  if (!pending) return;
   try {
-    if (name === 'approve') await api('/v1/rollouts/' + id + '/approve', { method: 'POST', body: JSON.stringify({ reason }) });
-    else await api('/v1/rollouts/' + id + '/commands', { method: 'POST', body: JSON.stringify({ command: name, reason }) });
-    say(name + ' r' + id + ': done', 'info');
+    await pending.run(written || 'from the dashboard', written);
+    say(pending.label + ': done', 'info');
   } catch (error) {
-    say(name + ' r' + id + ': ' + error.message);
+    say(pending.label + ': ' + error.message);
   }
   poll();
 }
@@ -402,6 +427,112 @@ async function loadUnits() {
   box.replaceChildren(el('h2', {}, 'Versions of ' + state.unit), versionsTable);
 }
 
+// --- incidents -----------------------------------------------------------------------------
+
+function incidentRow(incident, now) {
+  const due = incident.next_update_due ? Date.parse(incident.next_update_due) : null;
+  const dueCell = due === null ? '' : due < now ? badge('overdue ' + rfcWhen(incident.next_update_due), 'overdue') : rfcWhen(incident.next_update_due);
+  return el('tr', { class: 'pick', 'data-incident': incident.id, onclick: () => { state.incident = incident.id; poll(); } },
+    el('td', { class: 'mono' }, '#' + incident.id), el('td', {}, incident.title), el('td', {}, badge(incident.severity)),
+    el('td', {}, badge(incident.status)), el('td', {}, (incident.components || []).join(', ')), el('td', {}, incident.cause),
+    el('td', {}, rfcWhen(incident.opened)), el('td', {}, rfcWhen(incident.last_update)), el('td', {}, dueCell));
+}
+
+async function loadIncidents() {
+  const list = await api('/v1/incidents');
+  const incidents = list.incidents || [];
+  const now = Date.now();
+  table($('#incidents'), ['id', 'title', 'severity', 'status', 'components', 'cause', 'opened', 'last update', 'next update due'],
+    incidents.map((incident) => incidentRow(incident, now)));
+  $('#incident-open').hidden = !canDeploy();
+  if (state.incident === null && incidents.length > 0) {
+    const open = incidents.find((i) => i.status !== 'resolved');
+    state.incident = (open || incidents[0]).id;
+  }
+  const box = $('#incident-detail');
+  if (state.incident === null) { box.hidden = true; return; }
+  const incident = await api('/v1/incidents/' + state.incident);
+  box.hidden = false;
+  box.dataset.incident = incident.id;
+  box.dataset.status = incident.status;
+  const updates = el('table', {});
+  table(updates, ['time', 'status', 'severity', 'update (public)', 'by'], (incident.updates || []).slice().reverse().map((u) =>
+    el('tr', { 'data-update': u.automatic ? 'automatic' : 'written' }, el('td', {}, rfcWhen(u.at)), el('td', {}, badge(u.status)), el('td', {}, badge(u.severity)),
+      el('td', {}, u.message), el('td', {}, u.automatic ? u.author + ' (automatic)' : u.author))));
+  const timeline = el('table', {});
+  table(timeline, ['time', 'kind', 'actor', 'stage', 'reason'], (incident.timeline || []).slice(-20).reverse().map((e) =>
+    el('tr', {}, el('td', {}, rfcWhen(e.at)), el('td', {}, e.kind), el('td', {}, e.actor), el('td', {}, e.stage || ''), el('td', {}, e.reason))));
+  const open = incident.status !== 'resolved';
+  const actions = el('div', { class: 'row', id: 'incident-actions' });
+  if (canDeploy() && open) {
+    const message = el('input', { id: 'incident-update-text', placeholder: 'update (public)', size: 48 });
+    const status = el('select', { id: 'incident-update-status' }, ['', 'investigating', 'identified', 'monitoring'].map((s) => el('option', { value: s }, s || 'status unchanged')));
+    actions.append(message, status,
+      el('button', { class: 'act primary', 'data-action': 'update', onclick: () => {
+        const body = { message: message.value.trim() };
+        if (status.value) body.status = status.value;
+        if (!body.message) { say('An update needs its public text.'); return; }
+        confirmDo('update', 'Publish an update to incident #' + incident.id + '?', 'Public, on the status page: "' + body.message + '"', 'update of #' + incident.id,
+          () => api('/v1/incidents/' + incident.id + '/updates', { method: 'POST', body: JSON.stringify(body) }));
+      } }, 'Publish update'),
+      el('button', { class: 'act danger', 'data-action': 'resolve', onclick: () => {
+        confirmDo('resolve', 'Resolve incident #' + incident.id + '?', 'Resolves "' + incident.title + '". What you write below is published as its last update (a standard one when empty).', 'resolve #' + incident.id,
+          (_, written) => api('/v1/incidents/' + incident.id + '/resolve', { method: 'POST', body: JSON.stringify({ message: written }) }));
+      } }, 'Resolve'));
+  }
+  box.replaceChildren(
+    el('div', { class: 'row' }, el('h2', {}, '#' + incident.id + ' · ' + incident.title), badge(incident.severity), badge(incident.status)),
+    el('p', { class: 'muted' }, 'opened ' + rfcWhen(incident.opened) + ' by ' + incident.opened_by + ' (' + incident.cause + ')' +
+      (incident.rollout ? ' · rollout r' + incident.rollout : '') + (incident.next_update_due ? ' · next update due ' + rfcWhen(incident.next_update_due) : '') +
+      (incident.resolved ? ' · resolved ' + rfcWhen(incident.resolved) : '')),
+    actions,
+    el('h3', {}, 'Updates'), updates,
+    el('h3', {}, 'Timeline'), timeline,
+    incident.review ? el('h3', {}, 'Post-incident review') : null,
+    incident.review ? el('pre', { class: 'mono' }, incident.review) : null);
+}
+
+function openIncident(event) {
+  event.preventDefault();
+  const body = {
+    title: $('#incident-title').value.trim(),
+    severity: $('#incident-severity').value,
+    components: $('#incident-components').value.split(',').map((c) => c.trim()).filter(Boolean),
+    message: $('#incident-message').value.trim(),
+  };
+  confirmDo('open-incident', 'Open incident "' + body.title + '"?', 'A ' + body.severity + ' incident, public on the status page.', 'open incident',
+    async () => {
+      const opened = await api('/v1/incidents', { method: 'POST', body: JSON.stringify(body) });
+      state.incident = opened.id;
+      $('#incident-title').value = '';
+      $('#incident-message').value = '';
+    });
+}
+
+// --- freezes and maintenance ---------------------------------------------------------------
+
+async function loadFreezes() {
+  const [freezes, maintenance] = await Promise.all([api('/v1/freezes'), api('/v1/maintenance')]);
+  $('#stop-the-line').hidden = !isAdmin();
+  table($('#freezes'), ['id', 'what', 'state', 'reason', 'by', 'created', ''], (freezes.freezes || []).map((f) =>
+    el('tr', { 'data-freeze': f.id }, el('td', { class: 'mono' }, String(f.id)), el('td', {}, f.describe), el('td', {}, badge(f.active ? 'active' : 'inactive')),
+      el('td', {}, f.reason), el('td', {}, f.actor), el('td', {}, rfcWhen(f.created)),
+      el('td', {}, isAdmin() ? el('button', { class: 'act', 'data-action': 'lift', onclick: () =>
+        confirmDo('lift', 'Lift freeze ' + f.id + '?', 'Lifts "' + f.describe + '": rollouts it holds go on.', 'lift freeze ' + f.id,
+          (reason) => api('/v1/freezes/' + f.id + '/lift', { method: 'POST', body: JSON.stringify({ reason }) })) }, 'Lift') : null))));
+  table($('#maintenance'), ['id', 'what', 'state', 'reason', 'by', 'until', ''], (maintenance.maintenance || []).map((m) =>
+    el('tr', { 'data-maintenance': m.id }, el('td', { class: 'mono' }, String(m.id)), el('td', {}, m.describe), el('td', {}, badge(m.active ? 'active' : 'inactive')),
+      el('td', {}, m.reason), el('td', {}, m.actor), el('td', {}, rfcWhen(m.until)),
+      el('td', {}, isAdmin() && m.active ? el('button', { class: 'act', 'data-action': 'end', onclick: () =>
+        confirmDo('end', 'End maintenance window ' + m.id + '?', 'Its nodes count in canaries and baselines again.', 'end maintenance ' + m.id,
+          (reason) => api('/v1/maintenance/' + m.id + '/end', { method: 'POST', body: JSON.stringify({ reason }) })) }, 'End') : null))));
+}
+
+function stopTheLine() {
+  confirmDo('stop-the-line', 'Stop the line?', 'A global freeze from now until lifted: no rollout starts or promotes (rollbacks and break glass still work).', 'stop the line',
+    (reason) => api('/v1/freezes/now', { method: 'POST', body: JSON.stringify({ reason }) }));
+}
+
 // --- start ---------------------------------------------------------------------------------
 
 document.addEventListener('DOMContentLoaded', () => {
@@ -415,6 +546,8 @@ document.addEventListener('DOMContentLoaded', () => {
   for (const button of document.querySelectorAll('#tabs button')) button.addEventListener('click', () => show(button.dataset.tab));
   $('#changelog-filters').addEventListener('submit', (event) => { event.preventDefault(); poll(); });
   $('#confirm-yes').addEventListener('click', confirmed);
+  $('#incident-open-form').addEventListener('submit', openIncident);
+  $('#stop-the-line').addEventListener('click', stopTheLine);
   $('#confirm-no').addEventListener('click', () => $('#confirm').classList.remove('open'));
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) signIn(saved);
