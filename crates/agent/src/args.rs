@@ -33,7 +33,9 @@ pub struct AgentFlags {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The control plane's URL, e.g. http://127.0.0.1:7070 (as the operator commands take it;
-    /// `--server` is the same flag). Required here or in the file.
+    /// `--server` is the same flag); or several, separated by commas (servers of one control
+    /// plane, or relays): a server that is unreachable or answers 500/502/503/504 makes the
+    /// agent try the next one after its backoff. Required here or in the file.
     #[arg(
         long = "addr",
         visible_alias = "server",

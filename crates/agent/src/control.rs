@@ -2,6 +2,8 @@
 //! report. Every response body is read with a size limit.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use failsmall_core::domain::{UnitName, VersionHash};
@@ -14,6 +16,16 @@ use crate::verify::{Envelope, MAX_DOCUMENT_BYTES};
 pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Largest JSON response read (besides blobs), in bytes.
 const MAX_RESPONSE_BYTES: usize = 2 * MAX_DOCUMENT_BYTES + 4096;
+/// Most control-plane servers (or relays) one agent may list.
+pub const SERVERS_MAX: usize = 16;
+
+/// The servers listed in `urls`: one URL, or several separated by commas, in the order tried.
+pub fn server_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect()
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
@@ -151,22 +163,70 @@ pub struct Identity {
     pub node: Option<String>,
 }
 
-/// A client of one control plane, for one node.
+/// A client of the control plane, for one node: one server, or several (servers of one
+/// control plane, or relays) tried in turn. Requests go to the current server; one that is
+/// unreachable or answers 500, 502, 503 or 504 makes the next server current, so the
+/// caller's next attempt (after its jittered backoff) goes there. Clones share the current
+/// server. Every answer is verified by the caller as before: a server or relay is never
+/// trusted for content, only for transport.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    current: Arc<AtomicUsize>,
     token: String,
     node: String,
 }
 
 impl ControlPlane {
-    pub fn new(base: &str, token: &str, node: &str) -> Self {
+    /// `bases`: one URL, or several separated by commas ([`server_urls`]).
+    pub fn new(bases: &str, token: &str, node: &str) -> Self {
+        let mut list = server_urls(bases);
+        list.truncate(SERVERS_MAX);
+        if list.is_empty() {
+            list.push(bases.trim_end_matches('/').to_owned());
+        }
         Self {
             http: reqwest::Client::new(),
-            base: base.trim_end_matches('/').to_owned(),
+            bases: list.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             token: token.to_owned(),
             node: node.to_owned(),
+        }
+    }
+
+    /// The current server's index and `path` on it.
+    fn url(&self, path: &str) -> (usize, String) {
+        let at = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        let base = self.bases.get(at).map_or("", String::as_str);
+        (at, format!("{base}{path}"))
+    }
+
+    /// The server requests go to now.
+    pub fn server(&self) -> &str {
+        let at = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        self.bases.get(at).map_or("", String::as_str)
+    }
+
+    /// After server `at` failed: the next one becomes current (unless another request
+    /// already moved on).
+    fn fail_over(&self, at: usize, why: &str) {
+        let count = self.bases.len();
+        if count < 2 {
+            return;
+        }
+        let next = (at + 1) % count;
+        if self
+            .current
+            .compare_exchange(at, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                from = %self.bases.get(at).map_or("", String::as_str),
+                to = %self.bases.get(next).map_or("", String::as_str),
+                %why,
+                "control plane server failed; the next attempt goes to the next one"
+            );
         }
     }
 
@@ -196,6 +256,36 @@ impl ControlPlane {
     }
 
     async fn send(
+        &self,
+        what: &str,
+        (at, request): (usize, reqwest::RequestBuilder),
+        timeout_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, ControlError> {
+        let sent = self.send_to(what, request, timeout_ms, limit).await;
+        if let Err(error) = &sent {
+            let server_fault = match error {
+                ControlError::Unreachable { .. } => true,
+                ControlError::Status { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+                ControlError::TooLarge { .. } | ControlError::Malformed { .. } => false,
+            };
+            if server_fault {
+                self.fail_over(at, &error.to_string());
+            }
+        }
+        sent.map_err(|error| match error {
+            ControlError::Unreachable { what, reason } if self.bases.len() > 1 => {
+                let server = self.bases.get(at).map_or("", String::as_str);
+                ControlError::Unreachable {
+                    what,
+                    reason: format!("{server}: {reason}"),
+                }
+            }
+            other => other,
+        })
+    }
+
+    async fn send_to(
         &self,
         what: &str,
         request: reqwest::RequestBuilder,
@@ -243,7 +333,8 @@ impl ControlPlane {
     /// The server's public key (hex), for trust on first use.
     pub async fn signing_key(&self) -> Result<String, ControlError> {
         let what = "GET /v1/signing-key";
-        let request = self.http.get(format!("{}/v1/signing-key", self.base));
+        let (at, url) = self.url("/v1/signing-key");
+        let request = (at, self.http.get(url));
         let body = self
             .send(what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await?;
@@ -262,7 +353,8 @@ impl ControlPlane {
     /// the root it trusts.
     pub async fn root(&self) -> Result<String, ControlError> {
         let what = "GET /v1/root";
-        let request = self.http.get(format!("{}/v1/root", self.base));
+        let (at, url) = self.url("/v1/root");
+        let request = (at, self.http.get(url));
         let body = self
             .send(
                 what,
@@ -283,10 +375,8 @@ impl ControlPlane {
         line: &crate::break_glass::LogLine,
     ) -> Result<(), ControlError> {
         let what = format!("POST /v1/nodes/{}/break-glass", self.node);
-        let request = self
-            .http
-            .post(format!("{}/v1/nodes/{}/break-glass", self.base, self.node))
-            .json(line);
+        let (at, url) = self.url(&format!("/v1/nodes/{}/break-glass", self.node));
+        let request = (at, self.http.post(url).json(line));
         self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await
             .map(drop)
@@ -295,10 +385,13 @@ impl ControlPlane {
     /// Registers the node with its labels (idempotent).
     pub async fn register(&self, labels: &BTreeMap<String, String>) -> Result<(), ControlError> {
         let what = format!("PUT /v1/nodes/{}", self.node);
-        let request = self
-            .http
-            .put(format!("{}/v1/nodes/{}", self.base, self.node))
-            .json(&serde_json::json!({ "labels": labels }));
+        let (at, url) = self.url(&format!("/v1/nodes/{}", self.node));
+        let request = (
+            at,
+            self.http
+                .put(url)
+                .json(&serde_json::json!({ "labels": labels })),
+        );
         self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await
             .map(drop)
@@ -315,10 +408,8 @@ impl ControlPlane {
             Some(after) => format!("?after={after}&wait_ms={wait_ms}"),
             None => String::new(),
         };
-        let request = self.http.get(format!(
-            "{}/v1/nodes/{}/desired{query}",
-            self.base, self.node
-        ));
+        let (at, url) = self.url(&format!("/v1/nodes/{}/desired{query}", self.node));
+        let request = (at, self.http.get(url));
         let timeout_ms = wait_ms.saturating_add(REQUEST_TIMEOUT_MS);
         let body = self
             .send(&what, request, timeout_ms, MAX_RESPONSE_BYTES)
@@ -333,7 +424,8 @@ impl ControlPlane {
         max_bytes: usize,
     ) -> Result<Vec<u8>, ControlError> {
         let what = format!("GET /v1/blobs/{hash}");
-        let request = self.http.get(format!("{}/v1/blobs/{hash}", self.base));
+        let (at, url) = self.url(&format!("/v1/blobs/{hash}"));
+        let request = (at, self.http.get(url));
         self.send(&what, request, REQUEST_TIMEOUT_MS * 6, max_bytes)
             .await
     }
@@ -353,7 +445,8 @@ impl ControlPlane {
     /// (`GET /v1/whoami`).
     pub async fn whoami(&self) -> Result<Identity, ControlError> {
         let what = "GET /v1/whoami";
-        let request = self.http.get(format!("{}/v1/whoami", self.base));
+        let (at, url) = self.url("/v1/whoami");
+        let request = (at, self.http.get(url));
         let body = self
             .send(what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await?;
@@ -362,10 +455,8 @@ impl ControlPlane {
 
     async fn post_reports(&self, body: &serde_json::Value) -> Result<(), ControlError> {
         let what = format!("POST /v1/nodes/{}/reports", self.node);
-        let request = self
-            .http
-            .post(format!("{}/v1/nodes/{}/reports", self.base, self.node))
-            .json(body);
+        let (at, url) = self.url(&format!("/v1/nodes/{}/reports", self.node));
+        let request = (at, self.http.post(url).json(body));
         self.send(&what, request, REQUEST_TIMEOUT_MS, MAX_RESPONSE_BYTES)
             .await
             .map(drop)

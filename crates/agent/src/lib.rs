@@ -147,7 +147,8 @@ fn default_scrape_interval_ms() -> u64 {
 /// Everything the agent needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The control plane's base URL, e.g. `http://127.0.0.1:7070`.
+    /// The control plane's base URL, e.g. `http://127.0.0.1:7070`; or several (servers of
+    /// one control plane, or relays), separated by commas, tried in turn when one fails.
     pub server_url: String,
     /// An agent token bound to this node.
     pub token: String,
@@ -218,10 +219,33 @@ impl AgentConfig {
     /// Checks the configuration before anything starts.
     pub fn validate(&self) -> Result<(), AgentError> {
         let bad = |field: &'static str, reason: String| AgentError::Config { field, reason };
-        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+        let servers = control::server_urls(&self.server_url);
+        if servers.is_empty() {
             return Err(bad(
                 "server",
-                format!("{:?} is not an http:// or https:// URL", self.server_url),
+                format!(
+                    "{:?} names no server; expected an http:// or https:// URL, or several separated by commas",
+                    self.server_url
+                ),
+            ));
+        }
+        if servers.len() > control::SERVERS_MAX {
+            return Err(bad(
+                "server",
+                format!(
+                    "{} servers listed; at most {}",
+                    servers.len(),
+                    control::SERVERS_MAX
+                ),
+            ));
+        }
+        if let Some(url) = servers
+            .iter()
+            .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+        {
+            return Err(bad(
+                "server",
+                format!("{url:?} is not an http:// or https:// URL"),
             ));
         }
         if self.token.trim().is_empty() {
@@ -716,8 +740,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     config.validate()?;
-    if let Some(warning) = tls::plaintext_warning(&config.server_url) {
-        eprintln!("failsmall agent: {warning}");
+    for url in control::server_urls(&config.server_url) {
+        if let Some(warning) = tls::plaintext_warning(&url) {
+            eprintln!("failsmall agent: {warning}");
+        }
     }
     let disk = DataDir::open(&config.data_dir)?;
     let (node, node_from) = node_id(&config, &disk)?;
@@ -942,7 +968,7 @@ async fn watch_loop(
                     .with_status(|s| std::mem::replace(&mut s.connected, true))
                     .unwrap_or(true);
                 if !was_connected {
-                    tracing::info!(server = %config.server_url, "connected to the control plane");
+                    tracing::info!(server = %control.server(), "connected to the control plane");
                 }
                 backoff_ms = config.backoff_min_ms;
                 // A local failure (the disk) is not fatal either: what is active stays, and
@@ -996,7 +1022,7 @@ async fn watch_loop(
                 shared.with_status(|s| s.connected = false);
                 let retry_in_ms = jittered(backoff_ms, random_u64());
                 tracing::warn!(
-                    server = %config.server_url,
+                    server = %control.server(),
                     %reason,
                     retry_in_ms,
                     "control plane not reached; serving what is on disk"

@@ -557,3 +557,56 @@ async fn a_desired_state_that_expires_while_the_server_is_down_is_reported_stale
     agent.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_listing_two_servers_fails_over_when_the_first_breaks() {
+    let dir_tmp = fresh_dir("failover");
+    let dir = dir_tmp.path();
+    let server = Server::start(&dir.join("server")).await;
+    // Two ways to the same control plane (as two servers of it, or two relays would be).
+    let first = Proxy::start(Some(&server.base)).await;
+    let second = Proxy::start(Some(&server.base)).await;
+    let operator = Operator::new(&server);
+    operator.create_unit().await;
+    let token = operator.agent_token("n1").await;
+    let servers = format!("{},{}", first.base, second.base);
+    let agent = Agent::start(agent_config(&servers, &token, "n1", &dir.join("agent"))).await;
+    agent.wait_status(WAIT_MS, |s| s["connected"] == true).await;
+    let v1 = features(1);
+    let id = operator.rollout(&operator.push(&v1, false).await).await;
+    operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(agent.current().as_deref(), Some(v1.as_slice()));
+    assert_eq!(
+        second.requests(),
+        0,
+        "the second server is not used while the first works"
+    );
+
+    // The first breaks (it answers 502): the agent goes on through the second.
+    first.set_upstream(None);
+    let v2 = features(2);
+    let id = operator.rollout(&operator.push(&v2, false).await).await;
+    operator.wait_rollout(id, "completed", WAIT_MS).await;
+    assert_eq!(agent.current().as_deref(), Some(v2.as_slice()));
+    assert!(second.requests() > 0);
+    agent.stop().await;
+    server.stop().await;
+}
+
+#[test]
+fn an_agent_refuses_a_server_list_with_a_url_that_is_not_http() {
+    let mut config = agent_config(
+        "http://127.0.0.1:1,ftp://x",
+        "t",
+        "n1",
+        std::path::Path::new("/tmp/none"),
+    );
+    let refused = config.validate().unwrap_err().to_string();
+    assert!(
+        refused.contains("\"ftp://x\" is not an http:// or https:// URL"),
+        "{refused}"
+    );
+    config.server_url = " , ".into();
+    let refused = config.validate().unwrap_err().to_string();
+    assert!(refused.contains("names no server"), "{refused}");
+}

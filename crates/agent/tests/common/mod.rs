@@ -89,6 +89,8 @@ struct ProxyState {
     mode: Mutex<Mode>,
     /// Every desired-state answer so far (the first 1000).
     recorded: Mutex<Vec<Bytes>>,
+    /// Requests received, answered or not.
+    requests: std::sync::atomic::AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -107,6 +109,7 @@ impl Proxy {
             upstream: Mutex::new(upstream.map(str::to_owned)),
             mode: Mutex::new(Mode::Pass),
             recorded: Mutex::new(Vec::new()),
+            requests: std::sync::atomic::AtomicUsize::new(0),
             http: reqwest::Client::new(),
         });
         let router = axum::Router::new()
@@ -120,12 +123,22 @@ impl Proxy {
         *self.state.upstream.lock().unwrap() = upstream.map(str::to_owned);
     }
 
+    /// How many requests it received.
+    pub fn requests(&self) -> usize {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
     }
 }
 
 async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    state
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let upstream = state.upstream.lock().unwrap().clone();
     let Some(upstream) = upstream else {
         return (StatusCode::BAD_GATEWAY, "control plane down").into_response();
