@@ -446,12 +446,7 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
         "const d = document.querySelector('#rollout-detail'); return d && d.dataset.rollout === '2' && d.dataset.phase === 'awaiting_approval' && document.querySelector('button[data-action=rollback]') !== null",
     );
     browser.click("button[data-action=rollback]");
-    browser.wait_for(
-        "the confirmation",
-        "return document.querySelector('#confirm').classList.contains('open')",
-    );
-    browser.type_into("#confirm-reason", "holding this back");
-    browser.click("#confirm-yes");
+    browser.confirm(Some("holding this back"));
     browser.wait_for(
         "the rollback on the timeline",
         "const d = document.querySelector('#rollout-detail'); return d && d.dataset.status === 'rolled_back' && document.querySelector('#timeline line[data-mark=rolled_back]') !== null",
@@ -469,11 +464,7 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
     );
     browser.type_into("#incident-update-text", "we rolled the checkout flag back");
     browser.click("button[data-action=update]");
-    browser.wait_for(
-        "the confirmation",
-        "return document.querySelector('#confirm').classList.contains('open')",
-    );
-    browser.click("#confirm-yes");
+    browser.confirm(None);
     browser.wait_for(
         "the update in the incident",
         "return [...document.querySelectorAll('#incident-detail tr[data-update=written]')].some((r) => r.textContent.includes('we rolled the checkout flag back'))",
@@ -496,12 +487,7 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
     // Stop the line from the browser, then lift the freeze.
     browser.click("#tabs button[data-tab=freezes]");
     browser.click_when_present("#stop-the-line:not([hidden])");
-    browser.wait_for(
-        "the confirmation",
-        "return document.querySelector('#confirm').classList.contains('open')",
-    );
-    browser.type_into("#confirm-reason", "checkout incident");
-    browser.click("#confirm-yes");
+    browser.confirm(Some("checkout incident"));
     browser.wait_for(
         "the freeze, active",
         "return [...document.querySelectorAll('#freezes tr[data-freeze]')].some((r) => r.textContent.includes('checkout incident') && r.textContent.includes('active'))",
@@ -515,12 +501,7 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
     assert_eq!(freezes["freezes"][0]["active"], true, "{freezes}");
     browser.screenshot(&shots.join("10-freezes.png"));
     browser.click("#freezes button[data-action=lift]");
-    browser.wait_for(
-        "the confirmation",
-        "return document.querySelector('#confirm').classList.contains('open')",
-    );
-    browser.type_into("#confirm-reason", "incident over");
-    browser.click("#confirm-yes");
+    browser.confirm(Some("incident over"));
     browser.wait_for(
         "the freeze lifted",
         "return document.querySelector('#freezes button[data-action=lift]') === null",
@@ -576,6 +557,18 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
 }
 
 impl Browser {
+    /// Answers the open confirmation: a reason typed in (when given), then Confirm.
+    fn confirm(&self, reason: Option<&str>) {
+        self.wait_for(
+            "the confirmation",
+            "return document.querySelector('#confirm').classList.contains('open')",
+        );
+        if let Some(reason) = reason {
+            self.type_into("#confirm-reason", reason);
+        }
+        self.click("#confirm-yes");
+    }
+
     /// Clicks `css` once it is on the page.
     fn click_when_present(&self, css: &str) {
         self.wait_for(
