@@ -12,6 +12,11 @@
 //! 3. the 5 Dec killswitch rules file: the `fl1` consumers of the first stage fail, the error
 //!    rate gate fails, the rollout reverts on its own.
 //!
+//! Each rollback opens an incident, and the control plane notifies it through its outbox: the
+//! demo runs its own webhook receiver on 127.0.0.1, subscribed as a signed generic webhook and
+//! as a Slack one, and shows what arrived (event, incident, dedup key, signature checked) next
+//! to the public status page.
+//!
 //! It ends with a summary per act (outcome, nodes exposed, requests failed, time to detect,
 //! time to revert) and the last changelog entries; `-o json` prints only the summary.
 
@@ -30,6 +35,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use failsmall_agent::scrape::{self, MetricNames};
 use failsmall_demo::loadgen::{self, LoadConfig};
+use failsmall_demo::webhook;
 use failsmall_server::{ServerConfig, ServerError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -76,6 +82,12 @@ const SETUP_LIMIT_MS: u64 = 20_000;
 const POLL_MS: u64 = 200;
 /// After an act, so the consumers' counters include its last requests.
 const SETTLE_MS: u64 = 1_000;
+/// How long an act waits for its incident's notification to reach the demo's receiver.
+const NOTIFY_WAIT_MS: u64 = 5_000;
+/// The secret the demo's generic webhook signs with (the receiver checks the signature).
+const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
+/// The events the demo's receiver subscribes to.
+const DEMO_WEBHOOK_EVENTS: [&str; 2] = ["incident_opened", "rollout_rolled_back"];
 /// Changelog entries shown at the end.
 const CHANGELOG_SHOWN: usize = 12;
 /// Changelog pages read in one look.
@@ -294,6 +306,8 @@ struct Demo {
     nodes: Vec<RunningNode>,
     load: tokio::task::JoinHandle<()>,
     changelog: Changelog,
+    /// The demo's own webhook receiver: its base URL and what it got.
+    receiver: (String, webhook::Inbox),
 }
 
 impl Demo {
@@ -336,6 +350,15 @@ impl Demo {
         if show {
             outln!("failsmall demo: the whole system in this process, on 127.0.0.1");
             outln!("  server      {} (data in {})", api.base, root.display());
+        }
+        let receiver = start_receiver(&api, stopping, tasks).await?;
+        if show {
+            outln!(
+                "  webhooks    {}/generic (signed JSON) and {}/slack receive {}",
+                receiver.0,
+                receiver.0,
+                DEMO_WEBHOOK_EVENTS.join(", ")
+            );
         }
 
         let signing = api.get("/v1/signing-key").await?;
@@ -395,6 +418,7 @@ impl Demo {
             nodes,
             load,
             changelog: Changelog::default(),
+            receiver,
         };
         demo.create_units().await?;
         Ok(demo)
@@ -729,7 +753,15 @@ impl Demo {
                     .unwrap_or_default(),
                 severity: text(incident, "severity").to_owned(),
                 title: text(incident, "title").to_owned(),
+                notified: None,
             });
+        let incident = match incident {
+            Some(mut incident) => {
+                incident.notified = self.notified(incident.id).await;
+                Some(incident)
+            }
+            None => None,
+        };
         let result = ActSummary {
             act: act.number,
             name: act.name.to_owned(),
@@ -760,10 +792,115 @@ impl Demo {
                     incident.title,
                     self.api.base
                 );
+                match &incident.notified {
+                    Some(notified) => {
+                        outln!(
+                            "  → notified {}/generic: event {} · incident {} · dedup key {} · delivery {} · signature {}",
+                            self.receiver.0,
+                            notified.event,
+                            notified
+                                .incident
+                                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                            notified.dedup_key,
+                            notified.delivery,
+                            if notified.signature_ok { "ok" } else { "WRONG" }
+                        );
+                        if let Some(slack) = &notified.slack_text {
+                            outln!("  → notified {}/slack: {slack}", self.receiver.0);
+                        }
+                    }
+                    None => outln!(
+                        "  → no notification of incident {} reached {} within {NOTIFY_WAIT_MS} ms",
+                        incident.id,
+                        self.receiver.0
+                    ),
+                }
             }
         }
         Ok(result)
     }
+}
+
+impl Demo {
+    /// What the demo's receiver got for incident `id`'s opening (waiting at most
+    /// [`NOTIFY_WAIT_MS`] for the generic one): the signed JSON's fields, and the Slack text.
+    async fn notified(&self, id: u64) -> Option<summary::NotifiedBrief> {
+        let inbox = &self.receiver.1;
+        let limit = Instant::now() + Duration::from_millis(NOTIFY_WAIT_MS);
+        loop {
+            let got = inbox.received();
+            let opened = |path: &str| {
+                got.iter().find_map(|received| {
+                    let body: Value = serde_json::from_str(&received.body).ok()?;
+                    let names_it = match path {
+                        "/generic" => body.get("incident").and_then(Value::as_u64) == Some(id),
+                        // `rollout 5 of rules: incident opened: incident 3 sev2 ...`.
+                        _ => text(&body, "text").contains(&format!(": incident {id} ")),
+                    };
+                    (received.path == path && received.event == "incident_opened" && names_it)
+                        .then(|| (received.clone(), body))
+                })
+            };
+            if let Some((generic, body)) = opened("/generic") {
+                let slack = opened("/slack").map(|(_, body)| text(&body, "text").to_owned());
+                if slack.is_some() || Instant::now() > limit {
+                    let expected = failsmall_server::notify::signature(
+                        DEMO_WEBHOOK_SECRET,
+                        generic.body.as_bytes(),
+                    );
+                    return Some(summary::NotifiedBrief {
+                        event: generic.event.clone(),
+                        incident: body.get("incident").and_then(Value::as_u64),
+                        dedup_key: text(&body, "dedup_key").to_owned(),
+                        delivery: generic.delivery.clone(),
+                        signature_ok: generic.signature.as_deref() == Some(expected.as_str()),
+                        slack_text: slack,
+                    });
+                }
+            }
+            if Instant::now() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+}
+
+/// Starts the demo's webhook receiver on 127.0.0.1 (until the demo stops) and subscribes it to
+/// [`DEMO_WEBHOOK_EVENTS`], as a signed generic webhook and as a Slack one.
+async fn start_receiver(
+    api: &Api,
+    stopping: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<TaskResult>,
+) -> anyhow::Result<(String, webhook::Inbox)> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .context("binding the webhook receiver's port on 127.0.0.1")?;
+    let address = listener
+        .local_addr()
+        .context("reading the webhook receiver's address")?;
+    let inbox = webhook::Inbox::default();
+    let stop = fleet::stopped(stopping.clone());
+    let recorded = inbox.clone();
+    tasks.spawn(async move {
+        webhook::run(listener, recorded, stop)
+            .await
+            .map_err(|e| format!("webhook receiver: {e}"))
+    });
+    let base = format!("http://{address}");
+    api.post_json(
+        "/v1/webhooks",
+        &json!({"name": "demo-generic", "url": format!("{base}/generic"), "kind": "generic",
+                "events": DEMO_WEBHOOK_EVENTS, "secret": DEMO_WEBHOOK_SECRET}),
+    )
+    .await?;
+    api.post_json(
+        "/v1/webhooks",
+        &json!({"name": "demo-slack", "url": format!("{base}/slack"), "kind": "slack",
+                "events": DEMO_WEBHOOK_EVENTS}),
+    )
+    .await?;
+    Ok((base, inbox))
 }
 
 fn short(hash: &str) -> &str {

@@ -1,6 +1,7 @@
 //! `failsmall demo -o json` runs the whole system in one process and its summary says what
 //! happened: the good file completed, both incident files rolled back within the first stage,
-//! all in under two minutes.
+//! each rollback's incident notified to the demo's own webhook receiver, all in under two
+//! minutes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
@@ -93,7 +94,30 @@ fn demo_json_summary_shows_the_good_file_completed_and_both_incidents_contained(
         assert!((0.0..60.0).contains(&revert_s), "{bad}");
         // The rollback opened an incident, shown on the public status page.
         assert_eq!(bad["incident"]["severity"], "sev2", "{bad}");
-        assert!(bad["incident"]["id"].as_u64().is_some(), "{bad}");
+        let incident = bad["incident"]["id"].as_u64().unwrap();
+        // ... and the control plane notified it: the demo's own receiver got the signed
+        // generic JSON naming the incident, with its dedup key, and the Slack text.
+        let notified = &bad["incident"]["notified"];
+        assert_eq!(notified["event"], "incident_opened", "{bad}");
+        assert_eq!(notified["incident"], incident, "{bad}");
+        assert_eq!(
+            notified["dedup_key"],
+            format!("failsmall/incident/{incident}"),
+            "{bad}"
+        );
+        assert_eq!(notified["signature_ok"], true, "{bad}");
+        assert!(
+            notified["delivery"]
+                .as_str()
+                .unwrap()
+                .starts_with("failsmall-"),
+            "{bad}"
+        );
+        let slack = notified["slack_text"].as_str().unwrap();
+        assert!(
+            slack.contains(&format!("incident opened: incident {incident} sev2")),
+            "{slack}"
+        );
     }
     assert!(good["incident"].is_null(), "{good}");
     // 18 Nov: the agents refuse the file before any consumer loads it.

@@ -35,6 +35,10 @@ pub const MINUTE_BUCKETS_MAX: usize = (MINUTE_SPAN_MS / MINUTE_MS) as usize;
 pub const HOUR_BUCKETS_MAX: usize = (WINDOW_MAX_MS / HOUR_MS) as usize;
 /// Most SLOs a server keeps.
 pub const SLOS_MAX: usize = 256;
+/// How often the control plane sends the engine the burn rates of the units whose running
+/// rollouts have burn-rate gates ([`crate::engine::Event::BurnRates`]), in milliseconds (the
+/// server, and the simulator modelling it).
+pub const BURN_FEED_INTERVAL_MS: u64 = 5_000;
 /// Longest SLO name, in bytes.
 pub const NAME_MAX_BYTES: usize = 64;
 
@@ -410,6 +414,24 @@ impl SloStatus {
             .find(|(w, _)| *w == window)
             .and_then(|(_, rate)| *rate)
     }
+}
+
+/// The service's burn rates from its SLOs' statuses: per window, the highest among them (a
+/// window where no SLO has events is left out). What burn-rate gates read, computed the same
+/// way by the server and the simulator.
+pub fn service_burn_rates<'a>(statuses: impl IntoIterator<Item = &'a SloStatus>) -> BurnRates {
+    let statuses: Vec<&SloStatus> = statuses.into_iter().collect();
+    BURN_WINDOWS
+        .iter()
+        .filter_map(|window| {
+            statuses
+                .iter()
+                .filter_map(|status| status.burn_rate(*window))
+                .filter(|rate| rate.is_finite())
+                .reduce(f64::max)
+                .map(|rate| (*window, rate))
+        })
+        .collect()
 }
 
 /// The burn rate of `counts` against `spec`'s target: `None` without events.

@@ -11,6 +11,7 @@
 //!   [`Generation::Fl2`] handles it.
 //! - [`consumer`]: the HTTP service (`GET /`, `/health`, `/metrics`, `/state`).
 //! - [`loadgen`]: a load generator with bounded rate, concurrency, total requests and time.
+//! - [`webhook`]: a webhook receiver that records the control plane's notifications.
 #![forbid(unsafe_code)]
 
 pub mod consumer;
@@ -19,6 +20,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod reject;
 pub mod rules;
+pub mod webhook;
 
 pub use consumer::{ConsumerConfig, ConsumerError, Generation, Mode};
 pub use loadgen::{LoadConfig, LoadError, LoadReport};

@@ -106,7 +106,7 @@ impl WebhookKind {
 }
 
 /// The events a webhook may subscribe to, with the changelog kinds behind each.
-pub const EVENTS: [(&str, &[&str]); 12] = [
+pub const EVENTS: [(&str, &[&str]); 13] = [
     ("rollout_started", &["rollout_started"]),
     ("stage_passed", &["stage_passed"]),
     ("rollout_completed", &["completed"]),
@@ -119,7 +119,13 @@ pub const EVENTS: [(&str, &[&str]); 12] = [
     ("incident_updated", &["incident_updated"]),
     ("incident_resolved", &["incident_resolved"]),
     ("incident_update_due", &["incident_update_due"]),
+    ("approval_needed", &["approval_needed"]),
 ];
+
+/// What an approver runs, for an `approval_needed` notification of `rollout`.
+pub fn approve_hint(rollout: u64) -> String {
+    format!("failsmall rollout approve {rollout} --reason '...'")
+}
 
 /// The event a changelog kind is, if any.
 pub fn event_of(kind: &str) -> Option<&'static str> {
@@ -145,10 +151,16 @@ fn summary(event: &str, change: &NewChange<'_>) -> String {
         .stage
         .map(|stage| format!(" at stage {stage}"))
         .unwrap_or_default();
-    format!(
+    let mut line = format!(
         "{subject}: {what}{stage}: {} (by {})",
         change.reason, change.actor
-    )
+    );
+    if event == "approval_needed"
+        && let Some(rollout) = change.rollout
+    {
+        line.push_str(&format!("; to approve: {}", approve_hint(rollout)));
+    }
+    line
 }
 
 /// The body for a subscriber of `kind`, or `None` when that kind does not take this event
@@ -182,6 +194,12 @@ pub fn payload(
                 "rollout_completed" => ("resolve", "info"),
                 "incident_opened" => ("trigger", incident_severity),
                 "incident_resolved" => ("resolve", "info"),
+                // Not a page: a stage waiting for its approval is the plan working as
+                // written, nothing is broken and nothing gets worse while it waits (the
+                // stage exposes no node until approved). Waking the on-call for a routine
+                // sign-off would teach people to ignore pages; approvers get it through
+                // Slack or a generic webhook instead.
+                "approval_needed" => return None,
                 _ => return None,
             };
             json!({
@@ -209,6 +227,12 @@ pub fn payload(
             "reason": change.reason,
             "summary": text,
             "changelog_id": changelog_id,
+            // The incident an `incident_*` event concerns, and the key a receiver drops
+            // repeats by (PagerDuty's `dedup_key`: one per incident, else one per rollout).
+            "incident": change.kind.starts_with("incident_").then(|| crate::incidents::incident_of_reason(change.reason).map(|(id, _)| id)).flatten(),
+            "dedup_key": dedup_key(change),
+            // What an approver runs (only on `approval_needed`).
+            "approve": (event == "approval_needed").then(|| change.rollout.map(approve_hint)).flatten(),
         }),
     };
     let mut text = body.to_string();
@@ -461,5 +485,38 @@ mod tests {
                 .contains("rollout 7 of bot-features")
         );
         assert_eq!(slack["blocks"][0]["type"], "section");
+    }
+
+    #[test]
+    fn an_approval_needed_is_told_in_slack_and_generic_and_does_not_page() {
+        let change = NewChange {
+            at_ms: 0,
+            actor: "failsmall",
+            kind: "approval_needed",
+            unit: Some("bot-features"),
+            version: Some("abc"),
+            reason: "7 stage free: stage \"free\" waits for approval",
+            concerns: None,
+            rollout: Some(7),
+            stage: Some("free"),
+        };
+        assert_eq!(event_of("approval_needed"), Some("approval_needed"));
+        let body = |kind| payload(kind, "approval_needed", &change, 3, "d3", Some("KEY"));
+        assert!(body(WebhookKind::Pagerduty).is_none());
+        let slack: Value = serde_json::from_str(&body(WebhookKind::Slack).unwrap()).unwrap();
+        let text = slack["text"].as_str().unwrap();
+        assert!(
+            text.contains("rollout 7 of bot-features: approval needed at stage free"),
+            "{text}"
+        );
+        assert!(text.contains("failsmall rollout approve 7"), "{text}");
+        let generic: Value = serde_json::from_str(&body(WebhookKind::Generic).unwrap()).unwrap();
+        assert_eq!(generic["event"], "approval_needed");
+        assert_eq!(generic["stage"], "free");
+        assert_eq!(generic["rollout"], 7);
+        assert_eq!(
+            generic["approve"],
+            "failsmall rollout approve 7 --reason '...'"
+        );
     }
 }

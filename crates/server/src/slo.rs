@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use failsmall_core::domain::{Labels, UnitName};
 use failsmall_core::engine::Event;
 use failsmall_core::slo::{
-    BURN_WINDOWS, BurnRates, EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, status,
+    BurnRates, EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, service_burn_rates,
+    status,
 };
 
 use crate::rollouts::{Cause, EngineHost};
@@ -23,8 +24,9 @@ use crate::store::{SloBucketRow, SloHorizon, Store, StoreError};
 /// How often the buckets that changed are written to the store, in milliseconds.
 pub const FLUSH_INTERVAL_MS: u64 = 5_000;
 /// How often the burn rates of units whose running rollouts have burn-rate gates are sent to
-/// the engine, in milliseconds (gates are judged every `GATE_EVAL_INTERVAL_MS`, 10 s).
-pub const BURN_FEED_INTERVAL_MS: u64 = 5_000;
+/// the engine, in milliseconds (gates are judged every `GATE_EVAL_INTERVAL_MS`, 10 s); the
+/// simulator sends them as often.
+pub use failsmall_core::slo::BURN_FEED_INTERVAL_MS;
 
 pub use failsmall_core::slo::SLOS_MAX;
 
@@ -211,17 +213,7 @@ impl SloBook {
     /// unit's SLOs (a window where no SLO has events is left out).
     pub fn burn_rates(&self, unit: &UnitName, now_ms: u64) -> BurnRates {
         let statuses = self.statuses(Some(unit), now_ms);
-        BURN_WINDOWS
-            .iter()
-            .filter_map(|window| {
-                statuses
-                    .iter()
-                    .filter_map(|(_, status)| status.burn_rate(*window))
-                    .filter(|rate| rate.is_finite())
-                    .reduce(f64::max)
-                    .map(|rate| (*window, rate))
-            })
-            .collect()
+        service_burn_rates(statuses.iter().map(|(_, status)| status))
     }
 
     /// The SLOs of `unit` that block rollouts and whose error budget is spent.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use common::{TestServer, fresh_dir};
+use failsmall_server::auth::Role;
 use failsmall_server::notify::{DELIVERY_HEADER, NotifyConfig, SIGNATURE_HEADER, signature};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -450,5 +451,124 @@ async fn an_engine_rollback_triggers_pagerduty_with_one_key_per_rollout() {
     );
     // PagerDuty takes only what it can trigger or resolve: no `rollout_started` was sent.
     assert!(got.iter().all(|r| r.body["event_action"] != Value::Null));
+    server.stop().await;
+}
+
+/// A rollout whose first stage waits for a manual approval tells its approvers through the
+/// outbox: Slack gets the text with the command to run, the generic webhook signed JSON naming
+/// the rollout, the stage and the command, and PagerDuty nothing (an approval is the plan
+/// working as written, not a page). After the approval, no second `approval_needed` is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_waiting_for_approval_notifies_slack_and_generic_and_does_not_page() {
+    let (receiver, url) = Receiver::start().await;
+    let dir = fresh_dir("notify-approval");
+    let server = TestServer::start_with(dir.path(), |config| config.notify = fast(8)).await;
+    let events = json!(["approval_needed"]);
+    subscribe(
+        &server,
+        json!({"name": "chat", "url": format!("{url}/slack"), "kind": "slack", "events": events}),
+    )
+    .await;
+    subscribe(
+        &server,
+        json!({"name": "audit", "url": format!("{url}/generic"), "kind": "generic",
+               "events": events, "secret": "s3cret"}),
+    )
+    .await;
+    subscribe(
+        &server,
+        json!({"name": "oncall", "url": format!("{url}/pd"), "kind": "pagerduty",
+               "events": ["approval_needed", "rollout_started"], "secret": "ROUTINGKEY"}),
+    )
+    .await;
+    let spec = json!({"format": "json", "max_bytes": 256});
+    server
+        .admin(
+            Method::POST,
+            "/v1/units",
+            Some(json!({"name": "flags", "spec": spec})),
+        )
+        .await;
+    let admin = server.admin.clone();
+    let (status, version) = server
+        .push("flags", &admin, "message=one", br#"{"n": 1}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{version}");
+    let hash = version["hash"].as_str().unwrap().to_owned();
+    let plan = "name: signed-off\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 10\n    gates: []\n    approval: true\n";
+    let (status, view) = server
+        .admin(
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"unit": "flags", "version": hash, "plan": plan, "reason": "test"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    let rollout = view["id"].as_u64().unwrap();
+    let got = receiver
+        .wait("told slack and generic", |got| {
+            got.iter().any(|r| r.path == "slack") && got.iter().any(|r| r.path == "generic")
+        })
+        .await;
+    let slack = got.iter().find(|r| r.path == "slack").unwrap();
+    let text = slack.body["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!(
+            "rollout {rollout} of flags: approval needed at stage everywhere"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("failsmall rollout approve {rollout}")),
+        "{text}"
+    );
+    assert_eq!(slack.body["blocks"][0]["type"], "section");
+    let generic = got.iter().find(|r| r.path == "generic").unwrap();
+    assert_eq!(
+        generic.signature.as_deref(),
+        Some(signature("s3cret", generic.raw.as_bytes()).as_str())
+    );
+    assert_eq!(generic.body["event"], "approval_needed");
+    assert_eq!(generic.body["unit"], "flags");
+    assert_eq!(generic.body["rollout"], rollout);
+    assert_eq!(generic.body["stage"], "everywhere");
+    assert_eq!(generic.body["version"], hash.as_str());
+    assert_eq!(
+        generic.body["approve"],
+        format!("failsmall rollout approve {rollout} --reason '...'")
+    );
+    // Another person approves: the stage is entered and nobody is asked again.
+    let approver = server.token("approver", Role::Approver).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            &format!("/v1/rollouts/{rollout}/approve"),
+            Some(&approver),
+            Some(json!({"reason": "looked at it"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The outbox is drained (nothing pending, nothing dead): PagerDuty was offered neither
+    // the approval nor the start, so it got nothing at all.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, letters) = server
+            .admin(Method::GET, "/v1/notify/dead-letters", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{letters}");
+        if letters["outbox"]["pending"] == 0 {
+            assert_eq!(letters["outbox"]["dead"], 0, "{letters}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {letters}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = receiver.got();
+    assert!(got.iter().all(|r| r.path != "pd"), "{got:#?}");
+    let asked: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.body["event"] == "approval_needed")
+        .collect();
+    assert_eq!(asked.len(), 1, "{got:#?}");
     server.stop().await;
 }

@@ -15,6 +15,7 @@ pub mod plan_check;
 pub mod report;
 pub mod scenario;
 mod sim;
+mod slo;
 mod yaml;
 
 pub use fleet::{Fleet, FleetSpec};

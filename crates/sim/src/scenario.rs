@@ -31,6 +31,8 @@
 //!   - { from: 20m, until: 50m, error_rate: 2%, latency_x: 3, when: { region: us-east-1 } }
 //! dead_nodes:                  # agents that stop: no health, no ACK, no request at all
 //!   - { at: 0s, share: 5%, when: { cohort: free } }   # or `nodes: 3`; optional `until: 30m`
+//! slos:                        # optional: SLOs counted from the agents' health, as the server does
+//!   - { name: availability, target: 99.9%, window: 30d, unit: bot-features, when: { region: us-east-1 } }
 //! strategies: [instant, examples/plans/default.yaml]   # the default
 //! manual_revert_after: 25m     # instant: a person reverts a bad version this long after its push
 //! ```
@@ -50,6 +52,12 @@
 //! checks liveness every 2 s, judges nothing in its first `node_down_after`, and tells the engine
 //! `Liveness { down }` once a node was last heard from more than `node_down_after` ago, and
 //! `up` at the first check after it is heard from again (it then applies what it missed).
+//!
+//! SLOs: like `failsmall slo create` (`unit` defaults to the scenario's `unit`, `when` is the
+//! selector). Every health sample an agent sends counts in the SLOs covering its node, and
+//! every 5 s (`failsmall_core::slo::BURN_FEED_INTERVAL_MS`) the units whose running rollouts
+//! have burn-rate gates get the service's burn rates (`Event::BurnRates`), as the server's
+//! feed does; without SLOs a burn-rate gate is inconclusive, as on a server without them.
 //!
 //! Unknown fields, duplicate keys and aliases are errors naming the file, the line and the
 //! field.
@@ -297,6 +305,8 @@ pub struct Scenario {
     pub units: Vec<UnitSpec>,
     pub incidents: Vec<Incident>,
     pub dead_nodes: Vec<DeadNodes>,
+    /// SLOs the control plane counts from the agents' health, for burn-rate gates.
+    pub slos: Vec<failsmall_core::slo::SloSpec>,
     /// The server's silence before a node is down.
     pub node_down_after_ms: u64,
     pub seed: u64,
@@ -311,13 +321,14 @@ pub struct Scenario {
     pub manual_revert_after_ms: u64,
 }
 
-const SCENARIO_FIELDS: [&str; 15] = [
+const SCENARIO_FIELDS: [&str; 16] = [
     "name",
     "description",
     "unit",
     "units",
     "incidents",
     "dead_nodes",
+    "slos",
     "node_down_after",
     "seed",
     "duration",
@@ -547,6 +558,29 @@ impl Scenario {
                 dead_nodes.push(DeadNodes::from_yaml(item, &format!("dead_nodes[{index}]"))?);
             }
         }
+        let mut slos = Vec::new();
+        if let Some(list) = map.optional("slos") {
+            let items = list.list("slos")?;
+            if items.len() > failsmall_core::slo::SLOS_MAX {
+                return Err(list.error(
+                    "slos",
+                    format!("expected at most {} SLOs", failsmall_core::slo::SLOS_MAX),
+                ));
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                let slo = slo_from_yaml(item, &format!("slos[{index}]"), &unit)?;
+                if slos
+                    .iter()
+                    .any(|other: &failsmall_core::slo::SloSpec| other.name == slo.name)
+                {
+                    return Err(item.error(
+                        &format!("slos[{index}].name"),
+                        format!("SLO {:?} is defined twice", slo.name),
+                    ));
+                }
+                slos.push(slo);
+            }
+        }
         let node_down_after_ms = match map.optional("node_down_after") {
             Some(value) => {
                 let after_ms = value.duration_ms("node_down_after")?;
@@ -568,6 +602,7 @@ impl Scenario {
             units,
             incidents,
             dead_nodes,
+            slos,
             node_down_after_ms,
             seed,
             duration_ms,
@@ -668,6 +703,50 @@ fn unit_name(field: Field<'_>, path: &str) -> Result<String, SimError> {
 }
 
 /// Reads `when: { label: value }`.
+/// One `slos:` item: `{ name, target: 99.9%, window: 30d, unit?, when? }`.
+fn slo_from_yaml(
+    field: Field<'_>,
+    path: &str,
+    default_unit: &str,
+) -> Result<failsmall_core::slo::SloSpec, SimError> {
+    let mut map = field.map(path)?;
+    let name_field = map.required("name")?;
+    let name = name_field.string(&map.path("name"))?;
+    let target = map.required("target")?;
+    let target_percent = target.rate(&map.path("target"))? * 100.0;
+    let window = map.required("window")?;
+    let window_ms = failsmall_core::slo::parse_window_ms(window.text(&map.path("window"))?)
+        .map_err(|error| window.error(&map.path("window"), error.to_string()))?;
+    let unit = match map.optional("unit") {
+        Some(value) => {
+            let unit = value.string(&map.path("unit"))?;
+            failsmall_core::domain::UnitName::new(unit.clone())
+                .map_err(|error| value.error(&map.path("unit"), error.to_string()))?;
+            unit
+        }
+        None => default_unit.to_owned(),
+    };
+    let unit = failsmall_core::domain::UnitName::new(unit)
+        .map_err(|error| field.error(path, error.to_string()))?;
+    let selector = match map.optional("when") {
+        Some(value) => labels_from_yaml(value, &map.path("when"))?,
+        None => BTreeMap::new(),
+    };
+    map.finish(&["name", "target", "window", "unit", "when"])?;
+    let spec = failsmall_core::slo::SloSpec {
+        name,
+        unit,
+        selector,
+        target_percent,
+        window_ms,
+        block_rollouts_when_exhausted: false,
+        description: String::new(),
+    };
+    spec.validate()
+        .map_err(|error| field.error(path, error.to_string()))?;
+    Ok(spec)
+}
+
 fn labels_from_yaml(field: Field<'_>, path: &str) -> Result<BTreeMap<String, String>, SimError> {
     let mut labels = field.map(path)?;
     let mut out = BTreeMap::new();

@@ -21,6 +21,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+use failsmall_core::slo::BURN_FEED_INTERVAL_MS;
+
 use crate::SimError;
 use crate::fleet::Fleet;
 use crate::report::{Marker, MarkerKind, StrategyMetrics, StrategyRun, TimelinePoint};
@@ -146,6 +148,8 @@ enum SimEvent {
     },
     HealthRound,
     EngineTick,
+    /// The server's feed of burn rates to the engine, every `BURN_FEED_INTERVAL_MS`.
+    BurnFeed,
     ManualRevert {
         slot: u32,
     },
@@ -268,6 +272,8 @@ struct Run<'a> {
     /// rollout); recomputed when rollouts or stages change.
     health_relevant: Vec<bool>,
     health_relevant_dirty: bool,
+    /// The scenario's SLOs, counted from the health agents send (as the server does).
+    slos: crate::slo::SloBook,
     /// When false, every node's health goes to the engine while a rollout runs.
     health_filter: bool,
     health_events: Vec<Event>,
@@ -485,6 +491,7 @@ impl<'a> Run<'a> {
             background_errors,
             health_relevant: vec![false; pairs],
             health_relevant_dirty: true,
+            slos: crate::slo::SloBook::new(&scenario.slos),
             health_filter,
             health_events,
             ever_desired_bad: vec![false; nodes],
@@ -1144,6 +1151,16 @@ impl<'a> Run<'a> {
                 ok_q *= 1.0 - info.extra_error_q;
                 latency_add_ms += info.latency_add_ms;
             }
+            // The SLOs each unit's health counts in on this node (per unit, as the server
+            // looks them up per report).
+            let slo_cover: Vec<Vec<usize>> = if self.slos.is_empty() {
+                Vec::new()
+            } else {
+                self.units
+                    .iter()
+                    .map(|unit| self.slos.covering(unit, &node.labels))
+                    .collect()
+            };
             let mut incident_ok_q = 1.0f64;
             let mut latency_x = 1.0f64;
             for incident in &incidents {
@@ -1220,6 +1237,12 @@ impl<'a> Run<'a> {
                     sample.errors = errors;
                     shape.fill(&mut sample.latency, requests);
                 }
+                // The agent sends this sample whatever the engine needs: it counts in the SLOs.
+                if has_version && let Some(cover) = slo_cover.get(unit) {
+                    for slo in cover {
+                        self.slos.record(*slo, requests, errors, now_ms);
+                    }
+                }
                 let relevant =
                     !self.health_filter || self.health_relevant.get(pair).copied().unwrap_or(false);
                 if send
@@ -1288,6 +1311,29 @@ impl<'a> Run<'a> {
         let next_ms = now_ms.saturating_add(self.scenario.health_interval_ms);
         if next_ms <= self.scenario.duration_ms {
             self.schedule(next_ms, SimEvent::HealthRound);
+        }
+        Ok(())
+    }
+
+    /// The server's burn-rate feed: the units whose running rollouts have burn-rate gates get
+    /// the service's burn rates from the SLOs (`crates/server/src/slo.rs`,
+    /// `feed_burn_rates_forever`), every [`BURN_FEED_INTERVAL_MS`].
+    fn on_burn_feed(&mut self) -> Result<(), SimError> {
+        let now_ms = self.now_ms;
+        for unit in self.engine.units_reading_burn_rates() {
+            let burn_rates = self.slos.burn_rates(&unit, now_ms);
+            let event = Event::BurnRates { unit, burn_rates };
+            let actions = self
+                .engine
+                .step(now_ms, &event)
+                .map_err(|error| engine_error("BurnRates", now_ms, &error))?;
+            if !actions.is_empty() {
+                self.carry_out(actions);
+            }
+        }
+        let next_ms = now_ms.saturating_add(BURN_FEED_INTERVAL_MS);
+        if next_ms <= self.scenario.duration_ms {
+            self.schedule(next_ms, SimEvent::BurnFeed);
         }
         Ok(())
     }
@@ -1568,6 +1614,10 @@ impl<'a> Run<'a> {
             }
         }
         self.schedule(self.scenario.health_interval_ms, SimEvent::HealthRound);
+        // The server's feed sends nothing unless a running rollout's plan has a burn-rate gate.
+        if self.plan.reads_burn_rates() {
+            self.schedule(BURN_FEED_INTERVAL_MS, SimEvent::BurnFeed);
+        }
         let mut processed = 0u64;
         while let Some(timed) = self.queue.pop() {
             if timed.at_ms > self.scenario.duration_ms {
@@ -1607,6 +1657,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 SimEvent::ManualRevert { slot } => self.on_manual_revert(slot)?,
+                SimEvent::BurnFeed => self.on_burn_feed()?,
             }
             if !matches!(timed.event, SimEvent::HealthRound) || self.rollout_running() {
                 self.schedule_deadline();

@@ -434,3 +434,75 @@ fn a_plan_with_a_prometheus_health_source_reaches_the_same_verdicts() {
         );
     }
 }
+
+/// Burn-rate gates in the simulator, as on the server: the agents' health counts in the
+/// scenario's SLOs, the feed sends the burn rates every 5 s, and a service burning its budget
+/// holds the rollout of a good version (fleet unhealthy: canary and baseline alike) without
+/// rolling it back or quarantining it; with the budget burning slowly the gate changes nothing.
+#[test]
+fn a_burn_rate_gate_holds_a_good_version_while_the_service_burns_its_budget_and_never_blames_it() {
+    let gated = {
+        let mut plan = default_plan_without_soak();
+        for stage in &mut plan.stages {
+            stage
+                .gates
+                .push(failsmall_core::gate::Gate::parse("burn_rate_1h > 14.4").unwrap());
+        }
+        plan
+    };
+    let mut scenario = shrunk("healthy", 40 * 60_000, 4);
+    // 99.99%: the fleet's 0.1% background errors burn at 10, under the workbook's 14.4.
+    scenario.slos = vec![failsmall_core::slo::SloSpec {
+        name: "availability".into(),
+        unit: UnitName::new(scenario.unit.clone()).unwrap(),
+        selector: Default::default(),
+        target_percent: 99.99,
+        window_ms: 30 * failsmall_core::slo::DAY_MS,
+        block_rollouts_when_exhausted: false,
+        description: String::new(),
+    }];
+    let one = |scenario: &Scenario, plan: &Plan| {
+        let options = RunOptions {
+            seed: Some(5),
+            strategies: vec![Strategy::Plan {
+                label: "default".into(),
+                plan: plan.clone(),
+            }],
+            trace: true,
+        };
+        run(scenario, &options).unwrap()
+    };
+    let calm_plain = one(&scenario, &default_plan_without_soak());
+    let calm_gated = one(&scenario, &gated);
+    let (plain, with_gate) = (&calm_plain.runs[0].metrics, &calm_gated.runs[0].metrics);
+    assert!(plain.versions_completed > 0, "{plain:?}");
+    assert_eq!(plain.versions_completed, with_gate.versions_completed);
+    assert_eq!(plain.holds, with_gate.holds);
+    assert_eq!(with_gate.rollbacks, 0);
+    // A fleet-wide incident doubles the errors everywhere (0.2%, under the plan's 0.5% gate):
+    // the service burns at about 20.
+    scenario.incidents = vec![failsmall_sim::scenario::Incident {
+        from_ms: 0,
+        until_ms: scenario.duration_ms,
+        error_rate: 0.001,
+        latency_x: 1.0,
+        when: Default::default(),
+    }];
+    let burning_plain = one(&scenario, &default_plan_without_soak());
+    let burning_gated = one(&scenario, &gated);
+    let plain = &burning_plain.runs[0].metrics;
+    let with_gate = &burning_gated.runs[0].metrics;
+    assert!(plain.versions_completed > 0, "{plain:?}");
+    assert!(with_gate.holds > plain.holds, "{with_gate:?} vs {plain:?}");
+    assert!(
+        with_gate.versions_completed < plain.versions_completed,
+        "{with_gate:?}"
+    );
+    assert_eq!(with_gate.rollbacks, 0, "{with_gate:?}");
+    assert_eq!(with_gate.quarantines, 0, "{with_gate:?}");
+    let trace = burning_gated.trace();
+    assert!(
+        trace.contains("burn_rate_1h") && trace.contains("fleet unhealthy"),
+        "no burn-rate hold in the trace"
+    );
+}

@@ -70,6 +70,25 @@ pub struct IncidentBrief {
     pub id: u64,
     pub severity: String,
     pub title: String,
+    /// What the demo's webhook receiver got for it (`null` when nothing arrived in time).
+    pub notified: Option<NotifiedBrief>,
+}
+
+/// A notification the demo's own webhook receiver got, as the demo shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotifiedBrief {
+    /// The event (`incident_opened`).
+    pub event: String,
+    /// The incident the generic (signed JSON) payload names.
+    pub incident: Option<u64>,
+    /// The key a receiver drops repeats by (`failsmall/incident/ID`).
+    pub dedup_key: String,
+    /// The delivery id, the same on every attempt.
+    pub delivery: String,
+    /// Whether the generic payload's HMAC-SHA256 signature matched the demo's secret.
+    pub signature_ok: bool,
+    /// The text the Slack-shaped subscription got for the same event.
+    pub slack_text: Option<String>,
 }
 
 /// Milliseconds as seconds with one decimal, for JSON and tables.

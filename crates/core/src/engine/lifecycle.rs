@@ -52,12 +52,18 @@ impl Engine {
             }
             // The nodes' roles as any active rollout has them (rebuilt again on entry).
             self.rebuild_roles(id);
-            out.push(Action::Notify {
-                rollout: id,
-                message: format!(
-                    "stage {stage:?} waits for approval by someone other than the pusher before it exposes any node"
-                ),
-            });
+            let message = format!(
+                "stage {stage:?} waits for approval by someone other than the pusher before it exposes any node"
+            );
+            self.log(
+                id,
+                ChangeKind::ApprovalNeeded,
+                None,
+                Some(stage),
+                message,
+                now,
+                out,
+            );
             return;
         }
         self.enter_stage(id, 0, now, out);
@@ -701,10 +707,15 @@ impl Engine {
                 "stage {:?} passed; stage {next_stage:?} waits for approval by someone other than the pusher before it exposes its nodes",
                 stage.unwrap_or_default()
             );
-            out.push(Action::Notify {
-                rollout: id,
+            self.log(
+                id,
+                ChangeKind::ApprovalNeeded,
+                None,
+                Some(next_stage),
                 message,
-            });
+                now,
+                out,
+            );
         }
     }
 

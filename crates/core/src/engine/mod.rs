@@ -287,6 +287,9 @@ pub enum ChangeKind {
     SoakPassed,
     /// An admin lifted a version's quarantine.
     QuarantineLifted,
+    /// The rollout reached a stage that waits for a manual approval before it exposes its
+    /// nodes (the entry names that stage).
+    ApprovalNeeded,
 }
 
 /// One changelog record: who did what, why, where.
