@@ -262,3 +262,157 @@ fn an_unreadable_prometheus_holds_the_stage_and_blames_nothing() {
     let status = server.json(&["rollout", "status", "1"]);
     assert_eq!(status["status"], "running", "{status}");
 }
+
+/// Starts Prometheus on 127.0.0.1 scraping `scrape_targets` (job `edge`) every second; its
+/// base URL once ready.
+fn start_prometheus(dir: &Path, scrape_targets: &str, processes: &mut Processes) -> String {
+    let port = free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: edge\n    static_configs:\n{scrape_targets}"
+        ),
+    )
+    .unwrap();
+    processes.0.push(
+        Command::new(prometheus_binary())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let prometheus = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{prometheus}/-/ready"))
+        .send()
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "Prometheus never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    prometheus
+}
+
+/// An SLO whose good and total events are PromQL queries: two consumers behind the real
+/// Prometheus, the fl1 one running the 5 Dec killswitch rules (every request fails), the fl2
+/// one healthy, the load split evenly. The server reads the two counters every 5 s and counts
+/// their increase: about half the requests are bad, so against 99.9% the service burns its
+/// budget about 500 times too fast, and the SLO says so from Prometheus alone (no agent runs).
+#[test]
+fn an_slo_defined_by_promql_gets_its_burn_rate_from_prometheus() {
+    let server = Server::start("prometheus-slo");
+    let dir = server.dir.path().to_owned();
+    let mut processes = Processes::default();
+    let killswitch = std::fs::read(repo().join("examples/units/rules-killswitch.json")).unwrap();
+    let mut scrape_targets = String::new();
+    let mut load_targets = Vec::new();
+    for (id, generation) in [("edge-1", "fl1"), ("edge-2", "fl2")] {
+        let node_dir = dir.join(id);
+        // The rules file where an agent would have put it.
+        let rules_dir = node_dir.join("units").join("rules");
+        std::fs::create_dir_all(&rules_dir).unwrap();
+        std::fs::write(rules_dir.join("current"), &killswitch).unwrap();
+        let url_file = dir.join(format!("{id}.url"));
+        processes.0.push(
+            Command::new(BIN)
+                .args(["demo-consumer", "--generation", generation, "--units-dir"])
+                .arg(&node_dir)
+                .arg("--addr-file")
+                .arg(&url_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let url = wait_for_file(&url_file);
+        let host = url.trim_start_matches("http://");
+        scrape_targets.push_str(&format!(
+            "      - targets: ['{host}']\n        labels: {{ node: '{id}' }}\n"
+        ));
+        load_targets.push("--target".to_owned());
+        load_targets.push(format!("{url}/"));
+    }
+    let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
+    processes.0.push(
+        Command::new(BIN)
+            .arg("loadgen")
+            .args(&load_targets)
+            .args(["--rps", "100", "--duration", "5m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let spec = repo().join("examples/units/rules.spec.yaml");
+    server.ok(&["unit", "create", "rules", "--spec", spec.to_str().unwrap()]);
+    let created = server.ok(&[
+        "slo",
+        "create",
+        "edge-availability",
+        "--unit",
+        "rules",
+        "--target",
+        "99.9",
+        "--window",
+        "30d",
+        "--no-block",
+        "--prometheus",
+        &prometheus,
+        "--good-query",
+        "sum(http_requests_total{job=\"edge\"}) - sum(http_errors_total{job=\"edge\"})",
+        "--total-query",
+        "sum(http_requests_total{job=\"edge\"})",
+    ]);
+    assert!(created.contains("edge-availability"), "{created}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let view = loop {
+        let view = server.json(&["slo", "show", "edge-availability"]);
+        let events = view["events_total"].as_u64().unwrap_or(0);
+        if events >= 200 && view["burn_rates"]["5m"].as_f64().is_some() {
+            break view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the SLO never counted Prometheus' events: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(view["prometheus"]["url"], prometheus.as_str(), "{view}");
+    let total = view["events_total"].as_u64().unwrap();
+    let bad = view["events_bad"].as_u64().unwrap();
+    // The fl1 consumer fails its half of the load.
+    let share = bad as f64 / total as f64;
+    assert!((0.3..0.7).contains(&share), "{bad} bad of {total}: {view}");
+    let burn = view["burn_rates"]["5m"].as_f64().unwrap();
+    assert!((300.0..700.0).contains(&burn), "burn rate {burn}: {view}");
+    assert_eq!(view["exhausted"], true, "{view}");
+    // Bad queries are refused, naming the field.
+    let refused = server.fails(
+        &[
+            "slo",
+            "create",
+            "broken",
+            "--unit",
+            "rules",
+            "--target",
+            "99.9",
+            "--prometheus",
+            "ftp://nowhere",
+            "--good-query",
+            "up",
+            "--total-query",
+            "up",
+        ],
+        1,
+    );
+    assert!(refused.contains("prometheus.url"), "{refused}");
+}

@@ -136,7 +136,33 @@ pub struct SloSpec {
     pub block_rollouts_when_exhausted: bool,
     #[serde(default)]
     pub description: String,
+    /// Good and total events from PromQL queries against a Prometheus server, instead of the
+    /// agents' health (then `selector` is not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<SloQueries>,
 }
+
+/// Longest query and URL of an SLO's [`SloQueries`], in bytes.
+pub const SLO_QUERY_MAX_BYTES: usize = 4096;
+pub const SLO_URL_MAX_BYTES: usize = 1024;
+
+/// An SLO's events from Prometheus: each query answers one cumulative counter (e.g.
+/// `sum(http_requests_total{job="edge"})`); the control plane reads both every
+/// `SLO_QUERY_INTERVAL_MS` and counts the increase since its previous reading (none across a
+/// counter reset), as `total` events of which `total - good` are bad.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloQueries {
+    /// The Prometheus server's base URL (`http://host:9090`).
+    pub url: String,
+    /// A counter of good events.
+    pub good: String,
+    /// A counter of all events.
+    pub total: String,
+}
+
+/// How often the control plane reads the queries of SLOs defined by PromQL, in milliseconds.
+pub const SLO_QUERY_INTERVAL_MS: u64 = 5_000;
 
 fn yes() -> bool {
     true
@@ -153,6 +179,11 @@ pub enum SloError {
     Target(f64),
     #[error("window: {0}")]
     Window(String),
+    #[error("prometheus.{field}: {message}")]
+    Prometheus {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl SloSpec {
@@ -179,6 +210,31 @@ impl SloSpec {
                 "{} ms is outside 1h to 90d",
                 self.window_ms
             )));
+        }
+        if let Some(queries) = &self.prometheus {
+            let url = &queries.url;
+            let url_ok = (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() <= SLO_URL_MAX_BYTES
+                && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !url.contains(['?', '#']);
+            if !url_ok {
+                return Err(SloError::Prometheus {
+                    field: "url",
+                    message: format!(
+                        "{url:?}: expected the Prometheus server's base URL (http:// or https://, no query, at most {SLO_URL_MAX_BYTES} bytes)"
+                    ),
+                });
+            }
+            for (field, query) in [("good", &queries.good), ("total", &queries.total)] {
+                if query.trim().is_empty() || query.len() > SLO_QUERY_MAX_BYTES {
+                    return Err(SloError::Prometheus {
+                        field,
+                        message: format!(
+                            "expected a PromQL query of 1 to {SLO_QUERY_MAX_BYTES} bytes answering one counter, e.g. sum(http_requests_total)"
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -494,6 +550,7 @@ mod tests {
             window_ms,
             block_rollouts_when_exhausted: true,
             description: String::new(),
+            prometheus: None,
         }
     }
 

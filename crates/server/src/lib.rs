@@ -224,6 +224,7 @@ pub async fn run(
         api::now_ms,
     ));
     let last_flush_store = Arc::clone(&store);
+    let slo_reader = tokio::spawn(slo::read_prometheus_forever(Arc::clone(&slos), api::now_ms));
     let slo_flusher = tokio::spawn(slo::flush_forever(
         Arc::clone(&slos),
         Arc::clone(&store),
@@ -280,6 +281,7 @@ pub async fn run(
     health_reader.abort();
     burn_feed.abort();
     notifier.abort();
+    slo_reader.abort();
     slo_flusher.abort();
     let last_store = Arc::clone(&last_flush_store);
     let _ = tokio::task::spawn_blocking(move || {

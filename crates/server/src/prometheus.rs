@@ -181,18 +181,18 @@ pub async fn read(
     source: &PrometheusSource,
 ) -> Result<Reading, ReadError> {
     let mut reading = Reading::new();
-    for (series, value) in query(client, source, &source.requests).await? {
+    for (series, value) in instant_query(client, &source.url, &source.requests).await? {
         if let Some(node) = node_of(source, &series) {
             reading.entry(node).or_default().requests += value;
         }
     }
-    for (series, value) in query(client, source, &source.errors).await? {
+    for (series, value) in instant_query(client, &source.url, &source.errors).await? {
         if let Some(node) = node_of(source, &series) {
             reading.entry(node).or_default().errors += value;
         }
     }
     if let Some(latency) = &source.latency {
-        for (series, value) in query(client, source, latency).await? {
+        for (series, value) in instant_query(client, &source.url, latency).await? {
             let Some(node) = node_of(source, &series) else {
                 continue;
             };
@@ -225,17 +225,19 @@ fn node_of(source: &PrometheusSource, series: &BTreeMap<String, String>) -> Opti
     NodeId::new(series.get(&source.node_label)?.clone()).ok()
 }
 
-/// Runs one instant query; its series' labels and values.
-async fn query(
+/// Runs one instant query against the Prometheus server at `base_url`; its series' labels and
+/// values (negative ones as 0, not-a-number ones left out). Used by plans' health sources and
+/// by SLOs defined by PromQL (`crate::slo`).
+pub async fn instant_query(
     client: &reqwest::Client,
-    source: &PrometheusSource,
+    base_url: &str,
     promql: &str,
 ) -> Result<Vec<(BTreeMap<String, String>, f64)>, ReadError> {
     let fail = |reason: String| ReadError::Query {
         query: promql.to_owned(),
         reason,
     };
-    let url = format!("{}/api/v1/query", source.url);
+    let url = format!("{base_url}/api/v1/query");
     let mut response = client
         .get(&url)
         .query(&[("query", promql)])

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use failsmall_core::domain::{Labels, UnitName};
 use failsmall_core::engine::Event;
 use failsmall_core::slo::{
-    BurnRates, EventCounts, HOUR_MS, MINUTE_MS, SloCounts, SloSpec, SloStatus, service_burn_rates,
-    status,
+    BurnRates, EventCounts, HOUR_MS, MINUTE_MS, SLO_QUERY_INTERVAL_MS, SloCounts, SloQueries,
+    SloSpec, SloStatus, service_burn_rates, status,
 };
 
 use crate::rollouts::{Cause, EngineHost};
@@ -174,7 +174,9 @@ impl SloBook {
     ) {
         for tracked in self.lock().values_mut() {
             let spec = &tracked.spec;
+            // An SLO defined by PromQL counts only what Prometheus answers.
             let covered = spec.unit == *unit
+                && spec.prometheus.is_none()
                 && match labels {
                     Some(labels) => spec.covers(labels),
                     None => spec.selector.is_empty(),
@@ -187,6 +189,29 @@ impl SloBook {
                 dirty.insert((spec.name.clone(), HOUR_MS, at_ms / HOUR_MS));
             }
         }
+    }
+
+    /// Counts `total` events, `bad` of them bad, for SLO `name` at `at_ms` (an SLO defined by
+    /// PromQL; see [`read_prometheus_forever`]). Nothing when the SLO is gone.
+    pub fn record_named(&self, name: &str, total: u64, bad: u64, at_ms: u64) {
+        if total == 0 {
+            return;
+        }
+        if let Some(tracked) = self.lock().get_mut(name) {
+            tracked.counts.record(at_ms, total, bad);
+            tracked.counts.prune(at_ms, tracked.spec.window_ms);
+            let mut dirty = self.lock_dirty();
+            dirty.insert((name.to_owned(), MINUTE_MS, at_ms / MINUTE_MS));
+            dirty.insert((name.to_owned(), HOUR_MS, at_ms / HOUR_MS));
+        }
+    }
+
+    /// The SLOs defined by PromQL, with their queries.
+    pub fn prometheus_slos(&self) -> Vec<(String, SloQueries)> {
+        self.lock()
+            .values()
+            .filter_map(|t| Some((t.spec.name.clone(), t.spec.prometheus.clone()?)))
+            .collect()
     }
 
     /// Every SLO (`unit`: only its SLOs) and where it stands at `now_ms`.
@@ -276,5 +301,128 @@ pub async fn feed_burn_rates_forever(
                 tracing::warn!(unit = %unit, %error, "slo: burn rates not sent to the engine; sent again at the next interval");
             }
         }
+    }
+}
+
+/// What the PromQL reader keeps per SLO between readings.
+#[derive(Debug, Clone, PartialEq)]
+struct QueryMemory {
+    queries: SloQueries,
+    /// The counters (good, total) at the last reading.
+    last: Option<(f64, f64)>,
+    /// The last failure said, so a lasting one is logged once.
+    failing: Option<String>,
+}
+
+/// The increase of the counters `(good, total)` since `before`, as (total, bad) events;
+/// `None` across a counter reset (a counter went down) or without a reading before.
+pub fn events_between(before: Option<(f64, f64)>, now: (f64, f64)) -> Option<(u64, u64)> {
+    let (good_before, total_before) = before?;
+    let (good, total) = now;
+    if good < good_before || total < total_before {
+        return None;
+    }
+    let total_events = (total - total_before).round();
+    let good_events = (good - good_before).round().min(total_events);
+    // Finite and non-negative here; counters beyond 2^64 events saturate.
+    Some((
+        total_events as u64,
+        (total_events - good_events).max(0.0) as u64,
+    ))
+}
+
+/// The one number a query answers: the sum of its series (`sum(...)` answers one).
+async fn read_counter(
+    client: &reqwest::Client,
+    url: &str,
+    query: &str,
+) -> Result<f64, crate::prometheus::ReadError> {
+    let series = crate::prometheus::instant_query(client, url, query).await?;
+    Ok(series.iter().map(|(_, value)| value).sum())
+}
+
+/// Reads the queries of every SLO defined by PromQL every [`SLO_QUERY_INTERVAL_MS`] and counts
+/// the increase of its counters since the previous reading in the book, until the task is
+/// aborted. A query that fails counts nothing (logged once per change of reason); the next
+/// reading starts afresh from the counters it then finds.
+pub async fn read_prometheus_forever(book: Arc<SloBook>, now_ms: fn() -> u64) {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(
+            crate::prometheus::QUERY_TIMEOUT_MS,
+        ))
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "slo: no HTTP client for SLOs defined by PromQL; they count nothing");
+            return;
+        }
+    };
+    let mut memory: BTreeMap<String, QueryMemory> = BTreeMap::new();
+    let mut interval =
+        tokio::time::interval(std::time::Duration::from_millis(SLO_QUERY_INTERVAL_MS));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let slos = book.prometheus_slos();
+        memory.retain(|name, _| slos.iter().any(|(n, _)| n == name));
+        for (name, queries) in slos {
+            let entry = memory.entry(name.clone()).or_insert_with(|| QueryMemory {
+                queries: queries.clone(),
+                last: None,
+                failing: None,
+            });
+            if entry.queries != queries {
+                // Recreated with other queries: start from scratch.
+                entry.queries = queries.clone();
+                entry.last = None;
+            }
+            let read = async {
+                let good = read_counter(&client, &queries.url, &queries.good).await?;
+                let total = read_counter(&client, &queries.url, &queries.total).await?;
+                Ok::<_, crate::prometheus::ReadError>((good, total))
+            };
+            match read.await {
+                Ok(now) => {
+                    if entry.failing.take().is_some() {
+                        tracing::info!(slo = %name, url = %queries.url, "slo: Prometheus answers again");
+                    }
+                    if let Some((total, bad)) = events_between(entry.last, now) {
+                        book.record_named(&name, total, bad, now_ms());
+                    }
+                    entry.last = Some(now);
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    if entry.failing.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(slo = %name, url = %queries.url, %reason,
+                            "slo: Prometheus not read; the SLO counts nothing until it is");
+                        entry.failing = Some(reason);
+                    }
+                    entry.last = None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn events_are_the_counters_increase_and_nothing_across_a_reset() {
+        assert_eq!(events_between(None, (10.0, 12.0)), None);
+        assert_eq!(
+            events_between(Some((10.0, 12.0)), (100.0, 112.0)),
+            Some((100, 10))
+        );
+        assert_eq!(events_between(Some((10.0, 12.0)), (1.0, 112.0)), None);
+        assert_eq!(
+            events_between(Some((10.0, 12.0)), (10.0, 12.0)),
+            Some((0, 0))
+        );
+        // More good than total (queries scraped a moment apart): no negative bad events.
+        assert_eq!(events_between(Some((0.0, 0.0)), (5.0, 4.0)), Some((4, 0)));
     }
 }

@@ -741,6 +741,7 @@ fn slo_from_yaml(
         window_ms,
         block_rollouts_when_exhausted: false,
         description: String::new(),
+        prometheus: None,
     };
     spec.validate()
         .map_err(|error| field.error(path, error.to_string()))?;

@@ -76,6 +76,7 @@ mod tests {
             window_ms: 30 * DAY_MS,
             block_rollouts_when_exhausted: false,
             description: String::new(),
+            prometheus: None,
         };
         let mut book = SloBook::new(&[spec("all", 99.0, None), spec("us", 99.9, Some("us"))]);
         let us = Labels::from([("region".to_owned(), "us".to_owned())]);

@@ -460,6 +460,7 @@ fn a_burn_rate_gate_holds_a_good_version_while_the_service_burns_its_budget_and_
         window_ms: 30 * failsmall_core::slo::DAY_MS,
         block_rollouts_when_exhausted: false,
         description: String::new(),
+        prometheus: None,
     }];
     let one = |scenario: &Scenario, plan: &Plan| {
         let options = RunOptions {

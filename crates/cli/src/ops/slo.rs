@@ -68,6 +68,18 @@ pub struct CreateArgs {
     /// Why: recorded in the changelog.
     #[arg(long, default_value = "")]
     pub reason: String,
+    /// Count good and total events from this Prometheus server's answers to
+    /// `--good-query` and `--total-query` instead of the agents' health.
+    #[arg(long, value_name = "URL", requires_all = ["good_query", "total_query"])]
+    pub prometheus: Option<String>,
+    /// With `--prometheus`: a PromQL query answering one counter of good events, e.g.
+    /// `sum(http_requests_total) - sum(http_errors_total)`.
+    #[arg(long, value_name = "PROMQL", requires = "prometheus")]
+    pub good_query: Option<String>,
+    /// With `--prometheus`: a PromQL query answering one counter of all events, e.g.
+    /// `sum(http_requests_total)`.
+    #[arg(long, value_name = "PROMQL", requires = "prometheus")]
+    pub total_query: Option<String>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -100,6 +112,9 @@ pub struct SloView {
     pub burn_rates: serde_json::Map<String, Value>,
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// The PromQL queries its events come from (`url`, `good`, `total`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<Value>,
 }
 
 impl SloView {
@@ -141,6 +156,11 @@ pub fn run(args: &SloArgs) -> anyhow::Result<Outcome> {
                 "block_rollouts_when_exhausted": !create.no_block,
                 "description": create.description,
                 "reason": create.reason,
+                "prometheus": create.prometheus.as_ref().map(|url| json!({
+                    "url": url,
+                    "good": create.good_query,
+                    "total": create.total_query,
+                })),
             });
             let (_, view): (u16, SloView) = client.send_json(Method::POST, "/v1/slos", &body)?;
             if args.remote.json() {
@@ -220,7 +240,14 @@ pub fn run(args: &SloArgs) -> anyhow::Result<Outcome> {
 
 /// `slo show` for people.
 fn show_text(view: &SloView) -> String {
-    let selector = if view.selector.is_empty() {
+    let selector = if let Some(queries) = &view.prometheus {
+        format!(
+            "events from Prometheus {}: good {}, total {}",
+            queries.get("url").and_then(Value::as_str).unwrap_or("-"),
+            queries.get("good").and_then(Value::as_str).unwrap_or("-"),
+            queries.get("total").and_then(Value::as_str).unwrap_or("-")
+        )
+    } else if view.selector.is_empty() {
         "every node".to_owned()
     } else {
         view.selector

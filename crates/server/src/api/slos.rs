@@ -21,6 +21,9 @@ pub(super) struct CreateSloRequest {
     description: String,
     #[serde(default)]
     reason: String,
+    /// Good and total events from PromQL queries (`{url, good, total}`).
+    #[serde(default)]
+    prometheus: Option<failsmall_core::slo::SloQueries>,
 }
 
 fn yes() -> bool {
@@ -69,12 +72,14 @@ impl TryFrom<CreateSloRequest> for SloSpec {
             window_ms,
             block_rollouts_when_exhausted: request.block_rollouts_when_exhausted,
             description: request.description,
+            prometheus: request.prometheus,
         };
         spec.validate().map_err(|e| {
             let field = match e {
                 failsmall_core::slo::SloError::Name(_) => "name",
                 failsmall_core::slo::SloError::Target(_) => "target_percent",
                 failsmall_core::slo::SloError::Window(_) => "window",
+                failsmall_core::slo::SloError::Prometheus { .. } => "prometheus",
             };
             invalid_slo(field, e.to_string())
         })?;
@@ -98,6 +103,7 @@ pub(super) fn slo_json(spec: &SloSpec, status: &SloStatus) -> Value {
         "window_ms": spec.window_ms,
         "block_rollouts_when_exhausted": spec.block_rollouts_when_exhausted,
         "description": spec.description,
+        "prometheus": spec.prometheus,
         "events_total": status.window.total,
         "events_bad": status.window.bad,
         "attained_percent": status.attained_percent,
