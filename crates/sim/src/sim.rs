@@ -12,7 +12,7 @@ use failsmall_core::domain::{NodeId, RolloutId, UnitName, VersionHash};
 use failsmall_core::engine::{
     Action, ChangeKind, Command, Engine, EngineError, Event, RolloutStatus, StagePhase,
 };
-use failsmall_core::health::{HealthSample, LatencyHistogram};
+use failsmall_core::health::HealthSample;
 use failsmall_core::plan::{
     Concurrency, HardSignals, OnInconclusive, Percent, Plan, Selector, Stage,
 };
@@ -22,6 +22,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use failsmall_core::slo::BURN_FEED_INTERVAL_MS;
+
+mod health;
+mod sampling;
+
+use sampling::{LatencyShape, binomial_approx, poisson_capped, poisson_known, round_count};
 
 use crate::SimError;
 use crate::fleet::Fleet;
@@ -175,38 +180,6 @@ impl PartialOrd for Timed {
     }
 }
 
-/// Three latency buckets and the share of requests in the first two (the rest go to the third).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct LatencyShape {
-    buckets: [usize; 3],
-}
-
-impl LatencyShape {
-    fn around(median_ms: f64) -> Self {
-        let median_ms = median_ms.max(0.1);
-        Self {
-            buckets: [
-                LatencyHistogram::bucket_of(median_ms * 0.8),
-                LatencyHistogram::bucket_of(median_ms * 1.5),
-                LatencyHistogram::bucket_of(median_ms * 2.5),
-            ],
-        }
-    }
-
-    /// 50% / 45% / 5% of `requests` (at 0.8, 1.5 and 2.5 times the median).
-    fn fill(&self, histogram: &mut LatencyHistogram, requests: u64) {
-        histogram.counts = [0; failsmall_core::health::LATENCY_BUCKETS];
-        let first = requests / 2;
-        let second = requests * 45 / 100;
-        let third = requests - first - second;
-        for (bucket, count) in self.buckets.iter().zip([first, second, third]) {
-            if let Some(slot) = histogram.counts.get_mut(*bucket) {
-                *slot += count;
-            }
-        }
-    }
-}
-
 /// A distinct version (by hash) the run has seen; slot 0 is "no version".
 #[derive(Debug, Clone)]
 struct VersionSlot {
@@ -305,70 +278,6 @@ fn engine_error(event: &str, at_ms: u64, error: &EngineError) -> SimError {
         at_ms,
         message: error.to_string(),
     }
-}
-
-/// A Poisson draw with mean `lambda` (inversion below 30, a normal approximation above),
-/// capped at `cap`.
-fn poisson_capped(rng: &mut ChaCha8Rng, lambda: f64, cap: u64) -> u64 {
-    if lambda <= 0.0 || cap == 0 {
-        return 0;
-    }
-    let draw = if lambda < 30.0 {
-        let u: f64 = rng.random();
-        let mut k = 0u64;
-        let mut p = (-lambda).exp();
-        let mut cumulative = p;
-        // Bounded: the tail beyond 200 draws is below 1e-60 for lambda < 30.
-        while u > cumulative && k < 200 {
-            k += 1;
-            p *= lambda / k as f64;
-            cumulative += p;
-        }
-        k
-    } else {
-        let z: f64 = rng.sample(StandardNormal);
-        round_count(lambda + lambda.sqrt() * z)
-    };
-    draw.min(cap)
-}
-
-/// A Poisson draw with mean `lambda` whose `exp(-lambda)` is known, capped at `cap`.
-fn poisson_known(rng: &mut ChaCha8Rng, lambda: f64, exp_neg_lambda: f64, cap: u64) -> u64 {
-    if lambda >= 30.0 {
-        return poisson_capped(rng, lambda, cap);
-    }
-    let u: f64 = rng.random();
-    let mut k = 0u64;
-    let mut p = exp_neg_lambda;
-    let mut cumulative = p;
-    while u > cumulative && k < 200 {
-        k += 1;
-        p *= lambda / k as f64;
-        cumulative += p;
-    }
-    k.min(cap)
-}
-
-/// Rounds a non-negative float to the nearest whole number (negative gives 0).
-fn round_count(value: f64) -> u64 {
-    (value + 0.5).max(0.0) as u64
-}
-
-/// A binomial draw (Poisson or normal approximation), at most `trials`.
-fn binomial_approx(rng: &mut ChaCha8Rng, trials: u64, probability: f64) -> u64 {
-    if probability <= 0.0 || trials == 0 {
-        return 0;
-    }
-    if probability >= 1.0 {
-        return trials;
-    }
-    let mean = trials as f64 * probability;
-    if mean < 30.0 && probability < 0.1 {
-        return poisson_capped(rng, mean, trials);
-    }
-    let z: f64 = rng.sample(StandardNormal);
-    let sd = (mean * (1.0 - probability)).sqrt();
-    round_count(mean + sd * z).min(trials)
 }
 
 impl<'a> Run<'a> {
@@ -1092,250 +1001,6 @@ impl<'a> Run<'a> {
 
     fn rollout_running(&self) -> bool {
         !self.open_rollouts.is_empty()
-    }
-
-    /// One health interval on every node. The real agent scrapes its consumer's metrics once
-    /// and reports that one sample for every unit with an active version
-    /// (`crates/agent/src/health.rs`), so the errors and latency of every version a node runs,
-    /// whatever its unit, and of any fleet-wide incident show in the health of each unit.
-    fn on_health_round(&mut self) -> Result<(), SimError> {
-        let now_ms = self.now_ms;
-        let send = matches!(self.strategy, Strategy::Plan { .. }) && self.rollout_running();
-        if send && self.health_relevant_dirty {
-            self.recompute_health_relevant();
-        }
-        let incidents: Vec<&Incident> = self
-            .scenario
-            .incidents
-            .iter()
-            .filter(|incident| incident.from_ms <= now_ms && now_ms < incident.until_ms)
-            .collect();
-        let unit_count = self.units.len();
-        let mut requests_total = 0u64;
-        let mut errors_total = 0u64;
-        let mut failed_total = 0u64;
-        let mut crashes_due: Vec<(usize, u32)> = Vec::new();
-        let mut nodes_failing = 0u64;
-        for index in 0..self.nodes {
-            let (Some(&mean), Some(&(lambda, exp_neg)), Some(&base_latency_ms), Some(node)) = (
-                self.mean_requests.get(index),
-                self.background_errors.get(index),
-                self.fleet.latency_ms.get(index),
-                self.fleet.nodes.get(index),
-            ) else {
-                continue;
-            };
-            if self.is_dead(index) {
-                continue;
-            }
-            // What the versions this node runs do to its requests.
-            let mut hurt = false;
-            let mut down = false;
-            let mut ok_q = 1.0f64;
-            let mut latency_add_ms = 0.0f64;
-            for unit in 0..unit_count {
-                let pair = unit.saturating_mul(self.nodes).saturating_add(index);
-                let (Some(&slot), Some(&hurt_from_ms)) =
-                    (self.running.get(pair), self.hurt_from_ms.get(pair))
-                else {
-                    continue;
-                };
-                if now_ms < hurt_from_ms {
-                    continue;
-                }
-                let Some(info) = self.slots.get(slot as usize) else {
-                    continue;
-                };
-                hurt = true;
-                down |= info.effect.crash;
-                ok_q *= 1.0 - info.extra_error_q;
-                latency_add_ms += info.latency_add_ms;
-            }
-            // The SLOs each unit's health counts in on this node (per unit, as the server
-            // looks them up per report).
-            let slo_cover: Vec<Vec<usize>> = if self.slos.is_empty() {
-                Vec::new()
-            } else {
-                self.units
-                    .iter()
-                    .map(|unit| self.slos.covering(unit, &node.labels))
-                    .collect()
-            };
-            let mut incident_ok_q = 1.0f64;
-            let mut latency_x = 1.0f64;
-            for incident in &incidents {
-                if incident.applies_to(&node.labels) {
-                    incident_ok_q *= 1.0 - incident.error_rate;
-                    latency_x *= incident.latency_x;
-                }
-            }
-            let requests = if mean < REQUESTS_POISSON_BELOW {
-                poisson_capped(&mut self.rng, mean, u64::MAX)
-            } else {
-                let z: f64 = self.rng.sample(StandardNormal);
-                round_count(mean + mean.sqrt() * z)
-            };
-            // Errors of Poisson traffic thinned by the error rate are Poisson with the thinned
-            // mean, so the per-node `exp(-mean)` can be computed once.
-            let background_errors = poisson_known(&mut self.rng, lambda, exp_neg, requests);
-            nodes_failing += u64::from(hurt);
-            if hurt && let Some(flag) = self.ever_failed.get_mut(index) {
-                *flag = true;
-            }
-            let failed = if hurt {
-                binomial_approx(&mut self.rng, requests - background_errors, 1.0 - ok_q)
-            } else {
-                0
-            };
-            let incident_errors = if incident_ok_q < 1.0 {
-                binomial_approx(
-                    &mut self.rng,
-                    requests - background_errors - failed,
-                    1.0 - incident_ok_q,
-                )
-            } else {
-                0
-            };
-            let errors = background_errors + failed + incident_errors;
-            requests_total += requests;
-            errors_total += errors;
-            failed_total += failed;
-            // A crashed consumer answers no metrics scrape: the agent sends no health for the
-            // node (so silence can fire) and reports the crash within this interval, for every
-            // unit whose active version is on trial.
-            if down {
-                for unit in 0..unit_count {
-                    let pair = unit.saturating_mul(self.nodes).saturating_add(index);
-                    if !self.crash_reported.get(pair).copied().unwrap_or(true) {
-                        crashes_due.push((index, u32::try_from(unit).unwrap_or(u32::MAX)));
-                    }
-                }
-                continue;
-            }
-            let median_ms = base_latency_ms * latency_x + latency_add_ms;
-            if let (Some(cached), Some(shape)) = (
-                self.latency_median_ms.get_mut(index),
-                self.latency_shape.get_mut(index),
-            ) && cached.to_bits() != median_ms.to_bits()
-            {
-                *cached = median_ms;
-                *shape = LatencyShape::around(median_ms);
-            }
-            let Some(shape) = self.latency_shape.get(index).copied() else {
-                continue;
-            };
-            let monitored = self.plan.health_source.is_some();
-            for unit in 0..unit_count {
-                let pair = unit.saturating_mul(self.nodes).saturating_add(index);
-                let has_version = self
-                    .running
-                    .get(pair)
-                    .and_then(|slot| self.slots.get(*slot as usize))
-                    .is_some_and(|info| info.hash.is_some());
-                if let Some(Event::Health { sample, .. }) = self.health_events.get_mut(pair) {
-                    sample.requests = requests;
-                    sample.errors = errors;
-                    shape.fill(&mut sample.latency, requests);
-                }
-                // The agent sends this sample whatever the engine needs: it counts in the SLOs.
-                if has_version && let Some(cover) = slo_cover.get(unit) {
-                    for slo in cover {
-                        self.slos.record(*slo, requests, errors, now_ms);
-                    }
-                }
-                let relevant =
-                    !self.health_filter || self.health_relevant.get(pair).copied().unwrap_or(false);
-                if send
-                    && relevant
-                    && has_version
-                    && let Some(event) = self.health_events.get(pair)
-                {
-                    // A plan whose health comes from a monitoring system reads the same
-                    // consumer counters through it: the engine counts only those.
-                    let through_monitoring;
-                    let event = match event {
-                        Event::Health {
-                            node,
-                            unit,
-                            version,
-                            sample,
-                        } if monitored => {
-                            through_monitoring = Event::MonitoredHealth {
-                                node: node.clone(),
-                                unit: unit.clone(),
-                                version: *version,
-                                sample: *sample,
-                            };
-                            &through_monitoring
-                        }
-                        other => other,
-                    };
-                    let actions = self
-                        .engine
-                        .step(now_ms, event)
-                        .map_err(|error| engine_error("Health", now_ms, &error))?;
-                    if !actions.is_empty() {
-                        self.carry_out(actions);
-                    }
-                }
-            }
-        }
-        for (index, unit) in crashes_due {
-            self.report_crash(index, unit)?;
-        }
-        let failing_share = nodes_failing as f64 / self.fleet.nodes.len().max(1) as f64;
-        if failing_share > self.metrics.nodes_failing_max_fraction {
-            self.metrics.nodes_failing_max_fraction = failing_share;
-        }
-        self.metrics.requests_total += requests_total;
-        self.metrics.requests_errors += errors_total;
-        self.metrics.requests_failed += failed_total;
-        if self.timeline.len() < TIMELINE_MAX_POINTS {
-            self.timeline.push(TimelinePoint {
-                at_ms: now_ms,
-                error_rate: if requests_total > 0 {
-                    errors_total as f64 / requests_total as f64
-                } else {
-                    0.0
-                },
-                nodes_bad_fraction: self.nodes_on_bad as f64 / self.fleet.nodes.len().max(1) as f64,
-            });
-        }
-        let nodes_on_bad = self.nodes_on_bad;
-        self.log("-", || {
-            format!(
-                "health requests={requests_total} errors={errors_total} nodes_on_bad={nodes_on_bad}"
-            )
-        });
-        self.tick()?;
-        let next_ms = now_ms.saturating_add(self.scenario.health_interval_ms);
-        if next_ms <= self.scenario.duration_ms {
-            self.schedule(next_ms, SimEvent::HealthRound);
-        }
-        Ok(())
-    }
-
-    /// The server's burn-rate feed: the units whose running rollouts have burn-rate gates get
-    /// the service's burn rates from the SLOs (`crates/server/src/slo.rs`,
-    /// `feed_burn_rates_forever`), every [`BURN_FEED_INTERVAL_MS`].
-    fn on_burn_feed(&mut self) -> Result<(), SimError> {
-        let now_ms = self.now_ms;
-        for unit in self.engine.units_reading_burn_rates() {
-            let burn_rates = self.slos.burn_rates(&unit, now_ms);
-            let event = Event::BurnRates { unit, burn_rates };
-            let actions = self
-                .engine
-                .step(now_ms, &event)
-                .map_err(|error| engine_error("BurnRates", now_ms, &error))?;
-            if !actions.is_empty() {
-                self.carry_out(actions);
-            }
-        }
-        let next_ms = now_ms.saturating_add(BURN_FEED_INTERVAL_MS);
-        if next_ms <= self.scenario.duration_ms {
-            self.schedule(next_ms, SimEvent::BurnFeed);
-        }
-        Ok(())
     }
 
     /// A node's agent stops: it sends nothing from now on.
