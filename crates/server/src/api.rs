@@ -45,6 +45,7 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod break_glass;
 mod changelog;
+mod convert;
 mod elevations;
 pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};
 mod incidents;

@@ -108,7 +108,7 @@ pub(super) async fn heartbeat(
 pub(super) async fn list_nodes(
     State(state): State<AppState>,
     query: Result<Query<page::PageQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::NodeList>, ApiError> {
     let page = page::Page::from_query(query)?;
     let (after, limit) = (page.after.clone(), page.limit);
     // A page ends early rather than show a node with some of its versions (see nodes_page).
@@ -124,10 +124,10 @@ pub(super) async fn list_nodes(
             node.last_seen_ms = node.last_seen_ms.max(seen_ms);
         }
     }
-    Ok(axum::Json(json!({
-        "nodes": nodes,
-        "next": next,
-        "now_ms": now_ms(),
-        "down_after_ms": state.shared.node_down_after_ms,
-    })))
+    Ok(axum::Json(failsmall_wire::NodeList {
+        nodes: nodes.into_iter().map(Into::into).collect(),
+        next,
+        now_ms: now_ms(),
+        down_after_ms: state.shared.node_down_after_ms,
+    }))
 }

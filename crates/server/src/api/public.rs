@@ -2,11 +2,14 @@
 
 use super::*;
 
-pub(super) async fn healthz(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+pub(super) async fn healthz(
+    State(state): State<AppState>,
+) -> Result<axum::Json<failsmall_wire::Health>, ApiError> {
     let schema_version = db(&state, |store| Ok(store.schema_version()?)).await?;
-    Ok(axum::Json(
-        json!({"status": "ok", "schema_version": schema_version}),
-    ))
+    Ok(axum::Json(failsmall_wire::Health {
+        status: "ok".to_owned(),
+        schema_version,
+    }))
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -151,6 +154,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-pub(super) async fn signing_key(State(state): State<AppState>) -> axum::Json<Value> {
-    axum::Json(json!({"algorithm": "ed25519", "public_key": state.shared.signer.public_key_hex()}))
+pub(super) async fn signing_key(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::SigningKey> {
+    axum::Json(failsmall_wire::SigningKey {
+        algorithm: "ed25519".to_owned(),
+        public_key: state.shared.signer.public_key_hex(),
+    })
 }
