@@ -10,6 +10,7 @@ pub mod changelog;
 pub mod error;
 pub mod nodes;
 pub mod public;
+pub mod requests;
 pub mod versions;
 
 pub use changelog::{ChangeEntry, ChangelogPage};

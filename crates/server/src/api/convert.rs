@@ -98,3 +98,16 @@ impl From<crate::store::VersionRecord> for failsmall_wire::Version {
         }
     }
 }
+
+impl From<failsmall_wire::requests::Role> for crate::auth::Role {
+    fn from(role: failsmall_wire::requests::Role) -> Self {
+        use failsmall_wire::requests::Role as Wire;
+        match role {
+            Wire::Viewer => Self::Viewer,
+            Wire::Deployer => Self::Deployer,
+            Wire::Approver => Self::Approver,
+            Wire::Admin => Self::Admin,
+            Wire::Agent => Self::Agent,
+        }
+    }
+}

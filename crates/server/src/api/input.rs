@@ -46,6 +46,16 @@ pub(super) fn json_body<T: DeserializeOwned>(
     })
 }
 
+/// A body whose every field is optional: an empty body is the default.
+pub(super) fn optional_json_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
+        return Ok(T::default());
+    }
+    json_body(body)
+}
+
 pub(super) fn unit_name(name: &str) -> Result<UnitName, ApiError> {
     UnitName::new(name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_unit_name", e.to_string()))

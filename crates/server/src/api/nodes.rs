@@ -1,13 +1,7 @@
 //! Nodes: register, list, remove, liveness.
 
 use super::*;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RegisterNodeRequest {
-    #[serde(default)]
-    labels: Labels,
-}
+use failsmall_wire::requests::RegisterNodeRequest;
 
 pub(super) fn node_id(id: &str) -> Result<NodeId, ApiError> {
     NodeId::new(id)

@@ -2,6 +2,11 @@
 //! ([`failsmall_wire`], `utoipa::ToSchema`), its operations from [`route_table`], so a route
 //! cannot exist without an operation nor an operation without a route.
 
+use failsmall_wire::requests::{
+    CreateTokenRequest, CreateWebhookRequest, ElevationRequest, OpenIncidentRequest, ReasonRequest,
+    RegisterNodeRequest, ResolveIncidentRequest, ReviewIncidentRequest, Role,
+    UpdateIncidentRequest,
+};
 use failsmall_wire::{
     AppliedVersion, ChangeEntry, ChangelogPage, ErrorBody, ErrorDetail, HASH_PATTERN, Health,
     NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
@@ -25,7 +30,17 @@ use super::*;
         NodeList,
         ChangeEntry,
         ChangelogPage,
-        Version
+        Version,
+        Role,
+        CreateTokenRequest,
+        RegisterNodeRequest,
+        OpenIncidentRequest,
+        UpdateIncidentRequest,
+        ResolveIncidentRequest,
+        ReviewIncidentRequest,
+        ReasonRequest,
+        ElevationRequest,
+        CreateWebhookRequest
     )),
     modifiers(&BearerScheme)
 )]
@@ -68,6 +83,9 @@ const IDEMPOTENT_CREATES: &[&str] = &["/v1/units/{unit}/versions"];
 
 /// Routes that are rate limited (429 while too many are in flight or asked for).
 const LIMITED_ROUTES: &[&str] = &["/v1/units/{unit}/versions", "/v1/break-glass/requests"];
+
+/// Paged lists ordered by a number: their `after` cursor is one.
+const NUMBERED_PAGES: &[&str] = &["/v1/units/{unit}/versions", "/v1/rollouts", "/v1/tokens"];
 
 /// Routes answering 304 to a matching `If-None-Match`.
 const CONDITIONAL_ROUTES: &[&str] = &["/v1/blobs/{sha256}"];
@@ -135,6 +153,12 @@ fn responses(route: &RouteSpec) -> Value {
         errors.push(("403", "The token's role may not use this route"));
     }
     errors.push(("404", "No such resource"));
+    if !writes && !query_parameters(route.path).is_empty() {
+        errors.push((
+            "422",
+            "A query parameter is out of bounds (the reason names it)",
+        ));
+    }
     if writes {
         errors.push((
             "409",
@@ -177,9 +201,19 @@ pub fn openapi_document() -> Value {
             .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(path_parameter)
             .collect();
-        parameters.extend(query_parameters(route.path));
+        if route.method == Method::GET {
+            parameters.extend(query_parameters(route.path));
+        }
         if route.method == Method::GET && page::PAGED_ROUTES.contains(&route.path) {
-            parameters.extend(page::parameters());
+            parameters.extend(page::parameters().map(|mut parameter| {
+                if parameter.get("name").and_then(Value::as_str) == Some("after")
+                    && NUMBERED_PAGES.contains(&route.path)
+                    && let Some(schema) = parameter.get_mut("schema")
+                {
+                    *schema = json!({"type": "string", "pattern": "^[0-9]{0,19}$"});
+                }
+                parameter
+            }));
         }
         let security = if route.access == Access::Public {
             json!([])
@@ -273,11 +307,12 @@ fn hand_written_schemas() -> Value {
 pub(super) fn query_parameters(path: &str) -> Vec<Value> {
     match path {
         "/v1/changelog" | "/v1/changelog.atom" => vec![
-            json!({"name": "unit", "in": "query", "schema": {"type": "string"}, "description": "Only this unit's entries"}),
+            json!({"name": "unit", "in": "query", "schema": {"type": "string", "pattern": UNIT_NAME_PATTERN}, "description": "Only this unit's entries"}),
+            json!({"name": "team", "in": "query", "schema": {"type": "string", "maxLength": MAX_TEXT_BYTES}, "description": "Only entries about the units this team owns (a unit's owner is its team)"}),
             json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": "^r?[0-9]+$"}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
-            json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
+            json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
-            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "The next_cursor of the previous page: entries after it oldest first, before it newest first"}),
+            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "The next_cursor of the previous page: entries after it oldest first, before it newest first"}),
             json!({"name": "order", "in": "query", "schema": {"type": "string", "enum": ["oldest", "newest"]}, "description": "oldest first (the default of /v1/changelog) or newest first (the default of the feed)"}),
             json!({
                 "name": "label",
@@ -289,6 +324,9 @@ pub(super) fn query_parameters(path: &str) -> Vec<Value> {
                 "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
             }),
         ],
+        "/v1/units/{unit}/diff" => ["from", "to"]
+            .map(|name| json!({"name": name, "in": "query", "required": true, "schema": {"type": "string", "pattern": HASH_PATTERN}, "description": "A version's hash"}))
+            .to_vec(),
         "/v1/incidents" | "/status" | "/status.json" | "/status/feed.atom" => vec![
             json!({"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": incidents::RESOLVED_DAYS_MAX, "default": incidents::RESOLVED_DAYS_DEFAULT}, "description": "Resolved incidents of the last DAYS days (open ones always)"}),
         ],
@@ -304,6 +342,27 @@ pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
         return Some(
             json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}}),
         );
+    }
+    let wire = match (method.as_str(), path) {
+        ("POST", "/v1/tokens") => Some(("CreateTokenRequest", true)),
+        ("PUT", "/v1/nodes/{node}") => Some(("RegisterNodeRequest", true)),
+        ("POST", "/v1/incidents") => Some(("OpenIncidentRequest", true)),
+        ("POST", "/v1/incidents/{id}/updates") => Some(("UpdateIncidentRequest", true)),
+        ("POST", "/v1/incidents/{id}/resolve") => Some(("ResolveIncidentRequest", false)),
+        ("PUT", "/v1/incidents/{id}/review") => Some(("ReviewIncidentRequest", true)),
+        ("POST", "/v1/break-glass/requests") => Some(("ElevationRequest", true)),
+        ("POST", "/v1/break-glass/requests/{id}/approve")
+        | ("POST", "/v1/freezes/{id}/lift")
+        | ("POST", "/v1/maintenance/{id}/end") => Some(("ReasonRequest", false)),
+        ("POST", "/v1/freezes/now") => Some(("ReasonRequest", true)),
+        ("POST", "/v1/webhooks") => Some(("CreateWebhookRequest", true)),
+        _ => None,
+    };
+    if let Some((name, required)) = wire {
+        return Some(json!({
+            "required": required,
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}
+        }));
     }
     (method == Method::POST && path == "/v1/nodes/{node}/reports").then(|| {
         json!({"required": true, "content": {"application/json": {"schema": {"oneOf": [
