@@ -57,8 +57,13 @@ impl IntoResponse for ApiError {
                 "request failed"
             );
         }
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "detail": self.detail}});
+        let body = failsmall_wire::ErrorBody {
+            error: failsmall_wire::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                detail: self.detail,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

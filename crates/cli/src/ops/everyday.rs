@@ -9,7 +9,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use failsmall_core::duration::format_ms;
 use failsmall_core::engine::RolloutView;
-use failsmall_server::store::{UnitRecord, VersionRecord};
+use failsmall_server::store::UnitRecord;
+use failsmall_wire::Version;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -245,7 +246,7 @@ pub fn version(args: &VersionArgs) -> anyhow::Result<Outcome> {
         VersionCommand::Get { unit, hash, out } => {
             let hash = super::versions::resolve_hash(&client, unit, hash)?;
             // The version must be the unit's: a blob of another unit is not this one's version.
-            let _: VersionRecord = client.get(&format!("/v1/units/{unit}/versions/{hash}"), &[])?;
+            let _: Version = client.get(&format!("/v1/units/{unit}/versions/{hash}"), &[])?;
             let bytes = client.get_bytes(&format!("/v1/blobs/{hash}"))?;
             match out {
                 Some(path) => {
@@ -273,7 +274,7 @@ pub fn version(args: &VersionArgs) -> anyhow::Result<Outcome> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct VersionStatus {
     #[serde(flatten)]
-    pub record: VersionRecord,
+    pub record: Version,
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use failsmall_core::duration::parse_duration_ms;
-use failsmall_server::store::ChangeRecord;
+use failsmall_wire::ChangeEntry;
 use serde::Deserialize;
 
 use super::RemoteArgs;
@@ -69,7 +69,7 @@ pub struct LogArgs {
 
 #[derive(Debug, Deserialize)]
 struct ChangelogPage {
-    entries: Vec<ChangeRecord>,
+    entries: Vec<ChangeEntry>,
     next_cursor: Option<u64>,
 }
 
@@ -138,9 +138,9 @@ fn newest(
     client: &ApiClient,
     args: &LogArgs,
     since: Option<u64>,
-) -> Result<Vec<ChangeRecord>, ClientError> {
+) -> Result<Vec<ChangeEntry>, ClientError> {
     let keep = usize::try_from(args.limit).unwrap_or(usize::MAX);
-    let mut entries: Vec<ChangeRecord> = Vec::new();
+    let mut entries: Vec<ChangeEntry> = Vec::new();
     let mut cursor = None;
     for _ in 0..LOG_PAGES_MAX {
         let wanted = keep.saturating_sub(entries.len());
@@ -169,7 +169,7 @@ fn read_on(
     client: &ApiClient,
     args: &LogArgs,
     cursor: &mut Option<u64>,
-    mut each: impl FnMut(ChangeRecord),
+    mut each: impl FnMut(ChangeEntry),
 ) -> Result<(), ClientError> {
     for _ in 0..FOLLOW_PAGES_MAX {
         let query = query(args, None, *cursor, LOG_PAGE_ENTRIES);
@@ -254,7 +254,7 @@ fn follow(client: &ApiClient, args: &LogArgs, mut cursor: Option<u64>) -> anyhow
 }
 
 /// One entry on one line: the table's cells, or compact JSON.
-fn print_line(entry: &ChangeRecord, json: bool) -> anyhow::Result<()> {
+fn print_line(entry: &ChangeEntry, json: bool) -> anyhow::Result<()> {
     if json {
         outln!("{}", serde_json::to_string(entry)?);
     } else {
@@ -264,7 +264,7 @@ fn print_line(entry: &ChangeRecord, json: bool) -> anyhow::Result<()> {
 }
 
 /// id, time, actor, kind, unit, version, reason.
-fn cells(entry: &ChangeRecord) -> Vec<String> {
+fn cells(entry: &ChangeEntry) -> Vec<String> {
     vec![
         entry.id.to_string(),
         rfc3339(entry.at_ms),

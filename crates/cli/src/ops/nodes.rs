@@ -1,7 +1,7 @@
 //! `failsmall nodes`: the nodes the server knows.
 
 use clap::Args;
-use failsmall_server::store::NodeRecord;
+use failsmall_wire::Node;
 use serde::Deserialize;
 
 use super::RemoteArgs;
@@ -57,7 +57,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Deserialize)]
 struct NodeList {
-    nodes: Vec<NodeRecord>,
+    nodes: Vec<Node>,
     /// The server's clock when it answered, and its threshold for down (absent from older
     /// servers: then every node reads as alive).
     #[serde(default)]
@@ -68,7 +68,7 @@ struct NodeList {
 
 impl NodeList {
     /// Whether `node` is down, by the server's clock and threshold.
-    fn is_down(&self, node: &NodeRecord) -> bool {
+    fn is_down(&self, node: &Node) -> bool {
         match (self.now_ms, self.down_after_ms) {
             (Some(now_ms), Some(after_ms)) => now_ms.saturating_sub(node.last_seen_ms) > after_ms,
             _ => false,
@@ -76,7 +76,7 @@ impl NodeList {
     }
 }
 
-fn selected<'a>(args: &NodesArgs, list: &'a NodeList) -> Vec<&'a NodeRecord> {
+fn selected<'a>(args: &NodesArgs, list: &'a NodeList) -> Vec<&'a Node> {
     list.nodes
         .iter()
         .filter(|node| {
@@ -150,7 +150,7 @@ pub fn run(args: &NodesArgs) -> anyhow::Result<Outcome> {
 }
 
 /// `unit=3f2a9c1e04b7,...` (the versions the node reported applied), or `-`.
-fn versions_text(node: &NodeRecord) -> String {
+fn versions_text(node: &Node) -> String {
     if node.versions.is_empty() {
         return "-".to_owned();
     }

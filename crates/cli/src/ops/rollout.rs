@@ -304,7 +304,7 @@ const NO_NODE_MARK: &str = "no nodes selected by this stage";
 
 #[derive(Debug, Deserialize)]
 struct ChangelogPage {
-    entries: Vec<failsmall_server::store::ChangeRecord>,
+    entries: Vec<failsmall_wire::ChangeEntry>,
 }
 
 /// The stages of rollout `id` that selected no node and so passed at once, in order, with

@@ -8,8 +8,9 @@ use failsmall_core::duration::{format_ms, parse_duration_ms};
 use failsmall_core::plan::Plan;
 use failsmall_core::validate::UnitSpec;
 use failsmall_core::yaml;
-use failsmall_server::store::{UnitRecord, VersionRecord};
+use failsmall_server::store::UnitRecord;
 use failsmall_server::validator::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, ValidatorCommand};
+use failsmall_wire::Version;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -182,7 +183,7 @@ struct UnitList {
 
 #[derive(Debug, Deserialize)]
 struct VersionList {
-    versions: Vec<VersionRecord>,
+    versions: Vec<Version>,
 }
 
 pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
@@ -341,7 +342,7 @@ fn format_name(spec: &UnitSpec) -> String {
         .unwrap_or_default()
 }
 
-fn show(unit: &UnitRecord, versions: &[VersionRecord]) -> anyhow::Result<()> {
+fn show(unit: &UnitRecord, versions: &[Version]) -> anyhow::Result<()> {
     outln!("unit         {}", unit.name);
     outln!("owner        {}", unit.owner);
     outln!("description  {}", unit.description);

@@ -6,7 +6,8 @@ use anyhow::bail;
 use clap::Args;
 use failsmall_core::engine::RolloutView;
 use failsmall_core::plan::Plan;
-use failsmall_server::store::{UnitRecord, VersionRecord};
+use failsmall_server::store::UnitRecord;
+use failsmall_wire::Version;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
@@ -82,7 +83,7 @@ pub struct DiffArgs {
 
 #[derive(Debug, Deserialize)]
 struct VersionList {
-    versions: Vec<VersionRecord>,
+    versions: Vec<Version>,
 }
 
 /// Reads and parses a plan file; every error as `file:line:column: field: message`.
@@ -104,7 +105,7 @@ pub fn load_plan(path: Option<&Path>) -> anyhow::Result<(String, String)> {
 #[derive(Debug, Deserialize)]
 struct Pushed {
     #[serde(flatten)]
-    version: VersionRecord,
+    version: Version,
     #[serde(default)]
     rollout: Option<RolloutView>,
 }
@@ -259,7 +260,7 @@ pub fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Resu
         );
     }
     let list: VersionList = client.get_all(&format!("/v1/units/{unit}/versions"), "versions")?;
-    let matching: Vec<&VersionRecord> = list
+    let matching: Vec<&Version> = list
         .versions
         .iter()
         .filter(|v| v.hash.starts_with(&given))

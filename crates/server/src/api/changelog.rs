@@ -154,7 +154,7 @@ pub(super) fn changelog_query(
 pub(super) async fn changelog(
     State(state): State<AppState>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::ChangelogPage>, ApiError> {
     let query = changelog_query(params, false)?;
     let (page, teams) = db(&state, move |store| {
         let page = store.changelog_page(&query)?;
@@ -167,23 +167,7 @@ pub(super) async fn changelog(
     })
     .await?;
     // Each entry with its unit's team (the unit's owner), when the unit still exists.
-    let entries: Vec<Value> = page
-        .entries
-        .iter()
-        .map(|entry| {
-            let mut value = json!(entry);
-            if let (Some(team), Some(fields)) = (
-                entry.unit.as_ref().and_then(|unit| teams.get(unit)),
-                value.as_object_mut(),
-            ) {
-                fields.insert("team".to_owned(), json!(team));
-            }
-            value
-        })
-        .collect();
-    Ok(axum::Json(
-        json!({ "entries": entries, "next_cursor": page.next_cursor }),
-    ))
+    Ok(axum::Json(convert::changelog_page(page, &teams)?))
 }
 
 pub(super) fn xml_escape(text: &str) -> String {

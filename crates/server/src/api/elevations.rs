@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::store::{ElevationOutcome, ElevationRecord};
+use failsmall_wire::requests::{ElevationRequest, ReasonRequest};
 
 /// Shortest and longest elevated role.
 pub const ELEVATION_MIN_MS: u64 = 60_000;
@@ -19,22 +20,6 @@ pub const ELEVATIONS_LISTED_MAX: u32 = 200;
 /// Approvals a request needs unless the server says otherwise, and the most it may ask.
 pub const ELEVATION_APPROVALS_DEFAULT: usize = 2;
 pub const ELEVATION_APPROVALS_MAX: usize = 10;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RequestBody {
-    role: Role,
-    /// `30m`, `2h`: how long the role lasts once granted.
-    duration: String,
-    reason: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ApproveBody {
-    #[serde(default)]
-    reason: String,
-}
 
 fn refused(why: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "break_glass_refused", why)
@@ -92,14 +77,15 @@ pub(super) async fn request(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let body: RequestBody = json_body(body)?;
-    if !matches!(body.role, Role::Admin | Role::Deployer | Role::Approver) {
+    let body: ElevationRequest = json_body(body)?;
+    let role = Role::from(body.role);
+    if !matches!(role, Role::Admin | Role::Deployer | Role::Approver) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "bad_role",
             format!(
                 "role: break glass grants admin, deployer or approver, not {}",
-                body.role
+                role
             ),
         ));
     }
@@ -135,14 +121,14 @@ pub(super) async fn request(
         let text = format!(
             "{} asks for role {} for {}: {}; {needed} other people must approve",
             caller.name,
-            body.role,
+            role,
             failsmall_core::duration::format_ms(duration_ms),
             body.reason
         );
         let change = change(&caller.name, "break_glass_requested", &text);
         Ok(Ok(store.create_elevation(
             &caller.name,
-            body.role,
+            role,
             duration_ms,
             &body.reason,
             &change,
@@ -181,7 +167,7 @@ pub(super) async fn approve(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = path_param(id)?;
-    let body: ApproveBody = json_body(body)?;
+    let body: ReasonRequest = optional_json_body(body)?;
     text_field("reason", &body.reason)?;
     let needed = state.break_glass_approvals();
     let outcome = db(&state, move |store| {

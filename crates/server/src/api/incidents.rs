@@ -20,45 +20,15 @@ use crate::incidents::{
 use crate::store::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
 
 use super::*;
+use failsmall_wire::requests::{
+    OpenIncidentRequest as OpenRequest, ResolveIncidentRequest as ResolveRequest,
+    ReviewIncidentRequest as ReviewRequest, UpdateIncidentRequest as UpdateRequest,
+};
 
 /// Resolved incidents listed by default, and at most, in days.
 pub const RESOLVED_DAYS_DEFAULT: u64 = 14;
 pub const RESOLVED_DAYS_MAX: u64 = 90;
 const DAY_MS: u64 = 24 * 3600 * 1000;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct OpenRequest {
-    title: String,
-    severity: String,
-    #[serde(default)]
-    components: Vec<String>,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateRequest {
-    message: String,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    severity: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ResolveRequest {
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReviewRequest {
-    markdown: String,
-}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

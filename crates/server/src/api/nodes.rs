@@ -1,13 +1,7 @@
 //! Nodes: register, list, remove, liveness.
 
 use super::*;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RegisterNodeRequest {
-    #[serde(default)]
-    labels: Labels,
-}
+use failsmall_wire::requests::RegisterNodeRequest;
 
 pub(super) fn node_id(id: &str) -> Result<NodeId, ApiError> {
     NodeId::new(id)
@@ -108,7 +102,7 @@ pub(super) async fn heartbeat(
 pub(super) async fn list_nodes(
     State(state): State<AppState>,
     query: Result<Query<page::PageQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::NodeList>, ApiError> {
     let page = page::Page::from_query(query)?;
     let (after, limit) = (page.after.clone(), page.limit);
     // A page ends early rather than show a node with some of its versions (see nodes_page).
@@ -124,10 +118,10 @@ pub(super) async fn list_nodes(
             node.last_seen_ms = node.last_seen_ms.max(seen_ms);
         }
     }
-    Ok(axum::Json(json!({
-        "nodes": nodes,
-        "next": next,
-        "now_ms": now_ms(),
-        "down_after_ms": state.shared.node_down_after_ms,
-    })))
+    Ok(axum::Json(failsmall_wire::NodeList {
+        nodes: nodes.into_iter().map(Into::into).collect(),
+        next,
+        now_ms: now_ms(),
+        down_after_ms: state.shared.node_down_after_ms,
+    }))
 }

@@ -5,17 +5,7 @@ use crate::notify::{self as outbox, WebhookKind};
 use crate::store::WebhookRecord;
 
 use super::*;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateWebhookRequest {
-    name: String,
-    url: String,
-    kind: String,
-    events: Vec<String>,
-    #[serde(default)]
-    secret: Option<String>,
-}
+use failsmall_wire::requests::CreateWebhookRequest;
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::new(

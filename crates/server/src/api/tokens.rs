@@ -1,22 +1,7 @@
 //! Tokens: create, list, revoke, rotate.
 
 use super::*;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateTokenRequest {
-    name: String,
-    role: Role,
-    /// The node an agent token acts for: required for `agent`, refused for other roles.
-    #[serde(default)]
-    node: Option<String>,
-    /// The person the token acts for; default: the creator, for people's roles.
-    #[serde(default)]
-    owner: Option<String>,
-    /// How long it is accepted (`30d`, `12h`); default: until revoked.
-    #[serde(default)]
-    expires_in: Option<String>,
-}
+use failsmall_wire::requests::CreateTokenRequest;
 
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
@@ -42,7 +27,7 @@ pub(super) async fn create_token(
             "token name must be 1 to 128 bytes",
         ));
     }
-    let node = match (request.role, request.node.as_deref()) {
+    let node = match (Role::from(request.role), request.node.as_deref()) {
         (Role::Agent, Some(node)) => Some(node_id(node)?.to_string()),
         (Role::Agent, None) => {
             return Err(ApiError::new(
@@ -62,7 +47,7 @@ pub(super) async fn create_token(
     };
     let (owner, expires_ms) = trust::owner_and_expiry(
         &caller,
-        request.role,
+        Role::from(request.role),
         request.owner.as_deref(),
         request.expires_in.as_deref(),
         now_ms(),
@@ -78,7 +63,7 @@ pub(super) async fn create_token(
         let reason = format!(
             "token {:?} with role {}{bound}{}",
             request.name,
-            request.role,
+            Role::from(request.role),
             trust::owner_and_expiry_text(owner.as_deref(), expires_ms)
         );
         let change = NewChange {
@@ -94,7 +79,7 @@ pub(super) async fn create_token(
         };
         let new = crate::store::NewToken {
             name: &request.name,
-            role: request.role,
+            role: Role::from(request.role),
             node: node.as_deref(),
             owner: owner.as_deref(),
             expires_ms,

@@ -331,7 +331,7 @@ pub(super) async fn push_and_roll_out(
 pub(super) async fn show_version(
     State(state): State<AppState>,
     params: Result<Path<(String, String)>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::Version>, ApiError> {
     let (unit, hash) = path_param(params)?;
     let name = unit_name(&unit)?;
     let hash = version_hash(&hash)?.to_string();
@@ -340,7 +340,7 @@ pub(super) async fn show_version(
         move |store| Ok(store.version(name.as_str(), &hash)?),
     )
     .await?;
-    Ok(axum::Json(json!(version)))
+    Ok(axum::Json(version.into()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,7 @@ use failsmall_core::freeze::{
 use failsmall_core::plan::Selector;
 
 use super::*;
+use failsmall_wire::requests::ReasonRequest;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
@@ -61,13 +62,6 @@ enum WindowWire {
 pub(super) struct CreateFreezeRequest {
     scope: ScopeWire,
     window: WindowWire,
-    reason: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ReasonWire {
-    #[serde(default)]
     reason: String,
 }
 
@@ -319,7 +313,7 @@ pub(super) async fn freeze_now(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let request: ReasonWire = json_body(body)?;
+    let request: ReasonRequest = optional_json_body(body)?;
     reason_required("stopping the line", &request.reason)?;
     let now = now_ms();
     let window = Window::Once {
@@ -341,7 +335,7 @@ fn optional_reason(body: Result<Bytes, BytesRejection>) -> Result<String, ApiErr
     if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
         return Ok(String::new());
     }
-    let request: ReasonWire = json_body(body)?;
+    let request: ReasonRequest = optional_json_body(body)?;
     text_field("reason", &request.reason)?;
     Ok(request.reason)
 }

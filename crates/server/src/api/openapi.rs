@@ -1,0 +1,479 @@
+//! The OpenAPI document: its schemas are generated from the wire types
+//! ([`failsmall_wire`], `utoipa::ToSchema`), its operations from [`route_table`], so a route
+//! cannot exist without an operation nor an operation without a route.
+
+use failsmall_wire::requests::{
+    CreateTokenRequest, CreateWebhookRequest, ElevationRequest, OpenIncidentRequest, ReasonRequest,
+    RegisterNodeRequest, ResolveIncidentRequest, ReviewIncidentRequest, Role,
+    UpdateIncidentRequest,
+};
+use failsmall_wire::{
+    AppliedVersion, ChangeEntry, ChangelogPage, ErrorBody, ErrorDetail, HASH_PATTERN, Health,
+    NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
+};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use super::*;
+
+/// The wire types' schemas and the bearer security scheme.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "failsmall control plane"),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        Health,
+        SigningKey,
+        Node,
+        AppliedVersion,
+        NodeList,
+        ChangeEntry,
+        ChangelogPage,
+        Version,
+        Role,
+        CreateTokenRequest,
+        RegisterNodeRequest,
+        OpenIncidentRequest,
+        UpdateIncidentRequest,
+        ResolveIncidentRequest,
+        ReviewIncidentRequest,
+        ReasonRequest,
+        ElevationRequest,
+        CreateWebhookRequest
+    )),
+    modifiers(&BearerScheme)
+)]
+struct WireTypes;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        }
+    }
+}
+
+/// Creates: the POST routes answering 201 Created.
+const CREATED_ROUTES: &[&str] = &[
+    "/v1/units",
+    "/v1/units/{unit}/versions",
+    "/v1/rollouts",
+    "/v1/tokens",
+    "/v1/tokens/{id}/rotate",
+    "/v1/freezes",
+    "/v1/freezes/now",
+    "/v1/maintenance",
+    "/v1/webhooks",
+    "/v1/slos",
+    "/v1/incidents",
+    "/v1/nodes/{node}/break-glass",
+    "/v1/break-glass/requests",
+    "/v1/rollouts/{id}/retry",
+];
+
+/// Creates that answer 200 when what they were asked to create exists already (a version
+/// pushed again).
+const IDEMPOTENT_CREATES: &[&str] = &["/v1/units/{unit}/versions"];
+
+/// Routes that are rate limited (429 while too many are in flight or asked for).
+const LIMITED_ROUTES: &[&str] = &["/v1/units/{unit}/versions", "/v1/break-glass/requests"];
+
+/// Paged lists ordered by a number: their `after` cursor is one.
+const NUMBERED_PAGES: &[&str] = &["/v1/units/{unit}/versions", "/v1/rollouts", "/v1/tokens"];
+
+/// Routes answering 304 to a matching `If-None-Match`.
+const CONDITIONAL_ROUTES: &[&str] = &["/v1/blobs/{sha256}"];
+
+/// The media type of a route's success answer other than JSON.
+fn media_type(path: &str) -> Option<&'static str> {
+    match path {
+        "/" | "/status" => Some("text/html"),
+        "/dashboard.js" => Some("text/javascript"),
+        "/metrics" | "/v1/units/{unit}/diff" => Some("text/plain"),
+        "/v1/changelog.atom" | "/status/feed.atom" => Some("application/atom+xml"),
+        "/v1/blobs/{sha256}" => Some("application/octet-stream"),
+        _ => None,
+    }
+}
+
+/// The schema of a path parameter, by its name.
+fn path_parameter(name: &str) -> Value {
+    let schema = match name {
+        "unit" => {
+            json!({"type": "string", "pattern": UNIT_NAME_PATTERN, "description": "A unit name"})
+        }
+        "node" => json!({"type": "string", "pattern": NODE_ID_PATTERN, "description": "A node id"}),
+        "hash" | "sha256" => {
+            json!({"type": "string", "pattern": HASH_PATTERN, "description": "SHA-256, 64 hex digits"})
+        }
+        "name" => {
+            json!({"type": "string", "pattern": UNIT_NAME_PATTERN, "description": "An SLO name"})
+        }
+        _ => json!({"type": "integer", "format": "int64", "minimum": 0}),
+    };
+    json!({"name": name, "in": "path", "required": true, "schema": schema})
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+}
+
+/// Every status a route may answer, each with its body.
+fn responses(route: &RouteSpec) -> Value {
+    let mut responses = serde_json::Map::new();
+    let created = route.method == Method::POST && CREATED_ROUTES.contains(&route.path);
+    let mut ok = json!({"description": if created { "Created" } else { "OK" }});
+    if let (Some(fields), Some(content)) = (ok.as_object_mut(), success_content(route)) {
+        fields.insert("content".to_owned(), content);
+    }
+    if created && IDEMPOTENT_CREATES.contains(&route.path) {
+        let mut again = ok.clone();
+        if let Some(fields) = again.as_object_mut() {
+            fields.insert("description".to_owned(), json!("OK: it existed already"));
+        }
+        responses.insert("200".to_owned(), again);
+    }
+    responses.insert((if created { "201" } else { "200" }).to_owned(), ok);
+    if CONDITIONAL_ROUTES.contains(&route.path) {
+        responses.insert("304".to_owned(), json!({"description": "Not modified"}));
+    }
+    let writes = route.method != Method::GET;
+    let mut errors = vec![("400", "Bad input: path, query or body")];
+    if route.access != Access::Public {
+        errors.push((
+            "401",
+            "No bearer token, or an unknown, revoked or expired one",
+        ));
+        errors.push(("403", "The token's role may not use this route"));
+    }
+    errors.push(("404", "No such resource"));
+    if !writes && !query_parameters(route.path).is_empty() {
+        errors.push((
+            "422",
+            "A query parameter is out of bounds (the reason names it)",
+        ));
+    }
+    if writes {
+        errors.push((
+            "409",
+            "Conflict with the current state (a stale revision, an existing name)",
+        ));
+        errors.push(("413", "The request body is larger than the server takes"));
+        errors.push((
+            "422",
+            "The request is well-formed but refused (the reason names the field)",
+        ));
+    }
+    if LIMITED_ROUTES.contains(&route.path) {
+        errors.push(("429", "Too many requests of this kind at once"));
+    }
+    errors.push(("500", "The server failed"));
+    errors.push(("503", "The store is busy; retry"));
+    for (status, description) in errors {
+        responses.insert(status.to_owned(), error_response(description));
+    }
+    Value::Object(responses)
+}
+
+/// The content of a route's success answer.
+fn success_content(route: &RouteSpec) -> Option<Value> {
+    if let Some(media) = media_type(route.path) {
+        return Some(json!({ media: {"schema": {"type": "string"}} }));
+    }
+    let schema = response_schema(&route.method, route.path).unwrap_or_else(|| json!({}));
+    Some(json!({"application/json": {"schema": schema}}))
+}
+
+/// The OpenAPI document: one operation per route of [`route_table`].
+pub fn openapi_document() -> Value {
+    let mut document = serde_json::to_value(WireTypes::openapi()).unwrap_or_else(|_| json!({}));
+    let mut paths = serde_json::Map::new();
+    for route in route_table() {
+        let mut parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|segment| segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(path_parameter)
+            .collect();
+        if route.method == Method::GET {
+            parameters.extend(query_parameters(route.path));
+        }
+        if route.method == Method::GET && page::PAGED_ROUTES.contains(&route.path) {
+            parameters.extend(page::parameters().map(|mut parameter| {
+                if parameter.get("name").and_then(Value::as_str) == Some("after")
+                    && NUMBERED_PAGES.contains(&route.path)
+                    && let Some(schema) = parameter.get_mut("schema")
+                {
+                    *schema = json!({"type": "string", "pattern": "^[0-9]{0,19}$"});
+                }
+                parameter
+            }));
+        }
+        let security = if route.access == Access::Public {
+            json!([])
+        } else {
+            json!([{"bearer": []}])
+        };
+        let mut operation = json!({
+            "operationId": format!("{} {}", route.method, route.path),
+            "summary": route.summary,
+            "parameters": parameters,
+            "security": security,
+            "x-failsmall-access": route.access,
+            "responses": responses(&route),
+        });
+        if let (Some(body), Some(fields)) = (
+            request_body(&route.method, route.path),
+            operation.as_object_mut(),
+        ) {
+            fields.insert("requestBody".to_owned(), body);
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        if let Some(methods) = entry.as_object_mut() {
+            methods.insert(route.method.as_str().to_ascii_lowercase(), operation);
+        }
+    }
+    if let Some(fields) = document.as_object_mut() {
+        fields.insert("openapi".to_owned(), json!("3.1.0"));
+        fields.insert(
+            "info".to_owned(),
+            json!({"title": "failsmall control plane", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        fields.insert("paths".to_owned(), Value::Object(paths));
+    }
+    if let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+        && let Value::Object(written) = hand_written_schemas()
+    {
+        schemas.extend(written);
+    }
+    document
+}
+
+/// The schemas not yet generated from wire types.
+fn hand_written_schemas() -> Value {
+    json!({
+        "ValidatorCommand": {
+                    "type": "object",
+                    "description": "The consumer's own parser in check mode, run by the server (never by agents) on every pushed version before it is stored: argv (no shell), the version's bytes on stdin, empty environment but PATH, killed after timeout_ms. A non-zero exit refuses the push with 422 and the first lines of its stderr among the issues. Only an admin may set, change or remove it.",
+                    "required": ["command"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "command": {"type": "array", "minItems": 1, "maxItems": crate::validator::MAX_ARGS, "items": {"type": "string", "maxLength": crate::validator::MAX_ARG_BYTES}},
+                        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::validator::MAX_TIMEOUT_MS, "default": crate::validator::DEFAULT_TIMEOUT_MS}
+                    }
+                },
+                "Unit": {
+                    "type": "object",
+                    "description": "A unit to create (name) or update (revision: the one read; a stale one is 409). On update an absent plan or validator is unchanged and null removes it.",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "revision": {"type": "integer"},
+                        "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default, shape (flag_set)"},
+                        "owner": {"type": "string"},
+                        "description": {"type": "string"},
+                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: a push starts no rollout on the server (the CLI then requests one through the plan its pusher names, else the built-in default plan). On update, absent keeps the current plan and null removes it"},
+                        "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
+                    }
+                },
+                "Report": {
+                    "type": "object",
+                    "description": format!("One report from a node, by kind. applied, rejected, crashed, health_check_failed and health name a unit and version and are engine events. stale (since_ms: when the node's desired-state document expired, at most {STALE_CLOCK_SKEW_MS} ms after the server's clock for clock skew; seq: that document's sequence) and fresh (stale_ms: how long it was stale, at most {MAX_STALE_MS}) set and clear the node's stale_since_ms and write node_stale / node_fresh to the changelog (a fresh report for a node that is not stale records nothing). removed (unit, version: what was active, or absent) ends a removal the node's desired-state document asked for (node_removed_unit, recorded once). fetch_failed (unit, version, reason: the bundle could not be fetched intact), untrusted (seq, reason: a desired-state document refused for trust) and repaired (unit, version, reason: a damaged active file restored from its verified copy) write node_fetch_failed, node_untrusted and node_repaired to the changelog and blame no version. A field out of bounds is 422 naming it."),
+                    "required": ["kind"],
+                    "properties": {
+                        "kind": {"type": "string", "enum": ["applied", "rejected", "crashed", "health_check_failed", "health", "stale", "fresh", "removed", "fetch_failed", "untrusted", "repaired"]},
+                        "unit": {"type": "string"},
+                        "version": {"type": "string"},
+                        "reason": {"type": "string", "maxLength": MAX_TEXT_BYTES},
+                        "sample": {"type": "object"},
+                        "since_ms": {"type": "integer", "minimum": 0},
+                        "seq": {"type": "integer", "minimum": 0},
+                        "stale_ms": {"type": "integer", "minimum": 0, "maximum": MAX_STALE_MS}
+                    }
+                }
+    })
+}
+
+/// The query parameters a route takes, for the OpenAPI document.
+pub(super) fn query_parameters(path: &str) -> Vec<Value> {
+    match path {
+        "/v1/changelog" | "/v1/changelog.atom" => vec![
+            json!({"name": "unit", "in": "query", "schema": {"type": "string", "pattern": UNIT_NAME_PATTERN}, "description": "Only this unit's entries"}),
+            json!({"name": "team", "in": "query", "schema": {"type": "string", "maxLength": MAX_TEXT_BYTES}, "description": "Only entries about the units this team owns (a unit's owner is its team)"}),
+            json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": "^r?[0-9]+$"}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
+            json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
+            json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
+            json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "The next_cursor of the previous page: entries after it oldest first, before it newest first"}),
+            json!({"name": "order", "in": "query", "schema": {"type": "string", "enum": ["oldest", "newest"]}, "description": "oldest first (the default of /v1/changelog) or newest first (the default of the feed)"}),
+            json!({
+                "name": "label",
+                "in": "query",
+                "style": "form",
+                "explode": true,
+                "schema": {"type": "array", "maxItems": MAX_LABEL_FILTERS, "items": {"type": "string", "pattern": "^[^=]+=.*$"}},
+                "example": ["region=eu-west-1"],
+                "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
+            }),
+        ],
+        "/v1/units/{unit}/diff" => ["from", "to"]
+            .map(|name| json!({"name": name, "in": "query", "required": true, "schema": {"type": "string", "pattern": HASH_PATTERN}, "description": "A version's hash"}))
+            .to_vec(),
+        "/v1/incidents" | "/status" | "/status.json" | "/status/feed.atom" => vec![
+            json!({"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": incidents::RESOLVED_DAYS_MAX, "default": incidents::RESOLVED_DAYS_DEFAULT}, "description": "Resolved incidents of the last DAYS days (open ones always)"}),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The request body a route takes, where the document describes one.
+pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
+    let unit_route = (method == Method::POST && path == "/v1/units")
+        || (method == Method::PUT && path == "/v1/units/{unit}");
+    if unit_route {
+        return Some(
+            json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}}),
+        );
+    }
+    let wire = match (method.as_str(), path) {
+        ("POST", "/v1/tokens") => Some(("CreateTokenRequest", true)),
+        ("PUT", "/v1/nodes/{node}") => Some(("RegisterNodeRequest", true)),
+        ("POST", "/v1/incidents") => Some(("OpenIncidentRequest", true)),
+        ("POST", "/v1/incidents/{id}/updates") => Some(("UpdateIncidentRequest", true)),
+        ("POST", "/v1/incidents/{id}/resolve") => Some(("ResolveIncidentRequest", false)),
+        ("PUT", "/v1/incidents/{id}/review") => Some(("ReviewIncidentRequest", true)),
+        ("POST", "/v1/break-glass/requests") => Some(("ElevationRequest", true)),
+        ("POST", "/v1/break-glass/requests/{id}/approve")
+        | ("POST", "/v1/freezes/{id}/lift")
+        | ("POST", "/v1/maintenance/{id}/end") => Some(("ReasonRequest", false)),
+        ("POST", "/v1/freezes/now") => Some(("ReasonRequest", true)),
+        ("POST", "/v1/webhooks") => Some(("CreateWebhookRequest", true)),
+        _ => None,
+    };
+    if let Some((name, required)) = wire {
+        return Some(json!({
+            "required": required,
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}
+        }));
+    }
+    (method == Method::POST && path == "/v1/nodes/{node}/reports").then(|| {
+        json!({"required": true, "content": {"application/json": {"schema": {"oneOf": [
+            {"$ref": "#/components/schemas/Report"},
+            {"type": "object", "required": ["reports"], "properties": {"reports": {
+                "type": "array", "minItems": 1, "maxItems": MAX_REPORTS_PER_BATCH,
+                "items": {"$ref": "#/components/schemas/Report"}
+            }}}
+        ]}}}})
+    })
+}
+
+/// The schema of a route's 200 answer, where the document describes one.
+pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
+    if method != Method::GET {
+        return None;
+    }
+    let name = match path {
+        "/healthz" => "Health",
+        "/v1/signing-key" => "SigningKey",
+        "/v1/nodes" => "NodeList",
+        "/v1/changelog" => "ChangelogPage",
+        "/v1/units/{unit}/versions/{hash}" => "Version",
+        _ => return None,
+    };
+    Some(json!({"$ref": format!("#/components/schemas/{name}")}))
+}
+
+pub(super) async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_document())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+    #[test]
+    fn the_route_table_and_the_document_list_the_same_operations() {
+        let document = openapi_document();
+        let routes: BTreeSet<(String, String)> = route_table()
+            .into_iter()
+            .map(|r| (r.method.as_str().to_ascii_lowercase(), r.path.to_owned()))
+            .collect();
+        let mut operations = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().into_iter().flatten() {
+            for (method, _) in item.as_object().into_iter().flatten() {
+                assert!(METHODS.contains(&method.as_str()), "{method} {path}");
+                operations.insert((method.clone(), path.clone()));
+            }
+        }
+        let missing: Vec<_> = routes.difference(&operations).collect();
+        let extra: Vec<_> = operations.difference(&routes).collect();
+        assert!(
+            missing.is_empty(),
+            "routes without an operation: {missing:?}"
+        );
+        assert!(extra.is_empty(), "operations without a route: {extra:?}");
+    }
+
+    #[test]
+    fn every_operation_types_its_path_ids_and_documents_its_errors_and_creates() {
+        let document = openapi_document();
+        let schemas = &document["components"]["schemas"];
+        for name in [
+            "ErrorBody",
+            "ErrorDetail",
+            "Node",
+            "ChangeEntry",
+            "Unit",
+            "Report",
+        ] {
+            assert!(schemas[name].is_object(), "schema {name} is missing");
+        }
+        assert_eq!(
+            document["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        for route in route_table() {
+            let op = &document["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+            let where_ = format!("{} {}", route.method, route.path);
+            for parameter in op["parameters"].as_array().into_iter().flatten() {
+                if parameter["in"] != "path" {
+                    continue;
+                }
+                let schema = &parameter["schema"];
+                let typed = schema["type"] == "integer" && schema["minimum"] == 0
+                    || schema["pattern"].is_string();
+                assert!(typed, "{where_}: path parameter {parameter} is not typed");
+            }
+            let error = &op["responses"]["400"]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(error, "#/components/schemas/ErrorBody", "{where_}");
+            if route.access != Access::Public {
+                assert!(op["responses"]["401"].is_object(), "{where_}: no 401");
+                assert!(op["responses"]["403"].is_object(), "{where_}: no 403");
+            }
+            let created = route.method == Method::POST && CREATED_ROUTES.contains(&route.path);
+            assert_eq!(op["responses"]["201"].is_object(), created, "{where_}");
+            let again = created && IDEMPOTENT_CREATES.contains(&route.path);
+            assert_eq!(
+                op["responses"]["200"].is_object(),
+                !created || again,
+                "{where_}"
+            );
+        }
+        let page = &document["paths"]["/v1/changelog"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"]["$ref"];
+        assert_eq!(page, "#/components/schemas/ChangelogPage");
+        assert!(schemas["ChangeEntry"]["properties"]["team"].is_object());
+    }
+}

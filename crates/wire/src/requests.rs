@@ -1,0 +1,134 @@
+//! Request bodies the server takes, as it reads them (unknown fields are refused).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What a token may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Deployer,
+    Approver,
+    Admin,
+    Agent,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    #[schema(min_length = 1, max_length = 128)]
+    pub name: String,
+    pub role: Role,
+    /// The node an agent token acts for: required for `agent`, refused for other roles.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// The person the token acts for; default: the creator, for people's roles.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// How long it is accepted (`30d`, `12h`); default: until revoked.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// `PUT /v1/nodes/{node}`: an agent registers its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNodeRequest {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An incident's severity.
+pub const SEVERITIES: [&str; 3] = ["sev1", "sev2", "sev3"];
+
+/// `POST /v1/incidents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenIncidentRequest {
+    #[schema(min_length = 1)]
+    pub title: String,
+    /// `sev1`, `sev2` or `sev3`.
+    #[schema(pattern = "^sev[123]$")]
+    pub severity: String,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/incidents/{id}/updates`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIncidentRequest {
+    #[schema(min_length = 1)]
+    pub message: String,
+    /// `investigating`, `identified`, `monitoring` or `resolved`; absent: unchanged.
+    #[serde(default)]
+    #[schema(pattern = "^(investigating|identified|monitoring|resolved)$")]
+    pub status: Option<String>,
+    /// `sev1`, `sev2` or `sev3`; absent: unchanged.
+    #[serde(default)]
+    #[schema(pattern = "^sev[123]$")]
+    pub severity: Option<String>,
+}
+
+/// `PUT /v1/incidents/{id}/review`: the post-incident review, Markdown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewIncidentRequest {
+    #[schema(min_length = 1)]
+    pub markdown: String,
+}
+
+/// `POST /v1/incidents/{id}/resolve`: an optional closing message; an empty body is `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveIncidentRequest {
+    #[serde(default)]
+    pub message: String,
+}
+
+/// A body of only an optional reason (approvals, lifts, resolutions); an empty body is `{}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /v1/break-glass/requests`: ask for a role for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ElevationRequest {
+    /// `admin`, `deployer` or `approver`.
+    pub role: Role,
+    /// `30m`, `2h`: how long the role lasts once granted.
+    #[schema(pattern = "^[0-9]+(s|m|h|d)$")]
+    pub duration: String,
+    #[schema(min_length = 1)]
+    pub reason: String,
+}
+
+/// `POST /v1/webhooks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// 1 to 64 of a-z, A-Z, 0-9, '-', '_', '.'.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    /// `http://` or `https://`.
+    #[schema(pattern = "^https?://")]
+    pub url: String,
+    /// `slack`, `pagerduty` or `generic`.
+    #[schema(pattern = "^(slack|pagerduty|generic)$")]
+    pub kind: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
