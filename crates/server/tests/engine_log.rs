@@ -15,11 +15,12 @@ use failsmall_core::engine::{Command, Engine, Event, RolloutStatus};
 use failsmall_core::health::HealthSample;
 use failsmall_core::plan::Plan;
 use failsmall_server::rollouts::{Cause, EngineHost};
-use failsmall_server::store::Store;
+use failsmall_server::store::{EngineLogRow, Store};
 
 const NODES: usize = 40;
 
 const PLAN: &str = "name: staged
+soak: 2m
 stages:
   - name: employees
     select: { cohort: employee }
@@ -62,6 +63,7 @@ struct Run {
     store: Arc<Store>,
     host: EngineHost,
     now: u64,
+    acked: std::collections::HashSet<(usize, VersionHash)>,
 }
 
 impl Run {
@@ -72,39 +74,40 @@ impl Run {
             .unwrap();
     }
 
-    /// Every node that should run `version` ACKs it and reports health; then a minute passes
-    /// with ticks.
+    /// For a minute, every 10 s: every node that should run `version` ACKs it (once) and
+    /// reports health, then a tick.
     async fn minute(&mut self, unit: &UnitName, version: VersionHash, errors: u64) {
-        for i in 0..NODES {
-            let desired = self
-                .host
-                .read(|engine, _| engine.desired(&node(i), unit))
-                .await;
-            if desired == Some(version) {
-                let applied = Event::Applied {
-                    node: node(i),
-                    unit: unit.clone(),
-                    version,
-                };
+        for _ in 0..6 {
+            for i in 0..NODES {
+                let desired = self
+                    .host
+                    .read(|engine, _| engine.desired(&node(i), unit))
+                    .await;
+                if desired != Some(version) {
+                    continue;
+                }
+                let mut events = Vec::new();
+                if self.acked.insert((i, version)) {
+                    let applied = Event::Applied {
+                        node: node(i),
+                        unit: unit.clone(),
+                        version,
+                    };
+                    events.push((applied, None));
+                }
                 let health = Event::Health {
                     node: node(i),
                     unit: unit.clone(),
                     version,
                     sample: sample(errors),
                 };
+                events.push((health, None));
                 // Several events in one step, as the batcher commits them.
                 self.host
-                    .apply_many(
-                        &self.store,
-                        self.now,
-                        vec![(applied, None), (health, None)],
-                        Cause::Nothing,
-                    )
+                    .apply_many(&self.store, self.now, events, Cause::Nothing)
                     .await
                     .unwrap();
             }
-        }
-        for _ in 0..6 {
             self.now += 10_000;
             self.step(Event::Tick).await;
         }
@@ -137,10 +140,10 @@ fn assert_same(live: &Engine, replayed: &Engine, what: &str) {
 }
 
 /// Replays every logged step from revision 1 on a new engine.
-fn replay_from_start(store: &Store) -> (Engine, u64) {
+fn replay_from_start(rows: &[EngineLogRow]) -> (Engine, u64) {
     let mut engine = Engine::new();
     let mut revision = 0;
-    for row in store.engine_log_after(0).unwrap() {
+    for row in rows {
         assert_eq!(row.revision, revision + 1, "the log has no gap");
         let events: Vec<Event> = serde_json::from_str(&row.events).unwrap();
         for event in &events {
@@ -164,6 +167,7 @@ async fn replaying_the_log_from_the_start_or_a_snapshot_gives_the_live_engine() 
         store: Arc::clone(&store),
         host,
         now: 1_000,
+        acked: std::collections::HashSet::new(),
     };
     for i in 0..NODES {
         run.step(Event::NodeRegistered {
@@ -181,10 +185,12 @@ async fn replaying_the_log_from_the_start_or_a_snapshot_gives_the_live_engine() 
     }
     let first = run
         .host
-        .read(|engine, _| engine.rollouts().next().map(|view| view.status))
+        .read(|engine, _| engine.rollouts().next().unwrap())
         .await;
-    assert_eq!(first, Some(RolloutStatus::Completed));
-    // A snapshot in the middle of the run.
+    assert_eq!(first.status, RolloutStatus::Completed, "{first:?}");
+    // A snapshot in the middle of the run; it compacts the log to its tail, so the log so far
+    // is read first.
+    let mut log = store.engine_log_after(0).unwrap();
     run.host.snapshot_now(&store).await.unwrap();
     let (_, snapshot_revision) = store.engine_snapshot().unwrap().unwrap();
     // A bad version crashes on its first nodes and is rolled back.
@@ -243,7 +249,9 @@ async fn replaying_the_log_from_the_start_or_a_snapshot_gives_the_live_engine() 
     let live = run.live().await;
     let head = store.engine_revision().unwrap();
     assert_eq!(run.host.read(|_, revision| revision).await, head);
-    let (from_start, revision) = replay_from_start(&store);
+    let logged = log.last().unwrap().revision;
+    log.extend(store.engine_log_after(logged).unwrap());
+    let (from_start, revision) = replay_from_start(&log);
     assert_eq!(revision, head);
     assert_same(&live, &from_start, "replayed from the start");
     let (from_snapshot, revision) = store.load_engine().unwrap();
