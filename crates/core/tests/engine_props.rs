@@ -845,13 +845,18 @@ proptest! {
     }
 }
 
-/// The inputs' accepted events as the server logs them: `(now_ms, event as JSON)`, and the
-/// engine after them, with a snapshot (JSON) taken before input `snapshot_at`.
+/// Accepted events as the server logs them: `(now_ms, event as JSON)`.
+type Log = Vec<(u64, String)>;
+/// A snapshot: how many log entries it covers, and the engine as JSON.
+type Snapshot = (usize, String);
+
+/// The inputs' accepted events as the server logs them, and the engine after them, with a
+/// snapshot taken before input `snapshot_at`.
 fn run_logged(
     inputs: &[Input],
     plans: &[Plan],
     snapshot_at: usize,
-) -> (Vec<(u64, String)>, Option<(usize, String)>, Engine) {
+) -> (Log, Option<Snapshot>, Engine) {
     let mut engine = Engine::new();
     let mut now = 0u64;
     let mut log = vec![];

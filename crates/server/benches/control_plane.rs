@@ -544,7 +544,7 @@ async fn step_costs(nodes: usize) -> (Duration, Duration) {
             node: NodeId::new(format!("node-{:05}", (i * 7) % nodes)).unwrap(),
             unit: unit.clone(),
             version,
-            sample: sample.clone(),
+            sample,
         };
         let started = Instant::now();
         host.apply(&store, now, event, Cause::Nothing, None)

@@ -41,7 +41,11 @@ fn node(i: usize) -> NodeId {
 }
 
 fn labels(i: usize) -> Labels {
-    let cohort = if i % 4 == 0 { "employee" } else { "free" };
+    let cohort = if i.is_multiple_of(4) {
+        "employee"
+    } else {
+        "free"
+    };
     [
         ("cohort".to_owned(), cohort.to_owned()),
         ("region".to_owned(), format!("r{}", i % 3)),
