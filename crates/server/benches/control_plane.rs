@@ -48,8 +48,9 @@ const FLEET_REPORTS_PER_NODE: usize = 5;
 const SCALE_FLEETS: [usize; 2] = [1_000, 50_000];
 const SCALE_SAMPLES: usize = 200;
 const BIG_FLEET_NODES: usize = 20_000;
-/// Most report requests in flight at once in the report benches.
-const MAX_SENDERS: usize = 2_000;
+/// Most report requests in flight at once in the report benches (under the server's
+/// connections per client).
+const MAX_SENDERS: usize = 1_000;
 
 struct Bench {
     base: String,
