@@ -297,3 +297,45 @@ async fn a_snapshot_compacts_the_log_to_a_bounded_tail() {
     let live = host.read(|engine, _| engine.clone()).await;
     assert!(loaded == live);
 }
+
+/// A snapshot that dies after its steps are logged (fail point `SNAPSHOT_BEFORE`) loses
+/// nothing: the log still holds every step, and the next snapshot succeeds.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_snapshot_that_dies_loses_nothing() {
+    use failsmall_server::store::fail_points;
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::Builder::new()
+        .prefix("failsmall-engine-snapfail-")
+        .tempdir()
+        .unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("failsmall.db")).unwrap());
+    let host = EngineHost::load(&store).unwrap();
+    for i in 0..NODES {
+        host.apply(
+            &store,
+            1_000,
+            Event::NodeRegistered {
+                node: node(i),
+                labels: labels(i),
+            },
+            Cause::Nothing,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    for action in ["return", "panic"] {
+        fail::cfg(fail_points::SNAPSHOT_BEFORE, action).unwrap();
+        assert!(host.snapshot_now(&store).await.is_err(), "{action}");
+        fail::remove(fail_points::SNAPSHOT_BEFORE);
+        assert!(store.engine_snapshot().unwrap().is_none(), "{action}");
+        assert_eq!(store.engine_log_after(0).unwrap().len(), NODES, "{action}");
+        let (loaded, revision) = store.load_engine().unwrap();
+        assert_eq!(revision, NODES as u64);
+        assert!(loaded == host.read(|engine, _| engine.clone()).await);
+    }
+    host.snapshot_now(&store).await.unwrap();
+    assert_eq!(store.engine_snapshot().unwrap().unwrap().1, NODES as u64);
+    scenario.teardown();
+}
