@@ -5,11 +5,18 @@
 //! 3. 10,000 health reports per second ingested (run the whole bench on one core:
 //!    `taskset -c 0 cargo bench -p failsmall-server --bench control_plane`);
 //! 4. (`fleet`) 2,000 nodes each sending single reports at once, as agents do every interval;
-//! 5. the engine state saved after each step, for 10,000 nodes: its size and the time to
-//!    serialize and commit it.
+//! 5. (`state`) the engine state of 10,000 nodes: its size, the time to copy, serialize and
+//!    save it as a snapshot (every `SNAPSHOT_EVERY_STEPS` steps, off the request path), and
+//!    the commit of one step's log row.
+//!
+//! 6. (`scale`) one registration and one health report, each its own step, with 1,000 and
+//!    with 50,000 nodes: the same cost (the step is in place and logs only its events);
+//! 7. (`fleet20k`) 20,000 nodes registered one by one over HTTP, then single-report
+//!    requests/s and batched reports/s.
 //!
 //! Numbers are printed as medians (and p99 / max where the target is a tail). Arguments:
-//! `push`, `watch`, `reports`, `fleet`, `state` pick sections (default: all).
+//! `push`, `watch`, `reports`, `fleet`, `state`, `scale`, `fleet20k` pick sections (default:
+//! all).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,6 +30,7 @@ use std::time::{Duration, Instant};
 use failsmall_core::domain::{Labels, NodeId, UnitName, VersionHash};
 use failsmall_core::engine::{Engine, Event};
 use failsmall_core::plan::Plan;
+use failsmall_server::rollouts::{Cause, EngineHost};
 use failsmall_server::store::{EngineStep, Store};
 use failsmall_server::{ServerConfig, run};
 use serde_json::{Value, json};
@@ -37,6 +45,12 @@ const REPORT_BATCHES_PER_NODE: usize = 20;
 const STATE_NODES: usize = 10_000;
 const FLEET_NODES: usize = 2_000;
 const FLEET_REPORTS_PER_NODE: usize = 5;
+const SCALE_FLEETS: [usize; 2] = [1_000, 50_000];
+const SCALE_SAMPLES: usize = 200;
+const BIG_FLEET_NODES: usize = 20_000;
+/// Most report requests in flight at once in the report benches (under the server's
+/// connections per client).
+const MAX_SENDERS: usize = 1_000;
 
 struct Bench {
     base: String,
@@ -310,21 +324,25 @@ async fn bench_reports(nodes: usize, per_batch: usize, batches_per_node: usize) 
     };
     let started = Instant::now();
     let mut senders = Vec::new();
-    for node in 0..nodes {
+    // At most `MAX_SENDERS` requests in flight; each sender serves every `MAX_SENDERS`-th node.
+    let sender_count = nodes.min(MAX_SENDERS);
+    for first in 0..sender_count {
         let bench = Arc::clone(&bench);
         let batch = batch.clone();
         senders.push(tokio::spawn(async move {
             let mut took = Vec::new();
             for _ in 0..batches_per_node {
-                let sent = Instant::now();
-                bench
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/v1/nodes/h{node}/reports"),
-                        Some(batch.clone()),
-                    )
-                    .await;
-                took.push(sent.elapsed());
+                for node in (first..nodes).step_by(sender_count) {
+                    let sent = Instant::now();
+                    bench
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/v1/nodes/h{node}/reports"),
+                            Some(batch.clone()),
+                        )
+                        .await;
+                    took.push(sent.elapsed());
+                }
             }
             took
         }));
@@ -336,7 +354,7 @@ async fn bench_reports(nodes: usize, per_batch: usize, batches_per_node: usize) 
     let elapsed = started.elapsed();
     let reports = nodes * batches_per_node * per_batch;
     println!(
-        "health reports: {reports} in {:.2} s = {:.0} reports/s ({nodes} nodes at once, batches of {per_batch}); per batch: {}",
+        "health reports: {reports} in {:.2} s = {:.0} reports/s ({nodes} nodes, {sender_count} requests at once, batches of {per_batch}); per request: {}",
         elapsed.as_secs_f64(),
         reports as f64 / elapsed.as_secs_f64(),
         summary(took)
@@ -407,6 +425,7 @@ fn bench_state() {
     let store = Store::open(&dir.path().join("failsmall.db")).unwrap();
     let mut serialize = Vec::new();
     let mut commit = Vec::new();
+    let mut snapshot = Vec::new();
     let mut clone = Vec::new();
     let mut size_bytes = 0;
     for revision in 0..20u64 {
@@ -421,22 +440,150 @@ fn bench_state() {
         store
             .commit_step(&EngineStep {
                 expected_revision: revision,
-                state: &state,
+                now_ms: now,
+                events: "[]",
                 changes: &[],
                 node: None,
                 version: None,
             })
             .unwrap();
         commit.push(started.elapsed());
+        let started = Instant::now();
+        store.write_engine_snapshot(revision + 1, &state).unwrap();
+        snapshot.push(started.elapsed());
     }
     println!(
         "engine state with {STATE_NODES} nodes and one rollout over all of them: {size_bytes} bytes of JSON"
     );
-    println!("  clone per step: {}", summary(clone));
-    println!("  serialize per step: {}", summary(serialize));
     println!(
-        "  commit per step (SQLite, WAL, synchronous=FULL): {}",
+        "  clone (a snapshot's copy, taken under the engine's lock): {}",
+        summary(clone)
+    );
+    println!(
+        "  serialize (a snapshot, on its own thread): {}",
+        summary(serialize)
+    );
+    println!("  write a snapshot (its own thread): {}", summary(snapshot));
+    println!(
+        "  commit of one step's log row (SQLite, WAL, synchronous=FULL): {}",
         summary(commit)
+    );
+}
+
+/// Median cost of one registration and of one health report, each its own committed step
+/// (in place, one log row), with `nodes` registered, on the server's engine host and store.
+async fn step_costs(nodes: usize) -> (Duration, Duration) {
+    let dir = tempfile::Builder::new()
+        .prefix("failsmall-bench-scale-")
+        .tempdir()
+        .unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("failsmall.db")).unwrap());
+    let host = EngineHost::load(&store).unwrap();
+    let labels = |node: usize| -> Labels {
+        [
+            ("cohort".to_owned(), "free".to_owned()),
+            ("region".to_owned(), format!("r{}", node % 8)),
+        ]
+        .into()
+    };
+    let mut now = 1_000u64;
+    // The fleet, a thousand registrations per step.
+    for chunk in (0..nodes).collect::<Vec<_>>().chunks(1_000) {
+        let events = chunk
+            .iter()
+            .map(|node| {
+                (
+                    Event::NodeRegistered {
+                        node: NodeId::new(format!("node-{node:05}")).unwrap(),
+                        labels: labels(*node),
+                    },
+                    None,
+                )
+            })
+            .collect();
+        host.apply_many(&store, now, events, Cause::Nothing)
+            .await
+            .unwrap();
+    }
+    let plan = Plan::parse(
+        "plan",
+        "name: all\nstages:\n  - name: everyone\n    bake: 1h\n    gates: []\n",
+    )
+    .unwrap();
+    let unit = UnitName::new("flags").unwrap();
+    let version = VersionHash::of(b"on");
+    now += 1;
+    let request = Event::RolloutRequested {
+        unit: unit.clone(),
+        version,
+        plan,
+        actor: "bench".to_owned(),
+        reason: String::new(),
+        override_quarantine: false,
+        override_freeze: false,
+    };
+    host.apply(&store, now, request, Cause::Nothing, None)
+        .await
+        .unwrap();
+    let mut register = Vec::new();
+    for extra in 0..SCALE_SAMPLES {
+        let id = NodeId::new(format!("late-{extra:05}")).unwrap();
+        let event = Event::NodeRegistered {
+            node: id.clone(),
+            labels: labels(extra),
+        };
+        let cause = Cause::Node {
+            id,
+            labels: labels(extra),
+        };
+        let started = Instant::now();
+        host.apply(&store, now, event, cause, None).await.unwrap();
+        register.push(started.elapsed());
+    }
+    let counts = vec![1u64; failsmall_core::health::LATENCY_BUCKETS];
+    let sample: failsmall_core::health::HealthSample = serde_json::from_value(
+        json!({"requests": 100, "errors": 1, "latency": {"counts": counts}}),
+    )
+    .unwrap();
+    let mut report = Vec::new();
+    for i in 0..SCALE_SAMPLES {
+        let event = Event::Health {
+            node: NodeId::new(format!("node-{:05}", (i * 7) % nodes)).unwrap(),
+            unit: unit.clone(),
+            version,
+            sample,
+        };
+        let started = Instant::now();
+        host.apply(&store, now, event, Cause::Nothing, None)
+            .await
+            .unwrap();
+        report.push(started.elapsed());
+    }
+    (median(register), median(report))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// One registration and one report cost the same with 50,000 nodes as with 1,000.
+async fn bench_scale() {
+    let mut rows = Vec::new();
+    for nodes in SCALE_FLEETS {
+        let (register, report) = step_costs(nodes).await;
+        println!(
+            "one step with {nodes} nodes (median of {SCALE_SAMPLES}): registration {register:?}, health report {report:?}"
+        );
+        rows.push((register, report));
+    }
+    let (small, large) = (rows[0], rows[rows.len() - 1]);
+    println!(
+        "  ratio {} / {} nodes: registration {:.2}x, health report {:.2}x",
+        SCALE_FLEETS[SCALE_FLEETS.len() - 1],
+        SCALE_FLEETS[0],
+        large.0.as_secs_f64() / small.0.as_secs_f64(),
+        large.1.as_secs_f64() / small.1.as_secs_f64()
     );
 }
 
@@ -471,5 +618,13 @@ fn main() {
     }
     if wants("state") {
         bench_state();
+    }
+    if wants("scale") {
+        runtime.block_on(bench_scale());
+    }
+    if wants("fleet20k") {
+        // 20,000 nodes registered one by one over HTTP, then single reports and batches.
+        runtime.block_on(bench_reports(BIG_FLEET_NODES, 1, FLEET_REPORTS_PER_NODE));
+        runtime.block_on(bench_reports(BIG_FLEET_NODES, REPORTS_PER_BATCH, 1));
     }
 }

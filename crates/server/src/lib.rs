@@ -269,6 +269,7 @@ pub async fn run(
             }
         })?;
     }
+    let snapshot_engine = Arc::clone(&engine);
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
         shutdown.await;
@@ -294,6 +295,10 @@ pub async fn run(
     liveness.abort();
     if let Some(expiry) = expiry {
         expiry.abort();
+    }
+    // A snapshot of the engine, so that the next start replays no log.
+    if let Err(error) = snapshot_engine.snapshot_now(&last_flush_store).await {
+        tracing::warn!(%error, "engine snapshot not saved at shutdown");
     }
     served
 }

@@ -1,12 +1,18 @@
-//! The rollout engine inside the server: each event is applied to a copy of the engine, the
-//! copy's state and the changes it produced are committed in one transaction with the event's
-//! own mutation, and only then does the copy replace the engine in memory. A crash at any
-//! instant leaves the store before or after the whole step.
+//! The rollout engine inside the server: each step's events are applied to the engine in
+//! place, then the events (the engine's log row), the changes they produced and the events' own
+//! mutation are committed in one transaction. The engine refuses an event before changing
+//! anything, so a step of one event that is refused leaves memory as it was; when a later event
+//! of a step is refused, or the commit fails, memory is restored from the store (newest
+//! snapshot plus the log after it). A crash at any instant leaves the store before or after the
+//! whole step. Every [`SNAPSHOT_EVERY_STEPS`] steps (or [`SNAPSHOT_EVERY_LOG_BYTES`] of log) a
+//! copy of the engine is serialized and saved as a snapshot on a thread of its own, off the
+//! request path; at shutdown one more is saved.
 //!
 //! Desired state is level-triggered: an agent asks for everything its node should run, with
 //! the engine's revision as a sequence number that only grows, and may wait for a newer one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use failsmall_core::domain::{Labels, NodeId, TimeMs, UnitName};
@@ -23,6 +29,10 @@ pub const MAX_WATCH_MS: u64 = 30_000;
 pub const TICK_CHECK_MS: u64 = 1_000;
 /// Least time between two ticks, so a deadline that stays due cannot spin the ticker.
 pub const TICK_PAUSE_MS: u64 = 10;
+/// A snapshot of the engine is saved after at most this many logged steps...
+pub const SNAPSHOT_EVERY_STEPS: u64 = 10_000;
+/// ...or this many bytes of logged events, whichever comes first.
+pub const SNAPSHOT_EVERY_LOG_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
@@ -40,6 +50,28 @@ pub enum StepError {
 struct Current {
     engine: Engine,
     revision: u64,
+    /// Memory may be ahead of the store (a restore failed): restore before the next step.
+    stale: bool,
+    /// Steps and log bytes since the last snapshot was taken.
+    steps_unsnapshotted: u64,
+    log_bytes_unsnapshotted: u64,
+}
+
+impl Current {
+    fn new(engine: Engine, revision: u64) -> Self {
+        Self {
+            engine,
+            revision,
+            stale: false,
+            steps_unsnapshotted: 0,
+            log_bytes_unsnapshotted: 0,
+        }
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.steps_unsnapshotted >= SNAPSHOT_EVERY_STEPS
+            || self.log_bytes_unsnapshotted >= SNAPSHOT_EVERY_LOG_BYTES
+    }
 }
 
 /// The engine, its persisted revision, and a channel that announces each new revision.
@@ -49,6 +81,8 @@ pub struct EngineHost {
     revisions: Arc<watch::Sender<u64>>,
     /// Set once when the server shuts down: long polls end at once instead of waiting.
     closing: watch::Sender<bool>,
+    /// A snapshot is being written (at most one at a time).
+    snapshotting: Arc<AtomicBool>,
 }
 
 /// The mutation that caused an event, committed with the engine's step.
@@ -70,27 +104,36 @@ pub enum Cause {
 }
 
 impl EngineHost {
-    /// Restores the engine from the store (a new engine when none was saved).
+    /// Restores the engine from the store: its newest snapshot and the logged steps after it
+    /// (a new engine when none was saved).
     pub fn load(store: &Store) -> Result<Self, StepError> {
-        let (engine, revision) = match store.engine_state()? {
-            Some((text, revision)) => {
-                let engine = serde_json::from_str(&text).map_err(|e| {
-                    StepError::Store(StoreError::Corrupt {
-                        what: "engine state".to_owned(),
-                        reason: e.to_string(),
-                    })
-                })?;
-                (engine, revision)
-            }
-            None => (Engine::new(), 0),
-        };
+        let (engine, revision) = store.load_engine()?;
         let (revisions, _) = watch::channel(revision);
         let (closing, _) = watch::channel(false);
         Ok(Self {
-            current: Arc::new(Mutex::new(Current { engine, revision })),
+            current: Arc::new(Mutex::new(Current::new(engine, revision))),
             revisions: Arc::new(revisions),
             closing,
+            snapshotting: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Saves a snapshot of the engine now, on the calling task (clean shutdown: the next start
+    /// replays nothing).
+    pub async fn snapshot_now(&self, store: &Arc<Store>) -> Result<(), StepError> {
+        let current = Arc::clone(&self.current).lock_owned().await;
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || {
+            if current.stale || current.revision == 0 {
+                return Ok(());
+            }
+            let text = serde_json::to_string(&current.engine)
+                .map_err(|e| StepError::Serialize(e.to_string()))?;
+            store.write_engine_snapshot(current.revision, &text)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StepError::Task(e.to_string()))?
     }
 
     /// Applies `event` at `now_ms`; on success it is durable and visible. `change` (the cause,
@@ -124,16 +167,23 @@ impl EngineHost {
         let mut current = Arc::clone(&self.current).lock_owned().await;
         let stepping = Arc::clone(store);
         let revisions = Arc::clone(&self.revisions);
+        let snapshotting = Arc::clone(&self.snapshotting);
         let stepped = tokio::task::spawn_blocking(move || {
             let _step = span.entered();
             let store = stepping;
+            let before = current.revision;
+            if current.stale && !restore(&mut current, &store) {
+                return Err(StepError::Store(StoreError::Corrupt {
+                    what: "engine state".to_owned(),
+                    reason: "memory could not be restored from the store".to_owned(),
+                }));
+            }
             let first =
                 step_and_commit(&mut current, &store, now_ms, events.clone(), cause.clone());
             let result = match first {
                 // Memory was behind the store (a step's outcome was lost between commit and
                 // memory): now re-read, so the same events are applied to what is stored.
-                Err(StepError::Store(StoreError::Conflict { .. })) => {
-                    resync(&mut current, &store);
+                Err(StepError::Store(StoreError::Conflict { .. })) if !current.stale => {
                     step_and_commit(&mut current, &store, now_ms, events, cause)
                 }
                 other => other,
@@ -147,6 +197,9 @@ impl EngineHost {
                     if actions.iter().any(changes_documents) {
                         revisions.send_replace(revision);
                     }
+                    if current.snapshot_due() {
+                        snapshot_in_background(&mut current, &store, &snapshotting);
+                    }
                     Ok(actions)
                 }
                 Err(error) => {
@@ -157,7 +210,8 @@ impl EngineHost {
                     } else {
                         tracing::error!(%error, "engine step not committed; memory follows the store");
                     }
-                    if resync(&mut current, &store) {
+                    restore(&mut current, &store);
+                    if current.revision != before {
                         revisions.send_replace(current.revision);
                     }
                     Err(error)
@@ -168,11 +222,13 @@ impl EngineHost {
         match stepped {
             Ok(result) => result,
             Err(error) => {
-                // The task died (with the lock, which is free again) at an unknown point.
+                // The task died (with the lock, which is free again) at an unknown point, maybe
+                // with the engine half stepped: memory is restored from the store.
                 let mut current = Arc::clone(&self.current).lock_owned().await;
                 let store = Arc::clone(store);
                 let resynced = tokio::task::spawn_blocking(move || {
-                    let changed = resync(&mut current, &store);
+                    current.stale = true;
+                    let changed = restore(&mut current, &store);
                     changed.then_some(current.revision)
                 })
                 .await;
@@ -246,11 +302,10 @@ impl EngineHost {
     }
 }
 
-/// Which nodes a rollout's change concerns: a stage's change, the nodes its selector admits;
-/// a rollback or abort, those of every stage entered so far (every node the version may have
-/// reached); any other change of the rollout, those of all its stages. None: every node.
-/// One step on a copy of the engine, committed; the copy replaces the engine only after the
-/// commit. Returns the actions and the new revision.
+/// One step on the engine in place, committed with the step's events as its log row. Memory
+/// and store agree when it returns: a refused first event changed nothing; a refused later
+/// event or a failed commit restores memory from the store (or marks it stale when even that
+/// fails). Returns the actions and the new revision.
 fn step_and_commit(
     current: &mut Current,
     store: &Store,
@@ -258,7 +313,8 @@ fn step_and_commit(
     events: Vec<(Event, Option<ChangeRow>)>,
     cause: Cause,
 ) -> Result<(Vec<Action>, u64), StepError> {
-    let mut next = current.engine.clone();
+    let logged: Vec<&Event> = events.iter().map(|(event, _)| event).collect();
+    let log = serde_json::to_string(&logged).map_err(|e| StepError::Serialize(e.to_string()))?;
     let mut actions = Vec::new();
     let (cause, mut changes) = match cause {
         Cause::Push { version, changes } => (
@@ -272,8 +328,18 @@ fn step_and_commit(
     };
     let mut applied = Vec::new();
     let mut removals = Vec::new();
-    for (event, change) in events {
-        let produced = next.step(now_ms, &event)?;
+    for (index, (event, change)) in events.into_iter().enumerate() {
+        let produced = match current.engine.step(now_ms, &event) {
+            Ok(produced) => produced,
+            Err(error) => {
+                if index > 0 {
+                    // Earlier events of the step changed memory: back to what is stored.
+                    current.stale = true;
+                    restore(current, store);
+                }
+                return Err(error.into());
+            }
+        };
         for action in &produced {
             if let Action::SetDesired {
                 unit,
@@ -305,21 +371,21 @@ fn step_and_commit(
         changes.extend(
             produced
                 .iter()
-                .filter_map(|action| change_of(now_ms, action, &next)),
+                .filter_map(|action| change_of(now_ms, action, &current.engine)),
         );
         actions.extend(produced);
     }
-    let state = serde_json::to_string(&next).map_err(|e| StepError::Serialize(e.to_string()))?;
     let (node, version, staleness) = match &cause {
         Cause::Node { id, labels } => (Some((id.as_str(), labels)), None, &[][..]),
         Cause::Push { version, .. } => (None, Some(version.as_new()), &[][..]),
         Cause::NodeReports(rows) => (None, None, rows.as_slice()),
         Cause::Nothing => (None, None, &[][..]),
     };
-    let revision = store.commit_step_with(
+    let committed = store.commit_step_with(
         &EngineStep {
             expected_revision: current.revision,
-            state: &state,
+            now_ms,
+            events: &log,
             changes: &changes,
             node,
             version: version.as_ref(),
@@ -327,10 +393,69 @@ fn step_and_commit(
         staleness,
         &applied,
         &removals,
-    )?;
-    current.engine = next;
-    current.revision = revision;
-    Ok((actions, revision))
+    );
+    match committed {
+        Ok(revision) => {
+            current.revision = revision;
+            current.steps_unsnapshotted = current.steps_unsnapshotted.saturating_add(1);
+            current.log_bytes_unsnapshotted = current
+                .log_bytes_unsnapshotted
+                .saturating_add(u64::try_from(log.len()).unwrap_or(u64::MAX));
+            Ok((actions, revision))
+        }
+        Err(error) => {
+            // Memory holds the step; the store may or may not (an unknown outcome).
+            current.stale = true;
+            restore(current, store);
+            Err(error.into())
+        }
+    }
+}
+
+/// Takes a copy of the engine and saves it as a snapshot on a thread of its own, unless one
+/// is being saved already (then the next step tries again).
+fn snapshot_in_background(current: &mut Current, store: &Arc<Store>, busy: &Arc<AtomicBool>) {
+    if busy.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let copy = current.engine.clone();
+    let revision = current.revision;
+    let store = Arc::clone(store);
+    let done = Arc::clone(busy);
+    let spawned = std::thread::Builder::new()
+        .name("engine-snapshot".to_owned())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let saved = serde_json::to_string(&copy)
+                .map_err(|e| StepError::Serialize(e.to_string()))
+                .and_then(|text| {
+                    store
+                        .write_engine_snapshot(revision, &text)
+                        .map(|()| text.len())
+                        .map_err(StepError::from)
+                });
+            match saved {
+                Ok(bytes) => tracing::info!(
+                    revision,
+                    bytes,
+                    took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "engine snapshot saved"
+                ),
+                // The log still holds every step: the next snapshot covers them.
+                Err(error) => tracing::warn!(revision, %error, "engine snapshot not saved"),
+            }
+            done.store(false, Ordering::Release);
+        });
+    match spawned {
+        Ok(_) => {
+            current.steps_unsnapshotted = 0;
+            current.log_bytes_unsnapshotted = 0;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "engine snapshot thread not started");
+            busy.store(false, Ordering::Release);
+        }
+    }
 }
 
 /// Whether `action` changes some node's desired-state document.
@@ -348,21 +473,31 @@ fn changes_documents(action: &Action) -> bool {
     }
 }
 
-/// After a failed commit, makes memory agree with the store again (a commit whose outcome is
-/// unknown would otherwise leave the engine behind the store, and every later step would be
-/// refused as a conflict). Returns whether memory changed.
-fn resync(current: &mut Current, store: &Store) -> bool {
-    if let Ok(Some((text, revision))) = store.engine_state()
-        && revision != current.revision
-        && let Ok(engine) = serde_json::from_str::<Engine>(&text)
-    {
-        current.engine = engine;
-        current.revision = revision;
-        return true;
+/// Makes memory the stored engine again (newest snapshot plus the log after it) when it is
+/// marked stale; it stays marked when the store cannot be read. Returns whether the revision
+/// in memory changed.
+fn restore(current: &mut Current, store: &Store) -> bool {
+    if !current.stale {
+        return false;
     }
-    false
+    match store.load_engine() {
+        Ok((engine, revision)) => {
+            let changed = revision != current.revision;
+            current.engine = engine;
+            current.revision = revision;
+            current.stale = false;
+            changed
+        }
+        Err(error) => {
+            tracing::error!(%error, "engine not restored from the store; retried at the next step");
+            false
+        }
+    }
 }
 
+/// Which nodes a rollout's change concerns: a stage's change, the nodes its selector admits;
+/// a rollback or abort, those of every stage entered so far (every node the version may have
+/// reached); any other change of the rollout, those of all its stages. None: every node.
 fn concerns_of(engine: &Engine, entry: &ChangelogEntry) -> Option<Concerns> {
     let (stages, current) = engine.rollout_stages(entry.rollout)?;
     let named = entry

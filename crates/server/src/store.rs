@@ -47,8 +47,11 @@ pub mod fail_points {
     pub const CHANGE_BEFORE_COMMIT: &str = "store::record::before_commit";
     /// A changelog write on its own: committed, the caller not yet told.
     pub const CHANGE_AFTER_COMMIT: &str = "store::record::after_commit";
+    /// An engine snapshot: the steps it covers are committed in the log, the snapshot is not
+    /// written yet.
+    pub const SNAPSHOT_BEFORE: &str = "store::engine_snapshot::before";
     /// Every fail point above.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         STEP_BEFORE,
         STEP_AFTER_STATE,
         STEP_BEFORE_COMMIT,
@@ -59,6 +62,7 @@ pub mod fail_points {
         PUSH_AFTER_COMMIT,
         CHANGE_BEFORE_COMMIT,
         CHANGE_AFTER_COMMIT,
+        SNAPSHOT_BEFORE,
     ];
 }
 
@@ -242,6 +246,9 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 16: incidents and their public updates (`store/incidents.rs`).
     incidents::MIGRATION,
+    // 17: the engine's state as an append-only log of its steps plus snapshots
+    // (`store/engine.rs`); the state saved whole so far becomes the first snapshot.
+    engine::MIGRATION,
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -495,8 +502,11 @@ impl ChangeRow {
 pub struct EngineStep<'a> {
     /// The engine state's revision the step started from (0: none saved yet).
     pub expected_revision: u64,
-    /// The engine's state after the step, serialized.
-    pub state: &'a str,
+    /// When the step ran (the `now_ms` its events were applied at).
+    pub now_ms: u64,
+    /// The step's events in order (a JSON array of engine events), appended to the engine's
+    /// log: replayed on the latest snapshot they give the state after the step.
+    pub events: &'a str,
     /// The changes the step produced, and the one describing the cause.
     pub changes: &'a [ChangeRow],
     /// A node registration that caused the step.
@@ -665,6 +675,7 @@ mod trust;
 mod units;
 mod versions;
 pub use elevations::{ElevationOutcome, ElevationRecord};
+pub use engine::{ENGINE_LOG_TAIL_STEPS, EngineLogRow};
 pub use incidents::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
@@ -810,9 +821,10 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
             })
         })
         .transpose()?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
+    )?
+    .execute(params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
     )?;
     let id = to_u64(tx.last_insert_rowid());
     trust::chain_row(tx, id)?;
@@ -1050,20 +1062,21 @@ mod tests {
             rollout: None,
             stage: None,
         }];
-        let step = |expected_revision, state| EngineStep {
+        let step = |expected_revision, events| EngineStep {
             expected_revision,
-            state,
+            now_ms: 9,
+            events,
             changes: &changes,
             node: Some(("n1", &labels)),
             version: None,
         };
-        assert_eq!(store.commit_step(&step(0, "{\"a\":1}")).unwrap(), 1);
+        assert_eq!(store.commit_step(&step(0, "[]")).unwrap(), 1);
         assert_eq!(store.node("n1").unwrap().unwrap().labels, labels);
         // A step from a stale revision writes nothing: no state, no node, no change.
         let other: failsmall_core::domain::Labels = [("pop".to_owned(), "ams".to_owned())].into();
         let stale = EngineStep {
             node: Some(("n1", &other)),
-            ..step(0, "{\"a\":2}")
+            ..step(0, "[\"Tick\"]")
         };
         assert!(matches!(
             store.commit_step(&stale),
@@ -1073,9 +1086,14 @@ mod tests {
                 ..
             })
         ));
+        assert_eq!(store.engine_revision().unwrap(), 1);
         assert_eq!(
-            store.engine_state().unwrap(),
-            Some(("{\"a\":1}".to_owned(), 1))
+            store.engine_log_after(0).unwrap(),
+            [EngineLogRow {
+                revision: 1,
+                now_ms: 9,
+                events: "[]".to_owned()
+            }]
         );
         assert_eq!(store.node("n1").unwrap().unwrap().labels, labels);
         let entries = store
@@ -1094,7 +1112,8 @@ mod tests {
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
         let step = |expected_revision, node| EngineStep {
             expected_revision,
-            state: "{}",
+            now_ms: 0,
+            events: "[]",
             changes: &[],
             node,
             version: None,
@@ -1127,7 +1146,7 @@ mod tests {
             Err(StoreError::NotFound { kind: "node", .. })
         ));
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
-        assert_eq!(store.engine_state().unwrap().unwrap().1, 1);
+        assert_eq!(store.engine_revision().unwrap(), 1);
         store
             .commit_step_with(
                 &step(1, None),
@@ -1167,7 +1186,8 @@ mod tests {
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
         let step = |expected_revision, node| EngineStep {
             expected_revision,
-            state: "{}",
+            now_ms: 0,
+            events: "[]",
             changes: &[],
             node,
             version: None,

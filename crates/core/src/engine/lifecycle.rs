@@ -1031,13 +1031,24 @@ impl Engine {
         }
     }
 
-    /// Records a terminal rollout and prunes old ones.
+    /// Records a terminal rollout and prunes old ones. A finished rollout keeps its summary
+    /// (counts, health, gates, outcome); only an aborted or rolled-back one keeps the nodes it
+    /// reached with the version each had before (a revert puts an aborted one's back; a
+    /// rollback's tell where a bad version went), and only while among the latest
+    /// [`MAX_TERMINAL_ROLLOUTS_WITH_NODES`] terminal ones. Completed rollouts, the bulk of the
+    /// history, cost per rollout, not per node.
     pub(super) fn retire(&mut self, id: RolloutId, now: TimeMs, out: &mut Vec<Action>) {
         let released: Vec<NodeId> = match self.rollouts.get_mut(&id) {
             Some(rollout) => {
                 rollout.roles = Derived::default();
                 let mut nodes: Vec<NodeId> = rollout.exposed.keys().cloned().collect();
                 nodes.sort();
+                if !matches!(
+                    rollout.status,
+                    RolloutStatus::Aborted | RolloutStatus::RolledBack
+                ) {
+                    rollout.exposed = Exposures::default();
+                }
                 nodes
             }
             None => Vec::new(),

@@ -3,8 +3,8 @@
 //! `Engine::step(now_ms, event)` applies one [`Event`] and returns the [`Action`]s the caller
 //! must carry out. It never reads a clock, never does IO, never draws a random number; the
 //! same sequence of `(now_ms, event)` always yields the same state and actions. On `Err` the
-//! state is unchanged. The whole state is in [`Engine`] and serializes with serde: persist it
-//! after each step and a restart continues exactly where it was.
+//! state is unchanged. The whole state is in [`Engine`] and serializes with serde: a snapshot
+//! with the events stepped after it replayed in order restarts exactly where it was.
 //!
 //! # A rollout's life
 //! `RolloutRequested` starts a rollout at stage 0, or queues it behind the unit's running one
@@ -433,7 +433,9 @@ pub const MAX_UNITS: usize = 100_000;
 pub const MAX_OPEN_ROLLOUTS: usize = 10_000;
 /// Most terminal rollouts kept; beyond it the oldest are forgotten.
 pub const MAX_TERMINAL_ROLLOUTS_KEPT: usize = 10_000;
-/// Terminal rollouts that keep their per-node exposure list; older ones keep only counts.
+/// Aborted and rolled-back rollouts keep their per-node exposure list while they are among
+/// the latest this many terminal ones; a completed rollout keeps only its summary (counts,
+/// health, gates, outcome).
 pub const MAX_TERMINAL_ROLLOUTS_WITH_NODES: usize = 64;
 /// Most stages in one plan.
 pub const MAX_STAGES: usize = 64;

@@ -1,18 +1,184 @@
 //! The engine's state and the step that commits it with its mutation; removals, staleness, deletions, counts.
+//!
+//! The state is persisted as an append-only log of engine steps (each step's events and the
+//! `now_ms` they were applied at, under the revision the step made) plus snapshots of the whole
+//! state taken now and then. The state at revision `r` is the newest snapshot at or below `r`
+//! with the log rows after it replayed in order: the engine is a pure function of
+//! `(state, event, now)`, so replay gives exactly the state the live engine had.
+
+use failsmall_core::engine::{Engine, Event};
 
 use super::*;
 
+/// Log rows kept behind the newest snapshot (for inspection and for replay checks); older
+/// ones are deleted when a snapshot is written.
+pub const ENGINE_LOG_TAIL_STEPS: u64 = 1_000;
+
+pub(super) const MIGRATION: &str = "
+    CREATE TABLE engine_log (
+        revision INTEGER PRIMARY KEY,
+        now_ms BIGINT NOT NULL,
+        events TEXT NOT NULL
+    );
+    CREATE TABLE engine_snapshots (
+        revision INTEGER PRIMARY KEY,
+        state TEXT NOT NULL
+    );
+    INSERT INTO engine_snapshots (revision, state)
+        SELECT revision, state FROM engine_state WHERE id = 1 AND state <> '';
+    UPDATE engine_state SET state = '' WHERE id = 1;";
+
+/// One engine step in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineLogRow {
+    /// The revision the step made.
+    pub revision: u64,
+    pub now_ms: u64,
+    /// The step's events in order, a JSON array.
+    pub events: String,
+}
+
 impl Store {
-    /// The engine's serialized state and its revision (0 when none was saved).
-    pub fn engine_state(&self) -> Result<Option<(String, u64)>, StoreError> {
+    /// The engine's revision (0 when no step was saved).
+    pub fn engine_revision(&self) -> Result<u64, StoreError> {
+        self.with_conn(|conn| Self::engine_revision_in(conn))
+    }
+
+    fn engine_revision_in(conn: &Connection) -> Result<u64, StoreError> {
+        Ok(conn
+            .prepare_cached("SELECT revision FROM engine_state WHERE id = 1")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map_or(0, to_u64))
+    }
+
+    /// The newest snapshot of the engine's state and the revision it is at.
+    pub fn engine_snapshot(&self) -> Result<Option<(String, u64)>, StoreError> {
         self.with_conn(|conn| {
             Ok(conn
                 .query_row(
-                    "SELECT state, revision FROM engine_state WHERE id = 1",
+                    "SELECT state, revision FROM engine_snapshots ORDER BY revision DESC LIMIT 1",
                     [],
                     |r| Ok((r.get::<_, String>(0)?, to_u64(r.get(1)?))),
                 )
                 .optional()?)
+        })
+    }
+
+    /// The logged steps after `revision`, oldest first.
+    pub fn engine_log_after(&self, revision: u64) -> Result<Vec<EngineLogRow>, StoreError> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT revision, now_ms, events FROM engine_log WHERE revision > ?1 ORDER BY revision",
+            )?;
+            let rows = stmt.query_map([to_i64(revision)], |r| {
+                Ok(EngineLogRow {
+                    revision: to_u64(r.get(0)?),
+                    now_ms: to_u64(r.get(1)?),
+                    events: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The engine at the stored revision: the newest snapshot with the logged steps after it
+    /// replayed (a new engine and revision 0 when nothing was saved). A log that does not
+    /// continue the snapshot, or a step the engine refuses on replay, is
+    /// [`StoreError::Corrupt`].
+    pub fn load_engine(&self) -> Result<(Engine, u64), StoreError> {
+        let corrupt = |what: String, reason: String| StoreError::Corrupt { what, reason };
+        let (mut engine, from) = match self.engine_snapshot()? {
+            Some((text, revision)) => {
+                let engine = serde_json::from_str::<Engine>(&text).map_err(|e| {
+                    corrupt(
+                        format!("engine snapshot at revision {revision}"),
+                        e.to_string(),
+                    )
+                })?;
+                (engine, revision)
+            }
+            None => (Engine::new(), 0),
+        };
+        let head = self.engine_revision()?;
+        let mut at = from;
+        for row in self.engine_log_after(from)? {
+            let what = || format!("engine log row at revision {}", row.revision);
+            if row.revision != at.saturating_add(1) {
+                return Err(corrupt(
+                    what(),
+                    format!("expected revision {} next", at.saturating_add(1)),
+                ));
+            }
+            let events: Vec<Event> =
+                serde_json::from_str(&row.events).map_err(|e| corrupt(what(), e.to_string()))?;
+            for event in &events {
+                engine.step(row.now_ms, event).map_err(|e| {
+                    corrupt(what(), format!("the engine refuses it on replay: {e}"))
+                })?;
+            }
+            at = row.revision;
+        }
+        if at != head {
+            return Err(corrupt(
+                "engine log".to_owned(),
+                format!("it ends at revision {at}, the engine is at revision {head}"),
+            ));
+        }
+        Ok((engine, head))
+    }
+
+    /// The engine's state at the stored revision, serialized, and that revision; `None` when
+    /// nothing was saved. Replays the log (see [`Store::load_engine`]).
+    pub fn engine_state(&self) -> Result<Option<(String, u64)>, StoreError> {
+        let (engine, revision) = self.load_engine()?;
+        if revision == 0 {
+            return Ok(None);
+        }
+        let text = serde_json::to_string(&engine).map_err(|e| StoreError::Corrupt {
+            what: "engine state".to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((text, revision)))
+    }
+
+    /// Saves `state`, the engine at `revision` (a revision already logged), as the newest
+    /// snapshot, then deletes older snapshots and the log rows more than
+    /// [`ENGINE_LOG_TAIL_STEPS`] behind it. A snapshot older than the newest is ignored.
+    pub fn write_engine_snapshot(&self, revision: u64, state: &str) -> Result<(), StoreError> {
+        self.with_conn(|conn| {
+            fail_at(fail_points::SNAPSHOT_BEFORE)?;
+            let tx = conn.transaction()?;
+            let head = Self::engine_revision_in(&tx)?;
+            if revision > head {
+                return Err(StoreError::Conflict {
+                    kind: "engine snapshot",
+                    key: "engine".to_owned(),
+                    expected: revision,
+                    current: head,
+                });
+            }
+            let newest: Option<i64> =
+                tx.query_row("SELECT MAX(revision) FROM engine_snapshots", [], |r| {
+                    r.get(0)
+                })?;
+            if newest.is_some_and(|newest| to_u64(newest) >= revision) {
+                return Ok(());
+            }
+            tx.execute(
+                "INSERT INTO engine_snapshots (revision, state) VALUES (?1, ?2)",
+                params![to_i64(revision), state],
+            )?;
+            tx.execute(
+                "DELETE FROM engine_snapshots WHERE revision < ?1",
+                [to_i64(revision)],
+            )?;
+            tx.execute(
+                "DELETE FROM engine_log WHERE revision <= ?1",
+                [to_i64(revision.saturating_sub(ENGINE_LOG_TAIL_STEPS))],
+            )?;
+            tx.commit()?;
+            Ok(())
         })
     }
 
@@ -26,7 +192,8 @@ impl Store {
     /// besides engine events (`node_rows`: staleness, removals done, notes, each with its
     /// changelog row), the ACKs it took (`applied`) and the units it took from nodes
     /// (`removals`). A node that is not registered fails the whole step with
-    /// [`StoreError::NotFound`].
+    /// [`StoreError::NotFound`]. The step's events go to the engine's log under the new
+    /// revision.
     pub fn commit_step_with(
         &self,
         step: &EngineStep<'_>,
@@ -48,10 +215,7 @@ impl Store {
         self.with_conn(|conn| {
             fail_at(fail_points::STEP_BEFORE)?;
             let tx = conn.transaction()?;
-            let current: u64 = tx
-                .query_row("SELECT revision FROM engine_state WHERE id = 1", [], |r| r.get::<_, i64>(0))
-                .optional()?
-                .map_or(0, to_u64);
+            let current = Self::engine_revision_in(&tx)?;
             if current != step.expected_revision {
                 return Err(StoreError::Conflict {
                     kind: "engine state",
@@ -62,11 +226,11 @@ impl Store {
             }
             if let (Some((id, _)), Some(labels)) = (step.node, &labels_text) {
                 let at_ms = step.changes.first().map_or(0, |c| c.at_ms);
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO nodes (id, labels, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, last_seen_ms = excluded.last_seen_ms",
-                    params![id, labels, at_ms],
-                )?;
+                )?
+                .execute(params![id, labels, at_ms])?;
             }
             if let Some(version) = step.version {
                 let (_, created) = Self::insert_version(&tx, version)?;
@@ -78,25 +242,27 @@ impl Store {
                 }
             }
             let next = current.saturating_add(1);
-            tx.execute(
-                "INSERT INTO engine_state (id, state, revision) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, revision = excluded.revision",
-                params![step.state, next],
-            )?;
+            tx.prepare_cached(
+                "INSERT INTO engine_state (id, state, revision) VALUES (1, '', ?1)
+                 ON CONFLICT (id) DO UPDATE SET revision = excluded.revision",
+            )?
+            .execute([to_i64(next)])?;
+            tx.prepare_cached("INSERT INTO engine_log (revision, now_ms, events) VALUES (?1, ?2, ?3)")?
+                .execute(params![to_i64(next), to_i64(step.now_ms), step.events])?;
             fail_at(fail_points::STEP_AFTER_STATE)?;
             for row in applied {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO node_versions (node, unit, version, applied_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (node, unit) DO UPDATE SET version = excluded.version, applied_ms = excluded.applied_ms",
-                    params![row.node, row.unit, row.version, to_i64(row.at_ms)],
-                )?;
+                )?
+                .execute(params![row.node, row.unit, row.version, to_i64(row.at_ms)])?;
             }
             for row in removals {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO node_removals (node, unit, since_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT (node, unit) DO NOTHING",
-                    params![row.node, row.unit, to_i64(row.at_ms)],
-                )?;
+                )?
+                .execute(params![row.node, row.unit, to_i64(row.at_ms)])?;
             }
             for row in node_rows {
                 Self::apply_node_row(&tx, row)?;
@@ -113,9 +279,8 @@ impl Store {
 
     pub(super) fn apply_node_row(tx: &Transaction<'_>, row: &NodeRow) -> Result<(), StoreError> {
         let known: Option<String> = tx
-            .query_row("SELECT id FROM nodes WHERE id = ?1", [&row.node], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT id FROM nodes WHERE id = ?1")?
+            .query_row([&row.node], |r| r.get(0))
             .optional()?;
         if known.is_none() {
             return Err(StoreError::NotFound {
