@@ -46,6 +46,7 @@ mod agent;
 mod break_glass;
 mod changelog;
 mod elevations;
+mod token_cache;
 pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};
 mod incidents;
 mod nodes;
@@ -750,6 +751,8 @@ struct Shared {
     store_turns: tokio::sync::Semaphore,
     /// Bundles served by `GET /v1/blobs/{sha256}`, kept once read (see [`agent::BlobCache`]).
     blobs: agent::BlobCache,
+    /// Token lookups kept for a moment (see [`token_cache`]).
+    tokens: token_cache::TokenCache,
 }
 
 /// What every handler shares.
@@ -791,6 +794,7 @@ impl AppState {
                 desired_view: agent::DesiredView::new(),
                 store_turns: tokio::sync::Semaphore::new(STORE_TASKS_AT_ONCE),
                 blobs: agent::BlobCache::default(),
+                tokens: token_cache::TokenCache::default(),
             }),
         }
     }
@@ -1022,7 +1026,17 @@ async fn authenticate(
         .filter(|t| !t.is_empty() && t.len() <= 128)
         .ok_or_else(|| unauthorized("the Authorization header is not 'Bearer <token>'"))?;
     let hash = token_sha256(token);
-    let record = db(state, move |store| Ok(store.active_token(&hash)?)).await?;
+    let record = match state.shared.tokens.get(&hash) {
+        Some(record) => Some(record),
+        None => {
+            let lookup = hash.clone();
+            let record = db(state, move |store| Ok(store.active_token(&lookup)?)).await?;
+            if let Some(record) = &record {
+                state.shared.tokens.keep(hash, record.clone());
+            }
+            record
+        }
+    };
     let Some(record) = record else {
         return Err(unauthorized("the token is unknown or revoked"));
     };

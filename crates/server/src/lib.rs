@@ -182,7 +182,6 @@ pub async fn run(
         .map_err(ServerError::Cadence)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let codex = codex::CodexGate::load(&config.codex)?;
-    startup::raise_open_file_limit("server");
     create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -194,6 +193,8 @@ pub async fn run(
         tokio::task::spawn_blocking(move || open_data_dir(&data_dir))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+    // Before serving: every connected agent holds a descriptor.
+    startup::raise_open_file_limit("server");
     if config.dev {
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         let scheme = if config.tls.is_some() {

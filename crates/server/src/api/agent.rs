@@ -99,6 +99,8 @@ const DESIRED_VIEW_ROWS_MAX: u32 = 1_000_000;
 pub(super) struct DesiredView {
     current: tokio::sync::Mutex<Option<std::sync::Arc<StoreView>>>,
     builds: tokio::sync::Semaphore,
+    /// Moved on by [`DesiredView::invalidate`]: a view read before is read again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// What the store says that documents need, read at once.
@@ -106,6 +108,8 @@ pub(super) struct DesiredView {
 struct StoreView {
     /// The engine's announced revision when read.
     announced: u64,
+    /// The view's generation when read.
+    generation: u64,
     read_at: std::time::Instant,
     /// Every unit's name, in the store's order.
     names: Vec<failsmall_core::domain::UnitName>,
@@ -119,7 +123,15 @@ impl DesiredView {
         Self {
             current: tokio::sync::Mutex::new(None),
             builds: tokio::sync::Semaphore::new(DESIRED_BUILDS_AT_ONCE),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The store changed what documents say without a change that wakes agents (a removal
+    /// done, a node deleted): the next answer reads the store again.
+    pub(super) fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The view read after revision `announced` was announced (any, when `None`), read now if
@@ -131,9 +143,11 @@ impl DesiredView {
         announced: Option<u64>,
     ) -> Result<std::sync::Arc<StoreView>, ApiError> {
         let mut current = self.current.lock().await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         if let Some(view) = current.as_ref() {
-            let fresh =
-                view.read_at.elapsed() < std::time::Duration::from_millis(DESIRED_VIEW_MAX_AGE_MS);
+            let fresh = view.generation == generation
+                && view.read_at.elapsed()
+                    < std::time::Duration::from_millis(DESIRED_VIEW_MAX_AGE_MS);
             if fresh && announced.is_none_or(|announced| view.announced >= announced) {
                 return Ok(std::sync::Arc::clone(view));
             }
@@ -155,6 +169,7 @@ impl DesiredView {
             let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
             Ok(StoreView {
                 announced,
+                generation,
                 read_at: std::time::Instant::now(),
                 names,
                 specs,
@@ -899,6 +914,9 @@ pub(super) async fn report(
             _ => None,
         })
         .collect();
+    let removal_done = staleness
+        .iter()
+        .any(|row| matches!(row.effect, NodeEffect::Removed { .. }));
     let cause = if staleness.is_empty() {
         Cause::Nothing
     } else {
@@ -927,6 +945,10 @@ pub(super) async fn report(
                     busy.to_string(),
                 ),
             })?;
+    if removal_done {
+        // The node's next document must no longer ask for the removal.
+        state.shared.desired_view.invalidate();
+    }
     super::slos::count_health(&state, &node, slo_samples, at_ms).await;
     if is_batch {
         Ok(axum::Json(json!({ "accepted": count, "actions": actions })))
