@@ -735,6 +735,21 @@ fn recover(shared: &Shared) -> Result<Vec<UnitName>, AgentError> {
 }
 
 /// Runs the agent until `shutdown` completes.
+/// Raises the soft open-file limit to the hard limit (bundles, the local API's and the OFREP
+/// server's connections all take descriptors) and logs the limit the agent runs with; a
+/// limit that cannot be raised is logged, never fatal.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!(open_files = now, was = soft, hard, "open-file limit"),
+            Err(error) => {
+                tracing::warn!(open_files = soft, hard, %error, "open-file limit not raised");
+            }
+        },
+        Err(error) => tracing::warn!(%error, "open-file limit unknown"),
+    }
+}
+
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -748,6 +763,7 @@ pub async fn run(
     let disk = DataDir::open(&config.data_dir)?;
     let (node, node_from) = node_id(&config, &disk)?;
     tracing::info!(node = %node, from = node_from.describe(), "agent starting");
+    raise_open_file_limit();
     let trusted_root = root::load(&config, &disk)?;
     let seq = root::trusted_seq(&disk, trusted_root.as_ref())?;
     let shared = Arc::new(Shared::new(disk, &node));

@@ -47,6 +47,7 @@ mod break_glass;
 mod changelog;
 mod convert;
 mod elevations;
+mod token_cache;
 pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};
 mod incidents;
 mod input;
@@ -754,6 +755,14 @@ struct Shared {
     cadence: crate::incidents::Cadence,
     /// Approvals an online break-glass request needs (see [`elevations`]).
     break_glass_approvals: usize,
+    /// What long-poll answers are built from (see [`agent::DesiredView`]).
+    desired_view: agent::DesiredView,
+    /// Turns for requests' store tasks (at most [`STORE_TASKS_AT_ONCE`] at once).
+    store_turns: tokio::sync::Semaphore,
+    /// Bundles served by `GET /v1/blobs/{sha256}`, kept once read (see [`agent::BlobCache`]).
+    blobs: agent::BlobCache,
+    /// Token lookups kept for a moment (see [`token_cache`]).
+    tokens: token_cache::TokenCache,
 }
 
 /// What every handler shares.
@@ -792,6 +801,10 @@ impl AppState {
                 slos: Arc::new(crate::slo::SloBook::default()),
                 cadence: crate::incidents::Cadence::default(),
                 break_glass_approvals: elevations::ELEVATION_APPROVALS_DEFAULT,
+                desired_view: agent::DesiredView::new(),
+                store_turns: tokio::sync::Semaphore::new(STORE_TASKS_AT_ONCE),
+                blobs: agent::BlobCache::default(),
+                tokens: token_cache::TokenCache::default(),
             }),
         }
     }
@@ -922,12 +935,24 @@ async fn db<T: Send + 'static>(
     work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let store = Arc::clone(&state.shared.store);
+    // The store is one connection: more threads waiting on it than a few would only cost
+    // memory (a burst of requests, say every agent fetching a bundle, would grow the blocking
+    // pool to hundreds of threads). The rest wait their turn here, in order.
+    let _turn = state
+        .shared
+        .store_turns
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("store turns closed: {e}")))?;
     // The work logs inside the request's span (its changelog entries carry the request id).
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || span.in_scope(|| work(&store)))
         .await
         .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
 }
+
+/// Most store tasks of requests running at once (see `db`).
+pub const STORE_TASKS_AT_ONCE: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,8 @@
 //! can return what concerns, say, one region.
 //!
 //! Data dir layout: `failsmall.db` (SQLite, WAL), `signing.key` (0600), `admin.token` (0600,
-//! written once at first start).
+//! written once at first start), `server.lock` (held by the one server using the data dir,
+//! see [`startup`]).
 
 pub mod api;
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod rollouts;
 pub mod serve;
 pub mod signing;
 pub mod slo;
+pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod validator;
@@ -162,6 +164,8 @@ pub enum ServerError {
     Cadence(String),
     #[error("the Codex: {0}")]
     Codex(#[from] failsmall_codex::CodexError),
+    #[error(transparent)]
+    Locked(#[from] startup::LockError),
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes, then finishes the
@@ -178,11 +182,19 @@ pub async fn run(
         .map_err(ServerError::Cadence)?;
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let codex = codex::CodexGate::load(&config.codex)?;
+    create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    // Held until `run` returns: a second server on this data dir is refused at start.
+    let _data_dir_lock = startup::lock_data_dir(&config.data_dir)?;
     let data_dir = config.data_dir.clone();
     let (store, signer, admin_token) =
         tokio::task::spawn_blocking(move || open_data_dir(&data_dir))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+    // Before serving: every connected agent holds a descriptor.
+    startup::raise_open_file_limit("server");
     if config.dev {
         let address = listener.local_addr().map_err(ServerError::Serve)?;
         let scheme = if config.tls.is_some() {

@@ -46,6 +46,8 @@ pub const HEADER_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Longest wait at shutdown for connections to finish their requests.
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Wait before accepting again after an accept failed for want of resources, in milliseconds.
+pub const ACCEPT_RETRY_MS: u64 = 50;
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
@@ -263,8 +265,18 @@ pub async fn serve(
             Err(error) => {
                 // Out of file descriptors or a connection reset before accept: wait a moment
                 // (the bound makes room) rather than spin, and keep serving.
+                if is_out_of_files(&error) {
+                    tracing::error!(
+                        %error,
+                        open = registry.lock().len(),
+                        "cannot accept a connection: out of file descriptors (raise the \
+                         open-file limit, LimitNOFILE= under systemd, or lower max_connections)"
+                    );
+                } else if !is_per_connection_error(&error) {
+                    tracing::warn!(%error, "cannot accept a connection");
+                }
                 if !is_per_connection_error(&error) {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 }
                 continue;
             }
@@ -305,6 +317,11 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// The process (EMFILE) or the system (ENFILE) has no file descriptor left for a connection.
+fn is_out_of_files(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 fn is_per_connection_error(error: &io::Error) -> bool {
@@ -569,6 +586,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_out_of_file_descriptors_is_told_apart() {
+        assert!(is_out_of_files(&io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(is_out_of_files(&io::Error::from_raw_os_error(libc::ENFILE)));
+        assert!(!is_out_of_files(&io::Error::from(
+            io::ErrorKind::ConnectionReset
+        )));
+    }
 
     #[test]
     fn limits_name_the_field_out_of_bounds() {

@@ -86,11 +86,20 @@ pub fn verify_checkpoint(
     )
 }
 
+/// Most version signatures kept (see [`VersionSigner::sign_version`]); past it the cache
+/// starts over.
+pub const VERSION_SIGNATURES_CACHED_MAX: usize = 16_384;
+
 /// The server's signing key, and the root that names it (if any).
 #[derive(Debug)]
 pub struct VersionSigner {
     key: SigningKey,
     root: Option<ServedRoot>,
+    /// Signatures of versions by (unit, hash): a version never changes, and ed25519 is
+    /// deterministic, so each is computed once rather than once per node per answer.
+    versions: std::sync::Mutex<std::collections::HashMap<(String, String), std::sync::Arc<str>>>,
+    /// The public key in hex, computed once.
+    public_hex: String,
 }
 
 impl VersionSigner {
@@ -109,7 +118,13 @@ impl VersionSigner {
             promote_next_key(data_dir, &root.document)?;
         }
         let key = load_key(data_dir, first_start)?;
-        let signer = Self { key, root };
+        let public_hex = hex::encode(key.verifying_key().to_bytes());
+        let signer = Self {
+            key,
+            root,
+            versions: std::sync::Mutex::default(),
+            public_hex,
+        };
         if let Some(root) = &signer.root {
             let public = signer.public_key_hex();
             if !root.document.is_online_key(&public) {
@@ -270,6 +285,25 @@ impl VersionSigner {
         hex::encode(self.key.sign(&version_message(unit, hash_hex)).to_bytes())
     }
 
+    /// [`Self::sign_version`], computed once per (unit, hash) and kept (at most
+    /// [`VERSION_SIGNATURES_CACHED_MAX`]): what each desired-state answer lists.
+    pub fn version_signature(&self, unit: &str, hash_hex: &str) -> std::sync::Arc<str> {
+        let key = (unit.to_owned(), hash_hex.to_owned());
+        let mut cached = self
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(signature) = cached.get(&key) {
+            return std::sync::Arc::clone(signature);
+        }
+        let signature: std::sync::Arc<str> = self.sign_version(unit, hash_hex).into();
+        if cached.len() >= VERSION_SIGNATURES_CACHED_MAX {
+            cached.clear();
+        }
+        cached.insert(key, std::sync::Arc::clone(&signature));
+        signature
+    }
+
     /// The signature (hex) of a desired-state document.
     pub fn sign_desired(&self, document: &str) -> String {
         hex::encode(self.key.sign(&desired_message(document)).to_bytes())
@@ -286,7 +320,7 @@ impl VersionSigner {
 
     /// The public key, hex.
     pub fn public_key_hex(&self) -> String {
-        hex::encode(self.key.verifying_key().to_bytes())
+        self.public_hex.clone()
     }
 }
 
@@ -453,6 +487,8 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let signature = first.sign_version("u", "ab");
+        assert_eq!(&*first.version_signature("u", "ab"), signature);
+        assert_eq!(&*first.version_signature("u", "ab"), signature);
         assert!(verify_version(
             &first.public_key_hex(),
             "u",

@@ -664,6 +664,7 @@ pub struct Store {
 }
 
 mod changelog;
+mod desired;
 mod elevations;
 mod engine;
 mod incidents;

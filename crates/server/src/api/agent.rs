@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use failsmall_core::domain::{NodeId, rfc3339_from_ms};
 use failsmall_core::engine::Event;
 use failsmall_core::health::HealthSample;
@@ -69,18 +70,194 @@ struct DesiredDocument<'a> {
     /// Per listed unit, the online key's signature of its version
     /// ([`crate::signing::version_message`]): agents verify each version as well as the
     /// document.
-    versions: std::collections::BTreeMap<String, String>,
+    versions: std::collections::BTreeMap<String, std::sync::Arc<str>>,
 }
 
 /// How long a desired-state document stays fresh by default, in milliseconds
 /// (`ServerConfig::desired_ttl_ms`).
 pub const DESIRED_TTL_MS: u64 = 5 * 60 * 1000;
 
+/// Most desired-state answers built at once; the others wait their turn, in order. When a
+/// change wakes every connected agent at once, the request that made the change (a push) and
+/// the other requests are answered between them instead of behind the whole fan-out.
+pub const DESIRED_BUILDS_AT_ONCE: usize = 4;
+/// Longest time the view of the store that documents are built from is reused, in
+/// milliseconds: a unit's spec edited (which changes no node's versions, so wakes nobody)
+/// shows in documents within this.
+pub const DESIRED_VIEW_MAX_AGE_MS: u64 = 1_000;
+/// Most registered nodes and most pending removals the view reads.
+const DESIRED_VIEW_ROWS_MAX: u32 = 1_000_000;
+
+/// The in-memory view of desired state that long-poll answers are built from, so that a
+/// fan-out to every node reads the store once rather than once per node.
+///
+/// What each node should run comes from the engine (in memory) as it answers; what the
+/// engine does not hold (each unit's spec, the registered nodes, the pending removals) is
+/// read from the store once per change that wakes agents (the engine's announced revision,
+/// [`crate::rollouts::EngineHost::wait_past`]) and at most [`DESIRED_VIEW_MAX_AGE_MS`] old.
+#[derive(Debug)]
+pub(super) struct DesiredView {
+    current: tokio::sync::Mutex<Option<std::sync::Arc<StoreView>>>,
+    builds: tokio::sync::Semaphore,
+    /// Moved on by [`DesiredView::invalidate`]: a view read before is read again.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// What the store says that documents need, read at once.
+#[derive(Debug)]
+struct StoreView {
+    /// The engine's announced revision when read.
+    announced: u64,
+    /// The view's generation when read.
+    generation: u64,
+    read_at: std::time::Instant,
+    /// Every unit's name, in the store's order.
+    names: Vec<failsmall_core::domain::UnitName>,
+    specs: std::collections::HashMap<String, UnitSpec>,
+    nodes: std::collections::HashSet<String>,
+    removals: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl DesiredView {
+    pub(super) fn new() -> Self {
+        Self {
+            current: tokio::sync::Mutex::new(None),
+            builds: tokio::sync::Semaphore::new(DESIRED_BUILDS_AT_ONCE),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The store changed what documents say without a change that wakes agents (a removal
+    /// done, a node deleted): the next answer reads the store again.
+    pub(super) fn invalidate(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The view read after revision `announced` was announced (any, when `None`), read now if
+    /// the one kept is older or past its age; one request reads it, those at the same time
+    /// wait for it.
+    async fn get(
+        &self,
+        state: &AppState,
+        announced: Option<u64>,
+    ) -> Result<std::sync::Arc<StoreView>, ApiError> {
+        let mut current = self.current.lock().await;
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(view) = current.as_ref() {
+            let fresh = view.generation == generation
+                && view.read_at.elapsed()
+                    < std::time::Duration::from_millis(DESIRED_VIEW_MAX_AGE_MS);
+            if fresh && announced.is_none_or(|announced| view.announced >= announced) {
+                return Ok(std::sync::Arc::clone(view));
+            }
+        }
+        // The announced revision before the store is read: a change announced meanwhile
+        // makes the next answer read again.
+        let announced = state
+            .shared
+            .engine
+            .wait_past(u64::MAX, std::time::Duration::ZERO)
+            .await;
+        let view = db(state, move |store| {
+            let units = store.all_units()?;
+            let (nodes, removals) = store.desired_view_rows(DESIRED_VIEW_ROWS_MAX)?;
+            let specs = units
+                .iter()
+                .map(|u| (u.name.clone(), u.spec.clone()))
+                .collect();
+            let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
+            Ok(StoreView {
+                announced,
+                generation,
+                read_at: std::time::Instant::now(),
+                names,
+                specs,
+                nodes,
+                removals,
+            })
+        })
+        .await?;
+        let view = std::sync::Arc::new(view);
+        *current = Some(std::sync::Arc::clone(&view));
+        Ok(view)
+    }
+}
+
+/// Most bytes of bundles kept in memory for `GET /v1/blobs/{sha256}` (see [`BlobCache`]).
+pub const BLOB_CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Bundles by hash, kept in memory once read: when a change reaches every node, each node
+/// fetches the same bundle, and all of them share one copy instead of one read of the store
+/// (and one buffer) each. A bundle never changes under its hash; the cache starts over when
+/// full.
+#[derive(Debug, Default)]
+pub(super) struct BlobCache {
+    kept: std::sync::Mutex<KeptBlobs>,
+    /// One read of the store at a time: the requests that miss together wait for the first.
+    loading: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct KeptBlobs {
+    bytes: usize,
+    by_hash: std::collections::HashMap<String, Bytes>,
+}
+
+impl BlobCache {
+    fn kept(&self, hash: &str) -> Option<Bytes> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_hash
+            .get(hash)
+            .cloned()
+    }
+
+    /// The bundle whose sha256 is `hash` (hex, checked by the caller), from memory or read.
+    pub(super) async fn get(&self, state: &AppState, hash: &str) -> Result<Bytes, ApiError> {
+        if let Some(content) = self.kept(hash) {
+            return Ok(content);
+        }
+        let _loading = self.loading.lock().await;
+        if let Some(content) = self.kept(hash) {
+            return Ok(content);
+        }
+        let lookup = hash.to_owned();
+        let content = Bytes::from(db(state, move |store| Ok(store.blob(&lookup)?)).await?);
+        if content.len() <= BLOB_CACHE_MAX_BYTES {
+            let mut kept = self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.bytes.saturating_add(content.len()) > BLOB_CACHE_MAX_BYTES {
+                *kept = KeptBlobs::default();
+            }
+            kept.bytes = kept.bytes.saturating_add(content.len());
+            kept.by_hash.insert(hash.to_owned(), content.clone());
+        }
+        Ok(content)
+    }
+}
+
+/// A long-poll answer: the document's exact text, its signature, and who signed it.
+#[derive(Debug, serde::Serialize)]
+struct DesiredAnswer<'a> {
+    seq: u64,
+    document: &'a str,
+    signature: String,
+    /// Which online key signed.
+    key: String,
+    /// Tells an agent with an older root to fetch `GET /v1/root` (neither this nor `key` is
+    /// trusted for itself: the root decides).
+    root_version: Option<u64>,
+}
+
 pub(super) async fn desired(
     State(state): State<AppState>,
     node: Result<Path<String>, PathRejection>,
     query: Result<Query<DesiredQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let id = node_id(&path_param(node)?)?;
     state.node_seen(&id);
     let query = query_param(query)?;
@@ -90,36 +267,41 @@ pub(super) async fn desired(
             "wait_ms is {wait_ms}; the limit is {MAX_WATCH_MS}"
         )));
     }
-    let lookup = id.clone();
-    db(&state, move |store| {
-        store
-            .node(lookup.as_str())?
-            .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
-        Ok(())
-    })
-    .await?;
+    let view = &state.shared.desired_view;
+    if !view.get(&state, None).await?.nodes.contains(id.as_str()) {
+        // Registered since the view was read, or not at all: the store says.
+        let lookup = id.clone();
+        db(&state, move |store| {
+            store
+                .node(lookup.as_str())?
+                .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
+            Ok(())
+        })
+        .await?;
+    }
+    let mut announced = None;
     if let Some(after) = query.after {
         // A connected agent gets a fresh document before its last one expires: a long poll
         // ends after half the documents' lifetime at the latest.
         let wait_ms = wait_ms.min(state.shared.desired_ttl_ms / 2);
-        state
-            .shared
-            .engine
-            .wait_past(after, std::time::Duration::from_millis(wait_ms))
-            .await;
+        announced = Some(
+            state
+                .shared
+                .engine
+                .wait_past(after, std::time::Duration::from_millis(wait_ms))
+                .await,
+        );
     }
-    // Read the units after the wait: a unit created while the agent waited must be in the
-    // document that the wait produced, or the agent would not hear of it until the next change.
-    let lookup = id.clone();
-    let (units, removals) = db(&state, move |store| {
-        Ok((store.all_units()?, store.removals_of(lookup.as_str())?))
-    })
-    .await?;
-    let mut specs: std::collections::BTreeMap<String, UnitSpec> = units
-        .iter()
-        .map(|u| (u.name.clone(), u.spec.clone()))
-        .collect();
-    let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
+    // Answers are built a few at a time (see `DESIRED_BUILDS_AT_ONCE`).
+    let _turn = view
+        .builds
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("desired-state turns closed: {e}")))?;
+    // The store's view read after the wait: a unit created while the agent waited must be in
+    // the document that the wait produced, or the agent would not hear of it until the next
+    // change.
+    let view = view.get(&state, announced).await?;
     type Checks = std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>;
     type Trials = std::collections::BTreeMap<String, u64>;
     type Hashes = std::collections::BTreeMap<String, String>;
@@ -130,7 +312,8 @@ pub(super) async fn desired(
             let mut checks = Checks::new();
             let mut trials = Trials::new();
             let mut stable = Hashes::new();
-            let desired = names
+            let desired = view
+                .names
                 .iter()
                 .filter_map(|unit| {
                     let hash = engine.desired(&id, unit)?;
@@ -149,18 +332,27 @@ pub(super) async fn desired(
             (revision, desired, checks, trials, stable)
         })
         .await;
-    specs.retain(|name, _| desired.contains_key(name));
+    let specs: std::collections::BTreeMap<String, UnitSpec> = desired
+        .keys()
+        .filter_map(|name| Some((name.clone(), view.specs.get(name)?.clone())))
+        .collect();
     let desired_count = desired.len();
     // A removal stays pending until the node reports it done; a unit the node should run again
     // meanwhile is not removed.
-    let removed: Vec<String> = removals
+    let removed: Vec<String> = view
+        .removals
+        .get(id.as_str())
         .into_iter()
-        .filter(|unit| !desired.contains_key(unit))
+        .flatten()
+        .filter(|unit| !desired.contains_key(*unit))
+        .cloned()
         .collect();
+    drop(view);
     let signer = &state.shared.signer;
+    // Each version's signature is computed once, whatever the number of nodes.
     let versions = desired
         .iter()
-        .map(|(unit, hash)| (unit.clone(), signer.sign_version(unit, hash)))
+        .map(|(unit, hash)| (unit.clone(), signer.version_signature(unit, hash)))
         .collect();
     let document = serde_json::to_string(&DesiredDocument {
         node: id.as_str(),
@@ -186,14 +378,25 @@ pub(super) async fn desired(
              at most {DESIRED_DOCUMENT_MAX_BYTES} bytes and {DESIRED_UNITS_MAX} units"
         )));
     }
-    let signature = signer.sign_desired(&document);
-    // `key` says which online key signed; `root_version` tells an agent with an older root to
-    // fetch `GET /v1/root` (neither is trusted for itself: the root decides).
-    Ok(axum::Json(json!({
-        "seq": seq, "document": document, "signature": signature,
-        "key": signer.public_key_hex(),
-        "root_version": signer.root().map(|r| r.document.version),
-    })))
+    // The document names the node and its sequence number, so a relay cannot hand one node's
+    // document to another: each node's is signed on its own (one signature per node per
+    // change; the versions' signatures above are shared).
+    let answer = serde_json::to_vec(&DesiredAnswer {
+        seq,
+        signature: signer.sign_desired(&document),
+        document: &document,
+        key: signer.public_key_hex(),
+        root_version: signer.root().map(|r| r.document.version),
+    })
+    .map_err(|e| ApiError::internal(format!("desired-state answer does not serialize: {e}")))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        answer,
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -711,6 +914,9 @@ pub(super) async fn report(
             _ => None,
         })
         .collect();
+    let removal_done = staleness
+        .iter()
+        .any(|row| matches!(row.effect, NodeEffect::Removed { .. }));
     let cause = if staleness.is_empty() {
         Cause::Nothing
     } else {
@@ -739,6 +945,10 @@ pub(super) async fn report(
                     busy.to_string(),
                 ),
             })?;
+    if removal_done {
+        // The node's next document must no longer ask for the removal.
+        state.shared.desired_view.invalidate();
+    }
     super::slos::count_health(&state, &node, slo_samples, at_ms).await;
     if is_batch {
         Ok(axum::Json(json!({ "accepted": count, "actions": actions })))

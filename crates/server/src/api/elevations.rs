@@ -227,6 +227,7 @@ pub(super) async fn claim(
         Ok(store.claim_elevation(id, &caller.name, &token, &change)?)
     })
     .await?;
+    state.shared.tokens.clear();
     match outcome {
         ElevationOutcome::Done(record) => {
             let mut answer = view(&record, needed, now_ms());

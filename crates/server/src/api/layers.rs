@@ -82,7 +82,17 @@ pub(super) async fn authenticate(
         .filter(|t| !t.is_empty() && t.len() <= 128)
         .ok_or_else(|| unauthorized("the Authorization header is not 'Bearer <token>'"))?;
     let hash = token_sha256(token);
-    let record = db(state, move |store| Ok(store.active_token(&hash)?)).await?;
+    let record = match state.shared.tokens.get(&hash) {
+        Some(record) => Some(record),
+        None => {
+            let lookup = hash.clone();
+            let record = db(state, move |store| Ok(store.active_token(&lookup)?)).await?;
+            if let Some(record) = &record {
+                state.shared.tokens.keep(hash, record.clone());
+            }
+            record
+        }
+    };
     let Some(record) = record else {
         return Err(unauthorized("the token is unknown or revoked"));
     };

@@ -423,6 +423,7 @@ pub(crate) async fn remove_node(
     })
     .await?;
     state.shared.liveness.forget(id.as_str());
+    state.shared.desired_view.invalidate();
     Ok(())
 }
 

@@ -116,5 +116,6 @@ pub(super) async fn revoke_token(
         Ok(store.revoke_token(id, &change)?)
     })
     .await?;
+    state.shared.tokens.clear();
     Ok(axum::Json(json!(record)))
 }

@@ -170,6 +170,7 @@ pub(super) async fn rotate_token(
         Ok(store.rotate_token(id, &hash, &change)?)
     })
     .await?;
+    state.shared.tokens.clear();
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({"token": token, "record": record, "replaces": id})),

@@ -413,8 +413,7 @@ pub(super) async fn blob(
         ),
         (header::ETAG, etag.clone()),
     ];
-    let lookup = hash.clone();
-    let content = db(&state, move |store| Ok(store.blob(&lookup)?)).await?;
+    let content = state.shared.blobs.get(&state, &hash).await?;
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
