@@ -162,7 +162,7 @@ async fn converge(
             entry.trial = trial;
         });
         shared.forget_removal(unit);
-        shared.forget_other_refusals(unit, hash);
+        shared.forget_other_refusals(unit, hash, trial);
         let local = local_config(config, desired, unit);
         let spec = desired.specs.get(unit);
         let standing = apply::Standing {

@@ -397,8 +397,10 @@ pub struct Shared {
     /// Bumped at every activation on disk (local watchers wait on it).
     pub activations: watch::Sender<u64>,
     pub reports: ReportQueue,
-    /// Versions refused in this run: never applied again without a restart.
-    refused: Mutex<BTreeSet<(UnitName, VersionHash)>>,
+    /// Versions refused in this run, each with the rollout that was judging it then (none: it
+    /// was the unit's stable version): never applied again in this run unless another rollout
+    /// deliberately brings it again.
+    refused: Mutex<BTreeMap<(UnitName, VersionHash), Option<u64>>>,
     /// What was reported once in this run and need not be again.
     reported: Mutex<Reported>,
     /// The trusted root, if any ([`root`]).
@@ -440,7 +442,7 @@ impl Shared {
             }),
             activations,
             reports: ReportQueue::default(),
-            refused: Mutex::new(BTreeSet::new()),
+            refused: Mutex::new(BTreeMap::new()),
             reported: Mutex::new(Reported::default()),
             trusted_root: Mutex::new(None),
         }
@@ -484,15 +486,21 @@ impl Shared {
     pub fn is_refused(&self, unit: &UnitName, hash: &VersionHash) -> bool {
         self.refused
             .lock()
-            .map(|set| set.contains(&(unit.clone(), *hash)))
+            .map(|set| set.contains_key(&(unit.clone(), *hash)))
             .unwrap_or(false)
     }
 
-    /// The control plane now wants `wanted` for `unit`: refusals of its other versions are
-    /// forgotten, so a version deliberately rolled out again later is tried again.
-    pub fn forget_other_refusals(&self, unit: &UnitName, wanted: &VersionHash) {
+    /// The control plane now wants `wanted` for `unit`, judged by rollout `trial`: refusals of
+    /// its other versions are forgotten, and so is a refusal of `wanted` itself made under
+    /// another rollout, so a version deliberately rolled out again is tried again. That holds
+    /// even when this agent never saw a document without it in between (the rollback's
+    /// document and the new rollout's can reach it as one).
+    pub fn forget_other_refusals(&self, unit: &UnitName, wanted: &VersionHash, trial: Option<u64>) {
         if let Ok(mut set) = self.refused.lock() {
-            set.retain(|(refused_unit, hash)| refused_unit != unit || hash == wanted);
+            set.retain(|(refused_unit, hash), refused_under| {
+                refused_unit != unit
+                    || (hash == wanted && (trial.is_none() || *refused_under == trial))
+            });
         }
     }
 
@@ -500,18 +508,23 @@ impl Shared {
     /// rolled back): its refusals are forgotten, so a version rolled out again later is tried.
     pub fn forget_refusals_of_units_not_in(&self, desired: &verify::Desired) {
         if let Ok(mut set) = self.refused.lock() {
-            set.retain(|(unit, _)| desired.units.contains_key(unit));
+            set.retain(|(unit, _), _| desired.units.contains_key(unit));
         }
     }
 
+    /// Remembers `hash` as refused for `unit`, under the rollout judging it now.
     pub fn refuse(&self, unit: &UnitName, hash: &VersionHash) {
+        let trial = self
+            .with_status(|s| s.units.get(unit).and_then(|entry| entry.trial))
+            .flatten();
         if let Ok(mut set) = self.refused.lock() {
             if set.len() >= MAX_REFUSED
-                && let Some(first) = set.iter().next().cloned()
+                && !set.contains_key(&(unit.clone(), *hash))
+                && let Some(first) = set.keys().next().cloned()
             {
                 set.remove(&first);
             }
-            set.insert((unit.clone(), *hash));
+            set.insert((unit.clone(), *hash), trial);
         }
     }
 
@@ -1305,6 +1318,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_holds_for_its_rollout_and_not_for_one_that_brings_the_version_again() {
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path().join("agent");
+        let shared = Shared::new(DataDir::open(&dir).unwrap(), "n1");
+        let unit = UnitName::new("u").unwrap();
+        let version = VersionHash::of(b"v1");
+        shared.with_status(|s| s.units.entry(unit.clone()).or_default().trial = Some(1));
+        shared.refuse(&unit, &version);
+        // The same rollout still lists it: still refused.
+        shared.forget_other_refusals(&unit, &version, Some(1));
+        assert!(shared.is_refused(&unit, &version));
+        // Listed as the stable version, judged by no rollout: still refused.
+        shared.forget_other_refusals(&unit, &version, None);
+        assert!(shared.is_refused(&unit, &version));
+        // Another rollout brings it again on purpose (even with no document between that
+        // left it out): tried again.
+        shared.forget_other_refusals(&unit, &version, Some(2));
+        assert!(!shared.is_refused(&unit, &version));
+    }
+
+    #[test]
     fn refusals_are_remembered_bounded_and_not_repeated() {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("agent");
@@ -1318,7 +1352,7 @@ mod tests {
         assert!(shared.is_refused(&unit, &latest));
         let other = UnitName::new("other").unwrap();
         shared.refuse(&other, &latest);
-        shared.forget_other_refusals(&unit, &latest);
+        shared.forget_other_refusals(&unit, &latest, None);
         assert_eq!(
             shared.refused.lock().unwrap().len(),
             2,
