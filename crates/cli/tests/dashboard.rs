@@ -420,6 +420,24 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
         "const box = document.querySelector('#unit-versions'); return !box.hidden && box.textContent.includes('new checkout')",
     );
     browser.screenshot(&shots.join("07-units.png"));
+    // A change elsewhere shows without a click, well before the page's slow fallback refresh
+    // (15 s): the page waits on GET /v1/changes and reads its views again when the store moves.
+    let created = Instant::now();
+    server.http(
+        reqwest::Method::POST,
+        "/v1/units",
+        &server.admin,
+        &json!({"name": "search-flags", "owner": "search", "spec": {"format": "json", "max_bytes": 4096}}),
+    );
+    browser.wait_for(
+        "a unit created elsewhere, without a click",
+        "return document.querySelector('#units tr[data-unit=search-flags]') !== null",
+    );
+    assert!(
+        created.elapsed() < Duration::from_secs(8),
+        "the new unit showed only after {:?}",
+        created.elapsed()
+    );
     let errors = browser.severe_log();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 

@@ -45,6 +45,7 @@ use crate::validator::{Refusal, ValidatorCommand};
 mod agent;
 mod break_glass;
 mod changelog;
+mod changes;
 mod convert;
 mod elevations;
 mod token_cache;
@@ -340,6 +341,15 @@ fn routes() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
                 "Changelog entries, oldest first, by cursor",
             ),
             get(changelog),
+        ),
+        (
+            spec(
+                Method::GET,
+                "/v1/changes",
+                Read,
+                "The store's change counter; with after, waits (up to wait_ms) until it differs",
+            ),
+            get(changes::changes),
         ),
         (
             spec(

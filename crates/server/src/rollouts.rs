@@ -245,6 +245,12 @@ impl EngineHost {
         self.closing.send_replace(true);
     }
 
+    /// Completes once the server is shutting down (at once if it is).
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|closed| *closed).await;
+    }
+
     /// Reads the engine and its revision.
     pub async fn read<T>(&self, f: impl FnOnce(&Engine, u64) -> T) -> T {
         let current = self.current.lock().await;

@@ -661,6 +661,9 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// The changelog chain's first break, as the last verification found it.
     chain_break: Mutex<Option<ChainBreak>>,
+    /// Bumped after every call that changed a row (committed or not: a spurious wake only
+    /// costs a reader one look), so long polls such as `GET /v1/changes` wake on any write.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 mod changelog;
@@ -867,6 +870,7 @@ impl Store {
         let store = Self {
             conn: Mutex::new(conn),
             chain_break: Mutex::new(None),
+            changes: tokio::sync::watch::channel(0).0,
         };
         store.migrate()?;
         store.chain_upgrade()?;
@@ -887,7 +891,18 @@ impl Store {
                 poisoned.into_inner()
             }
         };
-        f(&mut conn)
+        let before = conn.total_changes();
+        let result = f(&mut conn);
+        if conn.total_changes() != before {
+            self.changes
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
+        result
+    }
+
+    /// Follows the count of calls that changed the store since it was opened.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn migrate(&self) -> Result<(), StoreError> {

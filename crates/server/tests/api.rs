@@ -707,6 +707,7 @@ async fn every_route_admits_exactly_the_roles_of_its_class() {
         ("POST", "/v1/rollouts/{id}/commands", Deploy),
         ("POST", "/v1/rollouts/{id}/approve", Approve),
         ("GET", "/v1/changelog", Read),
+        ("GET", "/v1/changes", Read),
         ("GET", "/v1/changelog.atom", Read),
         ("DELETE", "/v1/units/{unit}", Admin),
         ("DELETE", "/v1/nodes/{node}", Admin),
@@ -1098,4 +1099,94 @@ async fn a_unit_cannot_allow_versions_larger_than_the_body_limit() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_wait_answers_at_the_next_write_and_at_shutdown() {
+    let scratch = fresh_dir("changes");
+    let server = TestServer::start(scratch.path()).await;
+    let viewer = server.token("dash", Role::Viewer).await;
+    let (status, now) = server
+        .call(Method::GET, "/v1/changes", Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    let held = now["change"].as_u64().unwrap();
+
+    // Nothing written: the wait runs its course and answers the same counter.
+    let started = std::time::Instant::now();
+    let (status, same) = server
+        .call(
+            Method::GET,
+            &format!("/v1/changes?after={held}&wait_ms=300"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(same["change"].as_u64(), Some(held));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+
+    // A write during the wait answers it at once with another counter.
+    let waiting = server
+        .request(
+            Method::GET,
+            &format!("/v1/changes?after={held}&wait_ms=20000"),
+            Some(&viewer),
+        )
+        .send();
+    let waiter = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let answer: Value = waiting.await.unwrap().json().await.unwrap();
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    server.create_features_unit("dash-features").await;
+    let (answer, waited) = waiter.await.unwrap();
+    assert_ne!(answer["change"].as_u64(), Some(held), "{answer}");
+    assert!(waited < std::time::Duration::from_secs(10), "{waited:?}");
+
+    // A counter the server never had (it restarted since) answers at once.
+    let (_, at_once) = server
+        .call(
+            Method::GET,
+            "/v1/changes?after=999999999&wait_ms=20000",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(at_once["change"], answer["change"]);
+
+    // Bounds and access.
+    let (status, refused) = server
+        .call(
+            Method::GET,
+            "/v1/changes?wait_ms=30001",
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_error_shape(&refused);
+    let (status, _) = server.call(Method::GET, "/v1/changes", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A wait in flight does not hold the server's shutdown back.
+    let current = answer["change"].as_u64().unwrap();
+    let pending = server
+        .request(
+            Method::GET,
+            &format!("/v1/changes?after={current}&wait_ms=30000"),
+            Some(&viewer),
+        )
+        .send();
+    let pending = tokio::spawn(pending);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    let _ = pending.await;
 }

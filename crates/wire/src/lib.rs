@@ -7,6 +7,7 @@
 //! here is a breaking change.
 
 pub mod changelog;
+pub mod changes;
 pub mod error;
 pub mod nodes;
 pub mod public;
@@ -14,6 +15,7 @@ pub mod requests;
 pub mod versions;
 
 pub use changelog::{ChangeEntry, ChangelogPage};
+pub use changes::Changes;
 pub use error::{ErrorBody, ErrorDetail};
 pub use nodes::{AppliedVersion, Node, NodeList};
 pub use public::{Health, SigningKey};

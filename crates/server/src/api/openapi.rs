@@ -8,8 +8,8 @@ use failsmall_wire::requests::{
     UpdateIncidentRequest,
 };
 use failsmall_wire::{
-    AppliedVersion, ChangeEntry, ChangelogPage, ErrorBody, ErrorDetail, HASH_PATTERN, Health,
-    NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
+    AppliedVersion, ChangeEntry, ChangelogPage, Changes, ErrorBody, ErrorDetail, HASH_PATTERN,
+    Health, NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
 };
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -30,6 +30,7 @@ use super::*;
         NodeList,
         ChangeEntry,
         ChangelogPage,
+        Changes,
         Version,
         Role,
         CreateTokenRequest,
@@ -324,6 +325,10 @@ pub(super) fn query_parameters(path: &str) -> Vec<Value> {
                 "description": format!("KEY=VALUE, repeatable: only entries that concern nodes carrying every such label (a stage whose selector admits it, a node that has it) and fleet-wide entries. A filtered page examines at most {MAX_CHANGELOG_SCAN_ROWS} entries, so it may be short and still have a next_cursor. A malformed label is 400.")
             }),
         ],
+        "/v1/changes" => vec![
+            json!({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "The change counter the reader holds: the answer waits while the server's is the same (it restarts at 0 with the server, so compare for equality)"}),
+            json!({"name": "wait_ms", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": crate::rollouts::MAX_WATCH_MS, "default": 0}, "description": "How long to wait at most; the answer comes at once on a change or at shutdown"}),
+        ],
         "/v1/units/{unit}/diff" => ["from", "to"]
             .map(|name| json!({"name": name, "in": "query", "required": true, "schema": {"type": "string", "pattern": HASH_PATTERN}, "description": "A version's hash"}))
             .to_vec(),
@@ -385,6 +390,7 @@ pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
         "/v1/signing-key" => "SigningKey",
         "/v1/nodes" => "NodeList",
         "/v1/changelog" => "ChangelogPage",
+        "/v1/changes" => "Changes",
         "/v1/units/{unit}/versions/{hash}" => "Version",
         _ => return None,
     };

@@ -1,14 +1,24 @@
-// failsmall's web dashboard: plain JavaScript over the /v1 API, polled. Data is put in the
+// failsmall's web dashboard: plain JavaScript over the /v1 API. It reads its views again when
+// the server's store changes (a long poll on GET /v1/changes), at most once a second, and at
+// least every REFRESH_MAX_MS for what changes with time alone. Data is put in the
 // page with textContent only (never as HTML). The token lives in this tab's sessionStorage
 // and goes out only in the Authorization header.
 'use strict';
 
-const POLL_MS = 2000;
+// How long one wait on GET /v1/changes lasts (the server allows 30 s).
+const WAIT_MS = 25000;
+// At most one refresh a second, however often the store changes (reports arrive all the time
+// during a rollout).
+const REFRESH_MIN_MS = 1000;
+// A refresh at least this often, for what changes with time alone (bake and soak countdowns).
+const REFRESH_MAX_MS = 15000;
+// After a failed wait (the server restarts, the network drops), the next one starts this late.
+const RETRY_MS = 2000;
 const TOKEN_KEY = 'failsmall.token';
 const ACTIVE = ['queued', 'running', 'paused'];
 const RECENT_MAX = 20;
 
-const state = { token: null, role: null, name: null, tab: 'rollouts', rollout: null, unit: null, incident: null, timer: null, busy: false, pending: null };
+const state = { token: null, role: null, name: null, tab: 'rollouts', rollout: null, unit: null, incident: null, timer: null, busy: false, pending: null, change: null, lastRefresh: 0, watcher: null, again: false };
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -122,6 +132,7 @@ async function signIn(token) {
 function showSignIn(message) {
   clearTimeout(state.timer);
   state.timer = null;
+  stopWatching();
   $('#signin').hidden = false;
   $('#tabs').hidden = true;
   $('#signout').hidden = true;
@@ -163,29 +174,76 @@ function show(tab) {
 async function poll() {
   clearTimeout(state.timer);
   if (!state.token) return;
-  if (!state.busy) {
-    state.busy = true;
-    try {
-      if (state.tab === 'rollouts') await loadRollouts();
-      else if (state.tab === 'changelog') await loadChangelog();
-      else if (state.tab === 'nodes') await loadNodes();
-      else if (state.tab === 'units') await loadUnits();
-      else if (state.tab === 'incidents') await loadIncidents();
-      else if (state.tab === 'freezes') await loadFreezes();
-      document.body.dataset.refreshed = String(Date.now());
-    } catch (error) {
-      if (error.status === 401) {
-        sessionStorage.removeItem(TOKEN_KEY);
-        state.token = null;
-        showSignIn('Signed out: ' + error.message);
-        state.busy = false;
-        return;
-      }
-      say(error.message);
-    }
-    state.busy = false;
+  // A refresh asked for while one runs follows it (the running one may have read too early).
+  if (state.busy) {
+    state.again = true;
+    return;
   }
-  if (state.token) state.timer = setTimeout(poll, POLL_MS);
+  state.busy = true;
+  try {
+    // The counter is read before the views: a change after it wakes the next wait.
+    if (state.change === null) state.change = (await api('/v1/changes')).change;
+    if (state.tab === 'rollouts') await loadRollouts();
+    else if (state.tab === 'changelog') await loadChangelog();
+    else if (state.tab === 'nodes') await loadNodes();
+    else if (state.tab === 'units') await loadUnits();
+    else if (state.tab === 'incidents') await loadIncidents();
+    else if (state.tab === 'freezes') await loadFreezes();
+    state.lastRefresh = Date.now();
+    document.body.dataset.refreshed = String(state.lastRefresh);
+  } catch (error) {
+    if (error.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      state.token = null;
+      showSignIn('Signed out: ' + error.message);
+      state.busy = false;
+      return;
+    }
+    say(error.message);
+  }
+  state.busy = false;
+  if (!state.token) return;
+  if (state.again) {
+    state.again = false;
+    poll();
+    return;
+  }
+  state.timer = setTimeout(poll, REFRESH_MAX_MS);
+  watchChanges();
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// One wait at a time on GET /v1/changes for the signed-in token: when the store's change
+// counter differs from the one the views were read at, they are read again.
+async function watchChanges() {
+  if (!state.token || (state.watcher && state.watcher.token === state.token)) return;
+  const watcher = { token: state.token, abort: new AbortController() };
+  state.watcher = watcher;
+  while (state.watcher === watcher) {
+    let answer;
+    try {
+      const after = state.change === null ? '' : '&after=' + state.change;
+      answer = await api('/v1/changes?wait_ms=' + WAIT_MS + after, { signal: watcher.abort.signal });
+    } catch (error) {
+      // 401: the next refresh signs out. Otherwise the server is away for now.
+      if (state.watcher !== watcher || error.status === 401) break;
+      await sleep(RETRY_MS);
+      continue;
+    }
+    if (state.watcher !== watcher || answer.change === state.change) continue;
+    state.change = answer.change;
+    const since = Date.now() - state.lastRefresh;
+    if (since < REFRESH_MIN_MS) await sleep(REFRESH_MIN_MS - since);
+    if (state.watcher === watcher) poll();
+  }
+  if (state.watcher === watcher) state.watcher = null;
+}
+
+function stopWatching() {
+  if (state.watcher) state.watcher.abort.abort();
+  state.watcher = null;
+  state.change = null;
 }
 
 function table(node, headings, rows) {
