@@ -421,6 +421,7 @@ fn a_plan_with_a_prometheus_health_source_reaches_the_same_verdicts() {
             latency: None,
             latency_in_ms: false,
             interval_ms: 5_000,
+            metrics: Default::default(),
         })),
         ..default_plan_without_soak()
     };
