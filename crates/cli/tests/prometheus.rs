@@ -431,7 +431,10 @@ fn a_custom_metric_gate_on_prometheus_completes_a_good_version_and_rolls_back_th
     // A gate naming an undeclared metric is refused before anything is stored.
     let typo = server.file(
         "typo-plan.yaml",
-        &plan.replace("custom.errors_per_second > 1", "custom.error_per_second > 1"),
+        &plan.replace(
+            "custom.errors_per_second > 1",
+            "custom.error_per_second > 1",
+        ),
     );
     let spec = repo().join("examples/units/rules.spec.yaml");
     let refused = server.fails(

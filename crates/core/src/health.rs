@@ -343,7 +343,9 @@ mod tests {
             .filter(|index| group.mean(&format!("m{index}")).is_some())
             .count();
         assert_eq!(names, CUSTOM_METRICS_MAX - 1, "queue_depth takes one place");
-        assert!(!valid_custom_metric_name(&"a".repeat(CUSTOM_METRIC_NAME_MAX_BYTES + 1)));
+        assert!(!valid_custom_metric_name(
+            &"a".repeat(CUSTOM_METRIC_NAME_MAX_BYTES + 1)
+        ));
         assert!(valid_custom_metric_name("queue_depth_2"));
         assert!(!valid_custom_metric_name("2queue"));
     }

@@ -121,7 +121,7 @@ impl Fleet {
     fn step(&mut self, event: Event) {
         for action in self.engine.step(self.now_ms, &event).unwrap() {
             if let Action::Changelog(entry) = action {
-                self.changes.push((entry.kind, entry.message));
+                self.changes.push((entry.kind, entry.reason));
             }
         }
     }
@@ -219,13 +219,22 @@ fn an_absolute_custom_gate_breached_by_the_versions_nodes_alone_rolls_back() {
     let mut fleet = Fleet::with_v1(&[ABSOLUTE]);
     let id = fleet.request("v2", plan(&[ABSOLUTE]));
     let v2 = version("v2");
-    fleet.run(id, &|_, running| Some(if running == v2 { 500.0 } else { 10.0 }));
+    fleet.run(id, &|_, running| {
+        Some(if running == v2 { 500.0 } else { 10.0 })
+    });
     assert_eq!(fleet.status(id), RolloutStatus::RolledBack);
     let outcome = fleet.engine.rollout(id).unwrap().outcome.unwrap();
-    assert!(outcome.contains("custom.queue_depth 500 > 100"), "{outcome}");
+    assert!(
+        outcome.contains("custom.queue_depth 500 > 100"),
+        "{outcome}"
+    );
     // Only the first stage's nodes ever ran it.
-    assert!(fleet.acked.iter().all(|(node, version)| *version != v2
-        || node.as_str().starts_with("emp-")));
+    assert!(
+        fleet
+            .acked
+            .iter()
+            .all(|(node, version)| *version != v2 || node.as_str().starts_with("emp-"))
+    );
 }
 
 #[test]
@@ -253,7 +262,11 @@ fn a_custom_metric_without_readings_holds_the_stage() {
     let mut fleet = Fleet::with_v1(&[ABSOLUTE]);
     let id = fleet.request("v2", plan(&[ABSOLUTE]));
     fleet.run(id, &|_, _| None);
-    assert_eq!(fleet.status(id), RolloutStatus::Running, "neither passes nor rolls back");
+    assert_eq!(
+        fleet.status(id),
+        RolloutStatus::Running,
+        "neither passes nor rolls back"
+    );
     let view = fleet.engine.rollout(id).unwrap();
     assert_eq!(view.stage_index, 0);
     assert!(
@@ -271,13 +284,17 @@ fn a_relative_custom_gate_compares_with_a_like_for_like_baseline() {
     let v2 = version("v2");
     let mut fleet = Fleet::with_v1(&[RELATIVE]);
     let id = fleet.request("v2", plan(&[RELATIVE]));
-    fleet.run(id, &|_, running| Some(if running == v2 { 50.0 } else { 10.0 }));
+    fleet.run(id, &|_, running| {
+        Some(if running == v2 { 50.0 } else { 10.0 })
+    });
     assert_eq!(fleet.status(id), RolloutStatus::RolledBack);
 
     let mut fleet = Fleet::with_v1(&[RELATIVE]);
     let id = fleet.request("v3", plan(&[RELATIVE]));
     let v3 = version("v3");
-    fleet.run(id, &|_, running| Some(if running == v3 { 15.0 } else { 10.0 }));
+    fleet.run(id, &|_, running| {
+        Some(if running == v3 { 15.0 } else { 10.0 })
+    });
     assert_eq!(fleet.status(id), RolloutStatus::Completed);
 }
 

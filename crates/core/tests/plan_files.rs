@@ -621,7 +621,9 @@ fn custom_metrics_are_declared_by_the_source_and_gates_may_name_only_those() {
 
     // An undeclared name (a typo) is refused, naming the gate, the metric and the declared ones.
     check(
-        &format!("name: p\n{source}stages:\n  - name: all\n    gates:\n      - custom.queue_dept > 100\n"),
+        &format!(
+            "name: p\n{source}stages:\n  - name: all\n    gates:\n      - custom.queue_dept > 100\n"
+        ),
         &[(
             "plan.yaml:14:9: stages[0].gates[0]",
             "gate `custom.queue_dept > 100` reads custom.queue_dept, which health_source.prometheus.metrics does not declare (it declares: queue_depth, retries)",

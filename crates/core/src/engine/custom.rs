@@ -113,11 +113,35 @@ pub(super) struct CustomGroups<'a> {
     pub earlier: Option<(&'a CustomValues, &'a CustomValues)>,
     /// No node runs another version of the unit: no baseline can ever exist.
     pub no_baseline_ever: bool,
+    /// The requests of the canary and of the baseline over the same windows, and the stage's
+    /// minimum sample: a group with fewer is no evidence either way, as for the built-in
+    /// metrics.
+    pub canary_requests: u64,
+    pub baseline_requests: Option<u64>,
+    pub min_requests: u64,
 }
 
 /// A custom gate's verdict on `groups`, and why a failure does not blame the version when it
 /// does not (then the verdict is inconclusive).
-pub(super) fn judge_custom(gate: &Gate, groups: &CustomGroups<'_>) -> (Verdict, Option<CustomHold>) {
+pub(super) fn judge_custom(
+    gate: &Gate,
+    groups: &CustomGroups<'_>,
+) -> (Verdict, Option<CustomHold>) {
+    let short = |whose: &str, requests: u64| Verdict::Inconclusive {
+        detail: format!(
+            "{}: inconclusive, {whose} has {requests} requests, fewer than min_requests {}",
+            gate.source, groups.min_requests
+        ),
+    };
+    if groups.canary_requests < groups.min_requests {
+        return (short("canary", groups.canary_requests), None);
+    }
+    if gate.reads_baseline()
+        && let Some(requests) = groups.baseline_requests
+        && requests < groups.min_requests
+    {
+        return (short("baseline", requests), None);
+    }
     let mut verdict = gate.evaluate_custom(groups.canary, groups.baseline);
     // The nodes of earlier stages, against themselves in the stage before: a failure that
     // starts late shows there.
@@ -177,6 +201,15 @@ pub(super) fn judge_custom(gate: &Gate, groups: &CustomGroups<'_>) -> (Verdict, 
         // No baseline to compare with: judged as written.
         return (verdict, None);
     };
+    let baseline_requests = groups.baseline_requests.unwrap_or(0);
+    if baseline_requests < groups.min_requests.max(1) {
+        let why = CustomHold::NotProven(format!(
+            "the baseline has {baseline_requests} requests, fewer than min_requests {}: \
+             holding until it can tell the version from the fleet",
+            groups.min_requests
+        ));
+        return (hold(why.clone()), Some(why));
+    }
     match gate.evaluate_custom(baseline, None) {
         Verdict::Fail {
             detail: baseline_detail,
@@ -195,5 +228,146 @@ pub(super) fn judge_custom(gate: &Gate, groups: &CustomGroups<'_>) -> (Verdict, 
             (hold(why.clone()), Some(why))
         }
         Verdict::Pass { .. } => (verdict, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn values(value: Option<f64>) -> CustomValues {
+        let mut custom = CustomValues::default();
+        if let Some(value) = value {
+            custom.record("queue_depth", value);
+        }
+        custom
+    }
+
+    fn kind(verdict: &Verdict) -> &'static str {
+        match verdict {
+            Verdict::Pass { .. } => "pass",
+            Verdict::Fail { .. } => "fail",
+            Verdict::Inconclusive { .. } => "inconclusive",
+        }
+    }
+
+    /// `gate` on a canary of `canary`, a baseline of `baseline` (`None`: none at all) and a
+    /// time control (now, then): the verdict's kind and the hold's, if any.
+    fn check(
+        gate: &str,
+        canary: Option<f64>,
+        baseline: Option<Option<f64>>,
+        control: Option<(Option<f64>, Option<f64>)>,
+        baseline_requests: u64,
+    ) -> (&'static str, Option<&'static str>) {
+        let gate = Gate::parse(gate).unwrap();
+        let canary = values(canary);
+        let baseline = baseline.map(values);
+        let control = control.map(|(now, then)| (values(now), values(then)));
+        let groups = CustomGroups {
+            canary: &canary,
+            baseline: baseline.as_ref(),
+            control: control.as_ref().map(|(now, then)| (now, then)),
+            earlier: None,
+            no_baseline_ever: false,
+            canary_requests: 1_000,
+            baseline_requests: baseline.as_ref().map(|_| baseline_requests),
+            min_requests: 100,
+        };
+        let (verdict, hold) = judge_custom(&gate, &groups);
+        let hold = hold.map(|hold| match hold {
+            CustomHold::FleetUnhealthy(_) => "fleet unhealthy",
+            CustomHold::NotProven(_) => "not proven",
+        });
+        (kind(&verdict), hold)
+    }
+
+    const ABSOLUTE: &str = "custom.queue_depth > 100";
+    const RELATIVE: &str = "custom.queue_depth > 2 * baseline.custom.queue_depth";
+
+    #[test]
+    fn a_custom_breach_blames_the_version_only_where_the_built_in_rules_would() {
+        // The canary alone breaches: the version.
+        assert_eq!(
+            check(ABSOLUTE, Some(500.0), Some(Some(10.0)), None, 1_000),
+            ("fail", None)
+        );
+        // The baseline too: the fleet.
+        assert_eq!(
+            check(ABSOLUTE, Some(500.0), Some(Some(400.0)), None, 1_000),
+            ("inconclusive", Some("fleet unhealthy"))
+        );
+        // The baseline has no reading, or too few requests: hold until it can tell.
+        assert_eq!(
+            check(ABSOLUTE, Some(500.0), Some(None), None, 1_000),
+            ("inconclusive", Some("not proven"))
+        );
+        assert_eq!(
+            check(ABSOLUTE, Some(500.0), Some(Some(10.0)), None, 10),
+            ("inconclusive", Some("not proven"))
+        );
+        // No baseline at all: judged as written.
+        assert_eq!(check(ABSOLUTE, Some(500.0), None, None, 0), ("fail", None));
+        // Missing data on the canary: hold, never pass.
+        assert_eq!(
+            check(ABSOLUTE, None, Some(Some(10.0)), None, 1_000),
+            ("inconclusive", None)
+        );
+        assert_eq!(
+            check(ABSOLUTE, Some(50.0), Some(Some(10.0)), None, 1_000),
+            ("pass", None)
+        );
+
+        // Relative: against the baseline as written.
+        assert_eq!(
+            check(RELATIVE, Some(50.0), Some(Some(10.0)), None, 1_000),
+            ("fail", None)
+        );
+        assert_eq!(
+            check(RELATIVE, Some(15.0), Some(Some(10.0)), None, 1_000),
+            ("pass", None)
+        );
+        assert_eq!(
+            check(RELATIVE, Some(50.0), Some(Some(10.0)), None, 10),
+            ("inconclusive", None),
+            "a baseline short of min_requests is no evidence"
+        );
+        assert_eq!(
+            check(RELATIVE, Some(50.0), None, None, 0),
+            ("inconclusive", None)
+        );
+        // Against a pre-period: the nodes without the version went the same way, the time.
+        assert_eq!(
+            check(
+                RELATIVE,
+                Some(50.0),
+                Some(Some(10.0)),
+                Some((Some(60.0), Some(10.0))),
+                1_000
+            ),
+            ("inconclusive", Some("fleet unhealthy"))
+        );
+        assert_eq!(
+            check(
+                RELATIVE,
+                Some(50.0),
+                Some(Some(10.0)),
+                Some((Some(12.0), Some(10.0))),
+                1_000
+            ),
+            ("fail", None)
+        );
+        // An absolute limit the control breaches now and not then: the time too.
+        assert_eq!(
+            check(
+                ABSOLUTE,
+                Some(500.0),
+                Some(Some(10.0)),
+                Some((Some(300.0), Some(10.0))),
+                1_000
+            ),
+            ("inconclusive", Some("fleet unhealthy"))
+        );
     }
 }

@@ -21,12 +21,12 @@
 //! inconclusive and hold the stage for ever; once the canary has its `min_requests`, it passes
 //! instead (saying why), and the stage is judged by its absolute gates and hard signals.
 
+use super::custom::{CustomGroups, CustomHold, judge_custom};
 use super::{
     Action, ChangeKind, Engine, GATE_EVAL_INTERVAL_MS, GateReport, cut, same_kind, verdict_text,
 };
 use crate::domain::{RolloutId, TimeMs, VersionHash};
 use crate::gate::{Gate, Verdict};
-use super::custom::{CustomGroups, CustomHold, judge_custom};
 use crate::health::{CustomValues, GroupMetrics, HealthSample};
 use crate::slo::BurnRates;
 
@@ -311,6 +311,9 @@ impl Engine {
                     control: custom_control.as_ref().map(|(now, then)| (now, then)),
                     earlier,
                     no_baseline_ever,
+                    canary_requests: canary.sample.requests,
+                    baseline_requests: baseline.map(|b| b.sample.requests),
+                    min_requests: stage.min_requests,
                 };
                 let (verdict, hold) = judge_custom(gate, &groups);
                 if let Some(CustomHold::FleetUnhealthy(why)) = hold {
@@ -485,11 +488,8 @@ impl Engine {
             }
             // No node runs another version of the unit (its first version): a comparison with
             // a baseline can never conclude, and is not held against the version.
-            let canary_ready = if builtin {
-                stage_canary.sample.requests >= stage.min_requests
-            } else {
-                has_every(&rollout.custom.stage_canary, &gate.custom_metrics())
-            };
+            let canary_ready = stage_canary.sample.requests >= stage.min_requests
+                && (builtin || has_every(&rollout.custom.stage_canary, &gate.custom_metrics()));
             if no_baseline_ever
                 && gate.reads_baseline()
                 && canary_ready

@@ -103,9 +103,9 @@ use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
 use crate::freeze::{Freeze, Maintenance, Windows};
 use crate::gate::{Gate, Verdict};
 use crate::health::{CustomValues, GroupMetrics, HealthSample};
-use custom::{BaselineFrom, ControlFrom, CustomWindows};
 use crate::plan::{Concurrency, OnInconclusive, Plan, Stage};
 use crate::select;
+use custom::{BaselineFrom, ControlFrom, CustomWindows};
 
 mod custom;
 mod events;

@@ -494,8 +494,7 @@ impl Parser {
                 Ok(inner)
             }
             TokenKind::Ident(name)
-                if name.eq_ignore_ascii_case("custom")
-                    && self.peek() == Some(&TokenKind::Dot) =>
+                if name.eq_ignore_ascii_case("custom") && self.peek() == Some(&TokenKind::Dot) =>
             {
                 let name = self.parse_custom_name()?;
                 Ok(Node {

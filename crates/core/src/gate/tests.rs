@@ -687,7 +687,10 @@ fn custom_metrics_parse_with_their_prefix_and_evaluate_as_bare_numbers() {
     // No reading: inconclusive, never a pass.
     let missing = absolute.evaluate_custom(&CustomValues::default(), None);
     assert_eq!(kind(&missing), "inconclusive");
-    assert!(format!("{missing:?}").contains("has no data"), "{missing:?}");
+    assert!(
+        format!("{missing:?}").contains("has no data"),
+        "{missing:?}"
+    );
 
     let relative = Gate::parse("custom.queue_depth > 1.5 * baseline.custom.queue_depth").unwrap();
     assert!(relative.reads_baseline());
@@ -699,7 +702,10 @@ fn custom_metrics_parse_with_their_prefix_and_evaluate_as_bare_numbers() {
         kind(&relative.evaluate_custom(&values(140.0), Some(&values(100.0)))),
         "pass"
     );
-    assert_eq!(kind(&relative.evaluate_custom(&values(200.0), None)), "inconclusive");
+    assert_eq!(
+        kind(&relative.evaluate_custom(&values(200.0), None)),
+        "inconclusive"
+    );
     assert_eq!(
         relative.expr.to_string(),
         "custom.queue_depth > 1.5 * baseline.custom.queue_depth"
