@@ -66,18 +66,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_killswitch() {
-    let server = Server::start("prometheus");
+/// The four nodes of the walkthrough's plan (two employees, one free, one enterprise; fl1 and
+/// fl2 consumers), each a demo consumer with its agent reporting no health of its own. The
+/// scrape targets (labelled with their node) and the load generator's targets.
+fn start_nodes(server: &Server, processes: &mut Processes) -> (String, Vec<String>) {
     let dir = server.dir.path().to_owned();
-    let mut processes = Processes::default();
     let nodes = [
         ("emp-1", "employee", "fl1"),
         ("emp-2", "employee", "fl2"),
         ("free-1", "free", "fl1"),
         ("ent-1", "enterprise", "fl2"),
     ];
-    // The consumers, each with its agent (reporting no health of its own).
     let mut scrape_targets = String::new();
     let mut load_targets = Vec::new();
     for (id, cohort, generation) in nodes {
@@ -119,40 +118,16 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
         load_targets.push("--target".to_owned());
         load_targets.push(format!("{url}/"));
     }
-    // Prometheus, scraping every consumer each second, each series labelled with its node.
-    let port = free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: edge\n    static_configs:\n{scrape_targets}"
-        ),
-    )
-    .unwrap();
-    processes.0.push(
-        Command::new(prometheus_binary())
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let prometheus = format!("http://127.0.0.1:{port}");
-    let http = reqwest::blocking::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{prometheus}/-/ready"))
-        .send()
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < deadline, "Prometheus never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    (scrape_targets, load_targets)
+}
+
+#[test]
+fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_killswitch() {
+    let server = Server::start("prometheus");
+    let dir = server.dir.path().to_owned();
+    let mut processes = Processes::default();
+    let (scrape_targets, load_targets) = start_nodes(&server, &mut processes);
+    let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
     processes.0.push(
         Command::new(BIN)
             .arg("loadgen")
@@ -415,4 +390,111 @@ fn an_slo_defined_by_promql_gets_its_burn_rate_from_prometheus() {
         1,
     );
     assert!(refused.contains("prometheus.url"), "{refused}");
+}
+
+/// A gate on a custom metric the plan's Prometheus source declares: each node's 5xx per
+/// second (`rate()` of the consumer's error counter, as Prometheus computes it). The plan has
+/// no other gate. A good version completes on it; the 5 Dec killswitch makes the fl1 employee
+/// fail its requests while the nodes without it stay at zero, and the custom gate rolls it
+/// back at the first stage.
+#[test]
+fn a_custom_metric_gate_on_prometheus_completes_a_good_version_and_rolls_back_the_killswitch() {
+    let server = Server::start("prometheus-custom");
+    let dir = server.dir.path().to_owned();
+    let mut processes = Processes::default();
+    let (scrape_targets, load_targets) = start_nodes(&server, &mut processes);
+    let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
+    processes.0.push(
+        Command::new(BIN)
+            .arg("loadgen")
+            .args(&load_targets)
+            .args(["--rps", "200", "--duration", "10m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let plan = std::fs::read_to_string(repo().join("examples/plans/walkthrough.yaml"))
+        .unwrap()
+        .replace(
+            "    - p99_latency > 500ms OR error_rate > 1%\n",
+            "    - custom.errors_per_second > 1\n",
+        )
+        .replace(
+            "stages:\n",
+            &format!(
+                "health_source:\n  prometheus:\n    url: {prometheus}\n    node_label: node\n    requests: sum by (node) (http_requests_total{{job=\"edge\"}})\n    errors: sum by (node) (http_errors_total{{job=\"edge\"}})\n    interval: 1s\n    metrics:\n      errors_per_second: sum by (node) (rate(http_errors_total{{job=\"edge\"}}[5s]))\nstages:\n"
+            ),
+        );
+    assert!(plan.contains("custom.errors_per_second"), "{plan}");
+    let plan_file = server.file("custom-plan.yaml", &plan);
+    // A gate naming an undeclared metric is refused before anything is stored.
+    let typo = server.file(
+        "typo-plan.yaml",
+        &plan.replace(
+            "custom.errors_per_second > 1",
+            "custom.error_per_second > 1",
+        ),
+    );
+    let spec = repo().join("examples/units/rules.spec.yaml");
+    let refused = server.fails(
+        &[
+            "unit",
+            "create",
+            "rules",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--plan",
+            &typo,
+        ],
+        1,
+    );
+    assert!(
+        refused.contains("custom.error_per_second") && refused.contains("errors_per_second"),
+        "{refused}"
+    );
+    server.ok(&[
+        "unit",
+        "create",
+        "rules",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--plan",
+        &plan_file,
+    ]);
+    server.ok(&["nodes", "--wait-for", "4", "--timeout", "30s"]);
+
+    let rules = repo().join("examples/units/rules.json");
+    let watched = server.ok(&[
+        "push",
+        "rules",
+        rules.to_str().unwrap(),
+        "-m",
+        "managed rules",
+        "--watch",
+    ]);
+    assert!(watched.contains("rollout 1 completed"), "{watched}");
+    let story = server.ok(&["log", "--rollout", "1", "-o", "json"]);
+    assert!(
+        story.contains("\"gate_verdict\"") && story.contains("custom.errors_per_second 0 <= 1"),
+        "{story}"
+    );
+    let killswitch = repo().join("examples/units/rules-killswitch.json");
+    let output = server.run(&[
+        "push",
+        "rules",
+        killswitch.to_str().unwrap(),
+        "-m",
+        "kill r-300",
+        "--watch",
+    ]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains("rollout 2 rolled_back at stage 1/3 employees")
+            && said.contains("custom.errors_per_second"),
+        "{said}"
+    );
+    let quarantined = server.ok(&["quarantine", "list"]);
+    assert!(quarantined.contains("kill r-300"), "{quarantined}");
 }

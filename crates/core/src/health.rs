@@ -138,6 +138,100 @@ impl GroupMetrics {
     }
 }
 
+/// Most custom metrics a plan's health source may declare (`health_source.prometheus.metrics`),
+/// and so most names one group's [`CustomValues`] holds.
+pub const CUSTOM_METRICS_MAX: usize = 16;
+/// Longest custom metric name, in bytes.
+pub const CUSTOM_METRIC_NAME_MAX_BYTES: usize = 64;
+
+/// Whether `name` may name a custom metric: `[a-z][a-z0-9_]*`, at most
+/// [`CUSTOM_METRIC_NAME_MAX_BYTES`] bytes. Gates write it `custom.NAME`.
+pub fn valid_custom_metric_name(name: &str) -> bool {
+    name.len() <= CUSTOM_METRIC_NAME_MAX_BYTES
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The readings of one custom metric for a group over a window: their sum and count, so the
+/// group's value is their mean and groups merge by addition.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct CustomSum {
+    pub sum: f64,
+    pub readings: u64,
+}
+
+/// A group's custom metrics (a plan's PromQL queries beyond requests, errors and latency) over
+/// a window: per name, the readings of every node of the group. A group's value of a metric is
+/// the mean of its readings (one per node per reading of the source); a name with no reading
+/// has no value, and a gate reading it is inconclusive. At most [`CUSTOM_METRICS_MAX`] names,
+/// each valid ([`valid_custom_metric_name`]); others are ignored. Kept apart from
+/// [`GroupMetrics`], which is `Copy`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CustomValues {
+    values: std::collections::BTreeMap<String, CustomSum>,
+}
+
+impl CustomValues {
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// One reading of `name` (a finite value; others, and names beyond the limits, are
+    /// ignored).
+    pub fn record(&mut self, name: &str, value: f64) {
+        self.add(
+            name,
+            CustomSum {
+                sum: value,
+                readings: 1,
+            },
+        );
+    }
+
+    fn add(&mut self, name: &str, more: CustomSum) {
+        if !more.sum.is_finite() || more.readings == 0 || !valid_custom_metric_name(name) {
+            return;
+        }
+        if let Some(sum) = self.values.get_mut(name) {
+            let total = sum.sum + more.sum;
+            if total.is_finite() {
+                sum.sum = total;
+                sum.readings = sum.readings.saturating_add(more.readings);
+            }
+        } else if self.values.len() < CUSTOM_METRICS_MAX {
+            self.values.insert(name.to_owned(), more);
+        }
+    }
+
+    /// Adds every reading of `other`.
+    pub fn merge(&mut self, other: &CustomValues) {
+        for (name, more) in &other.values {
+            self.add(name, *more);
+        }
+    }
+
+    /// The mean of `name`'s readings; `None` without any.
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        self.values
+            .get(name)
+            .filter(|sum| sum.readings > 0)
+            .map(|sum| sum.sum / sum.readings as f64)
+    }
+
+    /// How many readings of `name` there are.
+    pub fn readings(&self, name: &str) -> u64 {
+        self.values.get(name).map_or(0, |sum| sum.readings)
+    }
+
+    /// Whether any name has a reading.
+    pub fn has_readings(&self) -> bool {
+        self.values.values().any(|sum| sum.readings > 0)
+    }
+}
+
 /// Counter values at one reading (an agent's scrape of its consumer, or the control plane's
 /// query of a Prometheus server for one node).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -226,5 +320,33 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(sum.errors, 10);
+    }
+
+    #[test]
+    fn custom_values_average_their_readings_within_their_limits() {
+        let mut canary = CustomValues::default();
+        canary.record("queue_depth", 10.0);
+        canary.record("queue_depth", 30.0);
+        canary.record("Bad-Name", 1.0);
+        canary.record("queue_depth", f64::NAN);
+        assert_eq!(canary.mean("queue_depth"), Some(20.0));
+        assert_eq!(canary.readings("queue_depth"), 2);
+        assert_eq!(canary.mean("Bad-Name"), None);
+        let mut group = CustomValues::default();
+        group.merge(&canary);
+        group.record("queue_depth", 50.0);
+        assert_eq!(group.mean("queue_depth"), Some(30.0));
+        for index in 0..CUSTOM_METRICS_MAX + 5 {
+            group.record(&format!("m{index}"), 1.0);
+        }
+        let names = (0..CUSTOM_METRICS_MAX + 5)
+            .filter(|index| group.mean(&format!("m{index}")).is_some())
+            .count();
+        assert_eq!(names, CUSTOM_METRICS_MAX - 1, "queue_depth takes one place");
+        assert!(!valid_custom_metric_name(
+            &"a".repeat(CUSTOM_METRIC_NAME_MAX_BYTES + 1)
+        ));
+        assert!(valid_custom_metric_name("queue_depth_2"));
+        assert!(!valid_custom_metric_name("2queue"));
     }
 }

@@ -350,6 +350,7 @@ impl Plan {
         let mut loader = Loader {
             file: file_name,
             errors: Vec::new(),
+            custom_refs: Vec::new(),
         };
         if text.len() > PLAN_TEXT_MAX_BYTES {
             loader.push(
@@ -419,6 +420,19 @@ struct StageDefaults {
 struct Loader<'a> {
     file: &'a str,
     errors: Vec<PlanError>,
+    /// Gates that read custom metrics, checked against the health source's declared ones
+    /// once the whole plan is read.
+    custom_refs: Vec<CustomRef>,
+}
+
+/// Where a gate reads custom metrics: its place in the file, its text and the names.
+#[derive(Debug)]
+struct CustomRef {
+    line: usize,
+    column: usize,
+    field: String,
+    gate: String,
+    names: Vec<String>,
 }
 
 impl Loader<'_> {
@@ -713,6 +727,7 @@ impl Loader<'_> {
                 None
             }
         };
+        self.check_custom_refs(health_source.as_ref().and_then(|s| s.as_deref()));
         Some(Plan {
             name: name?,
             concurrency: concurrency?,
@@ -725,6 +740,42 @@ impl Loader<'_> {
             exclusive_nodes: exclusive_nodes?,
             health_source: health_source?,
         })
+    }
+
+    /// Every custom metric a gate reads must be declared by the plan's health source
+    /// (`health_source.prometheus.metrics`): a name that is not is refused, naming the gate,
+    /// the metric and the declared ones.
+    fn check_custom_refs(&mut self, source: Option<&PrometheusSource>) {
+        let declared: Vec<&str> = source
+            .map(|source| source.metrics.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let declared_text = if declared.is_empty() {
+            "it declares none".to_owned()
+        } else {
+            format!("it declares: {}", declared.join(", "))
+        };
+        let refs = std::mem::take(&mut self.custom_refs);
+        for reference in refs {
+            for name in &reference.names {
+                if declared.contains(&name.as_str()) {
+                    continue;
+                }
+                let message = if source.is_none() {
+                    format!(
+                        "gate `{}` reads custom.{name}, but the plan has no health_source: \
+                         custom metrics come from health_source.prometheus.metrics",
+                        reference.gate
+                    )
+                } else {
+                    format!(
+                        "gate `{}` reads custom.{name}, which health_source.prometheus.metrics \
+                         does not declare ({declared_text})",
+                        reference.gate
+                    )
+                };
+                self.push(reference.line, reference.column, &reference.field, message);
+            }
+        }
     }
 
     fn soak(&mut self, node: &YamlNode, path: &str) -> Option<u64> {
@@ -962,7 +1013,19 @@ impl Loader<'_> {
                 continue;
             };
             match crate::gate::parse_gate_line(source) {
-                Ok(GateLine::Gate(gate)) => gates.push(gate),
+                Ok(GateLine::Gate(gate)) => {
+                    let names = gate.custom_metrics();
+                    if !names.is_empty() {
+                        self.custom_refs.push(CustomRef {
+                            line: gate_node.line,
+                            column: gate_node.column,
+                            field: field.clone(),
+                            gate: gate.source.clone(),
+                            names,
+                        });
+                    }
+                    gates.push(gate);
+                }
                 Ok(GateLine::MinRequests(count)) => {
                     if min_requests.is_some() {
                         self.error(

@@ -2317,6 +2317,7 @@ fn a_plan_with_a_health_source_is_judged_on_it_and_not_on_the_agents_reports() {
         latency: None,
         latency_in_ms: false,
         interval_ms: 1_000,
+        metrics: Default::default(),
     };
     let sample = |errors: u64| {
         let mut sample = HealthSample {
@@ -2348,6 +2349,7 @@ fn a_plan_with_a_health_source_is_judged_on_it_and_not_on_the_agents_reports() {
                         unit: unit("u"),
                         version,
                         sample: sample(monitoring_errors),
+                        custom: Default::default(),
                     });
                 }
             }

@@ -600,3 +600,67 @@ fn a_prometheus_health_source_parses_and_its_mistakes_are_named() {
         &[("plan.yaml:2:3: health_source.datadog", "unknown field")],
     );
 }
+
+#[test]
+fn custom_metrics_are_declared_by_the_source_and_gates_may_name_only_those() {
+    let source = "health_source:\n  prometheus:\n    url: http://127.0.0.1:9090\n    node_label: node\n    requests: sum by (node) (r)\n    errors: sum by (node) (e)\n    metrics:\n      queue_depth: max by (node) (edge_queue_depth)\n      retries: sum by (node) (rate(edge_retries_total[1m]))\n";
+    let plan = parse_ok(
+        "plan.yaml",
+        &format!(
+            "name: p\n{source}stages:\n  - name: all\n    gates:\n      - custom.queue_depth > 100\n      - custom.retries > 1.5 * baseline.custom.retries\n"
+        ),
+    );
+    let declared = &plan.health_source.unwrap().metrics;
+    assert_eq!(
+        declared.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["queue_depth", "retries"]
+    );
+    let gates = &plan.stages[0].gates;
+    assert_eq!(gates[0].custom_metrics(), ["queue_depth"]);
+    assert!(!gates[0].reads_baseline() && gates[1].reads_baseline());
+
+    // An undeclared name (a typo) is refused, naming the gate, the metric and the declared ones.
+    check(
+        &format!(
+            "name: p\n{source}stages:\n  - name: all\n    gates:\n      - custom.queue_dept > 100\n"
+        ),
+        &[(
+            "plan.yaml:14:9: stages[0].gates[0]",
+            "gate `custom.queue_dept > 100` reads custom.queue_dept, which health_source.prometheus.metrics does not declare (it declares: queue_depth, retries)",
+        )],
+    );
+    // In the defaults too; and without a health source at all.
+    check(
+        "name: p\ndefaults:\n  gates: [custom.queue_depth > 100]\nstages:\n  - name: all\n",
+        &[(
+            "plan.yaml:3:11: defaults.gates[0]",
+            "reads custom.queue_depth, but the plan has no health_source",
+        )],
+    );
+    // Bad names and too many metrics.
+    let many: String = (0..=failsmall_core::health::CUSTOM_METRICS_MAX)
+        .map(|index| format!("      m{index}: up\n"))
+        .collect();
+    check(
+        &format!(
+            "name: p\nhealth_source:\n  prometheus:\n    url: http://127.0.0.1:9090\n    node_label: node\n    requests: r\n    errors: e\n    metrics:\n{many}stages:\n  - name: all\n"
+        ),
+        &[(
+            "plan.yaml:9:7: health_source.prometheus.metrics",
+            "17 custom metrics; at most 16",
+        )],
+    );
+    check(
+        "name: p\nhealth_source:\n  prometheus:\n    url: http://127.0.0.1:9090\n    node_label: node\n    requests: r\n    errors: e\n    metrics:\n      Queue-Depth: up\n      empty: ''\nstages:\n  - name: all\n",
+        &[
+            (
+                "plan.yaml:9:20: health_source.prometheus.metrics.Queue-Depth",
+                "expected a custom metric name of [a-z][a-z0-9_]*",
+            ),
+            (
+                "plan.yaml:10:14: health_source.prometheus.metrics.empty",
+                "PromQL query",
+            ),
+        ],
+    );
+}

@@ -10,6 +10,11 @@
 //! knows. When Prometheus cannot be read, nothing is made up: the rollout gets no data, its
 //! gates stay inconclusive and its stage holds at its timeout, as with silent agents; the
 //! failure is logged once per change of reason.
+//!
+//! A source's custom metrics (`metrics: { NAME: PromQL }`) are asked with the others: each
+//! answers one value per node, read as it is (a gauge, or a `rate()`), and goes with the
+//! node's health in the same event for the gates that read `custom.NAME`. A custom query that
+//! fails leaves that metric without a reading (its gates hold) and the others read as usual.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use failsmall_core::domain::{NodeId, TimeMs, UnitName, VersionHash};
 use failsmall_core::engine::Event;
-use failsmall_core::health::{Counters, sample_between};
+use failsmall_core::health::{Counters, CustomValues, sample_between};
 use failsmall_core::plan::PrometheusSource;
 use serde::Deserialize;
 
@@ -43,8 +48,16 @@ pub enum ReadError {
     Query { query: String, reason: String },
 }
 
-/// What one reading of one unit found: counters per node.
-type Reading = BTreeMap<NodeId, Counters>;
+/// What one reading of one unit found.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// Counters per node.
+    pub counters: BTreeMap<NodeId, Counters>,
+    /// Custom metrics per node (one reading each).
+    pub custom: BTreeMap<NodeId, CustomValues>,
+    /// The custom queries that failed, with why (their metrics have no reading).
+    pub custom_failures: Vec<String>,
+}
 
 /// What the poller keeps per unit between readings.
 #[derive(Debug, Default)]
@@ -55,6 +68,8 @@ struct UnitMemory {
     last: HashMap<NodeId, (Counters, Option<VersionHash>)>,
     /// The last failure said, so a lasting one is logged once.
     failing: Option<String>,
+    /// Likewise for the custom queries.
+    failing_custom: Option<String>,
 }
 
 /// Reads Prometheus for the units that need it until the task is aborted.
@@ -107,6 +122,21 @@ pub async fn poll_forever(engine: Arc<EngineHost>, store: Arc<Store>, clock: fn(
                     continue;
                 }
             };
+            let custom_failures = reading.custom_failures.join("; ");
+            if custom_failures.is_empty() {
+                if entry.failing_custom.take().is_some() {
+                    tracing::info!(unit = %unit, url = %source.url, "Prometheus custom metrics answer again");
+                }
+            } else if entry.failing_custom.as_deref() != Some(custom_failures.as_str()) {
+                tracing::warn!(unit = %unit, url = %source.url, reason = %custom_failures,
+                    "Prometheus custom metrics not read; gates reading them hold until they are");
+                entry.failing_custom = Some(custom_failures);
+            }
+            let Reading {
+                counters: reading,
+                mut custom,
+                ..
+            } = reading;
             let events = engine
                 .read(|engine, _| {
                     let mut events = Vec::new();
@@ -118,13 +148,15 @@ pub async fn poll_forever(engine: Arc<EngineHost>, store: Arc<Store>, clock: fn(
                             && *then == now_version
                         {
                             let sample = sample_between(before, &counters);
-                            if sample.requests > 0 {
+                            let custom = custom.remove(&node).unwrap_or_default();
+                            if sample.requests > 0 || !custom.is_empty() {
                                 events.push((
                                     Event::MonitoredHealth {
                                         node: node.clone(),
                                         unit: unit.clone(),
                                         version: now_version,
                                         sample,
+                                        custom,
                                     },
                                     None,
                                 ));
@@ -174,13 +206,15 @@ struct Series {
     value: (f64, String),
 }
 
-/// One reading of `source`: the counters of every node its queries answer for. Series
+/// One reading of `source`: the counters of every node its queries answer for, and its
+/// custom metrics. Series
 /// without the node label, or whose value is not a finite number, are skipped.
 pub async fn read(
     client: &reqwest::Client,
     source: &PrometheusSource,
 ) -> Result<Reading, ReadError> {
-    let mut reading = Reading::new();
+    let mut all = Reading::default();
+    let reading = &mut all.counters;
     for (series, value) in instant_query(client, &source.url, &source.requests).await? {
         if let Some(node) = node_of(source, &series) {
             reading.entry(node).or_default().requests += value;
@@ -218,7 +252,24 @@ pub async fn read(
                 .sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
         }
     }
-    Ok(reading)
+    for (name, query) in &source.metrics {
+        match instant_query_values(client, &source.url, query).await {
+            Ok(series) => {
+                for (labels, value) in series {
+                    // A node answered by more than one series keeps its first value: a
+                    // query not grouped by node has no one value per node.
+                    if let Some(node) = node_of(source, &labels) {
+                        let values = all.custom.entry(node).or_default();
+                        if values.readings(name) == 0 {
+                            values.record(name, value);
+                        }
+                    }
+                }
+            }
+            Err(error) => all.custom_failures.push(format!("custom.{name}: {error}")),
+        }
+    }
+    Ok(all)
 }
 
 fn node_of(source: &PrometheusSource, series: &BTreeMap<String, String>) -> Option<NodeId> {
@@ -226,9 +277,22 @@ fn node_of(source: &PrometheusSource, series: &BTreeMap<String, String>) -> Opti
 }
 
 /// Runs one instant query against the Prometheus server at `base_url`; its series' labels and
-/// values (negative ones as 0, not-a-number ones left out). Used by plans' health sources and
-/// by SLOs defined by PromQL (`crate::slo`).
+/// values (negative ones as 0, not-a-number ones left out): counters. Used by plans' health
+/// sources and by SLOs defined by PromQL (`crate::slo`).
 pub async fn instant_query(
+    client: &reqwest::Client,
+    base_url: &str,
+    promql: &str,
+) -> Result<Vec<(BTreeMap<String, String>, f64)>, ReadError> {
+    let mut series = instant_query_values(client, base_url, promql).await?;
+    for (_, value) in &mut series {
+        *value = value.max(0.0);
+    }
+    Ok(series)
+}
+
+/// [`instant_query`] with every finite value as answered (a gauge may be negative).
+pub async fn instant_query_values(
     client: &reqwest::Client,
     base_url: &str,
     promql: &str,
@@ -289,7 +353,7 @@ pub async fn instant_query(
         .into_iter()
         .filter_map(|series| {
             let value = series.value.1.parse::<f64>().ok()?;
-            value.is_finite().then_some((series.metric, value.max(0.0)))
+            value.is_finite().then_some((series.metric, value))
         })
         .collect())
 }

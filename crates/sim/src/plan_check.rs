@@ -153,7 +153,13 @@ pub fn stage_can_fail(stage: &Stage) -> bool {
 /// the version (as much traffic as the canary). `None` for a stage without such a gate or
 /// without nodes of its own.
 fn detection_requests(stage: &Stage, canary_traffic: f64, baseline_traffic: f64) -> Option<f64> {
-    if canary_traffic <= 0.0 || !stage.gates.iter().any(|gate| gate.reads_baseline()) {
+    // A custom metric's gate (`custom.NAME`) reads what Prometheus answers: no error-rate
+    // test whose power could be estimated.
+    let tested = stage
+        .gates
+        .iter()
+        .any(|gate| gate.reads_baseline() && !gate.reads_custom());
+    if canary_traffic <= 0.0 || !tested {
         return None;
     }
     let baseline = if baseline_traffic > 0.0 {
@@ -353,6 +359,15 @@ pub fn check_plan_on_nodes(
                 "stage {:?} takes every node its selector matches and has no time to see them before the version ({}): its gates have no like-for-like baseline and compare with another population (the rest of the fleet), whose background error rate and latency may differ; give it a bake of its own, or add a wave below 100% of the same selector first",
                 stage.name,
                 if index == 0 { "it has no bake to observe them first".to_owned() } else { "the stage before it has no bake".to_owned() }
+            ));
+        }
+    }
+    // The simulator evaluates no PromQL: a gate on a custom metric has no reading there.
+    for stage in &plan.stages {
+        if let Some(gate) = stage.gates.iter().find(|gate| gate.reads_custom()) {
+            warnings.push(format!(
+                "stage {:?}: gate {:?} reads custom metrics, which only the plan's Prometheus source answers: `failsmall sim` has no reading of them and holds the stage, and no power is estimated for it",
+                stage.name, gate.source
             ));
         }
     }

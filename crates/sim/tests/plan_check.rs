@@ -307,3 +307,33 @@ fn a_plan_whose_gated_stages_select_no_node_warns_that_nothing_becomes_stable() 
         report.warnings
     );
 }
+
+/// A gate on a custom metric is judged on what Prometheus answers, which the simulator cannot
+/// produce: `plan check` says so, and estimates no power for it.
+#[test]
+fn a_custom_metric_gate_is_named_as_one_the_simulator_cannot_judge() {
+    let mut gated = stage("a", Some("a"), OFF);
+    gated.gates = vec![
+        failsmall_core::gate::Gate::parse("custom.queue_depth > 2 * baseline.custom.queue_depth")
+            .unwrap(),
+    ];
+    let fleet = FleetSpec::parse("fleet.yaml", FLEET).unwrap();
+    let report = check_plan(
+        &plan(vec![gated, stage("rest", None, OFF)]),
+        &fleet,
+        &options(),
+    )
+    .unwrap();
+    assert!(
+        report.warnings.iter().any(|warning| warning.contains("custom.queue_depth")
+            && warning.contains("no reading")),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(report.stages[0].canary_requests_to_detect, None);
+    assert!(
+        report
+            .power
+            .is_some_and(|power| power.canary_requests_to_detect.is_none())
+    );
+}

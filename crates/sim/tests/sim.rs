@@ -421,6 +421,7 @@ fn a_plan_with_a_prometheus_health_source_reaches_the_same_verdicts() {
             latency: None,
             latency_in_ms: false,
             interval_ms: 5_000,
+            metrics: Default::default(),
         })),
         ..default_plan_without_soak()
     };
@@ -506,4 +507,36 @@ fn a_burn_rate_gate_holds_a_good_version_while_the_service_burns_its_budget_and_
         trace.contains("burn_rate_1h") && trace.contains("fleet unhealthy"),
         "no burn-rate hold in the trace"
     );
+}
+
+/// Custom metrics in the simulator: it evaluates no PromQL, so a gate on one has no reading,
+/// as when the real Prometheus answers nothing: every stage it gates holds (inconclusive), and
+/// no version completes, is rolled back or is quarantined on it — even a bad one, which only
+/// the gates the simulator can judge catch.
+#[test]
+fn a_custom_metric_gate_has_no_reading_in_the_simulator_and_holds() {
+    let mut plan = default_plan_without_soak();
+    plan.health_source = Some(Box::new(failsmall_core::plan::PrometheusSource {
+        url: "http://127.0.0.1:9090".into(),
+        node_label: "node".into(),
+        requests: "sum by (node) (http_requests_total)".into(),
+        errors: "sum by (node) (http_errors_total)".into(),
+        latency: None,
+        latency_in_ms: false,
+        interval_ms: 5_000,
+        metrics: [(
+            "queue_depth".to_owned(),
+            "max by (node) (queue_depth)".to_owned(),
+        )]
+        .into(),
+    }));
+    for stage in &mut plan.stages {
+        stage.gates = vec![failsmall_core::gate::Gate::parse("custom.queue_depth > 100").unwrap()];
+    }
+    let report = both_with(&shrunk("healthy", 40 * 60_000, 4), Some(5), true, plan);
+    let metrics = &report.runs[1].metrics;
+    assert_eq!(metrics.versions_completed, 0, "{metrics:?}");
+    assert_eq!(metrics.rollbacks, 0, "{metrics:?}");
+    assert_eq!(metrics.quarantines, 0, "{metrics:?}");
+    assert!(metrics.holds > 0, "{metrics:?}");
 }

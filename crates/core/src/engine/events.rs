@@ -408,6 +408,7 @@ impl Engine {
                 pre_period: None,
                 control_pre: None,
                 control: GroupMetrics::default(),
+                custom: CustomWindows::default(),
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
                 held_for_data: false,
@@ -567,6 +568,7 @@ impl Engine {
             unit,
             version,
             sample,
+            custom,
             monitored,
         } = report;
         let Self {
@@ -629,7 +631,8 @@ impl Engine {
                         && version == rollout.version
                         && now > rollout.window_from_ms
                     {
-                        if exposure.stage >= rollout.canary_from_stage {
+                        let stage_node = exposure.stage >= rollout.canary_from_stage;
+                        if stage_node {
                             let before = rollout.stage_canary.sample.requests;
                             rollout.stage_canary.sample.merge(sample);
                             reached = reaches(before, rollout.stage_canary.sample.requests);
@@ -637,12 +640,36 @@ impl Engine {
                             rollout.earlier.sample.merge(sample);
                         }
                         rollout.canary.sample.merge(sample);
+                        if let Some(values) = custom {
+                            let windows = &mut rollout.custom;
+                            if stage_node {
+                                windows.stage_canary.merge(values);
+                            } else {
+                                windows.earlier.merge(values);
+                            }
+                            windows.canary.merge(values);
+                        }
                     }
                     recheck |= held && (was_silent || reached);
                 }
                 Role::StageBaseline { upcoming } | Role::FleetBaseline { upcoming }
                     if counts && version != rollout.version =>
                 {
+                    let in_baseline = rollout.roles.0.in_baseline(role);
+                    if let Some(values) = custom {
+                        let windows = &mut rollout.custom;
+                        if upcoming {
+                            windows.upcoming.merge(values);
+                        } else {
+                            windows.upcoming_control.merge(values);
+                        }
+                        if now > rollout.window_from_ms {
+                            windows.control.merge(values);
+                            if in_baseline {
+                                windows.baseline.merge(values);
+                            }
+                        }
+                    }
                     if upcoming {
                         rollout.upcoming.sample.merge(sample);
                     } else {
@@ -652,7 +679,7 @@ impl Engine {
                         continue;
                     }
                     rollout.control.sample.merge(sample);
-                    if rollout.roles.0.in_baseline(role) {
+                    if in_baseline {
                         let before = rollout.baseline.sample.requests;
                         rollout.baseline.sample.merge(sample);
                         recheck |= held && reaches(before, rollout.baseline.sample.requests);
@@ -872,6 +899,8 @@ pub(super) struct HealthReport<'a> {
     pub unit: &'a UnitName,
     pub version: VersionHash,
     pub sample: &'a HealthSample,
+    /// The node's readings of the plan's custom metrics (monitored health only).
+    pub custom: Option<&'a CustomValues>,
     /// Read from the plan's monitoring system (`health_source`), not reported by the agent.
     pub monitored: bool,
 }

@@ -21,12 +21,13 @@
 //! inconclusive and hold the stage for ever; once the canary has its `min_requests`, it passes
 //! instead (saying why), and the stage is judged by its absolute gates and hard signals.
 
+use super::custom::{CustomGroups, CustomHold, judge_custom};
 use super::{
     Action, ChangeKind, Engine, GATE_EVAL_INTERVAL_MS, GateReport, cut, same_kind, verdict_text,
 };
 use crate::domain::{RolloutId, TimeMs, VersionHash};
 use crate::gate::{Gate, Verdict};
-use crate::health::{GroupMetrics, HealthSample};
+use crate::health::{CustomValues, GroupMetrics, HealthSample};
 use crate::slo::BurnRates;
 
 /// The metrics a failing absolute gate may read, each with the comparison that says whether
@@ -216,6 +217,11 @@ fn time_adjusted(
     }
 }
 
+/// Whether `values` has a reading of every one of `names`.
+fn has_every(values: &CustomValues, names: &[String]) -> bool {
+    names.iter().all(|name| values.readings(name) > 0)
+}
+
 impl Engine {
     /// Whether some node should run a version of `unit` other than `version` (a baseline for
     /// it can exist). Walks the fleet; called only when the baseline has no data.
@@ -262,7 +268,19 @@ impl Engine {
                 nodes,
                 ..rollout.baseline
             });
+            rollout.custom.baseline_carried = rollout.custom.baseline.clone();
         }
+        // Custom metrics' groups, owned: the loop below changes the rollout.
+        let custom_gates = stage.gates.iter().any(Gate::reads_custom);
+        let (custom_baseline, custom_control) = if custom_gates {
+            let (baseline, control) = rollout.judged_custom_baseline();
+            (
+                baseline.cloned(),
+                control.map(|(now, then)| (now.clone(), then.clone())),
+            )
+        } else {
+            (None, None)
+        };
         let mut changes = Vec::new();
         let mut reports = Vec::with_capacity(stage.gates.len());
         let mut fleet_unhealthy = None;
@@ -276,11 +294,37 @@ impl Engine {
             } else {
                 &rollout.canary
             };
-            let mut verdict =
-                gate.evaluate_with(canary, baseline.as_ref(), stage.min_requests, &burn_rates);
+            let builtin = !gate.reads_custom();
+            let mut verdict = if builtin {
+                gate.evaluate_with(canary, baseline.as_ref(), stage.min_requests, &burn_rates)
+            } else {
+                let windows = &rollout.custom;
+                let earlier = (!windows.earlier_pre.is_empty())
+                    .then_some((&windows.earlier, &windows.earlier_pre));
+                let groups = CustomGroups {
+                    canary: if gate.reads_baseline() {
+                        &windows.stage_canary
+                    } else {
+                        &windows.canary
+                    },
+                    baseline: custom_baseline.as_ref(),
+                    control: custom_control.as_ref().map(|(now, then)| (now, then)),
+                    earlier,
+                    no_baseline_ever,
+                    canary_requests: canary.sample.requests,
+                    baseline_requests: baseline.map(|b| b.sample.requests),
+                    min_requests: stage.min_requests,
+                };
+                let (verdict, hold) = judge_custom(gate, &groups);
+                if let Some(CustomHold::FleetUnhealthy(why)) = hold {
+                    fleet_unhealthy.get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
+                }
+                verdict
+            };
             // The service burns its budget and nothing to compare the version with: a
             // fleet-wide signal cannot blame it (see `gate` on burn-rate gates).
-            if let Verdict::Fail { detail } = &verdict
+            if builtin
+                && let Verdict::Fail { detail } = &verdict
                 && gate.reads_burn_rate()
                 && (baseline.is_none() || no_baseline_ever)
             {
@@ -291,7 +335,8 @@ impl Engine {
                 fleet_unhealthy.get_or_insert_with(|| format!("gate {:?}: {why}", gate.source));
                 verdict = Verdict::Inconclusive { detail: why };
             }
-            if let Verdict::Fail { detail } = &verdict
+            if builtin
+                && let Verdict::Fail { detail } = &verdict
                 && let Some(baseline) = baseline.as_ref()
                 && !no_baseline_ever
                 && let Some(not) = not_the_version(
@@ -314,7 +359,8 @@ impl Engine {
             }
             // Judged against a pre-period: the time between then and now is no evidence
             // against the version when the nodes without it changed the same way.
-            if let Verdict::Fail { detail } = &verdict
+            if builtin
+                && let Verdict::Fail { detail } = &verdict
                 && let Some((control, control_pre)) = control.as_ref()
                 && let Some(not) = fleet_changed(
                     gate,
@@ -338,7 +384,8 @@ impl Engine {
             }
             // The nodes of earlier stages keep being compared, with themselves in the stage
             // before (same nodes, same version): a failure that starts late shows there.
-            if !matches!(verdict, Verdict::Fail { .. })
+            if builtin
+                && !matches!(verdict, Verdict::Fail { .. })
                 && let Some(earlier_pre) = rollout.earlier_pre
                 && rollout.earlier.sample.requests >= stage.min_requests
             {
@@ -417,9 +464,16 @@ impl Engine {
             // An absolute breach blames the version only if it is still there one evaluation
             // interval later: reports arrive node by node, and at an incident's onset the
             // canary's may be in before the baseline's.
+            let baseline_ready = if builtin {
+                baseline.is_some_and(|b| b.sample.requests >= stage.min_requests.max(1))
+            } else {
+                custom_baseline
+                    .as_ref()
+                    .is_some_and(|b| has_every(b, &gate.custom_metrics()))
+            };
             if !gate.reads_baseline()
                 && let Verdict::Fail { detail } = &verdict
-                && baseline.is_some_and(|b| b.sample.requests >= stage.min_requests.max(1))
+                && baseline_ready
             {
                 let since = *rollout.breach_since_ms.get_or_insert(now);
                 if now.saturating_sub(since) < GATE_EVAL_INTERVAL_MS {
@@ -434,9 +488,11 @@ impl Engine {
             }
             // No node runs another version of the unit (its first version): a comparison with
             // a baseline can never conclude, and is not held against the version.
+            let canary_ready = stage_canary.sample.requests >= stage.min_requests
+                && (builtin || has_every(&rollout.custom.stage_canary, &gate.custom_metrics()));
             if no_baseline_ever
                 && gate.reads_baseline()
-                && stage_canary.sample.requests >= stage.min_requests
+                && canary_ready
                 && let Verdict::Inconclusive { detail } = &verdict
             {
                 verdict = Verdict::Pass {
@@ -499,6 +555,7 @@ impl Engine {
             rollout.earlier.sample = HealthSample::default();
             rollout.baseline.sample = HealthSample::default();
             rollout.control.sample = HealthSample::default();
+            rollout.custom.restart();
             // Reports of this very moment belong to the spell just judged: every group's
             // window starts after it, so that all cover the same time.
             rollout.window_from_ms = now;

@@ -277,6 +277,14 @@ impl Engine {
             // The canary so far is exactly the earlier stages' nodes now.
             rollout.earlier_pre =
                 with_data(rollout.canary).filter(|_| rollout.canary_from_stage > 0);
+            let custom = &mut rollout.custom;
+            custom.pre_period = std::mem::take(&mut custom.upcoming);
+            custom.control_pre = std::mem::take(&mut custom.upcoming_control);
+            custom.earlier_pre = if rollout.canary_from_stage > 0 {
+                custom.canary.clone()
+            } else {
+                CustomValues::default()
+            };
             rollout.restart_windows();
             rollout.stage = index;
             rollout.phase = StagePhase::Applying;
@@ -374,6 +382,8 @@ impl Engine {
         rollout.restart_windows();
         rollout.upcoming = GroupMetrics::default();
         rollout.upcoming_control = GroupMetrics::default();
+        rollout.custom.upcoming = CustomValues::default();
+        rollout.custom.upcoming_control = CustomValues::default();
         let name = rollout.stage_name();
         self.rebuild_roles(id);
         let why = format!(
@@ -736,6 +746,14 @@ impl Engine {
         rollout.pre_period = with_data(rollout.stage_canary);
         rollout.earlier_pre = with_data(rollout.earlier).filter(|_| rollout.canary_from_stage > 0);
         rollout.control_pre = with_data(rollout.control);
+        let custom = &mut rollout.custom;
+        custom.pre_period = custom.stage_canary.clone();
+        custom.earlier_pre = if rollout.canary_from_stage > 0 {
+            custom.earlier.clone()
+        } else {
+            CustomValues::default()
+        };
+        custom.control_pre = custom.control.clone();
         rollout.restart_windows();
         let (stage, exposed) = (rollout.stage_name(), rollout.nodes_exposed);
         let why = format!(

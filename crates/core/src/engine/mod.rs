@@ -102,10 +102,12 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{Labels, NodeId, RolloutId, TimeMs, UnitName, VersionHash};
 use crate::freeze::{Freeze, Maintenance, Windows};
 use crate::gate::{Gate, Verdict};
-use crate::health::{GroupMetrics, HealthSample};
+use crate::health::{CustomValues, GroupMetrics, HealthSample};
 use crate::plan::{Concurrency, OnInconclusive, Plan, Stage};
 use crate::select;
+use custom::{BaselineFrom, ControlFrom, CustomWindows};
 
+mod custom;
 mod events;
 mod index;
 mod judge;
@@ -201,6 +203,10 @@ pub enum Event {
         unit: UnitName,
         version: VersionHash,
         sample: HealthSample,
+        /// The node's readings of the plan's custom metrics (`health_source.prometheus.
+        /// metrics`), for gates that read `custom.NAME`.
+        #[serde(default, skip_serializing_if = "CustomValues::is_empty")]
+        custom: CustomValues,
     },
     /// Time passed; deadlines (bakes, timeouts, silences) are checked.
     Tick,
@@ -594,6 +600,9 @@ struct Rollout {
     control_pre: Option<GroupMetrics>,
     #[serde(default)]
     control: GroupMetrics,
+    /// The custom metrics of each window above (plans whose health source declares some).
+    #[serde(default, skip_serializing_if = "CustomWindows::is_empty")]
+    custom: CustomWindows,
     gate_reports: Vec<GateReport>,
     last_gate_eval_ms: Option<TimeMs>,
     /// The latest gate evaluation lacked data (see [`Rollout::has_data`]): the stage is judged
@@ -649,6 +658,7 @@ impl Rollout {
         self.earlier = GroupMetrics::default();
         self.baseline = GroupMetrics::default();
         self.control = GroupMetrics::default();
+        self.custom.restart();
         self.gate_reports.clear();
         self.last_gate_eval_ms = None;
         self.held_for_data = false;
@@ -689,6 +699,61 @@ impl Rollout {
     /// (a unit's first version), the other unexposed nodes, or the latest baseline carried.
     /// While soaking: every exposed node during the last stage.
     fn judged_baseline(&self) -> (Option<GroupMetrics>, Option<(GroupMetrics, GroupMetrics)>) {
+        match self.baseline_from() {
+            BaselineFrom::StageUnexposed => (
+                Some(GroupMetrics {
+                    nodes: self.roles.0.stage_unexposed,
+                    ..self.baseline
+                }),
+                None,
+            ),
+            BaselineFrom::PrePeriod(control) => (
+                self.pre_period,
+                control.and_then(|control| match control {
+                    ControlFrom::Unexposed => self.control_pre.map(|pre| (self.control, pre)),
+                    ControlFrom::Earlier => self.earlier_pre.map(|pre| (self.earlier, pre)),
+                }),
+            ),
+            BaselineFrom::FleetUnexposed(nodes) => (
+                Some(GroupMetrics {
+                    nodes,
+                    ..self.baseline
+                }),
+                None,
+            ),
+            BaselineFrom::Carried => (self.baseline_carried, None),
+        }
+    }
+
+    /// [`Rollout::judged_baseline`]'s groups' custom metrics: the baseline's (`None`: there
+    /// is none) and the time control's (now, then).
+    fn judged_custom_baseline(
+        &self,
+    ) -> (
+        Option<&CustomValues>,
+        Option<(&CustomValues, &CustomValues)>,
+    ) {
+        let custom = &self.custom;
+        match self.baseline_from() {
+            BaselineFrom::StageUnexposed | BaselineFrom::FleetUnexposed(_) => {
+                (Some(&custom.baseline), None)
+            }
+            BaselineFrom::PrePeriod(control) => (
+                Some(&custom.pre_period),
+                control.map(|control| match control {
+                    ControlFrom::Unexposed => (&custom.control, &custom.control_pre),
+                    ControlFrom::Earlier => (&custom.earlier, &custom.earlier_pre),
+                }),
+            ),
+            BaselineFrom::Carried => (
+                self.baseline_carried.map(|_| &custom.baseline_carried),
+                None,
+            ),
+        }
+    }
+
+    /// Which group [`Rollout::judged_baseline`] compares the canary with.
+    fn baseline_from(&self) -> BaselineFrom {
         let roles = &self.roles.0;
         // A pre-period too short to judge against (a stage before it that passed in a moment)
         // gives way to the unexposed nodes, whose window grows.
@@ -700,31 +765,26 @@ impl Rollout {
             .filter(|pre| pre.sample.requests >= min_requests || roles.fleet_unexposed == 0)
             .filter(|pre| pre.sample.requests > 0);
         if roles.stage_unexposed > 0 && !matches!(self.phase, StagePhase::Soaking { .. }) {
-            let current = GroupMetrics {
-                nodes: roles.stage_unexposed,
-                ..self.baseline
-            };
-            return (Some(current), None);
+            return BaselineFrom::StageUnexposed;
         }
-        if let Some(pre) = pre {
+        if pre.is_some() {
             // With every node exposed, the earlier stages' nodes (on the version both then and
             // now) stand in for the time.
-            let control = self.unexposed_control().or_else(|| {
-                self.earlier_pre
-                    .filter(|earlier_pre| earlier_pre.sample.requests > 0)
-                    .map(|earlier_pre| (self.earlier, earlier_pre))
-            });
-            return (Some(pre), control);
+            let control = if self.unexposed_control().is_some() {
+                Some(ControlFrom::Unexposed)
+            } else if self
+                .earlier_pre
+                .is_some_and(|earlier_pre| earlier_pre.sample.requests > 0)
+            {
+                Some(ControlFrom::Earlier)
+            } else {
+                None
+            };
+            return BaselineFrom::PrePeriod(control);
         }
         match roles.baseline_nodes() {
-            Some(nodes) => (
-                Some(GroupMetrics {
-                    nodes,
-                    ..self.baseline
-                }),
-                None,
-            ),
-            None => (self.baseline_carried, None),
+            Some(nodes) => BaselineFrom::FleetUnexposed(nodes),
+            None => BaselineFrom::Carried,
         }
     }
 
@@ -1010,6 +1070,7 @@ impl Engine {
                     unit,
                     version: *version,
                     sample,
+                    custom: None,
                     monitored: false,
                 },
                 &mut out,
@@ -1019,6 +1080,7 @@ impl Engine {
                 unit,
                 version,
                 sample,
+                custom,
             } => self.on_health(
                 now,
                 events::HealthReport {
@@ -1026,6 +1088,7 @@ impl Engine {
                     unit,
                     version: *version,
                     sample,
+                    custom: (!custom.is_empty()).then_some(custom),
                     monitored: true,
                 },
                 &mut out,

@@ -41,6 +41,14 @@ impl fmt::Display for Value {
                 write!(f, "baseline.{}", metric.name())
             }
             Value::BurnRate { window } => write!(f, "burn_rate_{}", window.as_str()),
+            Value::Custom {
+                group: Group::Canary,
+                name,
+            } => write!(f, "custom.{name}"),
+            Value::Custom {
+                group: Group::Baseline,
+                name,
+            } => write!(f, "baseline.custom.{name}"),
             Value::Arith { op, left, right } => {
                 for (index, side) in [left, right].into_iter().enumerate() {
                     if index == 1 {

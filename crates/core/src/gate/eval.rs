@@ -16,6 +16,9 @@ pub(super) struct EvalContext<'a> {
     pub(super) baseline: Option<&'a GroupMetrics>,
     pub(super) min_requests: u64,
     pub(super) burn_rates: &'a BurnRates,
+    /// The groups' custom metrics (`custom.NAME`).
+    pub(super) canary_custom: &'a CustomValues,
+    pub(super) baseline_custom: Option<&'a CustomValues>,
 }
 
 impl EvalContext<'_> {
@@ -47,6 +50,22 @@ impl EvalContext<'_> {
                 let metrics = self.group(*group, *metric)?;
                 metric.value_of(metrics).ok_or_else(|| {
                     format!("{value} has no data (no requests or no latency observations)")
+                })
+            }
+            Value::Custom { group, name } => {
+                let (values, whose) = match group {
+                    Group::Canary => (self.canary_custom, "the canary"),
+                    Group::Baseline => (
+                        self.baseline_custom
+                            .ok_or_else(|| "no baseline nodes to compare with".to_owned())?,
+                        "the baseline",
+                    ),
+                };
+                values.mean(name).ok_or_else(|| {
+                    format!(
+                        "{value} has no data: the health source answered no value for \
+                         {whose}'s nodes"
+                    )
                 })
             }
             Value::BurnRate { window } => self.burn_rates.get(window).copied().ok_or_else(|| {
@@ -82,7 +101,9 @@ impl EvalContext<'_> {
         let shown = format_in(value.dimension(), number);
         match value {
             Value::Literal { .. } => shown,
-            Value::Metric { .. } | Value::BurnRate { .. } => format!("{value} {shown}"),
+            Value::Metric { .. } | Value::BurnRate { .. } | Value::Custom { .. } => {
+                format!("{value} {shown}")
+            }
             Value::Arith { .. } => format!("{value} = {shown}"),
         }
     }

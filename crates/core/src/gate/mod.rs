@@ -17,6 +17,7 @@
 //! sum     := prod (("+"|"-") prod)*
 //! prod    := atom (("*"|"/") atom)*
 //! atom    := NUMBER [unit] | metric | "baseline." metric | "(" sum ")"
+//!          | "custom." NAME | "baseline.custom." NAME
 //! unit    := "ms" | "s" | "%"
 //! metric  := error_rate | requests | errors | p50_latency | p90_latency | p95_latency
 //!          | p99_latency | p999_latency | rejections | crashes | health_check_failures
@@ -26,6 +27,19 @@
 //! A metric alone means the canary's; `baseline.metric` means the baseline's. A burn rate is
 //! neither: it is the service's, the highest among the SLOs of the rollout's unit over that
 //! window (`failsmall slo`), a bare number (1 spends the budget exactly over the SLO window).
+//!
+//! # Custom metrics
+//! `custom.NAME` reads a metric the plan's health source declares (`health_source.prometheus.
+//! metrics: { NAME: PromQL }`): the mean, over the group's nodes and the window's readings, of
+//! what the query answers per node; `baseline.custom.NAME` the baseline's. The prefix keeps a
+//! typo of a built-in metric (`eror_rate`) an error instead of a custom name, and a plan whose
+//! gate names a metric its source does not declare is refused when it is loaded. A custom
+//! metric is a bare number (`custom.queue_depth > 100`, `custom.queue_depth > 1.5 *
+//! baseline.custom.queue_depth`); `significant(...)` does not take one (a gauge has no
+//! sequential test). A gate reads either custom metrics or built-in ones, not both: the two are
+//! judged differently (see `engine/judge.rs`), so write two gates. A custom metric with no
+//! reading (the query failed or answered nothing for the group's nodes) is inconclusive: the
+//! stage holds, it neither passes nor rolls back.
 //!
 //! # Burn-rate gates
 //! `burn_rate_1h > 14.4` reads the whole service, canary and baseline alike, so a breach is
@@ -89,7 +103,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::GroupMetrics;
+use crate::health::{CustomValues, GroupMetrics};
 use crate::slo::{BurnRates, BurnWindow};
 
 mod display;
@@ -353,6 +367,11 @@ pub enum Value {
     BurnRate {
         window: BurnWindow,
     },
+    /// A custom metric the plan's health source declares (`custom.NAME`), a bare number.
+    Custom {
+        group: Group,
+        name: String,
+    },
 }
 
 /// A parsed, dimension-checked gate: true means the stage fails.
@@ -423,7 +442,9 @@ impl Gate {
         fn value(v: &Value) -> bool {
             match v {
                 Value::Literal { .. } | Value::BurnRate { .. } => false,
-                Value::Metric { group, .. } => *group == Group::Baseline,
+                Value::Metric { group, .. } | Value::Custom { group, .. } => {
+                    *group == Group::Baseline
+                }
                 Value::Arith { left, right, .. } => value(left) || value(right),
             }
         }
@@ -442,7 +463,7 @@ impl Gate {
     pub fn reads_burn_rate(&self) -> bool {
         fn value(v: &Value) -> bool {
             match v {
-                Value::Literal { .. } | Value::Metric { .. } => false,
+                Value::Literal { .. } | Value::Metric { .. } | Value::Custom { .. } => false,
                 Value::BurnRate { .. } => true,
                 Value::Arith { left, right, .. } => value(left) || value(right),
             }
@@ -456,6 +477,64 @@ impl Gate {
             }
         }
         expr(&self.expr)
+    }
+
+    /// The custom metrics the condition reads (`custom.NAME`, canary's or baseline's), sorted
+    /// and once each.
+    pub fn custom_metrics(&self) -> Vec<String> {
+        fn value(v: &Value, names: &mut std::collections::BTreeSet<String>) {
+            match v {
+                Value::Literal { .. } | Value::Metric { .. } | Value::BurnRate { .. } => {}
+                Value::Custom { name, .. } => {
+                    names.insert(name.clone());
+                }
+                Value::Arith { left, right, .. } => {
+                    value(left, names);
+                    value(right, names);
+                }
+            }
+        }
+        fn expr(e: &GateExpr, names: &mut std::collections::BTreeSet<String>) {
+            match e {
+                GateExpr::Compare { left, right, .. } => {
+                    value(left, names);
+                    value(right, names);
+                }
+                GateExpr::Significant { .. } => {}
+                GateExpr::Not(inner) => expr(inner, names),
+                GateExpr::And(all) | GateExpr::Or(all) => {
+                    for part in all {
+                        expr(part, names);
+                    }
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        expr(&self.expr, &mut names);
+        names.into_iter().collect()
+    }
+
+    /// Whether the condition reads custom metrics (then it reads nothing built in).
+    pub fn reads_custom(&self) -> bool {
+        !self.custom_metrics().is_empty()
+    }
+
+    /// Evaluates a gate on custom metrics: the canary's values, against the baseline's when
+    /// there is a baseline. A name without readings is inconclusive.
+    pub fn evaluate_custom(
+        &self,
+        canary: &CustomValues,
+        baseline: Option<&CustomValues>,
+    ) -> Verdict {
+        let nothing = GroupMetrics::default();
+        self.run(EvalContext {
+            canary: &nothing,
+            baseline: baseline.map(|_| &nothing),
+            min_requests: 0,
+            burn_rates: &BurnRates::new(),
+            canary_custom: canary,
+            baseline_custom: baseline,
+        })
     }
 
     /// Evaluates the failure condition on the canary, against the baseline when there is one,
@@ -477,12 +556,18 @@ impl Gate {
         min_requests: u64,
         burn_rates: &BurnRates,
     ) -> Verdict {
-        let context = EvalContext {
+        let none = CustomValues::default();
+        self.run(EvalContext {
             canary,
             baseline,
             min_requests,
             burn_rates,
-        };
+            canary_custom: &none,
+            baseline_custom: baseline.map(|_| &none),
+        })
+    }
+
+    fn run(&self, context: EvalContext<'_>) -> Verdict {
         let (truth, detail) = context.condition(&self.expr);
         match truth {
             Truth::True => Verdict::Fail { detail },
@@ -496,7 +581,7 @@ impl Value {
     fn reads_metric(&self) -> bool {
         match self {
             Value::Literal { .. } => false,
-            Value::Metric { .. } | Value::BurnRate { .. } => true,
+            Value::Metric { .. } | Value::BurnRate { .. } | Value::Custom { .. } => true,
             Value::Arith { left, right, .. } => left.reads_metric() || right.reads_metric(),
         }
     }
@@ -506,7 +591,7 @@ impl Value {
         match self {
             Value::Literal { dimension, .. } => *dimension,
             Value::Metric { metric, .. } => metric.dimension(),
-            Value::BurnRate { .. } => Dimension::Scalar,
+            Value::BurnRate { .. } | Value::Custom { .. } => Dimension::Scalar,
             // Only dimension-checked values exist outside this module's parser, so the
             // fallback is never taken for parsed gates.
             Value::Arith { op, left, right } => {

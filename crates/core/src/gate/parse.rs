@@ -49,10 +49,19 @@ pub fn parse_gate_line(source: &str) -> Result<GateLine, GateError> {
     let node = parser.parse_or()?;
     parser.expect_end()?;
     let expr = check_condition(&node)?;
-    Ok(GateLine::Gate(Gate {
+    let gate = Gate {
         source: source.trim().to_owned(),
         expr,
-    }))
+    };
+    if gate.reads_custom() && reads_built_in(&gate.expr) {
+        return Err(GateError {
+            column: 1,
+            message: "a gate reads either custom metrics (custom.NAME) or built-in ones, not \
+                      both: write them as two gates"
+                .to_owned(),
+        });
+    }
+    Ok(GateLine::Gate(gate))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,6 +267,7 @@ enum NodeKind {
         text: String,
     },
     Metric(Group, Metric),
+    Custom(Group, String),
     BurnRate(BurnWindow),
     Significant {
         metric: Metric,
@@ -483,11 +493,30 @@ impl Parser {
                 self.depth -= 1;
                 Ok(inner)
             }
+            TokenKind::Ident(name)
+                if name.eq_ignore_ascii_case("custom") && self.peek() == Some(&TokenKind::Dot) =>
+            {
+                let name = self.parse_custom_name()?;
+                Ok(Node {
+                    kind: NodeKind::Custom(Group::Canary, name),
+                    column,
+                })
+            }
             TokenKind::Ident(name) if name.eq_ignore_ascii_case("baseline") => {
                 self.expect(
                     &TokenKind::Dot,
                     "`.` and a metric after `baseline`, e.g. baseline.error_rate",
                 )?;
+                if self.peek_keyword("custom")
+                    && self.tokens.get(self.position + 1).map(|t| &t.kind) == Some(&TokenKind::Dot)
+                {
+                    self.position += 1;
+                    let name = self.parse_custom_name()?;
+                    return Ok(Node {
+                        kind: NodeKind::Custom(Group::Baseline, name),
+                        column,
+                    });
+                }
                 if let Some(TokenKind::Ident(name)) = self.peek()
                     && burn_rate_window(name).is_some()
                 {
@@ -527,7 +556,7 @@ impl Parser {
                     None => Err(GateError {
                         column,
                         message: format!(
-                            "unknown metric `{name}`; expected one of: {}, {}, baseline.<metric>, significant(...), NOT",
+                            "unknown metric `{name}`; expected one of: {}, {}, baseline.<metric>, custom.<name>, significant(...), NOT",
                             metric_names(),
                             burn_rate_names()
                         ),
@@ -538,6 +567,26 @@ impl Parser {
         }
     }
 
+    /// After `custom`: `. NAME`, a custom metric's name.
+    fn parse_custom_name(&mut self) -> Result<String, GateError> {
+        self.expect(&TokenKind::Dot, "`.` after custom")?;
+        let column = self.column();
+        match self.next() {
+            Some(Token {
+                kind: TokenKind::Ident(name),
+                ..
+            }) if crate::health::valid_custom_metric_name(&name) => Ok(name),
+            _ => Err(GateError {
+                column,
+                message: format!(
+                    "expected a custom metric's name after `custom.` ([a-z][a-z0-9_]*, at most \
+                     {} bytes), as the plan's health_source.prometheus.metrics declares it",
+                    crate::health::CUSTOM_METRIC_NAME_MAX_BYTES
+                ),
+            }),
+        }
+    }
+
     /// After `significant`: `( metric > baseline . metric [, alpha = NUMBER] )`.
     fn parse_significant(&mut self, column: usize) -> Result<Node, GateError> {
         self.expect(
@@ -545,6 +594,15 @@ impl Parser {
             "`(` after significant, e.g. significant(error_rate > baseline.error_rate)",
         )?;
         let metric_column = self.column();
+        if self.peek_keyword("custom") {
+            return Err(GateError {
+                column: metric_column,
+                message: "significant supports error_rate and the latency quantiles; compare a \
+                          custom metric with arithmetic, e.g. custom.queue_depth > 1.5 * \
+                          baseline.custom.queue_depth"
+                    .to_owned(),
+            });
+        }
         let metric = self.parse_metric_name()?;
         self.expect(
             &TokenKind::Cmp(CmpOp::Gt),
@@ -637,6 +695,23 @@ fn metric_names() -> String {
         .join(", ")
 }
 
+/// Whether `expr` reads a built-in metric or a burn rate (`significant(...)` included).
+fn reads_built_in(expr: &GateExpr) -> bool {
+    fn value(v: &Value) -> bool {
+        match v {
+            Value::Literal { .. } | Value::Custom { .. } => false,
+            Value::Metric { .. } | Value::BurnRate { .. } => true,
+            Value::Arith { left, right, .. } => value(left) || value(right),
+        }
+    }
+    match expr {
+        GateExpr::Compare { left, right, .. } => value(left) || value(right),
+        GateExpr::Significant { .. } => true,
+        GateExpr::Not(inner) => reads_built_in(inner),
+        GateExpr::And(all) | GateExpr::Or(all) => all.iter().any(reads_built_in),
+    }
+}
+
 fn check_condition(node: &Node) -> Result<GateExpr, GateError> {
     match &node.kind {
         NodeKind::Or(parts) => Ok(GateExpr::Or(
@@ -660,6 +735,7 @@ fn check_condition(node: &Node) -> Result<GateExpr, GateError> {
         NodeKind::Arith(..)
         | NodeKind::Number { .. }
         | NodeKind::Metric(..)
+        | NodeKind::Custom(..)
         | NodeKind::BurnRate(..) => Err(GateError {
             column: node.column,
             message: "expected a condition such as `error_rate > 0.5%`, found a value alone"
@@ -744,6 +820,13 @@ fn check_value(node: &Node) -> Result<(Value, Dimension), GateError> {
             metric.dimension(),
         )),
         NodeKind::BurnRate(window) => Ok((Value::BurnRate { window: *window }, Scalar)),
+        NodeKind::Custom(group, name) => Ok((
+            Value::Custom {
+                group: *group,
+                name: name.clone(),
+            },
+            Scalar,
+        )),
         NodeKind::Arith(op, left, right) => {
             let (left_value, left_dimension) = check_value(left)?;
             let (right_value, right_dimension) = check_value(right)?;

@@ -660,3 +660,81 @@ fn burn_rates_are_the_services_and_bare_numbers() {
         assert!(error.message.contains(message), "{source}: {error}");
     }
 }
+
+#[test]
+fn custom_metrics_parse_with_their_prefix_and_evaluate_as_bare_numbers() {
+    use crate::health::CustomValues;
+    let values = |value: f64| {
+        let mut custom = CustomValues::default();
+        custom.record("queue_depth", value);
+        custom
+    };
+    let kind = |verdict: &Verdict| match verdict {
+        Verdict::Pass { .. } => "pass",
+        Verdict::Fail { .. } => "fail",
+        Verdict::Inconclusive { .. } => "inconclusive",
+    };
+    let absolute = Gate::parse("custom.queue_depth > 100").unwrap();
+    assert_eq!(absolute.custom_metrics(), ["queue_depth"]);
+    assert!(absolute.reads_custom() && !absolute.reads_baseline());
+    let fail = absolute.evaluate_custom(&values(150.0), None);
+    assert_eq!(kind(&fail), "fail", "{fail:?}");
+    let Verdict::Fail { detail } = fail else {
+        unreachable!()
+    };
+    assert!(detail.contains("custom.queue_depth 150 > 100"), "{detail}");
+    assert_eq!(kind(&absolute.evaluate_custom(&values(50.0), None)), "pass");
+    // No reading: inconclusive, never a pass.
+    let missing = absolute.evaluate_custom(&CustomValues::default(), None);
+    assert_eq!(kind(&missing), "inconclusive");
+    assert!(
+        format!("{missing:?}").contains("has no data"),
+        "{missing:?}"
+    );
+
+    let relative = Gate::parse("custom.queue_depth > 1.5 * baseline.custom.queue_depth").unwrap();
+    assert!(relative.reads_baseline());
+    assert_eq!(
+        kind(&relative.evaluate_custom(&values(200.0), Some(&values(100.0)))),
+        "fail"
+    );
+    assert_eq!(
+        kind(&relative.evaluate_custom(&values(140.0), Some(&values(100.0)))),
+        "pass"
+    );
+    assert_eq!(
+        kind(&relative.evaluate_custom(&values(200.0), None)),
+        "inconclusive"
+    );
+    assert_eq!(
+        relative.expr.to_string(),
+        "custom.queue_depth > 1.5 * baseline.custom.queue_depth"
+    );
+    // Built-in evaluation never sees custom values: inconclusive, not a pass.
+    assert_eq!(
+        kind(&absolute.evaluate(&group(1000, 0, 10.0), None, 1)),
+        "inconclusive"
+    );
+}
+
+#[test]
+fn custom_metric_mistakes_are_refused_clearly() {
+    for (source, part) in [
+        ("queue_depth > 100", "unknown metric `queue_depth`"),
+        ("custom. > 1", "custom metric's name after `custom.`"),
+        ("custom.Queue > 1", "custom metric's name after `custom.`"),
+        ("custom.queue_depth > 5ms", "cannot compare"),
+        (
+            "custom.queue_depth > 100 OR error_rate > 1%",
+            "either custom metrics (custom.NAME) or built-in ones",
+        ),
+        (
+            "significant(custom.queue_depth > baseline.custom.queue_depth)",
+            "significant supports error_rate and the latency quantiles",
+        ),
+    ] {
+        let error = Gate::parse(source).unwrap_err();
+        assert!(error.message.contains(part), "{source}: {error}");
+    }
+    assert!(Gate::parse("custom.queue_depth > 10 AND NOT (custom.retries < 1)").is_ok());
+}

@@ -10,6 +10,8 @@
 //!     errors: sum by (node) (http_errors_total{job="edge"})
 //!     latency: sum by (node, le) (http_request_duration_seconds_bucket{job="edge"})
 //!     interval: 5s
+//!     metrics:                  # custom metrics, for gates that read `custom.NAME`
+//!       queue_depth: max by (node) (edge_queue_depth{job="edge"})
 //! ```
 //!
 //! Each query is an instant query whose answer is one *counter* per node (cumulative since
@@ -19,10 +21,21 @@
 //! answers the cumulative histogram buckets per node and `le`, in seconds unless
 //! `latency_in_ms: true`. Nodes are told apart by `node_label`, so a group (the canary, the
 //! baseline, the time control) is the nodes the engine puts in it, whatever the query.
+//!
+//! `metrics` (optional) declares custom metrics: each query answers one *value* per node (a
+//! gauge, or a `rate()`; read as it is, not differenced), asked with the others every
+//! `interval`. A group's value is the mean of its nodes' readings over the window, what gates
+//! read as `custom.NAME` and `baseline.custom.NAME`. At most
+//! [`CUSTOM_METRICS_MAX`](crate::health::CUSTOM_METRICS_MAX) names of
+//! [`valid_custom_metric_name`](crate::health::valid_custom_metric_name); a gate naming a metric
+//! the source does not declare is refused when the plan is loaded.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Loader, child};
+use crate::health::{CUSTOM_METRIC_NAME_MAX_BYTES, CUSTOM_METRICS_MAX, valid_custom_metric_name};
 use crate::yaml::YamlNode;
 
 /// Shortest and longest `interval`, in milliseconds.
@@ -43,6 +56,7 @@ const PROMETHEUS_FIELDS: &[&str] = &[
     "latency",
     "latency_in_ms",
     "interval",
+    "metrics",
 ];
 
 /// Health from a Prometheus server: per-node counters answered by instant queries.
@@ -64,6 +78,9 @@ pub struct PrometheusSource {
     pub latency_in_ms: bool,
     /// How often the control plane asks.
     pub interval_ms: u64,
+    /// Custom metrics by name: one value per node each, for gates reading `custom.NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, String>,
 }
 
 impl Loader<'_> {
@@ -103,6 +120,7 @@ impl Loader<'_> {
         let mut latency = Some(None);
         let mut latency_in_ms = Some(false);
         let mut interval_ms = Some(PROMETHEUS_INTERVAL_DEFAULT_MS);
+        let mut metrics = Some(BTreeMap::new());
         for (key, value) in fields {
             let field = child(path, key);
             match key {
@@ -134,6 +152,7 @@ impl Loader<'_> {
                 "errors" => errors = Some(self.query(value, &field)),
                 "latency" => latency = self.query(value, &field).map(Some),
                 "latency_in_ms" => latency_in_ms = self.boolean(value, &field),
+                "metrics" => metrics = self.custom_metrics(value, &field),
                 "interval" => {
                     interval_ms = self.duration(value, &field).and_then(|ms| {
                         if (PROMETHEUS_INTERVAL_MIN_MS..=PROMETHEUS_INTERVAL_MAX_MS).contains(&ms) {
@@ -174,7 +193,53 @@ impl Loader<'_> {
             latency: latency?,
             latency_in_ms: latency_in_ms?,
             interval_ms: interval_ms?,
+            metrics: metrics?,
         })
+    }
+
+    /// `metrics: { NAME: PromQL, ... }`.
+    fn custom_metrics(&mut self, node: &YamlNode, path: &str) -> Option<BTreeMap<String, String>> {
+        let fields = self.mapping(
+            node,
+            path,
+            &[],
+            "a mapping of metric name: PromQL query (one value per node)",
+        )?;
+        if fields.len() > CUSTOM_METRICS_MAX {
+            self.error(
+                node,
+                path,
+                format!(
+                    "{} custom metrics; at most {CUSTOM_METRICS_MAX}",
+                    fields.len()
+                ),
+            );
+            return None;
+        }
+        let mut metrics = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in fields {
+            let field = child(path, name);
+            if !valid_custom_metric_name(name) {
+                self.error(
+                    value,
+                    &field,
+                    format!(
+                        "expected a custom metric name of [a-z][a-z0-9_]*, at most \
+                         {CUSTOM_METRIC_NAME_MAX_BYTES} bytes, found `{name}`"
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            match self.query(value, &field) {
+                Some(query) => {
+                    metrics.insert(name.to_owned(), query);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(metrics)
     }
 
     fn prometheus_url(&mut self, node: &YamlNode, path: &str) -> Option<String> {

@@ -175,6 +175,10 @@ impl Run<'_> {
                                 unit: unit.clone(),
                                 version: *version,
                                 sample: *sample,
+                                // The simulator evaluates no PromQL: a plan's custom
+                                // metrics have no reading here, so gates on them hold,
+                                // as they do when the real source answers nothing.
+                                custom: Default::default(),
                             };
                             &through_monitoring
                         }
