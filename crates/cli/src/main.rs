@@ -16,6 +16,7 @@ mod loadgen_cmd;
 mod logging;
 mod ops;
 mod plan_cmd;
+mod relay_cmd;
 mod server_cmd;
 mod shutdown;
 mod sim_cmd;
@@ -45,6 +46,9 @@ enum Command {
     Server(server_cmd::ServerArgs),
     /// Run the edge agent of one node: verify, validate, apply atomically, report.
     Agent(agent_cmd::AgentArgs),
+    /// Run a regional pull-through relay for agents: one hop nearer them, caching bundles and
+    /// documents, spooling reports while the control plane is away.
+    Relay(relay_cmd::RelayArgs),
     /// Replay a scenario on a simulated fleet and compare rollout strategies side by side.
     Sim(sim_cmd::SimArgs),
     /// Run the whole system in this process and replay the 18 Nov and 5 Dec changes through it.
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Server(args) => server_cmd::run(&args),
         Command::Agent(args) => agent_cmd::run(&args),
+        Command::Relay(args) => relay_cmd::run(&args),
         Command::Sim(args) => sim_cmd::run(&args),
         Command::Demo(args) => demo_cmd::run(&args),
         Command::DemoConsumer(args) => demo_consumer_cmd::run(&args),

@@ -13,8 +13,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -687,72 +686,6 @@ fn unit_show_says_what_a_push_does_edits_are_diffs_and_refused_pushes_are_logged
     let reason = refused["reason"].as_str().unwrap();
     assert!(reason.contains("refused (\"broken\")"), "{reason}");
     assert!(server.json(&["versions", "flags"])["versions"] == json!([]));
-}
-
-/// A `failsmall agent` child process for one node, killed when dropped.
-struct RealAgent {
-    child: Child,
-    data_dir: PathBuf,
-}
-
-impl Drop for RealAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl RealAgent {
-    fn start(server: &Server, node: &str, labels: &str) -> Self {
-        let answer = server.http(
-            reqwest::Method::POST,
-            "/v1/tokens",
-            &server.admin,
-            &json!({"name": format!("agent-{node}"), "role": "agent", "node": node}),
-        );
-        let token = answer["token"].as_str().unwrap().to_owned();
-        let data_dir = server.dir.path().join(format!("agent-{node}"));
-        let log =
-            std::fs::File::create(server.dir.path().join(format!("agent-{node}.log"))).unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "agent",
-                "--server",
-                &server.addr,
-                "--node-id",
-                node,
-                "--labels",
-                labels,
-            ])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--watch-wait-ms", "1000", "--backoff-max-ms", "500"])
-            .env("FAILSMALL_TOKEN", &token)
-            .env_remove("FAILSMALL_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self { child, data_dir }
-    }
-
-    /// Waits (at most 30 s) until the node serves `bytes` for `unit`.
-    fn wait_serving(&self, unit: &str, bytes: &[u8]) {
-        let current = self.data_dir.join("units").join(unit).join("current");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::fs::read(&current).ok().as_deref() != Some(bytes) {
-            assert!(
-                Instant::now() < deadline,
-                "{} never served {:?}; it serves {:?}; the agent said: {}",
-                current.display(),
-                String::from_utf8_lossy(bytes),
-                std::fs::read(&current).map(|b| String::from_utf8_lossy(&b).into_owned()),
-                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 #[test]

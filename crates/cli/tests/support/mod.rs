@@ -273,3 +273,169 @@ impl<'a> Agent<'a> {
         );
     }
 }
+
+/// A `failsmall agent` child process for one node, killed when dropped. Its log is
+/// `agent-NODE.log` beside its data dir.
+pub struct RealAgent {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub token: String,
+}
+
+impl Drop for RealAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RealAgent {
+    /// An agent of `server` for `node`, with a new agent token.
+    pub fn start(server: &Server, node: &str, labels: &str) -> Self {
+        Self::start_via(server, &server.addr, node, labels)
+    }
+
+    /// An agent for `node` with a new agent token of `server`, talking to `addr` (the server,
+    /// a relay, or several of them separated by commas).
+    pub fn start_via(server: &Server, addr: &str, node: &str, labels: &str) -> Self {
+        let answer = server.http(
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.admin,
+            &json!({"name": format!("agent-{node}"), "role": "agent", "node": node}),
+        );
+        let token = answer["token"].as_str().unwrap().to_owned();
+        let data_dir = server.dir.path().join(format!("agent-{node}"));
+        let log =
+            std::fs::File::create(server.dir.path().join(format!("agent-{node}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "agent",
+                "--server",
+                addr,
+                "--node-id",
+                node,
+                "--labels",
+                labels,
+            ])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--watch-wait-ms", "1000", "--backoff-max-ms", "500"])
+            .env("FAILSMALL_TOKEN", &token)
+            .env_remove("FAILSMALL_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            data_dir,
+            token,
+        }
+    }
+
+    /// What the node serves for `unit` now.
+    pub fn serving(&self, unit: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.data_dir.join("units").join(unit).join("current")).ok()
+    }
+
+    /// Waits (at most 30 s) until the node serves `bytes` for `unit`.
+    pub fn wait_serving(&self, unit: &str, bytes: &[u8]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.serving(unit).as_deref() != Some(bytes) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never served {:?} for {unit}; it serves {:?}; the agent said: {}",
+                self.data_dir.display(),
+                String::from_utf8_lossy(bytes),
+                self.serving(unit)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A `failsmall relay` child process, killed when dropped.
+pub struct Relay {
+    pub child: Child,
+    pub addr: String,
+    pub cache_dir: PathBuf,
+    pub upstream: String,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Relay {
+    /// A relay of `upstream` (URLs separated by commas) on 127.0.0.1:0, keeping its cache in
+    /// `cache_dir`.
+    pub fn start(upstream: &str, cache_dir: &std::path::Path) -> Self {
+        Self::start_on(upstream, cache_dir, "127.0.0.1:0")
+    }
+
+    fn start_on(upstream: &str, cache_dir: &std::path::Path, listen: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cache_dir.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["relay", "--upstream", upstream, "--listen", listen])
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let said = lines_of(child.stderr.take().unwrap());
+        let addr = listening_address(&said).0;
+        // The rest of what it says goes to its log.
+        let path = cache_dir.with_extension("log");
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(path) {
+                for line in said.iter() {
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
+        Self {
+            child,
+            addr,
+            cache_dir: cache_dir.to_owned(),
+            upstream: upstream.to_owned(),
+        }
+    }
+
+    /// Kills the relay (SIGKILL) and starts it again on the same address and cache dir.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self.addr.trim_start_matches("http://").to_owned();
+        let (upstream, cache_dir) = (self.upstream.clone(), self.cache_dir.clone());
+        *self = Self::start_on(&upstream, &cache_dir, &listen);
+    }
+
+    /// The value of `metric` in the relay's `/metrics`.
+    pub fn metric(&self, metric: &str) -> u64 {
+        let text = reqwest::blocking::get(format!("{}/metrics", self.addr))
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{metric} ")))
+            .unwrap_or_else(|| panic!("no {metric} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}

@@ -1,0 +1,375 @@
+//! `failsmall relay` between real agents and a real server, all processes on 127.0.0.1:
+//!
+//! - a rollout completes through a relay, and each bundle is fetched upstream once for all
+//!   the agents behind it;
+//! - with the server killed, agents keep their last known good, the relay keeps answering
+//!   their polls from what it kept, and reports sent meanwhile are spooled: a relay restart
+//!   (SIGKILL) during the outage loses none, and they reach the server when it is back;
+//! - a relay chained behind a relay serves agents the same, and a damaged cached bundle is
+//!   never served (it is fetched again).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+/// One stage over every node, no bake, no gates, no minimum sample: the nodes' ACKs pass it.
+const QUICK_PLAN: &str = "name: quick\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
+
+/// A unit `flags` whose plan is [`QUICK_PLAN`].
+fn flags_unit(server: &Server) {
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    let plan = server.file("quick.yaml", QUICK_PLAN);
+    server.ok(&["unit", "create", "flags", "--spec", &spec, "--plan", &plan]);
+}
+
+/// Pushes `text` to `flags`; the version's hash and its rollout's id.
+fn push(server: &Server, name: &str, text: &str) -> (String, String) {
+    let file = server.file(name, text);
+    let pushed = server.json(&["push", "flags", &file, "-m", name]);
+    (
+        pushed["version"]["hash"].as_str().unwrap().to_owned(),
+        pushed["rollout"]["id"].as_u64().unwrap().to_string(),
+    )
+}
+
+/// Waits (at most 30 s) until rollout `id` has `status`.
+fn wait_status(server: &Server, id: &str, status: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = server.json(&["rollout", "status", id]);
+        if view["status"] == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout {id} never became {status}: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (at most 30 s) until `count` nodes are registered.
+fn wait_nodes(server: &Server, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.json(&["nodes"]).as_array().unwrap().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{count} nodes never registered: {}",
+            server.json(&["nodes"])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `method path` on `base` with `token`; the status and JSON answer (null if none).
+fn call(
+    method: reqwest::Method,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut request = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn agents_behind_a_relay_roll_out_ride_out_a_server_outage_and_lose_no_report() {
+    let mut server = Server::start("relay-outage");
+    flags_unit(&server);
+    let mut relay = Relay::start(&server.addr, &server.dir.path().join("relay"));
+    let n1 = RealAgent::start_via(&server, &relay.addr, "n1", "cohort=employee");
+    let n2 = RealAgent::start_via(&server, &relay.addr, "n2", "cohort=free");
+    wait_nodes(&server, 2);
+
+    // A rollout through the relay: both nodes apply v1, and the relay fetched its bundle once.
+    let v1 = r#"{"v": 1}"#;
+    let (_, r1) = push(&server, "v1.json", v1);
+    n1.wait_serving("flags", v1.as_bytes());
+    n2.wait_serving("flags", v1.as_bytes());
+    wait_status(&server, &r1, "completed");
+    assert_eq!(
+        relay.metric("failsmall_relay_upstream_blob_fetches_total"),
+        1
+    );
+
+    // The server goes away. The agents keep v1; the relay answers their polls from what it
+    // kept (after=0: the kept answer at once).
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    let (status, answer) = call(
+        reqwest::Method::GET,
+        &relay.addr,
+        "/v1/nodes/n1/desired?after=0&wait_ms=100",
+        &n1.token,
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["document"].as_str().unwrap().contains("\"n1\""),
+        "{answer}"
+    );
+    // Nobody else gets n1's kept document.
+    let (status, _) = call(
+        reqwest::Method::GET,
+        &relay.addr,
+        "/v1/nodes/n1/desired?after=0&wait_ms=100",
+        &n2.token,
+        None,
+    );
+    assert_eq!(status, 503);
+    assert!(relay.metric("failsmall_relay_documents_served_from_cache_total") >= 1);
+
+    // A report sent meanwhile is spooled, and a relay restart (SIGKILL) does not lose it.
+    let marker = "relay outage marker";
+    let (status, answer) = call(
+        reqwest::Method::POST,
+        &relay.addr,
+        "/v1/nodes/n1/reports",
+        &n1.token,
+        Some(json!({"kind": "untrusted", "seq": 1, "reason": marker})),
+    );
+    assert_eq!(status, 202, "{answer}");
+    relay.restart();
+    assert!(relay.metric("failsmall_relay_reports_waiting") >= 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(n1.serving("flags").as_deref(), Some(v1.as_bytes()));
+    assert_eq!(n2.serving("flags").as_deref(), Some(v1.as_bytes()));
+
+    // The server comes back: the spooled report arrives, and the next rollout reaches both
+    // nodes through the restarted relay.
+    server.restart(Duration::ZERO);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = server.json(&["log"]);
+        let arrived = log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"].as_str().is_some_and(|r| r.contains(marker)));
+        if arrived {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spooled report never arrived: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v2 = r#"{"v": 2}"#;
+    let (_, r2) = push(&server, "v2.json", v2);
+    n1.wait_serving("flags", v2.as_bytes());
+    n2.wait_serving("flags", v2.as_bytes());
+    wait_status(&server, &r2, "completed");
+    assert_eq!(relay.metric("failsmall_relay_reports_waiting"), 0);
+}
+
+#[test]
+fn a_relay_behind_a_relay_serves_agents_and_never_serves_a_damaged_bundle() {
+    let server = Server::start("relay-chain");
+    flags_unit(&server);
+    let regional = Relay::start(&server.addr, &server.dir.path().join("regional"));
+    let local = Relay::start(&regional.addr, &server.dir.path().join("local"));
+    let n1 = RealAgent::start_via(&server, &local.addr, "n1", "cohort=employee");
+    wait_nodes(&server, 1);
+    let v1 = r#"{"v": 1}"#;
+    let (hash, r1) = push(&server, "v1.json", v1);
+    n1.wait_serving("flags", v1.as_bytes());
+    wait_status(&server, &r1, "completed");
+    assert_eq!(
+        local.metric("failsmall_relay_upstream_blob_fetches_total"),
+        1
+    );
+    assert_eq!(
+        regional.metric("failsmall_relay_upstream_blob_fetches_total"),
+        1
+    );
+
+    // The local relay's copy is damaged on disk: it is not served; the bundle is fetched again
+    // (from the regional relay's cache, not the server).
+    std::fs::write(local.cache_dir.join("blobs").join(&hash), br#"{"v": 666}"#).unwrap();
+    let (status, _) = call(
+        reqwest::Method::GET,
+        &local.addr,
+        &format!("/v1/blobs/{hash}"),
+        &n1.token,
+        None,
+    );
+    assert_eq!(status, 200);
+    let bytes = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/blobs/{hash}", local.addr))
+        .bearer_auth(&n1.token)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(&bytes[..], v1.as_bytes());
+    assert_eq!(
+        local.metric("failsmall_relay_upstream_blob_fetches_total"),
+        2
+    );
+    assert_eq!(
+        regional.metric("failsmall_relay_upstream_blob_fetches_total"),
+        1
+    );
+    assert!(regional.metric("failsmall_relay_blobs_served_from_cache_total") >= 1);
+
+    // A token the control plane never accepted gets nothing from the cache.
+    let (status, _) = call(
+        reqwest::Method::GET,
+        &local.addr,
+        &format!("/v1/blobs/{hash}"),
+        "not-a-token",
+        None,
+    );
+    assert_eq!(status, 401);
+    // Bad input gets a clear 4xx.
+    let (status, answer) = call(
+        reqwest::Method::GET,
+        &local.addr,
+        "/v1/blobs/not-a-hash",
+        &n1.token,
+        None,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sha256"),
+        "{answer}"
+    );
+    let (status, answer) = call(
+        reqwest::Method::GET,
+        &local.addr,
+        "/v1/units",
+        &n1.token,
+        None,
+    );
+    assert_eq!(status, 404, "{answer}");
+}
+
+/// A proxy that passes every request to `upstream` and alters one thing: the signature of
+/// each desired-state answer (a relay gone bad). One thread per connection, one request each.
+fn tampering_proxy(upstream: String) -> String {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                reader.read_line(&mut head).unwrap();
+                let mut parts = head.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or("GET").to_owned(),
+                    parts.next().unwrap_or("/").to_owned(),
+                );
+                let mut headers = Vec::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end().to_owned();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        let (name, value) =
+                            (name.trim().to_ascii_lowercase(), value.trim().to_owned());
+                        if name == "content-length" {
+                            length = value.parse().unwrap();
+                        }
+                        if name == "authorization" || name == "content-type" {
+                            headers.push((name, value));
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let mut request = client
+                    .request(method.parse().unwrap(), format!("{upstream}{path}"))
+                    .body(body);
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                let Ok(response) = request.send() else { return };
+                let status = response.status().as_u16();
+                let mut answer = response.bytes().unwrap().to_vec();
+                if path.contains("/desired") && status == 200 {
+                    let mut value: Value = serde_json::from_slice(&answer).unwrap();
+                    let signature = value["signature"].as_str().unwrap().to_owned();
+                    let flipped = if signature.starts_with('0') { "1" } else { "0" };
+                    value["signature"] = Value::from(format!("{flipped}{}", &signature[1..]));
+                    answer = serde_json::to_vec(&value).unwrap();
+                }
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = stream.write_all(&answer);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_agent_refuses_what_a_tampering_relay_hands_it() {
+    let server = Server::start("relay-tamper");
+    flags_unit(&server);
+    let relay = Relay::start(&server.addr, &server.dir.path().join("relay"));
+    let proxy = tampering_proxy(relay.addr.clone());
+    let honest = RealAgent::start_via(&server, &relay.addr, "n1", "cohort=employee");
+    let fooled = RealAgent::start_via(&server, &proxy, "n2", "cohort=employee");
+    wait_nodes(&server, 2);
+    let v1 = r#"{"v": 1}"#;
+    push(&server, "v1.json", v1);
+    honest.wait_serving("flags", v1.as_bytes());
+    // The node behind the tampering hop refuses every document and says so; it serves nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = server.json(&["log"]);
+        let refused = log.as_array().unwrap().iter().any(|e| {
+            e["kind"] == "node_untrusted"
+                && e["reason"].as_str().is_some_and(|r| r.contains("node n2"))
+        });
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 never reported the forged document: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(fooled.serving("flags"), None);
+}
