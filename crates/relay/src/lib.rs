@@ -619,3 +619,28 @@ async fn reports(
         ),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_names_the_flag_at_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Config::new("http://a:1, https://b:2/", dir.path().to_owned());
+        assert_eq!(ok.upstreams, ["http://a:1", "https://b:2"]);
+        ok.validate().unwrap();
+        let none = Config::new(" , ", dir.path().to_owned()).validate().unwrap_err();
+        assert!(none.to_string().starts_with("upstream:"), "{none}");
+        let ftp = Config::new("ftp://a", dir.path().to_owned()).validate().unwrap_err();
+        assert!(ftp.to_string().contains("not an http"), "{ftp}");
+        let many = vec!["http://a:1"; UPSTREAMS_MAX + 1].join(",");
+        let many = Config::new(&many, dir.path().to_owned()).validate().unwrap_err();
+        assert!(many.to_string().contains("the limit is 16"), "{many}");
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let not_dir = Config::new("http://a:1", file).validate().unwrap_err();
+        assert!(not_dir.to_string().starts_with("cache-dir:"), "{not_dir}");
+    }
+}
