@@ -12,7 +12,7 @@ pub struct RelayArgs {
     #[arg(long, value_name = "URL[,URL...]", env = "FAILSMALL_UPSTREAM")]
     pub upstream: String,
     /// Address to listen on (agents' `--addr`).
-    #[arg(long, default_value = "127.0.0.1:8443")]
+    #[arg(long, default_value = "127.0.0.1:7080")]
     pub listen: std::net::SocketAddr,
     /// Where bundles and spooled reports are kept (created if missing).
     #[arg(long, value_name = "DIR")]

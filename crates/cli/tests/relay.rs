@@ -152,7 +152,19 @@ fn agents_behind_a_relay_roll_out_ride_out_a_server_outage_and_lose_no_report() 
     assert_eq!(status, 202, "{answer}");
     relay.restart();
     assert!(relay.metric("failsmall_relay_reports_waiting") >= 1);
+    // While the server is away, the agents' polls and reports do not reach for it: the relay
+    // backs off and probes one request at a time (at most 1 probe per 100 ms, doubling to 5 s).
+    let (sent, probes) = (
+        relay.metric("failsmall_relay_upstream_requests_total"),
+        relay.metric("failsmall_relay_upstream_probes_total"),
+    );
     std::thread::sleep(Duration::from_secs(2));
+    let sent = relay.metric("failsmall_relay_upstream_requests_total") - sent;
+    let probes = relay.metric("failsmall_relay_upstream_probes_total") - probes;
+    assert!(
+        sent + probes <= 16,
+        "{sent} requests and {probes} probes upstream in 2 s"
+    );
     assert_eq!(n1.serving("flags").as_deref(), Some(v1.as_bytes()));
     assert_eq!(n2.serving("flags").as_deref(), Some(v1.as_bytes()));
 

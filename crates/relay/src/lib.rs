@@ -300,6 +300,8 @@ async fn metrics(State(relay): Shared) -> Response {
          failsmall_relay_upstream_requests_total {}\n\
          # TYPE failsmall_relay_upstream_blob_fetches_total counter\n\
          failsmall_relay_upstream_blob_fetches_total {}\n\
+         # TYPE failsmall_relay_upstream_probes_total counter\n\
+         failsmall_relay_upstream_probes_total {}\n\
          # TYPE failsmall_relay_upstream_away gauge\n\
          failsmall_relay_upstream_away {}\n\
          # TYPE failsmall_relay_blobs_served_from_cache_total counter\n\
@@ -318,6 +320,7 @@ async fn metrics(State(relay): Shared) -> Response {
          failsmall_relay_reports_waiting {}\n",
         load(&upstreams.sent),
         load(&upstreams.blob_fetches),
+        load(&upstreams.probes),
         u8::from(upstreams.is_away()),
         load(&served.blobs_from_cache),
         relay.blobs.bytes(),
@@ -631,12 +634,18 @@ mod tests {
         let ok = Config::new("http://a:1, https://b:2/", dir.path().to_owned());
         assert_eq!(ok.upstreams, ["http://a:1", "https://b:2"]);
         ok.validate().unwrap();
-        let none = Config::new(" , ", dir.path().to_owned()).validate().unwrap_err();
+        let none = Config::new(" , ", dir.path().to_owned())
+            .validate()
+            .unwrap_err();
         assert!(none.to_string().starts_with("upstream:"), "{none}");
-        let ftp = Config::new("ftp://a", dir.path().to_owned()).validate().unwrap_err();
+        let ftp = Config::new("ftp://a", dir.path().to_owned())
+            .validate()
+            .unwrap_err();
         assert!(ftp.to_string().contains("not an http"), "{ftp}");
         let many = vec!["http://a:1"; UPSTREAMS_MAX + 1].join(",");
-        let many = Config::new(&many, dir.path().to_owned()).validate().unwrap_err();
+        let many = Config::new(&many, dir.path().to_owned())
+            .validate()
+            .unwrap_err();
         assert!(many.to_string().contains("the limit is 16"), "{many}");
         let file = dir.path().join("file");
         std::fs::write(&file, b"x").unwrap();

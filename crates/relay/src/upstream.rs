@@ -91,6 +91,7 @@ pub struct Upstreams {
     /// Requests sent upstream, by kind, for `/metrics`.
     pub sent: AtomicU64,
     pub blob_fetches: AtomicU64,
+    pub probes: AtomicU64,
 }
 
 /// A delay in the upper half of `delay_ms`, chosen at random: relays that lost their upstream
@@ -124,6 +125,7 @@ impl Upstreams {
             watches: tokio::sync::Semaphore::new(UPSTREAM_WATCHES_AT_ONCE),
             sent: AtomicU64::new(0),
             blob_fetches: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
         }))
     }
 
@@ -170,6 +172,7 @@ impl Upstreams {
         }
         let at = self.current.load(Ordering::Acquire) % self.bases.len().max(1);
         let base = self.bases.get(at).map_or("", String::as_str);
+        self.probes.fetch_add(1, Ordering::Relaxed);
         let probed = self
             .http
             .get(format!("{base}/healthz"))
