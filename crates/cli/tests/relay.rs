@@ -385,3 +385,164 @@ fn an_agent_refuses_what_a_tampering_relay_hands_it() {
     }
     assert_eq!(fooled.serving("flags"), None);
 }
+
+/// Reads a count from the environment, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A measurement (README: Benchmarks): `RELAY_FANOUT_AGENTS` simulated agents (default 1,000;
+/// one connection each, the long poll, the bundle fetched and its SHA-256 checked; not the
+/// signature) spread over `RELAY_FANOUT_RELAYS` relays (default 2) of one server; a push; the
+/// time until the last of them holds the new version's bytes, and how many bundle fetches
+/// reached the server's side of the relays.
+#[test]
+#[ignore = "a measurement: cargo nextest run --workspace --all-features --run-ignored only -E 'test(fanout_through_relays)' --no-capture"]
+fn fanout_through_relays() {
+    let agents = env_count("RELAY_FANOUT_AGENTS", 1000);
+    let relay_count = env_count("RELAY_FANOUT_RELAYS", 2).max(1);
+    let server = Server::start_in(
+        std::sync::Arc::new(fresh_dir("relay-fanout")),
+        "127.0.0.1:0",
+        &[
+            "--max-connections-per-client",
+            "100000",
+            "--max-connections",
+            "200000",
+        ],
+    );
+    flags_unit(&server);
+    let relays: Vec<Relay> = (0..relay_count)
+        .map(|i| Relay::start(&server.addr, &server.dir.path().join(format!("relay-{i}"))))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .build()
+        .unwrap();
+    let (server_addr, admin) = (server.addr.clone(), server.admin.clone());
+    // Tokens and registrations, 32 at a time.
+    let nodes: Vec<(String, String, String)> =
+        runtime.block_on(async {
+            let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+            let mut made = Vec::new();
+            for i in 0..agents {
+                let (client, turns, server_addr, admin) = (
+                    client.clone(),
+                    turns.clone(),
+                    server_addr.clone(),
+                    admin.clone(),
+                );
+                let relay = relays[i % relay_count].addr.clone();
+                made.push(tokio::spawn(async move {
+                    let _turn = turns.acquire().await.unwrap();
+                    let node = format!("sim-{i:06}");
+                    let answer: Value = client
+                    .post(format!("{server_addr}/v1/tokens"))
+                    .bearer_auth(&admin)
+                    .json(&json!({"name": format!("agent-{node}"), "role": "agent", "node": node}))
+                    .send().await.unwrap().json().await.unwrap();
+                    let token = answer["token"].as_str().unwrap().to_owned();
+                    let status = client
+                        .put(format!("{relay}/v1/nodes/{node}"))
+                        .bearer_auth(&token)
+                        .json(&json!({"labels": {"cohort": "free"}}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    assert!(status.is_success(), "register {node}: {status}");
+                    (node, token, relay)
+                }));
+            }
+            let mut nodes = Vec::new();
+            for task in made {
+                nodes.push(task.await.unwrap());
+            }
+            nodes
+        });
+    // Every simulated agent polls until it holds the version the document names.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let (polling_tx, mut polling_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    for (node, token, relay) in nodes {
+        let (client, done_tx, polling_tx) = (client.clone(), done_tx.clone(), polling_tx.clone());
+        runtime.spawn(async move {
+            let mut after: Option<u64> = None;
+            loop {
+                let query = after.map_or(String::new(), |a| format!("?after={a}&wait_ms=20000"));
+                let Ok(response) = client
+                    .get(format!("{relay}/v1/nodes/{node}/desired{query}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let Ok(answer) = response.json::<Value>().await else {
+                    continue;
+                };
+                if after.is_none() {
+                    let _ = polling_tx.send(());
+                }
+                after = answer["seq"].as_u64();
+                let document: Value =
+                    serde_json::from_str(answer["document"].as_str().unwrap_or("{}"))
+                        .unwrap_or(Value::Null);
+                if let Some(hash) = document["units"]["flags"].as_str() {
+                    let bytes = client
+                        .get(format!("{relay}/v1/blobs/{hash}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .bytes()
+                        .await
+                        .unwrap();
+                    assert_eq!(
+                        failsmall_core::domain::VersionHash::of(&bytes).to_string(),
+                        hash
+                    );
+                    let _ = done_tx.send(Instant::now());
+                    return;
+                }
+            }
+        });
+    }
+    for _ in 0..agents {
+        runtime.block_on(polling_rx.recv()).unwrap();
+    }
+    // Every first poll answered: the next polls wait for news. Push.
+    std::thread::sleep(Duration::from_millis(500));
+    let pushed_at = Instant::now();
+    push(&server, "v1.json", r#"{"v": 1}"#);
+    let push_ms = pushed_at.elapsed().as_millis();
+    let mut received = Vec::with_capacity(agents);
+    runtime.block_on(async {
+        while received.len() < agents {
+            let at = tokio::time::timeout(Duration::from_secs(120), done_rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            received.push(at.duration_since(pushed_at).as_millis());
+        }
+    });
+    received.sort_unstable();
+    let fetches: Vec<u64> = relays
+        .iter()
+        .map(|r| r.metric("failsmall_relay_upstream_blob_fetches_total"))
+        .collect();
+    eprintln!(
+        "relay fan-out: {agents} agents over {relay_count} relays: push answered in {push_ms} ms; \
+         all applied after {} ms (median {} ms); bundle fetches upstream per relay: {fetches:?}",
+        received[agents - 1],
+        received[agents / 2],
+    );
+    assert!(fetches.iter().all(|f| *f == 1), "{fetches:?}");
+}

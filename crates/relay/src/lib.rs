@@ -160,6 +160,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     config.validate()?;
+    raise_open_file_limit();
     let cache_error = |e: std::io::Error| RunError::CacheDir {
         path: config.cache_dir.display().to_string(),
         reason: e.to_string(),
@@ -184,6 +185,20 @@ pub async fn run(
     let _ = stop.send(true);
     let _ = drainer.await;
     served
+}
+
+/// Raises the soft open-file limit to the hard limit (each agent's long poll holds one
+/// connection in and one upstream), and logs it; a limit that cannot be raised is logged only.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!(open_files = now, was = soft, hard, "open-file limit"),
+            Err(error) => {
+                tracing::warn!(open_files = soft, hard, %error, "open-file limit not raised");
+            }
+        },
+        Err(error) => tracing::warn!(%error, "open-file limit unknown"),
+    }
 }
 
 /// Why the relay could not start or stopped.
