@@ -1065,12 +1065,13 @@ mod tests {
             rollout: None,
             stage: None,
         }];
+        let registered = [("n1", &labels)];
         let step = |expected_revision, events| EngineStep {
             expected_revision,
             now_ms: 9,
             events,
             changes: &changes,
-            nodes: &[("n1", &labels)],
+            nodes: &registered,
             version: None,
         };
         assert_eq!(store.commit_step(&step(0, "[]")).unwrap(), 1);
@@ -1113,6 +1114,7 @@ mod tests {
         let (_dir, db) = temp_db("stale");
         let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
+        let registered = [("n1", &labels)];
         let step = |expected_revision, nodes| EngineStep {
             expected_revision,
             now_ms: 0,
@@ -1121,10 +1123,7 @@ mod tests {
             nodes,
             version: None,
         };
-        assert_eq!(
-            store.commit_step(&step(0, &[("n1", &labels)][..])).unwrap(),
-            1
-        );
+        assert_eq!(store.commit_step(&step(0, &registered[..])).unwrap(), 1);
         let row = |node: &str, stale_since_ms, kind: &str| NodeRow {
             node: node.to_owned(),
             effect: NodeEffect::Staleness(stale_since_ms),
@@ -1162,7 +1161,7 @@ mod tests {
         assert_eq!(store.counts().unwrap().nodes_stale, 1);
         let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
         store
-            .commit_step_with(&step(2, None), &fresh, &[], &[])
+            .commit_step_with(&step(2, &[][..]), &fresh, &[], &[])
             .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.counts().unwrap().nodes_stale, 0);
@@ -1187,6 +1186,7 @@ mod tests {
         let (_dir, db) = temp_db("removal");
         let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
+        let registered = [("n1", &labels)];
         let step = |expected_revision, nodes| EngineStep {
             expected_revision,
             now_ms: 0,
@@ -1195,7 +1195,7 @@ mod tests {
             nodes,
             version: None,
         };
-        store.commit_step(&step(0, &[("n1", &labels)][..])).unwrap();
+        store.commit_step(&step(0, &registered[..])).unwrap();
         let applied = [AppliedRow {
             node: "n1".into(),
             unit: "u".into(),
@@ -1211,7 +1211,7 @@ mod tests {
             .commit_step_with(&step(1, &[][..]), &[], &applied, &removal)
             .unwrap();
         store
-            .commit_step_with(&step(2, None), &[], &[], &removal)
+            .commit_step_with(&step(2, &[][..]), &[], &[], &removal)
             .unwrap();
         assert_eq!(store.removals_of("n1").unwrap(), ["u"]);
         assert!(store.removals_of("n2").unwrap().is_empty());
@@ -1232,7 +1232,7 @@ mod tests {
         };
         let twice = [done.clone(), done];
         store
-            .commit_step_with(&step(3, None), &twice, &[], &[])
+            .commit_step_with(&step(3, &[][..]), &twice, &[], &[])
             .unwrap();
         assert!(store.removals_of("n1").unwrap().is_empty());
         let node = store.nodes(10).unwrap().remove(0);

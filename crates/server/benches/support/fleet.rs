@@ -282,6 +282,9 @@ pub fn cpu_seconds() -> (f64, f64) {
     (client as f64 / ticks, rest as f64 / ticks)
 }
 
+/// The request a node sends in a phase, by node id: method, path and body.
+pub type RequestFor = Arc<dyn Fn(&str) -> (Method, String, Bytes) + Send + Sync>;
+
 /// What one phase did: the tally, each answered request's time, the wall time, and the CPU
 /// time the fleet and the server used.
 pub struct Phase {
@@ -343,12 +346,7 @@ impl Fleet {
 
     /// Every node sends `rounds` requests (`request(node id)`: method, path and body), the
     /// senders at once; stops at `deadline`, counting what was not sent as failures.
-    pub async fn run(
-        &mut self,
-        rounds: usize,
-        deadline: Duration,
-        request: Arc<dyn Fn(&str) -> (Method, String, Bytes) + Send + Sync>,
-    ) -> Phase {
+    pub async fn run(&mut self, rounds: usize, deadline: Duration, request: RequestFor) -> Phase {
         let started = Instant::now();
         let cpu_before = cpu_seconds();
         let stop_at = started + deadline;
