@@ -222,7 +222,11 @@ pub fn freeze(args: &FreezeArgs) -> anyhow::Result<Outcome> {
                     let Some((start, end)) = at.split_once('-') else {
                         bail!("--at {at:?}: expected HH:MM-HH:MM, e.g. 16:00-24:00");
                     };
-                    let days: Vec<&str> = days.split(',').map(str::trim).collect();
+                    // The API takes days as it spells them: mon ... sun.
+                    let days: Vec<String> = days
+                        .split(',')
+                        .map(|day| day.trim().to_ascii_lowercase())
+                        .collect();
                     json!({"kind": "weekly", "days": days, "start": start, "end": end, "time_zone": tz})
                 }
                 _ => json!({"kind": "once", "from": from, "until": until}),
