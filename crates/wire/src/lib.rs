@@ -8,6 +8,7 @@
 
 pub mod changelog;
 pub mod error;
+pub mod int;
 pub mod limits;
 pub mod nodes;
 pub mod public;

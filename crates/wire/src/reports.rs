@@ -54,13 +54,16 @@ pub enum Report {
         sample: HealthSample,
     },
     Stale {
-        #[schema(schema_with = crate::schema::ms)]
+        #[serde(deserialize_with = "crate::int::u64")]
+        #[schema(schema_with = crate::schema::uint)]
         since_ms: u64,
-        #[schema(schema_with = crate::schema::ms)]
+        #[serde(deserialize_with = "crate::int::u64")]
+        #[schema(schema_with = crate::schema::uint)]
         seq: u64,
     },
     Fresh {
-        #[schema(schema_with = crate::schema::ms)]
+        #[serde(deserialize_with = "crate::int::u64")]
+        #[schema(schema_with = stale_ms)]
         stale_ms: u64,
     },
     Removed {
@@ -79,7 +82,8 @@ pub enum Report {
         reason: String,
     },
     Untrusted {
-        #[schema(schema_with = crate::schema::ms)]
+        #[serde(deserialize_with = "crate::int::u64")]
+        #[schema(schema_with = crate::schema::uint)]
         seq: u64,
         #[schema(schema_with = crate::schema::text)]
         reason: String,
@@ -92,6 +96,13 @@ pub enum Report {
         #[schema(schema_with = crate::schema::text)]
         reason: String,
     },
+}
+
+/// Longest staleness a fresh report may carry: a year.
+pub const STALE_MAX_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+fn stale_ms() -> utoipa::openapi::Schema {
+    crate::schema::count_from(0, STALE_MAX_MS)
 }
 
 /// Most reports in one batch.
@@ -131,9 +142,11 @@ pub struct BreakGlassReport {
     #[schema(schema_with = crate::schema::text)]
     pub outcome: String,
     /// When the node applied it, and when the order stops being in force (ms).
-    #[schema(schema_with = crate::schema::ms)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub at_ms: u64,
-    #[schema(schema_with = crate::schema::ms)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub expires_ms: u64,
     /// The break-glass keys that signed the order.
     #[schema(schema_with = signer_list)]
@@ -159,9 +172,11 @@ fn signer_list() -> utoipa::openapi::Schema {
 /// unit's version on one node over one interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthSample {
-    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub requests: u64,
-    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub errors: u64,
     pub latency: LatencyHistogram,
 }
@@ -170,6 +185,7 @@ pub struct HealthSample {
 /// counts, the last one open-ended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LatencyHistogram {
+    #[serde(deserialize_with = "crate::int::u64_array")]
     #[schema(schema_with = latency_counts)]
     pub counts: [u64; LATENCY_BUCKETS],
 }

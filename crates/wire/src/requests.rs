@@ -168,11 +168,12 @@ pub struct RequiredReasonRequest {
     pub reason: String,
 }
 
-/// `POST /v1/break-glass/requests`: ask for a role for a while.
+/// `POST /v1/break-glass/requests`: ask for a role for a while (`duration` from 1m to 4h, 422
+/// outside that).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ElevationRequest {
-    /// `admin`, `deployer` or `approver`.
+    /// `admin`, `deployer` or `approver` (another role is 422).
     pub role: Role,
     /// `30m`, `2h`: how long the role lasts once granted.
     #[schema(pattern = "^[0-9]+(s|m|h|d)$")]

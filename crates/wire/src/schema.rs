@@ -59,17 +59,19 @@ pub(crate) fn optional_hash() -> Schema {
     Schema::Object(nullable(string(64, 64, Some(crate::HASH_PATTERN))).build())
 }
 
-/// A label selector: key → accepted values (a node matches when it has one of them). Its
-/// bounds are checked as a whole by the server (422 naming the selector).
+/// A label selector: key → accepted values (a node matches when it has one of them).
 pub(crate) fn selector() -> Schema {
-    let value = ObjectBuilder::new()
-        .schema_type(SchemaType::new(Type::String))
-        .build();
-    let values = ArrayBuilder::new().items(RefOr::T(Schema::Object(value)));
+    let value = string(0, limits::LABEL_MAX_BYTES, None).build();
+    let values = ArrayBuilder::new()
+        .items(RefOr::T(Schema::Object(value)))
+        .min_items(Some(1))
+        .max_items(Some(limits::MAX_SELECTOR_VALUES));
     Schema::Object(
         ObjectBuilder::new()
             .schema_type(SchemaType::new(Type::Object))
+            .property_names(Some(string(1, limits::LABEL_MAX_BYTES, None).build()))
             .additional_properties(Some(RefOr::T(Schema::Array(values.build()))))
+            .max_properties(Some(limits::MAX_SELECTOR_LABELS))
             .build(),
     )
 }
@@ -85,8 +87,9 @@ pub(crate) fn count(max: u64) -> Schema {
     )
 }
 
-/// An instant, ms since the Unix epoch (any `u64`).
-pub(crate) fn ms() -> Schema {
+/// Any `u64` (an instant in ms, a sequence number, a count). No `format`: `int64` would
+/// bound it at `i64::MAX`.
+pub(crate) fn uint() -> Schema {
     count(u64::MAX)
 }
 

@@ -36,6 +36,7 @@ pub struct CreateSloRequest {
     pub unit: String,
     /// Only the health of nodes carrying every one of these labels counts.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::labels)]
     pub selector: BTreeMap<String, String>,
     #[schema(exclusive_minimum = 0, exclusive_maximum = 100)]
     pub target_percent: f64,

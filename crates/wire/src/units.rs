@@ -40,7 +40,8 @@ pub const POINTER_PATTERN: &str = "^(/.*)?$";
 pub struct EntryLimit {
     #[schema(pattern = "^(/.*)?$")]
     pub path: String,
-    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub max: u64,
 }
 
@@ -69,9 +70,9 @@ pub struct UnitSpec {
     pub format: UnitFormat,
     /// A JSON Schema the parsed document must satisfy (local references only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub schema: Option<Value>,
     /// The largest file accepted, in bytes.
+    #[serde(deserialize_with = "crate::int::u64")]
     #[schema(schema_with = max_bytes)]
     pub max_bytes: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -110,7 +111,7 @@ fn unique_rules() -> utoipa::openapi::Schema {
 pub struct ValidatorCommand {
     #[schema(schema_with = validator_argv)]
     pub command: Vec<String>,
-    #[serde(default = "default_timeout_ms")]
+    #[serde(default = "default_timeout_ms", deserialize_with = "crate::int::u64")]
     #[schema(schema_with = validator_timeout)]
     pub timeout_ms: u64,
 }
@@ -177,7 +178,8 @@ pub struct CreateUnitRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUnitRequest {
-    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::int::u64")]
+    #[schema(schema_with = crate::schema::uint)]
     pub revision: u64,
     pub spec: UnitSpec,
     #[serde(default)]

@@ -41,9 +41,7 @@ pub enum FreezeWindow {
     /// 24:00) in an IANA `time_zone`.
     Weekly {
         days: Vec<Weekday>,
-        #[schema(pattern = "^[0-9]{2}:[0-9]{2}$")]
         start: String,
-        #[schema(pattern = "^[0-9]{2}:[0-9]{2}$")]
         end: String,
         time_zone: String,
     },

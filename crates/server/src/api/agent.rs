@@ -419,7 +419,7 @@ fn is_engine_event(report: &ReportRequest) -> bool {
 /// agent's clock against a time the server set).
 pub const STALE_CLOCK_SKEW_MS: u64 = 60_000;
 /// Longest staleness a fresh report may carry: a year.
-pub const MAX_STALE_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+pub const MAX_STALE_MS: u64 = failsmall_wire::reports::STALE_MAX_MS;
 
 /// Most reports in one batch.
 pub const MAX_REPORTS_PER_BATCH: usize = failsmall_wire::reports::REPORTS_PER_BATCH_MAX;

@@ -85,9 +85,36 @@ use super::*;
         LatencyHistogram,
         BreakGlassReport
     )),
-    modifiers(&BearerScheme)
+    modifiers(&BearerScheme, &ClosedVariants)
 )]
 struct WireTypes;
+
+/// Tagged enums the server reads with unknown fields refused: the derive closes a struct
+/// (`additionalProperties: false`) but not an enum's variants, so this closes each of theirs.
+const CLOSED_TAGGED_ENUMS: [&str; 3] = ["Report", "FreezeScope", "FreezeWindow"];
+
+struct ClosedVariants;
+
+impl utoipa::Modify for ClosedVariants {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for name in CLOSED_TAGGED_ENUMS {
+            let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
+                continue;
+            };
+            for variant in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = variant {
+                    object.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 
