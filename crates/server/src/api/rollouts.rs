@@ -230,7 +230,20 @@ pub(super) async fn command_rollout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = path_param(id)?;
-    let request: CommandRequest = json_body(body)?;
+    let request: Value = json_body(body)?;
+    // `approve` is no command here (the wire type has none): say where approvals go.
+    if request.get("command").and_then(Value::as_str) == Some("approve") {
+        return Err(ApiError::bad_request(
+            "approvals go to /v1/rollouts/{id}/approve, which needs the approver role",
+        ));
+    }
+    let request: CommandRequest = serde_json::from_value(request).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("body: {e}"),
+        )
+    })?;
     let command = engine_command(request.command);
     run_command(&state, &caller, id, command, request.reason).await
 }
