@@ -430,18 +430,19 @@ pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
     }))
 }
 
-/// The schema of a route's 200 answer, where the document describes one.
+/// The schema of a route's success answer (200 or 201), where the document describes one.
 pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
-    if method != Method::GET {
-        return None;
-    }
-    let name = match path {
-        "/healthz" => "Health",
-        "/v1/signing-key" => "SigningKey",
-        "/v1/nodes" => "NodeList",
-        "/v1/changelog" => "ChangelogPage",
-        "/v1/units/{unit}/versions/{hash}" => "Version",
-        _ => return None,
+    let name = match (method.as_str(), path) {
+        ("POST", "/v1/units") | ("GET" | "PUT", "/v1/units/{unit}") => "Unit",
+        (method, _) if method != "GET" => return None,
+        (_, path) => match path {
+            "/healthz" => "Health",
+            "/v1/signing-key" => "SigningKey",
+            "/v1/nodes" => "NodeList",
+            "/v1/changelog" => "ChangelogPage",
+            "/v1/units/{unit}/versions/{hash}" => "Version",
+            _ => return None,
+        },
     };
     Some(json!({"$ref": format!("#/components/schemas/{name}")}))
 }
