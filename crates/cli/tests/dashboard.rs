@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 use support::{BIN, Server};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Tries of an action whose element the page redrew under it.
+const STALE_RETRIES: usize = 20;
 
 /// Two waves: employees, then everyone after an approval.
 const PLAN: &str = "name: two-waves\nsoak: 0s\nstages:\n  - name: employees\n    select: { cohort: employee }\n    bake: 0s\n    min_requests: 0\n    gates: []\n  - name: everyone\n    approval: true\n    bake: 0s\n    min_requests: 0\n    gates: []\n";
@@ -132,15 +134,26 @@ impl Browser {
     }
 
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
+    }
+
+    /// A WebDriver call; its error (`{"error", "message"}`) when it fails.
+    fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Value> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let answer: Value = request.send().unwrap().json().unwrap();
         if answer["value"]["error"].is_string() {
-            panic!("WebDriver {path}: {}", answer["value"]);
+            return Err(answer["value"].clone());
         }
-        answer["value"].clone()
+        Ok(answer["value"].clone())
     }
 
     fn goto(&self, url: &str) {
@@ -186,22 +199,39 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks `css`. The page redraws its views whenever the server's store changes, so the
+    /// element found may be replaced (by an identical one) before the click lands: it is found
+    /// again then, as a person's click would land on whatever is drawn there.
     fn click(&self, css: &str) {
-        let id = self.element(css);
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        );
+        for _ in 0..STALE_RETRIES {
+            let id = self.element(css);
+            match self.try_call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/click"),
+                Some(json!({})),
+            ) {
+                Ok(_) => return,
+                Err(error) if error["error"] == "stale element reference" => continue,
+                Err(error) => panic!("WebDriver click on {css}: {error}"),
+            }
+        }
+        panic!("{css} was redrawn under every one of {STALE_RETRIES} clicks");
     }
 
     fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css);
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(json!({"text": text})),
-        );
+        for _ in 0..STALE_RETRIES {
+            let id = self.element(css);
+            match self.try_call(
+                reqwest::Method::POST,
+                &format!("/element/{id}/value"),
+                Some(json!({"text": text})),
+            ) {
+                Ok(_) => return,
+                Err(error) if error["error"] == "stale element reference" => continue,
+                Err(error) => panic!("WebDriver typing into {css}: {error}"),
+            }
+        }
+        panic!("{css} was redrawn under every one of {STALE_RETRIES} tries to type");
     }
 
     fn screenshot(&self, path: &Path) {
@@ -481,6 +511,22 @@ fn the_dashboard_shows_a_rollout_advance_takes_an_approval_and_hides_writes_from
         "const d = document.querySelector('#incident-detail'); return d && !d.hidden && d.dataset.status !== 'resolved' && document.querySelector('button[data-action=update]') !== null",
     );
     browser.type_into("#incident-update-text", "we rolled the checkout flag back");
+    // A redraw while the update is being written (something changed elsewhere) keeps it.
+    let drawn = browser.js("return document.body.dataset.refreshed");
+    server.http(
+        reqwest::Method::POST,
+        "/v1/units",
+        &server.admin,
+        &json!({"name": "ads-flags", "owner": "ads", "spec": {"format": "json", "max_bytes": 4096}}),
+    );
+    browser.wait_for(
+        "a redraw after a change elsewhere",
+        &format!("return document.body.dataset.refreshed !== {drawn}"),
+    );
+    assert_eq!(
+        browser.js("return document.querySelector('#incident-update-text').value"),
+        "we rolled the checkout flag back"
+    );
     browser.click("button[data-action=update]");
     browser.confirm(None);
     browser.wait_for(

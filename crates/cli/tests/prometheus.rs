@@ -148,6 +148,26 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
         );
     let plan_file = server.file("prometheus-plan.yaml", &plan);
     let spec = repo().join("examples/units/rules.spec.yaml");
+    // The gates pass on numbers: requests counted from Prometheus, not from agents.
+    good_completes_then_the_killswitch_rolls_back(
+        &server,
+        &spec,
+        &plan_file,
+        "error_rate 0%",
+        "error_rate",
+    );
+}
+
+/// Creates the `rules` unit with `plan_file`, waits for the 4 nodes, then pushes the good rules
+/// (completed; its log shows a gate verdict containing `passed`) and the 5 Dec killswitch
+/// (rolled back at the employees stage on `gate`, and quarantined).
+fn good_completes_then_the_killswitch_rolls_back(
+    server: &Server,
+    spec: &Path,
+    plan_file: &str,
+    passed: &str,
+    gate: &str,
+) {
     server.ok(&[
         "unit",
         "create",
@@ -155,10 +175,9 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
         "--spec",
         spec.to_str().unwrap(),
         "--plan",
-        &plan_file,
+        plan_file,
     ]);
     server.ok(&["nodes", "--wait-for", "4", "--timeout", "30s"]);
-
     let rules = repo().join("examples/units/rules.json");
     let watched = server.ok(&[
         "push",
@@ -169,10 +188,9 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
         "--watch",
     ]);
     assert!(watched.contains("rollout 1 completed"), "{watched}");
-    // The gates passed on numbers: requests counted from Prometheus, not from agents.
     let story = server.ok(&["log", "--rollout", "1", "-o", "json"]);
     assert!(
-        story.contains("\"gate_verdict\"") && story.contains("error_rate 0%"),
+        story.contains("\"gate_verdict\"") && story.contains(passed),
         "{story}"
     );
     let killswitch = repo().join("examples/units/rules-killswitch.json");
@@ -187,8 +205,7 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
     let said = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(3), "{said}");
     assert!(
-        said.contains("rollout 2 rolled_back at stage 1/3 employees")
-            && said.contains("error_rate"),
+        said.contains("rollout 2 rolled_back at stage 1/3 employees") && said.contains(gate),
         "{said}"
     );
     let quarantined = server.ok(&["quarantine", "list"]);
@@ -453,48 +470,11 @@ fn a_custom_metric_gate_on_prometheus_completes_a_good_version_and_rolls_back_th
         refused.contains("custom.error_per_second") && refused.contains("errors_per_second"),
         "{refused}"
     );
-    server.ok(&[
-        "unit",
-        "create",
-        "rules",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--plan",
+    good_completes_then_the_killswitch_rolls_back(
+        &server,
+        &spec,
         &plan_file,
-    ]);
-    server.ok(&["nodes", "--wait-for", "4", "--timeout", "30s"]);
-
-    let rules = repo().join("examples/units/rules.json");
-    let watched = server.ok(&[
-        "push",
-        "rules",
-        rules.to_str().unwrap(),
-        "-m",
-        "managed rules",
-        "--watch",
-    ]);
-    assert!(watched.contains("rollout 1 completed"), "{watched}");
-    let story = server.ok(&["log", "--rollout", "1", "-o", "json"]);
-    assert!(
-        story.contains("\"gate_verdict\"") && story.contains("custom.errors_per_second 0 <= 1"),
-        "{story}"
+        "custom.errors_per_second 0 <= 1",
+        "custom.errors_per_second",
     );
-    let killswitch = repo().join("examples/units/rules-killswitch.json");
-    let output = server.run(&[
-        "push",
-        "rules",
-        killswitch.to_str().unwrap(),
-        "-m",
-        "kill r-300",
-        "--watch",
-    ]);
-    let said = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status.code(), Some(3), "{said}");
-    assert!(
-        said.contains("rollout 2 rolled_back at stage 1/3 employees")
-            && said.contains("custom.errors_per_second"),
-        "{said}"
-    );
-    let quarantined = server.ok(&["quarantine", "list"]);
-    assert!(quarantined.contains("kill r-300"), "{quarantined}");
 }

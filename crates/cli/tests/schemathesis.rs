@@ -42,8 +42,67 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Operations whose bodies are schema-valid yet may be refused with 422, for a rule a JSON
+/// Schema cannot state (each is documented in the operation's 422 and its body's schema
+/// description). For these, and only these, `positive_data_acceptance` also accepts 422;
+/// every other check, and every check of every other operation, runs as shipped. Each was
+/// seen refusing generated data for the reason given (run without this list to see them).
+const SEMANTIC_422: &[(&str, &str)] = &[
+    (
+        "POST /v1/units",
+        "spec rules across fields (fail_mode open needs a safe_default that passes the spec; raw takes no structure), spec.schema must compile, the plan's YAML, a validator's argv must name its input",
+    ),
+    ("PUT /v1/units/{unit}", "as POST /v1/units"),
+    (
+        "POST /v1/units/{unit}/versions",
+        "the bytes must pass the unit's validation, which the stored unit's spec defines",
+    ),
+    (
+        "POST /v1/rollouts",
+        "the plan file's YAML, parsed and checked",
+    ),
+    (
+        "POST /v1/freezes",
+        "times of day (HH:MM up to 24:00), IANA time zone names, a window ending after it starts",
+    ),
+    (
+        "POST /v1/maintenance",
+        "RFC 3339 times, a window ending after it starts",
+    ),
+    (
+        "POST /v1/slos",
+        "the window's range (1h to 90d), the Prometheus URL's rules",
+    ),
+    (
+        "POST /v1/tokens",
+        "node required for agent tokens and refused for others; expires_in a duration",
+    ),
+    (
+        "POST /v1/break-glass/requests",
+        "only admin, deployer or approver; the duration's range (1m to 4h)",
+    ),
+    (
+        "POST /v1/webhooks",
+        "the URL must parse; events are known event kinds; slack takes no secret where generic and pagerduty need one",
+    ),
+    (
+        "POST /v1/nodes/{node}/reports",
+        "a stale report's since_ms is bounded by the server's clock",
+    ),
+];
+
+/// The schemathesis configuration: the tuning above, per operation.
+fn config() -> String {
+    let mut config = String::new();
+    for (operation, _) in SEMANTIC_422 {
+        config.push_str(&format!(
+            "[[operations]]\ninclude-operation-id = {operation:?}\nchecks.positive_data_acceptance.expected-statuses = [\"2xx\", \"3xx\", \"401\", \"403\", \"404\", \"409\", \"422\", \"429\"]\n\n"
+        ));
+    }
+    config
+}
+
 #[test]
-#[ignore = "unfinished (issue 15): the document does not yet describe every request body and its bounds (units, rollouts, commands, freezes, maintenance, SLOs, agent reports, break glass, pushes), so positive_data_acceptance and negative_data_rejection still fail on about 20 operations; no 5xx and no response off its schema found"]
 fn schemathesis_finds_the_server_true_to_its_document() {
     let Some(st) = schemathesis() else {
         assert!(
@@ -55,7 +114,11 @@ fn schemathesis_finds_the_server_true_to_its_document() {
     };
     let server = Server::start("schemathesis");
     let reports = server.dir.path().join("schemathesis-report");
+    let config_file = server.dir.path().join("schemathesis.toml");
+    std::fs::write(&config_file, config()).unwrap();
     let mut child = Command::new(&st)
+        .arg("--config-file")
+        .arg(&config_file)
         .arg("run")
         .arg(format!("{}/v1/openapi.json", server.addr))
         .args(["--url", &server.addr])
@@ -70,7 +133,10 @@ fn schemathesis_finds_the_server_true_to_its_document() {
         .args(["--max-examples", &MAX_EXAMPLES_PER_OPERATION.to_string()])
         .args(["--max-time", &MAX_RUN_SECS.to_string()])
         .args(["--seed", "15"])
-        .args(["--workers", "2"])
+        // One worker: hypothesis parses lambdas' source with `ast.parse`, which CPython before
+        // 3.11.8 cannot run from two threads at once ("AST constructor recursion depth
+        // mismatch", CPython issue 106905), and schemathesis' workers are threads.
+        .args(["--workers", "1"])
         .args(["--request-timeout", "10"])
         .arg("--no-shrink")
         .arg("--report-dir")

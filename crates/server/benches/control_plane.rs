@@ -11,8 +11,13 @@
 //!
 //! 6. (`scale`) one registration and one health report, each its own step, with 1,000 and
 //!    with 50,000 nodes: the same cost (the step is in place and logs only its events);
-//! 7. (`fleet20k`) 20,000 nodes registered one by one over HTTP, then single-report
-//!    requests/s and batched reports/s.
+//! 7. (`fleet20k`) 20,000 nodes register over HTTP, [`FLEET_IN_FLIGHT`] at once (wall
+//!    time), then single-report requests/s; again, then batched reports/s (batches of 100).
+//!
+//! The report benches (`reports`, `fleet`, `fleet20k`) run a simulated fleet: every node holds
+//! its own connection (see `support/fleet.rs`), [`FLEET_IN_FLIGHT`] requests at once; a request
+//! not answered 2xx is counted by kind, and the bench fails when the failures exceed
+//! [`FLEET_FAILURES_ALLOWED`] (none).
 //!
 //! Numbers are printed as medians (and p99 / max where the target is a tail). Arguments:
 //! `push`, `watch`, `reports`, `fleet`, `state`, `scale`, `fleet20k` pick sections (default:
@@ -24,6 +29,8 @@
     clippy::indexing_slicing
 )]
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +40,13 @@ use failsmall_core::plan::Plan;
 use failsmall_server::rollouts::{Cause, EngineHost};
 use failsmall_server::store::{EngineStep, Store};
 use failsmall_server::{ServerConfig, run};
+use hyper::Method;
+use hyper::body::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+
+#[path = "support/fleet.rs"]
+mod fleet;
 
 const PUSHES: usize = 300;
 const WATCHERS: usize = 1000;
@@ -48,11 +60,19 @@ const FLEET_REPORTS_PER_NODE: usize = 5;
 const SCALE_FLEETS: [usize; 2] = [1_000, 50_000];
 const SCALE_SAMPLES: usize = 200;
 const BIG_FLEET_NODES: usize = 20_000;
-/// Most report requests in flight at once in the report benches (under the server's
-/// connections per client).
-const MAX_SENDERS: usize = 1_000;
+/// Report and registration requests in flight at once in the fleet benches: nodes that send
+/// at the same instant (under the server's `MAX_WAITING_REQUESTS` for reports).
+const FLEET_IN_FLIGHT: usize = 1_000;
+/// Requests of a fleet bench that may fail (any status but 2xx, a transport error, no answer
+/// in time) or reports the canary may miss before the bench fails: none. The server has room
+/// for every node's connection and every waiting request.
+const FLEET_FAILURES_ALLOWED: u64 = 0;
+/// Longest one phase of a fleet bench (registration, acknowledgements, health reports) runs;
+/// then it stops, and what was not sent counts as failed.
+const FLEET_PHASE_DEADLINE: Duration = Duration::from_secs(300);
 
 struct Bench {
+    address: SocketAddr,
     base: String,
     admin: String,
     client: reqwest::Client,
@@ -64,13 +84,19 @@ struct Bench {
 
 impl Bench {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, failsmall_server::serve::MAX_CONNECTIONS_DEFAULT).await
+    }
+
+    /// A server with room for `max_connections` connections.
+    async fn start_with(name: &str, max_connections: usize) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("failsmall-bench-{name}-"))
             .tempdir()
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let config = ServerConfig::new(dir.path(), address);
+        let mut config = ServerConfig::new(dir.path(), address);
+        config.connections.max_connections = max_connections;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run(config.clone(), listener, async {
             let _ = stopped.await;
@@ -86,6 +112,7 @@ impl Bench {
             .trim()
             .to_owned();
         Self {
+            address,
             base,
             admin,
             client,
@@ -288,93 +315,159 @@ async fn bench_watch() {
     }
 }
 
-async fn bench_reports(nodes: usize, per_batch: usize, batches_per_node: usize) {
-    let bench = Arc::new(Bench::start("reports").await);
+/// Registers a fleet of `nodes` (each its own connection, [`FLEET_IN_FLIGHT`] requests at
+/// once), starts a rollout over it, and has every node send `batches_per_node` requests of
+/// `per_batch` health reports (one report as itself, more as a batch). Prints each phase's
+/// wall time, rate, answer times and failures; returns the failures (requests not answered
+/// 2xx, and reports the rollout's canary did not count).
+async fn bench_reports(
+    client: tokio::runtime::Handle,
+    nodes: usize,
+    per_batch: usize,
+    batches_per_node: usize,
+) -> u64 {
+    let (connections, open_files) = fleet::connections_that_fit(nodes);
+    if connections == 0 {
+        println!("fleet of {nodes}: not run: the open-file limit {open_files} leaves no room");
+        return 1;
+    }
+    let max_connections = connections + usize::try_from(fleet::OPEN_FILES_SPARE).unwrap();
+    let bench = Bench::start_with("reports", max_connections).await;
     bench
         .create_unit("flags", json!({"format": "raw", "max_bytes": 64}))
         .await;
     let (_, version) = bench.push("flags", b"on".to_vec()).await;
-    let registering = Instant::now();
-    for node in 0..nodes {
-        bench
-            .register(&format!("h{node}"), json!({"cohort": "free"}))
-            .await;
-    }
-    let registered = registering.elapsed();
+    let mut fleet = fleet::Fleet::new(
+        bench.address,
+        &bench.admin,
+        "h",
+        nodes,
+        connections,
+        FLEET_IN_FLIGHT,
+        client,
+    );
+    let in_flight = fleet.in_flight();
+    println!(
+        "fleet of {nodes} nodes on {} connections (open-file limit {open_files}), {in_flight} requests at once",
+        fleet.connections()
+    );
+    let mut failures = 0;
+    let register = Bytes::from(json!({"labels": {"cohort": "free"}}).to_string());
+    let registered = fleet
+        .run(
+            1,
+            FLEET_PHASE_DEADLINE,
+            Arc::new(move |node| (Method::PUT, format!("/v1/nodes/{node}"), register.clone())),
+        )
+        .await;
+    println!(
+        "  registration: {nodes} nodes in {:.2} s = {:.0}/s; per request: {}",
+        registered.elapsed.as_secs_f64(),
+        nodes as f64 / registered.elapsed.as_secs_f64(),
+        summary(registered.took.clone())
+    );
+    println!("    {}", cpu_line(&registered, registered.tally.ok));
+    println!("    {}", registered.tally.line());
+    failures += registered.tally.failed();
     // A running rollout with a long bake: every health report lands in its canary.
     let plan = "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    gates: []\n";
     bench.start_rollout("flags", &version, plan).await;
-    for node in 0..nodes {
-        bench
-            .call(
-                reqwest::Method::POST,
-                &format!("/v1/nodes/h{node}/reports"),
-                Some(json!({"kind": "applied", "unit": "flags", "version": version})),
-            )
-            .await;
-    }
+    let applied =
+        Bytes::from(json!({"kind": "applied", "unit": "flags", "version": version}).to_string());
+    let acked = fleet
+        .run(
+            1,
+            FLEET_PHASE_DEADLINE,
+            Arc::new(move |node| {
+                (
+                    Method::POST,
+                    format!("/v1/nodes/{node}/reports"),
+                    applied.clone(),
+                )
+            }),
+        )
+        .await;
+    println!("  applied reports: {}", acked.tally.line());
+    failures += acked.tally.failed();
     let counts = vec![1u64; failsmall_core::health::LATENCY_BUCKETS];
     let sample = json!({"requests": 100, "errors": 1, "latency": {"counts": counts}});
     let report = json!({"kind": "health", "unit": "flags", "version": version, "sample": sample});
-    // One report is sent as itself, more as a batch.
     let batch = if per_batch == 1 {
         report
     } else {
         json!({ "reports": vec![report; per_batch] })
     };
-    let started = Instant::now();
-    let mut senders = Vec::new();
-    // At most `MAX_SENDERS` requests in flight; each sender serves every `MAX_SENDERS`-th node.
-    let sender_count = nodes.min(MAX_SENDERS);
-    for first in 0..sender_count {
-        let bench = Arc::clone(&bench);
-        let batch = batch.clone();
-        senders.push(tokio::spawn(async move {
-            let mut took = Vec::new();
-            for _ in 0..batches_per_node {
-                for node in (first..nodes).step_by(sender_count) {
-                    let sent = Instant::now();
-                    bench
-                        .call(
-                            reqwest::Method::POST,
-                            &format!("/v1/nodes/h{node}/reports"),
-                            Some(batch.clone()),
-                        )
-                        .await;
-                    took.push(sent.elapsed());
-                }
-            }
-            took
-        }));
-    }
-    let mut took = Vec::new();
-    for sender in senders {
-        took.extend(sender.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    let reports = nodes * batches_per_node * per_batch;
+    let batch = Bytes::from(batch.to_string());
+    let health = fleet
+        .run(
+            batches_per_node,
+            FLEET_PHASE_DEADLINE,
+            Arc::new(move |node| {
+                (
+                    Method::POST,
+                    format!("/v1/nodes/{node}/reports"),
+                    batch.clone(),
+                )
+            }),
+        )
+        .await;
+    let requests = health.tally.ok;
+    let reports = requests * per_batch as u64;
+    let seconds = health.elapsed.as_secs_f64();
     println!(
-        "health reports: {reports} in {:.2} s = {:.0} reports/s ({nodes} nodes, {sender_count} requests at once, batches of {per_batch}); per request: {}",
-        elapsed.as_secs_f64(),
-        reports as f64 / elapsed.as_secs_f64(),
-        summary(took)
+        "  health reports: {reports} in {seconds:.2} s = {:.0} reports/s, {:.0} requests/s (batches of {per_batch}); per request: {}",
+        reports as f64 / seconds,
+        requests as f64 / seconds,
+        summary(health.took.clone())
     );
-    println!(
-        "  ({nodes} nodes registered one after another in {:.2} s)",
-        registered.as_secs_f64()
-    );
+    println!("    {}", cpu_line(&health, requests));
+    println!("    {}", health.tally.line());
+    failures += health.tally.failed();
     let view = bench
         .call(reqwest::Method::GET, "/v1/rollouts/1", None)
         .await;
-    assert_eq!(
-        view["canary"]["sample"]["requests"].as_u64(),
-        Some(100 * reports as u64),
-        "every report reached the rollout's canary"
-    );
-    match Arc::try_unwrap(bench) {
-        Ok(bench) => bench.stop().await,
-        Err(_) => panic!("senders still hold the bench"),
+    let counted = view["canary"]["sample"]["requests"].as_u64().unwrap_or(0);
+    if counted != 100 * reports {
+        println!(
+            "  LOST REPORTS: the canary counted {counted} requests, the accepted reports carry {}; rollout: {}",
+            100 * reports,
+            json!({"phase": view["phase"], "stage": view["stage"], "state": view["state"]})
+        );
+        let metrics = bench
+            .client
+            .get(format!("{}/metrics", bench.base))
+            .bearer_auth(&bench.admin)
+            .send()
+            .await
+            .ok();
+        let metrics = match metrics {
+            Some(response) => response.text().await.unwrap_or_default(),
+            None => String::new(),
+        };
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("failsmall_report"))
+        {
+            println!("    {line}");
+        }
+        failures += 1;
     }
+    drop(fleet);
+    bench.stop().await;
+    failures
+}
+
+/// The CPU the server and the fleet used in a phase, in all and per answered request.
+fn cpu_line(phase: &fleet::Phase, requests: u64) -> String {
+    let per = |cpu_s: f64| cpu_s * 1e6 / requests.max(1) as f64;
+    format!(
+        "CPU: server {:.2} s ({:.0} µs per request), fleet {:.2} s ({:.0} µs per request), over {:.2} s",
+        phase.server_cpu_s,
+        per(phase.server_cpu_s),
+        phase.client_cpu_s,
+        per(phase.client_cpu_s),
+        phase.elapsed.as_secs_f64()
+    )
 }
 
 fn bench_state() {
@@ -443,7 +536,7 @@ fn bench_state() {
                 now_ms: now,
                 events: "[]",
                 changes: &[],
-                node: None,
+                nodes: &[],
                 version: None,
             })
             .unwrap();
@@ -587,7 +680,7 @@ async fn bench_scale() {
     );
 }
 
-fn main() {
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -597,6 +690,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // The simulated fleet runs on threads of its own, so its CPU is told apart from the server's.
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(fleet::CLIENT_THREAD)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut failures = 0;
     if wants("push") {
         runtime.block_on(bench_push());
     }
@@ -604,17 +704,28 @@ fn main() {
         runtime.block_on(bench_watch());
     }
     if wants("reports") {
-        runtime.block_on(bench_reports(
+        failures += runtime.block_on(bench_reports(
+            client.handle().clone(),
             REPORT_NODES,
             REPORTS_PER_BATCH,
             REPORT_BATCHES_PER_NODE,
         ));
-        runtime.block_on(bench_reports(REPORT_NODES, 1, REPORT_BATCHES_PER_NODE));
+        failures += runtime.block_on(bench_reports(
+            client.handle().clone(),
+            REPORT_NODES,
+            1,
+            REPORT_BATCHES_PER_NODE,
+        ));
     }
     if wants("fleet") {
-        // Every node of a larger fleet sends its own reports, one per request, all at once:
-        // what a fleet of agents does every health interval.
-        runtime.block_on(bench_reports(FLEET_NODES, 1, FLEET_REPORTS_PER_NODE));
+        // Every node of a larger fleet sends its own reports, one per request: what a fleet of
+        // agents does every health interval.
+        failures += runtime.block_on(bench_reports(
+            client.handle().clone(),
+            FLEET_NODES,
+            1,
+            FLEET_REPORTS_PER_NODE,
+        ));
     }
     if wants("state") {
         bench_state();
@@ -623,8 +734,23 @@ fn main() {
         runtime.block_on(bench_scale());
     }
     if wants("fleet20k") {
-        // 20,000 nodes registered one by one over HTTP, then single reports and batches.
-        runtime.block_on(bench_reports(BIG_FLEET_NODES, 1, FLEET_REPORTS_PER_NODE));
-        runtime.block_on(bench_reports(BIG_FLEET_NODES, REPORTS_PER_BATCH, 1));
+        // 20,000 nodes register, then send single reports; again, then batches.
+        failures += runtime.block_on(bench_reports(
+            client.handle().clone(),
+            BIG_FLEET_NODES,
+            1,
+            FLEET_REPORTS_PER_NODE,
+        ));
+        failures += runtime.block_on(bench_reports(
+            client.handle().clone(),
+            BIG_FLEET_NODES,
+            REPORTS_PER_BATCH,
+            1,
+        ));
     }
+    if failures > FLEET_FAILURES_ALLOWED {
+        println!("FAILED: {failures} failures; the budget is {FLEET_FAILURES_ALLOWED}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use failsmall_codex::{Action as CodexAction, Finding};
-use failsmall_core::domain::{Labels, NodeId, RolloutId, UnitName, VersionHash, rfc3339_from_ms};
+use failsmall_core::domain::{NodeId, RolloutId, UnitName, VersionHash, rfc3339_from_ms};
 use failsmall_core::engine::{Action, Command, EngineError, Event, RolloutStatus};
 use failsmall_core::plan::Plan;
 use failsmall_core::validate::{UnitSpec, validate};
@@ -91,8 +91,8 @@ use agent::{desired, report};
 /// much: one home, [`failsmall_core::limits::TEXT_MAX_BYTES`]).
 pub const MAX_TEXT_BYTES: usize = failsmall_core::limits::TEXT_MAX_BYTES;
 /// Most labels a node may carry, and the longest label key or value, in bytes.
-pub const MAX_LABELS: usize = 64;
-pub const MAX_LABEL_BYTES: usize = 256;
+pub const MAX_LABELS: usize = failsmall_wire::limits::LABELS_MAX;
+pub const MAX_LABEL_BYTES: usize = failsmall_wire::limits::LABEL_MAX_BYTES;
 /// Versions larger than this are not diffed, in bytes.
 pub const MAX_DIFF_BYTES: usize = 4 * 1024 * 1024;
 /// Default and largest page of changelog entries.

@@ -1,11 +1,13 @@
-//! Group commit of agents' reports: the reports that arrive while one engine step commits are
-//! applied together in the next step, in one transaction, and every request is answered after
-//! the commit that holds it.
+//! Group commit of agents' reports and registrations: the requests that arrive while one
+//! engine step commits are applied together in the next step, in one transaction, and every
+//! request is answered after the commit that holds it.
 //!
 //! Why: a step's cost is mostly its transaction's commit (an fsync), whatever it holds; one
-//! step per report request would cap the reports at the fsync rate. Grouping makes the step
-//! rate follow the commit time instead of the request rate: with commits of 2 ms, ten
-//! thousand requests a second become some five hundred steps.
+//! step per request would cap reports (and a fleet registering at once) at the fsync rate.
+//! Grouping makes the step rate follow the commit time instead of the request rate: with
+//! commits of 2 ms, ten thousand requests a second become some five hundred steps.
+//! A registration's node row is written in its group's transaction before the group's
+//! reports' node rows, so a node may register and report in the same step.
 //!
 //! Each request stays whole: its reports sit side by side in the group's step, and when the
 //! engine refuses the group (one request's report names an unknown node, say), every request
@@ -148,9 +150,13 @@ async fn commit_forever(
     }
 }
 
-/// Whether `cause` may share a step with other requests' (reports carry nothing else).
+/// Whether `cause` may share a step with other requests' (reports and registrations; a push
+/// always has a step of its own).
 fn groupable(cause: &Cause) -> bool {
-    matches!(cause, Cause::Nothing | Cause::NodeReports(_))
+    matches!(
+        cause,
+        Cause::Nothing | Cause::NodeReports(_) | Cause::Node { .. } | Cause::Grouped { .. }
+    )
 }
 
 async fn commit_group(
@@ -170,17 +176,27 @@ async fn commit_group(
     }
     BatcherCounts::add(&counts.steps, 1);
     let mut events = Vec::new();
+    let mut nodes = Vec::new();
     let mut rows = Vec::new();
     for one in &group {
         events.extend(one.events.iter().cloned());
-        if let Cause::NodeReports(staleness) = &one.cause {
-            rows.extend(staleness.iter().cloned());
+        match &one.cause {
+            Cause::NodeReports(staleness) => rows.extend(staleness.iter().cloned()),
+            Cause::Node { id, labels } => nodes.push((id.clone(), labels.clone())),
+            Cause::Grouped {
+                nodes: registered,
+                rows: staleness,
+            } => {
+                nodes.extend(registered.iter().cloned());
+                rows.extend(staleness.iter().cloned());
+            }
+            Cause::Nothing | Cause::Push { .. } => {}
         }
     }
-    let cause = if rows.is_empty() {
-        Cause::Nothing
-    } else {
-        Cause::NodeReports(rows)
+    let cause = match (nodes.is_empty(), rows.is_empty()) {
+        (true, true) => Cause::Nothing,
+        (true, false) => Cause::NodeReports(rows),
+        (false, _) => Cause::Grouped { nodes, rows },
     };
     match engine.apply_many(store, now_ms, events, cause).await {
         Ok(actions) => {
@@ -331,6 +347,55 @@ mod tests {
             .read(|engine, rev| (serde_json::to_string(engine).unwrap(), rev))
             .await;
         assert_eq!(in_memory, (stored, revision));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_registrations_share_steps_and_every_node_is_stored() {
+        let (_dir, store) = fresh_store("register");
+        let engine = Arc::new(EngineHost::load(&store).unwrap());
+        let batcher = ReportBatcher::start(Arc::clone(&engine), Arc::clone(&store), clock);
+        let labels_of =
+            |i: usize| -> Labels { [("cohort".to_owned(), format!("c{}", i % 3))].into() };
+        let mut requests = tokio::task::JoinSet::new();
+        for i in 0..NODES {
+            let batcher = batcher.clone();
+            let id = NodeId::new(format!("n{i}")).unwrap();
+            let labels = labels_of(i);
+            let event = Event::NodeRegistered {
+                node: id.clone(),
+                labels: labels.clone(),
+            };
+            requests.spawn(async move {
+                batcher
+                    .submit(vec![(event, None)], Cause::Node { id, labels })
+                    .await
+            });
+        }
+        while let Some(result) = requests.join_next().await {
+            result.unwrap().unwrap();
+        }
+        let steps = engine.read(|_, revision| revision).await;
+        assert!(
+            steps < NODES as u64,
+            "{NODES} registrations took {steps} steps: nothing was grouped"
+        );
+        for i in 0..NODES {
+            let node = store.node(&format!("n{i}")).unwrap().unwrap();
+            assert_eq!(node.labels, labels_of(i), "node n{i}");
+        }
+        assert_eq!(store.counts().unwrap().nodes, NODES as u64);
+        // What memory holds is what is stored, and the engine knows every node.
+        let (stored, revision) = store.engine_state().unwrap().unwrap();
+        let in_memory = engine
+            .read(|engine, rev| (serde_json::to_string(engine).unwrap(), rev))
+            .await;
+        assert_eq!(in_memory, (stored, revision));
+        for i in 0..NODES {
+            assert!(
+                in_memory.0.contains(&format!("\"n{i}\"")),
+                "engine lacks n{i}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

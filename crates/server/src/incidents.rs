@@ -26,13 +26,13 @@ pub const AUTO_OPEN_KINDS: [(&str, Severity); 3] = [
 ];
 
 /// Longest title, update text and component name, in bytes.
-pub const MAX_TITLE_BYTES: usize = 200;
-pub const MAX_UPDATE_BYTES: usize = 4 * 1024;
-pub const MAX_COMPONENT_BYTES: usize = 128;
+pub const MAX_TITLE_BYTES: usize = failsmall_wire::requests::INCIDENT_TITLE_MAX_BYTES;
+pub const MAX_UPDATE_BYTES: usize = failsmall_wire::requests::INCIDENT_UPDATE_MAX_BYTES;
+pub const MAX_COMPONENT_BYTES: usize = failsmall_wire::requests::INCIDENT_COMPONENT_MAX_BYTES;
 /// Most components one incident names.
-pub const MAX_COMPONENTS: usize = 32;
+pub const MAX_COMPONENTS: usize = failsmall_wire::requests::INCIDENT_COMPONENTS_MAX;
 /// Longest post-incident review (markdown), in bytes.
-pub const MAX_REVIEW_BYTES: usize = 64 * 1024;
+pub const MAX_REVIEW_BYTES: usize = failsmall_wire::requests::INCIDENT_REVIEW_MAX_BYTES;
 /// Most updates one incident keeps (past it, holding updates stop; people may still resolve).
 pub const MAX_UPDATES_PER_INCIDENT: u64 = 1_000;
 /// Most incidents listed at once (the status page and `GET /v1/incidents`).

@@ -96,6 +96,12 @@ pub enum Cause {
     NodeReports(Vec<NodeRow>),
     /// A node registered or changed its labels.
     Node { id: NodeId, labels: Labels },
+    /// Requests the report batcher grouped into one step (see [`crate::batcher`]): the nodes
+    /// they registered, in order, and their reports' node rows (as [`Cause::NodeReports`]).
+    Grouped {
+        nodes: Vec<(NodeId, Labels)>,
+        rows: Vec<NodeRow>,
+    },
     /// A version was pushed (and its rollout requested); its changes are recorded first.
     Push {
         version: Box<VersionRow>,
@@ -381,11 +387,19 @@ fn step_and_commit(
         );
         actions.extend(produced);
     }
-    let (node, version, staleness) = match &cause {
-        Cause::Node { id, labels } => (Some((id.as_str(), labels)), None, &[][..]),
-        Cause::Push { version, .. } => (None, Some(version.as_new()), &[][..]),
-        Cause::NodeReports(rows) => (None, None, rows.as_slice()),
-        Cause::Nothing => (None, None, &[][..]),
+    let (nodes, version, staleness) = match &cause {
+        Cause::Node { id, labels } => (vec![(id.as_str(), labels)], None, &[][..]),
+        Cause::Grouped { nodes, rows } => (
+            nodes
+                .iter()
+                .map(|(id, labels)| (id.as_str(), labels))
+                .collect(),
+            None,
+            rows.as_slice(),
+        ),
+        Cause::Push { version, .. } => (Vec::new(), Some(version.as_new()), &[][..]),
+        Cause::NodeReports(rows) => (Vec::new(), None, rows.as_slice()),
+        Cause::Nothing => (Vec::new(), None, &[][..]),
     };
     let committed = store.commit_step_with(
         &EngineStep {
@@ -393,7 +407,7 @@ fn step_and_commit(
             now_ms,
             events: &log,
             changes: &changes,
-            node,
+            nodes: &nodes,
             version: version.as_ref(),
         },
         staleness,

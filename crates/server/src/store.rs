@@ -509,8 +509,10 @@ pub struct EngineStep<'a> {
     pub events: &'a str,
     /// The changes the step produced, and the one describing the cause.
     pub changes: &'a [ChangeRow],
-    /// A node registration that caused the step.
-    pub node: Option<(&'a str, &'a failsmall_core::domain::Labels)>,
+    /// The nodes the step registered (or gave new labels), in order: one registration, or
+    /// the registrations the report batcher grouped into the step. Each is stored with
+    /// `now_ms` as when it was registered and last seen.
+    pub nodes: &'a [(&'a str, &'a failsmall_core::domain::Labels)],
     /// A pushed version that caused the step (its rollout): stored with it, or the whole step
     /// fails with [`StoreError::AlreadyExists`] when the unit already has these bytes.
     pub version: Option<&'a NewVersion<'a>>,
@@ -1078,12 +1080,13 @@ mod tests {
             rollout: None,
             stage: None,
         }];
+        let registered = [("n1", &labels)];
         let step = |expected_revision, events| EngineStep {
             expected_revision,
             now_ms: 9,
             events,
             changes: &changes,
-            node: Some(("n1", &labels)),
+            nodes: &registered,
             version: None,
         };
         assert_eq!(store.commit_step(&step(0, "[]")).unwrap(), 1);
@@ -1091,7 +1094,7 @@ mod tests {
         // A step from a stale revision writes nothing: no state, no node, no change.
         let other: failsmall_core::domain::Labels = [("pop".to_owned(), "ams".to_owned())].into();
         let stale = EngineStep {
-            node: Some(("n1", &other)),
+            nodes: &[("n1", &other)],
             ..step(0, "[\"Tick\"]")
         };
         assert!(matches!(
@@ -1126,18 +1129,16 @@ mod tests {
         let (_dir, db) = temp_db("stale");
         let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
-        let step = |expected_revision, node| EngineStep {
+        let registered = [("n1", &labels)];
+        let step = |expected_revision, nodes| EngineStep {
             expected_revision,
             now_ms: 0,
             events: "[]",
             changes: &[],
-            node,
+            nodes,
             version: None,
         };
-        assert_eq!(
-            store.commit_step(&step(0, Some(("n1", &labels)))).unwrap(),
-            1
-        );
+        assert_eq!(store.commit_step(&step(0, &registered[..])).unwrap(), 1);
         let row = |node: &str, stale_since_ms, kind: &str| NodeRow {
             node: node.to_owned(),
             effect: NodeEffect::Staleness(stale_since_ms),
@@ -1158,14 +1159,14 @@ mod tests {
             row("ghost", Some(5), "node_stale"),
         ];
         assert!(matches!(
-            store.commit_step_with(&step(1, None), &unknown, &[], &[]),
+            store.commit_step_with(&step(1, &[][..]), &unknown, &[], &[]),
             Err(StoreError::NotFound { kind: "node", .. })
         ));
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.engine_revision().unwrap(), 1);
         store
             .commit_step_with(
-                &step(1, None),
+                &step(1, &[][..]),
                 &[row("n1", Some(5), "node_stale")],
                 &[],
                 &[],
@@ -1175,7 +1176,7 @@ mod tests {
         assert_eq!(store.counts().unwrap().nodes_stale, 1);
         let fresh = [row("n1", None, "node_fresh"), row("n1", None, "node_fresh")];
         store
-            .commit_step_with(&step(2, None), &fresh, &[], &[])
+            .commit_step_with(&step(2, &[][..]), &fresh, &[], &[])
             .unwrap();
         assert_eq!(store.node("n1").unwrap().unwrap().stale_since_ms, None);
         assert_eq!(store.counts().unwrap().nodes_stale, 0);
@@ -1200,15 +1201,16 @@ mod tests {
         let (_dir, db) = temp_db("removal");
         let store = Store::open(&db).unwrap();
         let labels: failsmall_core::domain::Labels = [("pop".to_owned(), "fra".to_owned())].into();
-        let step = |expected_revision, node| EngineStep {
+        let registered = [("n1", &labels)];
+        let step = |expected_revision, nodes| EngineStep {
             expected_revision,
             now_ms: 0,
             events: "[]",
             changes: &[],
-            node,
+            nodes,
             version: None,
         };
-        store.commit_step(&step(0, Some(("n1", &labels)))).unwrap();
+        store.commit_step(&step(0, &registered[..])).unwrap();
         let applied = [AppliedRow {
             node: "n1".into(),
             unit: "u".into(),
@@ -1221,10 +1223,10 @@ mod tests {
             at_ms: 4,
         }];
         store
-            .commit_step_with(&step(1, None), &[], &applied, &removal)
+            .commit_step_with(&step(1, &[][..]), &[], &applied, &removal)
             .unwrap();
         store
-            .commit_step_with(&step(2, None), &[], &[], &removal)
+            .commit_step_with(&step(2, &[][..]), &[], &[], &removal)
             .unwrap();
         assert_eq!(store.removals_of("n1").unwrap(), ["u"]);
         assert!(store.removals_of("n2").unwrap().is_empty());
@@ -1245,7 +1247,7 @@ mod tests {
         };
         let twice = [done.clone(), done];
         store
-            .commit_step_with(&step(3, None), &twice, &[], &[])
+            .commit_step_with(&step(3, &[][..]), &twice, &[], &[])
             .unwrap();
         assert!(store.removals_of("n1").unwrap().is_empty());
         let node = store.nodes(10).unwrap().remove(0);

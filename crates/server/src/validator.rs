@@ -35,12 +35,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Most entries of a validator's argv (the program included).
-pub const MAX_ARGS: usize = 64;
+pub const MAX_ARGS: usize = failsmall_wire::units::VALIDATOR_ARGS_MAX;
 /// Longest argv entry, in bytes.
-pub const MAX_ARG_BYTES: usize = 4096;
+pub const MAX_ARG_BYTES: usize = failsmall_wire::units::VALIDATOR_ARG_MAX_BYTES;
 /// Longest time a validator may be given, and the time it gets by default, in milliseconds.
-pub const MAX_TIMEOUT_MS: u64 = 60_000;
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+pub const MAX_TIMEOUT_MS: u64 = failsmall_wire::units::VALIDATOR_TIMEOUT_MAX_MS;
+pub const DEFAULT_TIMEOUT_MS: u64 = failsmall_wire::units::VALIDATOR_TIMEOUT_DEFAULT_MS;
 /// Most stderr kept from one run, in bytes; the rest is read and dropped.
 pub const MAX_STDERR_BYTES: usize = 64 * 1024;
 /// A refusal quotes at most this many lines of stderr, and at most this many bytes of them.

@@ -319,10 +319,21 @@ async fn the_openapi_document_describes_staleness_reports_and_the_node() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let schemas = &document["components"]["schemas"];
-    let kinds = schemas["Report"]["properties"]["kind"]["enum"]
-        .as_array()
+    // One variant per kind, each closed to unknown fields as the server reads it.
+    let variants = schemas["Report"]["oneOf"].as_array().unwrap();
+    let kinds: Vec<&Value> = variants
+        .iter()
+        .map(|variant| {
+            assert_eq!(variant["additionalProperties"], false, "{variant}");
+            &variant["properties"]["kind"]["enum"][0]
+        })
+        .collect();
+    assert!(kinds.contains(&&json!("stale")) && kinds.contains(&&json!("fresh")));
+    let stale = variants
+        .iter()
+        .find(|variant| variant["properties"]["kind"]["enum"][0] == "stale")
         .unwrap();
-    assert!(kinds.contains(&json!("stale")) && kinds.contains(&json!("fresh")));
+    assert_eq!(stale["required"], json!(["since_ms", "seq", "kind"]));
     assert!(schemas["Node"]["properties"]["stale_since_ms"].is_object());
     let reports = &document["paths"]["/v1/nodes/{node}/reports"]["post"];
     assert!(reports["requestBody"].is_object(), "{reports}");

@@ -652,12 +652,28 @@ async fn the_openapi_document_describes_the_label_filter_and_the_validator() {
         assert_eq!(label["in"], "query");
         assert_eq!(label["explode"], true);
     }
-    let validator = &document["components"]["schemas"]["ValidatorCommand"];
+    let schemas = &document["components"]["schemas"];
+    let validator = &schemas["ValidatorCommand"];
     assert_eq!(validator["required"], json!(["command"]));
+    assert_eq!(validator["additionalProperties"], false);
     assert_eq!(
-        document["paths"]["/v1/units"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-            ["$ref"],
-        "#/components/schemas/Unit"
+        validator["properties"]["timeout_ms"]["maximum"],
+        json!(failsmall_server::validator::MAX_TIMEOUT_MS)
+    );
+    for (method, path, body) in [
+        ("post", "/v1/units", "CreateUnitRequest"),
+        ("put", "/v1/units/{unit}", "UpdateUnitRequest"),
+    ] {
+        assert_eq!(
+            document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            format!("#/components/schemas/{body}")
+        );
+        assert_eq!(schemas[body]["additionalProperties"], false, "{body}");
+    }
+    assert_eq!(
+        schemas["CreateUnitRequest"]["required"],
+        json!(["name", "spec"])
     );
     server.stop().await;
 }

@@ -9,10 +9,19 @@
 pub mod changelog;
 pub mod changes;
 pub mod error;
+pub mod int;
+pub mod limits;
 pub mod nodes;
 pub mod public;
+pub mod reports;
 pub mod requests;
+pub mod rollouts;
+pub(crate) mod schema;
+pub mod slos;
+pub mod tokens;
+pub mod units;
 pub mod versions;
+pub mod windows;
 
 pub use changelog::{ChangeEntry, ChangelogPage};
 pub use changes::Changes;

@@ -18,6 +18,47 @@ pub enum Role {
     Agent,
 }
 
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Deployer,
+        Role::Approver,
+        Role::Admin,
+        Role::Agent,
+    ];
+
+    /// The role as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "role {s:?} is unknown; expected viewer, deployer, approver, admin or agent"
+                )
+            })
+    }
+}
+
 /// `POST /v1/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +66,10 @@ pub struct CreateTokenRequest {
     #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     pub role: Role,
-    /// The node an agent token acts for: required for `agent`, refused for other roles.
+    /// The node an agent token acts for: required for `agent`, refused for other roles
+    /// (422).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::optional_node_id)]
     pub node: Option<String>,
     /// The person the token acts for; default: the creator, for people's roles.
     #[serde(default)]
@@ -40,9 +83,19 @@ pub struct CreateTokenRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterNodeRequest {
+    /// At most 64 labels; keys of 1 to 256 bytes, values of at most 256.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::labels)]
     pub labels: BTreeMap<String, String>,
 }
+
+/// An incident's bounds: its title, an update's message, a component's name and a review,
+/// in bytes, and the most components one names.
+pub const INCIDENT_TITLE_MAX_BYTES: usize = 200;
+pub const INCIDENT_UPDATE_MAX_BYTES: usize = 4 * 1024;
+pub const INCIDENT_COMPONENT_MAX_BYTES: usize = 128;
+pub const INCIDENT_REVIEW_MAX_BYTES: usize = 64 * 1024;
+pub const INCIDENT_COMPONENTS_MAX: usize = 32;
 
 /// An incident's severity.
 pub const SEVERITIES: [&str; 3] = ["sev1", "sev2", "sev3"];
@@ -51,14 +104,16 @@ pub const SEVERITIES: [&str; 3] = ["sev1", "sev2", "sev3"];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenIncidentRequest {
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub title: String,
     /// `sev1`, `sev2` or `sev3`.
     #[schema(pattern = "^sev[123]$")]
     pub severity: String,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::incident_components)]
     pub components: Vec<String>,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub message: String,
 }
 
@@ -66,7 +121,7 @@ pub struct OpenIncidentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateIncidentRequest {
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
     pub message: String,
     /// `investigating`, `identified`, `monitoring` or `resolved`; absent: unchanged.
     #[serde(default)]
@@ -82,7 +137,7 @@ pub struct UpdateIncidentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewIncidentRequest {
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
     pub markdown: String,
 }
 
@@ -91,6 +146,7 @@ pub struct ReviewIncidentRequest {
 #[serde(deny_unknown_fields)]
 pub struct ResolveIncidentRequest {
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub message: String,
 }
 
@@ -99,19 +155,30 @@ pub struct ResolveIncidentRequest {
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
     #[serde(default)]
+    #[schema(schema_with = crate::schema::text)]
     pub reason: String,
 }
 
-/// `POST /v1/break-glass/requests`: ask for a role for a while.
+/// A body of only a reason that must say something (stopping the line, lifting a
+/// quarantine): it goes to the changelog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredReasonRequest {
+    #[schema(schema_with = crate::schema::required_text)]
+    pub reason: String,
+}
+
+/// `POST /v1/break-glass/requests`: ask for a role for a while (`duration` from 1m to 4h, 422
+/// outside that).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ElevationRequest {
-    /// `admin`, `deployer` or `approver`.
+    /// `admin`, `deployer` or `approver` (another role is 422).
     pub role: Role,
     /// `30m`, `2h`: how long the role lasts once granted.
     #[schema(pattern = "^[0-9]+(s|m|h|d)$")]
     pub duration: String,
-    #[schema(min_length = 1)]
+    #[schema(schema_with = crate::schema::required_text)]
     pub reason: String,
 }
 

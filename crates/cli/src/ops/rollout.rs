@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
 
-use failsmall_server::store::UnitRecord;
+use failsmall_wire::units::Unit as UnitRecord;
 
 use super::RemoteArgs;
 use super::client::ApiClient;

@@ -4,8 +4,8 @@
 use std::str::FromStr as _;
 
 use clap::{Args, Subcommand};
-use failsmall_server::auth::Role;
-use failsmall_server::store::TokenRecord;
+use failsmall_wire::requests::Role;
+use failsmall_wire::tokens::Token as TokenRecord;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -64,7 +64,7 @@ pub struct CreateArgs {
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
-    Role::from_str(text).map_err(|e| e.to_string())
+    Role::from_str(text)
 }
 
 fn parse_token_id(text: &str) -> Result<u64, String> {

@@ -8,9 +8,12 @@ use failsmall_core::duration::{format_ms, parse_duration_ms};
 use failsmall_core::plan::Plan;
 use failsmall_core::validate::UnitSpec;
 use failsmall_core::yaml;
-use failsmall_server::store::UnitRecord;
-use failsmall_server::validator::{DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS, ValidatorCommand};
 use failsmall_wire::Version;
+use failsmall_wire::units::Unit as UnitRecord;
+use failsmall_wire::units::{
+    VALIDATOR_TIMEOUT_DEFAULT_MS as DEFAULT_TIMEOUT_MS, VALIDATOR_TIMEOUT_MAX_MS as MAX_TIMEOUT_MS,
+    ValidatorCommand,
+};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -142,7 +145,12 @@ impl ValidatorArgs {
                 .collect(),
             timeout_ms,
         };
-        if let Err(errors) = validator.check() {
+        // The server's own check, run here so a bad command is refused before any request.
+        let checked = failsmall_server::validator::ValidatorCommand {
+            command: validator.command.clone(),
+            timeout_ms,
+        };
+        if let Err(errors) = checked.check() {
             let reasons: Vec<String> = errors.iter().map(|e| format!("  - {e}")).collect();
             bail!(
                 "--validator {program:?}: the command is unusable:\n{}",
@@ -335,7 +343,7 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-fn format_name(spec: &UnitSpec) -> String {
+fn format_name(spec: &failsmall_wire::units::UnitSpec) -> String {
     serde_json::to_value(spec.format)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

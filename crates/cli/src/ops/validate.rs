@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use failsmall_core::domain::VersionHash;
 use failsmall_core::validate::{UnitSpec, validate};
-use failsmall_server::store::UnitRecord;
+use failsmall_wire::units::Unit as UnitRecord;
 use serde_json::json;
 
 use super::RemoteArgs;
@@ -35,7 +35,7 @@ pub fn run(args: &ValidateArgs) -> anyhow::Result<Outcome> {
         None => {
             let client = args.remote.connect()?;
             let unit: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
-            unit.spec
+            UnitSpec::from(unit.spec)
         }
     };
     let hash = VersionHash::of(&content).to_string();

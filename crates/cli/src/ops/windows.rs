@@ -222,7 +222,19 @@ pub fn freeze(args: &FreezeArgs) -> anyhow::Result<Outcome> {
                     let Some((start, end)) = at.split_once('-') else {
                         bail!("--at {at:?}: expected HH:MM-HH:MM, e.g. 16:00-24:00");
                     };
-                    let days: Vec<&str> = days.split(',').map(str::trim).collect();
+                    // The API takes days as it spells them: mon ... sun.
+                    let days = days
+                        .split(',')
+                        .map(|day| {
+                            failsmall_core::freeze::Day::parse(day.trim())
+                                .map(|day| day.as_str())
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!(
+                                        "--weekly {day:?}: expected mon, tue, wed, thu, fri, sat or sun"
+                                    )
+                                })
+                        })
+                        .collect::<anyhow::Result<Vec<&str>>>()?;
                     json!({"kind": "weekly", "days": days, "start": start, "end": end, "time_zone": tz})
                 }
                 _ => json!({"kind": "once", "from": from, "until": until}),

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse as _;
 use failsmall_core::domain::{NodeId, rfc3339_from_ms};
 use failsmall_core::engine::Event;
-use failsmall_core::health::HealthSample;
+use failsmall_core::health::{HealthSample, LatencyHistogram};
 use failsmall_core::limits::{DESIRED_DOCUMENT_MAX_BYTES, DESIRED_UNITS_MAX};
 use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
@@ -399,85 +399,19 @@ pub(super) async fn desired(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum ReportRequest {
-    Applied {
-        unit: String,
-        version: String,
-    },
-    Rejected {
-        unit: String,
-        version: String,
-        reason: String,
-    },
-    Crashed {
-        unit: String,
-        version: String,
-        reason: String,
-    },
-    HealthCheckFailed {
-        unit: String,
-        version: String,
-        reason: String,
-    },
-    Health {
-        unit: String,
-        version: String,
-        sample: HealthSample,
-    },
-    /// The node's latest desired-state document (sequence `seq`) expired at `since_ms` and
-    /// nothing newer came: it serves stale configuration. Not an engine event: it marks the
-    /// node's row.
-    Stale {
-        since_ms: u64,
-        seq: u64,
-    },
-    /// A fresh, trusted document came after `stale_ms` of staleness.
-    Fresh {
-        stale_ms: u64,
-    },
-    /// The unit left the node's desired state and the node removed it (`version`: what was
-    /// active, if anything). Not an engine event: it ends the node's pending removal.
-    Removed {
-        unit: String,
-        #[serde(default)]
-        version: Option<String>,
-    },
-    /// The node could not fetch `version` intact (a transport fault, retried): a changelog
-    /// note, never the version's fault.
-    FetchFailed {
-        unit: String,
-        version: String,
-        reason: String,
-    },
-    /// The node refused a desired-state document for trust (sequence `seq`): a changelog note.
-    Untrusted {
-        seq: u64,
-        reason: String,
-    },
-    /// What the node served for `version` was damaged and was restored from its verified
-    /// copy: a changelog note.
-    Repaired {
-        unit: String,
-        version: String,
-        reason: String,
-    },
-}
+use failsmall_wire::reports::{Report as ReportRequest, ReportBatch};
 
-impl ReportRequest {
-    /// Whether the report is an engine event (about a version's health on the node) rather
-    /// than a note about the node itself.
-    fn is_engine_event(&self) -> bool {
-        matches!(
-            self,
-            Self::Applied { .. }
-                | Self::Rejected { .. }
-                | Self::Crashed { .. }
-                | Self::HealthCheckFailed { .. }
-                | Self::Health { .. }
-        )
-    }
+/// Whether the report is an engine event (about a version's health on the node) rather
+/// than a note about the node itself.
+fn is_engine_event(report: &ReportRequest) -> bool {
+    matches!(
+        report,
+        ReportRequest::Applied { .. }
+            | ReportRequest::Rejected { .. }
+            | ReportRequest::Crashed { .. }
+            | ReportRequest::HealthCheckFailed { .. }
+            | ReportRequest::Health { .. }
+    )
 }
 
 /// How far in the future of the server's clock a stale report's `since_ms` may be, for the
@@ -485,17 +419,10 @@ impl ReportRequest {
 /// agent's clock against a time the server set).
 pub const STALE_CLOCK_SKEW_MS: u64 = 60_000;
 /// Longest staleness a fresh report may carry: a year.
-pub const MAX_STALE_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+pub const MAX_STALE_MS: u64 = failsmall_wire::reports::STALE_MAX_MS;
 
 /// Most reports in one batch.
-pub const MAX_REPORTS_PER_BATCH: usize = 1000;
-
-/// A batch of reports: `{"reports": [...]}`, applied in order as one engine step.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReportBatch {
-    reports: Vec<ReportRequest>,
-}
+pub const MAX_REPORTS_PER_BATCH: usize = failsmall_wire::reports::REPORTS_PER_BATCH_MAX;
 
 /// The engine event (and changelog row, for hard signals) of one report from `node`.
 /// Marks the changes of a node's reports as concerning that node (its stored labels), for the
@@ -613,7 +540,13 @@ fn report_event(
                 node: node_,
                 unit: unit_,
                 version,
-                sample,
+                sample: HealthSample {
+                    requests: sample.requests,
+                    errors: sample.errors,
+                    latency: LatencyHistogram {
+                        counts: sample.latency.counts,
+                    },
+                },
             },
             None,
         ),
@@ -897,7 +830,7 @@ pub(super) async fn report(
             ReportRequest::Fresh { stale_ms } => {
                 staleness.push(fresh_row(&node, at_ms, stale_ms).map_err(in_batch)?);
             }
-            engine if engine.is_engine_event() => {
+            engine if is_engine_event(&engine) => {
                 events.push(report_event(&node, &caller, at_ms, engine).map_err(in_batch)?);
             }
             note => staleness.push(note_row(&node, at_ms, note).map_err(in_batch)?),

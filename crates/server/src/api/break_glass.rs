@@ -7,7 +7,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use failsmall_core::domain::rfc3339_from_ms;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppState, db, json_body, node_id, now_ms, path_param, text_field, unit_name};
@@ -18,25 +17,9 @@ use crate::store::NewChange;
 /// The latest instant shown (the last second of year 9999), in ms.
 const SHOWN_MS_MAX: u64 = 253_402_300_799_000;
 /// Most signers named in one report.
-const SIGNERS_MAX: usize = 32;
+const SIGNERS_MAX: usize = failsmall_wire::reports::BREAK_GLASS_SIGNERS_MAX;
 
-/// One use of a break-glass order on a node, as the agent logged it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct BreakGlassReport {
-    nonce: String,
-    reason: String,
-    unit: String,
-    /// The version the node serves after the order, if any.
-    version: Option<String>,
-    /// What the agent did (or why it could not).
-    outcome: String,
-    /// When the node applied it, and when the order stops being in force.
-    at_ms: u64,
-    expires_ms: u64,
-    /// The break-glass keys that signed the order.
-    signers: Vec<String>,
-}
+use failsmall_wire::reports::BreakGlassReport;
 
 pub(super) async fn break_glass(
     State(state): State<AppState>,

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::auth::Role;
 use crate::error::ApiError;
-use crate::store::{AppliedVersion, ChangeRecord, ChangelogPage, NodeRecord};
+use crate::store::{
+    AppliedVersion, ChangeRecord, ChangelogPage, NodeRecord, TokenRecord, UnitRecord,
+};
+use crate::validator::ValidatorCommand;
 
 impl From<AppliedVersion> for failsmall_wire::AppliedVersion {
     fn from(applied: AppliedVersion) -> Self {
@@ -108,6 +112,67 @@ impl From<failsmall_wire::requests::Role> for crate::auth::Role {
             Wire::Approver => Self::Approver,
             Wire::Admin => Self::Admin,
             Wire::Agent => Self::Agent,
+        }
+    }
+}
+
+impl From<failsmall_wire::units::ValidatorCommand> for ValidatorCommand {
+    fn from(validator: failsmall_wire::units::ValidatorCommand) -> Self {
+        Self {
+            command: validator.command,
+            timeout_ms: validator.timeout_ms,
+        }
+    }
+}
+
+impl From<ValidatorCommand> for failsmall_wire::units::ValidatorCommand {
+    fn from(validator: ValidatorCommand) -> Self {
+        Self {
+            command: validator.command,
+            timeout_ms: validator.timeout_ms,
+        }
+    }
+}
+
+impl From<UnitRecord> for failsmall_wire::units::Unit {
+    fn from(unit: UnitRecord) -> Self {
+        Self {
+            name: unit.name,
+            spec: unit.spec.into(),
+            owner: unit.owner,
+            description: unit.description,
+            revision: unit.revision,
+            created_ms: unit.created_ms,
+            updated_ms: unit.updated_ms,
+            plan: unit.plan,
+            validator: unit.validator.map(Into::into),
+        }
+    }
+}
+
+impl From<Role> for failsmall_wire::requests::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Viewer => Self::Viewer,
+            Role::Deployer => Self::Deployer,
+            Role::Approver => Self::Approver,
+            Role::Admin => Self::Admin,
+            Role::Agent => Self::Agent,
+        }
+    }
+}
+
+impl From<TokenRecord> for failsmall_wire::tokens::Token {
+    fn from(token: TokenRecord) -> Self {
+        Self {
+            id: token.id,
+            name: token.name,
+            role: token.role.into(),
+            created_ms: token.created_ms,
+            revoked_ms: token.revoked_ms,
+            node: token.node,
+            owner: token.owner,
+            expires_ms: token.expires_ms,
         }
     }
 }

@@ -29,6 +29,14 @@ pub(super) fn json_body<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body_bytes(body)?;
+    // Every body is a JSON object; serde would also read a struct from an array of its fields.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "body: expected a JSON object, found an array",
+        ));
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_data() {
             ApiError::new(

@@ -1,6 +1,7 @@
 //! Nodes: register, list, remove, liveness.
 
 use super::*;
+use crate::batcher::SubmitError;
 use failsmall_wire::requests::RegisterNodeRequest;
 
 pub(super) fn node_id(id: &str) -> Result<NodeId, ApiError> {
@@ -70,12 +71,21 @@ pub(super) async fn register_node(
         id: id.clone(),
         labels: request.labels,
     };
+    // Committed with the registrations (and reports) other requests bring meanwhile, in one
+    // step: a fleet that registers at once costs a few commits, not one each.
     state
         .shared
-        .engine
-        .apply(&state.shared.store, at_ms, event, cause, Some(change))
+        .reports
+        .submit(vec![(event, Some(change))], cause)
         .await
-        .map_err(step_error)?;
+        .map_err(|error| match error {
+            SubmitError::Step(error) => step_error(error),
+            busy @ (SubmitError::Busy | SubmitError::Closed) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                busy.to_string(),
+            ),
+        })?;
     let node = db(&state, move |store| {
         store
             .node(id.as_str())?

@@ -2,10 +2,25 @@
 //! ([`failsmall_wire`], `utoipa::ToSchema`), its operations from [`route_table`], so a route
 //! cannot exist without an operation nor an operation without a route.
 
+use failsmall_wire::reports::{
+    BreakGlassReport, HealthSample, LatencyHistogram, Report, ReportBatch,
+};
 use failsmall_wire::requests::{
     CreateTokenRequest, CreateWebhookRequest, ElevationRequest, OpenIncidentRequest, ReasonRequest,
-    RegisterNodeRequest, ResolveIncidentRequest, ReviewIncidentRequest, Role,
-    UpdateIncidentRequest,
+    RegisterNodeRequest, RequiredReasonRequest, ResolveIncidentRequest, ReviewIncidentRequest,
+    Role, UpdateIncidentRequest,
+};
+use failsmall_wire::rollouts::{
+    CommandRequest, CreateRolloutRequest, RetryRequest, RolloutCommand,
+};
+use failsmall_wire::slos::{CreateSloRequest, SloQueries};
+use failsmall_wire::tokens::Token;
+use failsmall_wire::units::{
+    CreateUnitRequest, EntryLimit, FailMode, Shape, UniqueEntries, Unit, UnitFormat, UnitSpec,
+    UpdateUnitRequest, ValidatorCommand,
+};
+use failsmall_wire::windows::{
+    CreateFreezeRequest, CreateMaintenanceRequest, FreezeScope, FreezeWindow, Weekday,
 };
 use failsmall_wire::{
     AppliedVersion, ChangeEntry, ChangelogPage, Changes, ErrorBody, ErrorDetail, HASH_PATTERN,
@@ -40,12 +55,67 @@ use super::*;
         ResolveIncidentRequest,
         ReviewIncidentRequest,
         ReasonRequest,
+        RequiredReasonRequest,
         ElevationRequest,
-        CreateWebhookRequest
+        CreateWebhookRequest,
+        UnitFormat,
+        FailMode,
+        Shape,
+        EntryLimit,
+        UniqueEntries,
+        UnitSpec,
+        ValidatorCommand,
+        CreateUnitRequest,
+        UpdateUnitRequest,
+        Unit,
+        Token,
+        CreateRolloutRequest,
+        RolloutCommand,
+        CommandRequest,
+        RetryRequest,
+        FreezeScope,
+        FreezeWindow,
+        Weekday,
+        CreateFreezeRequest,
+        CreateMaintenanceRequest,
+        SloQueries,
+        CreateSloRequest,
+        Report,
+        ReportBatch,
+        HealthSample,
+        LatencyHistogram,
+        BreakGlassReport
     )),
-    modifiers(&BearerScheme)
+    modifiers(&BearerScheme, &ClosedVariants)
 )]
 struct WireTypes;
+
+/// Tagged enums the server reads with unknown fields refused: the derive closes a struct
+/// (`additionalProperties: false`) but not an enum's variants, so this closes each of theirs.
+const CLOSED_TAGGED_ENUMS: [&str; 3] = ["Report", "FreezeScope", "FreezeWindow"];
+
+struct ClosedVariants;
+
+impl utoipa::Modify for ClosedVariants {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for name in CLOSED_TAGGED_ENUMS {
+            let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut(name) else {
+                continue;
+            };
+            for variant in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = variant {
+                    object.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
 
 struct BearerScheme;
 
@@ -205,6 +275,9 @@ pub fn openapi_document() -> Value {
         if route.method == Method::GET {
             parameters.extend(query_parameters(route.path));
         }
+        if route.method == Method::POST && route.path == "/v1/units/{unit}/versions" {
+            parameters.extend(push_parameters());
+        }
         if route.method == Method::GET && page::PAGED_ROUTES.contains(&route.path) {
             parameters.extend(page::parameters().map(|mut parameter| {
                 if parameter.get("name").and_then(Value::as_str) == Some("after")
@@ -250,58 +323,7 @@ pub fn openapi_document() -> Value {
         );
         fields.insert("paths".to_owned(), Value::Object(paths));
     }
-    if let Some(schemas) = document
-        .pointer_mut("/components/schemas")
-        .and_then(Value::as_object_mut)
-        && let Value::Object(written) = hand_written_schemas()
-    {
-        schemas.extend(written);
-    }
     document
-}
-
-/// The schemas not yet generated from wire types.
-fn hand_written_schemas() -> Value {
-    json!({
-        "ValidatorCommand": {
-                    "type": "object",
-                    "description": "The consumer's own parser in check mode, run by the server (never by agents) on every pushed version before it is stored: argv (no shell), the version's bytes on stdin, empty environment but PATH, killed after timeout_ms. A non-zero exit refuses the push with 422 and the first lines of its stderr among the issues. Only an admin may set, change or remove it.",
-                    "required": ["command"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "command": {"type": "array", "minItems": 1, "maxItems": crate::validator::MAX_ARGS, "items": {"type": "string", "maxLength": crate::validator::MAX_ARG_BYTES}},
-                        "timeout_ms": {"type": "integer", "minimum": 1, "maximum": crate::validator::MAX_TIMEOUT_MS, "default": crate::validator::DEFAULT_TIMEOUT_MS}
-                    }
-                },
-                "Unit": {
-                    "type": "object",
-                    "description": "A unit to create (name) or update (revision: the one read; a stale one is 409). On update an absent plan or validator is unchanged and null removes it.",
-                    "properties": {
-                        "name": {"type": "string"},
-                        "revision": {"type": "integer"},
-                        "spec": {"type": "object", "description": "failsmall_core::validate::UnitSpec: format, schema, max_bytes, max_entries, unique_entries, fail_mode, safe_default, shape (flag_set)"},
-                        "owner": {"type": "string"},
-                        "description": {"type": "string"},
-                        "plan": {"type": ["string", "null"], "description": "The plan file's text (YAML), checked before anything is stored; none: a push starts no rollout on the server (the CLI then requests one through the plan its pusher names, else the built-in default plan). On update, absent keeps the current plan and null removes it"},
-                        "validator": {"oneOf": [{"$ref": "#/components/schemas/ValidatorCommand"}, {"type": "null"}]}
-                    }
-                },
-                "Report": {
-                    "type": "object",
-                    "description": format!("One report from a node, by kind. applied, rejected, crashed, health_check_failed and health name a unit and version and are engine events. stale (since_ms: when the node's desired-state document expired, at most {STALE_CLOCK_SKEW_MS} ms after the server's clock for clock skew; seq: that document's sequence) and fresh (stale_ms: how long it was stale, at most {MAX_STALE_MS}) set and clear the node's stale_since_ms and write node_stale / node_fresh to the changelog (a fresh report for a node that is not stale records nothing). removed (unit, version: what was active, or absent) ends a removal the node's desired-state document asked for (node_removed_unit, recorded once). fetch_failed (unit, version, reason: the bundle could not be fetched intact), untrusted (seq, reason: a desired-state document refused for trust) and repaired (unit, version, reason: a damaged active file restored from its verified copy) write node_fetch_failed, node_untrusted and node_repaired to the changelog and blame no version. A field out of bounds is 422 naming it."),
-                    "required": ["kind"],
-                    "properties": {
-                        "kind": {"type": "string", "enum": ["applied", "rejected", "crashed", "health_check_failed", "health", "stale", "fresh", "removed", "fetch_failed", "untrusted", "repaired"]},
-                        "unit": {"type": "string"},
-                        "version": {"type": "string"},
-                        "reason": {"type": "string", "maxLength": MAX_TEXT_BYTES},
-                        "sample": {"type": "object"},
-                        "since_ms": {"type": "integer", "minimum": 0},
-                        "seq": {"type": "integer", "minimum": 0},
-                        "stale_ms": {"type": "integer", "minimum": 0, "maximum": MAX_STALE_MS}
-                    }
-                }
-    })
 }
 
 /// The query parameters a route takes, for the OpenAPI document.
@@ -339,60 +361,94 @@ pub(super) fn query_parameters(path: &str) -> Vec<Value> {
     }
 }
 
-/// The request body a route takes, where the document describes one.
-pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
-    let unit_route = (method == Method::POST && path == "/v1/units")
-        || (method == Method::PUT && path == "/v1/units/{unit}");
-    if unit_route {
-        return Some(
-            json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unit"}}}}),
-        );
-    }
-    let wire = match (method.as_str(), path) {
-        ("POST", "/v1/tokens") => Some(("CreateTokenRequest", true)),
-        ("PUT", "/v1/nodes/{node}") => Some(("RegisterNodeRequest", true)),
-        ("POST", "/v1/incidents") => Some(("OpenIncidentRequest", true)),
-        ("POST", "/v1/incidents/{id}/updates") => Some(("UpdateIncidentRequest", true)),
-        ("POST", "/v1/incidents/{id}/resolve") => Some(("ResolveIncidentRequest", false)),
-        ("PUT", "/v1/incidents/{id}/review") => Some(("ReviewIncidentRequest", true)),
-        ("POST", "/v1/break-glass/requests") => Some(("ElevationRequest", true)),
-        ("POST", "/v1/break-glass/requests/{id}/approve")
-        | ("POST", "/v1/freezes/{id}/lift")
-        | ("POST", "/v1/maintenance/{id}/end") => Some(("ReasonRequest", false)),
-        ("POST", "/v1/freezes/now") => Some(("ReasonRequest", true)),
-        ("POST", "/v1/webhooks") => Some(("CreateWebhookRequest", true)),
-        _ => None,
-    };
-    if let Some((name, required)) = wire {
-        return Some(json!({
-            "required": required,
-            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}
-        }));
-    }
-    (method == Method::POST && path == "/v1/nodes/{node}/reports").then(|| {
-        json!({"required": true, "content": {"application/json": {"schema": {"oneOf": [
-            {"$ref": "#/components/schemas/Report"},
-            {"type": "object", "required": ["reports"], "properties": {"reports": {
-                "type": "array", "minItems": 1, "maxItems": MAX_REPORTS_PER_BATCH,
-                "items": {"$ref": "#/components/schemas/Report"}
-            }}}
-        ]}}}})
-    })
+/// The query parameters of a push (`POST /v1/units/{unit}/versions`): its message and the
+/// head it was made over; the flags are an admin's (403 otherwise).
+fn push_parameters() -> Vec<Value> {
+    vec![
+        json!({"name": "message", "in": "query", "required": true, "schema": {"type": "string", "maxLength": MAX_TEXT_BYTES}, "description": "What the version changes (the changelog's reason)"}),
+        json!({"name": "parent", "in": "query", "schema": {"type": "string", "pattern": HASH_PATTERN}, "description": "The head version the pusher read; another head is 409"}),
+        json!({"name": "skip_validation", "in": "query", "schema": {"type": "boolean", "default": false}, "description": "Admin only: store it without running the unit's validator command"}),
+        json!({"name": "override_freeze", "in": "query", "schema": {"type": "boolean", "default": false}, "description": "Admin only: roll out during a freeze; the message is the reason"}),
+        json!({"name": "override_error_budget", "in": "query", "schema": {"type": "boolean", "default": false}, "description": "Admin only: roll out although the unit's error budget is spent"}),
+    ]
 }
 
-/// The schema of a route's 200 answer, where the document describes one.
-pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
-    if method != Method::GET {
-        return None;
-    }
-    let name = match path {
-        "/healthz" => "Health",
-        "/v1/signing-key" => "SigningKey",
-        "/v1/nodes" => "NodeList",
-        "/v1/changelog" => "ChangelogPage",
-        "/v1/changes" => "Changes",
-        "/v1/units/{unit}/versions/{hash}" => "Version",
+/// The request body a route takes, where it takes one: its wire type's schema, and whether
+/// an empty body is refused (an optional body's every field is optional: empty is `{}`).
+fn wire_body(method: &Method, path: &str) -> Option<(&'static str, bool)> {
+    let body = match (method.as_str(), path) {
+        ("POST", "/v1/units") => ("CreateUnitRequest", true),
+        ("PUT", "/v1/units/{unit}") => ("UpdateUnitRequest", true),
+        ("POST", "/v1/rollouts") => ("CreateRolloutRequest", true),
+        ("POST", "/v1/rollouts/{id}/commands") => ("CommandRequest", true),
+        ("POST", "/v1/rollouts/{id}/retry") => ("RetryRequest", false),
+        ("POST", "/v1/tokens") => ("CreateTokenRequest", true),
+        ("PUT", "/v1/nodes/{node}") => ("RegisterNodeRequest", true),
+        ("POST", "/v1/nodes/{node}/break-glass") => ("BreakGlassReport", true),
+        ("POST", "/v1/incidents") => ("OpenIncidentRequest", true),
+        ("POST", "/v1/incidents/{id}/updates") => ("UpdateIncidentRequest", true),
+        ("POST", "/v1/incidents/{id}/resolve") => ("ResolveIncidentRequest", false),
+        ("PUT", "/v1/incidents/{id}/review") => ("ReviewIncidentRequest", true),
+        ("POST", "/v1/break-glass/requests") => ("ElevationRequest", true),
+        ("POST", "/v1/freezes") => ("CreateFreezeRequest", true),
+        ("POST", "/v1/maintenance") => ("CreateMaintenanceRequest", true),
+        ("POST", "/v1/slos") => ("CreateSloRequest", true),
+        ("POST", "/v1/webhooks") => ("CreateWebhookRequest", true),
+        ("POST", "/v1/freezes/now") | ("POST", "/v1/units/{unit}/quarantine/{hash}/lift") => {
+            ("RequiredReasonRequest", true)
+        }
+        ("POST", "/v1/rollouts/{id}/approve")
+        | ("POST", "/v1/break-glass/requests/{id}/approve")
+        | ("POST", "/v1/freezes/{id}/lift")
+        | ("POST", "/v1/maintenance/{id}/end")
+        | ("DELETE", "/v1/slos/{name}")
+        | ("DELETE", "/v1/units/{unit}")
+        | ("DELETE", "/v1/nodes/{node}") => ("ReasonRequest", false),
         _ => return None,
+    };
+    Some(body)
+}
+
+/// The request body a route takes, where it takes one.
+pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
+    if method == Method::POST && path == "/v1/units/{unit}/versions" {
+        return Some(
+            json!({"required": true, "content": {"application/octet-stream": {"schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "The version's bytes, at most the unit's spec.max_bytes and the server's --max-body-bytes (413 past that); they must pass the unit's validation (422 naming every issue)"
+            }}}}),
+        );
+    }
+    if method == Method::POST && path == "/v1/nodes/{node}/reports" {
+        return Some(
+            json!({"required": true, "content": {"application/json": {"schema": {"oneOf": [
+                {"$ref": "#/components/schemas/Report"},
+                {"$ref": "#/components/schemas/ReportBatch"}
+            ]}}}}),
+        );
+    }
+    let (name, required) = wire_body(method, path)?;
+    Some(json!({
+        "required": required,
+        "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}
+    }))
+}
+
+/// The schema of a route's success answer (200 or 201), where the document describes one.
+pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
+    let name = match (method.as_str(), path) {
+        ("POST", "/v1/units") | ("GET" | "PUT", "/v1/units/{unit}") => "Unit",
+        (method, _) if method != "GET" => return None,
+        (_, path) => match path {
+            "/healthz" => "Health",
+            "/v1/signing-key" => "SigningKey",
+            "/v1/nodes" => "NodeList",
+            "/v1/changelog" => "ChangelogPage",
+            "/v1/changes" => "Changes",
+            "/v1/units/{unit}/versions/{hash}" => "Version",
+            _ => return None,
+        },
     };
     Some(json!({"$ref": format!("#/components/schemas/{name}")}))
 }

@@ -7,7 +7,6 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use failsmall_core::domain::{RolloutId, UnitName, VersionHash};
 use failsmall_core::engine::{Engine, Event, RolloutStatus, RolloutView};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
@@ -22,13 +21,8 @@ use crate::store::{NewChange, VersionRecord};
 /// What a rollout's outcome says when it completed without making its version stable.
 const NOT_STABLE_MARK: &str = "completed without a stable version";
 
-/// A body with only a reason; an empty body is an empty reason.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReasonRequest {
-    #[serde(default)]
-    reason: String,
-}
+use failsmall_wire::requests::{ReasonRequest, RequiredReasonRequest};
+use failsmall_wire::rollouts::RetryRequest;
 
 fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<ReasonRequest, ApiError> {
     if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
@@ -172,7 +166,8 @@ pub(super) async fn lift_quarantine(
     let (unit, hash) = path_param(params)?;
     let unit = unit_name(&unit)?;
     let version = version_hash(&hash)?;
-    let request = reason_body(body)?;
+    let request: RequiredReasonRequest = json_body(body)?;
+    text_field("reason", &request.reason)?;
     if request.reason.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -195,18 +190,6 @@ pub(super) async fn lift_quarantine(
     Ok(axum::Json(
         json!({"unit": unit, "version": version, "quarantined": false}),
     ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetryRequest {
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    override_quarantine: bool,
-    /// An admin retries although the unit's error budget is spent (needs a reason).
-    #[serde(default)]
-    override_error_budget: bool,
 }
 
 /// `POST /v1/rollouts/{id}/retry`: the same version through the same plan, as a new rollout.

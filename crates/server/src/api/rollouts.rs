@@ -60,27 +60,8 @@ pub(super) fn command_word(command: Command) -> String {
         .unwrap_or_default()
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateRolloutRequest {
-    unit: String,
-    version: String,
-    /// The plan file's text (YAML; JSON accepted).
-    plan: String,
-    /// The plan file's name, for error messages.
-    #[serde(default)]
-    plan_file: Option<String>,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    override_quarantine: bool,
-    /// Admin only, with a reason: start during a freeze (logged in the rollout's reason).
-    #[serde(default)]
-    override_freeze: bool,
-    /// An admin starts it although the unit's error budget is spent (needs a reason).
-    #[serde(default)]
-    override_error_budget: bool,
-}
+use failsmall_wire::requests::ReasonRequest;
+use failsmall_wire::rollouts::{CommandRequest, CreateRolloutRequest, RolloutCommand};
 
 pub(super) fn rollout_of(actions: &[Action]) -> Option<RolloutId> {
     actions.iter().find_map(|action| match action {
@@ -196,19 +177,15 @@ pub(super) async fn show_rollout(
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CommandRequest {
-    command: Command,
-    #[serde(default)]
-    reason: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ApproveRequest {
-    #[serde(default)]
-    reason: String,
+/// The engine's command for the one the API names.
+fn engine_command(command: RolloutCommand) -> Command {
+    match command {
+        RolloutCommand::Pause => Command::Pause,
+        RolloutCommand::Resume => Command::Resume,
+        RolloutCommand::Promote => Command::Promote,
+        RolloutCommand::Abort => Command::Abort,
+        RolloutCommand::Rollback => Command::Rollback,
+    }
 }
 
 pub(super) async fn run_command(
@@ -253,13 +230,22 @@ pub(super) async fn command_rollout(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = path_param(id)?;
-    let request: CommandRequest = json_body(body)?;
-    if request.command == Command::Approve {
+    let request: Value = json_body(body)?;
+    // `approve` is no command here (the wire type has none): say where approvals go.
+    if request.get("command").and_then(Value::as_str) == Some("approve") {
         return Err(ApiError::bad_request(
             "approvals go to /v1/rollouts/{id}/approve, which needs the approver role",
         ));
     }
-    run_command(&state, &caller, id, request.command, request.reason).await
+    let request: CommandRequest = serde_json::from_value(request).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("body: {e}"),
+        )
+    })?;
+    let command = engine_command(request.command);
+    run_command(&state, &caller, id, command, request.reason).await
 }
 
 pub(super) async fn approve_rollout(
@@ -270,8 +256,8 @@ pub(super) async fn approve_rollout(
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = path_param(id)?;
     let empty = body.as_ref().is_ok_and(|bytes| bytes.is_empty());
-    let request: ApproveRequest = if empty {
-        ApproveRequest::default()
+    let request: ReasonRequest = if empty {
+        ReasonRequest::default()
     } else {
         json_body(body)?
     };

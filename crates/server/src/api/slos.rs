@@ -5,86 +5,67 @@ use failsmall_core::slo::{BURN_WINDOWS, SloSpec, SloStatus, format_window, parse
 
 use super::*;
 
-/// `POST /v1/slos`: the wire shape (the window as text: `30d`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateSloRequest {
-    name: String,
-    unit: String,
-    #[serde(default)]
-    selector: Labels,
-    target_percent: f64,
-    window: String,
-    #[serde(default = "yes")]
-    block_rollouts_when_exhausted: bool,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    reason: String,
-    /// Good and total events from PromQL queries (`{url, good, total}`).
-    #[serde(default)]
-    prometheus: Option<failsmall_core::slo::SloQueries>,
-}
-
-fn yes() -> bool {
-    true
-}
+use failsmall_wire::requests::ReasonRequest;
+use failsmall_wire::slos::CreateSloRequest;
 
 fn invalid_slo(field: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_slo", message)
         .with_detail(json!({ "field": field }))
 }
 
-impl TryFrom<CreateSloRequest> for SloSpec {
-    type Error = ApiError;
-
-    fn try_from(request: CreateSloRequest) -> Result<Self, ApiError> {
-        text_field("description", &request.description)?;
-        let unit = unit_name(&request.unit)?;
-        let window_ms =
-            parse_window_ms(&request.window).map_err(|e| invalid_slo("window", e.to_string()))?;
-        if request.selector.len() > MAX_LABELS {
-            return Err(invalid_slo(
-                "selector",
-                format!(
-                    "selector: {} labels; expected at most {MAX_LABELS}",
-                    request.selector.len()
-                ),
-            ));
-        }
-        if let Some((key, _)) = request
-            .selector
-            .iter()
-            .find(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES)
-        {
-            return Err(invalid_slo(
-                "selector",
-                format!(
-                    "selector: label {key:?}: expected a key of 1 to {MAX_LABEL_BYTES} bytes and a value of at most {MAX_LABEL_BYTES}"
-                ),
-            ));
-        }
-        let spec = SloSpec {
-            name: request.name,
-            unit,
-            selector: request.selector,
-            target_percent: request.target_percent,
-            window_ms,
-            block_rollouts_when_exhausted: request.block_rollouts_when_exhausted,
-            description: request.description,
-            prometheus: request.prometheus,
-        };
-        spec.validate().map_err(|e| {
-            let field = match e {
-                failsmall_core::slo::SloError::Name(_) => "name",
-                failsmall_core::slo::SloError::Target(_) => "target_percent",
-                failsmall_core::slo::SloError::Window(_) => "window",
-                failsmall_core::slo::SloError::Prometheus { .. } => "prometheus",
-            };
-            invalid_slo(field, e.to_string())
-        })?;
-        Ok(spec)
+/// The SLO a request defines, checked.
+fn slo_spec(request: CreateSloRequest) -> Result<SloSpec, ApiError> {
+    text_field("description", &request.description)?;
+    let unit = unit_name(&request.unit)?;
+    let window_ms =
+        parse_window_ms(&request.window).map_err(|e| invalid_slo("window", e.to_string()))?;
+    if request.selector.len() > MAX_LABELS {
+        return Err(invalid_slo(
+            "selector",
+            format!(
+                "selector: {} labels; expected at most {MAX_LABELS}",
+                request.selector.len()
+            ),
+        ));
     }
+    if let Some((key, _)) = request
+        .selector
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES)
+    {
+        return Err(invalid_slo(
+            "selector",
+            format!(
+                "selector: label {key:?}: expected a key of 1 to {MAX_LABEL_BYTES} bytes and a value of at most {MAX_LABEL_BYTES}"
+            ),
+        ));
+    }
+    let spec = SloSpec {
+        name: request.name,
+        unit,
+        selector: request.selector,
+        target_percent: request.target_percent,
+        window_ms,
+        block_rollouts_when_exhausted: request.block_rollouts_when_exhausted,
+        description: request.description,
+        prometheus: request
+            .prometheus
+            .map(|queries| failsmall_core::slo::SloQueries {
+                url: queries.url,
+                good: queries.good,
+                total: queries.total,
+            }),
+    };
+    spec.validate().map_err(|e| {
+        let field = match e {
+            failsmall_core::slo::SloError::Name(_) => "name",
+            failsmall_core::slo::SloError::Target(_) => "target_percent",
+            failsmall_core::slo::SloError::Window(_) => "window",
+            failsmall_core::slo::SloError::Prometheus { .. } => "prometheus",
+        };
+        invalid_slo(field, e.to_string())
+    })?;
+    Ok(spec)
 }
 
 /// An SLO and where it stands, as the API answers it.
@@ -122,7 +103,7 @@ pub(super) async fn create_slo(
     let request: CreateSloRequest = json_body(body)?;
     text_field("reason", &request.reason)?;
     let reason = request.reason.clone();
-    let spec = SloSpec::try_from(request)?;
+    let spec = slo_spec(request)?;
     let book = Arc::clone(&state.shared.slos);
     if book.len() >= crate::slo::SLOS_MAX {
         return Err(ApiError::new(
@@ -200,13 +181,6 @@ pub(super) async fn show_slo(
     Ok(axum::Json(slo_json(&spec, &status)))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeleteSloRequest {
-    #[serde(default)]
-    reason: String,
-}
-
 pub(super) async fn delete_slo(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -214,8 +188,8 @@ pub(super) async fn delete_slo(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = path_param(name)?;
-    let request: DeleteSloRequest = if body.as_ref().is_ok_and(|b| b.is_empty()) {
-        DeleteSloRequest::default()
+    let request: ReasonRequest = if body.as_ref().is_ok_and(|b| b.is_empty()) {
+        ReasonRequest::default()
     } else {
         json_body(body)?
     };

@@ -11,6 +11,7 @@ pub(super) async fn list_tokens(
     let (after, fetch) = (page.after_number()?, page.fetch());
     let rows = db(&state, move |store| Ok(store.tokens_after(after, fetch)?)).await?;
     let (tokens, next) = page.split(rows, |token| token.id.to_string());
+    let tokens: Vec<failsmall_wire::tokens::Token> = tokens.into_iter().map(Into::into).collect();
     Ok(axum::Json(json!({ "tokens": tokens, "next": next })))
 }
 
@@ -90,7 +91,9 @@ pub(super) async fn create_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "token": token, "record": record })),
+        axum::Json(
+            json!({ "token": token, "record": failsmall_wire::tokens::Token::from(record) }),
+        ),
     ))
 }
 
@@ -117,5 +120,7 @@ pub(super) async fn revoke_token(
     })
     .await?;
     state.shared.tokens.clear();
-    Ok(axum::Json(json!(record)))
+    Ok(axum::Json(json!(failsmall_wire::tokens::Token::from(
+        record
+    ))))
 }

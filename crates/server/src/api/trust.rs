@@ -173,7 +173,9 @@ pub(super) async fn rotate_token(
     state.shared.tokens.clear();
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"token": token, "record": record, "replaces": id})),
+        axum::Json(
+            json!({"token": token, "record": failsmall_wire::tokens::Token::from(record), "replaces": id}),
+        ),
     ))
 }
 

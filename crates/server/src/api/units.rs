@@ -2,47 +2,7 @@
 
 use super::*;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateUnitRequest {
-    name: String,
-    spec: UnitSpec,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    description: String,
-    /// The plan file's text (YAML) every push rolls out through.
-    #[serde(default)]
-    plan: Option<String>,
-    /// The consumer's parser, run on every push; admins only.
-    #[serde(default)]
-    validator: Option<ValidatorCommand>,
-}
-
-/// Absent stays `None`; present (even `null`) becomes `Some`.
-pub(super) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateUnitRequest {
-    revision: u64,
-    spec: UnitSpec,
-    #[serde(default)]
-    owner: String,
-    #[serde(default)]
-    description: String,
-    /// The plan file's text (YAML) every push rolls out through. Absent: unchanged; `null`
-    /// removes it (pushes then only store versions).
-    #[serde(default, deserialize_with = "present")]
-    plan: Option<Option<String>>,
-    /// Absent: unchanged. An object sets it, `null` removes it; only an admin may change it.
-    #[serde(default, deserialize_with = "present")]
-    validator: Option<Option<ValidatorCommand>>,
-}
+use failsmall_wire::units::{CreateUnitRequest, UpdateUnitRequest};
 
 pub(super) fn only_admin_sets_validator(caller: &Caller) -> Result<(), ApiError> {
     if caller.role == Some(Role::Admin) {
@@ -97,6 +57,7 @@ pub(super) async fn list_units(
     })
     .await?;
     let (units, next) = page.split(rows, |unit| unit.name.clone());
+    let units: Vec<failsmall_wire::units::Unit> = units.into_iter().map(Into::into).collect();
     Ok(axum::Json(json!({ "units": units, "next": next })))
 }
 
@@ -109,21 +70,22 @@ pub(super) async fn create_unit(
     let raw_spec = raw_spec(&body);
     let request: CreateUnitRequest = json_body(body)?;
     let name = unit_name(&request.name)?;
+    let spec = UnitSpec::from(request.spec.clone());
+    let validator = request.validator.clone().map(ValidatorCommand::from);
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
-    check_spec(&request.spec, body_limit)?;
-    agent::check_desired_budget(&state, name.as_str(), &request.spec).await?;
-    if request.validator.is_some() {
+    check_spec(&spec, body_limit)?;
+    agent::check_desired_budget(&state, name.as_str(), &spec).await?;
+    if validator.is_some() {
         only_admin_sets_validator(&caller)?;
     }
-    check_validator(request.validator.as_ref())?;
+    check_validator(validator.as_ref())?;
     let plan = (request.plan.as_deref())
         .map(|plan| parse_plan(&unit_plan_file(name.as_str()), plan))
         .transpose()?;
     let mut judgement = Judgement::new(CodexAction::UnitCreate, &caller, name.as_str());
-    (judgement.spec, judgement.raw_spec, judgement.plan) =
-        (Some(request.spec.clone()), raw_spec, plan);
-    judgement.validator = request.validator.as_ref().map(|v| json!(v));
+    (judgement.spec, judgement.raw_spec, judgement.plan) = (Some(spec.clone()), raw_spec, plan);
+    judgement.validator = validator.as_ref().map(|v| json!(v));
     let warnings = state.judge(judgement).await?;
     let unit = db(&state, move |store| {
         let change = NewChange {
@@ -138,18 +100,21 @@ pub(super) async fn create_unit(
             stage: None,
         };
         let fields = UnitFields {
-            spec: &request.spec,
+            spec: &spec,
             owner: &request.owner,
             description: &request.description,
             plan: request.plan.as_deref(),
-            validator: ValidatorChange::Set(request.validator.as_ref()),
+            validator: ValidatorChange::Set(validator.as_ref()),
         };
         let unit = store.create_unit_with(name.as_str(), &fields, &change)?;
         crate::codex::record_warnings(store, &warnings, change.at_ms, &caller.name, name.as_str())?;
         Ok(unit)
     })
     .await?;
-    Ok((StatusCode::CREATED, axum::Json(json!(unit))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!(failsmall_wire::units::Unit::from(unit))),
+    ))
 }
 
 pub(super) async fn show_unit(
@@ -158,7 +123,7 @@ pub(super) async fn show_unit(
 ) -> Result<axum::Json<Value>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
     let unit = db(&state, move |store| Ok(store.unit(name.as_str())?)).await?;
-    Ok(axum::Json(json!(unit)))
+    Ok(axum::Json(json!(failsmall_wire::units::Unit::from(unit))))
 }
 
 pub(super) async fn update_unit(
@@ -171,20 +136,25 @@ pub(super) async fn update_unit(
     let name = unit_name(&path_param(unit)?)?;
     let raw_spec = raw_spec(&body);
     let request: UpdateUnitRequest = json_body(body)?;
+    let spec = UnitSpec::from(request.spec.clone());
+    let validator: Option<Option<ValidatorCommand>> = request
+        .validator
+        .clone()
+        .map(|validator| validator.map(ValidatorCommand::from));
     text_field("owner", &request.owner)?;
     text_field("description", &request.description)?;
-    check_spec(&request.spec, body_limit)?;
-    agent::check_desired_budget(&state, name.as_str(), &request.spec).await?;
+    check_spec(&spec, body_limit)?;
+    agent::check_desired_budget(&state, name.as_str(), &spec).await?;
     let mut plan = None;
     if let Some(Some(text)) = &request.plan {
         plan = Some(parse_plan(&unit_plan_file(name.as_str()), text)?);
     }
-    if let Some(validator) = &request.validator {
+    if let Some(validator) = &validator {
         check_validator(validator.as_ref())?;
     }
     // A caller that is not an admin may send the validator back as it read it. Comparing
     // with the current one is safe: the update applies only at the revision the caller read.
-    let keep_validator = match &request.validator {
+    let keep_validator = match &validator {
         None => true,
         Some(_) if caller.role == Some(Role::Admin) => false,
         Some(validator) => {
@@ -204,12 +174,11 @@ pub(super) async fn update_unit(
             .and_then(|text| Plan::parse(&unit_plan_file(name.as_str()), text).ok());
     }
     let mut judgement = Judgement::new(CodexAction::UnitUpdate, &caller, name.as_str());
-    (judgement.spec, judgement.raw_spec, judgement.plan) =
-        (Some(request.spec.clone()), raw_spec, plan);
-    judgement.validator = request.validator.as_ref().map(|v| json!(v));
+    (judgement.spec, judgement.raw_spec, judgement.plan) = (Some(spec.clone()), raw_spec, plan);
+    judgement.validator = validator.as_ref().map(|v| json!(v));
     let warnings = state.judge(judgement).await?;
     let unit = db(&state, move |store| {
-        let validator = match &request.validator {
+        let validator = match &validator {
             Some(validator) if !keep_validator => ValidatorChange::Set(validator.as_ref()),
             _ => ValidatorChange::Keep,
         };
@@ -222,7 +191,7 @@ pub(super) async fn update_unit(
             None => current.plan.as_deref(),
         };
         let fields = UnitFields {
-            spec: &request.spec,
+            spec: &spec,
             owner: &request.owner,
             description: &request.description,
             plan,
@@ -246,5 +215,5 @@ pub(super) async fn update_unit(
         Ok(unit)
     })
     .await?;
-    Ok(axum::Json(json!(unit)))
+    Ok(axum::Json(json!(failsmall_wire::units::Unit::from(unit))))
 }

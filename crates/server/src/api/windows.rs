@@ -28,52 +28,12 @@ use failsmall_core::freeze::{
 use failsmall_core::plan::Selector;
 
 use super::*;
-use failsmall_wire::requests::ReasonRequest;
+use failsmall_wire::requests::{ReasonRequest, RequiredReasonRequest};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-enum ScopeWire {
-    Global,
-    Unit {
-        unit: String,
-    },
-    Nodes {
-        selector: BTreeMap<String, Vec<String>>,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-enum WindowWire {
-    Once {
-        from: Option<String>,
-        until: Option<String>,
-    },
-    Weekly {
-        days: Vec<String>,
-        start: String,
-        end: String,
-        time_zone: String,
-    },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateFreezeRequest {
-    scope: ScopeWire,
-    window: WindowWire,
-    reason: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateMaintenanceRequest {
-    selector: BTreeMap<String, Vec<String>>,
-    #[serde(default)]
-    from: Option<String>,
-    until: String,
-    reason: String,
-}
+use failsmall_wire::windows::{
+    CreateFreezeRequest, CreateMaintenanceRequest, FreezeScope as ScopeWire,
+    FreezeWindow as WindowWire,
+};
 
 fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::new(
@@ -127,10 +87,10 @@ fn window_of(wire: WindowWire, now: u64) -> Result<Window, ApiError> {
             let days = days
                 .iter()
                 .map(|day| {
-                    Day::parse(day).ok_or_else(|| {
+                    Day::parse(day.as_str()).ok_or_else(|| {
                         invalid(
                             "window.days",
-                            format!("{day:?}: expected mon, tue, ... sun"),
+                            format!("{:?}: expected mon, tue, ... sun", day.as_str()),
                         )
                     })
                 })
@@ -313,7 +273,7 @@ pub(super) async fn freeze_now(
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
-    let request: ReasonRequest = optional_json_body(body)?;
+    let request: RequiredReasonRequest = json_body(body)?;
     reason_required("stopping the line", &request.reason)?;
     let now = now_ms();
     let window = Window::Once {

@@ -510,6 +510,8 @@ async function loadIncidents() {
   const box = $('#incident-detail');
   if (state.incident === null) { box.hidden = true; return; }
   const incident = await api('/v1/incidents/' + state.incident);
+  // An update being written survives the redraw (the view is read again on every change).
+  const draft = keptDraft(box, incident.id, '#incident-update-text', '#incident-update-status');
   box.hidden = false;
   box.dataset.incident = incident.id;
   box.dataset.status = incident.status;
@@ -525,6 +527,7 @@ async function loadIncidents() {
   if (canDeploy() && open) {
     const message = el('input', { id: 'incident-update-text', placeholder: 'update (public)', size: 48 });
     const status = el('select', { id: 'incident-update-status' }, ['', 'investigating', 'identified', 'monitoring'].map((s) => el('option', { value: s }, s || 'status unchanged')));
+    draft.into = [message, status];
     actions.append(message, status,
       el('button', { class: 'act primary', 'data-action': 'update', onclick: () => {
         const body = { message: message.value.trim() };
@@ -548,6 +551,35 @@ async function loadIncidents() {
     el('h3', {}, 'Timeline'), timeline,
     incident.review ? el('h3', {}, 'Post-incident review') : null,
     incident.review ? el('pre', { class: 'mono' }, incident.review) : null);
+  draft.restore();
+}
+
+// What is being written in `text` (and chosen in `choice`) inside `box`, when `box` still shows
+// item `id`: set `into` to the new [text, choice] elements, and `restore()` after the redraw puts
+// the value, the choice, the focus and the cursor back.
+function keptDraft(box, id, text, choice) {
+  const old = box.dataset.incident === String(id) ? box.querySelector(text) : null;
+  const kept = old && {
+    value: old.value,
+    choice: box.querySelector(choice) ? box.querySelector(choice).value : '',
+    focused: document.activeElement === old,
+    start: old.selectionStart,
+    end: old.selectionEnd,
+  };
+  const draft = {
+    into: null,
+    restore() {
+      if (!kept || !draft.into) return;
+      const [input, select] = draft.into;
+      input.value = kept.value;
+      if (select) select.value = kept.choice;
+      if (kept.focused) {
+        input.focus();
+        input.setSelectionRange(kept.start, kept.end);
+      }
+    },
+  };
+  return draft;
 }
 
 function openIncident(event) {

@@ -201,17 +201,18 @@ impl Store {
         applied: &[AppliedRow],
         removals: &[RemovalRow],
     ) -> Result<u64, StoreError> {
-        let labels_text = match step.node {
-            Some((id, labels)) => {
-                Some(
-                    serde_json::to_string(labels).map_err(|e| StoreError::Corrupt {
+        let registered = step
+            .nodes
+            .iter()
+            .map(|(id, labels)| {
+                serde_json::to_string(labels)
+                    .map(|text| (*id, text))
+                    .map_err(|e| StoreError::Corrupt {
                         what: format!("labels of node {id}"),
                         reason: e.to_string(),
-                    })?,
-                )
-            }
-            None => None,
-        };
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         self.with_conn(|conn| {
             fail_at(fail_points::STEP_BEFORE)?;
             let tx = conn.transaction()?;
@@ -224,13 +225,12 @@ impl Store {
                     current,
                 });
             }
-            if let (Some((id, _)), Some(labels)) = (step.node, &labels_text) {
-                let at_ms = step.changes.first().map_or(0, |c| c.at_ms);
+            for (id, labels) in &registered {
                 tx.prepare_cached(
                     "INSERT INTO nodes (id, labels, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (id) DO UPDATE SET labels = excluded.labels, last_seen_ms = excluded.last_seen_ms",
                 )?
-                .execute(params![id, labels, at_ms])?;
+                .execute(params![id, labels, to_i64(step.now_ms)])?;
             }
             if let Some(version) = step.version {
                 let (_, created) = Self::insert_version(&tx, version)?;
