@@ -1190,3 +1190,30 @@ async fn a_change_wait_answers_at_the_next_write_and_at_shutdown() {
     );
     let _ = pending.await;
 }
+
+#[tokio::test]
+async fn a_changelog_rollout_filter_is_a_rollout_id_of_at_most_19_digits() {
+    let scratch = fresh_dir("changelog-rollout-filter");
+    let server = TestServer::start(scratch.path()).await;
+    for good in ["r3", "3", "r9999999999999999999"] {
+        let (status, page) = server
+            .admin(Method::GET, &format!("/v1/changelog?rollout={good}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{good}: {page}");
+    }
+    // Past 19 digits (the document's pattern), a sign, or no digits: 400, never a guess.
+    for bad in [
+        "r12345678901234567890",
+        "r432307050055195361868856983135516",
+        "%2B5",
+        "r",
+        "r-1",
+    ] {
+        let (status, refused) = server
+            .admin(Method::GET, &format!("/v1/changelog?rollout={bad}"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {refused}");
+        assert_error_shape(&refused);
+    }
+    server.stop().await;
+}

@@ -58,6 +58,10 @@ pub(super) fn label_filter(value: &str) -> Result<(String, String), ApiError> {
     Ok((key.to_owned(), wanted.to_owned()))
 }
 
+/// The most digits of a rollout id in a filter: every such number is a u64, so the document
+/// can state the bound as a pattern (`^r?[0-9]{1,19}$`).
+pub(super) const ROLLOUT_ID_DIGITS_MAX: usize = 19;
+
 impl ChangelogParams {
     fn parse(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
         let mut params = Self::default();
@@ -69,13 +73,15 @@ impl ChangelogParams {
                     once(&mut params.team, "team", value)?;
                 }
                 "rollout" => {
-                    let id = value
-                        .strip_prefix('r')
-                        .unwrap_or(&value)
-                        .parse()
-                        .map_err(|_| {
+                    let digits = value.strip_prefix('r').unwrap_or(&value);
+                    let id = (digits.len() <= ROLLOUT_ID_DIGITS_MAX
+                        && !digits.is_empty()
+                        && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| digits.parse().ok())
+                        .flatten()
+                        .ok_or_else(|| {
                             ApiError::bad_request(format!(
-                                "query: rollout={value:?} is not a rollout id; expected e.g. r3 or 3"
+                                "query: rollout={value:?} is not a rollout id; expected e.g. r3 or 3 (at most {ROLLOUT_ID_DIGITS_MAX} digits)"
                             ))
                         })?;
                     once(&mut params.rollout, "rollout", id)?;

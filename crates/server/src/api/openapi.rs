@@ -332,7 +332,7 @@ pub(super) fn query_parameters(path: &str) -> Vec<Value> {
         "/v1/changelog" | "/v1/changelog.atom" => vec![
             json!({"name": "unit", "in": "query", "schema": {"type": "string", "pattern": UNIT_NAME_PATTERN}, "description": "Only this unit's entries"}),
             json!({"name": "team", "in": "query", "schema": {"type": "string", "maxLength": MAX_TEXT_BYTES}, "description": "Only entries about the units this team owns (a unit's owner is its team)"}),
-            json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": "^r?[0-9]+$"}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
+            json!({"name": "rollout", "in": "query", "schema": {"type": "string", "pattern": format!("^r?[0-9]{{1,{}}}$", changelog::ROLLOUT_ID_DIGITS_MAX)}, "example": "r3", "description": "Only this rollout's entries (r3 or 3)"}),
             json!({"name": "since_ms", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "Only entries at or after this time (ms since the Unix epoch)"}),
             json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_ROWS, "default": CHANGELOG_PAGE_DEFAULT}}),
             json!({"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}, "description": "The next_cursor of the previous page: entries after it oldest first, before it newest first"}),
