@@ -25,6 +25,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// jemalloc rather than the system allocator: its background thread returns the pages freed
+/// after a burst of requests (a fan-out to every connected agent) to the system within seconds,
+/// so the server's memory comes back to its level before the burst (ARCHITECTURE.md,
+/// failsmall-server, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Release configuration gradually under health mediation, with automatic rollback.
 #[derive(Debug, Parser)]
 #[command(

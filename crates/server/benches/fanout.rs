@@ -21,7 +21,8 @@
 //! rounds (the agents connected again).
 //!
 //! `cargo bench -p failsmall-server --bench fanout` (1,000 then 10,000 agents, 3 rounds each);
-//! `FANOUT_AGENTS=10000 FANOUT_ROUNDS=5` to choose. The server runs in a child process (this
+//! `FANOUT_AGENTS=10000 FANOUT_ROUNDS=5` to choose; `FANOUT_ETCD=0` leaves etcd out (quick
+//! loops on failsmall alone). The server runs in a child process (this
 //! bench binary, started again in server mode), so its memory is its own; etcd and its watchers
 //! run from another (etcd mode), so that each load process needs one open file per agent.
 #![allow(
@@ -41,6 +42,11 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 use tokio::sync::mpsc;
 
+/// The allocator of the `failsmall` binary (crates/cli/src/main.rs): the server measured here
+/// allocates as the one shipped.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The environment variable that makes this binary the server (its value: the data dir).
 const SERVER_MODE_ENV: &str = "FAILSMALL_FANOUT_SERVER_DIR";
 const VERSION_BYTES: usize = 64 * 1024;
@@ -52,6 +58,10 @@ const CONNECT_BATCH: usize = 250;
 /// Longest wait for one round's fan-out.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 const LONG_POLL_MS: u64 = 30_000;
+/// Seconds between the two measurements of the server's memory after the rounds.
+const SETTLE_S: u64 = 12;
+/// Operator reads timed while each fan-out runs (one every 50 ms).
+const OPERATOR_READS: usize = 10;
 /// The environment variable that makes this binary the etcd side (its value: the number of
 /// watchers).
 const ETCD_MODE_ENV: &str = "FAILSMALL_FANOUT_ETCD_WATCHERS";
@@ -473,7 +483,8 @@ async fn measure(agents: usize, rounds: usize) {
         done.unwrap();
     }
     eprintln!("{agents} nodes registered in {:?}", registering.elapsed());
-    let mut etcd = EtcdLoad::start(agents);
+    let with_etcd = std::env::var("FANOUT_ETCD").map_or(true, |v| v != "0");
+    let mut etcd = with_etcd.then(|| EtcdLoad::start(agents));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_kib = server.rss_kib();
 
@@ -499,46 +510,50 @@ async fn measure(agents: usize, rounds: usize) {
         }
     }
     wait_ready(&mut ready, agents).await;
-    etcd.wait_ready();
+    if let Some(etcd) = etcd.as_mut() {
+        etcd.wait_ready();
+    }
     // Every long poll has reached the server.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let connected_kib = server.rss_kib();
 
     let (mut ours, mut theirs, mut pushes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut slowest_reads = Vec::new();
     for round in 0..rounds {
         // failsmall: push, and the push's plan sends it to every node.
         let bytes = content(round);
         let hash = hex::encode(sha2::Sha256::digest(&bytes));
-        let started = Instant::now();
-        let response = admin_http
-            .post(format!(
-                "{base}/v1/units/{UNIT}{round}/versions?message=bench"
-            ))
-            .bearer_auth(&admin)
-            .body(bytes.clone())
-            .send()
-            .await
-            .unwrap();
-        let push_ms = started.elapsed().as_secs_f64() * 1000.0;
-        assert!(
-            response.status().is_success(),
-            "push: {}",
-            response.status()
-        );
+        // The push is sent and timed from a thread and runtime of its own: the agents' tasks
+        // (verifying signatures, hashing bundles) must not delay reading its answer.
+        let (push_base, push_admin, push_bytes) = (base.clone(), admin.clone(), bytes.clone());
+        let (started, push_ms, status) = tokio::task::spawn_blocking(move || {
+            push_alone(&push_base, &push_admin, round, push_bytes)
+        })
+        .await
+        .unwrap();
+        assert!(status.is_success(), "push: {status}");
+        // While the fan-out runs, an operator reads the rollouts every 50 ms, from a thread of
+        // its own too: the slowest of those answers.
+        let (read_base, read_admin) = (base.clone(), admin.clone());
+        let reads = std::thread::spawn(move || operator_reads(&read_base, &read_admin));
         let last = last_of(&mut got, &hash, agents)
             .await
             .unwrap_or_else(|seen| panic!("{seen} of {agents} agents got round {round}"));
         let failsmall_s = last.duration_since(started).as_secs_f64();
+        let read_ms = reads.join().unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // etcd: one put of a value as large.
         println!(
             "fanout agents={agents} round={round}: failsmall {failsmall_s:.3} s (push answered in \
-             {push_ms:.1} ms)"
+             {push_ms:.1} ms; operator reads meanwhile: slowest {read_ms:.1} ms)"
         );
         ours.push(failsmall_s);
         pushes.push(push_ms);
+        slowest_reads.push(read_ms);
         tokio::time::sleep(Duration::from_secs(1)).await;
         // etcd: one put of a value as large.
+        let Some(etcd) = etcd.as_mut() else {
+            continue;
+        };
         match etcd.round(round) {
             Ok(etcd_s) => {
                 println!("fanout agents={agents} round={round}: etcd {etcd_s:.3} s");
@@ -555,8 +570,14 @@ async fn measure(agents: usize, rounds: usize) {
     // The agents are connected again, waiting for the next change.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_kib = server.rss_kib();
-    let (ours, push) = (median(ours), median(pushes));
-    let etcd_summary = if theirs.is_empty() {
+    // And once threads started for the fan-out (the blocking pool's, kept 10 s when idle) have
+    // ended.
+    tokio::time::sleep(Duration::from_secs(SETTLE_S)).await;
+    let settled_kib = server.rss_kib();
+    let (ours, push, read) = (median(ours), median(pushes), median(slowest_reads));
+    let etcd_summary = if etcd.is_none() {
+        "etcd left out (FANOUT_ETCD=0)".to_owned()
+    } else if theirs.is_empty() {
         format!(
             "etcd finished no round within {} s",
             ROUND_TIMEOUT.as_secs()
@@ -572,10 +593,68 @@ async fn measure(agents: usize, rounds: usize) {
     let per_agent = connected_kib.saturating_sub(idle_kib) as f64 / agents as f64;
     println!(
         "fanout agents={agents}: median of {rounds} rounds: failsmall {ours:.3} s, {etcd_summary}; push \
-         answered in {push:.1} ms (median); server RSS idle {idle_kib} KiB, connected \
-         {connected_kib} KiB ({per_agent:.1} KiB per agent), after the rounds {after_kib} KiB"
+         answered in {push:.1} ms (median), operator reads during the fan-out at most {read:.1} ms \
+         (median of the rounds' slowest); server RSS idle {idle_kib} KiB, connected \
+         {connected_kib} KiB ({per_agent:.1} KiB per agent), after the rounds {after_kib} KiB, {SETTLE_S} s later {settled_kib} KiB"
     );
     drop(server);
+}
+
+/// Pushes round `round`'s version on a runtime of its own (a new connection); when it was
+/// sent, how long its answer took in milliseconds, and its status.
+fn push_alone(
+    base: &str,
+    admin: &str,
+    round: usize,
+    bytes: Vec<u8>,
+) -> (Instant, f64, reqwest::StatusCode) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let response = http
+            .post(format!(
+                "{base}/v1/units/{UNIT}{round}/versions?message=bench"
+            ))
+            .bearer_auth(admin)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let _ = response.bytes().await;
+        (started, started.elapsed().as_secs_f64() * 1000.0, status)
+    })
+}
+
+/// Operator reads during a fan-out: `GET /v1/rollouts` every 50 ms for [`OPERATOR_READS`]
+/// reads, on a runtime of its own; the slowest answer, in milliseconds.
+fn operator_reads(base: &str, admin: &str) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let mut slowest = 0f64;
+        for _ in 0..OPERATOR_READS {
+            let started = Instant::now();
+            let response = http
+                .get(format!("{base}/v1/rollouts"))
+                .bearer_auth(admin)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            let _ = response.bytes().await;
+            slowest = slowest.max(started.elapsed().as_secs_f64() * 1000.0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slowest
+    })
 }
 
 /// The etcd side in a child process of its own (this binary in etcd mode), so that each

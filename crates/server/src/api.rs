@@ -47,6 +47,7 @@ mod break_glass;
 mod changelog;
 mod changes;
 mod convert;
+mod documents;
 mod elevations;
 mod token_cache;
 pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};

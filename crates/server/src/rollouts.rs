@@ -169,6 +169,24 @@ impl EngineHost {
         events: Vec<(Event, Option<ChangeRow>)>,
         cause: Cause,
     ) -> Result<Vec<Action>, StepError> {
+        self.apply_many_then(store, now_ms, events, cause, |_, _, _| ())
+            .await
+            .map(|(actions, ())| actions)
+    }
+
+    /// [`EngineHost::apply_many`], and then `then` on the engine, the store and the step's
+    /// actions, still under the engine's lock, before the step is announced to the long
+    /// polls: a request that changed what nodes run (a push) reads what it answers without
+    /// waiting behind the fan-out it started. The announcement is made when this returns, or,
+    /// if the caller went away meanwhile, when the step ends.
+    pub async fn apply_many_then<T: Send + 'static>(
+        &self,
+        store: &Arc<Store>,
+        now_ms: TimeMs,
+        events: Vec<(Event, Option<ChangeRow>)>,
+        cause: Cause,
+        then: impl FnOnce(&Engine, &Store, &[Action]) -> T + Send + 'static,
+    ) -> Result<(Vec<Action>, T), StepError> {
         let span = tracing::info_span!("engine_step", events = events.len(), now_ms);
         let mut current = Arc::clone(&self.current).lock_owned().await;
         let stepping = Arc::clone(store);
@@ -200,13 +218,15 @@ impl EngineHost {
                     // or a rollout that judged a version ended (its `trial` goes, a `stable`
                     // may come). A step that only merged health moves the sequence number
                     // without waking anyone.
-                    if actions.iter().any(changes_documents) {
-                        revisions.send_replace(revision);
-                    }
+                    let announcement = Announcement {
+                        revisions: Arc::clone(&revisions),
+                        revision: actions.iter().any(changes_documents).then_some(revision),
+                    };
+                    let read = then(&current.engine, store.as_ref(), actions.as_slice());
                     if current.snapshot_due() {
                         snapshot_in_background(&mut current, &store, &snapshotting);
                     }
-                    Ok(actions)
+                    Ok((actions, read, announcement))
                 }
                 Err(error) => {
                     // The engine refusing an event is the caller's answer (4xx); anything
@@ -218,7 +238,7 @@ impl EngineHost {
                     }
                     restore(&mut current, &store);
                     if current.revision != before {
-                        revisions.send_replace(current.revision);
+                        announce(&revisions, current.revision);
                     }
                     Err(error)
                 }
@@ -226,7 +246,9 @@ impl EngineHost {
         })
         .await;
         match stepped {
-            Ok(result) => result,
+            // The announcement is made here, on this task (or, when the caller went away, where
+            // the step's result is dropped): the long polls it wakes queue behind the caller.
+            Ok(result) => result.map(|(actions, read, _announcement)| (actions, read)),
             Err(error) => {
                 // The task died (with the lock, which is free again) at an unknown point, maybe
                 // with the engine half stepped: memory is restored from the store.
@@ -239,7 +261,7 @@ impl EngineHost {
                 })
                 .await;
                 if let Ok(Some(revision)) = resynced {
-                    self.revisions.send_replace(revision);
+                    announce(&self.revisions, revision);
                 }
                 Err(StepError::Task(error.to_string()))
             }
@@ -312,6 +334,34 @@ impl EngineHost {
             }
         }
     }
+}
+
+/// A committed revision that changed documents, announced to the long polls when dropped.
+#[derive(Debug)]
+struct Announcement {
+    revisions: Arc<watch::Sender<u64>>,
+    revision: Option<u64>,
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        if let Some(revision) = self.revision.take() {
+            announce(&self.revisions, revision);
+        }
+    }
+}
+
+/// Announces `revision` unless a later one was: steps announce after they release the
+/// engine's lock, so two of them may announce out of order, and the announced revision only
+/// grows.
+fn announce(revisions: &watch::Sender<u64>, revision: u64) {
+    revisions.send_if_modified(|announced| {
+        let later = revision > *announced;
+        if later {
+            *announced = revision;
+        }
+        later
+    });
 }
 
 /// One step on the engine in place, committed with the step's events as its log row. Memory

@@ -350,17 +350,25 @@ impl Connection {
         };
         match acceptor {
             None => self.serve_http(io).await,
-            Some(acceptor) => {
-                let timeout = Duration::from_millis(self.registry.limits.header_timeout_ms);
-                let handshake = tokio::select! {
-                    handshake = tokio::time::timeout(timeout, acceptor.accept(io)) => handshake,
-                    () = self.conn.wake.notified() => return,
-                };
-                // A failed or slow handshake closes the connection; the client sees why.
-                if let Ok(Ok(stream)) = handshake {
-                    self.serve_http(stream).await;
-                }
-            }
+            // Boxed: a task's future is as large as its largest path, and the TLS path (its
+            // handshake, its stream's state) would make every plain connection's as large.
+            Some(acceptor) => Box::pin(self.serve_tls(io, acceptor)).await,
+        }
+    }
+
+    async fn serve_tls(
+        self,
+        io: Activity<tokio::net::TcpStream>,
+        acceptor: tokio_rustls::TlsAcceptor,
+    ) {
+        let timeout = Duration::from_millis(self.registry.limits.header_timeout_ms);
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout(timeout, acceptor.accept(io)) => handshake,
+            () = self.conn.wake.notified() => return,
+        };
+        // A failed or slow handshake closes the connection; the client sees why.
+        if let Ok(Ok(stream)) = handshake {
+            self.serve_http(stream).await;
         }
     }
 

@@ -15,6 +15,7 @@ use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::documents::{self, DocumentCache, Shape, Shared, UnitParts};
 use super::{
     AppState, db, json_body, node_id, now_ms, path_param, query_param, step_error, text_field,
     unit_name, version_hash,
@@ -32,45 +33,6 @@ pub(super) struct DesiredQuery {
     after: Option<u64>,
     /// How long to wait, in milliseconds (at most [`MAX_WATCH_MS`]).
     wait_ms: Option<u64>,
-}
-
-/// What a node should run: signed, with a sequence number that only grows.
-#[derive(Debug, serde::Serialize)]
-struct DesiredDocument<'a> {
-    node: &'a str,
-    seq: u64,
-    /// The root's epoch this document is signed under (0 without a root): agents refuse a
-    /// document of another epoch than the root they trust.
-    epoch: u64,
-    /// Unit name → version hash, for every unit the node should run.
-    units: std::collections::BTreeMap<String, String>,
-    /// After this instant (ms since the Unix epoch, server clock) an agent that has heard
-    /// nothing newer reports itself stale, and keeps serving what it has.
-    expires_ms: u64,
-    /// Each listed unit's validation spec, so the agent validates with the server's rules.
-    specs: std::collections::BTreeMap<String, UnitSpec>,
-    /// For a listed version that a rollout is bringing, its plan's post-apply health check.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    health_checks: std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>,
-    /// Units the node must remove: a rollback took every version of them from it. The node
-    /// removes each (its consumers fall back to their fail mode) and reports `removed`; a unit
-    /// merely absent from `units` is left as it is.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    removed: Vec<String>,
-    /// Per listed unit, the rollout still judging its version on this node (its stages or its
-    /// soak): the node ACKs the version for that rollout, and keeps its previous last known
-    /// good until no rollout judges it any more.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    trial: std::collections::BTreeMap<String, u64>,
-    /// Per listed unit, its stable version (the latest whose rollout completed, soak
-    /// included): a node running it makes it its last known good even when the next rollout
-    /// already names a newer version.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    stable: std::collections::BTreeMap<String, String>,
-    /// Per listed unit, the online key's signature of its version
-    /// ([`crate::signing::version_message`]): agents verify each version as well as the
-    /// document.
-    versions: std::collections::BTreeMap<String, std::sync::Arc<str>>,
 }
 
 /// How long a desired-state document stays fresh by default, in milliseconds
@@ -101,11 +63,17 @@ pub(super) struct DesiredView {
     builds: tokio::sync::Semaphore,
     /// Moved on by [`DesiredView::invalidate`]: a view read before is read again.
     generation: std::sync::atomic::AtomicU64,
+    /// Views read so far: the next one's [`StoreView::id`].
+    reads: std::sync::atomic::AtomicU64,
+    /// What documents of one shape share, encoded once per revision and view.
+    documents: DocumentCache,
 }
 
 /// What the store says that documents need, read at once.
 #[derive(Debug)]
 struct StoreView {
+    /// Tells this view from those read before and after it.
+    id: u64,
     /// The engine's announced revision when read.
     announced: u64,
     /// The view's generation when read.
@@ -124,6 +92,8 @@ impl DesiredView {
             current: tokio::sync::Mutex::new(None),
             builds: tokio::sync::Semaphore::new(DESIRED_BUILDS_AT_ONCE),
             generation: std::sync::atomic::AtomicU64::new(0),
+            reads: std::sync::atomic::AtomicU64::new(0),
+            documents: DocumentCache::default(),
         }
     }
 
@@ -159,6 +129,7 @@ impl DesiredView {
             .engine
             .wait_past(u64::MAX, std::time::Duration::ZERO)
             .await;
+        let id = self.reads.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let view = db(state, move |store| {
             let units = store.all_units()?;
             let (nodes, removals) = store.desired_view_rows(DESIRED_VIEW_ROWS_MAX)?;
@@ -168,6 +139,7 @@ impl DesiredView {
                 .collect();
             let names = crate::rollouts::unit_names(units.into_iter().map(|u| u.name));
             Ok(StoreView {
+                id,
                 announced,
                 generation,
                 read_at: std::time::Instant::now(),
@@ -240,19 +212,6 @@ impl BlobCache {
     }
 }
 
-/// A long-poll answer: the document's exact text, its signature, and who signed it.
-#[derive(Debug, serde::Serialize)]
-struct DesiredAnswer<'a> {
-    seq: u64,
-    document: &'a str,
-    signature: String,
-    /// Which online key signed.
-    key: String,
-    /// Tells an agent with an older root to fetch `GET /v1/root` (neither this nor `key` is
-    /// trusted for itself: the root decides).
-    root_version: Option<u64>,
-}
-
 pub(super) async fn desired(
     State(state): State<AppState>,
     node: Result<Path<String>, PathRejection>,
@@ -301,94 +260,54 @@ pub(super) async fn desired(
     // The store's view read after the wait: a unit created while the agent waited must be in
     // the document that the wait produced, or the agent would not hear of it until the next
     // change.
-    let view = view.get(&state, announced).await?;
-    type Checks = std::collections::BTreeMap<String, failsmall_core::plan::HealthCheck>;
-    type Trials = std::collections::BTreeMap<String, u64>;
-    type Hashes = std::collections::BTreeMap<String, String>;
-    let (seq, desired, health_checks, trial, stable): (u64, Hashes, Checks, Trials, Hashes) = state
+    let view_now = view.get(&state, announced).await?;
+    let documents = &view.documents;
+    let pending_removals = view_now
+        .removals
+        .get(id.as_str())
+        .map_or(&[][..], Vec::as_slice);
+    let (seq, shape, found) = state
         .shared
         .engine
         .read(|engine, revision| {
-            let mut checks = Checks::new();
-            let mut trials = Trials::new();
-            let mut stable = Hashes::new();
-            let desired = view
-                .names
-                .iter()
-                .filter_map(|unit| {
-                    let hash = engine.desired(&id, unit)?;
-                    if let Some(check) = engine.health_check(unit, &hash) {
-                        checks.insert(unit.to_string(), check.clone());
-                    }
-                    if let Some(rollout) = engine.trial(&id, unit) {
-                        trials.insert(unit.to_string(), rollout.0);
-                    }
-                    if let Some(hash) = engine.stable(unit) {
-                        stable.insert(unit.to_string(), hash.to_string());
-                    }
-                    Some((unit.to_string(), hash.to_string()))
-                })
-                .collect();
-            (revision, desired, checks, trials, stable)
+            let shape = Shape::of(engine, &id, &view_now.names, pending_removals);
+            let found = match documents.get(revision, view_now.id, &shape) {
+                Some(shared) => Ok(shared),
+                None => Err(UnitParts::read(engine, &shape)),
+            };
+            (revision, shape, found)
         })
         .await;
-    let specs: std::collections::BTreeMap<String, UnitSpec> = desired
-        .keys()
-        .filter_map(|name| Some((name.clone(), view.specs.get(name)?.clone())))
-        .collect();
-    let desired_count = desired.len();
-    // A removal stays pending until the node reports it done; a unit the node should run again
-    // meanwhile is not removed.
-    let removed: Vec<String> = view
-        .removals
-        .get(id.as_str())
-        .into_iter()
-        .flatten()
-        .filter(|unit| !desired.contains_key(*unit))
-        .cloned()
-        .collect();
-    drop(view);
-    let signer = &state.shared.signer;
-    // Each version's signature is computed once, whatever the number of nodes.
-    let versions = desired
-        .iter()
-        .map(|(unit, hash)| (unit.clone(), signer.version_signature(unit, hash)))
-        .collect();
-    let document = serde_json::to_string(&DesiredDocument {
-        node: id.as_str(),
-        seq,
-        epoch: signer.epoch(),
-        versions,
-        units: desired,
-        expires_ms: now_ms().saturating_add(state.shared.desired_ttl_ms),
-        specs,
-        health_checks,
-        removed,
-        trial,
-        stable,
+    // Encoding (when no node of this shape was answered at this revision yet) and signing run
+    // off the async workers.
+    let building = state.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let state = building;
+        let signer = &state.shared.signer;
+        let shared = match found {
+            Ok(shared) => shared,
+            Err(parts) => {
+                let shared = std::sync::Arc::new(Shared::encode(
+                    seq,
+                    &shape,
+                    parts,
+                    &view_now.specs,
+                    signer,
+                )?);
+                state.shared.desired_view.documents.keep(
+                    seq,
+                    view_now.id,
+                    shape,
+                    std::sync::Arc::clone(&shared),
+                );
+                shared
+            }
+        };
+        let expires_ms = now_ms().saturating_add(state.shared.desired_ttl_ms);
+        documents::answer(&shared, seq, id.as_str(), expires_ms, signer)
     })
-    .map_err(|e| ApiError::internal(format!("desired state does not serialize: {e}")))?;
-    // Pushes and unit changes that could pass the agent's limits are refused up front (see
-    // `desired_budget`); a document over them all the same is the server's fault, said loudly
-    // rather than sent to be refused.
-    let (bytes, units) = (document.len(), desired_count);
-    if bytes > DESIRED_DOCUMENT_MAX_BYTES || units > DESIRED_UNITS_MAX {
-        return Err(ApiError::internal(format!(
-            "the desired state of node {id} is {bytes} bytes with {units} units; an agent accepts \
-             at most {DESIRED_DOCUMENT_MAX_BYTES} bytes and {DESIRED_UNITS_MAX} units"
-        )));
-    }
-    // The document names the node and its sequence number, so a relay cannot hand one node's
-    // document to another: each node's is signed on its own (one signature per node per
-    // change; the versions' signatures above are shared).
-    let answer = serde_json::to_vec(&DesiredAnswer {
-        seq,
-        signature: signer.sign_desired(&document),
-        document: &document,
-        key: signer.public_key_hex(),
-        root_version: signer.root().map(|r| r.document.version),
-    })
-    .map_err(|e| ApiError::internal(format!("desired-state answer does not serialize: {e}")))?;
+    .await
+    .map_err(|e| ApiError::internal(format!("desired-state build failed: {e}")))??;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -291,19 +291,25 @@ pub(super) async fn push_and_roll_out(
         changes,
     };
     let host = &state.shared.engine;
+    // The stored version and the rollout's view are read in the step, before it wakes the
+    // long polls: the push is answered without waiting behind the fan-out it starts.
+    let (read_unit, read_hash) = (unit.clone(), hash.clone());
     let stepped = host
-        .apply_many(&state.shared.store, at_ms, vec![(event, None)], cause)
+        .apply_many_then(
+            &state.shared.store,
+            at_ms,
+            vec![(event, None)],
+            cause,
+            move |engine, store, actions| {
+                let version = store.version(&read_unit, &read_hash);
+                let view = rollout_of(actions).and_then(|id| engine.rollout(id));
+                (version, view)
+            },
+        )
         .await;
     let lookup = move |store: &Store| Ok(store.version(&unit, &hash)?);
     match stepped {
-        Ok(actions) => {
-            let version = db(state, lookup).await?;
-            let view = match rollout_of(&actions) {
-                Some(id) => host.read(|engine, _| engine.rollout(id)).await,
-                None => None,
-            };
-            Ok((version, true, view.map(|view| json!(view))))
-        }
+        Ok((_, (version, view))) => Ok((version?, true, view.map(|view| json!(view)))),
         // The same bytes were pushed meanwhile: they are stored, with their own rollout.
         Err(StepError::Store(crate::store::StoreError::AlreadyExists { .. })) => {
             Ok((db(state, lookup).await?, false, None))
