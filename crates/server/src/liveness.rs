@@ -1,7 +1,7 @@
 //! Node liveness: every request an agent makes (its watch, its reports, its registration) marks
 //! its node seen. The marks are kept in memory, so a request never waits on a write, and are
-//! written to the store's `nodes.last_seen_ms` in one transaction every
-//! [`LIVENESS_FLUSH_MS`]; reads overlay the marks not yet written. A node is *down* when it was
+//! written to the store's `nodes.last_seen_ms` every [`LIVENESS_FLUSH_MS`], in transactions of
+//! at most [`crate::store::MARKS_PER_TRANSACTION`] nodes; reads overlay the marks not yet written. A node is *down* when it was
 //! last seen longer than the server's `node_down_after_ms` ago: the engine is told
 //! ([`Event::Liveness`], one `node_liveness` changelog entry per change) and leaves down nodes
 //! out of the stages that start while they are down.

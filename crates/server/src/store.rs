@@ -683,6 +683,7 @@ mod versions;
 pub use elevations::{ElevationOutcome, ElevationRecord};
 pub use engine::{ENGINE_LOG_TAIL_STEPS, EngineLogRow};
 pub use incidents::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
+pub use nodes::MARKS_PER_TRANSACTION;
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};

@@ -2,21 +2,33 @@
 
 use super::*;
 
+/// Most liveness marks written in one transaction (see [`Store::mark_seen`]).
+pub const MARKS_PER_TRANSACTION: usize = 500;
+
 impl Store {
-    /// Records when nodes were last heard from, in one transaction; a time never goes back,
-    /// and an unknown node is skipped (it may have been removed since).
+    /// Records when nodes were last heard from, [`MARKS_PER_TRANSACTION`] nodes per
+    /// transaction; a time never goes back, and an unknown node is skipped (it may have been
+    /// removed since). On an error, the marks of the chunks before are written (writing them
+    /// again changes nothing).
     pub fn mark_seen(&self, marks: &[(String, u64)]) -> Result<(), StoreError> {
-        self.with_conn(|conn| {
-            let tx = conn.transaction()?;
-            for (node, at_ms) in marks {
-                tx.execute(
-                    "UPDATE nodes SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE id = ?1",
-                    params![node, to_i64(*at_ms)],
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
+        // A transaction per chunk: other store work (a push, an operator's read) runs between
+        // two, instead of waiting for the marks of a whole fleet that was just answered.
+        for chunk in marks.chunks(MARKS_PER_TRANSACTION) {
+            self.with_conn(|conn| {
+                let tx = conn.transaction()?;
+                {
+                    let mut update = tx.prepare_cached(
+                        "UPDATE nodes SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE id = ?1",
+                    )?;
+                    for (node, at_ms) in chunk {
+                        update.execute(params![node, to_i64(*at_ms)])?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Every node and when it was last heard from (at most the engine's node limit).
