@@ -489,8 +489,13 @@ async fn measure(agents: usize, rounds: usize) {
     let idle_kib = server.rss_kib();
 
     // Connect every agent and every watcher, a batch at a time.
+    // Idle connections are dropped before the server's idle timeout would close them: a
+    // connection reused just as the server closes it fails the request (connection reset).
     let agent_http = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_millis(
+            failsmall_server::serve::IDLE_TIMEOUT_MS_DEFAULT / 2,
+        ))
         .build()
         .unwrap();
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
