@@ -28,6 +28,10 @@ use crate::signing::VersionSigner;
 /// Most distinct document shapes kept for one engine revision; past it the cache starts over.
 /// A fleet in one rollout has a handful (the nodes the stage reached, those it did not).
 pub const DOCUMENT_SHAPES_CACHED_MAX: usize = 256;
+/// Most bytes of encoded text kept (a shape's text and its escaped copy); past it the cache
+/// starts over. A document may be up to [`DESIRED_DOCUMENT_MAX_BYTES`], so the shape bound
+/// alone would allow hundreds of MiB.
+pub const DOCUMENT_CACHE_MAX_BYTES: usize = 32 * 1024 * 1024;
 
 /// What the engine decides for one node: the part of its document that differs between nodes
 /// besides its id and expiry.
@@ -156,6 +160,11 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// Bytes of text kept for this shape.
+    fn bytes(&self) -> usize {
+        self.head.len().saturating_add(self.head_escaped.len())
+    }
+
     /// Encodes the shared part of the documents of `shape` at revision `seq`.
     pub(super) fn encode(
         seq: u64,
@@ -226,6 +235,8 @@ struct KeptShapes {
     /// The view of the store the shapes were encoded from ([`super::agent`]'s `StoreView`).
     view: u64,
     shapes: HashMap<Shape, Arc<Shared>>,
+    /// Bytes of text kept in `shapes`.
+    bytes: usize,
 }
 
 impl DocumentCache {
@@ -246,14 +257,26 @@ impl DocumentCache {
         if (seq, view) < (kept.seq, kept.view) {
             return;
         }
-        if kept.seq != seq || kept.view != view || kept.shapes.len() >= DOCUMENT_SHAPES_CACHED_MAX {
+        let bytes = shared.bytes();
+        if bytes > DOCUMENT_CACHE_MAX_BYTES {
+            return;
+        }
+        if kept.seq != seq
+            || kept.view != view
+            || kept.shapes.len() >= DOCUMENT_SHAPES_CACHED_MAX
+            || kept.bytes.saturating_add(bytes) > DOCUMENT_CACHE_MAX_BYTES
+        {
             *kept = KeptShapes {
                 seq,
                 view,
                 shapes: HashMap::new(),
+                bytes: 0,
             };
         }
-        kept.shapes.insert(shape, shared);
+        if let Some(replaced) = kept.shapes.insert(shape, shared) {
+            kept.bytes = kept.bytes.saturating_sub(replaced.bytes());
+        }
+        kept.bytes = kept.bytes.saturating_add(bytes);
     }
 }
 
@@ -470,5 +493,33 @@ mod tests {
             "a newer revision replaced it"
         );
         assert!(cache.get(6, 1, &shape).is_some());
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_bytes() {
+        let cache = DocumentCache::default();
+        let half = DOCUMENT_CACHE_MAX_BYTES / 2;
+        let text = |bytes: usize| Shared {
+            head: "a".repeat(bytes / 2),
+            head_escaped: "a".repeat(bytes / 2),
+            units: 0,
+        };
+        let shape = |count: usize| Shape {
+            units: Vec::new(),
+            trial: Vec::new(),
+            removed: (0..count).map(|i| format!("u{i}")).collect(),
+        };
+        cache.keep(1, 1, shape(1), Arc::new(text(half)));
+        cache.keep(1, 1, shape(2), Arc::new(text(half - 2)));
+        assert!(cache.get(1, 1, &shape(1)).is_some());
+        assert!(cache.get(1, 1, &shape(2)).is_some());
+        // A third would pass the bound: the cache starts over with it.
+        cache.keep(1, 1, shape(3), Arc::new(text(1024)));
+        assert!(cache.get(1, 1, &shape(1)).is_none());
+        assert!(cache.get(1, 1, &shape(3)).is_some());
+        // Text larger than the whole bound is not kept at all.
+        cache.keep(1, 1, shape(4), Arc::new(text(DOCUMENT_CACHE_MAX_BYTES + 2)));
+        assert!(cache.get(1, 1, &shape(4)).is_none());
+        assert!(cache.get(1, 1, &shape(3)).is_some());
     }
 }
