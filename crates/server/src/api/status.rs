@@ -149,10 +149,54 @@ async fn load(state: &AppState, days: Option<u64>) -> Result<PublicStatus, ApiEr
 pub(super) async fn json(
     State(state): State<AppState>,
     params: Result<Query<StatusParams>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::PublicStatus>, ApiError> {
     let params = query_param(params)?;
     let status = load(&state, params.days).await?;
-    Ok(axum::Json(json!(status)))
+    Ok(axum::Json(status.into()))
+}
+
+impl From<PublicIncident> for failsmall_wire::incidents::PublicIncident {
+    fn from(incident: PublicIncident) -> Self {
+        Self {
+            id: incident.id,
+            title: incident.title,
+            severity: incident.severity.to_owned(),
+            status: incident.status.to_owned(),
+            components: incident.components,
+            opened: incident.opened,
+            resolved: incident.resolved,
+            updates: incident
+                .updates
+                .into_iter()
+                .map(|update| failsmall_wire::incidents::PublicUpdate {
+                    at: update.at,
+                    status: update.status.to_owned(),
+                    message: update.message,
+                })
+                .collect(),
+            review: incident.review,
+        }
+    }
+}
+
+impl From<PublicStatus> for failsmall_wire::incidents::PublicStatus {
+    fn from(status: PublicStatus) -> Self {
+        Self {
+            status: status.status.to_owned(),
+            updated: status.updated,
+            components: status
+                .components
+                .into_iter()
+                .map(|component| failsmall_wire::incidents::PublicComponent {
+                    name: component.name,
+                    status: component.status.to_owned(),
+                })
+                .collect(),
+            open: status.open.into_iter().map(Into::into).collect(),
+            resolved: status.resolved.into_iter().map(Into::into).collect(),
+            resolved_days: status.resolved_days,
+        }
+    }
 }
 
 fn label(status: &str) -> String {
