@@ -80,6 +80,25 @@ pub enum RolloutStatus {
     Aborted,
 }
 
+impl RolloutStatus {
+    /// As in JSON: `queued`, `running`, `paused`, `completed`, `rolled_back`, `aborted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    /// Completed, rolled back or aborted: it moves no more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::RolledBack | Self::Aborted)
+    }
+}
+
 /// Where a running rollout is inside its current stage: a name, or a one-key object naming
 /// the phase and the instant (ms since the Unix epoch) it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -137,6 +156,37 @@ pub struct GroupMetrics {
     pub health_check_failures: u64,
     /// Nodes that stopped reporting for longer than the stage allows.
     pub silent_nodes: u64,
+}
+
+impl GroupMetrics {
+    /// Requests over the group's samples.
+    pub fn requests(&self) -> u64 {
+        self.sample.requests
+    }
+
+    /// Errors over the group's samples.
+    pub fn errors(&self) -> u64 {
+        self.sample.errors
+    }
+}
+
+impl Default for GroupMetrics {
+    fn default() -> Self {
+        Self {
+            nodes: 0,
+            sample: crate::reports::HealthSample {
+                requests: 0,
+                errors: 0,
+                latency: crate::reports::LatencyHistogram {
+                    counts: [0; failsmall_core::health::LATENCY_BUCKETS],
+                },
+            },
+            rejections: 0,
+            crashes: 0,
+            health_check_failures: 0,
+            silent_nodes: 0,
+        }
+    }
 }
 
 /// A rollout: `POST /v1/rollouts`, `GET /v1/rollouts/{id}`, its commands, approvals and

@@ -25,7 +25,13 @@ pub(super) async fn break_glass(
     Extension(caller): Extension<Caller>,
     node: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<failsmall_wire::nodes::BreakGlassRecorded>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::nodes::BreakGlassRecorded>,
+    ),
+    ApiError,
+> {
     let node = node_id(&path_param(node)?)?;
     state.node_seen(&node);
     let report: BreakGlassReport = json_body(body)?;

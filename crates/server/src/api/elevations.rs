@@ -40,7 +40,11 @@ fn change<'a>(actor: &'a str, kind: &'a str, reason: &'a str) -> NewChange<'a> {
 }
 
 /// The request as people see it: its state in words, and when the role ends.
-fn view(record: &ElevationRecord, needed: usize, now: u64) -> failsmall_wire::elevations::Elevation {
+fn view(
+    record: &ElevationRecord,
+    needed: usize,
+    now: u64,
+) -> failsmall_wire::elevations::Elevation {
     let state = match (record.granted_ms, record.claimed_ms) {
         (_, Some(_))
             if record
@@ -77,7 +81,13 @@ pub(super) async fn request(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<failsmall_wire::elevations::Elevation>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::elevations::Elevation>,
+    ),
+    ApiError,
+> {
     let body: ElevationRequest = json_body(body)?;
     let role = Role::from(body.role);
     if !matches!(role, Role::Admin | Role::Deployer | Role::Approver) {
@@ -143,12 +153,16 @@ pub(super) async fn request(
     ))
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<axum::Json<failsmall_wire::elevations::ElevationList>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+) -> Result<axum::Json<failsmall_wire::elevations::ElevationList>, ApiError> {
     let needed = state.break_glass_approvals();
     let records = db(&state, |store| Ok(store.elevations(ELEVATIONS_LISTED_MAX)?)).await?;
     let now = now_ms();
     let requests = records.iter().map(|r| view(r, needed, now)).collect();
-    Ok(axum::Json(failsmall_wire::elevations::ElevationList { requests }))
+    Ok(axum::Json(failsmall_wire::elevations::ElevationList {
+        requests,
+    }))
 }
 
 pub(super) async fn show(
@@ -230,12 +244,10 @@ pub(super) async fn claim(
     .await?;
     state.shared.tokens.clear();
     match outcome {
-        ElevationOutcome::Done(record) => {
-            Ok(axum::Json(failsmall_wire::elevations::Elevation {
-                token: Some(secret),
-                ..view(&record, needed, now_ms())
-            }))
-        }
+        ElevationOutcome::Done(record) => Ok(axum::Json(failsmall_wire::elevations::Elevation {
+            token: Some(secret),
+            ..view(&record, needed, now_ms())
+        })),
         ElevationOutcome::Refused(why) => Err(refused(why)),
     }
 }

@@ -95,7 +95,10 @@ fn update_json(update: &IncidentUpdate) -> failsmall_wire::incidents::IncidentUp
 }
 
 /// An incident for operators (everything, internal fields included).
-fn incident_json(incident: &IncidentRecord, cadence: &Cadence) -> failsmall_wire::incidents::Incident {
+fn incident_json(
+    incident: &IncidentRecord,
+    cadence: &Cadence,
+) -> failsmall_wire::incidents::Incident {
     let next_update_due = incident.resolved_ms.is_none().then(|| {
         rfc3339_from_ms(
             incident
@@ -133,7 +136,9 @@ pub(super) async fn list_incidents(
     let rows = db(&state, move |store| Ok(store.incidents(since)?)).await?;
     let cadence = state.cadence();
     let incidents = rows.iter().map(|i| incident_json(i, &cadence)).collect();
-    Ok(axum::Json(failsmall_wire::incidents::IncidentList { incidents }))
+    Ok(axum::Json(failsmall_wire::incidents::IncidentList {
+        incidents,
+    }))
 }
 
 /// `GET /v1/incidents/{id}`: the incident, its public updates, and its timeline: the

@@ -176,7 +176,10 @@ pub(super) async fn delete_webhook(
         Ok(store.delete_webhook(id, &change)?)
     })
     .await?;
-    Ok(axum::Json(failsmall_wire::notify::WebhookRemoved { id, removed: true }))
+    Ok(axum::Json(failsmall_wire::notify::WebhookRemoved {
+        id,
+        removed: true,
+    }))
 }
 
 /// `GET /v1/notify/dead-letters`: notifications that ran out of attempts, and the outbox's
@@ -220,5 +223,8 @@ pub(super) async fn retry_dead_letter(
         Ok(store.retry_dead_letter(id, now_ms())?)
     })
     .await?;
-    Ok(axum::Json(failsmall_wire::notify::DeadLetterRetried { id, pending: true }))
+    Ok(axum::Json(failsmall_wire::notify::DeadLetterRetried {
+        id,
+        pending: true,
+    }))
 }

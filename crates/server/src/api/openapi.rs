@@ -11,8 +11,7 @@ use failsmall_wire::nodes::{
     Accepted, BreakGlassRecorded, DesiredAnswer, NodeRemoved, ReportAnswer,
 };
 use failsmall_wire::notify::{
-    DeadLetter, DeadLetterRetried, DeadLetters, OutboxCounts, Webhook, WebhookList,
-    WebhookRemoved,
+    DeadLetter, DeadLetterRetried, DeadLetters, OutboxCounts, Webhook, WebhookList, WebhookRemoved,
 };
 use failsmall_wire::operator::{ServerInfo, ServerStatus, StatusCounts, StoreInfo, WhoAmI};
 use failsmall_wire::quarantine::{QuarantineLifted, QuarantineList, QuarantinedVersion};
@@ -46,8 +45,7 @@ use failsmall_wire::windows::{
 };
 use failsmall_wire::{
     ApiDocument, AppliedVersion, ChangeEntry, ChangelogPage, Changes, ErrorBody, ErrorDetail,
-    HASH_PATTERN, Health, NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN,
-    Version,
+    HASH_PATTERN, Health, NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
 };
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -692,10 +690,10 @@ mod tests {
             let op = &document["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
             let created = route.method == Method::POST && CREATED_ROUTES.contains(&route.path);
             let status = if created { "201" } else { "200" };
-            let reference = op["responses"][status]["content"]["application/json"]["schema"]
-                ["$ref"]
-                .as_str()
-                .unwrap_or_default();
+            let reference =
+                op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                    .as_str()
+                    .unwrap_or_default();
             let name = reference.strip_prefix("#/components/schemas/");
             match name {
                 Some(name) if schemas[name].is_object() => {}
@@ -712,7 +710,11 @@ mod tests {
     fn no_answer_schema_is_left_open() {
         // An open-ended field says what it holds: no schema of the document is `{}`.
         let document = openapi_document();
-        for (name, schema) in document["components"]["schemas"].as_object().into_iter().flatten() {
+        for (name, schema) in document["components"]["schemas"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
             assert!(
                 schema.as_object().is_some_and(|fields| !fields.is_empty()),
                 "schema {name} is empty"
@@ -720,7 +722,10 @@ mod tests {
         }
         let rollout = &document["components"]["schemas"]["Rollout"]["properties"];
         for field in ["id", "status", "phase", "gates", "canary", "held_by_freeze"] {
-            assert!(rollout[field].is_object(), "Rollout.{field} is not described");
+            assert!(
+                rollout[field].is_object(),
+                "Rollout.{field} is not described"
+            );
         }
     }
 }

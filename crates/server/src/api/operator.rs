@@ -34,7 +34,9 @@ fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<ReasonRequest, Api
 }
 
 /// `GET /v1/whoami`: the caller's token name, role, and node (agent tokens).
-pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<failsmall_wire::operator::WhoAmI> {
+pub(super) async fn whoami(
+    Extension(caller): Extension<Caller>,
+) -> axum::Json<failsmall_wire::operator::WhoAmI> {
     axum::Json(failsmall_wire::operator::WhoAmI {
         name: caller.name,
         token: caller.token,
@@ -44,7 +46,9 @@ pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<f
 }
 
 /// `GET /v1/status`: the server, its store, and counts of what it holds.
-pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<failsmall_wire::operator::ServerStatus>, ApiError> {
+pub(super) async fn status(
+    State(state): State<AppState>,
+) -> Result<axum::Json<failsmall_wire::operator::ServerStatus>, ApiError> {
     let (schema_version, counts) = db(&state, |store| {
         Ok((store.schema_version()?, store.counts()?))
     })
@@ -145,13 +149,15 @@ pub(super) async fn list_quarantine(
     let entries = quarantined
         .iter()
         .zip(records)
-        .map(|(q, record)| failsmall_wire::quarantine::QuarantinedVersion {
-            unit: q.unit.as_str().to_owned(),
-            version: q.version.to_string(),
-            rollout: q.rollout.0,
-            message: record.as_ref().map(|r| r.message.clone()),
-            author: record.as_ref().map(|r| r.author.clone()),
-        })
+        .map(
+            |(q, record)| failsmall_wire::quarantine::QuarantinedVersion {
+                unit: q.unit.as_str().to_owned(),
+                version: q.version.to_string(),
+                rollout: q.rollout.0,
+                message: record.as_ref().map(|r| r.message.clone()),
+                author: record.as_ref().map(|r| r.author.clone()),
+            },
+        )
         .collect();
     Ok(axum::Json(failsmall_wire::quarantine::QuarantineList {
         quarantined: entries,
@@ -273,7 +279,10 @@ pub(super) async fn retry_rollout(
     };
     Ok((
         StatusCode::CREATED,
-        axum::Json(super::convert::rollout(new_view, &format!("retry of {id}"))?),
+        axum::Json(super::convert::rollout(
+            new_view,
+            &format!("retry of {id}"),
+        )?),
     ))
 }
 

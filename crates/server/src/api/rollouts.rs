@@ -226,7 +226,10 @@ pub(super) async fn run_command(
         .await
         .map_err(step_error)?;
     let view = host.read(|engine, _| engine.rollout(rollout)).await;
-    Ok(axum::Json(convert::rollout(view, &format!("rollout {rollout}"))?))
+    Ok(axum::Json(convert::rollout(
+        view,
+        &format!("rollout {rollout}"),
+    )?))
 }
 
 pub(super) async fn command_rollout(

@@ -157,7 +157,9 @@ pub(super) async fn create_slo(
     Ok((StatusCode::CREATED, axum::Json(slo_json(&spec, &status))))
 }
 
-pub(super) async fn list_slos(State(state): State<AppState>) -> axum::Json<failsmall_wire::slos::SloList> {
+pub(super) async fn list_slos(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::slos::SloList> {
     let slos = state
         .shared
         .slos
@@ -223,7 +225,9 @@ pub(super) async fn delete_slo(
     })
     .await?;
     state.shared.slos.remove(&name);
-    Ok(axum::Json(failsmall_wire::slos::SloDeleted { deleted: name }))
+    Ok(axum::Json(failsmall_wire::slos::SloDeleted {
+        deleted: name,
+    }))
 }
 
 /// Refuses (409 `error_budget_exhausted`) the start of a rollout of `version` of `unit`

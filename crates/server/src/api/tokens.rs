@@ -12,7 +12,10 @@ pub(super) async fn list_tokens(
     let rows = db(&state, move |store| Ok(store.tokens_after(after, fetch)?)).await?;
     let (tokens, next) = page.split(rows, |token| token.id.to_string());
     let tokens: Vec<failsmall_wire::tokens::Token> = tokens.into_iter().map(Into::into).collect();
-    Ok(axum::Json(failsmall_wire::tokens::TokenList { tokens, next }))
+    Ok(axum::Json(failsmall_wire::tokens::TokenList {
+        tokens,
+        next,
+    }))
 }
 
 pub(super) async fn create_token(
@@ -91,13 +94,11 @@ pub(super) async fn create_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            failsmall_wire::tokens::NewToken {
-                token,
-                record: record.into(),
-                replaces: None,
-            },
-        ),
+        axum::Json(failsmall_wire::tokens::NewToken {
+            token,
+            record: record.into(),
+            replaces: None,
+        }),
     ))
 }
 

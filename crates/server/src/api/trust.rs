@@ -173,13 +173,11 @@ pub(super) async fn rotate_token(
     state.shared.tokens.clear();
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            failsmall_wire::tokens::NewToken {
-                token,
-                record: record.into(),
-                replaces: Some(id),
-            },
-        ),
+        axum::Json(failsmall_wire::tokens::NewToken {
+            token,
+            record: record.into(),
+            replaces: Some(id),
+        }),
     ))
 }
 

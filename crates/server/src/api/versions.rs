@@ -25,7 +25,13 @@ pub(super) async fn push_version(
     unit: Result<Path<String>, PathRejection>,
     query: Result<Query<PushQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<failsmall_wire::versions::PushedVersion>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::versions::PushedVersion>,
+    ),
+    ApiError,
+> {
     let name = unit_name(&path_param(unit)?)?;
     let query = query_param(query)?;
     let content = body_bytes(body)?;

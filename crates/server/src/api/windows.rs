@@ -352,11 +352,16 @@ pub(super) async fn lift_freeze(
     )
     .await
     .map_err(step_error)?;
-    Ok(axum::Json(failsmall_wire::windows::FreezeLifted { id, lifted: true }))
+    Ok(axum::Json(failsmall_wire::windows::FreezeLifted {
+        id,
+        lifted: true,
+    }))
 }
 
 /// `GET /v1/freezes`: every freeze kept (holding now or later), with whether it holds now.
-pub(super) async fn list_freezes(State(state): State<AppState>) -> axum::Json<failsmall_wire::windows::FreezeList> {
+pub(super) async fn list_freezes(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::windows::FreezeList> {
     let now = now_ms();
     let freezes = state
         .shared
@@ -470,11 +475,16 @@ pub(super) async fn end_maintenance(
     )
     .await
     .map_err(step_error)?;
-    Ok(axum::Json(failsmall_wire::windows::MaintenanceEnded { id, ended: true }))
+    Ok(axum::Json(failsmall_wire::windows::MaintenanceEnded {
+        id,
+        ended: true,
+    }))
 }
 
 /// `GET /v1/maintenance`: every maintenance window kept, with whether it holds now.
-pub(super) async fn list_maintenance(State(state): State<AppState>) -> axum::Json<failsmall_wire::windows::MaintenanceList> {
+pub(super) async fn list_maintenance(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::windows::MaintenanceList> {
     let now = now_ms();
     let windows = state
         .shared
