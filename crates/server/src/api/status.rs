@@ -12,8 +12,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::changelog::xml_escape;
 use super::incidents::resolved_since_ms;
 use super::*;
@@ -31,18 +29,16 @@ pub(super) struct StatusParams {
     days: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicUpdate {
     at: String,
-    #[serde(skip)]
     at_ms: u64,
-    #[serde(skip)]
     id: u64,
     status: &'static str,
     message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicIncident {
     id: u64,
     title: String,
@@ -56,13 +52,13 @@ struct PublicIncident {
     review: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicComponent {
     name: String,
     status: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicStatus {
     /// `operational`, or the worst open incident's component status.
     status: &'static str,
