@@ -373,7 +373,8 @@ async fn bench_reports(
     // simulated fleet reports in rounds, not every few seconds as agents do: on a loaded
     // machine a round outlasts the default 30 s silence while the other nodes are heard, and
     // its nodes would be silent (a hard signal, rightly), so the plan allows an hour.
-    let plan = "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    silence: 1h\n    gates: []\n";
+    let plan =
+        "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    silence: 1h\n    gates: []\n";
     bench.start_rollout("flags", &version, plan).await;
     let applied =
         Bytes::from(json!({"kind": "applied", "unit": "flags", "version": version}).to_string());

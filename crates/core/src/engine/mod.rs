@@ -844,7 +844,8 @@ impl Rollout {
         let deaf_ms = now.saturating_sub(self.heard_ms);
         if silence_ms > 0 && deaf_ms > silence_ms && !self.status.is_terminal() {
             self.hearing_from_ms = now;
-            if self.heard_ms > 0 {
+            // Said only where silence would have been judged: nodes that applied the version.
+            if self.heard_ms > 0 && self.nodes_applied > 0 {
                 out.push(Action::Notify {
                     rollout: self.id,
                     message: cut(&format!(
