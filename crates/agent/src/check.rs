@@ -181,6 +181,27 @@ pub struct Passed {
     pub ready_tries: u64,
 }
 
+/// Why one probe failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// The consumer answered, with another status than the check expects.
+    Answered { status: u16, expected: u16 },
+    /// No answer: the connection was refused or reset, or the probe timed out (the text says
+    /// which, with its causes).
+    NoAnswer(String),
+}
+
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Answered { status, expected } => {
+                write!(f, "answered {status}; expected {expected}")
+            }
+            Self::NoAnswer(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// Runs `check` against the live consumer after a reload; `current` is the unit's active
 /// file (the readiness probe's `{path}`). `Err` holds the reason reported.
 pub async fn run(check: &HealthCheckConfig, current: &Path) -> Result<Passed, String> {
@@ -191,15 +212,17 @@ pub async fn run(check: &HealthCheckConfig, current: &Path) -> Result<Passed, St
         let request = client.get(&url).timeout(timeout);
         let url = url.clone();
         async move {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
+            let response = request.send().await.map_err(|e| {
+                ProbeFailure::NoAnswer(format!("GET {url}: {}", crate::control::with_causes(&e)))
+            })?;
             let status = response.status().as_u16();
             if status == expect {
                 Ok(())
             } else {
-                Err(format!("answered {status}; expected {expect}"))
+                Err(ProbeFailure::Answered {
+                    status,
+                    expected: expect,
+                })
             }
         }
     };
@@ -224,7 +247,7 @@ pub async fn run_with<P, PF, R, RF, E>(
 ) -> Result<Passed, String>
 where
     P: FnMut(Duration) -> PF,
-    PF: Future<Output = Result<(), String>>,
+    PF: Future<Output = Result<(), ProbeFailure>>,
     R: FnMut() -> RF,
     RF: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -254,9 +277,12 @@ where
         }
     }
     // 2. The window: consecutive successes for `window_ms`.
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut passed, mut failed, mut unanswered) = (0u64, 0u64, 0u64);
     let mut window_start: Option<Instant> = None;
     let mut last = "no probe ran".to_owned();
+    // The latest wrong status the consumer answered: what the check caught, even when the
+    // very last probe got no answer at all.
+    let mut last_answer: Option<ProbeFailure> = None;
     loop {
         let probe_started = Instant::now();
         let left = deadline.saturating_duration_since(probe_started);
@@ -275,21 +301,35 @@ where
                     });
                 }
             }
-            Err(reason) => {
+            Err(failure) => {
                 failed = failed.saturating_add(1);
-                last = reason;
+                last = failure.to_string();
+                match failure {
+                    ProbeFailure::Answered { .. } => last_answer = Some(failure),
+                    ProbeFailure::NoAnswer(_) => unanswered = unanswered.saturating_add(1),
+                }
                 window_start = None;
             }
         }
         let probes = passed.saturating_add(failed).saturating_add(tries);
         if Instant::now() + interval >= deadline || probes >= MAX_PROBES {
-            let last = if window_start.is_some() {
+            let mut last = if window_start.is_some() {
                 format!("the window was still open (last failure: {last})")
             } else {
                 format!("last: {last}")
             };
+            if let Some(answer) = &last_answer
+                && !last.contains(&answer.to_string())
+            {
+                last.push_str(&format!("; last answer: {answer}"));
+            }
+            let unanswered = if unanswered > 0 {
+                format!(" ({unanswered} unanswered)")
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "health check GET {}: no {} ms of continuous success within deadline_ms {}: {passed} probes passed, {failed} failed; {last}",
+                "health check GET {}: no {} ms of continuous success within deadline_ms {}: {passed} probes passed, {failed} failed{unanswered}; {last}",
                 check.url, check.window_ms, check.deadline_ms
             ));
         }
@@ -317,11 +357,14 @@ mod tests {
     fn timeline(
         started: Instant,
         failing: impl Fn(u64) -> bool,
-    ) -> impl FnMut(Duration) -> std::future::Ready<Result<(), String>> {
+    ) -> impl FnMut(Duration) -> std::future::Ready<Result<(), ProbeFailure>> {
         move |_| {
             let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
             std::future::ready(if failing(at_ms) {
-                Err("answered 500; expected 200".to_owned())
+                Err(ProbeFailure::Answered {
+                    status: 500,
+                    expected: 200,
+                })
             } else {
                 Ok(())
             })
@@ -380,6 +423,35 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("within deadline_ms 10000"), "{reason}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_wrong_answer_is_said_when_the_last_probes_got_none() {
+        let started = Instant::now();
+        // The consumer answers 503 for a second, then stops answering at all.
+        let probe = move |_: Duration| {
+            let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap();
+            std::future::ready(if at_ms < 1_000 {
+                Err(ProbeFailure::Answered {
+                    status: 503,
+                    expected: 200,
+                })
+            } else {
+                Err(ProbeFailure::NoAnswer(
+                    "GET /health: connection refused".to_owned(),
+                ))
+            })
+        };
+        let reason = run_with(&config(1_000, 250, 3_000), probe, no_ready)
+            .await
+            .unwrap_err();
+        assert!(
+            reason.contains(
+                "0 probes passed, 12 failed (8 unanswered); last: GET /health: connection \
+                 refused; last answer: answered 503; expected 200"
+            ),
+            "{reason}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -119,7 +119,7 @@ pub fn cut_reason(reason: &str) -> String {
 
 /// An error and its causes, `outer: inner: innermost` (the innermost says what went wrong:
 /// a refused connection, a certificate not trusted).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut current = error.source();
     let mut depth = 0;

@@ -261,7 +261,12 @@ async fn scrape_page(http: &reqwest::Client, url: &str, timeout_ms: u64) -> Resu
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
-            Err(e) => return Err(Scrape::Failed(format!("metrics GET {url}: {e}"))),
+            Err(e) => {
+                return Err(Scrape::Failed(format!(
+                    "metrics GET {url}: {}",
+                    crate::control::with_causes(&e)
+                )));
+            }
         }
     }
     String::from_utf8(body).map_err(|_| Scrape::Failed(format!("metrics GET {url}: not UTF-8")))

@@ -444,6 +444,58 @@ fn watch_retries_while_the_server_restarts_and_ends_with_the_outcome() {
     assert!(out.contains("completed"), "{out}");
 }
 
+/// A control plane that was down for longer than a stage's `silence` blames no version for
+/// its nodes' silence when it is back: nobody was listening. A node that stays quiet once the
+/// others are heard again still rolls the version back.
+#[test]
+fn a_server_down_longer_than_the_silence_blames_no_version_but_a_node_quiet_after_it_does() {
+    let mut server = Server::start("deaf");
+    let spec = server.file("flags.spec.json", r#"{"format": "json", "max_bytes": 256}"#);
+    server.ok(&["unit", "create", "flags", "--spec", &spec]);
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    agent.register("n2", json!({"cohort": "free"}));
+    let plan = server.file(
+        "silence.yaml",
+        "name: silence\nsoak: 0s\nstages:\n  - name: everywhere\n    bake: 10m\n    silence: 2s\n    min_requests: 0\n    gates: []\n",
+    );
+    let v1 = server.file("v1.json", r#"{"kill": false}"#);
+    let pushed = server.json(&["push", "flags", &v1, "-m", "one", "--plan", &plan]);
+    let version = pushed["version"]["hash"].as_str().unwrap().to_owned();
+    let id = pushed["rollout"]["id"].as_u64().unwrap().to_string();
+    agent.apply_healthy("n1", "flags", &version);
+    agent.apply_healthy("n2", "flags", &version);
+    drop(agent);
+    // Down for 5 s, more than twice the silence; back, its ticker judges every second.
+    server.restart(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    let view = server.json(&["rollout", "status", &id]);
+    assert_eq!(view["status"], "running", "{view}");
+    // Heard again: n1 reports every half second, n2 stays quiet.
+    let mut agent = Agent::new(&server);
+    agent.register("n1", json!({"cohort": "employee"}));
+    let heard_again = Instant::now();
+    let view = loop {
+        agent.apply_healthy("n1", "flags", &version);
+        let view = server.json(&["rollout", "status", &id]);
+        if view["status"] != "running" {
+            break view;
+        }
+        assert!(
+            heard_again.elapsed() < Duration::from_secs(30),
+            "n2 was never found silent: {view}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(view["status"], "rolled_back", "{view}");
+    let outcome = view["outcome"].as_str().unwrap_or_default();
+    assert!(outcome.contains("1 silent nodes"), "{outcome}");
+    assert!(
+        heard_again.elapsed() >= Duration::from_secs(2),
+        "silent before n1 was heard for the silence: {outcome}"
+    );
+}
+
 #[test]
 fn pause_resume_promote_abort_rollback_and_approve_steer_rollouts() {
     let server = Server::start("steer");

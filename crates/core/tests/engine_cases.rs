@@ -2460,3 +2460,72 @@ fn a_burn_rate_gate_without_burn_rates_holds_the_stage() {
         Verdict::Inconclusive { detail } if detail.contains("no SLO of this unit has events")
     ));
 }
+
+#[test]
+fn a_control_plane_that_hears_nobody_learns_nothing_about_the_version() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    for _ in 0..3 {
+        h.round("u", &|_, _| Reaction::Healthy);
+    }
+    assert_eq!(h.engine.rollout(id).unwrap().nodes_applied, 4);
+    // The control plane hears no node for a minute (down, restarting, cut off from the
+    // fleet), twice the stage's silence, and its clock moves on.
+    h.tick(60_000);
+    let view = h.engine.rollout(id).unwrap();
+    assert_eq!(view.status, RolloutStatus::Running, "{:?}", view.outcome);
+    assert_eq!(view.canary.silent_nodes, 0);
+    // Hearing resumes: said once, and the rollout goes on to complete.
+    let before = h.actions.len();
+    h.round("u", &|_, _| Reaction::Healthy);
+    let notices: Vec<&String> = h.actions[before..]
+        .iter()
+        .filter_map(|action| match action {
+            Action::Notify { message, .. } if message.contains("was heard for") => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains("no node of unit u was heard for 1m"),
+        "{}",
+        notices[0]
+    );
+    h.run(id, "u", 3_600_000, &|_, _| Reaction::Healthy);
+    assert_eq!(h.status(id), RolloutStatus::Completed);
+}
+
+#[test]
+fn a_node_that_stays_silent_once_the_others_are_heard_again_rolls_back() {
+    let mut h = Harness::with_fleet();
+    let id = h.request("u", "v1", three_stage_plan(), "alice");
+    for _ in 0..3 {
+        h.round("u", &|_, _| Reaction::Healthy);
+    }
+    h.tick(60_000);
+    let resumed_ms = h.now_ms;
+    h.run(id, "u", 600_000, &|n, _| {
+        if n.as_str() == "emp-0" {
+            Reaction::Silent
+        } else {
+            Reaction::Healthy
+        }
+    });
+    assert_eq!(h.status(id), RolloutStatus::RolledBack);
+    let view = h.engine.rollout(id).unwrap();
+    assert!(
+        view.outcome
+            .as_deref()
+            .unwrap_or("")
+            .contains("1 silent nodes"),
+        "{:?}",
+        view.outcome
+    );
+    // Judged on the time the others were heard, not on the deaf minute.
+    let ended_ms = view.ended_ms.unwrap();
+    assert!(
+        ended_ms > resumed_ms + 30_000,
+        "rolled back {} ms after hearing resumed",
+        ended_ms - resumed_ms
+    );
+}

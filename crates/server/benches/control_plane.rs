@@ -369,8 +369,12 @@ async fn bench_reports(
     println!("    {}", cpu_line(&registered, registered.tally.ok));
     println!("    {}", registered.tally.line());
     failures += registered.tally.failed();
-    // A running rollout with a long bake: every health report lands in its canary.
-    let plan = "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    gates: []\n";
+    // A running rollout with a long bake: every health report lands in its canary. The
+    // simulated fleet reports in rounds, not every few seconds as agents do: on a loaded
+    // machine a round outlasts the default 30 s silence while the other nodes are heard, and
+    // its nodes would be silent (a hard signal, rightly), so the plan allows an hour.
+    let plan =
+        "name: long\nstages:\n  - name: everyone\n    bake: 1h\n    silence: 1h\n    gates: []\n";
     bench.start_rollout("flags", &version, plan).await;
     let applied =
         Bytes::from(json!({"kind": "applied", "unit": "flags", "version": version}).to_string());
@@ -431,7 +435,7 @@ async fn bench_reports(
         println!(
             "  LOST REPORTS: the canary counted {counted} requests, the accepted reports carry {}; rollout: {}",
             100 * reports,
-            json!({"phase": view["phase"], "stage": view["stage"], "state": view["state"]})
+            json!({"phase": view["phase"], "stage": view["stage"], "status": view["status"], "outcome": view["outcome"]})
         );
         let metrics = bench
             .client

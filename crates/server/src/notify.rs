@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::Sha256;
 
 use crate::store::{NewChange, OutboxRow, Store, StoreError};
@@ -384,22 +384,23 @@ async fn deliver(
 }
 
 /// A webhook subscription as the API shows it (the secret never leaves the server).
-pub fn webhook_json(webhook: &crate::store::WebhookRecord) -> Value {
-    json!({
-        "id": webhook.id,
-        "name": webhook.name,
-        "url": webhook.url,
-        "kind": webhook.kind.as_str(),
-        "events": webhook.events,
-        "has_secret": webhook.secret.is_some(),
-        "actor": webhook.actor,
-        "created": failsmall_core::domain::rfc3339_from_ms(webhook.created_ms),
-    })
+pub fn webhook_json(webhook: &crate::store::WebhookRecord) -> failsmall_wire::notify::Webhook {
+    failsmall_wire::notify::Webhook {
+        id: webhook.id,
+        name: webhook.name.clone(),
+        url: webhook.url.clone(),
+        kind: webhook.kind.as_str().to_owned(),
+        events: webhook.events.clone(),
+        has_secret: webhook.secret.is_some(),
+        actor: webhook.actor.clone(),
+        created: failsmall_core::domain::rfc3339_from_ms(webhook.created_ms),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

@@ -9,11 +9,45 @@
 
 mod common;
 
-use common::{MAX_BODY_BYTES, TestServer, assert_error_shape, features, fresh_dir};
+use common::{
+    MAX_BODY_BYTES, TestServer, assert_documented, assert_error_shape, features, fresh_dir,
+};
 use failsmall_server::api::route_table;
 use failsmall_server::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+
+/// The check every test's answers go through (`common::assert_documented`) refuses an
+/// answer unlike its route's schema, so the suite's passing says the answers match the
+/// document.
+#[test]
+fn an_answer_unlike_its_schema_is_refused() {
+    assert_documented(
+        &Method::GET,
+        "/healthz",
+        StatusCode::OK,
+        &json!({"status": "ok", "schema_version": 3}),
+    );
+    for wrong in [
+        json!({"status": "ok"}),
+        json!({"status": "ok", "schema_version": "3"}),
+    ] {
+        let refused = std::panic::catch_unwind(|| {
+            assert_documented(&Method::GET, "/healthz", StatusCode::OK, &wrong);
+        });
+        assert!(refused.is_err(), "{wrong} passed as a health answer");
+    }
+    let rollout_list = json!({"rollouts": [{"id": 1}], "next": null});
+    let refused = std::panic::catch_unwind(|| {
+        assert_documented(
+            &Method::GET,
+            "/v1/rollouts?limit=5",
+            StatusCode::OK,
+            &rollout_list,
+        );
+    });
+    assert!(refused.is_err(), "a rollout without its fields passed");
+}
 
 #[tokio::test]
 async fn units_are_created_listed_shown_and_updated_with_revision_checks() {

@@ -8,17 +8,23 @@
 
 pub mod changelog;
 pub mod changes;
+pub mod elevations;
 pub mod error;
+pub mod incidents;
 pub mod int;
 pub mod limits;
 pub mod nodes;
+pub mod notify;
+pub mod operator;
 pub mod public;
+pub mod quarantine;
 pub mod reports;
 pub mod requests;
 pub mod rollouts;
 pub(crate) mod schema;
 pub mod slos;
 pub mod tokens;
+pub mod trust;
 pub mod units;
 pub mod versions;
 pub mod windows;
@@ -27,7 +33,7 @@ pub use changelog::{ChangeEntry, ChangelogPage};
 pub use changes::Changes;
 pub use error::{ErrorBody, ErrorDetail};
 pub use nodes::{AppliedVersion, Node, NodeList};
-pub use public::{Health, SigningKey};
+pub use public::{ApiDocument, Health, SigningKey};
 pub use versions::Version;
 
 /// A unit name's pattern (as `failsmall_core::domain::UnitName` checks it, at most 64 bytes).

@@ -43,3 +43,54 @@ pub struct NodeList {
     /// A node not heard from for this long is down, in ms.
     pub down_after_ms: u64,
 }
+
+/// `DELETE /v1/nodes/{node}`: the node left the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeRemoved {
+    pub node: String,
+    /// Always `true`.
+    pub removed: bool,
+}
+
+/// How many reports were accepted: `true` for one report, the count for a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Accepted {
+    /// One report (always `true`).
+    One(bool),
+    /// A batch: how many reports it held.
+    Batch(u64),
+}
+
+/// `POST /v1/nodes/{node}/reports`: the reports were applied (a batch whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReportAnswer {
+    pub accepted: Accepted,
+    /// Engine actions the reports led to (a rollback, a stage passed, ...).
+    pub actions: u64,
+}
+
+/// `POST /v1/nodes/{node}/break-glass`: the order's changelog entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassRecorded {
+    pub changelog_id: u64,
+}
+
+/// `GET /v1/nodes/{node}/desired`: what the node should run, signed. `document` is the
+/// signed text itself (a JSON object: `node`, `seq`, `epoch`, `units` (unit → version
+/// hash), `expires_ms`, `specs`, `versions` (unit → version signature), and when not empty
+/// `health_checks`, `removed`, `trial`, `stable`); agents verify `signature` over those
+/// exact bytes before parsing them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DesiredAnswer {
+    /// The engine revision the document was built at (`after` of the next long poll).
+    pub seq: u64,
+    /// Ed25519 signature (hex) over `document`'s bytes.
+    pub signature: String,
+    /// The desired-state document, as signed text.
+    pub document: String,
+    /// The online public key (hex) that signed it.
+    pub key: String,
+    /// The version of the root document the server runs under; `null` without a root.
+    pub root_version: Option<u64>,
+}

@@ -21,3 +21,20 @@ pub struct SigningKey {
     #[schema(pattern = "^[0-9a-f]{64}$")]
     pub public_key: String,
 }
+
+/// `GET /v1/openapi.json`: this API's OpenAPI 3.1 document, generated from these wire types
+/// and the server's route table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApiDocument {
+    /// Always `3.1.0`.
+    pub openapi: String,
+    /// The title and the server's version.
+    #[schema(value_type = Object)]
+    pub info: serde_json::Value,
+    /// Every operation, by path then method.
+    #[schema(value_type = Object)]
+    pub paths: serde_json::Value,
+    /// The schemas (these wire types) and the bearer security scheme.
+    #[schema(value_type = Object)]
+    pub components: serde_json::Value,
+}

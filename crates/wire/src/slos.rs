@@ -53,3 +53,58 @@ pub struct CreateSloRequest {
     #[serde(default)]
     pub prometheus: Option<SloQueries>,
 }
+
+/// An SLO and where it stands: `POST /v1/slos` and `GET /v1/slos/{name}` answer with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Slo {
+    pub name: String,
+    pub unit: String,
+    /// Only the health of nodes carrying every one of these labels counts.
+    pub selector: BTreeMap<String, String>,
+    pub target_percent: f64,
+    /// The window as written (`30d`, `12h`).
+    pub window: String,
+    pub window_ms: u64,
+    pub block_rollouts_when_exhausted: bool,
+    pub description: String,
+    /// The PromQL counters it reads instead of the agents' health; `null`: the agents'.
+    pub prometheus: Option<SloQueries>,
+    /// Events over the window.
+    pub events_total: u64,
+    /// Bad events over the window.
+    pub events_bad: u64,
+    /// Good events' share over the window, in percent; `null` without events.
+    pub attained_percent: Option<f64>,
+    /// The error budget left: 1 untouched, 0 spent, below 0 overspent.
+    pub error_budget_remaining: f64,
+    /// The budget is spent.
+    pub exhausted: bool,
+    /// Burn rate per window (`5m`, `30m`, `1h`, `2h`, `6h`, `1d`, `3d`); `null` for a window
+    /// without events.
+    pub burn_rates: BTreeMap<String, Option<f64>>,
+    /// The alerts that fire now (severity and windows).
+    pub alerts: Vec<String>,
+}
+
+/// `GET /v1/slos`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SloList {
+    pub slos: Vec<Slo>,
+}
+
+/// `DELETE /v1/slos/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SloDeleted {
+    /// The SLO's name.
+    pub deleted: String,
+}
+
+impl From<failsmall_core::slo::SloQueries> for SloQueries {
+    fn from(queries: failsmall_core::slo::SloQueries) -> Self {
+        Self {
+            url: queries.url,
+            good: queries.good,
+            total: queries.total,
+        }
+    }
+}

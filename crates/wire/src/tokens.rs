@@ -24,3 +24,23 @@ pub struct Token {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
 }
+
+/// `GET /v1/tokens`: one page of tokens, by id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    pub tokens: Vec<Token>,
+    /// The `after` of the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `POST /v1/tokens` and `POST /v1/tokens/{id}/rotate`: the new token's secret, shown this
+/// once, and its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NewToken {
+    /// The bearer secret: only its SHA-256 is kept.
+    pub token: String,
+    pub record: Token,
+    /// A rotation: the id of the token it replaces (now revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<u64>,
+}

@@ -327,3 +327,20 @@ mod domain {
         }
     }
 }
+
+/// `GET /v1/units`: one page of units, by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UnitList {
+    pub units: Vec<Unit>,
+    /// The `after` of the next page; `null` on the last page.
+    pub next: Option<String>,
+}
+
+/// `DELETE /v1/units/{unit}`: the unit and its versions are gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnitDeleted {
+    pub unit: String,
+    /// Always `true`.
+    pub deleted: bool,
+    pub versions_deleted: u64,
+}

@@ -100,3 +100,163 @@ pub struct CreateMaintenanceRequest {
     #[schema(schema_with = crate::schema::required_text)]
     pub reason: String,
 }
+
+/// A label selector as the server keeps it: key → accepted values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeSelector {
+    pub labels: BTreeMap<String, Vec<String>>,
+}
+
+/// What a kept freeze holds back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredScope {
+    /// Every rollout.
+    Global,
+    /// One unit's rollouts.
+    Unit { unit: String },
+    /// Rollouts reaching the nodes the selector admits.
+    Nodes { selector: NodeSelector },
+}
+
+/// When a kept freeze holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredWindow {
+    /// From `from_ms` (inclusive) until `until_ms` (exclusive; `null`: until lifted), ms
+    /// since the Unix epoch.
+    Once {
+        from_ms: u64,
+        #[serde(default)]
+        until_ms: Option<u64>,
+    },
+    /// Every week on `days` from `start_minute` to `end_minute` (minutes after midnight) of
+    /// the wall clock in `time_zone`.
+    Weekly {
+        days: Vec<Weekday>,
+        start_minute: u16,
+        end_minute: u16,
+        time_zone: String,
+    },
+}
+
+/// A freeze the server keeps: `POST /v1/freezes` and `POST /v1/freezes/now` answer with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Freeze {
+    pub id: u64,
+    pub scope: StoredScope,
+    pub window: StoredWindow,
+    /// Scope and window in words.
+    pub describe: String,
+    /// Whether it holds now.
+    pub active: bool,
+    pub reason: String,
+    pub actor: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created: String,
+}
+
+/// `GET /v1/freezes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FreezeList {
+    pub freezes: Vec<Freeze>,
+}
+
+/// `POST /v1/freezes/{id}/lift`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FreezeLifted {
+    pub id: u64,
+    /// Always `true`.
+    pub lifted: bool,
+}
+
+/// A maintenance window the server keeps: `POST /v1/maintenance` answers with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Maintenance {
+    pub id: u64,
+    /// The nodes in maintenance: label → accepted values.
+    pub selector: BTreeMap<String, Vec<String>>,
+    /// Nodes and window in words.
+    pub describe: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub from: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub until: String,
+    /// Whether it holds now.
+    pub active: bool,
+    pub reason: String,
+    pub actor: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created: String,
+}
+
+/// `GET /v1/maintenance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MaintenanceList {
+    pub maintenance: Vec<Maintenance>,
+}
+
+/// `POST /v1/maintenance/{id}/end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MaintenanceEnded {
+    pub id: u64,
+    /// Always `true`.
+    pub ended: bool,
+}
+
+mod from_core {
+    use failsmall_core::freeze as core;
+
+    impl From<core::Day> for super::Weekday {
+        fn from(day: core::Day) -> Self {
+            match day {
+                core::Day::Mon => Self::Mon,
+                core::Day::Tue => Self::Tue,
+                core::Day::Wed => Self::Wed,
+                core::Day::Thu => Self::Thu,
+                core::Day::Fri => Self::Fri,
+                core::Day::Sat => Self::Sat,
+                core::Day::Sun => Self::Sun,
+            }
+        }
+    }
+
+    impl From<core::FreezeScope> for super::StoredScope {
+        fn from(scope: core::FreezeScope) -> Self {
+            match scope {
+                core::FreezeScope::Global => Self::Global,
+                core::FreezeScope::Unit { unit } => Self::Unit {
+                    unit: unit.as_str().to_owned(),
+                },
+                core::FreezeScope::Nodes { selector } => Self::Nodes {
+                    selector: super::NodeSelector {
+                        labels: selector.labels,
+                    },
+                },
+            }
+        }
+    }
+
+    impl From<core::Window> for super::StoredWindow {
+        fn from(window: core::Window) -> Self {
+            match window {
+                core::Window::Once { from_ms, until_ms } => Self::Once { from_ms, until_ms },
+                core::Window::Weekly {
+                    days,
+                    start_minute,
+                    end_minute,
+                    time_zone,
+                } => Self::Weekly {
+                    days: days.into_iter().map(Into::into).collect(),
+                    start_minute,
+                    end_minute,
+                    time_zone,
+                },
+            }
+        }
+    }
+}

@@ -3,8 +3,9 @@
 //! the requester claims it once and gets a token that expires on its own.
 
 use clap::Args;
+use failsmall_wire::elevations::{Elevation, ElevationList};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::render::{Table, print_json, rfc3339};
@@ -50,48 +51,31 @@ pub struct ClaimArgs {
     pub remote: RemoteArgs,
 }
 
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
+fn describe(request: &Elevation) -> String {
+    let approvals = if request.approvals.is_empty() {
+        "none yet".to_owned()
+    } else {
+        request.approvals.join(", ")
+    };
+    format!(
+        "break-glass request {} by {}: role {} for {} ms, {}; approvals {}/{} ({approvals})",
+        request.id,
+        request.requester,
+        request.role,
+        request.duration_ms,
+        request.state,
+        request.approvals.len(),
+        request.approvals_needed,
+    )
 }
 
-fn describe(request: &Value) -> String {
-    let approvals = request
-        .get("approvals")
-        .and_then(Value::as_array)
-        .map(|all| {
-            all.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    format!(
-        "break-glass request {} by {}: role {} for {} ms, {}; approvals {}/{} ({})",
-        text(request, "id"),
-        text(request, "requester"),
-        text(request, "role"),
-        text(request, "duration_ms"),
-        text(request, "state"),
-        request
-            .get("approvals")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len),
-        text(request, "approvals_needed"),
-        if approvals.is_empty() {
-            "none yet".to_owned()
-        } else {
-            approvals
-        }
-    )
+fn ends(request: &Elevation) -> String {
+    request.ends_ms.map_or_else(|| "-".to_owned(), rfc3339)
 }
 
 pub fn request(args: &RequestArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let (_, answer): (u16, Value) = client.send_json(
+    let (_, answer): (u16, Elevation) = client.send_json(
         Method::POST,
         "/v1/break-glass/requests",
         &json!({"role": args.role, "duration": args.duration, "reason": args.reason}),
@@ -102,19 +86,16 @@ pub fn request(args: &RequestArgs) -> anyhow::Result<Outcome> {
         outln!("{}", describe(&answer));
         outln!(
             "approvers run  failsmall break-glass approve {} --reason \"...\"",
-            text(&answer, "id")
+            answer.id
         );
-        outln!(
-            "then you run   failsmall break-glass claim {}",
-            text(&answer, "id")
-        );
+        outln!("then you run   failsmall break-glass claim {}", answer.id);
     }
     Ok(Outcome::Success)
 }
 
 pub fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let answer: Value = client.get("/v1/break-glass/requests", &[])?;
+    let answer: ElevationList = client.get("/v1/break-glass/requests", &[])?;
     if args.remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
@@ -128,33 +109,19 @@ pub fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
         "ENDS",
         "REASON",
     ]);
-    for request in answer
-        .get("requests")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let approvals = request
-            .get("approvals")
-            .and_then(Value::as_array)
-            .map(|all| {
-                all.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+    for request in &answer.requests {
         table.row(vec![
-            text(request, "id"),
-            text(request, "requester"),
-            text(request, "role"),
-            text(request, "state"),
-            format!("{approvals} ({} needed)", text(request, "approvals_needed")),
-            request
-                .get("ends_ms")
-                .and_then(Value::as_u64)
-                .map_or_else(|| "-".to_owned(), rfc3339),
-            text(request, "reason"),
+            request.id.to_string(),
+            request.requester.clone(),
+            request.role.to_string(),
+            request.state.clone(),
+            format!(
+                "{} ({} needed)",
+                request.approvals.join(","),
+                request.approvals_needed
+            ),
+            ends(request),
+            request.reason.clone(),
         ]);
     }
     out!("{}", table.render());
@@ -163,7 +130,7 @@ pub fn list(args: &ListArgs) -> anyhow::Result<Outcome> {
 
 pub fn approve(args: &ApproveArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let (_, answer): (u16, Value) = client.send_json(
+    let (_, answer): (u16, Elevation) = client.send_json(
         Method::POST,
         &format!("/v1/break-glass/requests/{}/approve", args.id),
         &json!({"reason": args.reason}),
@@ -178,7 +145,7 @@ pub fn approve(args: &ApproveArgs) -> anyhow::Result<Outcome> {
 
 pub fn claim(args: &ClaimArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let (_, answer): (u16, Value) = client.send_json(
+    let (_, answer): (u16, Elevation) = client.send_json(
         Method::POST,
         &format!("/v1/break-glass/requests/{}/claim", args.id),
         &json!({}),
@@ -191,11 +158,8 @@ pub fn claim(args: &ClaimArgs) -> anyhow::Result<Outcome> {
     eprintln!(
         "{}; the token below is shown only now and is refused after {}",
         describe(&answer),
-        answer
-            .get("ends_ms")
-            .and_then(Value::as_u64)
-            .map_or_else(|| "-".to_owned(), rfc3339)
+        ends(&answer)
     );
-    outln!("{}", text(&answer, "token"));
+    outln!("{}", answer.token.as_deref().unwrap_or("-"));
     Ok(Outcome::Success)
 }

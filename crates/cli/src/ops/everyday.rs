@@ -8,12 +8,16 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use failsmall_core::duration::format_ms;
-use failsmall_core::engine::RolloutView;
 use failsmall_wire::Version;
+use failsmall_wire::nodes::NodeRemoved;
+use failsmall_wire::operator::{ServerStatus, WhoAmI};
+use failsmall_wire::quarantine::{QuarantineLifted, QuarantineList, QuarantinedVersion};
+use failsmall_wire::requests::Role;
+use failsmall_wire::rollouts::Rollout as RolloutView;
 use failsmall_wire::units::Unit as UnitRecord;
+use failsmall_wire::versions::VersionList as VersionStatusList;
 use reqwest::Method;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::client::ApiClient;
@@ -159,22 +163,14 @@ pub struct RetryArgs {
     pub watch: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct Whoami {
-    name: String,
-    role: Option<String>,
-    node: Option<String>,
-}
-
 pub fn whoami(args: &WhoamiArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let answer: Value = client.get("/v1/whoami", &[])?;
+    let who: WhoAmI = client.get("/v1/whoami", &[])?;
     if args.remote.json() {
-        print_json(&answer)?;
+        print_json(&who)?;
         return Ok(Outcome::Success);
     }
-    let who: Whoami = serde_json::from_value(answer)?;
-    let role = who.role.unwrap_or_else(|| "none".to_owned());
+    let role = who.role.map_or("none", Role::as_str);
     match who.node {
         Some(node) => outln!("{} (role {role}, acts for node {node})", who.name),
         None => outln!("{} (role {role})", who.name),
@@ -185,57 +181,45 @@ pub fn whoami(args: &WhoamiArgs) -> anyhow::Result<Outcome> {
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
-    let answer: Value = client.get("/v1/status", &[])?;
+    let answer: ServerStatus = client.get("/v1/status", &[])?;
     if args.remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
     }
-    let number = |pointer: &str| answer.pointer(pointer).and_then(Value::as_u64).unwrap_or(0);
-    let text = |pointer: &str| {
-        answer
-            .pointer(pointer)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
+    let (server, store, counts) = (&answer.server, &answer.store, &answer.counts);
     outln!(
         "server     {} (failsmall {}), up and answering",
         client.addr(),
-        text("/server/version")
+        server.version
     );
-    outln!("leader     {}", text("/leader"));
+    outln!("leader     {}", answer.leader);
     outln!(
         "store      {} schema {}, engine revision {}, {} bytes of versions, {} changelog entries",
-        text("/store/kind"),
-        number("/store/schema_version"),
-        number("/store/engine_revision"),
-        number("/store/blob_bytes"),
-        number("/store/changelog_entries")
+        store.kind,
+        store.schema_version,
+        store.engine_revision,
+        store.blob_bytes,
+        store.changelog_entries
     );
     outln!(
         "units      {} ({} versions, {} quarantined)",
-        number("/counts/units"),
-        number("/counts/versions"),
-        number("/counts/quarantined")
+        counts.units,
+        counts.versions,
+        counts.quarantined
     );
     outln!(
         "nodes      {}: {} down (not heard from for {}), {} stale",
-        number("/counts/nodes"),
-        number("/counts/nodes_down"),
-        format_ms(number("/server/node_down_after_ms")),
-        number("/counts/nodes_stale")
+        counts.nodes,
+        counts.nodes_down,
+        format_ms(server.node_down_after_ms),
+        counts.nodes_stale
     );
-    let rollouts = answer
-        .pointer("/counts/rollouts")
-        .and_then(Value::as_object)
-        .map(|counts| {
-            counts
-                .iter()
-                .map(|(status, count)| format!("{} {status}", count.as_u64().unwrap_or(0)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let rollouts = counts
+        .rollouts
+        .iter()
+        .map(|(status, count)| format!("{count} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     outln!("rollouts   {rollouts}");
     Ok(Outcome::Success)
 }
@@ -270,44 +254,16 @@ pub fn version(args: &VersionArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// A version as `GET /v1/units/{unit}/versions` lists it, with its status.
-#[derive(Debug, Clone, Deserialize)]
-pub struct VersionStatus {
-    #[serde(flatten)]
-    pub record: Version,
-    #[serde(default)]
-    pub status: Option<String>,
-    #[serde(default)]
-    pub live_nodes: u64,
-    #[serde(default)]
-    pub latest_rollout: Option<LatestRollout>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct LatestRollout {
-    pub id: u64,
-    pub status: String,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct VersionStatusList {
-    pub versions: Vec<VersionStatus>,
-    #[serde(default)]
-    pub stable: Option<String>,
-    #[serde(default)]
-    pub previous_stable: Option<String>,
-}
-
 pub fn versions(args: &VersionsArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     // An unknown unit is a clear error, not an empty list.
     let _: UnitRecord = client.get(&format!("/v1/units/{}", args.unit), &[])?;
-    let answer: Value = client.get_all(&format!("/v1/units/{}/versions", args.unit), "versions")?;
+    let list: VersionStatusList =
+        client.get_all(&format!("/v1/units/{}/versions", args.unit), "versions")?;
     if args.remote.json() {
-        print_json(&answer)?;
+        print_json(&list)?;
         return Ok(Outcome::Success);
     }
-    let list: VersionStatusList = serde_json::from_value(answer)?;
     if list.versions.is_empty() {
         outln!(
             "unit {} has no versions yet; push one with `failsmall push {} FILE -m MESSAGE`",
@@ -320,39 +276,23 @@ pub fn versions(args: &VersionsArgs) -> anyhow::Result<Outcome> {
         "SEQ", "VERSION", "STATUS", "LIVE ON", "ROLLOUT", "CREATED", "AUTHOR", "MESSAGE",
     ]);
     for version in &list.versions {
-        let rollout = version
-            .latest_rollout
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |r| format!("r{} {}", r.id, r.status));
+        let rollout = version.latest_rollout.as_ref().map_or_else(
+            || "-".to_owned(),
+            |r| format!("r{} {}", r.id, r.status.as_str()),
+        );
         table.row(vec![
-            version.record.seq.to_string(),
-            short_hash(&version.record.hash).to_owned(),
-            version.status.clone().unwrap_or_default(),
+            version.version.seq.to_string(),
+            short_hash(&version.version.hash).to_owned(),
+            version.status.clone(),
             format!("{} nodes", version.live_nodes),
             rollout,
-            rfc3339(version.record.created_ms),
-            version.record.author.clone(),
-            version.record.message.clone(),
+            rfc3339(version.version.created_ms),
+            version.version.author.clone(),
+            version.version.message.clone(),
         ]);
     }
     out!("{}", table.render());
     Ok(Outcome::Success)
-}
-
-#[derive(Debug, Deserialize)]
-struct QuarantineList {
-    quarantined: Vec<QuarantineEntry>,
-}
-
-#[derive(Debug, serde::Serialize, Deserialize)]
-struct QuarantineEntry {
-    unit: String,
-    version: String,
-    rollout: u64,
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    author: Option<String>,
 }
 
 pub fn quarantine(args: &QuarantineArgs) -> anyhow::Result<Outcome> {
@@ -360,7 +300,7 @@ pub fn quarantine(args: &QuarantineArgs) -> anyhow::Result<Outcome> {
     match &args.command {
         QuarantineCommand::List { unit } => {
             let list: QuarantineList = client.get_all("/v1/quarantine", "quarantined")?;
-            let entries: Vec<&QuarantineEntry> = list
+            let entries: Vec<&QuarantinedVersion> = list
                 .quarantined
                 .iter()
                 .filter(|q| unit.as_deref().is_none_or(|u| q.unit == u))
@@ -396,7 +336,7 @@ pub fn quarantine(args: &QuarantineArgs) -> anyhow::Result<Outcome> {
             }
             let hash = super::versions::resolve_hash(&client, unit, hash)?;
             let path = format!("/v1/units/{unit}/quarantine/{hash}/lift");
-            let (_, answer): (u16, Value) =
+            let (_, answer): (u16, QuarantineLifted) =
                 client.send_json(Method::POST, &path, &json!({"reason": reason}))?;
             if args.remote.json() {
                 print_json(&answer)?;
@@ -415,7 +355,7 @@ pub fn node(args: &NodeArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     match &args.command {
         NodeCommand::Remove { node, reason } => {
-            let (_, answer): (u16, Value) = client.send_json(
+            let (_, answer): (u16, NodeRemoved) = client.send_json(
                 Method::DELETE,
                 &format!("/v1/nodes/{node}"),
                 &json!({"reason": reason}),
@@ -440,14 +380,14 @@ pub fn undo(client: &ApiClient, args: &UndoArgs, json_output: bool) -> anyhow::R
     if let Some(open) = list
         .versions
         .iter()
-        .find(|v| matches!(v.status.as_deref(), Some("rolling out" | "queued")))
+        .find(|v| matches!(v.status.as_str(), "rolling out" | "queued"))
     {
         let id = open.latest_rollout.as_ref().map_or(0, |r| r.id);
         bail!(
             "unit {} has rollout r{id} of {} open; roll it back with `failsmall rollout rollback \
              {id}` (or abort it), then undo",
             args.unit,
-            short_hash(&open.record.hash)
+            short_hash(&open.version.hash)
         );
     }
     let Some(target) = list.previous_stable.clone() else {
@@ -512,7 +452,7 @@ pub fn retry(
     )?;
     let (unit, version) = view
         .as_ref()
-        .map(|v| (v.unit.to_string(), v.version.to_string()))
+        .map(|v| (v.unit.clone(), v.version.clone()))
         .unwrap_or_default();
     print_started(view, &unit, &version, json_output, "retry")
 }
@@ -524,7 +464,7 @@ fn print_started(
     json_output: bool,
     what: &str,
 ) -> anyhow::Result<Option<u64>> {
-    let started = view.as_ref().map(|view| view.id.0);
+    let started = view.as_ref().map(|view| view.id);
     if json_output {
         print_json(&view)?;
         return Ok(started);
@@ -533,13 +473,13 @@ fn print_started(
         Some(view) => {
             outln!(
                 "{what}: rollout {} of {unit} {}: {} {} (plan {})",
-                view.id.0,
+                view.id,
                 short_hash(version),
                 status_name(view.status),
                 stage_text(&view),
                 view.plan
             );
-            outln!("follow  failsmall rollout watch {}", view.id.0);
+            outln!("follow  failsmall rollout watch {}", view.id);
         }
         None => outln!(
             "{what}: rollout of {unit} {} requested",

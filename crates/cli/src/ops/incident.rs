@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use failsmall_wire::incidents::{Incident, IncidentDetail, IncidentList};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::render::{Table, print_json};
@@ -81,87 +82,59 @@ pub enum IncidentCommand {
     },
 }
 
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn one_line(incident: &Value) -> String {
+fn one_line(incident: &Incident) -> String {
     format!(
         "incident {} ({}, {}): {}",
-        text(incident, "id"),
-        text(incident, "severity"),
-        text(incident, "status"),
-        text(incident, "title")
+        incident.id, incident.severity, incident.status, incident.title
     )
 }
 
-fn show(incident: &Value) {
+fn show(detail: &IncidentDetail) {
+    let incident = &detail.incident;
     outln!("{}", one_line(incident));
-    outln!("components: {}", text(incident, "components"));
-    if !text(incident, "labels").is_empty() {
-        outln!("labels: {}", text(incident, "labels"));
+    outln!("components: {}", incident.components.join(","));
+    if !incident.labels.is_empty() {
+        outln!("labels: {}", incident.labels.join(","));
     }
     outln!(
         "opened: {} by {} ({})",
-        text(incident, "opened"),
-        text(incident, "opened_by"),
-        text(incident, "cause")
+        incident.opened,
+        incident.opened_by,
+        incident.cause
     );
-    if !text(incident, "resolved").is_empty() {
-        outln!("resolved: {}", text(incident, "resolved"));
+    if let Some(resolved) = &incident.resolved {
+        outln!("resolved: {resolved}");
     }
-    if !text(incident, "next_update_due").is_empty() {
-        outln!("next update due: {}", text(incident, "next_update_due"));
+    if let Some(due) = &incident.next_update_due {
+        outln!("next update due: {due}");
     }
-    let list = |key: &str| {
-        incident
-            .get(key)
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let updates = list("updates");
-    if !updates.is_empty() {
+    if !detail.updates.is_empty() {
         outln!("updates (public):");
-        for update in &updates {
+        for update in &detail.updates {
             outln!(
                 "  {} {} [{}{}] {}",
-                text(update, "at"),
-                text(update, "status"),
-                text(update, "author"),
-                if update.get("automatic") == Some(&Value::Bool(true)) {
-                    ", automatic"
-                } else {
-                    ""
-                },
-                text(update, "message")
+                update.at,
+                update.status,
+                update.author,
+                if update.automatic { ", automatic" } else { "" },
+                update.message
             );
         }
     }
-    let timeline = list("timeline");
-    if !timeline.is_empty() {
+    if !detail.timeline.is_empty() {
         outln!("timeline (changelog):");
-        for entry in &timeline {
+        for entry in &detail.timeline {
             outln!(
                 "  {} #{} {} by {}: {}",
-                text(entry, "at"),
-                text(entry, "id"),
-                text(entry, "kind"),
-                text(entry, "actor"),
-                text(entry, "reason")
+                entry.at,
+                entry.id,
+                entry.kind,
+                entry.actor,
+                entry.reason
             );
         }
     }
-    if let Some(review) = incident.get("review").and_then(Value::as_str) {
+    if let Some(review) = &incident.review {
         outln!("post-incident review:\n{review}");
     }
 }
@@ -169,7 +142,7 @@ fn show(incident: &Value) {
 pub fn run(args: &IncidentArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let json_out = args.remote.json();
-    let answer: Value = match &args.command {
+    let answer: Incident = match &args.command {
         IncidentCommand::Open {
             title,
             severity,
@@ -179,22 +152,18 @@ pub fn run(args: &IncidentArgs) -> anyhow::Result<Outcome> {
             let body = json!({"title": title, "severity": severity, "components": components,
                               "message": message.clone().unwrap_or_default()});
             client
-                .send_json::<Value>(Method::POST, "/v1/incidents", &body)?
+                .send_json::<Incident>(Method::POST, "/v1/incidents", &body)?
                 .1
         }
         IncidentCommand::List { days } => {
             let query: Vec<(&str, String)> =
                 days.map(|d| ("days", d.to_string())).into_iter().collect();
-            let answer: Value = client.get("/v1/incidents", &query)?;
+            let answer: IncidentList = client.get("/v1/incidents", &query)?;
             if json_out {
                 print_json(&answer)?;
                 return Ok(Outcome::Success);
             }
-            let rows = answer
-                .get("incidents")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let rows = answer.incidents;
             if rows.is_empty() {
                 outln!("no incidents");
                 return Ok(Outcome::Success);
@@ -203,19 +172,19 @@ pub fn run(args: &IncidentArgs) -> anyhow::Result<Outcome> {
                 Table::new(&["ID", "SEVERITY", "STATUS", "OPENED", "COMPONENTS", "TITLE"]);
             for row in &rows {
                 table.row(vec![
-                    text(row, "id"),
-                    text(row, "severity"),
-                    text(row, "status"),
-                    text(row, "opened"),
-                    text(row, "components"),
-                    text(row, "title"),
+                    row.id.to_string(),
+                    row.severity.clone(),
+                    row.status.clone(),
+                    row.opened.clone(),
+                    row.components.join(","),
+                    row.title.clone(),
                 ]);
             }
             out!("{}", table.render());
             return Ok(Outcome::Success);
         }
         IncidentCommand::Show { id } => {
-            let answer: Value = client.get(&format!("/v1/incidents/{id}"), &[])?;
+            let answer: IncidentDetail = client.get(&format!("/v1/incidents/{id}"), &[])?;
             if json_out {
                 print_json(&answer)?;
             } else {
@@ -231,20 +200,20 @@ pub fn run(args: &IncidentArgs) -> anyhow::Result<Outcome> {
         } => {
             let body = json!({"message": message, "status": status, "severity": severity});
             client
-                .send_json::<Value>(Method::POST, &format!("/v1/incidents/{id}/updates"), &body)?
+                .send_json::<Incident>(Method::POST, &format!("/v1/incidents/{id}/updates"), &body)?
                 .1
         }
         IncidentCommand::Resolve { id, message } => {
             let body = json!({"message": message.clone().unwrap_or_default()});
             client
-                .send_json::<Value>(Method::POST, &format!("/v1/incidents/{id}/resolve"), &body)?
+                .send_json::<Incident>(Method::POST, &format!("/v1/incidents/{id}/resolve"), &body)?
                 .1
         }
         IncidentCommand::Review { id, file } => {
             let markdown = std::fs::read_to_string(file)
                 .with_context(|| format!("reading the review {}", file.display()))?;
             client
-                .send_json::<Value>(
+                .send_json::<Incident>(
                     Method::PUT,
                     &format!("/v1/incidents/{id}/review"),
                     &json!({ "markdown": markdown }),

@@ -2,54 +2,12 @@
 //! exits 0, a broken one 3 with the first broken row.
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 
 use super::RemoteArgs;
 use super::render::print_json;
 use crate::Outcome;
 
-/// The server's verdict (`GET /v1/changelog/verify`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Verification {
-    pub intact: bool,
-    pub rows: u64,
-    pub head: Head,
-    pub first_break: Option<Break>,
-    /// The head signed with the server's key (only for an intact chain): keep it elsewhere.
-    #[serde(default)]
-    pub checkpoint: Option<Checkpoint>,
-    /// The earlier checkpoint given, and whether it still holds.
-    #[serde(default)]
-    pub earlier_checkpoint: Option<EarlierCheckpoint>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub row: u64,
-    pub hash: String,
-    pub signature: String,
-    pub public_key: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct EarlierCheckpoint {
-    pub row: u64,
-    pub hash: String,
-    pub holds: bool,
-    pub reason: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Head {
-    pub id: Option<u64>,
-    pub hash: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Break {
-    pub id: u64,
-    pub reason: String,
-}
+pub use failsmall_wire::trust::ChangelogVerification as Verification;
 
 /// `ROW:HASH` as query parameters.
 fn checkpoint_query(text: &str) -> anyhow::Result<Vec<(&'static str, String)>> {

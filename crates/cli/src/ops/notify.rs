@@ -3,8 +3,11 @@
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use failsmall_wire::notify::{
+    DeadLetterRetried, DeadLetters, Webhook, WebhookList, WebhookRemoved,
+};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::render::{Table, print_json};
@@ -65,19 +68,6 @@ pub enum WebhookCommand {
     },
 }
 
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().unwrap_or_default().to_owned())
-            .collect::<Vec<_>>()
-            .join(","),
-        Some(other) => other.to_string(),
-    }
-}
-
 pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let json_out = args.remote.json();
@@ -102,33 +92,29 @@ pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
             }
             let body =
                 json!({"name": name, "url": url, "kind": kind, "events": events, "secret": secret});
-            let (_, answer): (u16, Value) =
+            let (_, answer): (u16, Webhook) =
                 client.send_json(Method::POST, "/v1/webhooks", &body)?;
             if json_out {
                 print_json(&answer)?;
             } else {
                 outln!(
                     "webhook {} ({}) added: {} for {}",
-                    text(&answer, "id"),
-                    text(&answer, "kind"),
-                    text(&answer, "url"),
-                    text(&answer, "events")
+                    answer.id,
+                    answer.kind,
+                    answer.url,
+                    answer.events.join(",")
                 );
             }
         }
         NotifyCommand::Webhook {
             command: WebhookCommand::List,
         } => {
-            let answer: Value = client.get("/v1/webhooks", &[])?;
+            let answer: WebhookList = client.get("/v1/webhooks", &[])?;
             if json_out {
                 print_json(&answer)?;
                 return Ok(Outcome::Success);
             }
-            let rows = answer
-                .get("webhooks")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let rows = answer.webhooks;
             if rows.is_empty() {
                 outln!("no webhooks");
                 return Ok(Outcome::Success);
@@ -136,11 +122,11 @@ pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
             let mut table = Table::new(&["ID", "NAME", "KIND", "URL", "EVENTS"]);
             for row in &rows {
                 table.row(vec![
-                    text(row, "id"),
-                    text(row, "name"),
-                    text(row, "kind"),
-                    text(row, "url"),
-                    text(row, "events"),
+                    row.id.to_string(),
+                    row.name.clone(),
+                    row.kind.clone(),
+                    row.url.clone(),
+                    row.events.join(","),
                 ]);
             }
             out!("{}", table.render());
@@ -148,7 +134,7 @@ pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
         NotifyCommand::Webhook {
             command: WebhookCommand::Remove { id },
         } => {
-            let (_, answer): (u16, Value) =
+            let (_, answer): (u16, WebhookRemoved) =
                 client.send_json(Method::DELETE, &format!("/v1/webhooks/{id}"), &json!({}))?;
             if json_out {
                 print_json(&answer)?;
@@ -157,21 +143,16 @@ pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
             }
         }
         NotifyCommand::DeadLetters => {
-            let answer: Value = client.get("/v1/notify/dead-letters", &[])?;
+            let answer: DeadLetters = client.get("/v1/notify/dead-letters", &[])?;
             if json_out {
                 print_json(&answer)?;
                 return Ok(Outcome::Success);
             }
-            let rows = answer
-                .get("dead_letters")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let outbox = answer.get("outbox").cloned().unwrap_or(Value::Null);
+            let rows = answer.dead_letters;
             outln!(
                 "outbox: {} pending, {} dead",
-                text(&outbox, "pending"),
-                text(&outbox, "dead")
+                answer.outbox.pending,
+                answer.outbox.dead
             );
             if rows.is_empty() {
                 outln!("no dead letters");
@@ -180,18 +161,18 @@ pub fn run(args: &NotifyArgs) -> anyhow::Result<Outcome> {
             let mut table = Table::new(&["ID", "WEBHOOK", "EVENT", "ATTEMPTS", "LAST ERROR"]);
             for row in &rows {
                 table.row(vec![
-                    text(row, "id"),
-                    text(row, "webhook"),
-                    text(row, "event"),
-                    text(row, "attempts"),
-                    text(row, "last_error"),
+                    row.id.to_string(),
+                    row.webhook.clone(),
+                    row.event.clone(),
+                    row.attempts.to_string(),
+                    row.last_error.clone(),
                 ]);
             }
             out!("{}", table.render());
             outln!("send one again with `failsmall notify retry ID` (admin)");
         }
         NotifyCommand::Retry { id } => {
-            let (_, answer): (u16, Value) = client.send_json(
+            let (_, answer): (u16, DeadLetterRetried) = client.send_json(
                 Method::POST,
                 &format!("/v1/notify/dead-letters/{id}/retry"),
                 &json!({}),

@@ -3,10 +3,11 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use failsmall_core::duration::format_ms;
-use failsmall_core::engine::{Command, RolloutStatus, RolloutView, StagePhase};
-use failsmall_core::gate::Verdict;
+use failsmall_core::engine::Command;
+use failsmall_wire::rollouts::{
+    GateReport, Rollout as RolloutView, RolloutList, RolloutStatus, StagePhase, Verdict,
+};
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::json;
 
 use failsmall_wire::units::Unit as UnitRecord;
@@ -116,11 +117,6 @@ pub fn parse_rollout_id(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("rollout id {text:?}: expected a number such as 7 or r7"))
 }
 
-#[derive(Debug, Deserialize)]
-struct RolloutList {
-    rollouts: Vec<RolloutView>,
-}
-
 /// GET one rollout.
 pub fn fetch(client: &ApiClient, id: u64) -> Result<RolloutView, super::client::ClientError> {
     client.get(&format!("/v1/rollouts/{id}"), &[])
@@ -198,7 +194,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<Outcome> {
         match view {
             Some(view) => outln!(
                 "rollout {}: {} sent; now {}, {}",
-                view.id.0,
+                view.id,
                 command_name(command),
                 status_name(view.status),
                 stage_text(&view)
@@ -229,7 +225,7 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
             override_error_budget: args.override_error_budget,
         },
     )?;
-    let started = view.as_ref().map(|view| view.id.0);
+    let started = view.as_ref().map(|view| view.id);
     if json_output {
         print_json(&view)?;
         return Ok(started);
@@ -238,14 +234,14 @@ fn start(client: &ApiClient, args: &StartArgs, json_output: bool) -> anyhow::Res
         Some(view) => {
             outln!(
                 "rollout {} of {} {}: {} {} (plan {})",
-                view.id.0,
+                view.id,
                 args.unit,
                 short_hash(&version),
                 status_name(view.status),
                 stage_text(&view),
                 view.plan
             );
-            outln!("follow  failsmall rollout watch {}", view.id.0);
+            outln!("follow  failsmall rollout watch {}", view.id);
         }
         None => outln!(
             "rollout of {} {} requested",
@@ -302,10 +298,7 @@ pub fn stage_text(view: &RolloutView) -> String {
 /// What the changelog says of a stage that passed at once because it selected no node.
 const NO_NODE_MARK: &str = "no nodes selected by this stage";
 
-#[derive(Debug, Deserialize)]
-struct ChangelogPage {
-    entries: Vec<failsmall_wire::ChangeEntry>,
-}
+use failsmall_wire::ChangelogPage;
 
 /// The stages of rollout `id` that selected no node and so passed at once, in order, with
 /// why (from the rollout's changelog).
@@ -355,7 +348,7 @@ pub fn approval_hint(view: &RolloutView) -> Option<String> {
         format!(
             "waiting for approval: failsmall rollout approve {} --reason \"...\" (an approver or \
              admin token of someone other than {}, who started it)",
-            view.id.0, view.actor
+            view.id, view.actor
         )
     })
 }
@@ -381,7 +374,7 @@ pub fn verdict_text(verdict: &Verdict) -> (&'static str, &str) {
 
 /// A gate's verdict and numbers in one line, without repeating the expression when the
 /// detail already starts with it.
-pub fn gate_line(gate: &failsmall_core::engine::GateReport) -> String {
+pub fn gate_line(gate: &GateReport) -> String {
     let (verdict, detail) = verdict_text(&gate.verdict);
     match detail.strip_prefix(gate.gate.as_str()) {
         Some(rest) if rest.contains(verdict) => format!("gate {detail}"),
@@ -403,9 +396,9 @@ fn list_table(views: &[RolloutView], now: u64) -> Table {
     ]);
     for view in views {
         table.row(vec![
-            view.id.0.to_string(),
-            view.unit.to_string(),
-            short_hash(&view.version.to_string()).to_owned(),
+            view.id.to_string(),
+            view.unit.clone(),
+            short_hash(&view.version).to_owned(),
             status_name(view.status),
             stage_text(view),
             view.nodes_exposed.to_string(),
@@ -419,7 +412,7 @@ fn list_table(views: &[RolloutView], now: u64) -> Table {
 /// Everything `rollout status` shows, for people.
 pub fn status_text(view: &RolloutView) -> String {
     let mut lines = vec![
-        format!("rollout   {}", view.id.0),
+        format!("rollout   {}", view.id),
         format!("unit      {}", view.unit),
         format!("version   {}", view.version),
         format!("plan      {}", view.plan),
@@ -442,7 +435,7 @@ pub fn status_text(view: &RolloutView) -> String {
         lines.push(format!(
             "soak      {} left (`failsmall rollout promote {}` ends it now)",
             time_left(soak_ms),
-            view.id.0
+            view.id
         ));
     }
     let canary = &view.canary;
@@ -482,7 +475,6 @@ pub fn status_text(view: &RolloutView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use failsmall_core::engine::GateReport;
 
     #[test]
     fn gate_lines_do_not_repeat_the_expression() {

@@ -3,9 +3,9 @@
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use failsmall_wire::slos::{Slo as SloView, SloDeleted, SloList};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::render::{Table, print_json};
@@ -92,43 +92,13 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 }
 
 /// An SLO as the server answers it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SloView {
-    pub name: String,
-    pub unit: String,
-    #[serde(default)]
-    pub selector: std::collections::BTreeMap<String, String>,
-    pub target_percent: f64,
-    pub window: String,
-    pub block_rollouts_when_exhausted: bool,
-    #[serde(default)]
-    pub description: String,
-    pub events_total: u64,
-    pub events_bad: u64,
-    pub attained_percent: Option<f64>,
-    pub error_budget_remaining: f64,
-    pub exhausted: bool,
-    /// Per window (`5m` ... `3d`); null without events.
-    pub burn_rates: serde_json::Map<String, Value>,
-    #[serde(default)]
-    pub alerts: Vec<String>,
-    /// The PromQL queries its events come from (`url`, `good`, `total`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prometheus: Option<Value>,
-}
-
-impl SloView {
-    fn burn_rate(&self, window: &str) -> String {
-        self.burn_rates
-            .get(window)
-            .and_then(Value::as_f64)
-            .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.2}"))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct SloList {
-    slos: Vec<SloView>,
+/// A burn rate for people: two decimals, `-` for a window without events.
+fn burn_rate(view: &SloView, window: &str) -> String {
+    view.burn_rates
+        .get(window)
+        .copied()
+        .flatten()
+        .map_or_else(|| "-".to_owned(), |rate| format!("{rate:.2}"))
 }
 
 fn percent(ratio: f64) -> String {
@@ -202,8 +172,8 @@ pub fn run(args: &SloArgs) -> anyhow::Result<Outcome> {
                         format!("{}%", slo.target_percent),
                         slo.window.clone(),
                         percent(slo.error_budget_remaining),
-                        slo.burn_rate("1h"),
-                        slo.burn_rate("6h"),
+                        burn_rate(slo, "1h"),
+                        burn_rate(slo, "6h"),
                         if slo.block_rollouts_when_exhausted {
                             "yes".to_owned()
                         } else {
@@ -223,7 +193,7 @@ pub fn run(args: &SloArgs) -> anyhow::Result<Outcome> {
             }
         }
         SloCommand::Delete { name, reason } => {
-            let (_, _): (u16, Value) = client.send_json(
+            let (_, _): (u16, SloDeleted) = client.send_json(
                 Method::DELETE,
                 &format!("/v1/slos/{name}"),
                 &json!({ "reason": reason }),
@@ -243,9 +213,7 @@ fn show_text(view: &SloView) -> String {
     let selector = if let Some(queries) = &view.prometheus {
         format!(
             "events from Prometheus {}: good {}, total {}",
-            queries.get("url").and_then(Value::as_str).unwrap_or("-"),
-            queries.get("good").and_then(Value::as_str).unwrap_or("-"),
-            queries.get("total").and_then(Value::as_str).unwrap_or("-")
+            queries.url, queries.good, queries.total
         )
     } else if view.selector.is_empty() {
         "every node".to_owned()
@@ -277,7 +245,7 @@ fn show_text(view: &SloView) -> String {
     );
     let mut table = Table::new(&["WINDOW", "BURN RATE"]);
     for window in ["5m", "30m", "1h", "2h", "6h", "1d", "3d"] {
-        table.row(vec![window.to_owned(), view.burn_rate(window)]);
+        table.row(vec![window.to_owned(), burn_rate(view, window)]);
     }
     text.push_str(&table.render());
     for alert in &view.alerts {

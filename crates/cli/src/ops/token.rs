@@ -7,7 +7,6 @@ use clap::{Args, Subcommand};
 use failsmall_wire::requests::Role;
 use failsmall_wire::tokens::Token as TokenRecord;
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::RemoteArgs;
@@ -73,17 +72,7 @@ fn parse_token_id(text: &str) -> Result<u64, String> {
     })
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenList {
-    tokens: Vec<TokenRecord>,
-}
-
-/// The server's answer to a creation: the secret and what was stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct Created {
-    token: String,
-    record: TokenRecord,
-}
+use failsmall_wire::tokens::{NewToken as Created, TokenList};
 
 pub fn run(args: &TokenArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;

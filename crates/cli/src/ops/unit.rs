@@ -10,12 +10,13 @@ use failsmall_core::validate::UnitSpec;
 use failsmall_core::yaml;
 use failsmall_wire::Version;
 use failsmall_wire::units::Unit as UnitRecord;
+use failsmall_wire::units::{UnitDeleted, UnitList};
 use failsmall_wire::units::{
     VALIDATOR_TIMEOUT_DEFAULT_MS as DEFAULT_TIMEOUT_MS, VALIDATOR_TIMEOUT_MAX_MS as MAX_TIMEOUT_MS,
     ValidatorCommand,
 };
+use failsmall_wire::versions::VersionList;
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::RemoteArgs;
@@ -184,16 +185,6 @@ pub fn load_unit_plan(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-#[derive(Debug, Deserialize)]
-struct UnitList {
-    units: Vec<UnitRecord>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VersionList {
-    versions: Vec<Version>,
-}
-
 pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let json_output = args.remote.json();
@@ -254,15 +245,16 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
         UnitCommand::Show { name } => {
             let path = format!("/v1/units/{name}");
             let unit: UnitRecord = client.get(&path, &[])?;
-            let versions: VersionList = client.get_all(&format!("{path}/versions"), "versions")?;
+            let list: VersionList = client.get_all(&format!("{path}/versions"), "versions")?;
+            let versions: Vec<Version> = list.versions.into_iter().map(|v| v.version).collect();
             if json_output {
-                print_json(&json!({"unit": unit, "versions": versions.versions}))?;
+                print_json(&json!({"unit": unit, "versions": versions}))?;
             } else {
-                show(&unit, &versions.versions)?;
+                show(&unit, &versions)?;
             }
         }
         UnitCommand::Delete { name, reason } => {
-            let (_, answer): (u16, Value) = client.send_json(
+            let (_, answer): (u16, UnitDeleted) = client.send_json(
                 Method::DELETE,
                 &format!("/v1/units/{name}"),
                 &json!({"reason": reason}),
@@ -270,10 +262,7 @@ pub fn run(args: &UnitArgs) -> anyhow::Result<Outcome> {
             if json_output {
                 print_json(&answer)?;
             } else {
-                let versions = answer
-                    .get("versions_deleted")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
+                let versions = answer.versions_deleted;
                 outln!("unit {name} deleted with its {versions} versions; every node removes it");
             }
         }

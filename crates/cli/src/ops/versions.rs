@@ -4,12 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Args;
-use failsmall_core::engine::RolloutView;
 use failsmall_core::plan::Plan;
 use failsmall_wire::Version;
+use failsmall_wire::rollouts::Rollout as RolloutView;
 use failsmall_wire::units::Unit as UnitRecord;
 use reqwest::Method;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::RemoteArgs;
@@ -81,10 +80,7 @@ pub struct DiffArgs {
     pub remote: RemoteArgs,
 }
 
-#[derive(Debug, Deserialize)]
-struct VersionList {
-    versions: Vec<Version>,
-}
+use failsmall_wire::versions::VersionList;
 
 /// Reads and parses a plan file; every error as `file:line:column: field: message`.
 pub fn load_plan(path: Option<&Path>) -> anyhow::Result<(String, String)> {
@@ -102,13 +98,7 @@ pub fn load_plan(path: Option<&Path>) -> anyhow::Result<(String, String)> {
 }
 
 /// A push's answer: the version, and the rollout the unit's own plan started (if any).
-#[derive(Debug, Deserialize)]
-struct Pushed {
-    #[serde(flatten)]
-    version: Version,
-    #[serde(default)]
-    rollout: Option<RolloutView>,
-}
+use failsmall_wire::versions::PushedVersion as Pushed;
 
 pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
     // Everything local is checked before anything reaches the server.
@@ -171,7 +161,7 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         )?,
     };
     let watched = if args.watch {
-        rollout.as_ref().map(|view| view.id.0)
+        rollout.as_ref().map(|view| view.id)
     } else {
         None
     };
@@ -188,12 +178,12 @@ pub fn push(args: &PushArgs) -> anyhow::Result<Outcome> {
         Some(view) => {
             outln!(
                 "rollout  {} {}: {} (plan {})",
-                view.id.0,
+                view.id,
                 status_name(view.status),
                 stage_text(&view),
                 view.plan
             );
-            outln!("follow   failsmall rollout watch {}", view.id.0);
+            outln!("follow   failsmall rollout watch {}", view.id);
         }
         None if args.no_rollout => outln!("rollout  none (--no-rollout)"),
         None => outln!("rollout  none started"),
@@ -263,6 +253,7 @@ pub fn resolve_hash(client: &ApiClient, unit: &str, given: &str) -> anyhow::Resu
     let matching: Vec<&Version> = list
         .versions
         .iter()
+        .map(|entry| &entry.version)
         .filter(|v| v.hash.starts_with(&given))
         .collect();
     match matching.as_slice() {

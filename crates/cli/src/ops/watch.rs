@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use failsmall_core::duration::{format_ms, parse_duration_ms};
-use failsmall_core::engine::{RolloutStatus, RolloutView};
+use failsmall_wire::rollouts::{Rollout as RolloutView, RolloutStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::RemoteArgs;
@@ -89,7 +89,7 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
     let polls_max = timeout_ms / interval_ms + 1;
     let mut failures: u32 = 0;
     // The stage (and whether the rollout ended) when skipped stages were last looked for.
-    let mut last_stage: Option<(usize, bool)> = None;
+    let mut last_stage: Option<(u64, bool)> = None;
     let mut ended_shown = 0usize;
     for _ in 0..polls_max {
         let view = match fetch(&client, args.id) {
@@ -146,7 +146,7 @@ pub fn run(args: &WatchArgs, remote: &RemoteArgs) -> anyhow::Result<Outcome> {
 fn summary(view: &RolloutView) -> String {
     let mut text = format!(
         "r{} {} {}: {}",
-        view.id.0,
+        view.id,
         status_name(view.status),
         stage_text(view),
         nodes_text(view)
@@ -166,7 +166,7 @@ fn summary(view: &RolloutView) -> String {
 fn final_line(view: &RolloutView) -> String {
     format!(
         "rollout {} {} at {} after {} exposed nodes: {}",
-        view.id.0,
+        view.id,
         status_name(view.status),
         stage_text(view),
         view.nodes_exposed,
@@ -277,7 +277,7 @@ struct Bars {
     stage_style: ProgressStyle,
     gate_style: ProgressStyle,
     /// The stage shown, its bar and its gates' lines.
-    current: Option<(usize, ProgressBar, Vec<ProgressBar>)>,
+    current: Option<(u64, ProgressBar, Vec<ProgressBar>)>,
 }
 
 impl std::fmt::Debug for Bars {
@@ -391,16 +391,14 @@ impl Progress for Bars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use failsmall_core::domain::{RolloutId, UnitName, VersionHash};
-    use failsmall_core::engine::{GateReport, StagePhase};
-    use failsmall_core::gate::Verdict;
-    use failsmall_core::health::GroupMetrics;
+    use failsmall_core::domain::VersionHash;
+    use failsmall_wire::rollouts::{GateReport, GroupMetrics, StagePhase, Verdict};
 
     fn view(nodes_applied: u64, bake_remaining_ms: Option<u64>) -> RolloutView {
         RolloutView {
-            id: RolloutId(7),
-            unit: UnitName::new("features").unwrap(),
-            version: VersionHash::of(b"v"),
+            id: 7,
+            unit: "features".to_owned(),
+            version: VersionHash::of(b"v").to_string(),
             plan: "default".to_owned(),
             actor: "ann".to_owned(),
             reason: "more bots".to_owned(),

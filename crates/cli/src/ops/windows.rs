@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
+use failsmall_wire::windows::{
+    Freeze, FreezeLifted, FreezeList, Maintenance, MaintenanceEnded, MaintenanceList,
+};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::RemoteArgs;
 use super::render::{Table, print_json};
@@ -147,39 +150,26 @@ fn need_reason(reason: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(value: &Value, key: &str) -> String {
-    match value.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
 fn list_freezes(remote: &RemoteArgs) -> anyhow::Result<Outcome> {
     let client = remote.connect()?;
-    let answer: Value = client.get("/v1/freezes", &[])?;
+    let answer: FreezeList = client.get("/v1/freezes", &[])?;
     if remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
     }
-    let freezes = answer
-        .get("freezes")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let freezes = answer.freezes;
     if freezes.is_empty() {
         outln!("no freezes");
         return Ok(Outcome::Success);
     }
     let mut table = Table::new(&["ID", "HOLDS NOW", "WHAT, WHEN", "BY", "REASON"]);
     for freeze in &freezes {
-        let active = freeze.get("active").and_then(Value::as_bool) == Some(true);
         table.row(vec![
-            text(freeze, "id"),
-            if active { "yes" } else { "no" }.to_owned(),
-            text(freeze, "describe"),
-            text(freeze, "actor"),
-            text(freeze, "reason"),
+            freeze.id.to_string(),
+            if freeze.active { "yes" } else { "no" }.to_owned(),
+            freeze.describe.clone(),
+            freeze.actor.clone(),
+            freeze.reason.clone(),
         ]);
     }
     out!("{}", table.render());
@@ -245,30 +235,28 @@ pub fn freeze(args: &FreezeArgs) -> anyhow::Result<Outcome> {
             )
         }
     };
-    let (_, answer): (u16, Value) = client.send_json(Method::POST, &path, &body)?;
+    if let FreezeCommand::Lift { id, .. } = &args.command {
+        let (_, answer): (u16, FreezeLifted) = client.send_json(Method::POST, &path, &body)?;
+        if args.remote.json() {
+            print_json(&answer)?;
+        } else {
+            outln!("freeze {id} lifted; held rollouts go on");
+        }
+        return Ok(Outcome::Success);
+    }
+    let (_, answer): (u16, Freeze) = client.send_json(Method::POST, &path, &body)?;
     if args.remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
     }
-    match &args.command {
-        FreezeCommand::Lift { id, .. } => {
-            outln!("freeze {id} lifted; held rollouts go on");
-        }
-        _ => {
-            let holds = answer.get("active").and_then(Value::as_bool) == Some(true);
-            outln!(
-                "freeze {} created ({}){}: {}",
-                text(&answer, "id"),
-                text(&answer, "describe"),
-                if holds { ", holding now" } else { "" },
-                text(&answer, "reason")
-            );
-            outln!(
-                "lift it with `failsmall freeze lift {}` (admin)",
-                text(&answer, "id")
-            );
-        }
-    }
+    outln!(
+        "freeze {} created ({}){}: {}",
+        answer.id,
+        answer.describe,
+        if answer.active { ", holding now" } else { "" },
+        answer.reason
+    );
+    outln!("lift it with `failsmall freeze lift {}` (admin)", answer.id);
     Ok(Outcome::Success)
 }
 
@@ -276,29 +264,24 @@ pub fn maintenance(args: &MaintenanceArgs) -> anyhow::Result<Outcome> {
     let client = args.remote.connect()?;
     let (path, body) = match &args.command {
         MaintenanceCommand::List => {
-            let answer: Value = client.get("/v1/maintenance", &[])?;
+            let answer: MaintenanceList = client.get("/v1/maintenance", &[])?;
             if args.remote.json() {
                 print_json(&answer)?;
                 return Ok(Outcome::Success);
             }
-            let windows = answer
-                .get("maintenance")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let windows = answer.maintenance;
             if windows.is_empty() {
                 outln!("no maintenance windows");
                 return Ok(Outcome::Success);
             }
             let mut table = Table::new(&["ID", "HOLDS NOW", "NODES, WHEN", "BY", "REASON"]);
             for window in &windows {
-                let active = window.get("active").and_then(Value::as_bool) == Some(true);
                 table.row(vec![
-                    text(window, "id"),
-                    if active { "yes" } else { "no" }.to_owned(),
-                    text(window, "describe"),
-                    text(window, "actor"),
-                    text(window, "reason"),
+                    window.id.to_string(),
+                    if window.active { "yes" } else { "no" }.to_owned(),
+                    window.describe.clone(),
+                    window.actor.clone(),
+                    window.reason.clone(),
                 ]);
             }
             out!("{}", table.render());
@@ -321,22 +304,26 @@ pub fn maintenance(args: &MaintenanceArgs) -> anyhow::Result<Outcome> {
             )
         }
     };
-    let (_, answer): (u16, Value) = client.send_json(Method::POST, &path, &body)?;
+    if let MaintenanceCommand::End { id, .. } = &args.command {
+        let (_, answer): (u16, MaintenanceEnded) = client.send_json(Method::POST, &path, &body)?;
+        if args.remote.json() {
+            print_json(&answer)?;
+        } else {
+            outln!("maintenance {id} ended; its nodes join the stages that select them");
+        }
+        return Ok(Outcome::Success);
+    }
+    let (_, answer): (u16, Maintenance) = client.send_json(Method::POST, &path, &body)?;
     if args.remote.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
     }
-    match &args.command {
-        MaintenanceCommand::End { id, .. } => {
-            outln!("maintenance {id} ended; its nodes join the stages that select them");
-        }
-        _ => outln!(
-            "maintenance {} created ({}): {}",
-            text(&answer, "id"),
-            text(&answer, "describe"),
-            text(&answer, "reason")
-        ),
-    }
+    outln!(
+        "maintenance {} created ({}): {}",
+        answer.id,
+        answer.describe,
+        answer.reason
+    );
     Ok(Outcome::Success)
 }
 

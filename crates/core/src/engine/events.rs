@@ -411,6 +411,8 @@ impl Engine {
                 custom: CustomWindows::default(),
                 gate_reports: Vec::new(),
                 last_gate_eval_ms: None,
+                heard_ms: now,
+                hearing_from_ms: now,
                 held_for_data: false,
                 fleet_unhealthy: false,
                 waiting_for_nodes: false,
@@ -477,9 +479,11 @@ impl Engine {
         };
         let mut changed = false;
         for id in &unit_state.active {
-            if let Some(rollout) = rollouts.get_mut(id)
-                && let Some(exposure) = rollout.exposed.get_mut(node)
-            {
+            let Some(rollout) = rollouts.get_mut(id) else {
+                continue;
+            };
+            rollout.heard(now, out);
+            if let Some(exposure) = rollout.exposed.get_mut(node) {
                 exposure.last_report_ms = now;
                 if rollout.version == version && !exposure.acked {
                     exposure.acked = true;
@@ -520,6 +524,7 @@ impl Engine {
             if rollout.status.is_terminal() {
                 continue;
             }
+            rollout.heard(now, out);
             let Some(exposure) = rollout.exposed.get_mut(node) else {
                 continue;
             };
@@ -601,6 +606,7 @@ impl Engine {
             let Some(rollout) = rollouts.get_mut(id) else {
                 continue;
             };
+            rollout.heard(now, out);
             let held = rollout.held_for_data && rollout.phase == StagePhase::Holding;
             let (min_requests, silence_ms) =
                 rollout.current_stage().map_or((u64::MAX, 0), |stage| {
@@ -613,6 +619,14 @@ impl Engine {
             let role = rollout.roles.0.role(slot);
             match role {
                 Role::Exposed { position } => {
+                    let Some(spoke_ms) = rollout
+                        .exposed
+                        .get_at_mut(position)
+                        .map(|exposure| exposure.last_report_ms)
+                    else {
+                        continue;
+                    };
+                    let silent_until_now = rollout.silent_since(spoke_ms, silence_ms);
                     let Some(exposure) = rollout.exposed.get_at_mut(position) else {
                         continue;
                     };
@@ -621,9 +635,7 @@ impl Engine {
                         exposure.last_report_ms = now;
                         continue;
                     }
-                    let was_silent = silence_ms > 0
-                        && exposure.acked
-                        && now.saturating_sub(exposure.last_report_ms) > silence_ms;
+                    let was_silent = exposure.acked && silent_until_now;
                     exposure.last_report_ms = now;
                     let mut reached = false;
                     if counts

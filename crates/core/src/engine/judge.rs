@@ -250,7 +250,7 @@ impl Engine {
         let rollout = self.rollouts.get_mut(&id)?;
         let burn_rates = rollout.burn_rates.clone();
         let stage = rollout.plan.stages.get(rollout.stage)?;
-        let silent = rollout.silent_nodes(now, stage.silence_ms);
+        let silent = rollout.silent_nodes(stage.silence_ms);
         rollout.canary.silent_nodes = silent;
         rollout.canary.nodes = rollout.nodes_applied;
         let stage_canary = GroupMetrics {
@@ -560,7 +560,7 @@ impl Engine {
             // window starts after it, so that all cover the same time.
             rollout.window_from_ms = now;
         }
-        rollout.held_for_data = !rollout.has_data(now);
+        rollout.held_for_data = !rollout.has_data();
         let stage_name = rollout.stage_name();
         let failure = failure.or_else(|| rollout.hard_signal_breach());
         if newly_unhealthy && let Some(why) = &fleet_unhealthy {

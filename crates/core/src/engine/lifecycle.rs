@@ -487,7 +487,7 @@ impl Engine {
                 StagePhase::Holding
                     if rollout.held_for_data
                         && rollout.last_gate_eval_ms != Some(now)
-                        && rollout.has_data(now) =>
+                        && rollout.has_data() =>
                 {
                     if let Some(failure) = self.evaluate_gates(id, now, out) {
                         self.roll_back(id, &failure, ENGINE_ACTOR, true, now, out);

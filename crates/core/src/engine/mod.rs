@@ -605,6 +605,17 @@ struct Rollout {
     custom: CustomWindows,
     gate_reports: Vec<GateReport>,
     last_gate_eval_ms: Option<TimeMs>,
+    /// The latest time a report about the unit came from any of its nodes (exposed or not).
+    /// Silence is judged against it, not against the clock: a node is silent when the unit's
+    /// other nodes were heard `silence_ms` after it last spoke. A control plane that hears
+    /// nobody (down, restarting, cut off from the fleet) learns nothing about the version.
+    #[serde(default)]
+    heard_ms: TimeMs,
+    /// When the engine last began hearing the unit's nodes again after hearing none of them
+    /// for longer than the stage's silence: silence counts from here for every node, so a
+    /// spell in which nobody was heard is never held against the version.
+    #[serde(default)]
+    hearing_from_ms: TimeMs,
     /// The latest gate evaluation lacked data (see [`Rollout::has_data`]): the stage is judged
     /// again in the step that brings enough, not at the next periodic evaluation.
     #[serde(default)]
@@ -799,26 +810,62 @@ impl Rollout {
             .map(|control_pre| (self.control, control_pre))
     }
 
-    /// Exposed nodes that ACKed and then said nothing for longer than `silence_ms` (`0`:
-    /// silence is not watched).
-    fn silent_nodes(&self, now: TimeMs, silence_ms: u64) -> u64 {
+    /// Exposed nodes that ACKed and then said nothing while the unit's other nodes were
+    /// heard for longer than `silence_ms` (`0`: silence is not watched).
+    fn silent_nodes(&self, silence_ms: u64) -> u64 {
         if silence_ms == 0 {
             return 0;
         }
         self.exposed
             .iter()
             .filter(|(_, exposure)| {
-                exposure.acked
-                    && !exposure.maintenance
-                    && now.saturating_sub(exposure.last_report_ms) > silence_ms
+                exposure.acked && !exposure.maintenance && self.is_silent(exposure, silence_ms)
             })
             .count() as u64
     }
 
-    /// Whether the data a verdict needs is there at `now`: every exposed node ACKed and
+    /// Whether the unit's nodes were heard for longer than `silence_ms` since `exposure`'s
+    /// node last spoke (or since hearing resumed, if later).
+    fn is_silent(&self, exposure: &Exposure, silence_ms: u64) -> bool {
+        self.silent_since(exposure.last_report_ms, silence_ms)
+    }
+
+    /// Whether a node that last spoke at `last_report_ms` is silent (see [`Self::is_silent`]).
+    fn silent_since(&self, last_report_ms: TimeMs, silence_ms: u64) -> bool {
+        let spoke_ms = last_report_ms.max(self.hearing_from_ms);
+        silence_ms > 0 && self.heard_ms.saturating_sub(spoke_ms) > silence_ms
+    }
+
+    /// A report about the unit came from one of its nodes at `now`. After a spell longer
+    /// than the stage's silence in which no node was heard, silence counts from now (said
+    /// once, so people know why silent nodes were not held against the version).
+    fn heard(&mut self, now: TimeMs, out: &mut Vec<Action>) {
+        let silence_ms = self.current_stage().map_or(0, |stage| stage.silence_ms);
+        let deaf_ms = now.saturating_sub(self.heard_ms);
+        if silence_ms > 0 && deaf_ms > silence_ms && !self.status.is_terminal() {
+            self.hearing_from_ms = now;
+            // Said only where silence would have been judged: nodes that applied the version.
+            if self.heard_ms > 0 && self.nodes_applied > 0 {
+                out.push(Action::Notify {
+                    rollout: self.id,
+                    message: cut(&format!(
+                        "rollout {}: no node of unit {} was heard for {} (the control plane \
+                         was down or cut off from the fleet); that says nothing about the \
+                         version, and silence counts again from now",
+                        self.id,
+                        self.unit,
+                        crate::duration::format_ms(deaf_ms)
+                    )),
+                });
+            }
+        }
+        self.heard_ms = self.heard_ms.max(now);
+    }
+
+    /// Whether the data a verdict needs is there: every exposed node ACKed and
     /// reports, the canary has `min_requests`, and so has the baseline when a gate reads it.
     /// Cheap checks first; the silence check walks the exposed nodes.
-    fn has_data(&self, now: TimeMs) -> bool {
+    fn has_data(&self) -> bool {
         let Some(stage) = self.current_stage() else {
             return false;
         };
@@ -829,7 +876,7 @@ impl Rollout {
             && self.canary.sample.requests >= stage.min_requests
             && self.stage_canary.sample.requests >= stage.min_requests
             && baseline_ready
-            && self.silent_nodes(now, stage.silence_ms) == 0
+            && self.silent_nodes(stage.silence_ms) == 0
     }
 
     fn stage_name(&self) -> Option<String> {

@@ -697,7 +697,7 @@ pub(super) async fn report(
     Extension(caller): Extension<Caller>,
     node: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::nodes::ReportAnswer>, ApiError> {
     let node = node_id(&path_param(node)?)?;
     state.node_seen(&node);
     let body: Value = json_body(body)?;
@@ -802,11 +802,15 @@ pub(super) async fn report(
         state.shared.desired_view.invalidate();
     }
     super::slos::count_health(&state, &node, slo_samples, at_ms).await;
-    if is_batch {
-        Ok(axum::Json(json!({ "accepted": count, "actions": actions })))
+    let accepted = if is_batch {
+        failsmall_wire::nodes::Accepted::Batch(u64::try_from(count).unwrap_or(u64::MAX))
     } else {
-        Ok(axum::Json(json!({ "accepted": true, "actions": actions })))
-    }
+        failsmall_wire::nodes::Accepted::One(true)
+    };
+    Ok(axum::Json(failsmall_wire::nodes::ReportAnswer {
+        accepted,
+        actions: u64::try_from(actions).unwrap_or(u64::MAX),
+    }))
 }
 
 /// Room a document takes besides its units (braces, keys, node id, numbers), in bytes, at most.

@@ -7,7 +7,6 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use failsmall_core::domain::rfc3339_from_ms;
-use serde_json::{Value, json};
 
 use super::{AppState, db, json_body, node_id, now_ms, path_param, text_field, unit_name};
 use crate::auth::Caller;
@@ -26,7 +25,13 @@ pub(super) async fn break_glass(
     Extension(caller): Extension<Caller>,
     node: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::nodes::BreakGlassRecorded>,
+    ),
+    ApiError,
+> {
     let node = node_id(&path_param(node)?)?;
     state.node_seen(&node);
     let report: BreakGlassReport = json_body(body)?;
@@ -92,6 +97,6 @@ pub(super) async fn break_glass(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "changelog_id": id })),
+        axum::Json(failsmall_wire::nodes::BreakGlassRecorded { changelog_id: id }),
     ))
 }

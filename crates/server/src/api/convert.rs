@@ -103,6 +103,16 @@ impl From<crate::store::VersionRecord> for failsmall_wire::Version {
     }
 }
 
+/// A rollout the engine just made or changed, as the API answers it: a 500 naming `what`
+/// when the engine no longer holds it (never for a step that succeeded).
+pub(super) fn rollout(
+    view: Option<failsmall_core::engine::RolloutView>,
+    what: &str,
+) -> Result<failsmall_wire::rollouts::Rollout, ApiError> {
+    view.map(Into::into)
+        .ok_or_else(|| ApiError::internal(format!("{what}: the engine holds no such rollout")))
+}
+
 impl From<failsmall_wire::requests::Role> for crate::auth::Role {
     fn from(role: failsmall_wire::requests::Role) -> Self {
         use failsmall_wire::requests::Role as Wire;

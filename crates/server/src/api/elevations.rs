@@ -40,7 +40,11 @@ fn change<'a>(actor: &'a str, kind: &'a str, reason: &'a str) -> NewChange<'a> {
 }
 
 /// The request as people see it: its state in words, and when the role ends.
-fn view(record: &ElevationRecord, needed: usize, now: u64) -> Value {
+fn view(
+    record: &ElevationRecord,
+    needed: usize,
+    now: u64,
+) -> failsmall_wire::elevations::Elevation {
     let state = match (record.granted_ms, record.claimed_ms) {
         (_, Some(_))
             if record
@@ -55,28 +59,35 @@ fn view(record: &ElevationRecord, needed: usize, now: u64) -> Value {
         (None, _) if record.created_ms + ELEVATION_PENDING_MS <= now => "expired",
         (None, _) => "pending",
     };
-    json!({
-        "id": record.id,
-        "requester": record.requester,
-        "role": record.role,
-        "duration_ms": record.duration_ms,
-        "reason": record.reason,
-        "created_ms": record.created_ms,
-        "approvals": record.approvals,
-        "approvals_needed": needed,
-        "granted_ms": record.granted_ms,
-        "ends_ms": record.granted_ms.map(|at| at + record.duration_ms),
-        "claimed_ms": record.claimed_ms,
-        "token_id": record.token_id,
-        "state": state,
-    })
+    failsmall_wire::elevations::Elevation {
+        id: record.id,
+        requester: record.requester.clone(),
+        role: record.role.into(),
+        duration_ms: record.duration_ms,
+        reason: record.reason.clone(),
+        created_ms: record.created_ms,
+        approvals: record.approvals.clone(),
+        approvals_needed: u64::try_from(needed).unwrap_or(u64::MAX),
+        granted_ms: record.granted_ms,
+        ends_ms: record.granted_ms.map(|at| at + record.duration_ms),
+        claimed_ms: record.claimed_ms,
+        token_id: record.token_id,
+        state: state.to_owned(),
+        token: None,
+    }
 }
 
 pub(super) async fn request(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::elevations::Elevation>,
+    ),
+    ApiError,
+> {
     let body: ElevationRequest = json_body(body)?;
     let role = Role::from(body.role);
     if !matches!(role, Role::Admin | Role::Deployer | Role::Approver) {
@@ -142,18 +153,22 @@ pub(super) async fn request(
     ))
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+) -> Result<axum::Json<failsmall_wire::elevations::ElevationList>, ApiError> {
     let needed = state.break_glass_approvals();
     let records = db(&state, |store| Ok(store.elevations(ELEVATIONS_LISTED_MAX)?)).await?;
     let now = now_ms();
-    let requests: Vec<Value> = records.iter().map(|r| view(r, needed, now)).collect();
-    Ok(axum::Json(json!({ "requests": requests })))
+    let requests = records.iter().map(|r| view(r, needed, now)).collect();
+    Ok(axum::Json(failsmall_wire::elevations::ElevationList {
+        requests,
+    }))
 }
 
 pub(super) async fn show(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::elevations::Elevation>, ApiError> {
     let id = path_param(id)?;
     let needed = state.break_glass_approvals();
     let record = db(&state, move |store| Ok(store.elevation(id)?)).await?;
@@ -165,7 +180,7 @@ pub(super) async fn approve(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::elevations::Elevation>, ApiError> {
     let id = path_param(id)?;
     let body: ReasonRequest = optional_json_body(body)?;
     text_field("reason", &body.reason)?;
@@ -194,7 +209,7 @@ pub(super) async fn claim(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::elevations::Elevation>, ApiError> {
     let id = path_param(id)?;
     let needed = state.break_glass_approvals();
     let secret =
@@ -229,13 +244,10 @@ pub(super) async fn claim(
     .await?;
     state.shared.tokens.clear();
     match outcome {
-        ElevationOutcome::Done(record) => {
-            let mut answer = view(&record, needed, now_ms());
-            if let Some(fields) = answer.as_object_mut() {
-                fields.insert("token".to_owned(), json!(secret));
-            }
-            Ok(axum::Json(answer))
-        }
+        ElevationOutcome::Done(record) => Ok(axum::Json(failsmall_wire::elevations::Elevation {
+            token: Some(secret),
+            ..view(&record, needed, now_ms())
+        })),
         ElevationOutcome::Refused(why) => Err(refused(why)),
     }
 }

@@ -83,19 +83,22 @@ pub(super) fn resolved_since_ms(days: Option<u64>, now: u64) -> Result<u64, ApiE
     Ok(now.saturating_sub(days.saturating_mul(DAY_MS)))
 }
 
-fn update_json(update: &IncidentUpdate) -> Value {
-    json!({
-        "at": rfc3339_from_ms(update.at_ms),
-        "status": update.status.as_str(),
-        "severity": update.severity.as_str(),
-        "message": update.body,
-        "author": update.author,
-        "automatic": update.automatic,
-    })
+fn update_json(update: &IncidentUpdate) -> failsmall_wire::incidents::IncidentUpdate {
+    failsmall_wire::incidents::IncidentUpdate {
+        at: rfc3339_from_ms(update.at_ms),
+        status: update.status.as_str().to_owned(),
+        severity: update.severity.as_str().to_owned(),
+        message: update.body.clone(),
+        author: update.author.clone(),
+        automatic: update.automatic,
+    }
 }
 
 /// An incident for operators (everything, internal fields included).
-fn incident_json(incident: &IncidentRecord, cadence: &Cadence) -> Value {
+fn incident_json(
+    incident: &IncidentRecord,
+    cadence: &Cadence,
+) -> failsmall_wire::incidents::Incident {
     let next_update_due = incident.resolved_ms.is_none().then(|| {
         rfc3339_from_ms(
             incident
@@ -103,37 +106,39 @@ fn incident_json(incident: &IncidentRecord, cadence: &Cadence) -> Value {
                 .saturating_add(cadence.every_ms(incident.severity)),
         )
     });
-    json!({
-        "id": incident.id,
-        "title": incident.title,
-        "severity": incident.severity.as_str(),
-        "status": incident.status.as_str(),
-        "components": incident.components,
-        "labels": incident.labels,
-        "unit": incident.unit,
-        "rollout": incident.rollout,
-        "cause": incident.cause,
-        "opened_by": incident.opened_by,
-        "opened": rfc3339_from_ms(incident.opened_ms),
-        "resolved": incident.resolved_ms.map(rfc3339_from_ms),
-        "last_update": rfc3339_from_ms(incident.last_update_ms),
-        "next_update_due": next_update_due,
-        "review": incident.review,
-        "review_at": incident.review_ms.map(rfc3339_from_ms),
-    })
+    failsmall_wire::incidents::Incident {
+        id: incident.id,
+        title: incident.title.clone(),
+        severity: incident.severity.as_str().to_owned(),
+        status: incident.status.as_str().to_owned(),
+        components: incident.components.clone(),
+        labels: incident.labels.clone(),
+        unit: incident.unit.clone(),
+        rollout: incident.rollout,
+        cause: incident.cause.clone(),
+        opened_by: incident.opened_by.clone(),
+        opened: rfc3339_from_ms(incident.opened_ms),
+        resolved: incident.resolved_ms.map(rfc3339_from_ms),
+        last_update: rfc3339_from_ms(incident.last_update_ms),
+        next_update_due,
+        review: incident.review.clone(),
+        review_at: incident.review_ms.map(rfc3339_from_ms),
+    }
 }
 
 /// `GET /v1/incidents`: open incidents and those resolved in the last `days` (14).
 pub(super) async fn list_incidents(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::IncidentList>, ApiError> {
     let params = query_param(params)?;
     let since = resolved_since_ms(params.days, now_ms())?;
     let rows = db(&state, move |store| Ok(store.incidents(since)?)).await?;
     let cadence = state.cadence();
-    let incidents: Vec<Value> = rows.iter().map(|i| incident_json(i, &cadence)).collect();
-    Ok(axum::Json(json!({ "incidents": incidents })))
+    let incidents = rows.iter().map(|i| incident_json(i, &cadence)).collect();
+    Ok(axum::Json(failsmall_wire::incidents::IncidentList {
+        incidents,
+    }))
 }
 
 /// `GET /v1/incidents/{id}`: the incident, its public updates, and its timeline: the
@@ -142,7 +147,7 @@ pub(super) async fn list_incidents(
 pub(super) async fn show_incident(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::IncidentDetail>, ApiError> {
     let id = path_param(id)?;
     let (incident, updates, timeline) = db(&state, move |store| {
         let Some((incident, updates)) = store.incident(id)? else {
@@ -168,31 +173,25 @@ pub(super) async fn show_incident(
         Ok((incident, updates, timeline))
     })
     .await?;
-    let mut body = incident_json(&incident, &state.cadence());
-    if let Some(fields) = body.as_object_mut() {
-        fields.insert(
-            "updates".to_owned(),
-            Value::Array(updates.iter().map(update_json).collect()),
-        );
-        let timeline: Vec<Value> = timeline
-            .iter()
-            .map(|entry| {
-                json!({
-                    "id": entry.id,
-                    "at": rfc3339_from_ms(entry.at_ms),
-                    "kind": entry.kind,
-                    "actor": entry.actor,
-                    "unit": entry.unit,
-                    "version": entry.version,
-                    "rollout": entry.rollout,
-                    "stage": entry.stage,
-                    "reason": entry.reason,
-                })
-            })
-            .collect();
-        fields.insert("timeline".to_owned(), Value::Array(timeline));
-    }
-    Ok(axum::Json(body))
+    let timeline = timeline
+        .into_iter()
+        .map(|entry| failsmall_wire::incidents::TimelineEntry {
+            id: entry.id,
+            at: rfc3339_from_ms(entry.at_ms),
+            kind: entry.kind,
+            actor: entry.actor,
+            unit: entry.unit,
+            version: entry.version,
+            rollout: entry.rollout,
+            stage: entry.stage,
+            reason: entry.reason,
+        })
+        .collect();
+    Ok(axum::Json(failsmall_wire::incidents::IncidentDetail {
+        incident: incident_json(&incident, &state.cadence()),
+        updates: updates.iter().map(update_json).collect(),
+        timeline,
+    }))
 }
 
 /// `POST /v1/incidents`: open one by hand.
@@ -200,7 +199,7 @@ pub(super) async fn open_incident(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::incidents::Incident>), ApiError> {
     let request: OpenRequest = json_body(body)?;
     text_field("title", &request.title, MAX_TITLE_BYTES, true)?;
     text_field("message", &request.message, MAX_UPDATE_BYTES, false)?;
@@ -236,7 +235,7 @@ async fn change_incident(
     caller: &Caller,
     id: u64,
     change: IncidentChange,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::Incident>, ApiError> {
     let actor = caller.name.clone();
     let incident = db(state, move |store| {
         let Some((incident, updates)) = store.incident(id)? else {
@@ -271,7 +270,7 @@ pub(super) async fn update_incident(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::Incident>, ApiError> {
     let id = path_param(id)?;
     let request: UpdateRequest = json_body(body)?;
     text_field("message", &request.message, MAX_UPDATE_BYTES, true)?;
@@ -293,7 +292,7 @@ pub(super) async fn resolve_incident(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::Incident>, ApiError> {
     let id = path_param(id)?;
     let request: ResolveRequest = match body {
         Ok(bytes) if bytes.is_empty() => ResolveRequest::default(),
@@ -319,7 +318,7 @@ pub(super) async fn review_incident(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::Incident>, ApiError> {
     let id = path_param(id)?;
     let request: ReviewRequest = json_body(body)?;
     text_field("markdown", &request.markdown, MAX_REVIEW_BYTES, true)?;

@@ -14,7 +14,7 @@ pub(super) async fn register_node(
     Extension(caller): Extension<Caller>,
     node: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::Node>, ApiError> {
     let id = node_id(&path_param(node)?)?;
     let request: RegisterNodeRequest = json_body(body)?;
     if request.labels.len() > MAX_LABELS {
@@ -48,7 +48,7 @@ pub(super) async fn register_node(
             Ok(store.heartbeat(id.as_str(), now_ms())?)
         })
         .await?;
-        return Ok(axum::Json(json!(node)));
+        return Ok(axum::Json(node.into()));
     }
     let at_ms = now_ms();
     let labels_text = serde_json::to_string(&request.labels).unwrap_or_default();
@@ -92,19 +92,19 @@ pub(super) async fn register_node(
             .ok_or_else(|| ApiError::not_found(format!("node {id} not found")))
     })
     .await?;
-    Ok(axum::Json(json!(node)))
+    Ok(axum::Json(node.into()))
 }
 
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     node: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::Node>, ApiError> {
     let id = node_id(&path_param(node)?)?;
     let node = db(&state, move |store| {
         Ok(store.heartbeat(id.as_str(), now_ms())?)
     })
     .await?;
-    Ok(axum::Json(json!(node)))
+    Ok(axum::Json(node.into()))
 }
 
 /// The nodes, each with when its agent was last heard from (marks not yet written included),

@@ -87,7 +87,7 @@ pub(super) async fn create_webhook(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::notify::Webhook>), ApiError> {
     let request: CreateWebhookRequest = json_body(body)?;
     let (kind, request) = check(request)?;
     let mut events = request.events;
@@ -145,10 +145,11 @@ pub(super) async fn create_webhook(
 /// `GET /v1/webhooks`: subscriptions, without their secrets.
 pub(super) async fn list_webhooks(
     State(state): State<AppState>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::notify::WebhookList>, ApiError> {
     let webhooks = db(&state, |store| Ok(store.webhooks()?)).await?;
-    let rows: Vec<Value> = webhooks.iter().map(outbox::webhook_json).collect();
-    Ok(axum::Json(json!({ "webhooks": rows })))
+    Ok(axum::Json(failsmall_wire::notify::WebhookList {
+        webhooks: webhooks.iter().map(outbox::webhook_json).collect(),
+    }))
 }
 
 /// `DELETE /v1/webhooks/{id}`: the subscription and its undelivered notifications.
@@ -156,7 +157,7 @@ pub(super) async fn delete_webhook(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::notify::WebhookRemoved>, ApiError> {
     let id = path_param(id)?;
     let actor = caller.name.clone();
     db(&state, move |store| {
@@ -175,47 +176,55 @@ pub(super) async fn delete_webhook(
         Ok(store.delete_webhook(id, &change)?)
     })
     .await?;
-    Ok(axum::Json(json!({"id": id, "removed": true})))
+    Ok(axum::Json(failsmall_wire::notify::WebhookRemoved {
+        id,
+        removed: true,
+    }))
 }
 
 /// `GET /v1/notify/dead-letters`: notifications that ran out of attempts, and the outbox's
 /// counts.
 pub(super) async fn dead_letters(
     State(state): State<AppState>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::notify::DeadLetters>, ApiError> {
     let (letters, (pending, delivered, dead)) = db(&state, |store| {
         Ok((store.dead_letters()?, store.outbox_counts()?))
     })
     .await?;
-    let rows: Vec<Value> = letters
-        .iter()
-        .map(|letter| {
-            json!({
-                "id": letter.id,
-                "delivery": letter.delivery,
-                "webhook": letter.webhook,
-                "event": letter.event,
-                "attempts": letter.attempts,
-                "last_error": letter.last_error,
-                "created": rfc3339_from_ms(letter.created_ms),
-            })
+    let dead_letters = letters
+        .into_iter()
+        .map(|letter| failsmall_wire::notify::DeadLetter {
+            id: letter.id,
+            delivery: letter.delivery,
+            webhook: letter.webhook,
+            event: letter.event,
+            attempts: letter.attempts,
+            last_error: letter.last_error,
+            created: rfc3339_from_ms(letter.created_ms),
         })
         .collect();
-    Ok(axum::Json(json!({
-        "dead_letters": rows,
-        "outbox": {"pending": pending, "delivered_kept": delivered, "dead": dead},
-    })))
+    Ok(axum::Json(failsmall_wire::notify::DeadLetters {
+        dead_letters,
+        outbox: failsmall_wire::notify::OutboxCounts {
+            pending,
+            delivered_kept: delivered,
+            dead,
+        },
+    }))
 }
 
 /// `POST /v1/notify/dead-letters/{id}/retry`: back in the outbox, due now.
 pub(super) async fn retry_dead_letter(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::notify::DeadLetterRetried>, ApiError> {
     let id = path_param(id)?;
     db(&state, move |store| {
         Ok(store.retry_dead_letter(id, now_ms())?)
     })
     .await?;
-    Ok(axum::Json(json!({"id": id, "pending": true})))
+    Ok(axum::Json(failsmall_wire::notify::DeadLetterRetried {
+        id,
+        pending: true,
+    }))
 }

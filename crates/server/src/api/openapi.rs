@@ -2,6 +2,19 @@
 //! ([`failsmall_wire`], `utoipa::ToSchema`), its operations from [`route_table`], so a route
 //! cannot exist without an operation nor an operation without a route.
 
+use failsmall_wire::elevations::{Elevation, ElevationList};
+use failsmall_wire::incidents::{
+    Incident, IncidentDetail, IncidentList, IncidentUpdate, PublicComponent, PublicIncident,
+    PublicStatus, PublicUpdate, TimelineEntry,
+};
+use failsmall_wire::nodes::{
+    Accepted, BreakGlassRecorded, DesiredAnswer, NodeRemoved, ReportAnswer,
+};
+use failsmall_wire::notify::{
+    DeadLetter, DeadLetterRetried, DeadLetters, OutboxCounts, Webhook, WebhookList, WebhookRemoved,
+};
+use failsmall_wire::operator::{ServerInfo, ServerStatus, StatusCounts, StoreInfo, WhoAmI};
+use failsmall_wire::quarantine::{QuarantineLifted, QuarantineList, QuarantinedVersion};
 use failsmall_wire::reports::{
     BreakGlassReport, HealthSample, LatencyHistogram, Report, ReportBatch,
 };
@@ -11,20 +24,28 @@ use failsmall_wire::requests::{
     Role, UpdateIncidentRequest,
 };
 use failsmall_wire::rollouts::{
-    CommandRequest, CreateRolloutRequest, RetryRequest, RolloutCommand,
+    CommandRequest, CreateRolloutRequest, GateReport, GroupMetrics, RetryRequest, Rollout,
+    RolloutCommand, RolloutList, RolloutStatus as WireRolloutStatus, StagePhase, Verdict,
 };
-use failsmall_wire::slos::{CreateSloRequest, SloQueries};
-use failsmall_wire::tokens::Token;
+use failsmall_wire::slos::{CreateSloRequest, Slo, SloDeleted, SloList, SloQueries};
+use failsmall_wire::tokens::{NewToken, Token, TokenList};
+use failsmall_wire::trust::{
+    ChainBreak, ChainHead, ChangelogVerification, Checkpoint, EarlierCheckpoint, KeySignature,
+    RootDocument, SignedRoot,
+};
 use failsmall_wire::units::{
-    CreateUnitRequest, EntryLimit, FailMode, Shape, UniqueEntries, Unit, UnitFormat, UnitSpec,
-    UpdateUnitRequest, ValidatorCommand,
+    CreateUnitRequest, EntryLimit, FailMode, Shape, UniqueEntries, Unit, UnitDeleted, UnitFormat,
+    UnitList, UnitSpec, UpdateUnitRequest, ValidatorCommand,
 };
+use failsmall_wire::versions::{LatestRollout, PushedVersion, VersionEntry, VersionList};
 use failsmall_wire::windows::{
-    CreateFreezeRequest, CreateMaintenanceRequest, FreezeScope, FreezeWindow, Weekday,
+    CreateFreezeRequest, CreateMaintenanceRequest, Freeze, FreezeLifted, FreezeList, FreezeScope,
+    FreezeWindow, Maintenance, MaintenanceEnded, MaintenanceList, NodeSelector, StoredScope,
+    StoredWindow, Weekday,
 };
 use failsmall_wire::{
-    AppliedVersion, ChangeEntry, ChangelogPage, Changes, ErrorBody, ErrorDetail, HASH_PATTERN,
-    Health, NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
+    ApiDocument, AppliedVersion, ChangeEntry, ChangelogPage, Changes, ErrorBody, ErrorDetail,
+    HASH_PATTERN, Health, NODE_ID_PATTERN, Node, NodeList, SigningKey, UNIT_NAME_PATTERN, Version,
 };
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -84,7 +105,74 @@ use super::*;
         ReportBatch,
         HealthSample,
         LatencyHistogram,
-        BreakGlassReport
+        BreakGlassReport,
+        ApiDocument,
+        RootDocument,
+        KeySignature,
+        SignedRoot,
+        UnitList,
+        UnitDeleted,
+        VersionEntry,
+        LatestRollout,
+        VersionList,
+        PushedVersion,
+        QuarantinedVersion,
+        QuarantineList,
+        QuarantineLifted,
+        NodeRemoved,
+        DesiredAnswer,
+        Accepted,
+        ReportAnswer,
+        BreakGlassRecorded,
+        WireRolloutStatus,
+        StagePhase,
+        Verdict,
+        GateReport,
+        GroupMetrics,
+        Rollout,
+        RolloutList,
+        ChainHead,
+        ChainBreak,
+        Checkpoint,
+        EarlierCheckpoint,
+        ChangelogVerification,
+        WhoAmI,
+        ServerInfo,
+        StoreInfo,
+        StatusCounts,
+        ServerStatus,
+        TokenList,
+        NewToken,
+        NodeSelector,
+        StoredScope,
+        StoredWindow,
+        Freeze,
+        FreezeList,
+        FreezeLifted,
+        Maintenance,
+        MaintenanceList,
+        MaintenanceEnded,
+        Webhook,
+        WebhookList,
+        WebhookRemoved,
+        DeadLetter,
+        OutboxCounts,
+        DeadLetters,
+        DeadLetterRetried,
+        Slo,
+        SloList,
+        SloDeleted,
+        Incident,
+        IncidentUpdate,
+        TimelineEntry,
+        IncidentDetail,
+        IncidentList,
+        PublicUpdate,
+        PublicIncident,
+        PublicComponent,
+        PublicStatus,
+        Elevation,
+        ElevationList
     )),
     modifiers(&BearerScheme, &ClosedVariants)
 )]
@@ -435,26 +523,77 @@ pub(super) fn request_body(method: &Method, path: &str) -> Option<Value> {
     }))
 }
 
-/// The schema of a route's success answer (200 or 201), where the document describes one.
+/// The schema of a route's success answer (200 or 201): the wire type the handler answers
+/// with. `None` only for routes whose answer is not JSON ([`media_type`]).
 pub(super) fn response_schema(method: &Method, path: &str) -> Option<Value> {
     let name = match (method.as_str(), path) {
+        ("GET", "/healthz") => "Health",
+        ("GET", "/v1/openapi.json") => "ApiDocument",
+        ("GET", "/v1/signing-key") => "SigningKey",
+        ("GET", "/v1/root") => "SignedRoot",
+        ("GET", "/v1/units") => "UnitList",
         ("POST", "/v1/units") | ("GET" | "PUT", "/v1/units/{unit}") => "Unit",
-        (method, _) if method != "GET" => return None,
-        (_, path) => match path {
-            "/healthz" => "Health",
-            "/v1/signing-key" => "SigningKey",
-            "/v1/nodes" => "NodeList",
-            "/v1/changelog" => "ChangelogPage",
-            "/v1/changes" => "Changes",
-            "/v1/units/{unit}/versions/{hash}" => "Version",
-            _ => return None,
-        },
+        ("DELETE", "/v1/units/{unit}") => "UnitDeleted",
+        ("GET", "/v1/units/{unit}/versions") => "VersionList",
+        ("POST", "/v1/units/{unit}/versions") => "PushedVersion",
+        ("GET", "/v1/units/{unit}/versions/{hash}") => "Version",
+        ("GET", "/v1/quarantine") => "QuarantineList",
+        ("POST", "/v1/units/{unit}/quarantine/{hash}/lift") => "QuarantineLifted",
+        ("GET", "/v1/nodes") => "NodeList",
+        ("PUT", "/v1/nodes/{node}") | ("POST", "/v1/nodes/{node}/heartbeat") => "Node",
+        ("DELETE", "/v1/nodes/{node}") => "NodeRemoved",
+        ("GET", "/v1/nodes/{node}/desired") => "DesiredAnswer",
+        ("POST", "/v1/nodes/{node}/reports") => "ReportAnswer",
+        ("POST", "/v1/nodes/{node}/break-glass") => "BreakGlassRecorded",
+        ("GET", "/v1/rollouts") => "RolloutList",
+        ("POST", "/v1/rollouts")
+        | ("GET", "/v1/rollouts/{id}")
+        | ("POST", "/v1/rollouts/{id}/commands")
+        | ("POST", "/v1/rollouts/{id}/approve")
+        | ("POST", "/v1/rollouts/{id}/retry") => "Rollout",
+        ("GET", "/v1/changelog") => "ChangelogPage",
+        ("GET", "/v1/changes") => "Changes",
+        ("GET", "/v1/changelog/verify") => "ChangelogVerification",
+        ("GET", "/v1/whoami") => "WhoAmI",
+        ("GET", "/v1/status") => "ServerStatus",
+        ("GET", "/v1/tokens") => "TokenList",
+        ("POST", "/v1/tokens") | ("POST", "/v1/tokens/{id}/rotate") => "NewToken",
+        ("DELETE", "/v1/tokens/{id}") => "Token",
+        ("GET", "/v1/freezes") => "FreezeList",
+        ("POST", "/v1/freezes") | ("POST", "/v1/freezes/now") => "Freeze",
+        ("POST", "/v1/freezes/{id}/lift") => "FreezeLifted",
+        ("GET", "/v1/maintenance") => "MaintenanceList",
+        ("POST", "/v1/maintenance") => "Maintenance",
+        ("POST", "/v1/maintenance/{id}/end") => "MaintenanceEnded",
+        ("GET", "/v1/webhooks") => "WebhookList",
+        ("POST", "/v1/webhooks") => "Webhook",
+        ("DELETE", "/v1/webhooks/{id}") => "WebhookRemoved",
+        ("GET", "/v1/notify/dead-letters") => "DeadLetters",
+        ("POST", "/v1/notify/dead-letters/{id}/retry") => "DeadLetterRetried",
+        ("GET", "/v1/slos") => "SloList",
+        ("POST", "/v1/slos") | ("GET", "/v1/slos/{name}") => "Slo",
+        ("DELETE", "/v1/slos/{name}") => "SloDeleted",
+        ("GET", "/v1/incidents") => "IncidentList",
+        ("GET", "/v1/incidents/{id}") => "IncidentDetail",
+        ("POST", "/v1/incidents")
+        | ("POST", "/v1/incidents/{id}/updates")
+        | ("POST", "/v1/incidents/{id}/resolve")
+        | ("PUT", "/v1/incidents/{id}/review") => "Incident",
+        ("GET", "/status.json") => "PublicStatus",
+        ("GET", "/v1/break-glass/requests") => "ElevationList",
+        ("POST", "/v1/break-glass/requests")
+        | ("GET", "/v1/break-glass/requests/{id}")
+        | ("POST", "/v1/break-glass/requests/{id}/approve")
+        | ("POST", "/v1/break-glass/requests/{id}/claim") => "Elevation",
+        _ => return None,
     };
     Some(json!({"$ref": format!("#/components/schemas/{name}")}))
 }
 
-pub(super) async fn openapi() -> axum::Json<Value> {
-    axum::Json(openapi_document())
+pub(super) async fn openapi() -> Result<axum::Json<ApiDocument>, ApiError> {
+    serde_json::from_value(openapi_document())
+        .map(axum::Json)
+        .map_err(|e| ApiError::internal(format!("the OpenAPI document: {e}")))
 }
 
 #[cfg(test)]
@@ -537,5 +676,56 @@ mod tests {
             ["schema"]["$ref"];
         assert_eq!(page, "#/components/schemas/ChangelogPage");
         assert!(schemas["ChangeEntry"]["properties"]["team"].is_object());
+    }
+
+    #[test]
+    fn every_json_answer_names_a_wire_schema_that_exists() {
+        let document = openapi_document();
+        let schemas = &document["components"]["schemas"];
+        let mut undescribed = Vec::new();
+        for route in route_table() {
+            if media_type(route.path).is_some() {
+                continue;
+            }
+            let op = &document["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+            let created = route.method == Method::POST && CREATED_ROUTES.contains(&route.path);
+            let status = if created { "201" } else { "200" };
+            let reference =
+                op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                    .as_str()
+                    .unwrap_or_default();
+            let name = reference.strip_prefix("#/components/schemas/");
+            match name {
+                Some(name) if schemas[name].is_object() => {}
+                _ => undescribed.push(format!("{} {}", route.method, route.path)),
+            }
+        }
+        assert!(
+            undescribed.is_empty(),
+            "JSON answers without a wire schema: {undescribed:?}"
+        );
+    }
+
+    #[test]
+    fn no_answer_schema_is_left_open() {
+        // An open-ended field says what it holds: no schema of the document is `{}`.
+        let document = openapi_document();
+        for (name, schema) in document["components"]["schemas"]
+            .as_object()
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                schema.as_object().is_some_and(|fields| !fields.is_empty()),
+                "schema {name} is empty"
+            );
+        }
+        let rollout = &document["components"]["schemas"]["Rollout"]["properties"];
+        for field in ["id", "status", "phase", "gates", "canary", "held_by_freeze"] {
+            assert!(
+                rollout[field].is_object(),
+                "Rollout.{field} is not described"
+            );
+        }
     }
 }

@@ -34,17 +34,21 @@ fn reason_body(body: Result<Bytes, BytesRejection>) -> Result<ReasonRequest, Api
 }
 
 /// `GET /v1/whoami`: the caller's token name, role, and node (agent tokens).
-pub(super) async fn whoami(Extension(caller): Extension<Caller>) -> axum::Json<Value> {
-    axum::Json(json!({
-        "name": caller.name,
-        "token": caller.token,
-        "role": caller.role.map(|role| role.to_string()),
-        "node": caller.node,
-    }))
+pub(super) async fn whoami(
+    Extension(caller): Extension<Caller>,
+) -> axum::Json<failsmall_wire::operator::WhoAmI> {
+    axum::Json(failsmall_wire::operator::WhoAmI {
+        name: caller.name,
+        token: caller.token,
+        role: caller.role.map(Into::into),
+        node: caller.node,
+    })
 }
 
 /// `GET /v1/status`: the server, its store, and counts of what it holds.
-pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
+pub(super) async fn status(
+    State(state): State<AppState>,
+) -> Result<axum::Json<failsmall_wire::operator::ServerStatus>, ApiError> {
     let (schema_version, counts) = db(&state, |store| {
         Ok((store.schema_version()?, store.counts()?))
     })
@@ -53,13 +57,13 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<V
         .shared
         .engine
         .read(|engine, revision| {
-            let mut by_status = serde_json::Map::new();
+            let mut by_status = std::collections::BTreeMap::new();
             for status in RolloutStatus::ALL {
-                by_status.insert(status.as_str().to_owned(), json!(0u64));
+                by_status.insert(status.as_str().to_owned(), 0u64);
             }
             for status in engine.rollout_statuses() {
                 if let Some(count) = by_status.get_mut(status.as_str()) {
-                    *count = json!(count.as_u64().unwrap_or(0).saturating_add(1));
+                    *count = count.saturating_add(1);
                 }
             }
             (
@@ -71,32 +75,34 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<axum::Json<V
             )
         })
         .await;
-    Ok(axum::Json(json!({
-        "server": {
-            "version": env!("CARGO_PKG_VERSION"),
-            "now_ms": now_ms(),
-            "node_down_after_ms": state.shared.node_down_after_ms,
-            "desired_ttl_ms": state.shared.desired_ttl_ms,
+    use failsmall_wire::operator::{ServerInfo, ServerStatus, StatusCounts, StoreInfo};
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    Ok(axum::Json(ServerStatus {
+        server: ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            now_ms: now_ms(),
+            node_down_after_ms: state.shared.node_down_after_ms,
+            desired_ttl_ms: state.shared.desired_ttl_ms,
         },
-        "leader": "this server: one control plane over its own store, no replicas",
-        "store": {
-            "kind": "sqlite",
-            "schema_version": schema_version,
-            "engine_revision": revision,
-            "blob_bytes": counts.blob_bytes,
-            "changelog_entries": counts.changelog_entries,
+        leader: "this server: one control plane over its own store, no replicas".to_owned(),
+        store: StoreInfo {
+            kind: "sqlite".to_owned(),
+            schema_version,
+            engine_revision: revision,
+            blob_bytes: counts.blob_bytes,
+            changelog_entries: counts.changelog_entries,
         },
-        "counts": {
-            "units": counts.units,
-            "versions": counts.versions,
-            "nodes": counts.nodes,
-            "nodes_in_engine": engine_nodes,
-            "nodes_down": nodes_down,
-            "nodes_stale": counts.nodes_stale,
-            "quarantined": quarantined,
-            "rollouts": by_status,
+        counts: StatusCounts {
+            units: counts.units,
+            versions: counts.versions,
+            nodes: counts.nodes,
+            nodes_in_engine: count(engine_nodes),
+            nodes_down: count(nodes_down),
+            nodes_stale: counts.nodes_stale,
+            quarantined: count(quarantined),
+            rollouts: by_status,
         },
-    })))
+    }))
 }
 
 /// `GET /v1/quarantine`: every quarantined version, with its version record when stored.
@@ -106,7 +112,7 @@ pub(super) async fn list_quarantine(
         axum::extract::Query<super::page::PageQuery>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::quarantine::QuarantineList>, ApiError> {
     let page = super::page::Page::from_query(query)?;
     // By unit, then version; the cursor is the page's last `unit/version`.
     let key = |unit: &str, version: &str| format!("{unit}/{version}");
@@ -140,20 +146,23 @@ pub(super) async fn list_quarantine(
             .collect::<Vec<Option<VersionRecord>>>())
     })
     .await?;
-    let entries: Vec<Value> = quarantined
+    let entries = quarantined
         .iter()
         .zip(records)
-        .map(|(q, record)| {
-            json!({
-                "unit": q.unit,
-                "version": q.version,
-                "rollout": q.rollout.0,
-                "message": record.as_ref().map(|r| r.message.clone()),
-                "author": record.as_ref().map(|r| r.author.clone()),
-            })
-        })
+        .map(
+            |(q, record)| failsmall_wire::quarantine::QuarantinedVersion {
+                unit: q.unit.as_str().to_owned(),
+                version: q.version.to_string(),
+                rollout: q.rollout.0,
+                message: record.as_ref().map(|r| r.message.clone()),
+                author: record.as_ref().map(|r| r.author.clone()),
+            },
+        )
         .collect();
-    Ok(axum::Json(json!({ "quarantined": entries, "next": next })))
+    Ok(axum::Json(failsmall_wire::quarantine::QuarantineList {
+        quarantined: entries,
+        next,
+    }))
 }
 
 /// `POST /v1/units/{unit}/quarantine/{hash}/lift`, admin: `{"reason": ...}` (required).
@@ -162,7 +171,7 @@ pub(super) async fn lift_quarantine(
     Extension(caller): Extension<Caller>,
     params: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::quarantine::QuarantineLifted>, ApiError> {
     let (unit, hash) = path_param(params)?;
     let unit = unit_name(&unit)?;
     let version = version_hash(&hash)?;
@@ -187,9 +196,11 @@ pub(super) async fn lift_quarantine(
         .apply(&state.shared.store, now_ms(), event, Cause::Nothing, None)
         .await
         .map_err(step_error)?;
-    Ok(axum::Json(
-        json!({"unit": unit, "version": version, "quarantined": false}),
-    ))
+    Ok(axum::Json(failsmall_wire::quarantine::QuarantineLifted {
+        unit: unit.as_str().to_owned(),
+        version: version.to_string(),
+        quarantined: false,
+    }))
 }
 
 /// `POST /v1/rollouts/{id}/retry`: the same version through the same plan, as a new rollout.
@@ -199,7 +210,7 @@ pub(super) async fn retry_rollout(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::rollouts::Rollout>), ApiError> {
     let id = RolloutId(path_param(id)?);
     let request: RetryRequest = if body.as_ref().is_ok_and(|bytes| bytes.is_empty()) {
         RetryRequest::default()
@@ -266,7 +277,13 @@ pub(super) async fn retry_rollout(
         Some(new_id) => host.read(|engine, _| engine.rollout(new_id)).await,
         None => None,
     };
-    Ok((StatusCode::CREATED, axum::Json(json!(new_view))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(super::convert::rollout(
+            new_view,
+            &format!("retry of {id}"),
+        )?),
+    ))
 }
 
 /// `DELETE /v1/units/{unit}`, admin: refused while a rollout of the unit is open. The unit
@@ -276,7 +293,7 @@ pub(super) async fn delete_unit(
     Extension(caller): Extension<Caller>,
     unit: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::units::UnitDeleted>, ApiError> {
     let unit = unit_name(&path_param(unit)?)?;
     let request = reason_body(body)?;
     let lookup = unit.clone();
@@ -333,9 +350,11 @@ pub(super) async fn delete_unit(
         Ok(store.delete_unit(&name, &change)?)
     })
     .await?;
-    Ok(axum::Json(
-        json!({"unit": unit, "deleted": true, "versions_deleted": versions}),
-    ))
+    Ok(axum::Json(failsmall_wire::units::UnitDeleted {
+        unit: unit.to_string(),
+        deleted: true,
+        versions_deleted: versions,
+    }))
 }
 
 /// `DELETE /v1/nodes/{node}`, admin: the node leaves the fleet (the engine forgets it, so no
@@ -345,7 +364,7 @@ pub(super) async fn delete_node(
     Extension(caller): Extension<Caller>,
     node: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::nodes::NodeRemoved>, ApiError> {
     let id = node_id(&path_param(node)?)?;
     let request = reason_body(body)?;
     let reason = if request.reason.is_empty() {
@@ -354,7 +373,10 @@ pub(super) async fn delete_node(
         format!("node {id} removed by {}: {}", caller.name, request.reason)
     };
     remove_node(&state, &caller.name, &id, &reason).await?;
-    Ok(axum::Json(json!({"node": id, "removed": true})))
+    Ok(axum::Json(failsmall_wire::nodes::NodeRemoved {
+        node: id.to_string(),
+        removed: true,
+    }))
 }
 
 /// Removes `node` from the engine and the store, recording `reason` as `node_removed`. A node
@@ -503,7 +525,7 @@ pub(super) fn versions_with_status(
     engine: &Engine,
     unit: &UnitName,
     versions: Vec<VersionRecord>,
-) -> Value {
+) -> failsmall_wire::versions::VersionList {
     let views: Vec<RolloutView> = engine.rollouts().filter(|v| v.unit == *unit).collect();
     let stable = engine.stable(unit);
     let live = engine.desired_counts(unit);
@@ -514,7 +536,7 @@ pub(super) fn versions_with_status(
         .filter(|view| Some(view.version) != stable && !engine.is_quarantined(unit, &view.version))
         .max_by_key(|view| (view.ended_ms, view.id))
         .map(|view| view.version);
-    let entries: Vec<Value> = versions
+    let entries = versions
         .into_iter()
         .map(|record| {
             let parsed = record.hash.parse::<VersionHash>().ok();
@@ -536,27 +558,24 @@ pub(super) fn versions_with_status(
             let nodes = parsed
                 .and_then(|hash| live.get(&hash).copied())
                 .unwrap_or(0);
-            let mut entry = json!(record);
-            if let Some(object) = entry.as_object_mut() {
-                object.insert("status".to_owned(), json!(status));
-                object.insert("live_nodes".to_owned(), json!(nodes));
-                object.insert(
-                    "latest_rollout".to_owned(),
-                    json!(latest.map(|view| json!({
-                        "id": view.id.0,
-                        "status": view.status.as_str(),
-                        "ended_ms": view.ended_ms,
-                    }))),
-                );
+            failsmall_wire::versions::VersionEntry {
+                version: record.into(),
+                status: status.to_owned(),
+                live_nodes: nodes,
+                latest_rollout: latest.map(|view| failsmall_wire::versions::LatestRollout {
+                    id: view.id.0,
+                    status: view.status.into(),
+                    ended_ms: view.ended_ms,
+                }),
             }
-            entry
         })
         .collect();
-    json!({
-        "versions": entries,
-        "stable": stable,
-        "previous_stable": previous_stable,
-    })
+    failsmall_wire::versions::VersionList {
+        versions: entries,
+        stable: stable.map(|hash| hash.to_string()),
+        previous_stable: previous_stable.map(|hash| hash.to_string()),
+        next: None,
+    }
 }
 
 /// `GET /v1/units/{unit}/versions`: see [`versions_with_status`].
@@ -567,7 +586,7 @@ pub(super) async fn list_versions(
         axum::extract::Query<super::page::PageQuery>,
         axum::extract::rejection::QueryRejection,
     >,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::versions::VersionList>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
     let page = super::page::Page::from_query(query)?;
     // Newest first: the page after `after` (a sequence number) holds older versions.
@@ -580,15 +599,15 @@ pub(super) async fn list_versions(
     })
     .await?;
     let (versions, next) = page.split(rows, |version| version.seq.to_string());
-    let mut answer = state
+    let answer = state
         .shared
         .engine
         .read(|engine, _| versions_with_status(engine, &name, versions))
         .await;
-    if let Some(fields) = answer.as_object_mut() {
-        fields.insert("next".to_owned(), json!(next));
-    }
-    Ok(axum::Json(answer))
+    Ok(axum::Json(failsmall_wire::versions::VersionList {
+        next,
+        ..answer
+    }))
 }
 
 /// Longest changelog reason this module writes, in bytes (the API's text limit).

@@ -75,7 +75,7 @@ pub(super) async fn create_rollout(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::rollouts::Rollout>), ApiError> {
     let request: CreateRolloutRequest = json_body(body)?;
     let unit = unit_name(&request.unit)?;
     let version = version_hash(&request.version)?;
@@ -136,13 +136,16 @@ pub(super) async fn create_rollout(
         })
         .await?;
     }
-    Ok((StatusCode::CREATED, axum::Json(json!(view))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(convert::rollout(view, "the rollout started")?),
+    ))
 }
 
 pub(super) async fn list_rollouts(
     State(state): State<AppState>,
     query: Result<Query<page::PageQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::rollouts::RolloutList>, ApiError> {
     let page = page::Page::from_query(query)?;
     // Newest first: the page after `after` holds older rollouts.
     let before = page.after_number()?.unwrap_or(u64::MAX);
@@ -160,20 +163,23 @@ pub(super) async fn list_rollouts(
         })
         .await;
     let (views, next) = page.split(rows, |view| view.id.0.to_string());
-    Ok(axum::Json(json!({ "rollouts": views, "next": next })))
+    Ok(axum::Json(failsmall_wire::rollouts::RolloutList {
+        rollouts: views.into_iter().map(Into::into).collect(),
+        next,
+    }))
 }
 
 pub(super) async fn show_rollout(
     State(state): State<AppState>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::rollouts::Rollout>, ApiError> {
     let id = RolloutId(path_param(id)?);
     let view = state
         .shared
         .engine
         .read(|engine, _| engine.rollout(id))
         .await;
-    view.map(|view| axum::Json(json!(view)))
+    view.map(|view| axum::Json(view.into()))
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))
 }
 
@@ -194,7 +200,7 @@ pub(super) async fn run_command(
     id: u64,
     command: Command,
     reason: String,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::rollouts::Rollout>, ApiError> {
     text_field("reason", &reason)?;
     let rollout = RolloutId(id);
     let host = &state.shared.engine;
@@ -220,7 +226,10 @@ pub(super) async fn run_command(
         .await
         .map_err(step_error)?;
     let view = host.read(|engine, _| engine.rollout(rollout)).await;
-    Ok(axum::Json(json!(view)))
+    Ok(axum::Json(convert::rollout(
+        view,
+        &format!("rollout {rollout}"),
+    )?))
 }
 
 pub(super) async fn command_rollout(
@@ -228,7 +237,7 @@ pub(super) async fn command_rollout(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::rollouts::Rollout>, ApiError> {
     let id = path_param(id)?;
     let request: Value = json_body(body)?;
     // `approve` is no command here (the wire type has none): say where approvals go.
@@ -253,7 +262,7 @@ pub(super) async fn approve_rollout(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::rollouts::Rollout>, ApiError> {
     let id = path_param(id)?;
     let empty = body.as_ref().is_ok_and(|bytes| bytes.is_empty());
     let request: ReasonRequest = if empty {

@@ -69,37 +69,37 @@ fn slo_spec(request: CreateSloRequest) -> Result<SloSpec, ApiError> {
 }
 
 /// An SLO and where it stands, as the API answers it.
-pub(super) fn slo_json(spec: &SloSpec, status: &SloStatus) -> Value {
-    let burn_rates: serde_json::Map<String, Value> = status
+pub(super) fn slo_json(spec: &SloSpec, status: &SloStatus) -> failsmall_wire::slos::Slo {
+    let burn_rates = status
         .burn_rates
         .iter()
-        .map(|(window, rate)| (window.as_str().to_owned(), json!(rate)))
+        .map(|(window, rate)| (window.as_str().to_owned(), *rate))
         .collect();
-    json!({
-        "name": spec.name,
-        "unit": spec.unit,
-        "selector": spec.selector,
-        "target_percent": spec.target_percent,
-        "window": format_window(spec.window_ms),
-        "window_ms": spec.window_ms,
-        "block_rollouts_when_exhausted": spec.block_rollouts_when_exhausted,
-        "description": spec.description,
-        "prometheus": spec.prometheus,
-        "events_total": status.window.total,
-        "events_bad": status.window.bad,
-        "attained_percent": status.attained_percent,
-        "error_budget_remaining": status.error_budget_remaining,
-        "exhausted": status.exhausted,
-        "burn_rates": burn_rates,
-        "alerts": status.alerts,
-    })
+    failsmall_wire::slos::Slo {
+        name: spec.name.clone(),
+        unit: spec.unit.as_str().to_owned(),
+        selector: spec.selector.clone(),
+        target_percent: spec.target_percent,
+        window: format_window(spec.window_ms),
+        window_ms: spec.window_ms,
+        block_rollouts_when_exhausted: spec.block_rollouts_when_exhausted,
+        description: spec.description.clone(),
+        prometheus: spec.prometheus.clone().map(Into::into),
+        events_total: status.window.total,
+        events_bad: status.window.bad,
+        attained_percent: status.attained_percent,
+        error_budget_remaining: status.error_budget_remaining,
+        exhausted: status.exhausted,
+        burn_rates,
+        alerts: status.alerts.clone(),
+    }
 }
 
 pub(super) async fn create_slo(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::slos::Slo>), ApiError> {
     let request: CreateSloRequest = json_body(body)?;
     text_field("reason", &request.reason)?;
     let reason = request.reason.clone();
@@ -157,21 +157,23 @@ pub(super) async fn create_slo(
     Ok((StatusCode::CREATED, axum::Json(slo_json(&spec, &status))))
 }
 
-pub(super) async fn list_slos(State(state): State<AppState>) -> axum::Json<Value> {
-    let slos: Vec<Value> = state
+pub(super) async fn list_slos(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::slos::SloList> {
+    let slos = state
         .shared
         .slos
         .statuses(None, now_ms())
         .iter()
         .map(|(spec, status)| slo_json(spec, status))
         .collect();
-    axum::Json(json!({ "slos": slos }))
+    axum::Json(failsmall_wire::slos::SloList { slos })
 }
 
 pub(super) async fn show_slo(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::slos::Slo>, ApiError> {
     let name = path_param(name)?;
     let (spec, status) = state
         .shared
@@ -186,7 +188,7 @@ pub(super) async fn delete_slo(
     Extension(caller): Extension<Caller>,
     name: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::slos::SloDeleted>, ApiError> {
     let name = path_param(name)?;
     let request: ReasonRequest = if body.as_ref().is_ok_and(|b| b.is_empty()) {
         ReasonRequest::default()
@@ -223,7 +225,9 @@ pub(super) async fn delete_slo(
     })
     .await?;
     state.shared.slos.remove(&name);
-    Ok(axum::Json(json!({ "deleted": name })))
+    Ok(axum::Json(failsmall_wire::slos::SloDeleted {
+        deleted: name,
+    }))
 }
 
 /// Refuses (409 `error_budget_exhausted`) the start of a rollout of `version` of `unit`

@@ -12,8 +12,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::changelog::xml_escape;
 use super::incidents::resolved_since_ms;
 use super::*;
@@ -31,18 +29,16 @@ pub(super) struct StatusParams {
     days: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicUpdate {
     at: String,
-    #[serde(skip)]
     at_ms: u64,
-    #[serde(skip)]
     id: u64,
     status: &'static str,
     message: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicIncident {
     id: u64,
     title: String,
@@ -56,13 +52,13 @@ struct PublicIncident {
     review: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicComponent {
     name: String,
     status: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 struct PublicStatus {
     /// `operational`, or the worst open incident's component status.
     status: &'static str,
@@ -149,10 +145,54 @@ async fn load(state: &AppState, days: Option<u64>) -> Result<PublicStatus, ApiEr
 pub(super) async fn json(
     State(state): State<AppState>,
     params: Result<Query<StatusParams>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::incidents::PublicStatus>, ApiError> {
     let params = query_param(params)?;
     let status = load(&state, params.days).await?;
-    Ok(axum::Json(json!(status)))
+    Ok(axum::Json(status.into()))
+}
+
+impl From<PublicIncident> for failsmall_wire::incidents::PublicIncident {
+    fn from(incident: PublicIncident) -> Self {
+        Self {
+            id: incident.id,
+            title: incident.title,
+            severity: incident.severity.to_owned(),
+            status: incident.status.to_owned(),
+            components: incident.components,
+            opened: incident.opened,
+            resolved: incident.resolved,
+            updates: incident
+                .updates
+                .into_iter()
+                .map(|update| failsmall_wire::incidents::PublicUpdate {
+                    at: update.at,
+                    status: update.status.to_owned(),
+                    message: update.message,
+                })
+                .collect(),
+            review: incident.review,
+        }
+    }
+}
+
+impl From<PublicStatus> for failsmall_wire::incidents::PublicStatus {
+    fn from(status: PublicStatus) -> Self {
+        Self {
+            status: status.status.to_owned(),
+            updated: status.updated,
+            components: status
+                .components
+                .into_iter()
+                .map(|component| failsmall_wire::incidents::PublicComponent {
+                    name: component.name,
+                    status: component.status.to_owned(),
+                })
+                .collect(),
+            open: status.open.into_iter().map(Into::into).collect(),
+            resolved: status.resolved.into_iter().map(Into::into).collect(),
+            resolved_days: status.resolved_days,
+        }
+    }
 }
 
 fn label(status: &str) -> String {

@@ -6,20 +6,23 @@ use failsmall_wire::requests::CreateTokenRequest;
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
     query: Result<Query<page::PageQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::tokens::TokenList>, ApiError> {
     let page = page::Page::from_query(query)?;
     let (after, fetch) = (page.after_number()?, page.fetch());
     let rows = db(&state, move |store| Ok(store.tokens_after(after, fetch)?)).await?;
     let (tokens, next) = page.split(rows, |token| token.id.to_string());
     let tokens: Vec<failsmall_wire::tokens::Token> = tokens.into_iter().map(Into::into).collect();
-    Ok(axum::Json(json!({ "tokens": tokens, "next": next })))
+    Ok(axum::Json(failsmall_wire::tokens::TokenList {
+        tokens,
+        next,
+    }))
 }
 
 pub(super) async fn create_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::tokens::NewToken>), ApiError> {
     let request: CreateTokenRequest = json_body(body)?;
     if request.name.is_empty() || request.name.len() > 128 {
         return Err(ApiError::new(
@@ -91,9 +94,11 @@ pub(super) async fn create_token(
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            json!({ "token": token, "record": failsmall_wire::tokens::Token::from(record) }),
-        ),
+        axum::Json(failsmall_wire::tokens::NewToken {
+            token,
+            record: record.into(),
+            replaces: None,
+        }),
     ))
 }
 
@@ -101,7 +106,7 @@ pub(super) async fn revoke_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::tokens::Token>, ApiError> {
     let id = path_param(id)?;
     let record = db(&state, move |store| {
         let reason = format!("token {id}");
@@ -120,7 +125,5 @@ pub(super) async fn revoke_token(
     })
     .await?;
     state.shared.tokens.clear();
-    Ok(axum::Json(json!(failsmall_wire::tokens::Token::from(
-        record
-    ))))
+    Ok(axum::Json(failsmall_wire::tokens::Token::from(record)))
 }

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use failsmall_core::domain::rfc3339_from_ms;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{AppState, db};
 use crate::auth::{Caller, Role};
@@ -149,7 +149,7 @@ pub(super) async fn rotate_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::tokens::NewToken>), ApiError> {
     let id = super::path_param(id)?;
     let token = crate::auth::new_token()
         .map_err(|e| ApiError::internal(format!("no randomness for a token: {e}")))?;
@@ -173,9 +173,11 @@ pub(super) async fn rotate_token(
     state.shared.tokens.clear();
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            json!({"token": token, "record": failsmall_wire::tokens::Token::from(record), "replaces": id}),
-        ),
+        axum::Json(failsmall_wire::tokens::NewToken {
+            token,
+            record: record.into(),
+            replaces: Some(id),
+        }),
     ))
 }
 
@@ -194,7 +196,7 @@ pub(super) struct CheckpointQuery {
 pub(super) async fn verify_changelog(
     State(state): State<AppState>,
     query: Result<Query<CheckpointQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::trust::ChangelogVerification>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let earlier = match (query.checkpoint_row, query.checkpoint_hash.clone()) {
         (Some(row), Some(hash)) => Some((row, hash)),
@@ -215,13 +217,13 @@ pub(super) async fn verify_changelog(
     })
     .await?;
     let checkpoint = match (&report.first_break, report.head_id, &report.head_hash) {
-        (None, Some(id), Some(hash)) => json!({
-            "row": id,
-            "hash": hash,
-            "signature": state.shared.signer.sign_checkpoint(id, hash),
-            "public_key": state.shared.signer.public_key_hex(),
+        (None, Some(id), Some(hash)) => Some(failsmall_wire::trust::Checkpoint {
+            row: id,
+            hash: hash.clone(),
+            signature: state.shared.signer.sign_checkpoint(id, hash),
+            public_key: state.shared.signer.public_key_hex(),
         }),
-        _ => Value::Null,
+        _ => None,
     };
     let earlier_checkpoint = match (&query.checkpoint_row, &query.checkpoint_hash) {
         (Some(row), Some(hash)) => {
@@ -235,22 +237,34 @@ pub(super) async fn verify_changelog(
                     "row {row} is gone (the checkpoint says it had hash {hash}): the history was truncated"
                 ),
             };
-            json!({"row": row, "hash": hash, "holds": holds, "reason": reason})
+            Some(failsmall_wire::trust::EarlierCheckpoint {
+                row: *row,
+                hash: hash.clone(),
+                holds,
+                reason,
+            })
         }
-        _ => Value::Null,
+        _ => None,
     };
     let holds = earlier_checkpoint
-        .get("holds")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    Ok(axum::Json(json!({
-        "intact": report.is_intact() && holds,
-        "rows": report.rows,
-        "head": {"id": report.head_id, "hash": report.head_hash},
-        "first_break": report.first_break,
-        "checkpoint": checkpoint,
-        "earlier_checkpoint": earlier_checkpoint,
-    })))
+        .as_ref()
+        .is_none_or(|earlier| earlier.holds);
+    Ok(axum::Json(failsmall_wire::trust::ChangelogVerification {
+        intact: report.is_intact() && holds,
+        rows: report.rows,
+        head: failsmall_wire::trust::ChainHead {
+            id: report.head_id,
+            hash: report.head_hash,
+        },
+        first_break: report
+            .first_break
+            .map(|chain_break| failsmall_wire::trust::ChainBreak {
+                id: chain_break.id,
+                reason: chain_break.reason,
+            }),
+        checkpoint,
+        earlier_checkpoint,
+    }))
 }
 
 /// Marks changelog answers while the chain is broken, so no client reads an edited history

@@ -49,7 +49,7 @@ pub(super) fn check_validator(validator: Option<&ValidatorCommand>) -> Result<()
 pub(super) async fn list_units(
     State(state): State<AppState>,
     query: Result<Query<page::PageQuery>, QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::units::UnitList>, ApiError> {
     let page = page::Page::from_query(query)?;
     let (after, fetch) = (page.after.clone(), page.fetch());
     let rows = db(&state, move |store| {
@@ -58,7 +58,7 @@ pub(super) async fn list_units(
     .await?;
     let (units, next) = page.split(rows, |unit| unit.name.clone());
     let units: Vec<failsmall_wire::units::Unit> = units.into_iter().map(Into::into).collect();
-    Ok(axum::Json(json!({ "units": units, "next": next })))
+    Ok(axum::Json(failsmall_wire::units::UnitList { units, next }))
 }
 
 pub(super) async fn create_unit(
@@ -66,7 +66,7 @@ pub(super) async fn create_unit(
     Extension(caller): Extension<Caller>,
     Extension(body_limit): Extension<BodyLimit>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::units::Unit>), ApiError> {
     let raw_spec = raw_spec(&body);
     let request: CreateUnitRequest = json_body(body)?;
     let name = unit_name(&request.name)?;
@@ -113,17 +113,17 @@ pub(super) async fn create_unit(
     .await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!(failsmall_wire::units::Unit::from(unit))),
+        axum::Json(failsmall_wire::units::Unit::from(unit)),
     ))
 }
 
 pub(super) async fn show_unit(
     State(state): State<AppState>,
     unit: Result<Path<String>, PathRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::units::Unit>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
     let unit = db(&state, move |store| Ok(store.unit(name.as_str())?)).await?;
-    Ok(axum::Json(json!(failsmall_wire::units::Unit::from(unit))))
+    Ok(axum::Json(failsmall_wire::units::Unit::from(unit)))
 }
 
 pub(super) async fn update_unit(
@@ -132,7 +132,7 @@ pub(super) async fn update_unit(
     Extension(body_limit): Extension<BodyLimit>,
     unit: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::units::Unit>, ApiError> {
     let name = unit_name(&path_param(unit)?)?;
     let raw_spec = raw_spec(&body);
     let request: UpdateUnitRequest = json_body(body)?;
@@ -215,5 +215,5 @@ pub(super) async fn update_unit(
         Ok(unit)
     })
     .await?;
-    Ok(axum::Json(json!(failsmall_wire::units::Unit::from(unit))))
+    Ok(axum::Json(failsmall_wire::units::Unit::from(unit)))
 }

@@ -25,7 +25,13 @@ pub(super) async fn push_version(
     unit: Result<Path<String>, PathRejection>,
     query: Result<Query<PushQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<failsmall_wire::versions::PushedVersion>,
+    ),
+    ApiError,
+> {
     let name = unit_name(&path_param(unit)?)?;
     let query = query_param(query)?;
     let content = body_bytes(body)?;
@@ -190,11 +196,13 @@ pub(super) async fn push_version(
     } else {
         StatusCode::OK
     };
-    let mut answer = json!(version);
-    if let (Some(rollout), Some(fields)) = (rollout, answer.as_object_mut()) {
-        fields.insert("rollout".to_owned(), rollout);
-    }
-    Ok((status, axum::Json(answer)))
+    Ok((
+        status,
+        axum::Json(failsmall_wire::versions::PushedVersion {
+            version: version.into(),
+            rollout,
+        }),
+    ))
 }
 
 /// Most validator commands running at once; a push that waits longer than
@@ -250,7 +258,14 @@ pub(super) async fn push_and_roll_out(
     plan: Plan,
     override_freeze: bool,
     override_error_budget: bool,
-) -> Result<(crate::store::VersionRecord, bool, Option<Value>), ApiError> {
+) -> Result<
+    (
+        crate::store::VersionRecord,
+        bool,
+        Option<failsmall_wire::rollouts::Rollout>,
+    ),
+    ApiError,
+> {
     let (unit, hash) = (row.unit.clone(), row.hash.clone());
     let existing = {
         let (unit, hash) = (unit.clone(), hash.clone());
@@ -309,7 +324,7 @@ pub(super) async fn push_and_roll_out(
         .await;
     let lookup = move |store: &Store| Ok(store.version(&unit, &hash)?);
     match stepped {
-        Ok((_, (version, view))) => Ok((version?, true, view.map(|view| json!(view)))),
+        Ok((_, (version, view))) => Ok((version?, true, view.map(Into::into))),
         // The same bytes were pushed meanwhile: they are stored, with their own rollout.
         Err(StepError::Store(crate::store::StoreError::AlreadyExists { .. })) => {
             Ok((db(state, lookup).await?, false, None))

@@ -120,35 +120,35 @@ fn selector_of(field: &str, labels: BTreeMap<String, Vec<String>>) -> Result<Sel
     Ok(selector)
 }
 
-fn freeze_json(freeze: &Freeze, now: u64) -> Value {
-    json!({
-        "id": freeze.id,
-        "scope": freeze.scope,
-        "window": freeze.window,
-        "describe": format!("{}, {}", freeze.scope.describe(), freeze.window.describe()),
-        "active": freeze.window.contains(now),
-        "reason": freeze.reason,
-        "actor": freeze.actor,
-        "created": rfc3339_from_ms(freeze.created_ms),
-    })
+fn freeze_json(freeze: &Freeze, now: u64) -> failsmall_wire::windows::Freeze {
+    failsmall_wire::windows::Freeze {
+        id: freeze.id,
+        scope: freeze.scope.clone().into(),
+        window: freeze.window.clone().into(),
+        describe: format!("{}, {}", freeze.scope.describe(), freeze.window.describe()),
+        active: freeze.window.contains(now),
+        reason: freeze.reason.clone(),
+        actor: freeze.actor.clone(),
+        created: rfc3339_from_ms(freeze.created_ms),
+    }
 }
 
-fn maintenance_json(maintenance: &Maintenance, now: u64) -> Value {
-    json!({
-        "id": maintenance.id,
-        "selector": maintenance.selector.labels,
-        "describe": format!(
+fn maintenance_json(maintenance: &Maintenance, now: u64) -> failsmall_wire::windows::Maintenance {
+    failsmall_wire::windows::Maintenance {
+        id: maintenance.id,
+        selector: maintenance.selector.labels.clone(),
+        describe: format!(
             "nodes {}, {}",
             describe_selector(&maintenance.selector),
             maintenance.window().describe()
         ),
-        "from": rfc3339_from_ms(maintenance.from_ms),
-        "until": rfc3339_from_ms(maintenance.until_ms),
-        "active": maintenance.window().contains(now),
-        "reason": maintenance.reason,
-        "actor": maintenance.actor,
-        "created": rfc3339_from_ms(maintenance.created_ms),
-    })
+        from: rfc3339_from_ms(maintenance.from_ms),
+        until: rfc3339_from_ms(maintenance.until_ms),
+        active: maintenance.window().contains(now),
+        reason: maintenance.reason.clone(),
+        actor: maintenance.actor.clone(),
+        created: rfc3339_from_ms(maintenance.created_ms),
+    }
 }
 
 fn change(
@@ -211,7 +211,7 @@ async fn create_freeze_with(
     window: Window,
     reason: String,
     now: u64,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::windows::Freeze>), ApiError> {
     let unit = match &scope {
         FreezeScope::Unit { unit } => Some(unit.to_string()),
         _ => None,
@@ -241,8 +241,16 @@ async fn create_freeze_with(
         .engine
         .read(|engine, _| engine.windows().freezes.get(&id).cloned())
         .await;
-    let body = freeze.map_or_else(|| json!({"id": id}), |f| freeze_json(&f, now));
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    // Lifted meanwhile: the answer is the freeze as it was made.
+    let freeze = freeze.unwrap_or(Freeze {
+        id,
+        scope,
+        window,
+        reason,
+        actor: caller.name.clone(),
+        created_ms: now,
+    });
+    Ok((StatusCode::CREATED, axum::Json(freeze_json(&freeze, now))))
 }
 
 /// `POST /v1/freezes`.
@@ -250,7 +258,7 @@ pub(super) async fn create_freeze(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::windows::Freeze>), ApiError> {
     let request: CreateFreezeRequest = json_body(body)?;
     reason_required("a freeze", &request.reason)?;
     let now = now_ms();
@@ -272,7 +280,7 @@ pub(super) async fn freeze_now(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::windows::Freeze>), ApiError> {
     let request: RequiredReasonRequest = json_body(body)?;
     reason_required("stopping the line", &request.reason)?;
     let now = now_ms();
@@ -306,7 +314,7 @@ pub(super) async fn lift_freeze(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::windows::FreezeLifted>, ApiError> {
     let id = path_param(id)?;
     let reason = optional_reason(body)?;
     let now = now_ms();
@@ -344,13 +352,18 @@ pub(super) async fn lift_freeze(
     )
     .await
     .map_err(step_error)?;
-    Ok(axum::Json(json!({"id": id, "lifted": true})))
+    Ok(axum::Json(failsmall_wire::windows::FreezeLifted {
+        id,
+        lifted: true,
+    }))
 }
 
 /// `GET /v1/freezes`: every freeze kept (holding now or later), with whether it holds now.
-pub(super) async fn list_freezes(State(state): State<AppState>) -> axum::Json<Value> {
+pub(super) async fn list_freezes(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::windows::FreezeList> {
     let now = now_ms();
-    let freezes: Vec<Value> = state
+    let freezes = state
         .shared
         .engine
         .read(|engine, _| {
@@ -362,7 +375,7 @@ pub(super) async fn list_freezes(State(state): State<AppState>) -> axum::Json<Va
                 .collect()
         })
         .await;
-    axum::Json(json!({ "freezes": freezes }))
+    axum::Json(failsmall_wire::windows::FreezeList { freezes })
 }
 
 /// `POST /v1/maintenance`.
@@ -370,7 +383,7 @@ pub(super) async fn create_maintenance(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<failsmall_wire::windows::Maintenance>), ApiError> {
     let request: CreateMaintenanceRequest = json_body(body)?;
     reason_required("a maintenance window", &request.reason)?;
     let now = now_ms();
@@ -416,8 +429,12 @@ pub(super) async fn create_maintenance(
         .engine
         .read(|engine, _| engine.windows().maintenance.get(&id).cloned())
         .await;
-    let body = maintenance.map_or_else(|| json!({"id": id}), |m| maintenance_json(&m, now));
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    // Ended meanwhile: the answer is the window as it was made.
+    let maintenance = maintenance.unwrap_or(Maintenance { id, ..probe });
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(maintenance_json(&maintenance, now)),
+    ))
 }
 
 /// `POST /v1/maintenance/{id}/end`.
@@ -426,7 +443,7 @@ pub(super) async fn end_maintenance(
     Extension(caller): Extension<Caller>,
     id: Result<Path<u64>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<failsmall_wire::windows::MaintenanceEnded>, ApiError> {
     let id = path_param(id)?;
     let reason = optional_reason(body)?;
     let now = now_ms();
@@ -458,13 +475,18 @@ pub(super) async fn end_maintenance(
     )
     .await
     .map_err(step_error)?;
-    Ok(axum::Json(json!({"id": id, "ended": true})))
+    Ok(axum::Json(failsmall_wire::windows::MaintenanceEnded {
+        id,
+        ended: true,
+    }))
 }
 
 /// `GET /v1/maintenance`: every maintenance window kept, with whether it holds now.
-pub(super) async fn list_maintenance(State(state): State<AppState>) -> axum::Json<Value> {
+pub(super) async fn list_maintenance(
+    State(state): State<AppState>,
+) -> axum::Json<failsmall_wire::windows::MaintenanceList> {
     let now = now_ms();
-    let windows: Vec<Value> = state
+    let windows = state
         .shared
         .engine
         .read(|engine, _| {
@@ -476,7 +498,9 @@ pub(super) async fn list_maintenance(State(state): State<AppState>) -> axum::Jso
                 .collect()
         })
         .await;
-    axum::Json(json!({ "maintenance": windows }))
+    axum::Json(failsmall_wire::windows::MaintenanceList {
+        maintenance: windows,
+    })
 }
 
 /// A freeze override on a push or a rollout start is an admin's decision, with a reason.

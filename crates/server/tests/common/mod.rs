@@ -94,17 +94,16 @@ impl TestServer {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut builder = self.request(method, path, token);
+        let mut builder = self.request(method.clone(), path, token);
         if let Some(body) = body {
             builder = builder.json(&body);
         }
         let response = builder.send().await.unwrap();
         let status = response.status();
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        assert_documented(&method, path, status, &body);
+        (status, body)
     }
 
     pub async fn admin(
@@ -162,7 +161,14 @@ impl TestServer {
             .await
             .unwrap();
         let status = response.status();
-        (status, response.json().await.unwrap())
+        let body = response.json().await.unwrap();
+        assert_documented(
+            &Method::POST,
+            &format!("/v1/units/{unit}/versions"),
+            status,
+            &body,
+        );
+        (status, body)
     }
 
     pub async fn create_features_unit(&self, name: &str) {
@@ -189,6 +195,98 @@ pub fn features(count: usize) -> Vec<u8> {
         .map(|i| json!({"name": format!("f{i}")}))
         .collect();
     serde_json::to_vec(&json!({ "features": list })).unwrap()
+}
+
+/// The OpenAPI document's route for `path` (its query cut off): the template whose segments
+/// match, literal segments preferred over `{parameters}`.
+fn route_of(method: &Method, path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    failsmall_server::api::route_table()
+        .into_iter()
+        .filter(|route| route.method.as_str() == method.as_str())
+        .filter_map(|route| {
+            let template: Vec<&str> = route.path.split('/').collect();
+            if template.len() != segments.len() {
+                return None;
+            }
+            let mut literal = 0;
+            for (want, got) in template.iter().zip(&segments) {
+                if want.starts_with('{') {
+                    if got.is_empty() {
+                        return None;
+                    }
+                } else if want == got {
+                    literal += 1;
+                } else {
+                    return None;
+                }
+            }
+            Some((literal, route.path))
+        })
+        .max_by_key(|(literal, _)| *literal)
+        .map(|(_, path)| path)
+}
+
+/// Compiled answer schemas, by method, route and status.
+type Validators =
+    std::collections::HashMap<(String, String, u16), std::sync::Arc<jsonschema::Validator>>;
+
+fn validators() -> &'static std::sync::Mutex<Validators> {
+    static VALIDATORS: std::sync::OnceLock<std::sync::Mutex<Validators>> =
+        std::sync::OnceLock::new();
+    VALIDATORS.get_or_init(Default::default)
+}
+
+fn document() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(failsmall_server::api::openapi_document)
+}
+
+/// Every JSON success answer a test reads must be what the OpenAPI document says it is: the
+/// schema of its route and status (the wire type the server serializes it from).
+pub fn assert_documented(method: &Method, path: &str, status: StatusCode, body: &Value) {
+    if !status.is_success() || body.is_string() {
+        return;
+    }
+    let Some(route) = route_of(method, path) else {
+        return;
+    };
+    let key = (
+        method.as_str().to_owned(),
+        route.to_owned(),
+        status.as_u16(),
+    );
+    let validator = {
+        let mut cache = validators().lock().unwrap();
+        let found = cache.get(&key).cloned();
+        match found {
+            Some(validator) => validator,
+            None => {
+                let document = document();
+                let operation = &document["paths"][route][method.as_str().to_ascii_lowercase()];
+                let schema = &operation["responses"][status.as_str()]["content"]["application/json"]
+                    ["schema"];
+                assert!(
+                    schema.is_object(),
+                    "{method} {route} answered {status} with JSON the document does not describe: {body}"
+                );
+                let mut schema = schema.clone();
+                schema["components"] = document["components"].clone();
+                let validator = std::sync::Arc::new(jsonschema::validator_for(&schema).unwrap());
+                cache.insert(key, std::sync::Arc::clone(&validator));
+                validator
+            }
+        }
+    };
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|error| format!("{} at {}", error, error.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} ({route}) answered {status} unlike its schema: {errors:?}\n{body}"
+    );
 }
 
 pub fn assert_error_shape(body: &Value) {
