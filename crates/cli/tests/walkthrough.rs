@@ -39,15 +39,28 @@ fn walkthrough(readme: &str) -> String {
         .to_owned()
 }
 
-/// Kills the script and everything it started (its own process group).
-struct Group(u32);
+/// Kills the script and everything it started (its own process group) if the test ends
+/// before the script was reaped. Once it is reaped its pid is free, and with a small
+/// `pid_max` the number may already lead another process group (a test of another binary, the
+/// shell that runs the suite): it is disarmed then, and the script's own EXIT trap has ended
+/// its jobs.
+struct Group(Option<u32>);
+
+impl Group {
+    /// Kills the group now, while its leader is not reaped (its pid cannot be reused).
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &format!("-{pgid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
+        self.kill();
     }
 }
 
@@ -79,7 +92,7 @@ fn the_readme_walkthrough_runs_as_written() {
         .process_group(0)
         .spawn()
         .unwrap();
-    let _group = Group(child.id());
+    let mut group = Group(Some(child.id()));
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {
@@ -95,6 +108,8 @@ fn the_readme_walkthrough_runs_as_written() {
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
+            // Reaped: the pid is free for reuse, so the group is never killed by number now.
+            group.0 = None;
             break Some(status);
         }
         if started.elapsed() > LIMIT {
@@ -103,9 +118,7 @@ fn the_readme_walkthrough_runs_as_written() {
         std::thread::sleep(Duration::from_millis(200));
     };
     if status.is_none() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", child.id())])
-            .status();
+        group.kill();
         let _ = child.wait();
     }
     let out = out_reader.join().unwrap();
