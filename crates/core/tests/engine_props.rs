@@ -905,3 +905,68 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Invariant: silence is judged against hearing. A control plane that hears no node for
+    /// longer than a stage's silence — down (no ticks either) or cut off from the fleet (its
+    /// ticks go on) — never rolls back a good version for silence, whenever it happens and for
+    /// however long; the nodes are heard from again afterwards.
+    #[test]
+    fn a_deaf_control_plane_never_rolls_back_a_good_version(
+        cohorts in proptest::collection::vec(0usize..COHORTS.len(), 2..20),
+        plan in plan_strategy(),
+        silence_ms in 5_000u64..60_000,
+        deaf_at_round in 1usize..4,
+        deaf_silences in 2u64..10,
+        ticking in any::<bool>(),
+    ) {
+        let mut plan = plan;
+        for stage in &mut plan.stages {
+            stage.silence_ms = silence_ms;
+        }
+        let mut engine = Engine::new();
+        let mut now = 1_000_000u64;
+        for (i, cohort) in cohorts.iter().enumerate() {
+            engine.step(now, &Event::NodeRegistered { node: node_id(i), labels: cohort_labels(*cohort) }).unwrap();
+        }
+        let (u, v, id) = (unit("u"), version(1), RolloutId(1));
+        engine.step(now, &Event::RolloutRequested {
+            unit: u.clone(), version: v, plan, actor: "alice".into(),
+            reason: "prop".into(), override_quarantine: false, override_freeze: false,
+        }).unwrap();
+        let mut answered = BTreeSet::new();
+        for round in 0..80 {
+            if engine.rollout(id).unwrap().status.is_terminal() {
+                break;
+            }
+            if round == deaf_at_round {
+                let deaf_until = now + deaf_silences * silence_ms;
+                while now < deaf_until {
+                    now += TICK_MS;
+                    if ticking {
+                        engine.step(now, &Event::Tick).unwrap();
+                    }
+                }
+                engine.step(now, &Event::Tick).unwrap();
+            }
+            for i in 0..cohorts.len() {
+                let node = node_id(i);
+                if engine.desired(&node, &u) != Some(v) {
+                    continue;
+                }
+                let event = if answered.insert(node.clone()) {
+                    Event::Applied { node, unit: u.clone(), version: v }
+                } else {
+                    Event::Health { node, unit: u.clone(), version: v, sample: sample_for(Behaviour::Good) }
+                };
+                engine.step(now, &event).unwrap();
+            }
+            now += TICK_MS;
+            engine.step(now, &Event::Tick).unwrap();
+        }
+        let view = engine.rollout(id).unwrap();
+        prop_assert_ne!(view.status, RolloutStatus::RolledBack, "{:?}", view.outcome);
+    }
+}
