@@ -128,16 +128,7 @@ fn a_plan_judged_on_prometheus_completes_a_good_version_and_rolls_back_the_kills
     let mut processes = Processes::default();
     let (scrape_targets, load_targets) = start_nodes(&server, &mut processes);
     let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
-    processes.0.push(
-        Command::new(BIN)
-            .arg("loadgen")
-            .args(&load_targets)
-            .args(["--rps", "200", "--duration", "10m"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    start_loadgen(&load_targets, "200", "10m", &mut processes);
     let plan = std::fs::read_to_string(repo().join("examples/plans/walkthrough.yaml"))
         .unwrap()
         .replace(
@@ -257,6 +248,20 @@ fn an_unreadable_prometheus_holds_the_stage_and_blames_nothing() {
 
 /// Starts Prometheus on 127.0.0.1 scraping `scrape_targets` (job `edge`) every second; its
 /// base URL once ready.
+/// Traffic on the nodes' consumers (`failsmall loadgen`), stopped with `processes`.
+fn start_loadgen(load_targets: &[String], rps: &str, duration: &str, processes: &mut Processes) {
+    processes.0.push(
+        Command::new(BIN)
+            .arg("loadgen")
+            .args(load_targets)
+            .args(["--rps", rps, "--duration", duration])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+}
+
 fn start_prometheus(dir: &Path, scrape_targets: &str, processes: &mut Processes) -> String {
     let port = free_port();
     let config = dir.join("prometheus.yml");
@@ -334,16 +339,7 @@ fn an_slo_defined_by_promql_gets_its_burn_rate_from_prometheus() {
         load_targets.push(format!("{url}/"));
     }
     let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
-    processes.0.push(
-        Command::new(BIN)
-            .arg("loadgen")
-            .args(&load_targets)
-            .args(["--rps", "100", "--duration", "5m"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    start_loadgen(&load_targets, "100", "5m", &mut processes);
     let spec = repo().join("examples/units/rules.spec.yaml");
     server.ok(&["unit", "create", "rules", "--spec", spec.to_str().unwrap()]);
     let created = server.ok(&[
@@ -421,16 +417,7 @@ fn a_custom_metric_gate_on_prometheus_completes_a_good_version_and_rolls_back_th
     let mut processes = Processes::default();
     let (scrape_targets, load_targets) = start_nodes(&server, &mut processes);
     let prometheus = start_prometheus(&dir, &scrape_targets, &mut processes);
-    processes.0.push(
-        Command::new(BIN)
-            .arg("loadgen")
-            .args(&load_targets)
-            .args(["--rps", "200", "--duration", "10m"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    start_loadgen(&load_targets, "200", "10m", &mut processes);
     let plan = std::fs::read_to_string(repo().join("examples/plans/walkthrough.yaml"))
         .unwrap()
         .replace(
