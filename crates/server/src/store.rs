@@ -16,7 +16,7 @@ use fail::fail_point;
 use failsmall_core::domain::Labels;
 use failsmall_core::plan::Selector;
 use failsmall_core::validate::UnitSpec;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sql::{Connection, OptionalExtension, Queryable, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Role;
@@ -271,12 +271,9 @@ pub enum StoreError {
     #[error("{kind} {key:?} already exists")]
     AlreadyExists { kind: &'static str, key: String },
     #[error("database {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: sql::SqlError },
     #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] sql::SqlError),
     #[error("stored {what} is unreadable: {reason}")]
     Corrupt { what: String, reason: String },
     #[error(
@@ -676,6 +673,7 @@ mod incidents;
 mod nodes;
 mod outbox;
 mod slos;
+pub mod sql;
 mod tokens;
 mod trust;
 mod units;
@@ -687,6 +685,25 @@ pub use nodes::MARKS_PER_TRANSACTION;
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
 pub use trust::{ChainBreak, ChainReport, NewToken};
+
+/// A database URL without its password, to name it in errors and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
 
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
@@ -701,25 +718,24 @@ fn to_i64(value: u64) -> i64 {
 /// A column holding JSON, decoded on read; malformed JSON is a read error.
 struct StoredJson<T>(T);
 
-impl<T: serde::de::DeserializeOwned> rusqlite::types::FromSql for StoredJson<T> {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        let text = value.as_str()?;
-        serde_json::from_str(text)
+impl<T: serde::de::DeserializeOwned> sql::FromSql for StoredJson<T> {
+    fn from_sql(value: &sql::Value) -> Result<Self, String> {
+        let text = String::from_sql(value)?;
+        serde_json::from_str(&text)
             .map(StoredJson)
-            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            .map_err(|e| e.to_string())
     }
 }
 
-impl rusqlite::types::FromSql for Role {
-    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        value
-            .as_str()?
+impl sql::FromSql for Role {
+    fn from_sql(value: &sql::Value) -> Result<Self, String> {
+        String::from_sql(value)?
             .parse()
-            .map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            .map_err(|e: crate::auth::RoleError| e.to_string())
     }
 }
 
-fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
+fn unit_from_row(row: &Row) -> sql::Result<UnitRecord> {
     let StoredJson(spec) = row.get(1)?;
     let validator = row
         .get::<_, Option<StoredJson<ValidatorCommand>>>(8)?
@@ -739,7 +755,7 @@ fn unit_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UnitRecord> {
 
 const VERSION_COLUMNS: &str = "unit, hash, seq, size_bytes, author, message, parent, created_ms, signature, validation_skipped";
 
-fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+fn version_from_row(row: &Row) -> sql::Result<VersionRecord> {
     Ok(VersionRecord {
         unit: row.get(0)?,
         hash: row.get(1)?,
@@ -754,7 +770,7 @@ fn version_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> 
     })
 }
 
-fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
+fn change_from_row(row: &Row) -> sql::Result<ChangeRecord> {
     let concerns = row
         .get::<_, Option<StoredJson<Concerns>>>(7)?
         .map(|StoredJson(concerns)| concerns);
@@ -772,7 +788,7 @@ fn change_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
     })
 }
 
-fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
+fn node_from_row(row: &Row) -> sql::Result<NodeRecord> {
     let StoredJson(labels) = row.get(1)?;
     Ok(NodeRecord {
         id: row.get(0)?,
@@ -784,7 +800,7 @@ fn node_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
     })
 }
 
-fn token_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+fn token_from_row(row: &Row) -> sql::Result<TokenRecord> {
     Ok(TokenRecord {
         id: to_u64(row.get(0)?),
         name: row.get(1)?,
@@ -828,12 +844,11 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
             })
         })
         .transpose()?;
-    tx.prepare_cached(
-        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
-    )?;
-    let id = to_u64(tx.last_insert_rowid());
+    let id = to_u64(tx.query_row(
+        "INSERT INTO changelog (at_ms, actor, kind, unit, version, reason, concerns, rollout, stage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        params![change.at_ms, change.actor, change.kind, change.unit, change.version, change.reason, concerns, change.rollout.map(to_i64), change.stage],
+        |r| r.get::<_, i64>(0),
+    )?);
     trust::chain_row(tx, id)?;
     // Its notifications, in the same transaction (see `crate::notify`).
     outbox::enqueue(tx, change, id)?;
@@ -855,13 +870,13 @@ fn record_change(tx: &Transaction<'_>, change: &NewChange<'_>) -> Result<u64, St
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open {
+        let open_error = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: source.into(),
         };
-        let conn = Connection::open(path).map_err(open_error)?;
+        let conn = rusqlite::Connection::open(path).map_err(open_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_error)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -870,6 +885,20 @@ impl Store {
             .map_err(open_error)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_error)?;
+        Self::with_connection(Connection::sqlite(conn))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (`postgres://user@host:port/db`) and
+    /// applies pending migrations.
+    pub fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        let conn = Connection::postgres(url).map_err(|source| StoreError::Open {
+            path: redact_url(url),
+            source,
+        })?;
+        Self::with_connection(conn)
+    }
+
+    fn with_connection(conn: Connection) -> Result<Self, StoreError> {
         let store = Self {
             conn: Mutex::new(conn),
             chain_break: Mutex::new(None),
@@ -878,6 +907,14 @@ impl Store {
         store.migrate()?;
         store.chain_upgrade()?;
         Ok(store)
+    }
+
+    /// Which database this store is on: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.with_conn(|conn| Ok(conn.is_postgres())) {
+            Ok(true) => "postgres",
+            _ => "sqlite",
+        }
     }
 
     fn with_conn<T>(
@@ -913,6 +950,7 @@ impl Store {
             conn.execute_batch(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
             )?;
+            let tx_is_postgres = conn.is_postgres();
             let tx = conn.transaction()?;
             let applied: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
@@ -922,7 +960,11 @@ impl Store {
             for (index, sql) in MIGRATIONS.iter().enumerate() {
                 let number = i64::try_from(index).unwrap_or(i64::MAX).saturating_add(1);
                 if number > applied {
-                    tx.execute_batch(sql)?;
+                    if tx_is_postgres {
+                        tx.execute_batch(&sql::postgres_ddl(sql))?;
+                    } else {
+                        tx.execute_batch(sql)?;
+                    }
                     tx.execute(
                         "INSERT INTO schema_migrations (version) VALUES (?1)",
                         [number],

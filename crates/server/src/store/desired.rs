@@ -4,8 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use rusqlite::params;
 
+use super::sql::{Queryable, params};
 use super::{Store, StoreError};
 
 impl Store {

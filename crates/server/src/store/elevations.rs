@@ -35,7 +35,7 @@ pub enum ElevationOutcome {
 
 const COLUMNS: &str = "id, requester, role, duration_ms, reason, created_ms, approvals, granted_ms, claimed_ms, token_id";
 
-fn elevation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ElevationRecord> {
+fn elevation_from_row(row: &Row) -> sql::Result<ElevationRecord> {
     let role: String = row.get(2)?;
     let approvals: String = row.get(6)?;
     Ok(ElevationRecord {
@@ -66,9 +66,9 @@ impl Store {
     ) -> Result<ElevationRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
+            let id = tx.query_row(
                 "INSERT INTO elevations (requester, role, duration_ms, reason, created_ms, approvals)
-                 VALUES (?1, ?2, ?3, ?4, ?5, '[]')",
+                 VALUES (?1, ?2, ?3, ?4, ?5, '[]') RETURNING id",
                 params![
                     requester,
                     role.as_str(),
@@ -76,8 +76,8 @@ impl Store {
                     reason,
                     to_i64(change.at_ms)
                 ],
+                |r| Ok(to_u64(r.get::<_, i64>(0)?)),
             )?;
-            let id = to_u64(tx.last_insert_rowid());
             record_change(&tx, change)?;
             let record = Self::elevation_in(&tx, id)?;
             tx.commit()?;
@@ -85,7 +85,7 @@ impl Store {
         })
     }
 
-    fn elevation_in(conn: &Connection, id: u64) -> Result<ElevationRecord, StoreError> {
+    fn elevation_in(conn: &impl Queryable, id: u64) -> Result<ElevationRecord, StoreError> {
         conn.query_row(
             &format!("SELECT {COLUMNS} FROM elevations WHERE id = ?1"),
             [to_i64(id)],
@@ -220,9 +220,9 @@ impl Store {
             if let Some(why) = refusal {
                 return Ok(ElevationOutcome::Refused(why));
             }
-            tx.execute(
+            let token_id = tx.query_row(
                 "INSERT INTO tokens (name, role, token_sha256, created_ms, node, owner, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6) RETURNING id",
                 params![
                     token.name,
                     token.role.as_str(),
@@ -231,8 +231,8 @@ impl Store {
                     token.owner,
                     token.expires_ms.map(to_i64)
                 ],
+                |r| Ok(r.get::<_, i64>(0)?),
             )?;
-            let token_id = tx.last_insert_rowid();
             tx.execute(
                 "UPDATE elevations SET claimed_ms = ?2, token_id = ?3 WHERE id = ?1",
                 params![to_i64(id), to_i64(change.at_ms), token_id],

@@ -44,7 +44,7 @@ impl Store {
         self.with_conn(|conn| Self::engine_revision_in(conn))
     }
 
-    fn engine_revision_in(conn: &Connection) -> Result<u64, StoreError> {
+    fn engine_revision_in(conn: &impl Queryable) -> Result<u64, StoreError> {
         Ok(conn
             .prepare_cached("SELECT revision FROM engine_state WHERE id = 1")?
             .query_row([], |r| r.get::<_, i64>(0))

@@ -104,7 +104,7 @@ pub struct IncidentChange {
 
 const INCIDENT_COLUMNS: &str = "id, title, severity, status, components, labels, unit, rollout, cause, opened_by, opened_ms, resolved_ms, last_update_ms, reminded_ms, review, review_ms";
 
-fn incident_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentRecord> {
+fn incident_from_row(row: &Row) -> sql::Result<IncidentRecord> {
     let severity: String = row.get(2)?;
     let status: String = row.get(3)?;
     let StoredJson(components) = row.get(4)?;
@@ -129,7 +129,7 @@ fn incident_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentRecord
     })
 }
 
-fn update_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IncidentUpdate> {
+fn update_from_row(row: &Row) -> sql::Result<IncidentUpdate> {
     let status: String = row.get(3)?;
     let severity: String = row.get(4)?;
     Ok(IncidentUpdate {
@@ -245,9 +245,9 @@ fn insert_incident(
     opened_by: &str,
     at_ms: u64,
 ) -> Result<u64, StoreError> {
-    tx.execute(
+    Ok(tx.query_row(
         "INSERT INTO incidents (title, severity, status, components, labels, unit, rollout, cause, opened_by, opened_ms, last_update_ms)
-         VALUES (?1, ?2, 'investigating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+         VALUES (?1, ?2, 'investigating', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) RETURNING id",
         params![
             title,
             severity.as_str(),
@@ -259,8 +259,8 @@ fn insert_incident(
             opened_by,
             to_i64(at_ms)
         ],
-    )?;
-    Ok(to_u64(tx.last_insert_rowid()))
+        |r| Ok(to_u64(r.get::<_, i64>(0)?)),
+    )?)
 }
 
 /// Opens the incident changelog row `change` causes, if its kind opens one and its rollout

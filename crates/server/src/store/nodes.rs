@@ -18,7 +18,7 @@ impl Store {
                 let tx = conn.transaction()?;
                 {
                     let mut update = tx.prepare_cached(
-                        "UPDATE nodes SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE id = ?1",
+                        "UPDATE nodes SET last_seen_ms = CASE WHEN last_seen_ms < ?2 THEN ?2 ELSE last_seen_ms END WHERE id = ?1",
                     )?;
                     for (node, at_ms) in chunk {
                         update.execute(params![node, to_i64(*at_ms)])?;
@@ -66,7 +66,7 @@ impl Store {
         })
     }
 
-    pub(super) fn node_in(conn: &Connection, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+    pub(super) fn node_in(conn: &impl Queryable, id: &str) -> Result<Option<NodeRecord>, StoreError> {
         let row = conn
             .query_row(
                 "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes WHERE id = ?1",

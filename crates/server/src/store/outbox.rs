@@ -42,7 +42,7 @@ pub struct DeadLetter {
     pub created_ms: u64,
 }
 
-fn webhook_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRecord> {
+fn webhook_from_row(row: &Row) -> sql::Result<WebhookRecord> {
     let kind: String = row.get(3)?;
     let StoredJson(events) = row.get(4)?;
     Ok(WebhookRecord {
@@ -145,9 +145,9 @@ impl Store {
                     what: "webhook events".to_owned(),
                     reason: e.to_string(),
                 })?;
-            let inserted = tx.execute(
+            let inserted = tx.query_row(
                 "INSERT INTO webhooks (name, url, kind, events, secret, actor, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING RETURNING id",
                 params![
                     webhook.name,
                     webhook.url,
@@ -157,14 +157,15 @@ impl Store {
                     webhook.actor,
                     to_i64(webhook.created_ms)
                 ],
-            )?;
-            if inserted == 0 {
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+            let Some(id) = inserted.map(to_u64) else {
                 return Err(StoreError::AlreadyExists {
                     kind: "webhook",
                     key: webhook.name.clone(),
                 });
-            }
-            let id = to_u64(tx.last_insert_rowid());
+            };
             record_change(&tx, change)?;
             tx.commit()?;
             Ok(id)

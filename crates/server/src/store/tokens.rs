@@ -24,11 +24,11 @@ impl Store {
     ) -> Result<TokenRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
-                "INSERT INTO tokens (name, role, token_sha256, created_ms, node) VALUES (?1, ?2, ?3, ?4, ?5)",
+            let id = tx.query_row(
+                "INSERT INTO tokens (name, role, token_sha256, created_ms, node) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
                 params![name, role.as_str(), token_sha256, change.at_ms, node],
+                |r| Ok(to_u64(r.get::<_, i64>(0)?)),
             )?;
-            let id = to_u64(tx.last_insert_rowid());
             record_change(&tx, change)?;
             let token = Self::token_in(&tx, id)?;
             tx.commit()?;
@@ -36,7 +36,7 @@ impl Store {
         })
     }
 
-    pub(super) fn token_in(conn: &Connection, id: u64) -> Result<TokenRecord, StoreError> {
+    pub(super) fn token_in(conn: &impl Queryable, id: u64) -> Result<TokenRecord, StoreError> {
         let row = conn
             .query_row(
                 "SELECT id, name, role, created_ms, revoked_ms, node, owner, expires_ms FROM tokens WHERE id = ?1",

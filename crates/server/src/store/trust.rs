@@ -14,7 +14,7 @@
 //! (the hash needs no secret) or who deletes the newest rows. Comparing the head
 //! (`GET /v1/changelog/verify` gives it) with a copy kept elsewhere catches both.
 
-use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use super::sql::{self, OptionalExtension as _, Queryable, Row, Transaction, params};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -79,7 +79,7 @@ const CONTENT_COLUMNS: &str =
     "id, at_ms, actor, kind, unit, version, reason, concerns, rollout, stage, hash";
 
 /// One row: its id, its content as hashed, its stored hash.
-fn content_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, String, Option<String>)> {
+fn content_of(row: &Row) -> sql::Result<(u64, String, Option<String>)> {
     let id: i64 = row.get(0)?;
     let content = serde_json::json!([
         id,
@@ -122,7 +122,7 @@ pub(super) fn chain_row(tx: &Transaction<'_>, id: u64) -> Result<(), StoreError>
 /// Refuses to revoke admin token `id` unless another admin token is neither revoked nor
 /// ever expires: the installation always keeps an admin (one that expires would leave none
 /// once it did).
-pub(super) fn ensure_another_admin(conn: &Connection, id: u64) -> Result<(), StoreError> {
+pub(super) fn ensure_another_admin(conn: &impl Queryable, id: u64) -> Result<(), StoreError> {
     let others: i64 = conn.query_row(
         "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked_ms IS NULL
          AND expires_ms IS NULL AND id != ?1",
@@ -144,9 +144,9 @@ impl Store {
     ) -> Result<TokenRecord, StoreError> {
         self.with_conn(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
+            let id = tx.query_row(
                 "INSERT INTO tokens (name, role, token_sha256, created_ms, node, owner, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
                 params![
                     token.name,
                     token.role.as_str(),
@@ -156,8 +156,8 @@ impl Store {
                     token.owner,
                     token.expires_ms.map(to_i64)
                 ],
+                |r| Ok(to_u64(r.get::<_, i64>(0)?)),
             )?;
-            let id = to_u64(tx.last_insert_rowid());
             record_change(&tx, change)?;
             let record = Self::token_in(&tx, id)?;
             tx.commit()?;
@@ -183,9 +183,9 @@ impl Store {
                     key: id.to_string(),
                 });
             }
-            tx.execute(
+            let new_id = tx.query_row(
                 "INSERT INTO tokens (name, role, token_sha256, created_ms, node, owner, expires_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
                 params![
                     old.name,
                     old.role.as_str(),
@@ -195,8 +195,8 @@ impl Store {
                     old.owner,
                     old.expires_ms.map(to_i64)
                 ],
+                |r| Ok(to_u64(r.get::<_, i64>(0)?)),
             )?;
-            let new_id = to_u64(tx.last_insert_rowid());
             tx.execute(
                 "UPDATE tokens SET revoked_ms = ?2 WHERE id = ?1",
                 params![to_i64(id), to_i64(change.at_ms)],
@@ -305,7 +305,7 @@ impl Store {
                         Err(error) => Ok(Err((row.get::<_, i64>(0).map(to_u64)?, error))),
                     }
                 })?;
-                Ok(rows.collect::<Result<Vec<_>, rusqlite::Error>>()?)
+                Ok(rows.collect::<Result<Vec<_>, sql::SqlError>>()?)
             })?;
             let Some(last) = chunk.last() else {
                 return Ok(report);

@@ -140,7 +140,7 @@ impl Store {
         })
     }
 
-    pub(super) fn unit_in(conn: &Connection, name: &str) -> Result<UnitRecord, StoreError> {
+    pub(super) fn unit_in(conn: &impl Queryable, name: &str) -> Result<UnitRecord, StoreError> {
         let row = conn
             .query_row(
                 "SELECT name, spec, owner, description, revision, created_ms, updated_ms, plan, validator FROM units WHERE name = ?1",

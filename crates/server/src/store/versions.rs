@@ -87,7 +87,7 @@ impl Store {
     }
 
     pub(super) fn version_in(
-        conn: &Connection,
+        conn: &impl Queryable,
         unit: &str,
         hash: &str,
     ) -> Result<Option<VersionRecord>, StoreError> {
