@@ -56,6 +56,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Where the state is kept: `None` is SQLite in the data dir ([`DB_FILE`]);
+    /// `postgres://user@host:port/db` is PostgreSQL (the data dir still holds the signing
+    /// key and the first admin token).
+    pub store_url: Option<String>,
     /// The address the caller binds; [`run`] serves whatever listener it is given.
     pub listen: SocketAddr,
     /// Largest request body, in bytes; larger requests get 413.
@@ -98,6 +102,7 @@ impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
         Self {
             data_dir: data_dir.into(),
+            store_url: None,
             listen,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             dev: false,
@@ -189,8 +194,9 @@ pub async fn run(
     // Held until `run` returns: a second server on this data dir is refused at start.
     let _data_dir_lock = startup::lock_data_dir(&config.data_dir)?;
     let data_dir = config.data_dir.clone();
+    let store_url = config.store_url.clone();
     let (store, signer, admin_token) =
-        tokio::task::spawn_blocking(move || open_data_dir(&data_dir))
+        tokio::task::spawn_blocking(move || open_data_dir(&data_dir, store_url.as_deref()))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
     // Before serving: every connected agent holds a descriptor.
@@ -325,12 +331,18 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Opens the store and key; on first start creates the admin token (returned only then).
-fn open_data_dir(data_dir: &Path) -> Result<(Store, VersionSigner, Option<String>), ServerError> {
+fn open_data_dir(
+    data_dir: &Path,
+    store_url: Option<&str>,
+) -> Result<(Store, VersionSigner, Option<String>), ServerError> {
     create_private_dir(data_dir).map_err(|source| ServerError::DataDir {
         path: data_dir.to_owned(),
         source,
     })?;
-    let store = Store::open(&data_dir.join(DB_FILE))?;
+    let store = match store_url {
+        None => Store::open(&data_dir.join(DB_FILE))?,
+        Some(url) => Store::open_postgres(url)?,
+    };
     // An edited history is never served silently: the break is said now, on every changelog
     // answer (a header) and by `GET /v1/changelog/verify`.
     if let Some(broken) = store.verify_changelog()?.first_break {
@@ -429,7 +441,7 @@ mod tests {
     fn first_start_writes_one_admin_token_and_restarts_keep_it() {
         let scratch = tempfile::tempdir().unwrap();
         let dir = scratch.path().join("data");
-        let (store, _, token) = open_data_dir(&dir).unwrap();
+        let (store, _, token) = open_data_dir(&dir, None).unwrap();
         let token = token.unwrap();
         let on_disk = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap();
         assert_eq!(on_disk.trim(), token);
@@ -439,7 +451,7 @@ mod tests {
             .unwrap();
         assert_eq!(admin.role, Role::Admin);
         drop(store);
-        let (_, _, again) = open_data_dir(&dir).unwrap();
+        let (_, _, again) = open_data_dir(&dir, None).unwrap();
         assert_eq!(again, None);
         let on_disk_after = std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap();
         assert_eq!(on_disk_after, on_disk);

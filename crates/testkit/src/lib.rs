@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzz;
+pub mod postgres;
 pub mod wire;
 
 /// A fresh directory under the system's temporary directory whose name starts with `prefix`,

@@ -52,9 +52,9 @@ impl Store {
         let sql = format!(
             "SELECT id, at_ms, actor, kind, unit, version, reason, concerns, rollout, stage
              FROM changelog
-             WHERE id > ?1 AND id < ?2 AND (?3 IS NULL OR unit = ?3) AND at_ms >= ?4
-               AND (?6 IS NULL OR rollout = ?6)
-               AND (?7 IS NULL OR unit IN (SELECT name FROM units WHERE owner = ?7))
+             WHERE id > ?1 AND id < ?2 AND (CAST(?3 AS TEXT) IS NULL OR unit = ?3) AND at_ms >= ?4
+               AND (CAST(?6 AS BIGINT) IS NULL OR rollout = ?6)
+               AND (CAST(?7 AS TEXT) IS NULL OR unit IN (SELECT name FROM units WHERE owner = ?7))
              ORDER BY id {order} LIMIT ?5"
         );
         // The window still to read: ids in (after, before).

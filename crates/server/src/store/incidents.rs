@@ -480,7 +480,7 @@ impl Store {
             let resolved = status == Status::Resolved;
             tx.execute(
                 "UPDATE incidents SET status = ?2, severity = ?3, last_update_ms = ?4,
-                   resolved_ms = CASE WHEN ?5 THEN ?4 ELSE NULL END WHERE id = ?1",
+                   resolved_ms = CASE WHEN ?5 THEN CAST(?4 AS BIGINT) ELSE NULL END WHERE id = ?1",
                 params![
                     to_i64(id),
                     status.as_str(),

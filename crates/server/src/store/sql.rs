@@ -49,7 +49,7 @@ impl Value {
 pub enum SqlError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
+    #[error("{}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),
     #[error("the query returned no rows")]
     NoRows,
@@ -57,6 +57,27 @@ pub enum SqlError {
     Column { column: usize, reason: String },
     #[error("the PostgreSQL connection's thread has stopped")]
     Disconnected,
+}
+
+/// A PostgreSQL error with what the server said (its `Display` is only "db error").
+fn postgres_message(error: &postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;

@@ -31,6 +31,38 @@ pub fn fresh_dir(name: &str) -> tempfile::TempDir {
     failsmall_testkit::scratch_dir(&format!("failsmall-server-test-{name}-"))
 }
 
+/// With `FAILSMALL_TEST_POSTGRES` set (a PostgreSQL URL, as `scripts/test` sets for its second
+/// run of these tests), each data dir's state is kept in a database of its own there instead
+/// of SQLite: the database is named after the data dir's path, so a restart finds it again.
+pub fn postgres_store(data_dir: &Path) -> Option<String> {
+    let admin_url = std::env::var("FAILSMALL_TEST_POSTGRES").ok()?;
+    let name: String = data_dir
+        .to_str()?
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .collect();
+    // PostgreSQL's names are at most 63 bytes; the scratch dir's random part is at its end.
+    let name = format!("t{}", &name[name.len().saturating_sub(60)..]);
+    let (base, _) = admin_url.rsplit_once('/')?;
+    let url = format!("{base}/{name}");
+    // The `postgres` client runs its own runtime: not on this test's runtime thread.
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+            .unwrap()
+            .is_some();
+        if !exists {
+            client
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    Some(url)
+}
+
 impl TestServer {
     pub async fn start(data_dir: &Path) -> Self {
         Self::start_with(data_dir, |_| {}).await
@@ -41,6 +73,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let mut config = ServerConfig::new(data_dir, address);
+        config.store_url = postgres_store(data_dir);
         config.max_body_bytes = MAX_BODY_BYTES;
         adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
