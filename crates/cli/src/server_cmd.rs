@@ -29,6 +29,17 @@ pub struct ServerArgs {
     /// the file, unless --dev).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the state in PostgreSQL (`postgres://user@host:5432/failsmall`) instead of SQLite
+    /// in the data dir. Several servers may share one database: one drives the engine under a
+    /// lease, the others stand by and answer 503 until they take it over. A password belongs in
+    /// the --config file (`store = "..."`, mode 0600), not on a command line others can read
+    /// [default: SQLite in the data dir].
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store: how long the engine's lease lasts unrenewed (`10s`, at least `1s`); a
+    /// standby takes over about this long after the active server stops [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_lease_ttl_ms)]
+    pub lease_ttl: Option<u64>,
     /// Address to listen on (port 0: any free port, printed at start) [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -99,6 +110,7 @@ pub struct ServerArgs {
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     pub data_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub listen: Option<SocketAddr>,
     pub max_body_bytes: Option<usize>,
     pub desired_ttl: Option<toml::Spanned<String>>,
@@ -247,6 +259,19 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         }
         ServerConfig::new(data_dir.unwrap_or_default(), listen)
     };
+    config.store_url = args.store.clone().or(file.store);
+    config.lease_ttl_ms = args
+        .lease_ttl
+        .unwrap_or(failsmall_server::ha::LEASE_TTL_MS_DEFAULT);
+    if let Some(url) = &config.store_url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push(format!(
+                "--store {}: expected a PostgreSQL URL (postgres://user@host:port/database); \
+                 leave it out for SQLite in the data dir",
+                failsmall_server::store::redact_url(url)
+            ));
+        }
+    }
     config.max_body_bytes = args
         .max_body_bytes
         .or(file.max_body_bytes)
@@ -336,6 +361,14 @@ fn parse_expire_after_ms(text: &str) -> Result<u64, String> {
 
 /// How long a node may be silent before it is down: at least the longest watch (30 s), or a
 /// live agent between two watches would look down.
+fn parse_lease_ttl_ms(text: &str) -> Result<u64, String> {
+    let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
+    if ms < failsmall_server::ha::LEASE_TTL_MS_MIN {
+        return Err(format!("{text:?} is shorter than 1s"));
+    }
+    Ok(ms)
+}
+
 fn parse_down_after_ms(text: &str) -> Result<u64, String> {
     let ms = failsmall_core::duration::parse_duration_ms(text).map_err(|e| e.to_string())?;
     if ms < 30_000 {

@@ -87,6 +87,10 @@ impl From<StoreError> for ApiError {
             StoreError::Injected { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
+            // Deposed: agents and clients go to the server that took the lease.
+            StoreError::Sql(crate::store::sql::SqlError::Fenced { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+            }
             StoreError::Open { .. }
             | StoreError::Sql(_)
             | StoreError::Corrupt { .. }

@@ -19,6 +19,7 @@ pub mod batcher;
 pub mod codex;
 mod dashboard;
 pub mod error;
+pub mod ha;
 pub mod incidents;
 pub mod liveness;
 pub mod notify;
@@ -92,6 +93,9 @@ pub struct ServerConfig {
     pub incident_cadence: incidents::Cadence,
     /// Approvals by other people an online break-glass request needs (1 to 10; default 2).
     pub break_glass_approvals: usize,
+    /// The engine's lease on a shared PostgreSQL store, in milliseconds (see [`ha`]): a
+    /// standby takes over within about this long after the active server stops renewing it.
+    pub lease_ttl_ms: u64,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -116,6 +120,7 @@ impl ServerConfig {
             notify: notify::NotifyConfig::default(),
             incident_cadence: incidents::Cadence::default(),
             break_glass_approvals: api::ELEVATION_APPROVALS_DEFAULT,
+            lease_ttl_ms: ha::LEASE_TTL_MS_DEFAULT,
         }
     }
 
@@ -171,6 +176,11 @@ pub enum ServerError {
     Codex(#[from] failsmall_codex::CodexError),
     #[error(transparent)]
     Locked(#[from] startup::LockError),
+    #[error(
+        "this server lost the engine's lease to another server and stopped serving; \
+         start it again to stand by"
+    )]
+    Deposed,
 }
 
 /// Serves the control plane on `listener` until `shutdown` completes, then finishes the
@@ -193,10 +203,51 @@ pub async fn run(
     })?;
     // Held until `run` returns: a second server on this data dir is refused at start.
     let _data_dir_lock = startup::lock_data_dir(&config.data_dir)?;
+    // The caller's shutdown, as a flag both a standby and the active server wait on.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     let data_dir = config.data_dir.clone();
     let store_url = config.store_url.clone();
-    let (store, signer, admin_token) =
-        tokio::task::spawn_blocking(move || open_data_dir(&data_dir, store_url.as_deref()))
+    let store = tokio::task::spawn_blocking(move || open_store(&data_dir, store_url.as_deref()))
+        .await
+        .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+    let store = Arc::new(store);
+    // On a shared store: stand by until this server holds the engine's lease.
+    let listener = if config.store_url.is_some() {
+        let shared = listener.into_std().map_err(ServerError::Serve)?;
+        let standby =
+            tokio::net::TcpListener::from_std(shared.try_clone().map_err(ServerError::Serve)?)
+                .map_err(ServerError::Serve)?;
+        let listener = tokio::net::TcpListener::from_std(shared).map_err(ServerError::Serve)?;
+        let bound = Arc::clone(&store);
+        let ttl_ms = config.lease_ttl_ms;
+        tokio::task::spawn_blocking(move || bound.bound_idle_transactions(ttl_ms))
+            .await
+            .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+        let holder = ha::holder_id(config.listen);
+        let taken = ha::stand_by(
+            Arc::clone(&store),
+            standby,
+            (tls.clone(), config.connections),
+            holder,
+            config.lease_ttl_ms,
+            stop.clone(),
+        )
+        .await?;
+        if taken.is_none() {
+            return Ok(());
+        }
+        listener
+    } else {
+        listener
+    };
+    let data_dir = config.data_dir.clone();
+    let prepared = Arc::clone(&store);
+    let (signer, admin_token) =
+        tokio::task::spawn_blocking(move || prepare_data_dir(&prepared, &data_dir))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
     // Before serving: every connected agent holds a descriptor.
@@ -219,7 +270,6 @@ pub async fn run(
             config.data_dir.display()
         );
     }
-    let store = Arc::new(store);
     let engine =
         rollouts::EngineHost::load(&store).map_err(|e| ServerError::Engine(e.to_string()))?;
     let engine = Arc::new(engine);
@@ -288,9 +338,22 @@ pub async fn run(
         })?;
     }
     let snapshot_engine = Arc::clone(&engine);
+    let (deposed_tx, mut deposed) = tokio::sync::watch::channel(false);
+    let lease_keeper = config.store_url.is_some().then(|| {
+        tokio::spawn(ha::keep_lease(
+            Arc::clone(&last_flush_store),
+            config.lease_ttl_ms,
+            deposed_tx,
+        ))
+    });
+    let was_deposed = deposed.clone();
+    let mut stop = stop;
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
-        shutdown.await;
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => {}
+            _ = deposed.wait_for(|deposed| *deposed) => {}
+        }
         engine.close();
     };
     let served = serve::serve(listener, router, tls, config.connections, closing)
@@ -314,9 +377,22 @@ pub async fn run(
     if let Some(expiry) = expiry {
         expiry.abort();
     }
+    if *was_deposed.borrow() {
+        return served.and(Err(ServerError::Deposed));
+    }
     // A snapshot of the engine, so that the next start replays no log.
     if let Err(error) = snapshot_engine.snapshot_now(&last_flush_store).await {
         tracing::warn!(%error, "engine snapshot not saved at shutdown");
+    }
+    if let Some(keeper) = lease_keeper {
+        keeper.abort();
+        // A standby takes over at once instead of waiting out the lease.
+        let store = Arc::clone(&last_flush_store);
+        match tokio::task::spawn_blocking(move || store.release_lease()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the engine's lease was not released"),
+            Err(error) => tracing::warn!(%error, "the lease release task failed"),
+        }
     }
     served
 }
@@ -331,18 +407,34 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Opens the store and key; on first start creates the admin token (returned only then).
+#[cfg(test)]
 fn open_data_dir(
     data_dir: &Path,
     store_url: Option<&str>,
 ) -> Result<(Store, VersionSigner, Option<String>), ServerError> {
+    let store = open_store(data_dir, store_url)?;
+    let (signer, token) = prepare_data_dir(&store, data_dir)?;
+    Ok((store, signer, token))
+}
+
+/// Opens the store: SQLite in the data dir, or PostgreSQL at `store_url`.
+fn open_store(data_dir: &Path, store_url: Option<&str>) -> Result<Store, ServerError> {
     create_private_dir(data_dir).map_err(|source| ServerError::DataDir {
         path: data_dir.to_owned(),
         source,
     })?;
-    let store = match store_url {
+    Ok(match store_url {
         None => Store::open(&data_dir.join(DB_FILE))?,
         Some(url) => Store::open_postgres(url)?,
-    };
+    })
+}
+
+/// Checks the changelog, opens the key; on first start creates the admin token (returned
+/// only then). On a shared store only the lease's holder gets here.
+fn prepare_data_dir(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(VersionSigner, Option<String>), ServerError> {
     // An edited history is never served silently: the break is said now, on every changelog
     // answer (a header) and by `GET /v1/changelog/verify`.
     if let Some(broken) = store.verify_changelog()?.first_break {
@@ -376,7 +468,7 @@ fn open_data_dir(
             signing::ROOT_FILE
         ),
     }
-    Ok((store, signer, admin_token))
+    Ok((signer, admin_token))
 }
 
 fn create_private_dir(path: &Path) -> std::io::Result<()> {

@@ -16,8 +16,8 @@ use fail::fail_point;
 use failsmall_core::domain::Labels;
 use failsmall_core::plan::Selector;
 use failsmall_core::validate::UnitSpec;
-use sql::{Connection, OptionalExtension, Queryable, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
+use sql::{Connection, OptionalExtension, Queryable, Row, Transaction, params};
 
 use crate::auth::Role;
 use crate::validator::ValidatorCommand;
@@ -249,6 +249,8 @@ const MIGRATIONS: &[&str] = &[
     // 17: the engine's state as an append-only log of its steps plus snapshots
     // (`store/engine.rs`); the state saved whole so far becomes the first snapshot.
     engine::MIGRATION,
+    // 18: the engine's lease on a shared PostgreSQL store (`store/lease.rs`).
+    lease::MIGRATION,
 ];
 
 /// The changelog kinds that end a rollout, as counted for `/metrics`.
@@ -670,6 +672,7 @@ mod desired;
 mod elevations;
 mod engine;
 mod incidents;
+mod lease;
 mod nodes;
 mod outbox;
 mod slos;
@@ -681,6 +684,7 @@ mod versions;
 pub use elevations::{ElevationOutcome, ElevationRecord};
 pub use engine::{ENGINE_LOG_TAIL_STEPS, EngineLogRow};
 pub use incidents::{IncidentChange, IncidentRecord, IncidentUpdate, NewIncident};
+pub use lease::{LeaseAttempt, LeaseHolder};
 pub use nodes::MARKS_PER_TRANSACTION;
 pub use outbox::{DeadLetter, OutboxRow, WebhookRecord};
 pub use slos::{SloBucketRow, SloHorizon};
@@ -947,11 +951,15 @@ impl Store {
 
     fn migrate(&self) -> Result<(), StoreError> {
         self.with_conn(|conn| {
-            conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
-            )?;
             let tx_is_postgres = conn.is_postgres();
             let tx = conn.transaction()?;
+            if tx_is_postgres {
+                // Servers starting together on one database migrate one after another.
+                tx.execute_batch("SELECT pg_advisory_xact_lock(7468126)")?;
+            }
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )?;
             let applied: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
                 [],

@@ -24,9 +24,7 @@ pub struct Postgres {
 /// Where Debian keeps the newest PostgreSQL's programs (`/usr/lib/postgresql/N/bin`).
 fn bin_dir() -> Result<PathBuf, String> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .map_err(|e| {
-            format!("/usr/lib/postgresql: {e} (install Debian's `postgresql` package)")
-        })?
+        .map_err(|e| format!("/usr/lib/postgresql: {e} (install Debian's `postgresql` package)"))?
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let major = entry.file_name().to_str()?.parse().ok()?;
@@ -82,7 +80,14 @@ fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> Result<(), String> {
             return Err(format!("postgres exited: {status}"));
         }
         let ready = Command::new(bin.join("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "failsmall"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "failsmall",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -227,7 +232,14 @@ impl Postgres {
     /// When `psql` fails; the message is its error.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "failsmall"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "failsmall",
+            ])
             .args(["-d", db, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .map_err(|e| format!("psql: {e}"))?;

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-
 use super::sql::{Queryable, params};
 use super::{Store, StoreError};
 

@@ -409,7 +409,9 @@ impl Store {
                 versions: count("SELECT COUNT(*) FROM versions")?,
                 nodes: count("SELECT COUNT(*) FROM nodes")?,
                 nodes_stale: count("SELECT COUNT(*) FROM nodes WHERE stale_since_ms IS NOT NULL")?,
-                blob_bytes: count("SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs")?,
+                blob_bytes: count(
+                    "SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM blobs",
+                )?,
                 changelog_entries: count("SELECT COUNT(*) FROM changelog")?,
                 rollouts_ended: {
                     let mut ended = [0; ROLLOUT_END_KINDS.len()];

@@ -66,7 +66,10 @@ impl Store {
         })
     }
 
-    pub(super) fn node_in(conn: &impl Queryable, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+    pub(super) fn node_in(
+        conn: &impl Queryable,
+        id: &str,
+    ) -> Result<Option<NodeRecord>, StoreError> {
         let row = conn
             .query_row(
                 "SELECT id, labels, registered_ms, last_seen_ms, stale_since_ms FROM nodes WHERE id = ?1",

@@ -145,21 +145,22 @@ impl Store {
                     what: "webhook events".to_owned(),
                     reason: e.to_string(),
                 })?;
-            let inserted = tx.query_row(
-                "INSERT INTO webhooks (name, url, kind, events, secret, actor, created_ms)
+            let inserted = tx
+                .query_row(
+                    "INSERT INTO webhooks (name, url, kind, events, secret, actor, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO NOTHING RETURNING id",
-                params![
-                    webhook.name,
-                    webhook.url,
-                    webhook.kind.as_str(),
-                    events,
-                    webhook.secret,
-                    webhook.actor,
-                    to_i64(webhook.created_ms)
-                ],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?;
+                    params![
+                        webhook.name,
+                        webhook.url,
+                        webhook.kind.as_str(),
+                        events,
+                        webhook.secret,
+                        webhook.actor,
+                        to_i64(webhook.created_ms)
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?;
             let Some(id) = inserted.map(to_u64) else {
                 return Err(StoreError::AlreadyExists {
                     kind: "webhook",

@@ -57,6 +57,12 @@ pub enum SqlError {
     Column { column: usize, reason: String },
     #[error("the PostgreSQL connection's thread has stopped")]
     Disconnected,
+    /// A write by a server that no longer holds the engine's lease (see `store/lease.rs`).
+    #[error(
+        "this server no longer holds the engine's lease (its epoch {ours}, the lease's {current:?}): \
+         another server drives the engine now; nothing was written"
+    )]
+    Fenced { ours: i64, current: Option<i64> },
 }
 
 /// A PostgreSQL error with what the server said (its `Display` is only "db error").
@@ -412,14 +418,24 @@ pub struct Connection {
     backend: Backend,
     /// Rows changed through this connection (PostgreSQL; SQLite counts its own).
     changes: Cell<u64>,
+    /// The lease epoch every write transaction checks first (PostgreSQL, once a lease is held).
+    fence: Option<i64>,
 }
+
+/// The fencing check at the start of a write transaction: the lease row, share-locked until
+/// the transaction ends, so a takeover waits for it.
+const FENCE_CHECK: &str = "SELECT epoch FROM leases WHERE name = 'engine' FOR SHARE";
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
             .field(
                 "backend",
-                &if self.is_postgres() { "postgres" } else { "sqlite" },
+                &if self.is_postgres() {
+                    "postgres"
+                } else {
+                    "sqlite"
+                },
             )
             .finish_non_exhaustive()
     }
@@ -435,6 +451,7 @@ impl Connection {
         Self {
             backend: Backend::Sqlite(conn),
             changes: Cell::new(0),
+            fence: None,
         }
     }
 
@@ -443,6 +460,7 @@ impl Connection {
         Ok(Self {
             backend: Backend::Postgres(PgConn::connect(url)?),
             changes: Cell::new(0),
+            fence: None,
         })
     }
 
@@ -467,13 +485,34 @@ impl Connection {
         }
     }
 
+    /// From now on every write checks the lease is still at `epoch` (PostgreSQL).
+    pub fn set_fence(&mut self, epoch: i64) {
+        self.fence = Some(epoch);
+    }
+
+    /// The lease epoch this connection's writes are fenced by, if any.
+    pub fn fence(&self) -> Option<i64> {
+        self.fence
+    }
+
     /// Starts a transaction; it rolls back when dropped without [`Transaction::commit`].
+    /// Under a fence it first checks the lease (see [`SqlError::Fenced`]).
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        let Connection { backend, changes } = self;
+        let Connection {
+            backend,
+            changes,
+            fence,
+        } = self;
         let inner = match backend {
             Backend::Sqlite(conn) => TxInner::Sqlite(conn.transaction()?),
             Backend::Postgres(pg) => {
                 pg.batch("BEGIN")?;
+                if let Some(ours) = *fence {
+                    if let Err(e) = check_fence(pg, ours) {
+                        let _ = pg.batch("ROLLBACK");
+                        return Err(e);
+                    }
+                }
                 TxInner::Postgres(pg)
             }
         };
@@ -484,11 +523,35 @@ impl Connection {
     }
 }
 
+fn check_fence(pg: &PgConn, ours: i64) -> Result<()> {
+    let current = pg
+        .fetch(FENCE_CHECK, Vec::new())?
+        .first()
+        .map(|row| row.get::<_, i64>(0))
+        .transpose()?;
+    if current == Some(ours) {
+        Ok(())
+    } else {
+        Err(SqlError::Fenced { ours, current })
+    }
+}
+
 impl Queryable for Connection {
     fn run(&self, sql: &str, params: Vec<Value>) -> Result<usize> {
-        match &self.backend {
-            Backend::Sqlite(conn) => sqlite_run(conn, sql, params),
-            Backend::Postgres(pg) => count(&self.changes, pg.run(sql, params)),
+        match (&self.backend, self.fence) {
+            (Backend::Sqlite(conn), _) => sqlite_run(conn, sql, params),
+            (Backend::Postgres(pg), None) => count(&self.changes, pg.run(sql, params)),
+            // A write outside a transaction is fenced in one of its own.
+            (Backend::Postgres(pg), Some(ours)) => {
+                pg.batch("BEGIN")?;
+                let done = check_fence(pg, ours)
+                    .and_then(|()| pg.run(sql, params))
+                    .and_then(|n| pg.batch("COMMIT").map(|()| n));
+                if done.is_err() {
+                    let _ = pg.batch("ROLLBACK");
+                }
+                count(&self.changes, done)
+            }
         }
     }
 
@@ -615,12 +678,14 @@ fn sqlite_fetch(conn: &rusqlite::Connection, sql: &str, params: Vec<Value>) -> R
                 ValueRef::Null => Value::Null,
                 ValueRef::Integer(i) => Value::Integer(i),
                 ValueRef::Real(f) => Value::Real(f),
-                ValueRef::Text(bytes) => Value::Text(
-                    String::from_utf8(bytes.to_vec()).map_err(|e| SqlError::Column {
-                        column,
-                        reason: format!("text is not UTF-8: {e}"),
-                    })?,
-                ),
+                ValueRef::Text(bytes) => {
+                    Value::Text(String::from_utf8(bytes.to_vec()).map_err(|e| {
+                        SqlError::Column {
+                            column,
+                            reason: format!("text is not UTF-8: {e}"),
+                        }
+                    })?)
+                }
                 ValueRef::Blob(bytes) => Value::Blob(bytes.to_vec()),
             });
         }
@@ -664,22 +729,20 @@ impl PgConn {
                 while let Ok(job) = queue.recv() {
                     match job {
                         PgJob::Run(sql, params, reply) => {
-                            let result = pg_prepare(&mut client, &mut statements, &sql).and_then(
-                                |stmt| {
+                            let result =
+                                pg_prepare(&mut client, &mut statements, &sql).and_then(|stmt| {
                                     let refs = pg_refs(&params);
                                     Ok(client.execute(&stmt, &refs)? as usize)
-                                },
-                            );
+                                });
                             let _ = reply.send(result);
                         }
                         PgJob::Fetch(sql, params, reply) => {
-                            let result = pg_prepare(&mut client, &mut statements, &sql).and_then(
-                                |stmt| {
+                            let result =
+                                pg_prepare(&mut client, &mut statements, &sql).and_then(|stmt| {
                                     let refs = pg_refs(&params);
                                     let rows = client.query(&stmt, &refs)?;
                                     rows.iter().map(pg_row).collect()
-                                },
-                            );
+                                });
                             let _ = reply.send(result);
                         }
                         PgJob::Batch(sql, reply) => {
@@ -698,7 +761,9 @@ impl PgConn {
 
     fn call<T>(&self, job: impl FnOnce(mpsc::SyncSender<Result<T>>) -> PgJob) -> Result<T> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.jobs.send(job(reply)).map_err(|_| SqlError::Disconnected)?;
+        self.jobs
+            .send(job(reply))
+            .map_err(|_| SqlError::Disconnected)?;
         answer.recv().map_err(|_| SqlError::Disconnected)?
     }
 
@@ -803,7 +868,10 @@ impl postgres::types::ToSql for Value {
                 } else if [Type::TEXT, Type::VARCHAR].contains(ty) {
                     i.to_string().as_str().to_sql(ty, out)
                 } else {
-                    Err(format!("an integer parameter cannot be sent as PostgreSQL type {ty}").into())
+                    Err(
+                        format!("an integer parameter cannot be sent as PostgreSQL type {ty}")
+                            .into(),
+                    )
                 }
             }
             Value::Real(f) => f.to_sql(ty, out),
@@ -855,10 +923,7 @@ pub fn postgres_placeholders(sql: &str) -> String {
 /// (as SQLite stores them, so one SQL text compares them the same way).
 pub fn postgres_ddl(sql: &str) -> String {
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let text = sql.replace(
-        "INTEGER PRIMARY KEY AUTOINCREMENT",
-        "INTEGER PRIMARY KEY",
-    );
+    let text = sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY");
     let text = text.replace(
         "INTEGER PRIMARY KEY",
         "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",

@@ -39,7 +39,13 @@ pub fn postgres_store(data_dir: &Path) -> Option<String> {
     let name: String = data_dir
         .to_str()?
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     // PostgreSQL's names are at most 63 bytes; the scratch dir's random part is at its end.
     let name = format!("t{}", &name[name.len().saturating_sub(60)..]);
