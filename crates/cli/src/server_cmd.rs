@@ -111,6 +111,7 @@ pub struct ServerArgs {
 pub struct ServerFile {
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,
+    pub lease_ttl: Option<toml::Spanned<String>>,
     pub listen: Option<SocketAddr>,
     pub max_body_bytes: Option<usize>,
     pub desired_ttl: Option<toml::Spanned<String>>,
@@ -184,6 +185,7 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         }
     };
     let desired_ttl = from_file("desired_ttl", &file.desired_ttl, parse_ttl_ms);
+    let lease_ttl = from_file("lease_ttl", &file.lease_ttl, parse_lease_ttl_ms);
     let header_timeout_ms = from_file("header_timeout", &file.header_timeout, net::parse_ms);
     let idle_timeout_ms = from_file("idle_timeout", &file.idle_timeout, net::parse_ms);
     let node_down_after = from_file(
@@ -262,6 +264,7 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
     config.store_url = args.store.clone().or(file.store);
     config.lease_ttl_ms = args
         .lease_ttl
+        .or(lease_ttl)
         .unwrap_or(failsmall_server::ha::LEASE_TTL_MS_DEFAULT);
     if let Some(url) = &config.store_url {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {

@@ -80,11 +80,18 @@ struct Server {
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_failsmall"))
+    /// A server on `data_dir`, its state in SQLite there or in PostgreSQL at `store`.
+    fn start(data_dir: &Path, store: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_failsmall"));
+        command
             .args(["server", "--codex", "off", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"]);
+        if let Some(url) = store {
+            // The killed server's lease must run out before the next one drives the engine.
+            command.args(["--store", url, "--lease-ttl", "1s"]);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -176,14 +183,17 @@ impl Api {
             .await
     }
 
+    /// Waits for `/healthz` to answer 200 (on PostgreSQL a new server stands by, answering
+    /// 503, until the killed one's lease runs out).
     async fn wait_ready(&self) {
-        for _ in 0..200 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
             if let Ok((200, _)) = self.get("/healthz", "").await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("server at {} never answered /healthz", self.base);
+        panic!("server at {} never answered /healthz 200", self.base);
     }
 }
 
@@ -580,7 +590,7 @@ async fn check_final(api: &Api, tokens: &Tokens, seen: &Seen) {
     );
 }
 
-fn kill_test(rounds: u64) {
+fn kill_test(rounds: u64, store: Option<&str>) {
     let seed = std::env::var("FAILSMALL_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -611,18 +621,20 @@ fn kill_test(rounds: u64) {
     // The first start is killed too: the schema, the signing key and the first admin token
     // are created whole or not at all, and a later start finishes the job.
     for _ in 0..FIRST_START_KILLS {
-        let starting = Server::start(&data_dir);
+        let starting = Server::start(&data_dir, store);
         std::thread::sleep(Duration::from_millis(rng.next() % 30));
         starting.kill();
         seen.lock().unwrap().kills += 1;
     }
-    let server = Server::start(&data_dir);
+    let server = Server::start(&data_dir, store);
     let api = Api::new(&server.base);
     runtime.block_on(api.wait_ready());
     let tokens = runtime.block_on(set_up(&api, &data_dir));
     let mut server = Some(server);
     for round in 0..rounds {
-        let running = server.take().unwrap_or_else(|| Server::start(&data_dir));
+        let running = server
+            .take()
+            .unwrap_or_else(|| Server::start(&data_dir, store));
         let api = Api::new(&running.base);
         // Half the kills land before the server is known to serve, during its start.
         if rng.next().is_multiple_of(2) {
@@ -643,7 +655,7 @@ fn kill_test(rounds: u64) {
         }
         seen.lock().unwrap().kills += 1;
         // Restart on the same data dir and check what the killed run acknowledged.
-        let restarted = Server::start(&data_dir);
+        let restarted = Server::start(&data_dir, store);
         let api = Api::new(&restarted.base);
         runtime.block_on(api.wait_ready());
         let (pushed_since, snapshot) = {
@@ -669,7 +681,9 @@ fn kill_test(rounds: u64) {
     }
 
     // The kills stop: the agents alone must bring every rollout to its end.
-    let running = server.take().unwrap_or_else(|| Server::start(&data_dir));
+    let running = server
+        .take()
+        .unwrap_or_else(|| Server::start(&data_dir, store));
     let api = Api::new(&running.base);
     runtime.block_on(api.wait_ready());
     let tasks = spawn_fleet(&runtime, &api, &tokens);
@@ -709,11 +723,28 @@ fn kill_test(rounds: u64) {
 
 #[test]
 fn kill_server_at_random_moments_loses_and_repeats_nothing() {
-    kill_test(100);
+    kill_test(100, None);
 }
 
 #[test]
 #[ignore = "long: 1,000 kills; run with --run-ignored"]
 fn kill_server_a_thousand_times_loses_and_repeats_nothing() {
-    kill_test(1000);
+    kill_test(1000, None);
+}
+
+/// The same on a real PostgreSQL: each kill lands on the server holding the engine's lease,
+/// and the next server drives the engine once that lease runs out.
+#[test]
+fn kill_server_on_postgres_at_random_moments_loses_and_repeats_nothing() {
+    let pg = failsmall_testkit::postgres::Postgres::start().unwrap();
+    let url = pg.database("kill").unwrap();
+    kill_test(100, Some(&url));
+}
+
+#[test]
+#[ignore = "long: 1,000 kills on PostgreSQL; run with --run-ignored"]
+fn kill_server_on_postgres_a_thousand_times_loses_and_repeats_nothing() {
+    let pg = failsmall_testkit::postgres::Postgres::start().unwrap();
+    let url = pg.database("kill").unwrap();
+    kill_test(1000, Some(&url));
 }

@@ -227,7 +227,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || bound.bound_idle_transactions(ttl_ms))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
-        let holder = ha::holder_id(config.listen);
+        let holder = ha::holder_id(listener.local_addr().map_err(ServerError::Serve)?);
         let taken = ha::stand_by(
             Arc::clone(&store),
             standby,

@@ -8,24 +8,28 @@ use crate::auth::{self, Role};
 use crate::store::{NewChange, NewToken, Store, TokenRecord};
 use crate::{DB_FILE, ServerError, api};
 
-/// Creates an admin token named `name` for `owner` in the store of `data_dir`; its secret and
-/// record. The data dir must hold a store already (a fresh one gets its admin at first start).
+/// Creates an admin token named `name` for `owner` in the store of `data_dir` (or the
+/// PostgreSQL store at `store_url`); its secret and record. The data dir must hold a store already (a fresh one gets its admin at first start).
 pub fn recover_admin(
     data_dir: &Path,
+    store_url: Option<&str>,
     name: &str,
     owner: &str,
 ) -> Result<(String, TokenRecord), ServerError> {
     let db = data_dir.join(DB_FILE);
-    if !db.exists() {
-        return Err(ServerError::DataDir {
-            path: db,
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no failsmall store here; a server started on this data dir creates its admin token itself",
-            ),
-        });
-    }
-    let store = Store::open(&db)?;
+    let store = match store_url {
+        Some(url) => Store::open_postgres(url)?,
+        None if db.exists() => Store::open(&db)?,
+        None => {
+            return Err(ServerError::DataDir {
+                path: db,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no failsmall store here; a server started on this data dir creates its admin token itself",
+                ),
+            });
+        }
+    };
     let token = auth::new_token().map_err(|e| ServerError::Random(e.to_string()))?;
     let hash = auth::token_sha256(&token);
     let reason = format!(
@@ -61,10 +65,10 @@ mod tests {
     #[test]
     fn a_recovered_admin_token_works_and_is_in_the_changelog() {
         let scratch = tempfile::tempdir().unwrap();
-        assert!(recover_admin(scratch.path(), "again", "alice").is_err());
+        assert!(recover_admin(scratch.path(), None, "again", "alice").is_err());
         let store = Store::open(&scratch.path().join(DB_FILE)).unwrap();
         drop(store);
-        let (token, record) = recover_admin(scratch.path(), "again", "alice").unwrap();
+        let (token, record) = recover_admin(scratch.path(), None, "again", "alice").unwrap();
         assert_eq!(record.role, Role::Admin);
         let store = Store::open(&scratch.path().join(DB_FILE)).unwrap();
         let found = store

@@ -43,6 +43,10 @@ pub struct RecoverAdminArgs {
     /// The server's data dir (the server may be stopped or running).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// The server's PostgreSQL store, when it keeps its state there (`--store` of
+    /// `failsmall server`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// The new token's name.
     #[arg(long, default_value = "recovered-admin")]
     pub name: String,
@@ -53,8 +57,12 @@ pub struct RecoverAdminArgs {
 
 impl RecoverAdminArgs {
     pub fn run(&self) -> anyhow::Result<crate::Outcome> {
-        let (token, record) =
-            failsmall_server::recover::recover_admin(&self.data_dir, &self.name, &self.owner)?;
+        let (token, record) = failsmall_server::recover::recover_admin(
+            &self.data_dir,
+            self.store.as_deref(),
+            &self.name,
+            &self.owner,
+        )?;
         eprintln!(
             "admin token {} {:?} for {} created offline; its secret is shown only now:",
             record.id, record.name, self.owner

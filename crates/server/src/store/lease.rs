@@ -116,12 +116,10 @@ impl Store {
     /// stop every takeover for as long as it stays paused.
     pub fn bound_idle_transactions(&self, ms: u64) -> Result<(), StoreError> {
         self.with_conn(|conn| {
-            if conn.is_postgres() {
-                conn.execute_batch(&format!(
-                    "SET idle_in_transaction_session_timeout = {}",
-                    ms.max(1)
-                ))?;
-            }
+            conn.set_session(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                ms.max(1)
+            ))?;
             Ok(())
         })
     }

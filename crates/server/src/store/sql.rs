@@ -57,6 +57,13 @@ pub enum SqlError {
     Column { column: usize, reason: String },
     #[error("the PostgreSQL connection's thread has stopped")]
     Disconnected,
+    #[error("cannot start the PostgreSQL connection's thread: {0}")]
+    Thread(String),
+    #[error(
+        "the PostgreSQL session ended in the middle of a transaction (PostgreSQL rolled it back); \
+         nothing of it was written"
+    )]
+    SessionLost,
     /// A write by a server that no longer holds the engine's lease (see `store/lease.rs`).
     #[error(
         "this server no longer holds the engine's lease (its epoch {ours}, the lease's {current:?}): \
@@ -485,6 +492,15 @@ impl Connection {
         }
     }
 
+    /// Runs a session setting (`SET ...`) now and on every session this connection opens later
+    /// (PostgreSQL; SQLite has none).
+    pub fn set_session(&self, sql: &str) -> Result<()> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(pg) => pg.setup(sql),
+        }
+    }
+
     /// From now on every write checks the lease is still at `epoch` (PostgreSQL).
     pub fn set_fence(&mut self, epoch: i64) {
         self.fence = Some(epoch);
@@ -506,10 +522,10 @@ impl Connection {
         let inner = match backend {
             Backend::Sqlite(conn) => TxInner::Sqlite(conn.transaction()?),
             Backend::Postgres(pg) => {
-                pg.batch("BEGIN")?;
+                pg.begin()?;
                 if let Some(ours) = *fence {
                     if let Err(e) = check_fence(pg, ours) {
-                        let _ = pg.batch("ROLLBACK");
+                        let _ = pg.rollback();
                         return Err(e);
                     }
                 }
@@ -543,12 +559,12 @@ impl Queryable for Connection {
             (Backend::Postgres(pg), None) => count(&self.changes, pg.run(sql, params)),
             // A write outside a transaction is fenced in one of its own.
             (Backend::Postgres(pg), Some(ours)) => {
-                pg.batch("BEGIN")?;
+                pg.begin()?;
                 let done = check_fence(pg, ours)
                     .and_then(|()| pg.run(sql, params))
-                    .and_then(|n| pg.batch("COMMIT").map(|()| n));
+                    .and_then(|n| pg.commit().map(|()| n));
                 if done.is_err() {
-                    let _ = pg.batch("ROLLBACK");
+                    let _ = pg.rollback();
                 }
                 count(&self.changes, done)
             }
@@ -601,7 +617,7 @@ impl<'c> Transaction<'c> {
     pub fn commit(mut self) -> Result<()> {
         match self.inner.take() {
             Some(TxInner::Sqlite(tx)) => Ok(tx.commit()?),
-            Some(TxInner::Postgres(pg)) => pg.batch("COMMIT"),
+            Some(TxInner::Postgres(pg)) => pg.commit(),
             None => Ok(()),
         }
     }
@@ -616,7 +632,7 @@ impl Drop for Transaction<'_> {
         if let Some(TxInner::Postgres(pg)) = &self.inner {
             // Nothing to tell anyone if this fails: the connection is then broken and the
             // database rolls the transaction back itself.
-            let _ = pg.batch("ROLLBACK");
+            let _ = pg.rollback();
         }
     }
 }
@@ -696,66 +712,152 @@ fn sqlite_fetch(conn: &rusqlite::Connection, sql: &str, params: Vec<Value>) -> R
 
 // ---- PostgreSQL ----
 
-/// A PostgreSQL connection, driven by a thread of its own that owns the client.
+/// A PostgreSQL connection, driven by a thread of its own that owns the client
+/// ([`PgWorker`]).
 struct PgConn {
     jobs: mpsc::SyncSender<PgJob>,
 }
 
+/// What the connection's thread is asked to do; each job carries where to answer.
 enum PgJob {
     Run(String, Vec<Value>, mpsc::SyncSender<Result<usize>>),
     Fetch(String, Vec<Value>, mpsc::SyncSender<Result<Vec<Row>>>),
     Batch(String, mpsc::SyncSender<Result<()>>),
+    /// A session setting, run now and again on every new session.
+    Setup(String, mpsc::SyncSender<Result<()>>),
+    Begin(mpsc::SyncSender<Result<()>>),
+    Commit(mpsc::SyncSender<Result<()>>),
+    Rollback(mpsc::SyncSender<Result<()>>),
+}
+
+/// The thread's side: the client, reconnected when its session ended (a restarted database,
+/// a cut connection, a terminated backend) — but never in the middle of a transaction, whose
+/// later statements would otherwise run outside it: those fail until the transaction ends.
+struct PgWorker {
+    config: postgres::Config,
+    client: Option<postgres::Client>,
+    statements: HashMap<String, postgres::Statement>,
+    setup: Vec<String>,
+    in_transaction: bool,
+}
+
+impl PgWorker {
+    fn session(&mut self) -> Result<&mut postgres::Client> {
+        let closed = self.client.as_ref().is_none_or(postgres::Client::is_closed);
+        if closed {
+            if self.in_transaction {
+                return Err(SqlError::SessionLost);
+            }
+            self.statements.clear();
+            self.client = None;
+            let mut client = self.config.connect(postgres::NoTls)?;
+            for setting in &self.setup {
+                client.batch_execute(setting)?;
+            }
+            tracing::info!("store: connected to PostgreSQL");
+            self.client = Some(client);
+        }
+        self.client.as_mut().ok_or(SqlError::Disconnected)
+    }
+
+    fn prepared(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(stmt) = self.statements.get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.session()?.prepare(&postgres_placeholders(sql))?;
+        if self.statements.len() >= PG_STATEMENT_CACHE_MAX {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+
+    fn handle(&mut self, job: PgJob) {
+        match job {
+            PgJob::Run(sql, params, reply) => {
+                let result = self.prepared(&sql).and_then(|stmt| {
+                    let refs = pg_refs(&params);
+                    Ok(self.session()?.execute(&stmt, &refs)? as usize)
+                });
+                let _ = reply.send(result);
+            }
+            PgJob::Fetch(sql, params, reply) => {
+                let result = self.prepared(&sql).and_then(|stmt| {
+                    let refs = pg_refs(&params);
+                    let rows = self.session()?.query(&stmt, &refs)?;
+                    rows.iter().map(pg_row).collect()
+                });
+                let _ = reply.send(result);
+            }
+            PgJob::Batch(sql, reply) => {
+                let result = self
+                    .session()
+                    .and_then(|client| Ok(client.batch_execute(&sql)?));
+                let _ = reply.send(result);
+            }
+            PgJob::Setup(sql, reply) => {
+                let result = self
+                    .session()
+                    .and_then(|client| Ok(client.batch_execute(&sql)?));
+                if result.is_ok() {
+                    self.setup.push(sql);
+                }
+                let _ = reply.send(result);
+            }
+            PgJob::Begin(reply) => {
+                let result = self
+                    .session()
+                    .and_then(|client| Ok(client.batch_execute("BEGIN")?));
+                self.in_transaction = result.is_ok();
+                let _ = reply.send(result);
+            }
+            PgJob::Commit(reply) => {
+                let result = self
+                    .session()
+                    .and_then(|client| Ok(client.batch_execute("COMMIT")?));
+                self.in_transaction = false;
+                let _ = reply.send(result);
+            }
+            PgJob::Rollback(reply) => {
+                let lost = self.client.as_ref().is_none_or(postgres::Client::is_closed);
+                // A lost session rolled its transaction back already.
+                let result = if lost {
+                    Ok(())
+                } else {
+                    self.session()
+                        .and_then(|client| Ok(client.batch_execute("ROLLBACK")?))
+                };
+                self.in_transaction = false;
+                let _ = reply.send(result);
+            }
+        }
+    }
 }
 
 impl PgConn {
     fn connect(url: &str) -> Result<Self> {
+        let mut config: postgres::Config = url.parse()?;
+        if config.get_application_name().is_none() {
+            config.application_name(&format!("failsmall pid {}", std::process::id()));
+        }
+        let mut worker = PgWorker {
+            config,
+            client: None,
+            statements: HashMap::new(),
+            setup: Vec::new(),
+            in_transaction: false,
+        };
+        // The first session is opened here, so a wrong URL fails the start, not a request.
+        worker.session()?;
         let (jobs, queue) = mpsc::sync_channel::<PgJob>(PG_QUEUE_MAX);
-        let (ready, connected) = mpsc::sync_channel::<Result<()>>(1);
-        let url = url.to_owned();
         std::thread::Builder::new()
             .name("failsmall-postgres".to_owned())
             .spawn(move || {
-                let mut client = match postgres::Client::connect(&url, postgres::NoTls) {
-                    Ok(client) => {
-                        let _ = ready.send(Ok(()));
-                        client
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e.into()));
-                        return;
-                    }
-                };
-                let mut statements: HashMap<String, postgres::Statement> = HashMap::new();
                 while let Ok(job) = queue.recv() {
-                    match job {
-                        PgJob::Run(sql, params, reply) => {
-                            let result =
-                                pg_prepare(&mut client, &mut statements, &sql).and_then(|stmt| {
-                                    let refs = pg_refs(&params);
-                                    Ok(client.execute(&stmt, &refs)? as usize)
-                                });
-                            let _ = reply.send(result);
-                        }
-                        PgJob::Fetch(sql, params, reply) => {
-                            let result =
-                                pg_prepare(&mut client, &mut statements, &sql).and_then(|stmt| {
-                                    let refs = pg_refs(&params);
-                                    let rows = client.query(&stmt, &refs)?;
-                                    rows.iter().map(pg_row).collect()
-                                });
-                            let _ = reply.send(result);
-                        }
-                        PgJob::Batch(sql, reply) => {
-                            let _ = reply.send(client.batch_execute(&sql).map_err(Into::into));
-                        }
-                    }
+                    worker.handle(job);
                 }
             })
-            .map_err(|e| SqlError::Column {
-                column: 0,
-                reason: format!("cannot start the PostgreSQL connection's thread: {e}"),
-            })?;
-        connected.recv().map_err(|_| SqlError::Disconnected)??;
+            .map_err(|e| SqlError::Thread(e.to_string()))?;
         Ok(Self { jobs })
     }
 
@@ -778,22 +880,22 @@ impl PgConn {
     fn batch(&self, sql: &str) -> Result<()> {
         self.call(|reply| PgJob::Batch(sql.to_owned(), reply))
     }
-}
 
-fn pg_prepare(
-    client: &mut postgres::Client,
-    statements: &mut HashMap<String, postgres::Statement>,
-    sql: &str,
-) -> Result<postgres::Statement> {
-    if let Some(stmt) = statements.get(sql) {
-        return Ok(stmt.clone());
+    fn setup(&self, sql: &str) -> Result<()> {
+        self.call(|reply| PgJob::Setup(sql.to_owned(), reply))
     }
-    let stmt = client.prepare(&postgres_placeholders(sql))?;
-    if statements.len() >= PG_STATEMENT_CACHE_MAX {
-        statements.clear();
+
+    fn begin(&self) -> Result<()> {
+        self.call(PgJob::Begin)
     }
-    statements.insert(sql.to_owned(), stmt.clone());
-    Ok(stmt)
+
+    fn commit(&self) -> Result<()> {
+        self.call(PgJob::Commit)
+    }
+
+    fn rollback(&self) -> Result<()> {
+        self.call(PgJob::Rollback)
+    }
 }
 
 fn pg_refs(params: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
