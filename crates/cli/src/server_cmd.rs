@@ -266,14 +266,14 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         .lease_ttl
         .or(lease_ttl)
         .unwrap_or(failsmall_server::ha::LEASE_TTL_MS_DEFAULT);
-    if let Some(url) = &config.store_url {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push(format!(
-                "--store {}: expected a PostgreSQL URL (postgres://user@host:port/database); \
-                 leave it out for SQLite in the data dir",
-                failsmall_server::store::redact_url(url)
-            ));
-        }
+    if let Some(url) = &config.store_url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        problems.push(format!(
+            "--store {}: expected a PostgreSQL URL (postgres://user@host:port/database); \
+             leave it out for SQLite in the data dir",
+            failsmall_server::store::redact_url(url)
+        ));
     }
     config.max_body_bytes = args
         .max_body_bytes

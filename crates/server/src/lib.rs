@@ -449,7 +449,7 @@ fn prepare_data_dir(
     let first_start = store.token_count()? == 0;
     let signer = VersionSigner::open(data_dir, first_start)?;
     let admin_token = if first_start {
-        Some(bootstrap_admin(&store, data_dir)?)
+        Some(bootstrap_admin(store, data_dir)?)
     } else {
         None
     };

@@ -45,10 +45,13 @@ fn postgres_user() -> Result<(u32, u32), String> {
     passwd
         .lines()
         .find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&"postgres") && fields.len() > 3)
-                .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-                .flatten()
+            let mut fields = line.split(':');
+            if fields.next() != Some("postgres") {
+                return None;
+            }
+            let uid = fields.nth(1)?.parse().ok()?;
+            let gid = fields.next()?.parse().ok()?;
+            Some((uid, gid))
         })
         .ok_or_else(|| "no `postgres` user in /etc/passwd (install `postgresql`)".to_owned())
 }

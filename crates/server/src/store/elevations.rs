@@ -231,7 +231,7 @@ impl Store {
                     token.owner,
                     token.expires_ms.map(to_i64)
                 ],
-                |r| Ok(r.get::<_, i64>(0)?),
+                |r| r.get::<_, i64>(0),
             )?;
             tx.execute(
                 "UPDATE elevations SET claimed_ms = ?2, token_id = ?3 WHERE id = ?1",

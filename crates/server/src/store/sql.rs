@@ -523,11 +523,11 @@ impl Connection {
             Backend::Sqlite(conn) => TxInner::Sqlite(conn.transaction()?),
             Backend::Postgres(pg) => {
                 pg.begin()?;
-                if let Some(ours) = *fence {
-                    if let Err(e) = check_fence(pg, ours) {
-                        let _ = pg.rollback();
-                        return Err(e);
-                    }
+                if let Some(ours) = *fence
+                    && let Err(e) = check_fence(pg, ours)
+                {
+                    let _ = pg.rollback();
+                    return Err(e);
                 }
                 TxInner::Postgres(pg)
             }
