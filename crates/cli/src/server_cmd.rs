@@ -40,6 +40,11 @@ pub struct ServerArgs {
     /// standby takes over about this long after the active server stops [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_lease_ttl_ms)]
     pub lease_ttl: Option<u64>,
+    /// With --store: where the other servers reach this one (`https://cp1.internal:7070`);
+    /// standbys forward requests to the active server's [default: the listening address, or
+    /// this host's name and the listening port when listening on all addresses].
+    #[arg(long, value_name = "URL")]
+    pub advertise_url: Option<String>,
     /// Address to listen on (port 0: any free port, printed at start) [default: 127.0.0.1:7070].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
@@ -112,6 +117,7 @@ pub struct ServerFile {
     pub data_dir: Option<PathBuf>,
     pub store: Option<String>,
     pub lease_ttl: Option<toml::Spanned<String>>,
+    pub advertise_url: Option<String>,
     pub listen: Option<SocketAddr>,
     pub max_body_bytes: Option<usize>,
     pub desired_ttl: Option<toml::Spanned<String>>,
@@ -262,6 +268,14 @@ fn load(args: &ServerArgs) -> Result<Loaded, Vec<String>> {
         ServerConfig::new(data_dir.unwrap_or_default(), listen)
     };
     config.store_url = args.store.clone().or(file.store);
+    config.advertise_url = args.advertise_url.clone().or(file.advertise_url);
+    if let Some(url) = &config.advertise_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.push(format!(
+            "--advertise-url {url}: expected http://HOST:PORT or https://HOST:PORT"
+        ));
+    }
     config.lease_ttl_ms = args
         .lease_ttl
         .or(lease_ttl)

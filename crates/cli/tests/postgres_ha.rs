@@ -7,6 +7,9 @@
 //!   session; after SIGTERM the lease is handed over at once);
 //! - a server paused past its lease commits nothing when it wakes: a write sent to it at once
 //!   is refused (503 `not_leader`), is not in the store, and the server stops by itself;
+//! - a standby forwards what it is asked to the active server: a write through it is
+//!   acknowledged and kept, and it lists what the active server lists (`/healthz` stays its
+//!   own: 503 `standby`);
 //! - no acknowledged write is lost: every unit created with a 2xx answer is there at the end.
 //!
 //! `FAILSMALL_HA_TRIALS` sets the number of trials (default 100; the ignored test: 1,000).
@@ -293,9 +296,18 @@ fn trials(count: usize) {
         let data = servers[active].data.clone();
         servers[active] = spawn(&data, &url, &listen);
         wait_health(&http, &servers[active].addr, 503, TAKEOVER_WITHIN);
+        // Through the new standby, to the new active server.
+        let name = format!("via-standby-{trial}");
+        create_unit(&http, &servers[active].addr, &admin, &name).unwrap();
+        acknowledged.insert(name);
         active = standby;
     }
     let stored = units(&http, &servers[active].addr, &admin);
+    assert_eq!(
+        units(&http, &servers[1 - active].addr, &admin),
+        stored,
+        "the standby lists what the active server lists"
+    );
     let lost: Vec<_> = acknowledged.difference(&stored).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
     let by_deposed: Vec<_> = stored

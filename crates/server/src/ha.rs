@@ -1,10 +1,13 @@
 //! Several servers on one PostgreSQL store: one drives the engine under the store's lease
 //! (`store/lease.rs`), the others stand by.
 //!
-//! A standby holds its listener and answers every request 503 (`standby`, naming the lease's
-//! holder), so agents, which fail over on 503, and load balancers go to the active server. It
-//! tries for the lease every [`poll_ms`]; once it has it, it loads the engine from the store and
-//! serves. The active server renews the lease every quarter of its time to live; when a renewal
+//! A standby holds its listener and forwards every request to the active server, at the URL
+//! the active server wrote into the lease (`--advertise-url`), and passes its answer back: any
+//! server answers the whole API, long polls included. `/healthz` and `/metrics` are its own:
+//! 503 `standby`, so load balancers that check health send traffic to the active server. When
+//! there is no active server to forward to (the lease expired, the holder unreachable) a
+//! standby answers 503 `standby` (agents fail over on 503). It tries for the lease every
+//! [`poll_ms`]; once it has it, it loads the engine from the store and serves. The active server renews the lease every quarter of its time to live; when a renewal
 //! finds the lease taken, or none succeeded for a whole time to live, it stops serving and
 //! [`crate::run`] returns [`crate::ServerError::Deposed`] (a supervisor restarts it as a
 //! standby). Until then the fence keeps every write of a deposed server out of the store.
@@ -13,11 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use tokio::sync::watch;
 
-use crate::store::{LeaseAttempt, Store};
+use crate::store::{LeaseAttempt, LeaseHolder, Store};
+
+/// Set on a request a standby forwards: a standby never forwards one again (a loop, when an
+/// advertised URL leads back to a standby).
+const FORWARDED: &str = "x-failsmall-forwarded-by";
+/// How long a forwarded request may take: the longest long poll, and some.
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(crate::rollouts::MAX_WATCH_MS + 30_000);
 
 /// The lease's default time to live: a new server drives the engine within about this long
 /// after the active one died.
@@ -43,8 +53,42 @@ pub fn holder_id(listen: std::net::SocketAddr) -> String {
     format!("{host} {listen} pid {}", std::process::id())
 }
 
-/// Waits for the lease, answering every request 503 meanwhile. `Some(epoch)` once taken,
-/// `None` when told to stop first.
+/// Who this server is in the lease and how long the lease lasts.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub holder: String,
+    /// Where the others reach it.
+    pub url: String,
+    pub ttl_ms: u64,
+    /// Largest request body a standby forwards.
+    pub max_body_bytes: usize,
+}
+
+/// What a standby's requests are answered with.
+#[derive(Clone)]
+struct Standby {
+    leader: Arc<std::sync::Mutex<Option<LeaseHolder>>>,
+    client: reqwest::Client,
+    me: String,
+    max_body_bytes: usize,
+}
+
+/// This server's URL for the others when none is configured: the listening address when it
+/// names one host, else this host's name with the listening port.
+pub fn default_url(listen: std::net::SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if listen.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        format!("{scheme}://{host}:{}", listen.port())
+    } else {
+        format!("{scheme}://{listen}")
+    }
+}
+
+/// Waits for the lease, forwarding requests to the active server meanwhile. `Some(epoch)`
+/// once taken, `None` when told to stop first.
 pub async fn stand_by(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
@@ -52,27 +96,37 @@ pub async fn stand_by(
         Option<Arc<rustls::ServerConfig>>,
         crate::serve::ConnectionLimits,
     ),
-    holder: String,
-    ttl_ms: u64,
+    me: Candidate,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Option<u64>, crate::ServerError> {
+    let Candidate {
+        holder,
+        url,
+        ttl_ms,
+        max_body_bytes,
+    } = me;
     // A lone server takes the lease at once and never answers as a standby.
-    let first = try_take(&store, &holder, ttl_ms).await?;
+    let first = try_take(&store, &holder, &url, ttl_ms).await?;
     if let Ok(LeaseAttempt::Taken { epoch }) = first {
         tracing::info!(epoch, holder = %holder, "took the engine's lease: serving");
         return Ok(Some(epoch));
     }
-    let held_by = Arc::new(std::sync::Mutex::new(String::from("another server")));
-    let router = {
-        let held_by = Arc::clone(&held_by);
-        Router::new().fallback(move || {
-            let holder = held_by
-                .lock()
-                .map(|h| h.clone())
-                .unwrap_or_else(|p| p.into_inner().clone());
-            async move { standby_answer(&holder) }
-        })
+    let client = reqwest::Client::builder()
+        .timeout(FORWARD_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| crate::ServerError::Engine(format!("standby's HTTP client: {e}")))?;
+    let standby = Standby {
+        leader: Arc::new(std::sync::Mutex::new(None)),
+        client,
+        me: holder.clone(),
+        max_body_bytes,
     };
+    // Before the first request: whom to forward to.
+    if let (Ok(LeaseAttempt::HeldBy(current)), Ok(mut slot)) = (&first, standby.leader.lock()) {
+        *slot = (current.expires_in_ms > 0).then(|| current.clone());
+    }
+    let router = Router::new().fallback(forward).with_state(standby.clone());
     let (taken_tx, mut taken_rx) = watch::channel(false);
     let serving_standby = tokio::spawn(crate::serve::serve(
         listener,
@@ -101,8 +155,8 @@ pub async fn stand_by(
                     );
                     said = true;
                 }
-                if let Ok(mut slot) = held_by.lock() {
-                    *slot = format!("{} (lease epoch {})", current.holder, current.epoch);
+                if let Ok(mut slot) = standby.leader.lock() {
+                    *slot = (current.expires_in_ms > 0).then_some(current);
                 }
             }
             Err(error) => tracing::warn!(%error, "standing by: the lease could not be read"),
@@ -111,7 +165,7 @@ pub async fn stand_by(
             () = tokio::time::sleep(Duration::from_millis(poll_ms(ttl_ms))) => {}
             _ = stop.wait_for(|stop| *stop) => break None,
         }
-        attempt = try_take(&store, &holder, ttl_ms).await?;
+        attempt = try_take(&store, &holder, &url, ttl_ms).await?;
     };
     let _ = taken_tx.send(true);
     match serving_standby.await {
@@ -128,16 +182,100 @@ pub async fn stand_by(
 async fn try_take(
     store: &Arc<Store>,
     holder: &str,
+    url: &str,
     ttl_ms: u64,
 ) -> Result<Result<LeaseAttempt, crate::store::StoreError>, crate::ServerError> {
     let store = Arc::clone(store);
     let holder = holder.to_owned();
-    tokio::task::spawn_blocking(move || store.try_take_lease(&holder, ttl_ms))
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || store.try_take_lease(&holder, &url, ttl_ms))
         .await
         .map_err(|e| crate::ServerError::Engine(format!("lease task failed: {e}")))
 }
 
-fn standby_answer(holder: &str) -> axum::response::Response {
+/// Headers that belong to one connection, never passed on.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn forward(
+    State(standby): State<Standby>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let leader = standby
+        .leader
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    let path = request.uri().path();
+    let own = path == "/healthz" || path == "/metrics";
+    let (Some(leader), false, false) = (
+        leader.clone(),
+        own,
+        request.headers().contains_key(FORWARDED),
+    ) else {
+        return standby_answer(leader.as_ref());
+    };
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, standby.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            return crate::error::ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over {} bytes", standby.max_body_bytes),
+            )
+            .into_response();
+        }
+    };
+    let target = format!(
+        "{}{}",
+        leader.url.trim_end_matches('/'),
+        parts.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    );
+    let mut outgoing = standby.client.request(parts.method, &target).body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    outgoing = outgoing.header(FORWARDED, standby.me.as_str());
+    match outgoing.send().await {
+        Ok(answer) => {
+            let mut response = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if !hop_by_hop(name) {
+                    response = response.header(name, value);
+                }
+            }
+            response
+                .body(axum::body::Body::from_stream(answer.bytes_stream()))
+                .unwrap_or_else(|_| standby_answer(Some(&leader)))
+        }
+        Err(error) => {
+            tracing::warn!(%error, leader = %leader.url, "standby: the active server did not answer a forwarded request");
+            standby_answer(Some(&leader))
+        }
+    }
+}
+
+fn standby_answer(leader: Option<&LeaseHolder>) -> axum::response::Response {
+    let holder = leader.map_or_else(
+        || "no server (the lease is free)".to_owned(),
+        |l| format!("{} at {} (lease epoch {})", l.holder, l.url, l.epoch),
+    );
     let body = failsmall_wire::ErrorBody {
         error: failsmall_wire::ErrorDetail {
             code: "standby".to_owned(),

@@ -96,6 +96,10 @@ pub struct ServerConfig {
     /// The engine's lease on a shared PostgreSQL store, in milliseconds (see [`ha`]): a
     /// standby takes over within about this long after the active server stops renewing it.
     pub lease_ttl_ms: u64,
+    /// Where the other servers on a shared store reach this one (standbys forward requests to
+    /// the active server's); none: this host's name and the listening port, or the listening
+    /// address when it names one host.
+    pub advertise_url: Option<String>,
 }
 
 /// Nodes silent for a week are removed from the fleet unless the server is told otherwise
@@ -121,6 +125,7 @@ impl ServerConfig {
             incident_cadence: incidents::Cadence::default(),
             break_glass_approvals: api::ELEVATION_APPROVALS_DEFAULT,
             lease_ttl_ms: ha::LEASE_TTL_MS_DEFAULT,
+            advertise_url: None,
         }
     }
 
@@ -227,13 +232,21 @@ pub async fn run(
         tokio::task::spawn_blocking(move || bound.bound_idle_transactions(ttl_ms))
             .await
             .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
-        let holder = ha::holder_id(listener.local_addr().map_err(ServerError::Serve)?);
+        let address = listener.local_addr().map_err(ServerError::Serve)?;
+        let candidate = ha::Candidate {
+            holder: ha::holder_id(address),
+            url: config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| ha::default_url(address, config.tls.is_some())),
+            ttl_ms: config.lease_ttl_ms,
+            max_body_bytes: config.max_body_bytes,
+        };
         let taken = ha::stand_by(
             Arc::clone(&store),
             standby,
             (tls.clone(), config.connections),
-            holder,
-            config.lease_ttl_ms,
+            candidate,
             stop.clone(),
         )
         .await?;
@@ -350,9 +363,16 @@ pub async fn run(
     let mut stop = stop;
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
     let closing = async move {
+        // A closed channel is no reason to stop: without a lease nobody ever deposes this
+        // server, and the caller's shutdown alone ends it.
+        let deposed = async {
+            if deposed.wait_for(|deposed| *deposed).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => {}
-            _ = deposed.wait_for(|deposed| *deposed) => {}
+            () = deposed => {}
         }
         engine.close();
     };

@@ -18,6 +18,7 @@ use super::{Store, StoreError, to_i64, to_u64};
 pub(super) const MIGRATION: &str = "CREATE TABLE leases (
         name TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
+        url TEXT NOT NULL,
         epoch BIGINT NOT NULL,
         expires_ms BIGINT NOT NULL
     );";
@@ -31,6 +32,8 @@ const DB_NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BI
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseHolder {
     pub holder: String,
+    /// Where the holder serves (what standbys forward requests to).
+    pub url: String,
     pub epoch: u64,
     /// Milliseconds until it expires unless renewed (0: expired).
     pub expires_in_ms: u64,
@@ -46,9 +49,14 @@ pub enum LeaseAttempt {
 }
 
 impl Store {
-    /// Takes the engine's lease for `holder` for `ttl_ms` when it is free or expired.
-    /// Only a PostgreSQL store has a lease; on SQLite it is always taken (epoch 0).
-    pub fn try_take_lease(&self, holder: &str, ttl_ms: u64) -> Result<LeaseAttempt, StoreError> {
+    /// Takes the engine's lease for `holder`, serving at `url`, for `ttl_ms` when it is free
+    /// or expired. Only a PostgreSQL store has a lease; on SQLite it is always taken (epoch 0).
+    pub fn try_take_lease(
+        &self,
+        holder: &str,
+        url: &str,
+        ttl_ms: u64,
+    ) -> Result<LeaseAttempt, StoreError> {
         self.with_conn(|conn| {
             if !conn.is_postgres() {
                 return Ok(LeaseAttempt::Taken { epoch: 0 });
@@ -56,15 +64,15 @@ impl Store {
             let taken = conn
                 .query_row(
                     &format!(
-                        "INSERT INTO leases (name, holder, epoch, expires_ms)
-                         VALUES (?1, ?2, 1, {DB_NOW_MS} + ?3)
+                        "INSERT INTO leases (name, holder, url, epoch, expires_ms)
+                         VALUES (?1, ?2, ?4, 1, {DB_NOW_MS} + ?3)
                          ON CONFLICT (name) DO UPDATE
-                            SET holder = excluded.holder, epoch = leases.epoch + 1,
-                                expires_ms = excluded.expires_ms
+                            SET holder = excluded.holder, url = excluded.url,
+                                epoch = leases.epoch + 1, expires_ms = excluded.expires_ms
                             WHERE leases.expires_ms < {DB_NOW_MS}
                          RETURNING epoch"
                     ),
-                    sql::params![ENGINE_LEASE, holder, to_i64(ttl_ms)],
+                    sql::params![ENGINE_LEASE, holder, to_i64(ttl_ms), url],
                     |r| r.get::<_, i64>(0),
                 )
                 .optional()?;
@@ -76,14 +84,15 @@ impl Store {
             }
             let held = conn.query_row(
                 &format!(
-                    "SELECT holder, epoch, expires_ms - {DB_NOW_MS} FROM leases WHERE name = ?1"
+                    "SELECT holder, url, epoch, expires_ms - {DB_NOW_MS} FROM leases WHERE name = ?1"
                 ),
                 [ENGINE_LEASE],
                 |r| {
                     Ok(LeaseHolder {
                         holder: r.get(0)?,
-                        epoch: to_u64(r.get(1)?),
-                        expires_in_ms: to_u64(r.get::<_, i64>(2)?.max(0)),
+                        url: r.get(1)?,
+                        epoch: to_u64(r.get(2)?),
+                        expires_in_ms: to_u64(r.get::<_, i64>(3)?.max(0)),
                     })
                 },
             )?;
