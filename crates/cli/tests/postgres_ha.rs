@@ -340,3 +340,78 @@ fn a_standby_takes_over_and_a_deposed_server_commits_nothing() {
 fn a_thousand_takeovers() {
     trials(1_000);
 }
+
+/// A CA, and a certificate for 127.0.0.1 signed by it: (CA PEM, certificate PEM, key PEM).
+fn test_pki(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, name);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `sslmode=verify-full&sslrootcert=CA`: the server's sessions are encrypted, and a database
+/// whose certificate that CA did not sign is refused at start, saying why.
+#[test]
+fn the_store_is_reached_over_verified_tls() {
+    let (ca, cert, key) = test_pki("failsmall test database CA");
+    let pg = failsmall_testkit::postgres::Postgres::start_tls(&cert, &key).unwrap();
+    pg.database("tls").unwrap();
+    let dir = fresh_dir("postgres-tls");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let (other_ca, _, _) = test_pki("another CA");
+    let other_ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, &other_ca).unwrap();
+    let url = |ca: &Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url("tls"),
+            ca.display()
+        )
+    };
+    let http = reqwest::blocking::Client::new();
+
+    let server = spawn(&dir.path().join("a"), &url(&ca_file), "127.0.0.1:0");
+    wait_health(&http, &server.addr, 200, TAKEOVER_WITHIN);
+    let encrypted = pg
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'failsmall pid {}'",
+                server.child.id()
+            ),
+        )
+        .unwrap();
+    assert_eq!(encrypted, "t", "the server's sessions use TLS");
+    drop(server);
+
+    let refused = Command::new(BIN)
+        .args([
+            "server",
+            "--codex",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("b"))
+        .args(["--store", &url(&other_ca_file)])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("certificate") || said.contains("UnknownIssuer"),
+        "{said}"
+    );
+}

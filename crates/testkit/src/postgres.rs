@@ -114,6 +114,20 @@ impl Postgres {
     /// When PostgreSQL is not installed or does not start; the message says which step failed
     /// and, for the server itself, what its log says.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// As [`Postgres::start`], with TLS on (`ssl = on`) under this certificate chain and key
+    /// (PEM); clients may still connect without TLS.
+    ///
+    /// # Errors
+    ///
+    /// As [`Postgres::start`].
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, String> {
         let bin = bin_dir()?;
         let owner = if is_root() {
             Some(postgres_user()?)
@@ -153,6 +167,20 @@ impl Postgres {
                 String::from_utf8_lossy(&initdb.stderr)
             ));
         }
+        let mut settings: Vec<&str> = Vec::new();
+        if let Some((cert, key)) = tls {
+            for (name, text, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = data.join(name);
+                std::fs::write(&path, text).map_err(|e| e.to_string())?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| e.to_string())?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            settings.extend(["-c", "ssl=on"]);
+        }
         let log = dir.path().join("postgres.log");
         let mut last_error = String::new();
         for _ in 0..3 {
@@ -168,6 +196,7 @@ impl Postgres {
                 .args(["-c", "unix_socket_directories="])
                 .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=200"])
+                .args(&settings)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file)

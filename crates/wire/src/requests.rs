@@ -104,7 +104,11 @@ pub const SEVERITIES: [&str; 3] = ["sev1", "sev2", "sev3"];
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenIncidentRequest {
-    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub title: String,
     /// `sev1`, `sev2` or `sev3`.
     #[schema(pattern = "^sev[123]$")]
@@ -121,7 +125,11 @@ pub struct OpenIncidentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateIncidentRequest {
-    #[schema(min_length = 1, max_length = 4096, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 4096,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub message: String,
     /// `investigating`, `identified`, `monitoring` or `resolved`; absent: unchanged.
     #[serde(default)]
@@ -137,7 +145,11 @@ pub struct UpdateIncidentRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewIncidentRequest {
-    #[schema(min_length = 1, max_length = 65536, pattern = r"\S")]
+    #[schema(
+        min_length = 1,
+        max_length = 65536,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub markdown: String,
 }
 

@@ -59,6 +59,8 @@ pub enum SqlError {
     Disconnected,
     #[error("cannot start the PostgreSQL connection's thread: {0}")]
     Thread(String),
+    #[error("TLS to PostgreSQL: {0}")]
+    Tls(String),
     #[error(
         "the PostgreSQL session ended in the middle of a transaction (PostgreSQL rolled it back); \
          nothing of it was written"
@@ -735,6 +737,8 @@ enum PgJob {
 /// later statements would otherwise run outside it: those fail until the transaction ends.
 struct PgWorker {
     config: postgres::Config,
+    /// TLS unless the URL says `sslmode=disable`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     client: Option<postgres::Client>,
     statements: HashMap<String, postgres::Statement>,
     setup: Vec<String>,
@@ -750,7 +754,10 @@ impl PgWorker {
             }
             self.statements.clear();
             self.client = None;
-            let mut client = self.config.connect(postgres::NoTls)?;
+            let mut client = match &self.tls {
+                Some(tls) => self.config.connect(tls.clone())?,
+                None => self.config.connect(postgres::NoTls)?,
+            };
             for setting in &self.setup {
                 client.batch_execute(setting)?;
             }
@@ -836,12 +843,24 @@ impl PgWorker {
 
 impl PgConn {
     fn connect(url: &str) -> Result<Self> {
+        let (url, ca_file) = tls_settings(url);
         let mut config: postgres::Config = url.parse()?;
+        // Certificates are always verified (rustls): `require`, `verify-ca` and `verify-full`
+        // alike; `prefer` (the default) uses TLS when the server offers it.
+        let tls = match config.get_ssl_mode() {
+            postgres::config::SslMode::Disable => None,
+            _ => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                crate::tls::client_config(ca_file.as_deref().map(std::path::Path::new))
+                    .map(|c| (*c).clone())
+                    .map_err(SqlError::Tls)?,
+            )),
+        };
         if config.get_application_name().is_none() {
             config.application_name(&format!("failsmall pid {}", std::process::id()));
         }
         let mut worker = PgWorker {
             config,
+            tls,
             client: None,
             statements: HashMap::new(),
             setup: Vec::new(),
@@ -989,6 +1008,31 @@ impl postgres::types::ToSql for Value {
     postgres::types::to_sql_checked!();
 }
 
+/// The URL as the `postgres` client reads it, and the CA file its `sslrootcert` names: that
+/// setting, and the `verify-ca`/`verify-full` modes (certificates are always verified here, so
+/// they mean `require`), are libpq's and not the client's.
+fn tls_settings(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut ca_file = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslrootcert", path)) => ca_file = Some(path.to_owned()),
+            Some(("sslmode", "verify-ca" | "verify-full")) => {
+                kept.push("sslmode=require".to_owned())
+            }
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    if kept.is_empty() {
+        (base.to_owned(), ca_file)
+    } else {
+        (format!("{base}?{}", kept.join("&")), ca_file)
+    }
+}
+
 /// `sql` with its `?N` and `?` placeholders as PostgreSQL's `$N` (quoted text left alone).
 pub fn postgres_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -1057,6 +1101,27 @@ mod tests {
         assert_eq!(
             postgres_placeholders("INSERT INTO t VALUES (?, ?)"),
             "INSERT INTO t VALUES ($1, $2)"
+        );
+    }
+
+    #[test]
+    fn libpq_tls_settings_are_read_off_the_url() {
+        assert_eq!(
+            tls_settings(
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem&application_name=x"
+            ),
+            (
+                "postgres://u@h/db?sslmode=require&application_name=x".to_owned(),
+                Some("/etc/ca.pem".to_owned())
+            )
+        );
+        assert_eq!(
+            tls_settings("postgres://u@h/db?sslrootcert=/ca.pem"),
+            ("postgres://u@h/db".to_owned(), Some("/ca.pem".to_owned()))
+        );
+        assert_eq!(
+            tls_settings("postgres://u@h/db"),
+            ("postgres://u@h/db".to_owned(), None)
         );
     }
 
