@@ -28,7 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{BIN, fresh_dir, lines_of, listening_address};
+use support::{BIN, fresh_dir, spawn_server};
 
 /// The lease's time to live in these tests (the shortest the server accepts).
 const LEASE_TTL: &str = "1s";
@@ -78,17 +78,7 @@ fn wait_active(
 }
 
 fn spawn(data: &Path, url: &str, listen: &str) -> Process {
-    let mut child = Command::new(BIN)
-        .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
-        .arg(data)
-        .args(["--store", url, "--lease-ttl", LEASE_TTL])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let said = lines_of(child.stderr.take().unwrap());
-    let addr = listening_address(&said).0;
+    let (child, addr) = spawn_server(data, listen, &["--store", url, "--lease-ttl", LEASE_TTL]);
     Process {
         child,
         addr,
@@ -197,6 +187,25 @@ fn trials(count: usize) {
     wait_health(&http, &second.addr, 503, TAKEOVER_WITHIN);
     assert_eq!(health(&http, &second.addr).unwrap().1, "standby");
 
+    // Lease renewals (every 250 ms here) are not changes: a reader's long poll is not woken.
+    let change = |addr: &str, query: &str| -> u64 {
+        let answer: Value = http
+            .get(format!("{addr}/v1/changes{query}"))
+            .bearer_auth(&admin)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        answer["change"].as_u64().unwrap()
+    };
+    let idle = change(&first.addr, "");
+    let started = Instant::now();
+    assert_eq!(
+        change(&first.addr, &format!("?after={idle}&wait_ms=1500")),
+        idle
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+
     let mut servers = [first, second];
     let mut active = 0;
     let mut acknowledged = BTreeSet::new();
@@ -225,7 +234,22 @@ fn trials(count: usize) {
                 let _ = servers[active].child.kill();
                 let _ = servers[active].child.wait();
             }
-            1 => signal(&servers[active].child, "STOP"),
+            1 => {
+                // A long poll forwarded by the standby to the leader, open when the leader
+                // stops: the standby's takeover does not wait for it.
+                let through = servers[standby].addr.clone();
+                let now = change(&through, "");
+                let token = admin.clone();
+                std::thread::spawn(move || {
+                    let _ = reqwest::blocking::Client::new()
+                        .get(format!("{through}/v1/changes?after={now}&wait_ms=30000"))
+                        .bearer_auth(token)
+                        .timeout(Duration::from_secs(90))
+                        .send();
+                });
+                std::thread::sleep(Duration::from_millis(100));
+                signal(&servers[active].child, "STOP");
+            }
             2 => {
                 let cut = pg
                     .psql(

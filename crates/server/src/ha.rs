@@ -26,6 +26,9 @@ use crate::store::{LeaseAttempt, LeaseHolder, Store};
 /// Set on a request a standby forwards: a standby never forwards one again (a loop, when an
 /// advertised URL leads back to a standby).
 const FORWARDED: &str = "x-failsmall-forwarded-by";
+/// How long a standby that stops (took the lease, or was told to stop) lets the requests it is
+/// forwarding finish.
+const STANDBY_DRAIN: Duration = Duration::from_secs(5);
 /// How long a forwarded request may take: the longest long poll, and some.
 const FORWARD_TIMEOUT: Duration = Duration::from_millis(crate::rollouts::MAX_WATCH_MS + 30_000);
 
@@ -167,14 +170,24 @@ pub async fn stand_by(
         }
         attempt = try_take(&store, &holder, &url, ttl_ms).await?;
     };
+    // The standby stops accepting; requests it is still forwarding (long polls to a server
+    // that died or hangs) end on their own. A new active server does not wait for them: it
+    // serves on the same socket at once and keeps its lease from now on.
     let _ = taken_tx.send(true);
-    match serving_standby.await {
-        Ok(result) => result.map_err(crate::ServerError::Serve)?,
-        Err(e) => {
-            return Err(crate::ServerError::Engine(format!(
-                "standby task failed: {e}"
-            )));
+    let draining = async move {
+        match tokio::time::timeout(STANDBY_DRAIN, serving_standby).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "standby: serving ended with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "standby: its serving task failed"),
+            Err(_) => tracing::warn!(
+                "standby: forwarded requests still open {STANDBY_DRAIN:?} after it stopped"
+            ),
         }
+    };
+    if outcome.is_some() {
+        tokio::spawn(draining);
+    } else {
+        draining.await;
     }
     Ok(outcome)
 }
@@ -293,30 +306,52 @@ fn standby_answer(leader: Option<&LeaseHolder>) -> axum::response::Response {
         .into_response()
 }
 
-/// Renews the lease until it is lost; then says so on `deposed` and returns.
-pub async fn keep_lease(store: Arc<Store>, ttl_ms: u64, deposed: watch::Sender<bool>) {
+/// The task that renews the lease while this server holds it; stopped when dropped.
+#[derive(Debug)]
+pub struct LeaseKeeper(tokio::task::JoinHandle<()>);
+
+impl LeaseKeeper {
+    /// Renews the lease in the store from now on; says so on `deposed` when it is lost.
+    pub fn spawn(store: Arc<Store>, ttl_ms: u64, deposed: watch::Sender<bool>) -> Self {
+        Self(tokio::spawn(keep_lease(store, ttl_ms, deposed)))
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease until it is lost; then says so on `deposed` and returns. A renewal that
+/// does not answer within the lease's time to live counts as failed (a database that stopped
+/// answering must not keep a deposed server serving).
+async fn keep_lease(store: Arc<Store>, ttl_ms: u64, deposed: watch::Sender<bool>) {
     let mut renewed_at = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(renew_ms(ttl_ms))).await;
+        if renewed_at.elapsed() >= Duration::from_millis(ttl_ms) {
+            tracing::error!(
+                ttl_ms,
+                "no renewal of the engine's lease for its whole time to live: stopping"
+            );
+            break;
+        }
         let store = Arc::clone(&store);
-        let renewal = tokio::task::spawn_blocking(move || store.renew_lease(ttl_ms)).await;
+        let renewal = tokio::time::timeout(
+            Duration::from_millis(ttl_ms),
+            tokio::task::spawn_blocking(move || store.renew_lease(ttl_ms)),
+        )
+        .await;
         match renewal {
-            Ok(Ok(true)) => renewed_at = Instant::now(),
-            Ok(Ok(false)) => {
+            Ok(Ok(Ok(true))) => renewed_at = Instant::now(),
+            Ok(Ok(Ok(false))) => {
                 tracing::error!("the engine's lease was taken by another server: stopping");
                 break;
             }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "the engine's lease was not renewed");
-                if renewed_at.elapsed() >= Duration::from_millis(ttl_ms) {
-                    tracing::error!(
-                        ttl_ms,
-                        "no renewal of the engine's lease for its whole time to live: stopping"
-                    );
-                    break;
-                }
-            }
-            Err(error) => tracing::warn!(%error, "the lease renewal task failed"),
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "the engine's lease was not renewed"),
+            Ok(Err(error)) => tracing::warn!(%error, "the lease renewal task failed"),
+            Err(_) => tracing::warn!(ttl_ms, "the lease renewal did not answer in time"),
         }
     }
     let _ = deposed.send(true);

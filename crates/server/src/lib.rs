@@ -220,8 +220,11 @@ pub async fn run(
         .await
         .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
     let store = Arc::new(store);
-    // On a shared store: stand by until this server holds the engine's lease.
-    let listener = if config.store_url.is_some() {
+    // Said by the lease's keeper when another server took the lease: this one stops serving.
+    let (deposed_tx, mut deposed) = tokio::sync::watch::channel(false);
+    // On a shared store: stand by until this server holds the engine's lease, then keep it
+    // from that moment on (a slow start must not let it lapse).
+    let (listener, lease_keeper) = if config.store_url.is_some() {
         let shared = listener.into_std().map_err(ServerError::Serve)?;
         let standby =
             tokio::net::TcpListener::from_std(shared.try_clone().map_err(ServerError::Serve)?)
@@ -253,9 +256,10 @@ pub async fn run(
         if taken.is_none() {
             return Ok(());
         }
-        listener
+        let keeper = ha::LeaseKeeper::spawn(Arc::clone(&store), config.lease_ttl_ms, deposed_tx);
+        (listener, Some(keeper))
     } else {
-        listener
+        (listener, None)
     };
     let data_dir = config.data_dir.clone();
     let prepared = Arc::clone(&store);
@@ -351,14 +355,6 @@ pub async fn run(
         })?;
     }
     let snapshot_engine = Arc::clone(&engine);
-    let (deposed_tx, mut deposed) = tokio::sync::watch::channel(false);
-    let lease_keeper = config.store_url.is_some().then(|| {
-        tokio::spawn(ha::keep_lease(
-            Arc::clone(&last_flush_store),
-            config.lease_ttl_ms,
-            deposed_tx,
-        ))
-    });
     let was_deposed = deposed.clone();
     let mut stop = stop;
     // Graceful shutdown waits for the requests in flight; long polls among them end at once.
@@ -405,7 +401,7 @@ pub async fn run(
         tracing::warn!(%error, "engine snapshot not saved at shutdown");
     }
     if let Some(keeper) = lease_keeper {
-        keeper.abort();
+        drop(keeper);
         // A standby takes over at once instead of waiting out the lease.
         let store = Arc::clone(&last_flush_store);
         match tokio::task::spawn_blocking(move || store.release_lease()).await {

@@ -913,18 +913,25 @@ impl Store {
         Ok(store)
     }
 
-    /// Which database this store is on: `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
-        match self.with_conn(|conn| Ok(conn.is_postgres())) {
-            Ok(true) => "postgres",
-            _ => "sqlite",
-        }
-    }
-
     fn with_conn<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let (result, changed) = self.with_conn_unwatched(|conn| {
+            let before = conn.total_changes();
+            let result = f(conn);
+            (result, conn.total_changes() != before)
+        });
+        if changed {
+            self.changes
+                .send_modify(|count| *count = count.wrapping_add(1));
+        }
+        result
+    }
+
+    /// As [`Store::with_conn`], for what readers must not be woken by (the engine's lease,
+    /// renewed every few seconds, is not a change anyone reads).
+    fn with_conn_unwatched<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         // A panic while the lock was held dropped (so rolled back) the transaction it was in;
         // the connection is usable, so a poisoned lock is taken over instead of refusing all
         // later calls.
@@ -935,13 +942,7 @@ impl Store {
                 poisoned.into_inner()
             }
         };
-        let before = conn.total_changes();
-        let result = f(&mut conn);
-        if conn.total_changes() != before {
-            self.changes
-                .send_modify(|count| *count = count.wrapping_add(1));
-        }
-        result
+        f(&mut conn)
     }
 
     /// Follows the count of calls that changed the store since it was opened.

@@ -9,7 +9,7 @@
 )]
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -57,6 +57,24 @@ pub fn listening_address(said: &mpsc::Receiver<String>) -> (String, PathBuf) {
     }
 }
 
+/// A `failsmall server` child on `data_dir` with `extra` flags, and its address once it said
+/// it (its stderr is drained from then on).
+pub fn spawn_server(data_dir: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        // The Codex would rightly deny these tests' one-stage plans; it has tests of its own.
+        .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = lines_of(child.stderr.take().unwrap());
+    let addr = listening_address(&said).0;
+    (child, addr)
+}
+
 /// A `failsmall server` child process on 127.0.0.1:0.
 pub struct Server {
     pub child: Child,
@@ -91,18 +109,7 @@ impl Server {
 
     pub fn start_in(dir: Arc<tempfile::TempDir>, listen: &str, extra: &[&str]) -> Self {
         let data_dir = dir.path().join("data");
-        let mut child = Command::new(BIN)
-            // The Codex would rightly deny these tests' one-stage plans; it has tests of its own.
-            .args(["server", "--codex", "off", "--listen", listen, "--data-dir"])
-            .arg(&data_dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let said = lines_of(child.stderr.take().unwrap());
-        let addr = listening_address(&said).0;
+        let (child, addr) = spawn_server(&data_dir, listen, extra);
         let http = reqwest::blocking::Client::new();
         let token_path = data_dir.join("admin.token");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -57,7 +57,7 @@ impl Store {
         url: &str,
         ttl_ms: u64,
     ) -> Result<LeaseAttempt, StoreError> {
-        self.with_conn(|conn| {
+        self.with_conn_unwatched(|conn| {
             if !conn.is_postgres() {
                 return Ok(LeaseAttempt::Taken { epoch: 0 });
             }
@@ -103,7 +103,7 @@ impl Store {
     /// Renews the lease this store holds for `ttl_ms` more; `false` when it is no longer ours
     /// (another server took it: this one must stop driving the engine).
     pub fn renew_lease(&self, ttl_ms: u64) -> Result<bool, StoreError> {
-        self.with_conn(|conn| {
+        self.with_conn_unwatched(|conn| {
             let Some(epoch) = conn.fence() else {
                 return Ok(!conn.is_postgres());
             };
@@ -124,7 +124,7 @@ impl Store {
     /// server paused mid-transaction (its share lock on the lease row held) would otherwise
     /// stop every takeover for as long as it stays paused.
     pub fn bound_idle_transactions(&self, ms: u64) -> Result<(), StoreError> {
-        self.with_conn(|conn| {
+        self.with_conn_unwatched(|conn| {
             conn.set_session(&format!(
                 "SET idle_in_transaction_session_timeout = {}",
                 ms.max(1)
@@ -135,7 +135,7 @@ impl Store {
 
     /// Gives the lease up at shutdown, so a standby takes over at once.
     pub fn release_lease(&self) -> Result<(), StoreError> {
-        self.with_conn(|conn| {
+        self.with_conn_unwatched(|conn| {
             if let Some(epoch) = conn.fence() {
                 conn.execute(
                     "UPDATE leases SET expires_ms = 0 WHERE name = ?1 AND epoch = ?2",

@@ -18,6 +18,13 @@ use std::sync::mpsc;
 
 /// Most prepared statements a PostgreSQL connection keeps; the cache is emptied when full.
 const PG_STATEMENT_CACHE_MAX: usize = 512;
+/// How long connecting to PostgreSQL may take (unless the URL's `connect_timeout` says).
+const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long sent data may stay unacknowledged before the session counts as broken (unless
+/// the URL's `tcp_user_timeout` says).
+const PG_TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Idle time before TCP keepalives probe the session.
+const PG_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most calls queued for a PostgreSQL connection's thread (its callers hold the store's lock,
 /// so one at a time in practice).
 const PG_QUEUE_MAX: usize = 16;
@@ -858,6 +865,16 @@ impl PgConn {
         if config.get_application_name().is_none() {
             config.application_name(&format!("failsmall pid {}", std::process::id()));
         }
+        // A database that stops answering (a partition that drops packets) fails calls
+        // within bounded time instead of holding the store forever; a URL may say otherwise.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(PG_CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(PG_TCP_USER_TIMEOUT);
+        }
+        config.keepalives(true);
+        config.keepalives_idle(PG_KEEPALIVE_IDLE);
         let mut worker = PgWorker {
             config,
             tls,
