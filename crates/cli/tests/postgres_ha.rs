@@ -10,7 +10,7 @@
 //! - a standby forwards what it is asked to the active server: a write through it is
 //!   acknowledged and kept, and it lists what the active server lists (`/healthz` stays its
 //!   own: 503 `standby`);
-//! - no acknowledged write is lost: every unit created with a 2xx answer is there at the end.
+//! - no acknowledged write is lost: every token created with a 2xx answer is there at the end.
 //!
 //! `FAILSMALL_HA_TRIALS` sets the number of trials (default 100; the ignored test: 1,000).
 #![allow(
@@ -117,16 +117,18 @@ fn wait_health(
     }
 }
 
-fn create_unit(
+/// The write each trial acknowledges: a viewer token named `name` (tokens have no count
+/// limit, so a thousand trials' writes all fit).
+fn write(
     http: &reqwest::blocking::Client,
     addr: &str,
     token: &str,
     name: &str,
 ) -> Result<(), String> {
     let response = http
-        .post(format!("{addr}/v1/units"))
+        .post(format!("{addr}/v1/tokens"))
         .bearer_auth(token)
-        .json(&json!({"name": name, "spec": {"format": "json", "max_bytes": 4096}}))
+        .json(&json!({"name": name, "role": "viewer", "owner": name}))
         .timeout(Duration::from_secs(10))
         .send()
         .map_err(|e| e.to_string())?;
@@ -139,13 +141,14 @@ fn create_unit(
     }
 }
 
-fn units(http: &reqwest::blocking::Client, addr: &str, token: &str) -> BTreeSet<String> {
+/// The names of every token, page by page.
+fn written(http: &reqwest::blocking::Client, addr: &str, token: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut cursor: Option<String> = None;
+    let mut after: Option<String> = None;
     loop {
-        let mut url = format!("{addr}/v1/units?limit=1000");
-        if let Some(cursor) = &cursor {
-            url.push_str(&format!("&cursor={cursor}"));
+        let mut url = format!("{addr}/v1/tokens?limit=1000");
+        if let Some(after) = &after {
+            url.push_str(&format!("&after={after}"));
         }
         let page: Value = http
             .get(url)
@@ -154,11 +157,11 @@ fn units(http: &reqwest::blocking::Client, addr: &str, token: &str) -> BTreeSet<
             .unwrap()
             .json()
             .unwrap();
-        for unit in page["units"].as_array().unwrap() {
-            names.insert(unit["name"].as_str().unwrap().to_owned());
+        for entry in page["tokens"].as_array().unwrap() {
+            names.insert(entry["name"].as_str().unwrap().to_owned());
         }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
             None => return names,
         }
     }
@@ -224,8 +227,8 @@ fn trials(count: usize) {
             servers[other] = spawn(&data, &url, &listen);
             wait_health(&http, &servers[other].addr, 503, TAKEOVER_WITHIN);
         }
-        let name = format!("unit-{trial}");
-        create_unit(&http, &servers[active].addr, &admin, &name).unwrap();
+        let name = format!("before-{trial}");
+        write(&http, &servers[active].addr, &admin, &name).unwrap();
         acknowledged.insert(name);
         let standby = 1 - active;
         let pid = servers[active].child.id();
@@ -267,7 +270,7 @@ fn trials(count: usize) {
                 let name = format!("after-{trial}");
                 loop {
                     let now = wait_active(&http, &servers, TAKEOVER_WITHIN);
-                    if create_unit(&http, &servers[now].addr, &admin, &name).is_ok() {
+                    if write(&http, &servers[now].addr, &admin, &name).is_ok() {
                         acknowledged.insert(name);
                         active = now;
                         break;
@@ -293,11 +296,11 @@ fn trials(count: usize) {
         let took = wait_health(&http, &servers[standby].addr, 200, TAKEOVER_WITHIN);
         slowest = slowest.max(took);
         let name = format!("after-{trial}");
-        create_unit(&http, &servers[standby].addr, &admin, &name).unwrap();
+        write(&http, &servers[standby].addr, &admin, &name).unwrap();
         acknowledged.insert(name);
         if trial % 4 == 1 {
             signal(&servers[active].child, "CONT");
-            let deposed = create_unit(
+            let deposed = write(
                 &http,
                 &servers[active].addr,
                 &admin,
@@ -322,13 +325,13 @@ fn trials(count: usize) {
         wait_health(&http, &servers[active].addr, 503, TAKEOVER_WITHIN);
         // Through the new standby, to the new active server.
         let name = format!("via-standby-{trial}");
-        create_unit(&http, &servers[active].addr, &admin, &name).unwrap();
+        write(&http, &servers[active].addr, &admin, &name).unwrap();
         acknowledged.insert(name);
         active = standby;
     }
-    let stored = units(&http, &servers[active].addr, &admin);
+    let stored = written(&http, &servers[active].addr, &admin);
     assert_eq!(
-        units(&http, &servers[1 - active].addr, &admin),
+        written(&http, &servers[1 - active].addr, &admin),
         stored,
         "the standby lists what the active server lists"
     );

@@ -49,7 +49,7 @@ pub fn renew_ms(ttl_ms: u64) -> u64 {
 }
 
 /// Names this server in the lease: host, listening address and process.
-pub fn holder_id(listen: std::net::SocketAddr) -> String {
+fn holder_id(listen: std::net::SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".to_owned());
@@ -58,7 +58,7 @@ pub fn holder_id(listen: std::net::SocketAddr) -> String {
 
 /// Who this server is in the lease and how long the lease lasts.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+struct Candidate {
     pub holder: String,
     /// Where the others reach it.
     pub url: String,
@@ -78,7 +78,7 @@ struct Standby {
 
 /// This server's URL for the others when none is configured: the listening address when it
 /// names one host, else this host's name with the listening port.
-pub fn default_url(listen: std::net::SocketAddr, tls: bool) -> String {
+fn default_url(listen: std::net::SocketAddr, tls: bool) -> String {
     let scheme = if tls { "https" } else { "http" };
     if listen.ip().is_unspecified() {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -90,9 +90,59 @@ pub fn default_url(listen: std::net::SocketAddr, tls: bool) -> String {
     }
 }
 
+/// On a shared store: stands by on `listener` until this server holds the engine's lease
+/// (forwarding requests meanwhile), then keeps the lease from that moment on, saying on
+/// `deposed` if it is lost. The listener to serve on and the keeper; `None` when told to stop
+/// first.
+pub async fn take_the_lease(
+    config: &crate::ServerConfig,
+    store: &Arc<Store>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: watch::Receiver<bool>,
+    deposed: watch::Sender<bool>,
+) -> Result<Option<(tokio::net::TcpListener, LeaseKeeper)>, crate::ServerError> {
+    use crate::ServerError;
+    // One socket, two accept loops in turn: the standby's, then the active server's.
+    let shared = listener.into_std().map_err(ServerError::Serve)?;
+    let standby =
+        tokio::net::TcpListener::from_std(shared.try_clone().map_err(ServerError::Serve)?)
+            .map_err(ServerError::Serve)?;
+    let listener = tokio::net::TcpListener::from_std(shared).map_err(ServerError::Serve)?;
+    let bound = Arc::clone(store);
+    let ttl_ms = config.lease_ttl_ms;
+    tokio::task::spawn_blocking(move || bound.bound_idle_transactions(ttl_ms))
+        .await
+        .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
+    let address = listener.local_addr().map_err(ServerError::Serve)?;
+    let candidate = Candidate {
+        holder: holder_id(address),
+        url: config
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| default_url(address, config.tls.is_some())),
+        ttl_ms,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let taken = stand_by(
+        Arc::clone(store),
+        standby,
+        (tls, config.connections),
+        candidate,
+        stop,
+    )
+    .await?;
+    Ok(taken.map(|_| {
+        (
+            listener,
+            LeaseKeeper::spawn(Arc::clone(store), ttl_ms, deposed),
+        )
+    }))
+}
+
 /// Waits for the lease, forwarding requests to the active server meanwhile. `Some(epoch)`
 /// once taken, `None` when told to stop first.
-pub async fn stand_by(
+async fn stand_by(
     store: Arc<Store>,
     listener: tokio::net::TcpListener,
     serving: (

@@ -225,39 +225,20 @@ pub async fn run(
     // On a shared store: stand by until this server holds the engine's lease, then keep it
     // from that moment on (a slow start must not let it lapse).
     let (listener, lease_keeper) = if config.store_url.is_some() {
-        let shared = listener.into_std().map_err(ServerError::Serve)?;
-        let standby =
-            tokio::net::TcpListener::from_std(shared.try_clone().map_err(ServerError::Serve)?)
-                .map_err(ServerError::Serve)?;
-        let listener = tokio::net::TcpListener::from_std(shared).map_err(ServerError::Serve)?;
-        let bound = Arc::clone(&store);
-        let ttl_ms = config.lease_ttl_ms;
-        tokio::task::spawn_blocking(move || bound.bound_idle_transactions(ttl_ms))
-            .await
-            .map_err(|e| ServerError::Random(format!("startup task failed: {e}")))??;
-        let address = listener.local_addr().map_err(ServerError::Serve)?;
-        let candidate = ha::Candidate {
-            holder: ha::holder_id(address),
-            url: config
-                .advertise_url
-                .clone()
-                .unwrap_or_else(|| ha::default_url(address, config.tls.is_some())),
-            ttl_ms: config.lease_ttl_ms,
-            max_body_bytes: config.max_body_bytes,
-        };
-        let taken = ha::stand_by(
-            Arc::clone(&store),
-            standby,
-            (tls.clone(), config.connections),
-            candidate,
+        match ha::take_the_lease(
+            &config,
+            &store,
+            listener,
+            tls.clone(),
             stop.clone(),
+            deposed_tx,
         )
-        .await?;
-        if taken.is_none() {
-            return Ok(());
+        .await?
+        {
+            Some((listener, keeper)) => (listener, Some(keeper)),
+            // Told to stop while standing by.
+            None => return Ok(()),
         }
-        let keeper = ha::LeaseKeeper::spawn(Arc::clone(&store), config.lease_ttl_ms, deposed_tx);
-        (listener, Some(keeper))
     } else {
         (listener, None)
     };
