@@ -7,10 +7,14 @@
 //! 503 `standby`, so load balancers that check health send traffic to the active server. When
 //! there is no active server to forward to (the lease expired, the holder unreachable) a
 //! standby answers 503 `standby` (agents fail over on 503). It tries for the lease every
-//! [`poll_ms`]; once it has it, it loads the engine from the store and serves. The active server renews the lease every quarter of its time to live; when a renewal
-//! finds the lease taken, or none succeeded for a whole time to live, it stops serving and
-//! [`crate::run`] returns [`crate::ServerError::Deposed`] (a supervisor restarts it as a
-//! standby). Until then the fence keeps every write of a deposed server out of the store.
+//! [`poll_ms`]; once it has it, it keeps it from that moment, loads the engine from the store
+//! and serves on the same socket, without waiting for the requests it was still forwarding.
+//!
+//! The active server renews the lease every quarter of its time to live ([`renew_ms`]); when
+//! a renewal finds the lease taken, or none succeeded for a whole time to live (a renewal that
+//! hangs counts as failed), it stops serving and [`crate::run`] returns
+//! [`crate::ServerError::Deposed`] (a supervisor restarts it as a standby). Until then the
+//! fence keeps every write of a deposed server out of the store.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
