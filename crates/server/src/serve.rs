@@ -16,7 +16,7 @@
 //! Graceful shutdown: stop accepting, let each connection finish the request it is answering,
 //! then close; connections still open after [`SHUTDOWN_GRACE_MS`] are dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -146,23 +146,83 @@ impl ConnState {
     }
 }
 
-/// The open connections, by id.
+/// The open connections, by id, and how many of them count against the bounds: those not
+/// asked to close, in all and per client (kept as they change, so that admitting a connection
+/// costs the same with 20 open as with 20,000; only making room walks them).
+#[derive(Debug, Default)]
+struct Open {
+    conns: BTreeMap<u64, Arc<ConnState>>,
+    live: usize,
+    live_per_peer: HashMap<IpAddr, usize>,
+}
+
+impl Open {
+    fn insert(&mut self, id: u64, conn: Arc<ConnState>) {
+        self.live = self.live.saturating_add(1);
+        let count = self.live_per_peer.entry(conn.peer).or_insert(0);
+        *count = count.saturating_add(1);
+        self.conns.insert(id, conn);
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(conn) = self.conns.remove(&id)
+            && !conn.evicted.load(Ordering::Acquire)
+        {
+            self.no_longer_live(conn.peer);
+        }
+    }
+
+    /// Asks `conn` to close: it no longer counts against the bounds.
+    fn evict(&mut self, conn: &ConnState) {
+        if !conn.evicted.swap(true, Ordering::AcqRel) {
+            self.no_longer_live(conn.peer);
+        }
+        conn.wake.notify_one();
+    }
+
+    fn no_longer_live(&mut self, peer: IpAddr) {
+        self.live = self.live.saturating_sub(1);
+        if let Some(count) = self.live_per_peer.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.live_per_peer.remove(&peer);
+            }
+        }
+    }
+
+    fn live_from(&self, peer: IpAddr) -> usize {
+        self.live_per_peer.get(&peer).copied().unwrap_or(0)
+    }
+}
+
+/// The open connections and the bounds they are held to.
 #[derive(Debug)]
 struct Registry {
     epoch: Instant,
     limits: ConnectionLimits,
-    open: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+    open: Mutex<Open>,
     next_id: AtomicU64,
     refused: AtomicU64,
     evicted: AtomicU64,
 }
 
 impl Registry {
+    fn new(limits: ConnectionLimits) -> Self {
+        Self {
+            epoch: Instant::now(),
+            limits,
+            open: Mutex::new(Open::default()),
+            next_id: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<ConnState>>> {
+    fn lock(&self) -> MutexGuard<'_, Open> {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -175,20 +235,14 @@ impl Registry {
         let mut open = self.lock();
         // Evicted connections close within moments; until they do they still count, and
         // twice the bound is never exceeded.
-        if open.len() >= self.limits.max_connections.saturating_mul(2) {
+        if open.conns.len() >= self.limits.max_connections.saturating_mul(2) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let live = |conn: &&Arc<ConnState>| !conn.evicted.load(Ordering::Acquire);
-        let from_peer = open
-            .values()
-            .filter(live)
-            .filter(|conn| conn.peer == peer)
-            .count();
-        let room = if from_peer >= self.limits.max_connections_per_client {
-            self.evict_quietest(&open, Some(peer))
-        } else if open.values().filter(live).count() >= self.limits.max_connections {
-            self.evict_quietest(&open, None)
+        let room = if open.live_from(peer) >= self.limits.max_connections_per_client {
+            self.evict_quietest(&mut open, Some(peer))
+        } else if open.live >= self.limits.max_connections {
+            self.evict_quietest(&mut open, None)
         } else {
             true
         };
@@ -204,15 +258,16 @@ impl Registry {
 
     /// Asks the quietest connection with no request in flight (of `peer`, when given) to
     /// close; whether there was one.
-    fn evict_quietest(&self, open: &BTreeMap<u64, Arc<ConnState>>, peer: Option<IpAddr>) -> bool {
+    fn evict_quietest(&self, open: &mut Open, peer: Option<IpAddr>) -> bool {
         let quietest = open
+            .conns
             .values()
             .filter(|conn| conn.is_evictable() && peer.is_none_or(|peer| conn.peer == peer))
-            .min_by_key(|conn| conn.last_active_ms.load(Ordering::Acquire));
+            .min_by_key(|conn| conn.last_active_ms.load(Ordering::Acquire))
+            .map(Arc::clone);
         match quietest {
             Some(conn) => {
-                conn.evicted.store(true, Ordering::Release);
-                conn.wake.notify_one();
+                open.evict(&conn);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 true
             }
@@ -229,7 +284,7 @@ struct Deregister {
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        self.registry.lock().remove(self.id);
     }
 }
 
@@ -241,14 +296,7 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let registry = Arc::new(Registry {
-        epoch: Instant::now(),
-        limits,
-        open: Mutex::new(BTreeMap::new()),
-        next_id: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-        evicted: AtomicU64::new(0),
-    });
+    let registry = Arc::new(Registry::new(limits));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -268,7 +316,7 @@ pub async fn serve(
                 if is_out_of_files(&error) {
                     tracing::error!(
                         %error,
-                        open = registry.lock().len(),
+                        open = registry.lock().conns.len(),
                         "cannot accept a connection: out of file descriptors (raise the \
                          open-file limit, LimitNOFILE= under systemd, or lower max_connections)"
                     );
@@ -621,18 +669,11 @@ mod tests {
 
     #[test]
     fn at_the_bound_the_quietest_idle_connection_makes_room_and_busy_ones_never_do() {
-        let registry = Registry {
-            epoch: Instant::now(),
-            limits: ConnectionLimits {
-                max_connections: 2,
-                max_connections_per_client: 2,
-                ..ConnectionLimits::default()
-            },
-            open: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-        };
+        let registry = Registry::new(ConnectionLimits {
+            max_connections: 2,
+            max_connections_per_client: 2,
+            ..ConnectionLimits::default()
+        });
         let here = IpAddr::from([127, 0, 0, 1]);
         let (_, busy) = registry.admit(here).unwrap();
         busy.in_flight.store(1, Ordering::Release);
@@ -650,18 +691,11 @@ mod tests {
 
     #[test]
     fn a_client_at_its_own_bound_makes_room_among_its_own_connections_only() {
-        let registry = Registry {
-            epoch: Instant::now(),
-            limits: ConnectionLimits {
-                max_connections: 10,
-                max_connections_per_client: 2,
-                ..ConnectionLimits::default()
-            },
-            open: Mutex::new(BTreeMap::new()),
-            next_id: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            evicted: AtomicU64::new(0),
-        };
+        let registry = Registry::new(ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_client: 2,
+            ..ConnectionLimits::default()
+        });
         let (flood, other) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         let (_, agent) = registry.admit(other).unwrap();
         let (_, first) = registry.admit(flood).unwrap();
@@ -669,5 +703,44 @@ mod tests {
         let _third = registry.admit(flood).unwrap();
         assert!(first.evicted.load(Ordering::Acquire));
         assert!(!agent.evicted.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn the_counts_the_bounds_read_follow_every_admission_eviction_and_close() {
+        let registry = Registry::new(ConnectionLimits {
+            max_connections: 3,
+            max_connections_per_client: 2,
+            ..ConnectionLimits::default()
+        });
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let mut ids = Vec::new();
+        for peer in [a, a, a, b, b] {
+            let (id, _) = registry.admit(peer).unwrap();
+            ids.push(id);
+            let open = registry.lock();
+            let live = open
+                .conns
+                .values()
+                .filter(|conn| !conn.evicted.load(Ordering::Acquire))
+                .count();
+            assert_eq!(open.live, live);
+            for peer in [a, b] {
+                let from = open
+                    .conns
+                    .values()
+                    .filter(|conn| conn.peer == peer && !conn.evicted.load(Ordering::Acquire))
+                    .count();
+                assert_eq!(open.live_from(peer), from);
+            }
+            assert!(open.live <= 3 && open.live_from(a) <= 2 && open.live_from(b) <= 2);
+        }
+        // Two evictions made room (a's third, then the fleet bound at b's second).
+        assert_eq!(registry.evicted.load(Ordering::Relaxed), 2);
+        for id in ids {
+            registry.lock().remove(id);
+        }
+        let open = registry.lock();
+        assert_eq!((open.conns.len(), open.live), (0, 0));
+        assert!(open.live_per_peer.is_empty());
     }
 }

@@ -13,12 +13,12 @@ use failsmall_core::health::{HealthSample, LatencyHistogram};
 use failsmall_core::limits::{DESIRED_DOCUMENT_MAX_BYTES, DESIRED_UNITS_MAX};
 use failsmall_core::validate::UnitSpec;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::documents::{self, DocumentCache, Shape, Shared, UnitParts};
 use super::{
-    AppState, db, json_body, node_id, now_ms, path_param, query_param, step_error, text_field,
-    unit_name, version_hash,
+    AppState, body_bytes, db, json_body, node_id, now_ms, path_param, query_param, step_error,
+    text_field, unit_name, version_hash,
 };
 use crate::auth::Caller;
 use crate::batcher::SubmitError;
@@ -688,6 +688,18 @@ fn note_row(node: &NodeId, at_ms: u64, request: ReportRequest) -> Result<NodeRow
     })
 }
 
+/// What a report body's top level says about its shape: whether it has a `reports` field (a
+/// batch), whatever that field holds (the batch's own parse says what is wrong with it).
+#[derive(Deserialize)]
+struct ReportShape {
+    #[serde(default, deserialize_with = "present")]
+    reports: bool,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(field).map(|_| true)
+}
+
 /// One report, or a batch `{"reports": [...]}` (at most [`MAX_REPORTS_PER_BATCH`]) applied
 /// in order as one engine step: all of it is accepted, or none. Staleness reports are not
 /// engine events: their node rows and changelog entries commit in the transaction of the
@@ -700,16 +712,12 @@ pub(super) async fn report(
 ) -> Result<axum::Json<failsmall_wire::nodes::ReportAnswer>, ApiError> {
     let node = node_id(&path_param(node)?)?;
     state.node_seen(&node);
-    let body: Value = json_body(body)?;
-    let is_batch = body.as_object().is_some_and(|o| o.contains_key("reports"));
+    let body = body_bytes(body)?;
+    // The shape first (a batch has `reports`), read without building a tree; then the reports
+    // straight from the bytes.
+    let is_batch = json_body::<ReportShape>(Ok(body.clone()))?.reports;
     let requests = if is_batch {
-        let batch: ReportBatch = serde_json::from_value(body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("body: {e}"),
-            )
-        })?;
+        let batch: ReportBatch = json_body(Ok(body))?;
         if batch.reports.is_empty() || batch.reports.len() > MAX_REPORTS_PER_BATCH {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -722,14 +730,7 @@ pub(super) async fn report(
         }
         batch.reports
     } else {
-        let one: ReportRequest = serde_json::from_value(body).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                format!("body: {e}"),
-            )
-        })?;
-        vec![one]
+        vec![json_body::<ReportRequest>(Ok(body))?]
     };
     let at_ms = now_ms();
     let count = requests.len();
