@@ -304,6 +304,83 @@ pub fn latency_tail(a: &LatencyHistogram, b: &LatencyHistogram, q: f64) -> Optio
     })
 }
 
+// ----- binomial bounds (silence, judged like for like) ---------------------------------------
+
+/// `ln P(X <= k)` for `X ~ Binomial(n, p)`, summed in logarithms (exact for any `n`: no term
+/// underflows to a zero that matters).
+fn binomial_log_cdf(k: u64, n: u64, p: f64) -> f64 {
+    if k >= n || p <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return f64::NEG_INFINITY;
+    }
+    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
+    let mut log_pmf = n as f64 * ln_q;
+    let mut log_cdf = log_pmf;
+    for i in 0..k {
+        log_pmf += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + ln_p - ln_q;
+        log_cdf = log_add_exp(log_cdf, log_pmf);
+    }
+    log_cdf.min(0.0)
+}
+
+fn log_add_exp(a: f64, b: f64) -> f64 {
+    let (high, low) = if a >= b { (a, b) } else { (b, a) };
+    if low == f64::NEG_INFINITY {
+        return high;
+    }
+    high + (low - high).exp().ln_1p()
+}
+
+/// One-sided upper confidence bound on a binomial rate at level `1 - alpha` (Clopper–Pearson):
+/// the rate `p` at which `events` or fewer out of `trials` happen with probability `alpha`.
+/// The true rate lies above it with probability at most `alpha`. `1.0` when `trials` is 0,
+/// `events >= trials`, or `alpha` is outside `(0, 1)`.
+pub fn binomial_upper_bound(events: u64, trials: u64, alpha: f64) -> f64 {
+    if trials == 0 || events >= trials || !(alpha > 0.0 && alpha < 1.0) {
+        return 1.0;
+    }
+    let target = alpha.ln();
+    // P(X <= events) falls as p rises: bisect for the p where it crosses alpha.
+    let (mut low, mut high) = (0.0f64, 1.0f64);
+    for _ in 0..BISECTION_STEPS {
+        let mid = 0.5 * (low + high);
+        if binomial_log_cdf(events, trials, mid) > target {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    high
+}
+
+/// Halvings of `[0, 1]` in [`binomial_upper_bound`]: 2^-60 is far below any rate that matters.
+const BISECTION_STEPS: usize = 60;
+
+/// The smallest `q` with `P(X <= q) >= level` for `X ~ Binomial(trials, p)`: the most events
+/// that chance at rate `p` explains, short of a `1 - level` fluke. `0` when `p <= 0`,
+/// `trials` when `p >= 1` or `level` is not below 1.
+pub fn binomial_quantile(trials: u64, p: f64, level: f64) -> u64 {
+    if p <= 0.0 || trials == 0 {
+        return 0;
+    }
+    if p >= 1.0 || level >= 1.0 || level.is_nan() {
+        return trials;
+    }
+    let target = level.max(0.0).ln();
+    let (ln_p, ln_q) = (p.ln(), (-p).ln_1p());
+    let mut log_pmf = trials as f64 * ln_q;
+    let mut log_cdf = log_pmf;
+    let mut q = 0;
+    while q < trials && log_cdf < target {
+        log_pmf += ((trials - q) as f64).ln() - ((q + 1) as f64).ln() + ln_p - ln_q;
+        log_cdf = log_add_exp(log_cdf, log_pmf);
+        q += 1;
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +481,51 @@ mod tests {
         );
         assert!(tail.test().unwrap().log_e_value > 0.0);
         assert_eq!(latency_tail(&LatencyHistogram::default(), &b, 0.99), None);
+    }
+
+    #[test]
+    fn the_binomial_cdf_matches_its_definition() {
+        // Binomial(10, 0.3): P(X <= 2) = 0.3827827864.
+        let cdf = binomial_log_cdf(2, 10, 0.3).exp();
+        assert!((cdf - 0.382_782_786_4).abs() < 1e-9, "{cdf}");
+        assert_eq!(binomial_log_cdf(10, 10, 0.3), 0.0);
+        assert_eq!(binomial_log_cdf(0, 10, 1.0), f64::NEG_INFINITY);
+        // Far in the tail of a large n, still finite and right: P(X = 0) = 0.5^50000.
+        let tail = binomial_log_cdf(0, 50_000, 0.5);
+        assert!((tail - 50_000.0 * 0.5f64.ln()).abs() < 1e-6, "{tail}");
+    }
+
+    #[test]
+    fn the_upper_bound_is_clopper_pearsons() {
+        // No event in n trials: the bound is 1 - alpha^(1/n) exactly.
+        for (trials, alpha) in [(1_000u64, 0.001), (20, 0.05), (2_000, 0.001)] {
+            let bound = binomial_upper_bound(0, trials, alpha);
+            let exact = 1.0 - alpha.powf(1.0 / trials as f64);
+            assert!((bound - exact).abs() < 1e-9, "{trials}: {bound} vs {exact}");
+        }
+        // 5 of 100 at 95%: 0.1023 (the one-sided upper Clopper–Pearson bound).
+        let bound = binomial_upper_bound(5, 100, 0.05);
+        assert!((bound - 0.102_3).abs() < 1e-3, "{bound}");
+        assert_eq!(binomial_upper_bound(3, 3, 0.001), 1.0);
+        assert_eq!(binomial_upper_bound(0, 0, 0.001), 1.0);
+        // More events, a higher bound; more trials at the same rate, a tighter one.
+        assert!(binomial_upper_bound(4, 1_000, 0.001) > binomial_upper_bound(2, 1_000, 0.001));
+        assert!(binomial_upper_bound(20, 10_000, 0.001) < binomial_upper_bound(2, 1_000, 0.001));
+    }
+
+    #[test]
+    fn the_quantile_is_the_smallest_count_that_reaches_the_level() {
+        for (trials, p, level) in [(5_000u64, 0.003, 0.999), (40, 0.1, 0.999), (1, 0.5, 0.9)] {
+            let q = binomial_quantile(trials, p, level);
+            assert!(binomial_log_cdf(q, trials, p).exp() >= level);
+            if q > 0 {
+                assert!(binomial_log_cdf(q - 1, trials, p).exp() < level);
+            }
+        }
+        assert_eq!(binomial_quantile(1, 0.003_45, 0.999), 1);
+        assert_eq!(binomial_quantile(1, 0.000_5, 0.999), 0);
+        assert_eq!(binomial_quantile(50_000, 0.0, 0.999), 0);
+        assert_eq!(binomial_quantile(50_000, 1.0, 0.999), 50_000);
+        assert_eq!(binomial_quantile(50_000, 0.5, 1.0), 50_000);
     }
 }

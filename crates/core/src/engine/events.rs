@@ -423,6 +423,8 @@ impl Engine {
                 freeze_override: override_freeze,
                 held_by_freeze: None,
                 burn_rates: crate::slo::BurnRates::new(),
+                baseline_hearing: BaselineHearing::default(),
+                silence: SilenceJudgement::default(),
                 roles: Derived::default(),
             },
         );
@@ -617,6 +619,12 @@ impl Engine {
             // the monitoring system of its `health_source`. Either says the node is heard.
             let counts = rollout.plan.health_source.is_some() == monitored;
             let role = rollout.roles.0.role(slot);
+            if matches!(
+                role,
+                Role::StageBaseline { .. } | Role::FleetBaseline { .. }
+            ) {
+                rollout.baseline_hearing.heard(node, now);
+            }
             match role {
                 Role::Exposed { position } => {
                     let Some(spoke_ms) = rollout

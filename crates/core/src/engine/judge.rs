@@ -248,10 +248,10 @@ impl Engine {
                 && !self.other_version_runs(&rollout.unit, &rollout.version)
         };
         let rollout = self.rollouts.get_mut(&id)?;
+        let silence_ms = rollout.current_stage()?.silence_ms;
+        rollout.judge_silence(silence_ms, &self.nodes);
         let burn_rates = rollout.burn_rates.clone();
         let stage = rollout.plan.stages.get(rollout.stage)?;
-        let silent = rollout.silent_nodes(stage.silence_ms);
-        rollout.canary.silent_nodes = silent;
         rollout.canary.nodes = rollout.nodes_applied;
         let stage_canary = GroupMetrics {
             nodes: rollout.stage_canary_nodes(),

@@ -647,7 +647,7 @@ impl Engine {
         };
         rollout.nodes_applied >= rollout.nodes_exposed
             && rollout.canary.sample.requests >= stage.min_requests
-            && rollout.canary.silent_nodes == 0
+            && !rollout.silence.holds(rollout.canary.silent_nodes)
             && rollout.gate_reports.len() == stage.gates.len()
             && rollout
                 .gate_reports
@@ -1059,6 +1059,7 @@ impl Engine {
         let released: Vec<NodeId> = match self.rollouts.get_mut(&id) {
             Some(rollout) => {
                 rollout.roles = Derived::default();
+                rollout.baseline_hearing.clear();
                 let mut nodes: Vec<NodeId> = rollout.exposed.keys().cloned().collect();
                 nodes.sort();
                 if !matches!(

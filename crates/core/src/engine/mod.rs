@@ -72,7 +72,9 @@
 //! nodes fail. The soak compares every exposed node with itself during the last stage.
 //!
 //! [`Engine::wants_health`] tells which nodes' reports count now. A canary node with no report
-//! about the unit for `silence_ms` (`0` = not checked) is silent. When a rollback quarantines
+//! about the unit for `silence_ms` (`0` = not checked) is silent; silent canary nodes count
+//! against the version only beyond the silence of the unexposed nodes over the same time
+//! (`engine/silence.rs`). When a rollback quarantines
 //! a hash, every queued rollout of the same unit and hash ends at once (`Aborted`, changelog
 //! kind `Superseded`, "version quarantined after rollback rN"): the same bytes would fail the
 //! same way.
@@ -113,10 +115,13 @@ mod index;
 mod judge;
 mod lifecycle;
 mod operator;
+mod silence;
 mod windows;
 
 use index::{Derived, Exposure, Exposures, FleetIndex, Role, RoleIndex};
 pub use operator::QuarantinedVersion;
+pub use silence::SILENCE_ALPHA;
+use silence::{BaselineHearing, SilenceJudgement};
 
 /// Operator commands on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +450,9 @@ pub const MAX_TERMINAL_ROLLOUTS_KEPT: usize = 10_000;
 pub const MAX_TERMINAL_ROLLOUTS_WITH_NODES: usize = 64;
 /// Most stages in one plan.
 pub const MAX_STAGES: usize = 64;
+/// Most unexposed nodes per running rollout whose silence the canary's is set against (see
+/// `engine/silence.rs`): the first heard; enough for a tight bound on the fleet's own rate.
+pub const MAX_SILENCE_BASELINE_NODES: usize = 2_000;
 /// Most quarantined hashes per unit; beyond it the oldest quarantine is lifted.
 pub const MAX_QUARANTINED_PER_UNIT: usize = 1_024;
 /// Reasons, actors and messages are cut to this many bytes.
@@ -651,6 +659,12 @@ struct Rollout {
     /// The service's burn rates as last sent ([`Event::BurnRates`]), for burn-rate gates.
     #[serde(default, skip_serializing_if = "crate::slo::BurnRates::is_empty")]
     burn_rates: crate::slo::BurnRates,
+    /// The unexposed nodes whose silence the canary's is set against (`engine/silence.rs`).
+    #[serde(default, skip_serializing_if = "BaselineHearing::is_empty")]
+    baseline_hearing: BaselineHearing,
+    /// The latest silence judgement of the current stage.
+    #[serde(default)]
+    silence: SilenceJudgement,
     /// Derived: every node's role while the rollout is running or paused (empty otherwise).
     #[serde(skip)]
     roles: Derived<RoleIndex>,
@@ -810,32 +824,6 @@ impl Rollout {
             .map(|control_pre| (self.control, control_pre))
     }
 
-    /// Exposed nodes that ACKed and then said nothing while the unit's other nodes were
-    /// heard for longer than `silence_ms` (`0`: silence is not watched).
-    fn silent_nodes(&self, silence_ms: u64) -> u64 {
-        if silence_ms == 0 {
-            return 0;
-        }
-        self.exposed
-            .iter()
-            .filter(|(_, exposure)| {
-                exposure.acked && !exposure.maintenance && self.is_silent(exposure, silence_ms)
-            })
-            .count() as u64
-    }
-
-    /// Whether the unit's nodes were heard for longer than `silence_ms` since `exposure`'s
-    /// node last spoke (or since hearing resumed, if later).
-    fn is_silent(&self, exposure: &Exposure, silence_ms: u64) -> bool {
-        self.silent_since(exposure.last_report_ms, silence_ms)
-    }
-
-    /// Whether a node that last spoke at `last_report_ms` is silent (see [`Self::is_silent`]).
-    fn silent_since(&self, last_report_ms: TimeMs, silence_ms: u64) -> bool {
-        let spoke_ms = last_report_ms.max(self.hearing_from_ms);
-        silence_ms > 0 && self.heard_ms.saturating_sub(spoke_ms) > silence_ms
-    }
-
     /// A report about the unit came from one of its nodes at `now`. After a spell longer
     /// than the stage's silence in which no node was heard, silence counts from now (said
     /// once, so people know why silent nodes were not held against the version).
@@ -876,7 +864,7 @@ impl Rollout {
             && self.canary.sample.requests >= stage.min_requests
             && self.stage_canary.sample.requests >= stage.min_requests
             && baseline_ready
-            && self.silent_nodes(stage.silence_ms) == 0
+            && !self.silence.holds(self.silent_nodes(stage.silence_ms))
     }
 
     fn stage_name(&self) -> Option<String> {
@@ -885,7 +873,7 @@ impl Rollout {
 
     fn numbers(&self) -> String {
         format!(
-            "nodes exposed {}, applied {}; canary requests {}, errors {}, rejections {}, crashes {}, failed health checks {}, silent nodes {}",
+            "nodes exposed {}, applied {}; canary requests {}, errors {}, rejections {}, crashes {}, failed health checks {}, silent nodes {} ({})",
             self.nodes_exposed,
             self.nodes_applied,
             self.canary.sample.requests,
@@ -894,6 +882,7 @@ impl Rollout {
             self.canary.crashes,
             self.canary.health_check_failures,
             self.canary.silent_nodes,
+            self.silence.baseline_in_brief(),
         )
     }
 
@@ -912,16 +901,21 @@ impl Rollout {
                 self.canary.health_check_failures,
                 limits.health_check_failures_max,
             ),
-            (
-                "silent nodes",
-                self.canary.silent_nodes,
-                limits.silent_nodes_max,
-            ),
         ];
-        checks
+        let counted = checks
             .iter()
             .find(|(_, count, max)| *max > 0 && count >= max)
-            .map(|(what, count, max)| format!("hard signal: {count} {what}, threshold {max}"))
+            .map(|(what, count, max)| format!("hard signal: {count} {what}, threshold {max}"));
+        counted.or_else(|| {
+            self.silence.blames(limits.silent_nodes_max).then(|| {
+                format!(
+                    "hard signal: {} silent nodes, threshold {}; like for like: {}",
+                    self.silence.silent,
+                    limits.silent_nodes_max,
+                    self.silence.against()
+                )
+            })
+        })
     }
 }
 
