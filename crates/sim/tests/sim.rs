@@ -540,3 +540,53 @@ fn a_custom_metric_gate_has_no_reading_in_the_simulator_and_holds() {
     assert_eq!(metrics.quarantines, 0, "{metrics:?}");
     assert!(metrics.holds > 0, "{metrics:?}");
 }
+
+/// Nodes reboot while good versions roll out (a few minutes without a word, then back): their
+/// silence is the fleet's, which the unexposed nodes show too, not the versions'. No good
+/// version is rolled back or quarantined for it, on any seed.
+#[test]
+fn nodes_rebooting_during_rollouts_never_quarantine_a_good_version() {
+    let text = "\
+name: reboots
+duration: 1h
+unit: u
+fleet:
+  regions: [us-east-1, eu-west-1]
+  pops_per_region: 3
+  nodes_per_pop: 10
+  labels:
+    cohort: { employee: 0.05, free: 0.5, pro: 0.2, business: 0.15, enterprise: 0.1 }
+  requests_per_s: 50
+  error_rate: 0.1%
+  latency_ms: 40
+producer:
+  every: 15m
+  pattern: [good]
+dead_nodes:
+  - { at: 1m, until: 4m, share: 5% }
+  - { at: 8m, until: 11m, share: 5% }
+  - { at: 16m, until: 19m, share: 5% }
+  - { at: 24m, until: 27m, share: 5% }
+  - { at: 33m, until: 36m, share: 5% }
+  - { at: 46m, until: 49m, share: 5% }
+strategies: [examples/plans/default.yaml]
+";
+    let scenario = Scenario::parse("reboots.yaml", text).unwrap();
+    for seed in 1..=6 {
+        let options = RunOptions {
+            seed: Some(seed),
+            strategies: vec![Strategy::Plan {
+                label: "default".into(),
+                plan: default_plan_without_soak(),
+            }],
+            trace: false,
+        };
+        let report = run(&scenario, &options).unwrap();
+        let metrics = &report.runs[0].metrics;
+        assert_eq!(
+            metrics.quarantines_of_good_versions, 0,
+            "seed {seed}: {metrics:?}"
+        );
+        assert_eq!(metrics.rollbacks, 0, "seed {seed}: {metrics:?}");
+    }
+}
