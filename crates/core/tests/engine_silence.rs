@@ -193,7 +193,7 @@ fn two_stages() -> Plan {
 }
 
 #[test]
-fn a_canary_node_that_reboots_in_a_large_stage_holds_it_and_blames_nothing() {
+fn a_canary_node_that_reboots_in_a_large_stage_blames_nothing() {
     let mut fleet = Fleet::running_v0();
     let id = fleet.request("v1", two_stages());
     // The stage exposes its half, which ACKs and reports.
@@ -202,21 +202,14 @@ fn a_canary_node_that_reboots_in_a_large_stage_holds_it_and_blames_nothing() {
     assert!(exposed.len() >= 150, "{}", exposed.len());
     let rebooting = exposed[7].clone();
     let back_at = fleet.now_ms + 120_000;
-    // One canary node says nothing for two minutes (a reboot), then speaks again.
-    let silent = |fleet_now: u64| {
+    // One canary node says nothing for two minutes (a reboot), then speaks again: one silent
+    // node among some 200 is what the fleet shows (the rule of succession on a quiet baseline
+    // of some 200 expects one), so the stage goes on.
+    while fleet.now_ms < back_at && !fleet.status(id).is_terminal() {
         let rebooting = rebooting.clone();
-        move |node: &NodeId, _: VersionHash| *node != rebooting || fleet_now >= back_at
-    };
-    while fleet.now_ms < back_at {
-        let speaks = silent(fleet.now_ms);
-        fleet.round(&speaks);
-        assert_eq!(fleet.status(id), RolloutStatus::Running);
+        fleet.round(&move |node: &NodeId, _: VersionHash| *node != rebooting);
+        assert_ne!(fleet.status(id), RolloutStatus::RolledBack);
     }
-    let view = fleet.engine.rollout(id).unwrap();
-    assert_eq!(
-        view.stage_index, 0,
-        "held while the node was silent: {view:?}"
-    );
     fleet.run(id, 3_600_000, &|_, _| true);
     assert_eq!(fleet.status(id), RolloutStatus::Completed);
     assert!(!fleet.engine.is_quarantined(&unit(), &version("v1")));
@@ -282,4 +275,23 @@ fn a_small_canary_holds_for_one_silent_node_and_is_blamed_when_most_fall_silent(
     });
     assert_eq!(fleet.status(id), RolloutStatus::RolledBack);
     assert!(fleet.engine.is_quarantined(&unit(), &v1));
+}
+
+#[test]
+fn a_node_that_dies_for_good_in_a_large_last_stage_neither_stalls_nor_blames() {
+    let mut fleet = Fleet::running_v0();
+    let id = fleet.request("v1", two_stages());
+    // The first stage passes, judged against the unexposed half.
+    while fleet.status(id) == RolloutStatus::Running
+        && fleet.engine.rollout(id).unwrap().stage_index == 0
+    {
+        fleet.round(&|_, _| true);
+    }
+    assert_eq!(fleet.engine.rollout(id).unwrap().stage_index, 1);
+    // In the last stage (every node: none left unexposed, the comparison carried), one node
+    // dies and never speaks again.
+    let dead = NodeId::new("free-123").unwrap();
+    fleet.run(id, 3_600_000, &|node, _| *node != dead);
+    assert_eq!(fleet.status(id), RolloutStatus::Completed);
+    assert!(!fleet.engine.is_quarantined(&unit(), &version("v1")));
 }

@@ -14,8 +14,9 @@
 //! With `s` of the `n` watched baseline nodes silent and `S` of the `N` watched canary nodes
 //! (ACKed, not in maintenance):
 //!
-//! - up to `floor(N * s / n)` silent canary nodes are what the fleet shows: they neither hold
-//!   the stage nor count against the version;
+//! - up to `floor(N * (s + 1) / (n + 2))` silent canary nodes (the baseline's rate by the rule
+//!   of succession, so that a quiet baseline still expects the odd silent node among many) are
+//!   what the fleet shows: they neither hold the stage nor count against the version;
 //! - more than that holds the stage (it does not pass while more of its nodes are silent than
 //!   the baseline's rate explains; its timeout, if any, ends it as inconclusive, which never
 //!   quarantines);
@@ -104,8 +105,10 @@ impl SilenceJudgement {
     pub(super) fn of(silent: u64, watched: u64, baseline: Option<(u64, u64)>) -> Self {
         let (tolerated, blame_above) = match baseline {
             Some((baseline_silent, baseline_watched)) if baseline_watched > 0 => {
-                let expected = u128::from(watched) * u128::from(baseline_silent)
-                    / u128::from(baseline_watched);
+                // The baseline's rate by the rule of succession, `(s + 1) / (n + 2)`: a quiet
+                // baseline still expects the odd silent node among many canary nodes.
+                let expected = u128::from(watched) * (u128::from(baseline_silent) + 1)
+                    / (u128::from(baseline_watched) + 2);
                 let tolerated = u64::try_from(expected).unwrap_or(u64::MAX);
                 let upper = binomial_upper_bound(baseline_silent, baseline_watched, SILENCE_ALPHA);
                 let explained = binomial_quantile(watched, upper, 1.0 - SILENCE_ALPHA);
@@ -218,7 +221,7 @@ mod tests {
     fn one_silent_node_in_a_large_stage_is_what_the_fleet_shows() {
         // 5,000 canary nodes, one silent; 3 of 2,000 baseline nodes silent.
         let judgement = SilenceJudgement::of(1, 5_000, Some((3, 2_000)));
-        assert_eq!(judgement.tolerated, 7);
+        assert_eq!(judgement.tolerated, 9);
         assert!(!judgement.holds(1));
         assert!(!judgement.blames(1));
         // Many more than the baseline explains: blamed.
