@@ -257,6 +257,29 @@ mod tests {
         assert!(!SilenceJudgement::of(0, 5_000, None).blames(1));
     }
 
+    proptest::proptest! {
+        /// Like for like, exactly: a canary whose share of silent nodes is no larger than the
+        /// baseline's is never blamed, and (up to half silent) never held either.
+        #[test]
+        fn a_canary_no_more_silent_than_the_baseline_is_never_blamed(
+            watched in 1u64..20_000,
+            baseline_watched in 1u64..2_000,
+            baseline_share in 0.0f64..=1.0,
+            canary_share in 0.0f64..=1.0,
+            max in 1u64..5,
+        ) {
+            let baseline_silent = (baseline_share * baseline_watched as f64).floor() as u64;
+            let rate = baseline_silent as f64 / baseline_watched as f64;
+            let silent = (canary_share * rate * watched as f64).floor() as u64;
+            let judgement =
+                SilenceJudgement::of(silent, watched, Some((baseline_silent, baseline_watched)));
+            proptest::prop_assert!(!judgement.blames(max), "{judgement:?}");
+            if 2 * baseline_silent <= baseline_watched {
+                proptest::prop_assert!(!judgement.holds(silent), "{judgement:?}");
+            }
+        }
+    }
+
     /// The stated bound, by simulation: canary and baseline nodes fall silent at the same
     /// rate; the version is blamed in at most `2 * SILENCE_ALPHA` of the judgements.
     #[test]
