@@ -263,6 +263,37 @@ fn bad_windows_get_clear_errors_and_a_weekly_window_names_its_zone() {
     );
     let stderr = server.fails(&["freeze", "lift", "99"], 1);
     assert!(stderr.contains("no freeze 99"), "{stderr}");
+    // A freeze that ran out by its own end time: lifting it says it ended then.
+    let soon = failsmall_core::domain::rfc3339_from_ms(
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+            + 1_500,
+    );
+    let out = server.ok(&["freeze", "create", "--until", &soon, "--reason", "brief"]);
+    let brief = out.split_whitespace().nth(1).unwrap_or_default().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stderr = loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let listed = server.json(&["freeze", "list"]);
+        if listed.to_string().contains("brief") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never ended: {listed}"
+            );
+            continue;
+        }
+        break server.fails(&["freeze", "lift", &brief], 1);
+    };
+    assert!(
+        stderr.contains(&format!("freeze {brief} already ended at"))
+            && stderr.contains("its end time"),
+        "{stderr}"
+    );
     let stderr = server.fails(
         &[
             "maintenance",
@@ -337,6 +368,13 @@ fn a_maintenance_window_leaves_its_nodes_out_of_a_stage_until_it_ends() {
     // Ended early: n1 joins the stage and the rollout waits for its ACK.
     let out = server.ok(&["maintenance", "end", "1", "--reason", "done early"]);
     assert!(out.contains("maintenance 1 ended"), "{out}");
+    // Ended already: said so (409), not "no such window".
+    let stderr = server.fails(&["maintenance", "end", "1"], 1);
+    assert!(
+        stderr.contains("maintenance window 1 already ended at")
+            && stderr.contains("ended early by request"),
+        "{stderr}"
+    );
     let view = server.json(&["rollout", "status", &id]);
     assert_eq!(view["nodes_exposed"], 2, "{view}");
     agent.apply_healthy("n2", "flags", &version);

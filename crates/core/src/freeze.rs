@@ -398,6 +398,26 @@ impl Maintenance {
     }
 }
 
+/// Ended windows remembered (the latest, by id), so that lifting or ending one again says it
+/// ended rather than that it never was.
+pub const ENDED_WINDOWS_KEPT: usize = 1_024;
+
+/// Which kind of window an id was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKind {
+    Freeze,
+    Maintenance,
+}
+
+/// A window that is over: its kind, when it ended, and whether a person ended it early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedWindow {
+    pub kind: WindowKind,
+    pub ended_ms: TimeMs,
+    pub early: bool,
+}
+
 /// The windows the engine keeps, and which of them hold at the engine's latest `now`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Windows {
@@ -411,9 +431,20 @@ pub struct Windows {
     pub maintenance_active: bool,
     /// When the windows must be looked at again (a window starts or ends).
     pub next_check_ms: TimeMs,
+    /// The latest [`ENDED_WINDOWS_KEPT`] windows that ended, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ended: BTreeMap<u64, EndedWindow>,
 }
 
 impl Windows {
+    /// Remembers that window `id` ended, forgetting the oldest past [`ENDED_WINDOWS_KEPT`].
+    pub fn remember_ended(&mut self, id: u64, ended: EndedWindow) {
+        self.ended.insert(id, ended);
+        while self.ended.len() > ENDED_WINDOWS_KEPT {
+            self.ended.pop_first();
+        }
+    }
+
     /// The next id to give a window (ids start at 1).
     pub fn next_id(&self) -> u64 {
         self.next_id.max(1)
@@ -433,6 +464,21 @@ impl Windows {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ended_windows_are_remembered_up_to_their_bound_oldest_first_out() {
+        let mut windows = Windows::default();
+        let ended = EndedWindow {
+            kind: WindowKind::Maintenance,
+            ended_ms: 1,
+            early: false,
+        };
+        for id in 1..=(ENDED_WINDOWS_KEPT as u64 + 6) {
+            windows.remember_ended(id, ended);
+        }
+        assert_eq!(windows.ended.len(), ENDED_WINDOWS_KEPT);
+        assert_eq!(windows.ended.keys().next(), Some(&7));
+    }
+
     use super::*;
 
     fn at(text: &str) -> TimeMs {

@@ -16,7 +16,7 @@
 //!   that select it, as a node coming back up does.
 
 use super::*;
-use crate::freeze::{FreezeScope, MAX_FREEZES, MAX_MAINTENANCE};
+use crate::freeze::{EndedWindow, FreezeScope, MAX_FREEZES, MAX_MAINTENANCE, Window, WindowKind};
 
 impl Engine {
     /// Freezes and maintenance windows kept (lifted and ended ones are forgotten).
@@ -90,6 +90,14 @@ impl Engine {
         if self.windows.freezes.remove(&id).is_none() {
             return Err(EngineError::UnknownWindow { what: "freeze", id });
         }
+        self.windows.remember_ended(
+            id,
+            EndedWindow {
+                kind: WindowKind::Freeze,
+                ended_ms: now,
+                early: true,
+            },
+        );
         self.sync_windows(now, out);
         Ok(())
     }
@@ -161,6 +169,14 @@ impl Engine {
                 id,
             });
         }
+        self.windows.remember_ended(
+            id,
+            EndedWindow {
+                kind: WindowKind::Maintenance,
+                ended_ms: now,
+                early: true,
+            },
+        );
         self.sync_windows(now, out);
         Ok(())
     }
@@ -176,6 +192,42 @@ impl Engine {
     /// nodes into and out of maintenance, and lets the rollouts move when anything changed.
     /// O(fleet) only while a maintenance window holds or has just ended.
     pub(super) fn sync_windows(&mut self, now: TimeMs, out: &mut Vec<Action>) {
+        let over: Vec<(u64, EndedWindow)> = self
+            .windows
+            .freezes
+            .values()
+            .filter_map(|freeze| match freeze.window {
+                Window::Once {
+                    until_ms: Some(until_ms),
+                    ..
+                } if now >= until_ms => Some((freeze.id, WindowKind::Freeze, until_ms)),
+                _ => None,
+            })
+            .chain(
+                self.windows
+                    .maintenance
+                    .values()
+                    .filter(|maintenance| now >= maintenance.until_ms)
+                    .map(|maintenance| {
+                        (
+                            maintenance.id,
+                            WindowKind::Maintenance,
+                            maintenance.until_ms,
+                        )
+                    }),
+            )
+            .map(|(id, kind, ended_ms)| {
+                let ended = EndedWindow {
+                    kind,
+                    ended_ms,
+                    early: false,
+                };
+                (id, ended)
+            })
+            .collect();
+        for (id, ended) in over {
+            self.windows.remember_ended(id, ended);
+        }
         self.windows
             .freezes
             .retain(|_, freeze| !freeze.window.ended(now));

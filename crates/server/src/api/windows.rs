@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use failsmall_core::freeze::{
-    Day, Freeze, FreezeScope, Maintenance, Window, describe_selector, parse_minute,
+    Day, Freeze, FreezeScope, Maintenance, Window, WindowKind, describe_selector, parse_minute,
     parse_rfc3339_ms,
 };
 use failsmall_core::plan::Selector;
@@ -323,9 +323,7 @@ pub(super) async fn lift_freeze(
         .read(|engine, _| engine.windows().freezes.get(&id).cloned())
         .await
     else {
-        return Err(ApiError::not_found(format!(
-            "no freeze {id} (ended and lifted freezes are in the changelog); see `failsmall freeze list`"
-        )));
+        return Err(window_gone(&state, WindowKind::Freeze, id).await);
     };
     let unit = match &freeze.scope {
         FreezeScope::Unit { unit } => Some(unit.to_string()),
@@ -343,15 +341,18 @@ pub(super) async fn lift_freeze(
         }
     );
     let row = change(&caller, now, "freeze_lifted", unit, text);
-    host.apply(
-        &state.shared.store,
-        now,
-        Event::FreezeLifted { id },
-        Cause::Nothing,
-        Some(row),
-    )
-    .await
-    .map_err(step_error)?;
+    let step = host
+        .apply(
+            &state.shared.store,
+            now,
+            Event::FreezeLifted { id },
+            Cause::Nothing,
+            Some(row),
+        )
+        .await;
+    if let Err(error) = step {
+        return ended_meanwhile(step_error(error), WindowKind::Freeze, id, &state).await;
+    }
     Ok(axum::Json(failsmall_wire::windows::FreezeLifted {
         id,
         lifted: true,
@@ -437,6 +438,52 @@ pub(super) async fn create_maintenance(
     ))
 }
 
+/// A window `id` of `kind` that is not open: 409 `already_ended` when the engine remembers it
+/// ending (by its `until`, or lifted or ended early), 404 otherwise.
+async fn window_gone(state: &AppState, kind: WindowKind, id: u64) -> ApiError {
+    let ended = state
+        .shared
+        .engine
+        .read(|engine, _| engine.windows().ended.get(&id).copied())
+        .await;
+    let (what, list) = match kind {
+        WindowKind::Freeze => ("freeze", "failsmall freeze list"),
+        WindowKind::Maintenance => ("maintenance window", "failsmall maintenance list"),
+    };
+    match ended {
+        Some(ended) if ended.kind == kind => ApiError::new(
+            StatusCode::CONFLICT,
+            "already_ended",
+            format!(
+                "{what} {id} already ended at {} ({}); the changelog has it",
+                rfc3339_from_ms(ended.ended_ms),
+                if ended.early {
+                    "ended early by request"
+                } else {
+                    "its end time"
+                }
+            ),
+        )
+        .with_detail(json!({"id": id, "ended": rfc3339_from_ms(ended.ended_ms)})),
+        _ => ApiError::not_found(format!(
+            "no {what} {id} (ended ones are in the changelog); see `{list}`"
+        )),
+    }
+}
+
+/// A step that found window `id` gone although it was open when read: it ended meanwhile.
+async fn ended_meanwhile<T>(
+    error: ApiError,
+    kind: WindowKind,
+    id: u64,
+    state: &AppState,
+) -> Result<T, ApiError> {
+    if error.status == StatusCode::NOT_FOUND {
+        return Err(window_gone(state, kind, id).await);
+    }
+    Err(error)
+}
+
 /// `POST /v1/maintenance/{id}/end`.
 pub(super) async fn end_maintenance(
     State(state): State<AppState>,
@@ -452,9 +499,7 @@ pub(super) async fn end_maintenance(
         .read(|engine, _| engine.windows().maintenance.get(&id).cloned())
         .await
     else {
-        return Err(ApiError::not_found(format!(
-            "no maintenance window {id} (ended ones are in the changelog); see `failsmall maintenance list`"
-        )));
+        return Err(window_gone(&state, WindowKind::Maintenance, id).await);
     };
     let text = format!(
         "maintenance {id} (nodes {}) ended early{}",
@@ -466,15 +511,18 @@ pub(super) async fn end_maintenance(
         }
     );
     let row = change(&caller, now, "maintenance_ended", None, text);
-    host.apply(
-        &state.shared.store,
-        now,
-        Event::MaintenanceEnded { id },
-        Cause::Nothing,
-        Some(row),
-    )
-    .await
-    .map_err(step_error)?;
+    let step = host
+        .apply(
+            &state.shared.store,
+            now,
+            Event::MaintenanceEnded { id },
+            Cause::Nothing,
+            Some(row),
+        )
+        .await;
+    if let Err(error) = step {
+        return ended_meanwhile(step_error(error), WindowKind::Maintenance, id, &state).await;
+    }
     Ok(axum::Json(failsmall_wire::windows::MaintenanceEnded {
         id,
         ended: true,
