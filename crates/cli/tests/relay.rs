@@ -401,7 +401,7 @@ fn env_count(name: &str, default: usize) -> usize {
 /// time until the last of them holds the new version's bytes, and how many bundle fetches
 /// reached the server's side of the relays.
 #[test]
-#[ignore = "a measurement: cargo nextest run --workspace --all-features --run-ignored only -E 'test(fanout_through_relays)' --no-capture"]
+#[ignore = "a measurement: cargo nextest run --release -p failsmall --all-features --run-ignored only -E 'test(fanout_through_relays)' --no-capture"]
 fn fanout_through_relays() {
     let agents = env_count("RELAY_FANOUT_AGENTS", 1000);
     // 0: the simulated agents talk to the server itself (the baseline).
