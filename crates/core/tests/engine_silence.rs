@@ -266,6 +266,12 @@ fn a_small_canary_holds_for_one_silent_node_and_is_blamed_when_most_fall_silent(
     assert_eq!(fleet.status(id), RolloutStatus::Running);
     assert_eq!(fleet.engine.rollout(id).unwrap().stage_index, 0);
     assert!(!fleet.engine.is_quarantined(&unit(), &v1));
+    // What people read: one silent of four, against a quiet baseline; held, not blamed.
+    let silence = fleet.engine.rollout(id).unwrap().silence.unwrap();
+    assert_eq!((silence.silent, silence.watched), (1, 4), "{silence:?}");
+    assert_eq!(silence.baseline_silent, Some(0), "{silence:?}");
+    assert!(silence.baseline_watched.unwrap() >= 400, "{silence:?}");
+    assert!(silence.silent > silence.tolerated && silence.silent <= silence.blame_above);
     // Three of four: far more than the fleet's silence explains.
     let mut fleet = Fleet::running_v0();
     let id = fleet.request("v1", employees_first());

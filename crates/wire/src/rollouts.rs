@@ -233,6 +233,29 @@ pub struct Rollout {
     /// The freeze that holds it before its next stage or its start (`freeze ID: reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by_freeze: Option<String>,
+    /// The current stage's silent canary nodes against the unexposed nodes' silence, as last
+    /// judged; absent before the first judgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<Silence>,
+}
+
+/// Silence judged like for like: the canary's silent nodes against those of the nodes the
+/// version has not reached, over the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Silence {
+    /// Silent canary nodes, of `watched` (ACKed, not in maintenance).
+    pub silent: u64,
+    pub watched: u64,
+    /// The unexposed nodes compared with (at most 2,000): silent, of watched; `null` when
+    /// there were none (the plan's `silent_nodes` threshold alone decides).
+    pub baseline_silent: Option<u64>,
+    pub baseline_watched: Option<u64>,
+    /// Silent canary nodes the unexposed nodes' rate explains: the stage neither holds for
+    /// them nor blames the version.
+    pub tolerated: u64,
+    /// More silent canary nodes than this (and at the plan's threshold) is a hard signal:
+    /// rollback and quarantine.
+    pub blame_above: u64,
 }
 
 /// `GET /v1/rollouts`: one page, newest first.
@@ -337,6 +360,14 @@ mod from_core {
                 ended_ms: view.ended_ms,
                 outcome: view.outcome,
                 held_by_freeze: view.held_by_freeze,
+                silence: view.silence.map(|silence| super::Silence {
+                    silent: silence.silent,
+                    watched: silence.watched,
+                    baseline_silent: silence.baseline_silent,
+                    baseline_watched: silence.baseline_watched,
+                    tolerated: silence.tolerated,
+                    blame_above: silence.blame_above,
+                }),
             }
         }
     }

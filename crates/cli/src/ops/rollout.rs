@@ -449,6 +449,11 @@ pub fn status_text(view: &RolloutView) -> String {
         canary.health_check_failures,
         canary.silent_nodes
     ));
+    if let Some(silence) = &view.silence
+        && silence.silent > 0
+    {
+        lines.push(format!("silence   {}", silence_line(silence)));
+    }
     lines.push(format!(
         "started   {} by {}: {}",
         rfc3339(view.created_ms),
@@ -470,6 +475,32 @@ pub fn status_text(view: &RolloutView) -> String {
         }
     }
     text
+}
+
+/// The silence judgement in one line: how many canary nodes are silent, against what, and
+/// what that means for the stage.
+fn silence_line(silence: &failsmall_wire::rollouts::Silence) -> String {
+    let against = match (silence.baseline_silent, silence.baseline_watched) {
+        (Some(silent), Some(watched)) => format!("unexposed nodes: {silent} of {watched} silent"),
+        _ => "no unexposed node to compare with".to_owned(),
+    };
+    let meaning = if silence.silent <= silence.tolerated {
+        "what the fleet shows: not held against the version".to_owned()
+    } else if silence.silent <= silence.blame_above {
+        format!(
+            "more than the fleet's {} explains: the stage holds until they speak again",
+            silence.tolerated
+        )
+    } else {
+        format!(
+            "more than chance explains ({}): a hard signal at the plan's threshold",
+            silence.blame_above
+        )
+    };
+    format!(
+        "{} of {} canary nodes silent; {against}; {meaning}",
+        silence.silent, silence.watched
+    )
 }
 
 #[cfg(test)]
@@ -502,6 +533,29 @@ mod tests {
     fn time_left_rounds_up_to_seconds() {
         assert_eq!(time_left(3_997), format_ms(4_000));
         assert_eq!(time_left(983), format_ms(983));
+    }
+
+    #[test]
+    fn the_silence_line_says_what_the_silence_means() {
+        let silence = |silent, baseline: Option<(u64, u64)>| failsmall_wire::rollouts::Silence {
+            silent,
+            watched: 210,
+            baseline_silent: baseline.map(|(silent, _)| silent),
+            baseline_watched: baseline.map(|(_, watched)| watched),
+            tolerated: 1,
+            blame_above: 17,
+        };
+        assert_eq!(
+            silence_line(&silence(1, Some((0, 194)))),
+            "1 of 210 canary nodes silent; unexposed nodes: 0 of 194 silent; what the fleet \
+             shows: not held against the version"
+        );
+        assert!(silence_line(&silence(3, Some((0, 194)))).contains("the stage holds"));
+        let blamed = silence_line(&silence(42, None));
+        assert!(
+            blamed.contains("no unexposed node to compare with") && blamed.contains("hard signal"),
+            "{blamed}"
+        );
     }
 
     #[test]

@@ -423,6 +423,7 @@ mod tests {
             ended_ms: None,
             outcome: None,
             held_by_freeze: None,
+            silence: None,
         }
     }
 

@@ -120,8 +120,8 @@ mod windows;
 
 use index::{Derived, Exposure, Exposures, FleetIndex, Role, RoleIndex};
 pub use operator::QuarantinedVersion;
-pub use silence::SILENCE_ALPHA;
 use silence::{BaselineHearing, SilenceJudgement};
+pub use silence::{SILENCE_ALPHA, SilenceView};
 
 /// Operator commands on a rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -954,6 +954,9 @@ pub struct RolloutView {
     /// The freeze that holds it before its next stage or its start (`freeze ID: reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by_freeze: Option<String>,
+    /// The latest silence judgement of the current stage; `None` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<SilenceView>,
 }
 
 /// The rollout engine's whole state. Persist it with serde after each step; a restored engine
@@ -1459,6 +1462,7 @@ impl Engine {
             ended_ms: rollout.ended_ms,
             outcome: rollout.outcome.clone(),
             held_by_freeze: self.freeze_hold_text(rollout),
+            silence: rollout.silence.view(),
         }
     }
 }

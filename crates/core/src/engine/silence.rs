@@ -83,6 +83,22 @@ impl BaselineHearing {
     }
 }
 
+/// A silence judgement as people read it (`GET /v1/rollouts/{id}`, `rollout status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SilenceView {
+    /// Silent canary nodes, of `watched` (ACKed, not in maintenance).
+    pub silent: u64,
+    pub watched: u64,
+    /// The unexposed nodes compared with: silent, of watched; `None`: none ever (the plan's
+    /// threshold alone decides).
+    pub baseline_silent: Option<u64>,
+    pub baseline_watched: Option<u64>,
+    /// Silent canary nodes the baseline's rate explains: neither held for nor blamed.
+    pub tolerated: u64,
+    /// Above this many (and at the plan's threshold), silence is a hard signal.
+    pub blame_above: u64,
+}
+
 /// The latest silence judgement of a rollout's current stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub(super) struct SilenceJudgement {
@@ -123,6 +139,18 @@ impl SilenceJudgement {
             tolerated,
             blame_above,
         }
+    }
+
+    /// As people read it; `None` before the first judgement.
+    pub(super) fn view(&self) -> Option<SilenceView> {
+        (self.watched > 0 || self.baseline.is_some()).then(|| SilenceView {
+            silent: self.silent,
+            watched: self.watched,
+            baseline_silent: self.baseline.map(|(silent, _)| silent),
+            baseline_watched: self.baseline.map(|(_, watched)| watched),
+            tolerated: self.tolerated,
+            blame_above: self.blame_above,
+        })
     }
 
     /// Whether `silent` canary nodes are more than the baseline explains: the stage holds.

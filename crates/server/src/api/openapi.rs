@@ -25,7 +25,7 @@ use failsmall_wire::requests::{
 };
 use failsmall_wire::rollouts::{
     CommandRequest, CreateRolloutRequest, GateReport, GroupMetrics, RetryRequest, Rollout,
-    RolloutCommand, RolloutList, RolloutStatus as WireRolloutStatus, StagePhase, Verdict,
+    RolloutCommand, RolloutList, RolloutStatus as WireRolloutStatus, Silence, StagePhase, Verdict,
 };
 use failsmall_wire::slos::{CreateSloRequest, Slo, SloDeleted, SloList, SloQueries};
 use failsmall_wire::tokens::{NewToken, Token, TokenList};
@@ -129,6 +129,7 @@ use super::*;
         Verdict,
         GateReport,
         GroupMetrics,
+        Silence,
         Rollout,
         RolloutList,
         ChainHead,
