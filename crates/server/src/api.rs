@@ -17,7 +17,6 @@ use axum::extract::{
     DefaultBodyLimit, Extension, MatchedPath, Path, Query, RawPathParams, Request, State,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use failsmall_codex::{Action as CodexAction, Finding};
@@ -49,6 +48,7 @@ mod changes;
 mod convert;
 mod documents;
 mod elevations;
+mod envelope;
 mod token_cache;
 pub use elevations::{ELEVATION_APPROVALS_DEFAULT, ELEVATION_APPROVALS_MAX};
 mod incidents;
@@ -917,20 +917,16 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         router = router.route(route.path, handler);
     }
     router
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(layers::AuthorizeLayer {
+            state: state.clone(),
+        })
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            trust::mark_changelog,
-        ))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(Extension(BodyLimit(max_body_bytes)))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_responses,
-        ))
-        .layer(middleware::from_fn(crate::trace::request_span))
+        .layer(envelope::EnvelopeLayer {
+            state: state.clone(),
+        })
         .with_state(state)
 }
 

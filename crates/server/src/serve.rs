@@ -120,6 +120,8 @@ struct ConnState {
     last_active_ms: AtomicU64,
     /// The accept loop asked this connection to make room.
     evicted: AtomicBool,
+    /// The idle sweep found this connection idle past the idle timeout.
+    idle_out: AtomicBool,
     wake: Notify,
 }
 
@@ -131,6 +133,7 @@ impl ConnState {
             bodies_open: AtomicUsize::new(0),
             last_active_ms: AtomicU64::new(now_ms),
             evicted: AtomicBool::new(false),
+            idle_out: AtomicBool::new(false),
             wake: Notify::new(),
         }
     }
@@ -256,6 +259,23 @@ impl Registry {
         Some((id, conn))
     }
 
+    /// Wakes each connection that has been idle for the idle timeout, to close itself (it
+    /// checks again, as a byte may have moved since). One sweep for all connections rather
+    /// than a timer in each: a parked long poll then costs no timer and no wake-ups.
+    fn sweep_idle(&self) {
+        let now = self.now_ms();
+        let open = self.lock();
+        for conn in open.conns.values() {
+            let quiet_ms = now.saturating_sub(conn.last_active_ms.load(Ordering::Acquire));
+            if conn.is_idle()
+                && quiet_ms >= self.limits.idle_timeout_ms
+                && !conn.idle_out.swap(true, Ordering::AcqRel)
+            {
+                conn.wake.notify_one();
+            }
+        }
+    }
+
     /// Asks the quietest connection with no request in flight (of `peer`, when given) to
     /// close; whether there was one.
     fn evict_quietest(&self, open: &mut Open, peer: Option<IpAddr>) -> bool {
@@ -300,10 +320,18 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut sweep = tokio::time::interval(Duration::from_millis(
+        (limits.idle_timeout_ms / 4).clamp(50, 1_000),
+    ));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => break,
+            _ = sweep.tick() => {
+                registry.sweep_idle();
+                continue;
+            }
             accepted = listener.accept() => accepted,
             // Reap finished connection tasks so the set stays as large as what is open.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
@@ -429,23 +457,37 @@ impl Connection {
             router: self.router.clone(),
             conn: Arc::clone(&self.conn),
         };
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
-            .max_buf_size(MAX_HEAD_BYTES);
-        let connection = builder.serve_connection(
-            TokioIo::new(io),
-            hyper_util::service::TowerToHyperService::new(service),
-        );
+        // The builder is not kept in the task's future: it would stay there as long as the
+        // connection does.
+        let connection = {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
+                .max_buf_size(MAX_HEAD_BYTES);
+            builder.serve_connection(
+                TokioIo::new(io),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+        };
         tokio::pin!(connection);
-        let tick_ms = (limits.idle_timeout_ms / 4).clamp(50, 1_000);
-        let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
         let mut draining = false;
         loop {
             tokio::select! {
                 _ = connection.as_mut() => return,
                 () = self.conn.wake.notified() => {
+                    if self.conn.idle_out.swap(false, Ordering::AcqRel)
+                        && !self.conn.evicted.load(Ordering::Acquire)
+                    {
+                        let quiet_ms = self
+                            .registry
+                            .now_ms()
+                            .saturating_sub(self.conn.last_active_ms.load(Ordering::Acquire));
+                        if self.conn.is_idle() && quiet_ms >= limits.idle_timeout_ms {
+                            return;
+                        }
+                        continue;
+                    }
                     if self.conn.in_flight.load(Ordering::Acquire) == 0 {
                         return;
                     }
@@ -456,15 +498,6 @@ impl Connection {
                     if changed.is_err() || *self.closing.borrow() {
                         connection.as_mut().graceful_shutdown();
                         draining = true;
-                    }
-                }
-                _ = tick.tick() => {
-                    let quiet_ms = self
-                        .registry
-                        .now_ms()
-                        .saturating_sub(self.conn.last_active_ms.load(Ordering::Acquire));
-                    if self.conn.is_idle() && quiet_ms >= limits.idle_timeout_ms {
-                        return;
                     }
                 }
             }
@@ -492,7 +525,7 @@ impl Drop for InFlight {
 impl tower_service::Service<hyper::Request<Incoming>> for Counted {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = CountedFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -504,12 +537,32 @@ impl tower_service::Service<hyper::Request<Incoming>> for Counted {
         let (parts, body) = request.into_parts();
         let body = Body::new(WatchedBody::new(body, Arc::clone(&self.conn)));
         let request = hyper::Request::from_parts(parts, body);
-        let mut router = self.router.clone();
-        Box::pin(async move {
-            let response = tower_service::Service::call(&mut router, request).await;
-            drop(in_flight);
-            response
-        })
+        CountedFuture {
+            answering: tower_service::Service::call(&mut self.router, request),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The router's answer to one request, which ends the request in flight when it is
+    /// ready or dropped. A named type rather than a boxed one: hyper keeps it in the box it
+    /// holds for the request in flight, one allocation per parked long poll fewer.
+    struct CountedFuture {
+        #[pin]
+        answering: axum::routing::future::RouteFuture<Infallible>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl Future for CountedFuture {
+    type Output = Result<axum::response::Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = std::task::ready!(this.answering.poll(cx));
+        drop(this.in_flight.take());
+        Poll::Ready(answered)
     }
 }
 
@@ -687,6 +740,51 @@ mod tests {
         let fourth = registry.admit(here);
         assert!(fourth.is_none());
         assert_eq!(registry.refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_idle_sweep_wakes_each_quiet_idle_connection_once_and_never_a_busy_one() {
+        // A registry whose clock has run for 10 s, so that activity can lie in its past.
+        let mut registry = Registry::new(ConnectionLimits {
+            idle_timeout_ms: 1_000,
+            ..ConnectionLimits::default()
+        });
+        registry.epoch -= Duration::from_secs(10);
+        let here = IpAddr::from([127, 0, 0, 1]);
+        let (_, quiet) = registry.admit(here).unwrap();
+        let (_, busy) = registry.admit(here).unwrap();
+        let (_, recent) = registry.admit(here).unwrap();
+        let (_, stalled_body) = registry.admit(here).unwrap();
+        busy.in_flight.store(1, Ordering::Release);
+        // A request waiting for a body that stopped coming is idle.
+        stalled_body.in_flight.store(1, Ordering::Release);
+        stalled_body.bodies_open.store(1, Ordering::Release);
+        let past = registry.now_ms().saturating_sub(5_000);
+        for conn in [&quiet, &busy, &stalled_body] {
+            conn.last_active_ms.store(past, Ordering::Release);
+        }
+        recent
+            .last_active_ms
+            .store(registry.now_ms(), Ordering::Release);
+        registry.sweep_idle();
+        assert!(quiet.idle_out.load(Ordering::Acquire));
+        assert!(stalled_body.idle_out.load(Ordering::Acquire));
+        assert!(!busy.idle_out.load(Ordering::Acquire));
+        assert!(!recent.idle_out.load(Ordering::Acquire));
+        // Woken once: the permit is there, and a second sweep adds none until it is taken.
+        registry.sweep_idle();
+        let woken = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let first =
+                    tokio::time::timeout(Duration::from_millis(50), quiet.wake.notified()).await;
+                let second =
+                    tokio::time::timeout(Duration::from_millis(50), quiet.wake.notified()).await;
+                (first.is_ok(), second.is_ok())
+            });
+        assert_eq!(woken, (true, false));
     }
 
     #[test]

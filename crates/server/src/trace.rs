@@ -1,18 +1,14 @@
-//! Request ids and the request span: every HTTP request runs inside a `request` span that
-//! carries its id (the caller's `x-request-id` when it is a short token, else a new one), its
-//! method and path; the id is echoed in the answer's `x-request-id` header. An answer of 5xx is
-//! logged at error level with its status and time (the handler logs its cause inside the same
-//! span: see [`crate::error::ApiError`]); others at debug level.
+//! Request ids: every HTTP request runs inside a `request` span that carries its id (the
+//! caller's `x-request-id` when it is a short token, else a new one), its method and path; the
+//! id is echoed in the answer's `x-request-id` header. An answer of 5xx is logged at error level
+//! with its status and time (the handler logs its cause inside the same span: see
+//! [`crate::error::ApiError`]); others at debug level. The router's envelope layer
+//! (`api/envelope.rs`) does this for each request.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
-use tracing::Instrument as _;
 
 /// The header that carries a request's id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -49,32 +45,6 @@ pub fn request_id(given: Option<&HeaderValue>) -> String {
             NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
         ),
     }
-}
-
-/// The middleware (outermost layer of the router).
-pub async fn request_span(request: Request, next: Next) -> Response {
-    let id = request_id(request.headers().get(REQUEST_ID_HEADER));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
-    let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    span.in_scope(|| {
-        if status >= 500 {
-            tracing::error!(status, elapsed_ms, "answered");
-        } else {
-            tracing::debug!(status, elapsed_ms, "answered");
-        }
-    });
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
 }
 
 #[cfg(test)]

@@ -226,18 +226,9 @@ pub(super) async fn desired(
             "wait_ms is {wait_ms}; the limit is {MAX_WATCH_MS}"
         )));
     }
-    let view = &state.shared.desired_view;
-    if !view.get(&state, None).await?.nodes.contains(id.as_str()) {
-        // Registered since the view was read, or not at all: the store says.
-        let lookup = id.clone();
-        db(&state, move |store| {
-            store
-                .node(lookup.as_str())?
-                .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
-            Ok(())
-        })
-        .await?;
-    }
+    // What runs before and after the wait is boxed while it runs: the future that stays
+    // parked for the wait holds only the wait (ARCHITECTURE.md, "Memory per connection").
+    Box::pin(registered(&state, &id)).await?;
     let mut announced = None;
     if let Some(after) = query.after {
         // A connected agent gets a fresh document before its last one expires: a long poll
@@ -251,6 +242,39 @@ pub(super) async fn desired(
                 .await,
         );
     }
+    Box::pin(answer_desired(state, id, announced)).await
+}
+
+/// Fails with 404 unless `id` is a registered node.
+async fn registered(state: &AppState, id: &NodeId) -> Result<(), ApiError> {
+    if !state
+        .shared
+        .desired_view
+        .get(state, None)
+        .await?
+        .nodes
+        .contains(id.as_str())
+    {
+        // Registered since the view was read, or not at all: the store says.
+        let lookup = id.clone();
+        db(state, move |store| {
+            store
+                .node(lookup.as_str())?
+                .ok_or_else(|| ApiError::not_found(format!("node {lookup} is not registered")))?;
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The signed desired-state document of node `id`, as of revision `announced` at least.
+async fn answer_desired(
+    state: AppState,
+    id: NodeId,
+    announced: Option<u64>,
+) -> Result<axum::response::Response, ApiError> {
+    let view = &state.shared.desired_view;
     // Answers are built a few at a time (see `DESIRED_BUILDS_AT_ONCE`).
     let _turn = view
         .builds

@@ -1,34 +1,134 @@
-//! Middleware layers: authorization by route class, response counters, fallbacks.
+//! Middleware layers: authorization by route class, fallbacks.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use super::*;
 
-pub(super) async fn authorize(
-    State(state): State<AppState>,
-    matched: Option<MatchedPath>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Authorizes each request to a route by the route's access class and the caller's token
+/// (route layer: it runs once the route is matched).
+#[derive(Clone)]
+pub(super) struct AuthorizeLayer {
+    pub(super) state: AppState,
+}
+
+impl<S> tower_layer::Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct Authorize<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower_service::Service<Request> for Authorize<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AuthorizeFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service made ready is the one called, once the check has passed.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        AuthorizeFuture {
+            step: AuthorizeStep::Checking {
+                check: Box::pin(admit(self.state.clone(), request)),
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+type Check = Pin<Box<dyn Future<Output = Result<Request, Response>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The check (boxed: it is done with before the route answers), then the route's answer,
+    /// kept inline: what a parked long poll holds of this layer is the answer alone.
+    pub(super) struct AuthorizeFuture<S: tower_service::Service<Request>> {
+        #[pin]
+        step: AuthorizeStep<S>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AuthorizeStepProj]
+    enum AuthorizeStep<S: tower_service::Service<Request>> {
+        Checking { check: Check, inner: Option<S> },
+        Answering { #[pin] answer: S::Future },
+    }
+}
+
+impl<S> Future for AuthorizeFuture<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut step = self.project().step;
+        loop {
+            match step.as_mut().project() {
+                AuthorizeStepProj::Checking { check, inner } => {
+                    let request = match std::task::ready!(check.as_mut().poll(cx)) {
+                        Ok(request) => request,
+                        Err(refused) => return Poll::Ready(Ok(refused)),
+                    };
+                    let Some(mut inner) = inner.take() else {
+                        // Only the step above takes it, and it leaves this state at once.
+                        let lost = ApiError::internal("authorization lost its route");
+                        return Poll::Ready(Ok(lost.into_response()));
+                    };
+                    let answer = inner.call(request);
+                    step.set(AuthorizeStep::Answering { answer });
+                }
+                AuthorizeStepProj::Answering { answer } => return answer.poll(cx),
+            }
+        }
+    }
+}
+
+/// The request with its `Caller` when the caller may use the matched route, else the refusal.
+async fn admit(state: AppState, mut request: Request) -> Result<Request, Response> {
     let method = if request.method() == Method::HEAD {
         Method::GET
     } else {
         request.method().clone()
     };
-    let access =
-        matched.and_then(|path| state.shared.access.get(&(method, path.as_str())).copied());
+    let access = request
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|path| state.shared.access.get(&(method, path.as_str())).copied());
     let Some(access) = access else {
         state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this route is not classified; access denied",
         )
-        .into_response();
+        .into_response());
     };
     let caller = match authenticate(&state, access, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => {
             state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
-            return error.into_response();
+            return Err(error.into_response());
         }
     };
     // A route about one node admits an agent only for the node its token is bound to.
@@ -38,7 +138,7 @@ pub(super) async fn authorize(
     {
         state.shared.counters.denied.fetch_add(1, Ordering::Relaxed);
         let bound = caller.node.as_deref().unwrap_or("no node");
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
@@ -47,10 +147,10 @@ pub(super) async fn authorize(
             ),
         )
         .with_detail(json!({"token_node": caller.node, "node": node}))
-        .into_response();
+        .into_response());
     }
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    Ok(request)
 }
 
 pub(super) async fn authenticate(
@@ -111,19 +211,6 @@ pub(super) async fn authenticate(
         role: Some(record.role),
         node: record.node,
     })
-}
-
-pub(super) async fn count_responses(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = next.run(request).await;
-    let class = usize::from(response.status().as_u16() / 100).saturating_sub(1);
-    if let Some(counter) = state.shared.counters.responses_by_class.get(class) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    response
 }
 
 pub(super) async fn unknown_route() -> ApiError {

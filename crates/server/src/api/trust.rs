@@ -2,9 +2,8 @@
 //! (`GET /v1/changelog/verify`; changelog answers say when the chain is broken).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 use failsmall_core::domain::rfc3339_from_ms;
 use serde::Deserialize;
@@ -269,24 +268,6 @@ pub(super) async fn verify_changelog(
 
 /// Marks changelog answers while the chain is broken, so no client reads an edited history
 /// unwarned: `x-failsmall-changelog-integrity: broken at row N`.
-pub(super) async fn mark_changelog(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let is_changelog = request.uri().path().starts_with("/v1/changelog");
-    let mut response = next.run(request).await;
-    if is_changelog
-        && let Some(broken) = state.shared.store.changelog_break()
-        && let Ok(value) = HeaderValue::from_str(&format!("broken at row {}", broken.id))
-    {
-        response
-            .headers_mut()
-            .insert(CHANGELOG_INTEGRITY_HEADER, value);
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
