@@ -386,6 +386,26 @@ fn an_agent_refuses_what_a_tampering_relay_hands_it() {
     assert_eq!(fooled.serving("flags"), None);
 }
 
+/// CPU time (user and system) a process has used so far, in seconds: `/proc/{pid}/stat`'s
+/// `utime` and `stime`, in the kernel's clock ticks of 1/100 s.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |at: usize| {
+        fields
+            .get(at)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// Reads a count from the environment, or `default`.
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -398,8 +418,9 @@ fn env_count(name: &str, default: usize) -> usize {
 /// one connection each, the long poll, the bundle fetched and its SHA-256 checked; not the
 /// signature) spread over `RELAY_FANOUT_RELAYS` relays (default 2; 0: straight to the server)
 /// of one server; a push; the
-/// time until the last of them holds the new version's bytes, and how many bundle fetches
-/// reached the server's side of the relays.
+/// time until the last of them holds the new version's bytes, how many bundle fetches
+/// reached the server's side of the relays, and the CPU time each side used from the push
+/// until then (the server, the relays, the simulated agents: this process).
 #[test]
 #[ignore = "a measurement: cargo nextest run --release -p failsmall --all-features --run-ignored only -E 'test(fanout_through_relays)' --no-capture"]
 fn fanout_through_relays() {
@@ -525,6 +546,16 @@ fn fanout_through_relays() {
     }
     // Every first poll answered: the next polls wait for news. Push.
     std::thread::sleep(Duration::from_millis(500));
+    let relay_pids: Vec<String> = relays.iter().map(|r| r.child.id().to_string()).collect();
+    let server_pid = server.child.id().to_string();
+    let cpu = || {
+        (
+            cpu_seconds(&server_pid),
+            relay_pids.iter().map(|pid| cpu_seconds(pid)).sum::<f64>(),
+            cpu_seconds("self"),
+        )
+    };
+    let cpu_before = cpu();
     let pushed_at = Instant::now();
     push(&server, "v1.json", r#"{"v": 1}"#);
     let push_ms = pushed_at.elapsed().as_millis();
@@ -538,7 +569,19 @@ fn fanout_through_relays() {
             received.push(at.duration_since(pushed_at).as_millis());
         }
     });
+    let cpu_after = cpu();
     received.sort_unstable();
+    let per_agent_ms = |before: f64, after: f64| (after - before) * 1_000.0 / agents as f64;
+    eprintln!(
+        "relay fan-out CPU from the push until the last agent: server {:.2} s, relays {:.2} s, \
+         agents {:.2} s; per agent: server {:.3} ms, relays {:.3} ms, agents {:.3} ms",
+        cpu_after.0 - cpu_before.0,
+        cpu_after.1 - cpu_before.1,
+        cpu_after.2 - cpu_before.2,
+        per_agent_ms(cpu_before.0, cpu_after.0),
+        per_agent_ms(cpu_before.1, cpu_after.1),
+        per_agent_ms(cpu_before.2, cpu_after.2),
+    );
     let fetches: Vec<u64> = relays
         .iter()
         .map(|r| r.metric("failsmall_relay_upstream_blob_fetches_total"))
