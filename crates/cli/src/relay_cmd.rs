@@ -23,10 +23,15 @@ pub struct RelayArgs {
     /// Only check the flags, then exit: 0 valid, 1 not.
     #[arg(long)]
     pub check: bool,
+    #[command(flatten)]
+    pub connections: crate::server_cmd::net::ConnectionArgs,
 }
 
 pub fn run(args: &RelayArgs) -> anyhow::Result<Outcome> {
-    let config = failsmall_relay::Config::new(&args.upstream, args.cache_dir.clone());
+    let mut config = failsmall_relay::Config::new(&args.upstream, args.cache_dir.clone());
+    config.connections = args
+        .connections
+        .limits(&crate::server_cmd::net::NetFile::default());
     config.validate()?;
     if args.check {
         eprintln!("relay configuration is valid");

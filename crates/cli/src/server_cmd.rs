@@ -9,7 +9,7 @@ use failsmall_server::ServerConfig;
 
 use crate::Outcome;
 
-mod net;
+pub(crate) mod net;
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]

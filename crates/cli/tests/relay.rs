@@ -386,6 +386,77 @@ fn an_agent_refuses_what_a_tampering_relay_hands_it() {
     assert_eq!(fooled.serving("flags"), None);
 }
 
+#[test]
+fn a_relay_closes_idle_and_trickling_connections_and_keeps_answering() {
+    let server = Server::start("relay-limits");
+    let relay = Relay::start_with(
+        &server.addr,
+        &server.dir.path().join("relay"),
+        &[
+            "--max-connections",
+            "100",
+            "--max-connections-per-client",
+            "60",
+            "--header-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+        ],
+    );
+    let port = relay.addr.rsplit(':').next().unwrap().to_owned();
+    // 90 connections from one address, past its bound of 60: a third send half a request
+    // head, the rest nothing.
+    let mut held = Vec::new();
+    for index in 0..90 {
+        let Ok(mut stream) = std::net::TcpStream::connect(format!("127.0.0.1:{port}")) else {
+            continue;
+        };
+        if index % 3 == 0 {
+            use std::io::Write as _;
+            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-half: ");
+        }
+        held.push(stream);
+    }
+    let opened = Instant::now();
+    // The relay still answers at once: the newest connection took an idle one's place.
+    let healthz = reqwest::blocking::Client::new()
+        .get(format!("{}/healthz", relay.addr))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .unwrap();
+    assert!(healthz.status().is_success(), "{}", healthz.status());
+    // Past the timeouts (head 1 s, idle 2 s; the idle sweep runs every half second) every
+    // one of them is closed.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(opened.elapsed()));
+    let mut still_open = 0;
+    for stream in &mut held {
+        if !support::is_closed(stream, Duration::from_millis(20)) {
+            still_open += 1;
+        }
+    }
+    assert_eq!(still_open, 0, "{still_open} of {} still open", held.len());
+    // Bad limits are refused at start, naming the field.
+    let bad = std::process::Command::new(support::BIN)
+        .args([
+            "relay",
+            "--check",
+            "--upstream",
+            &server.addr,
+            "--max-connections",
+            "1",
+        ])
+        .arg("--cache-dir")
+        .arg(server.dir.path().join("relay-bad"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("max_connections"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 /// CPU time (user and system) a process has used so far, in seconds: `/proc/{pid}/stat`'s
 /// `utime` and `stime`, in the kernel's clock ticks of 1/100 s.
 fn cpu_seconds(pid: &str) -> f64 {
@@ -439,7 +510,18 @@ fn fanout_through_relays() {
     );
     flags_unit(&server);
     let relays: Vec<Relay> = (0..relay_count)
-        .map(|i| Relay::start(&server.addr, &server.dir.path().join(format!("relay-{i}"))))
+        .map(|i| {
+            Relay::start_with(
+                &server.addr,
+                &server.dir.path().join(format!("relay-{i}")),
+                &[
+                    "--max-connections-per-client",
+                    "100000",
+                    "--max-connections",
+                    "200000",
+                ],
+            )
+        })
         .collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

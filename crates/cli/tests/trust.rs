@@ -10,6 +10,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -427,28 +429,6 @@ fn healthz_ms(port: u16) -> u128 {
     started.elapsed().as_millis()
 }
 
-/// Whether the server closed `stream` (end of file or a reset), waiting at most `wait`.
-fn is_closed(stream: &mut TcpStream, wait: Duration) -> bool {
-    stream.set_read_timeout(Some(wait)).unwrap();
-    let mut buffer = [0u8; 512];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return true,
-            // A 408 or a 400 the server sent before closing.
-            Ok(_) => continue,
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-}
-
 #[test]
 fn idle_and_half_open_connections_cannot_take_the_control_plane_down() {
     const IDLE: usize = 1_200;
@@ -490,7 +470,7 @@ fn idle_and_half_open_connections_cannot_take_the_control_plane_down() {
     std::thread::sleep(wait);
     let mut still_open = 0;
     for stream in &mut idle {
-        if !is_closed(stream, Duration::from_millis(20)) {
+        if !support::is_closed(stream, Duration::from_millis(20)) {
             still_open += 1;
         }
     }

@@ -59,6 +59,9 @@ pub struct Config {
     pub upstreams: Vec<String>,
     /// Where blobs and spooled reports are kept.
     pub cache_dir: PathBuf,
+    /// Bounds on agents' connections and their timeouts, as the server's (a relay holds a
+    /// connection per agent, and agents' networks are not trusted).
+    pub connections: failsmall_serve::ConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,8 @@ pub enum ConfigError {
     NotHttp(String),
     #[error("cache-dir: {path}: {reason}")]
     CacheDir { path: String, reason: String },
+    #[error("connections: {0}")]
+    Connections(String),
 }
 
 impl Config {
@@ -83,6 +88,7 @@ impl Config {
                 .filter(|url| !url.is_empty())
                 .collect(),
             cache_dir,
+            connections: failsmall_serve::ConnectionLimits::default(),
         }
     }
 
@@ -102,6 +108,9 @@ impl Config {
                 return Err(ConfigError::NotHttp(url.clone()));
             }
         }
+        self.connections
+            .validate()
+            .map_err(ConfigError::Connections)?;
         if self.cache_dir.exists() && !self.cache_dir.is_dir() {
             return Err(ConfigError::CacheDir {
                 path: self.cache_dir.display().to_string(),
@@ -178,10 +187,10 @@ pub async fn run(
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let drainer = tokio::spawn(Arc::clone(&spool).drain(upstreams, stopped));
-    let served = axum::serve(listener, router(relay))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| RunError::Listener(e.to_string()));
+    let served =
+        failsmall_serve::serve(listener, router(relay), None, config.connections, shutdown)
+            .await
+            .map_err(|e| RunError::Listener(e.to_string()));
     let _ = stop.send(true);
     let _ = drainer.await;
     served

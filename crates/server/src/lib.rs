@@ -26,7 +26,8 @@ pub mod notify;
 pub mod prometheus;
 pub mod recover;
 pub mod rollouts;
-pub mod serve;
+/// The connection layer (its own crate, shared with the relay).
+pub use failsmall_serve as serve;
 pub mod signing;
 pub mod slo;
 pub mod startup;

@@ -1,11 +1,12 @@
-//! `failsmall server`'s network flags: TLS and the limits on connections.
+//! `failsmall server`'s network flags: TLS and the limits on connections (the latter also
+//! `failsmall relay`'s).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use failsmall_server::ServerConfig;
 use failsmall_server::serve::{
-    HEADER_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, MAX_CONNECTIONS_DEFAULT,
+    ConnectionLimits, HEADER_TIMEOUT_MS_DEFAULT, IDLE_TIMEOUT_MS_DEFAULT, MAX_CONNECTIONS_DEFAULT,
     MAX_CONNECTIONS_PER_CLIENT_DEFAULT,
 };
 
@@ -19,6 +20,13 @@ pub struct NetArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// The limits on connections, for `failsmall server` and `failsmall relay`.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
     /// Most connections open at once. At the bound a new connection replaces the quietest
     /// one with no request in flight (a watch is never cut); when all are busy it is closed
     /// [default: 4096].
@@ -91,6 +99,7 @@ impl NetArgs {
     /// Puts the flags, over the file's settings, into `config`; the server checks the bounds
     /// at start. A certificate without its key (or the other way round) is a problem.
     pub fn apply(&self, file: NetFile, config: &mut ServerConfig) -> Result<(), String> {
+        config.connections = self.connections.limits(&file);
         let cert = self.tls_cert.clone().or(file.tls_cert);
         let key = self.tls_key.clone().or(file.tls_key);
         match (cert, key) {
@@ -109,7 +118,14 @@ impl NetArgs {
                 );
             }
         }
-        config.connections = failsmall_server::serve::ConnectionLimits {
+        Ok(())
+    }
+}
+
+impl ConnectionArgs {
+    /// The flags, over the file's settings, over the defaults; bounds are checked at start.
+    pub fn limits(&self, file: &NetFile) -> ConnectionLimits {
+        ConnectionLimits {
             max_connections: self
                 .max_connections
                 .or(file.max_connections)
@@ -126,7 +142,6 @@ impl NetArgs {
                 .idle_timeout
                 .or(file.idle_timeout_ms)
                 .unwrap_or(IDLE_TIMEOUT_MS_DEFAULT),
-        };
-        Ok(())
+        }
     }
 }

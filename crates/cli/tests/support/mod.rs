@@ -371,6 +371,8 @@ pub struct Relay {
     pub addr: String,
     pub cache_dir: PathBuf,
     pub upstream: String,
+    /// The flags it was started with beyond the upstream, address and cache dir.
+    pub flags: Vec<String>,
 }
 
 impl Drop for Relay {
@@ -384,10 +386,21 @@ impl Relay {
     /// A relay of `upstream` (URLs separated by commas) on 127.0.0.1:0, keeping its cache in
     /// `cache_dir`.
     pub fn start(upstream: &str, cache_dir: &std::path::Path) -> Self {
-        Self::start_on(upstream, cache_dir, "127.0.0.1:0")
+        Self::start_with(upstream, cache_dir, &[])
     }
 
-    fn start_on(upstream: &str, cache_dir: &std::path::Path, listen: &str) -> Self {
+    /// As [`Relay::start`], with more flags (`--max-connections`, ...).
+    pub fn start_with(upstream: &str, cache_dir: &std::path::Path, flags: &[&str]) -> Self {
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::start_on(upstream, cache_dir, "127.0.0.1:0", flags)
+    }
+
+    fn start_on(
+        upstream: &str,
+        cache_dir: &std::path::Path,
+        listen: &str,
+        flags: Vec<String>,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -397,6 +410,7 @@ impl Relay {
             .args(["relay", "--upstream", upstream, "--listen", listen])
             .arg("--cache-dir")
             .arg(cache_dir)
+            .args(&flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
@@ -420,6 +434,7 @@ impl Relay {
             addr,
             cache_dir: cache_dir.to_owned(),
             upstream: upstream.to_owned(),
+            flags,
         }
     }
 
@@ -429,7 +444,8 @@ impl Relay {
         let _ = self.child.wait();
         let listen = self.addr.trim_start_matches("http://").to_owned();
         let (upstream, cache_dir) = (self.upstream.clone(), self.cache_dir.clone());
-        *self = Self::start_on(&upstream, &cache_dir, &listen);
+        let flags = std::mem::take(&mut self.flags);
+        *self = Self::start_on(&upstream, &cache_dir, &listen, flags);
     }
 
     /// The value of `metric` in the relay's `/metrics`.
@@ -444,5 +460,28 @@ impl Relay {
             .trim()
             .parse()
             .unwrap()
+    }
+}
+
+/// Whether the peer closed `stream` (end of file or a reset), waiting at most `wait`; what it
+/// sent before closing (a 408 or a 400) is read and skipped.
+pub fn is_closed(stream: &mut std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read as _;
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buffer = [0u8; 512];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! The connection layer: accepts TCP connections, speaks TLS when configured, and serves
-//! HTTP/1.1 with limits, so that connections cannot take the control plane down.
+//! The connection layer of the server and the relay: accepts TCP connections, speaks TLS when
+//! configured, and serves HTTP/1.1 with limits, so that connections cannot take the control
+//! plane (or a relay, and the agents behind it) down.
 //!
 //! - **Header timeout**: a request's head must arrive within `header_timeout_ms` of the
 //!   connection being ready for it (hyper's header read timeout), and a TLS handshake within
@@ -51,7 +52,7 @@ pub const ACCEPT_RETRY_MS: u64 = 50;
 /// Largest request head (request line and headers) read, in bytes.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Limits on the connections the server keeps.
+/// Limits on the connections a server or relay keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Most connections open at once.
